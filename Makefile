@@ -1,0 +1,33 @@
+# make test is the one test command (README); .ci/run calls it on a clean machine.
+GO ?= go
+PKGS := ./...
+export PATH := $(CURDIR)/bin:$(PATH)
+
+.PHONY: all build test deps fmt-check vet lint unit bench-quick clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+deps:
+	scripts/deps.sh
+
+test: deps fmt-check vet lint unit
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+lint:
+	@if [ -x bin/golangci-lint ]; then bin/golangci-lint run $(PKGS); \
+	else echo "lint: bin/golangci-lint not installed (scripts/deps.sh), skipped"; fi
+
+unit:
+	$(GO) test -race -timeout 30m $(PKGS)
+
+clean:
+	rm -rf bin bench/out
