@@ -1,0 +1,315 @@
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole router configuration. The zero value is not useful: start from
+// [Default] (as [Load] does) so every field has its documented default.
+type Config struct {
+	// Listen is the address of the OpenAI-compatible listener. Default ":8080".
+	Listen string `yaml:"listen"`
+	// Policy names the routing policy: round_robin, random, least_inflight or
+	// power_of_two. Default "round_robin".
+	Policy string `yaml:"policy"`
+	// MaxBodyBytes is the largest request body accepted, in bytes; larger bodies get 413.
+	// Default 33554432 (32 MiB).
+	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxAttempts is how many workers a request is tried on when a worker fails before
+	// any byte reached the client (connect error, 5xx, 429). Default 3; 1 disables retry.
+	MaxAttempts int `yaml:"max_attempts"`
+	// Timeouts bound each phase of a forwarded request.
+	Timeouts Timeouts `yaml:"timeouts"`
+	// Health configures active health checks and passive ejection.
+	Health Health `yaml:"health"`
+	// Headers configures the response headers kvroute adds.
+	Headers Headers `yaml:"headers"`
+	// Workers are the inference workers requests are routed to. At least one.
+	Workers []Worker `yaml:"workers"`
+}
+
+// Timeouts bound each phase of a forwarded request. Every value is a Go duration string
+// ("2s", "1m30s"); none may be zero or negative.
+type Timeouts struct {
+	// Connect bounds dialing a worker. Default 2s.
+	Connect time.Duration `yaml:"connect"`
+	// FirstByte bounds the wait for a streaming response's headers and for its first
+	// chunk (the prefill). Default 60s.
+	FirstByte time.Duration `yaml:"first_byte"`
+	// Idle bounds the gap between two chunks of a streaming response. Default 30s.
+	Idle time.Duration `yaml:"idle"`
+	// Total bounds a whole request, streaming or not. Default 10m.
+	Total time.Duration `yaml:"total"`
+	// Shutdown is how long a SIGTERM waits for in-flight requests to finish before the
+	// listener is closed hard. Default 30s.
+	Shutdown time.Duration `yaml:"shutdown"`
+}
+
+// Health configures how workers are found unhealthy and re-admitted.
+type Health struct {
+	// Path is the worker endpoint probed by active checks. Default "/health".
+	Path string `yaml:"path"`
+	// Interval is the time between two active checks of a worker. Default 5s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout bounds one active check. Default 2s.
+	Timeout time.Duration `yaml:"timeout"`
+	// UnhealthyAfter is the number of consecutive failed checks that mark a worker
+	// unhealthy. Default 2.
+	UnhealthyAfter int `yaml:"unhealthy_after"`
+	// EjectAfter is the number of consecutive failed requests (connect error, 5xx) that
+	// eject a worker from routing. Default 3.
+	EjectAfter int `yaml:"eject_after"`
+	// EjectBase is the first ejection's length; each further ejection in a row doubles
+	// it up to EjectMax. An ejected worker is re-admitted when its ejection has passed
+	// and an active check succeeds. Default 1s.
+	EjectBase time.Duration `yaml:"eject_base"`
+	// EjectMax caps the ejection length. Default 30s.
+	EjectMax time.Duration `yaml:"eject_max"`
+	// ModelsInterval is how often each worker's /v1/models is re-read for workers whose
+	// models are not listed in the config. Default 30s.
+	ModelsInterval time.Duration `yaml:"models_interval"`
+}
+
+// Headers configures the response headers kvroute adds.
+type Headers struct {
+	// Worker adds "x-kvroute-worker: <worker id>" to every routed response. Default true.
+	Worker bool `yaml:"worker"`
+}
+
+// Worker is one inference worker (a vLLM or SGLang server).
+type Worker struct {
+	// ID names the worker in headers, metrics and logs. Default: the URL's host:port.
+	// Unique across workers.
+	ID string `yaml:"id"`
+	// URL is the worker's base URL, http or https, without a path. Required.
+	URL string `yaml:"url"`
+	// Models served by the worker. Empty: discovered from the worker's /v1/models.
+	Models []string `yaml:"models"`
+	// Events is the worker's ZMQ KV-event publisher, e.g. "tcp://10.0.0.5:5557". Empty:
+	// no events (the router relies on predictions).
+	Events string `yaml:"events"`
+	// Replay is the worker's ZMQ replay endpoint, e.g. "tcp://10.0.0.5:5558". Empty: a
+	// gap in the event sequence clears the worker's index entries instead of replaying.
+	Replay string `yaml:"replay"`
+	// MaxConns caps the open connections to the worker. Default 1024.
+	MaxConns int `yaml:"max_conns"`
+}
+
+// Policies lists the routing policy names [Config.Validate] accepts.
+var Policies = []string{"round_robin", "random", "least_inflight", "power_of_two"}
+
+// Default returns a Config with every default set and no workers.
+func Default() Config {
+	return Config{
+		Listen:       ":8080",
+		Policy:       "round_robin",
+		MaxBodyBytes: 32 << 20,
+		MaxAttempts:  3,
+		Timeouts: Timeouts{
+			Connect:   2 * time.Second,
+			FirstByte: 60 * time.Second,
+			Idle:      30 * time.Second,
+			Total:     10 * time.Minute,
+			Shutdown:  30 * time.Second,
+		},
+		Health: Health{
+			Path:           "/health",
+			Interval:       5 * time.Second,
+			Timeout:        2 * time.Second,
+			UnhealthyAfter: 2,
+			EjectAfter:     3,
+			EjectBase:      time.Second,
+			EjectMax:       30 * time.Second,
+			ModelsInterval: 30 * time.Second,
+		},
+		Headers: Headers{Worker: true},
+	}
+}
+
+// workerDefaults fills the defaults of one worker that depend on its other fields.
+func (w *Worker) workerDefaults() {
+	if w.MaxConns == 0 {
+		w.MaxConns = 1024
+	}
+	if w.ID == "" {
+		if u, err := url.Parse(w.URL); err == nil {
+			w.ID = u.Host
+		}
+	}
+}
+
+// Load decodes and validates a YAML document. It does no I/O.
+func Load(data []byte) (*Config, error) {
+	cfg := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	for i := range cfg.Workers {
+		cfg.Workers[i].workerDefaults()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// LoadFile reads, decodes and validates a YAML file; errors name the file.
+func LoadFile(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Load(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks every field and returns all problems found, each quoting the bad value.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen: %q is not host:port", c.Listen)
+	}
+	if !contains(Policies, c.Policy) {
+		bad("policy: %q is not one of %s", c.Policy, strings.Join(Policies, ", "))
+	}
+	if c.MaxBodyBytes <= 0 {
+		bad("max_body_bytes: %d must be positive", c.MaxBodyBytes)
+	}
+	if c.MaxAttempts < 1 || c.MaxAttempts > 10 {
+		bad("max_attempts: %d must be between 1 and 10", c.MaxAttempts)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"timeouts.connect", c.Timeouts.Connect},
+		{"timeouts.first_byte", c.Timeouts.FirstByte},
+		{"timeouts.idle", c.Timeouts.Idle},
+		{"timeouts.total", c.Timeouts.Total},
+		{"timeouts.shutdown", c.Timeouts.Shutdown},
+		{"health.interval", c.Health.Interval},
+		{"health.timeout", c.Health.Timeout},
+		{"health.eject_base", c.Health.EjectBase},
+		{"health.eject_max", c.Health.EjectMax},
+		{"health.models_interval", c.Health.ModelsInterval},
+	} {
+		if d.v <= 0 {
+			bad("%s: %q must be positive", d.name, d.v.String())
+		}
+	}
+	if c.Health.EjectMax < c.Health.EjectBase {
+		bad("health.eject_max: %q is shorter than eject_base %q", c.Health.EjectMax.String(), c.Health.EjectBase.String())
+	}
+	if !strings.HasPrefix(c.Health.Path, "/") {
+		bad("health.path: %q must start with /", c.Health.Path)
+	}
+	if c.Health.UnhealthyAfter < 1 {
+		bad("health.unhealthy_after: %d must be at least 1", c.Health.UnhealthyAfter)
+	}
+	if c.Health.EjectAfter < 1 {
+		bad("health.eject_after: %d must be at least 1", c.Health.EjectAfter)
+	}
+	if len(c.Workers) == 0 {
+		bad("workers: at least one worker is required")
+	}
+	ids := map[string]int{}
+	for i, w := range c.Workers {
+		if err := w.validate(); err != nil {
+			bad("workers[%d]: %w", i, err)
+			continue
+		}
+		if j, dup := ids[w.ID]; dup {
+			bad("workers[%d].id: %q is already used by workers[%d]", i, w.ID, j)
+		}
+		ids[w.ID] = i
+	}
+	return errors.Join(errs...)
+}
+
+func (w *Worker) validate() error {
+	u, err := url.Parse(w.URL)
+	switch {
+	case w.URL == "":
+		return errors.New("url: required")
+	case err != nil:
+		return fmt.Errorf("url: %q: %w", w.URL, err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("url: %q: scheme must be http or https", w.URL)
+	case u.Host == "":
+		return fmt.Errorf("url: %q: no host", w.URL)
+	case u.Path != "" && u.Path != "/":
+		return fmt.Errorf("url: %q: must not have a path", w.URL)
+	case w.ID == "" || strings.ContainsAny(w.ID, " \t\n\""):
+		return fmt.Errorf("id: %q must be non-empty without spaces or quotes", w.ID)
+	case w.MaxConns < 1:
+		return fmt.Errorf("max_conns: %d must be positive", w.MaxConns)
+	}
+	for _, ep := range []struct{ name, v string }{{"events", w.Events}, {"replay", w.Replay}} {
+		if ep.v != "" && !strings.HasPrefix(ep.v, "tcp://") && !strings.HasPrefix(ep.v, "ipc://") {
+			return fmt.Errorf("%s: %q must be a tcp:// or ipc:// ZMQ endpoint", ep.name, ep.v)
+		}
+	}
+	if w.Replay != "" && w.Events == "" {
+		return fmt.Errorf("replay: %q set without events", w.Replay)
+	}
+	for _, m := range w.Models {
+		if m == "" {
+			return errors.New("models: empty model name")
+		}
+	}
+	return nil
+}
+
+// ParseWorkerFlag parses the quick-start form of a worker,
+// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B]", into a Worker with its
+// defaults filled. It does not validate: [Config.Validate] does.
+func ParseWorkerFlag(s string) (Worker, error) {
+	parts := strings.Split(s, ",")
+	w := Worker{URL: strings.TrimRight(parts[0], "/")}
+	for _, p := range parts[1:] {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok {
+			return Worker{}, fmt.Errorf("worker %q: option %q is not key=value", s, p)
+		}
+		switch k {
+		case "id":
+			w.ID = v
+		case "events":
+			w.Events = v
+		case "replay":
+			w.Replay = v
+		case "models":
+			w.Models = strings.Split(v, "|")
+		default:
+			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay or models)", s, k)
+		}
+	}
+	w.workerDefaults()
+	return w, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

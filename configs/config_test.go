@@ -1,0 +1,164 @@
+package configs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGoodFiles(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.good.yaml")
+	files = append(files, "kvroute.example.yaml")
+	if len(files) < 3 {
+		t.Fatalf("found only %d good files", len(files))
+	}
+	for _, f := range files {
+		if _, err := LoadFile(f); err != nil {
+			t.Errorf("LoadFile(%s): %v", f, err)
+		}
+	}
+}
+
+func TestMinimalGetsDefaults(t *testing.T) {
+	cfg, err := LoadFile("testdata/minimal.good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	if cfg.Listen != want.Listen || cfg.Policy != want.Policy || cfg.MaxBodyBytes != 32<<20 ||
+		cfg.Timeouts != want.Timeouts || cfg.Health.Path != "/health" || !cfg.Headers.Worker {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+	if w := cfg.Workers[0]; w.ID != "127.0.0.1:8000" || w.MaxConns != 1024 {
+		t.Errorf("worker defaults: got id %q max_conns %d", w.ID, w.MaxConns)
+	}
+}
+
+func TestFullFileValues(t *testing.T) {
+	cfg, err := LoadFile("testdata/full.good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Timeouts.Idle != 2*time.Second || cfg.Health.EjectBase != 100*time.Millisecond || cfg.Headers.Worker {
+		t.Errorf("values not decoded: %+v", cfg)
+	}
+	if w := cfg.Workers[0]; w.ID != "a" || len(w.Models) != 2 || w.Replay != "tcp://gpu-a:5558" || w.MaxConns != 8 {
+		t.Errorf("worker a: %+v", w)
+	}
+}
+
+func TestBadFiles(t *testing.T) {
+	// Each bad file must fail with an error naming the file and containing every want.
+	cases := map[string][]string{
+		"unknown_key":           {"field listen_addr not found"},
+		"unknown_worker_key":    {"field weight not found"},
+		"no_workers":            {"at least one worker"},
+		"bad_policy":            {`policy: "fastest"`, "round_robin"},
+		"bad_url_scheme":        {`workers[0]: url: "ftp://a:1"`, "scheme"},
+		"url_path":              {`"http://a:1/v1"`, "path"},
+		"dup_id":                {`workers[1].id: "x" is already used by workers[0]`},
+		"dup_default_id":        {`workers[1].id: "a:1"`},
+		"bad_duration":          {"5 seconds"},
+		"zero_timeout":          {`timeouts.total: "0s" must be positive`},
+		"negative_body":         {"max_body_bytes: -1"},
+		"bad_listen":            {`listen: "8080"`},
+		"bad_events":            {`events: "a:5557"`},
+		"replay_without_events": {`replay: "tcp://a:5558" set without events`},
+		"eject_order":           {`eject_max: "1s" is shorter`},
+		"attempts":              {"max_attempts: 0"},
+		"not_yaml":              {"decode"},
+	}
+	files, _ := filepath.Glob("testdata/*.bad.yaml")
+	if len(files) != len(cases) {
+		t.Errorf("%d bad files but %d cases: keep them in step", len(files), len(cases))
+	}
+	for name, wants := range cases {
+		path := filepath.Join("testdata", name+".bad.yaml")
+		_, err := LoadFile(path)
+		if err == nil {
+			t.Errorf("%s: loaded without error", name)
+			continue
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, path+": ") {
+			t.Errorf("%s: error does not name the file: %v", name, msg)
+		}
+		for _, w := range wants {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s: error %q does not contain %q", name, msg, w)
+			}
+		}
+	}
+}
+
+func TestValidateReportsAllProblems(t *testing.T) {
+	_, err := Load([]byte("policy: x\nmax_attempts: 0\nworkers: [{url: 'ftp://a'}]"))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, w := range []string{"policy", "max_attempts", "workers[0]"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q misses the %s problem", err, w)
+		}
+	}
+}
+
+func TestLoadFileMissing(t *testing.T) {
+	_, err := LoadFile(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !os.IsNotExist(unwrapAll(err)) {
+		t.Errorf("missing file: got %v", err)
+	}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}
+
+func TestParseWorkerFlag(t *testing.T) {
+	cases := []struct {
+		in      string
+		want    Worker
+		wantErr string
+	}{
+		{in: "http://h:8000", want: Worker{ID: "h:8000", URL: "http://h:8000", MaxConns: 1024}},
+		{in: "http://h:8000/,events=tcp://h:5557,replay=tcp://h:5558,id=g0,models=a|b",
+			want: Worker{ID: "g0", URL: "http://h:8000", Events: "tcp://h:5557", Replay: "tcp://h:5558", Models: []string{"a", "b"}, MaxConns: 1024}},
+		{in: "http://h:8000,weight=2", wantErr: `unknown option "weight"`},
+		{in: "http://h:8000,events", wantErr: "not key=value"},
+	}
+	for _, c := range cases {
+		got, err := ParseWorkerFlag(c.in)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("ParseWorkerFlag(%q) error = %v, want %q", c.in, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil || got.ID != c.want.ID || got.URL != c.want.URL || got.Events != c.want.Events ||
+			got.Replay != c.want.Replay || strings.Join(got.Models, "|") != strings.Join(c.want.Models, "|") || got.MaxConns != c.want.MaxConns {
+			t.Errorf("ParseWorkerFlag(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	for _, p := range []string{"kvroute.example.yaml", "testdata/full.good.yaml", "testdata/unknown_key.bad.yaml"} {
+		if b, err := os.ReadFile(p); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Load(data)
+		if err == nil && cfg.Validate() != nil {
+			t.Fatal("Load returned a config that does not validate")
+		}
+	})
+}

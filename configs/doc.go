@@ -1,0 +1,9 @@
+// Package configs loads and validates kvroute's YAML configuration.
+//
+// [Load] does no I/O; [LoadFile] reads a file and names it in every error. Decoding is
+// strict: an unknown key is an error, so a typo never silently falls back to a default.
+// Defaults are set before decoding ([Default]), so a key left out keeps its documented
+// default, and [Config.Validate] runs after decoding: an invalid value is an error quoting
+// it, never silently replaced. configs/kvroute.example.yaml documents every key and is
+// loaded by a test, so it cannot drift from the code.
+package configs
