@@ -1,0 +1,13 @@
+// Package scorer decides which worker serves a request.
+//
+// The contract lives here; each policy is a sub-package (roundrobin, random,
+// leastinflight, poweroftwo, and the cache-aware policy). A policy is a [Selector]: given
+// the request and a non-empty slice of eligible [Candidate]s, it returns the index of
+// the chosen one. The router builds the candidate slice (healthy workers serving the
+// model, hard limits already applied) and owns every side effect of the choice: policies
+// only read.
+//
+// A [Scorer] rates candidates in [0,1] (higher is better); weights are applied by the
+// caller, never stored inside a scorer. Ties break at random through an
+// injected [Rand], so tests are deterministic.
+package scorer
