@@ -45,10 +45,22 @@ type Event struct {
 	BlockSize int
 	// LoRAName is the adapter the blocks belong to; "" for the base model.
 	LoRAName string
+	// LoRAID is vLLM's deprecated integer adapter id; 0 when absent.
+	LoRAID int64
 	// Medium is the storage tier ("GPU", "CPU", ...); decoders fill "GPU" when absent.
 	Medium string
 	// GroupIdx is the KV-cache group (hybrid models); 0 by default.
 	GroupIdx int
+	// ExtraKeys holds, per block of BlockHashes, the extra inputs of the engine's block
+	// hash (vLLM: LoRA name, multimodal identifiers, cache_salt on the first block of a
+	// salted request, prompt-embeds hashes), each rendered as a string; an entry is nil
+	// for a block without extra keys, and ExtraKeys is empty when no block has any.
+	ExtraKeys [][]string
+	// CacheSpecKind is vLLM's kv_cache_spec_kind of the group ("full_attention",
+	// "sliding_window", ...); "" when not sent.
+	CacheSpecKind string
+	// SlidingWindow is vLLM's kv_cache_spec_sliding_window in tokens; 0 when not sent.
+	SlidingWindow int
 }
 
 // Batch is one published message: the events of one engine step.
