@@ -1,0 +1,241 @@
+package sim
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+)
+
+// apiError is an error answered to the client with an OpenAI-shaped body.
+type apiError struct {
+	status int
+	typ    string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) *apiError {
+	return &apiError{status: 400, typ: "BadRequestError", msg: fmt.Sprintf(format, args...)}
+}
+
+// genParams is a decoded generation request, in the engine's terms.
+type genParams struct {
+	chat         bool
+	model        string
+	tokens       []uint32
+	maxTokens    int // 0 when the request did not set it
+	minTokens    int
+	ignoreEOS    bool
+	stream       bool
+	includeUsage bool
+	contUsage    bool
+	salt         string
+}
+
+type streamOptions struct {
+	IncludeUsage         bool `json:"include_usage"`
+	ContinuousUsageStats bool `json:"continuous_usage_stats"`
+}
+
+type wireRequest struct {
+	Model               string          `json:"model"`
+	Prompt              json.RawMessage `json:"prompt"`
+	Messages            []wireMessage   `json:"messages"`
+	MaxTokens           *int64          `json:"max_tokens"`
+	MaxCompletionTokens *int64          `json:"max_completion_tokens"`
+	MinTokens           int64           `json:"min_tokens"`
+	IgnoreEOS           bool            `json:"ignore_eos"`
+	Stream              bool            `json:"stream"`
+	StreamOptions       *streamOptions  `json:"stream_options"`
+	CacheSalt           string          `json:"cache_salt"`
+	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
+	N                   *int64          `json:"n"`
+}
+
+type wireMessage struct {
+	Role    string          `json:"role"`
+	Content json.RawMessage `json:"content"`
+}
+
+type wirePart struct {
+	Type string `json:"type"`
+	Text string `json:"text"`
+}
+
+// decodeRequest parses the body of POST /v1/completions (chat false) or
+// /v1/chat/completions (chat true) and tokenizes its prompt. Errors are *apiError.
+func decodeRequest(body []byte, chat bool, tk Tokenizer, tmpl ChatTemplate) (*genParams, error) {
+	var w wireRequest
+	if err := json.Unmarshal(body, &w); err != nil {
+		return nil, badRequest("invalid JSON body: %v", err)
+	}
+	p := &genParams{chat: chat, model: w.Model, ignoreEOS: w.IgnoreEOS, stream: w.Stream, salt: w.CacheSalt}
+	if w.N != nil && *w.N != 1 {
+		return nil, badRequest("kvsim supports n=1 only, got n=%d", *w.N)
+	}
+	if w.StreamOptions != nil {
+		if !w.Stream {
+			return nil, badRequest("stream_options can only be set when stream is true")
+		}
+		p.includeUsage = w.StreamOptions.IncludeUsage
+		p.contUsage = w.StreamOptions.ContinuousUsageStats
+	}
+	maxTok := w.MaxTokens
+	if chat && w.MaxCompletionTokens != nil {
+		maxTok = w.MaxCompletionTokens
+	}
+	if maxTok != nil {
+		if *maxTok < 1 || *maxTok > math.MaxInt32 {
+			return nil, badRequest("max_tokens must be at least 1, got %d", *maxTok)
+		}
+		p.maxTokens = int(*maxTok)
+	}
+	if w.MinTokens < 0 || w.MinTokens > math.MaxInt32 {
+		return nil, badRequest("min_tokens must be greater than or equal to 0, got %d", w.MinTokens)
+	}
+	p.minTokens = int(w.MinTokens)
+	if p.maxTokens > 0 && p.minTokens > p.maxTokens {
+		return nil, badRequest("min_tokens must be less than or equal to max_tokens=%d, got %d", p.maxTokens, p.minTokens)
+	}
+	if chat {
+		if len(w.Messages) == 0 {
+			return nil, badRequest("messages must not be empty")
+		}
+		msgs := make([]Message, len(w.Messages))
+		for i, m := range w.Messages {
+			if m.Role == "" {
+				return nil, badRequest("messages[%d].role is required", i)
+			}
+			c, err := messageText(m.Content)
+			if err != nil {
+				return nil, badRequest("messages[%d].content: %v", i, err)
+			}
+			msgs[i] = Message{Role: m.Role, Content: c}
+		}
+		addGen := w.AddGenerationPrompt == nil || *w.AddGenerationPrompt
+		p.tokens = tk.Encode(tmpl.RenderChat(msgs, addGen))
+	} else {
+		toks, err := promptTokens(w.Prompt, tk)
+		if err != nil {
+			return nil, err
+		}
+		p.tokens = toks
+	}
+	if len(p.tokens) == 0 {
+		return nil, badRequest("the prompt is empty (0 tokens)")
+	}
+	return p, nil
+}
+
+// messageText flattens a message's content: a string, null, or an array of parts whose
+// text parts are joined with newlines.
+func messageText(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return "", nil
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", err
+		}
+		return s, nil
+	}
+	var parts []wirePart
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", errors.New("must be a string or an array of content parts")
+	}
+	var b strings.Builder
+	for i, pt := range parts {
+		if pt.Type != "text" {
+			return "", fmt.Errorf("content part type %q is not supported by kvsim", pt.Type)
+		}
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(pt.Text)
+	}
+	return b.String(), nil
+}
+
+// promptTokens decodes a completions prompt: a string, an array of token ids, or a
+// one-element array of either.
+func promptTokens(raw json.RawMessage, tk Tokenizer) ([]uint32, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return nil, badRequest("prompt is required")
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, badRequest("prompt: %v", err)
+		}
+		return tk.Encode(s), nil
+	case '[':
+		var items []json.RawMessage
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return nil, badRequest("prompt: %v", err)
+		}
+		if len(items) == 0 {
+			return nil, badRequest("prompt must not be empty")
+		}
+		first := bytes.TrimSpace(items[0])
+		if len(first) > 0 && (first[0] == '"' || first[0] == '[') {
+			if len(items) != 1 {
+				return nil, badRequest("kvsim serves one prompt per request, got %d", len(items))
+			}
+			return promptTokens(first, tk)
+		}
+		ids := make([]uint32, len(items))
+		for i, it := range items {
+			var v int64
+			if err := json.Unmarshal(it, &v); err != nil {
+				return nil, badRequest("prompt[%d]: token ids must be integers", i)
+			}
+			if v < 0 || v > math.MaxUint32 {
+				return nil, badRequest("prompt[%d]: token id %d out of range", i, v)
+			}
+			ids[i] = uint32(v)
+		}
+		return ids, nil
+	}
+	return nil, badRequest("prompt must be a string or an array of token ids")
+}
+
+// tokenizeRequest is the body of POST /tokenize.
+type tokenizeRequest struct {
+	Model               string          `json:"model"`
+	Prompt              *string         `json:"prompt"`
+	Messages            []wireMessage   `json:"messages"`
+	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
+	AddSpecialTokens    json.RawMessage `json:"add_special_tokens"`
+}
+
+// decodeTokenize parses a POST /tokenize body and returns the token ids.
+func decodeTokenize(body []byte, tk Tokenizer, tmpl ChatTemplate) ([]uint32, error) {
+	var w tokenizeRequest
+	if err := json.Unmarshal(body, &w); err != nil {
+		return nil, badRequest("invalid JSON body: %v", err)
+	}
+	switch {
+	case w.Prompt != nil:
+		return tk.Encode(*w.Prompt), nil
+	case w.Messages != nil:
+		msgs := make([]Message, len(w.Messages))
+		for i, m := range w.Messages {
+			c, err := messageText(m.Content)
+			if err != nil {
+				return nil, badRequest("messages[%d].content: %v", i, err)
+			}
+			msgs[i] = Message{Role: m.Role, Content: c}
+		}
+		addGen := w.AddGenerationPrompt == nil || *w.AddGenerationPrompt
+		return tk.Encode(tmpl.RenderChat(msgs, addGen)), nil
+	}
+	return nil, badRequest("either prompt or messages is required")
+}

@@ -1,0 +1,213 @@
+package sim
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/kvroute/kvroute/bench/sim/kvevents"
+	"gopkg.in/yaml.v3"
+)
+
+// Config describes one simulated worker. Start from [DefaultConfig]; the YAML keys are
+// the field tags.
+type Config struct {
+	// Model is the served model name (the "model" field of requests must match it, and
+	// it is the model_name metric label). Default "kvsim".
+	Model string `yaml:"model"`
+	// Engine is the engine the worker imitates: "vllm" or "sglang" (event flavour and
+	// metric names). Default "vllm".
+	Engine string `yaml:"engine"`
+	// EventFormat is the KV-event encoding: "array" (legacy vLLM), "map" (map-encoded
+	// events, vLLM PR #42892) or "map-batch" (map events in a map batch). Default
+	// "array".
+	EventFormat string `yaml:"event_format"`
+	// DigestHashes sends block hashes as 32-byte digests instead of uint64 (vLLM with
+	// VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0). Default false.
+	DigestHashes bool `yaml:"digest_hashes"`
+	// Topic is the first frame of every event message. Default "".
+	Topic string `yaml:"topic"`
+	// BufferSteps is how many event batches the replay socket keeps. Default 10000.
+	BufferSteps int `yaml:"buffer_steps"`
+	// DPRank is the data-parallel rank sent in each event batch; -1 omits it. Default 0.
+	DPRank int `yaml:"dp_rank"`
+	// BlockSize is the KV-cache block size in tokens. Default 16.
+	BlockSize int `yaml:"block_size"`
+	// KVBlocks is the KV-cache capacity in blocks; 0 takes the profile's capacity scaled
+	// to BlockSize. Default 0.
+	KVBlocks int `yaml:"kv_blocks"`
+	// MaxNumSeqs is the most requests running at once. Default 256.
+	MaxNumSeqs int `yaml:"max_num_seqs"`
+	// MaxNumBatchedTokens is the most tokens computed in one step. Default 8192.
+	MaxNumBatchedTokens int `yaml:"max_num_batched_tokens"`
+	// MaxModelLen is the most tokens (prompt plus output) of one request. Default 32768.
+	MaxModelLen int `yaml:"max_model_len"`
+	// Profile names the latency profile (see [Profiles]). Default "test".
+	Profile string `yaml:"profile"`
+	// TimeScale multiplies every modelled duration: 0.1 runs ten times faster than real
+	// time. Default 1.
+	TimeScale float64 `yaml:"time_scale"`
+	// StreamChunkTokens is how many tokens a streamed chunk carries at most; the first
+	// token and the last chunk go out at once. Default 1.
+	StreamChunkTokens int `yaml:"stream_chunk_tokens"`
+	// MeanOutputTokens sets the natural reply length of requests without ignore_eos:
+	// a deterministic function of the prompt, uniform in [1, 2*MeanOutputTokens], then
+	// clamped to [min_tokens, max_tokens]. Default 64.
+	MeanOutputTokens int `yaml:"mean_output_tokens"`
+	// Seed seeds the engine-hash chain and the fault injector. Worker i of a fleet uses
+	// Seed+i, so equal content gets different engine hashes on different workers, as
+	// vLLM with a random hash seed does. Default 1.
+	Seed int64 `yaml:"seed"`
+	// Faults are the faults active from the start. Default none.
+	Faults Faults `yaml:"faults"`
+
+	// Tokenizer replaces the built-in [WordTokenizer] (Go API only). If it also
+	// implements [ChatTemplate] it renders chats too.
+	Tokenizer Tokenizer `yaml:"-"`
+}
+
+// FleetConfig describes a fleet of identical workers.
+type FleetConfig struct {
+	// Workers is the number of workers. Default 1.
+	Workers int `yaml:"workers"`
+	// Host is the address every socket binds to. Default "127.0.0.1".
+	Host string `yaml:"host"`
+	// BasePort, when positive, gives worker i the HTTP port BasePort+3i, the event PUB
+	// port BasePort+3i+1 and the replay port BasePort+3i+2; 0 picks free ports.
+	// Default 0.
+	BasePort int `yaml:"base_port"`
+	// Worker is the configuration of every worker; in YAML its keys sit at the top level.
+	Worker Config `yaml:",inline"`
+}
+
+// DefaultConfig returns a worker configuration with every default set.
+func DefaultConfig() Config {
+	return Config{
+		Model:               "kvsim",
+		Engine:              "vllm",
+		EventFormat:         "array",
+		BufferSteps:         10000,
+		BlockSize:           16,
+		MaxNumSeqs:          256,
+		MaxNumBatchedTokens: 8192,
+		MaxModelLen:         32768,
+		Profile:             "test",
+		TimeScale:           1,
+		StreamChunkTokens:   1,
+		MeanOutputTokens:    64,
+		Seed:                1,
+	}
+}
+
+// DefaultFleetConfig returns a one-worker fleet configuration with every default set.
+func DefaultFleetConfig() FleetConfig {
+	return FleetConfig{Workers: 1, Host: "127.0.0.1", Worker: DefaultConfig()}
+}
+
+// Validate reports the first invalid field, quoting its value.
+func (c *Config) Validate() error {
+	if c.Model == "" {
+		return errors.New("model must not be empty")
+	}
+	if err := c.eventFormat().Validate(); err != nil {
+		return err
+	}
+	if _, err := LookupProfile(c.Profile); err != nil {
+		return err
+	}
+	checks := []struct {
+		name string
+		v    int
+		min  int
+	}{
+		{"buffer_steps", c.BufferSteps, 1},
+		{"block_size", c.BlockSize, 1},
+		{"kv_blocks", c.KVBlocks, 0},
+		{"max_num_seqs", c.MaxNumSeqs, 1},
+		{"max_num_batched_tokens", c.MaxNumBatchedTokens, 1},
+		{"max_model_len", c.MaxModelLen, 1},
+		{"stream_chunk_tokens", c.StreamChunkTokens, 1},
+		{"mean_output_tokens", c.MeanOutputTokens, 1},
+		{"dp_rank", c.DPRank, -1},
+	}
+	for _, ch := range checks {
+		if ch.v < ch.min {
+			return fmt.Errorf("%s must be at least %d, got %d", ch.name, ch.min, ch.v)
+		}
+	}
+	if !(c.TimeScale > 0) || c.TimeScale > 1e6 {
+		return fmt.Errorf("time_scale must be in (0, 1e6], got %v", c.TimeScale)
+	}
+	if err := c.Faults.Validate(); err != nil {
+		return fmt.Errorf("faults: %w", err)
+	}
+	return nil
+}
+
+// Validate reports the first invalid field of the fleet or its worker configuration.
+func (c *FleetConfig) Validate() error {
+	if c.Workers < 1 || c.Workers > 1024 {
+		return fmt.Errorf("workers must be in [1, 1024], got %d", c.Workers)
+	}
+	if c.Host == "" {
+		return errors.New("host must not be empty")
+	}
+	if c.BasePort < 0 || c.BasePort+3*c.Workers > 65536 {
+		return fmt.Errorf("base_port %d leaves no room for %d workers (3 ports each)", c.BasePort, c.Workers)
+	}
+	return c.Worker.Validate()
+}
+
+func (c *Config) eventFormat() kvevents.Format {
+	return kvevents.Format{
+		Engine:       kvevents.Engine(c.Engine),
+		Layout:       kvevents.Layout(c.EventFormat),
+		DigestHashes: c.DigestHashes,
+	}
+}
+
+// ParseFleetConfig decodes a YAML fleet configuration over the defaults, strictly
+// (unknown keys are errors), and validates it. It does no I/O.
+func ParseFleetConfig(data []byte) (FleetConfig, error) {
+	c := DefaultFleetConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("decode kvsim config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("invalid kvsim config: %w", err)
+	}
+	return c, nil
+}
+
+// LoadFleetConfig reads and parses a YAML fleet configuration file.
+func LoadFleetConfig(path string) (FleetConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return DefaultFleetConfig(), fmt.Errorf("read kvsim config: %w", err)
+	}
+	c, err := ParseFleetConfig(data)
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// tokenizer returns the configured tokenizer or the built-in one.
+func (c *Config) tokenizer() Tokenizer {
+	if c.Tokenizer != nil {
+		return c.Tokenizer
+	}
+	return WordTokenizer{}
+}
+
+// chatTemplate returns the tokenizer's chat template or the built-in one.
+func (c *Config) chatTemplate() ChatTemplate {
+	if t, ok := c.Tokenizer.(ChatTemplate); ok {
+		return t
+	}
+	return WordTokenizer{}
+}

@@ -1,0 +1,475 @@
+package sim
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/kvroute/kvroute/bench/sim/kvevents"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Info says where a worker listens, as printed by the kvsim command.
+type Info struct {
+	ID     string `json:"id"`
+	URL    string `json:"url"`
+	Events string `json:"events"`
+	Replay string `json:"replay"`
+}
+
+// Stats is a snapshot of a worker's counters (since start) and gauges.
+type Stats struct {
+	// Requests counts generation requests accepted by the engine.
+	Requests uint64
+	// Finished counts requests that generated all their tokens.
+	Finished uint64
+	// Aborted counts requests whose client went away or that a fault ended.
+	Aborted uint64
+	// PromptTokens is the sum of accepted prompts' lengths.
+	PromptTokens uint64
+	// CachedTokens is the sum of the cached_tokens reported to clients.
+	CachedTokens uint64
+	// GeneratedTokens counts output tokens.
+	GeneratedTokens uint64
+	// Preemptions counts requests preempted for lack of KV blocks.
+	Preemptions uint64
+	// Steps counts engine steps.
+	Steps uint64
+	// Running and Waiting are the engine's current queue lengths.
+	Running, Waiting int
+	// UsedBlocks are blocks referenced by requests; CachedBlocks distinct cached hashes;
+	// TotalBlocks the capacity.
+	UsedBlocks, CachedBlocks, TotalBlocks int
+	// NextSeq is the seq the next event batch gets; EventBatchesSent and
+	// EventBatchesDropped count batches sent on and dropped from the PUB socket.
+	NextSeq, EventBatchesSent, EventBatchesDropped uint64
+	// Failed, Hung and Died count requests hit by the matching fault.
+	Failed, Hung, Died uint64
+}
+
+// Worker is one simulated engine: an OpenAI-compatible HTTP server, a continuous-batching
+// engine over a paged prefix cache, and a KV-event publisher. Its methods are safe for
+// concurrent use. It must not be copied.
+type Worker struct {
+	id      string
+	cfg     Config
+	prof    Profile
+	tk      Tokenizer
+	tmpl    ChatTemplate
+	eng     *engine
+	pub     *kvevents.Publisher
+	stats   engineStats
+	metrics *metrics
+	srv     *http.Server
+	ln      net.Listener
+	url     string
+	modelJS []byte // the model name as a JSON string
+	ctx     context.Context
+	cancel  context.CancelFunc
+	engDone chan struct{}
+	reqSeq  atomic.Uint64
+
+	failed, hung, died atomic.Uint64
+	downUntil          atomic.Int64 // unix nanos
+
+	// faultMu guards faults and rng.
+	faultMu sync.Mutex
+	faults  Faults
+	rng     *rand.Rand
+}
+
+// StartWorker starts a worker with the given id, binding its HTTP server, event PUB and
+// replay ROUTER sockets on host at the given ports (0: a free port). cfg must be valid.
+// The worker runs until [Worker.Close] or until ctx ends.
+func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPort, eventsPort, replayPort int) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("worker %s: %w", id, err)
+	}
+	prof, _ := LookupProfile(cfg.Profile)
+	capacity := cfg.KVBlocks
+	if capacity == 0 {
+		capacity = max(prof.KVBlocks*16/cfg.BlockSize, 1)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	w := &Worker{
+		id: id, cfg: cfg, prof: prof, tk: cfg.tokenizer(), tmpl: cfg.chatTemplate(),
+		ctx: ctx, cancel: cancel, engDone: make(chan struct{}),
+		rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6b7673696d)),
+	}
+	w.modelJS, _ = json.Marshal(cfg.Model)
+	pub, err := kvevents.Listen(ctx, kvevents.Config{
+		Endpoint:       fmt.Sprintf("tcp://%s:%d", host, eventsPort),
+		ReplayEndpoint: fmt.Sprintf("tcp://%s:%d", host, replayPort),
+		Topic:          cfg.Topic,
+		BufferSteps:    cfg.BufferSteps,
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("worker %s: %w", id, err)
+	}
+	w.pub = pub
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(httpPort)))
+	if err != nil {
+		cancel()
+		_ = pub.Close()
+		return nil, fmt.Errorf("worker %s: listen http: %w", id, err)
+	}
+	w.ln = ln
+	w.url = "http://" + ln.Addr().String()
+	hashSeed := xxhash.Sum64String("kvsim-engine-seed/" + strconv.FormatInt(cfg.Seed, 10))
+	w.eng = newEngine(&w.cfg, prof, capacity, pub, hashSeed, &w.stats)
+	w.metrics = newMetrics(&w.cfg, capacity, &w.stats)
+	if err := w.SetFaults(cfg.Faults); err != nil {
+		cancel()
+		_ = pub.Close()
+		_ = ln.Close()
+		return nil, fmt.Errorf("worker %s: %w", id, err)
+	}
+	w.srv = &http.Server{Handler: w.routes(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	go func() {
+		defer close(w.engDone)
+		w.eng.run(ctx)
+	}()
+	go func() { _ = w.srv.Serve(ln) }()
+	return w, nil
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.id }
+
+// URL returns the worker's HTTP base URL, "http://127.0.0.1:port".
+func (w *Worker) URL() string { return w.url }
+
+// EventsEndpoint returns the KV-event PUB endpoint, "tcp://127.0.0.1:port".
+func (w *Worker) EventsEndpoint() string { return w.pub.Endpoint() }
+
+// ReplayEndpoint returns the KV-event replay ROUTER endpoint.
+func (w *Worker) ReplayEndpoint() string { return w.pub.ReplayEndpoint() }
+
+// Info returns the worker's id and endpoints.
+func (w *Worker) Info() Info {
+	return Info{ID: w.id, URL: w.url, Events: w.EventsEndpoint(), Replay: w.ReplayEndpoint()}
+}
+
+// Config returns the worker's configuration.
+func (w *Worker) Config() Config { return w.cfg }
+
+// Tokenizer returns the tokenizer the worker uses.
+func (w *Worker) Tokenizer() Tokenizer { return w.tk }
+
+// EventsSubscribed reports whether a subscriber's subscription matching the worker's
+// topic has reached the PUB socket (ZMQ drops messages published before that).
+func (w *Worker) EventsSubscribed() bool { return w.pub.Subscribed() }
+
+// Stats returns a snapshot of the worker's counters and gauges.
+func (w *Worker) Stats() Stats {
+	st := &w.stats
+	next, sent, dropped := w.pub.Stats()
+	used := int(st.usedBlocks.Load())
+	return Stats{
+		Requests: st.requests.Load(), Finished: st.finished.Load(), Aborted: st.aborted.Load(),
+		PromptTokens: st.promptTokens.Load(), CachedTokens: st.cachedTokens.Load(),
+		GeneratedTokens: st.generatedTokens.Load(), Preemptions: st.preemptions.Load(),
+		Steps:   st.steps.Load(),
+		Running: int(st.running.Load()), Waiting: int(st.waiting.Load()),
+		UsedBlocks: used, CachedBlocks: int(st.cachedBlocks.Load()),
+		TotalBlocks: int(st.free.Load()) + used,
+		NextSeq:     next, EventBatchesSent: sent, EventBatchesDropped: dropped,
+		Failed: w.failed.Load(), Hung: w.hung.Load(), Died: w.died.Load(),
+	}
+}
+
+// CachedBlockHashes returns the engine hashes of every block in the prefix cache (once
+// per cached copy), in no particular order.
+func (w *Worker) CachedBlockHashes() []uint64 { return w.eng.cachedHashes() }
+
+// SetFaults replaces the worker's faults after validating them. DropEventBatches is
+// applied at once as an action.
+func (w *Worker) SetFaults(f Faults) error {
+	if err := f.Validate(); err != nil {
+		return fmt.Errorf("set faults: %w", err)
+	}
+	w.faultMu.Lock()
+	w.faults = f
+	w.faults.DropEventBatches = 0
+	w.faultMu.Unlock()
+	slow := f.SlowFactor
+	if slow == 0 {
+		slow = 1
+	}
+	w.eng.slow.Store(math.Float64bits(slow))
+	if f.DropEventBatches > 0 {
+		w.pub.DropNext(f.DropEventBatches)
+	}
+	return nil
+}
+
+// Faults returns the worker's current faults.
+func (w *Worker) Faults() Faults {
+	w.faultMu.Lock()
+	defer w.faultMu.Unlock()
+	return w.faults
+}
+
+// Restart simulates an engine restart: requests in flight lose their connection, the
+// cache empties without BlockRemoved events, the event seq restarts at 0 with an empty
+// replay buffer, and the worker answers 503 for opt.Down.
+func (w *Worker) Restart(opt RestartOptions) {
+	if opt.Down == 0 && opt.DownMS > 0 {
+		opt.Down = time.Duration(opt.DownMS) * time.Millisecond
+	}
+	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
+	w.eng.restart(opt.AnnounceClear)
+}
+
+// ResetPrefixCache empties the prefix cache and publishes AllBlocksCleared, like vLLM's
+// POST /reset_prefix_cache. It fails while requests are running.
+func (w *Worker) ResetPrefixCache() error {
+	if err := w.eng.resetPrefixCache(); err != nil {
+		return fmt.Errorf("reset prefix cache: %w", err)
+	}
+	return nil
+}
+
+// Close stops the worker at once: open connections are closed, the engine stops and the
+// event sockets close.
+func (w *Worker) Close() error {
+	err := w.srv.Close()
+	w.cancel()
+	<-w.engDone
+	return errors.Join(err, w.pub.Close())
+}
+
+// Shutdown stops accepting requests and waits for the ones in flight to finish (or ctx
+// to end), then closes the worker.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	err := w.srv.Shutdown(ctx)
+	return errors.Join(err, w.Close())
+}
+
+func (w *Worker) down() bool { return time.Now().UnixNano() < w.downUntil.Load() }
+
+func (w *Worker) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/completions", func(rw http.ResponseWriter, r *http.Request) { w.serveGenerate(rw, r, false) })
+	mux.HandleFunc("POST /v1/chat/completions", func(rw http.ResponseWriter, r *http.Request) { w.serveGenerate(rw, r, true) })
+	mux.HandleFunc("GET /v1/models", w.serveModels)
+	mux.HandleFunc("POST /tokenize", w.serveTokenize)
+	mux.HandleFunc("GET /health", func(rw http.ResponseWriter, _ *http.Request) {
+		if w.down() {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		rw.WriteHeader(http.StatusOK)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(w.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /reset_prefix_cache", func(rw http.ResponseWriter, _ *http.Request) {
+		if err := w.ResetPrefixCache(); err != nil {
+			writeError(rw, &apiError{status: http.StatusConflict, typ: "ConflictError", msg: err.Error()})
+			return
+		}
+		rw.WriteHeader(http.StatusOK)
+	})
+	mux.HandleFunc("GET /sim/fault", func(rw http.ResponseWriter, _ *http.Request) { writeJSON(rw, w.Faults()) })
+	mux.HandleFunc("POST /sim/fault", w.serveSetFault)
+	mux.HandleFunc("POST /sim/restart", w.serveRestart)
+	mux.HandleFunc("GET /sim/stats", func(rw http.ResponseWriter, _ *http.Request) { writeJSON(rw, w.Stats()) })
+	return mux
+}
+
+const maxBody = 64 << 20
+
+func readBody(r *http.Request) ([]byte, error) {
+	body, err := readAllLimit(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		return nil, badRequest("read body: %v", err)
+	}
+	return body, nil
+}
+
+func (w *Worker) serveSetFault(rw http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
+	var f Faults
+	if err := strictJSON(body, &f); err != nil {
+		writeError(rw, badRequest("fault body: %v", err))
+		return
+	}
+	if err := w.SetFaults(f); err != nil {
+		writeError(rw, badRequest("%v", err))
+		return
+	}
+	writeJSON(rw, w.Faults())
+}
+
+func (w *Worker) serveRestart(rw http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
+	var opt RestartOptions
+	if len(body) > 0 {
+		if err := strictJSON(body, &opt); err != nil {
+			writeError(rw, badRequest("restart body: %v", err))
+			return
+		}
+	}
+	if opt.DownMS < 0 {
+		writeError(rw, badRequest("down_ms must not be negative, got %d", opt.DownMS))
+		return
+	}
+	w.Restart(opt)
+	rw.WriteHeader(http.StatusOK)
+}
+
+func (w *Worker) serveModels(rw http.ResponseWriter, _ *http.Request) {
+	type model struct {
+		ID          string `json:"id"`
+		Object      string `json:"object"`
+		Created     int64  `json:"created"`
+		OwnedBy     string `json:"owned_by"`
+		Root        string `json:"root"`
+		MaxModelLen int    `json:"max_model_len"`
+	}
+	writeJSON(rw, map[string]any{"object": "list", "data": []model{{
+		ID: w.cfg.Model, Object: "model", Created: time.Now().Unix(), OwnedBy: "vllm",
+		Root: w.cfg.Model, MaxModelLen: w.cfg.MaxModelLen,
+	}}})
+}
+
+func (w *Worker) serveTokenize(rw http.ResponseWriter, r *http.Request) {
+	body, err := readBody(r)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
+	toks, err := decodeTokenize(body, w.tk, w.tmpl)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
+	writeJSON(rw, map[string]any{"count": len(toks), "max_model_len": w.cfg.MaxModelLen, "tokens": toks, "token_strs": nil})
+}
+
+// roll reports whether a fault with probability rate fires for this request.
+func (w *Worker) roll(rate float64) bool {
+	if rate <= 0 {
+		return false
+	}
+	w.faultMu.Lock()
+	defer w.faultMu.Unlock()
+	return w.rng.Float64() < rate
+}
+
+func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bool) {
+	if w.down() {
+		writeError(rw, &apiError{status: http.StatusServiceUnavailable, typ: "ServiceUnavailableError", msg: "engine is restarting"})
+		return
+	}
+	body, err := readBody(hr)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
+	p, err := decodeRequest(body, chat, w.tk, w.tmpl)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
+	if p.model != "" && p.model != w.cfg.Model {
+		writeError(rw, &apiError{status: http.StatusNotFound, typ: "NotFoundError",
+			msg: fmt.Sprintf("The model `%s` does not exist.", p.model)})
+		return
+	}
+	n := len(p.tokens)
+	if n >= w.cfg.MaxModelLen || (p.maxTokens > 0 && n+p.maxTokens > w.cfg.MaxModelLen) {
+		writeError(rw, badRequest("This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
+			w.cfg.MaxModelLen, n+p.maxTokens, n, p.maxTokens))
+		return
+	}
+	f := w.Faults()
+	if w.roll(f.ErrorRate) {
+		w.failed.Add(1)
+		writeError(rw, &apiError{status: http.StatusInternalServerError, typ: "InternalServerError", msg: "kvsim: injected fault"})
+		return
+	}
+	if w.roll(f.HangRate) {
+		w.hung.Add(1)
+		select {
+		case <-hr.Context().Done():
+		case <-w.ctx.Done():
+		}
+		return
+	}
+	req := w.newRequest(p)
+	w.eng.submit(req)
+	s := stream{w: w, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
+	s.run(hr.Context())
+}
+
+func (w *Worker) newRequest(p *genParams) *request {
+	n := len(p.tokens)
+	maxTokens := p.maxTokens
+	if maxTokens == 0 {
+		maxTokens = w.cfg.MaxModelLen - n
+	}
+	var hb [4]byte
+	var d xxhash.Digest
+	d.Reset()
+	for _, t := range p.tokens {
+		binary.LittleEndian.PutUint32(hb[:], t)
+		_, _ = d.Write(hb[:])
+	}
+	seed := d.Sum64()
+	target := maxTokens
+	if !p.ignoreEOS {
+		natural := 1 + int(seed%uint64(2*w.cfg.MeanOutputTokens))
+		target = min(max(natural, p.minTokens), maxTokens)
+	}
+	tokens := make([]uint32, n, n+target)
+	copy(tokens, p.tokens)
+	prefix := "cmpl-"
+	if p.chat {
+		prefix = "chatcmpl-"
+	}
+	return &request{
+		id:        prefix + w.id + "-" + strconv.FormatUint(w.reqSeq.Add(1), 10),
+		promptLen: n, target: target, maxTokens: maxTokens, outSeed: seed, salt: p.salt,
+		arrival: time.Now(), notify: make(chan struct{}, 1), tokens: tokens,
+	}
+}
+
+func writeJSON(rw http.ResponseWriter, v any) {
+	rw.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(rw).Encode(v)
+}
+
+// writeError answers err with its status and an OpenAI-shaped JSON body; errors other
+// than *apiError are 500s. It is the one place errors become statuses.
+func writeError(rw http.ResponseWriter, err error) {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		ae = &apiError{status: http.StatusInternalServerError, typ: "InternalServerError", msg: err.Error()}
+	}
+	rw.Header().Set("Content-Type", "application/json")
+	rw.WriteHeader(ae.status)
+	_ = json.NewEncoder(rw).Encode(map[string]any{"error": map[string]any{
+		"message": ae.msg, "type": ae.typ, "param": nil, "code": ae.status,
+	}})
+}
