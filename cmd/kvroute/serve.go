@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router"
+)
+
+func init() {
+	register(command{name: "serve", summary: "run the router (--config FILE, or --listen/--worker/--policy)", run: runServe})
+	register(command{name: "check-config", summary: "validate a config file", run: runCheckConfig})
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, " ") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func runServe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)")
+	listen := fs.String("listen", "", "listen address, e.g. :8080 (overrides the config)")
+	policy := fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	var workers stringList
+	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B]`; repeat for each worker")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "kvroute serve:", err)
+		return 2
+	}
+	cfg, err := serveConfig(*configPath, *listen, *policy, workers)
+	if err != nil {
+		fmt.Fprintln(stderr, "kvroute serve:", err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		fmt.Fprintln(stderr, "kvroute serve:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := router.Run(ctx, cfg, ln, log, nil); err != nil {
+		fmt.Fprintln(stderr, "kvroute serve:", err)
+		return 1
+	}
+	return 0
+}
+
+// serveConfig builds the config from a file and/or the quick-start flags; flags win.
+func serveConfig(path, listen, policy string, workers []string) (*configs.Config, error) {
+	var cfg *configs.Config
+	if path != "" {
+		c, err := configs.LoadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	} else {
+		if len(workers) == 0 {
+			return nil, errors.New("give --config FILE or at least one --worker URL")
+		}
+		c := configs.Default()
+		cfg = &c
+	}
+	if listen != "" {
+		cfg.Listen = listen
+	}
+	if policy != "" {
+		cfg.Policy = policy
+	}
+	if len(workers) > 0 {
+		cfg.Workers = nil
+		for _, s := range workers {
+			w, err := configs.ParseWorkerFlag(s)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Workers = append(cfg.Workers, w)
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runCheckConfig(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: kvroute check-config FILE")
+		return 2
+	}
+	cfg, err := configs.LoadFile(args[0])
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d workers, policy %s, listen %s)\n", args[0], len(cfg.Workers), cfg.Policy, cfg.Listen)
+	return 0
+}
+

@@ -1,0 +1,330 @@
+package router
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kvroute/kvroute/upstream"
+)
+
+// hopByHop are the headers that describe one connection and are never forwarded
+// (RFC 9110 section 7.6.1).
+var hopByHop = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// statusError is a worker's answer that is worth retrying elsewhere (5xx, 429). When
+// every attempt fails this way the last one is passed to the client as it was.
+type statusError struct {
+	worker      string
+	code        int
+	contentType string
+	body        []byte
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("worker %s answered %d", e.worker, e.code)
+}
+
+func (e *statusError) Is(target error) bool {
+	return (target == errStatus5xx && e.code >= 500) || (target == errStatus429 && e.code == 429)
+}
+
+// handleInference routes and forwards one inference request.
+func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
+	start := time.Now()
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set("Allow", "POST")
+		s.fail(ctx, "", fmt.Errorf("%w: %s %s", errMethod, ctx.Method(), ep.path()))
+		return
+	}
+	if s.draining.Load() {
+		s.fail(ctx, "", errShuttingDown)
+		return
+	}
+	var r request
+	if err := parseRequest(ctx.PostBody(), ep, &r); err != nil {
+		s.fail(ctx, "", err)
+		return
+	}
+	if !s.pool.Known(r.Model) {
+		s.fail(ctx, "", fmt.Errorf("%w: %q", ErrUnknownModel, r.Model))
+		return
+	}
+	reqID := string(ctx.Request.Header.Peek("X-Request-Id"))
+	if reqID == "" {
+		reqID = newRequestID()
+	}
+	ctx.Response.Header.Set("X-Request-Id", reqID)
+
+	st := getRouteState()
+	defer putRouteState(st)
+	st.req.Model, st.req.SessionKey = r.Model, r.User
+	var lastErr error
+	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
+		t0 := time.Now()
+		w := s.pick(st)
+		s.metrics.decisions.Observe(time.Since(t0).Seconds())
+		if w == nil {
+			break
+		}
+		if attempt > 0 {
+			s.metrics.retries.WithLabelValues(r.Model).Inc()
+		}
+		st.tried = append(st.tried, w)
+		done, err := s.attempt(ctx, w, ep, &r, reqID, start)
+		if done {
+			return
+		}
+		lastErr = err
+		s.log.Debug("attempt failed", "request_id", reqID, "worker", w.ID, "err", err)
+	}
+	var se *statusError
+	switch {
+	case lastErr == nil:
+		s.fail(ctx, r.Model, fmt.Errorf("%w: %q", ErrNoHealthyWorker, r.Model))
+	case errors.As(lastErr, &se):
+		// Every worker refused; the last refusal is the most useful answer.
+		ctx.SetStatusCode(se.code)
+		ctx.SetContentType(se.contentType)
+		ctx.SetBody(se.body)
+		s.setWorkerHeader(ctx, se.worker)
+		s.count(se.worker, r.Model, se.code, start)
+	default:
+		s.fail(ctx, r.Model, lastErr)
+	}
+}
+
+// attempt forwards the request to w. done is true when a response has been committed to
+// the client (it may still fail later, mid-stream); otherwise err says why the attempt
+// failed and nothing was written, so the caller may try another worker.
+func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoint, r *request, reqID string, start time.Time) (done bool, err error) {
+	req := fasthttp.AcquireRequest()
+	ctx.Request.Header.CopyTo(&req.Header)
+	for _, h := range hopByHop {
+		req.Header.Del(h)
+	}
+	req.SetRequestURI(w.URL + ep.path())
+	req.Header.Set("X-Request-Id", reqID)
+	req.Header.Set("X-Forwarded-For", forwardedFor(ctx))
+	req.SetBodyRaw(ctx.PostBody())
+
+	resp := fasthttp.AcquireResponse()
+	w.Begin()
+	err = w.Client(r.Stream).DoDeadline(req, resp, start.Add(s.cfg.Timeouts.Total))
+	fasthttp.ReleaseRequest(req)
+	if err != nil {
+		w.End()
+		fasthttp.ReleaseResponse(resp)
+		s.pool.ReportFailure(w, err)
+		s.metrics.upErrors.WithLabelValues(w.ID, errorKind(err)).Inc()
+		return false, fmt.Errorf("worker %s: %w", w.ID, err)
+	}
+
+	code := resp.StatusCode()
+	if code >= 500 || code == fasthttp.StatusTooManyRequests {
+		se := &statusError{worker: w.ID, code: code, contentType: string(resp.Header.ContentType())}
+		se.body = readLimited(resp, 64<<10)
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		w.End()
+		if code >= 500 {
+			s.pool.ReportFailure(w, se)
+		}
+		s.metrics.upErrors.WithLabelValues(w.ID, errorKind(se)).Inc()
+		return false, se
+	}
+	s.pool.ReportSuccess(w)
+
+	// Commit: from here on the client gets this worker's answer.
+	resp.Header.CopyTo(&ctx.Response.Header)
+	for _, h := range hopByHop {
+		ctx.Response.Header.Del(h)
+	}
+	ctx.Response.Header.Set("X-Request-Id", reqID)
+	s.setWorkerHeader(ctx, w.ID)
+
+	if !r.Stream {
+		ctx.SetBody(resp.Body())
+		fasthttp.ReleaseResponse(resp)
+		w.End()
+		s.metrics.ttfb.WithLabelValues(r.Model).Observe(time.Since(start).Seconds())
+		s.count(w.ID, r.Model, code, start)
+		return true, nil
+	}
+	ctx.Response.Header.SetContentLength(-1)
+	sp := &streamPipe{s: s, w: w, resp: resp, model: r.Model, code: code, start: start}
+	ctx.SetBodyStreamWriter(sp.run)
+	return true, nil
+}
+
+// streamPipe copies one streaming response from a worker to the client, chunk by chunk.
+// It holds copies of everything it needs: it runs after the handler has returned, when
+// the RequestCtx must no longer be used.
+type streamPipe struct {
+	s     *Server
+	w     *upstream.Worker
+	resp  *fasthttp.Response
+	model string
+	code  int
+	start time.Time
+}
+
+// streamCloser is the part of fasthttp's response body stream that can be closed from
+// another goroutine: it interrupts a blocked Read by closing the connection.
+type streamCloser interface {
+	CloseWithError(err error) error
+}
+
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// run is the fasthttp body stream writer. Each read from the worker is written and
+// flushed at once, so every SSE event reaches the client as soon as the worker sends it.
+// A watchdog closes the upstream stream when the first chunk takes longer than the
+// first-byte timeout or a later one longer than the idle timeout; a failed write (the
+// client went away) closes it too, which aborts the request on the worker.
+func (p *streamPipe) run(bw *bufio.Writer) {
+	status := p.code
+	defer func() {
+		_ = p.resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(p.resp)
+		p.w.End()
+		p.s.count(p.w.ID, p.model, status, p.start)
+	}()
+	// Send the headers now, as the worker did, rather than with the first chunk.
+	if err := bw.Flush(); err != nil {
+		status = statusClientClosed
+		return
+	}
+	body := p.resp.BodyStream()
+	if body == nil {
+		return
+	}
+	closer, _ := body.(streamCloser)
+	var timedOut atomic.Bool
+	watchdog := time.AfterFunc(p.s.cfg.Timeouts.FirstByte, func() {
+		timedOut.Store(true)
+		if closer != nil {
+			_ = closer.CloseWithError(errStreamTimeout)
+		}
+	})
+	defer watchdog.Stop()
+
+	bufp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bufp)
+	buf := *bufp
+	first := true
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			watchdog.Reset(p.s.cfg.Timeouts.Idle)
+			if first {
+				first = false
+				p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
+			}
+			_, werr := bw.Write(buf[:n])
+			if werr == nil {
+				werr = bw.Flush()
+			}
+			if werr != nil {
+				status = statusClientClosed
+				if closer != nil {
+					_ = closer.CloseWithError(errClientGone)
+				}
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			if timedOut.Load() {
+				err = fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout)
+			}
+			err = fmt.Errorf("worker %s failed mid-stream: %w", p.w.ID, err)
+			p.s.pool.ReportFailure(p.w, err)
+			p.s.metrics.upErrors.WithLabelValues(p.w.ID, errorKind(err)).Inc()
+			status = statusOf(err).code
+			// The client already has part of the stream: end it with an error event it
+			// can recognise rather than a silent truncation.
+			_, _ = bw.WriteString("data: ")
+			_, _ = bw.Write(appendErrorJSON(nil, err.Error(), statusOf(err)))
+			_, _ = bw.WriteString("\n\n")
+			_ = bw.Flush()
+			return
+		}
+	}
+}
+
+// statusClientClosed is the status recorded when the client went away before the end of
+// the response (nginx's convention; never sent).
+const statusClientClosed = 499
+
+// readLimited returns up to limit bytes of resp's body, streamed or not.
+func readLimited(resp *fasthttp.Response, limit int64) []byte {
+	if bs := resp.BodyStream(); bs != nil {
+		b, _ := io.ReadAll(io.LimitReader(bs, limit))
+		return b
+	}
+	b := resp.Body()
+	if int64(len(b)) > limit {
+		b = b[:limit]
+	}
+	return append([]byte(nil), b...)
+}
+
+func (s *Server) setWorkerHeader(ctx *fasthttp.RequestCtx, id string) {
+	if s.cfg.Headers.Worker {
+		ctx.Response.Header.Set("x-kvroute-worker", id)
+	}
+}
+
+// fail writes err to the client and counts the request.
+func (s *Server) fail(ctx *fasthttp.RequestCtx, model string, err error) {
+	writeError(ctx, err)
+	s.count("", model, statusOf(err).code, time.Time{})
+}
+
+// count records a finished request. A zero start skips the duration (requests rejected
+// before routing).
+func (s *Server) count(worker, model string, status int, start time.Time) {
+	s.metrics.requests.WithLabelValues(worker, model, statusLabel(status)).Inc()
+	if !start.IsZero() {
+		s.metrics.duration.WithLabelValues(model).Observe(time.Since(start).Seconds())
+	}
+}
+
+func forwardedFor(ctx *fasthttp.RequestCtx) string {
+	ip := ctx.RemoteIP().String()
+	if prior := ctx.Request.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
+		return string(prior) + ", " + ip
+	}
+	return ip
+}
+
+// newRequestID returns 16 random hex digits.
+func newRequestID() string {
+	var b [16]byte
+	return string(strconv.AppendUint(b[:0], rand.Uint64()|1<<63, 16))
+}
+
+var statusLabels sync.Map // int -> string
+
+func statusLabel(code int) string {
+	if v, ok := statusLabels.Load(code); ok {
+		return v.(string)
+	}
+	s := strconv.Itoa(code)
+	statusLabels.Store(code, s)
+	return s
+}

@@ -1,0 +1,198 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/upstream"
+)
+
+// Options are what a Server is built from.
+type Options struct {
+	Config *configs.Config
+	Pool   *upstream.Pool
+	// Selector chooses workers; nil means the policy named in Config.
+	Selector scorer.Selector
+	// Registerer receives the router's metrics and Gatherer serves /metrics; nil means a
+	// new private registry for both.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// Logger receives the router's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the OpenAI-compatible routing proxy.
+type Server struct {
+	cfg      *configs.Config
+	pool     *upstream.Pool
+	sel      scorer.Selector
+	metrics  *metrics
+	log      *slog.Logger
+	srv      *fasthttp.Server
+	metricsH fasthttp.RequestHandler
+	draining atomic.Bool
+}
+
+// New builds a Server; it does not listen until [Server.Serve].
+func New(opts Options) (*Server, error) {
+	if opts.Config == nil || opts.Pool == nil {
+		return nil, errors.New("router: Config and Pool are required")
+	}
+	s := &Server{cfg: opts.Config, pool: opts.Pool, sel: opts.Selector, log: opts.Logger}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.sel == nil {
+		sel, err := NewSelector(opts.Config.Policy)
+		if err != nil {
+			return nil, err
+		}
+		s.sel = sel
+	}
+	reg, gat := opts.Registerer, opts.Gatherer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, gat = r, r
+	}
+	m, err := newMetrics(reg, opts.Pool)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	if gat == nil {
+		gat = prometheus.DefaultGatherer
+	}
+	s.metricsH = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(gat, promhttp.HandlerOpts{}))
+	s.srv = &fasthttp.Server{
+		Handler:                       s.handle,
+		ErrorHandler:                  s.handleParseError,
+		Name:                          "kvroute",
+		MaxRequestBodySize:            opts.Config.MaxBodyBytes,
+		ReadTimeout:                   opts.Config.Timeouts.Total,
+		IdleTimeout:                   2 * time.Minute,
+		DisableHeaderNamesNormalizing: true,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		CloseOnShutdown:               true,
+		Logger:                        fasthttpLogger{s.log},
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until [Server.Shutdown]. It returns nil after a
+// shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.srv.Serve(ln); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting connections, marks the router not ready, and waits until
+// every in-flight request (including streams) has finished or ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	if err := s.srv.ShutdownWithContext(ctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// handle is the endpoint table.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	switch string(ctx.Path()) {
+	case "/v1/chat/completions":
+		s.handleInference(ctx, epChat)
+	case "/v1/completions":
+		s.handleInference(ctx, epCompletions)
+	case "/v1/embeddings":
+		s.handleInference(ctx, epEmbeddings)
+	case "/v1/models":
+		s.onlyGet(ctx, s.handleModels)
+	case "/health":
+		s.onlyGet(ctx, func(ctx *fasthttp.RequestCtx) { writeJSON(ctx, 200, `{"status":"ok"}`) })
+	case "/ready":
+		s.onlyGet(ctx, s.handleReady)
+	case "/metrics":
+		s.onlyGet(ctx, s.metricsH)
+	default:
+		writeError(ctx, fmt.Errorf("%w: %s", errNotFound, ctx.Path()))
+	}
+}
+
+func (s *Server) onlyGet(ctx *fasthttp.RequestCtx, h fasthttp.RequestHandler) {
+	if !ctx.IsGet() && !ctx.IsHead() {
+		ctx.Response.Header.Set("Allow", "GET, HEAD")
+		writeError(ctx, fmt.Errorf("%w: %s %s", errMethod, ctx.Method(), ctx.Path()))
+		return
+	}
+	h(ctx)
+}
+
+func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
+	switch {
+	case s.draining.Load():
+		writeError(ctx, errShuttingDown)
+	case !s.pool.AnyAvailable():
+		writeError(ctx, ErrNoHealthyWorker)
+	default:
+		writeJSON(ctx, 200, `{"status":"ready"}`)
+	}
+}
+
+func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
+	b := []byte(`{"object":"list","data":[`)
+	for i, m := range s.pool.Models() {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = appendJSONString(b, m)
+		b = append(b, `,"object":"model","owned_by":"kvroute"}`...)
+	}
+	b = append(b, "]}"...)
+	writeJSON(ctx, 200, string(b))
+}
+
+// handleParseError answers requests fasthttp could not read (body over the limit,
+// malformed HTTP) with an OpenAI-shaped error.
+func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	var status apiStatus
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		err = fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, s.cfg.MaxBodyBytes)
+		status = statusOf(err)
+	} else {
+		err = fmt.Errorf("%w: malformed HTTP request: %v", errInvalidField, err)
+		status = statusOf(err)
+	}
+	writeError(ctx, err)
+	ctx.SetConnectionClose()
+	s.metrics.requests.WithLabelValues("", "", statusLabel(status.code)).Inc()
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, body string) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(body)
+}
+
+// fasthttpLogger routes fasthttp's internal messages to slog at debug level.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	if f.l.Enabled(context.Background(), slog.LevelDebug) {
+		f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	}
+}

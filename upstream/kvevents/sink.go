@@ -1,0 +1,92 @@
+package kvevents
+
+import (
+	"strconv"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// WorkerKey identifies one event stream: a worker and one of its data-parallel ranks.
+// vLLM runs one publisher per DP rank (rank N>0 on the configured port + N), each with
+// its own sequence numbers and its own cache, so the rank is part of the identity.
+type WorkerKey struct {
+	// Worker is the worker's id as configured (its URL or name).
+	Worker string
+	// DPRank is the data-parallel rank; 0 for engines without data parallelism.
+	DPRank int
+}
+
+// String returns "worker" for rank 0 and "worker#dpN" otherwise; it is the metrics label.
+func (k WorkerKey) String() string {
+	if k.DPRank == 0 {
+		return k.Worker
+	}
+	return k.Worker + "#dp" + strconv.Itoa(k.DPRank)
+}
+
+// Sink receives every worker's batches, in sequence order per worker. The indexer is the
+// sink in the router; the NATS publisher is the sink in `kvroute bridge`.
+//
+// Calls for one WorkerKey never overlap and arrive in order; calls for different keys may
+// run concurrently, so implementations must be safe for concurrent use. b and its slices
+// are only valid during Apply: the caller reuses them for the next batch, so a sink copies
+// what it keeps. Apply must not block for long: it holds up that worker's stream.
+type Sink interface {
+	// Apply applies one batch of the worker's events. model is the worker's configured
+	// model name ("" when unknown).
+	Apply(w WorkerKey, model string, b *proto.Batch)
+	// Reset tells the sink that everything it knows about the worker is void: drop it.
+	// reason is one of the Reason constants.
+	Reset(w WorkerKey, reason string)
+}
+
+// The reasons a worker's state is reset. They are the values of the reason label of
+// kvroute_events_resets_total, so the set is closed.
+const (
+	// ReasonStart: the first batch from a publisher; what came before it is unknown.
+	ReasonStart = "start"
+	// ReasonRestart: the sequence went backwards, so the engine restarted and its cache
+	// is new.
+	ReasonRestart = "restart"
+	// ReasonGap: batches were lost and could not be replayed.
+	ReasonGap = "gap"
+	// ReasonDecode: a batch could not be decoded, so its events are unknown.
+	ReasonDecode = "decode_error"
+	// ReasonDead: the publisher has been unreachable for longer than the grace period.
+	ReasonDead = "dead"
+	// ReasonRemoved: the worker was removed from the configuration.
+	ReasonRemoved = "removed"
+	// ReasonUpstream: the publisher upstream of a NATS consumer (a bridge) reset the
+	// worker; the bridge's own reason is logged.
+	ReasonUpstream = "upstream"
+)
+
+// SinkFuncs adapts two functions to [Sink], e.g. an indexer offering
+// Apply(worker, model, batch) and ClearWorker(worker):
+//
+//	kvevents.SinkFuncs{
+//		ApplyFunc: func(w kvevents.WorkerKey, model string, b *proto.Batch) { idx.Apply(w.String(), model, b) },
+//		ResetFunc: func(w kvevents.WorkerKey, _ string) { idx.ClearWorker(w.String()) },
+//	}
+//
+// A nil function ignores its calls.
+type SinkFuncs struct {
+	ApplyFunc func(w WorkerKey, model string, b *proto.Batch)
+	ResetFunc func(w WorkerKey, reason string)
+}
+
+// Apply calls ApplyFunc.
+func (s SinkFuncs) Apply(w WorkerKey, model string, b *proto.Batch) {
+	if s.ApplyFunc != nil {
+		s.ApplyFunc(w, model, b)
+	}
+}
+
+// Reset calls ResetFunc.
+func (s SinkFuncs) Reset(w WorkerKey, reason string) {
+	if s.ResetFunc != nil {
+		s.ResetFunc(w, reason)
+	}
+}
+
+var _ Sink = SinkFuncs{}

@@ -1,0 +1,337 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"github.com/kvroute/kvroute/configs"
+)
+
+// Pool is the set of configured workers with their health and discovery loops.
+type Pool struct {
+	workers []*Worker
+	byID    map[string]*Worker
+	health  configs.Health
+	metrics *poolMetrics
+	// now is the clock; tests may replace it before Run.
+	now func() time.Time
+}
+
+type poolMetrics struct {
+	healthy   *prometheus.GaugeVec
+	ejections *prometheus.CounterVec
+	checks    *prometheus.CounterVec
+}
+
+// NewPool builds the workers of cfg and registers the pool's metrics with reg (nil: not
+// registered). Workers start unavailable until [Pool.Start] or [Pool.Run] has checked
+// them.
+func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
+	p := &Pool{byID: map[string]*Worker{}, health: cfg.Health, now: time.Now}
+	for _, wc := range cfg.Workers {
+		w, err := newWorker(wc, cfg.Timeouts)
+		if err != nil {
+			return nil, err
+		}
+		p.workers = append(p.workers, w)
+		p.byID[w.ID] = w
+	}
+	p.metrics = &poolMetrics{
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvroute_upstream_worker_available",
+			Help: "1 when the worker passes health checks and is not ejected, else 0.",
+		}, []string{"worker"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_upstream_ejections_total",
+			Help: "Passive ejections of a worker after consecutive failed requests.",
+		}, []string{"worker"}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_upstream_health_checks_total",
+			Help: "Active health checks by result (ok, fail).",
+		}, []string{"worker", "result"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register upstream metrics: %w", err)
+			}
+		}
+	}
+	for _, w := range p.workers {
+		p.metrics.healthy.WithLabelValues(w.ID).Set(0)
+	}
+	return p, nil
+}
+
+// Workers returns every configured worker, in config order. The slice must not be
+// modified.
+func (p *Pool) Workers() []*Worker { return p.workers }
+
+// Worker returns the worker with the given id, or nil.
+func (p *Pool) Worker(id string) *Worker { return p.byID[id] }
+
+// Candidates appends to dst the available workers serving model and returns it.
+func (p *Pool) Candidates(dst []*Worker, model string) []*Worker {
+	for _, w := range p.workers {
+		if w.Available() && w.Serves(model) {
+			dst = append(dst, w)
+		}
+	}
+	return dst
+}
+
+// Known reports whether any worker, available or not, serves model.
+func (p *Pool) Known(model string) bool {
+	for _, w := range p.workers {
+		if w.Serves(model) {
+			return true
+		}
+	}
+	return false
+}
+
+// Models returns the sorted union of the models of the available workers.
+func (p *Pool) Models() []string {
+	set := map[string]struct{}{}
+	for _, w := range p.workers {
+		if !w.Available() {
+			continue
+		}
+		for _, m := range w.Models() {
+			set[m] = struct{}{}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for m := range set {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// AnyAvailable reports whether at least one worker is available.
+func (p *Pool) AnyAvailable() bool {
+	return slices.ContainsFunc(p.workers, (*Worker).Available)
+}
+
+// Start checks every worker once, concurrently, and returns when all checks are done or
+// ctx ends. Serving can begin after it with an accurate view of the fleet.
+func (p *Pool) Start(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, w := range p.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.check(ctx, w)
+		}()
+	}
+	wg.Wait()
+}
+
+// Run runs each worker's health and discovery loop until ctx ends.
+func (p *Pool) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, w := range p.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.loop(ctx, w)
+		}()
+	}
+	wg.Wait()
+}
+
+func (p *Pool) loop(ctx context.Context, w *Worker) {
+	lastModels := p.now()
+	timer := time.NewTimer(p.nextCheck(w))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		p.check(ctx, w)
+		if !w.fixedModels && p.now().Sub(lastModels) >= p.health.ModelsInterval {
+			lastModels = p.now()
+			p.discover(ctx, w)
+		}
+		timer.Reset(p.nextCheck(w))
+	}
+}
+
+// nextCheck is the wait before a worker's next active check: the check interval, or less
+// when the worker's ejection ends sooner, so it is re-admitted promptly.
+func (p *Pool) nextCheck(w *Worker) time.Duration {
+	d := p.health.Interval
+	w.mu.Lock()
+	until := w.ejectedUntil
+	w.mu.Unlock()
+	if !until.IsZero() {
+		if left := until.Sub(p.now()); left < d {
+			d = max(left, time.Millisecond)
+		}
+	}
+	return d
+}
+
+// check runs one active health check (and model discovery when the worker has no models
+// yet) and applies its result.
+func (p *Pool) check(ctx context.Context, w *Worker) {
+	err := p.probe(ctx, w)
+	if err == nil && !w.fixedModels && len(w.Models()) == 0 {
+		err = p.discover(ctx, w)
+	}
+	result := "ok"
+	if err != nil {
+		result = "fail"
+	}
+	p.metrics.checks.WithLabelValues(w.ID, result).Inc()
+
+	now := p.now()
+	w.mu.Lock()
+	if err == nil {
+		w.checkFails = 0
+		w.checkHealthy = true
+		if !w.ejectedUntil.IsZero() && !now.Before(w.ejectedUntil) {
+			w.ejectedUntil = time.Time{} // re-admitted
+			w.reqFails = 0
+		}
+	} else {
+		w.checkFails++
+		w.lastErr = err.Error()
+		if w.checkFails >= p.health.UnhealthyAfter || !w.checkHealthy {
+			w.checkHealthy = false
+		}
+	}
+	w.updateAvailable()
+	avail := w.available.Load()
+	w.mu.Unlock()
+	p.metrics.healthy.WithLabelValues(w.ID).Set(b2f(avail))
+}
+
+func (p *Pool) probe(ctx context.Context, w *Worker) error {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(w.URL + p.health.Path)
+	req.Header.SetMethod(fasthttp.MethodGet)
+	if err := doCtx(ctx, w.plain, req, resp, p.health.Timeout); err != nil {
+		return fmt.Errorf("health check: %w", err)
+	}
+	if sc := resp.StatusCode(); sc != fasthttp.StatusOK {
+		return fmt.Errorf("health check: status %d", sc)
+	}
+	return nil
+}
+
+// discover reads the worker's /v1/models.
+func (p *Pool) discover(ctx context.Context, w *Worker) error {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(w.URL + "/v1/models")
+	req.Header.SetMethod(fasthttp.MethodGet)
+	if err := doCtx(ctx, w.plain, req, resp, p.health.Timeout); err != nil {
+		return fmt.Errorf("list models: %w", err)
+	}
+	if sc := resp.StatusCode(); sc != fasthttp.StatusOK {
+		return fmt.Errorf("list models: status %d", sc)
+	}
+	models, err := ParseModels(resp.Body())
+	if err != nil {
+		return fmt.Errorf("list models: %w", err)
+	}
+	if len(models) == 0 {
+		return errors.New("list models: the worker serves no model")
+	}
+	w.mu.Lock()
+	w.models = models
+	w.updateAvailable()
+	w.mu.Unlock()
+	return nil
+}
+
+// ParseModels decodes an OpenAI /v1/models response into its model ids, sorted and
+// without duplicates.
+func ParseModels(body []byte) ([]string, error) {
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return nil, fmt.Errorf("decode models: %w", err)
+	}
+	out := make([]string, 0, len(list.Data))
+	for _, m := range list.Data {
+		if m.ID != "" {
+			out = append(out, m.ID)
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out), nil
+}
+
+// doCtx performs a short request bounded by timeout and ctx.
+func doCtx(ctx context.Context, hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return hc.DoDeadline(req, resp, deadline)
+}
+
+// ReportSuccess records a request the worker answered without a server error.
+func (p *Pool) ReportSuccess(w *Worker) {
+	w.mu.Lock()
+	w.reqFails = 0
+	w.ejectStreak = 0
+	w.mu.Unlock()
+}
+
+// ReportFailure records a request the worker failed (connect error, timeout, 5xx);
+// eject_after of them in a row eject it.
+func (p *Pool) ReportFailure(w *Worker, err error) {
+	now := p.now()
+	w.mu.Lock()
+	w.reqFails++
+	w.lastErr = err.Error()
+	ejected := false
+	if w.reqFails >= p.health.EjectAfter && w.ejectedUntil.IsZero() {
+		d := p.health.EjectBase << min(w.ejectStreak, 20)
+		if d > p.health.EjectMax || d <= 0 {
+			d = p.health.EjectMax
+		}
+		w.ejectedUntil = now.Add(d)
+		w.ejectStreak++
+		ejected = true
+		w.updateAvailable()
+	}
+	w.mu.Unlock()
+	if ejected {
+		p.metrics.ejections.WithLabelValues(w.ID).Inc()
+		p.metrics.healthy.WithLabelValues(w.ID).Set(0)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,196 @@
+package upstream
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kvroute/kvroute/configs"
+)
+
+// Worker is one inference worker. It must not be copied.
+type Worker struct {
+	// ID is the configured worker id; URL its base URL without a trailing slash.
+	ID  string
+	URL string
+	// Events and Replay are the worker's ZMQ KV-event endpoints; "" when not configured.
+	Events, Replay string
+
+	host string
+	tls  bool
+	// stream carries streaming requests (header wait bounded by the first-byte timeout),
+	// plain everything else (bounded by the total timeout only).
+	stream, plain *fasthttp.HostClient
+
+	inFlight  atomic.Int64
+	available atomic.Bool
+	// fixedModels is true when the config lists the worker's models, so discovery is off.
+	fixedModels bool
+
+	// mu guards the fields below.
+	mu           sync.Mutex
+	models       []string
+	checkHealthy bool      // the last active checks passed
+	checkFails   int       // consecutive failed active checks
+	reqFails     int       // consecutive failed requests
+	ejectedUntil time.Time // zero when not ejected
+	ejectStreak  int       // ejections in a row without a successful request between
+	lastErr      string
+}
+
+func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
+	u, err := url.Parse(wc.URL)
+	if err != nil {
+		return nil, fmt.Errorf("worker %q: parse url: %w", wc.ID, err)
+	}
+	w := &Worker{
+		ID:          wc.ID,
+		URL:         u.Scheme + "://" + u.Host,
+		Events:      wc.Events,
+		Replay:      wc.Replay,
+		host:        u.Host,
+		tls:         u.Scheme == "https",
+		models:      slices.Clone(wc.Models),
+		fixedModels: len(wc.Models) > 0,
+	}
+	if u.Port() == "" {
+		w.host = net.JoinHostPort(u.Hostname(), map[bool]string{true: "443", false: "80"}[w.tls])
+	}
+	w.stream = w.newClient(wc.MaxConns, t.Connect, t.FirstByte)
+	w.plain = w.newClient(wc.MaxConns, t.Connect, 0)
+	return w, nil
+}
+
+// newClient returns a keep-alive pool to the worker. firstByte > 0 bounds the wait for
+// each response's first byte (see headerTimeoutConn).
+func (w *Worker) newClient(maxConns int, connect, firstByte time.Duration) *fasthttp.HostClient {
+	dialer := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
+	hc := &fasthttp.HostClient{
+		Addr:                          w.host,
+		Name:                          "kvroute",
+		IsTLS:                         w.tls,
+		MaxConns:                      maxConns,
+		MaxIdleConnDuration:           30 * time.Second,
+		MaxConnWaitTimeout:            connect,
+		DisableHeaderNamesNormalizing: true,
+		DisablePathNormalizing:        true,
+		NoDefaultUserAgentHeader:      true,
+		StreamResponseBody:            firstByte > 0,
+		Dial: func(addr string) (net.Conn, error) {
+			c, err := dialer.Dial("tcp", addr)
+			if err != nil {
+				return nil, &DialError{Addr: addr, Err: err}
+			}
+			if firstByte > 0 {
+				return &headerTimeoutConn{Conn: c, firstByte: firstByte}, nil
+			}
+			return c, nil
+		},
+		// A POST is not idempotent, so fasthttp would not retry it; but a keep-alive
+		// connection the worker closed while idle fails before the worker saw the
+		// request, and that is safe to send once more on a fresh connection.
+		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+			return false, attempts < 2 && errors.Is(err, fasthttp.ErrConnectionClosed)
+		},
+	}
+	if w.tls {
+		hc.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: hostOnly(w.host)}
+	}
+	return hc
+}
+
+func hostOnly(hostport string) string {
+	h, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return hostport
+	}
+	return h
+}
+
+// DialError is a failure to connect to a worker: nothing was sent, so the request can
+// always be retried elsewhere.
+type DialError struct {
+	Addr string
+	Err  error
+}
+
+func (e *DialError) Error() string { return fmt.Sprintf("dial %s: %v", e.Addr, e.Err) }
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Client returns the connection pool for a request: the streaming one when stream is
+// true.
+func (w *Worker) Client(stream bool) *fasthttp.HostClient {
+	if stream {
+		return w.stream
+	}
+	return w.plain
+}
+
+// Available reports whether the worker may be routed to: its health checks pass and it
+// is not ejected. One atomic load.
+func (w *Worker) Available() bool { return w.available.Load() }
+
+// InFlight returns the requests this router has in flight on the worker.
+func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
+
+// Begin counts a request in flight on the worker; End must follow exactly once.
+func (w *Worker) Begin() { w.inFlight.Add(1) }
+
+// End ends a request counted by Begin.
+func (w *Worker) End() { w.inFlight.Add(-1) }
+
+// Models returns the models the worker serves (a copy).
+func (w *Worker) Models() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.models)
+}
+
+// Serves reports whether the worker serves model.
+func (w *Worker) Serves(model string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Contains(w.models, model)
+}
+
+// WorkerState is a snapshot of a worker's health for the API and tests.
+type WorkerState struct {
+	ID           string    `json:"id"`
+	URL          string    `json:"url"`
+	Available    bool      `json:"available"`
+	Healthy      bool      `json:"healthy"`
+	Ejected      bool      `json:"ejected"`
+	EjectedUntil time.Time `json:"ejected_until,omitzero"`
+	InFlight     int64     `json:"in_flight"`
+	Models       []string  `json:"models"`
+	LastError    string    `json:"last_error,omitempty"`
+}
+
+// State returns a snapshot of the worker's health.
+func (w *Worker) State() WorkerState {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return WorkerState{
+		ID: w.ID, URL: w.URL,
+		Available:    w.available.Load(),
+		Healthy:      w.checkHealthy,
+		Ejected:      !w.ejectedUntil.IsZero(),
+		EjectedUntil: w.ejectedUntil,
+		InFlight:     w.inFlight.Load(),
+		Models:       slices.Clone(w.models),
+		LastError:    w.lastErr,
+	}
+}
+
+// updateAvailable recomputes available. mu must be held.
+func (w *Worker) updateAvailable() {
+	w.available.Store(w.checkHealthy && w.ejectedUntil.IsZero() && len(w.models) > 0)
+}
