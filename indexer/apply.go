@@ -1,0 +1,376 @@
+package indexer
+
+import (
+	"time"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// chunkOps is how many block operations Apply performs per hold of the write lock, so
+// that a large batch or a worker clear never blocks Match for long.
+const chunkOps = 256
+
+// Apply applies one batch of a worker's KV events, in order. model is the served model
+// name, the first part of the hash seed of chains without a parent. The batch's
+// data-parallel rank, when sent (>= 0), overrides w.DPRank: the event says which rank's
+// cache changed.
+//
+// BlockStored hashes the carried token ids with kvroute's chained hash starting from the
+// parent's own hash (resolved through the worker's engine-hash map) or, without a parent,
+// from proto.Seed(model, lora, ""). A stored chain whose parent is unknown is dropped, as
+// Dynamo does: its hashes cannot be computed. A store without token ids (CPU offload)
+// resolves each engine hash through the map and is dropped for unknown ones. Stores and
+// removes are reference counted per (worker, engine hash, tier), so vLLM's duplicate
+// events are harmless. BlockRemoved leaves the children of the removed block indexed;
+// Match stops at the gap. AllBlocksCleared clears the worker like ClearWorker. Dropped
+// blocks are counted by reason (Stats.Dropped, metric kvroute_indexer_dropped_blocks_total).
+func (ix *Index) Apply(w WorkerKey, model string, b *proto.Batch) {
+	if b.DPRank >= 0 {
+		w.DPRank = b.DPRank
+	}
+	start := time.Now()
+	now, tick := ix.nowTick()
+	ix.mu.Lock()
+	ws := ix.worker(w, true)
+	ops := 0
+	for i := range b.Events {
+		ev := &b.Events[i]
+		kind := ev.Kind
+		if kind > proto.AllBlocksCleared {
+			kind = 0
+		}
+		ix.c.events[kind].Add(1)
+		switch ev.Kind {
+		case proto.BlockStored:
+			ix.applyStored(ws, model, ev, tick, &ops)
+		case proto.BlockRemoved:
+			ix.applyRemoved(ws, ev, tick, &ops)
+		case proto.AllBlocksCleared:
+			ix.mu.Unlock()
+			ix.clearMu.Lock()
+			ix.mu.Lock()
+			ws = ix.worker(w, true)
+			ix.c.clears.Add(1)
+			ix.clearLocked(ws, false)
+			ix.clearMu.Unlock()
+			_, tick = ix.nowTick()
+			ops = 0
+		default:
+			ix.c.dropped[DropUnknownKind].Add(uint64(max(1, len(ev.BlockHashes))))
+		}
+		if ws.removed() {
+			break
+		}
+	}
+	ix.maintain(now, tick)
+	ix.mu.Unlock()
+	if ix.metrics != nil {
+		ix.metrics.apply.Observe(time.Since(start).Seconds())
+	}
+}
+
+func (ws *workerState) removed() bool { return ws.eng == nil }
+
+// yield releases and retakes the write lock every chunkOps block operations so that Match
+// calls waiting on the lock get in. mu must be held for writing.
+func (ix *Index) yield(ops *int) {
+	*ops++
+	if *ops < chunkOps {
+		return
+	}
+	*ops = 0
+	ix.mu.Unlock()
+	ix.mu.Lock()
+}
+
+func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tick uint32, ops *int) {
+	n := len(ev.BlockHashes)
+	if n == 0 {
+		return
+	}
+	tier := TierOf(ev.Medium)
+	if len(ev.TokenIDs) == 0 {
+		// Token-less store (CPU offload of blocks stored on GPU before): resolve each
+		// engine hash; the parent is not needed.
+		for _, eh := range ev.BlockHashes {
+			if ws.removed() {
+				return
+			}
+			e, ok := ws.eng[eh]
+			if !ok {
+				ix.c.dropped[DropMissingTokens].Add(1)
+				continue
+			}
+			ix.store(ws, eh, e.own, tier, tick)
+			ix.yield(ops)
+		}
+		return
+	}
+	bs := ev.BlockSize
+	switch {
+	case bs <= 0 && len(ev.TokenIDs)%n == 0:
+		bs = len(ev.TokenIDs) / n
+	case bs <= 0 || len(ev.TokenIDs) != n*bs:
+		ix.c.dropped[DropBadTokenCount].Add(uint64(n))
+		return
+	}
+	if ix.opts.BlockSize > 0 && bs != ix.opts.BlockSize {
+		ix.c.dropped[DropBlockSizeMismatch].Add(uint64(n))
+		return
+	}
+	var parent proto.BlockHash
+	if ev.HasParent {
+		e, ok := ws.eng[ev.ParentHash]
+		if !ok {
+			ix.c.dropped[DropUnknownParent].Add(uint64(n))
+			return
+		}
+		parent = e.own
+	} else {
+		parent = proto.Seed(model, ev.LoRAName, "")
+	}
+	for i, eh := range ev.BlockHashes {
+		if ws.removed() {
+			return
+		}
+		parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
+		ix.store(ws, eh, parent, tier, tick)
+		ix.yield(ops)
+	}
+}
+
+func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops *int) {
+	tier := TierOf(ev.Medium)
+	for _, eh := range ev.BlockHashes {
+		if ws.removed() {
+			return
+		}
+		if !ix.remove(ws, eh, tier, tick) {
+			ix.c.dropped[DropUnknownBlock].Add(1)
+		}
+		ix.yield(ops)
+	}
+}
+
+// store records one stored block. mu must be held for writing.
+func (ix *Index) store(ws *workerState, eh proto.EngineHash, own proto.BlockHash, tier Tier, tick uint32) {
+	ix.c.stored.Add(1)
+	e, ok := ws.eng[eh]
+	if ok && e.own != own {
+		// The engine reuses an id for other content: forget the old block first.
+		ix.dropEngine(ws, eh, e, tick)
+		ok = false
+	}
+	if !ok {
+		if len(ws.eng) >= ix.opts.MaxBlocksPerWorker {
+			ix.evictWorkerEntry(ws)
+		}
+		e = engEntry{own: own}
+	}
+	r := e.refs[tier]
+	if r < 255 {
+		e.refs[tier] = r + 1
+	}
+	ws.eng[eh] = e
+	bit := uint8(1) << tier
+	// A real store overrides a prediction; a duplicate store restores a flag that
+	// eviction took.
+	old := ix.setHolder(ws, own, bit, flagPredicted, tick)
+	if r == 0 && old&bit != 0 {
+		// Another engine hash of this worker already holds (own, tier).
+		if ws.extra == nil {
+			ws.extra = make(map[ownTier]uint32)
+		}
+		ws.extra[ownTier{own, tier}]++
+	}
+}
+
+// remove records one removed block and reports whether it was known. mu must be held
+// for writing.
+func (ix *Index) remove(ws *workerState, eh proto.EngineHash, tier Tier, tick uint32) bool {
+	e, ok := ws.eng[eh]
+	if !ok || e.refs[tier] == 0 {
+		return false
+	}
+	ix.c.removed.Add(1)
+	if e.refs[tier] < 255 {
+		e.refs[tier]--
+	}
+	if e.refs[tier] == 0 {
+		ix.releaseTier(ws, e.own, tier, tick)
+	}
+	if e.empty() {
+		delete(ws.eng, eh)
+	} else {
+		ws.eng[eh] = e
+	}
+	return true
+}
+
+// releaseTier drops one engine entry's hold of (own, tier). mu must be held for writing.
+func (ix *Index) releaseTier(ws *workerState, own proto.BlockHash, tier Tier, tick uint32) {
+	if ws.extra != nil {
+		k := ownTier{own, tier}
+		if n := ws.extra[k]; n > 0 {
+			if n == 1 {
+				delete(ws.extra, k)
+			} else {
+				ws.extra[k] = n - 1
+			}
+			return
+		}
+	}
+	ix.setHolder(ws, own, 0, uint8(1)<<tier|flagPredicted, tick)
+}
+
+// dropEngine forgets engine entry eh of ws entirely. mu must be held for writing.
+func (ix *Index) dropEngine(ws *workerState, eh proto.EngineHash, e engEntry, tick uint32) {
+	for t := Tier(0); t < numTiers; t++ {
+		if e.refs[t] > 0 {
+			ix.releaseTier(ws, e.own, t, tick)
+		}
+	}
+	delete(ws.eng, eh)
+}
+
+// ClearWorker forgets every block of worker w, confirmed and predicted, keeping its
+// identity: call it when the engine restarted (its sequence reset) or after a gap that
+// cannot be replayed. The work is done in chunks so Match is never blocked for long.
+func (ix *Index) ClearWorker(w WorkerKey) {
+	ix.clearMu.Lock()
+	defer ix.clearMu.Unlock()
+	ix.mu.Lock()
+	ws := ix.worker(w, false)
+	if ws == nil {
+		ix.mu.Unlock()
+		return
+	}
+	ix.c.clears.Add(1)
+	ix.clearLocked(ws, false)
+	ix.mu.Unlock()
+}
+
+// clearLocked clears ws in chunks, releasing mu between them; with detach the worker is
+// marked removed, which stops any of its operations still in flight. clearMu and mu must
+// be held (mu for writing). clearMu keeps clears and removals of workers from
+// interleaving, so a wid is never freed while a clear still has flags of it to remove.
+func (ix *Index) clearLocked(ws *workerState, detach bool) {
+	_, tick := ix.nowTick()
+	oldEng, oldPred := ws.eng, ws.pred
+	ws.eng = make(map[proto.EngineHash]engEntry)
+	if detach {
+		ws.eng = nil
+	}
+	ws.pred = nil
+	ws.extra = nil
+	ix.predLive -= len(oldPred)
+	ops := 0
+	for eh, e := range oldEng {
+		ix.setHolder(ws, e.own, 0, 0xff, tick)
+		delete(oldEng, eh)
+		ix.yield(&ops)
+	}
+	for own := range oldPred {
+		ix.setHolder(ws, own, 0, 0xff, tick)
+		ix.yield(&ops)
+	}
+}
+
+// RemoveWorker forgets worker w and frees its internal id: call it when the worker left
+// the configuration or stayed dead beyond its grace period.
+func (ix *Index) RemoveWorker(w WorkerKey) {
+	ix.clearMu.Lock()
+	defer ix.clearMu.Unlock()
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ws := ix.worker(w, false)
+	if ws == nil {
+		return
+	}
+	// Detach first: calls for w made from now on create a new worker with a new wid.
+	delete(ix.byKey, w)
+	ix.clearLocked(ws, true)
+	ix.workers[ws.wid] = nil
+	ix.gens[ws.wid]++
+	ix.freeWIDs = append(ix.freeWIDs, ws.wid)
+}
+
+// maintain enforces the bounds, expires predictions and collects unused sets. mu must be
+// held for writing.
+func (ix *Index) maintain(now time.Time, tick uint32) {
+	for ix.nodes.Len() > ix.opts.MaxBlocks {
+		ix.evictNode()
+	}
+	ix.expire(now.UnixNano(), tick)
+	if ix.sets.collect() {
+		for _, ws := range ix.workers {
+			if ws != nil {
+				ws.memoFrom, ws.memoCode, ws.memoTo = 0, 0, 0
+			}
+		}
+	}
+}
+
+// evictSamples is how many random blocks an eviction compares (Redis uses 5).
+const evictSamples = 8
+
+// evictNode drops the least recently touched of evictSamples random blocks, for all its
+// holders. The engine-hash entries stay (the engine still holds the block, and they are
+// bounded by MaxBlocksPerWorker), so a later BlockRemoved still resolves. mu must be held
+// for writing.
+func (ix *Index) evictNode() {
+	var victim uint64
+	var vt uint32
+	found := false
+	for range evictSamples {
+		s := ix.nodes.Sample(ix.random())
+		if s == nil {
+			return
+		}
+		if !found || s.Touch < vt {
+			victim, vt, found = s.Key, s.Touch, true
+		}
+	}
+	sl := ix.nodes.Find(victim)
+	id := setID(sl.Val)
+	own := proto.BlockHash(victim)
+	for _, c := range ix.sets.members(id) {
+		ws := ix.workers[codeWID(c)]
+		ix.account(ws, own, codeFlags(c), 0)
+		if ws.extra != nil {
+			for t := Tier(0); t < numTiers; t++ {
+				delete(ws.extra, ownTier{own, t})
+			}
+		}
+	}
+	ix.nodes.Delete(victim)
+	ix.sets.decRef(id)
+	ix.c.evictions[EvictCapacity].Add(1)
+}
+
+// evictWorkerEntry drops the least recently touched of a few of ws's engine entries
+// (Go's map iteration starts at a random position). mu must be held for writing.
+func (ix *Index) evictWorkerEntry(ws *workerState) {
+	var victim proto.EngineHash
+	var ve engEntry
+	vt := uint32(0)
+	n := 0
+	for eh, e := range ws.eng {
+		t := uint32(0) // an entry whose block was evicted goes first
+		if sl := ix.nodes.Find(uint64(e.own)); sl != nil {
+			t = sl.Touch
+		}
+		if n == 0 || t < vt {
+			victim, ve, vt = eh, e, t
+		}
+		n++
+		if n == evictSamples || t == 0 {
+			break
+		}
+	}
+	if n == 0 {
+		return
+	}
+	ix.dropEngine(ws, victim, ve, ix.tick.Load())
+	ix.c.evictions[EvictWorkerCapacity].Add(1)
+}

@@ -1,0 +1,172 @@
+package indexer
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// WorkerMatch is one worker's overlap with a request, as found by [Index.Match].
+type WorkerMatch struct {
+	// Worker is the worker.
+	Worker WorkerKey
+	// Blocks is the number of leading blocks of the request the worker holds on a counted
+	// tier (weight > 0) or as a prediction (unless Options.IgnorePredicted).
+	Blocks int
+	// Confirmed is the number of leading blocks held on a counted tier according to the
+	// worker's events, predictions excluded; Confirmed <= Blocks.
+	Confirmed int
+	// Score is the sum over the Blocks leading blocks of the block's weight: the largest
+	// Options.TierWeights among the tiers holding it, or Options.PredictedWeight for a
+	// predicted block. With default options it equals Blocks.
+	Score float64
+
+	wid      uint32
+	flags    uint8
+	open     bool
+	confOpen bool
+}
+
+// Match appends to dst[:0] one entry for each worker holding at least the first block of
+// hashes (a request's chain from proto.HashBlocks with the same seed as the events: model,
+// LoRA adapter) and returns it; workers absent from the result hold no leading block. The
+// entries come in no particular order. Match allocates nothing when dst has room for
+// every worker holding the first block; it stops at the first block no remaining worker
+// holds. Blocks it walks count as recently used for eviction. Safe for concurrent use
+// with every other method.
+func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatch {
+	dst = dst[:0]
+	if len(hashes) == 0 {
+		return dst
+	}
+	n := ix.c.matches.Add(1)
+	sampled := n%uint64(ix.opts.SampleEvery) == 0
+	var start time.Time
+	if sampled {
+		start = time.Now()
+	}
+	tick := ix.tick.Load()
+	ix.mu.RLock()
+	var (
+		cur      setID
+		runStart int
+		open     int
+		i        int
+		shared   = -1 // blocks walked while at least two workers were open
+	)
+	for i = 0; i < len(hashes); i++ {
+		sl := ix.nodes.Find(uint64(hashes[i]))
+		if sl == nil {
+			break
+		}
+		if atomic.LoadUint32(&sl.Touch) != tick {
+			atomic.StoreUint32(&sl.Touch, tick)
+		}
+		id := setID(sl.Val)
+		if id == cur {
+			continue
+		}
+		members := ix.sets.members(id)
+		if i == 0 {
+			for _, c := range members {
+				f := codeFlags(c) & ix.countMask
+				if f == 0 {
+					continue
+				}
+				ws := ix.workers[codeWID(c)]
+				dst = append(dst, WorkerMatch{Worker: ws.key, wid: ws.wid, flags: f, open: true, confOpen: f&ix.confMask != 0})
+				open++
+			}
+		} else {
+			ix.flushRun(dst, i-runStart)
+			open = ix.intersect(dst, members, i)
+		}
+		if open < 2 && shared < 0 {
+			shared = i
+		}
+		if open == 0 {
+			break
+		}
+		cur, runStart = id, i
+	}
+	ix.flushRun(dst, i-runStart)
+	for k := range dst {
+		m := &dst[k]
+		if m.open {
+			m.Blocks, m.open = i, false
+		}
+		if m.confOpen {
+			m.Confirmed, m.confOpen = i, false
+		}
+	}
+	ix.mu.RUnlock()
+	if sampled {
+		if shared < 0 {
+			shared = i
+		}
+		ix.sample(hashes, dst, shared, start)
+	}
+	return dst
+}
+
+// flushRun adds the score of a run of blocks with unchanged holder set to every open
+// worker.
+func (ix *Index) flushRun(dst []WorkerMatch, run int) {
+	if run <= 0 {
+		return
+	}
+	for k := range dst {
+		m := &dst[k]
+		if m.open {
+			m.Score += float64(run) * ix.blockWeight(m.flags)
+		}
+	}
+}
+
+// blockWeight is the weight of a block held with flags (already masked by countMask).
+func (ix *Index) blockWeight(f uint8) float64 {
+	w := 0.0
+	for t := 0; t < numTiers; t++ {
+		if f&(1<<t) != 0 && ix.weights[t] > w {
+			w = ix.weights[t]
+		}
+	}
+	if w == 0 && f&flagPredicted != 0 {
+		w = ix.predWeight
+	}
+	return w
+}
+
+// intersect closes, at block i, every open worker of dst (sorted by wid, as built from a
+// sorted set) that the set members does not hold, updates the flags of the others, and
+// returns how many stay open.
+func (ix *Index) intersect(dst []WorkerMatch, members []uint32, i int) int {
+	open, j := 0, 0
+	for k := range dst {
+		m := &dst[k]
+		if !m.open {
+			continue
+		}
+		for j < len(members) && codeWID(members[j]) < m.wid {
+			j++
+		}
+		var f uint8
+		if j < len(members) && codeWID(members[j]) == m.wid {
+			f = codeFlags(members[j]) & ix.countMask
+		}
+		if f == 0 {
+			m.open, m.Blocks = false, i
+			if m.confOpen {
+				m.confOpen, m.Confirmed = false, i
+			}
+			continue
+		}
+		m.flags = f
+		if m.confOpen && f&ix.confMask == 0 {
+			m.confOpen, m.Confirmed = false, i
+		}
+		open++
+	}
+	return open
+}

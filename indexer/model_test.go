@@ -1,0 +1,336 @@
+package indexer
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// refModel is the naive specification of the index: per worker, a list-free map of
+// engine entries and predictions; Match walks every worker over every block. It shares
+// only proto's hash with the real index.
+type refModel struct {
+	workers map[WorkerKey]*refWorker
+	weights [numTiers]float64
+	predW   float64
+	now     time.Time
+}
+
+type refWorker struct {
+	eng  map[proto.EngineHash]*refEntry
+	pred map[proto.BlockHash]time.Time
+}
+
+type refEntry struct {
+	own  proto.BlockHash
+	refs [numTiers]int
+}
+
+func (m *refModel) w(k WorkerKey) *refWorker {
+	if m.workers[k] == nil {
+		m.workers[k] = &refWorker{eng: map[proto.EngineHash]*refEntry{}, pred: map[proto.BlockHash]time.Time{}}
+	}
+	return m.workers[k]
+}
+
+// holds reports whether some engine entry of w holds own on tier t.
+func (rw *refWorker) holds(own proto.BlockHash, t Tier) bool {
+	for _, e := range rw.eng {
+		if e.own == own && e.refs[t] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *refModel) apply(k WorkerKey, model string, b *proto.Batch) {
+	if b.DPRank >= 0 {
+		k.DPRank = b.DPRank
+	}
+	rw := m.w(k)
+	for _, ev := range b.Events {
+		tier := TierOf(ev.Medium)
+		switch ev.Kind {
+		case proto.BlockStored:
+			n := len(ev.BlockHashes)
+			if len(ev.TokenIDs) == 0 {
+				for _, eh := range ev.BlockHashes {
+					if e := rw.eng[eh]; e != nil {
+						m.store(rw, eh, e.own, tier)
+					}
+				}
+				continue
+			}
+			if n == 0 || len(ev.TokenIDs)%n != 0 {
+				continue
+			}
+			size := len(ev.TokenIDs) / n
+			parent := proto.Seed(model, ev.LoRAName, "")
+			if ev.HasParent {
+				e := rw.eng[ev.ParentHash]
+				if e == nil {
+					continue
+				}
+				parent = e.own
+			}
+			for i, eh := range ev.BlockHashes {
+				parent = proto.ChainBlock(parent, ev.TokenIDs[i*size:(i+1)*size])
+				m.store(rw, eh, parent, tier)
+			}
+		case proto.BlockRemoved:
+			for _, eh := range ev.BlockHashes {
+				e := rw.eng[eh]
+				if e == nil || e.refs[tier] == 0 {
+					continue
+				}
+				e.refs[tier]--
+				if e.refs[tier] == 0 && !rw.holds(e.own, tier) {
+					delete(rw.pred, e.own)
+				}
+				if e.refs == [numTiers]int{} {
+					delete(rw.eng, eh)
+				}
+			}
+		case proto.AllBlocksCleared:
+			m.workers[k] = nil
+			m.w(k)
+			rw = m.workers[k]
+		}
+	}
+	m.expire()
+}
+
+func (m *refModel) store(rw *refWorker, eh proto.EngineHash, own proto.BlockHash, t Tier) {
+	e := rw.eng[eh]
+	if e != nil && e.own != own {
+		old := e.own
+		delete(rw.eng, eh)
+		for tt := Tier(0); tt < numTiers; tt++ {
+			if e.refs[tt] > 0 && !rw.holds(old, tt) {
+				delete(rw.pred, old)
+			}
+		}
+		e = nil
+	}
+	if e == nil {
+		e = &refEntry{own: own}
+		rw.eng[eh] = e
+	}
+	e.refs[t]++
+	delete(rw.pred, own)
+}
+
+func (m *refModel) predict(k WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
+	rw := m.w(k)
+	for _, h := range hashes {
+		counted := false
+		for t := Tier(0); t < numTiers; t++ {
+			if m.weights[t] > 0 && rw.holds(h, t) {
+				counted = true
+			}
+		}
+		if !counted {
+			rw.pred[h] = m.now.Add(ttl)
+		}
+	}
+	m.expire()
+}
+
+func (m *refModel) expire() {
+	for _, rw := range m.workers {
+		for h, exp := range rw.pred {
+			if !exp.After(m.now) {
+				delete(rw.pred, h)
+			}
+		}
+	}
+}
+
+func (m *refModel) match(hashes []proto.BlockHash) map[WorkerKey]WorkerMatch {
+	out := map[WorkerKey]WorkerMatch{}
+	for k, rw := range m.workers {
+		var r WorkerMatch
+		conf := true
+		for _, h := range hashes {
+			best := 0.0
+			for t := Tier(0); t < numTiers; t++ {
+				if m.weights[t] > 0 && rw.holds(h, t) && m.weights[t] > best {
+					best = m.weights[t]
+				}
+			}
+			if best == 0 {
+				conf = false
+				if _, ok := rw.pred[h]; ok {
+					best = m.predW
+				}
+			}
+			if best == 0 {
+				break
+			}
+			r.Blocks++
+			if conf {
+				r.Confirmed++
+			}
+			r.Score += best
+		}
+		if r.Blocks > 0 {
+			r.Worker = k
+			out[k] = r
+		}
+	}
+	return out
+}
+
+// counts returns the distinct blocks held per tier and predicted, per worker.
+func (m *refModel) counts(k WorkerKey) (blocks [numTiers]int64, pred int64) {
+	rw := m.workers[k]
+	seen := map[ownTier]bool{}
+	for _, e := range rw.eng {
+		for t := Tier(0); t < numTiers; t++ {
+			if e.refs[t] > 0 && !seen[ownTier{e.own, t}] {
+				seen[ownTier{e.own, t}] = true
+				blocks[t]++
+			}
+		}
+	}
+	return blocks, int64(len(rw.pred))
+}
+
+// TestAgainstReferenceModel drives the index and the naive model with the same random
+// event streams (chains over shared documents, duplicate stores, removes of known and
+// unknown blocks, token-less stores, tier changes, reused engine ids, clears, removals,
+// predictions, clock steps) and compares every worker's Match result and counts after
+// each step.
+func TestAgainstReferenceModel(t *testing.T) {
+	seeds := 30
+	if testing.Short() {
+		seeds = 5
+	}
+	for seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { runModel(t, uint64(seed)) })
+	}
+}
+
+func runModel(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 42))
+	weights := [NumTiers]float64{TierGPU: 1, TierCPU: 0.5}
+	ix, clk := newIndex(t, Options{TierWeights: &weights, PredictedWeight: 0.25, PredictedTTL: 5 * time.Second})
+	m := &refModel{workers: map[WorkerKey]*refWorker{}, weights: weights, predW: 0.25, now: clk.Now()}
+	keys := []WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
+	// Documents: a shared 3-block prefix, then 3 branches of 5 blocks, for two LoRAs.
+	prefix := doc(1, 3)
+	docs := [][]uint32{cat(prefix, doc(2, 5)), cat(prefix, doc(3, 5)), cat(prefix, doc(4, 5)), doc(5, 8)}
+	loras := []string{"", "x"}
+	salt := func(k WorkerKey, variant int) uint64 { return uint64(len(k.ID)*7+k.DPRank*13+int(k.ID[0])) + uint64(variant)*1000 }
+	var reqs [][]proto.BlockHash
+	for _, l := range loras {
+		for _, d := range docs {
+			reqs = append(reqs, chain(l, d))
+		}
+	}
+	mediums := []string{"GPU", "GPU", "GPU", "CPU", "disk"}
+	for stepN := 0; stepN < 400; stepN++ {
+		k := keys[rng.IntN(len(keys))]
+		d := docs[rng.IntN(len(docs))]
+		lora := loras[rng.IntN(len(loras))]
+		variant := 0
+		if rng.IntN(10) == 0 {
+			variant = 1 // another engine id for the same content
+		}
+		nb := len(d) / bs
+		from := rng.IntN(nb)
+		to := from + 1 + rng.IntN(nb-from)
+		var desc string
+		switch r := rng.IntN(100); {
+		case r < 45:
+			ev := stored(salt(k, variant), d, from, to, mediums[rng.IntN(len(mediums))], lora)
+			if lora != "" {
+				// Different LoRA, different engine ids.
+				for i := range ev.BlockHashes {
+					ev.BlockHashes[i] ^= 0x5555
+				}
+				ev.ParentHash ^= 0x5555
+			}
+			if rng.IntN(8) == 0 {
+				ev.TokenIDs = nil // CPU offload style
+			}
+			if rng.IntN(20) == 0 {
+				// Engine id reused for different content.
+				ev.TokenIDs = doc(9+rng.IntN(3), to-from)
+			}
+			b := batch(ev)
+			if rng.IntN(10) == 0 {
+				b.DPRank = rng.IntN(2)
+			}
+			desc = fmt.Sprintf("%v store %d..%d lora %q medium %s tokens %v rank %d", k, from, to, lora, ev.Medium, ev.TokenIDs != nil, b.DPRank)
+			ix.Apply(k, "m", b)
+			m.apply(k, "m", b)
+		case r < 75:
+			ev := removed(salt(k, variant), d, from, to, mediums[rng.IntN(len(mediums))])
+			if lora != "" {
+				for i := range ev.BlockHashes {
+					ev.BlockHashes[i] ^= 0x5555
+				}
+			}
+			desc = fmt.Sprintf("%v remove %d..%d %s", k, from, to, ev.Medium)
+			ix.Apply(k, "m", batch(ev))
+			m.apply(k, "m", batch(ev))
+		case r < 87:
+			req := reqs[rng.IntN(len(reqs))]
+			req = req[:1+rng.IntN(len(req))]
+			ttl := time.Duration(1+rng.IntN(8)) * time.Second
+			desc = fmt.Sprintf("%v predict %d blocks ttl %v", k, len(req), ttl)
+			ix.Predict(k, req, ttl)
+			m.predict(k, req, ttl)
+		case r < 95:
+			dt := time.Duration(rng.IntN(3000)) * time.Millisecond
+			desc = fmt.Sprintf("advance %v", dt)
+			clk.Advance(dt)
+			m.now = clk.Now()
+			ix.Sweep()
+			m.expire()
+		case r < 97:
+			desc = fmt.Sprintf("%v AllBlocksCleared", k)
+			ix.Apply(k, "m", batch(proto.Event{Kind: proto.AllBlocksCleared}))
+			m.apply(k, "m", batch(proto.Event{Kind: proto.AllBlocksCleared}))
+		case r < 99:
+			desc = fmt.Sprintf("%v ClearWorker", k)
+			ix.ClearWorker(k)
+			if m.workers[k] != nil {
+				m.workers[k] = nil
+				m.w(k)
+			}
+		default:
+			desc = fmt.Sprintf("%v RemoveWorker", k)
+			ix.RemoveWorker(k)
+			delete(m.workers, k)
+		}
+		for ri, req := range reqs {
+			want := m.match(req)
+			got := ix.Match(req, nil)
+			if len(got) != len(want) {
+				t.Fatalf("step %d (%s): request %d: Match = %+v, model %+v", stepN, desc, ri, got, want)
+			}
+			for _, g := range got {
+				w := want[g.Worker]
+				if g.Blocks != w.Blocks || g.Confirmed != w.Confirmed || g.Score != w.Score {
+					t.Fatalf("step %d (%s): request %d worker %v: got blocks %d confirmed %d score %v, model %d %d %v",
+						stepN, desc, ri, g.Worker, g.Blocks, g.Confirmed, g.Score, w.Blocks, w.Confirmed, w.Score)
+				}
+			}
+		}
+		for _, ws := range ix.Stats().Workers {
+			if m.workers[ws.Worker] == nil {
+				m.w(ws.Worker) // the index creates workers on first sight, even for dropped events
+			}
+			blocks, pred := m.counts(ws.Worker)
+			if blocks != ws.Blocks || pred != ws.Predicted {
+				t.Fatalf("step %d (%s): worker %v counts %v/%d, model %v/%d", stepN, desc, ws.Worker, ws.Blocks, ws.Predicted, blocks, pred)
+			}
+		}
+		checkInvariants(t, ix)
+	}
+}

@@ -1,0 +1,156 @@
+package indexer
+
+import (
+	"time"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// Predict records that worker w is expected to hold the blocks hashes (a request's chain,
+// as the router computed it) because the request was just routed there: Match reports
+// them (counted in Blocks, not in Confirmed) until ttl passes (ttl <= 0 means
+// Options.PredictedTTL), unless a real event confirms or removes the block first, or
+// Options.MaxPredicted forces the earliest-expiring predictions out. Predicting a block
+// the worker already holds on a counted tier changes nothing; predicting it again extends
+// its life. This is how the router stays accurate between a routing decision and the
+// worker's events, and without events at all (approximate mode).
+func (ix *Index) Predict(w WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
+	if len(hashes) == 0 {
+		return
+	}
+	if ttl <= 0 {
+		ttl = ix.opts.PredictedTTL
+	}
+	now, tick := ix.nowTick()
+	exp := now.Add(ttl).UnixNano()
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ws := ix.worker(w, true)
+	for _, h := range hashes {
+		var cur uint8
+		if sl := ix.nodes.Find(uint64(h)); sl != nil {
+			cur = ix.sets.flagsOf(setID(sl.Val), ws.wid)
+		}
+		if cur&ix.confMask != 0 {
+			continue
+		}
+		if ws.pred == nil {
+			ws.pred = make(map[proto.BlockHash]int64)
+		}
+		if _, ok := ws.pred[h]; !ok {
+			ix.predLive++
+			ix.c.predicted.Add(1)
+		}
+		ws.pred[h] = exp
+		ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})
+		ix.setHolder(ws, h, flagPredicted, 0, tick)
+	}
+	ix.maintain(now, tick)
+}
+
+// Sweep expires predicted entries whose time has passed. Apply and Predict sweep too, so
+// Sweep only matters for an index that receives neither for a while; Run calls it.
+func (ix *Index) Sweep() {
+	now, tick := ix.nowTick()
+	ix.mu.Lock()
+	ix.maintain(now, tick)
+	ix.mu.Unlock()
+}
+
+// expire drops predictions whose expiry is at or before now, then the earliest-expiring
+// ones while more than MaxPredicted are live. Heap items whose prediction was confirmed,
+// refreshed or cleared are stale and skipped. mu must be held for writing.
+func (ix *Index) expire(now int64, tick uint32) {
+	for len(ix.pred.items) > 0 {
+		top := ix.pred.items[0]
+		over := ix.predLive > ix.opts.MaxPredicted
+		if top.exp > now && !over {
+			break
+		}
+		ix.pred.pop()
+		ws := ix.workers[top.wid]
+		if ws == nil || ws.gen != top.gen {
+			continue
+		}
+		if exp, ok := ws.pred[top.own]; !ok || exp != top.exp {
+			continue
+		}
+		if top.exp > now {
+			ix.c.evictions[EvictPredicted].Add(1)
+		} else {
+			ix.c.expired.Add(1)
+		}
+		// setHolder's accounting deletes the pred entry.
+		ix.setHolder(ws, top.own, 0, flagPredicted, tick)
+	}
+	// Stale items pile up when predictions are refreshed or confirmed: rebuild the heap
+	// from the live entries when they are the minority.
+	if n := len(ix.pred.items); n > 4096 && n > 2*ix.predLive {
+		ix.pred.items = ix.pred.items[:0]
+		for _, ws := range ix.workers {
+			if ws == nil {
+				continue
+			}
+			for own, exp := range ws.pred {
+				ix.pred.items = append(ix.pred.items, predItem{exp: exp, own: own, wid: ws.wid, gen: ws.gen})
+			}
+		}
+		ix.pred.init()
+	}
+}
+
+// predItem is one scheduled expiry.
+type predItem struct {
+	exp int64
+	own proto.BlockHash
+	wid uint32
+	gen uint32
+}
+
+// predHeap is a min-heap of expiries (typed, so pushing does not allocate per item).
+type predHeap struct{ items []predItem }
+
+func (h *predHeap) push(it predItem) {
+	h.items = append(h.items, it)
+	i := len(h.items) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if h.items[p].exp <= h.items[i].exp {
+			break
+		}
+		h.items[p], h.items[i] = h.items[i], h.items[p]
+		i = p
+	}
+}
+
+func (h *predHeap) pop() {
+	n := len(h.items) - 1
+	h.items[0] = h.items[n]
+	h.items = h.items[:n]
+	h.down(0)
+}
+
+func (h *predHeap) down(i int) {
+	n := len(h.items)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		m := l
+		if r := l + 1; r < n && h.items[r].exp < h.items[l].exp {
+			m = r
+		}
+		if h.items[i].exp <= h.items[m].exp {
+			return
+		}
+		h.items[i], h.items[m] = h.items[m], h.items[i]
+		i = m
+	}
+}
+
+func (h *predHeap) init() {
+	for i := len(h.items)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}

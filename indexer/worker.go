@@ -1,0 +1,107 @@
+package indexer
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// WorkerKey identifies one cache: an engine instance (its ID, the router's name for it,
+// usually its base URL) and a data-parallel rank within it. Ranks of one engine have
+// separate caches, so they are separate workers. DPRank is 0 for engines without data
+// parallelism.
+type WorkerKey struct {
+	ID     string
+	DPRank int
+}
+
+// String returns "id" for rank 0 and "id#rank" otherwise.
+func (k WorkerKey) String() string {
+	if k.DPRank == 0 {
+		return k.ID
+	}
+	return k.ID + "#" + strconv.Itoa(k.DPRank)
+}
+
+// Tier is the storage tier of a cached block.
+type Tier uint8
+
+// The tiers the index tracks. Engines name them in the event's medium field; see
+// [TierOf].
+const (
+	TierGPU Tier = iota
+	TierCPU
+	TierDisk
+	TierOther
+	numTiers = 4
+)
+
+// NumTiers is the number of tiers, for arrays indexed by [Tier].
+const NumTiers = numTiers
+
+// String returns the tier's lowercase name, used as a metric label.
+func (t Tier) String() string {
+	switch t {
+	case TierGPU:
+		return "gpu"
+	case TierCPU:
+		return "cpu"
+	case TierDisk:
+		return "disk"
+	}
+	return "other"
+}
+
+// TierOf maps an event's medium to a tier: "" and "GPU" (any case, also "cuda") are GPU,
+// "CPU"/"cpu_pinned" CPU, "DISK"/"LocalDisk"/"SSD"/"NVMe" disk, anything else other.
+func TierOf(medium string) Tier {
+	switch {
+	case medium == "", strings.EqualFold(medium, "GPU"), strings.EqualFold(medium, "cuda"):
+		return TierGPU
+	case strings.EqualFold(medium, "CPU"), strings.EqualFold(medium, "cpu_pinned"):
+		return TierCPU
+	case strings.EqualFold(medium, "DISK"), strings.EqualFold(medium, "LocalDisk"),
+		strings.EqualFold(medium, "SSD"), strings.EqualFold(medium, "NVMe"):
+		return TierDisk
+	}
+	return TierOther
+}
+
+// engEntry is what a worker's engine hash resolves to: kvroute's own hash of the block and
+// how many unmatched stores the engine sent for it on each tier (vLLM sends duplicates,
+// e.g. one per KV-cache group of a hybrid model). Refcounts saturate at 255.
+type engEntry struct {
+	own  proto.BlockHash
+	refs [numTiers]uint8
+}
+
+func (e *engEntry) empty() bool { return e.refs == [numTiers]uint8{} }
+
+// ownTier keys the rare extra references: several engine hashes of one worker resolving to
+// the same own hash on the same tier (for example multimodal blocks whose engine hash
+// covers the image but whose tokens are equal placeholders).
+type ownTier struct {
+	own  proto.BlockHash
+	tier Tier
+}
+
+// workerState is everything the index keeps about one worker. Index.mu guards it.
+type workerState struct {
+	key WorkerKey
+	wid uint32
+	gen uint32
+	// eng resolves engine hashes (BlockRemoved, parent links, token-less stores).
+	eng map[proto.EngineHash]engEntry
+	// extra counts engine entries beyond the first holding (own, tier); nil until needed.
+	extra map[ownTier]uint32
+	// pred holds the expiry (unix ns) of each predicted block; nil until needed.
+	pred map[proto.BlockHash]int64
+	// blocks counts the blocks whose node carries this worker's flag per tier.
+	blocks    [numTiers]int64
+	predicted int64
+	// memo of the last set transition, hit by every block of a stored chain.
+	memoFrom setID
+	memoCode uint32
+	memoTo   setID
+}
