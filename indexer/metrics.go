@@ -18,7 +18,7 @@ type metrics struct {
 	match prometheus.Histogram
 
 	events, blockOps, dropped, evictions, clears, predicted, expired *prometheus.Desc
-	blocks, workerBlocks, workerPredicted, workerEntries, sets, mem *prometheus.Desc
+	blocks, workerBlocks, workerPredicted, workerEntries, sets, mem  *prometheus.Desc
 }
 
 func newMetrics(ix *Index, reg prometheus.Registerer) (*metrics, error) {

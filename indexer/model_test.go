@@ -224,7 +224,9 @@ func runModel(t *testing.T, seed uint64) {
 	prefix := doc(1, 3)
 	docs := [][]uint32{cat(prefix, doc(2, 5)), cat(prefix, doc(3, 5)), cat(prefix, doc(4, 5)), doc(5, 8)}
 	loras := []string{"", "x"}
-	salt := func(k WorkerKey, variant int) uint64 { return uint64(len(k.ID)*7+k.DPRank*13+int(k.ID[0])) + uint64(variant)*1000 }
+	salt := func(k WorkerKey, variant int) uint64 {
+		return uint64(len(k.ID)*7+k.DPRank*13+int(k.ID[0])) + uint64(variant)*1000
+	}
 	var reqs [][]proto.BlockHash
 	for _, l := range loras {
 		for _, d := range docs {
