@@ -49,7 +49,9 @@ func TestChainBlockLongBlocks(t *testing.T) {
 }
 
 // BenchmarkHashBlocks hashes a 4096-token prompt in 16-token blocks.
-// Compare two runs: go test -run x -bench HashBlocks -count 10 ./proto > new.txt; benchstat old.txt new.txt
+// Compare two runs with benchstat:
+//
+//	go test -run x -bench HashBlocks -count 10 ./proto > new.txt && benchstat old.txt new.txt
 func BenchmarkHashBlocks(b *testing.B) {
 	toks := make([]uint32, 4096)
 	for i := range toks {

@@ -22,7 +22,6 @@ var (
 	errBodyTooLarge  = errors.New("request body too large")
 	errMethod        = errors.New("method not allowed")
 	errNotFound      = errors.New("not found")
-	errUpstream      = errors.New("upstream worker failed")
 	errShuttingDown  = errors.New("router is shutting down")
 	errClientGone    = errors.New("client disconnected")
 	errStreamTimeout = errors.New("upstream stream timed out")

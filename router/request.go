@@ -46,7 +46,7 @@ func parseRequest(body []byte, ep endpoint, r *request) error {
 		return fmt.Errorf("%w: the body must be a JSON object", errInvalidJSON)
 	}
 	if err := json.Unmarshal(trimmed, r); err != nil {
-		return fmt.Errorf("%w: %v", errInvalidJSON, err)
+		return fmt.Errorf("%w: %w", errInvalidJSON, err)
 	}
 	if r.Model == "" {
 		return fmt.Errorf("%w: \"model\" is required", errInvalidField)

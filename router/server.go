@@ -174,7 +174,7 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		err = fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, s.cfg.MaxBodyBytes)
 		status = statusOf(err)
 	} else {
-		err = fmt.Errorf("%w: malformed HTTP request: %v", errInvalidField, err)
+		err = fmt.Errorf("%w: malformed HTTP request: %w", errInvalidField, err)
 		status = statusOf(err)
 	}
 	writeError(ctx, err)

@@ -107,7 +107,9 @@ func TestArgMin(t *testing.T) {
 }
 
 // BenchmarkSelect measures one decision over 64 candidates.
-// Compare: go test -run x -bench Select -count 10 ./scorer > new.txt; benchstat old.txt new.txt
+// Compare two runs with benchstat:
+//
+//	go test -run x -bench Select -count 10 ./scorer > new.txt && benchstat old.txt new.txt
 func BenchmarkSelect(b *testing.B) {
 	c := make([]scorer.Candidate, 64)
 	for i := range c {

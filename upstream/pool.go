@@ -163,7 +163,9 @@ func (p *Pool) loop(ctx context.Context, w *Worker) {
 		p.check(ctx, w)
 		if !w.fixedModels && p.now().Sub(lastModels) >= p.health.ModelsInterval {
 			lastModels = p.now()
-			p.discover(ctx, w)
+			if err := p.discover(ctx, w); err != nil {
+				w.setLastErr(err)
+			}
 		}
 		timer.Reset(p.nextCheck(w))
 	}

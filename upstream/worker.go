@@ -194,3 +194,9 @@ func (w *Worker) State() WorkerState {
 func (w *Worker) updateAvailable() {
 	w.available.Store(w.checkHealthy && w.ejectedUntil.IsZero() && len(w.models) > 0)
 }
+
+func (w *Worker) setLastErr(err error) {
+	w.mu.Lock()
+	w.lastErr = err.Error()
+	w.mu.Unlock()
+}

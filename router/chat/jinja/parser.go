@@ -835,6 +835,8 @@ func (p *parser) parsePrimary() (expr, error) {
 			return d, p.expectOp("}")
 		}
 	}
-	p.pos--
+	if t.kind != tEOF {
+		p.pos--
+	}
 	return nil, p.errf("unexpected %s", t)
 }
