@@ -56,8 +56,8 @@ func TestChatStreamShape(t *testing.T) {
 	f := startFleet(t, 1, func(c *Config) { c.StreamChunkTokens = 3 })
 	w := f.Workers()[0]
 	chunks := streamChunks(t, w.URL()+"/v1/chat/completions", map[string]any{
-		"model":    "kvsim",
-		"messages": []map[string]any{{"role": "system", "content": "be brief"}, {"role": "user", "content": []map[string]any{{"type": "text", "text": "hello there"}}}},
+		"model":      "kvsim",
+		"messages":   []map[string]any{{"role": "system", "content": "be brief"}, {"role": "user", "content": []map[string]any{{"type": "text", "text": "hello there"}}}},
 		"max_tokens": 10, "ignore_eos": true, "stream": true, "stream_options": map[string]any{"include_usage": true},
 	})
 	// role, then the first token alone, then 3+3+3 tokens, then usage.
@@ -271,4 +271,3 @@ func TestSGLangMetrics(t *testing.T) {
 		}
 	}
 }
-

@@ -363,4 +363,3 @@ func keys(m map[uint64]int) []uint64 {
 	}
 	return out
 }
-

@@ -86,9 +86,18 @@ func (s *stream) run(ctx context.Context) {
 			}
 			continue
 		}
-		if pr.out > s.sent {
+		// Chunks are cut at fixed token counts whatever the handler's wake-up timing:
+		// the first token alone, then StreamChunkTokens per chunk, the rest at the end.
+		k := s.w.cfg.StreamChunkTokens
+		limit := pr.out
+		if !pr.done && limit > 0 {
+			limit = 1 + (limit-1)/k*k
+		}
+		for limit > s.sent {
 			now := time.Now()
+			n := min(limit-s.sent, k)
 			if s.sent == 0 {
+				n = 1
 				s.w.metrics.ttft.Observe(now.Sub(s.r.arrival).Seconds())
 				if s.chat {
 					s.write(fl, s.roleChunk())
@@ -97,15 +106,15 @@ func (s *stream) run(ctx context.Context) {
 					}
 				}
 			} else {
-				s.w.metrics.itl.Observe(now.Sub(s.lastSent).Seconds() / float64(pr.out-s.sent))
+				s.w.metrics.itl.Observe(now.Sub(s.lastSent).Seconds() / float64(n))
 			}
 			s.lastSent = now
 			finish := ""
-			if pr.done {
+			if pr.done && s.sent+n == limit {
 				finish = pr.finish
 			}
-			s.write(fl, s.contentChunk(s.sent, pr.out, finish, pr))
-			s.sent = pr.out
+			s.write(fl, s.contentChunk(s.sent, s.sent+n, finish, pr))
+			s.sent += n
 			if s.dying() {
 				return
 			}
