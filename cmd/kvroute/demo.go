@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/bench/traffic"
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router"
+)
+
+func init() {
+	register(command{name: "demo", summary: "router + simulated fleet + traffic in one process", run: runDemo})
+}
+
+// runDemo starts a simulated fleet (bench/sim), the router in front of it, and chat
+// traffic through the router, and prints what the router does every few seconds.
+func runDemo(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:8080", "router listen address (127.0.0.1:0 picks a free port)")
+	workers := fs.Int("workers", 4, "simulated workers")
+	profile := fs.String("profile", "llama-3.1-8b-h100", "simulated model/GPU latency profile")
+	policy := fs.String("policy", "least_inflight", "routing policy")
+	users := fs.Int("users", 8, "concurrent simulated conversations")
+	duration := fs.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
+	every := fs.Duration("report", 2*time.Second, "time between two report lines")
+	logLevel := fs.String("log-level", "warn", "router log level")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "kvroute demo:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if *duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *duration)
+		defer cancel()
+	}
+	if err := demo(ctx, demoOptions{
+		listen: *listen, workers: *workers, profile: *profile, policy: *policy, users: *users, every: *every,
+	}, stdout, log); err != nil {
+		fmt.Fprintln(stderr, "kvroute demo:", err)
+		return 1
+	}
+	return 0
+}
+
+type demoOptions struct {
+	listen, profile, policy string
+	workers, users          int
+	every                   time.Duration
+}
+
+const demoModel = "demo-llama-3.1-8b"
+
+func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) error {
+	fc := sim.DefaultFleetConfig()
+	fc.Workers = o.workers
+	fc.Worker.Model = demoModel
+	fc.Worker.Profile = o.profile
+	fleet, err := sim.StartFleet(ctx, fc)
+	if err != nil {
+		return err
+	}
+	defer fleet.Close()
+
+	cfg := configs.Default()
+	cfg.Policy = o.policy
+	cfg.Timeouts.Shutdown = 5 * time.Second
+	cfg.Health.Interval = time.Second
+	for _, info := range fleet.Infos() {
+		cfg.Workers = append(cfg.Workers, configs.Worker{
+			ID: info.ID, URL: info.URL, Models: []string{demoModel}, Events: info.Events, Replay: info.Replay, MaxConns: 1024,
+		})
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w (use --listen 127.0.0.1:0 for a free port)", o.listen, err)
+	}
+	cfg.Listen = ln.Addr().String()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(out, "kvroute demo: %d simulated workers (%s), policy %s\n", o.workers, o.profile, o.policy)
+	fmt.Fprintf(out, "  router   %s  (try: curl %s/v1/models)\n  metrics  %s/metrics\n", url, url, url)
+	for _, info := range fleet.Infos() {
+		fmt.Fprintf(out, "  worker   %s %s events %s\n", info.ID, info.URL, info.Events)
+	}
+
+	stats := &traffic.Stats{}
+	routerDone := make(chan error, 1)
+	trafficDone := make(chan struct{})
+	go func() {
+		routerDone <- router.Run(ctx, &cfg, ln, log, func(*router.Server) {
+			go func() {
+				defer close(trafficDone)
+				tc := traffic.DefaultConfig()
+				tc.URL, tc.Model, tc.Users = url, demoModel, o.users
+				_ = traffic.Run(ctx, tc, stats)
+			}()
+		})
+	}()
+	tick := time.NewTicker(o.every)
+	defer tick.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-tick.C:
+			fmt.Fprintf(out, "[%5.0fs] %s\n", time.Since(start).Seconds(), stats.Snapshot())
+		case err := <-routerDone:
+			<-trafficDone
+			snap := stats.Snapshot()
+			fmt.Fprintf(out, "final: %s\n", snap)
+			if snap.LastError != "" {
+				fmt.Fprintf(out, "last error: %s\n", snap.LastError)
+			}
+			return err
+		}
+	}
+}
