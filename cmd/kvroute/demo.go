@@ -75,7 +75,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	defer fleet.Close()
+	defer func() { _ = fleet.Close() }()
 
 	cfg := configs.Default()
 	cfg.Policy = o.policy
