@@ -269,7 +269,10 @@ func chat(ctx context.Context, client *http.Client, cfg Config, msgs []message, 
 		}
 	}
 	if !done {
-		err := fmt.Errorf("stream ended without [DONE]: %w", sc.Err())
+		err := errors.New("stream ended without [DONE]")
+		if sc.Err() != nil {
+			err = fmt.Errorf("stream ended without [DONE]: %w", sc.Err())
+		}
 		if ctx.Err() == nil {
 			stats.record("", 0, 0, 0, err)
 		}
