@@ -12,6 +12,11 @@ type Request struct {
 	// SessionKey identifies a conversation (a header or the OpenAI "user" field); ""
 	// when none.
 	SessionKey string
+	// PromptTokens is the prompt's length in tokens, exact or estimated; 0 when unknown.
+	PromptTokens int
+	// Blocks is the number of full blocks of the prompt that were hashed; BlockSize is
+	// the tokens per block (0 when the request was not hashed).
+	Blocks, BlockSize int
 }
 
 // Candidate is one eligible worker's state at decision time, copied by the router so a
@@ -22,6 +27,36 @@ type Candidate struct {
 	// InFlight is the number of requests the router has sent to the worker that have
 	// not finished, counted by this router.
 	InFlight int64
+	// OverlapBlocks is how many leading blocks of the request the worker has cached,
+	// per the indexer (confirmed or predicted).
+	OverlapBlocks int
+	// PendingPrefillTokens are prompt tokens the router sent to the worker that have not
+	// produced a first token yet: prefill work queued ahead of this request.
+	PendingPrefillTokens int64
+	// ActiveBlocks are the KV blocks of the requests the router has in flight on the
+	// worker: its decode load.
+	ActiveBlocks int64
+	// Waiting and KVUsage (0..1) are scraped from the worker's /metrics; valid only when
+	// HasMetrics is true (the scrape is fresh enough).
+	Waiting    float64
+	KVUsage    float64
+	HasMetrics bool
+}
+
+// Cost is a cost-based policy's breakdown for one candidate, in KV blocks (the unit
+// shared by prefill work and decode load). Lower is better.
+type Cost struct {
+	Prefill float64 // weighted prefill blocks: queued prefill plus the request's uncached part
+	Decode  float64 // decode blocks: active blocks plus the request's own
+	Queue   float64 // weighted scraped terms (waiting requests, KV usage)
+	Total   float64
+}
+
+// Explainer is the optional ability of a cost-based policy to report why it chose: it
+// selects like [Selector.Select] and fills costs[i] for cands[i] (len(costs) ==
+// len(cands)).
+type Explainer interface {
+	SelectExplained(req *Request, cands []Candidate, costs []Cost) int
 }
 
 // Selector picks the worker for a request.

@@ -1,0 +1,176 @@
+// Package cacheaware implements the cache_aware policy: each candidate's cost is the
+// prefill work the request would cost there plus the worker's decode load, in KV blocks,
+// and the cheapest wins.
+//
+// For candidate i, with B the block size and P the prompt's tokens:
+//
+//	uncached_i = max(0, P - overlap_i*B)                      tokens to prefill there
+//	prefill_i  = OverlapWeight * (pending_i + uncached_i) / B  queued + own prefill, in blocks
+//	decode_i   = active_i + ceil(P/B)                          KV blocks held while decoding
+//	queue_i    = WaitingWeight*waiting_i + KVUsageWeight*usage_i   (fresh scraped metrics only)
+//	cost_i     = prefill_i + decode_i + queue_i
+//
+// This is NVIDIA Dynamo's KV-router cost (overlap_weight * prefill blocks + decode
+// blocks, REFERENCE.md section 5) with optional scraped terms. A cached prefix lowers
+// prefill; queued prefill the router itself sent (pending) and held blocks (active) raise
+// the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
+// to cost more than recomputing the prefix elsewhere.
+//
+// Temperature 0 picks the minimum, ties at random; a positive temperature samples with
+// probability proportional to exp(-(cost_i - min)/Temperature) (temperature in blocks).
+// When no candidate has any overlap and the request has a session key, the choice is
+// the session's rendezvous-hash winner among the candidates whose cost is within
+// SessionSlack of the minimum, so a new conversation sticks to one worker from its first
+// turn without ignoring load.
+package cacheaware
+
+import (
+	"math"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/kvroute/kvroute/scorer"
+)
+
+// Options are the policy's weights. The zero value is not useful: start from [Defaults].
+type Options struct {
+	// OverlapWeight scales prefill blocks against decode blocks. Default 1 (Dynamo's).
+	OverlapWeight float64
+	// WaitingWeight is the cost, in blocks, of each request waiting in the worker's
+	// queue per its scraped metrics. Default 0 (off: the router's own bookkeeping
+	// already counts what it sent).
+	WaitingWeight float64
+	// KVUsageWeight is the cost, in blocks, of a full KV cache (usage 1.0) per the
+	// scraped metrics. Default 0 (off).
+	KVUsageWeight float64
+	// Temperature softens the choice; 0 picks the cheapest. Default 0.
+	Temperature float64
+	// SessionSlack is how much more expensive, in blocks, than the cheapest a session's
+	// sticky worker may be and still be chosen when no worker has overlap. Default 8.
+	SessionSlack float64
+	// Rand breaks ties and samples; nil means [scorer.DefaultRand].
+	Rand scorer.Rand
+}
+
+// Defaults returns the documented default options.
+func Defaults() Options {
+	return Options{OverlapWeight: 1, SessionSlack: 8}
+}
+
+// Selector is the cache_aware policy. It is safe for concurrent use if its Rand is.
+type Selector struct {
+	opts Options
+}
+
+// New returns a Selector with the given options.
+func New(opts Options) *Selector {
+	if opts.Rand == nil {
+		opts.Rand = scorer.DefaultRand()
+	}
+	return &Selector{opts: opts}
+}
+
+// Select implements [scorer.Selector].
+func (s *Selector) Select(req *scorer.Request, cands []scorer.Candidate) int {
+	var buf [64]scorer.Cost
+	costs := buf[:0]
+	if len(cands) <= len(buf) {
+		costs = buf[:len(cands)]
+	} else {
+		costs = make([]scorer.Cost, len(cands))
+	}
+	return s.SelectExplained(req, cands, costs)
+}
+
+// SelectExplained implements [scorer.Explainer]. It does not allocate.
+func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate, costs []scorer.Cost) int {
+	bs := float64(req.BlockSize)
+	if bs <= 0 {
+		bs = 16 // unhashed request: costs still compare load in 16-token blocks
+	}
+	prompt := float64(req.PromptTokens)
+	reqBlocks := math.Ceil(prompt / bs)
+	best, maxOverlap := 0, 0
+	for i := range cands {
+		c := &cands[i]
+		uncached := math.Max(0, prompt-float64(c.OverlapBlocks)*bs)
+		k := scorer.Cost{
+			Prefill: s.opts.OverlapWeight * (float64(c.PendingPrefillTokens) + uncached) / bs,
+			Decode:  float64(c.ActiveBlocks) + reqBlocks,
+		}
+		if c.HasMetrics {
+			k.Queue = s.opts.WaitingWeight*c.Waiting + s.opts.KVUsageWeight*c.KVUsage
+		}
+		k.Total = k.Prefill + k.Decode + k.Queue
+		costs[i] = k
+		if k.Total < costs[best].Total {
+			best = i
+		}
+		maxOverlap = max(maxOverlap, c.OverlapBlocks)
+	}
+	if maxOverlap == 0 && req.SessionKey != "" {
+		return s.sticky(req.SessionKey, cands, costs, costs[best].Total)
+	}
+	if s.opts.Temperature > 0 {
+		return s.sample(costs, costs[best].Total)
+	}
+	return argMinCost(costs, s.opts.Rand)
+}
+
+// sticky returns the rendezvous-hash winner for key among candidates within
+// SessionSlack of the cheapest.
+func (s *Selector) sticky(key string, cands []scorer.Candidate, costs []scorer.Cost, minCost float64) int {
+	best, bestScore := -1, uint64(0)
+	for i := range cands {
+		if costs[i].Total > minCost+s.opts.SessionSlack {
+			continue
+		}
+		var d xxhash.Digest
+		d.Reset()
+		_, _ = d.WriteString(key)
+		_, _ = d.WriteString(cands[i].ID)
+		if h := d.Sum64(); best < 0 || h > bestScore {
+			best, bestScore = i, h
+		}
+	}
+	return best
+}
+
+func (s *Selector) sample(costs []scorer.Cost, minCost float64) int {
+	var total float64
+	for _, c := range costs {
+		total += math.Exp(-(c.Total - minCost) / s.opts.Temperature)
+	}
+	// A uniform draw in [0, total) from the injected integer source.
+	const res = 1 << 30
+	x := float64(s.opts.Rand.IntN(res)) / res * total
+	for i, c := range costs {
+		x -= math.Exp(-(c.Total - minCost) / s.opts.Temperature)
+		if x < 0 {
+			return i
+		}
+	}
+	return len(costs) - 1
+}
+
+// argMinCost returns the cheapest candidate, ties uniformly at random.
+func argMinCost(costs []scorer.Cost, r scorer.Rand) int {
+	best, ties := 0, 1
+	for i := 1; i < len(costs); i++ {
+		switch {
+		case costs[i].Total < costs[best].Total:
+			best, ties = i, 1
+		case costs[i].Total == costs[best].Total:
+			ties++
+			if r.IntN(ties) == 0 {
+				best = i
+			}
+		}
+	}
+	return best
+}
+
+var (
+	_ scorer.Selector  = (*Selector)(nil)
+	_ scorer.Explainer = (*Selector)(nil)
+)

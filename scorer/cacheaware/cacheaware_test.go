@@ -1,0 +1,147 @@
+package cacheaware
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/kvroute/kvroute/scorer"
+)
+
+func req(prompt int) *scorer.Request {
+	return &scorer.Request{Model: "m", PromptTokens: prompt, Blocks: prompt / 16, BlockSize: 16}
+}
+
+func TestCostBreakdown(t *testing.T) {
+	s := New(Defaults())
+	cands := []scorer.Candidate{
+		{ID: "a", OverlapBlocks: 60, PendingPrefillTokens: 0, ActiveBlocks: 100},
+		{ID: "b", OverlapBlocks: 0, PendingPrefillTokens: 160, ActiveBlocks: 10, HasMetrics: true, Waiting: 3},
+	}
+	costs := make([]scorer.Cost, 2)
+	got := s.SelectExplained(req(1024), cands, costs)
+	// a: uncached 1024-960=64 -> prefill 4; decode 100+64=164 -> 168.
+	// b: prefill (160+1024)/16=74; decode 10+64=74 -> 148 (waiting weight 0).
+	want := []scorer.Cost{{Prefill: 4, Decode: 164, Total: 168}, {Prefill: 74, Decode: 74, Total: 148}}
+	for i := range want {
+		if costs[i] != want[i] {
+			t.Errorf("cost[%d] = %+v, want %+v", i, costs[i], want[i])
+		}
+	}
+	if got != 1 {
+		t.Errorf("picked %d, want the cheaper b", got)
+	}
+}
+
+func TestPrefersOverlapAtEqualLoad(t *testing.T) {
+	s := New(Defaults())
+	cands := []scorer.Candidate{{ID: "a"}, {ID: "b", OverlapBlocks: 32}, {ID: "c", OverlapBlocks: 8}}
+	for i := 0; i < 20; i++ {
+		if got := s.Select(req(1024), cands); got != 1 {
+			t.Fatalf("picked %d, want b with the longest overlap", got)
+		}
+	}
+}
+
+// A burst of requests sharing a prefix held by one worker: as the router's own
+// bookkeeping loads that worker, later requests go elsewhere rather than piling on.
+func TestBurstSpreadsOnceHolderIsLoaded(t *testing.T) {
+	s := New(Defaults())
+	cands := make([]scorer.Candidate, 4)
+	for i := range cands {
+		cands[i].ID = fmt.Sprint("w", i)
+	}
+	const prompt = 2048 // 128 blocks, the first 120 shared
+	counts := map[int]int{}
+	for n := 0; n < 40; n++ {
+		i := s.Select(req(prompt), cands)
+		counts[i]++
+		// What the router does after a decision: the chosen worker now holds the prefix
+		// (predicted) and carries the request's prefill and blocks until it finishes.
+		cands[i].OverlapBlocks = 120
+		cands[i].PendingPrefillTokens += int64(prompt - 120*16)
+		cands[i].ActiveBlocks += prompt / 16
+	}
+	for i := range cands {
+		if counts[i] == 0 || counts[i] > 20 {
+			t.Errorf("distribution %v: every worker should share the burst, none above 2x the mean", counts)
+			break
+		}
+	}
+}
+
+func TestSessionStickinessWithoutOverlap(t *testing.T) {
+	s := New(Defaults())
+	cands := []scorer.Candidate{{ID: "a"}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
+	seen := map[int]bool{}
+	for u := 0; u < 40; u++ {
+		r := req(256)
+		r.SessionKey = fmt.Sprint("user-", u)
+		first := s.Select(r, cands)
+		for k := 0; k < 5; k++ {
+			if got := s.Select(r, cands); got != first {
+				t.Fatalf("session %s moved from %d to %d", r.SessionKey, first, got)
+			}
+		}
+		seen[first] = true
+	}
+	if len(seen) < 3 {
+		t.Errorf("40 sessions landed on only %d workers", len(seen))
+	}
+	// A loaded sticky worker is left when it costs more than the slack.
+	r := req(256)
+	r.SessionKey = "user-0"
+	sticky := s.Select(r, cands)
+	cands[sticky].ActiveBlocks = 1000
+	if got := s.Select(r, cands); got == sticky {
+		t.Error("stayed on a sticky worker 1000 blocks more expensive")
+	}
+}
+
+func TestTemperatureSamplesByCost(t *testing.T) {
+	o := Defaults()
+	o.Temperature = 4
+	o.Rand = rand.New(rand.NewPCG(1, 1))
+	s := New(o)
+	cands := []scorer.Candidate{{ID: "a", ActiveBlocks: 0}, {ID: "b", ActiveBlocks: 4}, {ID: "c", ActiveBlocks: 40}}
+	counts := make([]int, 3)
+	for i := 0; i < 3000; i++ {
+		counts[s.Select(req(160), cands)]++
+	}
+	// exp(0)=1, exp(-1)=0.37, exp(-10)~0: about 73%, 27%, 0%.
+	if counts[0] < 1900 || counts[1] < 600 || counts[2] > 10 {
+		t.Errorf("counts %v, want about 2190/810/0", counts)
+	}
+}
+
+func TestTiesBreakAtRandom(t *testing.T) {
+	o := Defaults()
+	o.Rand = rand.New(rand.NewPCG(2, 2))
+	s := New(o)
+	cands := []scorer.Candidate{{ID: "a"}, {ID: "b"}, {ID: "c"}}
+	seen := map[int]int{}
+	for i := 0; i < 300; i++ {
+		seen[s.Select(req(64), cands)]++
+	}
+	if seen[0] < 60 || seen[1] < 60 || seen[2] < 60 {
+		t.Errorf("ties %v", seen)
+	}
+}
+
+// BenchmarkSelect is one decision over 64 candidates.
+// Compare two runs with benchstat:
+//
+//	go test -run x -bench . -count 10 ./scorer/cacheaware > new.txt && benchstat old.txt new.txt
+func BenchmarkSelect(b *testing.B) {
+	s := New(Defaults())
+	cands := make([]scorer.Candidate, 64)
+	for i := range cands {
+		cands[i] = scorer.Candidate{ID: fmt.Sprint(i), OverlapBlocks: i % 9, PendingPrefillTokens: int64(i * 100), ActiveBlocks: int64(i * 7)}
+	}
+	r := req(4096)
+	costs := make([]scorer.Cost, len(cands))
+	b.ReportAllocs()
+	for b.Loop() {
+		s.SelectExplained(r, cands, costs)
+	}
+}
