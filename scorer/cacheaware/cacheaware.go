@@ -73,7 +73,7 @@ func New(opts Options) *Selector {
 // Select implements [scorer.Selector].
 func (s *Selector) Select(req *scorer.Request, cands []scorer.Candidate) int {
 	var buf [64]scorer.Cost
-	costs := buf[:0]
+	var costs []scorer.Cost
 	if len(cands) <= len(buf) {
 		costs = buf[:len(cands)]
 	} else {
