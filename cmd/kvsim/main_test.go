@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunPrintsWorkersAndStops(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "kvsim.yaml")
+	if err := os.WriteFile(cfgPath, []byte("workers: 5\nmodel: from-yaml\nstream_chunk_tokens: 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--config", cfgPath, "--workers", "2", "--base-port", "0"}, pw, io.Discard)
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	var infos []map[string]string
+	for len(infos) < 2 && sc.Scan() {
+		var m map[string]string
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		infos = append(infos, m)
+	}
+	if len(infos) != 2 {
+		t.Fatalf("got %d worker lines", len(infos))
+	}
+	for i, m := range infos {
+		if m["id"] == "" || !strings.HasPrefix(m["url"], "http://127.0.0.1:") ||
+			!strings.HasPrefix(m["events"], "tcp://127.0.0.1:") || !strings.HasPrefix(m["replay"], "tcp://127.0.0.1:") {
+			t.Fatalf("worker %d: %v", i, m)
+		}
+		resp, err := http.Get(m["url"] + "/v1/models")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), `"id":"from-yaml"`) {
+			t.Fatalf("models: %s", b)
+		}
+	}
+	// A request in flight when the signal arrives still completes (graceful stop).
+	reply := make(chan string, 1)
+	go func() {
+		resp, err := http.Post(infos[0]["url"]+"/v1/completions", "application/json",
+			strings.NewReader(`{"prompt":"hi","max_tokens":30,"ignore_eos":true}`))
+		if err != nil {
+			reply <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		reply <- string(b)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for running(t, infos[0]["url"]) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("request never reached the engine")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not stop")
+	}
+	if r := <-reply; !strings.Contains(r, `"completion_tokens":30`) {
+		t.Fatalf("in-flight request: %s", r)
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	ctx := context.Background()
+	for _, args := range [][]string{{"--workers", "0"}, {"--profile", "nope"}, {"--config", "/nonexistent.yaml"}, {"extra"}} {
+		if err := run(ctx, args, io.Discard, io.Discard); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+// running returns the worker's running request count from GET /sim/stats.
+func running(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url + "/sim/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct{ Running int }
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Running
+}
