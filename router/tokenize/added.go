@@ -48,11 +48,13 @@ func newAddedMatcher(tokens []addedToken) *addedMatcher {
 	return m
 }
 
-// longestAt returns the token index and end of the longest token starting at i.
-func (m *addedMatcher) longestAt(s string, i int) (int, int) {
+// longestAt returns the token index and end of the longest token starting at i,
+// and the end of the bytes it read.
+func (m *addedMatcher) longestAt(s string, i int) (int, int, int) {
 	best, end := -1, 0
 	n := int32(0)
-	for j := i; j < len(s); j++ {
+	j := i
+	for ; j < len(s); j++ {
 		next, ok := m.edges[uint64(n)<<8|uint64(s[j])]
 		if !ok {
 			break
@@ -62,7 +64,7 @@ func (m *addedMatcher) longestAt(s string, i int) (int, int) {
 			best, end = int(t), j+1
 		}
 	}
-	return best, end
+	return best, end, min(j+1, len(s))
 }
 
 // segment is a run of input text: either an added token (tok >= 0) or plain text.
@@ -74,7 +76,11 @@ type segment struct {
 
 // split appends the segments of s to dst. Plain segments keep their order and are
 // never empty.
-func (m *addedMatcher) split(dst []segment, s string, atStart bool) []segment {
+//
+// When cp is not nil it is called after each added token with the token's end and
+// the end of the bytes the scan has read so far: the segments up to that token are
+// a function of s[:read] alone (see PrefixCache).
+func (m *addedMatcher) split(dst []segment, s string, atStart bool, cp func(end, read int)) []segment {
 	if m == nil || len(m.tokens) == 0 {
 		if s != "" {
 			dst = append(dst, segment{s: s, tok: -1, start: atStart})
@@ -82,12 +88,14 @@ func (m *addedMatcher) split(dst []segment, s string, atStart bool) []segment {
 		return dst
 	}
 	from := 0 // start of the pending plain text
+	read := 0 // end of the bytes examined so far
 	for i := 0; i < len(s); {
 		if !m.first[s[i]] {
 			i++
 			continue
 		}
-		ti, stop := m.longestAt(s, i)
+		ti, stop, r := m.longestAt(s, i)
+		read = max(read, r)
 		if ti < 0 {
 			i++
 			continue
@@ -110,6 +118,7 @@ func (m *addedMatcher) split(dst []segment, s string, atStart bool) []segment {
 		if t.rstrip {
 			for stop < len(s) {
 				r, w := utf8.DecodeRuneInString(s[stop:])
+				read = max(read, stop+w)
 				if !unicode.IsSpace(r) {
 					break
 				}
@@ -121,6 +130,9 @@ func (m *addedMatcher) split(dst []segment, s string, atStart bool) []segment {
 		}
 		dst = append(dst, segment{s: s[start:stop], tok: int32(ti), start: atStart && start == 0})
 		from, i = stop, stop
+		if cp != nil {
+			cp(stop, max(read, stop))
+		}
 	}
 	if from < len(s) {
 		dst = append(dst, segment{s: s[from:], tok: -1, start: atStart && from == 0})

@@ -22,6 +22,9 @@ type Tokenizer struct {
 	// when special tokens are added.
 	prefix, suffix []uint32
 
+	// prefixSafe is false when PrefixCache must not split at added tokens.
+	prefixSafe bool
+
 	tokenIDs map[string]uint32 // vocabulary and added tokens, file form
 	idTokens map[uint32]string
 }
@@ -101,6 +104,12 @@ func Parse(data []byte) (*Tokenizer, error) {
 		t.idTokens[a.ID] = a.Content
 	}
 	t.added = newAddedMatcher(raw)
+	t.prefixSafe = true
+	for _, a := range raw {
+		// single_word looks at the character before a token, which PrefixCache's
+		// suffix encoding cannot see.
+		t.prefixSafe = t.prefixSafe && !a.singleWord
+	}
 	t.addedNorm = newAddedMatcher(normd)
 	if !isNull(f.PostProcessor) {
 		c, err := decodeComponent(f.PostProcessor)
@@ -218,17 +227,27 @@ func (t *Tokenizer) AppendEncode(dst []uint32, text string, addSpecial bool) []u
 func (t *Tokenizer) encodeText(dst []uint32, text string, atStart bool) []uint32 {
 	buf := encodePool.Get().(*encodeBuf)
 	defer encodePool.Put(buf)
-	buf.segs = t.added.split(buf.segs[:0], text, atStart)
-	for _, sg := range buf.segs {
+	buf.segs = t.added.split(buf.segs[:0], text, atStart, nil)
+	return t.encodeSegs(dst, buf, buf.segs, nil)
+}
+
+// encodeSegs appends the ids of segments produced by t.added.split. onToken, when
+// not nil, is called after each added token with the index of its segment and the
+// length of dst after it.
+func (t *Tokenizer) encodeSegs(dst []uint32, buf *encodeBuf, segs []segment, onToken func(seg, n int)) []uint32 {
+	for i, sg := range segs {
 		if sg.tok >= 0 {
 			dst = append(dst, t.added.tokens[sg.tok].id)
+			if onToken != nil {
+				onToken(i, len(dst))
+			}
 			continue
 		}
 		s := sg.s
 		if t.norm != nil {
 			s = t.norm.normalize(s)
 		}
-		buf.nsegs = t.addedNorm.split(buf.nsegs[:0], s, sg.start)
+		buf.nsegs = t.addedNorm.split(buf.nsegs[:0], s, sg.start, nil)
 		for _, ns := range buf.nsegs {
 			if ns.tok >= 0 {
 				dst = append(dst, t.addedNorm.tokens[ns.tok].id)

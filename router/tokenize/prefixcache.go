@@ -1,0 +1,178 @@
+package tokenize
+
+import (
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// PrefixCache encodes texts that extend earlier texts, such as the successive turns
+// of a chat conversation, re-encoding only what follows the longest reusable
+// prefix. Its results are identical to Tokenizer.Encode. It is safe for concurrent
+// use.
+//
+// Correctness: BPE merges across any boundary inside a pre-token and
+// pre-tokenizers look ahead (`\s+(?!\S)`), so an arbitrary shared prefix cannot be
+// reused. Added tokens can: they are split out of the raw text before
+// normalization, pre-tokenization and BPE, and each plain segment between them is
+// encoded on its own. The split scans left to right and, after each added token
+// ending at byte b, everything emitted so far depends only on the bytes it has read,
+// text[:r] with r >= b (the token match reads one byte past the longest candidate;
+// rstrip reads the whitespace it absorbs). So if a cached text T and a new text T'
+// agree on [0, r) where r is computed on T', the ids of T' up to b equal the ids of
+// T up to b, and the rest is T'[b:] encoded on its own (offset b > 0, so Metaspace's
+// prepend_scheme "first" sees the same thing). Chat templates put special tokens
+// (<|im_start|>, <|eot_id|>, ...) at every turn boundary, so a new turn reuses all
+// turns before it. Tokenizers with single_word added tokens, which look at the
+// character before a match, bypass the cache.
+type PrefixCache struct {
+	tok      *Tokenizer
+	maxBytes int
+
+	// mu guards everything below.
+	mu      sync.Mutex
+	byHash  map[uint64]prefixRef // hash of text[:b] at each checkpoint b
+	entries []*prefixEntry       // oldest first
+	bytes   int
+}
+
+type prefixEntry struct {
+	text string
+	ids  []uint32
+	cps  []cpRecord
+	cost int
+}
+
+// cpRecord is a checkpoint of a cached text: an added-token end and the number of
+// ids of the text before it.
+type cpRecord struct {
+	end, nIDs int
+	hash      uint64
+}
+
+type prefixRef struct {
+	e *prefixEntry
+	i int // index into e.cps
+}
+
+// NewPrefixCache returns a cache over tok holding at most about maxBytes of text
+// and ids.
+func NewPrefixCache(tok *Tokenizer, maxBytes int) *PrefixCache {
+	return &PrefixCache{tok: tok, maxBytes: maxBytes, byHash: map[uint64]prefixRef{}}
+}
+
+// checkpoint is an added-token end in a text being encoded, the bytes read to
+// decide everything before it, and the index of the token's segment.
+type checkpoint struct {
+	seg, end, read int
+	hash           uint64
+}
+
+// Encode returns tok.Encode(text, addSpecial), reusing the ids of the longest
+// prefix shared with a cached text at an added-token boundary.
+func (c *PrefixCache) Encode(text string, addSpecial bool) []uint32 {
+	ids, _ := c.EncodeReuse(text, addSpecial)
+	return ids
+}
+
+// EncodeReuse is Encode that also reports how many bytes of text were reused from
+// the cache rather than encoded.
+func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) {
+	t := c.tok
+	if !t.prefixSafe {
+		return t.Encode(text, addSpecial), 0
+	}
+	buf := encodePool.Get().(*encodeBuf)
+	defer encodePool.Put(buf)
+	var cps []checkpoint
+	buf.segs = t.added.split(buf.segs[:0], text, true, func(end, read int) {
+		cps = append(cps, checkpoint{end: end, read: read})
+	})
+	// The callback runs once per added-token segment, in order.
+	k := 0
+	for si, sg := range buf.segs {
+		if sg.tok >= 0 {
+			cps[k].seg = si
+			k++
+		}
+	}
+	d := xxhash.New()
+	prev := 0
+	for i := range cps {
+		_, _ = d.WriteString(text[prev:cps[i].end])
+		prev = cps[i].end
+		cps[i].hash = d.Sum64()
+	}
+
+	out := make([]uint32, 0, len(text)/3+len(t.prefix)+len(t.suffix)+8)
+	if addSpecial {
+		out = append(out, t.prefix...)
+	}
+	base := len(out)
+	recs := make([]cpRecord, 0, len(cps))
+	start, reused := 0, 0 // first segment to encode; bytes reused
+	c.mu.Lock()
+	for i := len(cps) - 1; i >= 0; i-- {
+		ref, ok := c.byHash[cps[i].hash]
+		if !ok {
+			continue
+		}
+		rec := ref.e.cps[ref.i]
+		r := cps[i].read
+		if rec.end != cps[i].end || len(ref.e.text) < r || ref.e.text[:r] != text[:r] {
+			continue
+		}
+		out = append(out, ref.e.ids[:rec.nIDs]...)
+		// The cached text splits identically up to here, so its earlier
+		// checkpoints are this text's checkpoints 0..i.
+		recs = append(recs, ref.e.cps[:ref.i+1]...)
+		start, reused = cps[i].seg+1, cps[i].end
+		break
+	}
+	c.mu.Unlock()
+
+	next := len(recs)
+	out = t.encodeSegs(out, buf, buf.segs[start:], func(seg, n int) {
+		if next < len(cps) && cps[next].seg == start+seg {
+			recs = append(recs, cpRecord{end: cps[next].end, nIDs: n - base, hash: cps[next].hash})
+			next++
+		}
+	})
+	end := len(out)
+	if addSpecial {
+		out = append(out, t.suffix...)
+	}
+	c.store(text, out[base:end], recs)
+	return out, reused
+}
+
+// store records text and its ids (without post-processor tokens) under every
+// checkpoint.
+func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord) {
+	if len(recs) == 0 || c.maxBytes <= 0 {
+		return
+	}
+	e := &prefixEntry{text: text, ids: append([]uint32(nil), ids...), cps: recs}
+	e.cost = len(text) + 4*len(ids) + 48*len(recs) + 64
+	if e.cost > c.maxBytes {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, r := range recs {
+		c.byHash[r.hash] = prefixRef{e: e, i: i}
+	}
+	c.entries = append(c.entries, e)
+	c.bytes += e.cost
+	for c.bytes > c.maxBytes && len(c.entries) > 0 {
+		old := c.entries[0]
+		c.entries[0] = nil
+		c.entries = c.entries[1:]
+		c.bytes -= old.cost
+		for _, r := range old.cps {
+			if ref, ok := c.byHash[r.hash]; ok && ref.e == old {
+				delete(c.byHash, r.hash)
+			}
+		}
+	}
+}

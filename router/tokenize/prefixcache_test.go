@@ -1,0 +1,94 @@
+package tokenize
+
+import (
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// turnMarkers are the turn boundaries of each golden model's chat format.
+var turnMarkers = map[string][3]string{
+	"llama3":      {"<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"},
+	"qwen3":       {"<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"},
+	"deepseek_v3": {"<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"},
+	"llama2":      {"[INST] ", " [/INST]", "</s>"},
+	"gemma3":      {"<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>\n"},
+}
+
+// TestPrefixCacheConversation encodes growing conversations turn by turn and
+// checks every result against a cold Encode, and that later turns reuse.
+func TestPrefixCacheConversation(t *testing.T) {
+	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	for _, m := range goldenModels {
+		t.Run(m, func(t *testing.T) {
+			tok := loadModel(t, m)
+			pc := NewPrefixCache(tok, 8<<20)
+			mk := turnMarkers[m]
+			rng := rand.New(rand.NewPCG(1, 2))
+			for conv := 0; conv < 20; conv++ {
+				var b strings.Builder
+				for turn := 0; turn < 6; turn++ {
+					b.WriteString(mk[0] + corpus[rng.IntN(len(corpus)-10)] + mk[1])
+					prompt := b.String()
+					got, reused := pc.EncodeReuse(prompt, true)
+					want := tok.Encode(prompt, true)
+					if !slices.Equal(got, want) {
+						t.Fatalf("conversation %d turn %d: cache gives %v, Encode %v", conv, turn, head(got), head(want))
+					}
+					// DeepSeek's <｜User｜> and <｜Assistant｜> are normalized tokens,
+					// matched inside plain segments, so its first boundary is the
+					// first <｜end▁of▁sentence｜>.
+					if turn > 1 && reused == 0 {
+						t.Errorf("conversation %d turn %d reused nothing", conv, turn)
+					}
+					b.WriteString(corpus[rng.IntN(len(corpus)-10)] + mk[2])
+				}
+			}
+		})
+	}
+}
+
+// TestPrefixCacheEdits checks texts that share a prefix ending anywhere, including
+// inside a special token, against a cold Encode.
+func TestPrefixCacheEdits(t *testing.T) {
+	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	specials := []string{"<|im_start|>", "<|im_end|>", "<|im_sta", "<|endoftext|>", "\n", " ", "<think>", "</think>"}
+	tok := loadModel(t, "qwen3")
+	pc := NewPrefixCache(tok, 1<<20)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 400; i++ {
+		var b strings.Builder
+		for k := 0; k < 8; k++ {
+			if rng.IntN(2) == 0 {
+				b.WriteString(specials[rng.IntN(len(specials))])
+			} else {
+				b.WriteString(corpus[rng.IntN(200)])
+			}
+		}
+		a := b.String()
+		cut := rng.IntN(len(a) + 1)
+		c := a[:cut] + specials[rng.IntN(len(specials))] + corpus[rng.IntN(200)]
+		for _, s := range []string{a, c} {
+			if got, want := pc.Encode(s, false), tok.Encode(s, false); !slices.Equal(got, want) {
+				t.Fatalf("text %q: cache gives %v, Encode %v", s, head(got), head(want))
+			}
+		}
+	}
+}
+
+// FuzzPrefixCache checks that encoding b after a through the cache equals a cold
+// encode of b.
+func FuzzPrefixCache(f *testing.F) {
+	f.Add("<|im_start|>user\nhi<|im_end|>\n", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo")
+	f.Add("<|im_start|>", "<|im_start|>x")
+	f.Add("a<|im_end|>b", "a<|im_end|>")
+	tok := loadModel(f, "qwen3")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		pc := NewPrefixCache(tok, 1<<20)
+		pc.Encode(a, false)
+		if got, want := pc.Encode(b, true), tok.Encode(b, true); !slices.Equal(got, want) {
+			t.Fatalf("after %q, %q: cache gives %v, Encode %v", a, b, got, want)
+		}
+	})
+}
