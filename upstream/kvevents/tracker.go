@@ -68,6 +68,8 @@ type Tracker struct {
 	skipStart bool // the next first batch follows an explicit Reset
 	next      uint64
 
+	model atomic.Pointer[string] // the worker's model, see SetModel
+
 	stats trackerStats
 }
 
@@ -101,10 +103,20 @@ func NewTracker(key WorkerKey, sink Sink, opts TrackerOptions) *Tracker {
 	if opts.Metrics == nil {
 		opts.Metrics, _ = NewMetrics(nil)
 	}
-	return &Tracker{
+	t := &Tracker{
 		key: key, sink: sink, opts: opts,
 		wm:  opts.Metrics.forWorker(key),
 		log: opts.Logger.With("worker", key.String()),
+	}
+	t.model.Store(&opts.Model)
+	return t
+}
+
+// SetModel changes the model passed to the sink with later batches (a NATS consumer
+// learns it from the messages). Safe for concurrent use.
+func (t *Tracker) SetModel(model string) {
+	if *t.model.Load() != model {
+		t.model.Store(&model)
 	}
 }
 
@@ -237,7 +249,7 @@ func (t *Tracker) fill(ctx context.Context, upto uint64, resetIfIncomplete bool)
 }
 
 func (t *Tracker) apply(b *proto.Batch, replayed bool) {
-	t.sink.Apply(t.key, t.opts.Model, b)
+	t.sink.Apply(t.key, *t.model.Load(), b)
 	t.next = b.Seq + 1
 	now := t.opts.Now()
 	t.stats.haveSeq.Store(true)
@@ -289,7 +301,7 @@ type WorkerState struct {
 func (t *Tracker) State() WorkerState {
 	s := &t.stats
 	st := WorkerState{
-		Key: t.key, Model: t.opts.Model,
+		Key: t.key, Model: *t.model.Load(),
 		HaveSeq: s.haveSeq.Load(), LastSeq: s.lastSeq.Load(),
 		Batches: s.batches.Load(), Events: s.events.Load(), Gaps: s.gaps.Load(),
 		Replays: s.replays.Load(), ReplayedBatches: s.replayed.Load(), Resets: s.resets.Load(),

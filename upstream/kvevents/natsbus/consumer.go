@@ -1,0 +1,257 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/upstream/kvevents"
+)
+
+// ConsumerOptions configure a [Consumer].
+type ConsumerOptions struct {
+	// Prefix is the subject prefix; default DefaultPrefix. The consumer takes prefix.>.
+	Prefix string
+	// JetStream reads from the stream instead of core NATS subscriptions.
+	JetStream bool
+	// Stream is the JetStream stream; default DefaultStream. It must exist (see
+	// EnsureStream; the bridge creates it).
+	Stream string
+	// Durable names a durable JetStream consumer: after a restart it resumes after the
+	// last message this router acknowledged. Empty means an ephemeral consumer that
+	// delivers everything the stream holds. Durable names are per router replica.
+	Durable string
+	// Registerer registers the kvroute_events_* metrics; nil disables registration.
+	Registerer prometheus.Registerer
+	// Metrics, when set, is used instead of building metrics from Registerer.
+	Metrics *kvevents.Metrics
+	// Logger logs resets and errors; nil discards.
+	Logger *slog.Logger
+}
+
+// Consumer feeds a [kvevents.Sink] from NATS. Create it with [NewConsumer] and call
+// [Consumer.Run].
+type Consumer struct {
+	nc   *nats.Conn
+	sink kvevents.Sink
+	opts ConsumerOptions
+	log  *slog.Logger
+
+	ready chan struct{} // closed once subscribed
+
+	// applyMu is held while a message is applied and while Forget resets, so sink calls
+	// for one worker never overlap.
+	applyMu sync.Mutex
+
+	// mu guards trackers, decodeErr and lastError.
+	mu        sync.Mutex
+	trackers  map[kvevents.WorkerKey]*kvevents.Tracker
+	decodeErr uint64
+	lastError string
+
+	env proto.Envelope // decode target, Run's goroutine only
+}
+
+// NewConsumer returns a consumer of nc feeding sink.
+func NewConsumer(nc *nats.Conn, sink kvevents.Sink, opts ConsumerOptions) (*Consumer, error) {
+	if sink == nil {
+		return nil, errors.New("natsbus: nil sink")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.Stream == "" {
+		opts.Stream = DefaultStream
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		m, err := kvevents.NewMetrics(opts.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		opts.Metrics = m
+	}
+	return &Consumer{nc: nc, sink: sink, opts: opts, log: opts.Logger, ready: make(chan struct{}),
+		trackers: map[kvevents.WorkerKey]*kvevents.Tracker{}}, nil
+}
+
+// Ready is closed once Run has subscribed: messages published after it are delivered.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+// Run consumes until ctx ends (then returns nil) or the subscription fails.
+func (c *Consumer) Run(ctx context.Context) error {
+	if c.opts.JetStream {
+		return c.runJetStream(ctx)
+	}
+	return c.runCore(ctx)
+}
+
+func (c *Consumer) runCore(ctx context.Context) error {
+	ch := make(chan *nats.Msg, 4096)
+	sub, err := c.nc.ChanSubscribe(c.opts.Prefix+".>", ch)
+	if err != nil {
+		return fmt.Errorf("subscribe %s.>: %w", c.opts.Prefix, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	// A slow consumer loses messages; the seq gap then resets the worker.
+	_ = sub.SetPendingLimits(-1, 256<<20)
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = c.nc.FlushWithContext(fctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("flush subscription: %w", err)
+	}
+	close(c.ready)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-ch:
+			c.handle(ctx, m.Data)
+		}
+	}
+}
+
+func (c *Consumer) runJetStream(ctx context.Context) error {
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:       c.opts.Durable,
+		Description:   "kvroute router",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxAckPending: 10_000,
+		FilterSubject: c.opts.Prefix + ".>",
+	}
+	if c.opts.Durable == "" {
+		cfg.InactiveThreshold = 5 * time.Minute
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, c.opts.Stream, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("create consumer on stream %q: %w", c.opts.Stream, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("consume stream %q: %w", c.opts.Stream, err)
+	}
+	close(c.ready)
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return fmt.Errorf("next message on stream %q: %w", c.opts.Stream, err)
+		}
+		c.handle(ctx, m.Data())
+		if err := m.Ack(); err != nil {
+			c.log.Warn("ack kv events", "err", err)
+		}
+	}
+}
+
+// handle applies one envelope to its worker's tracker.
+func (c *Consumer) handle(ctx context.Context, data []byte) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	e := &c.env
+	if err := proto.DecodeEnvelope(data, e); err != nil {
+		// Without a decodable header the worker is unknown; its next batch shows the gap.
+		c.mu.Lock()
+		c.decodeErr++
+		c.lastError = err.Error()
+		c.mu.Unlock()
+		c.log.Warn("undecodable kv event envelope", "err", err)
+		return
+	}
+	key := kvevents.WorkerKey{Worker: e.Worker, DPRank: max(e.DPRank, 0)}
+	c.mu.Lock()
+	tr := c.trackers[key]
+	if tr == nil {
+		tr = kvevents.NewTracker(key, c.sink, kvevents.TrackerOptions{
+			Model: e.Model, Metrics: c.opts.Metrics, Logger: c.log,
+		})
+		c.trackers[key] = tr
+	}
+	c.mu.Unlock()
+	switch e.Kind {
+	case proto.EnvelopeReset:
+		c.log.Info("kv events reset by bridge", "worker", key.String(), "bridge_reason", e.Reason)
+		tr.Reset(kvevents.ReasonUpstream)
+	case proto.EnvelopeBatch:
+		if e.Model != "" {
+			tr.SetModel(e.Model)
+		}
+		tr.Batch(ctx, &e.Batch)
+	}
+}
+
+// Forget resets every rank of worker in the sink ("removed") and drops its tracking; a
+// later message of it starts afresh. Call it when the worker leaves the configuration
+// or is declared dead. Safe to call concurrently with Run.
+func (c *Consumer) Forget(worker string) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	c.mu.Lock()
+	var gone []*kvevents.Tracker
+	for k, tr := range c.trackers {
+		if k.Worker == worker {
+			gone = append(gone, tr)
+			delete(c.trackers, k)
+		}
+	}
+	c.mu.Unlock()
+	for _, tr := range gone {
+		c.sink.Reset(tr.Key(), kvevents.ReasonRemoved)
+	}
+}
+
+// States returns a snapshot of every worker seen, sorted by worker and rank. Connected
+// is true for a worker whose last message was a batch.
+func (c *Consumer) States() []kvevents.WorkerState {
+	c.mu.Lock()
+	out := make([]kvevents.WorkerState, 0, len(c.trackers))
+	for _, tr := range c.trackers {
+		st := tr.State()
+		st.Connected = st.HaveSeq
+		out = append(out, st)
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Key.Worker != out[j].Key.Worker {
+			return out[i].Key.Worker < out[j].Key.Worker
+		}
+		return out[i].Key.DPRank < out[j].Key.DPRank
+	})
+	return out
+}
+
+// DecodeErrors returns how many messages could not be decoded, and the last error.
+func (c *Consumer) DecodeErrors() (uint64, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.decodeErr, c.lastError
+}
