@@ -271,3 +271,28 @@ func TestSGLangMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestPluggedTokenizerAndKVBoundLength(t *testing.T) {
+	// One token per byte, to check the hook is used everywhere a prompt is tokenized.
+	bytesTok := TokenizerFunc(func(s string) []uint32 {
+		out := make([]uint32, len(s))
+		for i := range len(s) {
+			out[i] = uint32(s[i])
+		}
+		return out
+	})
+	f := startFleet(t, 1, func(c *Config) { c.Tokenizer = bytesTok; c.KVBlocks = 4 })
+	w := f.Workers()[0]
+	if got := tokenize(t, w, "hello"); len(got) != 5 || got[0] != 'h' {
+		t.Fatalf("tokenize %v", got)
+	}
+	c := complete(t, w, map[string]any{"prompt": "abcdefghij", "max_tokens": 3})
+	if c.Usage.PromptTokens != 10 {
+		t.Fatalf("usage %+v", c.Usage)
+	}
+	// 4 blocks of 16 tokens hold 64 tokens: a longer request is refused, not queued forever.
+	resp, out := post(t, w.URL()+"/v1/completions", map[string]any{"prompt": strings.Repeat("x", 60), "max_tokens": 10})
+	if resp.StatusCode != 400 || !strings.Contains(string(out), "maximum context length is 64") {
+		t.Fatalf("long request: %d %s", resp.StatusCode, out)
+	}
+}

@@ -84,7 +84,6 @@ type engine struct {
 	plan     []planned
 	events   []kvevents.Event
 	evicted  []uint64
-	scratch  []kvcache.BlockID
 	finished []*request
 }
 

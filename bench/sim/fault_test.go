@@ -147,3 +147,31 @@ func TestFaultDropAndRestartOverHTTP(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+func TestShutdownReleasesHungRequests(t *testing.T) {
+	fc := DefaultFleetConfig()
+	fc.Worker.Faults.HangRate = 1
+	f, err := StartFleet(context.Background(), fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := f.Workers()[0]
+	errc := make(chan error, 1)
+	go func() {
+		_, err := http.Post(w.URL()+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"hi"}`))
+		errc <- err
+	}()
+	checkFor(t, 5*time.Second, "request hung", func() bool { return w.Stats().Hung == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := f.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("shutdown waited %v for a hung request", d)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("a hung request got an answer at shutdown")
+	}
+}

@@ -26,7 +26,6 @@ type stream struct {
 	chunks   int // SSE events written
 	lastSent time.Time
 	buf      []byte
-	text     []byte
 }
 
 // progress is a snapshot of a request taken under the engine lock.

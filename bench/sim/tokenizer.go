@@ -21,6 +21,14 @@ type ChatTemplate interface {
 	RenderChat(msgs []Message, addGenerationPrompt bool) string
 }
 
+// TokenizerFunc adapts a function to [Tokenizer], e.g. kvroute's local tokenizer:
+//
+//	sim.TokenizerFunc(func(s string) []uint32 { return tok.Encode(s, true) })
+type TokenizerFunc func(text string) []uint32
+
+// Encode calls f(text).
+func (f TokenizerFunc) Encode(text string) []uint32 { return f(text) }
+
 // Message is one chat message with its content flattened to text.
 type Message struct {
 	Role    string
@@ -136,4 +144,5 @@ var outputWords = func() [1024]string {
 }()
 
 var _ Tokenizer = WordTokenizer{}
+var _ Tokenizer = TokenizerFunc(nil)
 var _ ChatTemplate = WordTokenizer{}

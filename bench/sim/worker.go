@@ -75,10 +75,14 @@ type Worker struct {
 	ln      net.Listener
 	url     string
 	modelJS []byte // the model name as a JSON string
+	maxLen  int    // max_model_len, capped to what the KV cache holds
 	ctx     context.Context
 	cancel  context.CancelFunc
 	engDone chan struct{}
-	reqSeq  atomic.Uint64
+	// hangCtx ends when the server shuts down, releasing requests the hang fault holds.
+	hangCtx    context.Context
+	hangCancel context.CancelFunc
+	reqSeq     atomic.Uint64
 
 	failed, hung, died atomic.Uint64
 	downUntil          atomic.Int64 // unix nanos
@@ -108,6 +112,10 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 		rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6b7673696d)),
 	}
 	w.modelJS, _ = json.Marshal(cfg.Model)
+	// A request must fit in the cache, or it could never be scheduled (vLLM refuses to
+	// start when max_model_len exceeds the KV capacity).
+	w.maxLen = min(cfg.MaxModelLen, capacity*cfg.BlockSize)
+	w.hangCtx, w.hangCancel = context.WithCancel(ctx)
 	pub, err := kvevents.Listen(ctx, kvevents.Config{
 		Endpoint:       fmt.Sprintf("tcp://%s:%d", host, eventsPort),
 		ReplayEndpoint: fmt.Sprintf("tcp://%s:%d", host, replayPort),
@@ -138,6 +146,7 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	}
 	w.srv = &http.Server{Handler: w.routes(), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
+	w.srv.RegisterOnShutdown(w.hangCancel)
 	go func() {
 		defer close(w.engDone)
 		w.eng.run(ctx)
@@ -349,7 +358,7 @@ func (w *Worker) serveModels(rw http.ResponseWriter, _ *http.Request) {
 	}
 	writeJSON(rw, map[string]any{"object": "list", "data": []model{{
 		ID: w.cfg.Model, Object: "model", Created: time.Now().Unix(), OwnedBy: "vllm",
-		Root: w.cfg.Model, MaxModelLen: w.cfg.MaxModelLen,
+		Root: w.cfg.Model, MaxModelLen: w.maxLen,
 	}}})
 }
 
@@ -364,7 +373,7 @@ func (w *Worker) serveTokenize(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, err)
 		return
 	}
-	writeJSON(rw, map[string]any{"count": len(toks), "max_model_len": w.cfg.MaxModelLen, "tokens": toks, "token_strs": nil})
+	writeJSON(rw, map[string]any{"count": len(toks), "max_model_len": w.maxLen, "tokens": toks, "token_strs": nil})
 }
 
 // roll reports whether a fault with probability rate fires for this request.
@@ -398,9 +407,9 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		return
 	}
 	n := len(p.tokens)
-	if n >= w.cfg.MaxModelLen || (p.maxTokens > 0 && n+p.maxTokens > w.cfg.MaxModelLen) {
+	if n >= w.maxLen || (p.maxTokens > 0 && n+p.maxTokens > w.maxLen) {
 		writeError(rw, badRequest("This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
-			w.cfg.MaxModelLen, n+p.maxTokens, n, p.maxTokens))
+			w.maxLen, n+p.maxTokens, n, p.maxTokens))
 		return
 	}
 	f := w.Faults()
@@ -413,7 +422,8 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		w.hung.Add(1)
 		select {
 		case <-hr.Context().Done():
-		case <-w.ctx.Done():
+		case <-w.hangCtx.Done():
+			abortConn() // never answer, even when the server stops
 		}
 		return
 	}
@@ -427,7 +437,7 @@ func (w *Worker) newRequest(p *genParams) *request {
 	n := len(p.tokens)
 	maxTokens := p.maxTokens
 	if maxTokens == 0 {
-		maxTokens = w.cfg.MaxModelLen - n
+		maxTokens = w.maxLen - n
 	}
 	var hb [4]byte
 	var d xxhash.Digest
