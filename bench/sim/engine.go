@@ -90,13 +90,13 @@ type engine struct {
 // engineStats are the engine's counters and gauges, read without the engine lock.
 // It must not be copied.
 type engineStats struct {
-	requests, finished, aborted        atomic.Uint64
-	promptTokens, cachedTokens         atomic.Uint64
-	generatedTokens, preemptions       atomic.Uint64
-	prefixQueries, prefixHits          atomic.Uint64
-	steps                              atomic.Uint64
-	running, waiting, usedBlocks, free atomic.Int64
-	cachedBlocks                       atomic.Int64
+	requests, finished, aborted  atomic.Uint64
+	promptTokens, cachedTokens   atomic.Uint64
+	generatedTokens, preemptions atomic.Uint64
+	prefixQueries, prefixHits    atomic.Uint64
+	steps                        atomic.Uint64
+	running, waiting, usedBlocks atomic.Int64
+	cachedBlocks                 atomic.Int64
 }
 
 func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher, seed uint64, stats *engineStats) *engine {
@@ -506,7 +506,6 @@ func (e *engine) cachedHashes() []uint64 {
 func (e *engine) updateGauges() {
 	e.stats.running.Store(int64(len(e.running)))
 	e.stats.waiting.Store(int64(len(e.waiting)))
-	e.stats.free.Store(int64(e.pool.NumFree()))
 	e.stats.usedBlocks.Store(int64(e.pool.Capacity() - e.pool.NumFree()))
 	e.stats.cachedBlocks.Store(int64(e.pool.NumCached()))
 }

@@ -76,6 +76,7 @@ type Worker struct {
 	url     string
 	modelJS []byte // the model name as a JSON string
 	maxLen  int    // max_model_len, capped to what the KV cache holds
+	blocks  int    // KV-cache capacity in blocks
 	ctx     context.Context
 	cancel  context.CancelFunc
 	engDone chan struct{}
@@ -115,6 +116,7 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	// A request must fit in the cache, or it could never be scheduled (vLLM refuses to
 	// start when max_model_len exceeds the KV capacity).
 	w.maxLen = min(cfg.MaxModelLen, capacity*cfg.BlockSize)
+	w.blocks = capacity
 	w.hangCtx, w.hangCancel = context.WithCancel(ctx)
 	pub, err := kvevents.Listen(ctx, kvevents.Config{
 		Endpoint:       fmt.Sprintf("tcp://%s:%d", host, eventsPort),
@@ -194,7 +196,7 @@ func (w *Worker) Stats() Stats {
 		Steps:   st.steps.Load(),
 		Running: int(st.running.Load()), Waiting: int(st.waiting.Load()),
 		UsedBlocks: used, CachedBlocks: int(st.cachedBlocks.Load()),
-		TotalBlocks: int(st.free.Load()) + used,
+		TotalBlocks: w.blocks,
 		NextSeq:     next, EventBatchesSent: sent, EventBatchesDropped: dropped,
 		Failed: w.failed.Load(), Hung: w.hung.Load(), Died: w.died.Load(),
 	}
