@@ -102,6 +102,7 @@ type Manager struct {
 	// mu guards every field below.
 	mu      sync.Mutex
 	ctx     context.Context // nil until Run
+	stopped bool            // Run's context has ended: nothing new starts
 	workers map[string]*managed
 	wg      sync.WaitGroup
 }
@@ -230,7 +231,7 @@ func (m *Manager) Add(c WorkerConfig) error {
 		return fmt.Errorf("worker %q added concurrently", c.Worker)
 	}
 	m.workers[c.Worker] = w
-	if m.ctx != nil {
+	if m.ctx != nil && !m.stopped {
 		m.start(w)
 	}
 	return nil
@@ -292,7 +293,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Unlock()
 	<-ctx.Done()
 	m.mu.Lock()
-	m.mu.Unlock() // every start has finished registering with m.wg
+	m.stopped = true // after this no start adds to m.wg, so Wait cannot race with Add
+	m.mu.Unlock()
 	m.wg.Wait()
 	return nil
 }
