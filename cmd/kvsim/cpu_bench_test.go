@@ -24,7 +24,7 @@ import (
 // 64 streaming requests open per worker for KVSIM_BENCH_SECONDS (default 10) seconds
 // from this process, and reports kvsim's CPU time per wall second (sim-cores) read from
 // /proc. Each request sends 1000 token ids (800 shared per worker, so prefix hits occur)
-// and streams 256 tokens with --stream-chunk-tokens 8.
+// and streams 256 tokens with --stream-chunk-tokens KVSIM_BENCH_CHUNK (default 8).
 //
 //	go test -run '^$' -bench FleetCPU -benchtime 1x -count 5 ./cmd/kvsim | tee new.txt
 //	benchstat old.txt new.txt
@@ -38,6 +38,10 @@ func BenchmarkFleetCPU(b *testing.B) {
 		}
 		secs = v
 	}
+	chunk := "8"
+	if s := os.Getenv("KVSIM_BENCH_CHUNK"); s != "" {
+		chunk = s
+	}
 	bin := filepath.Join(b.TempDir(), "kvsim")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
@@ -46,7 +50,7 @@ func BenchmarkFleetCPU(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--workers", strconv.Itoa(workers), "--profile", "llama-3.1-8b-h100",
-		"--stream-chunk-tokens", "8")
+		"--stream-chunk-tokens", chunk)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
