@@ -92,18 +92,22 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	if len(ev.TokenIDs) == 0 {
 		// Token-less store (CPU offload of blocks stored on GPU before): resolve each
 		// engine hash; the parent is not needed.
+		stored, missing := 0, 0
 		for _, eh := range ev.BlockHashes {
 			if ws.removed() {
-				return
+				break
 			}
-			e, ok := ws.eng[eh]
-			if !ok {
-				ix.c.dropped[DropMissingTokens].Add(1)
+			e := ws.eng.get(eh)
+			if e == nil {
+				missing++
 				continue
 			}
 			ix.store(ws, eh, e.own, tier, tick)
+			stored++
 			ix.yield(ops)
 		}
+		ix.c.stored.Add(uint64(stored))
+		ix.c.dropped[DropMissingTokens].Add(uint64(missing))
 		return
 	}
 	bs := ev.BlockSize
@@ -120,8 +124,8 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	}
 	var parent proto.BlockHash
 	if ev.HasParent {
-		e, ok := ws.eng[ev.ParentHash]
-		if !ok {
+		e := ws.eng.get(ev.ParentHash)
+		if e == nil {
 			ix.c.dropped[DropUnknownParent].Add(uint64(n))
 			return
 		}
@@ -129,49 +133,60 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	} else {
 		parent = proto.Seed(model, ev.LoRAName, "")
 	}
+	stored := 0
 	for i, eh := range ev.BlockHashes {
 		if ws.removed() {
-			return
+			break
 		}
 		parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
 		ix.store(ws, eh, parent, tier, tick)
+		stored++
 		ix.yield(ops)
 	}
+	ix.c.stored.Add(uint64(stored))
 }
 
 func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops *int) {
 	tier := TierOf(ev.Medium)
+	removed, unknown := 0, 0
 	for _, eh := range ev.BlockHashes {
 		if ws.removed() {
-			return
+			break
 		}
-		if !ix.remove(ws, eh, tier, tick) {
-			ix.c.dropped[DropUnknownBlock].Add(1)
+		if ix.remove(ws, eh, tier, tick) {
+			removed++
+		} else {
+			unknown++
 		}
 		ix.yield(ops)
 	}
+	ix.c.removed.Add(uint64(removed))
+	ix.c.dropped[DropUnknownBlock].Add(uint64(unknown))
 }
 
 // store records one stored block. mu must be held for writing.
 func (ix *Index) store(ws *workerState, eh proto.EngineHash, own proto.BlockHash, tier Tier, tick uint32) {
-	ix.c.stored.Add(1)
-	e, ok := ws.eng[eh]
-	if ok && e.own != own {
-		// The engine reuses an id for other content: forget the old block first.
-		ix.dropEngine(ws, eh, e, tick)
-		ok = false
+	if ws.eng.len() >= ix.opts.MaxBlocksPerWorker && ws.eng.get(eh) == nil {
+		ix.evictWorkerEntry(ws)
 	}
-	if !ok {
-		if len(ws.eng) >= ix.opts.MaxBlocksPerWorker {
-			ix.evictWorkerEntry(ws)
+	e, inserted := ws.eng.upsert(eh)
+	if inserted {
+		e.own = own
+	} else if e.own != own {
+		// The engine reuses an id for other content: forget the old block first.
+		// (releaseTier does not touch ws.eng, so e stays valid.)
+		old := *e
+		*e = engEntry{own: own}
+		for t := Tier(0); t < numTiers; t++ {
+			if old.refs[t] > 0 {
+				ix.releaseTier(ws, old.own, t, tick)
+			}
 		}
-		e = engEntry{own: own}
 	}
 	r := e.refs[tier]
 	if r < 255 {
 		e.refs[tier] = r + 1
 	}
-	ws.eng[eh] = e
 	bit := uint8(1) << tier
 	// A real store overrides a prediction; a duplicate store restores a flag that
 	// eviction took.
@@ -188,21 +203,19 @@ func (ix *Index) store(ws *workerState, eh proto.EngineHash, own proto.BlockHash
 // remove records one removed block and reports whether it was known. mu must be held
 // for writing.
 func (ix *Index) remove(ws *workerState, eh proto.EngineHash, tier Tier, tick uint32) bool {
-	e, ok := ws.eng[eh]
-	if !ok || e.refs[tier] == 0 {
+	e := ws.eng.get(eh)
+	if e == nil || e.refs[tier] == 0 {
 		return false
 	}
-	ix.c.removed.Add(1)
 	if e.refs[tier] < 255 {
 		e.refs[tier]--
 	}
-	if e.refs[tier] == 0 {
-		ix.releaseTier(ws, e.own, tier, tick)
+	own, last, empty := e.own, e.refs[tier] == 0, e.empty()
+	if last {
+		ix.releaseTier(ws, own, tier, tick)
 	}
-	if e.empty() {
-		delete(ws.eng, eh)
-	} else {
-		ws.eng[eh] = e
+	if empty {
+		ws.eng.del(eh)
 	}
 	return true
 }
@@ -230,7 +243,7 @@ func (ix *Index) dropEngine(ws *workerState, eh proto.EngineHash, e engEntry, ti
 			ix.releaseTier(ws, e.own, t, tick)
 		}
 	}
-	delete(ws.eng, eh)
+	ws.eng.del(eh)
 }
 
 // ClearWorker forgets every block of worker w, confirmed and predicted, keeping its
@@ -257,7 +270,7 @@ func (ix *Index) ClearWorker(w WorkerKey) {
 func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	_, tick := ix.nowTick()
 	oldEng, oldPred := ws.eng, ws.pred
-	ws.eng = make(map[proto.EngineHash]engEntry)
+	ws.eng = newEngTable()
 	if detach {
 		ws.eng = nil
 	}
@@ -265,10 +278,12 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	ws.extra = nil
 	ix.predLive -= len(oldPred)
 	ops := 0
-	for eh, e := range oldEng {
-		ix.setHolder(ws, e.own, 0, 0xff, tick)
-		delete(oldEng, eh)
-		ix.yield(&ops)
+	// oldEng is unreachable now: iterate it by index across lock releases.
+	for i := range oldEng.slots {
+		if s := &oldEng.slots[i]; s.used {
+			ix.setHolder(ws, s.own, 0, 0xff, tick)
+			ix.yield(&ops)
+		}
 	}
 	for own := range oldPred {
 		ix.setHolder(ws, own, 0, 0xff, tick)
@@ -349,28 +364,23 @@ func (ix *Index) evictNode() {
 }
 
 // evictWorkerEntry drops the least recently touched of a few of ws's engine entries
-// (Go's map iteration starts at a random position). mu must be held for writing.
+// (consecutive entries from a random position). mu must be held for writing.
 func (ix *Index) evictWorkerEntry(ws *workerState) {
-	var victim proto.EngineHash
-	var ve engEntry
-	vt := uint32(0)
-	n := 0
-	for eh, e := range ws.eng {
-		t := uint32(0) // an entry whose block was evicted goes first
-		if sl := ix.nodes.Find(uint64(e.own)); sl != nil {
-			t = sl.Touch
-		}
-		if n == 0 || t < vt {
-			victim, ve, vt = eh, e, t
-		}
-		n++
-		if n == evictSamples || t == 0 {
-			break
-		}
-	}
-	if n == 0 {
+	var buf [evictSamples]engSlot
+	cands := ws.eng.sample(ix.random(), buf[:0])
+	if len(cands) == 0 {
 		return
 	}
-	ix.dropEngine(ws, victim, ve, ix.tick.Load())
+	best, bt := 0, uint32(0)
+	for k, c := range cands {
+		t := uint32(0) // an entry whose block was evicted goes first
+		if sl := ix.nodes.Find(uint64(c.own)); sl != nil {
+			t = sl.Touch
+		}
+		if k == 0 || t < bt {
+			best, bt = k, t
+		}
+	}
+	ix.dropEngine(ws, cands[best].eh, cands[best].engEntry, ix.tick.Load())
 	ix.c.evictions[EvictWorkerCapacity].Add(1)
 }

@@ -250,7 +250,7 @@ func (ix *Index) worker(key WorkerKey, create bool) *workerState {
 	if ws := ix.byKey[key]; ws != nil || !create {
 		return ws
 	}
-	ws := &workerState{key: key, eng: make(map[proto.EngineHash]engEntry)}
+	ws := &workerState{key: key, eng: newEngTable()}
 	if n := len(ix.freeWIDs); n > 0 {
 		ws.wid = ix.freeWIDs[n-1]
 		ix.freeWIDs = ix.freeWIDs[:n-1]
@@ -281,24 +281,24 @@ func (ix *Index) transition(ws *workerState, from setID, flags uint8) setID {
 // the node as needed, keeps the per-worker counts, and returns the old flags. A block
 // gaining a flag is touched. mu must be held for writing.
 func (ix *Index) setHolder(ws *workerState, own proto.BlockHash, set, clr uint8, tick uint32) uint8 {
-	sl := ix.nodes.Find(uint64(own))
+	sl, found := ix.nodes.Lookup(uint64(own))
 	var from setID
 	var old uint8
-	if sl != nil {
+	if found {
 		from = setID(sl.Val)
 		old = ix.sets.flagsOf(from, ws.wid)
 	}
 	nf := (old &^ clr) | set
 	if nf == old {
-		if sl != nil && set != 0 {
+		if found && set != 0 {
 			sl.Touch = tick
 		}
 		return old
 	}
 	to := ix.transition(ws, from, nf)
 	switch {
-	case sl == nil:
-		ix.nodes.Insert(uint64(own), uint32(to), tick)
+	case !found:
+		ix.nodes.Occupy(sl, uint64(own), uint32(to), tick)
 		ix.sets.incRef(to)
 	case to == 0:
 		ix.nodes.Delete(uint64(own))

@@ -93,7 +93,7 @@ func (ix *Index) Stats() Stats {
 		if ws == nil {
 			continue
 		}
-		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: len(ws.eng)})
+		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: ws.eng.len()})
 	}
 	for i := range hot {
 		if sl := ix.nodes.Find(uint64(hot[i].Hash)); sl != nil {
@@ -118,24 +118,22 @@ func compareKeys(a, b WorkerKey) int {
 	return a.DPRank - b.DPRank
 }
 
-// Per-entry sizes used by the memory estimate: a Go swiss-map slot of the engine map is
-// 8 (key) + 16 (engEntry) bytes plus one control byte; of the prediction map 8 + 8 + 1.
+// Per-entry sizes used by the memory estimate: a Go swiss-map slot of the prediction map
+// is 8 + 8 bytes plus one control byte.
 const (
-	engSlotBytes  = 25
 	predSlotBytes = 17
 	heapItemBytes = 24
 )
 
-// memoryLocked estimates the bytes held: node table, holder sets, engine maps (at their
-// current entry count over Go's average swiss-map load of about 0.8), predictions. mu
-// must be held.
+// memoryLocked estimates the bytes held: node table, holder sets, engine tables,
+// predictions (at Go's average swiss-map load of about 0.8). mu must be held.
 func (ix *Index) memoryLocked() int {
 	b := ix.nodes.Bytes() + ix.sets.bytes() + cap(ix.pred.items)*heapItemBytes
 	for _, ws := range ix.workers {
 		if ws == nil {
 			continue
 		}
-		b += len(ws.eng)*engSlotBytes*5/4 + len(ws.pred)*predSlotBytes*5/4 + len(ws.extra)*24
+		b += ws.eng.bytes() + len(ws.pred)*predSlotBytes*5/4 + len(ws.extra)*24
 	}
 	return b
 }

@@ -92,7 +92,7 @@ type workerState struct {
 	wid uint32
 	gen uint32
 	// eng resolves engine hashes (BlockRemoved, parent links, token-less stores).
-	eng map[proto.EngineHash]engEntry
+	eng *engTable
 	// extra counts engine entries beyond the first holding (own, tier); nil until needed.
 	extra map[ownTier]uint32
 	// pred holds the expiry (unix ns) of each predicted block; nil until needed.

@@ -85,12 +85,58 @@ func (t *Table) Find(key uint64) *Slot {
 	}
 }
 
+// Warm loads the key of key's home slot and returns it. It does nothing useful by itself:
+// a caller about to Find many keys calls Warm on a batch of them first, in a tight loop,
+// so that the processor has many cache misses in flight at once instead of one per Find
+// (Go has no prefetch instruction; the caller must use the result, e.g. fold it into a
+// value it checks, or the compiler drops the load).
+func (t *Table) Warm(key uint64) uint64 {
+	h := t.mix(key)
+	s := &t.shards[h>>(64-shardBits)]
+	return s.slots[h&s.mask].Key
+}
+
 // Get returns the value stored for key and whether it is present.
 func (t *Table) Get(key uint64) (uint32, bool) {
 	if sl := t.Find(key); sl != nil {
 		return sl.Val, true
 	}
 	return 0, false
+}
+
+// Lookup returns key's slot and true, or, when key is absent, the empty slot where it
+// belongs and false. An empty slot may only be passed to Occupy, before any other
+// mutation; Lookup grows the shard first when an insertion would pass the load limit.
+// Together they insert with one probe sequence where Find+Insert take two.
+func (t *Table) Lookup(key uint64) (*Slot, bool) {
+	h := t.mix(key)
+	s := &t.shards[h>>(64-shardBits)]
+	for attempt := 0; ; attempt++ {
+		for i := h & s.mask; ; i = (i + 1) & s.mask {
+			sl := &s.slots[i]
+			if sl.Val == 0 {
+				if attempt == 0 && (s.n+1)*4 > len(s.slots)*3 {
+					t.grow(s)
+					break
+				}
+				return sl, false
+			}
+			if sl.Key == key {
+				return sl, true
+			}
+		}
+	}
+}
+
+// Occupy fills the empty slot sl that Lookup returned for key. It panics if val is 0 or
+// the slot is not empty.
+func (t *Table) Occupy(sl *Slot, key uint64, val, touch uint32) {
+	if val == 0 || sl.Val != 0 {
+		panic("blocktable: Occupy of a full slot or with value 0")
+	}
+	*sl = Slot{Key: key, Val: val, Touch: touch}
+	t.shards[t.mix(key)>>(64-shardBits)].n++
+	t.n++
 }
 
 // Insert adds key with value val (nonzero) and touch stamp touch, or overwrites the value

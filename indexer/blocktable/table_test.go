@@ -1,6 +1,7 @@
 package blocktable
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -139,4 +140,44 @@ func heapInUse() int64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapInuse)
+}
+
+// BenchmarkWalk512 looks up 512 random present keys of a 10-million-entry table in a row,
+// as Match does for a 512-block request, plainly and with a Warm pass over each batch of
+// 32 keys first (memory-level parallelism).
+// Compare two runs: go test -run x -bench Walk512 -count 6 ./indexer/blocktable > new.txt; benchstat old.txt new.txt
+func BenchmarkWalk512(b *testing.B) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	keys := make([]uint64, benchKeys)
+	tb := New(3)
+	for i := range keys {
+		keys[i] = rng.Uint64()
+		tb.Insert(keys[i], uint32(i)|1, 0)
+	}
+	reqs := make([][]uint64, 256)
+	for i := range reqs {
+		for range 512 {
+			reqs[i] = append(reqs[i], keys[rng.IntN(benchKeys)])
+		}
+	}
+	for _, warm := range []int{0, 8, 32} {
+		b.Run(fmt.Sprintf("warm=%d", warm), func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			var hint uint64
+			for b.Loop() {
+				req := reqs[i%len(reqs)]
+				for j := 0; j < len(req); j++ {
+					if warm > 0 && j%warm == 0 {
+						for _, k := range req[j:min(j+warm, len(req))] {
+							hint += tb.Warm(k)
+						}
+					}
+					sink += tb.Find(req[j]).Val
+				}
+				i++
+			}
+			sink += uint32(hint)
+		})
+	}
 }
