@@ -255,7 +255,9 @@ func loadMooncake(b *testing.B, n int) *mooncakeStream {
 	for i := range caches {
 		caches[i].at = map[int]int{}
 	}
-	eh := func(w, id, j int) proto.EngineHash { return proto.EngineHash(uint64(w)<<56 | uint64(id)<<8 | uint64(j)) }
+	eh := func(w, id, j int) proto.EngineHash {
+		return proto.EngineHash(uint64(w)<<56 | uint64(id)<<8 | uint64(j))
+	}
 	sc := bufio.NewScanner(fh)
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	for req := 0; req < n && sc.Scan(); req++ {
