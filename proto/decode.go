@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -475,7 +476,14 @@ func decodeHashes(r *mpReader, ev *Event) error {
 	if cap(hs) < n {
 		hs = make([]EngineHash, 0, n)
 	}
+	b := r.b
 	for range n {
+		// Fast path: uint64 hashes (vLLM's default) are 0xcf + 8 bytes.
+		if off := r.off; off+9 <= len(b) && b[off] == 0xcf {
+			hs = append(hs, EngineHash(binary.BigEndian.Uint64(b[off+1:])))
+			r.off = off + 9
+			continue
+		}
 		h, err := decodeHash(r)
 		if err != nil {
 			return err
@@ -499,7 +507,31 @@ func decodeTokens(r *mpReader, ev *Event) error {
 	if cap(ts) < n {
 		ts = make([]uint32, 0, n)
 	}
+	// Fast path for the encodings msgspec uses for token ids (fixint, uint8/16/32),
+	// reading the payload directly; anything else goes through r.int.
+	b := r.b
 	for range n {
+		off := r.off
+		if off < len(b) {
+			switch c := b[off]; {
+			case c <= 0x7f:
+				ts = append(ts, uint32(c))
+				r.off = off + 1
+				continue
+			case c == 0xcd && off+3 <= len(b):
+				ts = append(ts, uint32(binary.BigEndian.Uint16(b[off+1:])))
+				r.off = off + 3
+				continue
+			case c == 0xce && off+5 <= len(b):
+				ts = append(ts, binary.BigEndian.Uint32(b[off+1:]))
+				r.off = off + 5
+				continue
+			case c == 0xcc && off+2 <= len(b):
+				ts = append(ts, uint32(b[off+1]))
+				r.off = off + 2
+				continue
+			}
+		}
 		v, neg, err := r.int()
 		if err != nil {
 			return err
