@@ -30,6 +30,7 @@ type request struct {
 	maxTokens int    // the request's max_tokens
 	outSeed   uint64 // picks the output words
 	salt      string
+	stream    bool // notify per chunk; otherwise only at the end
 	arrival   time.Time
 	// notify gets a token (non-blocking send) whenever output advanced enough for a
 	// chunk, or the request ended.
@@ -379,7 +380,7 @@ func (e *engine) apply() {
 			}
 			e.finished = append(e.finished, r)
 		}
-		if r.done || r.out == 1 || r.out-r.notified >= e.cfg.StreamChunkTokens {
+		if r.done || (r.stream && (r.out == 1 || r.out-r.notified >= e.cfg.StreamChunkTokens)) {
 			r.notified = r.out
 			signal(r.notify)
 		}

@@ -462,7 +462,7 @@ func (w *Worker) newRequest(p *genParams) *request {
 	}
 	return &request{
 		id:        prefix + w.id + "-" + strconv.FormatUint(w.reqSeq.Add(1), 10),
-		promptLen: n, target: target, maxTokens: maxTokens, outSeed: seed, salt: p.salt,
+		promptLen: n, target: target, maxTokens: maxTokens, outSeed: seed, salt: p.salt, stream: p.stream,
 		arrival: time.Now(), notify: make(chan struct{}, 1), tokens: tokens,
 	}
 }
