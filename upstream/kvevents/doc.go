@@ -13,6 +13,10 @@
 // [Options].DeadAfter is reset once ("dead"); when it comes back, its replay buffer is
 // replayed from seq 0.
 //
+// Engines are dialed through a guarded TCP transport (see guardedScheme): the ZMTP
+// handshake has a deadline ([Options].DialTimeout) and TCP keepalives notice a vanished
+// peer in about 20s, so a silent or dead endpoint never blocks a source past its context.
+//
 // Invariants:
 //   - Per worker key, Sink calls never overlap and follow the publisher's order; a batch
 //     is applied at most once per tracking epoch, and seqs applied between two resets

@@ -106,12 +106,14 @@ func (s *source) purgeIfDead() {
 func (s *source) session(ctx context.Context) (wasUp bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sub := zmq4.NewSub(sctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.opts.DialTimeout),
+	gctx, guard := withDialGuard(sctx, s.opts.DialTimeout)
+	sub := zmq4.NewSub(gctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.opts.DialTimeout),
 		zmq4.WithLogger(zmqLogger), zmq4.WithAutomaticReconnect(false))
 	defer func() { _ = sub.Close() }()
-	if err := sub.Dial(s.cfg.Endpoint); err != nil {
+	if err := sub.Dial(guardedEndpoint(s.cfg.Endpoint)); err != nil {
 		return false, fmt.Errorf("dial kv events %q: %w", s.cfg.Endpoint, err)
 	}
+	guard.established()
 	if err := sub.SetOption(zmq4.OptionSubscribe, s.cfg.Topic); err != nil {
 		return false, fmt.Errorf("subscribe kv events %q: %w", s.cfg.Endpoint, err)
 	}
@@ -192,12 +194,14 @@ func (s *source) setConnected(up bool) {
 func (s *source) Replay(ctx context.Context, from uint64, fn func(b *proto.Batch) bool) error {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.ReplayTimeout)
 	defer cancel()
-	d := zmq4.NewDealer(rctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.opts.DialTimeout),
+	gctx, guard := withDialGuard(rctx, s.opts.DialTimeout)
+	d := zmq4.NewDealer(gctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.opts.DialTimeout),
 		zmq4.WithLogger(zmqLogger), zmq4.WithAutomaticReconnect(false))
 	defer func() { _ = d.Close() }()
-	if err := d.Dial(s.cfg.ReplayEndpoint); err != nil {
+	if err := d.Dial(guardedEndpoint(s.cfg.ReplayEndpoint)); err != nil {
 		return fmt.Errorf("dial kv events replay %q: %w", s.cfg.ReplayEndpoint, err)
 	}
+	guard.established()
 	if err := d.SendMulti(zmq4.NewMsgFrom(proto.ReplayRequest(from)...)); err != nil {
 		return fmt.Errorf("send replay request to %q: %w", s.cfg.ReplayEndpoint, err)
 	}
