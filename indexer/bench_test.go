@@ -143,6 +143,10 @@ func reportPercentiles(b *testing.B, lat []int64) {
 // 512 and 2048 blocks, half of each prompt a system prompt every worker holds, the other
 // half held by one worker (so every request walks all its blocks), with 1M indexed
 // blocks. Each request's answer has W entries.
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkMatch$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkMatch(b *testing.B) {
 	for _, workers := range []int{8, 64, 512} {
 		for _, prompt := range []int{64, 512, 2048} {
@@ -156,6 +160,10 @@ func BenchmarkMatch(b *testing.B) {
 
 // BenchmarkMatch10M is the headline case: a 512-block request, 64 workers,
 // 10 million indexed blocks.
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkMatch10M$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkMatch10M(b *testing.B) {
 	f := buildFleet(b, 64, 256, 256, 10_000_000)
 	b.ReportMetric(float64(f.ix.Stats().Blocks), "indexed-blocks")
@@ -165,6 +173,10 @@ func BenchmarkMatch10M(b *testing.B) {
 // BenchmarkMatchDuringIngest runs Match on all cores while one goroutine applies a churn
 // of stores and removes as fast as it can (64 workers, 512-block requests, 1M blocks).
 // It reports Match latency percentiles and the ingest rate achieved meanwhile.
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkMatchDuringIngest$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkMatchDuringIngest(b *testing.B) {
 	f := buildFleet(b, 64, 256, 256, 1_000_000)
 	var stop atomic.Bool
@@ -333,6 +345,10 @@ func loadMooncake(b *testing.B, n int) *mooncakeStream {
 // about 1.2M block operations) to a fresh index per iteration on one goroutine and
 // reports block operations per second. Dropped blocks fail the benchmark: every event of
 // the stream must apply.
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkApplyMooncake$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkApplyMooncake(b *testing.B) {
 	s := loadMooncake(b, 2000)
 	b.ReportAllocs()
@@ -367,6 +383,10 @@ func BenchmarkApplyMooncake(b *testing.B) {
 // every block held by one worker and once with every block held by 4 workers, and
 // reports heap bytes per (block, worker) entry and per distinct block (whole index:
 // node table, holder sets, engine-hash maps).
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkMemoryPerEntry$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkMemoryPerEntry(b *testing.B) {
 	for _, holders := range []int{1, 4} {
 		b.Run(fmt.Sprintf("holders=%d", holders), func(b *testing.B) {
@@ -427,6 +447,10 @@ func heapInUse() int64 {
 // 100k blocks for the first two. The path tree stores the full key in every leaf, so its
 // memory grows with the square of chain length; it is built with 20k blocks and its
 // bytes/block reported.
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkRadixComparison$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkRadixComparison(b *testing.B) {
 	const workers, half = 64, 256
 	f := buildFleet(b, workers, half, half, 100_000)

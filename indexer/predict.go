@@ -27,25 +27,30 @@ func (ix *Index) Predict(w WorkerKey, hashes []proto.BlockHash, ttl time.Duratio
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, true)
 	for _, h := range hashes {
-		var cur uint8
-		if sl := ix.nodes.Find(uint64(h)); sl != nil {
-			cur = ix.sets.flagsOf(setID(sl.Val), ws.wid)
-		}
-		if cur&ix.confMask != 0 {
-			continue
-		}
-		if ws.pred == nil {
-			ws.pred = make(map[proto.BlockHash]int64)
-		}
-		if _, ok := ws.pred[h]; !ok {
-			ix.predLive++
-			ix.c.predicted.Add(1)
-		}
-		ws.pred[h] = exp
-		ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})
-		ix.setHolder(ws, h, flagPredicted, 0, tick)
+		ix.predictLocked(ws, h, exp, tick)
 	}
 	ix.maintain(now, tick)
+}
+
+// predictLocked predicts block h for ws until exp (unix ns). mu must be held for writing.
+func (ix *Index) predictLocked(ws *workerState, h proto.BlockHash, exp int64, tick uint32) {
+	var cur uint8
+	if sl := ix.nodes.Find(uint64(h)); sl != nil {
+		cur = ix.sets.flagsOf(setID(sl.Val), ws.wid)
+	}
+	if cur&ix.confMask != 0 {
+		return
+	}
+	if ws.pred == nil {
+		ws.pred = make(map[proto.BlockHash]int64)
+	}
+	if _, ok := ws.pred[h]; !ok {
+		ix.predLive++
+		ix.c.predicted.Add(1)
+	}
+	ws.pred[h] = exp
+	ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})
+	ix.setHolder(ws, h, flagPredicted, 0, tick)
 }
 
 // Sweep expires predicted entries whose time has passed. Apply and Predict sweep too, so

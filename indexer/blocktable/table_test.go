@@ -93,7 +93,9 @@ var sink uint32
 // BenchmarkLookup compares random hits in a 10-million-entry Table and Go map
 // (map[uint64]uint64 carrying the same 12 bytes of payload). Memory per entry is
 // reported as bytes/entry.
-// Compare two runs: go test -run x -bench Lookup -count 6 ./indexer/blocktable > new.txt; benchstat old.txt new.txt
+// Compare two runs:
+//
+//	go test -run x -bench Lookup -count 6 ./indexer/blocktable > new.txt; benchstat old.txt new.txt
 func BenchmarkLookup(b *testing.B) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	keys := make([]uint64, benchKeys)
@@ -145,7 +147,9 @@ func heapInUse() int64 {
 // BenchmarkWalk512 looks up 512 random present keys of a 10-million-entry table in a row,
 // as Match does for a 512-block request, plainly and with a Warm pass over each batch of
 // 32 keys first (memory-level parallelism).
-// Compare two runs: go test -run x -bench Walk512 -count 6 ./indexer/blocktable > new.txt; benchstat old.txt new.txt
+// Compare two runs:
+//
+//	go test -run x -bench Walk512 -count 6 ./indexer/blocktable > new.txt; benchstat old.txt new.txt
 func BenchmarkWalk512(b *testing.B) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	keys := make([]uint64, benchKeys)

@@ -1,0 +1,208 @@
+package indexer
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// Dump format, version 1 (all integers little endian; uv = unsigned varint, sv = signed
+// varint):
+//
+//	"KVRIDX" uv(version)
+//	per worker: 0x01 uv(len) id sv(dp_rank)
+//	            uv(n) n x { u64 engine_hash, u64 own_hash, 4 x u8 refs by tier }
+//	            uv(m) m x { u64 own_hash, sv(expiry unix ns) }
+//	0x00
+//
+// Only the per-worker state is written; the node table, holder sets and counts are
+// derived from it on Restore.
+const (
+	dumpMagic   = "KVRIDX"
+	dumpVersion = 1
+	// maxDumpID bounds a worker id read by Restore.
+	maxDumpID = 4096
+)
+
+// ErrBadDump is wrapped by every error Restore returns for malformed input.
+var ErrBadDump = errors.New("malformed index dump")
+
+// Dump writes every worker's engine-hash entries and live predictions to w, so that a
+// restarted router can Restore them instead of starting cold (Dynamo #1056). Each worker
+// is copied under the read lock and written without it, so Dump blocks neither ingest
+// nor Match for long; the dump is consistent per worker, not across workers.
+func (ix *Index) Dump(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	_, _ = bw.WriteString(dumpMagic)
+	var tmp [binary.MaxVarintLen64]byte
+	_, _ = bw.Write(tmp[:binary.PutUvarint(tmp[:], dumpVersion)])
+	ix.mu.RLock()
+	keys := make([]WorkerKey, 0, len(ix.byKey))
+	for k := range ix.byKey {
+		keys = append(keys, k)
+	}
+	ix.mu.RUnlock()
+	var buf []byte
+	for _, k := range keys {
+		buf = ix.dumpWorker(buf[:0], k)
+		if _, err := bw.Write(buf); err != nil {
+			return fmt.Errorf("write index dump: %w", err)
+		}
+	}
+	_ = bw.WriteByte(0)
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write index dump: %w", err)
+	}
+	return nil
+}
+
+func (ix *Index) dumpWorker(buf []byte, k WorkerKey) []byte {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	ws := ix.byKey[k]
+	if ws == nil {
+		return buf
+	}
+	buf = append(buf, 1)
+	buf = binary.AppendUvarint(buf, uint64(len(k.ID)))
+	buf = append(buf, k.ID...)
+	buf = binary.AppendVarint(buf, int64(k.DPRank))
+	buf = binary.AppendUvarint(buf, uint64(ws.eng.len()))
+	ws.eng.each(func(eh proto.EngineHash, e engEntry) {
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(eh))
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(e.own))
+		buf = append(buf, e.refs[:]...)
+	})
+	buf = binary.AppendUvarint(buf, uint64(len(ws.pred)))
+	for own, exp := range ws.pred {
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(own))
+		buf = binary.AppendVarint(buf, exp)
+	}
+	return buf
+}
+
+// Restore reads a dump written by Dump and installs it: each dumped worker's state
+// replaces what the index holds for that worker (other workers are untouched); expired
+// predictions are skipped; the bounds of Options apply. Malformed input returns an error
+// wrapping ErrBadDump; workers read before the error stay installed.
+func (ix *Index) Restore(r io.Reader) error {
+	br := bufio.NewReader(r)
+	magic := make([]byte, len(dumpMagic))
+	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != dumpMagic {
+		return fmt.Errorf("restore index: %w: missing magic", ErrBadDump)
+	}
+	v, err := binary.ReadUvarint(br)
+	if err != nil || v != dumpVersion {
+		return fmt.Errorf("restore index: %w: unsupported version %d", ErrBadDump, v)
+	}
+	for n := 0; ; n++ {
+		tag, err := br.ReadByte()
+		if err != nil {
+			return fmt.Errorf("restore index: %w: worker %d: %w", ErrBadDump, n, err)
+		}
+		switch tag {
+		case 0:
+			return nil
+		case 1:
+			if err := ix.restoreWorker(br); err != nil {
+				return fmt.Errorf("restore index: %w: worker %d: %w", ErrBadDump, n, err)
+			}
+		default:
+			return fmt.Errorf("restore index: %w: worker %d: tag %d", ErrBadDump, n, tag)
+		}
+	}
+}
+
+// restoreEntry is one decoded engine entry.
+type restoreEntry struct {
+	eh  proto.EngineHash
+	e   engEntry
+	exp int64 // predictions
+}
+
+func (ix *Index) restoreWorker(br *bufio.Reader) error {
+	idLen, err := binary.ReadUvarint(br)
+	if err != nil {
+		return err
+	}
+	if idLen > maxDumpID {
+		return fmt.Errorf("worker id of %d bytes", idLen)
+	}
+	id := make([]byte, idLen)
+	if _, err := io.ReadFull(br, id); err != nil {
+		return err
+	}
+	rank, err := binary.ReadVarint(br)
+	if err != nil {
+		return err
+	}
+	if rank < 0 || rank > 1<<20 {
+		return fmt.Errorf("dp rank %d", rank)
+	}
+	key := WorkerKey{ID: string(id), DPRank: int(rank)}
+	// Decode fully before touching the index; never trust a count for allocation.
+	var entries, preds []restoreEntry
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return err
+	}
+	var rec [20]byte
+	for i := uint64(0); i < n; i++ {
+		if _, err := io.ReadFull(br, rec[:]); err != nil {
+			return err
+		}
+		var re restoreEntry
+		re.eh = proto.EngineHash(binary.LittleEndian.Uint64(rec[0:]))
+		re.e.own = proto.BlockHash(binary.LittleEndian.Uint64(rec[8:]))
+		copy(re.e.refs[:], rec[16:])
+		if re.e.empty() {
+			return fmt.Errorf("engine entry %d without references", i)
+		}
+		entries = append(entries, re)
+	}
+	m, err := binary.ReadUvarint(br)
+	if err != nil {
+		return err
+	}
+	for i := uint64(0); i < m; i++ {
+		if _, err := io.ReadFull(br, rec[:8]); err != nil {
+			return err
+		}
+		exp, err := binary.ReadVarint(br)
+		if err != nil {
+			return err
+		}
+		preds = append(preds, restoreEntry{e: engEntry{own: proto.BlockHash(binary.LittleEndian.Uint64(rec[:8]))}, exp: exp})
+	}
+	ix.ClearWorker(key)
+	now, tick := ix.nowTick()
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ws := ix.worker(key, true)
+	ops := 0
+	for _, re := range entries {
+		for t := Tier(0); t < numTiers; t++ {
+			for range re.e.refs[t] {
+				if ws.removed() {
+					return nil
+				}
+				ix.store(ws, re.eh, re.e.own, t, tick)
+			}
+			ix.yield(&ops)
+		}
+	}
+	nowNS := now.UnixNano()
+	for _, p := range preds {
+		if p.exp <= nowNS {
+			continue
+		}
+		ix.predictLocked(ws, p.e.own, p.exp, tick)
+	}
+	ix.maintain(now, tick)
+	return nil
+}
+
