@@ -205,4 +205,3 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 	ix.maintain(now, tick)
 	return nil
 }
-
