@@ -1,0 +1,973 @@
+package jinja
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+)
+
+// Template is a parsed template. It is immutable and safe for concurrent use.
+type Template struct {
+	body []node
+}
+
+// Parse parses a template with the settings transformers renders chat templates
+// with (trim_blocks, lstrip_blocks, no autoescape).
+func Parse(src string) (*Template, error) {
+	toks, err := lex(src)
+	if err != nil {
+		return nil, fmt.Errorf("parse template: %w", err)
+	}
+	p := &parser{toks: toks}
+	body, _, err := p.parseBody()
+	if err != nil {
+		return nil, fmt.Errorf("parse template: %w", err)
+	}
+	return &Template{body: body}, nil
+}
+
+// ErrRaised is wrapped by Render errors that come from the template's own
+// raise_exception call.
+var ErrRaised = errors.New("template raised an exception")
+
+// maxOutput bounds the rendered size so a hostile template or input cannot exhaust
+// memory; maxSteps bounds the work of one render.
+const (
+	maxOutput = 64 << 20
+	maxSteps  = 5_000_000
+)
+
+var (
+	errBreak    = errors.New("break outside loop")
+	errContinue = errors.New("continue outside loop")
+)
+
+type frame struct {
+	vars   map[string]Value
+	parent *frame
+}
+
+func (f *frame) lookup(name string) (Value, bool) {
+	for ; f != nil; f = f.parent {
+		if v, ok := f.vars[name]; ok {
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+type renderer struct {
+	out   *strings.Builder
+	steps int
+}
+
+type macro struct {
+	name     string
+	params   []string
+	defaults []expr
+	body     []node
+	closure  *frame
+	r        *renderer
+}
+
+// Render renders the template with the given variables. Globals (range,
+// namespace, dict, raise_exception) are added unless vars overrides them.
+func (t *Template) Render(vars map[string]Value) (string, error) {
+	var out strings.Builder
+	r := &renderer{out: &out}
+	root := &frame{vars: map[string]Value{}}
+	for k, v := range globals {
+		root.vars[k] = v
+	}
+	for k, v := range vars {
+		root.vars[k] = v
+	}
+	f := &frame{vars: map[string]Value{}, parent: root}
+	if err := r.exec(t.body, f); err != nil {
+		if errors.Is(err, errBreak) || errors.Is(err, errContinue) {
+			return "", err
+		}
+		return "", err
+	}
+	return out.String(), nil
+}
+
+func (r *renderer) tick() error {
+	r.steps++
+	if r.steps > maxSteps {
+		return errors.New("template render exceeded its step limit")
+	}
+	if r.out.Len() > maxOutput {
+		return errors.New("template output exceeded its size limit")
+	}
+	return nil
+}
+
+func (r *renderer) exec(body []node, f *frame) error {
+	for _, n := range body {
+		if err := r.tick(); err != nil {
+			return err
+		}
+		switch n := n.(type) {
+		case *textNode:
+			r.out.WriteString(n.s)
+		case *outputNode:
+			v, err := r.eval(n.e, f)
+			if err != nil {
+				return err
+			}
+			r.out.WriteString(str(v))
+		case *ifNode:
+			v, err := r.eval(n.cond, f)
+			if err != nil {
+				return err
+			}
+			b := n.els_
+			if truthy(v) {
+				b = n.then
+			}
+			if err := r.exec(b, f); err != nil {
+				return err
+			}
+		case *forNode:
+			if err := r.execFor(n, f); err != nil {
+				return err
+			}
+		case *setNode:
+			if err := r.execSet(n, f); err != nil {
+				return err
+			}
+		case *macroNode:
+			f.vars[n.name] = &macro{name: n.name, params: n.params, defaults: n.defaults, body: n.body, closure: f, r: r}
+		case *callBlockNode:
+			body := n.body
+			caller := Func(func(_ []Value, _ *Dict) (Value, error) {
+				return r.capture(body, &frame{vars: map[string]Value{}, parent: f})
+			})
+			v, err := r.eval(n.call, &frame{vars: map[string]Value{"caller": caller}, parent: f})
+			if err != nil {
+				return err
+			}
+			r.out.WriteString(str(v))
+		case *filterBlockNode:
+			s, err := r.capture(n.body, f)
+			if err != nil {
+				return err
+			}
+			v, err := r.applyFilter(n.filter, s, f)
+			if err != nil {
+				return err
+			}
+			r.out.WriteString(str(v))
+		case *breakNode:
+			return errBreak
+		case *continueNode:
+			return errContinue
+		}
+	}
+	return nil
+}
+
+// capture renders body into a string instead of the output.
+func (r *renderer) capture(body []node, f *frame) (string, error) {
+	saved := r.out
+	var b strings.Builder
+	r.out = &b
+	err := r.exec(body, f)
+	r.out = saved
+	return b.String(), err
+}
+
+func (r *renderer) execSet(n *setNode, f *frame) error {
+	var v Value
+	if n.value != nil {
+		var err error
+		if v, err = r.eval(n.value, f); err != nil {
+			return err
+		}
+	} else {
+		s, err := r.capture(n.body, f)
+		if err != nil {
+			return err
+		}
+		v = s
+	}
+	if n.attrOf != "" {
+		obj, _ := f.lookup(n.attrOf)
+		ns, ok := obj.(*Namespace)
+		if !ok {
+			return fmt.Errorf("cannot assign attribute on non-namespace object %s", n.attrOf)
+		}
+		ns.Set(n.targets[0], v)
+		return nil
+	}
+	if len(n.targets) == 1 {
+		f.vars[n.targets[0]] = v
+		return nil
+	}
+	items, err := iterate(v)
+	if err != nil {
+		return err
+	}
+	if len(items) != len(n.targets) {
+		return fmt.Errorf("cannot unpack %d values into %d names", len(items), len(n.targets))
+	}
+	for i, t := range n.targets {
+		f.vars[t] = items[i]
+	}
+	return nil
+}
+
+func (r *renderer) execFor(n *forNode, f *frame) error {
+	iv, err := r.eval(n.iter, f)
+	if err != nil {
+		return err
+	}
+	items, err := iterate(iv)
+	if err != nil {
+		return err
+	}
+	bind := func(fr *frame, item Value) error {
+		if len(n.targets) == 1 {
+			fr.vars[n.targets[0]] = item
+			return nil
+		}
+		parts, err := iterate(item)
+		if err != nil {
+			return err
+		}
+		if len(parts) != len(n.targets) {
+			return fmt.Errorf("cannot unpack %d values into %d names", len(parts), len(n.targets))
+		}
+		for i, t := range n.targets {
+			fr.vars[t] = parts[i]
+		}
+		return nil
+	}
+	if n.filter != nil {
+		var kept []Value
+		for _, it := range items {
+			fr := &frame{vars: map[string]Value{}, parent: f}
+			if err := bind(fr, it); err != nil {
+				return err
+			}
+			c, err := r.eval(n.filter, fr)
+			if err != nil {
+				return err
+			}
+			if truthy(c) {
+				kept = append(kept, it)
+			}
+		}
+		items = kept
+	}
+	if len(items) == 0 {
+		return r.exec(n.els_, f)
+	}
+	fr := &frame{vars: map[string]Value{}, parent: f}
+	loop := &loopInfo{items: items}
+	for i, it := range items {
+		clear(fr.vars)
+		if err := bind(fr, it); err != nil {
+			return err
+		}
+		loop.i = i
+		fr.vars["loop"] = loop
+		err := r.exec(n.body, fr)
+		if errors.Is(err, errBreak) {
+			break
+		}
+		if err != nil && !errors.Is(err, errContinue) {
+			return err
+		}
+	}
+	return nil
+}
+
+// loopInfo is the loop variable of a for loop.
+type loopInfo struct {
+	items []Value
+	i     int
+}
+
+func (l *loopInfo) attr(name string) Value {
+	n := int64(len(l.items))
+	i := int64(l.i)
+	switch name {
+	case "index0":
+		return i
+	case "index":
+		return i + 1
+	case "revindex":
+		return n - i
+	case "revindex0":
+		return n - i - 1
+	case "first":
+		return i == 0
+	case "last":
+		return i == n-1
+	case "length":
+		return n
+	case "previtem":
+		if i > 0 {
+			return l.items[i-1]
+		}
+	case "nextitem":
+		if i < n-1 {
+			return l.items[i+1]
+		}
+	case "cycle":
+		k := l.i
+		return Func(func(args []Value, _ *Dict) (Value, error) {
+			if len(args) == 0 {
+				return nil, errors.New("cycle needs at least one argument")
+			}
+			return args[k%len(args)], nil
+		})
+	}
+	return Undefined{}
+}
+
+// iterate returns the items a for loop visits: list items, dict keys, string
+// characters.
+func iterate(v Value) ([]Value, error) {
+	switch x := v.(type) {
+	case []Value:
+		return x, nil
+	case *Dict:
+		out := make([]Value, len(x.keys))
+		for i, k := range x.keys {
+			out[i] = k
+		}
+		return out, nil
+	case string:
+		var out []Value
+		for _, r := range x {
+			out = append(out, string(r))
+		}
+		return out, nil
+	case Undefined, nil:
+		if _, ok := v.(Undefined); ok {
+			return nil, nil
+		}
+	}
+	return nil, fmt.Errorf("'%s' object is not iterable", typeName(v))
+}
+
+func (r *renderer) eval(e expr, f *frame) (Value, error) {
+	if err := r.tick(); err != nil {
+		return nil, err
+	}
+	switch e := e.(type) {
+	case *literal:
+		return e.v, nil
+	case *nameExpr:
+		if v, ok := f.lookup(e.name); ok {
+			return v, nil
+		}
+		return Undefined{}, nil
+	case *listExpr:
+		out := make([]Value, len(e.items))
+		for i, it := range e.items {
+			v, err := r.eval(it, f)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = v
+		}
+		return out, nil
+	case *dictExpr:
+		d := NewDict()
+		for i := range e.keys {
+			k, err := r.eval(e.keys[i], f)
+			if err != nil {
+				return nil, err
+			}
+			v, err := r.eval(e.vals[i], f)
+			if err != nil {
+				return nil, err
+			}
+			d.Set(str(k), v)
+		}
+		return d, nil
+	case *attrExpr:
+		obj, err := r.eval(e.obj, f)
+		if err != nil {
+			return nil, err
+		}
+		return getAttr(obj, e.name), nil
+	case *indexExpr:
+		obj, err := r.eval(e.obj, f)
+		if err != nil {
+			return nil, err
+		}
+		idx, err := r.eval(e.index, f)
+		if err != nil {
+			return nil, err
+		}
+		return getItem(obj, idx), nil
+	case *sliceExpr:
+		return r.evalSlice(e, f)
+	case *callExpr:
+		return r.evalCall(e, f)
+	case *filterExpr:
+		obj, err := r.eval(e.obj, f)
+		if err != nil {
+			return nil, err
+		}
+		return r.applyFilter(e, obj, f)
+	case *testExpr:
+		obj, err := r.eval(e.obj, f)
+		if err != nil {
+			return nil, err
+		}
+		args, err := r.evalList(e.args, f)
+		if err != nil {
+			return nil, err
+		}
+		ok, err := runTest(e.name, obj, args)
+		if err != nil {
+			return nil, err
+		}
+		return ok != e.neg, nil
+	case *unaryExpr:
+		x, err := r.eval(e.x, f)
+		if err != nil {
+			return nil, err
+		}
+		switch e.op {
+		case "not":
+			return !truthy(x), nil
+		case "-":
+			switch n := x.(type) {
+			case int64:
+				return -n, nil
+			case float64:
+				return -n, nil
+			case bool:
+				return -boolInt(n), nil
+			}
+			return nil, fmt.Errorf("bad operand type for unary -: '%s'", typeName(x))
+		default:
+			return x, nil
+		}
+	case *binExpr:
+		return r.evalBin(e, f)
+	case *condExpr:
+		c, err := r.eval(e.cond, f)
+		if err != nil {
+			return nil, err
+		}
+		if truthy(c) {
+			return r.eval(e.a, f)
+		}
+		if e.b == nil {
+			return Undefined{}, nil
+		}
+		return r.eval(e.b, f)
+	}
+	return nil, fmt.Errorf("unknown expression %T", e)
+}
+
+func (r *renderer) evalList(es []expr, f *frame) ([]Value, error) {
+	out := make([]Value, len(es))
+	for i, e := range es {
+		v, err := r.eval(e, f)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+func (r *renderer) evalKw(names []string, vals []expr, f *frame) (*Dict, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	d := NewDict()
+	for i, n := range names {
+		v, err := r.eval(vals[i], f)
+		if err != nil {
+			return nil, err
+		}
+		d.Set(n, v)
+	}
+	return d, nil
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (r *renderer) evalSlice(e *sliceExpr, f *frame) (Value, error) {
+	obj, err := r.eval(e.obj, f)
+	if err != nil {
+		return nil, err
+	}
+	var idx [3]*int64
+	for i, x := range []expr{e.start, e.stop, e.step} {
+		if x == nil {
+			continue
+		}
+		v, err := r.eval(x, f)
+		if err != nil {
+			return nil, err
+		}
+		if v == nil {
+			continue
+		}
+		n, ok := v.(int64)
+		if !ok {
+			return nil, errors.New("slice indices must be integers or None")
+		}
+		idx[i] = &n
+	}
+	var items []Value
+	s, isStr := obj.(string)
+	switch x := obj.(type) {
+	case []Value:
+		items = x
+	case string:
+		for _, r := range x {
+			items = append(items, string(r))
+		}
+	default:
+		return nil, fmt.Errorf("'%s' object is not subscriptable", typeName(obj))
+	}
+	_ = s
+	out, err := pySlice(items, idx[0], idx[1], idx[2])
+	if err != nil {
+		return nil, err
+	}
+	if isStr {
+		var b strings.Builder
+		for _, c := range out {
+			b.WriteString(c.(string))
+		}
+		return b.String(), nil
+	}
+	return out, nil
+}
+
+// pySlice is Python's list[start:stop:step].
+func pySlice(items []Value, start, stop, step *int64) ([]Value, error) {
+	n := int64(len(items))
+	st := int64(1)
+	if step != nil {
+		st = *step
+	}
+	if st == 0 {
+		return nil, errors.New("slice step cannot be zero")
+	}
+	norm := func(p *int64, def int64, lo, hi int64) int64 {
+		if p == nil {
+			return def
+		}
+		v := *p
+		if v < 0 {
+			v += n
+		}
+		if v < lo {
+			v = lo
+		}
+		if v > hi {
+			v = hi
+		}
+		return v
+	}
+	var out []Value
+	if st > 0 {
+		a, b := norm(start, 0, 0, n), norm(stop, n, 0, n)
+		for i := a; i < b; i += st {
+			out = append(out, items[i])
+		}
+	} else {
+		a, b := norm(start, n-1, -1, n-1), norm(stop, -1, -1, n-1)
+		for i := a; i > b; i += st {
+			out = append(out, items[i])
+		}
+	}
+	if out == nil {
+		out = []Value{}
+	}
+	return out, nil
+}
+
+func (r *renderer) evalCall(e *callExpr, f *frame) (Value, error) {
+	fn, err := r.eval(e.fn, f)
+	if err != nil {
+		return nil, err
+	}
+	args, err := r.evalList(e.args, f)
+	if err != nil {
+		return nil, err
+	}
+	kw, err := r.evalKw(e.kwName, e.kwVal, f)
+	if err != nil {
+		return nil, err
+	}
+	switch x := fn.(type) {
+	case Func:
+		return x(args, kw)
+	case *macro:
+		return r.callMacro(x, args, kw)
+	}
+	name := "object"
+	switch ex := e.fn.(type) {
+	case *nameExpr:
+		name = ex.name
+	case *attrExpr:
+		name = ex.name
+	}
+	return nil, fmt.Errorf("%s is not callable (%s)", name, typeName(fn))
+}
+
+func (r *renderer) callMacro(m *macro, args []Value, kw *Dict) (Value, error) {
+	fr := &frame{vars: map[string]Value{}, parent: m.closure}
+	for i, p := range m.params {
+		switch {
+		case i < len(args):
+			fr.vars[p] = args[i]
+		default:
+			if v, ok := kw.Get(p); ok {
+				fr.vars[p] = v
+			} else if m.defaults[i] != nil {
+				v, err := r.eval(m.defaults[i], fr)
+				if err != nil {
+					return nil, err
+				}
+				fr.vars[p] = v
+			} else {
+				fr.vars[p] = Undefined{}
+			}
+		}
+	}
+	return r.capture(m.body, fr)
+}
+
+func (r *renderer) evalBin(e *binExpr, f *frame) (Value, error) {
+	l, err := r.eval(e.l, f)
+	if err != nil {
+		return nil, err
+	}
+	switch e.op {
+	case "and":
+		if !truthy(l) {
+			return l, nil
+		}
+		return r.eval(e.r, f)
+	case "or":
+		if truthy(l) {
+			return l, nil
+		}
+		return r.eval(e.r, f)
+	}
+	rv, err := r.eval(e.r, f)
+	if err != nil {
+		return nil, err
+	}
+	return binOp(e.op, l, rv)
+}
+
+func binOp(op string, l, r Value) (Value, error) {
+	switch op {
+	case "~":
+		return str(l) + str(r), nil
+	case "==":
+		return equal(l, r), nil
+	case "!=":
+		return !equal(l, r), nil
+	case "in":
+		return contains(r, l)
+	case "not in":
+		ok, err := contains(r, l)
+		if err != nil {
+			return nil, err
+		}
+		return !ok.(bool), nil
+	case "<", ">", "<=", ">=":
+		c, err := compare(l, r)
+		if err != nil {
+			return nil, err
+		}
+		switch op {
+		case "<":
+			return c < 0, nil
+		case ">":
+			return c > 0, nil
+		case "<=":
+			return c <= 0, nil
+		}
+		return c >= 0, nil
+	}
+	if op == "+" {
+		switch a := l.(type) {
+		case string:
+			if b, ok := r.(string); ok {
+				return a + b, nil
+			}
+		case []Value:
+			if b, ok := r.([]Value); ok {
+				out := make([]Value, 0, len(a)+len(b))
+				return append(append(out, a...), b...), nil
+			}
+		}
+	}
+	if op == "*" {
+		if s, ok := l.(string); ok {
+			if n, ok := r.(int64); ok {
+				if n < 0 {
+					n = 0
+				}
+				if int64(len(s))*n > maxOutput {
+					return nil, errors.New("string repetition too large")
+				}
+				return strings.Repeat(s, int(n)), nil
+			}
+		}
+	}
+	if op == "%" {
+		if s, ok := l.(string); ok {
+			return percentFormat(s, r)
+		}
+	}
+	ai, aInt, aok := number(l)
+	bi, bInt, bok := number(r)
+	if !aok || !bok {
+		return nil, fmt.Errorf("unsupported operand type(s) for %s: '%s' and '%s'", op, typeName(l), typeName(r))
+	}
+	if aInt && bInt {
+		a, b := int64(ai), int64(bi)
+		switch op {
+		case "+":
+			return a + b, nil
+		case "-":
+			return a - b, nil
+		case "*":
+			return a * b, nil
+		case "/":
+			if b == 0 {
+				return nil, errors.New("division by zero")
+			}
+			return float64(a) / float64(b), nil
+		case "//":
+			if b == 0 {
+				return nil, errors.New("integer division or modulo by zero")
+			}
+			q := a / b
+			if (a%b != 0) && ((a < 0) != (b < 0)) {
+				q--
+			}
+			return q, nil
+		case "%":
+			if b == 0 {
+				return nil, errors.New("integer division or modulo by zero")
+			}
+			m := a % b
+			if m != 0 && ((m < 0) != (b < 0)) {
+				m += b
+			}
+			return m, nil
+		case "**":
+			if b >= 0 {
+				res := int64(1)
+				for i := int64(0); i < b && i < 64; i++ {
+					res *= a
+				}
+				return res, nil
+			}
+			return math.Pow(float64(a), float64(b)), nil
+		}
+	}
+	switch op {
+	case "+":
+		return ai + bi, nil
+	case "-":
+		return ai - bi, nil
+	case "*":
+		return ai * bi, nil
+	case "/":
+		if bi == 0 {
+			return nil, errors.New("float division by zero")
+		}
+		return ai / bi, nil
+	case "//":
+		if bi == 0 {
+			return nil, errors.New("float floor division by zero")
+		}
+		return math.Floor(ai / bi), nil
+	case "%":
+		if bi == 0 {
+			return nil, errors.New("float modulo")
+		}
+		m := math.Mod(ai, bi)
+		if m != 0 && ((m < 0) != (bi < 0)) {
+			m += bi
+		}
+		return m, nil
+	case "**":
+		return math.Pow(ai, bi), nil
+	}
+	return nil, fmt.Errorf("unknown operator %s", op)
+}
+
+// number converts a numeric value (bool counts, as in Python) to float64.
+func number(v Value) (float64, bool, bool) {
+	switch x := v.(type) {
+	case int64:
+		return float64(x), true, true
+	case float64:
+		return x, false, true
+	case bool:
+		return float64(boolInt(x)), true, true
+	}
+	return 0, false, false
+}
+
+func equal(a, b Value) bool {
+	if x, _, ok := number(a); ok {
+		if y, _, ok := number(b); ok {
+			return x == y
+		}
+		return false
+	}
+	switch x := a.(type) {
+	case nil:
+		return b == nil
+	case Undefined:
+		_, ok := b.(Undefined)
+		return ok
+	case string:
+		y, ok := b.(string)
+		return ok && x == y
+	case []Value:
+		y, ok := b.([]Value)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !equal(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case *Dict:
+		y, ok := b.(*Dict)
+		if !ok || x.Len() != y.Len() {
+			return false
+		}
+		for _, k := range x.keys {
+			yv, ok := y.m[k]
+			if !ok || !equal(x.m[k], yv) {
+				return false
+			}
+		}
+		return true
+	}
+	return a == b
+}
+
+func compare(a, b Value) (int, error) {
+	if x, _, ok := number(a); ok {
+		if y, _, ok := number(b); ok {
+			switch {
+			case x < y:
+				return -1, nil
+			case x > y:
+				return 1, nil
+			}
+			return 0, nil
+		}
+	}
+	if x, ok := a.(string); ok {
+		if y, ok := b.(string); ok {
+			return strings.Compare(x, y), nil
+		}
+	}
+	if x, ok := a.([]Value); ok {
+		if y, ok := b.([]Value); ok {
+			for i := 0; i < len(x) && i < len(y); i++ {
+				if c, err := compare(x[i], y[i]); err != nil || c != 0 {
+					return c, err
+				}
+			}
+			return len(x) - len(y), nil
+		}
+	}
+	return 0, fmt.Errorf("'<' not supported between instances of '%s' and '%s'", typeName(a), typeName(b))
+}
+
+func contains(container, item Value) (Value, error) {
+	switch c := container.(type) {
+	case string:
+		s, ok := item.(string)
+		if !ok {
+			return nil, fmt.Errorf("'in <string>' requires string as left operand, not %s", typeName(item))
+		}
+		return strings.Contains(c, s), nil
+	case []Value:
+		for _, x := range c {
+			if equal(x, item) {
+				return true, nil
+			}
+		}
+		return false, nil
+	case *Dict:
+		_, ok := c.m[str(item)]
+		if _, isStr := item.(string); !isStr {
+			ok = false
+		}
+		return ok, nil
+	case *Namespace:
+		_, ok := c.m[str(item)]
+		return ok, nil
+	case Undefined:
+		return false, nil
+	}
+	return nil, fmt.Errorf("argument of type '%s' is not iterable", typeName(container))
+}
+
+// percentFormat is Python's "fmt" % args for %s, %d and %%.
+func percentFormat(s string, arg Value) (Value, error) {
+	args, ok := arg.([]Value)
+	if !ok {
+		args = []Value{arg}
+	}
+	var b strings.Builder
+	k := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		i++
+		switch s[i] {
+		case '%':
+			b.WriteByte('%')
+		case 's', 'd', 'r':
+			if k >= len(args) {
+				return nil, errors.New("not enough arguments for format string")
+			}
+			if s[i] == 'r' {
+				b.WriteString(repr(args[k]))
+			} else if s[i] == 'd' {
+				n, _, ok := number(args[k])
+				if !ok {
+					return nil, errors.New("%d format: a real number is required")
+				}
+				b.WriteString(fmt.Sprint(int64(n)))
+			} else {
+				b.WriteString(str(args[k]))
+			}
+			k++
+		default:
+			return nil, fmt.Errorf("unsupported format character %q", s[i])
+		}
+	}
+	return b.String(), nil
+}

@@ -1,0 +1,456 @@
+package jinja
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Value is a template value: nil (None), Undefined, bool, int64, float64, string,
+// []Value (list or tuple), *Dict, *Namespace, Func or *macro.
+type Value = any
+
+// Undefined is the value of a missing variable, attribute or key. It prints as "",
+// is false, and `is defined` tells it apart.
+type Undefined struct{}
+
+// Func is a callable value: a global function or a bound method.
+type Func func(args []Value, kw *Dict) (Value, error)
+
+// Dict is an insertion-ordered mapping with string keys, like a Python dict built
+// from JSON. The zero value is empty and usable.
+type Dict struct {
+	keys []string
+	m    map[string]Value
+}
+
+// NewDict returns an empty Dict.
+func NewDict() *Dict { return &Dict{m: map[string]Value{}} }
+
+// Set sets k to v, keeping k's position if it exists.
+func (d *Dict) Set(k string, v Value) {
+	if d.m == nil {
+		d.m = map[string]Value{}
+	}
+	if _, ok := d.m[k]; !ok {
+		d.keys = append(d.keys, k)
+	}
+	d.m[k] = v
+}
+
+// Get returns the value of k.
+func (d *Dict) Get(k string) (Value, bool) {
+	if d == nil {
+		return nil, false
+	}
+	v, ok := d.m[k]
+	return v, ok
+}
+
+// Keys returns the keys in insertion order. The caller must not modify the slice.
+func (d *Dict) Keys() []string {
+	if d == nil {
+		return nil
+	}
+	return d.keys
+}
+
+// Len returns the number of keys.
+func (d *Dict) Len() int {
+	if d == nil {
+		return 0
+	}
+	return len(d.keys)
+}
+
+// Namespace is the mutable object namespace() returns; `set ns.x = v` assigns to it.
+type Namespace struct{ Dict }
+
+// FromJSON decodes JSON into template values, keeping object key order and the
+// difference between integers and floats, as Python's json.loads does.
+func FromJSON(data []byte) (Value, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	v, err := decodeValue(dec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("trailing data after JSON value")
+	}
+	return v, nil
+}
+
+func decodeValue(dec *json.Decoder) (Value, error) {
+	t, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch x := t.(type) {
+	case json.Delim:
+		switch x {
+		case '[':
+			list := []Value{}
+			for dec.More() {
+				v, err := decodeValue(dec)
+				if err != nil {
+					return nil, err
+				}
+				list = append(list, v)
+			}
+			_, err := dec.Token()
+			return list, err
+		case '{':
+			d := NewDict()
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return nil, err
+				}
+				k, _ := kt.(string)
+				v, err := decodeValue(dec)
+				if err != nil {
+					return nil, err
+				}
+				d.Set(k, v)
+			}
+			_, err := dec.Token()
+			return d, err
+		}
+		return nil, fmt.Errorf("unexpected %v", x)
+	case json.Number:
+		s := string(x)
+		if !strings.ContainsAny(s, ".eE") {
+			if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+				return n, nil
+			}
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return nil, fmt.Errorf("number %s: %w", s, err)
+		}
+		return f, nil
+	case string, bool, nil:
+		return x, nil
+	}
+	return nil, fmt.Errorf("unexpected token %v", t)
+}
+
+// truthy is Python's bool().
+func truthy(v Value) bool {
+	switch x := v.(type) {
+	case nil, Undefined:
+		return false
+	case bool:
+		return x
+	case int64:
+		return x != 0
+	case float64:
+		return x != 0
+	case string:
+		return x != ""
+	case []Value:
+		return len(x) > 0
+	case *Dict:
+		return x.Len() > 0
+	}
+	return true
+}
+
+// typeName is Python's type name of v, for error messages.
+func typeName(v Value) string {
+	switch v.(type) {
+	case nil:
+		return "NoneType"
+	case Undefined:
+		return "undefined"
+	case bool:
+		return "bool"
+	case int64:
+		return "int"
+	case float64:
+		return "float"
+	case string:
+		return "str"
+	case []Value:
+		return "list"
+	case *Dict:
+		return "dict"
+	case *Namespace:
+		return "namespace"
+	}
+	return "function"
+}
+
+// pyFloat formats f as Python's repr(float).
+func pyFloat(f float64) string {
+	switch {
+	case math.IsInf(f, 1):
+		return "inf"
+	case math.IsInf(f, -1):
+		return "-inf"
+	case math.IsNaN(f):
+		return "nan"
+	}
+	e := strconv.FormatFloat(f, 'e', -1, 64)
+	exp, _ := strconv.Atoi(e[strings.IndexByte(e, 'e')+1:])
+	if exp < -4 || exp >= 16 {
+		return e
+	}
+	s := strconv.FormatFloat(f, 'f', -1, 64)
+	if !strings.ContainsAny(s, ".") {
+		s += ".0"
+	}
+	return s
+}
+
+// str is Python's str() of v, as {{ v }} prints it.
+func str(v Value) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case Undefined:
+		return ""
+	case *macro:
+		return "<macro " + x.name + ">"
+	}
+	return repr(v)
+}
+
+// repr is Python's repr() of v.
+func repr(v Value) string {
+	switch x := v.(type) {
+	case nil:
+		return "None"
+	case Undefined:
+		return ""
+	case bool:
+		if x {
+			return "True"
+		}
+		return "False"
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case float64:
+		return pyFloat(x)
+	case string:
+		return pyStrRepr(x)
+	case []Value:
+		var b strings.Builder
+		b.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(repr(e))
+		}
+		b.WriteByte(']')
+		return b.String()
+	case *Dict:
+		var b strings.Builder
+		b.WriteByte('{')
+		for i, k := range x.keys {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(pyStrRepr(k))
+			b.WriteString(": ")
+			b.WriteString(repr(x.m[k]))
+		}
+		b.WriteByte('}')
+		return b.String()
+	case *Namespace:
+		return "<Namespace " + repr(&x.Dict) + ">"
+	case *macro:
+		return "<macro " + x.name + ">"
+	}
+	return "<function>"
+}
+
+func pyStrRepr(s string) string {
+	q := byte('\'')
+	if strings.IndexByte(s, '\'') >= 0 && strings.IndexByte(s, '"') < 0 {
+		q = '"'
+	}
+	var b strings.Builder
+	b.WriteByte(q)
+	for _, r := range s {
+		switch {
+		case r == rune(q) || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte(q)
+	return b.String()
+}
+
+// JSONOptions are the arguments of the tojson filter, as transformers passes them
+// to Python's json.dumps.
+type JSONOptions struct {
+	Indent      int    // 0: compact; >0: newline and this many spaces per level
+	HasIndent   bool   // indent was given (json.dumps then uses "," as item separator)
+	ItemSep     string // "" means the json.dumps default
+	KeySep      string // "" means ": "
+	SortKeys    bool
+	EnsureASCII bool
+}
+
+// ToJSON is Python's json.dumps(v, ensure_ascii=False) as transformers' tojson
+// filter calls it: ", " and ": " separators, key order preserved, non-ASCII kept.
+func ToJSON(v Value, o JSONOptions) (string, error) {
+	if o.ItemSep == "" {
+		o.ItemSep = ", "
+		if o.HasIndent {
+			o.ItemSep = ","
+		}
+	}
+	if o.KeySep == "" {
+		o.KeySep = ": "
+	}
+	var b strings.Builder
+	if err := writeJSON(&b, v, o, 0); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+func writeJSON(b *strings.Builder, v Value, o JSONOptions, depth int) error {
+	if depth > 512 {
+		return errors.New("tojson: nesting too deep")
+	}
+	nl := func(d int) {
+		if o.HasIndent {
+			b.WriteByte('\n')
+			b.WriteString(strings.Repeat(" ", o.Indent*d))
+		}
+	}
+	switch x := v.(type) {
+	case nil:
+		b.WriteString("null")
+	case bool:
+		if x {
+			b.WriteString("true")
+		} else {
+			b.WriteString("false")
+		}
+	case int64:
+		b.WriteString(strconv.FormatInt(x, 10))
+	case float64:
+		switch {
+		case math.IsNaN(x):
+			b.WriteString("NaN")
+		case math.IsInf(x, 1):
+			b.WriteString("Infinity")
+		case math.IsInf(x, -1):
+			b.WriteString("-Infinity")
+		default:
+			b.WriteString(pyFloat(x))
+		}
+	case string:
+		writeJSONString(b, x, o.EnsureASCII)
+	case []Value:
+		if len(x) == 0 {
+			b.WriteString("[]")
+			return nil
+		}
+		b.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				b.WriteString(o.ItemSep)
+			}
+			nl(depth + 1)
+			if err := writeJSON(b, e, o, depth+1); err != nil {
+				return err
+			}
+		}
+		nl(depth)
+		b.WriteByte(']')
+	case *Dict, *Namespace:
+		d, ok := x.(*Dict)
+		if !ok {
+			d = &x.(*Namespace).Dict
+		}
+		if d.Len() == 0 {
+			b.WriteString("{}")
+			return nil
+		}
+		keys := d.keys
+		if o.SortKeys {
+			keys = append([]string(nil), keys...)
+			sort.Strings(keys)
+		}
+		b.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteString(o.ItemSep)
+			}
+			nl(depth + 1)
+			writeJSONString(b, k, o.EnsureASCII)
+			b.WriteString(o.KeySep)
+			if err := writeJSON(b, d.m[k], o, depth+1); err != nil {
+				return err
+			}
+		}
+		nl(depth)
+		b.WriteByte('}')
+	case Undefined:
+		return errors.New("tojson: Object of type Undefined is not JSON serializable")
+	default:
+		return fmt.Errorf("tojson: Object of type %s is not JSON serializable", typeName(v))
+	}
+	return nil
+}
+
+func writeJSONString(b *strings.Builder, s string, ascii bool) {
+	b.WriteByte('"')
+	for _, r := range s {
+		switch r {
+		case '"':
+			b.WriteString(`\"`)
+		case '\\':
+			b.WriteString(`\\`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\r':
+			b.WriteString(`\r`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\b':
+			b.WriteString(`\b`)
+		case '\f':
+			b.WriteString(`\f`)
+		default:
+			switch {
+			case r < 0x20:
+				fmt.Fprintf(b, `\u%04x`, r)
+			case ascii && r > 0x7e:
+				if r > 0xffff {
+					r -= 0x10000
+					fmt.Fprintf(b, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
+				} else {
+					fmt.Fprintf(b, `\u%04x`, r)
+				}
+			default:
+				b.WriteRune(r)
+			}
+		}
+	}
+	b.WriteByte('"')
+}
