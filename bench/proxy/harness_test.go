@@ -1,0 +1,99 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRunHarness runs the whole benchmark briefly at low load against the fake upstream
+// and kvroute (router.Run in a child process; nginx is left out so the test needs no
+// system package) and checks that the report is sane.
+func TestRunHarness(t *testing.T) {
+	for _, tc := range []struct {
+		mode      string
+		workloads []Workload
+		duration  time.Duration
+	}{
+		{ModeMixed, []Workload{{Name: "chat", Rate: 200}, {Name: "stream", Stream: true, Rate: 20}}, time.Second},
+		{ModeSequential, []Workload{{Name: "chat", Rate: 200}}, 500 * time.Millisecond},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			var log bytes.Buffer
+			kv := selfCommand("kvroute")
+			rep, err := Run(context.Background(), Config{
+				Mode: tc.mode, Workloads: tc.workloads, Rounds: 1, Duration: tc.duration, Warmup: 200 * time.Millisecond,
+				Upstream: selfCommand("upstream"), Kvroute: &kv, Log: &log,
+			})
+			if err != nil {
+				t.Fatalf("%v\nlog:\n%s", err, log.String())
+			}
+			if got, want := len(rep.Windows), 2*len(tc.workloads); got != want {
+				t.Fatalf("%d windows, want %d", got, want)
+			}
+			for _, s := range rep.Summaries {
+				checkSummary(t, s, tc.workloads)
+			}
+			for _, a := range rep.Added {
+				if a.Target != "kvroute" {
+					t.Errorf("added latency for %q", a.Target)
+				}
+			}
+			if len(rep.Goals) != 0 {
+				t.Errorf("goals without nginx: %+v", rep.Goals)
+			}
+			md := rep.Markdown(2)
+			for _, want := range []string{"## Proxy overhead", "| direct |", "| kvroute |", "### chat"} {
+				if !strings.Contains(md, want) {
+					t.Errorf("markdown lacks %q:\n%s", want, md)
+				}
+			}
+			js, err := rep.JSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back Report
+			if err := json.Unmarshal(js, &back); err != nil || len(back.Summaries) != len(rep.Summaries) {
+				t.Errorf("json does not round-trip: %v", err)
+			}
+		})
+	}
+}
+
+func checkSummary(t *testing.T, s Summary, workloads []Workload) {
+	t.Helper()
+	var w Workload
+	for _, x := range workloads {
+		if x.Name == s.Workload {
+			w = x
+		}
+	}
+	name := s.Workload + "/" + s.Target
+	if s.OK != s.Sent || s.Sent < int(w.Rate/2) {
+		t.Errorf("%s: %d of %d ok", name, s.OK, s.Sent)
+	}
+	l := s.Latency
+	if l.N != s.OK || l.P50 <= 0 || l.P50 > l.P90 || l.P90 > l.P99 || l.P99 > l.Max {
+		t.Errorf("%s: percentiles out of order: %+v", name, l)
+	}
+	// Loopback at low load: even under -race on a busy machine, a p50 over 100 ms means
+	// something is broken.
+	if l.P50 > 100e3 {
+		t.Errorf("%s: p50 %.0f µs", name, l.P50)
+	}
+	if w.Stream != (s.First != nil) {
+		t.Errorf("%s: first-chunk times %v for stream=%v", name, s.First, w.Stream)
+	}
+	if s.First != nil && (s.First.P50 <= 0 || s.First.P50 > l.P50 || s.First.Max > l.Max) {
+		t.Errorf("%s: first chunk %+v after the end %+v", name, *s.First, l)
+	}
+	if s.CPU.Upstream <= 0 || s.CPU.Loadgen <= 0 {
+		t.Errorf("%s: no CPU measured: %+v", name, s.CPU)
+	}
+	if (s.Target == "kvroute") != (s.PerProxyCPU > 0) {
+		t.Errorf("%s: %.0f req/s per proxy CPU-second (proxy CPU %.3f s)", name, s.PerProxyCPU, s.CPU.Proxy)
+	}
+}

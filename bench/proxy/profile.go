@@ -1,0 +1,83 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Profile is the CPU profile of kvroute under one workload, taken with perf after the
+// measurement (never during it).
+type Profile struct {
+	Workload string `json:"workload"`
+	// Data is the perf.data file.
+	Data string `json:"data"`
+	// Top is the head of `perf report --no-children --sort symbol`: the symbols with the
+	// most self time.
+	Top string `json:"top"`
+}
+
+// profile records kvroute with perf under each workload for cfg.ProfileDuration.
+func (h *harness) profile(ctx context.Context) error {
+	var kv *target
+	for _, t := range h.targets {
+		if t.name == "kvroute" {
+			kv = t
+		}
+	}
+	if kv == nil {
+		return nil
+	}
+	for _, w := range h.cfg.Workloads {
+		data := filepath.Join(h.dir, "perf-kvroute-"+w.Name+".data")
+		h.logf("profiling kvroute on %s for %v", w.Name, h.cfg.ProfileDuration)
+		loadDone := make(chan error, 1)
+		go func() {
+			_, err := RunLoad(ctx, h.loadOptions([]*target{kv}, w, h.cfg.ProfileDuration+2*time.Second))
+			loadDone <- err
+		}()
+		// Let the load settle, then record for the profile duration.
+		select {
+		case <-time.After(time.Second):
+		case err := <-loadDone:
+			return fmt.Errorf("profile load %s: %w", w.Name, err)
+		}
+		rec := exec.CommandContext(ctx, h.cfg.Perf, "record", "-F", "999", "-g", "-p", strconv.Itoa(kv.proc.pid()),
+			"-o", data, "--", "sleep", strconv.FormatFloat(h.cfg.ProfileDuration.Seconds(), 'f', 1, 64))
+		out, recErr := rec.CombinedOutput()
+		if err := <-loadDone; err != nil {
+			return fmt.Errorf("profile load %s: %w", w.Name, err)
+		}
+		if recErr != nil {
+			return fmt.Errorf("perf record: %w\n%s", recErr, out)
+		}
+		rep := exec.CommandContext(ctx, h.cfg.Perf, "report", "-i", data, "--stdio", "--no-children",
+			"--sort", "symbol", "--percent-limit", "1", "-g", "none")
+		out, err := rep.Output()
+		if err != nil {
+			return fmt.Errorf("perf report: %w", err)
+		}
+		h.report.Profiles = append(h.report.Profiles, Profile{Workload: w.Name, Data: data, Top: perfTop(out, 30)})
+	}
+	return nil
+}
+
+// perfTop keeps the first n sample lines of a perf report, without comments.
+func perfTop(report []byte, n int) string {
+	var lines []string
+	sc := bufio.NewScanner(bytes.NewReader(report))
+	for sc.Scan() && len(lines) < n {
+		l := strings.TrimRight(sc.Text(), " ")
+		if l == "" || strings.HasPrefix(strings.TrimSpace(l), "#") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	return strings.Join(lines, "\n")
+}
