@@ -459,8 +459,9 @@ func (e *engine) outputToken(r *request, i int) uint32 {
 }
 
 // restart ends every request with errRestarted, empties the cache without events and
-// restarts the event sequence, as a new engine process would. mu must not be held.
-func (e *engine) restart(announceClear bool) {
+// restarts the event sequence, as a new engine process would; with rebind the event
+// sockets are closed and bound again. mu must not be held.
+func (e *engine) restart(announceClear, rebind bool) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, list := range [][]*request{e.running, e.waiting} {
@@ -473,12 +474,18 @@ func (e *engine) restart(announceClear bool) {
 	e.plan = e.plan[:0]
 	e.pool = kvcache.New(e.pool.Capacity())
 	e.events, e.evicted = e.events[:0], e.evicted[:0]
-	e.pub.Restart()
+	var err error
+	if rebind {
+		err = e.pub.Rebind()
+	} else {
+		e.pub.Restart()
+	}
 	if announceClear {
 		e.events = append(e.events, kvevents.Event{Kind: proto.AllBlocksCleared})
 		e.publish(time.Now())
 	}
 	e.updateGauges()
+	return err
 }
 
 // resetPrefixCache drops every cache entry and publishes AllBlocksCleared, like vLLM's

@@ -79,6 +79,13 @@ func TestPrefixCacheHitAndTTFT(t *testing.T) {
 	if got := u2.PromptTokensDetails.CachedTokens; got != 1984 {
 		t.Fatalf("cached_tokens = %d, want 1984", got)
 	}
+	// The machine may be loaded: keep the fastest of three cold prompts and of three
+	// warm repeats, which filters scheduling noise out of both.
+	for i := 1; i < 3; i++ {
+		c, _ := ttft(t, w, words(10000*i, 2000))
+		h, _ := ttft(t, w, prompt)
+		cold, warm = min(cold, c), min(warm, h)
+	}
 	// test profile: 2000 uncached tokens cost 2 + 100 ms (a floor: timers never fire
 	// early), the cached run 2 ms + 16 tokens' 0.8 ms.
 	if cold < 100*time.Millisecond || warm >= cold/2 {
@@ -109,7 +116,7 @@ func TestPrefixCacheHitAndTTFT(t *testing.T) {
 		t.Fatalf("salted cached_tokens = %d, want 0", got)
 	}
 	st := w.Stats()
-	if st.CachedTokens != 1984+48+16+1984 || st.Requests != 7 || st.Running != 0 {
+	if st.CachedTokens != 3*1984+48+16+1984 || st.Requests != 11 || st.Running != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -256,9 +263,8 @@ func TestRestartAndReset(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	checkFor(t, 5*time.Second, "stream running", func() bool { return w.Stats().Running == 1 })
-	w.Restart(RestartOptions{Down: 100 * time.Millisecond})
-	if _, err := readAll(resp); err == nil {
-		t.Fatal("stream ended cleanly across a restart")
+	if err := w.Restart(RestartOptions{Down: 500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
 	}
 	r, out := post(t, w.URL()+"/v1/completions", p)
 	if r.StatusCode != 503 {
@@ -271,6 +277,9 @@ func TestRestartAndReset(t *testing.T) {
 	hr.Body.Close()
 	if hr.StatusCode != 503 {
 		t.Fatalf("health during down time: %d", hr.StatusCode)
+	}
+	if _, err := readAll(resp); err == nil {
+		t.Fatal("stream ended cleanly across a restart")
 	}
 	var c completion
 	checkFor(t, 5*time.Second, "worker back", func() bool {
@@ -294,7 +303,9 @@ func TestRestartAndReset(t *testing.T) {
 	}
 
 	// A restart that announces the clear publishes AllBlocksCleared at seq 0.
-	w.Restart(RestartOptions{AnnounceClear: true})
+	if err := w.Restart(RestartOptions{AnnounceClear: true}); err != nil {
+		t.Fatal(err)
+	}
 	b = sub.next()
 	if b.Seq != 0 || len(b.Events) != 1 || b.Events[0].Kind != "AllBlocksCleared" {
 		t.Fatalf("announced restart %+v", b)
@@ -366,12 +377,17 @@ func keys(m map[uint64]int) []uint64 {
 }
 
 func TestTimeScale(t *testing.T) {
-	real := startFleet(t, 1, func(c *Config) { c.Profile = "llama-3.1-8b-h100" }).Workers()[0]
-	fast := startFleet(t, 1, func(c *Config) { c.Profile = "llama-3.1-8b-h100"; c.TimeScale = 0.1 }).Workers()[0]
-	// 6000 uncached tokens: 7.85 ms + 6000 * 32.5 us = 203 ms of modelled prefill.
+	const profile = "qwen3-32b-2xh100"
+	real := startFleet(t, 1, func(c *Config) { c.Profile = profile }).Workers()[0]
+	fast := startFleet(t, 1, func(c *Config) { c.Profile = profile; c.TimeScale = 0.1 }).Workers()[0]
+	// 6000 uncached tokens: 15 ms + 6000 * 66 us = 411 ms of modelled prefill, a floor
+	// at scale 1; at scale 0.1, 41 ms plus the HTTP and tokenizer overhead, which the
+	// fastest of two runs keeps small even on a loaded machine.
 	slow, _ := ttft(t, real, words(0, 6000))
 	quick, _ := ttft(t, fast, words(0, 6000))
-	if slow < 200*time.Millisecond || quick > slow/3 {
+	q2, _ := ttft(t, fast, words(10000, 6000))
+	quick = min(quick, q2)
+	if slow < 400*time.Millisecond || quick > slow/3 {
 		t.Fatalf("TTFT at scale 1: %v, at scale 0.1: %v", slow, quick)
 	}
 }

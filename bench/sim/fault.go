@@ -56,4 +56,9 @@ type RestartOptions struct {
 	// A real vLLM process restart does not (its new publisher just starts at seq 0);
 	// vLLM's reset_prefix_cache does, which POST /reset_prefix_cache simulates.
 	AnnounceClear bool `json:"announce_clear"`
+	// Rebind closes the event PUB and replay ROUTER sockets and binds new ones on the
+	// same ports, so subscribers see their connections drop as with a real process
+	// restart and must reconnect (and resubscribe). Without it the sockets stay up and
+	// only the seq restarts.
+	Rebind bool `json:"rebind"`
 }

@@ -236,13 +236,17 @@ func (w *Worker) Faults() Faults {
 
 // Restart simulates an engine restart: requests in flight lose their connection, the
 // cache empties without BlockRemoved events, the event seq restarts at 0 with an empty
-// replay buffer, and the worker answers 503 for opt.Down.
-func (w *Worker) Restart(opt RestartOptions) {
+// replay buffer (and the event sockets are rebound with opt.Rebind), and the worker
+// answers 503 for opt.Down. An error means the sockets could not be bound again.
+func (w *Worker) Restart(opt RestartOptions) error {
 	if opt.Down == 0 && opt.DownMS > 0 {
 		opt.Down = time.Duration(opt.DownMS) * time.Millisecond
 	}
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
-	w.eng.restart(opt.AnnounceClear)
+	if err := w.eng.restart(opt.AnnounceClear, opt.Rebind); err != nil {
+		return fmt.Errorf("restart %s: %w", w.id, err)
+	}
+	return nil
 }
 
 // ResetPrefixCache empties the prefix cache and publishes AllBlocksCleared, like vLLM's
@@ -345,7 +349,10 @@ func (w *Worker) serveRestart(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, badRequest("down_ms must not be negative, got %d", opt.DownMS))
 		return
 	}
-	w.Restart(opt)
+	if err := w.Restart(opt); err != nil {
+		writeError(rw, err)
+		return
+	}
 	rw.WriteHeader(http.StatusOK)
 }
 

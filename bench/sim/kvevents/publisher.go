@@ -28,18 +28,36 @@ type entry struct {
 	payload []byte
 }
 
+// sockets are one generation of bound sockets and their replay server.
+type sockets struct {
+	pub    zmq4.Socket
+	router zmq4.Socket // nil without replay
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the replay server returned
+}
+
+func (s *sockets) close() error {
+	s.cancel()
+	err := s.pub.Close()
+	if s.router != nil {
+		err = errors.Join(err, s.router.Close())
+	}
+	<-s.done
+	return err
+}
+
 // Publisher sends payloads on a ZMQ PUB socket with vLLM's framing and serves replay
 // requests from a ring of the last BufferSteps payloads. Its methods are safe for
 // concurrent use.
 type Publisher struct {
-	pub    zmq4.Socket
-	router zmq4.Socket
-	topic  []byte
-	cancel context.CancelFunc
-	done   chan struct{}
+	parent         context.Context
+	topic          []byte
+	endpoint       string
+	replayEndpoint string
 
 	// mu guards the fields below.
 	mu      sync.Mutex
+	socks   *sockets // nil while rebinding
 	seq     uint64
 	ring    []entry // circular once len == ringCap
 	ringCap int
@@ -55,46 +73,59 @@ func Listen(ctx context.Context, cfg Config) (*Publisher, error) {
 	if cfg.BufferSteps <= 0 {
 		return nil, fmt.Errorf("buffer_steps must be positive, got %d", cfg.BufferSteps)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	p := &Publisher{topic: []byte(cfg.Topic), cancel: cancel, done: make(chan struct{})}
+	p := &Publisher{parent: ctx, topic: []byte(cfg.Topic), ringCap: cfg.BufferSteps}
 	p.ring = make([]entry, 0, min(cfg.BufferSteps, 1024))
-	p.ringCap = cfg.BufferSteps
-	p.pub = zmq4.NewPub(ctx)
-	if err := p.pub.Listen(cfg.Endpoint); err != nil {
-		cancel()
-		_ = p.pub.Close()
-		return nil, fmt.Errorf("bind kv events %q: %w", cfg.Endpoint, err)
+	socks, err := p.bind(cfg.Endpoint, cfg.ReplayEndpoint)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.ReplayEndpoint == "" {
-		close(p.done)
-		return p, nil
+	p.socks = socks
+	p.endpoint = "tcp://" + socks.pub.Addr().String()
+	if socks.router != nil {
+		p.replayEndpoint = "tcp://" + socks.router.Addr().String()
 	}
-	p.router = zmq4.NewRouter(ctx)
-	if err := p.router.Listen(cfg.ReplayEndpoint); err != nil {
-		cancel()
-		_ = p.pub.Close()
-		_ = p.router.Close()
-		return nil, fmt.Errorf("bind kv events replay %q: %w", cfg.ReplayEndpoint, err)
-	}
-	go p.serveReplay(ctx)
 	return p, nil
 }
 
+func (p *Publisher) bind(endpoint, replayEndpoint string) (*sockets, error) {
+	ctx, cancel := context.WithCancel(p.parent)
+	s := &sockets{pub: zmq4.NewPub(ctx), cancel: cancel, done: make(chan struct{})}
+	if err := s.pub.Listen(endpoint); err != nil {
+		cancel()
+		_ = s.pub.Close()
+		return nil, fmt.Errorf("bind kv events %q: %w", endpoint, err)
+	}
+	if replayEndpoint == "" {
+		close(s.done)
+		return s, nil
+	}
+	s.router = zmq4.NewRouter(ctx)
+	if err := s.router.Listen(replayEndpoint); err != nil {
+		cancel()
+		_ = s.pub.Close()
+		_ = s.router.Close()
+		return nil, fmt.Errorf("bind kv events replay %q: %w", replayEndpoint, err)
+	}
+	go p.serveReplay(ctx, s)
+	return s, nil
+}
+
 // Endpoint returns the PUB socket's bound address as "tcp://host:port".
-func (p *Publisher) Endpoint() string { return "tcp://" + p.pub.Addr().String() }
+func (p *Publisher) Endpoint() string { return p.endpoint }
 
 // ReplayEndpoint returns the ROUTER socket's bound address, or "" without replay.
-func (p *Publisher) ReplayEndpoint() string {
-	if p.router == nil {
-		return ""
-	}
-	return "tcp://" + p.router.Addr().String()
-}
+func (p *Publisher) ReplayEndpoint() string { return p.replayEndpoint }
 
 // Subscribed reports whether at least one subscriber has subscribed to a topic that
 // matches this publisher's topic. Tests use it to avoid ZMQ's slow-joiner loss.
 func (p *Publisher) Subscribed() bool {
-	t, ok := p.pub.(zmq4.Topics)
+	p.mu.Lock()
+	socks := p.socks
+	p.mu.Unlock()
+	if socks == nil {
+		return false
+	}
+	t, ok := socks.pub.(zmq4.Topics)
 	if !ok {
 		return false
 	}
@@ -121,15 +152,15 @@ func (p *Publisher) Publish(payload []byte) uint64 {
 		p.ring[p.next] = e
 		p.next = (p.next + 1) % p.ringCap
 	}
-	if p.drop > 0 {
-		p.drop--
+	if p.drop > 0 || p.socks == nil {
+		p.drop = max(p.drop-1, 0)
 		p.dropd++
 		return seq
 	}
 	var sb [8]byte
 	binary.BigEndian.PutUint64(sb[:], seq)
 	// The PUB socket queues the message and returns at once (no high-water mark set).
-	_ = p.pub.SendMulti(zmq4.NewMsgFrom(p.topic, sb[:], buf))
+	_ = p.socks.pub.SendMulti(zmq4.NewMsgFrom(p.topic, sb[:], buf))
 	p.sent++
 	return seq
 }
@@ -160,24 +191,48 @@ func (p *Publisher) Stats() (nextSeq, sent, dropped uint64) {
 	return p.seq, p.sent, p.dropd
 }
 
+// Rebind restarts like [Publisher.Restart] and also closes both sockets and binds new
+// ones on the same addresses, as a restarted engine process does: subscribers and replay
+// clients see their TCP connections drop and must reconnect.
+func (p *Publisher) Rebind() error {
+	p.mu.Lock()
+	old := p.socks
+	p.socks = nil
+	p.mu.Unlock()
+	p.Restart()
+	var err error
+	if old != nil {
+		err = old.close()
+	}
+	socks, berr := p.bind(p.endpoint, p.replayEndpoint)
+	if berr != nil {
+		return errors.Join(err, berr)
+	}
+	p.mu.Lock()
+	p.socks = socks
+	p.mu.Unlock()
+	return err
+}
+
 // Close stops the replay server and closes both sockets.
 func (p *Publisher) Close() error {
-	p.cancel()
-	err := p.pub.Close()
-	if p.router != nil {
-		err = errors.Join(err, p.router.Close())
+	p.mu.Lock()
+	old := p.socks
+	p.socks = nil
+	p.mu.Unlock()
+	if old == nil {
+		return nil
 	}
-	<-p.done
-	return err
+	return old.close()
 }
 
 // endMarker is seq -1 as a signed 8-byte big-endian int.
 var endMarker = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
-func (p *Publisher) serveReplay(ctx context.Context) {
-	defer close(p.done)
+func (p *Publisher) serveReplay(ctx context.Context, s *sockets) {
+	defer close(s.done)
 	for {
-		msg, err := p.router.Recv()
+		msg, err := s.router.Recv()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -197,11 +252,11 @@ func (p *Publisher) serveReplay(ctx context.Context) {
 		for _, e := range p.since(start) {
 			var sb [8]byte
 			binary.BigEndian.PutUint64(sb[:], e.seq)
-			if p.router.SendMulti(zmq4.NewMsgFrom(id, nil, sb[:], e.payload)) != nil {
+			if s.router.SendMulti(zmq4.NewMsgFrom(id, nil, sb[:], e.payload)) != nil {
 				break
 			}
 		}
-		_ = p.router.SendMulti(zmq4.NewMsgFrom(id, nil, endMarker, nil))
+		_ = s.router.SendMulti(zmq4.NewMsgFrom(id, nil, endMarker, nil))
 	}
 }
 

@@ -227,3 +227,50 @@ func replay(t *testing.T, d zmq4.Socket, start uint64) []uint64 {
 		seqs = append(seqs, binary.BigEndian.Uint64(msg.Frames[1]))
 	}
 }
+
+func TestRebind(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := Listen(ctx, Config{Endpoint: "tcp://127.0.0.1:0", ReplayEndpoint: "tcp://127.0.0.1:0", BufferSteps: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ep, rep := p.Endpoint(), p.ReplayEndpoint()
+	p.Publish([]byte{1})
+	p.Publish([]byte{2})
+	if err := p.Rebind(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Endpoint() != ep || p.ReplayEndpoint() != rep {
+		t.Fatalf("endpoints moved: %s %s -> %s %s", ep, rep, p.Endpoint(), p.ReplayEndpoint())
+	}
+	// A subscriber connecting to the rebound socket sees the new stream from seq 0.
+	sub := zmq4.NewSub(ctx)
+	defer sub.Close()
+	if err := sub.Dial(ep); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, "subscription after rebind", p.Subscribed)
+	if seq := p.Publish([]byte{3}); seq != 0 {
+		t.Fatalf("seq after rebind = %d", seq)
+	}
+	msg, err := sub.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := binary.BigEndian.Uint64(msg.Frames[1]); got != 0 || msg.Frames[2][0] != 3 {
+		t.Fatalf("got seq %d payload %v", got, msg.Frames[2])
+	}
+	dealer := zmq4.NewDealer(ctx)
+	defer dealer.Close()
+	if err := dealer.Dial(rep); err != nil {
+		t.Fatal(err)
+	}
+	if got := replay(t, dealer, 0); !reflect.DeepEqual(got, []uint64{0}) {
+		t.Fatalf("replay after rebind = %v", got)
+	}
+}
