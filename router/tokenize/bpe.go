@@ -54,7 +54,7 @@ func newBPE(m modelJSON, byteLevel bool) (*bpe, error) {
 		return nil, fmt.Errorf("bpe dropout %v is not deterministic", *m.Dropout)
 	}
 	b := &bpe{
-		vocab:        make(map[string]uint32, len(m.Vocab)),
+		vocab:        map[string]uint32{},
 		merges:       make(map[uint64]mergeTo, len(m.Merges)),
 		byteLevel:    byteLevel,
 		byteFallback: m.ByteFallback,
@@ -73,12 +73,17 @@ func newBPE(m modelJSON, byteLevel bool) (*bpe, error) {
 		}
 		return unmapBytes(s)
 	}
-	for s, id := range m.Vocab {
-		k, ok := key(s)
-		if !ok {
-			continue // not a byte-level string; reachable only as an added token
+	if byteLevel {
+		b.vocab = make(map[string]uint32, len(m.Vocab))
+		for s, id := range m.Vocab {
+			k, ok := key(s)
+			if !ok {
+				continue // not a byte-level string; reachable only as an added token
+			}
+			b.vocab[k] = id
 		}
-		b.vocab[k] = id
+	} else {
+		b.vocab = m.Vocab // shared with Tokenizer.tokenIDs, read-only after Parse
 	}
 	if m.UnkToken != nil {
 		k, _ := key(*m.UnkToken)

@@ -28,8 +28,10 @@ type addedTokenJSON struct {
 
 type modelJSON struct {
 	Type                    string            `json:"type"`
-	Vocab                   map[string]uint32 `json:"vocab"`
-	Merges                  []mergeJSON       `json:"merges"`
+	RawVocab                json.RawMessage   `json:"vocab"`
+	RawMerges               json.RawMessage   `json:"merges"`
+	Vocab                   map[string]uint32 `json:"-"`
+	Merges                  []mergeJSON       `json:"-"`
 	UnkToken                *string           `json:"unk_token"`
 	ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
 	EndOfWordSuffix         *string           `json:"end_of_word_suffix"`

@@ -26,7 +26,7 @@ type Tokenizer struct {
 	prefixSafe bool
 
 	tokenIDs map[string]uint32 // vocabulary and added tokens, file form
-	idTokens map[uint32]string
+	idTokens []string          // by id; "" for unused ids
 }
 
 // ErrUnsupported is wrapped by Load and Parse errors for tokenizer.json components
@@ -55,6 +55,14 @@ func Parse(data []byte) (*Tokenizer, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("decode tokenizer.json: %w", err)
 	}
+	var err error
+	if f.Model.Vocab, err = parseVocab(f.Model.RawVocab); err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	if f.Model.Merges, err = parseMerges(f.Model.RawMerges); err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	f.Model.RawVocab, f.Model.RawMerges = nil, nil
 	t := &Tokenizer{}
 	if !isNull(f.Normalizer) {
 		c, err := decodeComponent(f.Normalizer)
@@ -82,14 +90,27 @@ func Parse(data []byte) (*Tokenizer, error) {
 			byteLevel = true
 		}
 	}
-	var err error
 	if t.model, err = newBPE(f.Model, byteLevel); err != nil {
 		return nil, fmt.Errorf("model: %w: %w", ErrUnsupported, err)
 	}
-	t.tokenIDs = make(map[string]uint32, len(f.Model.Vocab)+len(f.AddedTokens))
-	t.idTokens = make(map[uint32]string, len(f.Model.Vocab)+len(f.AddedTokens))
-	for s, id := range f.Model.Vocab {
-		t.tokenIDs[s] = id
+	// The decoded vocabulary map becomes tokenIDs (and, for non-byte-level
+	// models, the model's own map): copying maps of 262k entries dominates Parse.
+	t.tokenIDs = f.Model.Vocab
+	if t.tokenIDs == nil {
+		t.tokenIDs = map[string]uint32{}
+	}
+	maxID := uint32(0)
+	for _, id := range t.tokenIDs {
+		maxID = max(maxID, id)
+	}
+	for _, a := range f.AddedTokens {
+		maxID = max(maxID, a.ID)
+	}
+	if maxID > 1<<24 {
+		return nil, fmt.Errorf("token id %d too large", maxID)
+	}
+	t.idTokens = make([]string, maxID+1)
+	for s, id := range t.tokenIDs {
 		t.idTokens[id] = s
 	}
 	var raw, normd []addedToken
@@ -100,7 +121,9 @@ func Parse(data []byte) (*Tokenizer, error) {
 		} else {
 			raw = append(raw, at)
 		}
-		t.tokenIDs[a.Content] = a.ID
+		if _, ok := t.tokenIDs[a.Content]; !ok {
+			t.tokenIDs[a.Content] = a.ID
+		}
 		t.idTokens[a.ID] = a.Content
 	}
 	t.added = newAddedMatcher(raw)
@@ -276,8 +299,10 @@ func (t *Tokenizer) TokenID(token string) (uint32, bool) {
 
 // Token returns the text of id as written in tokenizer.json, or false.
 func (t *Tokenizer) Token(id uint32) (string, bool) {
-	s, ok := t.idTokens[id]
-	return s, ok
+	if int(id) >= len(t.idTokens) || t.idTokens[id] == "" {
+		return "", false
+	}
+	return t.idTokens[id], true
 }
 
 // SpecialPrefix returns the ids Encode puts before the text when addSpecial is set.
