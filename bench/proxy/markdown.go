@@ -160,7 +160,7 @@ func (r *Report) Markdown(level int) string {
 	}
 
 	for _, pr := range r.Profiles {
-		p("%skvroute CPU profile, %s (perf, self time, taken after the measurement)\n\n```text\n%s\n```\n\n", h(1), pr.Workload, pr.Top)
+		p("%skvroute CPU profile, %s (perf, taken after the measurement)\n\nSelf time:\n\n```text\n%s\n```\n\nInclusive (self and callees):\n\n```text\n%s\n```\n\n", h(1), pr.Workload, pr.Self, pr.Inclusive)
 	}
 	return b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -18,9 +19,12 @@ type Profile struct {
 	Workload string `json:"workload"`
 	// Data is the perf.data file.
 	Data string `json:"data"`
-	// Top is the head of `perf report --no-children --sort symbol`: the symbols with the
-	// most self time.
-	Top string `json:"top"`
+	// Self is the head of `perf report --no-children --sort symbol`: the symbols with
+	// the most self time.
+	Self string `json:"self"`
+	// Inclusive is the head of `perf report --children --sort symbol`: the symbols with
+	// the most time spent in them and their callees.
+	Inclusive string `json:"inclusive"`
 }
 
 // profile records kvroute with perf under each workload for cfg.ProfileDuration.
@@ -48,7 +52,7 @@ func (h *harness) profile(ctx context.Context) error {
 		case err := <-loadDone:
 			return fmt.Errorf("profile load %s: %w", w.Name, err)
 		}
-		rec := exec.CommandContext(ctx, h.cfg.Perf, "record", "-F", "999", "-g", "-p", strconv.Itoa(kv.proc.pid()),
+		rec := exec.CommandContext(ctx, h.cfg.Perf, "record", "-F", "4999", "-g", "-p", strconv.Itoa(kv.proc.pid()),
 			"-o", data, "--", "sleep", strconv.FormatFloat(h.cfg.ProfileDuration.Seconds(), 'f', 1, 64))
 		out, recErr := rec.CombinedOutput()
 		if err := <-loadDone; err != nil {
@@ -57,27 +61,41 @@ func (h *harness) profile(ctx context.Context) error {
 		if recErr != nil {
 			return fmt.Errorf("perf record: %w\n%s", recErr, out)
 		}
-		rep := exec.CommandContext(ctx, h.cfg.Perf, "report", "-i", data, "--stdio", "--no-children",
-			"--sort", "symbol", "--percent-limit", "1", "-g", "none")
-		out, err := rep.Output()
-		if err != nil {
-			return fmt.Errorf("perf report: %w", err)
+		pr := Profile{Workload: w.Name, Data: data}
+		for _, v := range []struct {
+			dst  *string
+			mode string
+		}{{&pr.Self, "--no-children"}, {&pr.Inclusive, "--children"}} {
+			rep := exec.CommandContext(ctx, h.cfg.Perf, "report", "-i", data, "--stdio", v.mode,
+				"--sort", "symbol", "--percent-limit", "1", "--call-graph=none")
+			out, err := rep.Output()
+			if err != nil {
+				return fmt.Errorf("perf report: %w", err)
+			}
+			*v.dst = perfTop(out, 40)
 		}
-		h.report.Profiles = append(h.report.Profiles, Profile{Workload: w.Name, Data: data, Top: perfTop(out, 30)})
+		h.report.Profiles = append(h.report.Profiles, pr)
 	}
 	return nil
 }
 
-// perfTop keeps the first n sample lines of a perf report, without comments.
+// ipcColumns are perf report's IPC columns, empty ("-  -") with a software clock event.
+var ipcColumns = regexp.MustCompile(`\s+-\s+-\s*$`)
+
+// perfTop keeps the sample count and the first n sample lines of a perf report, without
+// the other comments and the empty IPC columns.
 func perfTop(report []byte, n int) string {
 	var lines []string
 	sc := bufio.NewScanner(bytes.NewReader(report))
 	for sc.Scan() && len(lines) < n {
-		l := strings.TrimRight(sc.Text(), " ")
-		if l == "" || strings.HasPrefix(strings.TrimSpace(l), "#") {
-			continue
+		l := strings.TrimSpace(ipcColumns.ReplaceAllString(sc.Text(), ""))
+		switch {
+		case strings.HasPrefix(l, "# Samples:"):
+			lines = append(lines, strings.TrimPrefix(l, "# "))
+		case l == "" || strings.HasPrefix(l, "#"):
+		default:
+			lines = append(lines, l)
 		}
-		lines = append(lines, l)
 	}
 	return strings.Join(lines, "\n")
 }
