@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kvroute/kvroute/router/chat/jinja"
 	"github.com/kvroute/kvroute/router/tokenize"
 )
 
@@ -17,9 +18,10 @@ type Encoder struct {
 }
 
 // Load reads a model directory holding tokenizer.json and tokenizer_config.json
-// (or a tokenizer.json path, whose directory must hold the config). Both files are
+// (or a tokenizer.json path, whose directory holds the config). Both files are
 // parsed and every chat template compiled here, so a template that cannot be parsed
-// fails at load time.
+// fails at load time. Without tokenizer_config.json the encoder still encodes text;
+// EncodeChat then fails with ErrNoTemplate.
 func Load(path string) (*Encoder, error) {
 	dir := path
 	if st, err := os.Stat(path); err == nil && !st.IsDir() {
@@ -29,9 +31,12 @@ func Load(path string) (*Encoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := LoadConfig(filepath.Join(dir, "tokenizer_config.json"))
-	if err != nil {
-		return nil, err
+	cfgPath := filepath.Join(dir, "tokenizer_config.json")
+	cfg := &Config{Templates: map[string]*jinja.Template{}, SpecialTokens: map[string]string{}}
+	if _, err := os.Stat(cfgPath); err == nil {
+		if cfg, err = LoadConfig(cfgPath); err != nil {
+			return nil, err
+		}
 	}
 	return NewEncoder(tok, cfg, DefaultCacheBytes), nil
 }
