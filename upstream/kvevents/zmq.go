@@ -32,6 +32,9 @@ type source struct {
 
 	// replayBatch is the decode target of replies; used only by the source goroutine.
 	replayBatch proto.Batch
+	// warnedRank is set once a batch's rank differed from the configured one; source
+	// goroutine only.
+	warnedRank bool
 }
 
 func newSource(key WorkerKey, cfg WorkerConfig, opts *Options) *source {
@@ -175,6 +178,13 @@ func (s *source) handle(ctx context.Context, frames [][]byte, b *proto.Batch) {
 		return
 	}
 	b.Seq = seq
+	if b.DPRank >= 0 && b.DPRank != s.key.DPRank && !s.warnedRank {
+		// The key stays the configured one (its endpoint decides the rank, as in vLLM);
+		// a mismatch means the DP configuration is wrong, worth saying once.
+		s.warnedRank = true
+		s.opts.Logger.Warn("kv events batch rank differs from the endpoint's rank", "worker", s.key.String(),
+			"batch_rank", b.DPRank, "endpoint", s.cfg.Endpoint)
+	}
 	s.tracker.Batch(ctx, b)
 }
 

@@ -98,14 +98,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 func (c *Consumer) runCore(ctx context.Context) error {
-	ch := make(chan *nats.Msg, 4096)
-	sub, err := c.nc.ChanSubscribe(c.opts.Prefix+".>", ch)
+	sub, err := c.nc.SubscribeSync(c.opts.Prefix + ".>")
 	if err != nil {
 		return fmt.Errorf("subscribe %s.>: %w", c.opts.Prefix, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	// A slow consumer loses messages; the seq gap then resets the worker.
-	_ = sub.SetPendingLimits(-1, 256<<20)
+	// Bursts queue in the client up to 256 MiB; beyond that NATS drops (slow consumer)
+	// and the seq gap resets the worker.
+	if err := sub.SetPendingLimits(-1, 256<<20); err != nil {
+		return fmt.Errorf("pending limits: %w", err)
+	}
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = c.nc.FlushWithContext(fctx)
 	cancel()
@@ -117,12 +119,18 @@ func (c *Consumer) runCore(ctx context.Context) error {
 	}
 	close(c.ready)
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m := <-ch:
-			c.handle(ctx, m.Data)
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				c.log.Warn("kv events consumer too slow, NATS dropped messages")
+				continue
+			}
+			return fmt.Errorf("next message on %s.>: %w", c.opts.Prefix, err)
 		}
+		c.handle(ctx, m.Data)
 	}
 }
 
