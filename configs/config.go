@@ -19,9 +19,15 @@ import (
 type Config struct {
 	// Listen is the address of the OpenAI-compatible listener. Default ":8080".
 	Listen string `yaml:"listen"`
-	// Policy names the routing policy: round_robin, random, least_inflight or
-	// power_of_two. Default "round_robin".
+	// Policy names the routing policy: cache_aware, round_robin, random, least_inflight
+	// or power_of_two. Default "cache_aware".
 	Policy string `yaml:"policy"`
+	// CacheAware configures the cache_aware policy and the prefix index behind it.
+	CacheAware CacheAware `yaml:"cache_aware"`
+	// Tokenize configures how requests are turned into tokens for prefix matching.
+	Tokenize Tokenize `yaml:"tokenize"`
+	// Session configures session affinity for requests without a cached prefix.
+	Session Session `yaml:"session"`
 	// MaxBodyBytes is the largest request body accepted, in bytes; larger bodies get 413.
 	// Default 33554432 (32 MiB).
 	MaxBodyBytes int `yaml:"max_body_bytes"`
@@ -84,6 +90,67 @@ type Health struct {
 type Headers struct {
 	// Worker adds "x-kvroute-worker: <worker id>" to every routed response. Default true.
 	Worker bool `yaml:"worker"`
+	// CachedBlocks adds "x-kvroute-cached-blocks: <overlap>/<total>", the leading prompt
+	// blocks the chosen worker was believed to hold, to every routed response. Default true.
+	CachedBlocks bool `yaml:"cached_blocks"`
+}
+
+// CacheAware configures the cache_aware policy (see scorer/cacheaware for the formula).
+type CacheAware struct {
+	// OverlapWeight scales prefill blocks against decode blocks. Default 1.
+	OverlapWeight float64 `yaml:"overlap_weight"`
+	// WaitingWeight is the cost in blocks of each request waiting in a worker's queue,
+	// from its scraped metrics. Default 0 (off).
+	WaitingWeight float64 `yaml:"waiting_weight"`
+	// KVUsageWeight is the cost in blocks of a full KV cache, from scraped metrics.
+	// Default 0 (off).
+	KVUsageWeight float64 `yaml:"kv_usage_weight"`
+	// Temperature softens the choice (in blocks); 0 picks the cheapest. Default 0.
+	Temperature float64 `yaml:"temperature"`
+	// SessionSlack is how many blocks more than the cheapest a session's sticky worker
+	// may cost and still be chosen. Default 8.
+	SessionSlack float64 `yaml:"session_slack"`
+	// MaxInFlight is a hard per-worker limit on requests in flight from this router;
+	// workers at it are not candidates. 0 means no limit. Default 0.
+	MaxInFlight int `yaml:"max_inflight"`
+	// MaxKVUsage excludes workers whose scraped KV usage (0..1) is at or above it.
+	// Default 1 (off).
+	MaxKVUsage float64 `yaml:"max_kv_usage"`
+	// BlockSize is the engines' KV block size in tokens. 0 means read it from each
+	// worker's vllm:cache_config_info (sglang: page_size), using 16 until read. A
+	// configured size that differs from a worker's is logged and counted. Default 0.
+	BlockSize int `yaml:"block_size"`
+	// PredictionTTL is how long a routing decision counts as the chosen worker holding
+	// the request's blocks, unless its events confirm or deny it first. Default 120s.
+	PredictionTTL time.Duration `yaml:"prediction_ttl"`
+	// MetricsInterval is how often workers' /metrics are scraped. Default 1s.
+	MetricsInterval time.Duration `yaml:"metrics_interval"`
+	// MetricsMaxAge is how old scraped metrics may be and still count. Default 3s.
+	MetricsMaxAge time.Duration `yaml:"metrics_max_age"`
+	// MaxIndexedBlocks bounds the prefix index (distinct blocks). 0 means the indexer's
+	// default.
+	MaxIndexedBlocks int `yaml:"max_indexed_blocks"`
+}
+
+// Tokenize configures how the router gets a request's tokens.
+type Tokenize struct {
+	// Mode is "engine" (ask a worker's /tokenize, cached), "approx" (hash text chunks; only
+	// matches the router's own predictions) or "local:PATH" (kvroute's pure-Go tokenizer
+	// with the tokenizer.json and tokenizer_config.json at PATH). Default "engine".
+	Mode string `yaml:"mode"`
+	// Timeout bounds one engine /tokenize call; on failure the request is hashed in
+	// approx mode. Default 300ms.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Session configures session affinity.
+type Session struct {
+	// Header names a request header carrying a session id. Default "X-Session-Id"; ""
+	// disables it.
+	Header string `yaml:"header"`
+	// User uses the OpenAI "user" field as the session id when the header is absent.
+	// Default true.
+	User bool `yaml:"user"`
 }
 
 // Worker is one inference worker (a vLLM or SGLang server).
@@ -106,13 +173,23 @@ type Worker struct {
 }
 
 // Policies lists the routing policy names [Config.Validate] accepts.
-var Policies = []string{"round_robin", "random", "least_inflight", "power_of_two"}
+var Policies = []string{"cache_aware", "round_robin", "random", "least_inflight", "power_of_two"}
 
 // Default returns a Config with every default set and no workers.
 func Default() Config {
 	return Config{
-		Listen:       ":8080",
-		Policy:       "round_robin",
+		Listen: ":8080",
+		Policy: "cache_aware",
+		CacheAware: CacheAware{
+			OverlapWeight:   1,
+			SessionSlack:    8,
+			MaxKVUsage:      1,
+			PredictionTTL:   120 * time.Second,
+			MetricsInterval: time.Second,
+			MetricsMaxAge:   3 * time.Second,
+		},
+		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond},
+		Session:      Session{Header: "X-Session-Id", User: true},
 		MaxBodyBytes: 32 << 20,
 		MaxAttempts:  3,
 		Timeouts: Timeouts{
@@ -132,7 +209,7 @@ func Default() Config {
 			EjectMax:       30 * time.Second,
 			ModelsInterval: 30 * time.Second,
 		},
-		Headers: Headers{Worker: true},
+		Headers: Headers{Worker: true, CachedBlocks: true},
 	}
 }
 
@@ -209,6 +286,10 @@ func (c *Config) Validate() error {
 		{"health.eject_base", c.Health.EjectBase},
 		{"health.eject_max", c.Health.EjectMax},
 		{"health.models_interval", c.Health.ModelsInterval},
+		{"cache_aware.prediction_ttl", c.CacheAware.PredictionTTL},
+		{"cache_aware.metrics_interval", c.CacheAware.MetricsInterval},
+		{"cache_aware.metrics_max_age", c.CacheAware.MetricsMaxAge},
+		{"tokenize.timeout", c.Tokenize.Timeout},
 	} {
 		if d.v <= 0 {
 			bad("%s: %q must be positive", d.name, d.v.String())
@@ -225,6 +306,38 @@ func (c *Config) Validate() error {
 	}
 	if c.Health.EjectAfter < 1 {
 		bad("health.eject_after: %d must be at least 1", c.Health.EjectAfter)
+	}
+	ca := c.CacheAware
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"cache_aware.overlap_weight", ca.OverlapWeight},
+		{"cache_aware.waiting_weight", ca.WaitingWeight},
+		{"cache_aware.kv_usage_weight", ca.KVUsageWeight},
+		{"cache_aware.temperature", ca.Temperature},
+		{"cache_aware.session_slack", ca.SessionSlack},
+	} {
+		if f.v < 0 || f.v != f.v {
+			bad("%s: %v must be zero or positive", f.name, f.v)
+		}
+	}
+	if ca.MaxKVUsage <= 0 || ca.MaxKVUsage > 1 {
+		bad("cache_aware.max_kv_usage: %v must be in (0, 1]", ca.MaxKVUsage)
+	}
+	if ca.MaxInFlight < 0 {
+		bad("cache_aware.max_inflight: %d must be zero or positive", ca.MaxInFlight)
+	}
+	if ca.BlockSize < 0 || ca.BlockSize > 4096 {
+		bad("cache_aware.block_size: %d must be between 0 (auto) and 4096", ca.BlockSize)
+	}
+	if ca.MaxIndexedBlocks < 0 {
+		bad("cache_aware.max_indexed_blocks: %d must be zero or positive", ca.MaxIndexedBlocks)
+	}
+	switch m := c.Tokenize.Mode; {
+	case m == "engine", m == "approx", strings.HasPrefix(m, "local:") && len(m) > len("local:"):
+	default:
+		bad("tokenize.mode: %q is not engine, approx or local:PATH", m)
 	}
 	if len(c.Workers) == 0 {
 		bad("workers: at least one worker is required")

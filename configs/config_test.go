@@ -69,6 +69,8 @@ func TestBadFiles(t *testing.T) {
 		"eject_order":           {`eject_max: "1s" is shorter`},
 		"attempts":              {"max_attempts: 0"},
 		"not_yaml":              {"decode"},
+		"bad_tokenize_mode":     {`tokenize.mode: "spacy"`},
+		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1"},
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yaml")
 	if len(files) != len(cases) {

@@ -69,11 +69,12 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 
 	st := getRouteState()
 	defer putRouteState(st)
-	st.req.Model, st.req.SessionKey = r.Model, r.User
+	st.req.Model, st.req.SessionKey = r.Model, s.sessionKey(ctx, &r)
+	s.hashPrompt(ctx, &r, st)
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
-		w := s.pick(st)
+		w, overlap := s.pick(st, reqID, attempt)
 		s.metrics.decisions.Observe(time.Since(t0).Seconds())
 		if w == nil {
 			break
@@ -82,7 +83,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
 		st.tried = append(st.tried, w)
-		done, err := s.attempt(ctx, w, ep, &r, reqID, start)
+		done, err := s.attempt(ctx, w, ep, &r, st, overlap, reqID, start)
 		if done {
 			return
 		}
@@ -108,7 +109,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 // attempt forwards the request to w. done is true when a response has been committed to
 // the client (it may still fail later, mid-stream); otherwise err says why the attempt
 // failed and nothing was written, so the caller may try another worker.
-func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoint, r *request, reqID string, start time.Time) (done bool, err error) {
+func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoint, r *request, st *routeState, overlap int, reqID string, start time.Time) (done bool, err error) {
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
 	for _, h := range hopByHop {
@@ -120,11 +121,11 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	req.SetBodyRaw(ctx.PostBody())
 
 	resp := fasthttp.AcquireResponse()
-	w.Begin()
+	load := s.beginLoad(w, st, overlap)
 	err = w.Client(r.Stream).DoDeadline(req, resp, start.Add(s.cfg.Timeouts.Total))
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
-		w.End()
+		load.End()
 		fasthttp.ReleaseResponse(resp)
 		s.pool.ReportFailure(w, err)
 		s.metrics.upErrors.WithLabelValues(w.ID, errorKind(err)).Inc()
@@ -137,7 +138,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 		se.body = readLimited(resp, 64<<10)
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
-		w.End()
+		load.End()
 		if code >= 500 {
 			s.pool.ReportFailure(w, se)
 		}
@@ -147,6 +148,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	s.pool.ReportSuccess(w)
 
 	// Commit: from here on the client gets this worker's answer.
+	s.committed(ctx, w, st, overlap, r.Model)
 	resp.Header.CopyTo(&ctx.Response.Header)
 	for _, h := range hopByHop {
 		ctx.Response.Header.Del(h)
@@ -157,13 +159,13 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	if !r.Stream {
 		ctx.SetBody(resp.Body())
 		fasthttp.ReleaseResponse(resp)
-		w.End()
+		load.End()
 		s.metrics.ttfb.WithLabelValues(r.Model).Observe(time.Since(start).Seconds())
 		s.count(w.ID, r.Model, code, start)
 		return true, nil
 	}
 	ctx.Response.Header.SetContentLength(-1)
-	sp := &streamPipe{s: s, w: w, resp: resp, model: r.Model, code: code, start: start}
+	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, code: code, start: start}
 	ctx.SetBodyStreamWriter(sp.run)
 	return true, nil
 }
@@ -174,6 +176,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 type streamPipe struct {
 	s     *Server
 	w     *upstream.Worker
+	load  *upstream.Load
 	resp  *fasthttp.Response
 	model string
 	code  int
@@ -198,7 +201,7 @@ func (p *streamPipe) run(bw *bufio.Writer) {
 	defer func() {
 		_ = p.resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(p.resp)
-		p.w.End()
+		p.load.End()
 		p.s.count(p.w.ID, p.model, status, p.start)
 	}()
 	// Send the headers now, as the worker did, rather than with the first chunk.
@@ -230,6 +233,7 @@ func (p *streamPipe) run(bw *bufio.Writer) {
 			watchdog.Reset(p.s.cfg.Timeouts.Idle)
 			if first {
 				first = false
+				p.load.FirstToken()
 				p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
 			}
 			_, werr := bw.Write(buf[:n])
@@ -327,4 +331,22 @@ func statusLabel(code int) string {
 	s := strconv.Itoa(code)
 	statusLabels.Store(code, s)
 	return s
+}
+
+// loadGrace is how long past the total timeout a load entry may stay open before it is
+// expired as lost.
+const loadGrace = time.Minute
+
+// sessionKey returns the request's session id: the configured header, else the "user"
+// field when enabled, else "".
+func (s *Server) sessionKey(ctx *fasthttp.RequestCtx, r *request) string {
+	if h := s.cfg.Session.Header; h != "" {
+		if v := ctx.Request.Header.Peek(h); len(v) > 0 {
+			return string(v)
+		}
+	}
+	if s.cfg.Session.User {
+		return r.User
+	}
+	return ""
 }

@@ -18,6 +18,10 @@ type metrics struct {
 	upErrors  *prometheus.CounterVec   // worker, kind
 	retries   *prometheus.CounterVec   // model
 	decisions prometheus.Histogram
+
+	overlapRatio *prometheus.HistogramVec // model
+	promptTokens *prometheus.CounterVec   // model
+	predictedHit *prometheus.CounterVec   // model
 }
 
 // latencyBuckets span 1 ms to ~10 min: LLM requests range from cached embeddings to long
@@ -51,8 +55,22 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Help:    "Time to choose a worker for one attempt.",
 			Buckets: prometheus.ExponentialBuckets(1e-7, 3, 12),
 		}),
+		overlapRatio: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kvroute_router_overlap_ratio",
+			Help:    "Share of a routed request's prompt blocks the chosen worker was believed to hold.",
+			Buckets: []float64{0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1},
+		}, []string{"model"}),
+		promptTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_prompt_tokens_total",
+			Help: "Prompt tokens of routed requests (exact, or estimated in approx mode).",
+		}, []string{"model"}),
+		predictedHit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_predicted_hit_tokens_total",
+			Help: "Prompt tokens the router expected the chosen worker to have cached.",
+		}, []string{"model"}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.decisions}
+	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.decisions,
+		m.overlapRatio, m.promptTokens, m.predictedHit}
 	if reg == nil {
 		return m, nil
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+
+	"github.com/kvroute/kvroute/router/prefix"
 )
 
 // endpoint is an inference endpoint kvroute routes.
@@ -29,12 +31,15 @@ func (e endpoint) path() string {
 // request holds the fields of an OpenAI request that routing needs. The raw fields
 // alias the request body and die with the RequestCtx.
 type request struct {
-	Model  string          `json:"model"`
-	Stream bool            `json:"stream"`
-	User   string          `json:"user"`
-	Msgs   json.RawMessage `json:"messages"`
-	Prompt json.RawMessage `json:"prompt"`
-	Input  json.RawMessage `json:"input"`
+	Model     string          `json:"model"`
+	Stream    bool            `json:"stream"`
+	User      string          `json:"user"`
+	CacheSalt string          `json:"cache_salt"`
+	Msgs      json.RawMessage `json:"messages"`
+	Prompt    json.RawMessage `json:"prompt"`
+	Input     json.RawMessage `json:"input"`
+	// Options are the fields that change how the engine tokenizes the prompt.
+	prefix.Options
 }
 
 // parseRequest decodes the routing fields of body for endpoint ep and checks the ones

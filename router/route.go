@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/scorer/cacheaware"
 	"github.com/kvroute/kvroute/scorer/leastinflight"
 	"github.com/kvroute/kvroute/scorer/poweroftwo"
 	"github.com/kvroute/kvroute/scorer/random"
@@ -14,9 +18,15 @@ import (
 	"github.com/kvroute/kvroute/upstream"
 )
 
-// NewSelector returns the routing policy named name (one of [configs.Policies]).
-func NewSelector(name string) (scorer.Selector, error) {
-	switch name {
+// NewSelector returns the routing policy named cfg.Policy (one of [configs.Policies]).
+func NewSelector(cfg *configs.Config) (scorer.Selector, error) {
+	switch name := cfg.Policy; name {
+	case "cache_aware":
+		ca := cfg.CacheAware
+		return cacheaware.New(cacheaware.Options{
+			OverlapWeight: ca.OverlapWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
+			Temperature: ca.Temperature, SessionSlack: ca.SessionSlack,
+		}), nil
 	case "round_robin":
 		return &roundrobin.Selector{}, nil
 	case "random":
@@ -26,7 +36,7 @@ func NewSelector(name string) (scorer.Selector, error) {
 	case "power_of_two":
 		return &poweroftwo.Selector{}, nil
 	}
-	return nil, fmt.Errorf("unknown policy %q (want one of %v)", name, configs.Policies)
+	return nil, fmt.Errorf("unknown policy %q (want one of %v)", cfg.Policy, configs.Policies)
 }
 
 // routeState is the per-request scratch space of routing, pooled so a decision does not
@@ -35,7 +45,12 @@ type routeState struct {
 	req     scorer.Request
 	workers []*upstream.Worker
 	cands   []scorer.Candidate
+	costs   []scorer.Cost
 	tried   []*upstream.Worker
+	hashes  []proto.BlockHash
+	matches []indexer.WorkerMatch
+	exact   bool
+	hdr     [24]byte
 }
 
 var routeStates = sync.Pool{New: func() any { return new(routeState) }}
@@ -45,29 +60,52 @@ func getRouteState() *routeState { return routeStates.Get().(*routeState) }
 func putRouteState(st *routeState) {
 	clear(st.workers[:cap(st.workers)])
 	clear(st.tried[:cap(st.tried)])
-	st.workers, st.tried, st.cands = st.workers[:0], st.tried[:0], st.cands[:0]
+	clear(st.matches[:cap(st.matches)]) // they hold worker id strings
+	st.workers, st.tried, st.cands, st.costs = st.workers[:0], st.tried[:0], st.cands[:0], st.costs[:0]
+	st.hashes, st.matches, st.exact = st.hashes[:0], st.matches[:0], false
 	st.req = scorer.Request{}
 	routeStates.Put(st)
 }
 
-// pick returns the worker for the next attempt of st.req: the policy's choice among the
-// available workers serving the model that have not been tried yet; nil when none is
-// left.
-func (s *Server) pick(st *routeState) *upstream.Worker {
+// pick returns the worker for the next attempt of st.req and its overlap: the policy's
+// choice among the available, admissible workers serving the model that have not been
+// tried yet; nil when none is left. It records the decision.
+func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Worker, int) {
 	st.workers = s.pool.Candidates(st.workers[:0], st.req.Model)
-	st.workers = slices.DeleteFunc(st.workers, func(w *upstream.Worker) bool {
-		return slices.Contains(st.tried, w)
-	})
-	if len(st.workers) == 0 {
-		return nil
-	}
 	st.cands = st.cands[:0]
+	n := 0
 	for _, w := range st.workers {
-		st.cands = append(st.cands, scorer.Candidate{ID: w.ID, InFlight: w.InFlight()})
+		if slices.Contains(st.tried, w) {
+			continue
+		}
+		c := s.candidate(w, st)
+		if !s.admissible(&c) {
+			continue
+		}
+		st.workers[n] = w
+		st.cands = append(st.cands, c)
+		n++
 	}
-	i := s.sel.Select(&st.req, st.cands)
-	if i < 0 || i >= len(st.workers) {
+	st.workers = st.workers[:n]
+	if n == 0 {
+		return nil, 0
+	}
+	var i int
+	var costs []scorer.Cost
+	if ex, ok := s.sel.(scorer.Explainer); ok {
+		st.costs = slices.Grow(st.costs[:0], n)[:n]
+		costs = st.costs
+		i = ex.SelectExplained(&st.req, st.cands, costs)
+	} else {
+		i = s.sel.Select(&st.req, st.cands)
+	}
+	if i < 0 || i >= n {
 		i = 0 // a policy bug must not become a panic on the request path
 	}
-	return st.workers[i]
+	s.decisions.record(Decision{
+		Time: time.Now(), RequestID: reqID, Model: st.req.Model, Policy: s.cfg.Policy,
+		PromptTokens: st.req.PromptTokens, Blocks: st.req.Blocks, Exact: st.exact,
+		Chosen: st.workers[i].ID, Attempt: attempt,
+	}, st.cands, costs)
+	return st.workers[i], st.cands[i].OverlapBlocks
 }

@@ -6,43 +6,198 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/upstream"
+	"github.com/kvroute/kvroute/upstream/kvevents"
 )
 
-// Run serves cfg on ln until ctx ends, then drains: it stops accepting, lets in-flight
-// requests finish for up to cfg.Timeouts.Shutdown, and returns. ready, if not nil, is
-// called once the workers have been checked and the listener is serving. It is what
-// `kvroute serve` runs.
-func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Logger, ready func(*Server)) error {
-	reg := prometheus.NewRegistry()
+// Stack is a router with everything it runs: the worker pool, the prefix index, the
+// workers' KV-event feeds, the prompt hasher and the HTTP server. Build it with
+// [NewStack], run it with [Stack.Run].
+type Stack struct {
+	Config   *configs.Config
+	Registry *prometheus.Registry
+	Pool     *upstream.Pool
+	Index    *indexer.Index
+	Events   *kvevents.Manager // nil when no worker publishes events
+	Server   *Server
+	log      *slog.Logger
+	closers  []func()
+}
+
+// NewStack builds every part of a router from cfg; nothing runs until [Stack.Run].
+func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	st := &Stack{Config: cfg, Registry: prometheus.NewRegistry(), log: log}
+	reg := st.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	pool, err := upstream.NewPool(cfg, reg)
-	if err != nil {
-		return err
+	var err error
+	if st.Pool, err = upstream.NewPool(cfg, reg); err != nil {
+		return nil, err
 	}
-	srv, err := New(Options{Config: cfg, Pool: pool, Registerer: reg, Gatherer: reg, Logger: log})
-	if err != nil {
-		return err
+	if st.Index, err = indexer.New(indexer.Options{
+		MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL, Registerer: reg,
+	}); err != nil {
+		return nil, fmt.Errorf("indexer: %w", err)
 	}
-	poolCtx, stopPool := context.WithCancel(context.Background())
-	defer stopPool()
-	pool.Start(ctx)
-	go pool.Run(poolCtx)
-	for _, w := range pool.Workers() {
-		st := w.State()
-		log.Info("worker", "id", st.ID, "url", st.URL, "available", st.Available, "models", st.Models, "last_error", st.LastError)
+	hasher, err := st.newHasher(reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.newEvents(reg); err != nil {
+		return nil, err
+	}
+	st.Server, err = New(Options{
+		Config: cfg, Pool: st.Pool, Registerer: reg, Gatherer: reg, Logger: log,
+		Index: st.Index, Hasher: hasher,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// newHasher builds the configured tokenize mode, wrapped so that a failure falls back to
+// approx mode for that request.
+func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
+	mode, path, err := prefix.ParseMode(st.Config.Tokenize.Mode)
+	if err != nil {
+		return nil, err
+	}
+	m, err := prefix.NewMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("tokenize metrics: %w", err)
+	}
+	switch mode {
+	case prefix.ModeApprox:
+		return prefix.Approx{}, nil
+	case prefix.ModeEngine:
+		eng, err := prefix.NewEngine(prefix.EngineOptions{
+			Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("tokenize: %w", err)
+		}
+		st.closers = append(st.closers, eng.Close)
+		return prefix.NewFallback(eng, m), nil
+	}
+	return nil, fmt.Errorf("tokenize mode local (%s): the local tokenizer is not wired into routing yet; use engine or approx", path)
+}
+
+// pickTokenizer returns the least loaded available worker serving model, for /tokenize.
+func (st *Stack) pickTokenizer(model string) (string, bool) {
+	var best *upstream.Worker
+	for _, w := range st.Pool.Workers() {
+		if w.Available() && w.Serves(model) && (best == nil || w.InFlight() < best.InFlight()) {
+			best = w
+		}
+	}
+	if best == nil {
+		return "", false
+	}
+	return best.URL, true
+}
+
+// newEvents builds the manager of the ZMQ event feeds, feeding the index; the feeds are
+// set by [Stack.setFeeds] once the workers' models are known. A feed reset (engine
+// restart, unrecoverable gap, dead publisher) clears the worker's entries rather than
+// leaving them stale.
+func (st *Stack) newEvents(reg prometheus.Registerer) error {
+	if !slices.ContainsFunc(st.Config.Workers, func(w configs.Worker) bool { return w.Events != "" }) {
+		return nil
+	}
+	ix := st.Index
+	mgr, err := kvevents.NewManager(kvevents.Options{
+		Sink: kvevents.SinkFuncs{
+			ApplyFunc: func(w kvevents.WorkerKey, model string, b *proto.Batch) {
+				ix.Apply(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}, model, b)
+			},
+			ResetFunc: func(w kvevents.WorkerKey, reason string) {
+				st.log.Info("worker index cleared", "worker", w.String(), "reason", reason)
+				ix.ClearWorker(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank})
+			},
+		},
+		Registerer: reg,
+		Logger:     st.log,
+	})
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	st.Events = mgr
+	return nil
+}
+
+// setFeeds gives the event manager one feed per worker that publishes events. A feed's
+// model seeds the hashes of its blocks, so it must be the model name requests use: the
+// worker's first configured or discovered model.
+func (st *Stack) setFeeds() error {
+	var feeds []kvevents.WorkerConfig
+	for _, w := range st.Pool.Workers() {
+		if w.Events == "" {
+			continue
+		}
+		models := w.Models()
+		if len(models) == 0 {
+			st.log.Warn("worker publishes events but its model is unknown yet; its blocks will not match requests", "worker", w.ID)
+			models = []string{""}
+		}
+		feeds = append(feeds, kvevents.WorkerConfig{Worker: w.ID, Model: models[0], Endpoint: w.Events, ReplayEndpoint: w.Replay})
+	}
+	if err := st.Events.Set(feeds); err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	return nil
+}
+
+// Run serves on ln until ctx ends, then drains: it stops accepting, lets in-flight
+// requests finish for up to Config.Timeouts.Shutdown, stops the background loops and
+// returns. ready, if not nil, is called once the workers have been checked and the
+// listener is serving.
+func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
+	cfg, log := st.Config, st.log
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		stopBG()
+		wg.Wait()
+		for _, c := range st.closers {
+			c()
+		}
+	}()
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(bg) }()
+	}
+	st.Pool.Start(ctx)
+	goRun(st.Pool.Run)
+	goRun(func(c context.Context) { st.Index.Run(c, 0) })
+	if st.Events != nil {
+		if err := st.setFeeds(); err != nil {
+			return err
+		}
+		goRun(func(c context.Context) { _ = st.Events.Run(c) })
+	}
+	for _, w := range st.Pool.Workers() {
+		s := w.State()
+		log.Info("worker", "id", s.ID, "url", s.URL, "available", s.Available, "models", s.Models, "events", w.Events, "last_error", s.LastError)
 	}
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("kvroute serving", "listen", ln.Addr().String(), "policy", cfg.Policy, "workers", len(cfg.Workers))
+	go func() { served <- st.Server.Serve(ln) }()
+	log.Info("kvroute serving", "listen", ln.Addr().String(), "policy", cfg.Policy, "tokenize", cfg.Tokenize.Mode, "workers", len(cfg.Workers))
 	if ready != nil {
-		ready(srv)
+		ready()
 	}
 	select {
 	case err := <-served:
@@ -52,14 +207,29 @@ func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Lo
 	log.Info("draining", "deadline", cfg.Timeouts.Shutdown.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Timeouts.Shutdown)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	if err := st.Server.Shutdown(sctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("drain did not finish within %s: %w", cfg.Timeouts.Shutdown, err)
+		}
 		return err
-	} else if err != nil {
-		return fmt.Errorf("drain did not finish within %s: %w", cfg.Timeouts.Shutdown, err)
 	}
 	if err := <-served; err != nil {
 		return err
 	}
 	log.Info("drained")
 	return nil
+}
+
+// Run builds a [Stack] from cfg and runs it on ln until ctx ends. It is what
+// `kvroute serve` runs.
+func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Logger, ready func(*Server)) error {
+	st, err := NewStack(cfg, log)
+	if err != nil {
+		return err
+	}
+	return st.Run(ctx, ln, func() {
+		if ready != nil {
+			ready(st.Server)
+		}
+	})
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/upstream"
 )
@@ -31,6 +33,11 @@ type Options struct {
 	Gatherer   prometheus.Gatherer
 	// Logger receives the router's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Index is the prefix index consulted for each request; nil disables matching.
+	Index *indexer.Index
+	// Hasher turns requests into block hashes (the configured tokenize mode, usually
+	// wrapped in prefix.Fallback); nil disables hashing.
+	Hasher prefix.Hasher
 }
 
 // Server is the OpenAI-compatible routing proxy.
@@ -43,6 +50,12 @@ type Server struct {
 	srv      *fasthttp.Server
 	metricsH fasthttp.RequestHandler
 	draining atomic.Bool
+
+	// Cache-aware routing: nil index or hasher disable their part.
+	index     *indexer.Index
+	hasher    prefix.Hasher
+	blocks    blockSizes
+	decisions *decisionLog
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -50,12 +63,17 @@ func New(opts Options) (*Server, error) {
 	if opts.Config == nil || opts.Pool == nil {
 		return nil, errors.New("router: Config and Pool are required")
 	}
-	s := &Server{cfg: opts.Config, pool: opts.Pool, sel: opts.Selector, log: opts.Logger}
+	s := &Server{
+		cfg: opts.Config, pool: opts.Pool, sel: opts.Selector, log: opts.Logger,
+		index: opts.Index, hasher: opts.Hasher,
+		blocks:    blockSizes{configured: opts.Config.CacheAware.BlockSize},
+		decisions: newDecisionLog(256),
+	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	if s.sel == nil {
-		sel, err := NewSelector(opts.Config.Policy)
+		sel, err := NewSelector(opts.Config)
 		if err != nil {
 			return nil, err
 		}

@@ -30,6 +30,7 @@ type poolMetrics struct {
 	healthy   *prometheus.GaugeVec
 	ejections *prometheus.CounterVec
 	checks    *prometheus.CounterVec
+	expired   *prometheus.CounterVec
 }
 
 // NewPool builds the workers of cfg and registers the pool's metrics with reg (nil: not
@@ -58,9 +59,13 @@ func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
 			Name: "kvroute_upstream_health_checks_total",
 			Help: "Active health checks by result (ok, fail).",
 		}, []string{"worker", "result"}),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_upstream_load_entries_expired_total",
+			Help: "Router load entries ended by expiry rather than by their request: should stay 0.",
+		}, []string{"worker"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks} {
+		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks, p.metrics.expired} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register upstream metrics: %w", err)
 			}
@@ -161,6 +166,9 @@ func (p *Pool) loop(ctx context.Context, w *Worker) {
 		case <-timer.C:
 		}
 		p.check(ctx, w)
+		if n := w.expireLoads(p.now()); n > 0 {
+			p.metrics.expired.WithLabelValues(w.ID).Add(float64(n))
+		}
 		if !w.fixedModels && p.now().Sub(lastModels) >= p.health.ModelsInterval {
 			lastModels = p.now()
 			if err := p.discover(ctx, w); err != nil {

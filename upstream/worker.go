@@ -30,8 +30,15 @@ type Worker struct {
 	// plain everything else (bounded by the total timeout only).
 	stream, plain *fasthttp.HostClient
 
-	inFlight  atomic.Int64
-	available atomic.Bool
+	inFlight       atomic.Int64
+	pendingPrefill atomic.Int64
+	activeBlocks   atomic.Int64
+	available      atomic.Bool
+	metrics        atomic.Pointer[EngineMetrics]
+
+	// loadMu guards loads, the open Load entries (see load.go).
+	loadMu sync.Mutex
+	loads  map[*Load]struct{}
 	// fixedModels is true when the config lists the worker's models, so discovery is off.
 	fixedModels bool
 
@@ -60,6 +67,7 @@ func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
 		tls:         u.Scheme == "https",
 		models:      slices.Clone(wc.Models),
 		fixedModels: len(wc.Models) > 0,
+		loads:       map[*Load]struct{}{},
 	}
 	if u.Port() == "" {
 		w.host = net.JoinHostPort(u.Hostname(), map[bool]string{true: "443", false: "80"}[w.tls])
@@ -141,12 +149,6 @@ func (w *Worker) Available() bool { return w.available.Load() }
 // InFlight returns the requests this router has in flight on the worker.
 func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
 
-// Begin counts a request in flight on the worker; End must follow exactly once.
-func (w *Worker) Begin() { w.inFlight.Add(1) }
-
-// End ends a request counted by Begin.
-func (w *Worker) End() { w.inFlight.Add(-1) }
-
 // Models returns the models the worker serves (a copy).
 func (w *Worker) Models() []string {
 	w.mu.Lock()
@@ -199,4 +201,27 @@ func (w *Worker) setLastErr(err error) {
 	w.mu.Lock()
 	w.lastErr = err.Error()
 	w.mu.Unlock()
+}
+
+// EngineMetrics are a worker's own figures, scraped from its /metrics.
+type EngineMetrics struct {
+	Running, Waiting float64
+	// KVUsage is the KV cache usage, 0..1.
+	KVUsage float64
+	// BlockSize and NumBlocks describe the KV cache; 0 when not reported.
+	BlockSize, NumBlocks int
+	// At is when they were scraped.
+	At time.Time
+}
+
+// SetMetrics stores the worker's latest scraped metrics.
+func (w *Worker) SetMetrics(m EngineMetrics) { w.metrics.Store(&m) }
+
+// Metrics returns the worker's latest scraped metrics if they are at most maxAge old.
+func (w *Worker) Metrics(maxAge time.Duration) (EngineMetrics, bool) {
+	m := w.metrics.Load()
+	if m == nil || time.Since(m.At) > maxAge {
+		return EngineMetrics{}, false
+	}
+	return *m, true
 }

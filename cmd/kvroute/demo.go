@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,7 +30,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "127.0.0.1:8080", "router listen address (127.0.0.1:0 picks a free port)")
 	workers := fs.Int("workers", 4, "simulated workers")
 	profile := fs.String("profile", "llama-3.1-8b-h100", "simulated model/GPU latency profile")
-	policy := fs.String("policy", "least_inflight", "routing policy")
+	policy := fs.String("policy", "cache_aware", "routing policy: "+strings.Join(configs.Policies, ", "))
 	users := fs.Int("users", 8, "concurrent simulated conversations")
 	duration := fs.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
 	every := fs.Duration("report", 2*time.Second, "time between two report lines")
@@ -62,11 +63,15 @@ type demoOptions struct {
 	listen, profile, policy string
 	workers, users          int
 	every                   time.Duration
+	// untilRequests, when positive, ends the demo once that many requests completed.
+	untilRequests int
 }
 
 const demoModel = "demo-llama-3.1-8b"
 
 func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	fc := sim.DefaultFleetConfig()
 	fc.Workers = o.workers
 	fc.Worker.Model = demoModel
@@ -120,7 +125,11 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	for {
 		select {
 		case <-tick.C:
-			fmt.Fprintf(out, "[%5.0fs] %s\n", time.Since(start).Seconds(), stats.Snapshot())
+			snap := stats.Snapshot()
+			fmt.Fprintf(out, "[%5.0fs] %s\n", time.Since(start).Seconds(), snap)
+			if o.untilRequests > 0 && snap.Requests >= o.untilRequests {
+				cancel()
+			}
 		case err := <-routerDone:
 			<-trafficDone
 			snap := stats.Snapshot()

@@ -122,4 +122,3 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s: ok (%d workers, policy %s, listen %s)\n", args[0], len(cfg.Workers), cfg.Policy, cfg.Listen)
 	return 0
 }
-

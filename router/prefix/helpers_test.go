@@ -77,7 +77,7 @@ type tokServer struct {
 	bodies [][]byte
 }
 
-func newTokServer(t *testing.T) *tokServer {
+func newTokServer(t testing.TB) *tokServer {
 	t.Helper()
 	s := &tokServer{}
 	mux := http.NewServeMux()

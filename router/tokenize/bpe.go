@@ -322,7 +322,8 @@ func heapPop(h []candidate) (candidate, []candidate) {
 // contention low; a full shard is dropped whole, which bounds memory without LRU
 // bookkeeping.
 type wordCache struct {
-	shards [cacheShards]cacheShard
+	shards   [cacheShards]cacheShard
+	disabled bool // set only by benchmarks measuring cold BPE, before any use
 }
 
 const (
@@ -347,7 +348,7 @@ func shardOf(w string) int {
 }
 
 func (c *wordCache) get(w string) ([]uint32, bool) {
-	if len(w) > cacheMaxWordSize {
+	if len(w) > cacheMaxWordSize || c.disabled {
 		return nil, false
 	}
 	s := &c.shards[shardOf(w)]
@@ -358,7 +359,7 @@ func (c *wordCache) get(w string) ([]uint32, bool) {
 }
 
 func (c *wordCache) put(w string, ids []uint32) {
-	if len(w) > cacheMaxWordSize {
+	if len(w) > cacheMaxWordSize || c.disabled {
 		return
 	}
 	s := &c.shards[shardOf(w)]

@@ -1,0 +1,132 @@
+package router
+
+import (
+	"context"
+	"math"
+	"strconv"
+	"sync"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/upstream"
+)
+
+// defaultBlockSize is used for a model until its workers report theirs; it is vLLM's
+// default.
+const defaultBlockSize = 16
+
+// blockSizes holds the KV block size of each model, as configured or as read from its
+// workers' metrics. Safe for concurrent use.
+type blockSizes struct {
+	configured int
+	// mu guards byModel.
+	mu      sync.RWMutex
+	byModel map[string]int
+}
+
+func (b *blockSizes) get(model string) int {
+	if b.configured > 0 {
+		return b.configured
+	}
+	b.mu.RLock()
+	n := b.byModel[model]
+	b.mu.RUnlock()
+	if n > 0 {
+		return n
+	}
+	return defaultBlockSize
+}
+
+// hashPrompt fills st with the request's block hashes and prompt length, and asks the
+// index which workers hold them. It never fails the request: the hasher falls back to
+// approx mode when the configured mode fails (see prefix.Fallback), and a request that
+// cannot be hashed at all (say, an embeddings input) is routed on load alone.
+func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
+	if s.hasher == nil {
+		return
+	}
+	pr := prefix.Request{
+		Model: r.Model, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
+		BlockSize: s.blocks.get(r.Model), Options: r.Options,
+	}
+	res, err := s.hasher.Hash(ctx, &pr, st.hashes[:0])
+	if err != nil {
+		s.log.Debug("prompt not hashed", "model", r.Model, "err", err)
+		return
+	}
+	st.hashes = res.Hashes
+	st.exact = res.Exact
+	st.req.PromptTokens, st.req.Blocks, st.req.BlockSize = res.Tokens, len(res.Hashes), pr.BlockSize
+	if s.index != nil && len(st.hashes) > 0 {
+		st.matches = s.index.Match(st.hashes, st.matches[:0])
+	}
+}
+
+// overlap returns how many leading blocks of the request worker id holds (the best of
+// its data-parallel ranks).
+func (st *routeState) overlap(id string) int {
+	best := 0
+	for i := range st.matches {
+		if m := &st.matches[i]; m.Worker.ID == id && m.Blocks > best {
+			best = m.Blocks
+		}
+	}
+	return best
+}
+
+// candidate builds the policy's view of w for the request in st.
+func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate {
+	c := scorer.Candidate{
+		ID: w.ID, InFlight: w.InFlight(), OverlapBlocks: st.overlap(w.ID),
+		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
+	}
+	if m, ok := w.Metrics(s.cfg.CacheAware.MetricsMaxAge); ok {
+		c.Waiting, c.KVUsage, c.HasMetrics = m.Waiting, m.KVUsage, true
+	}
+	return c
+}
+
+// admissible applies the hard limits that filter candidates before any policy runs.
+func (s *Server) admissible(c *scorer.Candidate) bool {
+	ca := &s.cfg.CacheAware
+	if ca.MaxInFlight > 0 && c.InFlight >= int64(ca.MaxInFlight) {
+		return false
+	}
+	return !c.HasMetrics || c.KVUsage < ca.MaxKVUsage
+}
+
+// beginLoad counts the request on w: its uncached prompt tokens as pending prefill and
+// its prompt blocks as held, for at most the total timeout plus a minute.
+func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *upstream.Load {
+	bs := st.req.BlockSize
+	if bs <= 0 {
+		bs = defaultBlockSize
+	}
+	prompt := st.req.PromptTokens
+	prefill := max(0, prompt-overlap*bs)
+	blocks := int(math.Ceil(float64(prompt) / float64(bs)))
+	return w.Begin(int64(prefill), int64(blocks), s.cfg.Timeouts.Total+loadGrace)
+}
+
+// committed records what a successful routing decision implies: the worker now holds
+// (or soon will) the request's blocks, and the response tells the client how much of
+// its prompt the router expected to be cached there.
+func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *routeState, overlap int, model string) {
+	if s.index != nil && len(st.hashes) > 0 {
+		s.index.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+	}
+	if st.req.Blocks > 0 {
+		s.metrics.overlapRatio.WithLabelValues(model).Observe(float64(overlap) / float64(st.req.Blocks))
+	}
+	s.metrics.promptTokens.WithLabelValues(model).Add(float64(st.req.PromptTokens))
+	s.metrics.predictedHit.WithLabelValues(model).Add(float64(overlap * st.req.BlockSize))
+	if s.cfg.Headers.CachedBlocks {
+		b := strconv.AppendInt(st.hdr[:0], int64(overlap), 10)
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(st.req.Blocks), 10)
+		ctx.Response.Header.SetBytesV("x-kvroute-cached-blocks", b)
+	}
+}
