@@ -96,6 +96,7 @@ type engineStats struct {
 	generatedTokens, preemptions atomic.Uint64
 	prefixQueries, prefixHits    atomic.Uint64
 	steps                        atomic.Uint64
+	busyNanos                    atomic.Int64
 	running, waiting, usedBlocks atomic.Int64
 	cachedBlocks                 atomic.Int64
 }
@@ -179,6 +180,7 @@ func (e *engine) run(ctx context.Context) {
 			}
 		}
 		scaled := time.Duration(float64(d) * e.cfg.TimeScale * math.Float64frombits(e.slow.Load()))
+		e.stats.busyNanos.Add(int64(scaled))
 		next = next.Add(scaled)
 		wait := time.Until(next)
 		switch {

@@ -385,6 +385,10 @@ func TestTimeScale(t *testing.T) {
 	// fastest of two runs keeps small even on a loaded machine.
 	slow, _ := ttft(t, real, words(0, 6000))
 	quick, _ := ttft(t, fast, words(0, 6000))
+	// Equal up to float rounding (nanoseconds per step).
+	if br, bf := real.Stats().BusyTime, fast.Stats().BusyTime; (bf*10-br).Abs() > time.Microsecond || br < 400*time.Millisecond {
+		t.Fatalf("modelled busy time %v at scale 1, %v at scale 0.1", br, bf)
+	}
 	q2, _ := ttft(t, fast, words(10000, 6000))
 	quick = min(quick, q2)
 	if slow < 400*time.Millisecond || quick > slow/3 {

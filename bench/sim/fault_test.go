@@ -109,12 +109,19 @@ func TestFaultDieMidStream(t *testing.T) {
 func TestFaultSlow(t *testing.T) {
 	f := startFleet(t, 1, nil)
 	w := f.Workers()[0]
-	fast, _ := ttft(t, w, words(0, 400)) // 2 ms + 20 ms
+	b0 := w.Stats().BusyTime
+	ttft(t, w, words(0, 400)) // prefill 2 ms + 20 ms, one decode step 2.01 ms
+	b1 := w.Stats().BusyTime
 	setFault(t, w, `{"slow_factor": 5}`)
-	slow, _ := ttft(t, w, words(1000, 400)) // 5x: 110 ms
-	// Timers never fire early, so 110 ms is a floor whatever the machine's load.
-	if slow < 105*time.Millisecond || slow <= fast {
-		t.Fatalf("slowed TTFT %v (want >= 105ms), normal %v", slow, fast)
+	slow, _ := ttft(t, w, words(1000, 400)) // the same work, 5x slower
+	b2 := w.Stats().BusyTime
+	normal, slowed := b1-b0, b2-b1
+	if normal != 24010*time.Microsecond || slowed != 5*normal {
+		t.Fatalf("modelled busy time %v normal, %v slowed (want 24.01ms and 5x)", normal, slowed)
+	}
+	// Timers never fire early, so the slowed 110 ms prefill is a floor of the real TTFT.
+	if slow < 105*time.Millisecond {
+		t.Fatalf("slowed TTFT %v, want >= 105ms", slow)
 	}
 }
 

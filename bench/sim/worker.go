@@ -46,6 +46,10 @@ type Stats struct {
 	Preemptions uint64
 	// Steps counts engine steps.
 	Steps uint64
+	// BusyTime is the sum of the modelled (time-scaled, fault-slowed) durations of all
+	// steps: the engine's busy time, exact whatever the host's load. BusyTime divided by
+	// wall time is the worker's utilization.
+	BusyTime time.Duration
 	// Running and Waiting are the engine's current queue lengths.
 	Running, Waiting int
 	// UsedBlocks are blocks referenced by requests; CachedBlocks distinct cached hashes;
@@ -193,7 +197,7 @@ func (w *Worker) Stats() Stats {
 		Requests: st.requests.Load(), Finished: st.finished.Load(), Aborted: st.aborted.Load(),
 		PromptTokens: st.promptTokens.Load(), CachedTokens: st.cachedTokens.Load(),
 		GeneratedTokens: st.generatedTokens.Load(), Preemptions: st.preemptions.Load(),
-		Steps:   st.steps.Load(),
+		Steps: st.steps.Load(), BusyTime: time.Duration(st.busyNanos.Load()),
 		Running: int(st.running.Load()), Waiting: int(st.waiting.Load()),
 		UsedBlocks: used, CachedBlocks: int(st.cachedBlocks.Load()),
 		TotalBlocks: w.blocks,

@@ -26,7 +26,10 @@ type Pool struct {
 	blocks     []block
 	head, tail BlockID
 	numFree    int
-	byHash     map[uint64][]BlockID
+	// byHash maps a cached hash to its first copy; dups holds further copies (rare:
+	// two requests computed the same block at once).
+	byHash map[uint64]BlockID
+	dups   map[uint64][]BlockID
 }
 
 // New returns a pool of capacity blocks, all free and uncached. capacity must be
@@ -36,7 +39,8 @@ func New(capacity int) *Pool {
 		blocks: make([]block, capacity),
 		head:   none,
 		tail:   none,
-		byHash: make(map[uint64][]BlockID),
+		byHash: make(map[uint64]BlockID),
+		dups:   make(map[uint64][]BlockID),
 	}
 	for i := range p.blocks {
 		p.blocks[i].prev, p.blocks[i].next = none, none
@@ -61,12 +65,16 @@ func (p *Pool) Usage() float64 {
 }
 
 // Has reports whether a block with hash h is cached.
-func (p *Pool) Has(h uint64) bool { return len(p.byHash[h]) > 0 }
+func (p *Pool) Has(h uint64) bool {
+	_, ok := p.byHash[h]
+	return ok
+}
 
 // Hashes appends every cached hash (once per cached copy) to dst and returns it.
 func (p *Pool) Hashes(dst []uint64) []uint64 {
-	for h, ids := range p.byHash {
-		for range ids {
+	for h := range p.byHash {
+		dst = append(dst, h)
+		for range p.dups[h] {
 			dst = append(dst, h)
 		}
 	}
@@ -77,7 +85,7 @@ func (p *Pool) Hashes(dst []uint64) []uint64 {
 // miss.
 func (p *Pool) Match(hashes []uint64) int {
 	for i, h := range hashes {
-		if len(p.byHash[h]) == 0 {
+		if _, ok := p.byHash[h]; !ok {
 			return i
 		}
 	}
@@ -89,8 +97,7 @@ func (p *Pool) Match(hashes []uint64) int {
 // longer evictable until freed again. It panics if a hash is not cached.
 func (p *Pool) Touch(dst []BlockID, hashes []uint64) []BlockID {
 	for _, h := range hashes {
-		ids := p.byHash[h]
-		id := ids[0]
+		id := p.byHash[h]
 		b := &p.blocks[id]
 		if b.ref == 0 {
 			p.unlink(id)
@@ -132,7 +139,11 @@ func (p *Pool) Commit(id BlockID, h uint64) {
 		return
 	}
 	b.hashed, b.hash = true, h
-	p.byHash[h] = append(p.byHash[h], id)
+	if _, ok := p.byHash[h]; ok {
+		p.dups[h] = append(p.dups[h], id)
+		return
+	}
+	p.byHash[h] = id
 }
 
 // Free drops one reference from each block, in reverse order so that a request's tail
@@ -159,22 +170,32 @@ func (p *Pool) Reset(evicted []uint64) []uint64 {
 		p.blocks[i].hashed, p.blocks[i].hash = false, 0
 	}
 	clear(p.byHash)
+	clear(p.dups)
 	return evicted
 }
 
 func (p *Pool) dropHash(h uint64, id BlockID) {
-	ids := p.byHash[h]
-	for i, x := range ids {
-		if x == id {
-			ids = append(ids[:i], ids[i+1:]...)
-			break
+	dups := p.dups[h]
+	if p.byHash[h] == id {
+		if len(dups) == 0 {
+			delete(p.byHash, h)
+			return
+		}
+		p.byHash[h] = dups[0]
+		dups = dups[1:]
+	} else {
+		for i, x := range dups {
+			if x == id {
+				dups = append(dups[:i], dups[i+1:]...)
+				break
+			}
 		}
 	}
-	if len(ids) == 0 {
-		delete(p.byHash, h)
+	if len(dups) == 0 {
+		delete(p.dups, h)
 		return
 	}
-	p.byHash[h] = ids
+	p.dups[h] = dups
 }
 
 func (p *Pool) pushTail(id BlockID) {

@@ -81,3 +81,57 @@ func TestDuplicateCommitsAndReset(t *testing.T) {
 		t.Fatalf("evicted %v after reset", ev)
 	}
 }
+
+// BenchmarkAdmitFree measures one request's cache work: match a 64-block prompt of which
+// half is cached, pin the hits, allocate and commit the rest (evicting), free all.
+//
+//	go test -run '^$' -bench AdmitFree -count 10 ./bench/sim/kvcache | tee new.txt
+//	benchstat old.txt new.txt
+func BenchmarkAdmitFree(b *testing.B) {
+	b.ReportAllocs()
+	p := New(4096)
+	hashes := make([]uint64, 64)
+	var ids []BlockID
+	var ev []uint64
+	for i := 0; b.Loop(); i++ {
+		for j := range hashes {
+			if j < 32 {
+				hashes[j] = uint64(j) // shared prefix
+			} else {
+				hashes[j] = uint64(i)<<8 | uint64(j)
+			}
+		}
+		hit := p.Match(hashes)
+		ids = p.Touch(ids[:0], hashes[:hit])
+		var err error
+		ids, ev, err = p.Allocate(ids, len(hashes)-hit, ev[:0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j := hit; j < len(hashes); j++ {
+			p.Commit(ids[j], hashes[j])
+		}
+		p.Free(ids)
+	}
+}
+
+func TestDuplicateEviction(t *testing.T) {
+	p := New(3)
+	ids, _, _ := p.Allocate(nil, 3, nil)
+	p.Commit(ids[0], 5)
+	p.Commit(ids[1], 5)
+	p.Commit(ids[2], 5)
+	p.Free(ids) // free order: ids[2], ids[1], ids[0]
+	var all []uint64
+	for range 3 {
+		var ev []uint64
+		_, ev, _ = p.Allocate(nil, 1, nil)
+		all = append(all, ev...)
+		if got := len(p.Hashes(nil)); got != 3-len(all) {
+			t.Fatalf("%d copies cached after %d evictions", got, len(all))
+		}
+	}
+	if !slices.Equal(all, []uint64{5, 5, 5}) || p.Has(5) {
+		t.Fatalf("evicted %v, has %v", all, p.Has(5))
+	}
+}

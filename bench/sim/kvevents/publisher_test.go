@@ -274,3 +274,36 @@ func TestRebind(t *testing.T) {
 		t.Fatalf("replay after rebind = %v", got)
 	}
 }
+
+// BenchmarkEncode measures encoding one engine step's batch: 8 BlockStored events of 4
+// blocks (16 tokens each) and 8 BlockRemoved, in each layout.
+//
+//	go test -run '^$' -bench Encode -count 10 ./bench/sim/kvevents | tee new.txt
+//	benchstat old.txt new.txt
+func BenchmarkEncode(b *testing.B) {
+	var events []Event
+	toks := make([]uint32, 64)
+	for i := range toks {
+		toks[i] = uint32(1000 + i)
+	}
+	for i := range 8 {
+		events = append(events,
+			Event{Kind: proto.BlockStored, Hashes: []uint64{big + uint64(i), 2, 3, 4}, Parent: 1, HasParent: true, Tokens: toks, BlockSize: 16},
+			Event{Kind: proto.BlockRemoved, Hashes: []uint64{uint64(i)}})
+	}
+	for _, f := range []Format{
+		{Engine: EngineVLLM, Layout: LayoutArray},
+		{Engine: EngineVLLM, Layout: LayoutMapBatch},
+		{Engine: EngineSGLang, Layout: LayoutArray},
+	} {
+		b.Run(string(f.Engine)+"-"+string(f.Layout), func(b *testing.B) {
+			b.ReportAllocs()
+			enc := NewEncoder(f)
+			for b.Loop() {
+				if len(enc.Encode(1.5, 0, events)) == 0 {
+					b.Fatal("empty payload")
+				}
+			}
+		})
+	}
+}
