@@ -79,9 +79,10 @@ func checkSummary(t *testing.T, s Summary, workloads []Workload) {
 	if l.N != s.OK || l.P50 <= 0 || l.P50 > l.P90 || l.P90 > l.P99 || l.P99 > l.Max {
 		t.Errorf("%s: percentiles out of order: %+v", name, l)
 	}
-	// Loopback at low load: even under -race on a busy machine, a p50 over 100 ms means
-	// something is broken.
-	if l.P50 > 100e3 {
+	// Loopback at low load: a p50 of seconds means something is broken (a stalled
+	// stream, a request waiting for a timeout). The bound is loose because -race and a
+	// shared, overloaded machine (load average 20 seen) push p50 to hundreds of ms.
+	if l.P50 > 5e6 {
 		t.Errorf("%s: p50 %.0f µs", name, l.P50)
 	}
 	if w.Stream != (s.First != nil) {
