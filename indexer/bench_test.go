@@ -33,7 +33,7 @@ const benchBlockSize = 16
 // fillTokens writes the tokens of block b of chain c into dst (benchBlockSize tokens).
 func fillTokens(dst []uint32, c, b int) {
 	for k := range dst {
-		dst[k] = uint32(c*7919+b*benchBlockSize+k) & 0x3ffff
+		dst[k] = uint32(c*7919 + b*benchBlockSize + k)
 	}
 }
 
@@ -298,7 +298,7 @@ func loadMooncake(b *testing.B, n int) *mooncakeStream {
 				for j := range perID {
 					ev.BlockHashes = append(ev.BlockHashes, eh(w, id, j))
 					for k := range benchBlockSize {
-						ev.TokenIDs = append(ev.TokenIDs, uint32(id*512+j*benchBlockSize+k)&0x1ffff)
+						ev.TokenIDs = append(ev.TokenIDs, uint32(id*512+j*benchBlockSize+k))
 					}
 				}
 			}
@@ -388,10 +388,9 @@ func BenchmarkApplyMooncake(b *testing.B) {
 //
 //	go test -run x -bench '^BenchmarkMemoryPerEntry$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkMemoryPerEntry(b *testing.B) {
-	for _, holders := range []int{1, 4} {
-		b.Run(fmt.Sprintf("holders=%d", holders), func(b *testing.B) {
-			const entries = 1 << 20
-			var perEntry, perBlock float64
+	for _, c := range []struct{ holders, entries int }{{1, 1 << 20}, {1, 3 << 19}, {4, 1 << 20}} {
+		b.Run(fmt.Sprintf("holders=%d/entries=%d", c.holders, c.entries), func(b *testing.B) {
+			var perEntry, perBlock, estimate float64
 			b.ReportAllocs()
 			for b.Loop() {
 				runtime.GC()
@@ -399,23 +398,26 @@ func BenchmarkMemoryPerEntry(b *testing.B) {
 				ix, _ := New(Options{})
 				toks := make([]uint32, 256*benchBlockSize)
 				hs := make([]proto.EngineHash, 256)
-				for c := 0; c < entries/256/holders; c++ {
+				for ch := 0; ch < c.entries/256/c.holders; ch++ {
 					for bi := range 256 {
-						fillTokens(toks[bi*benchBlockSize:(bi+1)*benchBlockSize], c, bi)
-						hs[bi] = proto.EngineHash(uint64(c)<<9 | uint64(bi))
+						fillTokens(toks[bi*benchBlockSize:(bi+1)*benchBlockSize], ch, bi)
+						hs[bi] = proto.EngineHash(uint64(ch)<<9 | uint64(bi))
 					}
-					for h := range holders {
-						ix.Apply(WorkerKey{ID: fmt.Sprint((c + h) % 16)}, "m", &proto.Batch{DPRank: -1,
+					for h := range c.holders {
+						ix.Apply(WorkerKey{ID: fmt.Sprint((ch + h) % 16)}, "m", &proto.Batch{DPRank: -1,
 							Events: []proto.Event{{Kind: proto.BlockStored, BlockHashes: hs, TokenIDs: toks, BlockSize: benchBlockSize}}})
 					}
 				}
 				used := heapInUse() - before
-				perEntry = float64(used) / entries
-				perBlock = float64(used) / float64(ix.Stats().Blocks)
+				st := ix.Stats()
+				perEntry = float64(used) / float64(c.entries)
+				perBlock = float64(used) / float64(st.Blocks)
+				estimate = float64(st.MemoryBytes) / float64(c.entries)
 				runtime.KeepAlive(ix)
 			}
 			b.ReportMetric(perEntry, "bytes/entry")
 			b.ReportMetric(perBlock, "bytes/block")
+			b.ReportMetric(estimate, "estimated-bytes/entry")
 		})
 	}
 }

@@ -1,0 +1,80 @@
+// Package indexer is the router's single source of truth about which worker holds which
+// prefix: it applies every worker's KV-cache events (proto.Batch) and answers, for a
+// request's chain of block hashes, how many leading blocks each worker holds.
+//
+// # Model
+//
+// Blocks are identified by kvroute's own chained hash (proto.ChainBlock over the token
+// ids carried by BlockStored, seeded by proto.Seed(model, lora, "")), never by the
+// engine's hash, which is not reproducible outside the engine. Because the hash is
+// chained, one block hash names the whole prefix up to that block, so the index needs no
+// tree: a hash table from block hash to "who holds it" is walked block by block, and a
+// request's leading overlap with a worker is the length of the run of its blocks the
+// worker holds. Each worker also has a table engine hash -> own hash (plus per-tier
+// reference counts), used to resolve BlockRemoved, parent links and token-less stores.
+//
+// Event rules (see Apply): a store whose parent the worker never stored is dropped
+// (Dynamo does the same: its hashes cannot be computed); a token-less store (CPU offload)
+// resolves through the engine table or is dropped; duplicate stores and removes are
+// reference counted per (worker, engine hash, tier); BlockRemoved leaves the children
+// indexed, and Match stops at the gap; AllBlocksCleared, ClearWorker and RemoveWorker
+// drop everything the worker had, predictions included. Every dropped block is counted
+// by reason. Data-parallel rank is part of a worker's identity (WorkerKey), and a batch's
+// rank overrides the caller's.
+//
+// # Data structures
+//
+//   - Node table (package blocktable): own hash -> {holder-set id, last-touch stamp},
+//     16-byte slots in 256 independently growing linear-probing shards, so a lookup is
+//     one cache miss and a resize moves 1/256 of the table.
+//   - Holder sets (sets.go): hash-consed, immutable sorted lists of (worker id, tier and
+//     prediction flags). Every node stores a 4-byte set id; a chain stored by the same
+//     workers shares one set. Match only recomputes the intersection of candidate
+//     workers when the set id changes along the request, so a 512-block request held by
+//     64 workers costs 512 lookups and a handful of merges, not 512 x 64 checks; and the
+//     per-node cost does not grow with the fleet (1024 workers and more: ids are 24-bit).
+//   - Engine tables (engtable.go): per worker, engine hash -> {own hash, refcount per
+//     tier}, open addressing, one probe sequence per store.
+//   - Predictions (predict.go): per worker own hash -> expiry, plus a min-heap of
+//     expiries; a prediction is a flag on the node's holder entry.
+//
+// Why not a radix tree. A literal radix tree over the hash chain (github.com/armon/go-radix
+// keyed by the concatenated hashes, as in the design card) must be given the full path
+// of every block it inserts, but events only give the parent's engine hash, so the path
+// has to be kept per block, and go-radix stores each leaf's full key: memory grows with
+// the square of the chain length (BenchmarkRadixComparison/goradix-path reports it). Keyed
+// by each block's hash alone (goradix-flat), go-radix is a slower hash map: a pointer
+// chase per byte-level node instead of one probe. Both results are in the table below.
+// A tree with compressed runs would walk a long shared prefix with sequential reads,
+// which is the one thing it could do better; the holder-set ids recover most of that
+// benefit for the intersection work, and the remaining cost is one cache miss per block.
+//
+// # Invariants
+//
+//   - A node exists iff at least one worker has a flag on it; its set is never empty.
+//   - Every tier flag of (worker, block) is backed by an engine entry of that worker with
+//     that own hash and a nonzero refcount on that tier, and every prediction flag by an
+//     entry of the worker's prediction map (checked by checkInvariants in the tests).
+//     The converse can fail only after eviction: an evicted node leaves the engine
+//     entries, so later removes still resolve.
+//   - Per-worker per-tier block counts equal the number of nodes carrying the flag.
+//   - A worker id is reused only after every flag of the previous owner is gone
+//     (clears and removals are serialized by clearMu).
+//   - Bounds: at most Options.MaxBlocks nodes after every write (sampled-LRU eviction by
+//     last store/match time), at most Options.MaxBlocksPerWorker engine entries per worker,
+//     at most Options.MaxPredicted predictions.
+//
+// # Concurrency
+//
+// One RWMutex. Match takes the read lock and updates last-touch stamps with atomic
+// stores, only when the (1 s) stamp changes, so concurrent matches of a hot prefix do not
+// bounce cache lines. Writers hold the write lock for at most 256 block operations at a
+// time (a large batch or a worker clear releases and retakes it), so a Match waits at
+// most a few tens of microseconds behind ingest, and Go's RWMutex keeps a stream of
+// readers from starving writers. Each worker's events must be applied in order by one
+// goroutine (its event source); different workers may be applied concurrently.
+//
+// # Measurements
+//
+// See MEASUREMENTS below (filled from the benchmarks of this package).
+package indexer
