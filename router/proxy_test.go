@@ -144,6 +144,8 @@ func TestRetryOn5xxAnd429ThenPassThroughLast(t *testing.T) {
 	a, b := newFakeWorker(t, "m"), newFakeWorker(t, "m")
 	cfg := testConfig(a, b)
 	cfg.Health.Interval = time.Hour
+	cfg.Policy = "round_robin" // the first request tries a first
+	cfg.Health.EjectAfter = 1
 	tr := startRouter(t, cfg)
 	a.fail.Store(503)
 	for i := 0; i < 4; i++ {
