@@ -165,6 +165,12 @@ func messageText(raw json.RawMessage) (string, error) {
 // promptTokens decodes a completions prompt: a string, an array of token ids, or a
 // one-element array of either.
 func promptTokens(raw json.RawMessage, tk Tokenizer) ([]uint32, error) {
+	return promptTokensAt(raw, tk, false)
+}
+
+// promptTokensAt decodes a prompt; nested is true inside the one-element list, where a
+// further list of lists is refused.
+func promptTokensAt(raw json.RawMessage, tk Tokenizer, nested bool) ([]uint32, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return nil, badRequest("prompt is required")
@@ -177,32 +183,33 @@ func promptTokens(raw json.RawMessage, tk Tokenizer) ([]uint32, error) {
 		}
 		return tk.Encode(s), nil
 	case '[':
+		// Fast path: an array of token ids (what benchmarks send).
+		var nums []int64
+		if err := json.Unmarshal(raw, &nums); err == nil {
+			if len(nums) == 0 {
+				return nil, badRequest("prompt must not be empty")
+			}
+			ids := make([]uint32, len(nums))
+			for i, v := range nums {
+				if v < 0 || v > math.MaxUint32 {
+					return nil, badRequest("prompt[%d]: token id %d out of range", i, v)
+				}
+				ids[i] = uint32(v)
+			}
+			return ids, nil
+		}
 		var items []json.RawMessage
 		if err := json.Unmarshal(raw, &items); err != nil {
 			return nil, badRequest("prompt: %v", err)
 		}
-		if len(items) == 0 {
-			return nil, badRequest("prompt must not be empty")
+		if len(items) != 1 {
+			return nil, badRequest("prompt must be a string, an array of token ids, or a one-element array of either; got %d elements", len(items))
 		}
 		first := bytes.TrimSpace(items[0])
-		if len(first) > 0 && (first[0] == '"' || first[0] == '[') {
-			if len(items) != 1 {
-				return nil, badRequest("kvsim serves one prompt per request, got %d", len(items))
-			}
-			return promptTokens(first, tk)
+		if nested || len(first) == 0 || (first[0] != '"' && first[0] != '[') {
+			return nil, badRequest("prompt: token ids must be integers")
 		}
-		ids := make([]uint32, len(items))
-		for i, it := range items {
-			var v int64
-			if err := json.Unmarshal(it, &v); err != nil {
-				return nil, badRequest("prompt[%d]: token ids must be integers", i)
-			}
-			if v < 0 || v > math.MaxUint32 {
-				return nil, badRequest("prompt[%d]: token id %d out of range", i, v)
-			}
-			ids[i] = uint32(v)
-		}
-		return ids, nil
+		return promptTokensAt(first, tk, true)
 	}
 	return nil, badRequest("prompt must be a string or an array of token ids")
 }

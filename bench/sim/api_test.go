@@ -174,6 +174,8 @@ func TestBadRequests(t *testing.T) {
 		{"/v1/completions", `{"prompt": ""}`, 400},
 		{"/v1/completions", `{"prompt": [1, -2]}`, 400},
 		{"/v1/completions", `{"prompt": ["a", "b"]}`, 400},
+		{"/v1/completions", `{"prompt": [[[1]]]}`, 400},
+		{"/v1/completions", `{"prompt": [1.5]}`, 400},
 		{"/v1/completions", `{"prompt": "x", "model": "other"}`, 404},
 		{"/v1/completions", `{"prompt": "` + words(0, 100) + `"}`, 400},
 		{"/v1/completions", `{"prompt": "x", "max_tokens": 200}`, 400},
