@@ -219,7 +219,9 @@ func (e *engine) schedule() time.Duration {
 			i--
 			continue
 		}
-		prefill := r.computed < r.promptLen
+		// More than one token is a prefill chunk (a preempted request recomputes its
+		// generated tokens as prompt); a single token past the prompt is a decode.
+		prefill := n > 1 || r.computed < r.promptLen
 		if prefill {
 			prefillTokens += n
 		} else {
