@@ -178,8 +178,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("harness: %w", err)
 	}
-	h := &harness{cfg: cfg, fs: fs, dir: cfg.Dir}
-	if h.dir == "" {
+	h := &harness{cfg: cfg, fs: fs}
+	if cfg.Dir != "" {
+		// nginx resolves relative paths against its prefix: hand it absolute ones.
+		if h.dir, err = filepath.Abs(cfg.Dir); err != nil {
+			return nil, fmt.Errorf("harness: %w", err)
+		}
+	} else {
 		d, err := os.MkdirTemp("", "kvbench-proxy-")
 		if err != nil {
 			return nil, fmt.Errorf("harness: %w", err)

@@ -19,7 +19,7 @@ func TestRunHarness(t *testing.T) {
 		duration  time.Duration
 	}{
 		{ModeMixed, []Workload{{Name: "chat", Rate: 200}, {Name: "stream", Stream: true, Rate: 20}}, time.Second},
-		{ModeSequential, []Workload{{Name: "chat", Rate: 200}}, 500 * time.Millisecond},
+		{ModeSequential, []Workload{{Name: "chat", Rate: 400}}, time.Second},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			var log bytes.Buffer
@@ -91,8 +91,10 @@ func checkSummary(t *testing.T, s Summary, workloads []Workload) {
 	if s.First != nil && (s.First.P50 <= 0 || s.First.P50 > l.P50 || s.First.Max > l.Max) {
 		t.Errorf("%s: first chunk %+v after the end %+v", name, *s.First, l)
 	}
-	if s.CPU.Upstream <= 0 || s.CPU.Loadgen <= 0 {
-		t.Errorf("%s: no CPU measured: %+v", name, s.CPU)
+	// CPU times come in 10 ms ticks: the fake upstream may use less than one in a short
+	// window, the load generator (this process) and the machine may not.
+	if s.CPU.Loadgen <= 0 || s.CPU.Machine < s.CPU.Loadgen || s.CPU.Upstream < 0 {
+		t.Errorf("%s: CPU not measured: %+v", name, s.CPU)
 	}
 	if (s.Target == "kvroute") != (s.PerProxyCPU > 0) {
 		t.Errorf("%s: %.0f req/s per proxy CPU-second (proxy CPU %.3f s)", name, s.PerProxyCPU, s.CPU.Proxy)
