@@ -43,10 +43,10 @@ type TrackerOptions struct {
 //
 //	unknown --first batch--> [reset "start" and replay 0..seq-1 if ResetOnStart] --> tracking(next = seq+1)
 //	tracking, seq == next      --> apply, next++
-//	tracking, seq >  next      --> gap: replay next..seq-1; if the replay cannot cover
-//	                               all of it (no replayer, error, publisher's buffer
-//	                               already past next): reset "gap", apply what it returned
-//	                               from its first seq on; then apply seq
+//	tracking, seq >  next      --> gap: replay next..seq-1; at a hole the replay cannot
+//	                               cover (no replayer, error, publisher's buffer already
+//	                               past next or ending early): reset "gap", apply what it
+//	                               returned past the hole; then apply seq
 //	tracking, seq <  next      --> restart: reset "restart", replay 0..seq-1, apply seq
 //	undecodable batch seq      --> reset "decode_error", next = seq+1
 //	Reset(reason)              --> reset, back to unknown (no second reset at the next batch)
@@ -198,19 +198,24 @@ func (t *Tracker) setError(err error) {
 	t.stats.mu.Unlock()
 }
 
-// fill replays [t.next, upto) and leaves t.next == upto. When the replay cannot cover
-// the range, the worker is reset if resetIfIncomplete (once), and whatever the replay
-// returned past the hole is still applied, after the reset.
-func (t *Tracker) fill(ctx context.Context, upto uint64, resetIfIncomplete bool) {
-	didReset := false
-	resetOnce := func() {
-		if resetIfIncomplete && !didReset {
-			didReset = true
+// fill replays [t.next, upto) and leaves t.next == upto. A hole the replay cannot cover
+// (no replayer, an error, a buffer that starts past t.next or ends before upto) resets
+// the worker when batches were applied before the hole in the current epoch: those
+// batches' blocks may have been removed by the missing ones. epochStarted says whether
+// the epoch already holds batches when fill is called (false right after a reset).
+// Whatever the replay returns past a hole is still applied, after the reset.
+func (t *Tracker) fill(ctx context.Context, upto uint64, epochStarted bool) {
+	needReset := epochStarted
+	resets := 0
+	hole := func() {
+		if needReset {
 			t.reset(ReasonGap)
+			needReset = false
+			resets++
 		}
 	}
 	if t.opts.Replay == nil {
-		resetOnce()
+		hole()
 		t.next = upto
 		return
 	}
@@ -223,25 +228,26 @@ func (t *Tracker) fill(ctx context.Context, upto uint64, resetIfIncomplete bool)
 		case rb.Seq < t.next:
 			return true // already applied (a publisher resending)
 		case rb.Seq > t.next:
-			resetOnce() // the publisher's buffer no longer holds t.next
+			hole() // the publisher's buffer no longer holds t.next
 			t.next = rb.Seq
 		}
 		t.apply(rb, true)
+		needReset = true
 		return true
 	})
-	result := "ok"
 	if err != nil {
 		t.setError(err)
 		t.log.Warn("kv events replay failed", "from", from, "err", err)
 	}
 	if t.next < upto {
-		resetOnce()
+		hole()
 		t.next = upto
 	}
+	result := "ok"
 	switch {
 	case err != nil:
 		result = "failed"
-	case didReset:
+	case resets > 0:
 		result = "partial"
 	}
 	t.wm.replay(result)
