@@ -1,6 +1,7 @@
 package prefix
 
 import (
+	"bytes"
 	"errors"
 	"math"
 	"sync"
@@ -117,22 +118,29 @@ func skipLit(b []byte, i int, lit string) (int, error) {
 	return i + len(lit), nil
 }
 
-// skipString returns the index just after the string starting at b[i] == '"'.
+// skipString returns the index just after the string starting at b[i] == '"'. It finds
+// the closing quote with bytes.IndexByte (a quote preceded by an odd run of backslashes
+// is escaped) and does not validate the contents; unescape does.
 func skipString(b []byte, i int) (int, error) {
 	i++
-	for i < len(b) {
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1, nil
-		case c == '\\':
-			i += 2
-		case c < 0x20:
+	for {
+		if i > len(b) {
 			return 0, errSyntax
-		default:
-			i++
 		}
+		j := bytes.IndexByte(b[i:], '"')
+		if j < 0 {
+			return 0, errSyntax
+		}
+		q := i + j
+		n := 0
+		for q-1-n >= i && b[q-1-n] == '\\' {
+			n++
+		}
+		if n%2 == 0 {
+			return q + 1, nil
+		}
+		i = q + 1
 	}
-	return 0, errSyntax
 }
 
 // objIter walks the members of a JSON object.
@@ -262,19 +270,29 @@ func keyIs(key []byte, want string) bool {
 
 // unescape writes the contents of the string starting at b[i] == '"' to s, decoding
 // escapes as encoding/json does (an unpaired surrogate becomes U+FFFD), and returns the
-// index just past the closing quote. Bytes that are not escapes are copied as they are.
+// index just past the closing quote. Bytes that are not escapes are copied as they are
+// (raw control characters, invalid in JSON, are not rejected).
 func unescape(b []byte, i int, s *textSink) (int, error) {
 	if i >= len(b) || b[i] != '"' {
 		return 0, errSyntax
 	}
 	i++
 	start := i
+	quote := -1 // index of the next quote at or after i, once found
 	for {
-		for i < len(b) && b[i] >= 0x20 && b[i] != '"' && b[i] != '\\' {
-			i++
+		// The next quote or backslash, found with vectorized scans; each byte is
+		// scanned at most twice.
+		if quote < i {
+			q := bytes.IndexByte(b[i:], '"')
+			if q < 0 {
+				return 0, errSyntax
+			}
+			quote = i + q
 		}
-		if i >= len(b) || b[i] < 0x20 {
-			return 0, errSyntax
+		if bs := bytes.IndexByte(b[i:quote], '\\'); bs >= 0 {
+			i += bs
+		} else {
+			i = quote
 		}
 		s.write(b[start:i])
 		if b[i] == '"' {
@@ -357,25 +375,38 @@ func hex4(b []byte, i int) (rune, bool) {
 
 // readUint32Array appends to dst the token ids of the JSON array starting at b[i] and
 // returns the extended slice and the index past the array. Every element must be an
-// integer in [0, 2^32-1] written without fraction or exponent.
+// integer in [0, 2^32-1] written without sign, fraction or exponent.
 func readUint32Array(b []byte, i int, dst []uint32) ([]uint32, int, error) {
-	it, err := newArrIter(b, i)
-	if err != nil {
-		return dst, 0, err
+	if i >= len(b) || b[i] != '[' {
+		return dst, 0, errSyntax
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return dst, i + 1, nil
 	}
 	for {
-		vs, ve, ok, err := it.next()
-		if err != nil {
-			return dst, 0, err
+		j := i
+		var v uint64
+		for j < len(b) && b[j] >= '0' && b[j] <= '9' && j-i < 11 {
+			v = v*10 + uint64(b[j]-'0')
+			j++
 		}
-		if !ok {
-			return dst, it.i, nil
+		if j == i || (b[i] == '0' && j-i > 1) || v > math.MaxUint32 {
+			return dst, 0, errTokenID
 		}
-		v, err := parseUint32(b[vs:ve])
-		if err != nil {
-			return dst, 0, err
+		dst = append(dst, uint32(v))
+		j = skipWS(b, j)
+		if j >= len(b) {
+			return dst, 0, errSyntax
 		}
-		dst = append(dst, v)
+		switch b[j] {
+		case ',':
+			i = skipWS(b, j+1)
+		case ']':
+			return dst, j + 1, nil
+		default:
+			return dst, 0, errTokenID
+		}
 	}
 }
 
