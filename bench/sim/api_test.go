@@ -298,3 +298,46 @@ func TestPluggedTokenizerAndKVBoundLength(t *testing.T) {
 		t.Fatalf("long request: %d %s", resp.StatusCode, out)
 	}
 }
+
+func TestMultiTurnChatHitsHistory(t *testing.T) {
+	f := startFleet(t, 1, nil)
+	w := f.Workers()[0]
+	msgs := []map[string]any{{"role": "system", "content": words(0, 100)}, {"role": "user", "content": "first question"}}
+	chat := func(msgs []map[string]any) completion {
+		resp, out := post(t, w.URL()+"/v1/chat/completions", map[string]any{"messages": msgs, "max_tokens": 40, "ignore_eos": true})
+		var c completion
+		if resp.StatusCode != 200 || json.Unmarshal(out, &c) != nil {
+			t.Fatalf("chat: %d %s", resp.StatusCode, out)
+		}
+		return c
+	}
+	c1 := chat(msgs)
+	msgs = append(msgs, map[string]any{"role": "assistant", "content": c1.Choices[0].Message.Content},
+		map[string]any{"role": "user", "content": "second question"})
+	c2 := chat(msgs)
+	// The second prompt starts with the first prompt and the reply (generated tokens
+	// are cached when their block fills); only the reply's last partial block and what
+	// follows are new. Turn 1 computed prompt+39 tokens (the 40th was never fed back);
+	// every full block of those is a hit.
+	p1 := c1.Usage.PromptTokens
+	computed := (p1 + 39) / 16 * 16
+	got := c2.Usage.PromptTokensDetails.CachedTokens
+	if got != computed {
+		t.Fatalf("turn 2 cached %d tokens; turn 1 computed %d full-block tokens (prompt %d)", got, computed, p1)
+	}
+}
+
+func TestContinuousUsageStats(t *testing.T) {
+	f := startFleet(t, 1, nil)
+	chunks := streamChunks(t, f.Workers()[0].URL()+"/v1/completions", map[string]any{
+		"prompt": words(0, 10), "max_tokens": 3, "ignore_eos": true, "stream": true,
+		"stream_options": map[string]any{"include_usage": true, "continuous_usage_stats": true}})
+	if len(chunks) != 4 {
+		t.Fatalf("%d chunks", len(chunks))
+	}
+	for i, c := range chunks[:3] {
+		if c.Usage == nil || c.Usage.CompletionTokens != i+1 || c.Usage.PromptTokens != 10 {
+			t.Fatalf("chunk %d usage %+v", i, c.Usage)
+		}
+	}
+}
