@@ -97,12 +97,13 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 			if ws.removed() {
 				break
 			}
-			e := ws.eng.get(eh)
+			fp := engFP(eh)
+			e := ws.eng.get(fp)
 			if e == nil {
 				missing++
 				continue
 			}
-			ix.store(ws, eh, e.own, tier, tick)
+			ix.store(ws, fp, e.own, tier, tick)
 			stored++
 			ix.yield(ops)
 		}
@@ -124,7 +125,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	}
 	var parent proto.BlockHash
 	if ev.HasParent {
-		e := ws.eng.get(ev.ParentHash)
+		e := ws.eng.get(engFP(ev.ParentHash))
 		if e == nil {
 			ix.c.dropped[DropUnknownParent].Add(uint64(n))
 			return
@@ -139,7 +140,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 			break
 		}
 		parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
-		ix.store(ws, eh, parent, tier, tick)
+		ix.store(ws, engFP(eh), parent, tier, tick)
 		stored++
 		ix.yield(ops)
 	}
@@ -153,7 +154,7 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 		if ws.removed() {
 			break
 		}
-		if ix.remove(ws, eh, tier, tick) {
+		if ix.remove(ws, engFP(eh), tier, tick) {
 			removed++
 		} else {
 			unknown++
@@ -164,28 +165,29 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 	ix.c.dropped[DropUnknownBlock].Add(uint64(unknown))
 }
 
-// store records one stored block. mu must be held for writing.
-func (ix *Index) store(ws *workerState, eh proto.EngineHash, own proto.BlockHash, tier Tier, tick uint32) {
-	if ws.eng.len() >= ix.opts.MaxBlocksPerWorker && ws.eng.get(eh) == nil {
+// store records one stored block of engine-hash fingerprint fp. mu must be held for
+// writing.
+func (ix *Index) store(ws *workerState, fp uint64, own proto.BlockHash, tier Tier, tick uint32) {
+	if ws.eng.len() >= ix.opts.MaxBlocksPerWorker && ws.eng.get(fp) == nil {
 		ix.evictWorkerEntry(ws)
 	}
-	e, inserted := ws.eng.upsert(eh)
+	e, inserted := ws.eng.upsert(fp)
 	if inserted {
 		e.own = own
 	} else if e.own != own {
 		// The engine reuses an id for other content: forget the old block first.
 		// (releaseTier does not touch ws.eng, so e stays valid.)
 		old := *e
-		*e = engEntry{own: own}
+		*e = engEntry{tag: fp << 16, own: own}
 		for t := Tier(0); t < numTiers; t++ {
-			if old.refs[t] > 0 {
+			if old.ref(t) > 0 {
 				ix.releaseTier(ws, old.own, t, tick)
 			}
 		}
 	}
-	r := e.refs[tier]
-	if r < 255 {
-		e.refs[tier] = r + 1
+	r := e.ref(tier)
+	if r < refMax {
+		e.setRef(tier, r+1)
 	}
 	bit := uint8(1) << tier
 	// A real store overrides a prediction; a duplicate store restores a flag that
@@ -200,22 +202,22 @@ func (ix *Index) store(ws *workerState, eh proto.EngineHash, own proto.BlockHash
 	}
 }
 
-// remove records one removed block and reports whether it was known. mu must be held
-// for writing.
-func (ix *Index) remove(ws *workerState, eh proto.EngineHash, tier Tier, tick uint32) bool {
-	e := ws.eng.get(eh)
-	if e == nil || e.refs[tier] == 0 {
+// remove records one removed block of engine-hash fingerprint fp and reports whether it
+// was known. mu must be held for writing.
+func (ix *Index) remove(ws *workerState, fp uint64, tier Tier, tick uint32) bool {
+	e := ws.eng.get(fp)
+	if e == nil || e.ref(tier) == 0 {
 		return false
 	}
-	if e.refs[tier] < 255 {
-		e.refs[tier]--
+	if r := e.ref(tier); r < refMax {
+		e.setRef(tier, r-1)
 	}
-	own, last, empty := e.own, e.refs[tier] == 0, e.empty()
+	own, last, empty := e.own, e.ref(tier) == 0, e.empty()
 	if last {
 		ix.releaseTier(ws, own, tier, tick)
 	}
 	if empty {
-		ws.eng.del(eh)
+		ws.eng.del(fp)
 	}
 	return true
 }
@@ -236,14 +238,14 @@ func (ix *Index) releaseTier(ws *workerState, own proto.BlockHash, tier Tier, ti
 	ix.setHolder(ws, own, 0, uint8(1)<<tier|flagPredicted, tick)
 }
 
-// dropEngine forgets engine entry eh of ws entirely. mu must be held for writing.
-func (ix *Index) dropEngine(ws *workerState, eh proto.EngineHash, e engEntry, tick uint32) {
+// dropEngine forgets engine entry e of ws entirely. mu must be held for writing.
+func (ix *Index) dropEngine(ws *workerState, e engEntry, tick uint32) {
 	for t := Tier(0); t < numTiers; t++ {
-		if e.refs[t] > 0 {
+		if e.ref(t) > 0 {
 			ix.releaseTier(ws, e.own, t, tick)
 		}
 	}
-	ws.eng.del(eh)
+	ws.eng.del(e.fp())
 }
 
 // ClearWorker forgets every block of worker w, confirmed and predicted, keeping its
@@ -280,7 +282,7 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	ops := 0
 	// oldEng is unreachable now: iterate it by index across lock releases.
 	for i := range oldEng.slots {
-		if s := &oldEng.slots[i]; s.used {
+		if s := &oldEng.slots[i]; s.tag != 0 {
 			ix.setHolder(ws, s.own, 0, 0xff, tick)
 			ix.yield(&ops)
 		}
@@ -366,7 +368,7 @@ func (ix *Index) evictNode() {
 // evictWorkerEntry drops the least recently touched of a few of ws's engine entries
 // (consecutive entries from a random position). mu must be held for writing.
 func (ix *Index) evictWorkerEntry(ws *workerState) {
-	var buf [evictSamples]engSlot
+	var buf [evictSamples]engEntry
 	cands := ws.eng.sample(ix.random(), buf[:0])
 	if len(cands) == 0 {
 		return
@@ -381,6 +383,6 @@ func (ix *Index) evictWorkerEntry(ws *workerState) {
 			best, bt = k, t
 		}
 	}
-	ix.dropEngine(ws, cands[best].eh, cands[best].engEntry, ix.tick.Load())
+	ix.dropEngine(ws, cands[best], ix.tick.Load())
 	ix.c.evictions[EvictWorkerCapacity].Add(1)
 }

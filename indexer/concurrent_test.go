@@ -77,6 +77,7 @@ func TestConcurrentIngestAndMatch(t *testing.T) {
 			if _, err := reg.Gather(); err != nil {
 				t.Errorf("gather: %v", err)
 			}
+			time.Sleep(time.Millisecond) // pacing a scraper, not synchronization
 		}
 	})
 	readers.Go(func() { ix.Run(ctx, time.Millisecond) })

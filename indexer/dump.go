@@ -15,7 +15,7 @@ import (
 //
 //	"KVRIDX" uv(version)
 //	per worker: 0x01 uv(len) id sv(dp_rank)
-//	            uv(n) n x { u64 engine_hash, u64 own_hash, 4 x u8 refs by tier }
+//	            uv(n) n x { u64 engine_fingerprint<<16 | refs (4 bits per tier), u64 own_hash }
 //	            uv(m) m x { u64 own_hash, sv(expiry unix ns) }
 //	0x00
 //
@@ -72,11 +72,12 @@ func (ix *Index) dumpWorker(buf []byte, k WorkerKey) []byte {
 	buf = append(buf, k.ID...)
 	buf = binary.AppendVarint(buf, int64(k.DPRank))
 	buf = binary.AppendUvarint(buf, uint64(ws.eng.len()))
-	ws.eng.each(func(eh proto.EngineHash, e engEntry) {
-		buf = binary.LittleEndian.AppendUint64(buf, uint64(eh))
-		buf = binary.LittleEndian.AppendUint64(buf, uint64(e.own))
-		buf = append(buf, e.refs[:]...)
-	})
+	for _, e := range ws.eng.slots {
+		if e.tag != 0 {
+			buf = binary.LittleEndian.AppendUint64(buf, e.tag)
+			buf = binary.LittleEndian.AppendUint64(buf, uint64(e.own))
+		}
+	}
 	buf = binary.AppendUvarint(buf, uint64(len(ws.pred)))
 	for own, exp := range ws.pred {
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(own))
@@ -117,9 +118,8 @@ func (ix *Index) Restore(r io.Reader) error {
 	}
 }
 
-// restoreEntry is one decoded engine entry.
+// restoreEntry is one decoded engine entry or prediction.
 type restoreEntry struct {
-	eh  proto.EngineHash
 	e   engEntry
 	exp int64 // predictions
 }
@@ -150,17 +150,16 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 	if err != nil {
 		return err
 	}
-	var rec [20]byte
+	var rec [16]byte
 	for i := uint64(0); i < n; i++ {
 		if _, err := io.ReadFull(br, rec[:]); err != nil {
 			return err
 		}
 		var re restoreEntry
-		re.eh = proto.EngineHash(binary.LittleEndian.Uint64(rec[0:]))
+		re.e.tag = binary.LittleEndian.Uint64(rec[0:])
 		re.e.own = proto.BlockHash(binary.LittleEndian.Uint64(rec[8:]))
-		copy(re.e.refs[:], rec[16:])
-		if re.e.empty() {
-			return fmt.Errorf("engine entry %d without references", i)
+		if re.e.empty() || re.e.fp() == 0 {
+			return fmt.Errorf("engine entry %d without references or fingerprint", i)
 		}
 		entries = append(entries, re)
 	}
@@ -186,11 +185,11 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 	ops := 0
 	for _, re := range entries {
 		for t := Tier(0); t < numTiers; t++ {
-			for range re.e.refs[t] {
+			for range re.e.ref(t) {
 				if ws.removed() {
 					return nil
 				}
-				ix.store(ws, re.eh, re.e.own, t, tick)
+				ix.store(ws, re.e.fp(), re.e.own, t, tick)
 			}
 			ix.yield(&ops)
 		}

@@ -82,7 +82,7 @@ func TestRestoreRejectsBadInput(t *testing.T) {
 		"truncated":   good[:len(good)/2],
 		"no end":      good[:len(good)-1],
 		"bad tag":     []byte("KVRIDX\x01\x07"),
-		"zero refs":   append([]byte("KVRIDX\x01\x01\x01a\x00\x01"), make([]byte, 20)...),
+		"zero refs":   append([]byte("KVRIDX\x01\x01\x01a\x00\x01"), make([]byte, 16)...),
 		"huge id":     []byte("KVRIDX\x01\x01\xff\xff\xff\xff\x0f"),
 	} {
 		ix2, _ := newIndex(t, Options{})

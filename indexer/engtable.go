@@ -4,82 +4,107 @@ import (
 	"github.com/kvroute/kvroute/proto"
 )
 
-// engTable is a worker's map engine hash -> engEntry: open addressing with linear probing
-// and backward-shift deletion, one probe sequence for get-or-insert (a Go map needs a
-// lookup and an assignment), 24-byte slots, at most 13/16 full. Not safe for concurrent
-// mutation; Index.mu guards it.
-type engTable struct {
-	slots []engSlot
-	n     int
-	mask  uint64
+// engEntry is what one engine hash of a worker resolves to, packed in 16 bytes: the
+// engine hash's 48-bit fingerprint, a reference count per tier (4 bits each: vLLM sends
+// duplicate stores and removes, e.g. one per KV-cache group of a hybrid model; a count
+// that reaches refMax saturates and never decrements) and kvroute's own hash of the block.
+type engEntry struct {
+	tag uint64 // fingerprint<<16 | refs; 0 only in an empty slot
+	own proto.BlockHash
 }
 
-type engSlot struct {
-	eh proto.EngineHash
-	engEntry
-	used bool
+// refMax is the saturation value of a per-tier reference count.
+const refMax = 15
+
+func (e *engEntry) ref(t Tier) uint8 { return uint8(e.tag>>(4*uint(t))) & 0xf }
+
+func (e *engEntry) setRef(t Tier, v uint8) {
+	sh := 4 * uint(t)
+	e.tag = e.tag&^(0xf<<sh) | uint64(v&0xf)<<sh
+}
+
+func (e *engEntry) empty() bool { return e.tag&0xffff == 0 }
+
+func (e *engEntry) fp() uint64 { return e.tag >> 16 }
+
+// engFP returns the fingerprint that stands for an engine hash: the top 48 bits of a
+// bijective mix, never 0. Two engine hashes of one worker share a fingerprint with
+// probability 2^-48 per pair; the index then treats them as one block id (the engine's
+// own 32-byte digests are already folded to 64 bits by the decoders).
+func engFP(eh proto.EngineHash) uint64 {
+	h := uint64(eh)
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	if fp := h >> 16; fp != 0 {
+		return fp
+	}
+	return 1
+}
+
+// engTable is a worker's map engine-hash fingerprint -> engEntry: open addressing on the
+// fingerprint's low bits with linear probing and backward-shift deletion, one probe
+// sequence for get-or-insert (a Go map needs a lookup and an assignment), 16-byte slots,
+// at most 13/16 full. Not safe for concurrent mutation; Index.mu guards it.
+type engTable struct {
+	slots []engEntry
+	n     int
+	mask  uint64
 }
 
 const engMinCap = 16
 
 func newEngTable() *engTable {
-	return &engTable{slots: make([]engSlot, engMinCap), mask: engMinCap - 1}
-}
-
-// engMix spreads an engine hash (opaque, possibly small sequential ids) over the table.
-func engMix(k proto.EngineHash) uint64 {
-	h := uint64(k)
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	return h
+	return &engTable{slots: make([]engEntry, engMinCap), mask: engMinCap - 1}
 }
 
 func (t *engTable) len() int { return t.n }
 
-func (t *engTable) bytes() int { return len(t.slots) * 24 }
+func (t *engTable) bytes() int { return len(t.slots) * 16 }
 
-// get returns the entry of eh, or nil.
-func (t *engTable) get(eh proto.EngineHash) *engEntry {
-	for i := engMix(eh) & t.mask; ; i = (i + 1) & t.mask {
+// get returns the entry of fingerprint fp, or nil.
+func (t *engTable) get(fp uint64) *engEntry {
+	for i := fp & t.mask; ; i = (i + 1) & t.mask {
 		s := &t.slots[i]
-		if !s.used {
+		if s.tag == 0 {
 			return nil
 		}
-		if s.eh == eh {
-			return &s.engEntry
+		if s.fp() == fp {
+			return s
 		}
 	}
 }
 
-// upsert returns the entry of eh, inserting a zero one when absent (inserted true). The
-// pointer is valid until the next upsert or del.
-func (t *engTable) upsert(eh proto.EngineHash) (e *engEntry, inserted bool) {
+// upsert returns the entry of fp, inserting one with no references and no own hash when
+// absent (inserted true). The pointer is valid until the next upsert or del.
+func (t *engTable) upsert(fp uint64) (e *engEntry, inserted bool) {
 	if (t.n+1)*16 > len(t.slots)*13 {
 		t.resize(len(t.slots) * 2)
 	}
-	for i := engMix(eh) & t.mask; ; i = (i + 1) & t.mask {
+	for i := fp & t.mask; ; i = (i + 1) & t.mask {
 		s := &t.slots[i]
-		if !s.used {
-			*s = engSlot{eh: eh, used: true}
+		if s.tag == 0 {
+			*s = engEntry{tag: fp << 16}
 			t.n++
-			return &s.engEntry, true
+			return s, true
 		}
-		if s.eh == eh {
-			return &s.engEntry, false
+		if s.fp() == fp {
+			return s, false
 		}
 	}
 }
 
-// del removes eh if present.
-func (t *engTable) del(eh proto.EngineHash) {
-	i := engMix(eh) & t.mask
+// del removes fp if present.
+func (t *engTable) del(fp uint64) {
+	i := fp & t.mask
 	for {
 		s := &t.slots[i]
-		if !s.used {
+		if s.tag == 0 {
 			return
 		}
-		if s.eh == eh {
+		if s.fp() == fp {
 			break
 		}
 		i = (i + 1) & t.mask
@@ -88,16 +113,16 @@ func (t *engTable) del(eh proto.EngineHash) {
 	for {
 		j = (j + 1) & t.mask
 		sj := &t.slots[j]
-		if !sj.used {
+		if sj.tag == 0 {
 			break
 		}
-		home := engMix(sj.eh) & t.mask
+		home := sj.fp() & t.mask
 		if (j-home)&t.mask >= (j-i)&t.mask {
 			t.slots[i] = *sj
 			i = j
 		}
 	}
-	t.slots[i] = engSlot{}
+	t.slots[i] = engEntry{}
 	t.n--
 	if len(t.slots) > engMinCap && t.n*8 < len(t.slots) {
 		t.resize(len(t.slots) / 2)
@@ -106,14 +131,14 @@ func (t *engTable) del(eh proto.EngineHash) {
 
 func (t *engTable) resize(size int) {
 	old := t.slots
-	t.slots = make([]engSlot, size)
+	t.slots = make([]engEntry, size)
 	t.mask = uint64(size - 1)
 	for _, o := range old {
-		if !o.used {
+		if o.tag == 0 {
 			continue
 		}
-		for i := engMix(o.eh) & t.mask; ; i = (i + 1) & t.mask {
-			if !t.slots[i].used {
+		for i := o.fp() & t.mask; ; i = (i + 1) & t.mask {
+			if t.slots[i].tag == 0 {
 				t.slots[i] = o
 				break
 			}
@@ -121,26 +146,17 @@ func (t *engTable) resize(size int) {
 	}
 }
 
-// sample returns up to len(dst) entries found scanning from position r, for sampled
-// eviction, as (engine hash, entry) pairs appended to dst[:0].
-func (t *engTable) sample(r uint64, dst []engSlot) []engSlot {
+// sample appends to dst[:0] up to cap(dst) entries found scanning from position r, for
+// sampled eviction.
+func (t *engTable) sample(r uint64, dst []engEntry) []engEntry {
 	dst = dst[:0]
 	if t.n == 0 {
 		return dst
 	}
 	for i, c := r&t.mask, 0; c < len(t.slots) && len(dst) < cap(dst); i, c = (i+1)&t.mask, c+1 {
-		if t.slots[i].used {
+		if t.slots[i].tag != 0 {
 			dst = append(dst, t.slots[i])
 		}
 	}
 	return dst
-}
-
-// each calls fn for every entry; fn must not mutate the table.
-func (t *engTable) each(fn func(proto.EngineHash, engEntry)) {
-	for i := range t.slots {
-		if t.slots[i].used {
-			fn(t.slots[i].eh, t.slots[i].engEntry)
-		}
-	}
 }

@@ -11,52 +11,67 @@ func TestEngTableAgainstMap(t *testing.T) {
 	for _, space := range []uint64{40, 3000, 1 << 50} {
 		rng := rand.New(rand.NewPCG(space, 1))
 		tb := newEngTable()
-		ref := map[proto.EngineHash]proto.BlockHash{}
+		ref := map[uint64]proto.BlockHash{}
 		for step := range 40000 {
-			k := proto.EngineHash(rng.Uint64N(space))
+			fp := engFP(proto.EngineHash(rng.Uint64N(space)))
 			if rng.IntN(3) < 2 {
-				e, ins := tb.upsert(k)
-				if _, had := ref[k]; had == ins {
-					t.Fatalf("step %d: upsert(%d) inserted=%v, map had it %v", step, k, ins, had)
+				e, ins := tb.upsert(fp)
+				if _, had := ref[fp]; had == ins {
+					t.Fatalf("step %d: upsert(%x) inserted=%v, map had it %v", step, fp, ins, had)
+				}
+				if e.fp() != fp {
+					t.Fatalf("upsert(%x) returned entry of %x", fp, e.fp())
 				}
 				e.own = proto.BlockHash(rng.Uint64())
-				ref[k] = e.own
+				e.setRef(Tier(rng.IntN(numTiers)), uint8(1+rng.IntN(refMax)))
+				ref[fp] = e.own
 			} else {
-				tb.del(k)
-				delete(ref, k)
+				tb.del(fp)
+				delete(ref, fp)
 			}
 			if tb.len() != len(ref) {
 				t.Fatalf("step %d: len %d, want %d", step, tb.len(), len(ref))
 			}
 			if step%499 == 0 {
-				for k, v := range ref {
-					if e := tb.get(k); e == nil || e.own != v {
-						t.Fatalf("step %d: get(%d) = %v, want own %d", step, k, e, v)
+				for fp, v := range ref {
+					if e := tb.get(fp); e == nil || e.own != v || e.fp() != fp {
+						t.Fatalf("step %d: get(%x) = %v, want own %d", step, fp, e, v)
 					}
 				}
-				n := 0
-				tb.each(func(k proto.EngineHash, e engEntry) {
-					if ref[k] != e.own {
-						t.Fatalf("each yields %d=%d, map has %d", k, e.own, ref[k])
-					}
-					n++
-				})
-				if n != len(ref) {
-					t.Fatalf("each visited %d, want %d", n, len(ref))
-				}
-				var buf [8]engSlot
-				for _, s := range tb.sample(rng.Uint64(), buf[:0]) {
-					if ref[s.eh] != s.own {
-						t.Fatalf("sample yields %d=%d, map has %d", s.eh, s.own, ref[s.eh])
+				var buf [8]engEntry
+				for _, e := range tb.sample(rng.Uint64(), buf[:0]) {
+					if ref[e.fp()] != e.own {
+						t.Fatalf("sample yields %x=%d, map has %d", e.fp(), e.own, ref[e.fp()])
 					}
 				}
 			}
 		}
-		for k := range ref {
-			tb.del(k)
+		for fp := range ref {
+			tb.del(fp)
 		}
 		if tb.len() != 0 || len(tb.slots) != engMinCap {
 			t.Errorf("drained table: len %d, %d slots", tb.len(), len(tb.slots))
 		}
+	}
+}
+
+func TestEngEntryRefs(t *testing.T) {
+	e := engEntry{tag: engFP(7) << 16}
+	for tier := Tier(0); tier < numTiers; tier++ {
+		e.setRef(tier, uint8(tier)+3)
+	}
+	for tier := Tier(0); tier < numTiers; tier++ {
+		if got := e.ref(tier); got != uint8(tier)+3 {
+			t.Errorf("ref(%v) = %d, want %d", tier, got, tier+3)
+		}
+	}
+	if e.fp() != engFP(7) || e.empty() {
+		t.Errorf("fingerprint %x (want %x), empty %v", e.fp(), engFP(7), e.empty())
+	}
+	for tier := Tier(0); tier < numTiers; tier++ {
+		e.setRef(tier, 0)
+	}
+	if !e.empty() || e.fp() != engFP(7) {
+		t.Errorf("after clearing refs: empty %v fingerprint %x", e.empty(), e.fp())
 	}
 }

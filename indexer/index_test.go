@@ -82,6 +82,21 @@ func TestEventSequences(t *testing.T) {
 			},
 		},
 		{
+			name: "a reference count saturates at refMax and then never drops",
+			steps: []step{
+				{fn: func(ix *Index) {
+					for range refMax + 1 {
+						ix.Apply(wA, "m", batch(stored(1, doc(1, 2), 0, 2, "GPU", "")))
+					}
+					for range refMax + 1 {
+						ix.Apply(wA, "m", batch(removed(1, doc(1, 2), 0, 2, "GPU")))
+					}
+				}},
+			},
+			req:  chain("", doc(1, 2)),
+			want: map[string][2]int{"a": {2, 2}},
+		},
+		{
 			name: "remove in the middle leaves children unreachable",
 			steps: []step{
 				{w: wA, evs: []proto.Event{stored(sa, qa, 0, 7, "GPU", ""), removed(sa, qa, 3, 4, "GPU")}},

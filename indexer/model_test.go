@@ -86,7 +86,9 @@ func (m *refModel) apply(k WorkerKey, model string, b *proto.Batch) {
 				if e == nil || e.refs[tier] == 0 {
 					continue
 				}
-				e.refs[tier]--
+				if e.refs[tier] < refMax { // saturated counts stay, as in the index
+					e.refs[tier]--
+				}
 				if e.refs[tier] == 0 && !rw.holds(e.own, tier) {
 					delete(rw.pred, e.own)
 				}
@@ -119,7 +121,9 @@ func (m *refModel) store(rw *refWorker, eh proto.EngineHash, own proto.BlockHash
 		e = &refEntry{own: own}
 		rw.eng[eh] = e
 	}
-	e.refs[t]++
+	if e.refs[t] < refMax {
+		e.refs[t]++
+	}
 	delete(rw.pred, own)
 }
 
@@ -205,9 +209,9 @@ func (m *refModel) counts(k WorkerKey) (blocks [numTiers]int64, pred int64) {
 // predictions, clock steps) and compares every worker's Match result and counts after
 // each step.
 func TestAgainstReferenceModel(t *testing.T) {
-	seeds := 30
+	seeds := 16
 	if testing.Short() {
-		seeds = 5
+		seeds = 4
 	}
 	for seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) { runModel(t, uint64(seed)) })
@@ -333,6 +337,9 @@ func runModel(t *testing.T, seed uint64) {
 				t.Fatalf("step %d (%s): worker %v counts %v/%d, model %v/%d", stepN, desc, ws.Worker, ws.Blocks, ws.Predicted, blocks, pred)
 			}
 		}
-		checkInvariants(t, ix)
+		if stepN%5 == 0 {
+			checkInvariants(t, ix)
+		}
 	}
+	checkInvariants(t, ix)
 }

@@ -68,16 +68,6 @@ func TierOf(medium string) Tier {
 	return TierOther
 }
 
-// engEntry is what a worker's engine hash resolves to: kvroute's own hash of the block and
-// how many unmatched stores the engine sent for it on each tier (vLLM sends duplicates,
-// e.g. one per KV-cache group of a hybrid model). Refcounts saturate at 255.
-type engEntry struct {
-	own  proto.BlockHash
-	refs [numTiers]uint8
-}
-
-func (e *engEntry) empty() bool { return e.refs == [numTiers]uint8{} }
-
 // ownTier keys the rare extra references: several engine hashes of one worker resolving to
 // the same own hash on the same tier (for example multimodal blocks whose engine hash
 // covers the image but whose tokens are equal placeholders).
