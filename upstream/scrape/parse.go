@@ -41,7 +41,8 @@ type Sample struct {
 	// PrefixQueries and PrefixHits are the engine's cumulative prompt tokens looked up in
 	// and found in its prefix cache: vllm:prefix_cache_queries_total and
 	// vllm:prefix_cache_hits_total (the vllm:gpu_prefix_cache_* names when the newer
-	// ones are absent), or sglang:prompt_tokens_total and sglang:cached_tokens_total.
+	// ones are absent), or sglang:prompt_tokens_total and sglang:cached_tokens_total
+	// (summed over its cache_source label, device/host/storage, where a release has it).
 	// Counters: they only grow until the engine restarts.
 	PrefixQueries, PrefixHits float64
 }
