@@ -2,9 +2,9 @@ package tokenize
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,11 +15,16 @@ import (
 // (net/http/server.go) from GOROOT, which every machine that runs the tests has.
 func benchInputs(b *testing.B) map[string]string {
 	b.Helper()
-	spec, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "doc/go_spec.html"))
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		b.Fatalf("go env GOROOT: %v", err)
+	}
+	goroot := strings.TrimSpace(string(out))
+	spec, err := os.ReadFile(filepath.Join(goroot, "doc/go_spec.html"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	code, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "src/net/http/server.go"))
+	code, err := os.ReadFile(filepath.Join(goroot, "src/net/http/server.go"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -953,15 +953,16 @@ func percentFormat(s string, arg Value) (Value, error) {
 			if k >= len(args) {
 				return nil, errors.New("not enough arguments for format string")
 			}
-			if s[i] == 'r' {
+			switch s[i] {
+			case 'r':
 				b.WriteString(repr(args[k]))
-			} else if s[i] == 'd' {
+			case 'd':
 				n, _, ok := number(args[k])
 				if !ok {
 					return nil, errors.New("%d format: a real number is required")
 				}
 				b.WriteString(fmt.Sprint(int64(n)))
-			} else {
+			default:
 				b.WriteString(str(args[k]))
 			}
 			k++

@@ -593,7 +593,8 @@ func (p *parser) parseFilterTest() (expr, error) {
 				t.neg = true
 			}
 			tk := p.next()
-			if tk.kind != tName && !(tk.kind == tOp && (tk.val == "==" || tk.val == "!=" || tk.val == "<" || tk.val == ">" || tk.val == "<=" || tk.val == ">=")) {
+			isCmp := tk.kind == tOp && (tk.val == "==" || tk.val == "!=" || tk.val == "<" || tk.val == ">" || tk.val == "<=" || tk.val == ">=")
+			if tk.kind != tName && !isCmp {
 				return nil, p.errf("expected a test name, got %s", tk)
 			}
 			t.name = tk.val
