@@ -92,3 +92,33 @@ func FuzzPrefixCache(f *testing.F) {
 		}
 	})
 }
+
+// TestConcurrentEncode runs Encode and a shared PrefixCache from several
+// goroutines (meaningful under -race) and checks the results against the goldens.
+func TestConcurrentEncode(t *testing.T) {
+	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	golden := readJSONL[goldenLine](t, "testdata/golden/qwen3.jsonl")
+	tok := loadModel(t, "qwen3")
+	pc := NewPrefixCache(tok, 1<<20)
+	errs := make(chan string, 4)
+	for g := 0; g < 4; g++ {
+		go func() {
+			for i := g; i < 400; i += 4 {
+				if !slices.Equal(tok.Encode(corpus[i], true), golden[i].IDs) {
+					errs <- "Encode differs on string " + corpus[i]
+					return
+				}
+				if !slices.Equal(pc.Encode("<|im_start|>"+corpus[i], false), tok.Encode("<|im_start|>"+corpus[i], false)) {
+					errs <- "PrefixCache differs on string " + corpus[i]
+					return
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if e := <-errs; e != "" {
+			t.Error(e)
+		}
+	}
+}

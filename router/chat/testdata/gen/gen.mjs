@@ -88,6 +88,20 @@ const common = [
   { messages: [u("Numbers 1234567 3.14159 and code `x += 1`"), a("Sure."), u("More:\n\n\n- item\n- item 2")] },
 ];
 
+// toolConv is a tool-using conversation every template renders in its own way
+// (Llama-3's and DeepSeek-V3's versions here ignore the tools list).
+const toolConv = {
+  messages: [
+    sys,
+    u("What's the weather in Berlin?"),
+    { role: "assistant", content: null, tool_calls: [{ id: "c9", type: "function", function: { name: "get_weather", arguments: "{\"city\": \"Berlin\"}" } }] },
+    { role: "tool", tool_call_id: "c9", content: "sunny, 25" },
+    a("It is sunny and 25°C in Berlin."),
+    u("And tomorrow?"),
+  ],
+  tools: [weather],
+};
+
 const qwenOnly = [
   { messages: [sys, u("Weather in Paris?")], tools: [weather, search] },
   { messages: [u("Weather in Paris?")], tools: [weather] },
@@ -126,6 +140,7 @@ for (const m of models) {
   }
   let cases = common;
   if (m === "qwen3") cases = [...common, ...qwenOnly];
+  if (m === "llama3" || m === "deepseek_v3") cases = [...common, toolConv];
   if (m === "gemma3") cases = [...common.filter((c) => c.messages.every((x, i) => x.role !== "system" || i === 0)), ...gemmaBad];
   const lines = [];
   for (const req of cases) {
