@@ -165,7 +165,16 @@ func (c *Consumer) runJetStream(ctx context.Context) error {
 	close(c.ready)
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
-	defer it.Stop()
+	defer func() {
+		// Make the server see the pull request's inbox go away before Run returns:
+		// otherwise messages published right after could be handed to the dead request
+		// and only come back after AckWait, out of order for a consumer restarted on the
+		// same connection.
+		it.Stop()
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = c.nc.FlushWithContext(fctx)
+		cancel()
+	}()
 	for {
 		m, err := it.Next()
 		if err != nil {
