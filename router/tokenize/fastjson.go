@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // The vocabulary and merges are most of a tokenizer.json (Gemma-3: 262k entries
@@ -148,10 +149,11 @@ func parseMerges(b []byte) ([]mergeJSON, error) {
 			if err != nil {
 				return nil, fmt.Errorf("merge %d: %w", len(out), err)
 			}
-			q, _ := json.Marshal(str)
-			if err := m.UnmarshalJSON(q); err != nil {
-				return nil, err
+			sp := strings.IndexByte(str, ' ')
+			if sp < 0 {
+				return nil, fmt.Errorf("merge %d %q has no space", len(out), str)
 			}
+			m = mergeJSON{Left: str[:sp], Right: str[sp+1:]}
 		}
 		out = append(out, m)
 		if s.peek() == ',' {

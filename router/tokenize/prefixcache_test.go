@@ -9,11 +9,12 @@ import (
 
 // turnMarkers are the turn boundaries of each golden model's chat format.
 var turnMarkers = map[string][3]string{
-	"llama3":      {"<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"},
-	"qwen3":       {"<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"},
-	"deepseek_v3": {"<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"},
-	"llama2":      {"[INST] ", " [/INST]", "</s>"},
-	"gemma3":      {"<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>\n"},
+	"llama3":           {"<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"},
+	"qwen3":            {"<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"},
+	"deepseek_v3":      {"<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"},
+	"llama2":           {"[INST] ", " [/INST]", "</s>"},
+	"llama2_metaspace": {"[INST] ", " [/INST]", "</s>"},
+	"gemma3":           {"<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>\n"},
 }
 
 // TestPrefixCacheConversation encodes growing conversations turn by turn and

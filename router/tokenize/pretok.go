@@ -3,6 +3,7 @@ package tokenize
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -144,8 +145,13 @@ type span struct {
 	match      bool
 }
 
+var spanPool = sync.Pool{New: func() any { return new([]span) }}
+
 func (p *splitPre) split(dst []piece, in []piece) []piece {
-	var spans []span
+	sp := spanPool.Get().(*[]span)
+	defer spanPool.Put(sp)
+	spans := (*sp)[:0]
+	defer func() { *sp = spans[:0] }()
 	for _, pc := range in {
 		spans = spans[:0]
 		prev := 0
@@ -298,7 +304,13 @@ func buildPreTokenizer(c component, byteLevel *bool) (preTokenizer, error) {
 			if err != nil {
 				return nil, err
 			}
+			if bl, ok := p.(*byteLevelPre); ok && !bl.addPrefixSpace && bl.split2 == nil {
+				continue // splits nothing: the byte mapping is the model's
+			}
 			q = append(q, p)
+		}
+		if len(q) == 1 {
+			return q[0], nil
 		}
 		return q, nil
 	case "Split":
