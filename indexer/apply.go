@@ -134,18 +134,40 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	} else {
 		parent = proto.Seed(model, ev.LoRAName, "")
 	}
+	// Work in groups of warmGroup blocks: hash the group (no memory traffic), touch the
+	// node and engine slots of all its blocks in a tight loop so that their cache misses
+	// overlap, then apply the blocks one by one.
 	stored := 0
-	for i, eh := range ev.BlockHashes {
-		if ws.removed() {
-			break
+	var hint uint64
+	var own [warmGroup]proto.BlockHash
+	var fps [warmGroup]uint64
+	for g := 0; g < n; g += warmGroup {
+		end := min(g+warmGroup, n)
+		for i := g; i < end; i++ {
+			parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
+			own[i-g] = parent
+			fps[i-g] = engFP(ev.BlockHashes[i])
 		}
-		parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
-		ix.store(ws, engFP(eh), parent, tier, tick)
-		stored++
-		ix.yield(ops)
+		for i := 0; i < end-g; i++ {
+			hint += ix.nodes.Warm(uint64(own[i])) + ws.eng.warm(fps[i])
+		}
+		for i := 0; i < end-g; i++ {
+			if ws.removed() {
+				break
+			}
+			ix.store(ws, fps[i], own[i], tier, tick)
+			stored++
+			ix.yield(ops)
+		}
+	}
+	if hint == 1 {
+		ix.c.stored.Add(0) // keeps the warming loads alive
 	}
 	ix.c.stored.Add(uint64(stored))
 }
+
+// warmGroup is how many blocks of an event Apply hashes and warms at once.
+const warmGroup = 32
 
 func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops *int) {
 	tier := TierOf(ev.Medium)

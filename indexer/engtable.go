@@ -64,6 +64,10 @@ func (t *engTable) len() int { return t.n }
 
 func (t *engTable) bytes() int { return len(t.slots) * 16 }
 
+// warm loads fp's home slot and returns a value derived from it; see
+// blocktable.Table.Warm.
+func (t *engTable) warm(fp uint64) uint64 { return t.slots[fp&t.mask].tag }
+
 // get returns the entry of fingerprint fp, or nil.
 func (t *engTable) get(fp uint64) *engEntry {
 	for i := fp & t.mask; ; i = (i + 1) & t.mask {
