@@ -52,6 +52,9 @@ type Config struct {
 	Chunks int
 	// ChunkGap is the upstream's pause between chunks. Default 0.
 	ChunkGap time.Duration
+	// NoTokenize makes the fake upstream answer 404 to /tokenize. Default false: it
+	// serves /tokenize as vLLM does (kvroute asks it for the prompt's tokens).
+	NoTokenize bool
 	// Upstream starts the fake upstream process; the harness appends UpstreamMain's
 	// flags. Required.
 	Upstream Command
@@ -229,7 +232,10 @@ func (h *harness) start(ctx context.Context) error {
 	}
 	args = append(args, "--chunks", strconv.Itoa(h.cfg.Chunks), "--chunk-gap", h.cfg.ChunkGap.String(),
 		"--completion-bytes", strconv.Itoa(h.cfg.CompletionBytes))
-	up, err := startProcess("fake upstream", h.cfg.Upstream, args...)
+	if h.cfg.NoTokenize {
+		args = append(args, "--no-tokenize")
+	}
+	up, err := startProcess("fake upstream", h.cfg.Upstream, filepath.Join(h.dir, "upstream.log"), args...)
 	if err != nil {
 		return err
 	}
@@ -268,7 +274,7 @@ func (h *harness) startKvroute(ctx context.Context) (*target, error) {
 	for _, w := range h.workers {
 		args = append(args, "--worker", w)
 	}
-	p, err := startProcess("kvroute", *h.cfg.Kvroute, args...)
+	p, err := startProcess("kvroute", *h.cfg.Kvroute, filepath.Join(h.dir, "kvroute.log"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +300,7 @@ func (h *harness) startNginx(ctx context.Context) (*target, error) {
 		return nil, fmt.Errorf("nginx conf: %w", err)
 	}
 	h.report.NginxConf = conf
-	p, err := startProcess("nginx", Command{Argv: []string{h.cfg.Nginx}}, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	p, err := startProcess("nginx", Command{Argv: []string{h.cfg.Nginx}}, filepath.Join(dir, "stderr.log"), "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
 	if err != nil {
 		return nil, err
 	}

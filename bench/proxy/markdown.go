@@ -34,7 +34,13 @@ func (r *Report) Markdown(level int) string {
 	}
 	p("\n\n")
 	s := r.Settings
-	p("**Setup:** every process on loopback on the same cores. Fake upstream: one Go process (fasthttp) serving %d workers on separate ports, answering at once (non-streaming: a %d-byte chat completion; streaming: %d vLLM-shaped SSE chunks and `[DONE]`, flushed one by one, gap %s). ", s.Workers, s.CompletionBytes, s.Chunks, s.ChunkGap)
+	p("**Setup:** every process on loopback on the same cores. Fake upstream: one Go process (fasthttp) serving %d workers on separate ports, answering at once (non-streaming: a %d-byte chat completion; streaming: %d vLLM-shaped SSE chunks and `[DONE]`, flushed one by one, gap %s", s.Workers, s.CompletionBytes, s.Chunks, s.ChunkGap)
+	if s.Tokenize {
+		p("; vLLM's `POST /tokenize` served with fake token ids")
+	} else {
+		p("; **no** `/tokenize` (404)")
+	}
+	p("). ")
 	p("Targets: **direct** (the generator spreads requests over the workers itself), **kvroute** (built binary, `serve --policy round_robin`, default config)")
 	if s.NginxWorkers > 0 {
 		p(", **nginx** (round-robin `upstream` with `keepalive`, `proxy_buffering off`, `worker_processes %d`, no access log)", s.NginxWorkers)
@@ -102,7 +108,8 @@ func (r *Report) Markdown(level int) string {
 
 	if len(r.Goals) > 0 {
 		p("%sGoals (issue 2): kvroute against nginx\n\n", h(1))
-		p("| workload | measure | kvroute | nginx | ratio | goal | met |\n|---|---|---|---|---|---|---|\n")
+		p("Ratio and met use the percentiles pooled over all rounds; per-round ratios and their median are shown because a stall of the shared machine in one round dominates pooled p99s.\n\n")
+		p("| workload | measure | kvroute | nginx | ratio (pooled) | goal | met | per-round ratios | median |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, g := range r.Goals {
 			ratio, met := "n/a", "n/a (nginx value not positive)"
 			if !math.IsNaN(g.Ratio) {
@@ -115,7 +122,12 @@ func (r *Report) Markdown(level int) string {
 			if strings.HasPrefix(g.Name, "req/s") {
 				unit = ""
 			}
-			p("| %s | %s | %.0f%s | %.0f%s | %s | %s | %s |\n", g.Workload, g.Name, g.Kvroute, unit, g.Nginx, unit, ratio, g.Want, met)
+			var rounds []string
+			for _, v := range g.RoundRatios {
+				rounds = append(rounds, fmtRatio(v))
+			}
+			p("| %s | %s | %.0f%s | %.0f%s | %s | %s | %s | %s | %s |\n", g.Workload, g.Name, g.Kvroute, unit, g.Nginx, unit, ratio, g.Want, met,
+				strings.Join(rounds, ", "), fmtRatio(g.Median))
 		}
 		p("\n")
 	}
@@ -163,4 +175,11 @@ func (r *Report) Markdown(level int) string {
 		p("%skvroute CPU profile, %s (perf, taken after the measurement)\n\nSelf time:\n\n```text\n%s\n```\n\nInclusive (self and callees):\n\n```text\n%s\n```\n\n", h(1), pr.Workload, pr.Self, pr.Inclusive)
 	}
 	return b.String()
+}
+
+func fmtRatio(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", v)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -33,8 +34,8 @@ type process struct {
 }
 
 // startProcess starts c with args appended; its stdout and stderr are kept (the last
-// 16 KiB) for error messages.
-func startProcess(name string, c Command, args ...string) (*process, error) {
+// 16 KiB) for error messages and, when logPath is not "", written to that file.
+func startProcess(name string, c Command, logPath string, args ...string) (*process, error) {
 	if len(c.Argv) == 0 {
 		return nil, fmt.Errorf("start %s: empty command", name)
 	}
@@ -42,12 +43,30 @@ func startProcess(name string, c Command, args ...string) (*process, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), c.Env...)
 	out := &tailBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = out, out
+	var (
+		w   io.Writer = out
+		log *os.File
+	)
+	if logPath != "" {
+		f, err := os.Create(logPath)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		log, w = f, io.MultiWriter(out, f)
+	}
+	closeLog := func() {
+		if log != nil {
+			_ = log.Close()
+		}
+	}
+	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
+		closeLog()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, out: out, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
+	// Wait returns after the output has been copied: the log can be closed then.
+	go func() { p.err = cmd.Wait(); closeLog(); close(p.done) }()
 	return p, nil
 }
 

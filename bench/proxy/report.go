@@ -58,6 +58,7 @@ type Settings struct {
 	CompletionBytes int        `json:"completion_bytes"`
 	Chunks          int        `json:"chunks"`
 	ChunkGap        string     `json:"chunk_gap"`
+	Tokenize        bool       `json:"upstream_tokenize"`
 	NginxWorkers    int        `json:"nginx_worker_processes,omitempty"`
 }
 
@@ -139,6 +140,11 @@ type Goal struct {
 	Want     string  `json:"want"`
 	// Met is nil when the ratio is undefined (nginx's value is not positive).
 	Met *bool `json:"met"`
+	// RoundRatios is the same ratio computed within each round (NaN, written null, when
+	// undefined in that round); Median is their median over the defined ones. Pooled
+	// percentiles are dominated by the worst round; the median is not.
+	RoundRatios []float64 `json:"-"`
+	Median      float64   `json:"-"`
 }
 
 func newReport(cfg *Config) *Report {
@@ -155,6 +161,7 @@ func newReport(cfg *Config) *Report {
 		Mode: cfg.Mode, Workloads: cfg.Workloads, Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(),
 		WarmupS: cfg.Warmup.Seconds(), Workers: cfg.Workers, RequestBytes: cfg.RequestBytes,
 		CompletionBytes: cfg.CompletionBytes, Chunks: cfg.Chunks, ChunkGap: cfg.ChunkGap.String(),
+		Tokenize: !cfg.NoTokenize,
 	}
 	if cfg.Nginx != "" {
 		r.Settings.NginxWorkers = cfg.NginxWorkers
@@ -322,9 +329,74 @@ func (r *Report) finish() {
 		}
 		for _, m := range metrics {
 			k, n := added["kvroute"][m].P99, added["nginx"][m].P99
-			r.Goals = append(r.Goals, newGoal(w.Name, "added p99 ("+metricLabel(m)+"), kvroute / nginx", k, n, "<= 1.5", func(x float64) bool { return x <= 1.5 }))
+			g := newGoal(w.Name, "added p99 ("+metricLabel(m)+"), kvroute / nginx", k, n, "<= 1.5", func(x float64) bool { return x <= 1.5 })
+			g.setRounds(r.perRound(w.Name, func(t string, win *Window, direct *Window) float64 {
+				return p99(win, m) - p99(direct, m)
+			}))
+			r.Goals = append(r.Goals, g)
 		}
-		r.Goals = append(r.Goals, newGoal(w.Name, "req/s per proxy CPU-second, kvroute / nginx", kv.PerProxyCPU, ng.PerProxyCPU, ">= 0.5", func(x float64) bool { return x >= 0.5 }))
+		g := newGoal(w.Name, "req/s per proxy CPU-second, kvroute / nginx", kv.PerProxyCPU, ng.PerProxyCPU, ">= 0.5", func(x float64) bool { return x >= 0.5 })
+		g.setRounds(r.perRound(w.Name, func(t string, win *Window, _ *Window) float64 {
+			if win.CPU.Proxy <= 0 {
+				return math.NaN()
+			}
+			return float64(win.OK) / win.CPU.Proxy
+		}))
+		r.Goals = append(r.Goals, g)
+	}
+}
+
+// p99 returns a window's p99 of the metric ("end" or "first_chunk").
+func p99(w *Window, metric string) float64 {
+	if metric == "first_chunk" && w.First != nil {
+		return w.First.P99
+	}
+	return w.Latency.P99
+}
+
+// perRound returns, for each round, value(kvroute) / value(nginx), where value sees the
+// target's window of that round and direct's; NaN when a window is missing or nginx's
+// value is not positive.
+func (r *Report) perRound(workload string, value func(target string, win, direct *Window) float64) []float64 {
+	find := func(round int, target string) *Window {
+		for i := range r.Windows {
+			if w := &r.Windows[i]; w.Round == round && w.Workload == workload && w.Target == target {
+				return w
+			}
+		}
+		return nil
+	}
+	out := make([]float64, r.cfg.Rounds)
+	for i := range out {
+		d, k, n := find(i+1, "direct"), find(i+1, "kvroute"), find(i+1, "nginx")
+		out[i] = math.NaN()
+		if d == nil || k == nil || n == nil {
+			continue
+		}
+		if nv := value("nginx", n, d); nv > 0 {
+			out[i] = value("kvroute", k, d) / nv
+		}
+	}
+	return out
+}
+
+// setRounds stores the per-round ratios and their median.
+func (g *Goal) setRounds(ratios []float64) {
+	g.RoundRatios = ratios
+	var ok []float64
+	for _, v := range ratios {
+		if !math.IsNaN(v) {
+			ok = append(ok, v)
+		}
+	}
+	g.Median = math.NaN()
+	if len(ok) > 0 {
+		sort.Float64s(ok)
+		if len(ok)%2 == 1 {
+			g.Median = ok[len(ok)/2]
+		} else {
+			g.Median = (ok[len(ok)/2-1] + ok[len(ok)/2]) / 2
+		}
 	}
 }
 
@@ -347,10 +419,22 @@ func (g Goal) MarshalJSON() ([]byte, error) {
 	if !math.IsNaN(g.Ratio) {
 		ratio = &g.Ratio
 	}
+	nullNaN := func(v float64) *float64 {
+		if math.IsNaN(v) {
+			return nil
+		}
+		return &v
+	}
+	rounds := make([]*float64, len(g.RoundRatios))
+	for i, v := range g.RoundRatios {
+		rounds[i] = nullNaN(v)
+	}
 	return json.Marshal(struct {
 		plain
-		Ratio *float64 `json:"ratio"`
-	}{plain(g), ratio})
+		Ratio       *float64   `json:"ratio"`
+		RoundRatios []*float64 `json:"round_ratios"`
+		Median      *float64   `json:"median_round_ratio"`
+	}{plain(g), ratio, rounds, nullNaN(g.Median)})
 }
 
 func metricLabel(m string) string {

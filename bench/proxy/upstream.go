@@ -31,6 +31,9 @@ type UpstreamOptions struct {
 	ChunkGap time.Duration
 	// CompletionBytes is the approximate size of a non-streaming answer. Default 2048.
 	CompletionBytes int
+	// NoTokenize leaves out vLLM's POST /tokenize (it answers 404), as a worker without
+	// it would. Default false: /tokenize is served.
+	NoTokenize bool
 }
 
 func (o *UpstreamOptions) defaults() {
@@ -51,7 +54,9 @@ func (o *UpstreamOptions) defaults() {
 //
 // It serves POST /v1/chat/completions (a vLLM-shaped chat completion, or with
 // "stream": true a vLLM-shaped SSE stream of [UpstreamOptions.Chunks] chunks and
-// "data: [DONE]"), GET /v1/models and GET /health. It is safe for concurrent use.
+// "data: [DONE]"), POST /tokenize (vLLM's answer shape, with fake token ids: one per 4
+// bytes of text, a hash of those bytes, so equal texts give equal ids), GET /v1/models
+// and GET /health. It is safe for concurrent use.
 type Upstream struct {
 	opts       UpstreamOptions
 	completion []byte   // the non-streaming body
@@ -126,6 +131,60 @@ func parseChatRequest(body []byte) (chatRequest, error) {
 	return r, nil
 }
 
+// tokenizeRequest is vLLM's /tokenize request: a prompt or chat messages.
+type tokenizeRequest struct {
+	Model    string `json:"model"`
+	Prompt   string `json:"prompt"`
+	Messages []struct {
+		Role    string `json:"role"`
+		Content string `json:"content"`
+	} `json:"messages"`
+}
+
+// parseTokenizeRequest decodes a /tokenize request. It rejects bodies that are not a
+// JSON object with a model.
+func parseTokenizeRequest(body []byte) (tokenizeRequest, error) {
+	var r tokenizeRequest
+	if err := json.Unmarshal(body, &r); err != nil {
+		return r, fmt.Errorf("decode tokenize request: %w", err)
+	}
+	if r.Model == "" {
+		return r, errors.New("decode tokenize request: no model")
+	}
+	return r, nil
+}
+
+// tokenizeAnswer returns vLLM's /tokenize answer for r with fake ids: the chat's roles
+// and contents (or the prompt) cut into 4-byte pieces, each hashed (FNV-1a) into a
+// 32000-token vocabulary.
+func tokenizeAnswer(r tokenizeRequest) []byte {
+	var ids []uint32
+	add := func(s string) {
+		for i := 0; i < len(s); i += 4 {
+			h := uint32(2166136261)
+			for _, c := range []byte(s[i:min(i+4, len(s))]) {
+				h = (h ^ uint32(c)) * 16777619
+			}
+			ids = append(ids, h%32000)
+		}
+	}
+	add(r.Prompt)
+	for _, m := range r.Messages {
+		add(m.Role)
+		add(m.Content)
+	}
+	b := []byte(`{"count":`)
+	b = strconv.AppendInt(b, int64(len(ids)), 10)
+	b = append(b, `,"max_model_len":32768,"tokens":[`...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(id), 10)
+	}
+	return append(b, `],"token_strs":null}`...)
+}
+
 func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case "/v1/chat/completions":
@@ -150,6 +209,26 @@ func (u *Upstream) handle(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("text/event-stream")
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
 		ctx.SetBodyStreamWriter(u.writeStream)
+	case "/tokenize":
+		if u.opts.NoTokenize {
+			errorJSON(ctx, fasthttp.StatusNotFound, "not found")
+			return
+		}
+		if !ctx.IsPost() {
+			errorJSON(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed")
+			return
+		}
+		r, err := parseTokenizeRequest(ctx.PostBody())
+		if err != nil {
+			errorJSON(ctx, fasthttp.StatusBadRequest, err.Error())
+			return
+		}
+		if r.Model != u.opts.Model {
+			errorJSON(ctx, fasthttp.StatusNotFound, "the model "+strconv.Quote(r.Model)+" does not exist")
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBody(tokenizeAnswer(r))
 	case "/v1/models":
 		ctx.SetContentType("application/json")
 		ctx.SetBody(u.models)

@@ -33,6 +33,7 @@ func UpstreamMain(args []string, stderr io.Writer) int {
 	fs.IntVar(&o.Chunks, "chunks", 200, "SSE chunks per streaming answer, [DONE] not counted")
 	fs.DurationVar(&o.ChunkGap, "chunk-gap", 0, "pause between two chunks of a stream")
 	fs.IntVar(&o.CompletionBytes, "completion-bytes", 2048, "approximate size of a non-streaming answer")
+	fs.BoolVar(&o.NoTokenize, "no-tokenize", false, "answer 404 to POST /tokenize, as a worker without vLLM's tokenizer endpoint")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

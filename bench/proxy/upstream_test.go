@@ -160,3 +160,60 @@ func FuzzParseChatRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestUpstreamTokenize(t *testing.T) {
+	_, base := startUpstream(t, UpstreamOptions{})
+	req := []byte(`{"model":"bench-model","messages":[{"role":"user","content":"hello world, hello"}],"add_generation_prompt":true}`)
+	code, body, ct := post(t, base+"/tokenize", req)
+	if code != 200 || ct != "application/json" {
+		t.Fatalf("status %d, content type %q: %s", code, ct, body)
+	}
+	var a struct {
+		Count  int      `json:"count"`
+		Tokens []uint32 `json:"tokens"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil {
+		t.Fatal(err)
+	}
+	// "user" is one piece, "hello world, hello" five.
+	if a.Count != 6 || len(a.Tokens) != 6 {
+		t.Fatalf("answer %s: want 6 tokens", body)
+	}
+	_, rep, _ := post(t, base+"/tokenize", []byte(`{"model":"bench-model","prompt":"abcdabcdxyz"}`))
+	if err := json.Unmarshal(rep, &a); err != nil || len(a.Tokens) != 3 || a.Tokens[0] != a.Tokens[1] || a.Tokens[1] == a.Tokens[2] {
+		t.Errorf("abcd abcd xyz gave %s: want two equal ids then another", rep)
+	}
+	_, again, _ := post(t, base+"/tokenize", req)
+	if !bytes.Equal(body, again) {
+		t.Error("the same text gave different ids")
+	}
+	if code, _, _ := post(t, base+"/tokenize", []byte(`{"prompt":"x"}`)); code != 400 {
+		t.Errorf("no model: status %d, want 400", code)
+	}
+
+	_, off := startUpstream(t, UpstreamOptions{NoTokenize: true})
+	if code, _, _ := post(t, off+"/tokenize", req); code != 404 {
+		t.Errorf("NoTokenize: status %d, want 404", code)
+	}
+}
+
+// FuzzParseTokenizeRequest checks that no body makes the /tokenize decoder panic and
+// that an accepted request gets a well-formed answer.
+func FuzzParseTokenizeRequest(f *testing.F) {
+	f.Add([]byte(`{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"add_generation_prompt":true}`))
+	f.Add([]byte(`{"model":"bench-model","prompt":"The quick brown fox"}`))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := parseTokenizeRequest(b)
+		if err != nil {
+			return
+		}
+		var a struct {
+			Count  int      `json:"count"`
+			Tokens []uint32 `json:"tokens"`
+		}
+		if err := json.Unmarshal(tokenizeAnswer(r), &a); err != nil || a.Count != len(a.Tokens) {
+			t.Fatalf("bad answer for %q: %v", b, err)
+		}
+	})
+}

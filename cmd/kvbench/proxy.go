@@ -38,6 +38,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	streamRate := fs.Float64("stream-rate", proxy.DefaultWorkloads[1].Rate, "offered load of the streaming workload, req/s (0 skips it)")
 	chunks := fs.Int("chunks", 200, "SSE chunks per streaming answer")
 	chunkGap := fs.Duration("chunk-gap", 0, "fake upstream's pause between chunks")
+	noTokenize := fs.Bool("no-tokenize", false, "fake upstream answers 404 to /tokenize (a worker without vLLM's tokenizer endpoint)")
 	workers := fs.Int("workers", 2, "fake workers the proxies balance over")
 	nginxWorkers := fs.Int("nginx-workers", 0, "nginx worker_processes (0: one per core)")
 	profileDur := fs.Duration("profile-duration", 10*time.Second, "length of each kvroute profile")
@@ -51,7 +52,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := proxy.Config{
 		Mode: *mode, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Chunks: *chunks, ChunkGap: *chunkGap,
-		Workers: *workers, NginxWorkers: *nginxWorkers, ProfileDuration: *profileDur,
+		NoTokenize: *noTokenize, Workers: *workers, NginxWorkers: *nginxWorkers, ProfileDuration: *profileDur,
 		Upstream: proxy.Command{Argv: []string{self, "fake-upstream"}},
 		Dir:      filepath.Join(*out, "work"),
 		Log:      stderr,
