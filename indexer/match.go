@@ -67,9 +67,12 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 			}
 			batch = min(batch*2, 32)
 		}
-		sl := ix.nodes.Find(uint64(hashes[i]))
-		if sl == nil {
-			break
+		key := uint64(hashes[i])
+		sl := ix.nodes.Home(key)
+		if sl.Key != key || sl.Val == 0 {
+			if sl = ix.nodes.Find(key); sl == nil {
+				break
+			}
 		}
 		if atomic.LoadUint32(&sl.Touch) != tick {
 			atomic.StoreUint32(&sl.Touch, tick)

@@ -96,6 +96,15 @@ func (t *Table) Warm(key uint64) uint64 {
 	return s.slots[h&s.mask].Key
 }
 
+// Home returns key's home slot, whatever it holds: a caller may test it for key before
+// falling back to Find. It is small enough to be inlined, which Find is not; most keys sit
+// in their home slot.
+func (t *Table) Home(key uint64) *Slot {
+	h := t.mix(key)
+	s := &t.shards[h>>(64-shardBits)]
+	return &s.slots[h&s.mask]
+}
+
 // Get returns the value stored for key and whether it is present.
 func (t *Table) Get(key uint64) (uint32, bool) {
 	if sl := t.Find(key); sl != nil {
