@@ -21,6 +21,9 @@ const (
 	// EnvelopeReset tells consumers to clear everything they know about the worker: the
 	// publisher lost events it could not replay, or the engine restarted.
 	EnvelopeReset
+	// EnvelopeHeartbeat says the publisher (a bridge) is alive and following the worker,
+	// so consumers can tell an idle worker from a dead bridge.
+	EnvelopeHeartbeat
 )
 
 // Envelope is a normalized batch, or a reset, attributed to one worker: what kvroute
@@ -34,7 +37,7 @@ type Envelope struct {
 	Model string
 	// DPRank is the data-parallel rank, part of the worker's identity; -1 when unknown.
 	DPRank int
-	// Reason says why a reset happened; empty for batches.
+	// Reason says why a reset happened; empty for batches and heartbeats.
 	Reason string
 	// Batch is the batch of an EnvelopeBatch, with the publisher's sequence number.
 	Batch Batch
@@ -42,7 +45,7 @@ type Envelope struct {
 
 // AppendEnvelope appends the compact binary encoding of e to dst and returns the
 // extended slice. Layout: version byte, kind byte, worker, model, zigzag dp rank, then
-// for a reset the reason, for a batch seq, ts (float64 bits, 8 bytes LE) and the events:
+// for a reset or a heartbeat the reason, for a batch seq, ts (float64 bits, 8 bytes LE) and the events:
 // kind, flags (bit 0: has parent), hashes as 8-byte LE, parent, token ids as uvarints,
 // block size, LoRA name and id, medium, group, extra keys, spec kind, sliding window.
 // Strings are uvarint length then bytes.
@@ -230,7 +233,7 @@ func (d *envDecoder) decode(e *Envelope) error {
 	b := &e.Batch
 	b.Seq, b.TS, b.DPRank, b.Events = 0, 0, -1, b.Events[:0]
 	switch e.Kind {
-	case EnvelopeReset:
+	case EnvelopeReset, EnvelopeHeartbeat:
 		e.Reason = d.str("")
 	case EnvelopeBatch:
 		d.batch(b)

@@ -29,6 +29,13 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	if back.Kind != proto.EnvelopeReset || back.Reason != reset.Reason || back.DPRank != -1 || len(back.Batch.Events) != 0 {
 		t.Fatalf("reset decoded as %+v", back)
 	}
+	hb := proto.Envelope{Kind: proto.EnvelopeHeartbeat, Worker: "w", Model: "m", DPRank: 1}
+	if err := proto.DecodeEnvelope(proto.AppendEnvelope(nil, &hb), &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Kind != proto.EnvelopeHeartbeat || back.Worker != "w" || back.Model != "m" || back.DPRank != 1 || back.Reason != "" {
+		t.Fatalf("heartbeat decoded as %+v", back)
+	}
 }
 
 func TestEnvelopeErrors(t *testing.T) {

@@ -80,6 +80,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		f.Add(proto.AppendEnvelope(nil, &env))
 	}
 	f.Add(proto.AppendEnvelope(nil, &proto.Envelope{Kind: proto.EnvelopeReset, Worker: "w", DPRank: 2, Reason: "gap"}))
+	f.Add(proto.AppendEnvelope(nil, &proto.Envelope{Kind: proto.EnvelopeHeartbeat, Worker: "http://w:8000", Model: "m", DPRank: 0}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var e proto.Envelope
 		if err := proto.DecodeEnvelope(data, &e); err != nil {

@@ -49,6 +49,7 @@ func bridgeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	maxAge := fs.Duration("max-age", time.Hour, "JetStream: drop events older than this")
 	maxBytes := fs.Int64("max-bytes", 1<<30, "JetStream: stream size bound in bytes")
 	deadAfter := fs.Duration("dead-after", 30*time.Second, "reset the worker when its publisher is unreachable this long")
+	heartbeat := fs.Duration("heartbeat", 5*time.Second, "interval of the heartbeats telling routers this bridge is alive (0: none)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -111,7 +112,27 @@ func bridgeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return fail(2, err)
 	}
 	log.Info("kvroute bridge running", "worker", *worker, "events", *events, "replay", *replay, "nats", url, "prefix", *prefix)
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		if *heartbeat <= 0 {
+			return
+		}
+		t := time.NewTicker(*heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				for _, st := range m.States() {
+					pub.Heartbeat(st.Key)
+				}
+			}
+		}
+	}()
 	_ = m.Run(ctx)
+	<-hbDone
 	if err := nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		log.Warn("flush nats on exit", "err", err)
 	}

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
@@ -38,13 +40,26 @@ func TestBridgeCommand(t *testing.T) {
 	go func() { _ = c.Run(ctx) }()
 	<-c.Ready()
 
+	// A raw subscriber sees the bridge's heartbeats.
+	var heartbeats atomic.Int64
+	hbSub, err := nc.Subscribe(natsbus.DefaultPrefix+".>", func(m *nats.Msg) {
+		var e proto.Envelope
+		if proto.DecodeEnvelope(m.Data, &e) == nil && e.Kind == proto.EnvelopeHeartbeat && e.Worker == "http://w1:8000" {
+			heartbeats.Add(1)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = hbSub.Unsubscribe() }()
+
 	pub := kvtest.NewPub(t, true, 100, prototest.Style{MapEvents: true})
 	var stdout, stderr bytes.Buffer
 	done := make(chan int, 1)
 	bctx, stopBridge := context.WithCancel(ctx)
 	go func() {
 		done <- bridgeMain(bctx, []string{"--worker", "http://w1:8000", "--model", "m", "--events", pub.Endpoint(),
-			"--replay", pub.ReplayEndpoint(), "--nats", srv.ClientURL(), "--jetstream", "--log-level", "error"}, &stdout, &stderr)
+			"--replay", pub.ReplayEndpoint(), "--nats", srv.ClientURL(), "--jetstream", "--heartbeat", "20ms", "--log-level", "error"}, &stdout, &stderr)
 	}()
 	kvtest.CheckFor(t, 10*time.Second, "bridge subscription", pub.Subscribed)
 	for range 3 {
@@ -58,6 +73,7 @@ func TestBridgeCommand(t *testing.T) {
 	if !kvtest.SameSet(got.Cache(w), pub.Truth()) {
 		t.Fatalf("consumer cache %v, engine %v", got.Cache(w), pub.Truth())
 	}
+	kvtest.CheckFor(t, 10*time.Second, "bridge heartbeats", func() bool { return heartbeats.Load() >= 2 })
 	stopBridge()
 	if code := <-done; code != 0 {
 		t.Fatalf("bridge exit %d: %s", code, stderr.String())

@@ -34,8 +34,14 @@ type ConsumerOptions struct {
 	Registerer prometheus.Registerer
 	// Metrics, when set, is used instead of building metrics from Registerer.
 	Metrics *kvevents.Metrics
+	// DeadAfter resets a worker ("dead") when nothing of it (batch, reset or bridge
+	// heartbeat) has arrived for this long while the consumer holds its state; 0 (the
+	// default) disables it. Set it well above the bridges' heartbeat interval.
+	DeadAfter time.Duration
 	// Logger logs resets and errors; nil discards.
 	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // Consumer feeds a [kvevents.Sink] from NATS. Create it with [NewConsumer] and call
@@ -48,9 +54,10 @@ type Consumer struct {
 
 	ready chan struct{} // closed once subscribed
 
-	// applyMu is held while a message is applied and while Forget resets, so sink calls
-	// for one worker never overlap.
-	applyMu sync.Mutex
+	// applyMu is held while a message is applied, while Forget resets and while dead
+	// workers are purged, so sink calls for one worker never overlap. It guards lastSeen.
+	applyMu  sync.Mutex
+	lastSeen map[kvevents.WorkerKey]time.Time
 
 	// mu guards trackers, decodeErr and lastError.
 	mu        sync.Mutex
@@ -75,6 +82,12 @@ func NewConsumer(nc *nats.Conn, sink kvevents.Sink, opts ConsumerOptions) (*Cons
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.DeadAfter < 0 {
+		return nil, fmt.Errorf("natsbus: negative DeadAfter %v", opts.DeadAfter)
+	}
 	if opts.Metrics == nil {
 		m, err := kvevents.NewMetrics(opts.Registerer)
 		if err != nil {
@@ -83,7 +96,7 @@ func NewConsumer(nc *nats.Conn, sink kvevents.Sink, opts ConsumerOptions) (*Cons
 		opts.Metrics = m
 	}
 	return &Consumer{nc: nc, sink: sink, opts: opts, log: opts.Logger, ready: make(chan struct{}),
-		trackers: map[kvevents.WorkerKey]*kvevents.Tracker{}}, nil
+		trackers: map[kvevents.WorkerKey]*kvevents.Tracker{}, lastSeen: map[kvevents.WorkerKey]time.Time{}}, nil
 }
 
 // Ready is closed once Run has subscribed: messages published after it are delivered.
@@ -91,10 +104,51 @@ func (c *Consumer) Ready() <-chan struct{} { return c.ready }
 
 // Run consumes until ctx ends (then returns nil) or the subscription fails.
 func (c *Consumer) Run(ctx context.Context) error {
+	if c.opts.DeadAfter > 0 {
+		rctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.reapDead(rctx)
+		}()
+		defer wg.Wait()
+		defer cancel()
+	}
 	if c.opts.JetStream {
 		return c.runJetStream(ctx)
 	}
 	return c.runCore(ctx)
+}
+
+// reapDead resets workers silent for longer than DeadAfter, checking four times per
+// DeadAfter, until ctx ends.
+func (c *Consumer) reapDead(ctx context.Context) {
+	t := time.NewTicker(c.opts.DeadAfter / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.applyMu.Lock()
+		now := c.opts.Now()
+		for k, seen := range c.lastSeen {
+			if now.Sub(seen) <= c.opts.DeadAfter {
+				continue
+			}
+			c.mu.Lock()
+			tr := c.trackers[k]
+			c.mu.Unlock()
+			if tr != nil && tr.Known() {
+				c.log.Warn("kv events: no message from the worker's bridge, purging", "worker", k.String(), "silent_for", now.Sub(seen))
+				tr.Reset(kvevents.ReasonDead)
+			}
+			delete(c.lastSeen, k) // reset once; the next message re-arms it
+		}
+		c.applyMu.Unlock()
+	}
 }
 
 func (c *Consumer) runCore(ctx context.Context) error {
@@ -214,7 +268,12 @@ func (c *Consumer) handle(ctx context.Context, data []byte) {
 		c.trackers[key] = tr
 	}
 	c.mu.Unlock()
+	c.lastSeen[key] = c.opts.Now()
 	switch e.Kind {
+	case proto.EnvelopeHeartbeat:
+		if e.Model != "" {
+			tr.SetModel(e.Model)
+		}
 	case proto.EnvelopeReset:
 		c.log.Info("kv events reset by bridge", "worker", key.String(), "bridge_reason", e.Reason)
 		tr.Reset(kvevents.ReasonUpstream)
@@ -238,6 +297,7 @@ func (c *Consumer) Forget(worker string) {
 		if k.Worker == worker {
 			gone = append(gone, tr)
 			delete(c.trackers, k)
+			delete(c.lastSeen, k)
 		}
 	}
 	c.mu.Unlock()

@@ -279,3 +279,32 @@ func TestSubject(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumerDeadAfter: a worker whose bridge keeps sending heartbeats stays; once the
+// bridge goes silent for DeadAfter, the worker is reset ("dead") once.
+func TestConsumerDeadAfter(t *testing.T) {
+	e := embedded(t)
+	got := kvtest.NewRecorder()
+	c, _ := consumer(t, connect(t, e), got, natsbus.ConsumerOptions{DeadAfter: 200 * time.Millisecond})
+	p := natsbus.NewPublisher(connect(t, e), natsbus.PublisherOptions{Model: "m"})
+	p.Apply(w1, "m", &proto.Batch{Seq: 0, DPRank: -1, Events: []proto.Event{{Kind: proto.AllBlocksCleared, Medium: "GPU"}}})
+	waitSeq(t, got, 0)
+	start := time.Now()
+	for time.Since(start) < 800*time.Millisecond { // heartbeats keep it alive
+		p.Heartbeat(w1)
+		time.Sleep(40 * time.Millisecond)
+	}
+	if r := got.Resets(w1); len(r) != 0 {
+		t.Fatalf("reset %v while the bridge sent heartbeats", r)
+	}
+	kvtest.CheckFor(t, wait, "dead reset", func() bool { return slices.Contains(got.Resets(w1), kvevents.ReasonDead) })
+	if n := len(got.Resets(w1)); n != 1 {
+		t.Fatalf("resets %v, want one", got.Resets(w1))
+	}
+	if st := c.States(); st[0].LastReset != kvevents.ReasonDead {
+		t.Fatalf("state %+v", st[0])
+	}
+	// The bridge comes back: its next batch is accepted whatever its seq.
+	p.Apply(w1, "m", &proto.Batch{Seq: 57, DPRank: -1})
+	waitSeq(t, got, 57)
+}

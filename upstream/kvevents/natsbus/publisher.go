@@ -109,6 +109,20 @@ func (p *Publisher) Reset(w kvevents.WorkerKey, reason string) {
 	p.publish(Subject(p.prefix, model, w))
 }
 
+// Heartbeat publishes that the bridge is alive and follows w; consumers with a
+// DeadAfter reset workers whose bridge stays silent (no batch, no heartbeat) longer.
+func (p *Publisher) Heartbeat(w kvevents.WorkerKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	model, ok := p.models[w]
+	if !ok {
+		model = p.model
+	}
+	env := proto.Envelope{Kind: proto.EnvelopeHeartbeat, Worker: w.Worker, Model: model, DPRank: w.DPRank}
+	p.buf = proto.AppendEnvelope(p.buf[:0], &env)
+	p.publish(Subject(p.prefix, model, w))
+}
+
 // publish sends p.buf; nats.go copies it into its write buffer. mu must be held.
 func (p *Publisher) publish(subject string) {
 	if err := p.nc.Publish(subject, p.buf); err != nil {
