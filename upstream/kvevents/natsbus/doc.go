@@ -16,6 +16,10 @@
 // restarts) or, without a durable name, an ephemeral one that delivers everything the
 // stream retains (rebuilds the index from history).
 //
+// Liveness: a bridge publishes a heartbeat envelope per worker every few seconds; a
+// consumer with DeadAfter set resets a worker whose bridge has stayed silent that long
+// (a dead bridge or a partition), so its entries do not outlive it.
+//
 // [StartEmbedded] runs an in-process nats-server with JetStream on loopback, for
 // single-binary setups and tests.
 //
