@@ -73,9 +73,15 @@ func (Approx) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Resu
 	return Result{Hashes: s.out, Tokens: (s.total + CharsPerToken - 1) / CharsPerToken}, nil
 }
 
+// maxBlkChunk is the largest chunk textSink hashes from its stack buffer in one shot;
+// longer chunks (BlockSize above 256) stream through an xxhash.Digest. Both give the
+// same hashes.
+const maxBlkChunk = 1024
+
 // textSink receives canonical text. In collect mode it appends to buf; otherwise it
 // hashes the text in chunks of size bytes, chaining each chunk's hash into the next, and
-// appends the hashes to out.
+// appends the hashes to out. A chunk's hash is xxhash64 over the parent hash (8 bytes,
+// little-endian), the chunk and approxMarker.
 type textSink struct {
 	collect bool
 	buf     []byte
@@ -83,8 +89,11 @@ type textSink struct {
 	size  int
 	n     int // bytes in the current chunk
 	total int
-	d     xxhash.Digest
 	out   []proto.BlockHash
+	// blk holds the parent, the current chunk and room for the marker when size <=
+	// maxBlkChunk; d streams the chunk otherwise.
+	blk [8 + maxBlkChunk + 1]byte
+	d   xxhash.Digest
 }
 
 func (s *textSink) init(seed proto.BlockHash, size int, dst []proto.BlockHash) {
@@ -94,11 +103,12 @@ func (s *textSink) init(seed proto.BlockHash, size int, dst []proto.BlockHash) {
 }
 
 func (s *textSink) startChunk(parent proto.BlockHash) {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], uint64(parent))
-	s.d.Reset()
-	_, _ = s.d.Write(b[:])
+	binary.LittleEndian.PutUint64(s.blk[:8], uint64(parent))
 	s.n = 0
+	if s.size > maxBlkChunk {
+		s.d.Reset()
+		_, _ = s.d.Write(s.blk[:8])
+	}
 }
 
 func (s *textSink) write(p []byte) {
@@ -107,6 +117,20 @@ func (s *textSink) write(p []byte) {
 		return
 	}
 	s.total += len(p)
+	if s.size <= maxBlkChunk {
+		for len(p) > 0 {
+			k := copy(s.blk[8+s.n:8+s.size], p)
+			s.n += k
+			p = p[k:]
+			if s.n == s.size {
+				s.blk[8+s.size] = approxMarker[0]
+				h := proto.BlockHash(xxhash.Sum64(s.blk[:8+s.size+1]))
+				s.out = append(s.out, h)
+				s.startChunk(h)
+			}
+		}
+		return
+	}
 	for len(p) > 0 {
 		k := min(s.size-s.n, len(p))
 		_, _ = s.d.Write(p[:k])
@@ -166,23 +190,34 @@ func writeChat(s *textSink, msgs []byte, o *Options) error {
 			s.write(trimWS(v))
 		}
 	}
-	it, err := newArrIter(msgs, 0)
-	if err != nil {
-		return fmt.Errorf("%w: messages: %w", ErrBadInput, err)
+	// Each message is read once, by writeMessage, which returns where it ends.
+	if len(msgs) == 0 || msgs[0] != '[' {
+		return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
 	}
-	for n := 0; ; n++ {
-		vs, ve, ok, err := it.next()
-		if err != nil {
-			return fmt.Errorf("%w: messages: %w", ErrBadInput, err)
-		}
-		if !ok {
-			break
-		}
-		if err := writeMessage(s, msgs[vs:ve]); err != nil {
-			return fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
+	i := skipWS(msgs, 1)
+	if i < len(msgs) && msgs[i] == ']' {
+		i++
+	} else {
+		for n := 0; ; n++ {
+			end, err := writeMessage(s, msgs, i)
+			if err != nil {
+				return fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
+			}
+			i = skipWS(msgs, end)
+			if i >= len(msgs) {
+				return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+			}
+			if msgs[i] == ']' {
+				i++
+				break
+			}
+			if msgs[i] != ',' {
+				return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+			}
+			i = skipWS(msgs, i+1)
 		}
 	}
-	if skipWS(msgs, it.i) != len(msgs) {
+	if skipWS(msgs, i) != len(msgs) {
 		return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
 	}
 	return nil
@@ -201,16 +236,18 @@ const (
 
 var fieldNames = [nFields]string{"role", "content", "name", "tool_call_id", "tool_calls"}
 
-func writeMessage(s *textSink, m []byte) error {
+// writeMessage writes the message object starting at m[start] and returns the index
+// just past it.
+func writeMessage(s *textSink, m []byte, start int) (int, error) {
 	var spans [nFields][2]int // value spans; the last occurrence of a key wins
-	it, err := newObjIter(m, 0)
+	it, err := newObjIter(m, start)
 	if err != nil {
-		return fmt.Errorf("not an object: %w", err)
+		return 0, fmt.Errorf("not an object: %w", err)
 	}
 	for {
 		key, vs, ve, ok, err := it.next()
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if !ok {
 			break
@@ -225,16 +262,16 @@ func writeMessage(s *textSink, m []byte) error {
 	val := func(f int) []byte { return m[spans[f][0]:spans[f][1]] }
 	s.writeByte(sepMessage)
 	if err := writeValue(s, val(fRole)); err != nil {
-		return err
+		return 0, err
 	}
 	s.writeByte(sepField)
 	if c := val(fContent); len(c) > 0 && c[0] == '[' {
 		if err := writeParts(s, c); err != nil {
-			return err
+			return 0, err
 		}
 	} else if !isNull(c) {
 		if err := writeValue(s, c); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	for f := fName; f < nFields; f++ {
@@ -246,55 +283,72 @@ func writeMessage(s *textSink, m []byte) error {
 		s.writeString(fieldNames[f])
 		s.writeByte('=')
 		if err := writeValue(s, v); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return it.i, nil
 }
 
 // writeParts writes content parts: text parts' text, other parts' raw JSON, joined with
-// "\n" (vLLM joins text parts with newlines too).
+// "\n" (vLLM joins text parts with newlines too). c is a whole array value.
 func writeParts(s *textSink, c []byte) error {
-	it, err := newArrIter(c, 0)
-	if err != nil {
-		return err
+	i := skipWS(c, 1)
+	if i < len(c) && c[i] == ']' {
+		return nil
 	}
 	for n := 0; ; n++ {
-		vs, ve, ok, err := it.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return nil
-		}
 		if n > 0 {
 			s.writeByte('\n')
 		}
-		if text, ok := textPart(c[vs:ve]); ok {
-			if _, err := unescape(text, 0, s); err != nil {
+		var end int
+		if i < len(c) && c[i] == '{' {
+			text, e, ok, err := textPart(c, i)
+			if err != nil {
 				return err
 			}
-			continue
+			end = e
+			if ok {
+				if _, err := unescape(text, 0, s); err != nil {
+					return err
+				}
+			} else {
+				s.write(c[i:end])
+			}
+		} else {
+			e, err := skipValue(c, i, 1)
+			if err != nil {
+				return err
+			}
+			end = e
+			s.write(c[i:end])
 		}
-		s.write(c[vs:ve])
+		i = skipWS(c, end)
+		if i >= len(c) {
+			return errSyntax
+		}
+		if c[i] == ']' {
+			return nil
+		}
+		if c[i] != ',' {
+			return errSyntax
+		}
+		i = skipWS(c, i+1)
 	}
 }
 
-// textPart returns the "text" string of a part whose type is text, input_text or
-// output_text.
-func textPart(p []byte) (text []byte, ok bool) {
-	if len(p) == 0 || p[0] != '{' {
-		return nil, false
-	}
-	it, err := newObjIter(p, 0)
+// textPart reads the part object starting at p[start] and returns the index just past
+// it and, when its type is text, input_text or output_text and it has a "text" string,
+// that string's literal.
+func textPart(p []byte, start int) (text []byte, end int, ok bool, err error) {
+	it, err := newObjIter(p, start)
 	if err != nil {
-		return nil, false
+		return nil, 0, false, err
 	}
 	var typ []byte
 	for {
 		key, vs, ve, more, err := it.next()
 		if err != nil {
-			return nil, false
+			return nil, 0, false, err
 		}
 		if !more {
 			break
@@ -307,12 +361,12 @@ func textPart(p []byte) (text []byte, ok bool) {
 		}
 	}
 	if len(text) == 0 || text[0] != '"' {
-		return nil, false
+		return nil, it.i, false, nil
 	}
 	if keyIs(typ, "text") || keyIs(typ, "input_text") || keyIs(typ, "output_text") {
-		return text, true
+		return text, it.i, true, nil
 	}
-	return nil, false
+	return nil, it.i, false, nil
 }
 
 var _ Hasher = Approx{}

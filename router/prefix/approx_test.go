@@ -63,6 +63,16 @@ func TestApproxChunks(t *testing.T) {
 		t.Fatalf("tokens %d, want %d", r.Tokens, (len(text)+3)/4)
 	}
 
+	// Chunks longer than the stack buffer stream through a digest, with equal results.
+	long := &Request{Model: "m", BlockSize: 300, Prompt: rawJSON(t, words(0, 1000))}
+	r, err = Approx{}.Hash(t.Context(), long, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := refChunks(approxSeed(long), []byte(words(0, 1000)), 1200); !slices.Equal(r.Hashes, want) || len(want) < 3 {
+		t.Fatalf("1200-byte chunks: %d hashes, want %d", len(r.Hashes), len(want))
+	}
+
 	// A string prompt is its own canonical text, escapes decoded.
 	p := &Request{Model: "m", BlockSize: 3, Prompt: []byte(`"line\none \"q\" \ud83d\ude00 and some more text"`)}
 	r, err = Approx{}.Hash(t.Context(), p, nil)

@@ -203,48 +203,6 @@ func (it *objIter) next() (key []byte, vs, ve int, ok bool, err error) {
 	return key, vs, ve, true, nil
 }
 
-// arrIter walks the elements of a JSON array.
-type arrIter struct {
-	b     []byte
-	i     int
-	first bool
-}
-
-// newArrIter starts at b[i], which must be '['.
-func newArrIter(b []byte, i int) (arrIter, error) {
-	if i >= len(b) || b[i] != '[' {
-		return arrIter{}, errSyntax
-	}
-	return arrIter{b: b, i: i + 1, first: true}, nil
-}
-
-// next returns the span b[vs:ve] of the next element; ok is false after the closing
-// bracket, where it.i points just past it.
-func (it *arrIter) next() (vs, ve int, ok bool, err error) {
-	b := it.b
-	i := skipWS(b, it.i)
-	if i >= len(b) {
-		return 0, 0, false, errSyntax
-	}
-	if b[i] == ']' {
-		it.i = i + 1
-		return 0, 0, false, nil
-	}
-	if !it.first {
-		if b[i] != ',' {
-			return 0, 0, false, errSyntax
-		}
-		i = skipWS(b, i+1)
-	}
-	it.first = false
-	ve, err = skipValue(b, i, 1)
-	if err != nil {
-		return 0, 0, false, err
-	}
-	it.i = ve
-	return i, ve, true, nil
-}
-
 // keyIs reports whether a key as written (quotes and escapes kept) equals want after
 // unescaping.
 func keyIs(key []byte, want string) bool {
