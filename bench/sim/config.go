@@ -31,8 +31,12 @@ type Config struct {
 	Topic string `yaml:"topic"`
 	// BufferSteps is how many event batches the replay socket keeps. Default 10000.
 	BufferSteps int `yaml:"buffer_steps"`
-	// DPRank is the data-parallel rank sent in each event batch; -1 omits it. Default 0.
+	// DPRank is the data-parallel rank sent in the event batches of DP rank 0 (rank r
+	// sends DPRank+r); -1 omits it. Default 0.
 	DPRank int `yaml:"dp_rank"`
+	// DataParallelSize is the number of data-parallel ranks, each a full engine with its
+	// own KV cache (KVBlocks each) and event sockets, behind one HTTP server. Default 1.
+	DataParallelSize int `yaml:"data_parallel_size"`
 	// BlockSize is the KV-cache block size in tokens. Default 16.
 	BlockSize int `yaml:"block_size"`
 	// KVBlocks is the KV-cache capacity in blocks; 0 takes the profile's capacity scaled
@@ -75,8 +79,9 @@ type FleetConfig struct {
 	// Host is the address every socket binds to. Default "127.0.0.1".
 	Host string `yaml:"host"`
 	// BasePort, when positive, gives worker i the HTTP port BasePort+3i, the event PUB
-	// port BasePort+3i+1 and the replay port BasePort+3i+2; 0 picks free ports.
-	// Default 0.
+	// port BasePort+3i+1 and the replay port BasePort+3i+2; 0 picks free ports. With
+	// D data-parallel ranks a worker takes 1+2D ports: HTTP, D event ports, D replay
+	// ports. Default 0.
 	BasePort int `yaml:"base_port"`
 	// Worker is the configuration of every worker; in YAML its keys sit at the top level.
 	Worker Config `yaml:",inline"`
@@ -98,6 +103,7 @@ func DefaultConfig() Config {
 		StreamChunkTokens:   1,
 		MeanOutputTokens:    64,
 		Seed:                1,
+		DataParallelSize:    1,
 	}
 }
 
@@ -131,11 +137,15 @@ func (c *Config) Validate() error {
 		{"stream_chunk_tokens", c.StreamChunkTokens, 1},
 		{"mean_output_tokens", c.MeanOutputTokens, 1},
 		{"dp_rank", c.DPRank, -1},
+		{"data_parallel_size", c.DataParallelSize, 1},
 	}
 	for _, ch := range checks {
 		if ch.v < ch.min {
 			return fmt.Errorf("%s must be at least %d, got %d", ch.name, ch.min, ch.v)
 		}
+	}
+	if c.DataParallelSize > 64 {
+		return fmt.Errorf("data_parallel_size must be at most 64, got %d", c.DataParallelSize)
 	}
 	if !(c.TimeScale > 0) || c.TimeScale > 1e6 {
 		return fmt.Errorf("time_scale must be in (0, 1e6], got %v", c.TimeScale)
@@ -154,10 +164,13 @@ func (c *FleetConfig) Validate() error {
 	if c.Host == "" {
 		return errors.New("host must not be empty")
 	}
-	if c.BasePort < 0 || c.BasePort+3*c.Workers > 65536 {
-		return fmt.Errorf("base_port %d leaves no room for %d workers (3 ports each)", c.BasePort, c.Workers)
+	if err := c.Worker.Validate(); err != nil {
+		return err
 	}
-	return c.Worker.Validate()
+	if stride := c.portStride(); c.BasePort < 0 || c.BasePort+stride*c.Workers > 65536 {
+		return fmt.Errorf("base_port %d leaves no room for %d workers (%d ports each)", c.BasePort, c.Workers, stride)
+	}
+	return nil
 }
 
 func (c *Config) eventFormat() kvevents.Format {
@@ -211,3 +224,6 @@ func (c *Config) chatTemplate() ChatTemplate {
 	}
 	return WordTokenizer{}
 }
+
+// portStride is the number of ports each worker takes from BasePort.
+func (c *FleetConfig) portStride() int { return 1 + 2*c.Worker.DataParallelSize }

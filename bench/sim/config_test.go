@@ -30,6 +30,9 @@ func TestParseFleetConfig(t *testing.T) {
 		{"faults: {hang_rate: 1.5}", "hang_rate must be in [0, 1], got 1.5"},
 		{"base_port: 65530\nworkers: 3", "base_port 65530 leaves no room for 3 workers"},
 		{"dp_rank: -2", "dp_rank must be at least -1, got -2"},
+		{"data_parallel_size: 0", "data_parallel_size must be at least 1, got 0"},
+		{"data_parallel_size: 65", "data_parallel_size must be at most 64, got 65"},
+		{"base_port: 65000\nworkers: 100\ndata_parallel_size: 4", "base_port 65000 leaves no room for 100 workers (9 ports each)"},
 	}
 	for _, tt := range tests {
 		_, err := ParseFleetConfig([]byte(tt.yaml))

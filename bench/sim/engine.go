@@ -72,6 +72,7 @@ type engine struct {
 	pub       *kvevents.Publisher
 	enc       *kvevents.Encoder
 	hashSeed  uint64
+	dpRank    int // sent in event batches; -1 omits it
 	wake      chan struct{}
 	stats     *engineStats
 	slow      atomic.Uint64 // float64 bits of the slow-down factor
@@ -101,7 +102,7 @@ type engineStats struct {
 	cachedBlocks                 atomic.Int64
 }
 
-func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher, seed uint64, stats *engineStats) *engine {
+func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher, seed uint64, dpRank int, stats *engineStats) *engine {
 	e := &engine{
 		cfg:       cfg,
 		prof:      prof,
@@ -109,6 +110,7 @@ func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher,
 		pub:       pub,
 		enc:       kvevents.NewEncoder(cfg.eventFormat()),
 		hashSeed:  seed,
+		dpRank:    dpRank,
 		wake:      make(chan struct{}, 1),
 		stats:     stats,
 		pool:      kvcache.New(capacity),
@@ -423,7 +425,7 @@ func (e *engine) publish(now time.Time) {
 	}
 	all = append(all, e.events...)
 	ts := float64(now.UnixNano()) / 1e9
-	e.pub.Publish(e.enc.Encode(ts, e.cfg.DPRank, all))
+	e.pub.Publish(e.enc.Encode(ts, e.dpRank, all))
 	e.evicted = e.evicted[:0]
 	clear(e.events)
 	e.events = e.events[:0]

@@ -138,16 +138,22 @@ type eventSub struct {
 // subscribe connects a SUB socket to w and waits until the subscription is active.
 func subscribe(t *testing.T, w *Worker) *eventSub {
 	t.Helper()
+	return subscribeTo(t, w.EventsEndpoint(), w.EventsSubscribed)
+}
+
+// subscribeTo connects a SUB socket to endpoint and waits until subscribed() holds.
+func subscribeTo(t *testing.T, endpoint string, subscribed func() bool) *eventSub {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &eventSub{t: t, sock: zmq4.NewSub(ctx), ch: make(chan wireBatch, 1024)}
 	t.Cleanup(func() { cancel(); _ = s.sock.Close() })
-	if err := s.sock.Dial(w.EventsEndpoint()); err != nil {
+	if err := s.sock.Dial(endpoint); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.sock.SetOption(zmq4.OptionSubscribe, ""); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, "subscription", w.EventsSubscribed)
+	checkFor(t, 5*time.Second, "subscription", subscribed)
 	go func() {
 		for {
 			msg, err := s.sock.Recv()

@@ -23,7 +23,8 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		wc.Seed += int64(i)
 		var hp, ep, rp int
 		if cfg.BasePort > 0 {
-			hp, ep, rp = cfg.BasePort+3*i, cfg.BasePort+3*i+1, cfg.BasePort+3*i+2
+			base, dp := cfg.BasePort+cfg.portStride()*i, cfg.Worker.DataParallelSize
+			hp, ep, rp = base, base+1, base+1+dp
 		}
 		w, err := StartWorker(ctx, fmt.Sprintf("w%d", i), wc, cfg.Host, hp, ep, rp)
 		if err != nil {

@@ -17,98 +17,98 @@ var (
 )
 
 // metrics are one worker's Prometheus metrics, named as the imitated engine names them.
+// Every DP rank registers its own series, told apart by vLLM's "engine" label (the DP
+// engine index) or, for SGLang, a "dp_rank" label when there are several ranks.
 type metrics struct {
-	reg      *prometheus.Registry
+	reg       *prometheus.Registry
+	cfg       *Config
+	numBlocks int
+}
+
+// rankMetrics are the series a request handler observes for one rank.
+type rankMetrics struct {
 	ttft     prometheus.Observer
 	itl      prometheus.Observer
 	e2e      prometheus.Observer
 	finished *prometheus.CounterVec
 }
 
-func newMetrics(cfg *Config, numBlocks int, st *engineStats) *metrics {
-	reg := prometheus.NewRegistry()
-	m := &metrics{reg: reg}
-	if cfg.Engine == "sglang" {
-		m.sglang(cfg, numBlocks, st)
-		return m
-	}
-	labels := prometheus.Labels{"model_name": cfg.Model, "engine": "0"}
-	gauge := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, f))
-	}
-	counter := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f))
-	}
-	gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
-		func() float64 { return float64(st.running.Load()) })
-	gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
-		func() float64 { return float64(st.waiting.Load()) })
-	gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-		func() float64 { return float64(st.usedBlocks.Load()) / float64(numBlocks) })
-	counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.",
-		func() float64 { return float64(st.prefixQueries.Load()) })
-	counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.",
-		func() float64 { return float64(st.prefixHits.Load()) })
-	counter("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.",
-		func() float64 { return float64(st.preemptions.Load()) })
-	counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.",
-		func() float64 { return float64(st.promptTokens.Load()) })
-	counter("vllm:generation_tokens_total", "Number of generation tokens processed.",
-		func() float64 { return float64(st.generatedTokens.Load()) })
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "vllm:cache_config_info", Help: "Information of the LLMEngine CacheConfig",
-		ConstLabels: prometheus.Labels{
-			"engine": "0", "block_size": strconv.Itoa(cfg.BlockSize), "num_gpu_blocks": strconv.Itoa(numBlocks),
-			"enable_prefix_caching": "True", "cache_dtype": "auto",
-		},
-	}, func() float64 { return 1 }))
-	m.histograms("vllm:", labels)
-	m.finished = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "vllm:request_success_total", Help: "Count of successfully processed requests.", ConstLabels: labels,
-	}, []string{"finished_reason"})
-	reg.MustRegister(m.finished)
-	return m
+func newMetrics(cfg *Config, numBlocks int) *metrics {
+	return &metrics{reg: prometheus.NewRegistry(), cfg: cfg, numBlocks: numBlocks}
 }
 
-func (m *metrics) histograms(prefix string, labels prometheus.Labels) {
+// rank registers rank i's series, reading st.
+func (m *metrics) rank(i int, st *engineStats) *rankMetrics {
+	cfg, reg := m.cfg, m.reg
+	sglang := cfg.Engine == "sglang"
+	prefix := "vllm:"
+	labels := prometheus.Labels{"model_name": cfg.Model, "engine": strconv.Itoa(i)}
+	if sglang {
+		prefix = "sglang:"
+		labels = prometheus.Labels{"model_name": cfg.Model}
+		if cfg.DataParallelSize > 1 {
+			labels["dp_rank"] = strconv.Itoa(i)
+		}
+	}
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: prefix + name, Help: help, ConstLabels: labels}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: prefix + name, Help: help, ConstLabels: labels}, f))
+	}
+	usage := func() float64 { return float64(st.usedBlocks.Load()) / float64(m.numBlocks) }
+	running := func() float64 { return float64(st.running.Load()) }
+	waiting := func() float64 { return float64(st.waiting.Load()) }
+	prompt := func() float64 { return float64(st.promptTokens.Load()) }
+	generated := func() float64 { return float64(st.generatedTokens.Load()) }
+	info := prometheus.Labels{}
+	finishedName, finishedHelp := "request_success_total", "Count of successfully processed requests."
+	if sglang {
+		// python/sglang/srt/metrics/collector.py
+		gauge("num_running_reqs", "The number of running requests.", running)
+		gauge("num_queue_reqs", "The number of requests in the waiting queue.", waiting)
+		gauge("token_usage", "The token usage.", usage)
+		counter("prompt_tokens_total", "Number of prefill tokens processed.", prompt)
+		counter("generation_tokens_total", "Number of generation tokens processed.", generated)
+		counter("cached_tokens_total", "Number of cached prompt tokens.",
+			func() float64 { return float64(st.cachedTokens.Load()) })
+		info["page_size"], info["num_pages"] = strconv.Itoa(cfg.BlockSize), strconv.Itoa(m.numBlocks)
+		if cfg.DataParallelSize > 1 {
+			info["dp_rank"] = strconv.Itoa(i)
+		}
+		finishedName, finishedHelp = "num_requests_total", "Number of finished requests."
+	} else {
+		// vllm/v1/metrics/loggers.py
+		gauge("num_requests_running", "Number of requests in model execution batches.", running)
+		gauge("num_requests_waiting", "Number of requests waiting to be processed.", waiting)
+		gauge("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)
+		counter("prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.",
+			func() float64 { return float64(st.prefixQueries.Load()) })
+		counter("prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.",
+			func() float64 { return float64(st.prefixHits.Load()) })
+		counter("num_preemptions_total", "Cumulative number of preemption from the engine.",
+			func() float64 { return float64(st.preemptions.Load()) })
+		counter("prompt_tokens_total", "Number of prefill tokens processed.", prompt)
+		counter("generation_tokens_total", "Number of generation tokens processed.", generated)
+		info["engine"], info["block_size"], info["num_gpu_blocks"] = strconv.Itoa(i), strconv.Itoa(cfg.BlockSize), strconv.Itoa(m.numBlocks)
+		info["enable_prefix_caching"], info["cache_dtype"] = "True", "auto"
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: prefix + "cache_config_info", Help: "Information of the cache config.", ConstLabels: info,
+	}, func() float64 { return 1 }))
 	h := func(name, help string, b []float64) prometheus.Observer {
 		v := prometheus.NewHistogram(prometheus.HistogramOpts{Name: prefix + name, Help: help, Buckets: b, ConstLabels: labels})
-		m.reg.MustRegister(v)
+		reg.MustRegister(v)
 		return v
 	}
-	m.ttft = h("time_to_first_token_seconds", "Histogram of time to first token in seconds.", ttftBuckets)
-	m.itl = h("inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", itlBuckets)
-	m.e2e = h("e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", e2eBuckets)
-}
-
-// sglang registers SGLang's names for the same gauges (python/sglang/srt/metrics).
-func (m *metrics) sglang(cfg *Config, numBlocks int, st *engineStats) {
-	labels := prometheus.Labels{"model_name": cfg.Model}
-	gauge := func(name, help string, f func() float64) {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, f))
+	rm := &rankMetrics{
+		ttft: h("time_to_first_token_seconds", "Histogram of time to first token in seconds.", ttftBuckets),
+		itl:  h("inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", itlBuckets),
+		e2e:  h("e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", e2eBuckets),
+		finished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + finishedName, Help: finishedHelp, ConstLabels: labels,
+		}, []string{"finished_reason"}),
 	}
-	counter := func(name, help string, f func() float64) {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f))
-	}
-	gauge("sglang:num_running_reqs", "The number of running requests.",
-		func() float64 { return float64(st.running.Load()) })
-	gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.",
-		func() float64 { return float64(st.waiting.Load()) })
-	gauge("sglang:token_usage", "The token usage.",
-		func() float64 { return float64(st.usedBlocks.Load()) / float64(numBlocks) })
-	counter("sglang:prompt_tokens_total", "Number of prefill tokens processed.",
-		func() float64 { return float64(st.promptTokens.Load()) })
-	counter("sglang:generation_tokens_total", "Number of generation tokens processed.",
-		func() float64 { return float64(st.generatedTokens.Load()) })
-	counter("sglang:cached_tokens_total", "Number of cached prompt tokens.",
-		func() float64 { return float64(st.cachedTokens.Load()) })
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "sglang:cache_config_info", Help: "Information of the cache config.",
-		ConstLabels: prometheus.Labels{"page_size": strconv.Itoa(cfg.BlockSize), "num_pages": strconv.Itoa(numBlocks)},
-	}, func() float64 { return 1 }))
-	m.histograms("sglang:", labels)
-	m.finished = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sglang:num_requests_total", Help: "Number of finished requests.", ConstLabels: labels,
-	}, []string{"finished_reason"})
-	m.reg.MustRegister(m.finished)
+	reg.MustRegister(rm.finished)
+	return rm
 }

@@ -180,12 +180,12 @@ func isPromptBlock(prompts [][]uint32, blk []uint32) bool {
 // promptHashes returns the engine hashes of the full blocks of the prompts, computed
 // the way the engine does, to map the 32-byte digests of evicted blocks back to uint64s.
 func promptHashes(w *Worker, prompts [][]uint32) []uint64 {
-	w.eng.mu.Lock()
-	defer w.eng.mu.Unlock()
+	w.ranks[0].eng.mu.Lock()
+	defer w.ranks[0].eng.mu.Unlock()
 	var out []uint64
 	for _, p := range prompts {
 		r := &request{tokens: p}
-		w.eng.hashFull(r)
+		w.ranks[0].eng.hashFull(r)
 		out = append(out, r.hashes...)
 	}
 	return out

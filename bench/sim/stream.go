@@ -14,6 +14,7 @@ import (
 // stream answers one generation request, streamed or not, from the engine's progress.
 type stream struct {
 	w        *Worker
+	rk       *Rank
 	rw       http.ResponseWriter
 	p        *genParams
 	r        *request
@@ -38,7 +39,7 @@ type progress struct {
 }
 
 func (s *stream) snapshot() progress {
-	e := s.w.eng
+	e := s.rk.eng
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r := s.r
@@ -66,10 +67,10 @@ func (s *stream) run(ctx context.Context) {
 		select {
 		case <-s.r.notify:
 		case <-ctx.Done():
-			s.w.eng.abort(s.r)
+			s.rk.eng.abort(s.r)
 			return
 		case <-s.w.ctx.Done():
-			s.w.eng.abort(s.r)
+			s.rk.eng.abort(s.r)
 			abortConn()
 		}
 		pr := s.snapshot()
@@ -97,7 +98,7 @@ func (s *stream) run(ctx context.Context) {
 			n := min(limit-s.sent, k)
 			if s.sent == 0 {
 				n = 1
-				s.w.metrics.ttft.Observe(now.Sub(s.r.arrival).Seconds())
+				s.rk.m.ttft.Observe(now.Sub(s.r.arrival).Seconds())
 				if s.chat {
 					s.write(fl, s.roleChunk())
 					if s.dying() {
@@ -105,7 +106,7 @@ func (s *stream) run(ctx context.Context) {
 					}
 				}
 			} else {
-				s.w.metrics.itl.Observe(now.Sub(s.lastSent).Seconds() / float64(n))
+				s.rk.m.itl.Observe(now.Sub(s.lastSent).Seconds() / float64(n))
 			}
 			s.lastSent = now
 			finish := ""
@@ -135,7 +136,7 @@ func (s *stream) dying() bool {
 		return false
 	}
 	s.w.died.Add(1)
-	s.w.eng.abort(s.r)
+	s.rk.eng.abort(s.r)
 	abortConn()
 	return true
 }
@@ -149,8 +150,8 @@ func (s *stream) write(fl http.Flusher, b []byte) {
 }
 
 func (s *stream) observeEnd(pr progress) {
-	s.w.metrics.e2e.Observe(time.Since(s.r.arrival).Seconds())
-	s.w.metrics.finished.WithLabelValues(pr.finish).Inc()
+	s.rk.m.e2e.Observe(time.Since(s.r.arrival).Seconds())
+	s.rk.m.finished.WithLabelValues(pr.finish).Inc()
 }
 
 // appendText appends the text of output tokens [from, to).
@@ -252,7 +253,7 @@ func (s *stream) finishUnary(pr progress) {
 		abortConn()
 	}
 	now := time.Now()
-	s.w.metrics.ttft.Observe(now.Sub(s.r.arrival).Seconds())
+	s.rk.m.ttft.Observe(now.Sub(s.r.arrival).Seconds())
 	s.observeEnd(pr)
 	text := string(s.appendText(nil, 0, pr.out))
 	var u Usage

@@ -16,14 +16,22 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/kvroute/kvroute/bench/sim/kvevents"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Info says where a worker listens, as printed by the kvsim command.
+// Info says where a worker listens, as printed by the kvsim command. Events and Replay
+// are DP rank 0's; Ranks lists every rank when there are several.
 type Info struct {
-	ID     string `json:"id"`
-	URL    string `json:"url"`
+	ID     string     `json:"id"`
+	URL    string     `json:"url"`
+	Events string     `json:"events"`
+	Replay string     `json:"replay"`
+	Ranks  []RankInfo `json:"ranks,omitempty"`
+}
+
+// RankInfo gives one DP rank's event endpoints.
+type RankInfo struct {
+	Rank   int    `json:"rank"`
 	Events string `json:"events"`
 	Replay string `json:"replay"`
 }
@@ -71,9 +79,7 @@ type Worker struct {
 	prof    Profile
 	tk      Tokenizer
 	tmpl    ChatTemplate
-	eng     *engine
-	pub     *kvevents.Publisher
-	stats   engineStats
+	ranks   []*Rank
 	metrics *metrics
 	srv     *http.Server
 	ln      net.Listener
@@ -83,7 +89,6 @@ type Worker struct {
 	blocks  int    // KV-cache capacity in blocks
 	ctx     context.Context
 	cancel  context.CancelFunc
-	engDone chan struct{}
 	// hangCtx ends when the server shuts down, releasing requests the hang fault holds.
 	hangCtx    context.Context
 	hangCancel context.CancelFunc
@@ -99,8 +104,9 @@ type Worker struct {
 }
 
 // StartWorker starts a worker with the given id, binding its HTTP server, event PUB and
-// replay ROUTER sockets on host at the given ports (0: a free port). cfg must be valid.
-// The worker runs until [Worker.Close] or until ctx ends.
+// replay ROUTER sockets on host at the given ports (0: a free port; with
+// data_parallel_size > 1, rank r binds eventsPort+r and replayPort+r as vLLM does, or
+// free ports). cfg must be valid. The worker runs until [Worker.Close] or ctx ends.
 func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPort, eventsPort, replayPort int) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker %s: %w", id, err)
@@ -113,7 +119,7 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Worker{
 		id: id, cfg: cfg, prof: prof, tk: cfg.tokenizer(), tmpl: cfg.chatTemplate(),
-		ctx: ctx, cancel: cancel, engDone: make(chan struct{}),
+		ctx: ctx, cancel: cancel,
 		rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6b7673696d)),
 	}
 	w.modelJS, _ = json.Marshal(cfg.Model)
@@ -122,41 +128,30 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	w.maxLen = min(cfg.MaxModelLen, capacity*cfg.BlockSize)
 	w.blocks = capacity
 	w.hangCtx, w.hangCancel = context.WithCancel(ctx)
-	pub, err := kvevents.Listen(ctx, kvevents.Config{
-		Endpoint:       fmt.Sprintf("tcp://%s:%d", host, eventsPort),
-		ReplayEndpoint: fmt.Sprintf("tcp://%s:%d", host, replayPort),
-		Topic:          cfg.Topic,
-		BufferSteps:    cfg.BufferSteps,
-	})
-	if err != nil {
+	w.metrics = newMetrics(&w.cfg, capacity)
+	fail := func(err error) (*Worker, error) {
 		cancel()
-		return nil, fmt.Errorf("worker %s: %w", id, err)
+		return nil, errors.Join(fmt.Errorf("worker %s: %w", id, err), closeRanks(w.ranks))
 	}
-	w.pub = pub
+	for i := range cfg.DataParallelSize {
+		rk, err := startRank(ctx, w, i, host, eventsPort, replayPort, capacity)
+		if err != nil {
+			return fail(err)
+		}
+		w.ranks = append(w.ranks, rk)
+	}
+	if err := w.SetFaults(cfg.Faults); err != nil {
+		return fail(err)
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(httpPort)))
 	if err != nil {
-		cancel()
-		_ = pub.Close()
-		return nil, fmt.Errorf("worker %s: listen http: %w", id, err)
+		return fail(fmt.Errorf("listen http: %w", err))
 	}
 	w.ln = ln
 	w.url = "http://" + ln.Addr().String()
-	hashSeed := xxhash.Sum64String("kvsim-engine-seed/" + strconv.FormatInt(cfg.Seed, 10))
-	w.eng = newEngine(&w.cfg, prof, capacity, pub, hashSeed, &w.stats)
-	w.metrics = newMetrics(&w.cfg, capacity, &w.stats)
-	if err := w.SetFaults(cfg.Faults); err != nil {
-		cancel()
-		_ = pub.Close()
-		_ = ln.Close()
-		return nil, fmt.Errorf("worker %s: %w", id, err)
-	}
 	w.srv = &http.Server{Handler: w.routes(), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	w.srv.RegisterOnShutdown(w.hangCancel)
-	go func() {
-		defer close(w.engDone)
-		w.eng.run(ctx)
-	}()
 	go func() { _ = w.srv.Serve(ln) }()
 	return w, nil
 }
@@ -167,15 +162,26 @@ func (w *Worker) ID() string { return w.id }
 // URL returns the worker's HTTP base URL, "http://127.0.0.1:port".
 func (w *Worker) URL() string { return w.url }
 
-// EventsEndpoint returns the KV-event PUB endpoint, "tcp://127.0.0.1:port".
-func (w *Worker) EventsEndpoint() string { return w.pub.Endpoint() }
+// EventsEndpoint returns the KV-event PUB endpoint of DP rank 0,
+// "tcp://127.0.0.1:port".
+func (w *Worker) EventsEndpoint() string { return w.ranks[0].EventsEndpoint() }
 
-// ReplayEndpoint returns the KV-event replay ROUTER endpoint.
-func (w *Worker) ReplayEndpoint() string { return w.pub.ReplayEndpoint() }
+// ReplayEndpoint returns the KV-event replay ROUTER endpoint of DP rank 0.
+func (w *Worker) ReplayEndpoint() string { return w.ranks[0].ReplayEndpoint() }
+
+// Ranks returns the worker's data-parallel ranks, in index order (one unless
+// data_parallel_size is set). The slice must not be modified.
+func (w *Worker) Ranks() []*Rank { return w.ranks }
 
 // Info returns the worker's id and endpoints.
 func (w *Worker) Info() Info {
-	return Info{ID: w.id, URL: w.url, Events: w.EventsEndpoint(), Replay: w.ReplayEndpoint()}
+	info := Info{ID: w.id, URL: w.url, Events: w.EventsEndpoint(), Replay: w.ReplayEndpoint()}
+	if len(w.ranks) > 1 {
+		for _, rk := range w.ranks {
+			info.Ranks = append(info.Ranks, RankInfo{Rank: rk.index, Events: rk.EventsEndpoint(), Replay: rk.ReplayEndpoint()})
+		}
+	}
+	return info
 }
 
 // Config returns the worker's configuration.
@@ -184,31 +190,37 @@ func (w *Worker) Config() Config { return w.cfg }
 // Tokenizer returns the tokenizer the worker uses.
 func (w *Worker) Tokenizer() Tokenizer { return w.tk }
 
-// EventsSubscribed reports whether a subscriber's subscription matching the worker's
-// topic has reached the PUB socket (ZMQ drops messages published before that).
-func (w *Worker) EventsSubscribed() bool { return w.pub.Subscribed() }
-
-// Stats returns a snapshot of the worker's counters and gauges.
-func (w *Worker) Stats() Stats {
-	st := &w.stats
-	next, sent, dropped := w.pub.Stats()
-	used := int(st.usedBlocks.Load())
-	return Stats{
-		Requests: st.requests.Load(), Finished: st.finished.Load(), Aborted: st.aborted.Load(),
-		PromptTokens: st.promptTokens.Load(), CachedTokens: st.cachedTokens.Load(),
-		GeneratedTokens: st.generatedTokens.Load(), Preemptions: st.preemptions.Load(),
-		Steps: st.steps.Load(), BusyTime: time.Duration(st.busyNanos.Load()),
-		Running: int(st.running.Load()), Waiting: int(st.waiting.Load()),
-		UsedBlocks: used, CachedBlocks: int(st.cachedBlocks.Load()),
-		TotalBlocks: w.blocks,
-		NextSeq:     next, EventBatchesSent: sent, EventBatchesDropped: dropped,
-		Failed: w.failed.Load(), Hung: w.hung.Load(), Died: w.died.Load(),
+// EventsSubscribed reports whether, on every DP rank, a subscription matching the
+// worker's topic has reached the PUB socket (ZMQ drops messages published before that).
+func (w *Worker) EventsSubscribed() bool {
+	for _, rk := range w.ranks {
+		if !rk.EventsSubscribed() {
+			return false
+		}
 	}
+	return true
 }
 
-// CachedBlockHashes returns the engine hashes of every block in the prefix cache (once
-// per cached copy), in no particular order.
-func (w *Worker) CachedBlockHashes() []uint64 { return w.eng.cachedHashes() }
+// Stats returns a snapshot of the worker's counters and gauges, summed over its DP
+// ranks (see [Rank.Stats] for one rank).
+func (w *Worker) Stats() Stats {
+	var s Stats
+	for _, rk := range w.ranks {
+		s.add(rk.Stats())
+	}
+	s.Failed, s.Hung, s.Died = w.failed.Load(), w.hung.Load(), w.died.Load()
+	return s
+}
+
+// CachedBlockHashes returns the engine hashes of every block in the prefix caches of
+// all DP ranks (once per cached copy), in no particular order.
+func (w *Worker) CachedBlockHashes() []uint64 {
+	var out []uint64
+	for _, rk := range w.ranks {
+		out = append(out, rk.CachedBlockHashes()...)
+	}
+	return out
+}
 
 // SetFaults replaces the worker's faults after validating them. DropEventBatches is
 // applied at once as an action.
@@ -224,9 +236,11 @@ func (w *Worker) SetFaults(f Faults) error {
 	if slow == 0 {
 		slow = 1
 	}
-	w.eng.slow.Store(math.Float64bits(slow))
-	if f.DropEventBatches > 0 {
-		w.pub.DropNext(f.DropEventBatches)
+	for _, rk := range w.ranks {
+		rk.eng.slow.Store(math.Float64bits(slow))
+		if f.DropEventBatches > 0 {
+			rk.pub.DropNext(f.DropEventBatches)
+		}
 	}
 	return nil
 }
@@ -247,7 +261,11 @@ func (w *Worker) Restart(opt RestartOptions) error {
 		opt.Down = time.Duration(opt.DownMS) * time.Millisecond
 	}
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
-	if err := w.eng.restart(opt.AnnounceClear, opt.Rebind); err != nil {
+	var err error
+	for _, rk := range w.ranks {
+		err = errors.Join(err, rk.eng.restart(opt.AnnounceClear, opt.Rebind))
+	}
+	if err != nil {
 		return fmt.Errorf("restart %s: %w", w.id, err)
 	}
 	return nil
@@ -256,7 +274,11 @@ func (w *Worker) Restart(opt RestartOptions) error {
 // ResetPrefixCache empties the prefix cache and publishes AllBlocksCleared, like vLLM's
 // POST /reset_prefix_cache. It fails while requests are running.
 func (w *Worker) ResetPrefixCache() error {
-	if err := w.eng.resetPrefixCache(); err != nil {
+	var err error
+	for _, rk := range w.ranks {
+		err = errors.Join(err, rk.eng.resetPrefixCache())
+	}
+	if err != nil {
 		return fmt.Errorf("reset prefix cache: %w", err)
 	}
 	return nil
@@ -267,8 +289,7 @@ func (w *Worker) ResetPrefixCache() error {
 func (w *Worker) Close() error {
 	err := w.srv.Close()
 	w.cancel()
-	<-w.engDone
-	return errors.Join(err, w.pub.Close())
+	return errors.Join(err, closeRanks(w.ranks))
 }
 
 // Shutdown stops accepting requests and waits for the ones in flight to finish (or ctx
@@ -440,10 +461,35 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		}
 		return
 	}
+	rk, err := w.pickRank(hr)
+	if err != nil {
+		writeError(rw, err)
+		return
+	}
 	req := w.newRequest(p)
-	w.eng.submit(req)
-	s := stream{w: w, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
+	rk.eng.submit(req)
+	s := stream{w: w, rk: rk, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
 	s.run(hr.Context())
+}
+
+// pickRank chooses the DP rank of a request: the one named by the X-data-parallel-rank
+// header (vLLM's way for an external router to pin a rank), else the least loaded by
+// vLLM's score waiting*4 + running, lowest index on ties.
+func (w *Worker) pickRank(hr *http.Request) (*Rank, error) {
+	if h := hr.Header.Get("X-data-parallel-rank"); h != "" {
+		i, err := strconv.Atoi(h)
+		if err != nil || i < 0 || i >= len(w.ranks) {
+			return nil, badRequest("X-data-parallel-rank %q is not a rank in [0, %d)", h, len(w.ranks))
+		}
+		return w.ranks[i], nil
+	}
+	best := w.ranks[0]
+	for _, rk := range w.ranks[1:] {
+		if rk.load() < best.load() {
+			best = rk
+		}
+	}
+	return best, nil
 }
 
 func (w *Worker) newRequest(p *genParams) *request {

@@ -1,6 +1,7 @@
 // Command kvsim serves a fleet of simulated vLLM/SGLang workers on loopback (package
-// bench/sim). It prints one JSON line per worker, {"id","url","events","replay"}, then
-// serves until SIGINT or SIGTERM, when it stops gracefully.
+// bench/sim). It prints one JSON line per worker, {"id","url","events","replay"} (plus
+// "ranks" with --data-parallel-size > 1), then serves until SIGINT or SIGTERM, when it
+// stops gracefully.
 //
 //	kvsim --workers 4 --base-port 0 [--config kvsim.yaml] [flags]
 //
@@ -50,7 +51,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	digest := fs.Bool("digest-hashes", w.DigestHashes, "send block hashes as 32-byte digests (vLLM)")
 	topic := fs.String("topic", w.Topic, "KV-event topic")
 	bufferSteps := fs.Int("buffer-steps", w.BufferSteps, "event batches kept for replay")
-	dpRank := fs.Int("dp-rank", w.DPRank, "data-parallel rank in event batches (-1: omit)")
+	dpRank := fs.Int("dp-rank", w.DPRank, "data-parallel rank in rank 0's event batches (-1: omit)")
+	dpSize := fs.Int("data-parallel-size", w.DataParallelSize, "data-parallel ranks per worker (engines with their own cache and event ports)")
 	blockSize := fs.Int("block-size", w.BlockSize, "KV-cache block size in tokens")
 	kvBlocks := fs.Int("kv-blocks", w.KVBlocks, "KV-cache capacity in blocks (0: the profile's)")
 	maxSeqs := fs.Int("max-num-seqs", w.MaxNumSeqs, "most running requests")
@@ -81,7 +83,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"engine": func() { cfg.Worker.Engine = *engine }, "event-format": func() { cfg.Worker.EventFormat = *eventFormat },
 		"digest-hashes": func() { cfg.Worker.DigestHashes = *digest }, "topic": func() { cfg.Worker.Topic = *topic },
 		"buffer-steps": func() { cfg.Worker.BufferSteps = *bufferSteps }, "dp-rank": func() { cfg.Worker.DPRank = *dpRank },
-		"block-size": func() { cfg.Worker.BlockSize = *blockSize }, "kv-blocks": func() { cfg.Worker.KVBlocks = *kvBlocks },
+		"data-parallel-size": func() { cfg.Worker.DataParallelSize = *dpSize },
+		"block-size":         func() { cfg.Worker.BlockSize = *blockSize }, "kv-blocks": func() { cfg.Worker.KVBlocks = *kvBlocks },
 		"max-num-seqs": func() { cfg.Worker.MaxNumSeqs = *maxSeqs }, "max-num-batched-tokens": func() { cfg.Worker.MaxNumBatchedTokens = *maxBatched },
 		"max-model-len": func() { cfg.Worker.MaxModelLen = *maxLen }, "profile": func() { cfg.Worker.Profile = *profile },
 		"time-scale": func() { cfg.Worker.TimeScale = *timeScale }, "stream-chunk-tokens": func() { cfg.Worker.StreamChunkTokens = *chunkTokens },
