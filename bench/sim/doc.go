@@ -26,8 +26,9 @@
 //   - Every full block computed is published once as BlockStored with its token ids,
 //     parent hash and block size, in the step that computed it; a step's events form one
 //     batch with the next seq.
-//   - Engine block hashes are opaque uint64s seeded per worker: the same content has
-//     different hashes on different workers, and they never equal kvroute's own hashes.
+//   - Engine block hashes are opaque uint64s seeded per worker and rank: the same content
+//     has different hashes on different workers, and they never equal kvroute's own
+//     hashes.
 //   - Outputs are deterministic functions of the prompt; the built-in tokenizer and chat
 //     format are documented on [WordTokenizer].
 //   - No goroutine busy-waits: the engine sleeps on a timer per step (several steps per
