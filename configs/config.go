@@ -97,7 +97,9 @@ type Headers struct {
 
 // CacheAware configures the cache_aware policy (see scorer/cacheaware for the formula).
 type CacheAware struct {
-	// OverlapWeight scales prefill blocks against decode blocks. Default 1.
+	// OverlapWeight scales prefill blocks against decode blocks. Default 4: a block of
+	// prompt to recompute delays this request's first token, while a block of another
+	// request's KV only adds memory traffic to each decode step.
 	OverlapWeight float64 `yaml:"overlap_weight"`
 	// WaitingWeight is the cost in blocks of each request waiting in a worker's queue,
 	// from its scraped metrics. Default 0 (off).
@@ -181,7 +183,7 @@ func Default() Config {
 		Listen: ":8080",
 		Policy: "cache_aware",
 		CacheAware: CacheAware{
-			OverlapWeight:   1,
+			OverlapWeight:   4,
 			SessionSlack:    8,
 			MaxKVUsage:      1,
 			PredictionTTL:   120 * time.Second,

@@ -2,9 +2,11 @@ package router
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/upstream"
+	"github.com/kvroute/kvroute/upstream/scrape"
 )
 
 // defaultBlockSize is used for a model until its workers report theirs; it is vLLM's
@@ -27,6 +30,24 @@ type blockSizes struct {
 	byModel map[string]int
 }
 
+// learn records a worker's block size for model and returns the size the router uses for
+// it; known is false when this is the first size seen (it becomes the model's).
+func (b *blockSizes) learn(model string, n int) (use int, known bool) {
+	if b.configured > 0 {
+		return b.configured, true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur, ok := b.byModel[model]; ok {
+		return cur, true
+	}
+	if b.byModel == nil {
+		b.byModel = map[string]int{}
+	}
+	b.byModel[model] = n
+	return n, false
+}
+
 func (b *blockSizes) get(model string) int {
 	if b.configured > 0 {
 		return b.configured
@@ -38,6 +59,43 @@ func (b *blockSizes) get(model string) int {
 		return n
 	}
 	return defaultBlockSize
+}
+
+// onScrape receives a worker's scraped metrics: it stores them for the policy and learns
+// or checks the block size of the worker's models. A block size that differs from the
+// configured one, or between workers of one model, makes every prefix match of those
+// workers fail silently, so it is logged loudly and counted
+// (kvroute_router_block_size_mismatch).
+func (s *Server) onScrape(id string, m scrape.Sample, at time.Time, err error) {
+	w := s.pool.Worker(id)
+	if w == nil || err != nil {
+		return
+	}
+	w.SetMetrics(upstream.EngineMetrics{
+		Running: m.Running, Waiting: m.Waiting, KVUsage: m.KVUsage, BlockSize: m.BlockSize, NumBlocks: m.NumBlocks, At: at,
+	})
+	if m.BlockSize <= 0 {
+		return
+	}
+	mismatch := false
+	for _, model := range w.Models() {
+		want, known := s.blocks.learn(model, m.BlockSize)
+		if known && want != m.BlockSize {
+			mismatch = true
+			if s.mismatchLogged.CompareAndSwap(false, true) || s.log.Enabled(context.Background(), slog.LevelDebug) {
+				s.log.Error("KV block size mismatch: this worker's prefixes will never match requests",
+					"worker", id, "model", model, "worker_block_size", m.BlockSize, "router_block_size", want)
+			}
+		}
+	}
+	s.metrics.blockMismatch.WithLabelValues(id).Set(b2f(mismatch))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // hashPrompt fills st with the request's block hashes and prompt length, and asks the

@@ -19,9 +19,10 @@ type metrics struct {
 	retries   *prometheus.CounterVec   // model
 	decisions prometheus.Histogram
 
-	overlapRatio *prometheus.HistogramVec // model
-	promptTokens *prometheus.CounterVec   // model
-	predictedHit *prometheus.CounterVec   // model
+	overlapRatio  *prometheus.HistogramVec // model
+	promptTokens  *prometheus.CounterVec   // model
+	predictedHit  *prometheus.CounterVec   // model
+	blockMismatch *prometheus.GaugeVec     // worker
 }
 
 // latencyBuckets span 1 ms to ~10 min: LLM requests range from cached embeddings to long
@@ -68,9 +69,13 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Name: "kvroute_router_predicted_hit_tokens_total",
 			Help: "Prompt tokens the router expected the chosen worker to have cached.",
 		}, []string{"model"}),
+		blockMismatch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvroute_router_block_size_mismatch",
+			Help: "1 when the worker's KV block size differs from the one the router hashes its models with: its prefixes never match.",
+		}, []string{"worker"}),
 	}
 	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.decisions,
-		m.overlapRatio, m.promptTokens, m.predictedHit}
+		m.overlapRatio, m.promptTokens, m.predictedHit, m.blockMismatch}
 	if reg == nil {
 		return m, nil
 	}

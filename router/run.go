@@ -18,6 +18,7 @@ import (
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
+	"github.com/kvroute/kvroute/upstream/scrape"
 )
 
 // Stack is a router with everything it runs: the worker pool, the prefix index, the
@@ -29,6 +30,7 @@ type Stack struct {
 	Pool     *upstream.Pool
 	Index    *indexer.Index
 	Events   *kvevents.Manager // nil when no worker publishes events
+	Scraper  *scrape.Scraper
 	Server   *Server
 	log      *slog.Logger
 	closers  []func()
@@ -65,7 +67,22 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.Scraper, err = scrape.New(scrape.Config{Interval: cfg.CacheAware.MetricsInterval, Timeout: cfg.Health.Timeout},
+		st.scrapeTargets, st.Server.onScrape, reg)
+	if err != nil {
+		return nil, fmt.Errorf("scrape: %w", err)
+	}
 	return st, nil
+}
+
+// scrapeTargets lists every worker's /metrics for the scraper.
+func (st *Stack) scrapeTargets() []scrape.Target {
+	ws := st.Pool.Workers()
+	out := make([]scrape.Target, len(ws))
+	for i, w := range ws {
+		out[i] = scrape.Target{ID: w.ID, URL: w.URL}
+	}
+	return out
 }
 
 // newHasher builds the configured tokenize mode, wrapped so that a failure falls back to
@@ -182,6 +199,7 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	st.Pool.Start(ctx)
 	goRun(st.Pool.Run)
 	goRun(func(c context.Context) { st.Index.Run(c, 0) })
+	goRun(st.Scraper.Run)
 	if st.Events != nil {
 		if err := st.setFeeds(); err != nil {
 			return err

@@ -56,6 +56,8 @@ type Server struct {
 	hasher    prefix.Hasher
 	blocks    blockSizes
 	decisions *decisionLog
+	// mismatchLogged limits the block-size mismatch error to once at info level.
+	mismatchLogged atomic.Bool
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
