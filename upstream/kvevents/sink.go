@@ -30,7 +30,9 @@ func (k WorkerKey) String() string {
 // Calls for one WorkerKey never overlap and arrive in order; calls for different keys may
 // run concurrently, so implementations must be safe for concurrent use. b and its slices
 // are only valid during Apply: the caller reuses them for the next batch, so a sink copies
-// what it keeps. Apply must not block for long: it holds up that worker's stream.
+// what it keeps. Apply must not block for long: it holds up that worker's stream. Sink
+// methods must not call back into the Manager's Remove or Set, which wait for the
+// worker's stream to stop and would deadlock.
 type Sink interface {
 	// Apply applies one batch of the worker's events. model is the worker's configured
 	// model name ("" when unknown).
