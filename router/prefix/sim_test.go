@@ -146,7 +146,7 @@ func TestFallback(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	m, _ := NewMetrics(nil)
-	dead := newEngine(t, "http://"+addr, func(o *EngineOptions) { o.Metrics = m; o.Timeout = 200 * time.Millisecond })
+	dead := newEngine(t, "http://"+addr, func(o *EngineOptions) { o.Metrics = m; o.Timeout = 5 * time.Second })
 	f := NewFallback(dead, m)
 	req := chatReq(t, conversation(2, 40)[1])
 	r, err := f.Hash(t.Context(), req, nil)
