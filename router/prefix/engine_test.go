@@ -210,7 +210,7 @@ func TestEngineDeadWorker(t *testing.T) {
 	}
 	addr := free.Addr().String()
 	free.Close()
-	e2 := newEngine(t, "http://"+addr, func(o *EngineOptions) { o.Timeout = time.Second })
+	e2 := newEngine(t, "http://"+addr, func(o *EngineOptions) { o.Timeout = 5 * time.Second })
 	_, err = e2.Hash(t.Context(), req, nil)
 	if !errors.Is(err, errTransport) {
 		t.Fatalf("refused: %v, want a transport error (not a timeout)", err)
