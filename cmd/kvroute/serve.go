@@ -17,7 +17,7 @@ import (
 )
 
 func init() {
-	register(command{name: "serve", summary: "run the router (--config FILE, or --listen/--worker/--policy)", run: runServe})
+	register(command{name: "serve", summary: "run the router (--config FILE, or --listen/--worker/--policy/--tokenize)", run: runServe})
 	register(command{name: "check-config", summary: "validate a config file", run: runCheckConfig})
 }
 
@@ -33,6 +33,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)")
 	listen := fs.String("listen", "", "listen address, e.g. :8080 (overrides the config)")
 	policy := fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)")
+	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: engine, approx or local:PATH (overrides the config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	var workers stringList
 	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B]`; repeat for each worker")
@@ -44,7 +45,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 2
 	}
-	cfg, err := serveConfig(*configPath, *listen, *policy, workers)
+	cfg, err := serveConfig(*configPath, *listen, *policy, *tokenize, workers)
 	if err != nil {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 2
@@ -64,7 +65,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 }
 
 // serveConfig builds the config from a file and/or the quick-start flags; flags win.
-func serveConfig(path, listen, policy string, workers []string) (*configs.Config, error) {
+func serveConfig(path, listen, policy, tokenize string, workers []string) (*configs.Config, error) {
 	var cfg *configs.Config
 	if path != "" {
 		c, err := configs.LoadFile(path)
@@ -84,6 +85,9 @@ func serveConfig(path, listen, policy string, workers []string) (*configs.Config
 	}
 	if policy != "" {
 		cfg.Policy = policy
+	}
+	if tokenize != "" {
+		cfg.Tokenize.Mode = tokenize
 	}
 	if len(workers) > 0 {
 		cfg.Workers = nil

@@ -1,0 +1,71 @@
+package upstream
+
+import (
+	"errors"
+	"net"
+	"os"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestParseModels(t *testing.T) {
+	got, err := ParseModels([]byte(`{"object":"list","data":[{"id":"b","object":"model"},{"id":"a"},{"id":""},{"id":"b"}]}`))
+	if err != nil || !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("ParseModels = %v, %v; want [a b]", got, err)
+	}
+	for _, bad := range []string{``, `{"data":{}}`, `<html>`, `{"data":[{"id":3}]}`} {
+		if _, err := ParseModels([]byte(bad)); err == nil {
+			t.Errorf("ParseModels(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzParseModels(f *testing.F) {
+	f.Add([]byte(`{"object":"list","data":[{"id":"meta-llama/Llama-3.1-8B-Instruct","object":"model","created":1,"owned_by":"vllm","root":"x","parent":null,"max_model_len":8192}]}`))
+	f.Add([]byte(`{"data":[]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		models, err := ParseModels(body)
+		if err != nil {
+			return
+		}
+		if !slices.IsSorted(models) || slices.Contains(models, "") {
+			t.Fatalf("models %q not sorted or contain an empty id", models)
+		}
+	})
+}
+
+// The wrapper bounds the wait for the first byte after each SetReadDeadline, and only
+// that: once a byte has arrived, reads wait as long as the caller's deadline allows.
+func TestHeaderTimeoutConn(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := &headerTimeoutConn{Conn: a, firstByte: 50 * time.Millisecond}
+	if err := c.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	start := time.Now()
+	if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("first read without data: err = %v, want a deadline error", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("first-byte timeout took %s", d)
+	}
+	// Next response: the first byte arrives, then a pause longer than firstByte.
+	if err := c.SetReadDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, _ = b.Write([]byte("H"))
+		time.Sleep(200 * time.Millisecond)
+		_, _ = b.Write([]byte("TTP"))
+	}()
+	if n, err := c.Read(buf); n != 1 || err != nil {
+		t.Fatalf("read 1: %d, %v", n, err)
+	}
+	if n, err := c.Read(buf); n != 3 || err != nil {
+		t.Fatalf("read after a pause longer than firstByte: %d, %v (the body phase must not be bounded)", n, err)
+	}
+}
