@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvroute/kvroute/proto"
 )
 
 func tokenize(t *testing.T, w *Worker, prompt string) []uint32 {
@@ -140,6 +142,12 @@ func TestEventsMatchCache(t *testing.T) {
 	}
 	if got := w.CachedBlockHashes(); !sameSet(got, ev.Hashes) {
 		t.Fatalf("cache %v, events %v", got, ev.Hashes)
+	}
+	// Engine hashes are opaque: never kvroute's own hashes of the same tokens.
+	for _, own := range proto.HashBlocks(nil, proto.Seed("kvsim", "", ""), toks, 16) {
+		if slices.Contains(ev.Hashes, uint64(own)) {
+			t.Fatal("an engine hash equals kvroute's own hash")
+		}
 	}
 	// The same content hashes differently on another worker (per-worker seed).
 	w1 := f.Workers()[1]
