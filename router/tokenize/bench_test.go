@@ -51,7 +51,7 @@ func cut(s string, n int) string {
 //	go test -run XXX -bench Encode -count 6 ./router/tokenize > new.txt; benchstat old.txt new.txt
 func BenchmarkEncode(b *testing.B) {
 	inputs := benchInputs(b)
-	for _, m := range []string{"llama3", "qwen3", "llama2"} {
+	for _, m := range []string{"llama3", "qwen3", "deepseek_v3", "llama2"} {
 		for _, cold := range []bool{false, true} {
 			tok := loadModel(b, m)
 			if cold {

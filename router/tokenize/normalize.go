@@ -15,7 +15,13 @@ type normalizer interface {
 
 type unicodeNorm struct{ f norm.Form }
 
-func (n unicodeNorm) normalize(s string) string { return n.f.String(s) }
+func (n unicodeNorm) normalize(s string) string {
+	// Most text is already normal: check without copying first.
+	if n.f.IsNormalString(s) {
+		return s
+	}
+	return n.f.String(s)
+}
 
 type lowercaseNorm struct{}
 

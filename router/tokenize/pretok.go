@@ -25,30 +25,31 @@ type preTokenizer interface {
 
 // finder reports the matches of a pattern in s, in order, as byte offsets.
 type finder interface {
-	find(s string, fn func(start, end int))
+	find(s string, dst [][2]int) [][2]int
 }
 
-func (p *scanPattern) find(s string, fn func(start, end int)) {
+func (p *scanPattern) find(s string, dst [][2]int) [][2]int {
 	for i := 0; i < len(s); {
 		e := p.match(s, i)
-		fn(i, e)
+		dst = append(dst, [2]int{i, e})
 		i = e
 	}
+	return dst
 }
 
 // literalFinder matches a fixed string.
 type literalFinder string
 
-func (l literalFinder) find(s string, fn func(start, end int)) {
+func (l literalFinder) find(s string, dst [][2]int) [][2]int {
 	if l == "" {
-		return
+		return dst
 	}
 	for i := 0; ; {
 		k := strings.Index(s[i:], string(l))
 		if k < 0 {
-			return
+			return dst
 		}
-		fn(i+k, i+k+len(l))
+		dst = append(dst, [2]int{i + k, i + k + len(l)})
 		i += k + len(l)
 	}
 }
@@ -69,7 +70,7 @@ func newRegexFinder(pattern string) (*regexFinder, error) {
 	return &regexFinder{re: re}, nil
 }
 
-func (r *regexFinder) find(s string, fn func(start, end int)) {
+func (r *regexFinder) find(s string, dst [][2]int) [][2]int {
 	runes := []rune(s)
 	// byteAt[k] is the byte offset of rune k; invalid UTF-8 decodes as U+FFFD of
 	// width 1, as []rune does.
@@ -83,16 +84,17 @@ func (r *regexFinder) find(s string, fn func(start, end int)) {
 	m, err := r.re.FindRunesMatch(runes)
 	for err == nil && m != nil {
 		if m.Length > 0 {
-			fn(byteAt[m.Index], byteAt[m.Index+m.Length])
+			dst = append(dst, [2]int{byteAt[m.Index], byteAt[m.Index+m.Length]})
 		}
 		m, err = r.re.FindNextMatch(m)
 	}
+	return dst
 }
 
 // digitsFinder matches runs of ASCII digits, or single digits.
 type digitsFinder struct{ individual bool }
 
-func (d digitsFinder) find(s string, fn func(start, end int)) {
+func (d digitsFinder) find(s string, dst [][2]int) [][2]int {
 	for i := 0; i < len(s); {
 		if s[i] < '0' || s[i] > '9' {
 			i++
@@ -102,9 +104,10 @@ func (d digitsFinder) find(s string, fn func(start, end int)) {
 		for !d.individual && j < len(s) && s[j] >= '0' && s[j] <= '9' {
 			j++
 		}
-		fn(i, j)
+		dst = append(dst, [2]int{i, j})
 		i = j
 	}
+	return dst
 }
 
 type behavior uint8
@@ -145,33 +148,39 @@ type span struct {
 	match      bool
 }
 
-var spanPool = sync.Pool{New: func() any { return new([]span) }}
+var (
+	spanPool  = sync.Pool{New: func() any { return new([]span) }}
+	matchPool = sync.Pool{New: func() any { return new([][2]int) }}
+)
 
 func (p *splitPre) split(dst []piece, in []piece) []piece {
 	sp := spanPool.Get().(*[]span)
 	defer spanPool.Put(sp)
 	spans := (*sp)[:0]
-	defer func() { *sp = spans[:0] }()
+	mp := matchPool.Get().(*[][2]int)
+	defer matchPool.Put(mp)
 	for _, pc := range in {
 		spans = spans[:0]
 		prev := 0
-		p.f.find(pc.s, func(start, end int) {
-			if start > prev {
-				spans = append(spans, span{prev, start, p.invert})
+		*mp = p.f.find(pc.s, (*mp)[:0])
+		for _, m := range *mp {
+			if m[0] > prev {
+				spans = append(spans, span{prev, m[0], p.invert})
 			}
-			spans = append(spans, span{start, end, !p.invert})
-			prev = end
-		})
+			spans = append(spans, span{m[0], m[1], !p.invert})
+			prev = m[1]
+		}
 		if prev < len(pc.s) {
 			spans = append(spans, span{prev, len(pc.s), p.invert})
 		}
 		spans = applyBehavior(spans, p.behavior)
-		for _, sp := range spans {
-			if sp.end > sp.start {
-				dst = append(dst, piece{s: pc.s[sp.start:sp.end], start: pc.start && sp.start == 0})
+		for _, s := range spans {
+			if s.end > s.start {
+				dst = append(dst, piece{s: pc.s[s.start:s.end], start: pc.start && s.start == 0})
 			}
 		}
 	}
+	*sp = spans[:0]
 	return dst
 }
 
@@ -278,13 +287,21 @@ func (p *metaspacePre) split(dst []piece, in []piece) []piece {
 // seqPre runs pre-tokenizers in order.
 type seqPre []preTokenizer
 
+var seqPool = sync.Pool{New: func() any { return new([2][]piece) }}
+
 func (q seqPre) split(dst []piece, in []piece) []piece {
+	// Intermediate stages write into two pooled buffers in turn: stage i reads the
+	// buffer stage i-1 wrote.
+	bufs := seqPool.Get().(*[2][]piece)
+	defer seqPool.Put(bufs)
 	cur := in
 	for i, p := range q {
 		if i == len(q)-1 {
 			return p.split(dst, cur)
 		}
-		cur = p.split(nil, cur)
+		nb := p.split(bufs[i%2][:0], cur)
+		bufs[i%2] = nb
+		cur = nb
 	}
 	return append(dst, cur...)
 }
@@ -356,8 +373,8 @@ func buildFinder(p patternJSON) (finder, error) {
 	case p.String != nil:
 		return literalFinder(*p.String), nil
 	case p.Regex != nil:
-		if s := scannerFor(*p.Regex); s != nil {
-			return s, nil
+		if f := finderFor(*p.Regex); f != nil {
+			return f, nil
 		}
 		return newRegexFinder(*p.Regex)
 	}

@@ -6,9 +6,7 @@ import (
 )
 
 func spansOf(f finder, s string) [][2]int {
-	var out [][2]int
-	f.find(s, func(a, b int) { out = append(out, [2]int{a, b}) })
-	return out
+	return f.find(s, nil)
 }
 
 // checkScanner compares a hand-written scanner with regexp2 running the literal
@@ -19,18 +17,18 @@ func checkScanner(t testing.TB, pattern, s string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, want := spansOf(scannerFor(pattern), s), spansOf(re, s)
+	got, want := spansOf(finderFor(pattern), s), spansOf(re, s)
 	if !slices.Equal(got, want) {
 		t.Fatalf("pattern %q on %q:\n scanner %v\n regexp2 %v", pattern, s, got, want)
 	}
 }
 
-var scanPatterns = []string{patGPT2, patLlama3, patQwen2}
+var scanPatterns = []string{patGPT2, patLlama3, patQwen2, patDSDigits, patDSCJK, patDSMain}
 
 var scanCases = []string{
 	"", " ", "  ", "a", "Hello world", "Hello  world", "  leading", "trailing  ", "x \ny", "x\n \ny",
 	"it's I'M we'll 'sound 'S 'LL 're 'Ve ſ 'ſ", "12345 1,234.5", "a1b2 ３４", " !!! ?? \r\n\r\nnext",
-	"\t\tfoo", " \tfoo", "\u00a0x", "\u3000漢字", "a\u2028b", "a\u0085b", "emoji 🤗🤗 ok", "\r\r\n  \n\t",
+	"\t\tfoo", "a1b2c3 12345 x.y-z", "中文字かなカナ abc", " .x\r\n", "e\u0301\u0301 a\u0300", "$x #tag @me", " \tfoo", "\u00a0x", "\u3000漢字", "a\u2028b", "a\u0085b", "emoji 🤗🤗 ok", "\r\r\n  \n\t",
 	"don't", "x'", "'", "''s", " 'll", "\xff\xfe bad utf8 \xc3", "\n\n\n   ", "a   \n   b", " . , ;",
 }
 
@@ -84,4 +82,32 @@ func FuzzEncode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestKnownPatternsUseScanners checks that the real tokenizer files' Split
+// patterns are the ones the hand-written scanners implement, so they never fall
+// back to regexp2.
+func TestKnownPatternsUseScanners(t *testing.T) {
+	for _, m := range []string{"llama3", "qwen3", "deepseek_v3"} {
+		tok := loadModel(t, m)
+		var walk func(p preTokenizer)
+		n := 0
+		walk = func(p preTokenizer) {
+			switch p := p.(type) {
+			case seqPre:
+				for _, q := range p {
+					walk(q)
+				}
+			case *splitPre:
+				n++
+				if _, ok := p.f.(*regexFinder); ok {
+					t.Errorf("%s: a Split pattern runs on regexp2", m)
+				}
+			}
+		}
+		walk(tok.pre)
+		if n == 0 {
+			t.Errorf("%s: no Split pre-tokenizer found", m)
+		}
+	}
 }
