@@ -120,10 +120,12 @@ func dsClassSlow(r rune) uint8 {
 	if r == '\r' || r == '\n' {
 		c |= dsCRLF
 	}
-	if r < 128 && r > ' ' && r < 127 && !(r >= '0' && r <= '9') && !(r >= 'A' && r <= 'Z') && !(r >= 'a' && r <= 'z') {
+	letter := (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z')
+	digit := r >= '0' && r <= '9'
+	if r > ' ' && r < 127 && !letter && !digit {
 		c |= dsASCIIPunct
 	}
-	if (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z') {
+	if letter {
 		c |= dsASCIILetter
 	}
 	return c
