@@ -46,8 +46,6 @@ type request struct {
 	admitted  bool
 	out       int // generated tokens
 	notified  int // out at the last notification
-	firstTok  time.Time
-	lastTok   time.Time
 	done      bool
 	finish    string // "length" or "stop"
 	err       error
@@ -55,10 +53,10 @@ type request struct {
 	running   bool
 }
 
+// planned is one request's share of a step: n tokens to compute.
 type planned struct {
-	r       *request
-	n       int
-	prefill bool
+	r *request
+	n int
 }
 
 // engine is a continuous-batching scheduler over a paged KV cache, modelled on vLLM v1's
@@ -231,7 +229,7 @@ func (e *engine) schedule() time.Duration {
 			context += r.computed
 		}
 		budget -= n
-		e.plan = append(e.plan, planned{r: r, n: n, prefill: prefill})
+		e.plan = append(e.plan, planned{r: r, n: n})
 	}
 	for len(e.waiting) > 0 && len(e.running) < e.cfg.MaxNumSeqs && budget > 0 {
 		r := e.waiting[0]
@@ -244,7 +242,7 @@ func (e *engine) schedule() time.Duration {
 		r.running = true
 		budget -= n
 		prefillTokens += n
-		e.plan = append(e.plan, planned{r: r, n: n, prefill: true})
+		e.plan = append(e.plan, planned{r: r, n: n})
 	}
 	e.updateGauges()
 	if len(e.plan) == 0 {
@@ -374,10 +372,6 @@ func (e *engine) apply() {
 		r.tokens = append(r.tokens, e.outputToken(r, r.out))
 		r.out++
 		e.stats.generatedTokens.Add(1)
-		if r.out == 1 {
-			r.firstTok = now
-		}
-		r.lastTok = now
 		if r.out >= r.target {
 			r.done = true
 			r.finish = "length"
