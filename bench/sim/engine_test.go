@@ -403,3 +403,54 @@ func TestTimeScale(t *testing.T) {
 		t.Fatalf("TTFT at scale 1: %v, at scale 0.1: %v", slow, quick)
 	}
 }
+
+func TestSchedulerLimits(t *testing.T) {
+	// Chunked prefill: a 1000-token prompt with a 256-token step budget takes 4 steps
+	// (256, 256, 256, 232), the last of which samples the only output token.
+	f := startFleet(t, 1, func(c *Config) { c.MaxNumBatchedTokens = 256; c.MaxNumSeqs = 2 })
+	w := f.Workers()[0]
+	complete(t, w, map[string]any{"prompt": words(0, 1000), "max_tokens": 1})
+	st := w.Stats()
+	if st.Steps != 4 || st.BusyTime != 4*2*time.Millisecond+1000*50*time.Microsecond {
+		t.Fatalf("steps %d busy %v, want 4 steps and 58ms", st.Steps, st.BusyTime)
+	}
+	// max_num_seqs = 2: of 4 concurrent requests two run and two wait.
+	if err := w.SetFaults(Faults{SlowFactor: 20}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{}, 4)
+	for i := range 4 {
+		go func() {
+			complete(t, w, map[string]any{"prompt": words(2000+100*i, 20), "max_tokens": 5, "ignore_eos": true})
+			done <- struct{}{}
+		}()
+	}
+	checkFor(t, 5*time.Second, "2 running, 2 waiting", func() bool { st := w.Stats(); return st.Running == 2 && st.Waiting == 2 })
+	for range 4 {
+		<-done
+	}
+}
+
+func TestProfileStepTime(t *testing.T) {
+	p, err := LookupProfile("llama-3.1-8b-h100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		prefill, decodes, context int
+		want                      time.Duration
+	}{
+		{0, 0, 0, 0},
+		{0, 1, 1000, 7850*time.Microsecond + 32*time.Microsecond + 56*time.Microsecond},
+		{0, 64, 64000, 7850*time.Microsecond + 64*32*time.Microsecond + 64000*56*time.Nanosecond},
+		{2000, 0, 0, 7850*time.Microsecond + 2000*32500*time.Nanosecond},
+	}
+	for _, tt := range tests {
+		if got := p.StepTime(tt.prefill, tt.decodes, tt.context); got != tt.want {
+			t.Errorf("StepTime(%d, %d, %d) = %v, want %v", tt.prefill, tt.decodes, tt.context, got, tt.want)
+		}
+	}
+	if _, err := LookupProfile("nope"); err == nil || !strings.Contains(err.Error(), "llama-3.1-8b-h100") {
+		t.Fatalf("unknown profile error %v should list the known ones", err)
+	}
+}
