@@ -17,7 +17,12 @@
 //     doc comment holds the full argument.
 //   - An Encoder is safe for concurrent use.
 //
-// Golden tests compare prompts and ids with @huggingface/jinja and
-// @huggingface/tokenizers on the real Llama-3, Qwen3, DeepSeek-V3 and Gemma-3
-// templates (testdata/gen/gen.mjs writes the goldens).
+// Golden tests compare prompts with Python's jinja2 rendering in transformers'
+// environment (testdata/gen/render.py) and ids with @huggingface/tokenizers, on the
+// real Llama-3, Qwen3, DeepSeek-V3 and Gemma-3 templates, 160 requests or more
+// each (testdata/gen/gen.mjs writes the goldens). @huggingface/jinja is rendered
+// as a cross-check; it disagrees with Python where templates pass characters to
+// strip/lstrip/rstrip (it ignores them), e.g. Qwen3's content.lstrip('
+'), and
+// this package follows Python, as the engines do.
 package chat

