@@ -22,7 +22,6 @@
 // real Llama-3, Qwen3, DeepSeek-V3 and Gemma-3 templates, 160 requests or more
 // each (testdata/gen/gen.mjs writes the goldens). @huggingface/jinja is rendered
 // as a cross-check; it disagrees with Python where templates pass characters to
-// strip/lstrip/rstrip (it ignores them), e.g. Qwen3's content.lstrip('
-'), and
+// strip/lstrip/rstrip (it ignores them), e.g. Qwen3's content.lstrip('\n'), and
 // this package follows Python, as the engines do.
 package chat
