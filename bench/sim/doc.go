@@ -9,7 +9,9 @@
 // continuous-batching engine over a paged KV cache with prefix caching (package
 // kvcache), and publishes KV-cache events on ZMQ with vLLM's framing, encodings and
 // replay protocol (package kvevents). Admin endpoints: POST /sim/fault, GET /sim/fault,
-// POST /sim/restart, GET /sim/stats, POST /reset_prefix_cache.
+// POST /sim/restart, GET /sim/stats, POST /reset_prefix_cache. A worker may have several
+// data-parallel ranks ([Rank]), each a full engine with its own cache and event sockets;
+// requests go to the rank named by X-data-parallel-rank or to the least loaded one.
 //
 // Engine model (one step = one forward pass): running requests are served first (one
 // decode token each, or the next prefill chunk), then waiting requests are admitted in
