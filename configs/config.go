@@ -28,6 +28,8 @@ type Config struct {
 	Tokenize Tokenize `yaml:"tokenize"`
 	// Session configures session affinity for requests without a cached prefix.
 	Session Session `yaml:"session"`
+	// Events configures where workers' KV-cache events come from.
+	Events Events `yaml:"events"`
 	// MaxBodyBytes is the largest request body accepted, in bytes; larger bodies get 413.
 	// Default 33554432 (32 MiB).
 	MaxBodyBytes int `yaml:"max_body_bytes"`
@@ -145,6 +147,32 @@ type Tokenize struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
+// Events configures the KV-event feeds the prefix index is built from.
+type Events struct {
+	// Source is "zmq" (connect to each worker's events and replay endpoints) or "nats"
+	// (read what `kvroute bridge` processes next to the engines publish). Default "zmq".
+	Source string `yaml:"source"`
+	// DeadAfter is how long a worker's feed may stay silent or unreachable before its
+	// index entries are purged. Default 30s.
+	DeadAfter time.Duration `yaml:"dead_after"`
+	// NATS configures the nats source.
+	NATS NATSEvents `yaml:"nats"`
+}
+
+// NATSEvents configures reading KV events from NATS.
+type NATSEvents struct {
+	// URL of the NATS server, e.g. "nats://10.0.0.2:4222". Required for source nats.
+	URL string `yaml:"url"`
+	// JetStream reads the bridges' stream instead of core NATS, so a restarted router
+	// catches up on what it missed. Default false.
+	JetStream bool `yaml:"jetstream"`
+	// Durable names this router's durable JetStream consumer (unique per replica); ""
+	// means an ephemeral consumer that replays everything the stream retains. Default "".
+	Durable string `yaml:"durable"`
+	// SubjectPrefix is the bridges' subject prefix. Default "kvroute.events".
+	SubjectPrefix string `yaml:"subject_prefix"`
+}
+
 // Session configures session affinity.
 type Session struct {
 	// Header names a request header carrying a session id. Default "X-Session-Id"; ""
@@ -192,6 +220,7 @@ func Default() Config {
 		},
 		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond},
 		Session:      Session{Header: "X-Session-Id", User: true},
+		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}},
 		MaxBodyBytes: 32 << 20,
 		MaxAttempts:  3,
 		Timeouts: Timeouts{
@@ -292,6 +321,7 @@ func (c *Config) Validate() error {
 		{"cache_aware.metrics_interval", c.CacheAware.MetricsInterval},
 		{"cache_aware.metrics_max_age", c.CacheAware.MetricsMaxAge},
 		{"tokenize.timeout", c.Tokenize.Timeout},
+		{"events.dead_after", c.Events.DeadAfter},
 	} {
 		if d.v <= 0 {
 			bad("%s: %q must be positive", d.name, d.v.String())
@@ -340,6 +370,18 @@ func (c *Config) Validate() error {
 	case m == "engine", m == "approx", strings.HasPrefix(m, "local:") && len(m) > len("local:"):
 	default:
 		bad("tokenize.mode: %q is not engine, approx or local:PATH", m)
+	}
+	switch c.Events.Source {
+	case "zmq":
+	case "nats":
+		if u, err := url.Parse(c.Events.NATS.URL); c.Events.NATS.URL == "" || err != nil || u.Host == "" {
+			bad("events.nats.url: %q must be a NATS URL such as nats://host:4222 when events.source is nats", c.Events.NATS.URL)
+		}
+	default:
+		bad("events.source: %q is not zmq or nats", c.Events.Source)
+	}
+	if c.Events.NATS.SubjectPrefix == "" {
+		bad("events.nats.subject_prefix: must not be empty")
 	}
 	if len(c.Workers) == 0 {
 		bad("workers: at least one worker is required")

@@ -70,6 +70,7 @@ func TestBadFiles(t *testing.T) {
 		"attempts":              {"max_attempts: 0"},
 		"not_yaml":              {"decode"},
 		"bad_tokenize_mode":     {`tokenize.mode: "spacy"`},
+		"nats_without_url":      {`events.nats.url: ""`},
 		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1"},
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yaml")

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
+	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 	"github.com/kvroute/kvroute/upstream/scrape"
 )
 
@@ -29,7 +31,8 @@ type Stack struct {
 	Registry *prometheus.Registry
 	Pool     *upstream.Pool
 	Index    *indexer.Index
-	Events   *kvevents.Manager // nil when no worker publishes events
+	Events   *kvevents.Manager // ZMQ feeds; nil when no worker publishes events or source is nats
+	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
 	Scraper  *scrape.Scraper
 	Server   *Server
 	log      *slog.Logger
@@ -126,27 +129,46 @@ func (st *Stack) pickTokenizer(model string) (string, bool) {
 	return best.URL, true
 }
 
-// newEvents builds the manager of the ZMQ event feeds, feeding the index; the feeds are
-// set by [Stack.setFeeds] once the workers' models are known. A feed reset (engine
-// restart, unrecoverable gap, dead publisher) clears the worker's entries rather than
-// leaving them stale.
+// indexSink feeds KV events into the index. A feed reset (engine restart, unrecoverable
+// gap, dead publisher) clears the worker's entries rather than leaving them stale.
+func (st *Stack) indexSink() kvevents.Sink {
+	ix := st.Index
+	return kvevents.SinkFuncs{
+		ApplyFunc: func(w kvevents.WorkerKey, model string, b *proto.Batch) {
+			ix.Apply(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}, model, b)
+		},
+		ResetFunc: func(w kvevents.WorkerKey, reason string) {
+			st.log.Info("worker index cleared", "worker", w.String(), "reason", reason)
+			ix.ClearWorker(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank})
+		},
+	}
+}
+
+// newEvents builds the event source: the manager of the workers' ZMQ feeds (set by
+// [Stack.setFeeds] once the workers' models are known), or a NATS consumer.
 func (st *Stack) newEvents(reg prometheus.Registerer) error {
+	ev := st.Config.Events
+	if ev.Source == "nats" {
+		nc, err := nats.Connect(ev.NATS.URL, nats.Name("kvroute"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("events: connect to NATS %s: %w", ev.NATS.URL, err)
+		}
+		st.closers = append(st.closers, nc.Close)
+		c, err := natsbus.NewConsumer(nc, st.indexSink(), natsbus.ConsumerOptions{
+			Prefix: ev.NATS.SubjectPrefix, JetStream: ev.NATS.JetStream, Durable: ev.NATS.Durable,
+			DeadAfter: ev.DeadAfter, Registerer: reg, Logger: st.log,
+		})
+		if err != nil {
+			return fmt.Errorf("events: %w", err)
+		}
+		st.NATS = c
+		return nil
+	}
 	if !slices.ContainsFunc(st.Config.Workers, func(w configs.Worker) bool { return w.Events != "" }) {
 		return nil
 	}
-	ix := st.Index
 	mgr, err := kvevents.NewManager(kvevents.Options{
-		Sink: kvevents.SinkFuncs{
-			ApplyFunc: func(w kvevents.WorkerKey, model string, b *proto.Batch) {
-				ix.Apply(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}, model, b)
-			},
-			ResetFunc: func(w kvevents.WorkerKey, reason string) {
-				st.log.Info("worker index cleared", "worker", w.String(), "reason", reason)
-				ix.ClearWorker(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank})
-			},
-		},
-		Registerer: reg,
-		Logger:     st.log,
+		Sink: st.indexSink(), Registerer: reg, Logger: st.log, DeadAfter: ev.DeadAfter,
 	})
 	if err != nil {
 		return fmt.Errorf("events: %w", err)
@@ -205,6 +227,13 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 			return err
 		}
 		goRun(func(c context.Context) { _ = st.Events.Run(c) })
+	}
+	if st.NATS != nil {
+		goRun(func(c context.Context) {
+			if err := st.NATS.Run(c); err != nil && c.Err() == nil {
+				log.Error("NATS event consumer stopped", "err", err)
+			}
+		})
 	}
 	for _, w := range st.Pool.Workers() {
 		s := w.State()
