@@ -114,6 +114,10 @@ type CacheAware struct {
 	// SessionSlack is how many blocks more than the cheapest a session's sticky worker
 	// may cost and still be chosen. Default 8.
 	SessionSlack float64 `yaml:"session_slack"`
+	// MaxImbalance is the load guard: a worker whose in-flight requests reach this factor
+	// times the mean over candidates plus one is skipped while another is below it. 0
+	// disables the guard. Default 1.5.
+	MaxImbalance float64 `yaml:"max_imbalance"`
 	// MaxInFlight is a hard per-worker limit on requests in flight from this router;
 	// workers at it are not candidates. 0 means no limit. Default 0.
 	MaxInFlight int `yaml:"max_inflight"`
@@ -213,6 +217,7 @@ func Default() Config {
 		CacheAware: CacheAware{
 			OverlapWeight:   4,
 			SessionSlack:    8,
+			MaxImbalance:    1.5,
 			MaxKVUsage:      1,
 			PredictionTTL:   120 * time.Second,
 			MetricsInterval: time.Second,
@@ -349,6 +354,7 @@ func (c *Config) Validate() error {
 		{"cache_aware.kv_usage_weight", ca.KVUsageWeight},
 		{"cache_aware.temperature", ca.Temperature},
 		{"cache_aware.session_slack", ca.SessionSlack},
+		{"cache_aware.max_imbalance", ca.MaxImbalance},
 	} {
 		if f.v < 0 || f.v != f.v {
 			bad("%s: %v must be zero or positive", f.name, f.v)

@@ -86,13 +86,13 @@ func startSimStack(t *testing.T, workers int, mutate func(*sim.FleetConfig, *con
 }
 
 type chatResult struct {
-	worker               string
-	cachedHeader         string
-	prompt, cached       int
-	reply                string
-	status               int
-	err                  error
-	started, ttft, ended time.Time
+	worker         string
+	cachedHeader   string
+	prompt, cached int
+	reply          string
+	status         int
+	err            error
+	started, ended time.Time
 }
 
 type chatMsg struct {
@@ -133,7 +133,7 @@ func chatOnce(client *http.Client, url string, msgs []chatMsg, maxTokens int) ch
 		} `json:"usage"`
 	}
 	if err := json.Unmarshal(b, &out); err != nil || len(out.Choices) == 0 {
-		res.err = fmt.Errorf("bad completion %s: %v", b, err)
+		res.err = fmt.Errorf("bad completion %s: %w", b, err)
 		return res
 	}
 	res.prompt, res.cached, res.reply = out.Usage.PromptTokens, out.Usage.Details.Cached, out.Choices[0].Message.Content
@@ -155,8 +155,12 @@ func chatStream(client *http.Client, url string, msgs []chatMsg, maxTokens int) 
 	res.cachedHeader = resp.Header.Get("x-kvroute-cached-blocks")
 	b, err := io.ReadAll(resp.Body)
 	res.ended = time.Now()
-	if err != nil || resp.StatusCode != 200 || !strings.HasSuffix(string(b), "data: [DONE]\n\n") {
-		res.err = fmt.Errorf("status %d, read error %v, stream %.200q", resp.StatusCode, err, b)
+	if err != nil {
+		res.err = fmt.Errorf("read stream: %w", err)
+		return res
+	}
+	if resp.StatusCode != 200 || !strings.HasSuffix(string(b), "data: [DONE]\n\n") {
+		res.err = fmt.Errorf("status %d, stream %.200q", resp.StatusCode, b)
 		return res
 	}
 	for _, line := range strings.Split(string(b), "\n") {

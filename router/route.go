@@ -25,7 +25,7 @@ func NewSelector(cfg *configs.Config) (scorer.Selector, error) {
 		ca := cfg.CacheAware
 		return cacheaware.New(cacheaware.Options{
 			OverlapWeight: ca.OverlapWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
-			Temperature: ca.Temperature, SessionSlack: ca.SessionSlack,
+			Temperature: ca.Temperature, SessionSlack: ca.SessionSlack, MaxImbalance: ca.MaxImbalance,
 		}), nil
 	case "round_robin":
 		return &roundrobin.Selector{}, nil

@@ -16,6 +16,12 @@
 // the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
 // to cost more than recomputing the prefix elsewhere.
 //
+// Load guard: a candidate whose in-flight requests reach MaxImbalance times the
+// candidates' mean plus one is skipped while any other candidate is below that bar
+// (SGLang's cache-aware policy has the same kind of balance threshold). Costs steer the
+// common case; the guard bounds the worst case, e.g. a long shared prefix cached on one
+// worker attracting a burst faster than the router's own load figures catch up.
+//
 // Temperature 0 picks the minimum, ties at random; a positive temperature samples with
 // probability proportional to exp(-(cost_i - min)/Temperature) (temperature in blocks).
 // When no candidate has any overlap and the request has a session key, the choice is
@@ -48,13 +54,16 @@ type Options struct {
 	// SessionSlack is how much more expensive, in blocks, than the cheapest a session's
 	// sticky worker may be and still be chosen when no worker has overlap. Default 8.
 	SessionSlack float64
+	// MaxImbalance is the load guard's factor (see the package doc); 0 disables the
+	// guard. Default 1.5.
+	MaxImbalance float64
 	// Rand breaks ties and samples; nil means [scorer.DefaultRand].
 	Rand scorer.Rand
 }
 
 // Defaults returns the documented default options.
 func Defaults() Options {
-	return Options{OverlapWeight: 1, SessionSlack: 8}
+	return Options{OverlapWeight: 4, SessionSlack: 8, MaxImbalance: 1.5}
 }
 
 // Selector is the cache_aware policy. It is safe for concurrent use if its Rand is.
@@ -90,6 +99,14 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 	}
 	prompt := float64(req.PromptTokens)
 	reqBlocks := math.Ceil(prompt / bs)
+	bar := math.Inf(1)
+	if s.opts.MaxImbalance > 0 && len(cands) > 1 {
+		var sum float64
+		for i := range cands {
+			sum += float64(cands[i].InFlight)
+		}
+		bar = s.opts.MaxImbalance * (sum/float64(len(cands)) + 1)
+	}
 	best, maxOverlap := 0, 0
 	for i := range cands {
 		c := &cands[i]
@@ -102,6 +119,11 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 			k.Queue = s.opts.WaitingWeight*c.Waiting + s.opts.KVUsageWeight*c.KVUsage
 		}
 		k.Total = k.Prefill + k.Decode + k.Queue
+		if float64(c.InFlight) >= bar {
+			// Over the load guard's bar; no candidate can be above it alone (the bar is
+			// above the mean), so some candidate stays finite.
+			k.Total = math.Inf(1)
+		}
 		costs[i] = k
 		if k.Total < costs[best].Total {
 			best = i

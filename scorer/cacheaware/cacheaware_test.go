@@ -13,7 +13,9 @@ func req(prompt int) *scorer.Request {
 }
 
 func TestCostBreakdown(t *testing.T) {
-	s := New(Defaults())
+	o := Defaults()
+	o.OverlapWeight = 1
+	s := New(o)
 	cands := []scorer.Candidate{
 		{ID: "a", OverlapBlocks: 60, PendingPrefillTokens: 0, ActiveBlocks: 100},
 		{ID: "b", OverlapBlocks: 0, PendingPrefillTokens: 160, ActiveBlocks: 10, HasMetrics: true, Waiting: 3},
@@ -30,6 +32,30 @@ func TestCostBreakdown(t *testing.T) {
 	}
 	if got != 1 {
 		t.Errorf("picked %d, want the cheaper b", got)
+	}
+}
+
+func TestLoadGuardSkipsOverloadedHolder(t *testing.T) {
+	s := New(Defaults())
+	// a holds the whole prompt but has 10 requests in flight; the mean is 3.3, so the
+	// guard's bar is 1.5*(3.3+1) = 6.5 and a is skipped however cheap its prefill.
+	cands := []scorer.Candidate{{ID: "a", OverlapBlocks: 64, InFlight: 10}, {ID: "b"}, {ID: "c"}}
+	costs := make([]scorer.Cost, 3)
+	for i := 0; i < 20; i++ {
+		if got := s.SelectExplained(req(1024), cands, costs); got == 0 {
+			t.Fatalf("picked the overloaded holder: costs %+v", costs)
+		}
+	}
+	// With 2 in flight the bar is 1.5*(2/3+1) = 2.5: the holder is eligible and cheapest.
+	cands[0].InFlight = 2
+	if got := s.Select(req(1024), cands); got != 0 {
+		t.Errorf("holder with 2 in flight (under the bar of 2.5): picked %d", got)
+	}
+	o := Defaults()
+	o.MaxImbalance = 0
+	cands[0].InFlight = 10
+	if got := New(o).Select(req(1024), cands); got != 0 {
+		t.Errorf("guard disabled: picked %d, want the holder", got)
 	}
 }
 
