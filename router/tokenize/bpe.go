@@ -34,6 +34,12 @@ type bpe struct {
 	prefix       string // continuing_subword_prefix, "" when none
 	suffix       string // end_of_word_suffix, "" when none
 
+	// spChunks is set for metaspace vocabularies in which pieces can be split
+	// before a "▁" (see chunkEnd); noChunkAfter holds the characters x for which
+	// some token contains x followed by "▁", where splitting is not safe.
+	spChunks     bool
+	noChunkAfter map[rune]bool
+
 	cache wordCache
 }
 
@@ -95,6 +101,7 @@ func newBPE(m modelJSON, byteLevel bool) (*bpe, error) {
 		b.byteIDs[i], b.byteOK[i] = b.vocab[string([]byte{byte(i)})]
 		b.fallbackIDs[i], b.fallbackOK[i] = b.vocab[fmt.Sprintf("<0x%02X>", i)]
 	}
+	b.initChunks()
 	for rank, mg := range m.Merges {
 		l, okl := key(mg.Left)
 		r, okr := key(mg.Right)
@@ -119,11 +126,69 @@ func newBPE(m modelJSON, byteLevel bool) (*bpe, error) {
 	return b, nil
 }
 
+// metaspace is SentencePiece's space marker, U+2581.
+const metaspace = "\u2581"
+
+// initChunks decides whether words may be cut before "▁". A BPE merge can only
+// produce a vocabulary token, so no merge spans the cut between a character x and
+// a following "▁" if no token contains x"▁"; then the merges on either side never
+// interact and the word's ids are the concatenation of its chunks' ids. "▁" must
+// itself be a token so that unknown-character runs (fuse_unk) also stop there.
+// SentencePiece vocabularies have no pre-tokenizer, so without this a whole
+// segment is one word: uncacheable and merged in one heap.
+func (b *bpe) initChunks() {
+	if b.byteLevel || b.ignoreMerges || b.prefix != "" || b.suffix != "" {
+		return
+	}
+	if _, ok := b.vocab[metaspace]; !ok {
+		return
+	}
+	b.noChunkAfter = map[rune]bool{}
+	for tok := range b.vocab {
+		prev := rune(-1)
+		for _, r := range tok {
+			if r == '\u2581' && prev >= 0 && prev != '\u2581' {
+				b.noChunkAfter[prev] = true
+			}
+			prev = r
+		}
+	}
+	b.spChunks = true
+}
+
+// chunkEnd returns the end of the chunk of w starting at i: the next "▁" that
+// follows a character allowed before a cut, or len(w).
+func (b *bpe) chunkEnd(w string, i int) int {
+	prev := rune(-1)
+	for j := i; j < len(w); {
+		r, n := utf8.DecodeRuneInString(w[j:])
+		if r == '\u2581' && j > i && prev != '\u2581' && !b.noChunkAfter[prev] {
+			return j
+		}
+		prev = r
+		j += n
+	}
+	return len(w)
+}
+
 // encodeWord appends the ids of one pre-token to dst.
 func (b *bpe) encodeWord(dst []uint32, w string) []uint32 {
 	if w == "" {
 		return dst
 	}
+	if b.spChunks && len(w) > cacheMaxWordSize/2 {
+		for i := 0; i < len(w); {
+			e := b.chunkEnd(w, i)
+			dst = b.encodeChunk(dst, w[i:e])
+			i = e
+		}
+		return dst
+	}
+	return b.encodeChunk(dst, w)
+}
+
+// encodeChunk is encodeWord without chunking.
+func (b *bpe) encodeChunk(dst []uint32, w string) []uint32 {
 	if ids, ok := b.cache.get(w); ok {
 		return append(dst, ids...)
 	}
