@@ -53,6 +53,7 @@ type wireRequest struct {
 	StreamOptions       *streamOptions  `json:"stream_options"`
 	CacheSalt           string          `json:"cache_salt"`
 	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
+	AddSpecialTokens    *bool           `json:"add_special_tokens"`
 	N                   *int64          `json:"n"`
 }
 
@@ -68,7 +69,7 @@ type wirePart struct {
 
 // decodeRequest parses the body of POST /v1/completions (chat false) or
 // /v1/chat/completions (chat true) and tokenizes its prompt. Errors are *apiError.
-func decodeRequest(body []byte, chat bool, tk Tokenizer, tmpl ChatTemplate) (*genParams, error) {
+func decodeRequest(body []byte, chat bool, tz tokenizers) (*genParams, error) {
 	var w wireRequest
 	if err := json.Unmarshal(body, &w); err != nil {
 		return nil, badRequest("invalid JSON body: %v", err)
@@ -117,9 +118,14 @@ func decodeRequest(body []byte, chat bool, tk Tokenizer, tmpl ChatTemplate) (*ge
 			msgs[i] = Message{Role: m.Role, Content: c}
 		}
 		addGen := w.AddGenerationPrompt == nil || *w.AddGenerationPrompt
-		p.tokens = tk.Encode(tmpl.RenderChat(msgs, addGen))
+		toks, err := tz.chat(body, msgs, addGen)
+		if err != nil {
+			return nil, badRequest("%v", err)
+		}
+		p.tokens = toks
 	} else {
-		toks, err := promptTokens(w.Prompt, tk)
+		addSpecial := w.AddSpecialTokens == nil || *w.AddSpecialTokens
+		toks, err := promptTokens(w.Prompt, tz, addSpecial)
 		if err != nil {
 			return nil, err
 		}
@@ -164,13 +170,13 @@ func messageText(raw json.RawMessage) (string, error) {
 
 // promptTokens decodes a completions prompt: a string, an array of token ids, or a
 // one-element array of either.
-func promptTokens(raw json.RawMessage, tk Tokenizer) ([]uint32, error) {
-	return promptTokensAt(raw, tk, false)
+func promptTokens(raw json.RawMessage, tz tokenizers, addSpecial bool) ([]uint32, error) {
+	return promptTokensAt(raw, tz, addSpecial, false)
 }
 
 // promptTokensAt decodes a prompt; nested is true inside the one-element list, where a
 // further list of lists is refused.
-func promptTokensAt(raw json.RawMessage, tk Tokenizer, nested bool) ([]uint32, error) {
+func promptTokensAt(raw json.RawMessage, tz tokenizers, addSpecial, nested bool) ([]uint32, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return nil, badRequest("prompt is required")
@@ -181,7 +187,7 @@ func promptTokensAt(raw json.RawMessage, tk Tokenizer, nested bool) ([]uint32, e
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return nil, badRequest("prompt: %v", err)
 		}
-		return tk.Encode(s), nil
+		return tz.text(s, addSpecial), nil
 	case '[':
 		// Fast path: an array of token ids (what benchmarks send).
 		var nums []int64
@@ -209,29 +215,29 @@ func promptTokensAt(raw json.RawMessage, tk Tokenizer, nested bool) ([]uint32, e
 		if nested || len(first) == 0 || (first[0] != '"' && first[0] != '[') {
 			return nil, badRequest("prompt: token ids must be integers")
 		}
-		return promptTokensAt(first, tk, true)
+		return promptTokensAt(first, tz, addSpecial, true)
 	}
 	return nil, badRequest("prompt must be a string or an array of token ids")
 }
 
 // tokenizeRequest is the body of POST /tokenize.
 type tokenizeRequest struct {
-	Model               string          `json:"model"`
-	Prompt              *string         `json:"prompt"`
-	Messages            []wireMessage   `json:"messages"`
-	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
-	AddSpecialTokens    json.RawMessage `json:"add_special_tokens"`
+	Model               string        `json:"model"`
+	Prompt              *string       `json:"prompt"`
+	Messages            []wireMessage `json:"messages"`
+	AddGenerationPrompt *bool         `json:"add_generation_prompt"`
+	AddSpecialTokens    *bool         `json:"add_special_tokens"`
 }
 
 // decodeTokenize parses a POST /tokenize body and returns the token ids.
-func decodeTokenize(body []byte, tk Tokenizer, tmpl ChatTemplate) ([]uint32, error) {
+func decodeTokenize(body []byte, tz tokenizers) ([]uint32, error) {
 	var w tokenizeRequest
 	if err := json.Unmarshal(body, &w); err != nil {
 		return nil, badRequest("invalid JSON body: %v", err)
 	}
 	switch {
 	case w.Prompt != nil:
-		return tk.Encode(*w.Prompt), nil
+		return tz.text(*w.Prompt, w.AddSpecialTokens == nil || *w.AddSpecialTokens), nil
 	case w.Messages != nil:
 		msgs := make([]Message, len(w.Messages))
 		for i, m := range w.Messages {
@@ -242,7 +248,11 @@ func decodeTokenize(body []byte, tk Tokenizer, tmpl ChatTemplate) ([]uint32, err
 			msgs[i] = Message{Role: m.Role, Content: c}
 		}
 		addGen := w.AddGenerationPrompt == nil || *w.AddGenerationPrompt
-		return tk.Encode(tmpl.RenderChat(msgs, addGen)), nil
+		toks, err := tz.chat(body, msgs, addGen)
+		if err != nil {
+			return nil, badRequest("%v", err)
+		}
+		return toks, nil
 	}
 	return nil, badRequest("either prompt or messages is required")
 }

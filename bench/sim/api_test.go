@@ -2,10 +2,12 @@ package sim
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -339,5 +341,70 @@ func TestContinuousUsageStats(t *testing.T) {
 		if c.Usage == nil || c.Usage.CompletionTokens != i+1 || c.Usage.PromptTokens != 10 {
 			t.Fatalf("chunk %d usage %+v", i, c.Usage)
 		}
+	}
+}
+
+// fakeBodyTokenizer records what it is asked and answers predictable ids.
+type fakeBodyTokenizer struct {
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (f *fakeBodyTokenizer) EncodeChat(body []byte) ([]uint32, error) {
+	f.mu.Lock()
+	f.bodies = append(f.bodies, string(body))
+	f.mu.Unlock()
+	if strings.Contains(string(body), "unrenderable") {
+		return nil, errors.New("cannot render")
+	}
+	ids := make([]uint32, 20)
+	for i := range ids {
+		ids[i] = uint32(100 + i)
+	}
+	return ids, nil
+}
+
+func (f *fakeBodyTokenizer) Encode(text string, addSpecial bool) []uint32 {
+	var ids []uint32
+	if addSpecial {
+		ids = append(ids, 1) // BOS
+	}
+	for i := range len(text) {
+		ids = append(ids, uint32(text[i]))
+	}
+	return ids
+}
+
+func TestBodyTokenizerHook(t *testing.T) {
+	fake := &fakeBodyTokenizer{}
+	f := startFleet(t, 1, func(c *Config) { c.BodyTokenizer = fake })
+	w := f.Workers()[0]
+	chatBody := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
+	resp, err := http.Post(w.URL()+"/v1/chat/completions", "application/json", strings.NewReader(chatBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c completion
+	err = json.NewDecoder(resp.Body).Decode(&c)
+	resp.Body.Close()
+	if err != nil || c.Usage.PromptTokens != 20 || len(fake.bodies) != 1 || fake.bodies[0] != chatBody {
+		t.Fatalf("chat usage %+v, bodies %q (%v)", c.Usage, fake.bodies, err)
+	}
+	if c := complete(t, w, map[string]any{"prompt": "abc", "max_tokens": 1}); c.Usage.PromptTokens != 4 {
+		t.Fatalf("completions with BOS: %+v", c.Usage)
+	}
+	if c := complete(t, w, map[string]any{"prompt": "abc", "max_tokens": 1, "add_special_tokens": false}); c.Usage.PromptTokens != 3 {
+		t.Fatalf("completions without special tokens: %+v", c.Usage)
+	}
+	if got := tokenize(t, w, "abc"); len(got) != 4 || got[0] != 1 {
+		t.Fatalf("tokenize prompt %v", got)
+	}
+	resp, out := post(t, w.URL()+"/tokenize", map[string]any{"messages": []map[string]any{{"role": "user", "content": "hi"}}})
+	if resp.StatusCode != 200 || !strings.Contains(string(out), `"count":20`) {
+		t.Fatalf("tokenize messages: %d %s", resp.StatusCode, out)
+	}
+	resp, out = post(t, w.URL()+"/v1/chat/completions", map[string]any{"messages": []map[string]any{{"role": "user", "content": "unrenderable"}}})
+	if resp.StatusCode != 400 || !strings.Contains(string(out), "cannot render") {
+		t.Fatalf("render error: %d %s", resp.StatusCode, out)
 	}
 }

@@ -70,6 +70,10 @@ type Config struct {
 	// Tokenizer replaces the built-in [WordTokenizer] (Go API only). If it also
 	// implements [ChatTemplate] it renders chats too.
 	Tokenizer Tokenizer `yaml:"-"`
+	// BodyTokenizer, when set, tokenizes every request instead of Tokenizer, from the
+	// request body as the engine does (Go API only; the kvsim command sets it from
+	// --tokenizer or tokenizer_path).
+	BodyTokenizer BodyTokenizer `yaml:"-"`
 }
 
 // FleetConfig describes a fleet of identical workers.
@@ -83,6 +87,11 @@ type FleetConfig struct {
 	// D data-parallel ranks a worker takes 1+2D ports: HTTP, D event ports, D replay
 	// ports. Default 0.
 	BasePort int `yaml:"base_port"`
+	// TokenizerPath is a model directory (tokenizer.json and tokenizer_config.json) or a
+	// tokenizer.json file the kvsim command loads with kvroute's router/chat and sets as
+	// every worker's BodyTokenizer; the sim package itself does not read it. Default ""
+	// (the built-in tokenizer).
+	TokenizerPath string `yaml:"tokenizer_path"`
 	// Worker is the configuration of every worker; in YAML its keys sit at the top level.
 	Worker Config `yaml:",inline"`
 }
@@ -209,20 +218,18 @@ func LoadFleetConfig(path string) (FleetConfig, error) {
 	return c, nil
 }
 
-// tokenizer returns the configured tokenizer or the built-in one.
-func (c *Config) tokenizer() Tokenizer {
+// tokenizers returns what the worker tokenizes with: BodyTokenizer if set, else the
+// configured Tokenizer (or the built-in one) with its chat template (or the built-in
+// format).
+func (c *Config) tokenizers() tokenizers {
+	t := tokenizers{tk: WordTokenizer{}, tmpl: WordTokenizer{}, body: c.BodyTokenizer}
 	if c.Tokenizer != nil {
-		return c.Tokenizer
+		t.tk = c.Tokenizer
+		if tmpl, ok := c.Tokenizer.(ChatTemplate); ok {
+			t.tmpl = tmpl
+		}
 	}
-	return WordTokenizer{}
-}
-
-// chatTemplate returns the tokenizer's chat template or the built-in one.
-func (c *Config) chatTemplate() ChatTemplate {
-	if t, ok := c.Tokenizer.(ChatTemplate); ok {
-		return t
-	}
-	return WordTokenizer{}
+	return t
 }
 
 // portStride is the number of ports each worker takes from BasePort.

@@ -114,9 +114,9 @@ func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher,
 		pool:      kvcache.New(capacity),
 	}
 	e.slow.Store(math.Float64bits(1))
-	tk := cfg.tokenizer()
+	tz := cfg.tokenizers()
 	for i, w := range outputWords {
-		if ids := tk.Encode(w); len(ids) > 0 {
+		if ids := tz.word(w); len(ids) > 0 {
 			e.outIDs[i] = ids[0]
 		}
 	}

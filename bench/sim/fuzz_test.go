@@ -22,9 +22,9 @@ func FuzzDecodeRequest(f *testing.F) {
 		f.Add([]byte(s), true)
 		f.Add([]byte(s), false)
 	}
-	var tk WordTokenizer
+	tz := tokenizers{tk: WordTokenizer{}, tmpl: WordTokenizer{}}
 	f.Fuzz(func(t *testing.T, body []byte, chat bool) {
-		p, err := decodeRequest(body, chat, tk, tk)
+		p, err := decodeRequest(body, chat, tz)
 		var ae *apiError
 		if err != nil {
 			if !errors.As(err, &ae) || ae.status != 400 {
@@ -35,7 +35,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		if len(p.tokens) == 0 || p.maxTokens < 0 || p.minTokens < 0 || (p.maxTokens > 0 && p.minTokens > p.maxTokens) {
 			t.Fatalf("accepted invalid params %+v", p)
 		}
-		if _, err := decodeTokenize(body, tk, tk); err != nil && !errors.As(err, &ae) {
+		if _, err := decodeTokenize(body, tz); err != nil && !errors.As(err, &ae) {
 			t.Fatalf("tokenize error %v is not an apiError", err)
 		}
 	})

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/cespare/xxhash/v2"
@@ -19,6 +20,54 @@ type Tokenizer interface {
 // of [WordTokenizer.RenderChat] is used.
 type ChatTemplate interface {
 	RenderChat(msgs []Message, addGenerationPrompt bool) string
+}
+
+// BodyTokenizer tokenizes requests as the engine does, from the request itself:
+// EncodeChat renders a chat completion request body with the model's chat template and
+// encodes the result; Encode encodes a completions prompt, addSpecial being the
+// request's add_special_tokens (default true for completions). kvroute's router/chat
+// Encoder (a pure-Go Hugging Face tokenizer with the model's template) has this method
+// set, so with it workers and router produce the same token ids. Implementations must
+// be safe for concurrent use.
+type BodyTokenizer interface {
+	EncodeChat(body []byte) ([]uint32, error)
+	Encode(text string, addSpecial bool) []uint32
+}
+
+// tokenizers is what a worker tokenizes with: a BodyTokenizer when configured, else a
+// Tokenizer and a ChatTemplate.
+type tokenizers struct {
+	tk   Tokenizer
+	tmpl ChatTemplate
+	body BodyTokenizer
+}
+
+// text returns the ids of a completions prompt.
+func (t tokenizers) text(s string, addSpecial bool) []uint32 {
+	if t.body != nil {
+		return t.body.Encode(s, addSpecial)
+	}
+	return t.tk.Encode(s)
+}
+
+// chat returns the ids of a chat request, from its raw body or its decoded messages.
+func (t tokenizers) chat(body []byte, msgs []Message, addGenerationPrompt bool) ([]uint32, error) {
+	if t.body != nil {
+		ids, err := t.body.EncodeChat(body)
+		if err != nil {
+			return nil, fmt.Errorf("tokenize chat: %w", err)
+		}
+		return ids, nil
+	}
+	return t.tk.Encode(t.tmpl.RenderChat(msgs, addGenerationPrompt)), nil
+}
+
+// word returns the ids of one output word, without special tokens.
+func (t tokenizers) word(w string) []uint32 {
+	if t.body != nil {
+		return t.body.Encode(w, false)
+	}
+	return t.tk.Encode(w)
 }
 
 // TokenizerFunc adapts a function to [Tokenizer], e.g. kvroute's local tokenizer:

@@ -77,8 +77,7 @@ type Worker struct {
 	id      string
 	cfg     Config
 	prof    Profile
-	tk      Tokenizer
-	tmpl    ChatTemplate
+	tz      tokenizers
 	ranks   []*Rank
 	metrics *metrics
 	srv     *http.Server
@@ -118,7 +117,7 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Worker{
-		id: id, cfg: cfg, prof: prof, tk: cfg.tokenizer(), tmpl: cfg.chatTemplate(),
+		id: id, cfg: cfg, prof: prof, tz: cfg.tokenizers(),
 		ctx: ctx, cancel: cancel,
 		rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6b7673696d)),
 	}
@@ -187,8 +186,14 @@ func (w *Worker) Info() Info {
 // Config returns the worker's configuration.
 func (w *Worker) Config() Config { return w.cfg }
 
-// Tokenizer returns the tokenizer the worker uses.
-func (w *Worker) Tokenizer() Tokenizer { return w.tk }
+// Tokenizer returns the worker's tokenizer for text as a completions prompt is
+// tokenized (with the BodyTokenizer, special tokens added).
+func (w *Worker) Tokenizer() Tokenizer {
+	if b := w.tz.body; b != nil {
+		return TokenizerFunc(func(s string) []uint32 { return b.Encode(s, true) })
+	}
+	return w.tz.tk
+}
 
 // EventsSubscribed reports whether, on every DP rank, a subscription matching the
 // worker's topic has reached the PUB socket (ZMQ drops messages published before that).
@@ -402,7 +407,7 @@ func (w *Worker) serveTokenize(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, err)
 		return
 	}
-	toks, err := decodeTokenize(body, w.tk, w.tmpl)
+	toks, err := decodeTokenize(body, w.tz)
 	if err != nil {
 		writeError(rw, err)
 		return
@@ -430,7 +435,7 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		writeError(rw, err)
 		return
 	}
-	p, err := decodeRequest(body, chat, w.tk, w.tmpl)
+	p, err := decodeRequest(body, chat, w.tz)
 	if err != nil {
 		writeError(rw, err)
 		return

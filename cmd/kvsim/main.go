@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/router/chat"
 )
 
 func main() {
@@ -63,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	chunkTokens := fs.Int("stream-chunk-tokens", w.StreamChunkTokens, "tokens per streamed chunk")
 	meanOut := fs.Int("mean-output-tokens", w.MeanOutputTokens, "mean natural output length")
 	seed := fs.Int64("seed", w.Seed, "seed of engine hashes and faults")
+	tokenizer := fs.String("tokenizer", def.TokenizerPath, "model directory (tokenizer.json + tokenizer_config.json) or tokenizer.json: tokenize with kvroute's router/chat instead of the built-in tokenizer")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -89,12 +91,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"max-model-len": func() { cfg.Worker.MaxModelLen = *maxLen }, "profile": func() { cfg.Worker.Profile = *profile },
 		"time-scale": func() { cfg.Worker.TimeScale = *timeScale }, "stream-chunk-tokens": func() { cfg.Worker.StreamChunkTokens = *chunkTokens },
 		"mean-output-tokens": func() { cfg.Worker.MeanOutputTokens = *meanOut }, "seed": func() { cfg.Worker.Seed = *seed },
+		"tokenizer": func() { cfg.TokenizerPath = *tokenizer },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if apply, ok := set[f.Name]; ok {
 			apply()
 		}
 	})
+	if cfg.TokenizerPath != "" {
+		enc, err := chat.Load(cfg.TokenizerPath)
+		if err != nil {
+			return fmt.Errorf("load tokenizer: %w", err)
+		}
+		cfg.Worker.BodyTokenizer = enc
+	}
 	// The fleet outlives ctx so that in-flight requests can finish after the signal.
 	fleet, err := sim.StartFleet(context.WithoutCancel(ctx), cfg)
 	if err != nil {
@@ -112,3 +122,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	return fleet.Shutdown(sctx)
 }
+
+var _ sim.BodyTokenizer = (*chat.Encoder)(nil)

