@@ -171,8 +171,8 @@ func BenchmarkMatch(b *testing.B) {
 //	go test -run x -bench '^BenchmarkMatch10M$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkMatch10M(b *testing.B) {
 	f := buildFleet(b, 64, 256, 256, 10_000_000)
-	b.ReportMetric(float64(f.ix.Stats().Blocks), "indexed-blocks")
 	benchMatch(b, f)
+	b.ReportMetric(float64(f.ix.Stats().Blocks), "indexed-blocks")
 }
 
 // BenchmarkMatchDuringIngest runs Match on all cores while one goroutine applies a churn
@@ -382,6 +382,7 @@ func BenchmarkApplyMooncake(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(st.Blocks), "final-blocks")
+	b.ReportMetric(float64(s.ops), "stream-block-ops")
 }
 
 // BenchmarkMemoryPerEntry indexes 1M (block, worker) entries through Apply, once with
@@ -496,6 +497,7 @@ func BenchmarkRadixComparison(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		lat := make([]int64, 0, 1<<20)
+		cpu0 := cpuTime()
 		for b.Loop() {
 			t0 := time.Now()
 			active := ^uint64(0)
@@ -517,6 +519,7 @@ func BenchmarkRadixComparison(b *testing.B) {
 			}
 			i++
 		}
+		b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 		reportPercentiles(b, lat)
 	})
 	b.Run("goradix-path", func(b *testing.B) {
@@ -548,6 +551,7 @@ func BenchmarkRadixComparison(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		lat := make([]int64, 0, 1<<20)
+		cpu0 := cpuTime()
 		for b.Loop() {
 			t0 := time.Now()
 			active := ^uint64(0)
@@ -565,6 +569,7 @@ func BenchmarkRadixComparison(b *testing.B) {
 			}
 			i++
 		}
+		b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 		reportPercentiles(b, lat)
 		b.ReportMetric(float64(mem)/float64(n), "bytes/block")
 	})

@@ -33,8 +33,9 @@
 //     workers when the set id changes along the request, so a 512-block request held by
 //     64 workers costs 512 lookups and a handful of merges, not 512 x 64 checks; and the
 //     per-node cost does not grow with the fleet (1024 workers and more: ids are 24-bit).
-//   - Engine tables (engtable.go): per worker, engine hash -> {own hash, refcount per
-//     tier}, open addressing, one probe sequence per store.
+//   - Engine tables (engtable.go): per worker, engine-hash fingerprint (48 bits) ->
+//     {own hash, 4-bit refcount per tier}, 16-byte slots, open addressing, one probe
+//     sequence per store.
 //   - Predictions (predict.go): per worker own hash -> expiry, plus a min-heap of
 //     expiries; a prediction is a flag on the node's holder entry.
 //
@@ -74,6 +75,22 @@
 // readers from starving writers. Each worker's events must be applied in order by one
 // goroutine (its event source); different workers may be applied concurrently.
 //
+// # Limits
+//
+//   - The own hash covers tokens, model and LoRA name only: engine extra keys
+//     (multimodal inputs, cache_salt) are not in it, so two requests with equal
+//     placeholder tokens but different images match each other's blocks, and events
+//     cannot carry a salt, so requests must be hashed with an empty salt to match them.
+//   - KV-cache groups of hybrid models (group_idx) are reference counted together: a
+//     block counts as held while any group holds it.
+//   - Eviction is sampled LRU (8 samples, Redis-style), not exact; after a node is
+//     evicted, the reference counts of a block stored under two engine hashes of one
+//     worker may clear its flag one remove early.
+//   - A reference count that reaches 15 saturates and never drops (the block then stays
+//     until a clear, an eviction or the worker cap).
+//   - Predictions are swept on every write and by Run; between sweeps Match may report
+//     a prediction up to the sweep interval past its expiry.
+//
 // # Memory
 //
 // Per distinct block: one 16-byte node slot (table load between 3/8 and 3/4, so 21 to 43
@@ -85,13 +102,55 @@
 //
 // # Measurements
 //
-// AMD EPYC VM, 2 cores shared with other jobs (load average 11 to 19 during the runs,
-// so wall-clock percentiles include waiting for a CPU; cpu-ns/op and block-ops/cpu-s
-// are process CPU time and are the figures to compare). Commands:
+// AMD EPYC VM, 2 cores and a 32 MiB L3 shared with other jobs (load average 4 to 6 during
+// the runs below, 11 to 19 at other times), so wall-clock percentiles include waiting
+// for a CPU and memory latency varies with the neighbours; cpu-ns/op and
+// block-ops/cpu-s are process CPU time. Commands:
 //
 //	go test -run x -bench 'BenchmarkMatch$' -benchtime 20000x ./indexer
 //	go test -run x -bench 'Match10M|MatchDuringIngest|RadixComparison' -benchtime 20000x ./indexer
 //	go test -run x -bench 'ApplyMooncake|MemoryPerEntry' -benchtime 3x ./indexer
 //
-// RESULTS
+// Match, 1M indexed blocks, half of each request a system prompt every worker holds, the
+// other half held by one worker (so every request walks all its blocks); cpu-ns/op,
+// p50, p99 in microseconds; 0 allocations in every case:
+//
+//	workers  64 blocks          512 blocks          2048 blocks
+//	8        1.7 / 1.5 / 2.8    16.7 / 15.9 / 36.5  95 / 91 / 387
+//	64       3.1 / 2.7 / 4.4    23.9 / 22.4 / 51.6  108 / 103 / 253
+//	512      16.8 / 14.5 / 32.6 38.3 / 33.8 / 118   128 / 119 / 2676
+//
+// The case, 512-block request, 64 workers, 10,000,384 indexed blocks
+// (BenchmarkMatch10M): 24.4 us CPU per Match, p50 22.5 us, p99 226 us. In a quieter
+// moment (load 3) the 1M-block 64-worker 512-block case measured 13.0 us per Match,
+// p50 12.0 us, p99 23.4 us. The cost is one random memory access per block (about
+// 25 to 50 ns here): the goal of p99 <= 10 us for 512 blocks is not met on this
+// machine. Dynamo publishes p99 < 10 us for its indexer (hardware and request size not
+// stated). Getting below one cache miss per block needs runs of blocks stored together
+// (a run-compressed tree), the next step if matching long prompts matters more than
+// exact per-block updates.
+//
+// Ingest, BenchmarkApplyMooncake (first 2000 requests of the Mooncake conversation
+// trace, 8 workers with 131,072-block LRU caches, 1,453,856 block operations, 1,032,704
+// blocks indexed at the end, fresh index each iteration so table growth is included):
+// 3.5M block operations per CPU-second (2.95M/s wall). Goal >= 10M/s per core: not met;
+// Dynamo publishes > 10M events+requests/s and 170M block ops/s on 24 threads for its
+// "flash indexer". Each stored block costs a chained xxhash of its tokens, a node-table
+// and an engine-table access (warmed in groups of 32 so their misses overlap).
+//
+// Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index): 64.1 bytes per
+// (block, worker) entry with one holder per block at 2^20 entries (both tables just
+// doubled: the worst point), 53.5 at 1.5 x 2^20; 40.1 bytes per entry (160 per block)
+// when each block has 4 holders. Goal <= 48 bytes per entry: met for shared blocks, not
+// for blocks held by a single worker. The estimate in Stats.MemoryBytes agrees with the
+// heap within 0.1%.
+//
+// go-radix (BenchmarkRadixComparison, 64 workers, 512-block requests, 100k blocks):
+// this index 14.4 us CPU per match (p50 12.1 us); go-radix keyed by each block's hash
+// 265 us (18x); go-radix keyed by the chain path 45 us (3x) and 4,306 bytes per block
+// (the full path key in every leaf), against 40 to 64 here.
+//
+// Under concurrent ingest (BenchmarkMatchDuringIngest, 2 matching goroutines and one
+// ingest goroutine on the 2 shared cores): Match p50 36 us, p99 1.1 ms (mostly waiting
+// for a CPU), while ingest proceeded at 0.64M block ops/s: neither side starves.
 package indexer
