@@ -16,7 +16,7 @@ type bpe struct {
 	// vocab maps token text to id. For byte-level vocabularies the keys are the raw
 	// bytes, not the GPT-2 byte-to-unicode mapped form of the file.
 	vocab  map[string]uint32
-	merges map[uint64]mergeTo
+	merges *mergeTable
 
 	byteLevel bool
 	byteIDs   [256]uint32
@@ -61,7 +61,7 @@ func newBPE(m modelJSON, byteLevel bool) (*bpe, error) {
 	}
 	b := &bpe{
 		vocab:        map[string]uint32{},
-		merges:       make(map[uint64]mergeTo, len(m.Merges)),
+		merges:       newMergeTable(len(m.Merges)),
 		byteLevel:    byteLevel,
 		byteFallback: m.ByteFallback,
 		fuseUnk:      m.FuseUnk,
@@ -121,7 +121,10 @@ func newBPE(m modelJSON, byteLevel bool) (*bpe, error) {
 		if !ok {
 			return nil, fmt.Errorf("merge %d: %q not in vocab", rank, mg.Left+mg.Right)
 		}
-		b.merges[pairKey(lid, rid)] = mergeTo{rank: uint32(rank), id: nid}
+		if lid >= 1<<24 || rid >= 1<<24 {
+			return nil, fmt.Errorf("merge %d: token id too large", rank)
+		}
+		b.merges.put(pairKey(lid, rid), mergeTo{rank: uint32(rank), id: nid})
 	}
 	return b, nil
 }
@@ -306,7 +309,7 @@ func (b *bpe) merge(dst []uint32, w string) []uint32 {
 	syms[len(syms)-1].next = -1
 	h := buf.heap[:0]
 	for i := 0; i+1 < len(syms); i++ {
-		if m, ok := b.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
+		if m, ok := b.merges.get(pairKey(syms[i].id, syms[i+1].id)); ok {
 			h = heapPush(h, candidate{rank: m.rank, id: m.id, pos: int32(i)})
 		}
 	}
@@ -319,7 +322,7 @@ func (b *bpe) merge(dst []uint32, w string) []uint32 {
 		}
 		right := &syms[s.next]
 		// The pair may have changed since c was queued: check it still merges to c.id.
-		if m, ok := b.merges[pairKey(s.id, right.id)]; !ok || m.id != c.id || m.rank != c.rank {
+		if m, ok := b.merges.get(pairKey(s.id, right.id)); !ok || m.id != c.id || m.rank != c.rank {
 			continue
 		}
 		s.id = c.id
@@ -330,12 +333,12 @@ func (b *bpe) merge(dst []uint32, w string) []uint32 {
 		}
 		if s.prev >= 0 {
 			p := syms[s.prev]
-			if m, ok := b.merges[pairKey(p.id, s.id)]; ok {
+			if m, ok := b.merges.get(pairKey(p.id, s.id)); ok {
 				h = heapPush(h, candidate{rank: m.rank, id: m.id, pos: s.prev})
 			}
 		}
 		if s.next >= 0 {
-			if m, ok := b.merges[pairKey(s.id, syms[s.next].id)]; ok {
+			if m, ok := b.merges.get(pairKey(s.id, syms[s.next].id)); ok {
 				h = heapPush(h, candidate{rank: m.rank, id: m.id, pos: c.pos})
 			}
 		}
