@@ -61,4 +61,8 @@ type RestartOptions struct {
 	// restart and must reconnect (and resubscribe). Without it the sockets stay up and
 	// only the seq restarts.
 	Rebind bool `json:"rebind"`
+	// Offline closes the HTTP listener and every connection for Down, so clients get
+	// connection refused (a crashed process) instead of 503 (a process starting up); the
+	// worker listens again on the same port afterwards.
+	Offline bool `json:"offline"`
 }

@@ -183,3 +183,35 @@ func TestShutdownReleasesHungRequests(t *testing.T) {
 		t.Fatal("a hung request got an answer at shutdown")
 	}
 }
+
+func TestRestartOffline(t *testing.T) {
+	f := startFleet(t, 1, nil)
+	w := f.Workers()[0]
+	complete(t, w, map[string]any{"prompt": "hi", "max_tokens": 1})
+	resp, err := http.Post(w.URL()+"/sim/restart", "application/json", strings.NewReader(`{"down_ms": 1000, "offline": true}`))
+	if err != nil {
+		t.Fatalf("restart request: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("restart: %d", resp.StatusCode)
+	}
+	// Connections are refused (not answered 503) while offline...
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	if resp, err := client.Get(w.URL() + "/health"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("offline worker answered %d", resp.StatusCode)
+	} else if !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("offline error %v, want connection refused", err)
+	}
+	// ...and the worker comes back on the same port.
+	checkFor(t, 5*time.Second, "worker back online", func() bool {
+		resp, err := client.Get(w.URL() + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	complete(t, w, map[string]any{"prompt": "hi", "max_tokens": 1})
+}

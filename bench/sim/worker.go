@@ -80,8 +80,8 @@ type Worker struct {
 	tz      tokenizers
 	ranks   []*Rank
 	metrics *metrics
-	srv     *http.Server
-	ln      net.Listener
+	handler http.Handler
+	addr    string // the HTTP listener's host:port
 	url     string
 	modelJS []byte // the model name as a JSON string
 	maxLen  int    // max_model_len, capped to what the KV cache holds
@@ -95,6 +95,11 @@ type Worker struct {
 
 	failed, hung, died atomic.Uint64
 	downUntil          atomic.Int64 // unix nanos
+
+	// srvMu guards srv and closed.
+	srvMu  sync.Mutex
+	srv    *http.Server // nil while offline
+	closed bool
 
 	// faultMu guards faults and rng.
 	faultMu sync.Mutex
@@ -146,13 +151,59 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	if err != nil {
 		return fail(fmt.Errorf("listen http: %w", err))
 	}
-	w.ln = ln
-	w.url = "http://" + ln.Addr().String()
-	w.srv = &http.Server{Handler: w.routes(), ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ctx }}
-	w.srv.RegisterOnShutdown(w.hangCancel)
-	go func() { _ = w.srv.Serve(ln) }()
+	w.addr = ln.Addr().String()
+	w.url = "http://" + w.addr
+	w.handler = w.routes()
+	w.srvMu.Lock()
+	w.serve(ln)
+	w.srvMu.Unlock()
 	return w, nil
+}
+
+// serve starts an HTTP server on ln. srvMu must be held.
+func (w *Worker) serve(ln net.Listener) {
+	srv := &http.Server{Handler: w.handler, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return w.ctx }}
+	srv.RegisterOnShutdown(w.hangCancel)
+	w.srv = srv
+	go func() { _ = srv.Serve(ln) }()
+}
+
+// goOffline closes the HTTP server (listener and connections) and listens again on the
+// same address after d, retrying every 10 ms while the port is not free.
+func (w *Worker) goOffline(d time.Duration) {
+	w.srvMu.Lock()
+	srv := w.srv
+	w.srv = nil
+	w.srvMu.Unlock()
+	if srv == nil {
+		return // already offline, or closed
+	}
+	_ = srv.Close()
+	go func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+			case <-w.ctx.Done():
+				return
+			}
+			ln, err := net.Listen("tcp", w.addr)
+			if err != nil {
+				t.Reset(10 * time.Millisecond)
+				continue
+			}
+			w.srvMu.Lock()
+			defer w.srvMu.Unlock()
+			if w.closed {
+				_ = ln.Close()
+				return
+			}
+			w.serve(ln)
+			return
+		}
+	}()
 }
 
 // ID returns the worker's id.
@@ -266,6 +317,9 @@ func (w *Worker) Restart(opt RestartOptions) error {
 		opt.Down = time.Duration(opt.DownMS) * time.Millisecond
 	}
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
+	if opt.Offline {
+		w.goOffline(opt.Down)
+	}
 	var err error
 	for _, rk := range w.ranks {
 		err = errors.Join(err, rk.eng.restart(opt.AnnounceClear, opt.Rebind))
@@ -292,7 +346,15 @@ func (w *Worker) ResetPrefixCache() error {
 // Close stops the worker at once: open connections are closed, the engine stops and the
 // event sockets close.
 func (w *Worker) Close() error {
-	err := w.srv.Close()
+	w.srvMu.Lock()
+	w.closed = true
+	srv := w.srv
+	w.srv = nil
+	w.srvMu.Unlock()
+	var err error
+	if srv != nil {
+		err = srv.Close()
+	}
 	w.cancel()
 	return errors.Join(err, closeRanks(w.ranks))
 }
@@ -300,7 +362,13 @@ func (w *Worker) Close() error {
 // Shutdown stops accepting requests and waits for the ones in flight to finish (or ctx
 // to end), then closes the worker.
 func (w *Worker) Shutdown(ctx context.Context) error {
-	err := w.srv.Shutdown(ctx)
+	w.srvMu.Lock()
+	srv := w.srv
+	w.srvMu.Unlock()
+	var err error
+	if srv != nil {
+		err = srv.Shutdown(ctx)
+	}
 	return errors.Join(err, w.Close())
 }
 
@@ -377,6 +445,16 @@ func (w *Worker) serveRestart(rw http.ResponseWriter, r *http.Request) {
 	}
 	if opt.DownMS < 0 {
 		writeError(rw, badRequest("down_ms must not be negative, got %d", opt.DownMS))
+		return
+	}
+	if opt.Offline {
+		// The restart closes this very connection: answer completely first.
+		rw.Header().Set("Content-Length", "0")
+		rw.WriteHeader(http.StatusOK)
+		if fl, ok := rw.(http.Flusher); ok {
+			fl.Flush()
+		}
+		_ = w.Restart(opt) // sockets rebind errors cannot be reported any more
 		return
 	}
 	if err := w.Restart(opt); err != nil {
