@@ -111,11 +111,10 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 		ix.c.dropped[DropMissingTokens].Add(uint64(missing))
 		return
 	}
-	bs := ev.BlockSize
-	switch {
-	case bs <= 0 && len(ev.TokenIDs)%n == 0:
-		bs = len(ev.TokenIDs) / n
-	case bs <= 0 || len(ev.TokenIDs) != n*bs:
+	// The token count must be a whole number of blocks, of the announced size when one
+	// is given (compared by division: n*BlockSize could overflow).
+	bs := len(ev.TokenIDs) / n
+	if len(ev.TokenIDs)%n != 0 || (ev.BlockSize > 0 && ev.BlockSize != bs) {
 		ix.c.dropped[DropBadTokenCount].Add(uint64(n))
 		return
 	}

@@ -68,6 +68,9 @@ func (m *refModel) apply(k WorkerKey, model string, b *proto.Batch) {
 				continue
 			}
 			size := len(ev.TokenIDs) / n
+			if ev.BlockSize > 0 && ev.BlockSize != size {
+				continue
+			}
 			parent := proto.Seed(model, ev.LoRAName, "")
 			if ev.HasParent {
 				e := rw.eng[ev.ParentHash]
@@ -342,4 +345,95 @@ func runModel(t *testing.T, seed uint64) {
 		}
 	}
 	checkInvariants(t, ix)
+}
+
+// FuzzApply decodes arbitrary bytes into a stream of operations (6 bytes each: kind,
+// worker, document, first block, length, flags) covering malformed events too (wrong
+// block sizes, absurd sizes, missing tokens, unknown kinds, unknown parents), applies
+// them to the index and to the reference model, and compares the results: bad input
+// must neither panic nor corrupt the index.
+func FuzzApply(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 0, 7, 0, 0, 1, 1, 0, 7, 0, 1, 0, 0, 2, 3, 0})
+	f.Add([]byte{0, 0, 0, 0, 7, 0x10, 0, 0, 0, 3, 2, 0x20, 2, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0})
+	f.Add([]byte{0, 1, 2, 0, 5, 0x40, 4, 1, 2, 0, 5, 0, 5, 1, 0, 0, 0, 0, 6, 1, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 6*200 {
+			in = in[:6*200]
+		}
+		ix, clk := newIndex(t, Options{})
+		m := &refModel{workers: map[WorkerKey]*refWorker{}, weights: [NumTiers]float64{TierGPU: 1}, predW: 1, now: clk.Now()}
+		keys := []WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}}
+		prefix := doc(1, 2)
+		docs := [][]uint32{cat(prefix, doc(2, 6)), cat(prefix, doc(3, 6)), doc(4, 8), doc(5, 8)}
+		var reqs [][]proto.BlockHash
+		for _, d := range docs {
+			reqs = append(reqs, chain("", d), chain("x", d))
+		}
+		for ; len(in) >= 6; in = in[6:] {
+			k := keys[int(in[1])%len(keys)]
+			d := docs[int(in[2])%len(docs)]
+			from := int(in[3]) % 8
+			to := min(from+1+int(in[4])%8, 8)
+			fl := in[5]
+			lora := ""
+			if fl&1 != 0 {
+				lora = "x"
+			}
+			medium := []string{"GPU", "CPU", "", "weird"}[fl>>1&3]
+			salt := uint64(k.DPRank*7+len(k.ID)) + uint64(fl>>3&1)*100
+			var ev proto.Event
+			switch in[0] % 8 {
+			case 0, 1, 2:
+				ev = stored(salt, d, from, to, medium, lora)
+				switch fl >> 4 & 7 {
+				case 1:
+					ev.TokenIDs = nil
+				case 2:
+					ev.BlockSize = 3 // wrong size
+				case 3:
+					ev.BlockSize = 1<<62 + 1 // absurd size
+				case 4:
+					ev.TokenIDs = ev.TokenIDs[:len(ev.TokenIDs)-1]
+				case 5:
+					ev.ParentHash ^= 1 // unknown parent
+				}
+			case 3, 4:
+				ev = removed(salt, d, from, to, medium)
+			case 5:
+				ev = proto.Event{Kind: proto.AllBlocksCleared}
+			case 6:
+				ev = proto.Event{Kind: proto.EventKind(in[4]), BlockHashes: []proto.EngineHash{proto.EngineHash(in[3])}}
+			case 7:
+				req := reqs[int(in[2])%len(reqs)]
+				req = req[:1+from]
+				ttl := time.Duration(1+in[4]%4) * time.Second
+				ix.Predict(k, req, ttl)
+				m.predict(k, req, ttl)
+				clk.Advance(time.Duration(fl%3) * time.Second)
+				m.now = clk.Now()
+				continue
+			}
+			b := batch(ev)
+			ix.Apply(k, "m", b)
+			if ev.Kind >= proto.BlockStored && ev.Kind <= proto.AllBlocksCleared {
+				m.apply(k, "m", b)
+			} else {
+				m.w(k)
+				m.expire()
+			}
+		}
+		for ri, req := range reqs {
+			want := m.match(req)
+			got := ix.Match(req, nil)
+			if len(got) != len(want) {
+				t.Fatalf("request %d: Match = %+v, model %+v", ri, got, want)
+			}
+			for _, g := range got {
+				if w := want[g.Worker]; g.Blocks != w.Blocks || g.Confirmed != w.Confirmed {
+					t.Fatalf("request %d worker %v: got %d/%d, model %d/%d", ri, g.Worker, g.Blocks, g.Confirmed, w.Blocks, w.Confirmed)
+				}
+			}
+		}
+		checkInvariants(t, ix)
+	})
 }
