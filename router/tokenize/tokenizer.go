@@ -106,8 +106,10 @@ func Parse(data []byte) (*Tokenizer, error) {
 	for _, a := range f.AddedTokens {
 		maxID = max(maxID, a.ID)
 	}
-	if maxID > 1<<24 {
-		return nil, fmt.Errorf("token id %d too large", maxID)
+	// Real vocabularies number their tokens densely; a sparse id far beyond the
+	// token count would only make idTokens huge.
+	if maxID >= 1<<24 || int(maxID) > 4*(len(t.tokenIDs)+len(f.AddedTokens))+1024 {
+		return nil, fmt.Errorf("token id %d too large for %d tokens", maxID, len(t.tokenIDs)+len(f.AddedTokens))
 	}
 	t.idTokens = make([]string, maxID+1)
 	for s, id := range t.tokenIDs {
