@@ -25,6 +25,9 @@ const chunkOps = 256
 // Match stops at the gap. AllBlocksCleared clears the worker like ClearWorker. Dropped
 // blocks are counted by reason (Stats.Dropped, metric kvroute_indexer_dropped_blocks_total).
 func (ix *Index) Apply(w WorkerKey, model string, b *proto.Batch) {
+	if b == nil {
+		return
+	}
 	if b.DPRank >= 0 {
 		w.DPRank = b.DPRank
 	}

@@ -194,6 +194,9 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 			ix.yield(&ops)
 		}
 	}
+	if ws.removed() {
+		return nil
+	}
 	nowNS := now.UnixNano()
 	for _, p := range preds {
 		if p.exp <= nowNS {

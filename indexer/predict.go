@@ -26,8 +26,13 @@ func (ix *Index) Predict(w WorkerKey, hashes []proto.BlockHash, ttl time.Duratio
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, true)
+	ops := 0
 	for _, h := range hashes {
+		if ws.removed() {
+			break
+		}
 		ix.predictLocked(ws, h, exp, tick)
+		ix.yield(&ops)
 	}
 	ix.maintain(now, tick)
 }
