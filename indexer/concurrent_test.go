@@ -225,3 +225,47 @@ func gatherValues(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	}
 	return out
 }
+
+// TestRemoveWorkerDuringPredict removes and re-adds a worker while the router keeps
+// predicting for it and another worker's events flow: no flag of a freed worker id may
+// survive (checkInvariants), whatever the interleaving.
+func TestRemoveWorkerDuringPredict(t *testing.T) {
+	ix, _ := newIndex(t, Options{})
+	long := doc(1, 700) // > chunkOps blocks: Predict and Apply yield the lock mid-way
+	req := chain("", long)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				ix.Predict(wA, req, time.Minute)
+			}
+		}
+	})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				ix.Apply(wB, "m", batch(stored(2, long, 0, 700, "GPU", "")))
+				ix.Apply(wB, "m", batch(removed(2, long, 0, 700, "GPU")))
+			}
+		}
+	})
+	for range 20 {
+		ix.Apply(wA, "m", batch(stored(1, long, 0, 700, "GPU", "")))
+		ix.RemoveWorker(wA)
+	}
+	close(stop)
+	wg.Wait()
+	checkInvariants(t, ix)
+	ix.RemoveWorker(wA)
+	ix.RemoveWorker(wB)
+	if s := ix.Stats(); s.Blocks != 0 || len(s.Workers) != 0 || s.PredictedEntries != 0 {
+		t.Errorf("after removing every worker: %d blocks, %d workers, %d predictions", s.Blocks, len(s.Workers), s.PredictedEntries)
+	}
+}
