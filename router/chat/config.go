@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 
 	"github.com/kvroute/kvroute/router/chat/jinja"
 )
@@ -17,6 +18,10 @@ type Config struct {
 	// Templates maps a template name to its parsed template; a config with a single
 	// string template names it "default".
 	Templates map[string]*jinja.Template
+	// iteratesContent holds the names of templates that loop over a message's
+	// content parts; vLLM detects these and passes such templates content as a list
+	// of {"type": "text", "text": ...} parts (its "openai" content format).
+	iteratesContent map[string]bool
 	// SpecialTokens holds bos_token, eos_token, unk_token, pad_token, sep_token,
 	// cls_token and mask_token when set, as transformers' special_tokens_map does.
 	SpecialTokens map[string]string
@@ -49,7 +54,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("decode tokenizer_config.json: %w", err)
 	}
-	c := &Config{Templates: map[string]*jinja.Template{}, SpecialTokens: map[string]string{}}
+	c := &Config{Templates: map[string]*jinja.Template{}, SpecialTokens: map[string]string{}, iteratesContent: map[string]bool{}}
 	for _, k := range []string{"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"} {
 		if s, ok := tokenString(raw[k]); ok {
 			c.SpecialTokens[k] = s
@@ -63,6 +68,7 @@ func ParseConfig(data []byte) (*Config, error) {
 				return nil, fmt.Errorf("chat_template: %w", err)
 			}
 			c.Templates["default"] = tmpl
+			c.iteratesContent["default"] = contentLoopRe.MatchString(src)
 		} else {
 			var named []struct {
 				Name     string `json:"name"`
@@ -77,11 +83,16 @@ func ParseConfig(data []byte) (*Config, error) {
 					return nil, fmt.Errorf("chat_template %q: %w", n.Name, err)
 				}
 				c.Templates[n.Name] = tmpl
+				c.iteratesContent[n.Name] = contentLoopRe.MatchString(n.Template)
 			}
 		}
 	}
 	return c, nil
 }
+
+// contentLoopRe finds a for loop over a message's content, the signal vLLM's
+// content-format detection looks for (vllm/entrypoints/chat_utils.py).
+var contentLoopRe = regexp.MustCompile(`\{%-?\s*for\s+\w+\s+in\s+\w+(\[['"]content['"]\]|\.content)\s*-?%\}`)
 
 // tokenString reads a special token written as a string or as an AddedToken object.
 func tokenString(b json.RawMessage) (string, bool) {
@@ -114,6 +125,12 @@ type Options struct {
 	// Template names one of several templates; "" picks as transformers does:
 	// "tool_use" when tools are given and it exists, else "default".
 	Template string
+	// ContentParts holds, per message, its content as text parts: [s] for a
+	// string, none for null, the parts of a list (nil: use the content string).
+	// Templates that loop over content parts see them as
+	// [{"type": "text", "text": ...}], as vLLM passes them; other templates see
+	// the parts joined with "\n".
+	ContentParts [][]string
 	// Vars are extra template variables (chat_template_kwargs, e.g.
 	// enable_thinking). They override the special tokens but not messages, tools,
 	// documents or add_generation_prompt.
@@ -121,7 +138,7 @@ type Options struct {
 }
 
 // pick returns the template to render with.
-func (c *Config) pick(o *Options) (*jinja.Template, error) {
+func (c *Config) pick(o *Options) (*jinja.Template, string, error) {
 	name := o.Template
 	if name == "" {
 		if _, ok := c.Templates["tool_use"]; ok && o.Tools != nil {
@@ -133,19 +150,57 @@ func (c *Config) pick(o *Options) (*jinja.Template, error) {
 	t, ok := c.Templates[name]
 	if !ok {
 		if len(c.Templates) == 0 {
-			return nil, ErrNoTemplate
+			return nil, "", ErrNoTemplate
 		}
-		return nil, fmt.Errorf("%w named %q", ErrNoTemplate, name)
+		return nil, "", fmt.Errorf("%w named %q", ErrNoTemplate, name)
 	}
-	return t, nil
+	return t, name, nil
+}
+
+// asParts rewrites each message's content as a list of text parts.
+func asParts(messages []jinja.Value, parts [][]string) []jinja.Value {
+	out := make([]jinja.Value, len(messages))
+	for i, m := range messages {
+		d, ok := m.(*jinja.Dict)
+		if !ok {
+			out[i] = m
+			continue
+		}
+		var texts []string
+		if i < len(parts) && parts[i] != nil {
+			texts = parts[i]
+		} else if s, ok := get(d, "content").(string); ok {
+			texts = []string{s}
+		}
+		list := make([]jinja.Value, len(texts))
+		for k, t := range texts {
+			p := jinja.NewDict()
+			p.Set("type", "text")
+			p.Set("text", t)
+			list[k] = p
+		}
+		nd := jinja.NewDict()
+		for _, k := range d.Keys() {
+			v, _ := d.Get(k)
+			if k == "content" {
+				v = list
+			}
+			nd.Set(k, v)
+		}
+		out[i] = nd
+	}
+	return out
 }
 
 // Render renders messages (each a *jinja.Dict with role, content, ...) with the
 // config's template.
 func (c *Config) Render(messages []jinja.Value, o Options) (string, error) {
-	t, err := c.pick(&o)
+	t, name, err := c.pick(&o)
 	if err != nil {
 		return "", err
+	}
+	if c.iteratesContent[name] {
+		messages = asParts(messages, o.ContentParts)
 	}
 	vars := make(map[string]jinja.Value, len(c.SpecialTokens)+len(o.Vars)+4)
 	for k, v := range c.SpecialTokens {

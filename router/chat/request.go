@@ -30,7 +30,8 @@ type Request struct {
 // "string" content format):
 //
 //   - content given as a list of text parts becomes the parts joined with "\n";
-//     null content becomes "";
+//     null content becomes ""; templates that loop over content parts get them as
+//     a list instead (Options.ContentParts), like vLLM's "openai" content format;
 //   - each message is rebuilt as {role, content}, then tool_calls (assistant, with
 //     string arguments decoded to objects), reasoning_content, tool_call_id (tool)
 //     and name, in that order;
@@ -52,12 +53,14 @@ func ParseRequest(body []byte) (*Request, error) {
 	if !ok {
 		return nil, errors.New("chat request: messages must be a list")
 	}
+	req.Options.ContentParts = make([][]string, len(rawMsgs))
 	for i, m := range rawMsgs {
-		msg, err := convertMessage(m)
+		msg, parts, err := convertMessage(m)
 		if err != nil {
 			return nil, fmt.Errorf("chat request message %d: %w", i, err)
 		}
 		req.Messages = append(req.Messages, msg)
+		req.Options.ContentParts[i] = parts
 	}
 	if tools, ok := get(root, "tools").([]jinja.Value); ok {
 		req.Options.Tools = make([]jinja.Value, 0, len(tools))
@@ -98,28 +101,33 @@ func get(d *jinja.Dict, k string) jinja.Value {
 	return v
 }
 
-func convertMessage(m jinja.Value) (jinja.Value, error) {
+// convertMessage returns the template's view of one message and its content as
+// text parts: [s] for a string, none for null, the parts of a list.
+func convertMessage(m jinja.Value) (jinja.Value, []string, error) {
 	in, ok := m.(*jinja.Dict)
 	if !ok {
-		return nil, errors.New("not an object")
+		return nil, nil, errors.New("not an object")
 	}
 	role, ok := get(in, "role").(string)
 	if !ok {
-		return nil, errors.New("role must be a string")
+		return nil, nil, errors.New("role must be a string")
 	}
+	var texts []string
 	out := jinja.NewDict()
 	out.Set("role", role)
 	switch c := get(in, "content").(type) {
 	case nil:
+		texts = []string{}
 		out.Set("content", "")
 	case string:
+		texts = []string{c}
 		out.Set("content", c)
 	case []jinja.Value:
-		var texts []string
+		texts = []string{}
 		for _, p := range c {
 			pd, ok := p.(*jinja.Dict)
 			if !ok {
-				return nil, errors.New("content part is not an object")
+				return nil, nil, errors.New("content part is not an object")
 			}
 			switch typ, _ := get(pd, "type").(string); typ {
 			case "text", "input_text", "output_text", "refusal":
@@ -129,16 +137,16 @@ func convertMessage(m jinja.Value) (jinja.Value, error) {
 				}
 				s, ok := get(pd, key).(string)
 				if !ok {
-					return nil, fmt.Errorf("%s part without %s", typ, key)
+					return nil, nil, fmt.Errorf("%s part without %s", typ, key)
 				}
 				texts = append(texts, s)
 			default:
-				return nil, fmt.Errorf("%w: content part %q", ErrUnsupportedContent, typ)
+				return nil, nil, fmt.Errorf("%w: content part %q", ErrUnsupportedContent, typ)
 			}
 		}
 		out.Set("content", strings.Join(texts, "\n"))
 	default:
-		return nil, errors.New("content must be a string, a list of parts or null")
+		return nil, nil, errors.New("content must be a string, a list of parts or null")
 	}
 	switch role {
 	case "assistant":
@@ -147,7 +155,7 @@ func convertMessage(m jinja.Value) (jinja.Value, error) {
 			for i, c := range tc {
 				call, err := convertToolCall(c)
 				if err != nil {
-					return nil, fmt.Errorf("tool call %d: %w", i, err)
+					return nil, nil, fmt.Errorf("tool call %d: %w", i, err)
 				}
 				calls[i] = call
 			}
@@ -164,7 +172,7 @@ func convertMessage(m jinja.Value) (jinja.Value, error) {
 	if name, ok := get(in, "name").(string); ok {
 		out.Set("name", name)
 	}
-	return out, nil
+	return out, texts, nil
 }
 
 // convertToolCall copies a tool call and decodes its function.arguments string.

@@ -25,10 +25,16 @@ const { Template } = await import(path.join(nm, "@huggingface/jinja/dist/index.j
 
 const models = ["llama3", "qwen3", "deepseek_v3", "gemma3"];
 
-function convert(req) {
+// contentLoop is chat.contentLoopRe: templates that loop over message content get
+// it as a list of text parts, as vLLM's "openai" content format passes it.
+const contentLoop = /\{%-?\s*for\s+\w+\s+in\s+\w+(\[['"]content['"]\]|\.content)\s*-?%\}/;
+
+function convert(req, parts) {
   const messages = req.messages.map((m) => {
     const out = { role: m.role };
-    if (m.content == null) out.content = "";
+    const texts = m.content == null ? [] : typeof m.content === "string" ? [m.content] : m.content.map((p) => p.text);
+    if (parts) out.content = texts.map((t) => ({ type: "text", text: t }));
+    else if (m.content == null) out.content = "";
     else if (typeof m.content === "string") out.content = m.content;
     else out.content = m.content.map((p) => p.text).join("\n");
     if (m.role === "assistant") {
@@ -175,7 +181,7 @@ for (const m of models) {
   if (m === "llama3" || m === "deepseek_v3") cases.push(toolConv);
   if (m === "gemma3") cases = [...cases.filter((c) => c.messages.every((x, i) => x.role !== "system" || i === 0)), ...gemmaBad];
   const allVars = cases.map((req) => {
-    const c = convert(req);
+    const c = convert(req, contentLoop.test(cfg.chat_template));
     return { ...special, ...c.kwargs, messages: c.messages, tools: c.tools, documents: null, add_generation_prompt: c.add_generation_prompt };
   });
   const py = spawnSync("python3", [path.join(here, "render.py")], {
