@@ -332,6 +332,7 @@ func (ix *Index) RemoveWorker(w WorkerKey) {
 	delete(ix.byKey, w)
 	ix.clearLocked(ws, true)
 	ix.workers[ws.wid] = nil
+	ix.keys[ws.wid] = WorkerKey{}
 	ix.gens[ws.wid]++
 	ix.freeWIDs = append(ix.freeWIDs, ws.wid)
 }

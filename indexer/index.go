@@ -95,6 +95,7 @@ type Index struct {
 	nodes    *blocktable.Table
 	sets     holderSets
 	workers  []*workerState // by wid; nil when free
+	keys     []WorkerKey    // by wid, dense copy of workers[wid].key for Match
 	gens     []uint32       // by wid: bumped when the wid is freed
 	byKey    map[WorkerKey]*workerState
 	freeWIDs []uint32
@@ -258,10 +259,12 @@ func (ix *Index) worker(key WorkerKey, create bool) *workerState {
 	} else {
 		ws.wid = uint32(len(ix.workers))
 		ix.workers = append(ix.workers, nil)
+		ix.keys = append(ix.keys, WorkerKey{})
 		ix.gens = append(ix.gens, 0)
 	}
 	ws.gen = ix.gens[ws.wid]
 	ix.workers[ws.wid] = ws
+	ix.keys[ws.wid] = key
 	ix.byKey[key] = ws
 	return ws
 }

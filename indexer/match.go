@@ -22,6 +22,7 @@ type WorkerMatch struct {
 	// predicted block. With default options it equals Blocks.
 	Score float64
 
+	weight   float64 // blockWeight(flags), cached
 	wid      uint32
 	flags    uint8
 	open     bool
@@ -88,8 +89,8 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 				if f == 0 {
 					continue
 				}
-				ws := ix.workers[codeWID(c)]
-				dst = append(dst, WorkerMatch{Worker: ws.key, wid: ws.wid, flags: f, open: true, confOpen: f&ix.confMask != 0})
+				wid := codeWID(c)
+				dst = append(dst, WorkerMatch{Worker: ix.keys[wid], weight: ix.blockWeight(f), wid: wid, flags: f, open: true, confOpen: f&ix.confMask != 0})
 				open++
 			}
 		} else {
@@ -137,7 +138,7 @@ func (ix *Index) flushRun(dst []WorkerMatch, run int) {
 	for k := range dst {
 		m := &dst[k]
 		if m.open {
-			m.Score += float64(run) * ix.blockWeight(m.flags)
+			m.Score += float64(run) * m.weight
 		}
 	}
 }
@@ -180,7 +181,9 @@ func (ix *Index) intersect(dst []WorkerMatch, members []uint32, i int) int {
 			}
 			continue
 		}
-		m.flags = f
+		if f != m.flags {
+			m.flags, m.weight = f, ix.blockWeight(f)
+		}
 		if m.confOpen && f&ix.confMask == 0 {
 			m.confOpen, m.Confirmed = false, i
 		}
