@@ -4,7 +4,7 @@
 # kvbench into bench/out/proxy/bin, and runs `kvbench proxy` with any extra flags given
 # (see `kvbench proxy --help`). Results: bench/out/proxy/results.{md,json}.
 #
-#   scripts/bench-proxy.sh                      # the documented run (about 6 minutes)
+#   scripts/bench-proxy.sh                      # 3 rounds x 20 s, perf profiles (about 4 minutes)
 #   REV=HEAD scripts/bench-proxy.sh             # build from a commit, not the work tree
 #   scripts/bench-proxy.sh --rounds 1 --duration 5s
 set -euo pipefail
