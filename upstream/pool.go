@@ -84,10 +84,11 @@ func (p *Pool) Workers() []*Worker { return p.workers }
 // Worker returns the worker with the given id, or nil.
 func (p *Pool) Worker(id string) *Worker { return p.byID[id] }
 
-// Candidates appends to dst the available workers serving model and returns it.
+// Candidates appends to dst the available, not drained workers serving model and
+// returns it.
 func (p *Pool) Candidates(dst []*Worker, model string) []*Worker {
 	for _, w := range p.workers {
-		if w.Available() && w.Serves(model) {
+		if w.Available() && !w.Drained() && w.Serves(model) {
 			dst = append(dst, w)
 		}
 	}

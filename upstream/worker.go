@@ -35,6 +35,7 @@ type Worker struct {
 	activeBlocks   atomic.Int64
 	available      atomic.Bool
 	metrics        atomic.Pointer[EngineMetrics]
+	drain          drainState // see drain.go
 
 	// loadMu guards loads, the open Load entries (see load.go).
 	loadMu sync.Mutex
