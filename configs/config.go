@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,6 +45,39 @@ type Config struct {
 	Headers Headers `yaml:"headers"`
 	// Workers are the inference workers requests are routed to. At least one.
 	Workers []Worker `yaml:"workers"`
+	// Admin configures the admin API and dashboard.
+	Admin Admin `yaml:"admin"`
+
+	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
+	// API's reload re-reads it.
+	Source string `yaml:"-"`
+}
+
+// Admin configures the admin JSON API and the dashboard page (router/admin).
+type Admin struct {
+	// Listen is the admin listener's address (host:port). Default "127.0.0.1:9090"; ""
+	// means no admin listener of its own.
+	Listen string `yaml:"listen"`
+	// PathPrefix, when set (e.g. "/admin"), also serves the admin API and page on the
+	// main listener under that path. Default "" (not mounted).
+	PathPrefix string `yaml:"path_prefix"`
+	// Token is the bearer token the admin API and page require whenever they listen
+	// beyond loopback, and write actions require always. Default "": the environment
+	// variable KVROUTE_ADMIN_TOKEN, if set; with no token at all the admin refuses to
+	// listen beyond loopback and refuses every write action.
+	Token string `yaml:"token"`
+}
+
+// AdminTokenEnv is the environment variable read when admin.token is empty.
+const AdminTokenEnv = "KVROUTE_ADMIN_TOKEN"
+
+// AdminToken returns the admin bearer token: admin.token, else $KVROUTE_ADMIN_TOKEN;
+// "" when neither is set.
+func (c *Config) AdminToken() string {
+	if c.Admin.Token != "" {
+		return c.Admin.Token
+	}
+	return os.Getenv(AdminTokenEnv)
 }
 
 // Timeouts bound each phase of a forwarded request. Every value is a Go duration string
@@ -246,6 +280,7 @@ func Default() Config {
 			ModelsInterval: 30 * time.Second,
 		},
 		Headers: Headers{Worker: true, CachedBlocks: true},
+		Admin:   Admin{Listen: "127.0.0.1:9090"},
 	}
 }
 
@@ -288,6 +323,7 @@ func LoadFile(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	cfg.Source = path
 	return cfg, nil
 }
 
@@ -388,6 +424,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.NATS.SubjectPrefix == "" {
 		bad("events.nats.subject_prefix: must not be empty")
+	}
+	if a := c.Admin.Listen; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad("admin.listen: %q is not host:port", a)
+		}
+	}
+	if p := c.Admin.PathPrefix; p != "" {
+		reserved := []string{"/v1", "/health", "/ready", "/metrics"}
+		if !strings.HasPrefix(p, "/") || p == "/" || strings.HasSuffix(p, "/") || strings.ContainsAny(p, " ?#") ||
+			slices.ContainsFunc(reserved, func(r string) bool { return p == r || strings.HasPrefix(p, r+"/") }) {
+			bad("admin.path_prefix: %q must be a path such as /admin, without a trailing slash, outside %s", p, strings.Join(reserved, " "))
+		}
 	}
 	if len(c.Workers) == 0 {
 		bad("workers: at least one worker is required")

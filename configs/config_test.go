@@ -44,6 +44,12 @@ func TestFullFileValues(t *testing.T) {
 	if cfg.Timeouts.Idle != 2*time.Second || cfg.Health.EjectBase != 100*time.Millisecond || cfg.Headers.Worker {
 		t.Errorf("values not decoded: %+v", cfg)
 	}
+	if a := cfg.Admin; a.Listen != "127.0.0.1:9191" || a.PathPrefix != "/admin" || cfg.AdminToken() != "s3cret" {
+		t.Errorf("admin: %+v", a)
+	}
+	if cfg.Source != "testdata/full.good.yaml" {
+		t.Errorf("Source = %q, want the file name", cfg.Source)
+	}
 	if w := cfg.Workers[0]; w.ID != "a" || len(w.Models) != 2 || w.Replay != "tcp://gpu-a:5558" || w.MaxConns != 8 {
 		t.Errorf("worker a: %+v", w)
 	}
@@ -72,6 +78,7 @@ func TestBadFiles(t *testing.T) {
 		"bad_tokenize_mode":     {`tokenize.mode: "spacy"`},
 		"nats_without_url":      {`events.nats.url: ""`},
 		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1"},
+		"bad_admin":             {`admin.listen: "9090"`, `admin.path_prefix: "/v1/admin"`},
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yaml")
 	if len(files) != len(cases) {
@@ -164,4 +171,19 @@ func FuzzLoad(f *testing.F) {
 			t.Fatal("Load returned a config that does not validate")
 		}
 	})
+}
+
+func TestAdminTokenFromEnv(t *testing.T) {
+	t.Setenv(AdminTokenEnv, "from-env")
+	cfg := Default()
+	if got := cfg.AdminToken(); got != "from-env" {
+		t.Errorf("AdminToken() = %q, want the environment's", got)
+	}
+	cfg.Admin.Token = "from-file"
+	if got := cfg.AdminToken(); got != "from-file" {
+		t.Errorf("AdminToken() = %q, want the config's", got)
+	}
+	if d := Default(); d.Admin.Listen != "127.0.0.1:9090" {
+		t.Errorf("default admin.listen = %q", d.Admin.Listen)
+	}
 }
