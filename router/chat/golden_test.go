@@ -38,23 +38,32 @@ func modelDir(t testing.TB, name string) string {
 }
 
 var (
-	encMu sync.Mutex
-	encs  = map[string]*Encoder{}
+	encMu sync.Mutex // guards encs
+	encs  = map[string]*encOnce{}
 )
 
+type encOnce struct {
+	once sync.Once
+	enc  *Encoder
+	err  error
+}
+
+// loadEncoder loads a test encoder once per test binary; different models load in
+// parallel.
 func loadEncoder(t testing.TB, name string) *Encoder {
 	t.Helper()
 	encMu.Lock()
-	defer encMu.Unlock()
-	if e, ok := encs[name]; ok {
-		return e
+	e, ok := encs[name]
+	if !ok {
+		e = &encOnce{}
+		encs[name] = e
 	}
-	e, err := Load(modelDir(t, name))
-	if err != nil {
-		t.Fatalf("load %s: %v", name, err)
+	encMu.Unlock()
+	e.once.Do(func() { e.enc, e.err = Load(modelDir(t, name)) })
+	if e.err != nil {
+		t.Fatalf("load %s: %v", name, e.err)
 	}
-	encs[name] = e
-	return e
+	return e.enc
 }
 
 type chatGolden struct {
@@ -93,6 +102,7 @@ func readGolden(t *testing.T, name string) []chatGolden {
 func TestGoldenChat(t *testing.T) {
 	for _, m := range chatModels {
 		t.Run(m, func(t *testing.T) {
+			t.Parallel()
 			enc := loadEncoder(t, m)
 			cases := readGolden(t, m)
 			if len(cases) == 0 {

@@ -51,43 +51,53 @@ func modelDir(t testing.TB, name string) string {
 }
 
 var (
-	loadMu sync.Mutex
-	loaded = map[string]*Tokenizer{}
+	loadMu sync.Mutex // guards loaded
+	loaded = map[string]*loadOnce{}
 )
 
-// loadModel loads a test tokenizer once per test binary.
+type loadOnce struct {
+	once sync.Once
+	tok  *Tokenizer
+	err  error
+}
+
+// loadModel loads a test tokenizer once per test binary; different models load
+// in parallel.
 func loadModel(t testing.TB, name string) *Tokenizer {
 	t.Helper()
 	loadMu.Lock()
-	defer loadMu.Unlock()
-	if tok, ok := loaded[name]; ok {
-		return tok
+	l, ok := loaded[name]
+	if !ok {
+		l = &loadOnce{}
+		loaded[name] = l
 	}
-	var tok *Tokenizer
-	var err error
-	if v, ok := variants[name]; ok {
-		data, rerr := os.ReadFile(filepath.Join(modelDir(t, v.base), "tokenizer.json"))
-		if rerr != nil {
-			t.Fatal(rerr)
-		}
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(data, &m); err != nil {
-			t.Fatal(err)
-		}
-		for k, val := range v.edit {
-			b, _ := json.Marshal(val)
-			m[k] = b
-		}
-		data, _ = json.Marshal(m)
-		tok, err = Parse(data)
-	} else {
-		tok, err = Load(modelDir(t, name))
+	loadMu.Unlock()
+	l.once.Do(func() { l.tok, l.err = loadUncached(t, name) })
+	if l.err != nil {
+		t.Fatalf("load %s: %v", name, l.err)
 	}
+	return l.tok
+}
+
+func loadUncached(t testing.TB, name string) (*Tokenizer, error) {
+	v, ok := variants[name]
+	if !ok {
+		return Load(modelDir(t, name))
+	}
+	data, err := os.ReadFile(filepath.Join(modelDir(t, v.base), "tokenizer.json"))
 	if err != nil {
-		t.Fatalf("load %s: %v", name, err)
+		return nil, err
 	}
-	loaded[name] = tok
-	return tok
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, err
+	}
+	for k, val := range v.edit {
+		b, _ := json.Marshal(val)
+		m[k] = b
+	}
+	data, _ = json.Marshal(m)
+	return Parse(data)
 }
 
 func readJSONL[T any](t testing.TB, path string) []T {
@@ -127,6 +137,7 @@ func TestGolden(t *testing.T) {
 	}
 	for _, m := range goldenModels {
 		t.Run(m, func(t *testing.T) {
+			t.Parallel()
 			tok := loadModel(t, m)
 			golden := readJSONL[goldenLine](t, filepath.Join("testdata/golden", m+".jsonl"))
 			if len(golden) != len(corpus) {
