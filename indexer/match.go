@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kvroute/kvroute/indexer/blocktable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -56,20 +57,28 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		i        int
 		shared   = -1 // blocks walked while at least two workers were open
 	)
-	// Warm the next batch of blocks before walking it (see blocktable.Table.Warm); the
-	// batch grows geometrically so that a request missing early wastes little.
-	var hint uint64
-	warmEnd, batch := 0, 8
+	// Warm the next batch of blocks before walking it: compute their home slots and load
+	// them in a tight loop so that the cache misses overlap (see blocktable.Table.Warm),
+	// then walk the batch through the remembered slots. The batch grows geometrically so
+	// that a request missing early wastes little.
+	var (
+		hint      uint64
+		homes     [32]*blocktable.Slot
+		warmStart int
+		warmEnd   int
+		batch     = 8
+	)
 	for i = 0; i < len(hashes); i++ {
 		if i == warmEnd {
-			warmEnd = min(i+batch, len(hashes))
-			for _, h := range hashes[i:warmEnd] {
-				hint += ix.nodes.Warm(uint64(h))
+			warmStart, warmEnd = i, min(i+batch, len(hashes))
+			for k, h := range hashes[i:warmEnd] {
+				homes[k] = ix.nodes.Home(uint64(h))
+				hint += homes[k].Key
 			}
-			batch = min(batch*2, 32)
+			batch = min(batch*2, len(homes))
 		}
 		key := uint64(hashes[i])
-		sl := ix.nodes.Home(key)
+		sl := homes[i-warmStart]
 		if sl.Key != key || sl.Val == 0 {
 			if sl = ix.nodes.Find(key); sl == nil {
 				break
