@@ -102,9 +102,9 @@
 //
 // # Measurements
 //
-// AMD EPYC VM, 2 cores and a 32 MiB L3 shared with other jobs (load average 4 to 6 during
-// the runs below, 11 to 19 at other times), so wall-clock percentiles include waiting
-// for a CPU and memory latency varies with the neighbours; cpu-ns/op and
+// AMD EPYC VM, 2 cores and a 32 MiB L3 shared with other jobs (load average 6 to 7
+// during the runs below, up to 19 at other times), so wall-clock percentiles include
+// waiting for a CPU and memory latency varies with the neighbours; cpu-ns/op and
 // block-ops/cpu-s are process CPU time. Commands:
 //
 //	go test -run x -bench 'BenchmarkMatch$' -benchtime 20000x ./indexer
@@ -112,45 +112,49 @@
 //	go test -run x -bench 'ApplyMooncake|MemoryPerEntry' -benchtime 3x ./indexer
 //
 // Match, 1M indexed blocks, half of each request a system prompt every worker holds, the
-// other half held by one worker (so every request walks all its blocks); cpu-ns/op,
-// p50, p99 in microseconds; 0 allocations in every case:
+// other half held by one worker (so every request walks all its blocks); CPU per call /
+// p50 / p99, in microseconds; 0 allocations in every case:
 //
 //	workers  64 blocks          512 blocks          2048 blocks
-//	8        1.7 / 1.5 / 2.8    16.7 / 15.9 / 36.5  95 / 91 / 387
-//	64       3.1 / 2.7 / 4.4    23.9 / 22.4 / 51.6  108 / 103 / 253
-//	512      16.8 / 14.5 / 32.6 38.3 / 33.8 / 118   128 / 119 / 2676
+//	8        2.1 / 1.8 / 3.7    16.1 / 15.6 / 31.3  88.9 / 85.5 / 1398
+//	64       3.1 / 2.4 / 4.7    18.4 / 17.7 / 36.4  91.3 / 85.9 / 155
+//	512      13.3 / 11.8 / 24.6 31.2 / 29.0 / 48.5  102.7 / 98.6 / 136
 //
 // The case, 512-block request, 64 workers, 10,000,384 indexed blocks
-// (BenchmarkMatch10M): 24.4 us CPU per Match, p50 22.5 us, p99 226 us. In a quieter
-// moment (load 3) the 1M-block 64-worker 512-block case measured 13.0 us per Match,
-// p50 12.0 us, p99 23.4 us. The cost is one random memory access per block (about
-// 25 to 50 ns here): the goal of p99 <= 10 us for 512 blocks is not met on this
-// machine. Dynamo publishes p99 < 10 us for its indexer (hardware and request size not
-// stated). Getting below one cache miss per block needs runs of blocks stored together
-// (a run-compressed tree), the next step if matching long prompts matters more than
-// exact per-block updates.
+// (BenchmarkMatch10M): 28.3 us CPU per Match, p50 26.6 us, p99 293 us. With 100k
+// indexed blocks (the table fits in L3; BenchmarkRadixComparison/index): 8.6 us CPU,
+// p50 7.5 us, p99 21.6 us. The cost is one random memory access per block, 35 to 55 ns
+// here once the table outgrows the cache (a 256 MB array read at random in the same
+// batched way costs 26 ns per access on this machine, with or without huge pages): the
+// goal of p99 <= 10 us for 512 blocks at 10M blocks is not met on this machine. Dynamo
+// publishes p99 < 10 us for its indexer (hardware and request size not stated). Going
+// below one cache miss per block needs runs of blocks stored together (a run-compressed
+// tree), the next step if matching long prompts matters more than exact per-block
+// updates.
 //
 // Ingest, BenchmarkApplyMooncake (first 2000 requests of the Mooncake conversation
 // trace, 8 workers with 131,072-block LRU caches, 1,453,856 block operations, 1,032,704
 // blocks indexed at the end, fresh index each iteration so table growth is included):
-// 3.5M block operations per CPU-second (2.95M/s wall). Goal >= 10M/s per core: not met;
+// 3.7M block operations per CPU-second (3.7M/s wall). Goal >= 10M/s per core: not met;
 // Dynamo publishes > 10M events+requests/s and 170M block ops/s on 24 threads for its
-// "flash indexer". Each stored block costs a chained xxhash of its tokens, a node-table
-// and an engine-table access (warmed in groups of 32 so their misses overlap).
+// "flash indexer". Each stored block costs a chained xxhash of its tokens and a
+// node-table and an engine-table access (warmed in groups of 32 so their misses overlap);
+// about a fifth of the time is table growth from empty.
 //
 // Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index): 64.1 bytes per
 // (block, worker) entry with one holder per block at 2^20 entries (both tables just
-// doubled: the worst point), 53.5 at 1.5 x 2^20; 40.1 bytes per entry (160 per block)
+// doubled: the worst point), 52.6 at 1.5 x 2^20; 40.1 bytes per entry (160 per block)
 // when each block has 4 holders. Goal <= 48 bytes per entry: met for shared blocks, not
 // for blocks held by a single worker. The estimate in Stats.MemoryBytes agrees with the
 // heap within 0.1%.
 //
-// go-radix (BenchmarkRadixComparison, 64 workers, 512-block requests, 100k blocks):
-// this index 14.4 us CPU per match (p50 12.1 us); go-radix keyed by each block's hash
-// 265 us (18x); go-radix keyed by the chain path 45 us (3x) and 4,306 bytes per block
-// (the full path key in every leaf), against 40 to 64 here.
+// go-radix (BenchmarkRadixComparison, 64 workers, 512-block requests, 100k blocks): this
+// index 8.6 us CPU per match; go-radix keyed by each block's hash 259 us (30x); go-radix
+// keyed by the chain path 38.7 us (4.5x) and 4,205 bytes per block (the full path key in
+// every leaf), against 40 to 64 here.
 //
 // Under concurrent ingest (BenchmarkMatchDuringIngest, 2 matching goroutines and one
-// ingest goroutine on the 2 shared cores): Match p50 36 us, p99 1.1 ms (mostly waiting
-// for a CPU), while ingest proceeded at 0.64M block ops/s: neither side starves.
+// ingest goroutine on the 2 shared cores): Match p50 38 us, p99 3.2 ms (three runnable
+// goroutines on two cores: mostly waiting for a CPU), while ingest proceeded at 0.51M
+// block ops/s: neither side starves.
 package indexer
