@@ -25,4 +25,12 @@
 //     distinction, as json.loads does.
 //   - Render never panics and never runs unbounded: it stops with an error after
 //     a fixed number of steps or a fixed output size.
+//
+// testdata/cases.json holds templates exercising these semantics; their outputs
+// under Python's jinja2 in transformers' environment (testdata/gen_cases.py) are
+// in testdata/golden.json and TestPythonGolden compares. Known differences, none
+// used by the chat templates tested: tuples are lists (a printed tuple shows
+// [1, 2], not (1, 2)); an undefined value's attribute is undefined rather than an
+// error; {% raw %}, {% include %}, {% extends %} and recursive loops are parse
+// errors.
 package jinja

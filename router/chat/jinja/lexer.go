@@ -3,7 +3,9 @@ package jinja
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // tokKind is the kind of a lexer token.
@@ -157,6 +159,18 @@ func lex(src string) ([]token, error) {
 						k++
 					}
 				}
+				if k < len(src) && (src[k] == 'e' || src[k] == 'E') {
+					e := k + 1
+					if e < len(src) && (src[e] == '+' || src[e] == '-') {
+						e++
+					}
+					if e < len(src) && src[e] >= '0' && src[e] <= '9' {
+						for e < len(src) && src[e] >= '0' && src[e] <= '9' {
+							e++
+						}
+						kind, k = tFloat, e
+					}
+				}
 				toks = append(toks, token{kind: kind, val: strings.ReplaceAll(src[i:k], "_", ""), line: line})
 				i = k
 			case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
@@ -217,6 +231,17 @@ func lexString(s string) (string, int, error) {
 			case 'f':
 				b.WriteByte('\f')
 			case '\\', '\'', '"':
+				b.WriteByte(s[i])
+			case 'x', 'u', 'U':
+				n := map[byte]int{'x': 2, 'u': 4, 'U': 8}[s[i]]
+				if i+n < len(s) {
+					if v, err := strconv.ParseUint(s[i+1:i+1+n], 16, 32); err == nil && utf8.ValidRune(rune(v)) {
+						b.WriteRune(rune(v))
+						i += n
+						continue
+					}
+				}
+				b.WriteByte('\\')
 				b.WriteByte(s[i])
 			case '\n':
 			default:

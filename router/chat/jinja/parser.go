@@ -488,11 +488,14 @@ func (p *parser) parseNot() (expr, error) {
 	return p.parseCompare()
 }
 
+// parseCompare parses comparisons; a chain a < b < c means a < b and b < c, as in
+// Python and Jinja.
 func (p *parser) parseCompare() (expr, error) {
 	l, err := p.parseConcat()
 	if err != nil {
 		return nil, err
 	}
+	var chain expr
 	for {
 		t := p.peek()
 		var op string
@@ -507,13 +510,22 @@ func (p *parser) parseCompare() (expr, error) {
 			op = "not in"
 			p.pos += 2
 		default:
-			return l, nil
+			if chain == nil {
+				return l, nil
+			}
+			return chain, nil
 		}
 		r, err := p.parseConcat()
 		if err != nil {
 			return nil, err
 		}
-		l = &binExpr{op: op, l: l, r: r}
+		cmp := &binExpr{op: op, l: l, r: r}
+		if chain == nil {
+			chain = cmp
+		} else {
+			chain = &binExpr{op: "and", l: chain, r: cmp}
+		}
+		l = r
 	}
 }
 
@@ -540,42 +552,53 @@ func (p *parser) parseAdd() (expr, error) {
 }
 
 func (p *parser) parseMul() (expr, error) {
-	l, err := p.parseUnary()
+	l, err := p.parsePow()
 	for err == nil && (p.isOp("*") || p.isOp("/") || p.isOp("//") || p.isOp("%")) {
 		op := p.next().val
 		var r expr
-		r, err = p.parseUnary()
+		r, err = p.parsePow()
 		l = &binExpr{op: op, l: l, r: r}
 	}
 	return l, err
 }
 
-func (p *parser) parseUnary() (expr, error) {
-	if p.isOp("-") || p.isOp("+") {
-		op := p.next().val
-		x, err := p.parseUnary()
-		return &unaryExpr{op: op, x: x}, err
-	}
-	return p.parsePow()
-}
-
+// parsePow parses **, which in Jinja binds looser than unary minus and filters:
+// -2 ** 2 is 4.
 func (p *parser) parsePow() (expr, error) {
-	l, err := p.parseFilterTest()
-	if err == nil && p.isOp("**") {
+	l, err := p.parseUnary(true)
+	for err == nil && p.isOp("**") {
 		p.next()
 		var r expr
-		r, err = p.parseUnary()
+		r, err = p.parseUnary(true)
 		l = &binExpr{op: "**", l: l, r: r}
 	}
 	return l, err
 }
 
-// parseFilterTest parses a primary followed by filters and an optional test.
-func (p *parser) parseFilterTest() (expr, error) {
-	e, err := p.parsePostfix()
-	if err != nil {
+// parseUnary parses unary minus and plus, a primary with its postfix operators,
+// and (withFilter) the filters and tests after it, as Jinja's parse_unary does:
+// -3 | abs is 3.
+func (p *parser) parseUnary(withFilter bool) (expr, error) {
+	var e expr
+	var err error
+	if p.isOp("-") || p.isOp("+") {
+		op := p.next().val
+		var x expr
+		if x, err = p.parseUnary(false); err != nil {
+			return nil, err
+		}
+		e = &unaryExpr{op: op, x: x}
+	} else if e, err = p.parsePostfix(); err != nil {
 		return nil, err
 	}
+	if !withFilter {
+		return e, nil
+	}
+	return p.parseFilterTest(e)
+}
+
+// parseFilterTest parses the filters and tests applied to e.
+func (p *parser) parseFilterTest(e expr) (expr, error) {
 	for {
 		switch {
 		case p.isOp("|"):
