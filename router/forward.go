@@ -2,6 +2,7 @@ package router
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -165,7 +166,8 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 		return true, nil
 	}
 	ctx.Response.Header.SetContentLength(-1)
-	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, code: code, start: start}
+	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, code: code, start: start,
+		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
 	ctx.SetBodyStreamWriter(sp.run)
 	return true, nil
 }
@@ -181,6 +183,9 @@ type streamPipe struct {
 	model string
 	code  int
 	start time.Time
+	// sse is true when the worker answered text/event-stream: such a stream is complete
+	// only once its data: [DONE] event has been read.
+	sse bool
 }
 
 // streamCloser is the part of fasthttp's response body stream that can be closed from
@@ -227,9 +232,11 @@ func (p *streamPipe) run(bw *bufio.Writer) {
 	defer chunkBufs.Put(bufp)
 	buf := *bufp
 	first := true
+	var tail sseTail
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
+			tail.add(buf[:n])
 			watchdog.Reset(p.s.cfg.Timeouts.Idle)
 			if first {
 				first = false
@@ -249,7 +256,13 @@ func (p *streamPipe) run(bw *bufio.Writer) {
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			return
+			if !p.sse || tail.done() {
+				return
+			}
+			// fasthttp reports a worker that closed its connection between two chunks
+			// as a clean end of the chunked body, so a killed engine would look like a
+			// finished stream: only data: [DONE] proves the stream is complete.
+			err = errStreamCut
 		}
 		if err != nil {
 			if timedOut.Load() {
@@ -268,6 +281,35 @@ func (p *streamPipe) run(bw *bufio.Writer) {
 			return
 		}
 	}
+}
+
+// errStreamCut is an event stream that ended without its data: [DONE] event.
+var errStreamCut = fmt.Errorf("event stream ended before data: [DONE]: %w", io.ErrUnexpectedEOF)
+
+// sseTail keeps the last bytes of a stream, to tell whether it ended with data: [DONE].
+type sseTail struct {
+	b [32]byte
+	n int
+}
+
+// add appends p, keeping the last len(t.b) bytes.
+func (t *sseTail) add(p []byte) {
+	if len(p) >= len(t.b) {
+		t.n = copy(t.b[:], p[len(p)-len(t.b):])
+		return
+	}
+	if drop := t.n + len(p) - len(t.b); drop > 0 {
+		copy(t.b[:], t.b[drop:t.n])
+		t.n -= drop
+	}
+	t.n += copy(t.b[t.n:], p)
+}
+
+// done reports whether the stream so far ends with the data: [DONE] event (SSE allows
+// no space after the colon and CRLF line ends).
+func (t *sseTail) done() bool {
+	b := bytes.TrimRight(t.b[:t.n], "\r\n")
+	return bytes.HasSuffix(b, []byte("data: [DONE]")) || bytes.HasSuffix(b, []byte("data:[DONE]"))
 }
 
 // statusClientClosed is the status recorded when the client went away before the end of
