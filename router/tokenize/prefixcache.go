@@ -83,7 +83,7 @@ func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) 
 		return t.Encode(text, addSpecial), 0
 	}
 	buf := encodePool.Get().(*encodeBuf)
-	defer encodePool.Put(buf)
+	defer buf.release()
 	var cps []checkpoint
 	buf.segs = t.added.split(buf.segs[:0], text, true, func(end, read int) {
 		cps = append(cps, checkpoint{end: end, read: read})

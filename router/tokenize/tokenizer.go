@@ -228,6 +228,16 @@ type encodeBuf struct {
 
 var encodePool = sync.Pool{New: func() any { return new(encodeBuf) }}
 
+// release drops the buffer's references into the caller's text, so a pooled
+// buffer does not keep a large request alive, and returns it to the pool.
+func (b *encodeBuf) release() {
+	clear(b.segs)
+	clear(b.nsegs)
+	clear(b.pieces)
+	b.in[0] = piece{}
+	encodePool.Put(b)
+}
+
 // Encode returns the token ids of text. addSpecial adds the post-processor's
 // special tokens (typically BOS) as tokenizer(text) does by default; special tokens
 // written in the text itself are always recognized, as in HuggingFace tokenizers.
@@ -251,7 +261,7 @@ func (t *Tokenizer) AppendEncode(dst []uint32, text string, addSpecial bool) []u
 // text begins the input (Metaspace's prepend_scheme "first" depends on it).
 func (t *Tokenizer) encodeText(dst []uint32, text string, atStart bool) []uint32 {
 	buf := encodePool.Get().(*encodeBuf)
-	defer encodePool.Put(buf)
+	defer buf.release()
 	buf.segs = t.added.split(buf.segs[:0], text, atStart, nil)
 	return t.encodeSegs(dst, buf, buf.segs, nil)
 }
