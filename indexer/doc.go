@@ -124,9 +124,9 @@
 // (BenchmarkMatch10M): 28.3 us CPU per Match, p50 26.6 us, p99 293 us. With 100k
 // indexed blocks (the table fits in L3; BenchmarkRadixComparison/index): 8.6 us CPU,
 // p50 7.5 us, p99 21.6 us. The cost is one random memory access per block, 35 to 55 ns
-// here once the table outgrows the cache (a 256 MB array read at random in the same
-// batched way costs 26 ns per access on this machine, with or without huge pages): the
-// goal of p99 <= 10 us for 512 blocks at 10M blocks is not met on this machine. Dynamo
+// here once the table outgrows the cache (BenchmarkWalk512 in blocktable isolates it;
+// huge pages did not change it in a trial): the goal of p99 <= 10 us for 512 blocks at
+// 10M blocks is not met on this machine. Dynamo
 // publishes p99 < 10 us for its indexer (hardware and request size not stated). Going
 // below one cache miss per block needs runs of blocks stored together (a run-compressed
 // tree), the next step if matching long prompts matters more than exact per-block
