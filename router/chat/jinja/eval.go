@@ -60,7 +60,11 @@ func (f *frame) lookup(name string) (Value, bool) {
 type renderer struct {
 	out   *strings.Builder
 	steps int
+	depth int // macro call depth
 }
+
+// maxDepth bounds macro recursion, as Python's recursion limit does for jinja2.
+const maxDepth = 500
 
 type macro struct {
 	name     string
@@ -628,6 +632,11 @@ func (r *renderer) evalCall(e *callExpr, f *frame) (Value, error) {
 }
 
 func (r *renderer) callMacro(m *macro, args []Value, kw *Dict) (Value, error) {
+	if r.depth >= maxDepth {
+		return nil, fmt.Errorf("macro %s: maximum recursion depth exceeded", m.name)
+	}
+	r.depth++
+	defer func() { r.depth-- }()
 	fr := &frame{vars: map[string]Value{}, parent: m.closure}
 	for i, p := range m.params {
 		switch {

@@ -132,6 +132,13 @@ func TestRaiseAndStrftime(t *testing.T) {
 
 // TestLimits checks that runaway templates stop with an error.
 func TestLimits(t *testing.T) {
+	rec, err := Parse(`{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Render(nil); err == nil || !strings.Contains(err.Error(), "recursion") {
+		t.Fatalf("unbounded recursion: got %v", err)
+	}
 	tmpl, err := Parse(`{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}`)
 	if err != nil {
 		t.Fatal(err)
