@@ -99,6 +99,10 @@ func TestParseErrors(t *testing.T) {
 		"{{ (1 + }}",
 		"{% set = 1 %}",
 		"{# open comment",
+		"{{ " + strings.Repeat("(", 10000) + "1" + strings.Repeat(")", 10000) + " }}",
+		"{{ " + strings.Repeat("not ", 10000) + "x }}",
+		"{{ " + strings.Repeat("-", 10000) + "1 }}",
+		strings.Repeat("{% if x %}", 10000) + strings.Repeat("{% endif %}", 10000),
 	} {
 		if _, err := Parse(src); err == nil {
 			t.Errorf("Parse(%q): no error", src)

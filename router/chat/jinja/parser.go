@@ -98,8 +98,21 @@ type (
 )
 
 type parser struct {
-	toks []token
-	pos  int
+	toks  []token
+	pos   int
+	depth int // expression and block nesting, bounded by maxNesting
+}
+
+// maxNesting bounds how deeply expressions and blocks nest, so a hostile template
+// cannot exhaust the stack of the recursive-descent parser or the renderer.
+const maxNesting = 256
+
+func (p *parser) enter() error {
+	p.depth++
+	if p.depth > maxNesting {
+		return p.errf("nesting deeper than %d", maxNesting)
+	}
+	return nil
 }
 
 func (p *parser) peek() token { return p.toks[p.pos] }
@@ -148,6 +161,10 @@ func (p *parser) expectName() (string, error) {
 // parseBody parses statements until a block tag whose name is in stops (returned,
 // with the parser just after the name) or the end of the template.
 func (p *parser) parseBody(stops ...string) ([]node, string, error) {
+	if err := p.enter(); err != nil {
+		return nil, "", err
+	}
+	defer func() { p.depth-- }()
 	var body []node
 	for {
 		t := p.peek()
@@ -435,6 +452,10 @@ func (p *parser) parseTuple() (expr, error) {
 
 // parseExpr parses a full expression, including the inline if-else.
 func (p *parser) parseExpr() (expr, error) {
+	if err := p.enter(); err != nil {
+		return nil, err
+	}
+	defer func() { p.depth-- }()
 	a, err := p.parseOr()
 	if err != nil {
 		return nil, err
@@ -482,6 +503,10 @@ func (p *parser) parseAnd() (expr, error) {
 func (p *parser) parseNot() (expr, error) {
 	if p.isName("not") {
 		p.next()
+		if err := p.enter(); err != nil {
+			return nil, err
+		}
+		defer func() { p.depth-- }()
 		x, err := p.parseNot()
 		return &unaryExpr{op: "not", x: x}, err
 	}
@@ -583,6 +608,10 @@ func (p *parser) parseUnary(withFilter bool) (expr, error) {
 	var err error
 	if p.isOp("-") || p.isOp("+") {
 		op := p.next().val
+		if err := p.enter(); err != nil {
+			return nil, err
+		}
+		defer func() { p.depth-- }()
 		var x expr
 		if x, err = p.parseUnary(false); err != nil {
 			return nil, err
