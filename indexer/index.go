@@ -232,7 +232,10 @@ func (ix *Index) nowTick() (time.Time, uint32) {
 	t := ix.now()
 	s := t.Sub(ix.epoch) / time.Second
 	tick := uint32(min(max(s, 0), math.MaxUint32-1)) + 1
-	ix.tick.Store(tick)
+	if ix.tick.Load() != tick {
+		// Only on change: Match reads tick on every call from every core.
+		ix.tick.Store(tick)
+	}
 	return t, tick
 }
 

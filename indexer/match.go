@@ -1,6 +1,7 @@
 package indexer
 
 import (
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -42,8 +43,9 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 	if len(hashes) == 0 {
 		return dst
 	}
-	n := ix.c.matches.Add(1)
-	sampled := n%uint64(ix.opts.SampleEvery) == 0
+	// Sample with the runtime's per-thread random source rather than a shared counter,
+	// which every concurrent Match would contend on.
+	sampled := ix.opts.SampleEvery == 1 || rand.Uint64N(uint64(ix.opts.SampleEvery)) == 0
 	var start time.Time
 	if sampled {
 		start = time.Now()

@@ -34,7 +34,8 @@ type Stats struct {
 	// PredictedInserted and PredictedExpired count predicted entries created and expired
 	// unconfirmed.
 	PredictedInserted, PredictedExpired uint64
-	// Matches counts Match calls.
+	// Matches estimates the Match calls (sampled calls times Options.SampleEvery; exact
+	// when SampleEvery is 1).
 	Matches uint64
 	// Hot lists the most often matched shared prefixes, hottest first (sampled).
 	Hot []HotPrefix
@@ -200,6 +201,7 @@ func (h *hotTracker) snapshot() []HotPrefix {
 // sample feeds a sampled Match into the latency histogram and the hot-prefix tracker.
 // shared is the number of leading blocks walked while at least two workers matched.
 func (ix *Index) sample(hashes []proto.BlockHash, dst []WorkerMatch, shared int, start time.Time) {
+	ix.c.matches.Add(uint64(ix.opts.SampleEvery))
 	if ix.metrics != nil {
 		ix.metrics.match.Observe(time.Since(start).Seconds())
 	}
