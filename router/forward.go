@@ -80,6 +80,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		if w == nil {
 			break
 		}
+		s.traffic.decision(t0)
 		if attempt > 0 {
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
@@ -150,6 +151,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 
 	// Commit: from here on the client gets this worker's answer.
 	s.committed(ctx, w, st, overlap, r.Model)
+	s.traffic.routed(w.ID, r.Model, st.req.PromptTokens, overlap*st.req.BlockSize, time.Now())
 	resp.Header.CopyTo(&ctx.Response.Header)
 	for _, h := range hopByHop {
 		ctx.Response.Header.Del(h)
@@ -162,6 +164,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 		fasthttp.ReleaseResponse(resp)
 		load.End()
 		s.metrics.ttfb.WithLabelValues(r.Model).Observe(time.Since(start).Seconds())
+		s.traffic.ttft(w.ID, r.Model, time.Since(start), time.Now())
 		s.count(w.ID, r.Model, code, start)
 		return true, nil
 	}
@@ -242,6 +245,7 @@ func (p *streamPipe) run(bw *bufio.Writer) {
 				first = false
 				p.load.FirstToken()
 				p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
+				p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
 			}
 			_, werr := bw.Write(buf[:n])
 			if werr == nil {
@@ -345,6 +349,7 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, model string, err error) {
 // before routing).
 func (s *Server) count(worker, model string, status int, start time.Time) {
 	s.metrics.requests.WithLabelValues(worker, model, statusLabel(status)).Inc()
+	s.traffic.finished(worker, model, status, time.Now())
 	if !start.IsZero() {
 		s.metrics.duration.WithLabelValues(model).Observe(time.Since(start).Seconds())
 	}

@@ -37,6 +37,7 @@ type Stack struct {
 	Server   *Server
 	log      *slog.Logger
 	closers  []func()
+	admin    adminState // the admin API (stats.go)
 }
 
 // NewStack builds every part of a router from cfg; nothing runs until [Stack.Run].
@@ -240,6 +241,10 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 		log.Info("worker", "id", s.ID, "url", s.URL, "available", s.Available, "models", s.Models, "events", w.Events, "last_error", s.LastError)
 	}
 
+	if err := st.startAdmin(ln); err != nil {
+		return err
+	}
+	defer st.stopAdmin()
 	served := make(chan error, 1)
 	go func() { served <- st.Server.Serve(ln) }()
 	log.Info("kvroute serving", "listen", ln.Addr().String(), "policy", cfg.Policy, "tokenize", cfg.Tokenize.Mode, "workers", len(cfg.Workers))

@@ -58,6 +58,13 @@ type Server struct {
 	decisions *decisionLog
 	// mismatchLogged limits the block-size mismatch error to once at info level.
 	mismatchLogged atomic.Bool
+
+	// Admin API (stats.go): windowed request statistics, the reloadable policy (nil
+	// unless it explains its choices) and the admin handler mounted under
+	// Config.Admin.PathPrefix (nil when not mounted; set before Serve).
+	traffic *trafficStats
+	policy  *swappableSelector
+	admin   fasthttp.RequestHandler
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -70,6 +77,7 @@ func New(opts Options) (*Server, error) {
 		index: opts.Index, hasher: opts.Hasher,
 		blocks:    blockSizes{configured: opts.Config.CacheAware.BlockSize},
 		decisions: newDecisionLog(256),
+		traffic:   newTrafficStats(time.Now()),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -79,7 +87,7 @@ func New(opts Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.sel = sel
+		s.sel, s.policy = wrapSelector(sel)
 	}
 	reg, gat := opts.Registerer, opts.Gatherer
 	if reg == nil {
@@ -148,6 +156,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case "/metrics":
 		s.onlyGet(ctx, s.metricsH)
 	default:
+		if s.admin != nil && s.ownedByAdmin(ctx.Path()) {
+			s.admin(ctx)
+			return
+		}
 		writeError(ctx, fmt.Errorf("%w: %s", errNotFound, ctx.Path()))
 	}
 }

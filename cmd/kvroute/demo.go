@@ -86,6 +86,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	cfg.Policy = o.policy
 	cfg.Timeouts.Shutdown = 5 * time.Second
 	cfg.Health.Interval = time.Second
+	cfg.Admin.Listen, cfg.Admin.PathPrefix = "", "/admin" // the dashboard on the router's own port
 	for _, info := range fleet.Infos() {
 		cfg.Workers = append(cfg.Workers, configs.Worker{
 			ID: info.ID, URL: info.URL, Models: []string{demoModel}, Events: info.Events, Replay: info.Replay, MaxConns: 1024,
@@ -102,6 +103,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(out, "kvroute demo: %d simulated workers (%s), policy %s\n", o.workers, o.profile, o.policy)
 	fmt.Fprintf(out, "  router   %s  (try: curl %s/v1/models)\n  metrics  %s/metrics\n", url, url, url)
+	fmt.Fprintf(out, "  dashboard %s/admin/\n", url)
 	for _, info := range fleet.Infos() {
 		fmt.Fprintf(out, "  worker   %s %s events %s\n", info.ID, info.URL, info.Events)
 	}
