@@ -340,9 +340,7 @@ func (ix *Index) RemoveWorker(w WorkerKey) {
 // maintain enforces the bounds, expires predictions and collects unused sets. mu must be
 // held for writing.
 func (ix *Index) maintain(now time.Time, tick uint32) {
-	for ix.nodes.Len() > ix.opts.MaxBlocks {
-		ix.evictNode()
-	}
+	ix.evictNodes()
 	ix.expire(now.UnixNano(), tick)
 	if ix.sets.collect() {
 		for _, ws := range ix.workers {
@@ -353,29 +351,43 @@ func (ix *Index) maintain(now time.Time, tick uint32) {
 	}
 }
 
-// evictSamples is how many random blocks an eviction compares (Redis uses 5).
+// evictSamples is how many blocks an eviction compares (Redis uses 5).
 const evictSamples = 8
 
-// evictNode drops the least recently touched of evictSamples random blocks, for all its
-// holders. The engine-hash entries stay (the engine still holds the block, and they are
-// bounded by MaxBlocksPerWorker), so a later BlockRemoved still resolves. mu must be held
-// for writing.
-func (ix *Index) evictNode() {
-	var victim uint64
-	var vt uint32
-	found := false
-	for range evictSamples {
-		s := ix.nodes.Sample(ix.random())
-		if s == nil {
+// Node eviction scans evictScan consecutive blocks of the node table from a random place
+// and evicts up to evictBatch of the least recently touched among them: the same ratio of
+// victims to samples as one victim out of evictSamples, with one scan per batch.
+const (
+	evictScan  = 64
+	evictBatch = evictScan / evictSamples
+)
+
+// evictNodes evicts blocks until at most MaxBlocks remain, in batches chosen by sampled
+// LRU (see evictScan). The engine-hash entries stay (the engine still holds the block,
+// and they are bounded by MaxBlocksPerWorker), so a later BlockRemoved still resolves.
+// mu must be held for writing.
+func (ix *Index) evictNodes() {
+	var buf [evictBatch]uint64
+	for ix.nodes.Len() > ix.opts.MaxBlocks {
+		// A whole batch even when one block over: the next inserts then find room.
+		victims := ix.nodes.Oldest(ix.random(), evictScan, evictBatch, buf[:0])
+		if len(victims) == 0 {
 			return
 		}
-		if !found || s.Touch < vt {
-			victim, vt, found = s.Key, s.Touch, true
+		for _, key := range victims {
+			ix.evictNode(key)
 		}
 	}
-	sl := ix.nodes.Find(victim)
+}
+
+// evictNode drops block key for all its holders. mu must be held for writing.
+func (ix *Index) evictNode(key uint64) {
+	sl := ix.nodes.Find(key)
+	if sl == nil {
+		return
+	}
 	id := setID(sl.Val)
-	own := proto.BlockHash(victim)
+	own := proto.BlockHash(key)
 	for _, c := range ix.sets.members(id) {
 		ws := ix.workers[codeWID(c)]
 		ix.account(ws, own, codeFlags(c), 0)
@@ -385,7 +397,7 @@ func (ix *Index) evictNode() {
 			}
 		}
 	}
-	ix.nodes.Delete(victim)
+	ix.nodes.Delete(key)
 	ix.sets.decRef(id)
 	ix.c.evictions[EvictCapacity].Add(1)
 }

@@ -355,12 +355,18 @@ func loadMooncake(b *testing.B, n int) *mooncakeStream {
 //
 //	go test -run x -bench '^BenchmarkApplyMooncake$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkApplyMooncake(b *testing.B) {
+	b.Run("unbounded", func(b *testing.B) { benchApplyMooncake(b, Options{}) })
+	// At capacity every new block evicts one (sampled LRU).
+	b.Run("MaxBlocks=200k", func(b *testing.B) { benchApplyMooncake(b, Options{MaxBlocks: 200_000}) })
+}
+
+func benchApplyMooncake(b *testing.B, opts Options) {
 	s := loadMooncake(b, 2000)
 	b.ReportAllocs()
 	var last *Index
 	cpu0 := cpuTime()
 	for b.Loop() {
-		ix, err := New(Options{})
+		ix, err := New(opts)
 		if err != nil {
 			b.Fatal(err)
 		}

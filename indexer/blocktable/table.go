@@ -275,6 +275,65 @@ func (t *Table) Sample(r uint64) *Slot {
 	return nil
 }
 
+// Oldest appends to dst[:0] the keys of the k least recently touched entries among the
+// first n occupied slots at or after a pseudo-random position chosen from r (continuing
+// into the following shards when one holds fewer), oldest first, and returns it; empty
+// when the table is empty. Neighbouring slots hold unrelated keys (placement is by
+// hash), so this is as good a sample for approximate LRU as n random slots, at the cost
+// of a few sequential cache lines instead of n misses, and one scan yields k victims.
+func (t *Table) Oldest(r uint64, n, k int, dst []uint64) []uint64 {
+	dst = dst[:0]
+	if t.n == 0 || k <= 0 {
+		return dst
+	}
+	n = min(n, t.n)
+	type cand struct {
+		key   uint64
+		touch uint32
+	}
+	var buf [16]cand
+	best := buf[:0]
+	if k > len(buf) {
+		best = make([]cand, 0, k)
+	}
+	seen := 0
+	first := int(r >> (64 - shardBits))
+	for sh := 0; seen < n; sh++ {
+		s := &t.shards[(first+sh)&(numShards-1)]
+		if s.n == 0 {
+			continue
+		}
+		start := uint64(0)
+		if sh == 0 {
+			start = bits.RotateLeft64(r, 17) & s.mask
+		}
+		for i, c := start, uint64(0); c <= s.mask && seen < n; i, c = (i+1)&s.mask, c+1 {
+			sl := &s.slots[i]
+			if sl.Val == 0 {
+				continue
+			}
+			seen++
+			if len(best) == k && sl.Touch >= best[k-1].touch {
+				continue
+			}
+			if len(best) < k {
+				best = append(best, cand{})
+			}
+			// Insertion into the sorted candidates.
+			j := len(best) - 1
+			for j > 0 && best[j-1].touch > sl.Touch {
+				best[j] = best[j-1]
+				j--
+			}
+			best[j] = cand{sl.Key, sl.Touch}
+		}
+	}
+	for _, c := range best {
+		dst = append(dst, c.key)
+	}
+	return dst
+}
+
 // Range calls fn for every entry until fn returns false. fn must not mutate the table.
 func (t *Table) Range(fn func(*Slot) bool) {
 	for si := range t.shards {

@@ -185,3 +185,44 @@ func BenchmarkWalk512(b *testing.B) {
 		})
 	}
 }
+
+func TestOldest(t *testing.T) {
+	tb := New(11)
+	if got := tb.Oldest(1, 8, 1, nil); len(got) != 0 {
+		t.Fatal("Oldest on an empty table returned keys")
+	}
+	rng := rand.New(rand.NewPCG(8, 9))
+	touch := map[uint64]uint32{}
+	for i := range 5000 {
+		k := rng.Uint64()
+		touch[k] = uint32(1 + rng.IntN(1000))
+		tb.Insert(k, uint32(i)|1, touch[k])
+	}
+	for range 2000 {
+		r := rng.Uint64()
+		one, many := tb.Oldest(r, 1, 1, nil), tb.Oldest(r, 64, 8, nil)
+		if len(one) != 1 || len(many) != 8 {
+			t.Fatalf("Oldest(%x) returned %d and %d keys, want 1 and 8", r, len(one), len(many))
+		}
+		for i, k := range many {
+			if _, ok := tb.Get(k); !ok {
+				t.Fatalf("Oldest returned absent key %d", k)
+			}
+			if i > 0 && touch[many[i-1]] > touch[k] {
+				t.Fatalf("Oldest not sorted by touch: %v", many)
+			}
+		}
+		if touch[many[0]] > touch[one[0]] {
+			t.Fatalf("Oldest over 64 (touch %d) is younger than over 1 (touch %d)", touch[many[0]], touch[one[0]])
+		}
+	}
+	// A sample as large as the table sees every entry: the unique oldest ones win.
+	tb.Insert(42, 7, 0)
+	tb.Insert(43, 7, 0)
+	for range 20 {
+		got := tb.Oldest(rng.Uint64(), tb.Len(), 2, nil)
+		if len(got) != 2 || got[0]+got[1] != 85 || got[0]*got[1] != 42*43 {
+			t.Fatalf("Oldest over the whole table = %v, want 42 and 43", got)
+		}
+	}
+}
