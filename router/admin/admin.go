@@ -217,7 +217,7 @@ func (h *handler) overview(w http.ResponseWriter, r *http.Request) {
 		Stats: h.statsView(fam), Prefixes: h.prefixViews(ix, 16), Writable: h.token != "",
 	}
 	if h.b.Decisions != nil {
-		o.Decisions = h.b.Decisions(20)
+		o.Decisions = h.b.Decisions(12)
 	}
 	writeJSON(w, http.StatusOK, o)
 }
