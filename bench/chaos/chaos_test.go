@@ -235,8 +235,16 @@ func TestWorkerReturns500s(t *testing.T) {
 
 // An engine restart (new publisher, seq back to 0, empty cache, nothing announced): the
 // router drops the worker's index entries within a second of the engine publishing
-// again, and the index then follows the new cache.
+// again, and the index then follows the new cache. With rebind the event sockets are
+// closed and bound again, as when the engine process is replaced, so the router's
+// subscriber must reconnect too.
 func TestEngineRestartSeqReset(t *testing.T) {
+	for _, rebind := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rebind=%v", rebind), func(t *testing.T) { testEngineRestart(t, rebind) })
+	}
+}
+
+func testEngineRestart(t *testing.T, rebind bool) {
 	e := startEnv(t, EnvOptions{})
 	victim := e.Fleet.Workers()[1]
 	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 6, StreamFraction: 0.5, Pause: 20 * time.Millisecond})
@@ -246,7 +254,7 @@ func TestEngineRestartSeqReset(t *testing.T) {
 	old := e.IndexedBlocks(victim.ID())
 	const down = 200 * time.Millisecond
 	restarted := time.Now()
-	if err := victim.Restart(sim.RestartOptions{Down: down}); err != nil {
+	if err := victim.Restart(sim.RestartOptions{Down: down, Rebind: rebind}); err != nil {
 		t.Fatal(err)
 	}
 	// Old entries are gone when the index holds no more than the new engine's cache
@@ -264,7 +272,11 @@ func TestEngineRestartSeqReset(t *testing.T) {
 	if ok, why := Eventually2(5*time.Second, e.IndexMatchesCaches); !ok {
 		t.Errorf("index does not match the caches after the restart: %s", why)
 	}
-	checkContract(t, e, "engine restart with seq reset (down 200ms, no AllBlocksCleared)", tally,
+	what := "event sockets kept"
+	if rebind {
+		what = "event sockets rebound"
+	}
+	checkContract(t, e, fmt.Sprintf("engine restart with seq reset (down 200ms, %s, no AllBlocksCleared)", what), tally,
 		fmt.Sprintf("%d stale index blocks dropped %s after the restart; index = caches after", old, took.Round(10*time.Millisecond)))
 }
 

@@ -61,6 +61,8 @@ func ChaosConfig() configs.Config {
 	// fasthttp counts a connection that has not carried a request yet as busy for 5 s
 	// after accepting it, so a drain can take that long with idle client connections.
 	cfg.Timeouts.Shutdown = 15 * time.Second
+	// No admin listener on the default fixed port: tests run side by side.
+	cfg.Admin.Listen = ""
 	return cfg
 }
 
