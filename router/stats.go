@@ -79,12 +79,15 @@ type statSeries struct {
 
 // bucket returns the bucket of second sec, reset if it held an older second.
 func (s *statSeries) bucket(sec int64) *statBucket {
-	b := &s.ring[sec%statsRingSeconds]
+	b := &s.ring[slot(sec)]
 	if b.sec != sec {
 		*b = statBucket{sec: sec}
 	}
 	return b
 }
+
+// slot is the ring index of second sec (also for a clock before 1970).
+func slot(sec int64) int64 { return (sec%statsRingSeconds + statsRingSeconds) % statsRingSeconds }
 
 // trafficStats holds the windowed figures. Each record takes one mutex for a few
 // additions; the request path calls it four times per request.
@@ -349,7 +352,7 @@ func (s *statSeries) points(now int64, n int) []TrafficPoint {
 		sec := now - int64(n-1-i)
 		p := TrafficPoint{T: sec}
 		if sec > now-statsRingSeconds {
-			if b := &s.ring[sec%statsRingSeconds]; b.sec == sec {
+			if b := &s.ring[slot(sec)]; b.sec == sec {
 				p.Finished, p.Routed, p.Decisions = b.finished, b.routed, b.decisions
 				p.PromptTokens, p.PredictedHitTokens, p.TTFTCount = b.prompt, b.hit, b.ttftN
 				var hist [ttftBins]uint64

@@ -1,0 +1,76 @@
+package admin_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/router/admin"
+	"github.com/kvroute/kvroute/upstream"
+)
+
+// Any request the admin handler gets (method, path, query, credentials) is answered
+// without a panic, and every /api/ answer is a JSON document.
+func FuzzHandler(f *testing.F) {
+	for _, s := range [][4]string{
+		{"GET", "/api/overview", "", ""},
+		{"GET", "/api/decisions", "n=5", ""},
+		{"GET", "/api/prefixes", "n=-1", ""},
+		{"POST", "/api/workers/a/drain", "", "Bearer tok"},
+		{"POST", "/api/workers/a%2Fb/clear", "", "Bearer tok"},
+		{"POST", "/api/reload", "", "bearer tok"},
+		{"GET", "/", "token=tok", ""},
+		{"DELETE", "/api/workers/a", "", "Bearer"},
+		{"GET", "/assets/../admin.go", "", ""},
+	} {
+		f.Add(s[0], s[1], s[2], s[3], false)
+		f.Add(s[0], s[1], s[2], s[3], true)
+	}
+	cfg := configs.Default()
+	cfg.Workers = []configs.Worker{{ID: "a", URL: "http://127.0.0.1:1", Models: []string{"m"}, MaxConns: 1}}
+	pool, err := upstream.NewPool(&cfg, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ix, err := indexer.New(indexer.Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	b := admin.Backend{Pool: pool, Index: ix, Decisions: func(n int) any { return make([]int, n) }}
+	open, err := admin.New(admin.Options{Backend: b, Token: "tok"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	closed, err := admin.New(admin.Options{Backend: b, Token: "tok", RequireToken: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, method, path, query, auth string, requireToken bool) {
+		u := &url.URL{Path: path, RawQuery: query}
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(method, " \t\r\n()<>@,;:\\\"/[]?={}") || method == "" {
+			return // not something net/http would hand to a handler
+		}
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Method, req.URL, req.RequestURI = method, u, u.RequestURI()
+		if auth != "" && !strings.ContainsAny(auth, "\r\n") {
+			req.Header.Set("Authorization", auth)
+		}
+		h := open
+		if requireToken {
+			h = closed
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code < 200 || rec.Code >= 600 {
+			t.Fatalf("%s %s: status %d", method, u, rec.Code)
+		}
+		if strings.HasPrefix(path, "/api/") && rec.Code != http.StatusMovedPermanently && !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("%s %s: %d, body not JSON: %.200q", method, u, rec.Code, rec.Body.Bytes())
+		}
+	})
+}
