@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +72,11 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 	st := getRouteState()
 	defer putRouteState(st)
 	st.req.Model, st.req.SessionKey = r.Model, s.sessionKey(ctx, &r)
-	s.hashPrompt(ctx, &r, st)
+	// Not ctx: the hasher's HTTP client may read its context after this handler has
+	// returned (net/http's dial goroutine outlives a timed-out /tokenize call), when
+	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
+	// server shutdown, and the tokenize call has its own timeout.
+	s.hashPrompt(context.Background(), &r, st)
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
