@@ -26,8 +26,11 @@ const (
 	// CleanError: an OpenAI error JSON with a non-2xx status, or a stream that ends with
 	// an SSE error event (data: {"error":...}).
 	CleanError
-	// Refused: the connection was refused, so the router never accepted the request (a
-	// stopped listener); a balancer retries such requests elsewhere.
+	// Refused: the router never read the request: the connection was refused (a closed
+	// listener), or the router closed an idle keep-alive connection as the request was
+	// being sent on it (Go's "server closed idle connection", the keep-alive race of RFC
+	// 9112 section 9.6, seen when a drain closes idle connections). A balancer or client
+	// retries such requests elsewhere.
 	Refused
 	// Lost: anything else: a transport error after the request was sent, a stream cut
 	// without an error event, an error body that is not OpenAI-shaped.
@@ -284,7 +287,7 @@ func transportOutcome(ctx context.Context, err error) Outcome {
 	switch {
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
 		return Hung
-	case errors.Is(err, syscall.ECONNREFUSED):
+	case errors.Is(err, syscall.ECONNREFUSED), strings.Contains(err.Error(), "server closed idle connection"):
 		return Refused
 	}
 	return Lost

@@ -29,7 +29,7 @@ func RowFrom(fault string, t *Tally, checks string) Row {
 // WriteTable writes rows as a Markdown table.
 func WriteTable(w io.Writer, rows []Row) error {
 	var b strings.Builder
-	b.WriteString("| fault | requests sent | completed | failed with a clean error | refused (never accepted) | lost or hung | also checked |\n")
+	b.WriteString("| fault | requests sent | completed | failed with a clean error | not accepted (refused, or idle connection closed before the request was read) | lost or hung | also checked |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %s |\n",
