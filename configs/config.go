@@ -133,7 +133,7 @@ type Headers struct {
 
 // CacheAware configures the cache_aware policy (see scorer/cacheaware for the formula).
 type CacheAware struct {
-	// OverlapWeight scales prefill blocks against decode blocks. Default 4: a block of
+	// OverlapWeight scales prefill blocks against decode blocks. Default 8: a block of
 	// prompt to recompute delays this request's first token, while a block of another
 	// request's KV only adds memory traffic to each decode step.
 	OverlapWeight float64 `yaml:"overlap_weight"`
@@ -148,9 +148,9 @@ type CacheAware struct {
 	// SessionSlack is how many blocks more than the cheapest a session's sticky worker
 	// may cost and still be chosen. Default 8.
 	SessionSlack float64 `yaml:"session_slack"`
-	// MaxImbalance is the load guard: a worker whose in-flight requests reach this factor
-	// times the mean over candidates plus one is skipped while another is below it. 0
-	// disables the guard. Default 1.5.
+	// MaxImbalance is the load guard: a worker is skipped when taking the request would
+	// put its in-flight requests above this factor times one more than the candidates'
+	// mean. At least 1; 0 disables the guard. Default 1.5.
 	MaxImbalance float64 `yaml:"max_imbalance"`
 	// MaxInFlight is a hard per-worker limit on requests in flight from this router;
 	// workers at it are not candidates. 0 means no limit. Default 0.
@@ -249,7 +249,7 @@ func Default() Config {
 		Listen: ":8080",
 		Policy: "cache_aware",
 		CacheAware: CacheAware{
-			OverlapWeight:   4,
+			OverlapWeight:   8,
 			SessionSlack:    8,
 			MaxImbalance:    1.5,
 			MaxKVUsage:      1,
@@ -398,6 +398,9 @@ func (c *Config) Validate() error {
 	}
 	if ca.MaxKVUsage <= 0 || ca.MaxKVUsage > 1 {
 		bad("cache_aware.max_kv_usage: %v must be in (0, 1]", ca.MaxKVUsage)
+	}
+	if ca.MaxImbalance != 0 && ca.MaxImbalance < 1 {
+		bad("cache_aware.max_imbalance: %v must be 0 (off) or at least 1", ca.MaxImbalance)
 	}
 	if ca.MaxInFlight < 0 {
 		bad("cache_aware.max_inflight: %d must be zero or positive", ca.MaxInFlight)

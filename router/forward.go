@@ -129,6 +129,9 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 
 	resp := fasthttp.AcquireResponse()
 	load := s.beginLoad(w, st, overlap)
+	if !r.Stream {
+		load.EstimateFirstToken() // its first token will not be seen
+	}
 	err = w.Client(r.Stream).DoDeadline(req, resp, start.Add(s.cfg.Timeouts.Total))
 	fasthttp.ReleaseRequest(req)
 	if err != nil {

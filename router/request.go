@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 
@@ -43,15 +42,15 @@ type request struct {
 }
 
 // parseRequest decodes the routing fields of body for endpoint ep and checks the ones
-// the endpoint requires. Errors wrap errInvalidJSON or errInvalidField.
+// the endpoint requires. The whole body is validated as JSON; fields other than the
+// routing ones are skipped, not decoded. Member names match exactly (vLLM's request
+// models are case-sensitive, unlike encoding/json). Errors wrap errInvalidJSON or
+// errInvalidField.
 func parseRequest(body []byte, ep endpoint, r *request) error {
 	*r = request{}
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return fmt.Errorf("%w: the body must be a JSON object", errInvalidJSON)
-	}
-	if err := json.Unmarshal(trimmed, r); err != nil {
-		return fmt.Errorf("%w: %w", errInvalidJSON, err)
+	err := scanObject(body, r.member)
+	if err != nil {
+		return err
 	}
 	if r.Model == "" {
 		return fmt.Errorf("%w: \"model\" is required", errInvalidField)
@@ -71,6 +70,52 @@ func parseRequest(body []byte, ep endpoint, r *request) error {
 		}
 	}
 	return nil
+}
+
+// member stores one top-level member of the body if routing needs it.
+func (r *request) member(key []byte, escaped bool, val []byte) error {
+	name := key[1 : len(key)-1]
+	if escaped {
+		var s string
+		if err := json.Unmarshal(key, &s); err != nil {
+			return fmt.Errorf("%w: member name: %w", errInvalidJSON, err)
+		}
+		name = []byte(s)
+	}
+	var err error
+	switch string(name) { // compared in place, no allocation
+	case "model":
+		r.Model, err = stringValue(val, "model")
+	case "stream":
+		r.Stream, err = boolValue(val, "stream")
+	case "user":
+		r.User, err = stringValue(val, "user")
+	case "cache_salt":
+		r.CacheSalt, err = stringValue(val, "cache_salt")
+	case "messages":
+		r.Msgs = val
+	case "prompt":
+		r.Prompt = val
+	case "input":
+		r.Input = val
+	case "add_generation_prompt":
+		r.AddGenerationPrompt = val
+	case "continue_final_message":
+		r.ContinueFinalMessage = val
+	case "add_special_tokens":
+		r.AddSpecialTokens = val
+	case "chat_template":
+		r.ChatTemplate = val
+	case "chat_template_kwargs":
+		r.ChatTemplateKwargs = val
+	case "tools":
+		r.Tools = val
+	case "documents":
+		r.Documents = val
+	case "reasoning_effort":
+		r.ReasoningEffort = val
+	}
+	return err
 }
 
 func isJSONArray(raw json.RawMessage) bool {

@@ -16,8 +16,12 @@ type Load struct {
 	w        *Worker
 	prefill  int64
 	blocks   int64
+	begun    time.Time
 	deadline time.Time
 	state    atomic.Uint32 // loadActive, loadDecoding, loadEnded
+	// estimate ends the prefill of a request whose first token cannot be seen (set by
+	// EstimateFirstToken, before End can run).
+	estimate *time.Timer
 }
 
 const (
@@ -29,7 +33,8 @@ const (
 // Begin counts a request on the worker: in flight, prefillTokens of prompt to prefill and
 // blocks of KV cache held, for at most lifetime. The returned Load must be ended.
 func (w *Worker) Begin(prefillTokens, blocks int64, lifetime time.Duration) *Load {
-	l := &Load{w: w, prefill: prefillTokens, blocks: blocks, deadline: time.Now().Add(lifetime)}
+	now := time.Now()
+	l := &Load{w: w, prefill: prefillTokens, blocks: blocks, begun: now, deadline: now.Add(lifetime)}
 	w.inFlight.Add(1)
 	w.pendingPrefill.Add(prefillTokens)
 	w.activeBlocks.Add(blocks)
@@ -39,19 +44,63 @@ func (w *Worker) Begin(prefillTokens, blocks int64, lifetime time.Duration) *Loa
 	return l
 }
 
-// FirstToken marks the request's prefill done: its prompt tokens stop counting as
-// pending prefill.
+// FirstToken marks the request's prefill done, as seen on the response: its prompt
+// tokens stop counting as pending prefill, and the time it took teaches the worker's
+// prefill-speed estimate.
 func (l *Load) FirstToken() {
-	if l.state.CompareAndSwap(loadActive, loadDecoding) {
-		l.w.pendingPrefill.Add(-l.prefill)
+	if l.prefillDone() {
+		l.w.observePrefill(l.prefill, time.Since(l.begun))
 	}
 }
+
+// EstimateFirstToken is for requests whose first token the router cannot see (a
+// non-streaming response arrives whole at the end): their prefill stops counting as
+// pending after the worker's estimated prefill time for it, instead of at completion,
+// which would overstate the worker's queued prefill for the whole generation.
+func (l *Load) EstimateFirstToken() {
+	d := time.Duration(l.prefill * l.w.prefillNsPerToken.Load())
+	l.estimate = time.AfterFunc(d, func() { l.prefillDone() })
+}
+
+func (l *Load) prefillDone() bool {
+	if l.state.CompareAndSwap(loadActive, loadDecoding) {
+		l.w.pendingPrefill.Add(-l.prefill)
+		return true
+	}
+	return false
+}
+
+// minPrefillSample is the smallest prefill, in tokens, whose time teaches the estimate:
+// below it the time is mostly queueing and overhead.
+const minPrefillSample = 64
+
+// defaultPrefillNsPerToken starts the estimate: 50 us per token (20k tokens/s), a
+// mid-size model on one modern GPU.
+const defaultPrefillNsPerToken = 50_000
+
+// observePrefill folds one observed prefill (tokens in d) into the worker's estimate, an
+// exponentially weighted moving average with weight 1/8.
+func (w *Worker) observePrefill(tokens int64, d time.Duration) {
+	if tokens < minPrefillSample {
+		return
+	}
+	sample := int64(d) / tokens
+	old := w.prefillNsPerToken.Load()
+	w.prefillNsPerToken.Store(old + (sample-old)/8)
+}
+
+// PrefillNsPerToken returns the worker's estimated prefill time per uncached prompt
+// token, learned from the first tokens of its streamed responses.
+func (w *Worker) PrefillNsPerToken() int64 { return w.prefillNsPerToken.Load() }
 
 // End removes the request from the worker's load.
 func (l *Load) End() {
 	prev := l.state.Swap(loadEnded)
 	if prev == loadEnded {
 		return
+	}
+	if l.estimate != nil {
+		l.estimate.Stop()
 	}
 	if prev == loadActive {
 		l.w.pendingPrefill.Add(-l.prefill)

@@ -69,3 +69,44 @@ func TestHeaderTimeoutConn(t *testing.T) {
 		t.Fatalf("read after a pause longer than firstByte: %d, %v (the body phase must not be bounded)", n, err)
 	}
 }
+
+// A non-streaming request's prefill stops counting after the estimate; a streamed
+// one's at its first token, which also teaches the estimate.
+func TestLoadPrefillAccounting(t *testing.T) {
+	w := &Worker{ID: "w", loads: map[*Load]struct{}{}}
+	w.prefillNsPerToken.Store(int64(time.Microsecond))
+	l := w.Begin(1000, 64, time.Minute)
+	if w.PendingPrefillTokens() != 1000 || w.ActiveBlocks() != 64 || w.InFlight() != 1 {
+		t.Fatalf("after Begin: pending %d blocks %d in flight %d", w.PendingPrefillTokens(), w.ActiveBlocks(), w.InFlight())
+	}
+	l.EstimateFirstToken() // 1000 tokens x 1 us
+	deadline := time.Now().Add(5 * time.Second)
+	for w.PendingPrefillTokens() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("estimated prefill never ended")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l.End()
+	l.End() // idempotent
+	if w.ActiveBlocks() != 0 || w.InFlight() != 0 || len(w.loads) != 0 {
+		t.Fatalf("after End: blocks %d in flight %d entries %d", w.ActiveBlocks(), w.InFlight(), len(w.loads))
+	}
+
+	s := w.Begin(640, 40, time.Minute)
+	time.Sleep(20 * time.Millisecond)
+	s.FirstToken()
+	if w.PendingPrefillTokens() != 0 {
+		t.Fatalf("pending %d after the first token", w.PendingPrefillTokens())
+	}
+	if got := w.PrefillNsPerToken(); got <= int64(time.Microsecond) {
+		t.Errorf("estimate %d ns/token did not learn from a 20 ms prefill of 640 tokens", got)
+	}
+	s.End()
+	// Expiry ends loads whose completion was lost.
+	lost := w.Begin(10, 1, time.Millisecond)
+	_ = lost
+	if n := w.expireLoads(time.Now().Add(time.Second)); n != 1 || w.InFlight() != 0 {
+		t.Fatalf("expired %d, in flight %d", n, w.InFlight())
+	}
+}

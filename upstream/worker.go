@@ -33,9 +33,11 @@ type Worker struct {
 	inFlight       atomic.Int64
 	pendingPrefill atomic.Int64
 	activeBlocks   atomic.Int64
-	available      atomic.Bool
-	metrics        atomic.Pointer[EngineMetrics]
-	drain          drainState // see drain.go
+	// prefillNsPerToken estimates the worker's prefill speed (see Load).
+	prefillNsPerToken atomic.Int64
+	available         atomic.Bool
+	metrics           atomic.Pointer[EngineMetrics]
+	drain             drainState // see drain.go
 
 	// loadMu guards loads, the open Load entries (see load.go).
 	loadMu sync.Mutex
@@ -70,6 +72,7 @@ func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
 		fixedModels: len(wc.Models) > 0,
 		loads:       map[*Load]struct{}{},
 	}
+	w.prefillNsPerToken.Store(defaultPrefillNsPerToken)
 	if u.Port() == "" {
 		w.host = net.JoinHostPort(u.Hostname(), map[bool]string{true: "443", false: "80"}[w.tls])
 	}

@@ -47,8 +47,8 @@ type EngineOptions struct {
 	// Timeout bounds one /tokenize call, connection included. Default DefaultTimeout
 	// (300ms); must not be negative.
 	Timeout time.Duration
-	// Cooldown is how long a worker whose call failed with a timeout, a transport error
-	// or a 5xx status is not asked again (calls fail at once with ErrCooldown). Default
+	// Cooldown is how long a worker whose call failed with a timeout, a transport error,
+	// a 5xx status or 404/405 (no /tokenize endpoint) is not asked again (calls fail at once with ErrCooldown). Default
 	// DefaultCooldown (1s); negative disables it.
 	Cooldown time.Duration
 	// CacheEntries bounds the cached requests (LRU). Default DefaultCacheEntries.
@@ -333,7 +333,7 @@ func (e *Engine) fetch(ctx context.Context, req *Request, k kind, lit []byte) ([
 	return r.Hashes, r.Tokens, nil
 }
 
-// errServer marks 5xx answers, which start a cooldown like transport errors.
+// errServer marks 5xx, 404 and 405 answers, which start a cooldown like transport errors.
 var errServer = errors.New("server error")
 
 // post sends one /tokenize request and decodes the answer into a pooled buffer the
@@ -367,7 +367,10 @@ func (e *Engine) post(ctx context.Context, url string, body []byte) (*[]uint32, 
 			msg = msg[:200]
 		}
 		err := fmt.Errorf("%w: status %d: %q", ErrEngine, resp.StatusCode, msg)
-		if resp.StatusCode >= 500 {
+		// 5xx: the worker is unwell. 404/405: it has no /tokenize at all (not vLLM, or
+		// an engine without it), so asking again on every request would only add a round
+		// trip each time: both start a cooldown.
+		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
 			err = fmt.Errorf("%w (%w)", err, errServer)
 		}
 		return nil, err

@@ -226,7 +226,8 @@ func TestEngineDeadWorker(t *testing.T) {
 	}
 }
 
-// Error statuses are ErrEngine; 5xx starts a cooldown, 4xx does not; nothing is cached.
+// Error statuses are ErrEngine; 5xx, 404 and 405 start a cooldown, other 4xx do not;
+// nothing is cached.
 func TestEngineErrorStatus(t *testing.T) {
 	srv := newTokServer(t)
 	now := time.Unix(1000, 0)
@@ -261,6 +262,17 @@ func TestEngineErrorStatus(t *testing.T) {
 	}
 	if srv.calls.Load() != 4 {
 		t.Fatalf("%d calls, want 4", srv.calls.Load())
+	}
+	// A worker without /tokenize (404) is not asked again on every request.
+	srv.status.Store(http.StatusNotFound)
+	if _, err := e.Hash(t.Context(), chatReq(t, conversation(2, 20)[1]), nil); !errors.Is(err, ErrEngine) {
+		t.Fatalf("404: %v", err)
+	}
+	if _, err := e.Hash(t.Context(), chatReq(t, conversation(3, 20)[2]), nil); !errors.Is(err, ErrCooldown) {
+		t.Fatalf("after 404: %v, want ErrCooldown", err)
+	}
+	if srv.calls.Load() != 5 {
+		t.Fatalf("%d calls, want 5", srv.calls.Load())
 	}
 }
 

@@ -16,9 +16,13 @@
 // the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
 // to cost more than recomputing the prefix elsewhere.
 //
-// Load guard: a candidate whose in-flight requests reach MaxImbalance times the
-// candidates' mean plus one is skipped while any other candidate is below that bar
-// (SGLang's cache-aware policy has the same kind of balance threshold). Costs steer the
+// Load guard: a candidate is skipped when taking the request would put its in-flight
+// requests above MaxImbalance times one more than the candidates' mean (the request
+// counted): inflight+1 > MaxImbalance*((total+1)/n + 1). The "one more" leaves room for
+// affinity at low load, where one conversation more is a large ratio; at high load no
+// decision leaves a worker much above MaxImbalance times the mean. The least loaded
+// candidate always passes when MaxImbalance >= 1. (SGLang's cache-aware policy has the
+// same kind of balance threshold.) Costs steer the
 // common case; the guard bounds the worst case, e.g. a long shared prefix cached on one
 // worker attracting a burst faster than the router's own load figures catch up.
 //
@@ -40,7 +44,11 @@ import (
 
 // Options are the policy's weights. The zero value is not useful: start from [Defaults].
 type Options struct {
-	// OverlapWeight scales prefill blocks against decode blocks. Default 1 (Dynamo's).
+	// OverlapWeight scales prefill blocks against decode blocks. Default 8 (Dynamo's
+	// default is 1): recomputing a block delays this request's first token by the whole
+	// block's prefill, while a block of another request's KV adds only a little memory
+	// traffic to each shared decode step; the load guard, not this weight, keeps a
+	// popular prefix from overloading its holder.
 	OverlapWeight float64
 	// WaitingWeight is the cost, in blocks, of each request waiting in the worker's
 	// queue per its scraped metrics. Default 0 (off: the router's own bookkeeping
@@ -54,8 +62,8 @@ type Options struct {
 	// SessionSlack is how much more expensive, in blocks, than the cheapest a session's
 	// sticky worker may be and still be chosen when no worker has overlap. Default 8.
 	SessionSlack float64
-	// MaxImbalance is the load guard's factor (see the package doc); 0 disables the
-	// guard. Default 1.5.
+	// MaxImbalance is the load guard's factor (see the package doc), at least 1; 0
+	// disables the guard. Default 1.5.
 	MaxImbalance float64
 	// Rand breaks ties and samples; nil means [scorer.DefaultRand].
 	Rand scorer.Rand
@@ -63,7 +71,7 @@ type Options struct {
 
 // Defaults returns the documented default options.
 func Defaults() Options {
-	return Options{OverlapWeight: 4, SessionSlack: 8, MaxImbalance: 1.5}
+	return Options{OverlapWeight: 8, SessionSlack: 8, MaxImbalance: 1.5}
 }
 
 // Selector is the cache_aware policy. It is safe for concurrent use if its Rand is.
@@ -99,13 +107,13 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 	}
 	prompt := float64(req.PromptTokens)
 	reqBlocks := math.Ceil(prompt / bs)
-	bar := math.Inf(1)
+	bar := math.Inf(1) // the guard: candidates with inflight+1 above it are skipped
 	if s.opts.MaxImbalance > 0 && len(cands) > 1 {
-		var sum float64
+		total := 0.0
 		for i := range cands {
-			sum += float64(cands[i].InFlight)
+			total += float64(cands[i].InFlight)
 		}
-		bar = s.opts.MaxImbalance * (sum/float64(len(cands)) + 1)
+		bar = s.opts.MaxImbalance * ((total+1)/float64(len(cands)) + 1)
 	}
 	best, maxOverlap := 0, 0
 	for i := range cands {
@@ -119,10 +127,8 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 			k.Queue = s.opts.WaitingWeight*c.Waiting + s.opts.KVUsageWeight*c.KVUsage
 		}
 		k.Total = k.Prefill + k.Decode + k.Queue
-		if float64(c.InFlight) >= bar {
-			// Over the load guard's bar; no candidate can be above it alone (the bar is
-			// above the mean), so some candidate stays finite.
-			k.Total = math.Inf(1)
+		if float64(c.InFlight)+1 > bar {
+			k.Total = math.Inf(1) // skipped by the guard; the least loaded never is
 		}
 		costs[i] = k
 		if k.Total < costs[best].Total {

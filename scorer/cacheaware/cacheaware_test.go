@@ -37,23 +37,29 @@ func TestCostBreakdown(t *testing.T) {
 
 func TestLoadGuardSkipsOverloadedHolder(t *testing.T) {
 	s := New(Defaults())
-	// a holds the whole prompt but has 10 requests in flight; the mean is 3.3, so the
-	// guard's bar is 1.5*(3.3+1) = 6.5 and a is skipped however cheap its prefill.
-	cands := []scorer.Candidate{{ID: "a", OverlapBlocks: 64, InFlight: 10}, {ID: "b"}, {ID: "c"}}
-	costs := make([]scorer.Cost, 3)
-	for i := 0; i < 20; i++ {
-		if got := s.SelectExplained(req(1024), cands, costs); got == 0 {
-			t.Fatalf("picked the overloaded holder: costs %+v", costs)
-		}
+	// a holds the whole prompt. Its in-flight count after taking the request must stay
+	// within 1.5 * ((total+1)/3 + 1).
+	cases := []struct {
+		a, b, c int64
+		holder  bool // whether a may be picked
+	}{
+		{10, 0, 0, false}, // 11 > 1.5*(11/3+1) = 7
+		{4, 1, 1, true},   // 5 <= 1.5*(7/3+1) = 5
+		{5, 1, 1, false},  // 6 > 1.5*(8/3+1) = 5.5
+		{3, 1, 1, true},   // 4 <= 1.5*(6/3+1) = 4.5
+		{1, 0, 0, true},   // low load: 2 <= 1.5*(2/3+1) = 2.5, affinity kept
+		{0, 0, 0, true},
 	}
-	// With 2 in flight the bar is 1.5*(2/3+1) = 2.5: the holder is eligible and cheapest.
-	cands[0].InFlight = 2
-	if got := s.Select(req(1024), cands); got != 0 {
-		t.Errorf("holder with 2 in flight (under the bar of 2.5): picked %d", got)
+	for _, c := range cases {
+		cands := []scorer.Candidate{{ID: "a", OverlapBlocks: 64, InFlight: c.a}, {ID: "b", InFlight: c.b}, {ID: "c", InFlight: c.c}}
+		got := s.Select(req(1024), cands)
+		if (got == 0) != c.holder {
+			t.Errorf("in flight %d/%d/%d: picked %d, want holder=%v", c.a, c.b, c.c, got, c.holder)
+		}
 	}
 	o := Defaults()
 	o.MaxImbalance = 0
-	cands[0].InFlight = 10
+	cands := []scorer.Candidate{{ID: "a", OverlapBlocks: 64, InFlight: 10}, {ID: "b"}, {ID: "c"}}
 	if got := New(o).Select(req(1024), cands); got != 0 {
 		t.Errorf("guard disabled: picked %d, want the holder", got)
 	}
