@@ -9,10 +9,17 @@
 // router's load bookkeeping (each worker's in-flight count, pending prefill tokens and
 // active blocks) returns to zero once the load stops, without the expiry backstop.
 //
-// The quick subset runs in `go test ./bench/chaos/` (and so in `make test`); the full
-// suite, with longer load, the NATS restart and a real SIGTERM to a built kvroute binary,
-// runs with KVROUTE_CHAOS=full (scripts/chaos.sh), which also writes the table of
-// outcomes ([WriteTable]) to the file named by KVROUTE_CHAOS_TABLE.
+// Cases: a worker whose streams die mid-way, a worker process killed, a worker that
+// accepts and never answers, a worker answering 500 then recovering, an engine restart
+// with its seq back to 0 (event sockets kept or rebound), dropped event batches, a NATS
+// server restart under a JetStream-fed router, the router stopped under load (its Run
+// context, as SIGTERM), config reloads through the admin API, and a real SIGTERM to a
+// built kvroute binary.
+//
+// The quick subset (every case but the binary one, about a second of load each) runs in
+// `go test ./bench/chaos/` and so in `make test`; the full suite, with 10-15 s of load
+// per fault, runs with KVROUTE_CHAOS=full (scripts/chaos.sh), which also writes the table
+// of outcomes ([WriteTable]) to the file named by KVROUTE_CHAOS_TABLE.
 //
 // Invariants of the package itself: [RunLoad] never cancels a request it has sent (only
 // its own deadline ends it), so a drain is observed as clients see it; [Send]

@@ -33,8 +33,11 @@ func WriteTable(w io.Writer, rows []Row) error {
 	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %s |\n",
-			r.Fault, r.Sent, r.Completed, r.CleanErrors, r.Refused, r.Lost+r.Hung, strings.ReplaceAll(r.Checks, "|", "/"))
+			cell(r.Fault), r.Sent, r.Completed, r.CleanErrors, r.Refused, r.Lost+r.Hung, cell(r.Checks))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
+
+// cell makes s safe inside a Markdown table cell.
+func cell(s string) string { return strings.ReplaceAll(s, "|", "/") }
