@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -177,15 +176,21 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 		return true, nil
 	}
 	ctx.Response.Header.SetContentLength(-1)
-	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, code: code, start: start,
+	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, code: code, start: start, status: code,
 		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
-	ctx.SetBodyStreamWriter(sp.run)
+	ctx.Response.ImmediateHeaderFlush = true // the headers go out now, as the worker sent them
+	ctx.Response.SetBodyStream(sp, -1)
 	return true, nil
 }
 
 // streamPipe copies one streaming response from a worker to the client, chunk by chunk.
-// It holds copies of everything it needs: it runs after the handler has returned, when
-// the RequestCtx must no longer be used.
+// It is the response's body stream: fasthttp calls Read in the connection's goroutine
+// after the handler has returned and writes and flushes each result as one HTTP chunk at
+// once, so every SSE event reaches the client as soon as the worker sends it, with no
+// pipe or extra goroutine in between. It holds copies of everything it needs: the
+// RequestCtx must no longer be used by then. fasthttp ends it with CloseWithError (a
+// non-nil error: the client went away), which closes the worker's stream too, aborting
+// the request there.
 type streamPipe struct {
 	s     *Server
 	w     *upstream.Worker
@@ -197,6 +202,18 @@ type streamPipe struct {
 	// sse is true when the worker answered text/event-stream: such a stream is complete
 	// only once its data: [DONE] event has been read.
 	sse bool
+
+	body     io.Reader
+	closer   streamCloser
+	watchdog *time.Timer
+	timedOut atomic.Bool
+	tail     sseTail
+	first    bool   // the first chunk has been read
+	pending  []byte // the error event still to send
+	done     bool   // no more reads from the worker: EOF once pending is sent
+	ended    bool   // the stream reached its end (complete, or closed by an error event)
+	closed   bool
+	status   int
 }
 
 // streamCloser is the part of fasthttp's response body stream that can be closed from
@@ -205,94 +222,95 @@ type streamCloser interface {
 	CloseWithError(err error) error
 }
 
-var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Read implements io.Reader for fasthttp's chunked body writer. A watchdog closes the
+// worker's stream when the first chunk takes longer than the first-byte timeout or a
+// later one longer than the idle timeout; a stream that fails or stops early ends with
+// an SSE error event the client can recognise rather than a silent truncation.
+func (p *streamPipe) Read(b []byte) (int, error) {
+	if len(p.pending) > 0 {
+		n := copy(b, p.pending)
+		p.pending = p.pending[n:]
+		return n, nil
+	}
+	if p.done {
+		p.ended = true
+		return 0, io.EOF
+	}
+	if p.body == nil {
+		if p.body = p.resp.BodyStream(); p.body == nil {
+			p.done = true
+			return 0, nil
+		}
+		p.closer, _ = p.body.(streamCloser)
+		p.watchdog = time.AfterFunc(p.s.cfg.Timeouts.FirstByte, p.timeout)
+	}
+	n, err := p.body.Read(b)
+	if n > 0 {
+		p.tail.add(b[:n])
+		p.watchdog.Reset(p.s.cfg.Timeouts.Idle)
+		if !p.first {
+			p.first = true
+			p.load.FirstToken()
+			p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
+			p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		if !p.sse || p.tail.done() {
+			p.done = true
+			return n, nil // fasthttp writes n, then reads the EOF
+		}
+		// fasthttp reports a worker that closed its connection between two chunks as a
+		// clean end of the chunked body, so a killed engine would look like a finished
+		// stream: only data: [DONE] proves the stream is complete.
+		err = errStreamCut
+	}
+	if err != nil {
+		if p.timedOut.Load() {
+			err = fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout)
+		}
+		err = fmt.Errorf("worker %s failed mid-stream: %w", p.w.ID, err)
+		p.s.pool.ReportFailure(p.w, err)
+		p.s.metrics.upErrors.WithLabelValues(p.w.ID, errorKind(err)).Inc()
+		p.status = statusOf(err).code
+		ev := append([]byte("data: "), appendErrorJSON(nil, err.Error(), statusOf(err))...)
+		p.pending = append(ev, "\n\n"...)
+		p.done = true
+	}
+	return n, nil
+}
 
-// run is the fasthttp body stream writer. Each read from the worker is written and
-// flushed at once, so every SSE event reaches the client as soon as the worker sends it.
-// A watchdog closes the upstream stream when the first chunk takes longer than the
-// first-byte timeout or a later one longer than the idle timeout; a failed write (the
-// client went away) closes it too, which aborts the request on the worker.
-func (p *streamPipe) run(bw *bufio.Writer) {
-	status := p.code
-	defer func() {
-		_ = p.resp.CloseBodyStream()
-		fasthttp.ReleaseResponse(p.resp)
-		p.load.End()
-		p.s.count(p.w.ID, p.model, status, p.start)
-	}()
-	// Send the headers now, as the worker did, rather than with the first chunk.
-	if err := bw.Flush(); err != nil {
-		status = statusClientClosed
-		return
+// timeout is the watchdog: it interrupts the blocked read from the worker.
+func (p *streamPipe) timeout() {
+	p.timedOut.Store(true)
+	if p.closer != nil {
+		_ = p.closer.CloseWithError(errStreamTimeout)
 	}
-	body := p.resp.BodyStream()
-	if body == nil {
-		return
-	}
-	closer, _ := body.(streamCloser)
-	var timedOut atomic.Bool
-	watchdog := time.AfterFunc(p.s.cfg.Timeouts.FirstByte, func() {
-		timedOut.Store(true)
-		if closer != nil {
-			_ = closer.CloseWithError(errStreamTimeout)
-		}
-	})
-	defer watchdog.Stop()
+}
 
-	bufp := chunkBufs.Get().(*[]byte)
-	defer chunkBufs.Put(bufp)
-	buf := *bufp
-	first := true
-	var tail sseTail
-	for {
-		n, err := body.Read(buf)
-		if n > 0 {
-			tail.add(buf[:n])
-			watchdog.Reset(p.s.cfg.Timeouts.Idle)
-			if first {
-				first = false
-				p.load.FirstToken()
-				p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
-				p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
-			}
-			_, werr := bw.Write(buf[:n])
-			if werr == nil {
-				werr = bw.Flush()
-			}
-			if werr != nil {
-				status = statusClientClosed
-				if closer != nil {
-					_ = closer.CloseWithError(errClientGone)
-				}
-				return
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			if !p.sse || tail.done() {
-				return
-			}
-			// fasthttp reports a worker that closed its connection between two chunks
-			// as a clean end of the chunked body, so a killed engine would look like a
-			// finished stream: only data: [DONE] proves the stream is complete.
-			err = errStreamCut
-		}
-		if err != nil {
-			if timedOut.Load() {
-				err = fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout)
-			}
-			err = fmt.Errorf("worker %s failed mid-stream: %w", p.w.ID, err)
-			p.s.pool.ReportFailure(p.w, err)
-			p.s.metrics.upErrors.WithLabelValues(p.w.ID, errorKind(err)).Inc()
-			status = statusOf(err).code
-			// The client already has part of the stream: end it with an error event it
-			// can recognise rather than a silent truncation.
-			_, _ = bw.WriteString("data: ")
-			_, _ = bw.Write(appendErrorJSON(nil, err.Error(), statusOf(err)))
-			_, _ = bw.WriteString("\n\n")
-			_ = bw.Flush()
-			return
+// CloseWithError ends the stream: fasthttp calls it once, after the last Read or when
+// writing to the client failed (err != nil). It frees the worker's connection and the
+// request's load, and counts the request.
+func (p *streamPipe) CloseWithError(err error) error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.watchdog != nil {
+		p.watchdog.Stop()
+	}
+	if err != nil || !p.ended {
+		// The client went away (or the response was dropped) before the end.
+		p.status = statusClientClosed
+		if p.closer != nil {
+			_ = p.closer.CloseWithError(errClientGone)
 		}
 	}
+	_ = p.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(p.resp)
+	p.load.End()
+	p.s.count(p.w.ID, p.model, p.status, p.start)
+	return nil
 }
 
 // errStreamCut is an event stream that ended without its data: [DONE] event.
