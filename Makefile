@@ -3,7 +3,7 @@ GO ?= go
 PKGS := ./...
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: all build test deps fmt-check vet lint unit bench-quick clean
+.PHONY: all build test deps fmt-check vet lint unit chaos bench-proxy clean
 
 all: build
 
@@ -28,6 +28,14 @@ lint:
 
 unit:
 	$(GO) test -race -timeout 30m $(PKGS)
+
+# The full chaos suite (a quick subset runs in make test) and the proxy-overhead
+# benchmark against nginx; both print their tables for bench/RESULTS.md.
+chaos:
+	scripts/chaos.sh
+
+bench-proxy:
+	scripts/bench-proxy.sh
 
 clean:
 	rm -rf bin bench/out
