@@ -149,7 +149,7 @@ func TestWorkerDiesMidStream(t *testing.T) {
 func TestWorkerKilled(t *testing.T) {
 	e := startEnv(t, EnvOptions{})
 	victim := e.Fleet.Workers()[0]
-	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 8, StreamFraction: 0.75, MaxTokens: 200})
+	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 8, StreamFraction: 1, MaxTokens: 200})
 	if !Eventually(10*time.Second, func() bool { return e.Stack.Pool.Worker(victim.ID()).InFlight() >= 2 }) {
 		t.Fatal("no stream in flight on the victim")
 	}

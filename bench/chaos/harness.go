@@ -7,7 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
@@ -28,6 +31,10 @@ type EnvOptions struct {
 	NATSURL string
 	// Mutate, when not nil, adjusts the fleet and router configs before they start.
 	Mutate func(*sim.FleetConfig, *configs.Config)
+	// ConfigFile, when set, is where the router's config (workers included) is written
+	// as YAML; the router is then started from that file (configs.LoadFile), as `kvroute
+	// serve --config` is, so that it can reload it.
+	ConfigFile string
 	// Logger receives the router's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -99,6 +106,14 @@ func StartEnv(opts EnvOptions) (*Env, error) {
 		}
 		cfg.Workers = append(cfg.Workers, wc)
 	}
+	if opts.ConfigFile != "" {
+		loaded, err := writeAndLoad(opts.ConfigFile, &cfg)
+		if err != nil {
+			_ = fleet.Close()
+			return nil, err
+		}
+		cfg = *loaded
+	}
 	e := &Env{Fleet: fleet, Config: &cfg}
 	if err := e.startRouter(log); err != nil {
 		_ = fleet.Close()
@@ -118,6 +133,22 @@ func StartEnv(opts EnvOptions) (*Env, error) {
 		}
 	}
 	return e, nil
+}
+
+// writeAndLoad writes cfg to path as YAML and loads it back.
+func writeAndLoad(path string, cfg *configs.Config) (*configs.Config, error) {
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("marshal router config: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write router config: %w", err)
+	}
+	loaded, err := configs.LoadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load router config: %w", err)
+	}
+	return loaded, nil
 }
 
 func (e *Env) startRouter(log *slog.Logger) error {

@@ -7,10 +7,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
@@ -23,21 +22,23 @@ import (
 func TestConfigReloadUnderLoad(t *testing.T) {
 	const token = "chaos-admin-token"
 	path := filepath.Join(t.TempDir(), "kvroute.yaml")
-	e := startEnv(t, EnvOptions{Mutate: func(_ *sim.FleetConfig, c *configs.Config) {
-		c.Admin.Listen, c.Admin.Token, c.Source = "127.0.0.1:0", token, path
+	e := startEnv(t, EnvOptions{ConfigFile: path, Mutate: func(_ *sim.FleetConfig, c *configs.Config) {
+		c.Admin.Listen, c.Admin.Token = "127.0.0.1:0", token
 	}})
 	if e.Stack.AdminAddr() == "" {
 		t.Fatal("admin API not listening")
 	}
-	// The running config, written back with a different overlap weight.
-	writeConfig := func(overlap float64) {
-		c := *e.Config
-		c.CacheAware.OverlapWeight = overlap
-		b, err := yaml.Marshal(&c)
+	// The file the router was started from, with a different overlap weight.
+	overlap := regexp.MustCompile(`(?m)^(\s+overlap_weight:).*$`)
+	writeConfig := func(w float64) {
+		b, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(path, b, 0o644); err != nil {
+		if !overlap.Match(b) {
+			t.Fatalf("no overlap_weight in %s", b)
+		}
+		if err := os.WriteFile(path, overlap.ReplaceAll(b, []byte(fmt.Sprintf("${1} %v", w))), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
