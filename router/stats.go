@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -676,7 +677,7 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 	sameWeights := oc
 	sameWeights.OverlapWeight, sameWeights.WaitingWeight, sameWeights.KVUsageWeight = nc.OverlapWeight, nc.WaitingWeight, nc.KVUsageWeight
 	sameWeights.Temperature, sameWeights.SessionSlack, sameWeights.MaxImbalance = nc.Temperature, nc.SessionSlack, nc.MaxImbalance
-	if sameWeights != nc {
+	if !reflect.DeepEqual(sameWeights, nc) {
 		rep.RestartRequired = append(rep.RestartRequired, "cache_aware (limits, block size, TTL, scrape and index settings)")
 	}
 	for _, sec := range []struct {
@@ -688,9 +689,9 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 		{"events", cur.Events, next.Events}, {"max_body_bytes", cur.MaxBodyBytes, next.MaxBodyBytes},
 		{"max_attempts", cur.MaxAttempts, next.MaxAttempts}, {"timeouts", cur.Timeouts, next.Timeouts},
 		{"health", cur.Health, next.Health}, {"headers", cur.Headers, next.Headers},
-		{"admin", cur.Admin, next.Admin}, {"workers", fmt.Sprint(cur.Workers), fmt.Sprint(next.Workers)},
+		{"admin", cur.Admin, next.Admin}, {"workers", cur.Workers, next.Workers},
 	} {
-		if sec.old != sec.new {
+		if !reflect.DeepEqual(sec.old, sec.new) {
 			rep.RestartRequired = append(rep.RestartRequired, sec.name)
 		}
 	}

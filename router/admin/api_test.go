@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -237,21 +238,22 @@ func TestAPIReload(t *testing.T) {
 	if code := tr.call(t, "POST", "/api/reload", tr.token, &rep); code != 200 || !rep.Unchanged {
 		t.Errorf("reload of the same file: %d %+v, want unchanged", code, rep)
 	}
-	edited := tr.cfgText + "cache_aware: {overlap_weight: 2, temperature: 0.5, max_inflight: 9}\nmax_attempts: 2\n"
+	edited := tr.cfgText + "cache_aware: {overlap_weight: 2, temperature: 0.5, max_inflight: 9}\nmax_attempts: 2\ntokenize: {models: {m: approx}}\n"
 	if err := os.WriteFile(tr.cfgPath, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code := tr.call(t, "POST", "/api/reload", tr.token, &rep); code != 200 {
 		t.Fatalf("reload: %d", code)
 	}
-	wantApplied := []string{"cache_aware.overlap_weight: 4 -> 2", "cache_aware.temperature: 0 -> 0.5"}
-	if !slices.Equal(rep.Applied, wantApplied) || len(rep.RestartRequired) != 2 ||
-		!strings.HasPrefix(rep.RestartRequired[0], "cache_aware (limits") || rep.RestartRequired[1] != "max_attempts" || rep.File != tr.cfgPath {
-		t.Errorf("reload report %+v, want applied %q and restart for cache_aware limits and max_attempts", rep, wantApplied)
+	def := configs.Default().CacheAware
+	wantApplied := []string{fmt.Sprintf("cache_aware.overlap_weight: %v -> 2", def.OverlapWeight), "cache_aware.temperature: 0 -> 0.5"}
+	if !slices.Equal(rep.Applied, wantApplied) || len(rep.RestartRequired) != 3 || !strings.HasPrefix(rep.RestartRequired[0], "cache_aware (limits") ||
+		rep.RestartRequired[1] != "tokenize" || rep.RestartRequired[2] != "max_attempts" || rep.File != tr.cfgPath {
+		t.Errorf("reload report %+v, want applied %q and restart for cache_aware limits, tokenize and max_attempts", rep, wantApplied)
 	}
 	// The new selector routes: requests still succeed.
 	traffic(t, tr.url, 2, 6)
-	if code := tr.call(t, "POST", "/api/reload", tr.token, &rep); code != 200 || len(rep.Applied) != 0 || len(rep.RestartRequired) != 2 {
+	if code := tr.call(t, "POST", "/api/reload", tr.token, &rep); code != 200 || len(rep.Applied) != 0 || len(rep.RestartRequired) != 3 {
 		t.Errorf("second reload: %d %+v, want nothing more applied", code, rep)
 	}
 	if err := os.WriteFile(tr.cfgPath, []byte(edited+"policy: fastest\n"), 0o600); err != nil {
