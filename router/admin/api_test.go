@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -275,7 +276,7 @@ func TestAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := admin.Backend{Pool: pool}
-	if _, err := admin.New(admin.Options{Backend: b, RequireToken: true}); err != admin.ErrNoToken {
+	if _, err := admin.New(admin.Options{Backend: b, RequireToken: true}); !errors.Is(err, admin.ErrNoToken) {
 		t.Errorf("RequireToken without a token: %v, want ErrNoToken", err)
 	}
 	do := func(h http.Handler, method, target string, hdr map[string]string) *httptest.ResponseRecorder {
