@@ -1,0 +1,331 @@
+package report
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/bench/workload"
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router"
+)
+
+// Policies lists the policies [Compare] knows, in report order. "cache_aware" is kvroute
+// with every worker's KV-event feed; "cache_aware_noevents" is kvroute without feeds
+// (its index holds only its own predictions); the rest are kvroute's baseline policies.
+var Policies = []string{"cache_aware", "cache_aware_noevents", "round_robin", "random", "least_inflight", "power_of_two"}
+
+// Config describes a comparison.
+type Config struct {
+	// Fleet is the simulated fleet every policy runs against (a fresh one per policy).
+	// Its Worker.Model is the model requests name.
+	Fleet sim.FleetConfig
+	// Policies are the policies to run, in order; nil means all of [Policies].
+	Policies []string
+	// Sample is the period of the per-worker in-flight samples. Default 50ms.
+	Sample time.Duration
+	// Progress, when set, receives (policy, done, total) after each request.
+	Progress func(policy string, done, total int)
+	// Log receives the routers' logs; nil discards them.
+	Log *slog.Logger
+}
+
+// Result is one policy's run.
+type Result struct {
+	Policy   string `json:"policy"`
+	Requests int    `json:"requests"`
+	Errors   int    `json:"errors"`
+	// FirstError is one error message, for the report ("" when none).
+	FirstError string `json:"first_error,omitempty"`
+	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats).
+	HitRate float64 `json:"hit_rate"`
+	// TTFT, ITL and E2E percentiles in seconds, over successful requests.
+	TTFT Percentiles `json:"ttft_s"`
+	ITL  Percentiles `json:"itl_s"`
+	E2E  Percentiles `json:"e2e_s"`
+	// OutputTPS is streamed output tokens over the replay's wall time.
+	OutputTPS float64 `json:"output_tokens_per_s"`
+	// Wall is the replay's wall time in seconds.
+	Wall float64 `json:"wall_s"`
+	// Load is the fleet's simulated busy time over (wall time x workers).
+	Load float64 `json:"load"`
+	// Imbalance is the mean over samples (with any request in flight) of max/mean of the
+	// workers' in-flight requests (running + waiting); 1 is perfect balance.
+	Imbalance float64 `json:"imbalance"`
+	// CPU is the whole process's CPU seconds during the replay: router, simulated fleet
+	// and load generator together (they share the process).
+	CPU float64 `json:"process_cpu_s"`
+	// PerWorker are the workers' requests and in-flight samples.
+	PerWorker []WorkerResult `json:"per_worker"`
+	// TTFTs are every successful request's TTFT in seconds, sorted (for the CDF plot).
+	TTFTs []float64 `json:"-"`
+	// SampleEvery is the in-flight sampling period in seconds.
+	SampleEvery float64 `json:"sample_every_s"`
+}
+
+// WorkerResult is one worker's share of a run.
+type WorkerResult struct {
+	ID       string  `json:"id"`
+	Requests uint64  `json:"requests"`
+	HitRate  float64 `json:"hit_rate"`
+	Busy     float64 `json:"busy_s"`
+	InFlight []int   `json:"inflight_samples"`
+}
+
+// Percentiles are p50, p90, p99 and the mean.
+type Percentiles struct {
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	Mean float64 `json:"mean"`
+}
+
+// percentiles sorts v and returns its percentiles (nearest rank).
+func percentiles(v []float64) Percentiles {
+	if len(v) == 0 {
+		return Percentiles{}
+	}
+	slices.Sort(v)
+	at := func(q float64) float64 {
+		i := int(q*float64(len(v))+0.5) - 1
+		return v[min(max(i, 0), len(v)-1)]
+	}
+	var sum float64
+	for _, x := range v {
+		sum += x
+	}
+	return Percentiles{P50: at(0.5), P90: at(0.9), P99: at(0.99), Mean: sum / float64(len(v))}
+}
+
+// Compare runs w through each policy in turn, each against a fresh fleet and router.
+func Compare(ctx context.Context, w *workload.Workload, c Config) ([]Result, error) {
+	if err := w.Validate(); err != nil {
+		return nil, err
+	}
+	pols := c.Policies
+	if len(pols) == 0 {
+		pols = Policies
+	}
+	var out []Result
+	for _, p := range pols {
+		r, err := runPolicy(ctx, w, c, p)
+		if err != nil {
+			return out, fmt.Errorf("policy %s: %w", p, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// routerConfig returns the router configuration for policy over the fleet.
+func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Config, error) {
+	cfg := configs.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Health.Interval = 200 * time.Millisecond
+	cfg.Timeouts.Shutdown = 2 * time.Second
+	cfg.CacheAware.BlockSize = blockSize
+	events := true
+	switch policy {
+	case "cache_aware_noevents":
+		cfg.Policy, events = "cache_aware", false
+	case "cache_aware", "round_robin", "random", "least_inflight", "power_of_two":
+		cfg.Policy = policy
+	default:
+		return nil, fmt.Errorf("unknown policy %q (known: %v)", policy, Policies)
+	}
+	for _, info := range fleet.Infos() {
+		wc := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 1024}
+		if events {
+			wc.Events, wc.Replay = info.Events, info.Replay
+		}
+		cfg.Workers = append(cfg.Workers, wc)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("router config: %w", err)
+	}
+	return &cfg, nil
+}
+
+// cpuSeconds returns the process's user+system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy string) (Result, error) {
+	res := Result{Policy: policy, Requests: len(w.Requests)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fleet, err := sim.StartFleet(ctx, c.Fleet)
+	if err != nil {
+		return res, fmt.Errorf("start fleet: %w", err)
+	}
+	defer func() { _ = fleet.Close() }()
+	cfg, err := routerConfig(policy, fleet, c.Fleet.Worker.BlockSize)
+	if err != nil {
+		return res, err
+	}
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	st, err := router.NewStack(cfg, log)
+	if err != nil {
+		return res, fmt.Errorf("router: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return res, fmt.Errorf("listen: %w", err)
+	}
+	rctx, stopRouter := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- st.Run(rctx, ln, func() { close(ready) }) }()
+	defer func() {
+		stopRouter()
+		<-done
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		return res, fmt.Errorf("router: %w", err)
+	}
+	if cfg.Workers[0].Events != "" {
+		if err := waitFor(ctx, 10*time.Second, func() bool {
+			for _, wk := range fleet.Workers() {
+				if !wk.EventsSubscribed() {
+					return false
+				}
+			}
+			return true
+		}); err != nil {
+			return res, fmt.Errorf("event feeds: %w", err)
+		}
+	}
+
+	every := c.Sample
+	if every <= 0 {
+		every = 50 * time.Millisecond
+	}
+	res.SampleEvery = every.Seconds()
+	workers := fleet.Workers()
+	res.PerWorker = make([]WorkerResult, len(workers))
+	for i, wk := range workers {
+		res.PerWorker[i].ID = wk.ID()
+	}
+	sctx, stopSample := context.WithCancel(ctx)
+	var swg sync.WaitGroup
+	var imbSum float64
+	var imbN int
+	swg.Add(1)
+	go func() {
+		defer swg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+			}
+			var sum, mx int
+			for i, wk := range workers {
+				s := wk.Stats()
+				n := s.Running + s.Waiting
+				res.PerWorker[i].InFlight = append(res.PerWorker[i].InFlight, n)
+				sum += n
+				mx = max(mx, n)
+			}
+			if sum > 0 {
+				imbSum += float64(mx) / (float64(sum) / float64(len(workers)))
+				imbN++
+			}
+		}
+	}()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, DisableCompression: true}}
+	var progress func(int, int)
+	if c.Progress != nil {
+		progress = func(d, t int) { c.Progress(policy, d, t) }
+	}
+	cpu0, t0 := cpuSeconds(), time.Now()
+	outs, err := workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + ln.Addr().String(), Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
+	wall := time.Since(t0)
+	res.CPU = cpuSeconds() - cpu0
+	stopSample()
+	swg.Wait()
+	client.CloseIdleConnections()
+	if err != nil {
+		return res, err
+	}
+	res.Wall = wall.Seconds()
+	if imbN > 0 {
+		res.Imbalance = imbSum / float64(imbN)
+	}
+	var ttft, itl, e2e []float64
+	var tokens int64
+	for _, o := range outs {
+		if o.Err != "" {
+			res.Errors++
+			if res.FirstError == "" {
+				res.FirstError = o.Err
+			}
+			continue
+		}
+		ttft = append(ttft, o.TTFT.Seconds())
+		if o.ITL > 0 {
+			itl = append(itl, o.ITL.Seconds())
+		}
+		e2e = append(e2e, o.E2E.Seconds())
+		tokens += int64(o.Tokens)
+	}
+	res.TTFT, res.ITL, res.E2E = percentiles(ttft), percentiles(itl), percentiles(e2e)
+	res.TTFTs = ttft
+	res.OutputTPS = float64(tokens) / wall.Seconds()
+	var prompt, cached uint64
+	var busy time.Duration
+	for i, wk := range workers {
+		s := wk.Stats()
+		prompt += s.PromptTokens
+		cached += s.CachedTokens
+		busy += s.BusyTime
+		res.PerWorker[i].Requests = s.Requests
+		res.PerWorker[i].Busy = s.BusyTime.Seconds()
+		if s.PromptTokens > 0 {
+			res.PerWorker[i].HitRate = float64(s.CachedTokens) / float64(s.PromptTokens)
+		}
+	}
+	if prompt > 0 {
+		res.HitRate = float64(cached) / float64(prompt)
+	}
+	res.Load = busy.Seconds() / (wall.Seconds() * float64(len(workers)))
+	return res, nil
+}
+
+// waitFor polls cond every 5ms until it holds, timeout passes or ctx ends.
+func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}

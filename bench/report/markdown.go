@@ -1,0 +1,101 @@
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kvroute/kvroute/bench/workload"
+)
+
+// Summary is everything one comparison reports: what ran and each policy's result.
+type Summary struct {
+	Workload string          `json:"workload"`
+	Command  string          `json:"command,omitempty"`
+	Setup    Setup           `json:"setup"`
+	Bounds   workload.Bounds `json:"bounds"`
+	Results  []Result        `json:"results"`
+	Requests int             `json:"requests"`
+	Extra    map[string]any  `json:"extra,omitempty"`
+}
+
+// Setup states the machine and fleet a comparison ran on.
+type Setup struct {
+	Machine      string  `json:"machine"`
+	Workers      int     `json:"workers"`
+	Profile      string  `json:"profile"`
+	TimeScale    float64 `json:"time_scale"`
+	BlockSize    int     `json:"block_size"`
+	KVBlocks     int     `json:"kv_blocks_per_worker"`
+	PromptTokens int64   `json:"prompt_tokens"`
+	OutputTokens int64   `json:"output_tokens"`
+	ArrivalSpan  float64 `json:"arrival_span_s"`
+}
+
+// WriteMarkdown writes the comparison table.
+func WriteMarkdown(w io.Writer, s *Summary) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Workload **%s**: %d requests, %d prompt tokens, %d output tokens, arrivals over %.1f s.  \n",
+		s.Workload, s.Requests, s.Setup.PromptTokens, s.Setup.OutputTokens, s.Setup.ArrivalSpan)
+	fmt.Fprintf(&b, "Fleet: %d kvsim workers, profile %s, time scale %g, block size %d, KV capacity %d blocks = %d tokens per worker.  \n",
+		s.Setup.Workers, s.Setup.Profile, s.Setup.TimeScale, s.Setup.BlockSize, s.Setup.KVBlocks, s.Setup.KVBlocks*s.Setup.BlockSize)
+	fmt.Fprintf(&b, "Bounds from the workload: infinite cache %.1f%%, one pooled LRU cache of the fleet's %d blocks %.1f%%.  \n",
+		100*s.Bounds.Infinite, s.Bounds.PooledBlocks, 100*s.Bounds.PooledLRU)
+	fmt.Fprintf(&b, "Machine: %s. TTFT/ITL/E2E are wall-clock at the client (time-scaled: divide by the time scale for modelled seconds).\n\n", s.Setup.Machine)
+	b.WriteString("| policy | hit rate | % of inf. bound | % of pooled-LRU bound | TTFT p50 | TTFT p90 | TTFT p99 | ITL mean | E2E p50 | E2E p90 | out tok/s | load | imbalance | process CPU s | errors |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range s.Results {
+		fmt.Fprintf(&b, "| %s | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f%% | %.2f | %.1f | %d |\n",
+			r.Policy, 100*r.HitRate, ratio(r.HitRate, s.Bounds.Infinite), ratio(r.HitRate, s.Bounds.PooledLRU),
+			ms(r.TTFT.P50), ms(r.TTFT.P90), ms(r.TTFT.P99), ms(r.ITL.Mean), ms(r.E2E.P50), ms(r.E2E.P90),
+			r.OutputTPS, 100*r.Load, r.Imbalance, r.CPU, r.Errors)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func ratio(a, b float64) string {
+	if b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*a/b)
+}
+
+func ms(s float64) string {
+	switch {
+	case s >= 10:
+		return fmt.Sprintf("%.1f s", s)
+	case s >= 1:
+		return fmt.Sprintf("%.2f s", s)
+	}
+	return fmt.Sprintf("%.1f ms", 1000*s)
+}
+
+// WriteDir writes report.md, report.json and the PNG plots into dir (created if needed).
+func WriteDir(dir string, s *Summary) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("report dir: %w", err)
+	}
+	f, err := os.Create(filepath.Join(dir, "report.md"))
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := WriteMarkdown(f, s); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("report.md: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("report.md: %w", err)
+	}
+	j, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("report.json: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "report.json"), append(j, '\n'), 0o644); err != nil {
+		return fmt.Errorf("report.json: %w", err)
+	}
+	return WritePlots(dir, s)
+}

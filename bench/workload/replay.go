@@ -1,0 +1,199 @@
+package workload
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Outcome is the client's view of one request.
+type Outcome struct {
+	// Sent is when the request was sent, from the start of the replay.
+	Sent time.Duration
+	// TTFT is the time to the first streamed token; E2E to the end of the stream.
+	TTFT, E2E time.Duration
+	// ITL is the mean gap between streamed tokens after the first (0 for one token).
+	ITL time.Duration
+	// Tokens is the number of streamed output tokens; Cached the usage's cached_tokens.
+	Tokens, Cached, Prompt int
+	// Worker is the x-kvroute-worker header ("" when absent).
+	Worker string
+	// Err is the failure, "" on success.
+	Err string
+}
+
+// ReplayConfig tells [Replay] where to send a workload.
+type ReplayConfig struct {
+	// URL is the base URL of the router, e.g. http://127.0.0.1:8080.
+	URL string
+	// Model is the "model" field of every request.
+	Model string
+	// Client sends the requests; nil means a client with a large idle pool.
+	Client *http.Client
+	// Progress, when set, is called after each finished request with the count so far.
+	Progress func(done, total int)
+}
+
+// Replay sends every request of w at its arrival time (and after its Prev finished),
+// streaming, and returns one Outcome per request, by index. It returns early with ctx's
+// error when ctx ends; requests then in flight are cancelled.
+func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error) {
+	client := c.Client
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, DisableCompression: true}}
+	}
+	n := len(w.Requests)
+	out := make([]Outcome, n)
+	done := make([]chan struct{}, n)
+	for i := range done {
+		done[i] = make(chan struct{})
+	}
+	var finished atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range w.Requests {
+		r := &w.Requests[i]
+		if d := time.Until(start.Add(r.At)); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				wg.Wait()
+				return out, fmt.Errorf("replay: %w", ctx.Err())
+			case <-t.C:
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[i])
+			if r.Prev >= 0 {
+				select {
+				case <-done[r.Prev]:
+				case <-ctx.Done():
+					out[i].Err = ctx.Err().Error()
+					return
+				}
+			}
+			out[i] = send(ctx, client, c, r, start)
+			k := finished.Add(1)
+			if c.Progress != nil {
+				c.Progress(int(k), n)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return out, fmt.Errorf("replay: %w", err)
+	}
+	return out, nil
+}
+
+// body is the /v1/completions request Replay sends.
+type body struct {
+	Model         string   `json:"model"`
+	Prompt        []uint32 `json:"prompt"`
+	MaxTokens     int      `json:"max_tokens"`
+	IgnoreEOS     bool     `json:"ignore_eos"`
+	Stream        bool     `json:"stream"`
+	StreamOptions struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// chunk is the part of a streamed completion chunk Replay reads.
+type chunk struct {
+	Choices []struct {
+		Text string `json:"text"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens  int `json:"prompt_tokens"`
+		PromptDetails *struct {
+			CachedTokens int `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
+	} `json:"usage"`
+}
+
+// send runs one request and measures it.
+func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, start time.Time) Outcome {
+	t0 := time.Now()
+	o := Outcome{Sent: t0.Sub(start)}
+	var b body
+	b.Model, b.Prompt, b.MaxTokens, b.IgnoreEOS, b.Stream = c.Model, r.Prompt, r.MaxTokens, true, true
+	b.StreamOptions.IncludeUsage = true
+	payload, err := json.Marshal(&b)
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/v1/completions", bytes.NewReader(payload))
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	defer func() { _ = resp.Body.Close() }()
+	o.Worker = resp.Header.Get("x-kvroute-worker")
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		o.Err = "status " + strconv.Itoa(resp.StatusCode) + ": " + string(msg)
+		return o
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var first, last time.Time
+	for sc.Scan() {
+		line := sc.Bytes()
+		data, ok := bytes.CutPrefix(line, []byte("data: "))
+		if !ok || bytes.Equal(data, []byte("[DONE]")) {
+			continue
+		}
+		var ch chunk
+		if err := json.Unmarshal(data, &ch); err != nil {
+			o.Err = fmt.Sprintf("decode chunk: %v", err)
+			return o
+		}
+		if len(ch.Choices) > 0 {
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			last = now
+			o.Tokens++
+		}
+		if ch.Usage != nil {
+			o.Prompt = ch.Usage.PromptTokens
+			if ch.Usage.PromptDetails != nil {
+				o.Cached = ch.Usage.PromptDetails.CachedTokens
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		o.Err = fmt.Sprintf("read stream: %v", err)
+		return o
+	}
+	end := time.Now()
+	o.E2E = end.Sub(t0)
+	if first.IsZero() {
+		o.Err = "no token streamed"
+		return o
+	}
+	o.TTFT = first.Sub(t0)
+	if o.Tokens > 1 {
+		o.ITL = last.Sub(first) / time.Duration(o.Tokens-1)
+	}
+	return o
+}

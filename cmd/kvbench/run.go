@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/report"
+	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/bench/workload"
+)
+
+func init() {
+	register(command{name: "run", summary: "replay a workload against a kvsim fleet under each routing policy (bench/RESULTS.md)", run: runRun})
+}
+
+func runRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kind := fs.String("workload", "multi-turn", "workload: mooncake, shared-prefix or multi-turn")
+	trace := fs.String("trace", "bench/workload/testdata/mooncake_head.jsonl", "Mooncake-format trace `FILE` (mooncake workload)")
+	limit := fs.Int("limit", 0, "replay only the first N trace records (0: all)")
+	maxOut := fs.Int("max-output", 0, "cap trace output lengths (0: as in the trace)")
+	speedup := fs.Float64("speedup", 1, "divide trace timestamps (and every arrival) by this factor")
+	rate := fs.Float64("rate", 4, "Poisson arrivals per second: conversations (multi-turn) or prompts (shared-prefix)")
+	seed := fs.Uint64("seed", 1, "seed of the generated workloads")
+	users := fs.Int("users", 64, "multi-turn: conversations")
+	rounds := fs.Int("rounds", 6, "multi-turn: rounds per conversation")
+	groups := fs.Int("groups", 8, "groups of shared system prompts (multi-turn and shared-prefix)")
+	prompts := fs.Int("prompts", 5, "shared-prefix: prompts per group")
+	system := fs.Int("system", 2000, "system prompt tokens")
+	question := fs.Int("question", 200, "question tokens per prompt or turn")
+	output := fs.Int("output", 100, "output tokens per request (multi-turn and shared-prefix)")
+	think := fs.Duration("think", 3*time.Second, "multi-turn: time between a conversation's turns")
+	workers := fs.Int("workers", 8, "simulated workers")
+	profile := fs.String("profile", "llama-3.1-8b-h100", "kvsim latency profile")
+	timeScale := fs.Float64("time-scale", 0.1, "kvsim time scale (0.1: ten times faster than modelled)")
+	kvBlocks := fs.Int("kv-blocks", 0, "KV capacity per worker in 16-token blocks (0: the profile's)")
+	policies := fs.String("policies", strings.Join(report.Policies, ","), "comma-separated policies to run")
+	out := fs.String("out", "bench/out/run", "output `DIR`: report.md, report.json, PNG plots")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	w, err := buildWorkload(*kind, *trace, workload.MooncakeConfig{Limit: *limit, MaxOutput: *maxOut},
+		workload.MultiTurnConfig{Users: *users, Rounds: *rounds, Groups: *groups, System: *system, Question: *question, Output: *output, Think: *think, Rate: *rate, Seed: *seed},
+		workload.SharedPrefixConfig{Groups: *groups, Prompts: *prompts, System: *system, Question: *question, Output: *output, Rate: *rate, Seed: *seed})
+	if err != nil {
+		fmt.Fprintln(stderr, "kvbench run:", err)
+		return 1
+	}
+	if *speedup != 1 {
+		if *speedup <= 0 {
+			fmt.Fprintln(stderr, "kvbench run: --speedup must be positive")
+			return 2
+		}
+		w.Scale(*speedup)
+	}
+	fc := sim.DefaultFleetConfig()
+	fc.Workers = *workers
+	fc.Worker.Model = "kvbench"
+	fc.Worker.Profile = *profile
+	fc.Worker.TimeScale = *timeScale
+	fc.Worker.KVBlocks = *kvBlocks
+	if fc.Worker.KVBlocks == 0 {
+		p, err := sim.LookupProfile(*profile)
+		if err != nil {
+			fmt.Fprintln(stderr, "kvbench run:", err)
+			return 2
+		}
+		fc.Worker.KVBlocks = p.KVBlocks
+	}
+	if err := fc.Validate(); err != nil {
+		fmt.Fprintln(stderr, "kvbench run:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s := report.Summary{
+		Workload: w.Name, Requests: len(w.Requests), Command: "kvbench run " + strings.Join(args, " "),
+		Setup: report.Setup{
+			Machine: machine(), Workers: fc.Workers, Profile: fc.Worker.Profile, TimeScale: fc.Worker.TimeScale,
+			BlockSize: fc.Worker.BlockSize, KVBlocks: fc.Worker.KVBlocks, PromptTokens: w.PromptTokens(),
+			OutputTokens: w.OutputTokens(), ArrivalSpan: w.Requests[len(w.Requests)-1].At.Seconds(),
+		},
+		Bounds: workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks),
+	}
+	fmt.Fprintf(stderr, "%s: %d requests; bounds: infinite %.1f%%, pooled LRU %.1f%%\n", w.Name, len(w.Requests), 100*s.Bounds.Infinite, 100*s.Bounds.PooledLRU)
+	var mu sync.Mutex
+	last := time.Now()
+	s.Results, err = report.Compare(ctx, w, report.Config{
+		Fleet: fc, Policies: strings.Split(*policies, ","),
+		Progress: func(p string, done, total int) {
+			mu.Lock()
+			defer mu.Unlock()
+			if done != total && time.Since(last) < 200*time.Millisecond {
+				return
+			}
+			last = time.Now()
+			const width = 40
+			k := done * width / total
+			fmt.Fprintf(stderr, "\r%-22s [%s%s] %d/%d", p, strings.Repeat("#", k), strings.Repeat(".", width-k), done, total)
+			if done == total {
+				fmt.Fprintln(stderr)
+			}
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "\nkvbench run:", err)
+		return 1
+	}
+	if err := report.WriteDir(*out, &s); err != nil {
+		fmt.Fprintln(stderr, "kvbench run:", err)
+		return 1
+	}
+	if err := report.WriteMarkdown(stdout, &s); err != nil {
+		return 1
+	}
+	fmt.Fprintf(stderr, "wrote %s/report.md, report.json and plots\n", *out)
+	return 0
+}
+
+func buildWorkload(kind, trace string, mc workload.MooncakeConfig, mt workload.MultiTurnConfig, sp workload.SharedPrefixConfig) (*workload.Workload, error) {
+	switch kind {
+	case "mooncake":
+		f, err := os.Open(trace)
+		if err != nil {
+			return nil, fmt.Errorf("trace: %w", err)
+		}
+		defer func() { _ = f.Close() }()
+		return workload.ParseMooncake(f, mc)
+	case "multi-turn":
+		return workload.MultiTurn(mt)
+	case "shared-prefix":
+		return workload.SharedPrefix(sp)
+	}
+	return nil, fmt.Errorf("unknown workload %q (mooncake, shared-prefix, multi-turn)", kind)
+}
+
+// machine describes the host: CPU model and count.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d CPUs (GOMAXPROCS %d), %s/%s", model, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH)
+}
