@@ -134,7 +134,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 		}
 		parent = e.own
 	} else {
-		parent = proto.Seed(model, ev.LoRAName, "")
+		parent = proto.Seed(model, ev.LoRAName, eventSalt(ev))
 	}
 	// Work in groups of warmGroup blocks: hash the group (no memory traffic), touch the
 	// node and engine slots of all its blocks in a tight loop so that their cache misses

@@ -5,7 +5,8 @@
 // # Model
 //
 // Blocks are identified by kvroute's own chained hash (proto.ChainBlock over the token
-// ids carried by BlockStored, seeded by proto.Seed(model, lora, "")), never by the
+// ids carried by BlockStored, seeded by proto.Seed(model, lora, cache_salt), the salt
+// taken from vLLM's extra_keys when it can be told apart: see eventSalt), never by the
 // engine's hash, which is not reproducible outside the engine. Because the hash is
 // chained, one block hash names the whole prefix up to that block, so the index needs no
 // tree: a hash table from block hash to "who holds it" is walked block by block, and a
@@ -78,10 +79,13 @@
 //
 // # Limits
 //
-//   - The own hash covers tokens, model and LoRA name only: engine extra keys
-//     (multimodal inputs, cache_salt) are not in it, so two requests with equal
-//     placeholder tokens but different images match each other's blocks, and events
-//     cannot carry a salt, so requests must be hashed with an empty salt to match them.
+//   - The own hash covers tokens, model, LoRA name and cache_salt only: multimodal
+//     extra keys are not in it, so two requests with equal placeholder tokens but
+//     different images match each other's blocks. The salt is recovered from a chain
+//     root's extra keys when they hold nothing else besides the LoRA key (text-only
+//     requests); engines that publish no extra_keys (vLLM before they were added, kvsim)
+//     and salted multimodal requests are indexed unsalted, so a salted request (hashed
+//     with its salt by the router) matches only its predictions there.
 //   - KV-cache groups of hybrid models (group_idx) are reference counted together: a
 //     block counts as held while any group holds it.
 //   - Eviction is sampled LRU (Redis-style), not exact; after a node is
