@@ -38,16 +38,25 @@ func artifactsDir(t *testing.T) string {
 // background sends chat traffic from users concurrent users until stop is called, and
 // keeps every outcome.
 type background struct {
-	mu   sync.Mutex
-	done []served
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	mu     sync.Mutex
+	done   []served
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+	client *http.Client
+}
+
+// end stops the traffic, waits for the requests in flight and closes the client's idle
+// keep-alive connections, so the router's shutdown does not wait for them.
+func (bg *background) end() {
+	bg.stop()
+	bg.wg.Wait()
+	bg.client.CloseIdleConnections()
 }
 
 func startTraffic(url string, users int) *background {
 	ctx, cancel := context.WithCancel(context.Background())
-	bg := &background{stop: cancel}
 	client := &http.Client{Timeout: 30 * time.Second}
+	bg := &background{stop: cancel, client: client}
 	for u := range users {
 		bg.wg.Add(1)
 		go func() {
@@ -120,7 +129,7 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	tr := startRouter(t, 3, "s3cret")
 	bg := startTraffic(tr.url, 6)
-	defer func() { bg.stop(); bg.wg.Wait() }()
+	defer bg.end()
 
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
@@ -312,8 +321,7 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	t.Logf("dashboard screenshot: %s (%d bytes)", shot, len(png))
 
-	bg.stop()
-	bg.wg.Wait()
+	bg.end()
 	after, toVictim := 0, 0
 	for _, r := range bg.snapshot() {
 		if r.err != nil {

@@ -184,6 +184,7 @@ func traffic(t *testing.T, url string, users, n int) []served {
 		}()
 	}
 	wg.Wait()
+	client.CloseIdleConnections()
 	for _, r := range out {
 		if r.err != nil {
 			t.Fatalf("request failed: %v", r.err)
