@@ -38,8 +38,10 @@ func SharedPrefix(c SharedPrefixConfig) (*Workload, error) {
 // MultiTurnConfig is multi-turn chat: Users conversations start at Poisson times (Rate
 // per second); user u shares system prompt u mod Groups (System tokens); each of Rounds
 // turns appends Question tokens, asks for Output tokens, and the next turn's history holds
-// the question and a stand-in reply of Output tokens. Turn r+1 is due Think after turn r
-// was due, and is sent no earlier than turn r finished.
+// the question and a stand-in reply of Output tokens. Turn r+1 is due a think time after
+// turn r was due, uniform in [Think/2, 3*Think/2] (jitter keeps conversations from
+// falling into lockstep with a round-robin cycle), and is sent no earlier than turn r
+// finished.
 type MultiTurnConfig struct {
 	Users, Rounds, Groups, System, Question, Output int
 	Think                                           time.Duration
@@ -58,11 +60,15 @@ func MultiTurn(c MultiTurnConfig) (*Workload, error) {
 	for u := range c.Users {
 		hist := fillTokens(nil, "system", c.Seed<<20|uint64(u%c.Groups), c.System)
 		prev := -1
+		at := starts[u]
 		for k := range c.Rounds {
+			if k > 0 {
+				at += time.Duration((0.5 + r.Float64()) * float64(c.Think))
+			}
 			key := c.Seed<<40 | uint64(u)<<16 | uint64(k)
 			hist = fillTokens(hist, "question", key, c.Question)
 			prompt := append([]uint32(nil), hist...)
-			reqs = append(reqs, Request{At: starts[u] + time.Duration(k)*c.Think, Prompt: prompt, MaxTokens: c.Output, Prev: prev})
+			reqs = append(reqs, Request{At: at, Prompt: prompt, MaxTokens: c.Output, Prev: prev})
 			prev = len(reqs) - 1
 			hist = fillTokens(hist, "reply", key, c.Output)
 		}

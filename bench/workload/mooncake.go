@@ -30,6 +30,9 @@ type MooncakeConfig struct {
 	MaxInput int
 }
 
+// maxMooncakeBlocks bounds one prompt to 1M tokens, far above any model's context.
+const maxMooncakeBlocks = 2048
+
 // maxMooncakeLine bounds one trace line (a 1M-token prompt is ~2000 ids of 7 bytes).
 const maxMooncakeLine = 1 << 20
 
@@ -53,6 +56,9 @@ func ParseMooncake(r io.Reader, c MooncakeConfig) (*Workload, error) {
 		}
 		if rec.Timestamp < 0 || rec.InputLength < 1 || rec.OutputLength < 0 {
 			return nil, fmt.Errorf("mooncake line %d: timestamp %d, input_length %d, output_length %d out of range", line, rec.Timestamp, rec.InputLength, rec.OutputLength)
+		}
+		if len(rec.HashIDs) > maxMooncakeBlocks {
+			return nil, fmt.Errorf("mooncake line %d: %d hash ids, more than %d", line, len(rec.HashIDs), maxMooncakeBlocks)
 		}
 		if rec.InputLength > len(rec.HashIDs)*MooncakeBlock || rec.InputLength <= (len(rec.HashIDs)-1)*MooncakeBlock {
 			return nil, fmt.Errorf("mooncake line %d: input_length %d does not match %d hash ids", line, rec.InputLength, len(rec.HashIDs))

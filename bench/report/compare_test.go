@@ -1,0 +1,83 @@
+package report
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/bench/workload"
+)
+
+// TestQuickComparison is kvbench's quick mode: a scaled-down multi-turn workload on four
+// simulated workers under cache_aware and round_robin. Cache-aware routing must reach a
+// higher hit rate and a lower TTFT p50: each turn's history is cached on one worker, and
+// round robin sends the next turn elsewhere three times out of four. Modelled time runs
+// ten times slower than real (time scale 10: an uncached 1000-token prefill takes about
+// 500 ms on the "test" profile, a cached one about 20 ms) so that the gap dwarfs the
+// scheduling noise of a loaded CI machine and the race detector's overhead.
+func TestQuickComparison(t *testing.T) {
+	w, err := workload.MultiTurn(workload.MultiTurnConfig{
+		Users: 13, Rounds: 4, Groups: 13, System: 1000, Question: 50, Output: 8,
+		Think: 2 * time.Second, Rate: 10, Seed: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := sim.DefaultFleetConfig()
+	fc.Workers = 4
+	fc.Worker.Model = "m"
+	fc.Worker.Profile = "test"
+	fc.Worker.KVBlocks = 2048
+	fc.Worker.TimeScale = 10
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	res, err := Compare(ctx, w, Config{Fleet: fc, Policies: []string{"round_robin", "cache_aware"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, ca := res[0], res[1]
+	for _, r := range res {
+		t.Logf("%s: hit %.3f ttft p50 %.1f ms p90 %.1f ms, load %.2f, imbalance %.2f, errors %d",
+			r.Policy, r.HitRate, 1000*r.TTFT.P50, 1000*r.TTFT.P90, r.Load, r.Imbalance, r.Errors)
+		if r.Errors != 0 {
+			t.Errorf("%s: %d errors, first: %s", r.Policy, r.Errors, r.FirstError)
+		}
+	}
+	b := workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks)
+	if ca.HitRate > b.Infinite+1e-9 {
+		t.Errorf("cache_aware hit rate %.3f above the infinite bound %.3f", ca.HitRate, b.Infinite)
+	}
+	if ca.HitRate <= rr.HitRate {
+		t.Errorf("cache_aware hit rate %.3f not above round_robin's %.3f", ca.HitRate, rr.HitRate)
+	}
+	if ca.TTFT.P50 >= rr.TTFT.P50 {
+		t.Errorf("cache_aware TTFT p50 %.4fs not below round_robin's %.4fs", ca.TTFT.P50, rr.TTFT.P50)
+	}
+	dir := t.TempDir()
+	s := &Summary{Workload: w.Name, Requests: len(w.Requests), Bounds: b, Results: res}
+	if err := WriteDir(dir, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"report.md", "report.json", "ttft_cdf.png", "hit_rate.png", "load_cache_aware.png"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	v := make([]float64, 100)
+	for i := range v {
+		v[i] = float64(100 - i)
+	}
+	p := percentiles(v)
+	if p.P50 != 50 || p.P90 != 90 || p.P99 != 99 || p.Mean != 50.5 {
+		t.Fatalf("got %+v", p)
+	}
+	if (percentiles(nil) != Percentiles{}) {
+		t.Fatal("empty input must give zeros")
+	}
+}
