@@ -174,6 +174,11 @@ func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *ups
 // its prompt the router expected to be cached there.
 func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *routeState, overlap int, model string) {
 	if s.index != nil && len(st.hashes) > 0 {
+		// The router does not pick a data-parallel rank (the engine's own DP balancer
+		// does), so the prediction is recorded under rank 0 as "somewhere on this
+		// worker": overlap takes the best rank of a worker, so the worker-level overlap
+		// is right; if another rank stores the blocks, the rank-0 prediction is not
+		// replaced by them and lasts until its TTL.
 		s.index.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
 	}
 	if st.req.Blocks > 0 {

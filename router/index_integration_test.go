@@ -389,3 +389,76 @@ func TestIndexMatchesWorkerCacheNATSRestart(t *testing.T) {
 	requireExact(t, o, r2.st.Index, 5*time.Second, "router 2 after more traffic")
 	requireExact(t, o, r3.st.Index, 5*time.Second, "router 3 after more traffic")
 }
+
+// A worker whose event feed is removed (what a reload without the worker does through
+// kvevents.Manager.Set) is removed from the index, not only cleared: it no longer appears
+// among the index's workers, and the other worker's entries stay.
+func TestIndexRemovesWorkerWhoseFeedIsRemoved(t *testing.T) {
+	ss := startSimStack(t, 2, func(fc *sim.FleetConfig, _ *configs.Config) { fc.Worker.BlockSize = itBlockSize })
+	ix := ss.stack.Index
+	o := newBlockOracle(ss.fleet, 13)
+	client := &http.Client{Timeout: 30 * time.Second}
+	w0, w1 := ss.fleet.Workers()[0], ss.fleet.Workers()[1]
+	complete(t, client, w0.URL(), o.prompt(4))
+	complete(t, client, w1.URL(), o.prompt(4))
+	requireExact(t, o, ix, 5*time.Second, "before the removal")
+	known := func(id string) bool {
+		for _, w := range ix.Stats().Workers {
+			if w.Worker.ID == id {
+				return true
+			}
+		}
+		return false
+	}
+	if !known(w1.ID()) {
+		t.Fatalf("%s not among the index's workers", w1.ID())
+	}
+	if err := ss.stack.Events.Set([]kvevents.WorkerConfig{{Worker: w0.ID(), Model: "m", Endpoint: w0.EventsEndpoint(), ReplayEndpoint: w0.ReplayEndpoint()}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, w1.ID()+" removed from the index", func() bool { return !known(w1.ID()) })
+	if gpuBlocks(ix, w0.ID()) != 4 {
+		t.Fatalf("%s holds %d blocks in the index after the other worker's removal, want 4", w0.ID(), gpuBlocks(ix, w0.ID()))
+	}
+}
+
+// A routing decision is predicted under DP rank 0 (router/cache.go committed): the worker's
+// overlap is the best of its ranks, so it covers the request whichever rank the engine
+// picks, while the confirmed blocks stay on the rank whose events stored them.
+func TestPredictionUnderRankZeroCountsForTheWorker(t *testing.T) {
+	ix, err := indexer.New(indexer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks := make([]uint32, 4*itBlockSize)
+	for i := range toks {
+		toks[i] = uint32(7 + i)
+	}
+	hashes := proto.HashBlocks(nil, proto.Seed("m", "", ""), toks, itBlockSize)
+	st := &routeState{hashes: hashes}
+	ix.Predict(indexer.WorkerKey{ID: "w"}, hashes[:3], time.Minute)
+	st.matches = ix.Match(hashes, nil)
+	if got := st.overlap("w"); got != 3 {
+		t.Fatalf("overlap from the rank-0 prediction: %d, want 3", got)
+	}
+	// Rank 1 stores all four blocks (its batch names its rank).
+	eng := []proto.EngineHash{1, 2, 3, 4}
+	ix.Apply(indexer.WorkerKey{ID: "w"}, "m", &proto.Batch{DPRank: 1, Events: []proto.Event{{
+		Kind: proto.BlockStored, BlockHashes: eng, TokenIDs: toks, BlockSize: itBlockSize, Medium: "GPU"}}})
+	st.matches = ix.Match(hashes, st.matches)
+	if got := st.overlap("w"); got != 4 {
+		t.Fatalf("overlap after rank 1 stored the blocks: %d, want 4", got)
+	}
+	for _, m := range st.matches {
+		switch m.Worker.DPRank {
+		case 0:
+			if m.Confirmed != 0 || m.Blocks != 3 {
+				t.Errorf("rank 0: %d blocks, %d confirmed; want the 3 predicted, none confirmed", m.Blocks, m.Confirmed)
+			}
+		case 1:
+			if m.Confirmed != 4 {
+				t.Errorf("rank 1: %d confirmed, want 4", m.Confirmed)
+			}
+		}
+	}
+}

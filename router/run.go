@@ -170,7 +170,9 @@ func (st *Stack) pickTokenizer(model string) (string, bool) {
 }
 
 // indexSink feeds KV events into the index. A feed reset (engine restart, unrecoverable
-// gap, dead publisher) clears the worker's entries rather than leaving them stale.
+// gap, dead publisher) clears the worker's entries rather than leaving them stale; a
+// removed feed (kvevents.Manager.Set without the worker, natsbus.Consumer.Forget)
+// removes the worker from the index.
 func (st *Stack) indexSink() kvevents.Sink {
 	ix := st.Index
 	return kvevents.SinkFuncs{
@@ -178,8 +180,15 @@ func (st *Stack) indexSink() kvevents.Sink {
 			ix.Apply(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}, model, b)
 		},
 		ResetFunc: func(w kvevents.WorkerKey, reason string) {
+			k := indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}
+			if reason == kvevents.ReasonRemoved {
+				// The worker left the feeds for good: free its index id too.
+				st.log.Info("worker removed from the index", "worker", w.String())
+				ix.RemoveWorker(k)
+				return
+			}
 			st.log.Info("worker index cleared", "worker", w.String(), "reason", reason)
-			ix.ClearWorker(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank})
+			ix.ClearWorker(k)
 		},
 	}
 }
