@@ -26,7 +26,8 @@ import (
 //	go test -run x -bench 'Match$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 //
 // The Mooncake-derived ingest benchmark reads ../../shared/traces/mooncake_conversation.jsonl
-// (override with KVROUTE_MOONCAKE_TRACE) and fails when it is missing.
+// (override with KVROUTE_MOONCAKE_TRACE) and is skipped, with a message naming the
+// path, when it is missing (CI has no ../shared).
 
 const benchBlockSize = 16
 
@@ -252,7 +253,8 @@ func loadMooncake(b *testing.B, n int) *mooncakeStream {
 	}
 	fh, err := os.Open(path)
 	if err != nil {
-		b.Fatalf("mooncake trace (set KVROUTE_MOONCAKE_TRACE): %v", err)
+		// The trace is not in the repository (CI has no ../shared): say so, loudly.
+		b.Skipf("SKIP: Mooncake trace not found (%v); run with the trace at %s or set KVROUTE_MOONCAKE_TRACE", err, path)
 	}
 	defer fh.Close()
 	const (
