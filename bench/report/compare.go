@@ -13,16 +13,37 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kvroute/kvroute/bench/policies"
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/bench/workload"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router"
+	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/scorer"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Policies lists the policies [Compare] knows, in report order. "cache_aware" is kvroute
 // with every worker's KV-event feed; "cache_aware_noevents" is kvroute without feeds
 // (its index holds only its own predictions); the rest are kvroute's baseline policies.
-var Policies = []string{"cache_aware", "cache_aware_noevents", "round_robin", "random", "least_inflight", "power_of_two"}
+// "sglang", "llmd_approx" and "dynamo" are the peers' policies re-implemented in
+// bench/policies (labelled baselines): SGLang's and llm-d's approximate policies run
+// without engine events (their index is their own routing history), Dynamo's with them.
+var Policies = []string{"cache_aware", "cache_aware_noevents", "round_robin", "random", "least_inflight", "power_of_two", "sglang", "llmd_approx", "dynamo"}
+
+// peerSelector returns the bench/policies selector of a peer policy name, and whether
+// its run feeds engine events to the router; nil for kvroute's own policies.
+func peerSelector(policy string) (scorer.Selector, bool) {
+	switch policy {
+	case "sglang":
+		return policies.NewSGLang(), false
+	case "llmd_approx":
+		return policies.NewLLMD(), false
+	case "dynamo":
+		return policies.NewDynamo(), true
+	}
+	return nil, false
+}
 
 // Config describes a comparison.
 type Config struct {
@@ -139,6 +160,11 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Conf
 		cfg.Policy, events = "cache_aware", false
 	case "cache_aware", "round_robin", "random", "least_inflight", "power_of_two":
 		cfg.Policy = policy
+	case "sglang", "llmd_approx", "dynamo":
+		// cache_aware makes the router hash prompts and consult its index; the selector
+		// itself is replaced in runPolicy.
+		cfg.Policy = "cache_aware"
+		_, events = peerSelector(policy)
 	default:
 		return nil, fmt.Errorf("unknown policy %q (known: %v)", policy, Policies)
 	}
@@ -184,6 +210,20 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	st, err := router.NewStack(cfg, log)
 	if err != nil {
 		return res, fmt.Errorf("router: %w", err)
+	}
+	if sel, _ := peerSelector(policy); sel != nil {
+		// The Stack has no selector option: swap in a server on the same pool, index and
+		// (scraped) worker metrics that routes with the peer's selector. Token-id prompts
+		// hash exactly in every tokenize mode, so the approx hasher is exact here. Its
+		// metrics go to a private registry (the Stack's holds the unused server's).
+		srv, err := router.New(router.Options{
+			Config: cfg, Pool: st.Pool, Selector: sel, Registerer: prometheus.NewRegistry(),
+			Logger: log, Index: st.Index, Hasher: prefix.Approx{},
+		})
+		if err != nil {
+			return res, fmt.Errorf("router with %s: %w", policy, err)
+		}
+		st.Server = srv
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

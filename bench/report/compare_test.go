@@ -81,3 +81,36 @@ func TestPercentiles(t *testing.T) {
 		t.Fatal("empty input must give zeros")
 	}
 }
+
+// TestPeerPoliciesRoute runs the peers' re-implemented policies through the router on a
+// small multi-turn workload: no errors, and each reuses cached history (their prefix
+// matching works through the router's index).
+func TestPeerPoliciesRoute(t *testing.T) {
+	w, err := workload.MultiTurn(workload.MultiTurnConfig{
+		Users: 6, Rounds: 3, Groups: 6, System: 400, Question: 20, Output: 4,
+		Think: 150 * time.Millisecond, Rate: 30, Seed: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := sim.DefaultFleetConfig()
+	fc.Workers = 3
+	fc.Worker.Model = "m"
+	fc.Worker.KVBlocks = 1024
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := Compare(ctx, w, Config{Fleet: fc, Policies: []string{"sglang", "llmd_approx", "dynamo"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := workload.ComputeBounds(w, fc.Worker.BlockSize, 0)
+	for _, r := range res {
+		t.Logf("%s: hit %.3f (bound %.3f), errors %d", r.Policy, r.HitRate, b.Infinite, r.Errors)
+		if r.Errors != 0 {
+			t.Errorf("%s: %d errors, first: %s", r.Policy, r.Errors, r.FirstError)
+		}
+		if r.HitRate < b.Infinite/2 {
+			t.Errorf("%s: hit rate %.3f below half the bound %.3f", r.Policy, r.HitRate, b.Infinite)
+		}
+	}
+}

@@ -1,0 +1,22 @@
+// Package report runs kvbench's routing-policy comparison and writes its results.
+//
+// [Compare] replays one [workload.Workload] under each policy in turn, each time against
+// a fresh kvsim fleet (empty caches) and a fresh in-process kvroute [router.Stack], and
+// measures per policy: the workers' hit rate (cached_tokens over prompt tokens, from
+// kvsim Stats), client-side TTFT, inter-token and end-to-end latency percentiles, output
+// tokens/s, the fleet's load (simulated busy time over wall time), load imbalance
+// (max/mean of workers' in-flight requests, sampled) and the process's CPU time.
+// [WriteDir] writes report.md, report.json and PNG plots drawn with the standard library.
+//
+// Invariants:
+//   - Every policy sees byte-identical requests at identical offsets (the workload is
+//     built once); only follow-up turns wait for their previous turn, whose finish time
+//     depends on the policy.
+//   - Latencies are wall-clock at the client; kvsim's modelled durations are multiplied
+//     by its time scale, so a figure in modelled seconds is the wall figure divided by
+//     the time scale (host scheduling noise is not divided).
+//   - The router, the fleet and the load generator share one process, so the CPU figure
+//     is their sum; policies differ only in the router's share.
+//   - Peer policies (bench/policies) route through the same router, pool, index and
+//     scraped metrics as kvroute's own, with only the selector swapped.
+package report
