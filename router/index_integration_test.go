@@ -462,3 +462,58 @@ func TestPredictionUnderRankZeroCountsForTheWorker(t *testing.T) {
 		}
 	}
 }
+
+// kvsim, like vLLM releases before extra_keys were published, sends no extra keys, so the
+// index cannot know a request's cache_salt: a salted request's blocks are indexed under
+// the unsalted seed, and the same salted request, hashed with its salt by the router,
+// matches only the router's own prediction (indexer.eventSalt recovers the salt when the
+// engine publishes it; see indexer/salt_test.go).
+func TestSaltedRequestWithoutExtraKeysMatchesOnlyPredictions(t *testing.T) {
+	// Two workers: with one, the router has no choice to make and hashes nothing.
+	ss := startSimStack(t, 2, func(fc *sim.FleetConfig, _ *configs.Config) { fc.Worker.BlockSize = itBlockSize })
+	ix := ss.stack.Index
+	toks := make([]uint32, 4*itBlockSize)
+	for i := range toks {
+		toks[i] = uint32(500 + i)
+	}
+	// A worker's first event batch resets its entries (kvevents ResetOnStart), predictions
+	// included: let every worker publish once before the request under test.
+	o := newBlockOracle(ss.fleet, 14)
+	for _, fw := range ss.fleet.Workers() {
+		complete(t, &http.Client{Timeout: 30 * time.Second}, fw.URL(), o.prompt(2))
+	}
+	requireExact(t, o, ix, 5*time.Second, "warm-up")
+	body, _ := json.Marshal(map[string]any{"model": "m", "prompt": toks, "max_tokens": 1, "cache_salt": "tenant-a"})
+	resp, err := http.Post(ss.url+"/v1/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("salted completion: %d", resp.StatusCode)
+	}
+	var w *sim.Worker
+	for _, fw := range ss.fleet.Workers() {
+		if fw.ID() == resp.Header.Get("x-kvroute-worker") {
+			w = fw
+		}
+	}
+	if w == nil {
+		t.Fatalf("routed to unknown worker %q", resp.Header.Get("x-kvroute-worker"))
+	}
+	unsalted := proto.HashBlocks(nil, proto.Seed("m", "", ""), toks, itBlockSize)
+	salted := proto.HashBlocks(nil, proto.Seed("m", "", "tenant-a"), toks, itBlockSize)
+	held := func(hs []proto.BlockHash) indexer.WorkerMatch {
+		for _, m := range ix.Match(hs, nil) {
+			if m.Worker.ID == w.ID() {
+				return m
+			}
+		}
+		return indexer.WorkerMatch{}
+	}
+	eventually(t, 5*time.Second, "salted blocks indexed", func() bool { return held(unsalted).Confirmed == 4 })
+	if m := held(salted); m.Confirmed != 0 || m.Blocks != 4 {
+		t.Fatalf("salted request: %d blocks, %d confirmed; want the 4 predicted by the router, none confirmed", m.Blocks, m.Confirmed)
+	}
+}
