@@ -268,10 +268,11 @@ func (e *Env) IndexedBlocks(id string) int64 {
 }
 
 // IndexMatchesCaches reports whether, for every worker, the router's index holds as
-// many confirmed blocks as the worker's KV cache, and describes the first mismatch.
+// many confirmed blocks as the worker's KV cache has distinct blocks, and describes the
+// first mismatch.
 func (e *Env) IndexMatchesCaches() (bool, string) {
 	for _, w := range e.Fleet.Workers() {
-		want := int64(len(w.CachedBlockHashes()))
+		want := int64(CachedBlocks(w))
 		if got := e.IndexedBlocks(w.ID()); got != want {
 			why := fmt.Sprintf("worker %s: index holds %d blocks, its cache %d", w.ID(), got, want)
 			if e.Stack.Events != nil {
@@ -282,10 +283,24 @@ func (e *Env) IndexMatchesCaches() (bool, string) {
 					}
 				}
 			}
+			st := e.Stack.Index.Stats()
+			why += fmt.Sprintf(" (index: dropped %v, evictions %v, clears %d)", st.Dropped, st.Evictions, st.Clears)
 			return false, why
 		}
 	}
 	return true, ""
+}
+
+// CachedBlocks returns the number of distinct blocks in w's KV cache. kvsim, like vLLM,
+// may cache two copies of a block that two requests computed at the same time; the index
+// holds it once.
+func CachedBlocks(w *sim.Worker) int {
+	hs := w.CachedBlockHashes()
+	seen := make(map[uint64]struct{}, len(hs))
+	for _, h := range hs {
+		seen[h] = struct{}{}
+	}
+	return len(seen)
 }
 
 // indexWithinCaches reports whether, for every worker, the router's index holds no more
@@ -293,7 +308,7 @@ func (e *Env) IndexMatchesCaches() (bool, string) {
 // worker where it does.
 func (e *Env) indexWithinCaches() (bool, string) {
 	for _, w := range e.Fleet.Workers() {
-		have := int64(len(w.CachedBlockHashes()))
+		have := int64(CachedBlocks(w))
 		if got := e.IndexedBlocks(w.ID()); got > have {
 			return false, fmt.Sprintf("worker %s: index holds %d blocks, its cache only %d", w.ID(), got, have)
 		}

@@ -102,7 +102,8 @@ func (c *LoadConfig) defaults() {
 // Tally counts the outcomes of a workload's requests. Safe for concurrent use; must not
 // be copied.
 type Tally struct {
-	active atomic.Int64 // requests sent by RunLoad and not finished yet
+	active    atomic.Int64 // requests sent by RunLoad and not finished yet
+	answering atomic.Int64 // of those, the ones whose response headers have arrived
 	// mu guards the fields below.
 	mu      sync.Mutex
 	counts  [numOutcomes]int
@@ -134,6 +135,10 @@ func (t *Tally) Add(o Outcome, stream bool, worker, detail string) {
 
 // Active returns how many requests [RunLoad] has sent that have not ended yet.
 func (t *Tally) Active() int64 { return t.active.Load() }
+
+// Answering returns how many requests [RunLoad] has sent whose response headers have
+// arrived and whose body has not ended: requests the server has accepted for sure.
+func (t *Tally) Answering() int64 { return t.answering.Load() }
 
 // Count returns how many requests ended with o.
 func (t *Tally) Count(o Outcome) int {
@@ -216,7 +221,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig, tally *Tally) {
 				stream := rng.Float64() < cfg.StreamFraction
 				body := requestBody(cfg, systems[rng.IntN(len(systems))], words(rng, cfg.UserWords), stream)
 				tally.active.Add(1)
-				o, worker, detail := Send(client, cfg.URL, body, stream, cfg.Deadline)
+				o, worker, detail := send(client, cfg.URL, body, stream, cfg.Deadline, &tally.answering)
 				tally.Add(o, stream, worker, detail)
 				tally.active.Add(-1)
 				if cfg.Pause > 0 {
@@ -257,6 +262,12 @@ func words(rng *rand.Rand, n int) string {
 // Send posts one chat completion to url and classifies how it ended. The whole exchange,
 // body included, is bounded by deadline.
 func Send(client *http.Client, url string, body []byte, stream bool, deadline time.Duration) (o Outcome, worker, detail string) {
+	return send(client, url, body, stream, deadline, nil)
+}
+
+// send is Send that counts, in answering, the requests whose headers have arrived and
+// whose body has not ended.
+func send(client *http.Client, url string, body []byte, stream bool, deadline time.Duration, answering *atomic.Int64) (o Outcome, worker, detail string) {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", bytes.NewReader(body))
@@ -269,6 +280,10 @@ func Send(client *http.Client, url string, body []byte, stream bool, deadline ti
 		return transportOutcome(ctx, err), "", err.Error()
 	}
 	defer resp.Body.Close()
+	if answering != nil {
+		answering.Add(1)
+		defer answering.Add(-1)
+	}
 	worker = resp.Header.Get("x-kvroute-worker")
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {

@@ -129,7 +129,7 @@ func TestNATSServerRestart(t *testing.T) {
 	var indexed, cached int
 	for _, w := range e.Fleet.Workers() {
 		indexed += int(e.IndexedBlocks(w.ID()))
-		cached += len(w.CachedBlockHashes())
+		cached += CachedBlocks(w)
 	}
 	t.Logf("after the restart the index holds %d of the %d cached blocks (%d worker resets)", indexed, cached, resets)
 	checkContract(t, e, fmt.Sprintf("NATS server restart (down %s, JetStream store kept)", down), tally,
