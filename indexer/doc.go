@@ -107,6 +107,9 @@
 //
 // # Measurements
 //
+// Re-measured with the goals and Dynamo's published figures side by side in
+// bench/RESULTS.md, section "Indexer". The figures below are the first measurements.
+//
 // AMD EPYC VM, 2 cores and a 32 MiB L3 shared with other jobs (load average 6 to 7
 // during the runs below, up to 19 at other times), so wall-clock percentiles include
 // waiting for a CPU and memory latency varies with the neighbours; cpu-ns/op and
