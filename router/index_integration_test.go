@@ -158,6 +158,18 @@ func requireExact(t *testing.T, o *blockOracle, ix *indexer.Index, timeout time.
 	}
 }
 
+// feedState returns the Stack's event-feed state of worker id.
+func feedState(t *testing.T, st *Stack, id string) kvevents.WorkerState {
+	t.Helper()
+	for _, s := range st.Events.States() {
+		if s.Key.Worker == id {
+			return s
+		}
+	}
+	t.Fatalf("no event feed for %s", id)
+	return kvevents.WorkerState{}
+}
+
 // complete sends a one-output-token completion with a token-id prompt to base (a router
 // or a worker) and returns the worker the router chose (empty when sent to a worker).
 func complete(t *testing.T, client *http.Client, base string, toks []uint32) string {
@@ -210,6 +222,7 @@ func TestIndexMatchesWorkerCacheZMQ(t *testing.T) {
 
 	// Dropped batches: the next batch shows a gap, the feed replays the missing ones.
 	dropped := w0.Stats().EventBatchesDropped
+	before := feedState(t, ss.stack, w0.ID())
 	if err := w0.SetFaults(sim.Faults{DropEventBatches: 2}); err != nil {
 		t.Fatal(err)
 	}
@@ -220,6 +233,10 @@ func TestIndexMatchesWorkerCacheZMQ(t *testing.T) {
 		t.Fatalf("kvsim dropped %d batches, want 2", d)
 	}
 	requireExact(t, o, ix, 5*time.Second, "after dropped batches")
+	if after := feedState(t, ss.stack, w0.ID()); after.Replays == before.Replays || after.Resets != before.Resets {
+		t.Fatalf("gap handling: replays %d -> %d, resets %d -> %d; want a replay and no reset",
+			before.Replays, after.Replays, before.Resets, after.Resets)
+	}
 
 	// Engine restart: the cache empties silently and the sequence restarts at 0. The
 	// router learns it from the new stream's first batch.
@@ -232,8 +249,12 @@ func TestIndexMatchesWorkerCacheZMQ(t *testing.T) {
 	} else {
 		t.Logf("right after the restart, before any new batch: %s", d)
 	}
+	resets := feedState(t, ss.stack, w0.ID()).Resets
 	complete(t, client, w0.URL(), o.prompt(3))
 	requireExact(t, o, ix, time.Second, "after engine restart")
+	if st := feedState(t, ss.stack, w0.ID()); st.Resets == resets {
+		t.Fatalf("engine restart not seen as a reset (last reset %q)", st.LastReset)
+	}
 
 	// A restart that also rebinds the event sockets (a new process): the feed reconnects.
 	if err := w1.Restart(sim.RestartOptions{Rebind: true}); err != nil {
