@@ -157,14 +157,14 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	s.pool.ReportSuccess(w)
 
 	// Commit: from here on the client gets this worker's answer.
-	s.committed(ctx, w, st, overlap, r.Model)
-	s.traffic.routed(w.ID, r.Model, st.req.PromptTokens, overlap*st.req.BlockSize, time.Now())
-	resp.Header.CopyTo(&ctx.Response.Header)
+	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
 	for _, h := range hopByHop {
 		ctx.Response.Header.Del(h)
 	}
 	ctx.Response.Header.Set("X-Request-Id", reqID)
 	s.setWorkerHeader(ctx, w.ID)
+	s.committed(ctx, w, st, overlap, r.Model)
+	s.traffic.routed(w.ID, r.Model, st.req.PromptTokens, overlap*st.req.BlockSize, time.Now())
 
 	if !r.Stream {
 		ctx.SetBody(resp.Body())
