@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -241,6 +242,9 @@ type Worker struct {
 	Replay string `yaml:"replay"`
 	// MaxConns caps the open connections to the worker. Default 1024.
 	MaxConns int `yaml:"max_conns"`
+	// DPRanks is the engine's data-parallel size: vLLM publishes rank N's events on the
+	// events (and replay) port + N, and each rank has its own cache. Default 1 (0 means 1).
+	DPRanks int `yaml:"dp_ranks"`
 }
 
 // Policies lists the routing policy names [Config.Validate] accepts.
@@ -291,6 +295,9 @@ func Default() Config {
 func (w *Worker) workerDefaults() {
 	if w.MaxConns == 0 {
 		w.MaxConns = 1024
+	}
+	if w.DPRanks == 0 {
+		w.DPRanks = 1
 	}
 	if w.ID == "" {
 		if u, err := url.Parse(w.URL); err == nil {
@@ -483,6 +490,8 @@ func (w *Worker) validate() error {
 		return fmt.Errorf("id: %q must be non-empty without spaces or quotes", w.ID)
 	case w.MaxConns < 1:
 		return fmt.Errorf("max_conns: %d must be positive", w.MaxConns)
+	case w.DPRanks < 0 || w.DPRanks > 1024:
+		return fmt.Errorf("dp_ranks: %d must be between 1 and 1024 (0 means 1)", w.DPRanks)
 	}
 	for _, ep := range []struct{ name, v string }{{"events", w.Events}, {"replay", w.Replay}} {
 		if ep.v != "" && !strings.HasPrefix(ep.v, "tcp://") && !strings.HasPrefix(ep.v, "ipc://") {
@@ -501,7 +510,7 @@ func (w *Worker) validate() error {
 }
 
 // ParseWorkerFlag parses the quick-start form of a worker,
-// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B]", into a Worker with its
+// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N]", into a Worker with its
 // defaults filled. It does not validate: [Config.Validate] does.
 func ParseWorkerFlag(s string) (Worker, error) {
 	parts := strings.Split(s, ",")
@@ -520,8 +529,14 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			w.Replay = v
 		case "models":
 			w.Models = strings.Split(v, "|")
+		case "dp_ranks":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return Worker{}, fmt.Errorf("worker %q: dp_ranks %q is not a number", s, v)
+			}
+			w.DPRanks = n
 		default:
-			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay or models)", s, k)
+			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models or dp_ranks)", s, k)
 		}
 	}
 	w.workerDefaults()

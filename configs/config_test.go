@@ -139,9 +139,11 @@ func TestParseWorkerFlag(t *testing.T) {
 		want    Worker
 		wantErr string
 	}{
-		{in: "http://h:8000", want: Worker{ID: "h:8000", URL: "http://h:8000", MaxConns: 1024}},
+		{in: "http://h:8000", want: Worker{ID: "h:8000", URL: "http://h:8000", MaxConns: 1024, DPRanks: 1}},
 		{in: "http://h:8000/,events=tcp://h:5557,replay=tcp://h:5558,id=g0,models=a|b",
-			want: Worker{ID: "g0", URL: "http://h:8000", Events: "tcp://h:5557", Replay: "tcp://h:5558", Models: []string{"a", "b"}, MaxConns: 1024}},
+			want: Worker{ID: "g0", URL: "http://h:8000", Events: "tcp://h:5557", Replay: "tcp://h:5558", Models: []string{"a", "b"}, MaxConns: 1024, DPRanks: 1}},
+		{in: "http://h:8000,dp_ranks=4", want: Worker{ID: "h:8000", URL: "http://h:8000", MaxConns: 1024, DPRanks: 4}},
+		{in: "http://h:8000,dp_ranks=x", wantErr: `dp_ranks "x"`},
 		{in: "http://h:8000,weight=2", wantErr: `unknown option "weight"`},
 		{in: "http://h:8000,events", wantErr: "not key=value"},
 	}
@@ -154,7 +156,8 @@ func TestParseWorkerFlag(t *testing.T) {
 			continue
 		}
 		if err != nil || got.ID != c.want.ID || got.URL != c.want.URL || got.Events != c.want.Events ||
-			got.Replay != c.want.Replay || strings.Join(got.Models, "|") != strings.Join(c.want.Models, "|") || got.MaxConns != c.want.MaxConns {
+			got.Replay != c.want.Replay || strings.Join(got.Models, "|") != strings.Join(c.want.Models, "|") || got.MaxConns != c.want.MaxConns ||
+			got.DPRanks != c.want.DPRanks {
 			t.Errorf("ParseWorkerFlag(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
 		}
 	}

@@ -50,7 +50,8 @@ func startSimStack(t *testing.T, workers int, mutate func(*sim.FleetConfig, *con
 		t.Fatal(err)
 	}
 	for _, info := range fleet.Infos() {
-		cfg.Workers = append(cfg.Workers, configs.Worker{ID: info.ID, URL: info.URL, Events: info.Events, Replay: info.Replay, MaxConns: 256})
+		cfg.Workers = append(cfg.Workers, configs.Worker{ID: info.ID, URL: info.URL, Events: info.Events, Replay: info.Replay,
+			MaxConns: 256, DPRanks: fc.Worker.DataParallelSize})
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -240,7 +240,9 @@ func (st *Stack) setFeeds() error {
 			st.log.Warn("worker publishes events but its model is unknown yet; its blocks will not match requests", "worker", w.ID)
 			models = []string{""}
 		}
-		feeds = append(feeds, kvevents.WorkerConfig{Worker: w.ID, Model: models[0], Endpoint: w.Events, ReplayEndpoint: w.Replay})
+		feeds = append(feeds, kvevents.WorkerConfig{
+			Worker: w.ID, Model: models[0], Endpoint: w.Events, ReplayEndpoint: w.Replay, DPRanks: w.DPRanks,
+		})
 	}
 	if err := st.Events.Set(feeds); err != nil {
 		return fmt.Errorf("events: %w", err)

@@ -23,6 +23,8 @@ type Worker struct {
 	URL string
 	// Events and Replay are the worker's ZMQ KV-event endpoints; "" when not configured.
 	Events, Replay string
+	// DPRanks is the engine's data-parallel size (1 without data parallelism).
+	DPRanks int
 
 	host string
 	tls  bool
@@ -66,6 +68,7 @@ func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
 		URL:         u.Scheme + "://" + u.Host,
 		Events:      wc.Events,
 		Replay:      wc.Replay,
+		DPRanks:     max(wc.DPRanks, 1),
 		host:        u.Host,
 		tls:         u.Scheme == "https",
 		models:      slices.Clone(wc.Models),
