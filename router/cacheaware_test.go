@@ -69,6 +69,9 @@ func startSimStack(t *testing.T, workers int, mutate func(*sim.FleetConfig, *con
 	go func() { done <- st.Run(ctx, ln, func() { close(ready) }) }()
 	<-ready
 	t.Cleanup(func() {
+		// The tests' clients use the default transport: hang up its idle keep-alive
+		// connections so the drain does not wait for the server to time them out.
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("stack: %v", err)
