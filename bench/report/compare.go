@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -85,6 +88,10 @@ type Result struct {
 	// CPU is the whole process's CPU seconds during the replay: router, simulated fleet
 	// and load generator together (they share the process).
 	CPU float64 `json:"process_cpu_s"`
+	// HostLoad is the host's 1-minute load average at the end of the replay (from
+	// /proc/loadavg; 0 where unavailable): above the CPU count, wall-clock latencies
+	// include waiting for a CPU.
+	HostLoad float64 `json:"host_load1"`
 	// PerWorker are the workers' requests and in-flight samples.
 	PerWorker []WorkerResult `json:"per_worker"`
 	// TTFTs are every successful request's TTFT in seconds, sorted (for the CDF plot).
@@ -304,6 +311,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	outs, err := workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + ln.Addr().String(), Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
 	wall := time.Since(t0)
 	res.CPU = cpuSeconds() - cpu0
+	res.HostLoad = loadAvg()
 	stopSample()
 	swg.Wait()
 	client.CloseIdleConnections()
@@ -352,6 +360,20 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	}
 	res.Load = busy.Seconds() / (wall.Seconds() * float64(len(workers)))
 	return res, nil
+}
+
+// loadAvg returns the 1-minute load average, 0 when unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _, _ := strings.Cut(string(b), " ")
+	v, err := strconv.ParseFloat(f, 64)
+	if err != nil {
+		return 0
+	}
+	return v
 }
 
 // waitFor polls cond every 5ms until it holds, timeout passes or ctx ends.
