@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -88,5 +89,24 @@ func TestTiesSpread(t *testing.T) {
 		if len(seen) != 4 {
 			t.Errorf("%T: ties went to %d of 4 workers", s, len(seen))
 		}
+	}
+}
+
+// BenchmarkSelect measures one decision of each peer policy over 8 candidates. Compare two
+// runs with: go test -run '^$' -bench Select -count 10 ./bench/policies > old.txt (then
+// new.txt) and benchstat old.txt new.txt.
+func BenchmarkSelect(b *testing.B) {
+	cands := make([]scorer.Candidate, 8)
+	for i := range cands {
+		cands[i] = scorer.Candidate{InFlight: int64(i % 3), OverlapBlocks: i, ActiveBlocks: int64(10 * i), Waiting: float64(i % 2), KVUsage: 0.1 * float64(i), HasMetrics: true}
+	}
+	req := &scorer.Request{Blocks: 8, BlockSize: 16, PromptTokens: 130}
+	for _, s := range []scorer.Selector{NewSGLang(), NewLLMD(), NewDynamo()} {
+		b.Run(fmt.Sprintf("%T", s), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = s.Select(req, cands)
+			}
+		})
 	}
 }
