@@ -1,6 +1,7 @@
 package scorer
 
 import (
+	"cmp"
 	"math/rand/v2"
 )
 
@@ -86,16 +87,16 @@ func (globalRand) IntN(n int) int { return rand.IntN(n) }
 // DefaultRand returns a goroutine-safe Rand backed by math/rand/v2's global source.
 func DefaultRand() Rand { return globalRand{} }
 
-// ArgMin returns the index of the smallest value in vals, breaking ties uniformly at
-// random with r. vals must not be empty. It does not allocate.
-func ArgMin(vals []float64, r Rand) int {
-	best, ties := 0, 1
-	for i := 1; i < len(vals); i++ {
-		switch {
-		case vals[i] < vals[best]:
-			best, ties = i, 1
-		case vals[i] == vals[best]:
-			// Reservoir sampling over the tied minima: each is kept with probability 1/ties.
+// ArgMin returns the index i in [0, n) with the smallest key(i), breaking ties
+// uniformly at random with r (reservoir sampling over the tied minima). n must be
+// positive. It does not allocate when key does not escape.
+func ArgMin[K cmp.Ordered](n int, key func(i int) K, r Rand) int {
+	best, bestKey, ties := 0, key(0), 1
+	for i := 1; i < n; i++ {
+		switch k := key(i); {
+		case k < bestKey:
+			best, bestKey, ties = i, k, 1
+		case k == bestKey:
 			ties++
 			if r.IntN(ties) == 0 {
 				best = i

@@ -94,12 +94,13 @@ func TestRandomCoversAll(t *testing.T) {
 
 func TestArgMin(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
-	if got := scorer.ArgMin([]float64{3, 1, 2}, r); got != 1 {
+	argMin := func(vals []float64) int { return scorer.ArgMin(len(vals), func(i int) float64 { return vals[i] }, r) }
+	if got := argMin([]float64{3, 1, 2}); got != 1 {
 		t.Errorf("ArgMin = %d, want 1", got)
 	}
 	seen := map[int]bool{}
 	for i := 0; i < 100; i++ {
-		seen[scorer.ArgMin([]float64{1, 5, 1}, r)] = true
+		seen[argMin([]float64{1, 5, 1})] = true
 	}
 	if !seen[0] || !seen[2] || seen[1] {
 		t.Errorf("ties: picked %v, want 0 and 2 only", seen)

@@ -64,19 +64,7 @@ func (p *SGLang) Select(req *scorer.Request, cands []scorer.Candidate) int {
 // leastInFlight returns the candidate with the fewest in-flight requests, random among
 // ties.
 func leastInFlight(cands []scorer.Candidate, r scorer.Rand) int {
-	best, ties := 0, 1
-	for i := 1; i < len(cands); i++ {
-		switch {
-		case cands[i].InFlight < cands[best].InFlight:
-			best, ties = i, 1
-		case cands[i].InFlight == cands[best].InFlight:
-			ties++
-			if r.IntN(ties) == 0 {
-				best = i
-			}
-		}
-	}
-	return best
+	return scorer.ArgMin(len(cands), func(i int) int64 { return cands[i].InFlight }, r)
 }
 
 // LLMD re-implements llm-d's default scheduling profile with its approximate prefix

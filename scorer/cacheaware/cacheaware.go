@@ -142,7 +142,7 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 	if s.opts.Temperature > 0 {
 		return s.sample(costs, costs[best].Total)
 	}
-	return argMinCost(costs, s.opts.Rand)
+	return scorer.ArgMin(len(costs), func(i int) float64 { return costs[i].Total }, s.opts.Rand)
 }
 
 // sticky returns the rendezvous-hash winner for key among candidates within
@@ -179,23 +179,6 @@ func (s *Selector) sample(costs []scorer.Cost, minCost float64) int {
 		}
 	}
 	return len(costs) - 1
-}
-
-// argMinCost returns the cheapest candidate, ties uniformly at random.
-func argMinCost(costs []scorer.Cost, r scorer.Rand) int {
-	best, ties := 0, 1
-	for i := 1; i < len(costs); i++ {
-		switch {
-		case costs[i].Total < costs[best].Total:
-			best, ties = i, 1
-		case costs[i].Total == costs[best].Total:
-			ties++
-			if r.IntN(ties) == 0 {
-				best = i
-			}
-		}
-	}
-	return best
 }
 
 var (

@@ -16,20 +16,7 @@ func (s *Selector) Select(_ *scorer.Request, cands []scorer.Candidate) int {
 	if r == nil {
 		r = scorer.DefaultRand()
 	}
-	best, ties := 0, 1
-	for i := 1; i < len(cands); i++ {
-		switch {
-		case cands[i].InFlight < cands[best].InFlight:
-			best, ties = i, 1
-		case cands[i].InFlight == cands[best].InFlight:
-			// Reservoir sampling: each tied minimum is kept with probability 1/ties.
-			ties++
-			if r.IntN(ties) == 0 {
-				best = i
-			}
-		}
-	}
-	return best
+	return scorer.ArgMin(len(cands), func(i int) int64 { return cands[i].InFlight }, r)
 }
 
 var _ scorer.Selector = (*Selector)(nil)
