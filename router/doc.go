@@ -4,14 +4,19 @@
 // Where things happen, in request order:
 //
 //   - server.go: the fasthttp listener and the endpoint table (handler).
-//   - request.go: parseRequest reads only the fields routing needs (model, stream,
-//     messages or prompt, user); the original body bytes are forwarded untouched.
+//   - request.go, scan.go: parseRequest reads only the fields routing needs (model,
+//     stream, messages or prompt, user) with a validating scanner; the original body
+//     bytes are forwarded untouched.
 //   - route.go: candidates (available workers serving the model, minus those already
 //     tried) and the policy's choice.
 //   - forward.go: one attempt on one worker, retries on another while nothing has reached
 //     the client, and the streaming passthrough.
 //   - errors.go: every error a client can see, mapped to an HTTP status in one function
 //     (statusOf) and written as OpenAI-shaped JSON.
+//   - cache.go: the cache-aware steps (prompt hashing, index match, load bookkeeping,
+//     predictions); decisions.go the ring of recent decisions.
+//   - run.go: the Stack that runs a router with its pool, index, event feeds, scraper;
+//     stats.go the windowed figures and adminwiring.go the admin API's backend.
 //
 // Invariants: a request is retried only while no byte of the response has been written
 // to the client; every worker.Begin is matched by exactly one End, including when the
