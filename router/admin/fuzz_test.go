@@ -69,7 +69,10 @@ func FuzzHandler(f *testing.F) {
 		if rec.Code < 200 || rec.Code >= 600 {
 			t.Fatalf("%s %s: status %d", method, u, rec.Code)
 		}
-		if strings.HasPrefix(path, "/api/") && rec.Code != http.StatusMovedPermanently && !json.Valid(rec.Body.Bytes()) {
+		// A path ServeMux cleans ("/api/.") is redirected: 301 for GET and HEAD, 307 for
+		// other methods (fuzz finding 226c49b544b5467e).
+		redirect := rec.Code == http.StatusMovedPermanently || rec.Code == http.StatusTemporaryRedirect
+		if strings.HasPrefix(path, "/api/") && !redirect && !json.Valid(rec.Body.Bytes()) {
 			t.Fatalf("%s %s: %d, body not JSON: %.200q", method, u, rec.Code, rec.Body.Bytes())
 		}
 	})
