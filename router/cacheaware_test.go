@@ -38,7 +38,7 @@ func startSimStack(t *testing.T, workers int, mutate func(*sim.FleetConfig, *con
 	cfg.Health.EjectBase = 200 * time.Millisecond
 	// fasthttp counts a connection that has not carried a request yet as busy for 5 s
 	// after accepting it (net/http does the same), and HTTP clients dial spare ones.
-	cfg.Timeouts.Shutdown = 15 * time.Second
+	cfg.Timeouts.Shutdown = 30 * time.Second
 	// The tests are about routing: give /tokenize time on a loaded test machine rather
 	// than fall back to approx hashes (which prefix_test covers).
 	cfg.Tokenize.Timeout = 10 * time.Second
@@ -243,6 +243,7 @@ func TestCacheAwareMultiTurnAffinity(t *testing.T) {
 func TestCacheAwareSharedPrefixBurstSpreads(t *testing.T) {
 	ss := startSimStack(t, 4, nil)
 	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+	t.Cleanup(client.CloseIdleConnections) // runs before the stack's drain (cleanups are LIFO)
 	system := someWords(rand.New(rand.NewPCG(1, 1)), 1500)
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
