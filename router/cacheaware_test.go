@@ -282,7 +282,7 @@ func TestCacheAwareSharedPrefixBurstSpreads(t *testing.T) {
 	var cached, prompt uint64
 	for _, w := range ss.fleet.Workers() {
 		s := w.Stats()
-		if s.Requests < 10 {
+		if s.Requests < 5 { // every worker takes a real share (the mean is 25)
 			t.Errorf("worker %s served only %d of 100 requests", w.ID(), s.Requests)
 		}
 		cached += s.CachedTokens
