@@ -176,7 +176,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 		return true, nil
 	}
 	ctx.Response.Header.SetContentLength(-1)
-	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, code: code, start: start, status: code,
+	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, start: start, status: code,
 		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
 	ctx.Response.ImmediateHeaderFlush = true // the headers go out now, as the worker sent them
 	ctx.Response.SetBodyStream(sp, -1)
@@ -197,7 +197,6 @@ type streamPipe struct {
 	load  *upstream.Load
 	resp  *fasthttp.Response
 	model string
-	code  int
 	start time.Time
 	// sse is true when the worker answered text/event-stream: such a stream is complete
 	// only once its data: [DONE] event has been read.

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
@@ -299,42 +297,11 @@ type natsRouter struct {
 func TestIndexMatchesWorkerCacheNATSRestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	if err := natsbus.EnsureStream(ctx, nc, natsbus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	fc := sim.DefaultFleetConfig()
 	fc.Workers, fc.Worker.Model = 2, "m"
 	fc.Worker.BlockSize, fc.Worker.KVBlocks = itBlockSize, 64
-	fleet, err := sim.StartFleet(ctx, fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fleet.Close()
-	pub := natsbus.NewPublisher(nc, natsbus.PublisherOptions{Model: "m"})
-	bridge, err := kvevents.NewManager(kvevents.Options{Sink: pub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var feeds []kvevents.WorkerConfig
-	for _, info := range fleet.Infos() {
-		feeds = append(feeds, kvevents.WorkerConfig{Worker: info.ID, Model: "m", Endpoint: info.Events, ReplayEndpoint: info.Replay})
-	}
-	if err := bridge.Set(feeds); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = bridge.Run(ctx) }()
+	natsURL, fleet := startBridgedFleet(t, ctx, fc)
 	w0, w1 := fleet.Workers()[0], fleet.Workers()[1]
-	eventually(t, 10*time.Second, "bridge subscribed", func() bool { return w0.EventsSubscribed() && w1.EventsSubscribed() })
 
 	// start builds a router; restore, if not nil, is loaded into its index before it runs.
 	start := func(durable string, restore []byte) natsRouter {
@@ -342,7 +309,7 @@ func TestIndexMatchesWorkerCacheNATSRestart(t *testing.T) {
 		cfg.Listen = "127.0.0.1:0"
 		cfg.Timeouts.Shutdown = 15 * time.Second
 		cfg.Events.Source = "nats"
-		cfg.Events.NATS = configs.NATSEvents{URL: srv.ClientURL(), JetStream: true, Durable: durable, SubjectPrefix: natsbus.DefaultPrefix}
+		cfg.Events.NATS = configs.NATSEvents{URL: natsURL, JetStream: true, Durable: durable, SubjectPrefix: natsbus.DefaultPrefix}
 		for _, info := range fleet.Infos() {
 			cfg.Workers = append(cfg.Workers, configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 64})
 		}

@@ -34,52 +34,16 @@ func gpuBlocks(ix *indexer.Index, id string) int64 {
 func TestStackConsumesNATSAndCatchesUpAfterRestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	if err := natsbus.EnsureStream(ctx, nc, natsbus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
 	fc := sim.DefaultFleetConfig()
 	fc.Workers, fc.Worker.Model = 2, "m"
-	fleet, err := sim.StartFleet(ctx, fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fleet.Close()
-
-	// The bridge: one kvevents.Manager publishing every worker's batches to NATS.
-	pub := natsbus.NewPublisher(nc, natsbus.PublisherOptions{Model: "m"})
-	bridge, err := kvevents.NewManager(kvevents.Options{Sink: pub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var feeds []kvevents.WorkerConfig
-	for _, info := range fleet.Infos() {
-		feeds = append(feeds, kvevents.WorkerConfig{Worker: info.ID, Model: "m", Endpoint: info.Events, ReplayEndpoint: info.Replay})
-	}
-	if err := bridge.Set(feeds); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = bridge.Run(ctx) }()
-	eventually(t, 10*time.Second, "bridge subscribed", func() bool {
-		return fleet.Workers()[0].EventsSubscribed() && fleet.Workers()[1].EventsSubscribed()
-	})
+	natsURL, fleet := startBridgedFleet(t, ctx, fc)
 
 	startRouter := func() (*Stack, string, func()) {
 		cfg := configs.Default()
 		cfg.Listen = "127.0.0.1:0"
 		cfg.Timeouts.Shutdown = 15 * time.Second
 		cfg.Events.Source = "nats"
-		cfg.Events.NATS = configs.NATSEvents{URL: srv.ClientURL(), JetStream: true, Durable: "router-a", SubjectPrefix: natsbus.DefaultPrefix}
+		cfg.Events.NATS = configs.NATSEvents{URL: natsURL, JetStream: true, Durable: "router-a", SubjectPrefix: natsbus.DefaultPrefix}
 		for _, info := range fleet.Infos() {
 			cfg.Workers = append(cfg.Workers, configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 64})
 		}
@@ -133,4 +97,53 @@ func TestStackConsumesNATSAndCatchesUpAfterRestart(t *testing.T) {
 	if n := gpuBlocks(st2.Index, r.worker); n != 0 {
 		t.Errorf("restarted router re-read %d blocks router 1 had already consumed", n)
 	}
+}
+
+// startBridgedFleet starts an embedded NATS server with the bridges' JetStream stream, a
+// kvsim fleet of model "m", and a bridge (a kvevents.Manager publishing every worker's
+// batches to NATS), and waits until the bridge follows every worker. Everything stops
+// when the test ends or ctx is canceled.
+func startBridgedFleet(t *testing.T, ctx context.Context, fc sim.FleetConfig) (natsURL string, fleet *sim.Fleet) {
+	t.Helper()
+	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if err := natsbus.EnsureStream(ctx, nc, natsbus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if fleet, err = sim.StartFleet(ctx, fc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fleet.Close() })
+	bridge, err := kvevents.NewManager(kvevents.Options{Sink: natsbus.NewPublisher(nc, natsbus.PublisherOptions{Model: "m"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var feeds []kvevents.WorkerConfig
+	for _, info := range fleet.Infos() {
+		feeds = append(feeds, kvevents.WorkerConfig{Worker: info.ID, Model: "m", Endpoint: info.Events, ReplayEndpoint: info.Replay})
+	}
+	if err := bridge.Set(feeds); err != nil {
+		t.Fatal(err)
+	}
+	bctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = bridge.Run(bctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+	eventually(t, 10*time.Second, "bridge subscribed", func() bool {
+		for _, w := range fleet.Workers() {
+			if !w.EventsSubscribed() {
+				return false
+			}
+		}
+		return true
+	})
+	return srv.ClientURL(), fleet
 }
