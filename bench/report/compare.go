@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,6 +60,9 @@ type Config struct {
 	Sample time.Duration
 	// Progress, when set, receives (policy, done, total) after each request.
 	Progress func(policy string, done, total int)
+	// ProfileDir, when set, receives each policy's CPU profile as cpu_<policy>.pprof
+	// (goroutines labelled part=router, fleet or client: `go tool pprof -tagfocus`).
+	ProfileDir string
 	// Log receives the routers' logs; nil discards them.
 	Log *slog.Logger
 }
@@ -324,7 +328,11 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	wall := time.Since(t0)
 	res.CPU = cpuSeconds() - cpu0
 	if prof != nil {
-		if sp, err := prof.split(); err == nil {
+		save := ""
+		if c.ProfileDir != "" {
+			save = filepath.Join(c.ProfileDir, "cpu_"+policy+".pprof")
+		}
+		if sp, err := prof.split(save); err == nil {
 			res.CPUSplit = &sp
 		} else if c.Log != nil {
 			c.Log.Warn("no router/fleet/client CPU split for this run", "err", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"runtime/pprof"
 
 	"github.com/google/pprof/profile"
@@ -48,9 +49,15 @@ func startCPUProfile() (*cpuProfile, error) {
 	return p, nil
 }
 
-// split stops the profile and sums its samples by part.
-func (p *cpuProfile) split() (CPUSplit, error) {
+// split stops the profile, writes it to save (when not empty) and sums its samples by
+// part.
+func (p *cpuProfile) split(save string) (CPUSplit, error) {
 	pprof.StopCPUProfile()
+	if save != "" {
+		if err := os.WriteFile(save, p.buf.Bytes(), 0o644); err != nil {
+			return CPUSplit{}, fmt.Errorf("save cpu profile: %w", err)
+		}
+	}
 	prof, err := profile.Parse(&p.buf)
 	if err != nil {
 		return CPUSplit{}, fmt.Errorf("parse cpu profile: %w", err)

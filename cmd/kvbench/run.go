@@ -47,6 +47,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	kvBlocks := fs.Int("kv-blocks", 0, "KV capacity per worker in 16-token blocks (0: the profile's)")
 	policies := fs.String("policies", strings.Join(report.Policies, ","), "comma-separated policies to run")
 	out := fs.String("out", "bench/out/run", "output `DIR`: report.md, report.json, PNG plots")
+	profiles := fs.Bool("cpuprofile", false, "also write each policy's CPU profile to the output DIR as cpu_<policy>.pprof (goroutines labelled part=router|fleet|client)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -95,10 +96,18 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		Bounds: workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks),
 	}
 	fmt.Fprintf(stderr, "%s: %d requests; bounds: infinite %.1f%%, pooled LRU %.1f%%\n", w.Name, len(w.Requests), 100*s.Bounds.Infinite, 100*s.Bounds.PooledLRU)
+	profileDir := ""
+	if *profiles {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			fmt.Fprintln(stderr, "kvbench run:", err)
+			return 1
+		}
+		profileDir = *out
+	}
 	var mu sync.Mutex
 	last := time.Now()
 	s.Results, err = report.Compare(ctx, w, report.Config{
-		Fleet: fc, Policies: strings.Split(*policies, ","),
+		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir,
 		Progress: func(p string, done, total int) {
 			mu.Lock()
 			defer mu.Unlock()
