@@ -289,6 +289,36 @@ func (ix *Index) ClearWorker(w WorkerKey) {
 	ix.mu.Unlock()
 }
 
+// ClearEvents forgets every event-backed block of worker w (all tiers) but keeps its
+// predictions: call it when the worker's event feed starts (its first batch), so that what
+// the engine cached before the feed is dropped while the routing decisions the router made
+// moments earlier still count until an event confirms them or their TTL passes.
+// ClearWorker drops both. The work is done in chunks so Match is never blocked for long.
+func (ix *Index) ClearEvents(w WorkerKey) {
+	ix.clearMu.Lock()
+	defer ix.clearMu.Unlock()
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ws := ix.worker(w, false)
+	if ws == nil {
+		return
+	}
+	ix.c.clears.Add(1)
+	_, tick := ix.nowTick()
+	oldEng := ws.eng
+	ws.eng = newEngTable()
+	ws.extra = nil
+	ops := 0
+	// oldEng is unreachable now: iterate it by index across lock releases. Tier flags
+	// only: a block that is also predicted keeps its prediction flag.
+	for i := range oldEng.slots {
+		if s := &oldEng.slots[i]; s.tag != 0 {
+			ix.setHolder(ws, s.own, 0, flagTierMask, tick)
+			ix.yield(&ops)
+		}
+	}
+}
+
 // clearLocked clears ws in chunks, releasing mu between them; with detach the worker is
 // marked removed, which stops any of its operations still in flight. clearMu and mu must
 // be held (mu for writing). clearMu keeps clears and removals of workers from

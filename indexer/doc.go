@@ -19,7 +19,8 @@
 // resolves through the engine table or is dropped; duplicate stores and removes are
 // reference counted per (worker, engine hash, tier); BlockRemoved leaves the children
 // indexed, and Match stops at the gap; AllBlocksCleared, ClearWorker and RemoveWorker
-// drop everything the worker had, predictions included. Every dropped block is counted
+// drop everything the worker had, predictions included; ClearEvents (a feed's first batch)
+// drops the event-backed entries and keeps the predictions. Every dropped block is counted
 // by reason. Data-parallel rank is part of a worker's identity (WorkerKey), and a batch's
 // rank overrides the caller's.
 //
