@@ -189,7 +189,7 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 				if ws.removed() {
 					return nil
 				}
-				ix.store(ws, re.e.fp(), re.e.own, t, tick)
+				ix.store(ws, re.e.fp(), re.e.own, 0, t, tick)
 			}
 			ix.yield(&ops)
 		}
@@ -202,7 +202,7 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 		if p.exp <= nowNS {
 			continue
 		}
-		ix.predictLocked(ws, p.e.own, p.exp, tick)
+		ix.predictLocked(ws, p.e.own, 0, p.exp, tick)
 	}
 	ix.maintain(now, tick)
 	return nil

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvroute/kvroute/indexer/blocktable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -338,15 +337,18 @@ func checkInvariants(t *testing.T, ix *Index) {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	counts := map[uint32]*[numTiers + 1]int64{}
-	ix.nodes.Range(func(sl *blocktable.Slot) bool {
-		ms := ix.sets.members(setID(sl.Val))
+	if err := ix.nodes.Check(); err != nil {
+		t.Errorf("node table: %v", err)
+	}
+	ix.nodes.Range(func(key uint64, val, _ uint32) bool {
+		ms := ix.sets.members(setID(val))
 		if len(ms) == 0 {
-			t.Errorf("node %x has an empty holder set", sl.Key)
+			t.Errorf("node %x has an empty holder set", key)
 		}
 		for _, c := range ms {
 			ws := ix.workers[codeWID(c)]
 			if ws == nil {
-				t.Errorf("node %x held by freed wid %d", sl.Key, codeWID(c))
+				t.Errorf("node %x held by freed wid %d", key, codeWID(c))
 				continue
 			}
 			f := codeFlags(c)
@@ -360,8 +362,8 @@ func checkInvariants(t *testing.T, ix *Index) {
 			}
 			if f&flagPredicted != 0 {
 				counts[ws.wid][numTiers]++
-				if _, ok := ws.pred[proto.BlockHash(sl.Key)]; !ok {
-					t.Errorf("node %x predicted for %v without a prediction entry", sl.Key, ws.key)
+				if _, ok := ws.pred[proto.BlockHash(key)]; !ok {
+					t.Errorf("node %x predicted for %v without a prediction entry", key, ws.key)
 				}
 			}
 		}

@@ -97,8 +97,8 @@ func (ix *Index) Stats() Stats {
 		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: ws.eng.len()})
 	}
 	for i := range hot {
-		if sl := ix.nodes.Find(uint64(hot[i].Hash)); sl != nil {
-			for _, c := range ix.sets.members(setID(sl.Val)) {
+		if val, _, ok := ix.nodes.Get(uint64(hot[i].Hash)); ok {
+			for _, c := range ix.sets.members(setID(val)) {
 				hot[i].Workers = append(hot[i].Workers, ix.workers[codeWID(c)].key)
 			}
 		}
