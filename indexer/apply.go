@@ -146,7 +146,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	for g := 0; g < n; g += warmGroup {
 		end := min(g+warmGroup, n)
 		for i := g; i < end; i++ {
-			parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
+			parent = chainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
 			own[i-g] = parent
 			fps[i-g] = engFP(ev.BlockHashes[i])
 		}
@@ -176,16 +176,36 @@ const warmGroup = 32
 func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops *int) {
 	tier := TierOf(ev.Medium)
 	removed, unknown := 0, 0
-	for _, eh := range ev.BlockHashes {
-		if ws.removed() {
-			break
+	// In groups, as for stores: warm the engine slots of the group, then the node slots
+	// of the blocks they resolve to, then remove one by one.
+	var fps [warmGroup]uint64
+	var hint uint64
+	hs := ev.BlockHashes
+	for g := 0; g < len(hs); g += warmGroup {
+		grp := hs[g:min(g+warmGroup, len(hs))]
+		for i, eh := range grp {
+			fps[i] = engFP(eh)
+			hint += ws.eng.warm(fps[i])
 		}
-		if ix.remove(ws, engFP(eh), tier, tick) {
-			removed++
-		} else {
-			unknown++
+		for i := range grp {
+			if e := ws.eng.get(fps[i]); e != nil {
+				hint += ix.nodes.Warm(uint64(e.own))
+			}
 		}
-		ix.yield(ops)
+		for i := range grp {
+			if ws.removed() {
+				break
+			}
+			if ix.remove(ws, fps[i], tier, tick) {
+				removed++
+			} else {
+				unknown++
+			}
+			ix.yield(ops)
+		}
+	}
+	if hint == 1 {
+		ix.c.removed.Add(0) // keeps the warming loads alive
 	}
 	ix.c.removed.Add(uint64(removed))
 	ix.c.dropped[DropUnknownBlock].Add(uint64(unknown))
