@@ -172,7 +172,9 @@ func BenchmarkMatch(b *testing.B) {
 func BenchmarkMatch10M(b *testing.B) {
 	f := buildFleet(b, 64, 256, 256, 10_000_000)
 	benchMatch(b, f)
-	b.ReportMetric(float64(f.ix.Stats().Blocks), "indexed-blocks")
+	st := f.ix.Stats()
+	b.ReportMetric(float64(st.Blocks), "indexed-blocks")
+	b.ReportMetric(float64(st.Runs), "runs")
 }
 
 // BenchmarkMatchDuringIngest runs Match on all cores while one goroutine applies a churn

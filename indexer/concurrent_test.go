@@ -158,6 +158,7 @@ func TestMetricsExposeState(t *testing.T) {
 		`kvroute_indexer_predicted_inserted_total`:                           0,
 		`kvroute_indexer_worker_clears_total`:                                0,
 		`kvroute_indexer_holder_sets`:                                        3,
+		`kvroute_indexer_runs`:                                               3, // blocks 0-1, 2, 3-4
 		`kvroute_indexer_dropped_blocks_total{reason="unknown_parent"}`:      0,
 		`kvroute_indexer_events_total{kind="BlockRemoved"}`:                  1,
 		`kvroute_indexer_predicted_expired_total`:                            0,

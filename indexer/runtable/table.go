@@ -27,18 +27,23 @@ const (
 
 // run is a chain segment: keys[lo:] are consecutive blocks of one chain (keys[i+1] is the
 // child of keys[i]), all with value val. parent is the key of the block before keys[lo]
-// in the chain (0 when unknown), used to append a block to the run that ends with its
-// parent. len(keys) <= cap(keys) <= 2*MaxRun < 1<<offBits.
+// in the chain and next the key of the block after the last one (0 when unknown): hints
+// that let a block join the run that ends with its parent, and two runs that meet with
+// the same value merge. cap(keys) < 1<<offBits (at most about 3*MaxRun).
+//
+// Only the values matter for correctness: a run that is not a chain (after a wrong hint)
+// still maps each of its keys to its value; Span then just finds shorter spans.
 type run struct {
 	keys   []uint64
 	parent uint64
+	next   uint64
 	lo     uint32
 	val    uint32 // 0 for a free run record
 	touch  uint32 // written atomically by readers under the caller's read lock
 }
 
 // runBytes is the size of a run record.
-const runBytes = 48
+const runBytes = 56
 
 type shard struct {
 	slots []uint64
@@ -184,21 +189,22 @@ func (t *Table) Insert(key, parent uint64, val, touch uint32) {
 	if val == 0 {
 		panic("runtable: Insert with value 0")
 	}
-	rid := t.appendable(parent, val)
+	rid := t.appendable(parent, val, 1)
 	if rid == 0 {
 		rid = t.newRun(val, touch, parent, max(t.nextCap, minRunCap))
 	}
 	t.nextCap = 0
 	off := t.push(rid, key)
-	t.runs[rid].touch = touch
+	r := &t.runs[rid]
+	r.touch, r.next = touch, 0
 	t.lastRID = rid
 	t.insertSlot(key, makeSlot(rid, off, t.mix(key)))
 	t.n++
 }
 
-// appendable returns the run that parent ends when its value is val and it has room,
-// else 0.
-func (t *Table) appendable(parent uint64, val uint32) uint32 {
+// appendable returns the run that parent ends when its value is val and it has room for
+// n more keys, else 0.
+func (t *Table) appendable(parent uint64, val uint32, n int) uint32 {
 	if parent == 0 {
 		return 0
 	}
@@ -214,15 +220,17 @@ func (t *Table) appendable(parent uint64, val uint32) uint32 {
 		}
 	}
 	r := &t.runs[rid]
-	if r.val != val || len(r.keys)-int(r.lo) >= MaxRun {
+	if r.val != val || r.len()+n > MaxRun {
 		return 0
 	}
 	return rid
 }
 
+func (r *run) len() int { return len(r.keys) - int(r.lo) }
+
 func (t *Table) endsWith(rid uint32, key uint64) bool {
-	ks := t.runs[rid].keys
-	return len(ks) > int(t.runs[rid].lo) && ks[len(ks)-1] == key
+	r := &t.runs[rid]
+	return r.len() > 0 && r.keys[len(r.keys)-1] == key
 }
 
 // newRun allocates an empty run with room for capHint keys.
@@ -257,24 +265,24 @@ func (t *Table) freeRun(rid uint32) {
 func (t *Table) push(rid uint32, key uint64) uint32 {
 	r := &t.runs[rid]
 	if len(r.keys) == cap(r.keys) {
-		t.repack(rid, max(2*(len(r.keys)-int(r.lo)), minRunCap))
+		t.repack(rid, max(2*r.len(), minRunCap), 0)
 	}
 	r.keys = append(r.keys, key)
 	return uint32(len(r.keys) - 1)
 }
 
-// repack moves run rid's live keys to a new array of capacity c (>= their number) at
-// offset 0 and updates their slots.
-func (t *Table) repack(rid uint32, c int) {
+// repack moves run rid's live keys to a new array of capacity c, starting at offset at
+// (at+live <= c), and updates their slots.
+func (t *Table) repack(rid uint32, c, at int) {
 	r := &t.runs[rid]
 	live := r.keys[r.lo:]
-	nk := make([]uint64, len(live), c)
-	copy(nk, live)
+	nk := make([]uint64, at+len(live), c)
+	copy(nk[at:], live)
 	t.keyCap += c - cap(r.keys)
-	if r.lo != 0 {
-		t.move(live, rid, r.lo, rid, 0)
+	if int(r.lo) != at {
+		t.move(live, rid, r.lo, rid, uint32(at))
 	}
-	r.keys, r.lo = nk, 0
+	r.keys, r.lo = nk, uint32(at)
 }
 
 // move points the slots of keys ks, which sit in run src from offset srcOff on, at run
@@ -301,28 +309,36 @@ func (t *Table) move(ks []uint64, src, srcOff, dst, dstOff uint32) {
 // shrunk repacks run rid when its array is mostly dead space, and frees it when empty.
 func (t *Table) shrunk(rid uint32) {
 	r := &t.runs[rid]
-	live := len(r.keys) - int(r.lo)
+	live := r.len()
 	switch {
 	case live == 0:
 		t.freeRun(rid)
 	case cap(r.keys) > 2*minRunCap && 4*live < cap(r.keys):
-		t.repack(rid, max(2*live, minRunCap))
+		t.repack(rid, max(2*live, minRunCap), 0)
 	}
 }
 
 // split moves the keys of run rid from offset p on (lo < p < len) into a new run, or,
 // when they are the majority, the keys before p, so that at most half of the run moves.
-// It returns the run now holding the keys before p and the one holding the rest.
-func (t *Table) split(rid, p uint32) (head, tail uint32) {
+// It returns the run now holding the keys before p and the one holding the rest. The key
+// at p is copied but its slot is moved only when moveP is set (Delete has removed it).
+func (t *Table) split(rid, p uint32, moveP bool) (head, tail uint32) {
 	r := &t.runs[rid]
 	n := uint32(len(r.keys))
+	cut := r.keys[p]
 	if n-p <= p-r.lo {
 		nr := t.newRun(r.val, r.touch, r.keys[p-1], int(max(n-p, minRunCap)))
 		r = &t.runs[rid] // newRun may have grown t.runs
 		nrr := &t.runs[nr]
 		nrr.keys = append(nrr.keys, r.keys[p:]...)
-		t.move(r.keys[p:], rid, p, nr, 0)
+		nrr.next = r.next
+		if moveP {
+			t.move(r.keys[p:], rid, p, nr, 0)
+		} else {
+			t.move(r.keys[p+1:], rid, p+1, nr, 1)
+		}
 		r.keys = r.keys[:p]
+		r.next = cut
 		t.shrunk(rid)
 		return rid, nr
 	}
@@ -330,17 +346,22 @@ func (t *Table) split(rid, p uint32) (head, tail uint32) {
 	r = &t.runs[rid]
 	nrr := &t.runs[nr]
 	nrr.keys = append(nrr.keys, r.keys[r.lo:p]...)
+	nrr.next = cut
 	t.move(r.keys[r.lo:p], rid, r.lo, nr, 0)
 	r.parent = r.keys[p-1]
 	r.lo = p
-	t.shrunk(rid)
+	if moveP {
+		t.shrunk(rid)
+	}
 	return nr, rid
 }
 
 // Set changes the value of key, which must be present, to val (nonzero; 0 panics);
 // touch, when nonzero, becomes the touch stamp of key's run. Other keys keep their
-// values: key's run is split around it as needed, and a run head whose parent ends a run
-// of value val moves to that run.
+// values: key's run is split around it as needed, and the key's new run merges with the
+// run ending with its parent and the one starting with its child when they have value
+// val, so chains whose blocks change value one by one, in any order, end up in as few
+// runs as when stored at once.
 func (t *Table) Set(key uint64, val, touch uint32) {
 	if val == 0 {
 		panic("runtable: Set with value 0")
@@ -350,35 +371,83 @@ func (t *Table) Set(key uint64, val, touch uint32) {
 		panic("runtable: Set of an absent key")
 	}
 	rid, p := slotRID(*sl), slotOff(*sl)
-	r := &t.runs[rid]
-	if r.val == val {
+	if r := &t.runs[rid]; r.val == val {
 		if touch != 0 {
 			r.touch = touch
 		}
 		return
 	}
-	if p == r.lo {
-		if to := t.appendable(r.parent, val); to != 0 && to != rid {
-			// The head joins the run that ends with its parent.
-			off := t.push(to, key)
-			*sl = makeSlot(to, off, t.mix(key))
-			r = &t.runs[rid]
-			r.parent = key
-			r.lo++
-			t.shrunk(rid)
-			if touch != 0 {
-				t.runs[to].touch = touch
-			}
-			t.lastRID = to
-			return
-		}
+	if t.moveEnd(sl, key, rid, p, val, touch) {
+		return
 	}
 	rid = t.isolate(rid, p)
 	t.runs[rid].val = val
 	if touch != 0 {
 		t.runs[rid].touch = touch
 	}
-	t.lastRID = rid
+	rid = t.mergeLeft(rid)
+	t.lastRID = t.mergeRight(rid)
+}
+
+// moveEnd is Set's fast path for the first or last key of a run (a chain changing value
+// block by block from either end): the key moves to the neighbouring run of value val
+// when there is one, without a run of its own in between. It reports whether it did.
+// sl is key's slot; key sits at offset p of run rid.
+func (t *Table) moveEnd(sl *uint64, key uint64, rid, p, val, touch uint32) bool {
+	r := &t.runs[rid]
+	h := t.mix(key)
+	left := uint32(0)
+	if p == r.lo {
+		left = t.appendable(r.parent, val, 1)
+	}
+	if left != 0 && left != rid {
+		off := t.push(left, key)
+		*sl = makeSlot(left, off, h)
+		r.parent = key
+		r.lo++
+		l := &t.runs[left]
+		l.next = r.next
+		if r.len() > 0 {
+			l.next = r.keys[r.lo]
+		}
+		if touch != 0 {
+			l.touch = touch
+		}
+		t.shrunk(rid)
+		t.lastRID = t.mergeRight(left)
+		return true
+	}
+	if int(p) != len(r.keys)-1 || r.next == 0 {
+		return false
+	}
+	nsl := t.find(r.next)
+	if nsl == nil {
+		return false
+	}
+	right := slotRID(*nsl)
+	rr := &t.runs[right]
+	if right == rid || slotOff(*nsl) != rr.lo || rr.val != val || rr.parent != key || rr.len() >= MaxRun {
+		return false
+	}
+	if rr.lo == 0 {
+		extra := max(rr.len()/2, minRunCap)
+		t.repack(right, rr.len()+2*extra, extra)
+	}
+	rr.lo--
+	rr.keys[rr.lo] = key
+	*sl = makeSlot(right, rr.lo, h)
+	rr.parent = r.parent
+	if p > r.lo {
+		rr.parent = r.keys[p-1]
+	}
+	if touch != 0 {
+		rr.touch = touch
+	}
+	r.keys = r.keys[:p]
+	r.next = key
+	t.shrunk(rid)
+	t.lastRID = t.mergeLeft(right)
+	return true
 }
 
 // isolate splits run rid so that the key at offset p is alone in its run, and returns
@@ -386,14 +455,76 @@ func (t *Table) Set(key uint64, val, touch uint32) {
 func (t *Table) isolate(rid, p uint32) uint32 {
 	r := &t.runs[rid]
 	if p > r.lo {
-		_, rid = t.split(rid, p)
+		_, rid = t.split(rid, p, true)
 		r = &t.runs[rid]
 		p = r.lo
 	}
 	if uint32(len(r.keys)) > p+1 {
-		rid, _ = t.split(rid, p+1)
+		rid, _ = t.split(rid, p+1, true)
 	}
 	return rid
+}
+
+// mergeLeft merges run rid into the run that ends with rid's parent when it has the same
+// value and room, and returns the run holding rid's keys.
+func (t *Table) mergeLeft(rid uint32) uint32 {
+	r := &t.runs[rid]
+	left := t.appendable(r.parent, r.val, r.len())
+	if left == 0 || left == rid {
+		return rid
+	}
+	return t.absorb(left, rid)
+}
+
+// mergeRight merges into run rid the run that starts with rid's next key, continues
+// rid's chain and has the same value and room, and returns the run holding rid's keys.
+func (t *Table) mergeRight(rid uint32) uint32 {
+	r := &t.runs[rid]
+	if r.next == 0 {
+		return rid
+	}
+	sl := t.find(r.next)
+	if sl == nil {
+		return rid
+	}
+	right, off := slotRID(*sl), slotOff(*sl)
+	rr := &t.runs[right]
+	if right == rid || off != rr.lo || rr.val != r.val || rr.parent != r.keys[len(r.keys)-1] || r.len()+rr.len() > MaxRun {
+		return rid
+	}
+	return t.absorb(rid, right)
+}
+
+// absorb merges runs a and b (b continues a's chain; same value; at most MaxRun keys
+// together) by moving the shorter one's keys into the other, and returns the survivor.
+func (t *Table) absorb(a, b uint32) uint32 {
+	ra, rb := &t.runs[a], &t.runs[b]
+	touch := max(ra.touch, rb.touch)
+	if ra.len() >= rb.len() {
+		// Append b's keys to a.
+		if cap(ra.keys)-len(ra.keys) < rb.len() {
+			t.repack(a, 2*(ra.len()+rb.len()), 0)
+		}
+		start := uint32(len(ra.keys))
+		ra.keys = append(ra.keys, rb.keys[rb.lo:]...)
+		t.move(rb.keys[rb.lo:], b, rb.lo, a, start)
+		ra.next, ra.touch = rb.next, touch
+		t.freeRun(b)
+		return a
+	}
+	// Prepend a's keys to b, leaving room for more in front: a chain whose blocks
+	// change value from its end grows the run at its head one key at a time.
+	if int(rb.lo) < ra.len() {
+		need := ra.len() + rb.len()
+		extra := max(need/2, minRunCap)
+		t.repack(b, need+2*extra, ra.len()+extra)
+	}
+	start := rb.lo - uint32(ra.len())
+	copy(rb.keys[start:], ra.keys[ra.lo:])
+	t.move(ra.keys[ra.lo:], a, ra.lo, b, start)
+	rb.lo, rb.parent, rb.touch = start, ra.parent, touch
+	t.freeRun(a)
+	return b
 }
 
 // Delete removes key and reports whether it was present.
@@ -409,46 +540,21 @@ func (t *Table) Delete(key uint64) bool {
 	switch n := uint32(len(r.keys)); {
 	case p == n-1:
 		r.keys = r.keys[:p]
+		r.next = key
 	case p == r.lo:
 		r.parent = key
 		r.lo++
 	default:
-		// Split first (the key's slot is gone: splitAround does not move it), then
-		// drop the key, now the head of the tail part.
-		_, tail := t.splitAround(rid, p)
+		// Split first (the key's slot is gone: split does not move it), then drop the
+		// key, now the head of the tail part.
+		_, tail := t.split(rid, p, false)
 		tr := &t.runs[tail]
 		tr.parent = key
 		tr.lo++
-		t.shrunk(tail)
-		return true
+		rid = tail
 	}
 	t.shrunk(rid)
 	return true
-}
-
-// splitAround is split for a key at p whose slot was already deleted: the key is
-// copied into the tail part but its slot is not moved.
-func (t *Table) splitAround(rid, p uint32) (head, tail uint32) {
-	r := &t.runs[rid]
-	n := uint32(len(r.keys))
-	if n-p <= p-r.lo {
-		nr := t.newRun(r.val, r.touch, r.keys[p-1], int(max(n-p, minRunCap)))
-		r = &t.runs[rid]
-		nrr := &t.runs[nr]
-		nrr.keys = append(nrr.keys, r.keys[p:]...)
-		t.move(r.keys[p+1:], rid, p+1, nr, 1) // offset 0 is the deleted key
-		r.keys = r.keys[:p]
-		t.shrunk(rid)
-		return rid, nr
-	}
-	nr := t.newRun(r.val, r.touch, r.parent, int(max(p-r.lo, minRunCap)))
-	r = &t.runs[rid]
-	nrr := &t.runs[nr]
-	nrr.keys = append(nrr.keys, r.keys[r.lo:p]...)
-	t.move(r.keys[r.lo:p], rid, r.lo, nr, 0)
-	r.parent = r.keys[p-1]
-	r.lo = p
-	return nr, rid
 }
 
 func (t *Table) insertSlot(key, v uint64) {

@@ -157,6 +157,29 @@ func TestRuns(t *testing.T) {
 	if err := tb.Check(); err != nil {
 		t.Fatal(err)
 	}
+	// Value changes in any order coalesce: random order, then from the end.
+	fresh := New(4)
+	for b := range n {
+		fresh.Insert(key(3, b), key(3, b-1)*uint64(min(b, 1)), 1, 1)
+	}
+	for _, b := range rand.New(rand.NewPCG(1, 2)).Perm(n) {
+		fresh.Set(key(3, b), 2, 0)
+	}
+	if err := fresh.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Runs() != 1 {
+		t.Fatalf("values changed in random order: %d runs, want 1", fresh.Runs())
+	}
+	for b := n - 1; b >= 0; b-- {
+		fresh.Set(key(3, b), 3, 0)
+	}
+	if err := fresh.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Runs() != 1 {
+		t.Fatalf("values changed from the end: %d runs, want 1", fresh.Runs())
+	}
 	long := New(2)
 	for b := range 3 * MaxRun {
 		long.Insert(key(2, b), key(2, b-1)*uint64(min(b, 1)), 1, 1)
