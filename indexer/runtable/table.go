@@ -48,7 +48,41 @@ const runBytes = 56
 type shard struct {
 	slots []uint64
 	n     int
-	mask  uint64
+}
+
+// Growth: a shard grows past maxLoadNum/maxLoadDen load, doubling while small and by a
+// quarter once it has bigGrowth slots, so that a large table is 70% to 87.5% full at any
+// time (doubling would leave it 44% full right after a resize); it halves below 1/8.
+const (
+	maxLoadNum = 7
+	maxLoadDen = 8
+	bigGrowth  = 1024
+)
+
+// grownSize returns the size a shard of size slots grows to.
+func grownSize(size int) int {
+	if size < bigGrowth {
+		return 2 * size
+	}
+	return size + size/4
+}
+
+// homeOf returns the home position of a key of mixed hash h in a shard of size slots
+// (multiply-shift range reduction: sizes need not be powers of two). Up to 2^20 slots it
+// depends only on the hash bits kept in the slot.
+func homeOf(h uint64, size int) uint64 {
+	if size <= 1<<hashBits {
+		return (h & hashMask) * uint64(size) >> hashBits
+	}
+	return (h & 0xffffffff) * uint64(size) >> 32
+}
+
+// inc returns the slot after i, wrapping around.
+func (s *shard) inc(i uint64) uint64 {
+	if i++; i == uint64(len(s.slots)) {
+		return 0
+	}
+	return i
 }
 
 // Table maps 64-bit keys to nonzero 32-bit values, storing chains of keys in runs. The
@@ -72,7 +106,7 @@ type Table struct {
 func New(seed uint64) *Table {
 	t := &Table{seed: seed, runs: make([]run, 1, 64)}
 	for i := range t.shards {
-		t.shards[i] = shard{slots: make([]uint64, minShardCap), mask: minShardCap - 1}
+		t.shards[i] = shard{slots: make([]uint64, minShardCap)}
 	}
 	return t
 }
@@ -96,13 +130,13 @@ func makeSlot(rid, off uint32, h uint64) uint64 {
 	return uint64(rid)<<32 | uint64(off)<<hashBits | h&hashMask
 }
 
-// home returns the home position of the entry in slot value v under mask: from its
-// stored hash bits, or, for shards larger than 2^20 slots, from its key.
-func (t *Table) home(v, mask uint64) uint64 {
-	if mask <= hashMask {
-		return v & mask
+// home returns the home position of the entry in slot value v in a shard of size slots:
+// from its stored hash bits, or, for shards larger than 2^20 slots, from its key.
+func (t *Table) home(v uint64, size int) uint64 {
+	if size <= 1<<hashBits {
+		return homeOf(v, size)
 	}
-	return t.mix(t.runs[slotRID(v)].keys[slotOff(v)]) & mask
+	return homeOf(t.mix(t.runs[slotRID(v)].keys[slotOff(v)]), size)
 }
 
 // Len returns the number of keys.
@@ -126,7 +160,7 @@ func (t *Table) find(key uint64) *uint64 {
 	h := t.mix(key)
 	s := t.shardOf(h)
 	hb := h & hashMask
-	for i := h & s.mask; ; i = (i + 1) & s.mask {
+	for i := homeOf(h, len(s.slots)); ; i = s.inc(i) {
 		sl := &s.slots[i]
 		v := *sl
 		if v == 0 {
@@ -145,7 +179,7 @@ func (t *Table) find(key uint64) *uint64 {
 func (t *Table) Warm(key uint64) uint64 {
 	h := t.mix(key)
 	s := t.shardOf(h)
-	return s.slots[h&s.mask]
+	return s.slots[homeOf(h, len(s.slots))]
 }
 
 // Get returns key's value and its run's touch stamp.
@@ -293,7 +327,7 @@ func (t *Table) move(ks []uint64, src, srcOff, dst, dstOff uint32) {
 		h := t.mix(k)
 		s := t.shardOf(h)
 		old := makeSlot(src, srcOff+uint32(i), h)
-		for j := h & s.mask; ; j = (j + 1) & s.mask {
+		for j := homeOf(h, len(s.slots)); ; j = s.inc(j) {
 			v := s.slots[j]
 			if v == old {
 				s.slots[j] = makeSlot(dst, dstOff+uint32(i), h)
@@ -560,10 +594,10 @@ func (t *Table) Delete(key uint64) bool {
 func (t *Table) insertSlot(key, v uint64) {
 	h := t.mix(key)
 	s := t.shardOf(h)
-	if (s.n+1)*4 > len(s.slots)*3 {
-		t.resize(s, len(s.slots)*2)
+	if (s.n+1)*maxLoadDen > len(s.slots)*maxLoadNum {
+		t.resize(s, grownSize(len(s.slots)))
 	}
-	for i := h & s.mask; ; i = (i + 1) & s.mask {
+	for i := homeOf(h, len(s.slots)); ; i = s.inc(i) {
 		if s.slots[i] == 0 {
 			s.slots[i] = v
 			s.n++
@@ -578,7 +612,8 @@ func (t *Table) deleteSlot(key uint64) {
 	h := t.mix(key)
 	s := t.shardOf(h)
 	hb := h & hashMask
-	i := h & s.mask
+	size := uint64(len(s.slots))
+	i := homeOf(h, len(s.slots))
 	for {
 		v := s.slots[i]
 		if v == 0 {
@@ -587,17 +622,17 @@ func (t *Table) deleteSlot(key uint64) {
 		if v&hashMask == hb && t.runs[slotRID(v)].keys[slotOff(v)] == key {
 			break
 		}
-		i = (i + 1) & s.mask
+		i = s.inc(i)
 	}
 	j := i
 	for {
-		j = (j + 1) & s.mask
+		j = s.inc(j)
 		v := s.slots[j]
 		if v == 0 {
 			break
 		}
 		// The entry at j may move to i when i lies cyclically in [home, j).
-		if (j-t.home(v, s.mask))&s.mask >= (j-i)&s.mask {
+		if (j+size-t.home(v, len(s.slots)))%size >= (j+size-i)%size {
 			s.slots[i] = v
 			i = j
 		}
@@ -605,19 +640,18 @@ func (t *Table) deleteSlot(key uint64) {
 	s.slots[i] = 0
 	s.n--
 	if len(s.slots) > minShardCap && s.n*8 < len(s.slots) {
-		t.resize(s, len(s.slots)/2)
+		t.resize(s, max(len(s.slots)/2, minShardCap))
 	}
 }
 
 func (t *Table) resize(s *shard, size int) {
 	old := s.slots
 	s.slots = make([]uint64, size)
-	s.mask = uint64(size - 1)
 	for _, v := range old {
 		if v == 0 {
 			continue
 		}
-		for i := t.home(v, s.mask); ; i = (i + 1) & s.mask {
+		for i := t.home(v, size); ; i = s.inc(i) {
 			if s.slots[i] == 0 {
 				s.slots[i] = v
 				break
@@ -696,7 +730,7 @@ func (t *Table) Check() error {
 			s := t.shardOf(h)
 			want := makeSlot(uint32(rid), uint32(off), h)
 			found := false
-			for i := h & s.mask; s.slots[i] != 0; i = (i + 1) & s.mask {
+			for i := homeOf(h, len(s.slots)); s.slots[i] != 0; i = s.inc(i) {
 				if s.slots[i] == want {
 					found = true
 					break
