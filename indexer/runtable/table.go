@@ -182,6 +182,17 @@ func (t *Table) Warm(key uint64) uint64 {
 	return s.slots[homeOf(h, len(s.slots))]
 }
 
+// Pos returns a number that orders keys as they are stored: by run, then by position
+// in the run (chain order); ok is false for an absent key. A caller that inserts keys in
+// this order, each with the previous one as parent hint, rebuilds the runs.
+func (t *Table) Pos(key uint64) (pos uint64, ok bool) {
+	sl := t.find(key)
+	if sl == nil {
+		return 0, false
+	}
+	return *sl >> hashBits, true
+}
+
 // Get returns key's value and its run's touch stamp.
 func (t *Table) Get(key uint64) (val, touch uint32, ok bool) {
 	sl := t.find(key)
