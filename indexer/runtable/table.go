@@ -29,7 +29,7 @@ const (
 // child of keys[i]), all with value val. parent is the key of the block before keys[lo]
 // in the chain and next the key of the block after the last one (0 when unknown): hints
 // that let a block join the run that ends with its parent, and two runs that meet with
-// the same value merge. cap(keys) < 1<<offBits (at most about 3*MaxRun).
+// the same value merge. cap(keys) < 1<<offBits (at most about 2*MaxRun).
 //
 // Only the values matter for correctness: a run that is not a chain (after a wrong hint)
 // still maps each of its keys to its value; Span then just finds shorter spans.
