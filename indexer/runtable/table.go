@@ -582,11 +582,11 @@ func (t *Table) Delete(key uint64) bool {
 	t.deleteSlot(key)
 	t.n--
 	r := &t.runs[rid]
-	switch n := uint32(len(r.keys)); {
-	case p == n-1:
+	switch p {
+	case uint32(len(r.keys)) - 1:
 		r.keys = r.keys[:p]
 		r.next = key
-	case p == r.lo:
+	case r.lo:
 		r.parent = key
 		r.lo++
 	default:
@@ -671,14 +671,14 @@ func (t *Table) resize(s *shard, size int) {
 	}
 }
 
-// Oldest appends to dst[:0] up to max keys from the end of the least recently touched of
+// Oldest appends to dst[:0] up to limit keys from the end of the least recently touched of
 // samples runs taken at a pseudo-random position chosen from r (consecutive run records,
 // which hold unrelated chains), last block first, and returns it; empty when the table
 // is empty. Evicting them keeps the rest of the chain matchable: a chain is only ever
 // shortened from its end.
-func (t *Table) Oldest(r uint64, samples, max int, dst []uint64) []uint64 {
+func (t *Table) Oldest(r uint64, samples, limit int, dst []uint64) []uint64 {
 	dst = dst[:0]
-	if t.live == 0 || max <= 0 {
+	if t.live == 0 || limit <= 0 {
 		return dst
 	}
 	best, bt, seen := uint32(0), uint32(0), 0
@@ -696,7 +696,7 @@ func (t *Table) Oldest(r uint64, samples, max int, dst []uint64) []uint64 {
 		}
 	}
 	rr := &t.runs[best]
-	for i := len(rr.keys) - 1; i >= int(rr.lo) && len(dst) < max; i-- {
+	for i := len(rr.keys) - 1; i >= int(rr.lo) && len(dst) < limit; i-- {
 		dst = append(dst, rr.keys[i])
 	}
 	return dst
