@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync/atomic"
 )
 
 const (
@@ -193,14 +194,16 @@ func (t *Table) Pos(key uint64) (pos uint64, ok bool) {
 	return *sl >> hashBits, true
 }
 
-// Get returns key's value and its run's touch stamp.
+// Get returns key's value and its run's touch stamp (read atomically, so Get may run
+// concurrently with readers updating stamps through Span).
 func (t *Table) Get(key uint64) (val, touch uint32, ok bool) {
 	sl := t.find(key)
 	if sl == nil {
 		return 0, 0, false
 	}
 	r := &t.runs[slotRID(*sl)]
-	return r.val, r.touch, true
+	// Atomic: readers sharing the caller's read lock may be touching the run (Span).
+	return r.val, atomic.LoadUint32(&r.touch), true
 }
 
 // Span looks key up and returns its value, the address of its run's touch stamp (which
@@ -706,8 +709,9 @@ func (t *Table) Oldest(r uint64, samples, limit int, dst []uint64) []uint64 {
 func (t *Table) Range(fn func(key uint64, val, touch uint32) bool) {
 	for rid := 1; rid < len(t.runs); rid++ {
 		r := &t.runs[rid]
+		touch := atomic.LoadUint32(&r.touch)
 		for _, k := range r.keys[r.lo:] {
-			if !fn(k, r.val, r.touch) {
+			if !fn(k, r.val, touch) {
 				return
 			}
 		}
