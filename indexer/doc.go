@@ -150,7 +150,7 @@
 // # Measurements
 //
 // The goals and Dynamo's published figures are side by side in bench/RESULTS.md,
-// section "Indexer". Measured 2026-11-22 06:19-06:35 UTC on the project VM (AMD EPYC
+// section "Indexer". Measured 2026-11-22 06:19-07:02 UTC on the project VM (AMD EPYC
 // under KVM, 2 vCPUs, 32 MiB L3, Go 1.26.8), shared with other engineers' jobs (load
 // average 1 to 10 during the runs; background fuzzers paused), this version and the
 // previous one (per-block hash table, commit 564cfab) run alternately from built test
@@ -161,7 +161,7 @@
 //	go test -run x -bench 'RadixComparison|MatchDuringIngest|^BenchmarkMatch$' -benchtime 20000x ./indexer
 //
 // The case, 512-block request, 64 workers, 10,000,384 indexed blocks in 29,298
-// runs (BenchmarkMatch10M, 3 runs): p50 1.7 to 2.8 us, p99 3.0 to 3.9 us, 2.0 to 3.3 us
+// runs (BenchmarkMatch10M, 5 runs): p50 1.7 to 2.8 us, p99 3.0 to 3.9 us, 2.0 to 3.3 us
 // CPU per Match (before: p50 33 to 37 us, p99 62 to 76 us): goal p99 <= 10 us met. The
 // request enters 2 runs (the shared system prompt, the worker's conversation), so the
 // cost is two lookups, 510 sequential hash comparisons and one holder-set merge.
@@ -181,9 +181,9 @@
 // Ingest, BenchmarkApplyMooncake (first 2000 requests of the Mooncake conversation
 // trace, 8 workers with 131,072-block LRU caches, 1,453,856 block operations, 1,032,704
 // blocks indexed at the end, fresh index each iteration so table growth is included):
-// 2.1 to 3.2M block operations per CPU-second over 4 runs (before: 2.3 to 3.0M in the
+// 2.1 to 3.2M block operations per CPU-second over 5 runs (before: 2.3 to 3.0M in the
 // same session); at capacity (MaxBlocks 200k, nearly every new block evicts one) 2.0 to
-// 2.4M (before 1.1 to 1.4M). Goal >= 10M/s per core: not met. Each stored block costs a
+// 2.8M over 3 runs (before 1.1 to 1.4M). Goal >= 10M/s per core: not met. Each stored block costs a
 // chained xxhash of its 16 tokens (47 ns here) and a node-table and an engine-table
 // access, each a cache miss that warming in groups of 32 only partly overlaps (in a KVM
 // guest without huge pages, TLB misses are expensive); resizes take about a fifth of the
