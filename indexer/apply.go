@@ -106,7 +106,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 				missing++
 				continue
 			}
-			ix.store(ws, fp, e.own, tier, tick)
+			ix.store(ws, fp, e.own, 0, tier, tick)
 			stored++
 			ix.yield(ops)
 		}
@@ -125,14 +125,14 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 		ix.c.dropped[DropBlockSizeMismatch].Add(uint64(n))
 		return
 	}
-	var parent proto.BlockHash
+	var parent, prev proto.BlockHash // prev: the previous block's own hash, 0 for a root
 	if ev.HasParent {
 		e := ws.eng.get(engFP(ev.ParentHash))
 		if e == nil {
 			ix.c.dropped[DropUnknownParent].Add(uint64(n))
 			return
 		}
-		parent = e.own
+		parent, prev = e.own, e.own
 	} else {
 		parent = proto.Seed(model, ev.LoRAName, eventSalt(ev))
 	}
@@ -146,7 +146,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	for g := 0; g < n; g += warmGroup {
 		end := min(g+warmGroup, n)
 		for i := g; i < end; i++ {
-			parent = proto.ChainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
+			parent = chainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
 			own[i-g] = parent
 			fps[i-g] = engFP(ev.BlockHashes[i])
 		}
@@ -157,7 +157,9 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 			if ws.removed() {
 				break
 			}
-			ix.store(ws, fps[i], own[i], tier, tick)
+			ix.nodes.SetCapHint(n - g - i) // a new run will likely take the rest
+			ix.store(ws, fps[i], own[i], prev, tier, tick)
+			prev = own[i]
 			stored++
 			ix.yield(ops)
 		}
@@ -174,24 +176,45 @@ const warmGroup = 32
 func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops *int) {
 	tier := TierOf(ev.Medium)
 	removed, unknown := 0, 0
-	for _, eh := range ev.BlockHashes {
-		if ws.removed() {
-			break
+	// In groups, as for stores: warm the engine slots of the group, then the node slots
+	// of the blocks they resolve to, then remove one by one.
+	var fps [warmGroup]uint64
+	var hint uint64
+	hs := ev.BlockHashes
+	for g := 0; g < len(hs); g += warmGroup {
+		grp := hs[g:min(g+warmGroup, len(hs))]
+		for i, eh := range grp {
+			fps[i] = engFP(eh)
+			hint += ws.eng.warm(fps[i])
 		}
-		if ix.remove(ws, engFP(eh), tier, tick) {
-			removed++
-		} else {
-			unknown++
+		for i := range grp {
+			if e := ws.eng.get(fps[i]); e != nil {
+				hint += ix.nodes.Warm(uint64(e.own))
+			}
 		}
-		ix.yield(ops)
+		for i := range grp {
+			if ws.removed() {
+				break
+			}
+			if ix.remove(ws, fps[i], tier, tick) {
+				removed++
+			} else {
+				unknown++
+			}
+			ix.yield(ops)
+		}
+	}
+	if hint == 1 {
+		ix.c.removed.Add(0) // keeps the warming loads alive
 	}
 	ix.c.removed.Add(uint64(removed))
 	ix.c.dropped[DropUnknownBlock].Add(uint64(unknown))
 }
 
-// store records one stored block of engine-hash fingerprint fp. mu must be held for
-// writing.
-func (ix *Index) store(ws *workerState, fp uint64, own proto.BlockHash, tier Tier, tick uint32) {
+// store records one stored block of engine-hash fingerprint fp; parent is the own hash of
+// the block before it in its chain, 0 when unknown (a hint that lets the node table
+// append the block to its parent's run). mu must be held for writing.
+func (ix *Index) store(ws *workerState, fp uint64, own, parent proto.BlockHash, tier Tier, tick uint32) {
 	if ws.eng.len() >= ix.opts.MaxBlocksPerWorker && ws.eng.get(fp) == nil {
 		ix.evictWorkerEntry(ws)
 	}
@@ -216,7 +239,7 @@ func (ix *Index) store(ws *workerState, fp uint64, own proto.BlockHash, tier Tie
 	bit := uint8(1) << tier
 	// A real store overrides a prediction; a duplicate store restores a flag that
 	// eviction took.
-	old := ix.setHolder(ws, own, bit, flagPredicted, tick)
+	old := ix.setHolder(ws, own, parent, bit, flagPredicted, tick)
 	if r == 0 && old&bit != 0 {
 		// Another engine hash of this worker already holds (own, tier).
 		if ws.extra == nil {
@@ -259,7 +282,7 @@ func (ix *Index) releaseTier(ws *workerState, own proto.BlockHash, tier Tier, ti
 			return
 		}
 	}
-	ix.setHolder(ws, own, 0, uint8(1)<<tier|flagPredicted, tick)
+	ix.setHolder(ws, own, 0, 0, uint8(1)<<tier|flagPredicted, tick)
 }
 
 // dropEngine forgets engine entry e of ws entirely. mu must be held for writing.
@@ -289,6 +312,36 @@ func (ix *Index) ClearWorker(w WorkerKey) {
 	ix.mu.Unlock()
 }
 
+// ClearEvents forgets every event-backed block of worker w (all tiers) but keeps its
+// predictions: call it when the worker's event feed starts (its first batch), so that what
+// the engine cached before the feed is dropped while the routing decisions the router made
+// moments earlier still count until an event confirms them or their TTL passes.
+// ClearWorker drops both. The work is done in chunks so Match is never blocked for long.
+func (ix *Index) ClearEvents(w WorkerKey) {
+	ix.clearMu.Lock()
+	defer ix.clearMu.Unlock()
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ws := ix.worker(w, false)
+	if ws == nil {
+		return
+	}
+	ix.c.clears.Add(1)
+	_, tick := ix.nowTick()
+	oldEng := ws.eng
+	ws.eng = newEngTable()
+	ws.extra = nil
+	ops := 0
+	// oldEng is unreachable now: iterate it by index across lock releases. Tier flags
+	// only: a block that is also predicted keeps its prediction flag.
+	for i := range oldEng.slots {
+		if s := &oldEng.slots[i]; s.tag != 0 {
+			ix.setHolder(ws, s.own, 0, 0, flagTierMask, tick)
+			ix.yield(&ops)
+		}
+	}
+}
+
 // clearLocked clears ws in chunks, releasing mu between them; with detach the worker is
 // marked removed, which stops any of its operations still in flight. clearMu and mu must
 // be held (mu for writing). clearMu keeps clears and removals of workers from
@@ -307,12 +360,12 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	// oldEng is unreachable now: iterate it by index across lock releases.
 	for i := range oldEng.slots {
 		if s := &oldEng.slots[i]; s.tag != 0 {
-			ix.setHolder(ws, s.own, 0, 0xff, tick)
+			ix.setHolder(ws, s.own, 0, 0, 0xff, tick)
 			ix.yield(&ops)
 		}
 	}
 	for own := range oldPred {
-		ix.setHolder(ws, own, 0, 0xff, tick)
+		ix.setHolder(ws, own, 0, 0, 0xff, tick)
 		ix.yield(&ops)
 	}
 }
@@ -351,26 +404,27 @@ func (ix *Index) maintain(now time.Time, tick uint32) {
 	}
 }
 
-// evictSamples is how many blocks an eviction compares (Redis uses 5).
+// evictSamples is how many runs (or engine entries) an eviction compares (Redis uses 5).
 const evictSamples = 8
 
-// Node eviction scans evictScan consecutive blocks of the node table from a random place
-// and evicts up to evictBatch of the least recently touched among them: the same ratio of
-// victims to samples as one victim out of evictSamples, with one scan per batch.
+// Node eviction takes the end of the least recently touched of evictSamples runs: at
+// least evictMin blocks per sample (so that a bound passed by one block makes room for
+// the next inserts), at most evictMax.
 const (
-	evictScan  = 64
-	evictBatch = evictScan / evictSamples
+	evictMin = 8
+	evictMax = 64
 )
 
-// evictNodes evicts blocks until at most MaxBlocks remain, in batches chosen by sampled
-// LRU (see evictScan). The engine-hash entries stay (the engine still holds the block,
-// and they are bounded by MaxBlocksPerWorker), so a later BlockRemoved still resolves.
-// mu must be held for writing.
+// evictNodes evicts blocks until at most MaxBlocks remain, chosen by sampled LRU over
+// runs (see evictMin), each run shortened from its end so the rest of its chain stays
+// matchable. The engine-hash entries stay (the engine still holds the block, and they
+// are bounded by MaxBlocksPerWorker), so a later BlockRemoved still resolves. mu must be
+// held for writing.
 func (ix *Index) evictNodes() {
-	var buf [evictBatch]uint64
+	var buf [evictMax]uint64
 	for ix.nodes.Len() > ix.opts.MaxBlocks {
-		// A whole batch even when one block over: the next inserts then find room.
-		victims := ix.nodes.Oldest(ix.random(), evictScan, evictBatch, buf[:0])
+		over := min(max(ix.nodes.Len()-ix.opts.MaxBlocks, evictMin), evictMax)
+		victims := ix.nodes.Oldest(ix.random(), evictSamples, over, buf[:0])
 		if len(victims) == 0 {
 			return
 		}
@@ -382,11 +436,11 @@ func (ix *Index) evictNodes() {
 
 // evictNode drops block key for all its holders. mu must be held for writing.
 func (ix *Index) evictNode(key uint64) {
-	sl := ix.nodes.Find(key)
-	if sl == nil {
+	val, _, ok := ix.nodes.Get(key)
+	if !ok {
 		return
 	}
-	id := setID(sl.Val)
+	id := setID(val)
 	own := proto.BlockHash(key)
 	for _, c := range ix.sets.members(id) {
 		ws := ix.workers[codeWID(c)]
@@ -412,10 +466,8 @@ func (ix *Index) evictWorkerEntry(ws *workerState) {
 	}
 	best, bt := 0, uint32(0)
 	for k, c := range cands {
-		t := uint32(0) // an entry whose block was evicted goes first
-		if sl := ix.nodes.Find(uint64(c.own)); sl != nil {
-			t = sl.Touch
-		}
+		// An entry whose block was evicted goes first (t 0).
+		_, t, _ := ix.nodes.Get(uint64(c.own))
 		if k == 0 || t < bt {
 			best, bt = k, t
 		}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/armon/go-radix"
 
-	"github.com/kvroute/kvroute/indexer/blocktable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -173,7 +172,9 @@ func BenchmarkMatch(b *testing.B) {
 func BenchmarkMatch10M(b *testing.B) {
 	f := buildFleet(b, 64, 256, 256, 10_000_000)
 	benchMatch(b, f)
-	b.ReportMetric(float64(f.ix.Stats().Blocks), "indexed-blocks")
+	st := f.ix.Stats()
+	b.ReportMetric(float64(st.Blocks), "indexed-blocks")
+	b.ReportMetric(float64(st.Runs), "runs")
 }
 
 // BenchmarkMatchDuringIngest runs Match on all cores while one goroutine applies a churn
@@ -476,12 +477,12 @@ func BenchmarkRadixComparison(b *testing.B) {
 	// request's full key.
 	holders := map[proto.BlockHash]uint64{}
 	f.ix.mu.RLock()
-	f.ix.nodes.Range(func(sl *blocktable.Slot) bool {
+	f.ix.nodes.Range(func(key uint64, val, _ uint32) bool {
 		var m uint64
-		for _, c := range f.ix.sets.members(setID(sl.Val)) {
+		for _, c := range f.ix.sets.members(setID(val)) {
 			m |= 1 << (codeWID(c) % 64)
 		}
-		holders[proto.BlockHash(sl.Key)] = m
+		holders[proto.BlockHash(key)] = m
 		return true
 	})
 	f.ix.mu.RUnlock()

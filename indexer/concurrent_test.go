@@ -158,6 +158,7 @@ func TestMetricsExposeState(t *testing.T) {
 		`kvroute_indexer_predicted_inserted_total`:                           0,
 		`kvroute_indexer_worker_clears_total`:                                0,
 		`kvroute_indexer_holder_sets`:                                        3,
+		`kvroute_indexer_runs`:                                               3, // blocks 0-1, 2, 3-4
 		`kvroute_indexer_dropped_blocks_total{reason="unknown_parent"}`:      0,
 		`kvroute_indexer_events_total{kind="BlockRemoved"}`:                  1,
 		`kvroute_indexer_predicted_expired_total`:                            0,
@@ -268,4 +269,36 @@ func TestRemoveWorkerDuringPredict(t *testing.T) {
 	if s := ix.Stats(); s.Blocks != 0 || len(s.Workers) != 0 || s.PredictedEntries != 0 {
 		t.Errorf("after removing every worker: %d blocks, %d workers, %d predictions", s.Blocks, len(s.Workers), s.PredictedEntries)
 	}
+}
+
+// TestStatsDuringMatch: Stats (the metrics collector, the dashboard) reads the runs'
+// touch stamps while concurrent Match calls update them, both under the read lock.
+func TestStatsDuringMatch(t *testing.T) {
+	ix, clk := newIndex(t, Options{SampleEvery: 1})
+	toks := doc(1, 64)
+	req := chain("", toks)
+	ix.Apply(wA, "m", batch(stored(1, toks, 0, 64, "GPU", "")))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ix.Match(req, nil)
+			}
+		})
+	}
+	for range 200 {
+		clk.Advance(time.Second) // a new stamp, so every Match stores it
+		ix.Sweep()               // publishes the stamp
+		if s := ix.Stats(); s.Blocks != 64 {
+			t.Fatalf("Stats: %d blocks, want 64", s.Blocks)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }

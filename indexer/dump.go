@@ -2,10 +2,13 @@ package indexer
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"slices"
 
 	"github.com/kvroute/kvroute/proto"
 )
@@ -71,19 +74,52 @@ func (ix *Index) dumpWorker(buf []byte, k WorkerKey) []byte {
 	buf = binary.AppendUvarint(buf, uint64(len(k.ID)))
 	buf = append(buf, k.ID...)
 	buf = binary.AppendVarint(buf, int64(k.DPRank))
-	buf = binary.AppendUvarint(buf, uint64(ws.eng.len()))
+	// Entries and predictions go out in node-table order (chain order within each run),
+	// so that Restore, inserting them in that order, rebuilds the runs instead of one
+	// run per block.
+	ents := make([]posEntry, 0, ws.eng.len())
 	for _, e := range ws.eng.slots {
 		if e.tag != 0 {
-			buf = binary.LittleEndian.AppendUint64(buf, e.tag)
-			buf = binary.LittleEndian.AppendUint64(buf, uint64(e.own))
+			ents = append(ents, posEntry{pos: ix.nodePos(e.own), e: e})
 		}
 	}
-	buf = binary.AppendUvarint(buf, uint64(len(ws.pred)))
+	sortByPos(ents)
+	buf = binary.AppendUvarint(buf, uint64(len(ents)))
+	for _, pe := range ents {
+		buf = binary.LittleEndian.AppendUint64(buf, pe.e.tag)
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(pe.e.own))
+	}
+	ents = ents[:0]
 	for own, exp := range ws.pred {
-		buf = binary.LittleEndian.AppendUint64(buf, uint64(own))
-		buf = binary.AppendVarint(buf, exp)
+		ents = append(ents, posEntry{pos: ix.nodePos(own), e: engEntry{own: own}, exp: exp})
+	}
+	sortByPos(ents)
+	buf = binary.AppendUvarint(buf, uint64(len(ents)))
+	for _, pe := range ents {
+		buf = binary.LittleEndian.AppendUint64(buf, uint64(pe.e.own))
+		buf = binary.AppendVarint(buf, pe.exp)
 	}
 	return buf
+}
+
+// posEntry is an engine entry or prediction with the node-table position of its block.
+type posEntry struct {
+	pos uint64
+	e   engEntry
+	exp int64
+}
+
+func sortByPos(ents []posEntry) {
+	slices.SortFunc(ents, func(a, b posEntry) int { return cmp.Compare(a.pos, b.pos) })
+}
+
+// nodePos returns own's node-table position, or the largest value for an evicted block.
+// mu must be held.
+func (ix *Index) nodePos(own proto.BlockHash) uint64 {
+	if p, ok := ix.nodes.Pos(uint64(own)); ok {
+		return p
+	}
+	return math.MaxUint64
 }
 
 // Restore reads a dump written by Dump and installs it: each dumped worker's state
@@ -183,26 +219,32 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 	defer ix.mu.Unlock()
 	ws := ix.worker(key, true)
 	ops := 0
+	// Dump writes blocks in chain order: each is offered the previous one as its parent,
+	// which rebuilds the runs (a wrong guess costs nothing but a lookup).
+	var prev proto.BlockHash
 	for _, re := range entries {
 		for t := Tier(0); t < numTiers; t++ {
 			for range re.e.ref(t) {
 				if ws.removed() {
 					return nil
 				}
-				ix.store(ws, re.e.fp(), re.e.own, t, tick)
+				ix.store(ws, re.e.fp(), re.e.own, prev, t, tick)
 			}
 			ix.yield(&ops)
 		}
+		prev = re.e.own
 	}
 	if ws.removed() {
 		return nil
 	}
 	nowNS := now.UnixNano()
+	prev = 0
 	for _, p := range preds {
 		if p.exp <= nowNS {
 			continue
 		}
-		ix.predictLocked(ws, p.e.own, p.exp, tick)
+		ix.predictLocked(ws, p.e.own, prev, p.exp, tick)
+		prev = p.e.own
 	}
 	ix.maintain(now, tick)
 	return nil

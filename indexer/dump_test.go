@@ -111,3 +111,30 @@ func FuzzRestore(f *testing.F) {
 		checkInvariants(t, ix2)
 	})
 }
+
+// TestRestoreRebuildsRuns: Dump writes blocks in chain order, so a restored index stores
+// chains in as few runs as the original (one lookup per run in Match), not one per block.
+func TestRestoreRebuildsRuns(t *testing.T) {
+	ix, _ := newIndex(t, Options{})
+	toks := cat(doc(1, 150), doc(2, 150))
+	ix.Apply(wA, "m", batch(stored(1, toks, 0, 300, "GPU", "")))
+	ix.Apply(wB, "m", batch(stored(2, toks, 0, 200, "GPU", "")))
+	ix.Predict(wA1, chain("", toks)[:100], time.Minute)
+	var buf bytes.Buffer
+	if err := ix.Dump(&buf); err != nil {
+		t.Fatalf("Dump: %v", err)
+	}
+	ix2, _ := newIndex(t, Options{})
+	if err := ix2.Restore(&buf); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	s1, s2 := ix.Stats(), ix2.Stats()
+	if s1.Runs != 3 || s2.Runs != s1.Runs || s2.Blocks != s1.Blocks {
+		t.Errorf("restored %d blocks in %d runs, original %d in %d (want 3 runs: blocks 0-99, 100-199, 200-299)", s2.Blocks, s2.Runs, s1.Blocks, s1.Runs)
+	}
+	req := chain("", toks)
+	if got, want := matchMap(ix2, req), matchMap(ix, req); !maps.Equal(got, want) {
+		t.Errorf("restored Match = %v, original %v", got, want)
+	}
+	checkInvariants(t, ix2)
+}

@@ -44,33 +44,49 @@ func engFP(eh proto.EngineHash) uint64 {
 	return 1
 }
 
-// engTable is a worker's map engine-hash fingerprint -> engEntry: open addressing on the
-// fingerprint's low bits with linear probing and backward-shift deletion, one probe
-// sequence for get-or-insert (a Go map needs a lookup and an assignment), 16-byte slots,
-// at most 13/16 full. Not safe for concurrent mutation; Index.mu guards it.
+// engTable is a worker's map engine-hash fingerprint -> engEntry: open addressing with
+// linear probing and backward-shift deletion, one probe sequence for get-or-insert (a Go
+// map needs a lookup and an assignment), 16-byte slots. It is at most 7/8 full and grows
+// by a quarter once it has 1024 slots (doubling below), so a large table is 70% to 87.5%
+// full (runtable's shards do the same); sizes need not be powers of two (multiply-shift
+// range reduction). Not safe for concurrent mutation; Index.mu guards it.
 type engTable struct {
 	slots []engEntry
 	n     int
-	mask  uint64
 }
 
-const engMinCap = 16
+const (
+	engMinCap     = 16
+	engBigGrowth  = 1024
+	engMaxLoadNum = 7
+	engMaxLoadDen = 8
+)
 
 func newEngTable() *engTable {
-	return &engTable{slots: make([]engEntry, engMinCap), mask: engMinCap - 1}
+	return &engTable{slots: make([]engEntry, engMinCap)}
 }
 
 func (t *engTable) len() int { return t.n }
 
 func (t *engTable) bytes() int { return len(t.slots) * 16 }
 
+// home returns fingerprint fp's home slot (fp has 48 bits; its top 32 are scaled).
+func (t *engTable) home(fp uint64) uint64 { return (fp >> 16) * uint64(len(t.slots)) >> 32 }
+
+func (t *engTable) inc(i uint64) uint64 {
+	if i++; i == uint64(len(t.slots)) {
+		return 0
+	}
+	return i
+}
+
 // warm loads fp's home slot and returns a value derived from it; see
-// blocktable.Table.Warm.
-func (t *engTable) warm(fp uint64) uint64 { return t.slots[fp&t.mask].tag }
+// runtable.Table.Warm.
+func (t *engTable) warm(fp uint64) uint64 { return t.slots[t.home(fp)].tag }
 
 // get returns the entry of fingerprint fp, or nil.
 func (t *engTable) get(fp uint64) *engEntry {
-	for i := fp & t.mask; ; i = (i + 1) & t.mask {
+	for i := t.home(fp); ; i = t.inc(i) {
 		s := &t.slots[i]
 		if s.tag == 0 {
 			return nil
@@ -84,10 +100,14 @@ func (t *engTable) get(fp uint64) *engEntry {
 // upsert returns the entry of fp, inserting one with no references and no own hash when
 // absent (inserted true). The pointer is valid until the next upsert or del.
 func (t *engTable) upsert(fp uint64) (e *engEntry, inserted bool) {
-	if (t.n+1)*16 > len(t.slots)*13 {
-		t.resize(len(t.slots) * 2)
+	if (t.n+1)*engMaxLoadDen > len(t.slots)*engMaxLoadNum {
+		size := 2 * len(t.slots)
+		if len(t.slots) >= engBigGrowth {
+			size = len(t.slots) + len(t.slots)/4
+		}
+		t.resize(size)
 	}
-	for i := fp & t.mask; ; i = (i + 1) & t.mask {
+	for i := t.home(fp); ; i = t.inc(i) {
 		s := &t.slots[i]
 		if s.tag == 0 {
 			*s = engEntry{tag: fp << 16}
@@ -102,7 +122,7 @@ func (t *engTable) upsert(fp uint64) (e *engEntry, inserted bool) {
 
 // del removes fp if present.
 func (t *engTable) del(fp uint64) {
-	i := fp & t.mask
+	i := t.home(fp)
 	for {
 		s := &t.slots[i]
 		if s.tag == 0 {
@@ -111,17 +131,18 @@ func (t *engTable) del(fp uint64) {
 		if s.fp() == fp {
 			break
 		}
-		i = (i + 1) & t.mask
+		i = t.inc(i)
 	}
+	size := uint64(len(t.slots))
 	j := i
 	for {
-		j = (j + 1) & t.mask
+		j = t.inc(j)
 		sj := &t.slots[j]
 		if sj.tag == 0 {
 			break
 		}
-		home := sj.fp() & t.mask
-		if (j-home)&t.mask >= (j-i)&t.mask {
+		// The entry at j may move to i when i lies cyclically in [home, j).
+		if (j+size-t.home(sj.fp()))%size >= (j+size-i)%size {
 			t.slots[i] = *sj
 			i = j
 		}
@@ -129,19 +150,18 @@ func (t *engTable) del(fp uint64) {
 	t.slots[i] = engEntry{}
 	t.n--
 	if len(t.slots) > engMinCap && t.n*8 < len(t.slots) {
-		t.resize(len(t.slots) / 2)
+		t.resize(max(len(t.slots)/2, engMinCap))
 	}
 }
 
 func (t *engTable) resize(size int) {
 	old := t.slots
 	t.slots = make([]engEntry, size)
-	t.mask = uint64(size - 1)
 	for _, o := range old {
 		if o.tag == 0 {
 			continue
 		}
-		for i := o.fp() & t.mask; ; i = (i + 1) & t.mask {
+		for i := t.home(o.fp()); ; i = t.inc(i) {
 			if t.slots[i].tag == 0 {
 				t.slots[i] = o
 				break
@@ -157,7 +177,7 @@ func (t *engTable) sample(r uint64, dst []engEntry) []engEntry {
 	if t.n == 0 {
 		return dst
 	}
-	for i, c := r&t.mask, 0; c < len(t.slots) && len(dst) < cap(dst); i, c = (i+1)&t.mask, c+1 {
+	for i, c := r%uint64(len(t.slots)), 0; c < len(t.slots) && len(dst) < cap(dst); i, c = t.inc(i), c+1 {
 		if t.slots[i].tag != 0 {
 			dst = append(dst, t.slots[i])
 		}

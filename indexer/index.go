@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kvroute/kvroute/indexer/blocktable"
+	"github.com/kvroute/kvroute/indexer/runtable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -92,7 +92,7 @@ type Index struct {
 	clearMu sync.Mutex
 	// mu guards every field down to rnd, and the workers' states.
 	mu       sync.RWMutex
-	nodes    *blocktable.Table
+	nodes    *runtable.Table
 	sets     holderSets
 	workers  []*workerState // by wid; nil when free
 	keys     []WorkerKey    // by wid, dense copy of workers[wid].key for Match
@@ -211,7 +211,7 @@ func New(opts Options) (*Index, error) {
 		ix.countMask |= flagPredicted
 	}
 	seed := uint64(ix.epoch.UnixNano()) * 0x9e3779b97f4a7c15
-	ix.nodes = blocktable.New(seed)
+	ix.nodes = runtable.New(seed)
 	ix.sets = newHolderSets()
 	ix.byKey = make(map[WorkerKey]*workerState)
 	ix.rnd = seed | 1
@@ -286,35 +286,37 @@ func (ix *Index) transition(ws *workerState, from setID, flags uint8) setID {
 
 // setHolder changes ws's flags on block own to (old &^ clr) | set, creating or deleting
 // the node as needed, keeps the per-worker counts, and returns the old flags. A block
-// gaining a flag is touched. mu must be held for writing.
-func (ix *Index) setHolder(ws *workerState, own proto.BlockHash, set, clr uint8, tick uint32) uint8 {
-	sl, found := ix.nodes.Lookup(uint64(own))
-	var from setID
+// gaining a flag is touched (with its run). parent is the own hash of the block before own
+// in its chain, 0 when unknown: a new node is appended to its parent's run when it can
+// be. mu must be held for writing.
+func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, clr uint8, tick uint32) uint8 {
+	val, _, found := ix.nodes.Get(uint64(own))
+	from := setID(val)
 	var old uint8
 	if found {
-		from = setID(sl.Val)
 		old = ix.sets.flagsOf(from, ws.wid)
 	}
 	nf := (old &^ clr) | set
+	touch := tick
+	if set == 0 {
+		touch = 0
+	}
 	if nf == old {
 		if found && set != 0 {
-			sl.Touch = tick
+			ix.nodes.Set(uint64(own), uint32(from), touch)
 		}
 		return old
 	}
 	to := ix.transition(ws, from, nf)
 	switch {
 	case !found:
-		ix.nodes.Occupy(sl, uint64(own), uint32(to), tick)
+		ix.nodes.Insert(uint64(own), uint64(parent), uint32(to), tick)
 		ix.sets.incRef(to)
 	case to == 0:
 		ix.nodes.Delete(uint64(own))
 		ix.sets.decRef(from)
 	default:
-		sl.Val = uint32(to)
-		if set != 0 {
-			sl.Touch = tick
-		}
+		ix.nodes.Set(uint64(own), uint32(to), touch)
 		ix.sets.incRef(to)
 		ix.sets.decRef(from)
 	}

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvroute/kvroute/indexer/blocktable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -338,15 +337,18 @@ func checkInvariants(t *testing.T, ix *Index) {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	counts := map[uint32]*[numTiers + 1]int64{}
-	ix.nodes.Range(func(sl *blocktable.Slot) bool {
-		ms := ix.sets.members(setID(sl.Val))
+	if err := ix.nodes.Check(); err != nil {
+		t.Errorf("node table: %v", err)
+	}
+	ix.nodes.Range(func(key uint64, val, _ uint32) bool {
+		ms := ix.sets.members(setID(val))
 		if len(ms) == 0 {
-			t.Errorf("node %x has an empty holder set", sl.Key)
+			t.Errorf("node %x has an empty holder set", key)
 		}
 		for _, c := range ms {
 			ws := ix.workers[codeWID(c)]
 			if ws == nil {
-				t.Errorf("node %x held by freed wid %d", sl.Key, codeWID(c))
+				t.Errorf("node %x held by freed wid %d", key, codeWID(c))
 				continue
 			}
 			f := codeFlags(c)
@@ -360,8 +362,8 @@ func checkInvariants(t *testing.T, ix *Index) {
 			}
 			if f&flagPredicted != 0 {
 				counts[ws.wid][numTiers]++
-				if _, ok := ws.pred[proto.BlockHash(sl.Key)]; !ok {
-					t.Errorf("node %x predicted for %v without a prediction entry", sl.Key, ws.key)
+				if _, ok := ws.pred[proto.BlockHash(key)]; !ok {
+					t.Errorf("node %x predicted for %v without a prediction entry", key, ws.key)
 				}
 			}
 		}
@@ -513,4 +515,50 @@ func TestScoreWeights(t *testing.T) {
 	if ms := ix2.Match(chain("", qa), nil); len(ms) != 0 {
 		t.Errorf("IgnorePredicted: Match = %+v, want nothing", ms)
 	}
+}
+
+// TestClearEventsKeepsPredictions: ClearEvents (a feed's first batch) drops the worker's
+// event-backed blocks on every tier but keeps the router's predictions; ClearWorker drops
+// both.
+func TestClearEventsKeepsPredictions(t *testing.T) {
+	qa := cat(doc(1, 4), doc(2, 4))
+	req := chain("", qa)
+	ix, _ := newIndex(t, Options{})
+	ix.Apply(wA, "m", batch(stored(1, qa, 0, 3, "GPU", ""), stored(1, qa, 0, 2, "CPU", "")))
+	ix.Predict(wA, req, time.Minute) // blocks 3..7 predicted; 0..2 already held
+	ix.Predict(wB, req[:2], time.Minute)
+	if got, want := matchMap(ix, req), map[string][2]int{"a": {8, 3}, "b": {2, 0}}; !maps.Equal(got, want) {
+		t.Fatalf("before clear: Match = %v, want %v", got, want)
+	}
+	ix.ClearEvents(wA)
+	checkInvariants(t, ix)
+	// Blocks 0..2 were held, not predicted: gone; the chain now starts at a gap.
+	if got, want := matchMap(ix, req), map[string][2]int{"b": {2, 0}}; !maps.Equal(got, want) {
+		t.Fatalf("after ClearEvents: Match = %v, want %v", got, want)
+	}
+	if got, want := matchMap(ix, req[3:]), map[string][2]int{"a": {5, 0}}; !maps.Equal(got, want) {
+		t.Fatalf("after ClearEvents, predicted tail: Match = %v, want %v", got, want)
+	}
+	s := ix.Stats()
+	if w := s.Workers[0]; w.Worker != wA || w.Blocks != [NumTiers]int64{} || w.Predicted != 5 || w.EngineEntries != 0 {
+		t.Errorf("after ClearEvents: worker a %+v, want no blocks, no engine entries, 5 predicted", w)
+	}
+	// The worker's events resume on the same engine ids.
+	ix.Apply(wA, "m", batch(stored(1, qa, 0, 4, "GPU", "")))
+	if got, want := matchMap(ix, req), map[string][2]int{"a": {8, 4}, "b": {2, 0}}; !maps.Equal(got, want) {
+		t.Fatalf("after new events: Match = %v, want %v", got, want)
+	}
+	checkInvariants(t, ix)
+	ix.ClearWorker(wA)
+	if got, want := matchMap(ix, req), map[string][2]int{"b": {2, 0}}; !maps.Equal(got, want) {
+		t.Fatalf("after ClearWorker: Match = %v, want %v", got, want)
+	}
+	if got := matchMap(ix, req[3:]); len(got) != 0 {
+		t.Fatalf("after ClearWorker, predicted tail: Match = %v, want nothing", got)
+	}
+	if w := ix.Stats().Workers[0]; w.Predicted != 0 || w.Blocks != [NumTiers]int64{} {
+		t.Errorf("after ClearWorker: worker a %+v, want nothing", w)
+	}
+	ix.ClearEvents(WorkerKey{ID: "unknown"}) // no-op
+	checkInvariants(t, ix)
 }

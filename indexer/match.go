@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/kvroute/kvroute/indexer/blocktable"
+	"github.com/kvroute/kvroute/indexer/runtable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -59,38 +59,21 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		i        int
 		shared   = -1 // blocks walked while at least two workers were open
 	)
-	// Warm the next batch of blocks before walking it: compute their home slots and load
-	// them in a tight loop so that the cache misses overlap (see blocktable.Table.Warm),
-	// then walk the batch through the remembered slots. The batch grows geometrically so
-	// that a request missing early wastes little.
-	var (
-		hint      uint64
-		homes     [32]*blocktable.Slot
-		warmStart int
-		warmEnd   int
-		batch     = 8
-	)
-	for i = 0; i < len(hashes); i++ {
-		if i == warmEnd {
-			warmStart, warmEnd = i, min(i+batch, len(hashes))
-			for k, h := range hashes[i:warmEnd] {
-				homes[k] = ix.nodes.Home(uint64(h))
-				hint += homes[k].Key
-			}
-			batch = min(batch*2, len(homes))
+	// The node table stores chains in runs: one lookup finds the request's block i and
+	// tells how many of the following blocks continue its run (same holder set), compared
+	// against the run's array in sequence, so a lookup (a cache miss) is paid per run,
+	// not per block.
+	for i = 0; i < len(hashes); {
+		val, touch, n, ok := runtable.Span(ix.nodes, hashes[i], hashes[i+1:])
+		if !ok {
+			break
 		}
-		key := uint64(hashes[i])
-		sl := homes[i-warmStart]
-		if sl.Key != key || sl.Val == 0 {
-			if sl = ix.nodes.Find(key); sl == nil {
-				break
-			}
+		if atomic.LoadUint32(touch) != tick {
+			atomic.StoreUint32(touch, tick)
 		}
-		if atomic.LoadUint32(&sl.Touch) != tick {
-			atomic.StoreUint32(&sl.Touch, tick)
-		}
-		id := setID(sl.Val)
+		id := setID(val)
 		if id == cur {
+			i += 1 + n
 			continue
 		}
 		members := ix.sets.members(id)
@@ -115,6 +98,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 			break
 		}
 		cur, runStart = id, i
+		i += 1 + n
 	}
 	ix.flushRun(dst, i-runStart)
 	for k := range dst {
@@ -127,10 +111,6 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		}
 	}
 	ix.mu.RUnlock()
-	if hint == 1 {
-		// Keeps the warming loads alive; practically never true.
-		ix.c.matches.Add(0)
-	}
 	if sampled {
 		if shared < 0 {
 			shared = i

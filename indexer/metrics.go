@@ -17,8 +17,8 @@ type metrics struct {
 	apply prometheus.Histogram
 	match prometheus.Histogram
 
-	events, blockOps, dropped, evictions, clears, predicted, expired *prometheus.Desc
-	blocks, workerBlocks, workerPredicted, workerEntries, sets, mem  *prometheus.Desc
+	events, blockOps, dropped, evictions, clears, predicted, expired      *prometheus.Desc
+	blocks, workerBlocks, workerPredicted, workerEntries, sets, runs, mem *prometheus.Desc
 }
 
 func newMetrics(ix *Index, reg prometheus.Registerer) (*metrics, error) {
@@ -48,6 +48,7 @@ func newMetrics(ix *Index, reg prometheus.Registerer) (*metrics, error) {
 	m.workerPredicted = d("worker_predicted_blocks", "Predicted blocks per worker.", "worker", "dp_rank")
 	m.workerEntries = d("worker_engine_entries", "Engine-hash map entries per worker.", "worker", "dp_rank")
 	m.sets = d("holder_sets", "Distinct holder sets in use.")
+	m.runs = d("runs", "Runs (chain segments with one holder set) the blocks are stored in.")
 	m.mem = d("memory_bytes", "Estimated memory held by the index structures.")
 	for _, c := range []prometheus.Collector{m.apply, m.match, m} {
 		if err := reg.Register(c); err != nil {
@@ -60,7 +61,7 @@ func newMetrics(ix *Index, reg prometheus.Registerer) (*metrics, error) {
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.events, m.blockOps, m.dropped, m.evictions, m.clears, m.predicted,
-		m.expired, m.blocks, m.workerBlocks, m.workerPredicted, m.workerEntries, m.sets, m.mem} {
+		m.expired, m.blocks, m.workerBlocks, m.workerPredicted, m.workerEntries, m.sets, m.runs, m.mem} {
 		ch <- d
 	}
 }
@@ -94,6 +95,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.expired, s.PredictedExpired)
 	gauge(m.blocks, float64(s.Blocks))
 	gauge(m.sets, float64(s.HolderSets))
+	gauge(m.runs, float64(s.Runs))
 	gauge(m.mem, float64(s.MemoryBytes))
 	for _, w := range s.Workers {
 		rank := strconv.Itoa(w.Worker.DPRank)

@@ -208,9 +208,9 @@ func (m *refModel) counts(k WorkerKey) (blocks [numTiers]int64, pred int64) {
 
 // TestAgainstReferenceModel drives the index and the naive model with the same random
 // event streams (chains over shared documents, duplicate stores, removes of known and
-// unknown blocks, token-less stores, tier changes, reused engine ids, clears, removals,
-// predictions, clock steps) and compares every worker's Match result and counts after
-// each step.
+// unknown blocks, token-less stores, tier changes, reused engine ids, clears (events only
+// or everything), removals, predictions, clock steps) and compares every worker's Match
+// result and counts after each step.
 func TestAgainstReferenceModel(t *testing.T) {
 	seeds := 16
 	if testing.Short() {
@@ -301,10 +301,16 @@ func runModel(t *testing.T, seed uint64) {
 			m.now = clk.Now()
 			ix.Sweep()
 			m.expire()
-		case r < 97:
+		case r < 96:
 			desc = fmt.Sprintf("%v AllBlocksCleared", k)
 			ix.Apply(k, "m", batch(proto.Event{Kind: proto.AllBlocksCleared}))
 			m.apply(k, "m", batch(proto.Event{Kind: proto.AllBlocksCleared}))
+		case r < 98:
+			desc = fmt.Sprintf("%v ClearEvents", k)
+			ix.ClearEvents(k)
+			if rw := m.workers[k]; rw != nil {
+				rw.eng = map[proto.EngineHash]*refEntry{}
+			}
 		case r < 99:
 			desc = fmt.Sprintf("%v ClearWorker", k)
 			ix.ClearWorker(k)

@@ -27,21 +27,24 @@ func (ix *Index) Predict(w WorkerKey, hashes []proto.BlockHash, ttl time.Duratio
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, true)
 	ops := 0
+	var parent proto.BlockHash
 	for _, h := range hashes {
 		if ws.removed() {
 			break
 		}
-		ix.predictLocked(ws, h, exp, tick)
+		ix.predictLocked(ws, h, parent, exp, tick)
+		parent = h
 		ix.yield(&ops)
 	}
 	ix.maintain(now, tick)
 }
 
-// predictLocked predicts block h for ws until exp (unix ns). mu must be held for writing.
-func (ix *Index) predictLocked(ws *workerState, h proto.BlockHash, exp int64, tick uint32) {
+// predictLocked predicts block h, child of parent (0 when unknown), for ws until exp
+// (unix ns). mu must be held for writing.
+func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp int64, tick uint32) {
 	var cur uint8
-	if sl := ix.nodes.Find(uint64(h)); sl != nil {
-		cur = ix.sets.flagsOf(setID(sl.Val), ws.wid)
+	if val, _, ok := ix.nodes.Get(uint64(h)); ok {
+		cur = ix.sets.flagsOf(setID(val), ws.wid)
 	}
 	if cur&ix.confMask != 0 {
 		return
@@ -55,7 +58,7 @@ func (ix *Index) predictLocked(ws *workerState, h proto.BlockHash, exp int64, ti
 	}
 	ws.pred[h] = exp
 	ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})
-	ix.setHolder(ws, h, flagPredicted, 0, tick)
+	ix.setHolder(ws, h, parent, flagPredicted, 0, tick)
 }
 
 // Sweep expires predicted entries whose time has passed. Apply and Predict sweep too, so
@@ -91,7 +94,7 @@ func (ix *Index) expire(now int64, tick uint32) {
 			ix.c.expired.Add(1)
 		}
 		// setHolder's accounting deletes the pred entry.
-		ix.setHolder(ws, top.own, 0, flagPredicted, tick)
+		ix.setHolder(ws, top.own, 0, 0, flagPredicted, tick)
 	}
 	// Stale items pile up when predictions are refreshed or confirmed: rebuild the heap
 	// from the live entries when they are the minority.

@@ -14,6 +14,10 @@ type Stats struct {
 	Blocks int
 	// HolderSets is the number of distinct holder sets in use.
 	HolderSets int
+	// Runs is the number of runs the blocks are stored in (chain segments with one
+	// holder set each): Match pays one hash-table lookup per run it walks, so Blocks/Runs
+	// is the average number of blocks matched per lookup.
+	Runs int
 	// MemoryBytes estimates the memory held by the index structures.
 	MemoryBytes int
 	// PredictedEntries is the number of live predicted (worker, block) entries.
@@ -29,7 +33,7 @@ type Stats struct {
 	Dropped [numDropReasons]uint64
 	// Evictions counts entries the index dropped on its own, by [EvictReason].
 	Evictions [numEvictReasons]uint64
-	// Clears counts worker clears (ClearWorker and AllBlocksCleared).
+	// Clears counts worker clears (ClearWorker, ClearEvents and AllBlocksCleared).
 	Clears uint64
 	// PredictedInserted and PredictedExpired count predicted entries created and expired
 	// unconfirmed.
@@ -88,6 +92,7 @@ func (ix *Index) Stats() Stats {
 	ix.mu.RLock()
 	s.Blocks = ix.nodes.Len()
 	s.HolderSets = ix.sets.live()
+	s.Runs = ix.nodes.Runs()
 	s.PredictedEntries = ix.predLive
 	s.MemoryBytes = ix.memoryLocked()
 	for _, ws := range ix.workers {
@@ -97,8 +102,8 @@ func (ix *Index) Stats() Stats {
 		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: ws.eng.len()})
 	}
 	for i := range hot {
-		if sl := ix.nodes.Find(uint64(hot[i].Hash)); sl != nil {
-			for _, c := range ix.sets.members(setID(sl.Val)) {
+		if val, _, ok := ix.nodes.Get(uint64(hot[i].Hash)); ok {
+			for _, c := range ix.sets.members(setID(val)) {
 				hot[i].Workers = append(hot[i].Workers, ix.workers[codeWID(c)].key)
 			}
 		}

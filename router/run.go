@@ -170,7 +170,8 @@ func (st *Stack) pickTokenizer(model string) (string, bool) {
 }
 
 // indexSink feeds KV events into the index. A feed reset (engine restart, unrecoverable
-// gap, dead publisher) clears the worker's entries rather than leaving them stale; a
+// gap, dead publisher) clears the worker's entries rather than leaving them stale (a
+// feed's first batch clears only the event-backed ones, keeping predictions); a
 // removed feed (kvevents.Manager.Set without the worker, natsbus.Consumer.Forget)
 // removes the worker from the index.
 func (st *Stack) indexSink() kvevents.Sink {
@@ -188,6 +189,12 @@ func (st *Stack) indexSink() kvevents.Sink {
 				return
 			}
 			st.log.Info("worker index cleared", "worker", w.String(), "reason", reason)
+			if reason == kvevents.ReasonStart {
+				// A new feed says nothing about the routing decisions of the last
+				// seconds: keep the predictions, drop only what the events had said.
+				ix.ClearEvents(k)
+				return
+			}
 			ix.ClearWorker(k)
 		},
 	}
