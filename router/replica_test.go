@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router/replica"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
 
@@ -31,7 +33,7 @@ type replicaSet struct {
 // startReplicaSet starts a kvsim fleet of workers and n routers in front of it. With
 // events each router reads every worker's ZMQ feed; with share they exchange load and
 // predictions (replica.*), waiting until each hears from every other.
-func startReplicaSet(t *testing.T, workers, n int, events, share bool) *replicaSet {
+func startReplicaSet(t *testing.T, workers, n int, events, share bool, mutate func(i int, cfg *configs.Config)) *replicaSet {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -63,6 +65,9 @@ func startReplicaSet(t *testing.T, workers, n int, events, share bool) *replicaS
 			cfg.Replica = configs.Replica{NATSURL: natsURL, ID: fmt.Sprintf("r%d", i), Cluster: "test",
 				FlushInterval: time.Millisecond, Heartbeat: 100 * time.Millisecond, ExpireAfter: 400 * time.Millisecond}
 		}
+		if mutate != nil {
+			mutate(i, &cfg)
+		}
 		for _, info := range fleet.Infos() {
 			w := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 256, DPRanks: 1}
 			if events {
@@ -90,7 +95,7 @@ func startReplicaSet(t *testing.T, workers, n int, events, share bool) *replicaS
 		stopFn := func() error { once.Do(func() { stop(); runErr = <-done }); return runErr }
 		t.Cleanup(func() {
 			http.DefaultTransport.(*http.Transport).CloseIdleConnections()
-			if err := stopFn(); err != nil {
+			if err := stopFn(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("router %d: %v", i, err)
 			}
 		})
@@ -202,7 +207,7 @@ func TestReplicasBurstRespectsFleetWideGuard(t *testing.T) {
 	bound := configs.Default().CacheAware.MaxImbalance * (float64(n)/workers + 1)
 	for _, share := range []bool{true, false} {
 		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
-			rs := startReplicaSet(t, workers, replicas, true, share)
+			rs := startReplicaSet(t, workers, replicas, true, share, nil)
 			// Warm one worker with the system prompt, known to every replica by its events.
 			warm := chatOnce(http.DefaultClient, rs.urls[0], []chatMsg{{Role: "system", Content: system}, {Role: "user", Content: "hello"}}, 4)
 			if warm.err != nil {
@@ -235,7 +240,7 @@ func TestReplicasShareRoutingDecisions(t *testing.T) {
 	const convs = 8
 	for _, share := range []bool{true, false} {
 		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
-			rs := startReplicaSet(t, 4, 3, false, share)
+			rs := startReplicaSet(t, 4, 3, false, share, nil)
 			client := &http.Client{Timeout: 30 * time.Second}
 			followed := 0
 			for c := range convs {
@@ -303,4 +308,59 @@ func counterValue(t *testing.T, st *Stack, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// A replica that dies with a request in flight: the others counted its load on the
+// worker, and stop counting it within replica.expire_after of its last message.
+func TestReplicaKilledLoadExpires(t *testing.T) {
+	rs := startReplicaSet(t, 2, 3, false, true, func(i int, cfg *configs.Config) {
+		if i == 2 {
+			cfg.Timeouts.Shutdown = 100 * time.Millisecond // its drain gives up on the stream
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	done := make(chan chatResult, 1)
+	go func() {
+		// About 10 s of decoding on the test profile: in flight for the whole test.
+		done <- chatFixed(ctx, client, rs.urls[2], []chatMsg{{Role: "user", Content: "a long answer please"}}, 5000)
+	}()
+	var worker string
+	eventually(t, 5*time.Second, "replicas 0 and 1 count replica 2's request", func() bool {
+		for _, w := range rs.fleet.Workers() {
+			if rs.stacks[0].Replica.Remote(w.ID()).InFlight == 1 && rs.stacks[1].Replica.Remote(w.ID()).InFlight == 1 {
+				worker = w.ID()
+				return true
+			}
+		}
+		return false
+	})
+	expire := rs.stacks[0].Config.Replica.ExpireAfter
+	// Several heartbeats later it still counts: only silence expires it.
+	time.Sleep(3 * rs.stacks[0].Config.Replica.Heartbeat)
+	if n := rs.stacks[0].Replica.Remote(worker).InFlight; n != 1 {
+		t.Fatalf("replica 0 counts %d of replica 2's requests on %s before the kill, want 1", n, worker)
+	}
+	if err := rs.stops[2](); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("replica 2 stopped with %v, want its drain to give up", err)
+	}
+	killed := time.Now()
+	for i := range 2 {
+		eventually(t, 5*time.Second, fmt.Sprintf("replica %d drops replica 2's load", i), func() bool {
+			return rs.stacks[i].Replica.Remote(worker) == (replica.Load{})
+		})
+	}
+	took := time.Since(killed)
+	// The reaper runs every expire_after/4; allow scheduling slack on a loaded machine.
+	if limit := expire + expire/4 + 250*time.Millisecond; took > limit {
+		t.Errorf("replica 2's load disappeared after %v, want within %v", took, limit)
+	}
+	t.Logf("killed replica's load gone from the others after %v (expire_after %v)", took.Round(time.Millisecond), expire)
+	select {
+	case r := <-done:
+		t.Fatalf("the request ended before the end of the test: %+v", r)
+	default:
+	}
 }
