@@ -18,7 +18,7 @@ import (
 )
 
 // waitFor polls cond every 5ms until it holds, or fails the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -30,7 +30,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // startNATS runs an embedded nats-server for the test.
-func startNATS(t *testing.T) string {
+func startNATS(t testing.TB) string {
 	t.Helper()
 	srv, err := natsbus.StartEmbedded(natsbus.EmbeddedOptions{NoJetStream: true})
 	if err != nil {
@@ -50,7 +50,7 @@ type node struct {
 	stop func() // ends Run without anything else: a crash as far as the peers can tell
 }
 
-func startNode(t *testing.T, url, id string, mutate func(*Options)) *node {
+func startNode(t testing.TB, url, id string, mutate func(*Options)) *node {
 	t.Helper()
 	cfg := configs.Default()
 	for i := range 3 {
