@@ -24,10 +24,13 @@ import (
 // replicaSet is n router Stacks in front of one kvsim fleet, on loopback; with share
 // they share an embedded nats-server as one cluster.
 type replicaSet struct {
-	fleet  *sim.Fleet
-	stacks []*Stack
-	urls   []string
-	stops  []func() error
+	ctx     context.Context
+	fleet   *sim.Fleet
+	natsURL string // "" without sync
+	events  bool
+	stacks  []*Stack
+	urls    []string
+	stops   []func() error
 }
 
 // startReplicaSet starts a kvsim fleet of workers and n routers in front of it. With
@@ -53,55 +56,9 @@ func startReplicaSet(t *testing.T, workers, n int, events, share bool, mutate fu
 		t.Cleanup(srv.Shutdown)
 		natsURL = srv.ClientURL()
 	}
-	rs := &replicaSet{fleet: fleet}
+	rs := &replicaSet{ctx: ctx, fleet: fleet, natsURL: natsURL, events: events}
 	for i := range n {
-		cfg := configs.Default()
-		cfg.Listen = "127.0.0.1:0"
-		cfg.Admin.Listen = ""
-		cfg.Health.Interval = 100 * time.Millisecond
-		cfg.Timeouts.Shutdown = 30 * time.Second
-		cfg.Tokenize.Timeout = 10 * time.Second
-		if share {
-			cfg.Replica = configs.Replica{NATSURL: natsURL, ID: fmt.Sprintf("r%d", i), Cluster: "test",
-				FlushInterval: time.Millisecond, Heartbeat: 100 * time.Millisecond, ExpireAfter: 400 * time.Millisecond}
-		}
-		if mutate != nil {
-			mutate(i, &cfg)
-		}
-		for _, info := range fleet.Infos() {
-			w := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 256, DPRanks: 1}
-			if events {
-				w.Events, w.Replay = info.Events, info.Replay
-			}
-			cfg.Workers = append(cfg.Workers, w)
-		}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		st, err := NewStack(&cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", cfg.Listen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, stop := context.WithCancel(ctx)
-		ready, done := make(chan struct{}), make(chan error, 1)
-		go func() { done <- st.Run(rctx, ln, func() { close(ready) }) }()
-		<-ready
-		var once sync.Once
-		var runErr error
-		stopFn := func() error { once.Do(func() { stop(); runErr = <-done }); return runErr }
-		t.Cleanup(func() {
-			http.DefaultTransport.(*http.Transport).CloseIdleConnections()
-			if err := stopFn(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("router %d: %v", i, err)
-			}
-		})
-		rs.stacks = append(rs.stacks, st)
-		rs.urls = append(rs.urls, "http://"+ln.Addr().String())
-		rs.stops = append(rs.stops, stopFn)
+		rs.start(t, i, mutate)
 	}
 	if events {
 		eventually(t, 10*time.Second, "event feeds subscribed", func() bool {
@@ -124,6 +81,58 @@ func startReplicaSet(t *testing.T, workers, n int, events, share bool, mutate fu
 		})
 	}
 	return rs
+}
+
+// start starts router i (replica id ri) and adds it to the set once it serves.
+func (rs *replicaSet) start(t *testing.T, i int, mutate func(i int, cfg *configs.Config)) {
+	t.Helper()
+	cfg := configs.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Admin.Listen = ""
+	cfg.Health.Interval = 100 * time.Millisecond
+	cfg.Timeouts.Shutdown = 30 * time.Second
+	cfg.Tokenize.Timeout = 10 * time.Second
+	if rs.natsURL != "" {
+		cfg.Replica = configs.Replica{NATSURL: rs.natsURL, ID: fmt.Sprintf("r%d", i), Cluster: "test",
+			FlushInterval: time.Millisecond, Heartbeat: 100 * time.Millisecond, ExpireAfter: 400 * time.Millisecond}
+	}
+	if mutate != nil {
+		mutate(i, &cfg)
+	}
+	for _, info := range rs.fleet.Infos() {
+		w := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 256, DPRanks: 1}
+		if rs.events {
+			w.Events, w.Replay = info.Events, info.Replay
+		}
+		cfg.Workers = append(cfg.Workers, w)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewStack(&cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(rs.ctx)
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- st.Run(rctx, ln, func() { close(ready) }) }()
+	<-ready
+	var once sync.Once
+	var runErr error
+	stopFn := func() error { once.Do(func() { stop(); runErr = <-done }); return runErr }
+	t.Cleanup(func() {
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+		if err := stopFn(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("router %d: %v", i, err)
+		}
+	})
+	rs.stacks = append(rs.stacks, st)
+	rs.urls = append(rs.urls, "http://"+ln.Addr().String())
+	rs.stops = append(rs.stops, stopFn)
 }
 
 // chatFixed streams one chat completion of exactly maxTokens tokens (ignore_eos), and
@@ -242,10 +251,11 @@ func TestReplicasShareRoutingDecisions(t *testing.T) {
 		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
 			rs := startReplicaSet(t, 4, 3, false, share, nil)
 			client := &http.Client{Timeout: 30 * time.Second}
-			followed := 0
+			followed, lastWorker := 0, ""
+			var msgs []chatMsg
 			for c := range convs {
 				rng := rand.New(rand.NewPCG(uint64(c), 23))
-				msgs := []chatMsg{{Role: "system", Content: someWords(rng, 400)}, {Role: "user", Content: someWords(rng, 30)}}
+				msgs = []chatMsg{{Role: "system", Content: someWords(rng, 400)}, {Role: "user", Content: someWords(rng, 30)}}
 				first := chatOnce(client, rs.urls[c%3], msgs, 8)
 				if first.err != nil {
 					t.Fatal(first.err)
@@ -260,6 +270,8 @@ func TestReplicasShareRoutingDecisions(t *testing.T) {
 				if second.err != nil {
 					t.Fatal(second.err)
 				}
+				lastWorker = first.worker
+				msgs = append(msgs, chatMsg{Role: "assistant", Content: second.reply})
 				if second.worker == first.worker {
 					followed++
 				} else if share {
@@ -270,6 +282,20 @@ func TestReplicasShareRoutingDecisions(t *testing.T) {
 				}
 			}
 			t.Logf("share=%v: %d of %d second turns on their first turn's worker", share, followed, convs)
+			if share {
+				// A fourth replica starting now restores a peer's index before it serves:
+				// it routes a third turn of the last conversation to where the others
+				// sent the first two, with no event feeds and no routing of its own.
+				rs.start(t, 3, func(_ int, cfg *configs.Config) { cfg.Replica.WarmTimeout = 5 * time.Second })
+				if n := rs.stacks[3].Index.Stats().PredictedEntries; n == 0 {
+					t.Fatal("the new replica restored no predictions")
+				}
+				msgs = append(msgs, chatMsg{Role: "assistant", Content: "ok"}, chatMsg{Role: "user", Content: "and then?"})
+				third := chatOnce(client, rs.urls[3], msgs, 8)
+				if third.err != nil || third.worker != lastWorker || third.cached == 0 {
+					t.Errorf("third turn via the restarted replica: worker %s (want %s), cached %d, err %v", third.worker, lastWorker, third.cached, third.err)
+				}
+			}
 			if !share && followed == convs {
 				t.Errorf("control without sync: all %d second turns still followed their first (chance 4^-%d): the test no longer distinguishes", convs, convs)
 			}
