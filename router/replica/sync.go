@@ -78,17 +78,18 @@ type Sync struct {
 	dumpSubject string
 	log         *slog.Logger
 	m           *metrics
-	maxPending  int
 	wake        chan struct{}
 
 	// remote holds the sum over live peers of each worker's load. The map is built by
 	// New from the pool and never changes: readers need no lock.
 	remote map[string]*remoteLoad
 
-	// mu guards pend and nPend, the encoded predictions not yet published.
-	mu    sync.Mutex
-	pend  []byte
-	nPend int
+	// mu guards pend and nPend, the encoded predictions not yet published, and
+	// maxPending, their bound in bytes.
+	mu         sync.Mutex
+	pend       []byte
+	nPend      int
+	maxPending int
 
 	// Run's goroutine only: what was last published per worker, the sequence number,
 	// buffers, and whether the next message must be a full one.
@@ -266,8 +267,10 @@ func (s *Sync) Peers() []string {
 // returns nil), or fails to subscribe. A NATS outage does not end it: publishes fail
 // (counted) and the connection reconnects on its own; the next message is a full one.
 func (s *Sync) Run(ctx context.Context) error {
-	if mp := s.nc.MaxPayload(); mp > 0 && s.maxPending > int(mp)/2 {
-		s.maxPending = int(mp) / 2
+	if mp := s.nc.MaxPayload(); mp > 0 {
+		s.mu.Lock()
+		s.maxPending = min(s.maxPending, int(mp)/2)
+		s.mu.Unlock()
 	}
 	sub, err := s.nc.Subscribe(s.subject, func(msg *nats.Msg) { s.apply(msg.Data, time.Now()) })
 	if err != nil {
@@ -419,11 +422,9 @@ func (s *Sync) apply(data []byte, now time.Time) {
 				next[wl.Worker] = l
 			}
 		}
-		for w, old := range p.loads {
+		for w, old := range p.loads { // only known workers are stored
 			if _, ok := next[w]; !ok {
-				if _, listed := s.remote[w]; listed {
-					s.remote[w].add(Load{}.sub(old))
-				}
+				s.remote[w].add(Load{}.sub(old))
 			}
 		}
 		p.loads, p.spare = next, p.loads
