@@ -46,7 +46,8 @@ type Options struct {
 	// Heartbeat is the period of full state messages. Default 1s.
 	Heartbeat time.Duration
 	// ExpireAfter drops a peer not heard from for this long, with its load; default 3 x
-	// Heartbeat. Peers must use the same Heartbeat and a longer ExpireAfter.
+	// Heartbeat. It must be longer than every peer's Heartbeat (replicas of a cluster
+	// should share one configuration).
 	ExpireAfter time.Duration
 	// PredictionTTL is the lifetime of a prediction received from a peer; 0 means the
 	// index's default.
