@@ -48,6 +48,8 @@ type Config struct {
 	Workers []Worker `yaml:"workers"`
 	// Admin configures the admin API and dashboard.
 	Admin Admin `yaml:"admin"`
+	// Replica configures state sharing between router replicas (router/replica).
+	Replica Replica `yaml:"replica"`
 
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
@@ -79,6 +81,32 @@ func (c *Config) AdminToken() string {
 		return c.Admin.Token
 	}
 	return os.Getenv(AdminTokenEnv)
+}
+
+// Replica configures how several routers behind one balancer act as one: each shares
+// its load per worker and its routing decisions over NATS and adds the others' to its
+// own when scoring (router/replica). With it, the load figures the policy and
+// cache_aware.max_inflight see are fleet-wide.
+type Replica struct {
+	// NATSURL is the NATS server the replicas share, e.g. "nats://10.0.0.2:4222".
+	// Default "": replica sync off.
+	NATSURL string `yaml:"nats_url"`
+	// ID names this replica, unique in its cluster. Default "": a random id at start.
+	ID string `yaml:"id"`
+	// Cluster names the group of replicas acting as one (one NATS subject each).
+	// Default "default".
+	Cluster string `yaml:"cluster"`
+	// FlushInterval is the shortest time between two state messages of this replica;
+	// changes within it are sent together. Default 5ms.
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// Heartbeat is the period of full state messages. Default 1s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// ExpireAfter is how long a silent peer's load keeps counting; longer than
+	// heartbeat. Default 3s.
+	ExpireAfter time.Duration `yaml:"expire_after"`
+	// WarmTimeout is how long a starting replica waits for a peer's index dump before
+	// it serves; 0 starts cold without asking. Default 5s.
+	WarmTimeout time.Duration `yaml:"warm_timeout"`
 }
 
 // Timeouts bound each phase of a forwarded request. Every value is a Go duration string
@@ -288,6 +316,8 @@ func Default() Config {
 		},
 		Headers: Headers{Worker: true, CachedBlocks: true},
 		Admin:   Admin{Listen: "127.0.0.1:9090"},
+		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
+			ExpireAfter: 3 * time.Second, WarmTimeout: 5 * time.Second},
 	}
 }
 
@@ -456,6 +486,7 @@ func (c *Config) Validate() error {
 			bad("admin.path_prefix: %q must be a path such as /admin, without a trailing slash, outside %s", p, strings.Join(reserved, " "))
 		}
 	}
+	c.Replica.validate(bad)
 	if len(c.Workers) == 0 {
 		bad("workers: at least one worker is required")
 	}
@@ -471,6 +502,34 @@ func (c *Config) Validate() error {
 		ids[w.ID] = i
 	}
 	return errors.Join(errs...)
+}
+
+func (r *Replica) validate(bad func(format string, args ...any)) {
+	if r.NATSURL != "" {
+		if u, err := url.Parse(r.NATSURL); err != nil || u.Host == "" {
+			bad("replica.nats_url: %q must be a NATS URL such as nats://host:4222", r.NATSURL)
+		}
+	}
+	if len(r.ID) > 256 || strings.ContainsAny(r.ID, " \t\n\"") {
+		bad("replica.id: %q must be at most 256 bytes without spaces or quotes", r.ID)
+	}
+	if r.Cluster == "" || strings.ContainsAny(r.Cluster, " \t\n.*>") {
+		bad("replica.cluster: %q must be one NATS subject token (no spaces, dots, * or >)", r.Cluster)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"replica.flush_interval", r.FlushInterval}, {"replica.heartbeat", r.Heartbeat}, {"replica.expire_after", r.ExpireAfter}} {
+		if d.v <= 0 {
+			bad("%s: %q must be positive", d.name, d.v.String())
+		}
+	}
+	if r.Heartbeat > 0 && r.ExpireAfter <= r.Heartbeat {
+		bad("replica.expire_after: %q must be longer than heartbeat %q", r.ExpireAfter.String(), r.Heartbeat.String())
+	}
+	if r.WarmTimeout < 0 {
+		bad("replica.warm_timeout: %q must be zero (cold start) or positive", r.WarmTimeout.String())
+	}
 }
 
 func (w *Worker) validate() error {

@@ -55,6 +55,21 @@ func TestFullFileValues(t *testing.T) {
 	}
 }
 
+func TestReplicaValues(t *testing.T) {
+	cfg, err := LoadFile("testdata/replica.good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Replica{NATSURL: "nats://10.0.0.2:4222", ID: "router-a", Cluster: "prod-eu", FlushInterval: 2 * time.Millisecond,
+		Heartbeat: 500 * time.Millisecond, ExpireAfter: 2 * time.Second}
+	if cfg.Replica != want {
+		t.Errorf("replica %+v, want %+v", cfg.Replica, want)
+	}
+	if d := Default().Replica; d.NATSURL != "" || d.Cluster != "default" || d.Heartbeat != time.Second || d.WarmTimeout != 5*time.Second {
+		t.Errorf("replica defaults %+v", d)
+	}
+}
+
 func TestBadFiles(t *testing.T) {
 	// Each bad file must fail with an error naming the file and containing every want.
 	cases := map[string][]string{
@@ -80,6 +95,8 @@ func TestBadFiles(t *testing.T) {
 		"bad_tokenize_model":    {`tokenize.models["m"]: "local:"`},
 		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1"},
 		"bad_admin":             {`admin.listen: "9090"`, `admin.path_prefix: "/v1/admin"`},
+		"replica": {`replica.nats_url: "10.0.0.2:4222"`, `replica.cluster: "prod.eu"`,
+			`replica.expire_after: "1s" must be longer than heartbeat "2s"`, `replica.warm_timeout: "-1s"`},
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yaml")
 	if len(files) != len(cases) {

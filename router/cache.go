@@ -141,6 +141,11 @@ func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate 
 		ID: w.ID, InFlight: w.InFlight(), OverlapBlocks: st.overlap(w.ID),
 		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
 	}
+	if s.replica != nil {
+		// The other replicas' load on w: the policy and the guard see the fleet's.
+		r := s.replica.Remote(w.ID)
+		c.InFlight, c.PendingPrefillTokens, c.ActiveBlocks = c.InFlight+r.InFlight, c.PendingPrefillTokens+r.PrefillTokens, c.ActiveBlocks+r.Blocks
+	}
 	if m, ok := w.Metrics(s.cfg.CacheAware.MetricsMaxAge); ok {
 		c.Waiting, c.KVUsage, c.HasMetrics = m.Waiting, m.KVUsage, true
 	}
@@ -166,7 +171,11 @@ func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *ups
 	prompt := st.req.PromptTokens
 	prefill := max(0, prompt-overlap*bs)
 	blocks := int(math.Ceil(float64(prompt) / float64(bs)))
-	return w.Begin(int64(prefill), int64(blocks), s.cfg.Timeouts.Total+loadGrace)
+	l := w.Begin(int64(prefill), int64(blocks), s.cfg.Timeouts.Total+loadGrace)
+	if s.replica != nil {
+		s.replica.Changed() // the other replicas learn of it within replica.flush_interval
+	}
+	return l
 }
 
 // committed records what a successful routing decision implies: the worker now holds
@@ -180,6 +189,9 @@ func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *rou
 		// is right; if another rank stores the blocks, the rank-0 prediction is not
 		// replaced by them and lasts until its TTL.
 		s.index.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+		if s.replica != nil {
+			s.replica.Predicted(w.ID, st.hashes)
+		}
 	}
 	if st.req.Blocks > 0 {
 		s.metrics.overlapRatio.WithLabelValues(model).Observe(float64(overlap) / float64(st.req.Blocks))

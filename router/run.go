@@ -18,6 +18,7 @@ import (
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/router/chat"
 	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/replica"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
@@ -34,6 +35,7 @@ type Stack struct {
 	Index    *indexer.Index
 	Events   *kvevents.Manager // ZMQ feeds; nil when no worker publishes events or source is nats
 	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
+	Replica  *replica.Sync     // state shared with other replicas; nil unless replica.nats_url is set
 	Scraper  *scrape.Scraper
 	Server   *Server
 	log      *slog.Logger
@@ -65,9 +67,12 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err := st.newEvents(reg); err != nil {
 		return nil, err
 	}
+	if err := st.newReplica(reg); err != nil {
+		return nil, err
+	}
 	st.Server, err = New(Options{
 		Config: cfg, Pool: st.Pool, Registerer: reg, Gatherer: reg, Logger: log,
-		Index: st.Index, Hasher: hasher,
+		Index: st.Index, Hasher: hasher, Replica: st.Replica,
 	})
 	if err != nil {
 		return nil, err
@@ -233,6 +238,50 @@ func (st *Stack) newEvents(reg prometheus.Registerer) error {
 	return nil
 }
 
+// newReplica builds the replica sync when replica.nats_url is set. The connection
+// retries in the background: a NATS server down at start delays the sync, never the
+// router.
+func (st *Stack) newReplica(reg prometheus.Registerer) error {
+	rc := st.Config.Replica
+	if rc.NATSURL == "" {
+		return nil
+	}
+	nc, err := nats.Connect(rc.NATSURL, nats.Name("kvroute-replica"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return fmt.Errorf("replica: connect to NATS %s: %w", rc.NATSURL, err)
+	}
+	st.closers = append(st.closers, nc.Close)
+	st.Replica, err = replica.New(replica.Options{
+		Conn: nc, Pool: st.Pool, Index: st.Index, ID: rc.ID, Cluster: rc.Cluster,
+		FlushInterval: rc.FlushInterval, Heartbeat: rc.Heartbeat, ExpireAfter: rc.ExpireAfter,
+		PredictionTTL: st.Config.CacheAware.PredictionTTL, Registerer: reg, Logger: st.log,
+	})
+	if err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
+}
+
+// startReplica restores a peer's index (before the event feeds start: the restore
+// replaces the dumped workers' entries) and starts the sync.
+func (st *Stack) startReplica(ctx context.Context, goRun func(func(context.Context))) {
+	if st.Replica == nil {
+		return
+	}
+	if t := st.Config.Replica.WarmTimeout; t > 0 {
+		if ok, err := st.Replica.WarmStart(ctx, t); ok {
+			st.log.Info("replica: index restored from a peer's dump", "blocks", st.Index.Stats().Blocks)
+		} else {
+			st.log.Info("replica: starting cold", "reason", err)
+		}
+	}
+	goRun(func(c context.Context) {
+		if err := st.Replica.Run(c); err != nil && c.Err() == nil {
+			st.log.Error("replica sync stopped", "err", err)
+		}
+	})
+}
+
 // setFeeds gives the event manager one feed per worker that publishes events. A feed's
 // model seeds the hashes of its blocks, so it must be the model name requests use: the
 // worker's first configured or discovered model.
@@ -280,6 +329,7 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	goRun(st.Pool.Run)
 	goRun(func(c context.Context) { st.Index.Run(c, 0) })
 	goRun(st.Scraper.Run)
+	st.startReplica(ctx, goRun)
 	if st.Events != nil {
 		if err := st.setFeeds(); err != nil {
 			return err

@@ -17,6 +17,7 @@ import (
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/replica"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/upstream"
 )
@@ -38,6 +39,9 @@ type Options struct {
 	// Hasher turns requests into block hashes (the configured tokenize mode, usually
 	// wrapped in prefix.Fallback); nil disables hashing.
 	Hasher prefix.Hasher
+	// Replica shares load and routing decisions with the other router replicas; nil
+	// when replica sync is off.
+	Replica *replica.Sync
 }
 
 // Server is the OpenAI-compatible routing proxy.
@@ -54,6 +58,7 @@ type Server struct {
 	// Cache-aware routing: nil index or hasher disable their part.
 	index     *indexer.Index
 	hasher    prefix.Hasher
+	replica   *replica.Sync
 	blocks    blockSizes
 	decisions *decisionLog
 	// mismatchLogged limits the block-size mismatch error to once at info level.
@@ -74,7 +79,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		cfg: opts.Config, pool: opts.Pool, sel: opts.Selector, log: opts.Logger,
-		index: opts.Index, hasher: opts.Hasher,
+		index: opts.Index, hasher: opts.Hasher, replica: opts.Replica,
 		blocks:    blockSizes{configured: opts.Config.CacheAware.BlockSize},
 		decisions: newDecisionLog(256),
 		traffic:   newTrafficStats(time.Now()),

@@ -26,7 +26,8 @@ type Candidate struct {
 	// ID is the worker's configured id.
 	ID string
 	// InFlight is the number of requests the router has sent to the worker that have
-	// not finished, counted by this router.
+	// not finished, counted by this router (plus, with replica sync, those the other
+	// replicas report: router/replica; likewise PendingPrefillTokens and ActiveBlocks).
 	InFlight int64
 	// OverlapBlocks is how many leading blocks of the request the worker has cached,
 	// per the indexer (confirmed or predicted).

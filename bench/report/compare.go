@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -65,13 +67,24 @@ type Config struct {
 	ProfileDir string
 	// Log receives the routers' logs; nil discards them.
 	Log *slog.Logger
+	// Replicas is the number of routers in front of the fleet, each reading every
+	// worker's events; requests go to them round-robin, as through an L4 balancer.
+	// 0 means 1.
+	Replicas int
+	// NoReplicaSync runs the replicas independently (the herding control) instead of
+	// sharing load and decisions over an embedded NATS server (router/replica).
+	NoReplicaSync bool
 }
 
 // Result is one policy's run.
 type Result struct {
-	Policy   string `json:"policy"`
-	Requests int    `json:"requests"`
-	Errors   int    `json:"errors"`
+	Policy string `json:"policy"`
+	// Replicas is the number of routers that served the run (1 unless Config.Replicas).
+	Replicas int `json:"replicas"`
+	// ReplicaSync is whether the replicas shared state.
+	ReplicaSync bool `json:"replica_sync,omitempty"`
+	Requests    int  `json:"requests"`
+	Errors      int  `json:"errors"`
 	// FirstError is one error message, for the report ("" when none).
 	FirstError string `json:"first_error,omitempty"`
 	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats).
@@ -205,7 +218,8 @@ func cpuSeconds() float64 {
 }
 
 func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy string) (Result, error) {
-	res := Result{Policy: policy, Requests: len(w.Requests)}
+	replicas := max(c.Replicas, 1)
+	res := Result{Policy: policy, Requests: len(w.Requests), Replicas: replicas, ReplicaSync: replicas > 1 && !c.NoReplicaSync}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var fleet *sim.Fleet
@@ -219,44 +233,44 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	if err != nil {
 		return res, err
 	}
+	if res.ReplicaSync {
+		var nats *natsbus.Embedded
+		withPart(ctx, partRouter, func(context.Context) { nats, err = natsbus.StartEmbedded(natsbus.EmbeddedOptions{NoJetStream: true}) })
+		if err != nil {
+			return res, fmt.Errorf("replica sync: %w", err)
+		}
+		defer nats.Shutdown()
+		cfg.Replica.NATSURL, cfg.Replica.Cluster, cfg.Replica.WarmTimeout = nats.ClientURL(), "kvbench", 0
+	}
 	log := c.Log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	st, err := router.NewStack(cfg, log)
-	if err != nil {
-		return res, fmt.Errorf("router: %w", err)
-	}
-	if sel, _ := peerSelector(policy); sel != nil {
-		// The Stack has no selector option: swap in a server on the same pool, index and
-		// (scraped) worker metrics that routes with the peer's selector. Token-id prompts
-		// hash exactly in every tokenize mode, so the approx hasher is exact here. Its
-		// metrics go to a private registry (the Stack's holds the unused server's).
-		srv, err := router.New(router.Options{
-			Config: cfg, Pool: st.Pool, Selector: sel, Registerer: prometheus.NewRegistry(),
-			Logger: log, Index: st.Index, Hasher: prefix.Approx{},
-		})
-		if err != nil {
-			return res, fmt.Errorf("router with %s: %w", policy, err)
+	var hosts []string
+	var stacks []*router.Stack
+	for i := range replicas {
+		rcfg := *cfg
+		if res.ReplicaSync {
+			rcfg.Replica.ID = fmt.Sprintf("kvbench-%d", i)
 		}
-		st.Server = srv
+		st, addr, stop, err := startRouter(ctx, &rcfg, policy, log)
+		if err != nil {
+			return res, err
+		}
+		defer stop()
+		hosts, stacks = append(hosts, addr), append(stacks, st)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return res, fmt.Errorf("listen: %w", err)
-	}
-	rctx, stopRouter := context.WithCancel(ctx)
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go withPart(rctx, partRouter, func(rctx context.Context) { done <- st.Run(rctx, ln, func() { close(ready) }) })
-	defer func() {
-		stopRouter()
-		<-done
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		return res, fmt.Errorf("router: %w", err)
+	if res.ReplicaSync {
+		if err := waitFor(ctx, 10*time.Second, func() bool {
+			for _, st := range stacks {
+				if len(st.Replica.Peers()) != replicas-1 {
+					return false
+				}
+			}
+			return true
+		}); err != nil {
+			return res, fmt.Errorf("replicas did not find each other: %w", err)
+		}
 	}
 	if cfg.Workers[0].Events != "" {
 		if err := waitFor(ctx, 10*time.Second, func() bool {
@@ -311,7 +325,8 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 		}
 	}()
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, DisableCompression: true}}
+	tr := &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, DisableCompression: true}
+	client := &http.Client{Transport: &roundRobin{base: tr, hosts: hosts}}
 	var progress func(int, int)
 	if c.Progress != nil {
 		progress = func(d, t int) { c.Progress(policy, d, t) }
@@ -323,7 +338,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	cpu0, t0 := cpuSeconds(), time.Now()
 	var outs []workload.Outcome
 	withPart(ctx, partClient, func(ctx context.Context) {
-		outs, err = workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + ln.Addr().String(), Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
+		outs, err = workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + hosts[0], Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
 	})
 	wall := time.Since(t0)
 	res.CPU = cpuSeconds() - cpu0
@@ -341,7 +356,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	res.HostLoad = loadAvg()
 	stopSample()
 	swg.Wait()
-	client.CloseIdleConnections()
+	tr.CloseIdleConnections()
 	if err != nil {
 		return res, err
 	}
@@ -387,6 +402,65 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	}
 	res.Load = busy.Seconds() / (wall.Seconds() * float64(len(workers)))
 	return res, nil
+}
+
+// startRouter builds and runs one router for policy; stop ends it.
+func startRouter(ctx context.Context, cfg *configs.Config, policy string, log *slog.Logger) (st *router.Stack, addr string, stop func(), err error) {
+	st, err = router.NewStack(cfg, log)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("router: %w", err)
+	}
+	if sel, _ := peerSelector(policy); sel != nil {
+		// The Stack has no selector option: swap in a server on the same pool, index and
+		// (scraped) worker metrics that routes with the peer's selector. Token-id prompts
+		// hash exactly in every tokenize mode, so the approx hasher is exact here. Its
+		// metrics go to a private registry (the Stack's holds the unused server's).
+		srv, err := router.New(router.Options{
+			Config: cfg, Pool: st.Pool, Selector: sel, Registerer: prometheus.NewRegistry(),
+			Logger: log, Index: st.Index, Hasher: prefix.Approx{}, Replica: st.Replica,
+		})
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("router with %s: %w", policy, err)
+		}
+		st.Server = srv
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("listen: %w", err)
+	}
+	rctx, stopRouter := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go withPart(rctx, partRouter, func(rctx context.Context) { done <- st.Run(rctx, ln, func() { close(ready) }) })
+	stop = func() {
+		stopRouter()
+		<-done
+	}
+	select {
+	case <-ready:
+	case err := <-done:
+		stopRouter()
+		return nil, "", nil, fmt.Errorf("router: %w", err)
+	}
+	return st, ln.Addr().String(), stop, nil
+}
+
+// roundRobin sends each request to the next of hosts in turn, whatever host its URL
+// names: the replicas behind a balancer that spreads requests evenly.
+type roundRobin struct {
+	base  http.RoundTripper
+	hosts []string
+	next  atomic.Uint64
+}
+
+func (rr *roundRobin) RoundTrip(req *http.Request) (*http.Response, error) {
+	if len(rr.hosts) < 2 {
+		return rr.base.RoundTrip(req)
+	}
+	r := req.Clone(req.Context())
+	r.URL.Host = rr.hosts[(rr.next.Add(1)-1)%uint64(len(rr.hosts))]
+	r.Host = r.URL.Host
+	return rr.base.RoundTrip(r)
 }
 
 // loadAvg returns the 1-minute load average, 0 when unknown.

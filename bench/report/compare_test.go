@@ -3,8 +3,12 @@ package report
 import (
 	"context"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,6 +124,68 @@ func TestPeerPoliciesRoute(t *testing.T) {
 		}
 		if r.HitRate < b.Infinite/2 {
 			t.Errorf("%s: hit rate %.3f below half the bound %.3f", r.Policy, r.HitRate, b.Infinite)
+		}
+	}
+}
+
+// Three replicas behind a round-robin balancer, sharing state, serve the quick
+// workload as one router does: no errors, and a hit rate within 10 points of a single
+// router's (each conversation's turns reach different replicas, so its affinity comes
+// from the shared decisions and events).
+func TestReplicasComparison(t *testing.T) {
+	w, err := workload.MultiTurn(workload.MultiTurnConfig{
+		Users: 12, Rounds: 3, Groups: 12, System: 600, Question: 50, Output: 8,
+		Think: time.Second, Rate: 12, Seed: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := sim.DefaultFleetConfig()
+	fc.Workers, fc.Worker.Model, fc.Worker.Profile, fc.Worker.KVBlocks = 4, "m", "test", 2048
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	one, err := Compare(ctx, w, Config{Fleet: fc, Policies: []string{"cache_aware"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	three, err := Compare(ctx, w, Config{Fleet: fc, Policies: []string{"cache_aware"}, Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []Result{one[0], three[0]} {
+		t.Logf("replicas %d (sync %v): hit %.3f, imbalance %.2f, errors %d", r.Replicas, r.ReplicaSync, r.HitRate, r.Imbalance, r.Errors)
+		if r.Errors != 0 {
+			t.Errorf("replicas %d: %d errors, first: %s", r.Replicas, r.Errors, r.FirstError)
+		}
+	}
+	if three[0].Replicas != 3 || !three[0].ReplicaSync {
+		t.Errorf("result %+v does not say 3 synced replicas", three[0])
+	}
+	if three[0].HitRate < one[0].HitRate-0.10 {
+		t.Errorf("3 replicas hit %.3f, more than 10 points below one router's %.3f", three[0].HitRate, one[0].HitRate)
+	}
+}
+
+// The balancer spreads requests evenly over the replicas, whatever host the URL names.
+func TestRoundRobinSpreads(t *testing.T) {
+	var counts [3]atomic.Int64
+	var hosts []string
+	for i := range counts {
+		srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { counts[i].Add(1) }))
+		defer srv.Close()
+		hosts = append(hosts, strings.TrimPrefix(srv.URL, "http://"))
+	}
+	client := &http.Client{Transport: &roundRobin{base: http.DefaultTransport, hosts: hosts}}
+	for range 30 {
+		resp, err := client.Get("http://" + hosts[0] + "/v1/completions")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	for i := range counts {
+		if n := counts[i].Load(); n != 10 {
+			t.Errorf("replica %d got %d of 30 requests, want 10", i, n)
 		}
 	}
 }

@@ -33,6 +33,10 @@ type Setup struct {
 	PromptTokens int64   `json:"prompt_tokens"`
 	OutputTokens int64   `json:"output_tokens"`
 	ArrivalSpan  float64 `json:"arrival_span_s"`
+	// Replicas is the number of routers (requests round-robin over them); ReplicaSync
+	// whether they shared state over NATS.
+	Replicas    int  `json:"replicas,omitempty"`
+	ReplicaSync bool `json:"replica_sync,omitempty"`
 }
 
 // WriteMarkdown writes the comparison table.
@@ -42,6 +46,13 @@ func WriteMarkdown(w io.Writer, s *Summary) error {
 		s.Workload, s.Requests, s.Setup.PromptTokens, s.Setup.OutputTokens, s.Setup.ArrivalSpan)
 	fmt.Fprintf(&b, "Fleet: %d kvsim workers, profile %s, time scale %g, block size %d, KV capacity %d blocks = %d tokens per worker.  \n",
 		s.Setup.Workers, s.Setup.Profile, s.Setup.TimeScale, s.Setup.BlockSize, s.Setup.KVBlocks, s.Setup.KVBlocks*s.Setup.BlockSize)
+	if s.Setup.Replicas > 1 {
+		how := "sharing load and routing decisions over NATS (router/replica)"
+		if !s.Setup.ReplicaSync {
+			how = "independent (no replica sync)"
+		}
+		fmt.Fprintf(&b, "Routers: %d replicas, %s, each reading every worker's events; requests round-robin over them.  \n", s.Setup.Replicas, how)
+	}
 	fmt.Fprintf(&b, "Bounds from the workload: infinite cache %.1f%%, one pooled LRU cache of the fleet's %d blocks %.1f%%.  \n",
 		100*s.Bounds.Infinite, s.Bounds.PooledBlocks, 100*s.Bounds.PooledLRU)
 	fmt.Fprintf(&b, "Machine: %s. TTFT/ITL/E2E are wall-clock at the client (time-scaled: divide by the time scale for modelled seconds). Load is simulated busy time over wall time; process CPU is router + fleet + load generator (one process), router CPU the router's share of it (goroutine-labelled CPU profile, 100 Hz); host load is the 1-minute load average after the run.\n\n", s.Setup.Machine)

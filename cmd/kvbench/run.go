@@ -48,6 +48,8 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	policies := fs.String("policies", strings.Join(report.Policies, ","), "comma-separated policies to run")
 	out := fs.String("out", "bench/out/run", "output `DIR`: report.md, report.json, PNG plots")
 	profiles := fs.Bool("cpuprofile", false, "also write each policy's CPU profile to the output DIR as cpu_<policy>.pprof (goroutines labelled part=router|fleet|client)")
+	replicas := fs.Int("replicas", 1, "routers in front of the fleet, requests round-robin over them (an L4 balancer)")
+	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -57,6 +59,10 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "kvbench run:", err)
 		return 1
+	}
+	if *replicas < 1 || *replicas > 16 {
+		fmt.Fprintln(stderr, "kvbench run: --replicas must be between 1 and 16")
+		return 2
 	}
 	if *speedup != 1 {
 		if *speedup <= 0 {
@@ -92,6 +98,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 			Machine: machine(), Workers: fc.Workers, Profile: fc.Worker.Profile, TimeScale: fc.Worker.TimeScale,
 			BlockSize: fc.Worker.BlockSize, KVBlocks: fc.Worker.KVBlocks, PromptTokens: w.PromptTokens(),
 			OutputTokens: w.OutputTokens(), ArrivalSpan: w.Requests[len(w.Requests)-1].At.Seconds(),
+			Replicas: *replicas, ReplicaSync: *replicas > 1 && *replicaSync,
 		},
 		Bounds: workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks),
 	}
@@ -107,7 +114,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	var mu sync.Mutex
 	last := time.Now()
 	s.Results, err = report.Compare(ctx, w, report.Config{
-		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir,
+		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync,
 		Progress: func(p string, done, total int) {
 			mu.Lock()
 			defer mu.Unlock()
