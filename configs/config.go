@@ -48,6 +48,16 @@ type Config struct {
 	Workers []Worker `yaml:"workers"`
 	// Admin configures the admin API and dashboard.
 	Admin Admin `yaml:"admin"`
+	// Auth configures the optional inbound API-key check on /v1/*.
+	Auth Auth `yaml:"auth"`
+	// RateLimit configures the optional per-key (or per-client-IP) rate limit.
+	RateLimit RateLimit `yaml:"rate_limit"`
+	// Limits bound client connections, header size and slow clients.
+	Limits Limits `yaml:"limits"`
+	// TLS configures TLS on the API and admin listeners; off by default.
+	TLS ListenerTLS `yaml:"tls"`
+	// Upstream configures the router's credentials and TLS towards the workers.
+	Upstream Upstream `yaml:"upstream"`
 
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
@@ -245,6 +255,13 @@ type Worker struct {
 	// DPRanks is the engine's data-parallel size: vLLM publishes rank N's events on the
 	// events (and replay) port + N, and each rank has its own cache. Default 1 (0 means 1).
 	DPRanks int `yaml:"dp_ranks"`
+	// APIKey is sent to this worker as "Authorization: Bearer <key>" on every request
+	// the router makes to it. Default "": upstream.api_key.
+	APIKey Secret `yaml:"api_key"`
+	// APIKeyEnv names an environment variable holding APIKey, read at startup.
+	APIKeyEnv string `yaml:"api_key_env"`
+	// TLS replaces upstream.tls for this worker (https:// URLs only). Default nil.
+	TLS *UpstreamTLS `yaml:"tls"`
 }
 
 // Policies lists the routing policy names [Config.Validate] accepts.
@@ -286,8 +303,19 @@ func Default() Config {
 			EjectMax:       30 * time.Second,
 			ModelsInterval: 30 * time.Second,
 		},
-		Headers: Headers{Worker: true, CachedBlocks: true},
-		Admin:   Admin{Listen: "127.0.0.1:9090"},
+		Headers:   Headers{Worker: true, CachedBlocks: true},
+		Admin:     Admin{Listen: "127.0.0.1:9090"},
+		RateLimit: RateLimit{MaxClients: 65536},
+		Limits: Limits{
+			MaxHeaderBytes: 8192,
+			MaxConnections: 10000,
+			HeaderTimeout:  10 * time.Second,
+			BodyTimeout:    60 * time.Second,
+			IdleTimeout:    2 * time.Minute,
+			WriteTimeout:   60 * time.Second,
+		},
+		TLS:      ListenerTLS{MinVersion: "1.2"},
+		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 	}
 }
 
@@ -317,6 +345,7 @@ func Load(data []byte) (*Config, error) {
 	for i := range cfg.Workers {
 		cfg.Workers[i].workerDefaults()
 	}
+	cfg.securityDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -456,6 +485,7 @@ func (c *Config) Validate() error {
 			bad("admin.path_prefix: %q must be a path such as /admin, without a trailing slash, outside %s", p, strings.Join(reserved, " "))
 		}
 	}
+	c.validateSecurity(bad)
 	if len(c.Workers) == 0 {
 		bad("workers: at least one worker is required")
 	}
@@ -506,7 +536,7 @@ func (w *Worker) validate() error {
 			return errors.New("models: empty model name")
 		}
 	}
-	return nil
+	return w.validateSecurity()
 }
 
 // ParseWorkerFlag parses the quick-start form of a worker,

@@ -80,6 +80,18 @@ func TestBadFiles(t *testing.T) {
 		"bad_tokenize_model":    {`tokenize.models["m"]: "local:"`},
 		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1"},
 		"bad_admin":             {`admin.listen: "9090"`, `admin.path_prefix: "/v1/admin"`},
+		"auth_key_source": {"auth.keys[0]: set key or key_env", "auth.keys[1]: set key or key_env, not both",
+			`auth.keys[2].key_env: "not a var" is not an environment variable name`, "auth.keys[3].key: shorter than 8",
+			`auth.keys[3].name: "a" is already used by auth.keys[0]`},
+		"auth_dup_key": {"auth.keys[1].key: same key as auth.keys[0]", `auth.keys[1].name: "bad name!"`},
+		"rate_limit": {"rate_limit.requests_per_second: -1", "rate_limit.burst: -2", "rate_limit.max_clients: 0",
+			"auth.keys[0].requests_per_second: -3"},
+		"limits": {"limits.max_header_bytes: 100", "limits.max_connections: 0", "limits.max_connections_per_ip: -1",
+			`limits.header_timeout: "0s"`, `limits.write_timeout: "-1s"`},
+		"tls_listener":  {`tls: cert_file "a.crt" and key_file "" must be set together`, `tls.min_version: "1.0"`},
+		"tls_client_ca": {`tls.client_ca_file: "ca.pem" set without cert_file`},
+		"upstream_keys": {"upstream: set api_key or api_key_env, not both", `upstream.tls: cert_file "c.pem"`,
+			"workers[0]: set api_key or api_key_env, not both", `workers[1]: tls: set but url "http://b:1" is not https://`},
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yaml")
 	if len(files) != len(cases) {
