@@ -1,6 +1,7 @@
 package router
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -112,6 +113,9 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 	if err != nil {
 		_ = aln.Close()
 		return err
+	}
+	if tc := st.Server.tlsConf; tc != nil {
+		aln = tls.NewListener(aln, tc) // the same certificate and client CAs as the API listener
 	}
 	st.admin.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(st.log.Handler(), slog.LevelDebug)}
 	st.admin.addr = aln.Addr().String()
@@ -311,6 +315,8 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 		{"max_attempts", cur.MaxAttempts, next.MaxAttempts}, {"timeouts", cur.Timeouts, next.Timeouts},
 		{"health", cur.Health, next.Health}, {"headers", cur.Headers, next.Headers},
 		{"admin", cur.Admin, next.Admin}, {"workers", cur.Workers, next.Workers},
+		{"auth", cur.Auth, next.Auth}, {"rate_limit", cur.RateLimit, next.RateLimit},
+		{"limits", cur.Limits, next.Limits}, {"tls", cur.TLS, next.TLS}, {"upstream", cur.Upstream, next.Upstream},
 	} {
 		if !reflect.DeepEqual(sec.old, sec.new) {
 			rep.RestartRequired = append(rep.RestartRequired, sec.name)
