@@ -150,7 +150,7 @@ func (c *guardConn) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		chunk := p[:min(len(p), writeChunk)]
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.l.lim.WriteTimeout)); err != nil {
+		if err := c.SetWriteDeadline(time.Now().Add(c.l.lim.WriteTimeout)); err != nil {
 			return n, err
 		}
 		m, err := c.Conn.Write(chunk)
