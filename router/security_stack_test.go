@@ -1,10 +1,17 @@
 package router
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +169,104 @@ func TestStackListenersTLS(t *testing.T) {
 	// A client that trusts the system roots only does not trust the router.
 	if _, err := (&http.Client{Timeout: 10 * time.Second}).Get(base + "/health"); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("a client without the CA: err = %v, want a certificate error", err)
+	}
+}
+
+// startStackOn runs a Stack for cfg on loopback until the test ends and returns its
+// base URL.
+func startStackOn(t *testing.T, cfg *configs.Config) (*Stack, string) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewStack(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- st.Run(ctx, ln, func() { close(ready) }) }()
+	<-ready
+	t.Cleanup(func() {
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("stack: %v", err)
+		}
+	})
+	return st, "http://" + ln.Addr().String()
+}
+
+// A kvsim worker behind TLS: forwarded requests, health checks, discovery, scrapes and
+// /tokenize all go over verified TLS with the worker's key; with the wrong CA the
+// worker is unavailable with a TLS error and requests get 503, not a panic.
+func TestStackHTTPSWorker(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "workers CA")
+	caFile := ca.WriteCA(t, dir, "ca.pem")
+	otherFile := tlstest.NewCA(t, "other").WriteCA(t, dir, "other.pem")
+	fc := sim.DefaultFleetConfig()
+	fc.Worker.Model = "m"
+	fc.Worker.RequireAPIKey = "tls-worker-key"
+	fleet, err := sim.StartFleet(context.Background(), fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fleet.Close() })
+	target, _ := url.Parse(fleet.Workers()[0].URL())
+	front := httptest.NewUnstartedServer(&httputil.ReverseProxy{
+		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target) },
+		FlushInterval: -1,
+	})
+	front.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "127.0.0.1").TLS}, MinVersion: tls.VersionTLS12}
+	front.Config.ErrorLog = log.New(io.Discard, "", 0) // the wrong-CA handshakes fail on purpose
+	front.StartTLS()
+	t.Cleanup(front.Close)
+
+	config := func(ca string) *configs.Config {
+		cfg := configs.Default()
+		cfg.Listen, cfg.Admin.Listen = "127.0.0.1:0", ""
+		cfg.Tokenize.Mode = "engine"
+		cfg.Tokenize.Timeout = 10 * time.Second
+		cfg.CacheAware.MetricsInterval = 50 * time.Millisecond
+		cfg.Health.Interval = 100 * time.Millisecond
+		cfg.Upstream.APIKey = "tls-worker-key"
+		cfg.Upstream.TLS.CAFile = ca
+		cfg.Workers = []configs.Worker{{ID: "tls0", URL: front.URL, MaxConns: 16}}
+		return &cfg
+	}
+	st, base := startStackOn(t, config(caFile))
+	if w := st.Pool.Workers()[0]; !w.Available() {
+		t.Fatalf("https worker not available: %+v", w.State())
+	}
+	for i := range 3 {
+		if code, body := chatWithKey(t, http.DefaultClient, base, "", fmt.Sprintf("over TLS %d", i)); code != 200 {
+			t.Fatalf("chat via an https worker: %d %s", code, body)
+		}
+	}
+	eventually(t, 10*time.Second, "the https worker scraped", func() bool {
+		_, ok := st.Pool.Workers()[0].Metrics(time.Minute)
+		return ok
+	})
+	if calls, errs := metricSum(t, st.Registry, "kvroute_tokenize_calls_total"), metricSum(t, st.Registry, "kvroute_tokenize_errors_total"); calls == 0 || errs != 0 {
+		t.Errorf("tokenize over TLS: calls %v errors %v", calls, errs)
+	}
+	if s := fleet.Workers()[0].Stats(); s.Requests != 3 || s.Unauthorized != 0 {
+		t.Errorf("worker stats %+v", s)
+	}
+
+	badCfg := config(otherFile)
+	badCfg.Workers[0].Models = []string{"m"} // known, so the request is refused for want of a healthy worker
+	bad, badBase := startStackOn(t, badCfg)
+	st0 := bad.Pool.Workers()[0].State()
+	if st0.Available || !strings.Contains(st0.LastError, "TLS to 127.0.0.1") || !strings.Contains(st0.LastError, "unknown authority") {
+		t.Errorf("wrong CA: %+v", st0)
+	}
+	if code, body := chatWithKey(t, http.DefaultClient, badBase, "", "x"); code != 503 || !strings.Contains(body, "no_healthy_worker") {
+		t.Errorf("chat with the worker's certificate unverifiable: %d %s", code, body)
 	}
 }
