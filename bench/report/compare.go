@@ -88,6 +88,9 @@ type Result struct {
 	// CPU is the whole process's CPU seconds during the replay: router, simulated fleet
 	// and load generator together (they share the process).
 	CPU float64 `json:"process_cpu_s"`
+	// CPUSplit divides the replay's CPU between router, fleet and load generator, from a
+	// CPU profile of the run; nil when the process was already being profiled.
+	CPUSplit *CPUSplit `json:"cpu_split,omitempty"`
 	// HostLoad is the host's 1-minute load average at the end of the replay (from
 	// /proc/loadavg; 0 where unavailable): above the CPU count, wall-clock latencies
 	// include waiting for a CPU.
@@ -201,7 +204,9 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	res := Result{Policy: policy, Requests: len(w.Requests)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	fleet, err := sim.StartFleet(ctx, c.Fleet)
+	var fleet *sim.Fleet
+	var err error
+	withPart(ctx, partFleet, func(ctx context.Context) { fleet, err = sim.StartFleet(ctx, c.Fleet) })
 	if err != nil {
 		return res, fmt.Errorf("start fleet: %w", err)
 	}
@@ -239,7 +244,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	rctx, stopRouter := context.WithCancel(ctx)
 	ready := make(chan struct{})
 	done := make(chan error, 1)
-	go func() { done <- st.Run(rctx, ln, func() { close(ready) }) }()
+	go withPart(rctx, partRouter, func(rctx context.Context) { done <- st.Run(rctx, ln, func() { close(ready) }) })
 	defer func() {
 		stopRouter()
 		<-done
@@ -307,10 +312,24 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	if c.Progress != nil {
 		progress = func(d, t int) { c.Progress(policy, d, t) }
 	}
+	prof, perr := startCPUProfile()
+	if perr != nil && c.Log != nil {
+		c.Log.Warn("no router/fleet/client CPU split for this run", "err", perr)
+	}
 	cpu0, t0 := cpuSeconds(), time.Now()
-	outs, err := workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + ln.Addr().String(), Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
+	var outs []workload.Outcome
+	withPart(ctx, partClient, func(ctx context.Context) {
+		outs, err = workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + ln.Addr().String(), Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
+	})
 	wall := time.Since(t0)
 	res.CPU = cpuSeconds() - cpu0
+	if prof != nil {
+		if sp, err := prof.split(); err == nil {
+			res.CPUSplit = &sp
+		} else if c.Log != nil {
+			c.Log.Warn("no router/fleet/client CPU split for this run", "err", err)
+		}
+	}
 	res.HostLoad = loadAvg()
 	stopSample()
 	swg.Wait()

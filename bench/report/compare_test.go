@@ -2,11 +2,13 @@ package report
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/google/pprof/profile"
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/bench/workload"
 )
@@ -44,6 +46,13 @@ func TestQuickComparison(t *testing.T) {
 			r.Policy, r.HitRate, 1000*r.TTFT.P50, 1000*r.TTFT.P90, r.Load, r.Imbalance, r.Errors)
 		if r.Errors != 0 {
 			t.Errorf("%s: %d errors, first: %s", r.Policy, r.Errors, r.FirstError)
+		}
+		// Every part did real work during the replay, so each got profile samples; a
+		// missing label means a part's goroutines escaped their pprof.Do.
+		if sp := r.CPUSplit; sp == nil || sp.Router <= 0 || sp.Fleet <= 0 || sp.Client <= 0 {
+			t.Errorf("%s: CPU split %+v: want router, fleet and client each > 0", r.Policy, sp)
+		} else if total := sp.Router + sp.Fleet + sp.Client + sp.Other; total > 1.5*r.CPU+0.1 {
+			t.Errorf("%s: CPU split sums to %.2fs, process CPU %.2fs", r.Policy, total, r.CPU)
 		}
 	}
 	b := workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks)
@@ -112,5 +121,31 @@ func TestPeerPoliciesRoute(t *testing.T) {
 		if r.HitRate < b.Infinite/2 {
 			t.Errorf("%s: hit rate %.3f below half the bound %.3f", r.Policy, r.HitRate, b.Infinite)
 		}
+	}
+}
+
+func TestSplitProfile(t *testing.T) {
+	st := []*profile.ValueType{{Type: "samples", Unit: "count"}, {Type: "cpu", Unit: "nanoseconds"}}
+	smp := func(ns int64, part string) *profile.Sample {
+		s := &profile.Sample{Value: []int64{1, ns}}
+		if part != "" {
+			s.Label = map[string][]string{partKey: {part}}
+		}
+		return s
+	}
+	p := &profile.Profile{SampleType: st, Sample: []*profile.Sample{
+		smp(30e6, partRouter), smp(10e6, partRouter), smp(50e6, partFleet), smp(20e6, partClient),
+		smp(5e6, ""), smp(7e6, "unknown"),
+	}}
+	got, err := splitProfile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := CPUSplit{Router: 0.04, Fleet: 0.05, Client: 0.02, Other: 0.012}
+	if math.Abs(got.Router-want.Router)+math.Abs(got.Fleet-want.Fleet)+math.Abs(got.Client-want.Client)+math.Abs(got.Other-want.Other) > 1e-9 {
+		t.Errorf("split = %+v, want %+v", got, want)
+	}
+	if _, err := splitProfile(&profile.Profile{SampleType: st[:1]}); err == nil {
+		t.Error("a profile without cpu samples was accepted")
 	}
 }
