@@ -540,7 +540,7 @@ func (w *Worker) validate() error {
 }
 
 // ParseWorkerFlag parses the quick-start form of a worker,
-// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N]", into a Worker with its
+// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N][,api_key_env=NAME]", into a Worker with its
 // defaults filled. It does not validate: [Config.Validate] does.
 func ParseWorkerFlag(s string) (Worker, error) {
 	parts := strings.Split(s, ",")
@@ -559,6 +559,8 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			w.Replay = v
 		case "models":
 			w.Models = strings.Split(v, "|")
+		case "api_key_env":
+			w.APIKeyEnv = v
 		case "dp_ranks":
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -566,7 +568,7 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			}
 			w.DPRanks = n
 		default:
-			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models or dp_ranks)", s, k)
+			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models, dp_ranks or api_key_env)", s, k)
 		}
 	}
 	w.workerDefaults()

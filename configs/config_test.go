@@ -156,6 +156,7 @@ func TestParseWorkerFlag(t *testing.T) {
 			want: Worker{ID: "g0", URL: "http://h:8000", Events: "tcp://h:5557", Replay: "tcp://h:5558", Models: []string{"a", "b"}, MaxConns: 1024, DPRanks: 1}},
 		{in: "http://h:8000,dp_ranks=4", want: Worker{ID: "h:8000", URL: "http://h:8000", MaxConns: 1024, DPRanks: 4}},
 		{in: "http://h:8000,dp_ranks=x", wantErr: `dp_ranks "x"`},
+		{in: "https://h:8443,api_key_env=GPU_KEY", want: Worker{ID: "h:8443", URL: "https://h:8443", MaxConns: 1024, DPRanks: 1, APIKeyEnv: "GPU_KEY"}},
 		{in: "http://h:8000,weight=2", wantErr: `unknown option "weight"`},
 		{in: "http://h:8000,events", wantErr: "not key=value"},
 	}
@@ -169,7 +170,7 @@ func TestParseWorkerFlag(t *testing.T) {
 		}
 		if err != nil || got.ID != c.want.ID || got.URL != c.want.URL || got.Events != c.want.Events ||
 			got.Replay != c.want.Replay || strings.Join(got.Models, "|") != strings.Join(c.want.Models, "|") || got.MaxConns != c.want.MaxConns ||
-			got.DPRanks != c.want.DPRanks {
+			got.DPRanks != c.want.DPRanks || got.APIKeyEnv != c.want.APIKeyEnv {
 			t.Errorf("ParseWorkerFlag(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
 		}
 	}

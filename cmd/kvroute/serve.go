@@ -36,7 +36,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: engine, approx or local:PATH (overrides the config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	var workers stringList
-	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B]`; repeat for each worker")
+	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME]`; repeat for each worker")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
