@@ -136,22 +136,29 @@ func refusal(err error) []byte {
 }
 
 // guardConn is an accepted connection: it releases its slot when closed and bounds
-// each write by the write timeout, 64 KiB at a time, so a client that stops reading is
-// cut while one that keeps reading a stream, however long, is not.
+// writes by the write timeout, 64 KiB at a time, so a client that stops reading is cut
+// while one that keeps reading a stream, however long, is not. To keep the cost off
+// each of a stream's many small writes, the deadline is only pushed forward when less
+// than half of the timeout is left: a stalled write fails between half the timeout and
+// the timeout after its last progress.
 type guardConn struct {
 	net.Conn
-	l      *guardListener
-	ip     netip.Addr
-	closed atomic.Bool
-	slow   atomic.Bool // a write timed out (counted once)
+	l        *guardListener
+	ip       netip.Addr
+	closed   atomic.Bool
+	slow     atomic.Bool // a write timed out (counted once)
+	deadline time.Time   // the write deadline last set; writes come from one goroutine at a time
 }
 
 func (c *guardConn) Write(p []byte) (int, error) {
 	n := 0
+	timeout := c.l.lim.WriteTimeout
 	for len(p) > 0 {
 		chunk := p[:min(len(p), writeChunk)]
-		if err := c.SetWriteDeadline(time.Now().Add(c.l.lim.WriteTimeout)); err != nil {
-			return n, err
+		if now := time.Now(); c.deadline.Sub(now) < timeout/2 {
+			if err := c.SetWriteDeadline(now.Add(timeout)); err != nil {
+				return n, err
+			}
 		}
 		m, err := c.Conn.Write(chunk)
 		n += m
@@ -165,6 +172,18 @@ func (c *guardConn) Write(p []byte) (int, error) {
 		p = p[m:]
 	}
 	return n, nil
+}
+
+// SetWriteDeadline sets the connection's write deadline and remembers it.
+func (c *guardConn) SetWriteDeadline(t time.Time) error {
+	c.deadline = t
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets both deadlines and remembers the write one.
+func (c *guardConn) SetDeadline(t time.Time) error {
+	c.deadline = t
+	return c.Conn.SetDeadline(t)
 }
 
 func (c *guardConn) Close() error {
