@@ -207,16 +207,19 @@ func TestMetricsFollowsAdminPolicy(t *testing.T) {
 	}
 }
 
-// benchServer is a Server with five inbound keys and no listener, for the gate's
-// benchmark and allocation test.
-func benchServer(tb testing.TB) *Server {
+// benchServer is a Server with no listener, for the gate's benchmark and allocation
+// test: with five inbound keys and a per-key rate limit, or with neither (the default
+// configuration) when off is true.
+func benchServer(tb testing.TB, off ...bool) *Server {
 	tb.Helper()
 	cfg := configs.Default()
 	cfg.Workers = []configs.Worker{{ID: "w", URL: "http://127.0.0.1:1", MaxConns: 1}}
-	for _, k := range []string{"k0-000000", "k1-111111", "k2-222222", "k3-333333", "k4-444444"} {
-		cfg.Auth.Keys = append(cfg.Auth.Keys, configs.APIKey{Name: k[:2], Key: configs.Secret(k)})
+	if len(off) == 0 || !off[0] {
+		for _, k := range []string{"k0-000000", "k1-111111", "k2-222222", "k3-333333", "k4-444444"} {
+			cfg.Auth.Keys = append(cfg.Auth.Keys, configs.APIKey{Name: k[:2], Key: configs.Secret(k)})
+		}
+		cfg.RateLimit.RequestsPerSecond = 1e12
 	}
-	cfg.RateLimit.RequestsPerSecond = 1e12
 	pool, err := upstream.NewPool(&cfg, nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -251,17 +254,25 @@ func TestAdmitDoesNotAllocate(t *testing.T) {
 	}
 }
 
-// BenchmarkAdmit measures the inbound gate of one request: API-key check among five
-// keys and the per-key rate limit. Compare runs with
+// BenchmarkAdmit measures the inbound gate of one request: "keys" checks the key among
+// five and takes a token from the key's bucket, "off" is the default configuration
+// (nothing to check). Compare runs with
 // benchstat old.txt new.txt (go test -run '^$' -bench Admit -count 10 ./router/).
 func BenchmarkAdmit(b *testing.B) {
-	s := benchServer(b)
-	ctx := benchCtx()
-	b.ReportAllocs()
-	for b.Loop() {
-		if !s.admit(ctx) {
-			b.Fatal("refused")
-		}
+	for _, c := range []struct {
+		name string
+		off  bool
+	}{{"keys", false}, {"off", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := benchServer(b, c.off)
+			ctx := benchCtx()
+			b.ReportAllocs()
+			for b.Loop() {
+				if !s.admit(ctx) {
+					b.Fatal("refused")
+				}
+			}
+		})
 	}
 }
 

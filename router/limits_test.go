@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -263,4 +264,50 @@ func newHTTPServer(t *testing.T, h http.Handler) string {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + ln.Addr().String()
+}
+
+// BenchmarkGuardConnWrite measures a 100-byte write (an SSE chunk) to a loopback TCP
+// connection whose peer reads everything, plain ("raw") and through guardConn's write
+// deadline ("guarded"). Compare runs with
+// benchstat old.txt new.txt (go test -run '^$' -bench GuardConnWrite -count 10 ./router/).
+func BenchmarkGuardConnWrite(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	chunk := []byte(strings.Repeat("x", 100))
+	for _, guarded := range []bool{false, true} {
+		name := "raw"
+		if guarded {
+			name = "guarded"
+		}
+		b.Run(name, func(b *testing.B) {
+			raw, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer raw.Close()
+			var w io.Writer = raw
+			if guarded {
+				l := &guardListener{lim: configs.Limits{WriteTimeout: time.Minute}, gate: &gate{}, open: new(atomic.Int64)}
+				w = &guardConn{Conn: raw, l: l}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := w.Write(chunk); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
