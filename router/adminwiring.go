@@ -117,7 +117,10 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 	if tc := st.Server.tlsConf; tc != nil {
 		aln = tls.NewListener(aln, tc) // the same certificate and client CAs as the API listener
 	}
-	st.admin.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(st.log.Handler(), slog.LevelDebug)}
+	lim := st.Config.Limits // the admin answers are small: whole-response bounds are fine here
+	st.admin.srv = &http.Server{Handler: h, ErrorLog: slog.NewLogLogger(st.log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: lim.HeaderTimeout, ReadTimeout: lim.HeaderTimeout + lim.BodyTimeout,
+		WriteTimeout: lim.WriteTimeout, IdleTimeout: lim.IdleTimeout, MaxHeaderBytes: lim.MaxHeaderBytes}
 	st.admin.addr = aln.Addr().String()
 	go func() { _ = st.admin.srv.Serve(aln) }()
 	st.log.Info("admin API serving", "listen", st.admin.addr)
