@@ -50,6 +50,16 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Replica configures state sharing between router replicas (router/replica).
 	Replica Replica `yaml:"replica"`
+	// Auth configures the optional inbound API-key check on /v1/*.
+	Auth Auth `yaml:"auth"`
+	// RateLimit configures the optional per-key (or per-client-IP) rate limit.
+	RateLimit RateLimit `yaml:"rate_limit"`
+	// Limits bound client connections, header size and slow clients.
+	Limits Limits `yaml:"limits"`
+	// TLS configures TLS on the API and admin listeners; off by default.
+	TLS ListenerTLS `yaml:"tls"`
+	// Upstream configures the router's credentials and TLS towards the workers.
+	Upstream Upstream `yaml:"upstream"`
 
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
@@ -273,6 +283,13 @@ type Worker struct {
 	// DPRanks is the engine's data-parallel size: vLLM publishes rank N's events on the
 	// events (and replay) port + N, and each rank has its own cache. Default 1 (0 means 1).
 	DPRanks int `yaml:"dp_ranks"`
+	// APIKey is sent to this worker as "Authorization: Bearer <key>" on every request
+	// the router makes to it. Default "": upstream.api_key.
+	APIKey Secret `yaml:"api_key"`
+	// APIKeyEnv names an environment variable holding APIKey, read at startup.
+	APIKeyEnv string `yaml:"api_key_env"`
+	// TLS replaces upstream.tls for this worker (https:// URLs only). Default nil.
+	TLS *UpstreamTLS `yaml:"tls"`
 }
 
 // Policies lists the routing policy names [Config.Validate] accepts.
@@ -314,8 +331,19 @@ func Default() Config {
 			EjectMax:       30 * time.Second,
 			ModelsInterval: 30 * time.Second,
 		},
-		Headers: Headers{Worker: true, CachedBlocks: true},
-		Admin:   Admin{Listen: "127.0.0.1:9090"},
+		Headers:   Headers{Worker: true, CachedBlocks: true},
+		Admin:     Admin{Listen: "127.0.0.1:9090"},
+		RateLimit: RateLimit{MaxClients: 65536},
+		Limits: Limits{
+			MaxHeaderBytes: 8192,
+			MaxConnections: 10000,
+			HeaderTimeout:  10 * time.Second,
+			BodyTimeout:    60 * time.Second,
+			IdleTimeout:    2 * time.Minute,
+			WriteTimeout:   60 * time.Second,
+		},
+		TLS:      ListenerTLS{MinVersion: "1.2"},
+		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
 			ExpireAfter: 3 * time.Second, WarmTimeout: 5 * time.Second},
 	}
@@ -347,6 +375,7 @@ func Load(data []byte) (*Config, error) {
 	for i := range cfg.Workers {
 		cfg.Workers[i].workerDefaults()
 	}
+	cfg.securityDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -487,6 +516,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.Replica.validate(bad)
+	c.validateSecurity(bad)
 	if len(c.Workers) == 0 {
 		bad("workers: at least one worker is required")
 	}
@@ -565,11 +595,11 @@ func (w *Worker) validate() error {
 			return errors.New("models: empty model name")
 		}
 	}
-	return nil
+	return w.validateSecurity()
 }
 
 // ParseWorkerFlag parses the quick-start form of a worker,
-// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N]", into a Worker with its
+// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N][,api_key_env=NAME]", into a Worker with its
 // defaults filled. It does not validate: [Config.Validate] does.
 func ParseWorkerFlag(s string) (Worker, error) {
 	parts := strings.Split(s, ",")
@@ -588,6 +618,8 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			w.Replay = v
 		case "models":
 			w.Models = strings.Split(v, "|")
+		case "api_key_env":
+			w.APIKeyEnv = v
 		case "dp_ranks":
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -595,7 +627,7 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			}
 			w.DPRanks = n
 		default:
-			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models or dp_ranks)", s, k)
+			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models, dp_ranks or api_key_env)", s, k)
 		}
 	}
 	w.workerDefaults()

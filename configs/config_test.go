@@ -97,6 +97,18 @@ func TestBadFiles(t *testing.T) {
 		"bad_admin":             {`admin.listen: "9090"`, `admin.path_prefix: "/v1/admin"`},
 		"replica": {`replica.nats_url: "10.0.0.2:4222"`, `replica.cluster: "prod.eu"`,
 			`replica.expire_after: "1s" must be longer than heartbeat "2s"`, `replica.warm_timeout: "-1s"`},
+		"auth_key_source": {"auth.keys[0]: set key or key_env", "auth.keys[1]: set key or key_env, not both",
+			`auth.keys[2].key_env: "not a var" is not an environment variable name`, "auth.keys[3].key: shorter than 8",
+			`auth.keys[3].name: "a" is already used by auth.keys[0]`},
+		"auth_dup_key": {"auth.keys[1].key: same key as auth.keys[0]", `auth.keys[1].name: "bad name!"`},
+		"rate_limit": {"rate_limit.requests_per_second: -1", "rate_limit.burst: -2", "rate_limit.max_clients: 0",
+			"auth.keys[0].requests_per_second: -3"},
+		"limits": {"limits.max_header_bytes: 100", "limits.max_connections: 0", "limits.max_connections_per_ip: -1",
+			`limits.header_timeout: "0s"`, `limits.write_timeout: "-1s"`},
+		"tls_listener":  {`tls: cert_file "a.crt" and key_file "" must be set together`, `tls.min_version: "1.0"`},
+		"tls_client_ca": {`tls.client_ca_file: "ca.pem" set without cert_file`},
+		"upstream_keys": {"upstream: set api_key or api_key_env, not both", `upstream.tls: cert_file "c.pem"`,
+			"workers[0]: set api_key or api_key_env, not both", `workers[1]: tls: set but url "http://b:1" is not https://`},
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yaml")
 	if len(files) != len(cases) {
@@ -161,6 +173,7 @@ func TestParseWorkerFlag(t *testing.T) {
 			want: Worker{ID: "g0", URL: "http://h:8000", Events: "tcp://h:5557", Replay: "tcp://h:5558", Models: []string{"a", "b"}, MaxConns: 1024, DPRanks: 1}},
 		{in: "http://h:8000,dp_ranks=4", want: Worker{ID: "h:8000", URL: "http://h:8000", MaxConns: 1024, DPRanks: 4}},
 		{in: "http://h:8000,dp_ranks=x", wantErr: `dp_ranks "x"`},
+		{in: "https://h:8443,api_key_env=GPU_KEY", want: Worker{ID: "h:8443", URL: "https://h:8443", MaxConns: 1024, DPRanks: 1, APIKeyEnv: "GPU_KEY"}},
 		{in: "http://h:8000,weight=2", wantErr: `unknown option "weight"`},
 		{in: "http://h:8000,events", wantErr: "not key=value"},
 	}
@@ -174,7 +187,7 @@ func TestParseWorkerFlag(t *testing.T) {
 		}
 		if err != nil || got.ID != c.want.ID || got.URL != c.want.URL || got.Events != c.want.Events ||
 			got.Replay != c.want.Replay || strings.Join(got.Models, "|") != strings.Join(c.want.Models, "|") || got.MaxConns != c.want.MaxConns ||
-			got.DPRanks != c.want.DPRanks {
+			got.DPRanks != c.want.DPRanks || got.APIKeyEnv != c.want.APIKeyEnv {
 			t.Errorf("ParseWorkerFlag(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
 		}
 	}

@@ -6,4 +6,9 @@
 // default, and [Config.Validate] runs after decoding: an invalid value is an error quoting
 // it, never silently replaced. configs/kvroute.example.yaml documents every key and is
 // loaded by a test, so it cannot drift from the code.
+//
+// Secrets (API keys) come from the file or, better, from environment variables named
+// in it; they are held as [Secret], which never prints its value. [Config.CheckFiles]
+// does the I/O Load leaves out: it reads those variables and the TLS certificate, key
+// and CA files, and reports every problem at once.
 package configs

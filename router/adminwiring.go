@@ -1,6 +1,7 @@
 package router
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,7 +114,13 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 		_ = aln.Close()
 		return err
 	}
-	st.admin.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(st.log.Handler(), slog.LevelDebug)}
+	if tc := st.Server.tlsConf; tc != nil {
+		aln = tls.NewListener(aln, tc) // the same certificate and client CAs as the API listener
+	}
+	lim := st.Config.Limits // the admin answers are small: whole-response bounds are fine here
+	st.admin.srv = &http.Server{Handler: h, ErrorLog: slog.NewLogLogger(st.log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: lim.HeaderTimeout, ReadTimeout: lim.HeaderTimeout + lim.BodyTimeout,
+		WriteTimeout: lim.WriteTimeout, IdleTimeout: lim.IdleTimeout, MaxHeaderBytes: lim.MaxHeaderBytes}
 	st.admin.addr = aln.Addr().String()
 	go func() { _ = st.admin.srv.Serve(aln) }()
 	st.log.Info("admin API serving", "listen", st.admin.addr)
@@ -311,6 +318,8 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 		{"max_attempts", cur.MaxAttempts, next.MaxAttempts}, {"timeouts", cur.Timeouts, next.Timeouts},
 		{"health", cur.Health, next.Health}, {"headers", cur.Headers, next.Headers},
 		{"admin", cur.Admin, next.Admin}, {"workers", cur.Workers, next.Workers},
+		{"auth", cur.Auth, next.Auth}, {"rate_limit", cur.RateLimit, next.RateLimit},
+		{"limits", cur.Limits, next.Limits}, {"tls", cur.TLS, next.TLS}, {"upstream", cur.Upstream, next.Upstream},
 	} {
 		if !reflect.DeepEqual(sec.old, sec.new) {
 			rep.RestartRequired = append(rep.RestartRequired, sec.name)

@@ -4,6 +4,9 @@
 // Where things happen, in request order:
 //
 //   - server.go: the fasthttp listener and the endpoint table (handler).
+//   - limits.go: below TLS, the connection limits (refused with an OpenAI-shaped answer)
+//     and the per-write timeout; auth.go: the gate every request passes first (API key,
+//     rate limit from ratelimit.go, the admin token of /metrics).
 //   - request.go, scan.go: parseRequest reads only the fields routing needs (model,
 //     stream, messages or prompt, user) with a validating scanner; the original body
 //     bytes are forwarded untouched.
@@ -22,4 +25,10 @@
 // to the client; every worker.Begin is matched by exactly one End, including when the
 // client disconnects mid-stream; fasthttp's RequestCtx is never touched from the
 // streaming writer (it runs after the handler returns), which only sees copies.
+//
+// Security invariants: while auth.keys are set no request but /health, /ready, /metrics
+// and the admin path (which checks its own token) reaches the endpoint table without a
+// valid key, and the client's Authorization and api-key headers never reach a worker;
+// the gate does not allocate; a forwarded request is only ever sent to a pool worker's
+// address, whatever the request says.
 package router

@@ -25,6 +25,16 @@ var (
 	errShuttingDown  = errors.New("router is shutting down")
 	errClientGone    = errors.New("client disconnected")
 	errStreamTimeout = errors.New("upstream stream timed out")
+
+	// Refusals of the inbound gate (auth.go, limits.go).
+	errMissingKey     = errors.New("missing API key: send it as Authorization: Bearer <key>")
+	errInvalidKey     = errors.New("invalid API key")
+	errMetricsToken   = errors.New("/metrics needs the admin token: send it as Authorization: Bearer <token>")
+	errRateLimited    = errors.New("rate limit exceeded: retry after the time in the Retry-After header")
+	errHeaderTooLarge = errors.New("request headers too large")
+	errRequestTimeout = errors.New("request not received in time")
+	errTooManyConns   = errors.New("too many connections to the router")
+	errTooManyConnsIP = errors.New("too many connections from this address")
 )
 
 // apiStatus is how an error is shown to a client.
@@ -38,6 +48,18 @@ type apiStatus struct {
 func statusOf(err error) apiStatus {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errMissingKey), errors.Is(err, errInvalidKey), errors.Is(err, errMetricsToken):
+		return apiStatus{fasthttp.StatusUnauthorized, "invalid_request_error", "invalid_api_key"}
+	case errors.Is(err, errRateLimited):
+		return apiStatus{fasthttp.StatusTooManyRequests, "requests", "rate_limit_exceeded"}
+	case errors.Is(err, errTooManyConnsIP):
+		return apiStatus{fasthttp.StatusTooManyRequests, "requests", "too_many_connections"}
+	case errors.Is(err, errTooManyConns):
+		return apiStatus{fasthttp.StatusServiceUnavailable, "service_unavailable", "too_many_connections"}
+	case errors.Is(err, errHeaderTooLarge):
+		return apiStatus{fasthttp.StatusRequestHeaderFieldsTooLarge, "invalid_request_error", "request_header_too_large"}
+	case errors.Is(err, errRequestTimeout):
+		return apiStatus{fasthttp.StatusRequestTimeout, "invalid_request_error", "request_timeout"}
 	case errors.Is(err, errInvalidJSON):
 		return apiStatus{fasthttp.StatusBadRequest, "invalid_request_error", "invalid_json"}
 	case errors.Is(err, errInvalidField):
@@ -70,6 +92,8 @@ func errorKind(err error) string {
 	switch {
 	case errors.As(err, &de):
 		return "connect"
+	case upstream.IsTLSError(err):
+		return "tls"
 	case errors.Is(err, errStreamTimeout), errors.Is(err, fasthttp.ErrTimeout), errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, errStatus5xx):

@@ -121,6 +121,8 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	for _, h := range hopByHop {
 		req.Header.Del(h)
 	}
+	s.stripCredentials(&req.Header, w.HasAPIKey())
+	w.Authorize(&req.Header)
 	req.SetRequestURI(w.URL + ep.path())
 	req.Header.Set("X-Request-Id", reqID)
 	req.Header.Set("X-Forwarded-For", forwardedFor(ctx))

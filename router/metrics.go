@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 		}, []string{"model"}),
 		upErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_router_upstream_errors_total",
-			Help: "Failed attempts on a worker by kind: connect, timeout, status_5xx, status_429, io.",
+			Help: "Failed attempts on a worker by kind: connect, tls, timeout, status_5xx, status_429, io.",
 		}, []string{"worker", "kind"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_router_retries_total",

@@ -55,6 +55,10 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if st.Pool, err = upstream.NewPool(cfg, reg); err != nil {
 		return nil, err
 	}
+	st.closers = append(st.closers, st.Pool.CloseIdleConnections)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config: " + w)
+	}
 	if st.Index, err = indexer.New(indexer.Options{
 		MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL, Registerer: reg,
 	}); err != nil {
@@ -77,7 +81,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	st.Scraper, err = scrape.New(scrape.Config{Interval: cfg.CacheAware.MetricsInterval, Timeout: cfg.Health.Timeout},
+	st.Scraper, err = scrape.New(scrape.Config{Interval: cfg.CacheAware.MetricsInterval, Timeout: cfg.Health.Timeout, Client: st.Pool.HTTPClient()},
 		st.scrapeTargets, st.Server.onScrape, reg)
 	if err != nil {
 		return nil, fmt.Errorf("scrape: %w", err)
@@ -122,6 +126,7 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
 		if engine == nil {
 			eng, err := prefix.NewEngine(prefix.EngineOptions{
 				Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
+				Client: st.Pool.HTTPClient(), // the workers' API keys and TLS, and only them
 			})
 			if err != nil {
 				return nil, fmt.Errorf("tokenize: %w", err)

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +71,12 @@ type Server struct {
 	traffic *trafficStats
 	policy  *swappableSelector
 	admin   fasthttp.RequestHandler
+
+	// Inbound security (auth.go, ratelimit.go, limits.go): the checks of each request,
+	// the listeners' TLS configuration (nil: plain) and the open client connections.
+	gate     *gate
+	tlsConf  *tls.Config
+	openConn atomic.Int64
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -104,17 +111,37 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	if s.gate, err = newGate(opts.Config, reg); err != nil {
+		return nil, err
+	}
+	if s.tlsConf, err = opts.Config.TLS.ServerConfig(); err != nil {
+		return nil, err
+	}
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kvroute_router_open_connections",
+		Help: "Client connections open on the API listener.",
+	}, func() float64 { return float64(s.openConn.Load()) })); err != nil {
+		return nil, fmt.Errorf("register connection metric: %w", err)
+	}
 	if gat == nil {
 		gat = prometheus.DefaultGatherer
 	}
 	s.metricsH = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(gat, promhttp.HandlerOpts{}))
+	lim := opts.Config.Limits
+	bodyTimeout := fasthttp.RequestConfig{ReadTimeout: lim.BodyTimeout}
 	s.srv = &fasthttp.Server{
-		Handler:                       s.handle,
-		ErrorHandler:                  s.handleParseError,
-		Name:                          "kvroute",
-		MaxRequestBodySize:            opts.Config.MaxBodyBytes,
-		ReadTimeout:                   opts.Config.Timeouts.Total,
-		IdleTimeout:                   2 * time.Minute,
+		Handler:            s.handle,
+		ErrorHandler:       s.handleParseError,
+		Name:               "kvroute",
+		MaxRequestBodySize: opts.Config.MaxBodyBytes,
+		// Slow clients: the request line and headers within header_timeout, then the
+		// body within body_timeout; writes are bounded by guardConn (limits.go).
+		ReadTimeout:    lim.HeaderTimeout,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig { return bodyTimeout },
+		IdleTimeout:    lim.IdleTimeout,
+		ReadBufferSize: lim.MaxHeaderBytes,
+		// The guard listener enforces max_connections with a proper answer first.
+		Concurrency:                   lim.MaxConnections + 64,
 		DisableHeaderNamesNormalizing: true,
 		NoDefaultServerHeader:         true,
 		NoDefaultContentType:          true,
@@ -125,8 +152,13 @@ func New(opts Options) (*Server, error) {
 }
 
 // Serve accepts connections on ln until [Server.Shutdown]. It returns nil after a
-// shutdown.
+// shutdown. It applies the connection limits and, when configured, TLS to ln.
 func (s *Server) Serve(ln net.Listener) error {
+	s.gate.setListener(ln.Addr(), s.cfg.AdminToken())
+	ln = newGuardListener(ln, s.cfg.Limits, s.gate, &s.openConn, s.tlsConf)
+	if s.tlsConf != nil {
+		ln = tls.NewListener(ln, s.tlsConf)
+	}
 	if err := s.srv.Serve(ln); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -145,6 +177,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // handle is the endpoint table.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	if !s.admit(ctx) {
+		return
+	}
 	switch string(ctx.Path()) {
 	case "/v1/chat/completions":
 		s.handleInference(ctx, epChat)
@@ -207,10 +242,22 @@ func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 // malformed HTTP) with an OpenAI-shaped error.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var status apiStatus
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.gate.rejected[reasonBodyTooLarge].Inc()
 		err = fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, s.cfg.MaxBodyBytes)
 		status = statusOf(err)
-	} else {
+	case errors.As(err, &small):
+		s.gate.rejected[reasonHeaderTooLarge].Inc()
+		err = fmt.Errorf("%w: the limit is %d bytes", errHeaderTooLarge, s.cfg.Limits.MaxHeaderBytes)
+		status = statusOf(err)
+	case errors.As(err, &ne) && ne.Timeout():
+		s.gate.rejected[reasonSlowClient].Inc()
+		err = fmt.Errorf("%w: headers within %s, body within %s", errRequestTimeout, s.cfg.Limits.HeaderTimeout, s.cfg.Limits.BodyTimeout)
+		status = statusOf(err)
+	default:
 		err = fmt.Errorf("%w: malformed HTTP request: %w", errInvalidField, err)
 		status = statusOf(err)
 	}

@@ -13,6 +13,11 @@
 // eject_max; it is re-admitted when the ejection has passed and a health check succeeds.
 // Availability is one atomic load on the request path.
 //
+// Every request the router makes to a worker carries the worker's API key when one is
+// configured ([Worker.Authorize] on fasthttp requests, [Pool.HTTPClient] for net/http
+// calls) and uses the worker's TLS settings; Pool.HTTPClient refuses any host that is
+// not a pool worker and never follows redirects.
+//
 // Goroutines: [Pool.Run] runs one health/discovery loop per worker until its context
 // ends. Every Worker method is safe for concurrent use.
 package upstream

@@ -20,6 +20,7 @@ import (
 type Pool struct {
 	workers []*Worker
 	byID    map[string]*Worker
+	byURL   map[string]*Worker // by base URL (Worker.URL), for HTTPClient
 	health  configs.Health
 	metrics *poolMetrics
 	// now is the clock; tests may replace it before Run.
@@ -37,14 +38,15 @@ type poolMetrics struct {
 // registered). Workers start unavailable until [Pool.Start] or [Pool.Run] has checked
 // them.
 func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
-	p := &Pool{byID: map[string]*Worker{}, health: cfg.Health, now: time.Now}
+	p := &Pool{byID: map[string]*Worker{}, byURL: map[string]*Worker{}, health: cfg.Health, now: time.Now}
 	for _, wc := range cfg.Workers {
-		w, err := newWorker(wc, cfg.Timeouts)
+		w, err := newWorker(wc, cfg)
 		if err != nil {
 			return nil, err
 		}
 		p.workers = append(p.workers, w)
 		p.byID[w.ID] = w
+		p.byURL[w.URL] = w
 	}
 	p.metrics = &poolMetrics{
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -237,11 +239,12 @@ func (p *Pool) probe(ctx context.Context, w *Worker) error {
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(w.URL + p.health.Path)
 	req.Header.SetMethod(fasthttp.MethodGet)
+	w.Authorize(&req.Header)
 	if err := doCtx(ctx, w.plain, req, resp, p.health.Timeout); err != nil {
-		return fmt.Errorf("health check: %w", err)
+		return fmt.Errorf("health check: %w", w.explainTLS(err))
 	}
 	if sc := resp.StatusCode(); sc != fasthttp.StatusOK {
-		return fmt.Errorf("health check: status %d", sc)
+		return fmt.Errorf("health check: status %d%s", sc, authHint(sc))
 	}
 	return nil
 }
@@ -254,11 +257,12 @@ func (p *Pool) discover(ctx context.Context, w *Worker) error {
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(w.URL + "/v1/models")
 	req.Header.SetMethod(fasthttp.MethodGet)
+	w.Authorize(&req.Header)
 	if err := doCtx(ctx, w.plain, req, resp, p.health.Timeout); err != nil {
-		return fmt.Errorf("list models: %w", err)
+		return fmt.Errorf("list models: %w", w.explainTLS(err))
 	}
 	if sc := resp.StatusCode(); sc != fasthttp.StatusOK {
-		return fmt.Errorf("list models: status %d", sc)
+		return fmt.Errorf("list models: status %d%s", sc, authHint(sc))
 	}
 	models, err := ParseModels(resp.Body())
 	if err != nil {

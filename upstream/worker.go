@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"sync"
@@ -28,6 +29,13 @@ type Worker struct {
 
 	host string
 	tls  bool
+	// auth is the Authorization header value sent on every request to the worker
+	// ("Bearer <key>"); nil when no key is configured. tlsConf is the TLS configuration
+	// of an https:// worker (nil for http://) and httpT the net/http transport of the
+	// calls made with net/http (see Pool.HTTPClient).
+	auth    []byte
+	tlsConf *tls.Config
+	httpT   *http.Transport
 	// stream carries streaming requests (header wait bounded by the first-byte timeout),
 	// plain everything else (bounded by the total timeout only).
 	stream, plain *fasthttp.HostClient
@@ -58,10 +66,19 @@ type Worker struct {
 	lastErr      string
 }
 
-func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
+func newWorker(wc configs.Worker, cfg *configs.Config) (*Worker, error) {
+	t := cfg.Timeouts
 	u, err := url.Parse(wc.URL)
 	if err != nil {
 		return nil, fmt.Errorf("worker %q: parse url: %w", wc.ID, err)
+	}
+	key, err := cfg.WorkerAPIKey(wc)
+	if err != nil {
+		return nil, fmt.Errorf("worker %q: %w", wc.ID, err)
+	}
+	tlsConf, err := cfg.WorkerTLS(wc)
+	if err != nil {
+		return nil, fmt.Errorf("worker %q: %w", wc.ID, err)
 	}
 	w := &Worker{
 		ID:          wc.ID,
@@ -74,6 +91,10 @@ func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
 		models:      slices.Clone(wc.Models),
 		fixedModels: len(wc.Models) > 0,
 		loads:       map[*Load]struct{}{},
+		tlsConf:     tlsConf,
+	}
+	if key != "" {
+		w.auth = []byte("Bearer " + key)
 	}
 	w.prefillNsPerToken.Store(defaultPrefillNsPerToken)
 	if u.Port() == "" {
@@ -81,6 +102,7 @@ func newWorker(wc configs.Worker, t configs.Timeouts) (*Worker, error) {
 	}
 	w.stream = w.newClient(wc.MaxConns, t.Connect, t.FirstByte)
 	w.plain = w.newClient(wc.MaxConns, t.Connect, 0)
+	w.httpT = w.newTransport(t.Connect)
 	return w, nil
 }
 
@@ -117,17 +139,9 @@ func (w *Worker) newClient(maxConns int, connect, firstByte time.Duration) *fast
 		},
 	}
 	if w.tls {
-		hc.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: hostOnly(w.host)}
+		hc.TLSConfig = w.tlsConf.Clone()
 	}
 	return hc
-}
-
-func hostOnly(hostport string) string {
-	h, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return hostport
-	}
-	return h
 }
 
 // DialError is a failure to connect to a worker: nothing was sent, so the request can

@@ -66,6 +66,11 @@ type Config struct {
 	Seed int64 `yaml:"seed"`
 	// Faults are the faults active from the start. Default none.
 	Faults Faults `yaml:"faults"`
+	// RequireAPIKey, when set, makes the worker answer 401 to every request without
+	// exactly one "Authorization: Bearer <RequireAPIKey>" header, on every path but the
+	// /sim/ control endpoints. That is stricter than vLLM's --api-key, which guards /v1/*
+	// only, so that a test sees every request a client makes carry the key. Default "".
+	RequireAPIKey string `yaml:"require_api_key"`
 
 	// Tokenizer replaces the built-in [WordTokenizer] (Go API only). If it also
 	// implements [ChatTemplate] it renders chats too.

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +70,9 @@ type Stats struct {
 	NextSeq, EventBatchesSent, EventBatchesDropped uint64
 	// Failed, Hung and Died count requests hit by the matching fault.
 	Failed, Hung, Died uint64
+	// Unauthorized counts requests refused for a missing or wrong API key
+	// (Config.RequireAPIKey).
+	Unauthorized uint64
 }
 
 // Worker is one simulated engine: an OpenAI-compatible HTTP server, a continuous-batching
@@ -94,6 +99,7 @@ type Worker struct {
 	reqSeq     atomic.Uint64
 
 	failed, hung, died atomic.Uint64
+	unauthorized       atomic.Uint64
 	downUntil          atomic.Int64 // unix nanos
 
 	// srvMu guards srv and closed.
@@ -265,6 +271,7 @@ func (w *Worker) Stats() Stats {
 		s.add(rk.Stats())
 	}
 	s.Failed, s.Hung, s.Died = w.failed.Load(), w.hung.Load(), w.died.Load()
+	s.Unauthorized = w.unauthorized.Load()
 	return s
 }
 
@@ -399,7 +406,19 @@ func (w *Worker) routes() http.Handler {
 	mux.HandleFunc("POST /sim/fault", w.serveSetFault)
 	mux.HandleFunc("POST /sim/restart", w.serveRestart)
 	mux.HandleFunc("GET /sim/stats", func(rw http.ResponseWriter, _ *http.Request) { writeJSON(rw, w.Stats()) })
-	return mux
+	if w.cfg.RequireAPIKey == "" {
+		return mux
+	}
+	want := "Bearer " + w.cfg.RequireAPIKey
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		got := r.Header.Values("Authorization")
+		if !strings.HasPrefix(r.URL.Path, "/sim/") && (len(got) != 1 || subtle.ConstantTimeCompare([]byte(got[0]), []byte(want)) != 1) {
+			w.unauthorized.Add(1)
+			writeError(rw, &apiError{status: http.StatusUnauthorized, typ: "Unauthorized", msg: "missing or wrong API key"})
+			return
+		}
+		mux.ServeHTTP(rw, r)
+	})
 }
 
 const maxBody = 64 << 20

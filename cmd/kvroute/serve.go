@@ -36,7 +36,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: engine, approx or local:PATH (overrides the config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	var workers stringList
-	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B]`; repeat for each worker")
+	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME]`; repeat for each worker")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -102,6 +102,11 @@ func serveConfig(path, listen, policy, tokenize string, workers []string) (*conf
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// Keys from the environment and certificate files: every problem at once, before
+	// anything listens.
+	if err := cfg.CheckFiles(); err != nil {
+		return nil, err
+	}
 	return cfg, nil
 }
 
@@ -122,6 +127,13 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	if err := cfg.CheckFiles(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", args[0], err)
+		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", args[0], w)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d workers, policy %s, listen %s)\n", args[0], len(cfg.Workers), cfg.Policy, cfg.Listen)
 	return 0

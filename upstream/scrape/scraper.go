@@ -34,6 +34,11 @@ type Config struct {
 	Path string
 	// MaxBodyBytes bounds a metrics body; a longer one is an error. Default 16 MiB.
 	MaxBodyBytes int64
+	// Client makes the scrapes; nil means a client of the scraper's own (plain HTTP or
+	// system TLS roots, no credentials). The router passes upstream.Pool.HTTPClient,
+	// which adds each worker's API key and TLS settings. Its Timeout should be 0: Timeout
+	// above bounds each scrape.
+	Client *http.Client
 }
 
 // Defaults of [Config].
@@ -108,11 +113,9 @@ func New(cfg Config, targets func() []Target, cb Callback, reg prometheus.Regist
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("new scraper: %w", err)
 	}
-	s := &Scraper{
-		cfg:     cfg,
-		targets: targets,
-		cb:      cb,
-		client: &http.Client{
+	client := cfg.Client
+	if client == nil {
+		client = &http.Client{
 			Transport: &http.Transport{
 				// Workers are reached directly, never through an environment proxy.
 				Proxy:               nil,
@@ -122,7 +125,13 @@ func New(cfg Config, targets func() []Target, cb Callback, reg prometheus.Regist
 				ForceAttemptHTTP2:   false,
 			},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		}
+	}
+	s := &Scraper{
+		cfg:     cfg,
+		targets: targets,
+		cb:      cb,
+		client:  client,
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kvroute_scrape_duration_seconds",
 			Help:    "Duration of engine /metrics scrapes, failed ones included, in seconds.",
