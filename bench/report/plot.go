@@ -7,6 +7,10 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
 )
 
 // palette colours the policies in plots, in result order.
@@ -27,7 +31,7 @@ func newCanvas(w, h int) *canvas {
 	for i := range img.Pix {
 		img.Pix[i] = 0xff
 	}
-	c := &canvas{img: img, margin: 30}
+	c := &canvas{img: img, margin: 60}
 	grey := color.RGBA{0xcc, 0xcc, 0xcc, 0xff}
 	for k := 0; k <= 4; k++ {
 		y := c.margin + k*(h-2*c.margin)/4
@@ -37,6 +41,49 @@ func newCanvas(w, h int) *canvas {
 	}
 	return c
 }
+
+// text writes s with its baseline's left end at pixel (x, y), in the 7x13 bitmap font.
+func (c *canvas) text(x, y int, s string, col color.RGBA) {
+	d := font.Drawer{Dst: c.img, Src: image.NewUniform(col), Face: basicfont.Face7x13, Dot: fixed.P(x, y)}
+	d.DrawString(s)
+}
+
+// axes labels the plot: a title above it, the x and y axis names, and tick labels at
+// the five grid lines (fractions 0, .25, .5, .75, 1 of xmax and ymax, printed by xf and
+// yf).
+func (c *canvas) axes(title, xname, yname string, xmax, ymax float64, xf, yf func(float64) string) {
+	black := color.RGBA{0, 0, 0, 0xff}
+	b := c.img.Bounds()
+	c.text(c.margin, c.margin-25, title, black)
+	c.text(c.margin, c.margin-8, yname, black)
+	c.text(b.Dx()-c.margin-7*len(xname), b.Dy()-8, xname, black)
+	for k := 0; k <= 4; k++ {
+		f := float64(k) / 4
+		if xf != nil {
+			x, y := c.xy(f, 0)
+			l := xf(f * xmax)
+			c.text(x-7*len(l)/2, y+15, l, black)
+		}
+		if yf != nil {
+			x, y := c.xy(0, f)
+			l := yf(f * ymax)
+			c.text(x-7*len(l)-4, y+4, l, black)
+		}
+	}
+}
+
+// legend lists names in their colours down the plot's top-left corner.
+func (c *canvas) legend(names []string, cols []color.RGBA) {
+	for i, n := range names {
+		x, y := c.margin+8, c.margin+16+15*i
+		c.rect(x, y-9, x+10, y+1, cols[i])
+		c.text(x+15, y, n, color.RGBA{0, 0, 0, 0xff})
+	}
+}
+
+func pct1(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) }
+func secs(v float64) string { return fmt.Sprintf("%.3gs", v) }
+func pct(v float64) string  { return fmt.Sprintf("%.0f%%", 100*v) }
 
 // xy maps fractions (0..1, y up) to pixels.
 func (c *canvas) xy(fx, fy float64) (int, int) {
@@ -105,9 +152,9 @@ func (c *canvas) save(path string) error {
 }
 
 // WritePlots writes ttft_cdf.png (x: TTFT up to the largest p99, y: share of requests;
-// one line per policy in palette order), hit_rate.png (one bar per policy, y 0..100%,
-// with the two bounds as grey and black horizontal lines) and load_<policy>.png (each
-// worker's in-flight requests over time). The legend is the policy order of report.md.
+// one line per policy, legend top left), hit_rate.png (one labelled bar per policy, y
+// 0..100%, the two bounds as grey and black horizontal lines named in the title) and
+// load_<policy>.png (each worker's in-flight requests over time, legend top left).
 func WritePlots(dir string, s *Summary) error {
 	var xmax float64
 	for _, r := range s.Results {
@@ -125,6 +172,12 @@ func WritePlots(dir string, s *Summary) error {
 				px, py = x, y
 			}
 		}
+		names, cols := make([]string, len(s.Results)), make([]color.RGBA, len(s.Results))
+		for i, r := range s.Results {
+			names[i], cols[i] = r.Policy, palette[i%len(palette)]
+		}
+		c.axes("TTFT CDF per policy ("+s.Workload+"; wall clock, x up to the largest p99)", "TTFT", "share of requests", xmax, 1, secs, pct)
+		c.legend(names, cols)
 		if err := c.save(filepath.Join(dir, "ttft_cdf.png")); err != nil {
 			return err
 		}
@@ -136,6 +189,13 @@ func WritePlots(dir string, s *Summary) error {
 			x0, y0 := c.xy((float64(i)+0.15)/float64(n), 0)
 			x1, y1 := c.xy((float64(i)+0.85)/float64(n), r.HitRate)
 			c.rect(x0, y0, x1, y1, palette[i%len(palette)])
+			black := color.RGBA{0, 0, 0, 0xff}
+			c.text(x0, y1-4, pct1(r.HitRate), black)
+			name := r.Policy
+			if w := x1 - x0 + 10; 7*len(name) > w {
+				name = name[:max(1, w/7)]
+			}
+			c.text(x0, y0+15, name, black)
 		}
 		for _, b := range []struct {
 			v   float64
@@ -145,6 +205,8 @@ func WritePlots(dir string, s *Summary) error {
 			x1, _ := c.xy(1, b.v)
 			c.line(x0, y, x1, y, b.col)
 		}
+		c.axes(fmt.Sprintf("hit rate per policy; grey line: infinite cache %.1f%%, black: pooled LRU %.1f%%", 100*s.Bounds.Infinite, 100*s.Bounds.PooledLRU),
+			"", "cached / prompt tokens", 0, 1, nil, pct)
 		if err := c.save(filepath.Join(dir, "hit_rate.png")); err != nil {
 			return err
 		}
@@ -169,6 +231,13 @@ func WritePlots(dir string, s *Summary) error {
 				c.line(x0, y0, x1, y1, col)
 			}
 		}
+		names, cols := make([]string, len(r.PerWorker)), make([]color.RGBA, len(r.PerWorker))
+		for i, w := range r.PerWorker {
+			names[i], cols[i] = w.ID, palette[i%len(palette)]
+		}
+		c.axes(r.Policy+": requests running + waiting per worker", "time", "in flight", float64(tmax-1)*r.SampleEvery, float64(ymax),
+			secs, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+		c.legend(names, cols)
 		if err := c.save(filepath.Join(dir, "load_"+r.Policy+".png")); err != nil {
 			return err
 		}
