@@ -44,6 +44,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	profile := fs.String("profile", "llama-3.1-8b-h100", "kvsim latency profile")
 	timeScale := fs.Float64("time-scale", 0.1, "kvsim time scale (0.1: ten times faster than modelled)")
 	maxModelLen := fs.Int("max-model-len", 131072, "kvsim max_model_len: longest prompt plus output a worker accepts")
+	chunk := fs.Int("stream-chunk-tokens", 1, "kvsim: tokens per streamed chunk at most (more cuts the fleet's and router's CPU per output token)")
 	kvBlocks := fs.Int("kv-blocks", 0, "KV capacity per worker in 16-token blocks (0: the profile's)")
 	policies := fs.String("policies", strings.Join(report.Policies, ","), "comma-separated policies to run")
 	out := fs.String("out", "bench/out/run", "output `DIR`: report.md, report.json, PNG plots")
@@ -77,6 +78,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	fc.Worker.Profile = *profile
 	fc.Worker.TimeScale = *timeScale
 	fc.Worker.KVBlocks = *kvBlocks
+	fc.Worker.StreamChunkTokens = *chunk
 	fc.Worker.MaxModelLen = *maxModelLen
 	if fc.Worker.KVBlocks == 0 {
 		p, err := sim.LookupProfile(*profile)
