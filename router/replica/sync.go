@@ -80,6 +80,8 @@ type Sync struct {
 	log         *slog.Logger
 	m           *metrics
 	wake        chan struct{}
+	// subscribed is closed once Run's subscriptions are registered with the server.
+	subscribed chan struct{}
 
 	// remote holds the sum over live peers of each worker's load. The map is built by
 	// New from the pool and never changes: readers need no lock.
@@ -185,6 +187,7 @@ func New(opts Options) (*Sync, error) {
 		subject:     opts.SubjectPrefix + "." + opts.Cluster + ".state",
 		dumpSubject: opts.SubjectPrefix + "." + opts.Cluster + ".dump",
 		wake:        make(chan struct{}, 1),
+		subscribed:  make(chan struct{}),
 		remote:      map[string]*remoteLoad{},
 		sent:        map[string]Load{},
 		peers:       map[string]*peer{},
@@ -264,8 +267,12 @@ func (s *Sync) Peers() []string {
 	return out
 }
 
+// Subscribed is closed once [Sync.Run] has registered its subscriptions with the NATS
+// server: from then on it receives the peers' messages and answers dump requests.
+func (s *Sync) Subscribed() <-chan struct{} { return s.subscribed }
+
 // Run publishes this replica's state and applies the others' until ctx ends (then it
-// returns nil), or fails to subscribe. A NATS outage does not end it: publishes fail
+// returns nil), or fails to subscribe. Run must be called at most once. A NATS outage does not end it: publishes fail
 // (counted) and the connection reconnects on its own; the next message is a full one.
 func (s *Sync) Run(ctx context.Context) error {
 	if mp := s.nc.MaxPayload(); mp > 0 {
@@ -286,6 +293,12 @@ func (s *Sync) Run(ctx context.Context) error {
 		}
 		defer func() { _ = dsub.Unsubscribe() }()
 	}
+	// A flush round-trips to the server, so peers' messages and dump requests sent from
+	// now on reach this replica.
+	if err := s.nc.Flush(); err != nil {
+		s.log.Warn("replica sync: flush after subscribing", "err", err)
+	}
+	close(s.subscribed)
 	s.log.Info("replica sync running", "id", s.id, "subject", s.subject)
 
 	reap := time.NewTicker(s.opts.ExpireAfter / 4)

@@ -82,6 +82,11 @@ func startNode(t testing.TB, url, id string, mutate func(*Options)) *node {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-s.Subscribed():
+	case err := <-done:
+		t.Fatalf("replica %s: %v", id, err)
+	}
 	var stopped bool
 	n.stop = func() {
 		if !stopped {
