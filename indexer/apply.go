@@ -136,24 +136,30 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	} else {
 		parent = proto.Seed(model, ev.LoRAName, eventSalt(ev))
 	}
-	// Work in groups of warmGroup blocks: hash the group (no memory traffic), touch the
-	// node and engine slots of all its blocks in a tight loop so that their cache misses
-	// overlap, then apply the blocks one by one.
+	// Work in groups of warmGroup blocks: hash the group and collect the home slots of
+	// its blocks in the node and engine tables (no loads but shard headers), load those
+	// slots in a loop that does nothing else, so that their cache misses overlap, then
+	// apply the blocks one by one (see runtable.Table.HomeSlot).
 	stored := 0
 	var hint uint64
 	var own [warmGroup]proto.BlockHash
 	var fps [warmGroup]uint64
+	var nslot [warmGroup]*uint64
+	var eslot [warmGroup]*engEntry
 	for g := 0; g < n; g += warmGroup {
 		end := min(g+warmGroup, n)
-		for i := g; i < end; i++ {
-			parent = chainBlock(parent, ev.TokenIDs[i*bs:(i+1)*bs])
-			own[i-g] = parent
-			fps[i-g] = engFP(ev.BlockHashes[i])
+		k := end - g
+		for i := range k {
+			parent = proto.ChainBlock(parent, ev.TokenIDs[(g+i)*bs:(g+i+1)*bs])
+			own[i] = parent
+			fps[i] = engFP(ev.BlockHashes[g+i])
+			nslot[i] = ix.nodes.HomeSlot(uint64(parent))
+			eslot[i] = ws.eng.homeSlot(fps[i])
 		}
-		for i := 0; i < end-g; i++ {
-			hint += ix.nodes.Warm(uint64(own[i])) + ws.eng.warm(fps[i])
+		for i := range k {
+			hint += *nslot[i] + eslot[i].tag
 		}
-		for i := 0; i < end-g; i++ {
+		for i := range k {
 			if ws.removed() {
 				break
 			}
@@ -179,18 +185,28 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 	// In groups, as for stores: warm the engine slots of the group, then the node slots
 	// of the blocks they resolve to, then remove one by one.
 	var fps [warmGroup]uint64
+	var eslot [warmGroup]*engEntry
+	var nslot [warmGroup]*uint64
 	var hint uint64
 	hs := ev.BlockHashes
 	for g := 0; g < len(hs); g += warmGroup {
 		grp := hs[g:min(g+warmGroup, len(hs))]
 		for i, eh := range grp {
 			fps[i] = engFP(eh)
-			hint += ws.eng.warm(fps[i])
+			eslot[i] = ws.eng.homeSlot(fps[i])
 		}
 		for i := range grp {
+			hint += eslot[i].tag
+		}
+		k := 0
+		for i := range grp {
 			if e := ws.eng.get(fps[i]); e != nil {
-				hint += ix.nodes.Warm(uint64(e.own))
+				nslot[k] = ix.nodes.HomeSlot(uint64(e.own))
+				k++
 			}
+		}
+		for _, p := range nslot[:k] {
+			hint += *p
 		}
 		for i := range grp {
 			if ws.removed() {

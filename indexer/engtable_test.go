@@ -1,6 +1,7 @@
 package indexer
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -33,6 +34,9 @@ func TestEngTableAgainstMap(t *testing.T) {
 				t.Fatalf("step %d: len %d, want %d", step, tb.len(), len(ref))
 			}
 			if step%499 == 0 {
+				if err := tb.checkRH(); err != nil {
+					t.Fatalf("step %d: %v", step, err)
+				}
 				for fp, v := range ref {
 					if e := tb.get(fp); e == nil || e.own != v || e.fp() != fp {
 						t.Fatalf("step %d: get(%x) = %v, want own %d", step, fp, e, v)
@@ -74,4 +78,19 @@ func TestEngEntryRefs(t *testing.T) {
 	if !e.empty() || e.fp() != engFP(7) {
 		t.Errorf("after clearing refs: empty %v fingerprint %x", e.empty(), e.fp())
 	}
+}
+
+// checkRH reports a break of Robin Hood order: along a cluster, probe distances grow
+// by at most one per slot, and an entry after an empty slot is at its home.
+func (t *engTable) checkRH() error {
+	for i := range t.slots {
+		j := t.inc(uint64(i))
+		if t.slots[i].tag != 0 && t.slots[j].tag != 0 && t.dist(j) > t.dist(uint64(i))+1 {
+			return fmt.Errorf("rh broken at %d/%d", i, j)
+		}
+		if t.slots[i].tag == 0 && t.slots[j].tag != 0 && t.dist(j) != 0 {
+			return fmt.Errorf("entry at %d after empty has dist %d", j, t.dist(j))
+		}
+	}
+	return nil
 }

@@ -11,11 +11,11 @@
 //     (last use, for sampled-LRU eviction) is its run's.
 //   - Slots: 1024 shards chosen by the top 10 bits of a seeded mix of the key, each an
 //     open-addressing array of 8-byte slots {run id (32 bits), offset in the run's array
-//     (12 bits), low 20 bits of the key's mixed hash} with linear probing and
-//     backward-shift deletion. The key itself is not in the slot: a probe compares the 20
-//     hash bits and then the key in the run's array, so a block costs 8 bytes of slot
-//     (at 70 to 87.5% load once large: shards fill to 7/8 and grow by a quarter) plus 8
-//     bytes in its run's array.
+//     (12 bits), low 20 bits of the key's mixed hash} with linear probing in Robin Hood
+//     order and backward-shift deletion. The key itself is not in the slot: a probe
+//     compares the 20 hash bits and then the key in the run's array, so a block costs 8
+//     bytes of slot (at 60 to 75% load once large: shards fill to 3/4 and grow by a
+//     quarter) plus 8 bytes in its run's array.
 //
 // Maintenance: a key inserted with its parent (the previous block of its chain) appends
 // to the run its parent ends when the values agree. Changing one key's value isolates it

@@ -52,11 +52,14 @@ type shard struct {
 }
 
 // Growth: a shard grows past maxLoadNum/maxLoadDen load, doubling while small and by a
-// quarter once it has bigGrowth slots, so that a large table is 70% to 87.5% full at any
-// time (doubling would leave it 44% full right after a resize); it halves below 1/8.
+// quarter once it has bigGrowth slots, so that a large table is 60% to 75% full at any
+// time (doubling would leave it 38% full right after a resize); it halves below 1/8.
+// Robin Hood order keeps lookups short at any load, but an insert still moves the
+// entries up to the next empty slot, about 8.5 slots at 3/4 and 32.5 at 7/8 (the
+// previous bound).
 const (
-	maxLoadNum = 7
-	maxLoadDen = 8
+	maxLoadNum = 3
+	maxLoadDen = 4
 	bigGrowth  = 1024
 )
 
@@ -156,12 +159,27 @@ func (t *Table) Bytes() int {
 	return b
 }
 
-// find returns the slot holding key, or nil.
+// dist returns how far slot i of a shard of size slots is from the home of the entry v
+// it holds (cyclically): its probe distance.
+func (t *Table) dist(v, i uint64, size int) uint64 {
+	h := t.home(v, size)
+	if i >= h {
+		return i - h
+	}
+	return i + uint64(size) - h
+}
+
+// find returns the slot holding key, or nil. Shards keep Robin Hood order (along a
+// cluster, probe distances grow by at most one per slot), so a miss stops at the first
+// entry that sits closer to its home than key would: about 2.5 probes at the highest
+// load (3/4) instead of 8.5 for plain linear probing, which scans to the next empty
+// slot.
 func (t *Table) find(key uint64) *uint64 {
 	h := t.mix(key)
 	s := t.shardOf(h)
 	hb := h & hashMask
-	for i := homeOf(h, len(s.slots)); ; i = s.inc(i) {
+	size := len(s.slots)
+	for i, d := homeOf(h, size), uint64(0); ; i, d = s.inc(i), d+1 {
 		sl := &s.slots[i]
 		v := *sl
 		if v == 0 {
@@ -170,18 +188,28 @@ func (t *Table) find(key uint64) *uint64 {
 		if v&hashMask == hb && t.runs[slotRID(v)].keys[slotOff(v)] == key {
 			return sl
 		}
+		if t.dist(v, i, size) < d {
+			return nil
+		}
 	}
 }
 
-// Warm loads key's home slot and returns it. It does nothing useful by itself: a caller
-// about to look up many keys calls Warm on a batch of them first, in a tight loop, so
-// that the processor has many cache misses in flight at once (Go has no prefetch
-// instruction; the caller must use the result or the compiler drops the load).
-func (t *Table) Warm(key uint64) uint64 {
+// HomeSlot returns the address of key's home slot (the first slot a lookup of key
+// reads), valid until the next mutation. It exists for warming: a caller about to look
+// up many keys first collects their home slots (pure arithmetic and one load of a shard
+// header each), then loads them all in a loop that does nothing else, so that the
+// processor has many cache misses in flight at once (Go has no prefetch instruction).
+// Computing an address and loading it in the same iteration, as a lookup does, keeps
+// only a few misses in flight: on the project VM, 92 ns per key against 25 to 39 ns for
+// two phases in groups of 16 to 128 keys of a 1M-key table.
+func (t *Table) HomeSlot(key uint64) *uint64 {
 	h := t.mix(key)
 	s := t.shardOf(h)
-	return s.slots[homeOf(h, len(s.slots))]
+	return &s.slots[homeOf(h, len(s.slots))]
 }
+
+// Warm loads key's home slot and returns it; see [Table.HomeSlot], which warms better.
+func (t *Table) Warm(key uint64) uint64 { return *t.HomeSlot(key) }
 
 // Pos returns a number that orders keys as they are stored: by run, then by position
 // in the run (chain order); ok is false for an absent key. A caller that inserts keys in
@@ -611,26 +639,39 @@ func (t *Table) insertSlot(key, v uint64) {
 	if (s.n+1)*maxLoadDen > len(s.slots)*maxLoadNum {
 		t.resize(s, grownSize(len(s.slots)))
 	}
-	for i := homeOf(h, len(s.slots)); ; i = s.inc(i) {
-		if s.slots[i] == 0 {
+	t.place(s, v, homeOf(h, len(s.slots)))
+	s.n++
+}
+
+// place puts slot value v, whose home is home, into shard s (which has an empty slot)
+// in Robin Hood order: v goes before the first entry closer to its own home, which moves
+// on the same way, until an empty slot takes the last one.
+func (t *Table) place(s *shard, v, home uint64) {
+	size := len(s.slots)
+	for i, d := home, uint64(0); ; i, d = s.inc(i), d+1 {
+		cur := s.slots[i]
+		if cur == 0 {
 			s.slots[i] = v
-			s.n++
 			return
+		}
+		if cd := t.dist(cur, i, size); cd < d {
+			s.slots[i], v, d = v, cur, cd
 		}
 	}
 }
 
-// deleteSlot removes key's slot with backward-shift deletion (no tombstones). The key
-// must still be readable through its slot.
+// deleteSlot removes key's slot with backward-shift deletion (no tombstones): the
+// entries after it move back one slot until an empty slot or an entry at its home,
+// which keeps Robin Hood order. The key must still be readable through its slot.
 func (t *Table) deleteSlot(key uint64) {
 	h := t.mix(key)
 	s := t.shardOf(h)
 	hb := h & hashMask
-	size := uint64(len(s.slots))
-	i := homeOf(h, len(s.slots))
-	for {
+	size := len(s.slots)
+	i := homeOf(h, size)
+	for d := uint64(0); ; d++ {
 		v := s.slots[i]
-		if v == 0 {
+		if v == 0 || t.dist(v, i, size) < d {
 			return
 		}
 		if v&hashMask == hb && t.runs[slotRID(v)].keys[slotOff(v)] == key {
@@ -638,18 +679,14 @@ func (t *Table) deleteSlot(key uint64) {
 		}
 		i = s.inc(i)
 	}
-	j := i
 	for {
-		j = s.inc(j)
+		j := s.inc(i)
 		v := s.slots[j]
-		if v == 0 {
+		if v == 0 || t.dist(v, j, size) == 0 {
 			break
 		}
-		// The entry at j may move to i when i lies cyclically in [home, j).
-		if (j+size-t.home(v, len(s.slots)))%size >= (j+size-i)%size {
-			s.slots[i] = v
-			i = j
-		}
+		s.slots[i] = v
+		i = j
 	}
 	s.slots[i] = 0
 	s.n--
@@ -658,18 +695,19 @@ func (t *Table) deleteSlot(key uint64) {
 	}
 }
 
+// resize moves shard s to an array of size slots. The old entries are placed in their
+// order starting after an empty slot, which is home order, so place rarely swaps.
 func (t *Table) resize(s *shard, size int) {
 	old := s.slots
 	s.slots = make([]uint64, size)
-	for _, v := range old {
-		if v == 0 {
-			continue
-		}
-		for i := t.home(v, size); ; i = s.inc(i) {
-			if s.slots[i] == 0 {
-				s.slots[i] = v
-				break
-			}
+	start := 0
+	for start < len(old) && old[start] != 0 {
+		start++
+	}
+	for k := range old {
+		v := old[(start+k)%len(old)]
+		if v != 0 {
+			t.place(s, v, t.home(v, size))
 		}
 	}
 }
@@ -773,6 +811,12 @@ func (t *Table) Check() error {
 		}
 		if n != s.n {
 			return fmt.Errorf("shard %d counts %d, holds %d", si, s.n, n)
+		}
+		for i, v := range s.slots {
+			j := s.inc(uint64(i))
+			if w := s.slots[j]; v != 0 && w != 0 && t.dist(w, j, len(s.slots)) > t.dist(v, uint64(i), len(s.slots))+1 {
+				return fmt.Errorf("shard %d: slots %d and %d break Robin Hood order", si, i, j)
+			}
 		}
 		slots += n
 	}
