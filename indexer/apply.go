@@ -345,7 +345,7 @@ func (ix *Index) ClearEvents(w WorkerKey) {
 	ix.c.clears.Add(1)
 	_, tick := ix.nowTick()
 	oldEng := ws.eng
-	ws.eng = newEngTable()
+	ws.eng = newEngTable(ws.reserved)
 	ws.extra = nil
 	ops := 0
 	// oldEng is unreachable now: iterate it by index across lock releases. Tier flags
@@ -365,9 +365,9 @@ func (ix *Index) ClearEvents(w WorkerKey) {
 func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	_, tick := ix.nowTick()
 	oldEng, oldPred := ws.eng, ws.pred
-	ws.eng = newEngTable()
-	if detach {
-		ws.eng = nil
+	ws.eng = nil
+	if !detach {
+		ws.eng = newEngTable(ws.reserved)
 	}
 	ws.pred = nil
 	ws.extra = nil

@@ -363,7 +363,10 @@ func loadMooncake(b *testing.B, n, warm int) *mooncakeStream {
 // growth from nothing included. "steady": requests 2000-3999 applied to an index that
 // already holds requests 0-1999 (applied untimed), where every worker's cache is at its
 // capacity, so stores and removes balance and the tables are at their working size: a
-// router's ingest after its first minutes. "MaxBlocks=200k": the empty case against a
+// router's ingest after its first minutes. "empty-reserved": the empty case with each
+// worker's engine table sized by Index.Reserve for its 131,072-block cache after its
+// first batch, as the router does with the capacity a worker's metrics report.
+// "MaxBlocks=200k": the empty case against a
 // bound of 200,000 indexed blocks, so nearly every new block evicts one (sampled LRU).
 // Dropped blocks fail the benchmark: every event of the stream must apply.
 //
@@ -371,12 +374,16 @@ func loadMooncake(b *testing.B, n, warm int) *mooncakeStream {
 //
 //	go test -run x -bench '^BenchmarkApplyMooncake$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
 func BenchmarkApplyMooncake(b *testing.B) {
-	b.Run("empty", func(b *testing.B) { benchApplyMooncake(b, Options{}, 0) })
-	b.Run("steady", func(b *testing.B) { benchApplyMooncake(b, Options{}, 2000) })
-	b.Run("MaxBlocks=200k", func(b *testing.B) { benchApplyMooncake(b, Options{MaxBlocks: 200_000}, 0) })
+	b.Run("empty", func(b *testing.B) { benchApplyMooncake(b, Options{}, 0, 0) })
+	b.Run("empty-reserved", func(b *testing.B) { benchApplyMooncake(b, Options{}, 0, 4096*512/benchBlockSize) })
+	b.Run("steady", func(b *testing.B) { benchApplyMooncake(b, Options{}, 2000, 0) })
+	b.Run("MaxBlocks=200k", func(b *testing.B) { benchApplyMooncake(b, Options{MaxBlocks: 200_000}, 0, 0) })
 }
 
-func benchApplyMooncake(b *testing.B, opts Options, warm int) {
+// benchApplyMooncake applies requests [warm, warm+2000) after [0, warm) untimed; with
+// reserve > 0, each worker's tables are reserved for that many blocks after its first
+// batch.
+func benchApplyMooncake(b *testing.B, opts Options, warm, reserve int) {
 	s := loadMooncake(b, warm+2000, warm)
 	b.ReportAllocs()
 	var last *Index
@@ -396,8 +403,11 @@ func benchApplyMooncake(b *testing.B, opts Options, warm int) {
 		b.StartTimer()
 		cpu0 := cpuTime()
 		for w, bs := range s.batches {
-			for _, bt := range bs {
+			for i, bt := range bs {
 				ix.Apply(s.workers[w], "m", bt)
+				if i == 0 && reserve > 0 {
+					ix.Reserve(s.workers[w].ID, reserve)
+				}
 			}
 		}
 		cpu += cpuTime() - cpu0

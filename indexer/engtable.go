@@ -54,6 +54,7 @@ func engFP(eh proto.EngineHash) uint64 {
 type engTable struct {
 	slots []engEntry
 	n     int
+	floor int // the table never shrinks below this many slots (see reserve)
 }
 
 const (
@@ -63,8 +64,24 @@ const (
 	engMaxLoadDen = 4
 )
 
-func newEngTable() *engTable {
-	return &engTable{slots: make([]engEntry, engMinCap)}
+// newEngTable returns an empty table sized for entries entries without growing (0: the
+// minimum), which it keeps as its floor.
+func newEngTable(entries int) *engTable {
+	t := &engTable{slots: make([]engEntry, engMinCap)}
+	t.reserve(entries)
+	return t
+}
+
+// reserve grows the table, when needed, to hold entries entries at most 3/4 full, and
+// keeps that size as the table's floor: a worker's engine entries never exceed its KV
+// cache (the index reserves what the worker reports, see Index.Reserve), so sizing once
+// spares the 20 or so rehashes of growing by a quarter from empty.
+func (t *engTable) reserve(entries int) {
+	size := max(engMinCap, entries*engMaxLoadDen/engMaxLoadNum+1)
+	t.floor = size
+	if size > len(t.slots) {
+		t.resize(size)
+	}
 }
 
 func (t *engTable) len() int { return t.n }
@@ -178,8 +195,8 @@ func (t *engTable) del(fp uint64) {
 	}
 	t.slots[i] = engEntry{}
 	t.n--
-	if len(t.slots) > engMinCap && t.n*8 < len(t.slots) {
-		t.resize(max(len(t.slots)/2, engMinCap))
+	if len(t.slots) > max(engMinCap, t.floor) && t.n*8 < len(t.slots) {
+		t.resize(max(len(t.slots)/2, engMinCap, t.floor))
 	}
 }
 

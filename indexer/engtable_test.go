@@ -11,7 +11,7 @@ import (
 func TestEngTableAgainstMap(t *testing.T) {
 	for _, space := range []uint64{40, 3000, 1 << 50} {
 		rng := rand.New(rand.NewPCG(space, 1))
-		tb := newEngTable()
+		tb := newEngTable(0)
 		ref := map[uint64]proto.BlockHash{}
 		for step := range 40000 {
 			fp := engFP(proto.EngineHash(rng.Uint64N(space)))
@@ -93,4 +93,46 @@ func (t *engTable) checkRH() error {
 		}
 	}
 	return nil
+}
+
+// TestReserve: Index.Reserve sizes a seen worker's engine table for its share of the
+// reported capacity (split over its data-parallel ranks, capped by MaxBlocksPerWorker),
+// so filling it never resizes; the size survives a clear and a smaller value never
+// shrinks it; unknown workers and non-positive values are ignored.
+func TestReserve(t *testing.T) {
+	ix, _ := newIndex(t, Options{MaxBlocksPerWorker: 3000})
+	ix.Reserve("w", 1000) // not seen yet: ignored
+	if len(ix.byKey) != 0 {
+		t.Fatalf("Reserve created %d worker states", len(ix.byKey))
+	}
+	toks := doc(1, 1)
+	for _, rank := range []int{0, 1} {
+		ix.Apply(WorkerKey{ID: "w", DPRank: rank}, "m", batch(stored(1, toks, 0, 1, "", "")))
+	}
+	ix.Apply(WorkerKey{ID: "x"}, "m", batch(stored(2, toks, 0, 1, "", "")))
+	ix.Reserve("w", 1000)
+	ix.Reserve("x", 10_000) // capped at 3000
+	ix.Reserve("x", 0)
+	ix.Reserve("x", 10) // never shrinks
+	want := map[WorkerKey]int{{ID: "w", DPRank: 0}: 500, {ID: "w", DPRank: 1}: 500, {ID: "x"}: 3000}
+	for k, n := range want {
+		ws := ix.byKey[k]
+		if ws.reserved != n {
+			t.Fatalf("%v reserved %d, want %d", k, ws.reserved, n)
+		}
+		size := len(ws.eng.slots)
+		if size*engMaxLoadNum < n*engMaxLoadDen {
+			t.Fatalf("%v: %d slots cannot hold %d entries at 3/4", k, size, n)
+		}
+		for i := range n - 1 {
+			ws.eng.upsert(engFP(proto.EngineHash(1000 + i)))
+		}
+		if len(ws.eng.slots) != size {
+			t.Fatalf("%v: table resized from %d to %d slots while filling its reservation", k, size, len(ws.eng.slots))
+		}
+	}
+	ix.ClearWorker(WorkerKey{ID: "x"})
+	if ws := ix.byKey[WorkerKey{ID: "x"}]; len(ws.eng.slots)*engMaxLoadNum < 3000*engMaxLoadDen || ws.eng.len() != 0 {
+		t.Fatalf("after a clear: %d slots, %d entries", len(ws.eng.slots), ws.eng.len())
+	}
 }

@@ -255,7 +255,7 @@ func (ix *Index) worker(key WorkerKey, create bool) *workerState {
 	if ws := ix.byKey[key]; ws != nil || !create {
 		return ws
 	}
-	ws := &workerState{key: key, eng: newEngTable()}
+	ws := &workerState{key: key, eng: newEngTable(0)}
 	if n := len(ix.freeWIDs); n > 0 {
 		ws.wid = ix.freeWIDs[n-1]
 		ix.freeWIDs = ix.freeWIDs[:n-1]

@@ -54,6 +54,9 @@ type WorkerStats struct {
 	Predicted int64
 	// EngineEntries is the size of the worker's engine-hash map.
 	EngineEntries int
+	// Reserved is the engine entries the worker's tables are sized for ([Index.Reserve]);
+	// 0 when its capacity was never reported.
+	Reserved int
 }
 
 // HotPrefix is a frequently matched prefix: the deepest block of a request held by at
@@ -99,7 +102,7 @@ func (ix *Index) Stats() Stats {
 		if ws == nil {
 			continue
 		}
-		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: ws.eng.len()})
+		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: ws.eng.len(), Reserved: ws.reserved})
 	}
 	for i := range hot {
 		if val, _, ok := ix.nodes.Get(uint64(hot[i].Hash)); ok {

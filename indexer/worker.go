@@ -83,6 +83,8 @@ type workerState struct {
 	gen uint32
 	// eng resolves engine hashes (BlockRemoved, parent links, token-less stores).
 	eng *engTable
+	// reserved is the engine entries eng is sized for (Index.Reserve), kept across clears.
+	reserved int
 	// extra counts engine entries beyond the first holding (own, tier); nil until needed.
 	extra map[ownTier]uint32
 	// pred holds the expiry (unix ns) of each predicted block; nil until needed.
@@ -94,4 +96,55 @@ type workerState struct {
 	memoFrom setID
 	memoCode uint32
 	memoTo   setID
+}
+
+// Reserve sizes the engine-hash tables of worker id (every data-parallel rank the index
+// has seen for it, sharing blocks evenly) for a KV cache of blocks blocks, at most
+// Options.MaxBlocksPerWorker each, so that ingest never rehashes them while the cache
+// fills; a clear keeps the size. The router calls it with the capacity each worker
+// reports (vllm:cache_config_info num_gpu_blocks, sglang num_pages) on every scrape, so
+// a call that changes nothing only takes the read lock. Workers not seen yet are left
+// alone (the next call after their first event sizes them), blocks <= 0 does nothing,
+// and a smaller value than before never shrinks a table.
+func (ix *Index) Reserve(id string, blocks int) {
+	if blocks <= 0 {
+		return
+	}
+	ix.mu.RLock()
+	done := ix.reservedLocked(id, blocks, false)
+	ix.mu.RUnlock()
+	if done {
+		return
+	}
+	ix.mu.Lock()
+	ix.reservedLocked(id, blocks, true)
+	ix.mu.Unlock()
+}
+
+// reservedLocked reports whether every state of worker id is reserved for its share of
+// blocks, and with apply reserves those that are not. mu must be held, for writing with
+// apply.
+func (ix *Index) reservedLocked(id string, blocks int, apply bool) bool {
+	ranks := 0
+	for k := range ix.byKey {
+		if k.ID == id {
+			ranks++
+		}
+	}
+	if ranks == 0 {
+		return true
+	}
+	share := min((blocks+ranks-1)/ranks, ix.opts.MaxBlocksPerWorker)
+	done := true
+	for k, ws := range ix.byKey {
+		if k.ID != id || ws.reserved >= share || ws.removed() {
+			continue
+		}
+		done = false
+		if apply {
+			ws.reserved = share
+			ws.eng.reserve(share)
+		}
+	}
+	return done
 }

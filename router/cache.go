@@ -61,8 +61,9 @@ func (b *blockSizes) get(model string) int {
 	return defaultBlockSize
 }
 
-// onScrape receives a worker's scraped metrics: it stores them for the policy and learns
-// or checks the block size of the worker's models. A block size that differs from the
+// onScrape receives a worker's scraped metrics: it stores them for the policy, sizes the
+// index's tables for the worker's KV capacity, and learns or checks the block size of the
+// worker's models. A block size that differs from the
 // configured one, or between workers of one model, makes every prefix match of those
 // workers fail silently, so it is logged loudly and counted
 // (kvroute_router_block_size_mismatch).
@@ -74,6 +75,11 @@ func (s *Server) onScrape(id string, m scrape.Sample, at time.Time, err error) {
 	w.SetMetrics(upstream.EngineMetrics{
 		Running: m.Running, Waiting: m.Waiting, KVUsage: m.KVUsage, BlockSize: m.BlockSize, NumBlocks: m.NumBlocks, At: at,
 	})
+	if s.index != nil {
+		// Size the worker's engine-hash tables for its whole cache once, instead of
+		// rehashing them as the cache fills (a no-op after the first scrape).
+		s.index.Reserve(id, m.NumBlocks)
+	}
 	if m.BlockSize <= 0 {
 		return
 	}

@@ -205,6 +205,16 @@ func TestIndexMatchesWorkerCacheZMQ(t *testing.T) {
 	}
 	t.Logf("routed: %v", routed)
 	requireExact(t, o, ix, 5*time.Second, "routed traffic")
+	// The capacity each worker's metrics report sizes its engine-hash table.
+	eventually(t, 5*time.Second, "engine tables reserved for the workers' caches", func() bool {
+		ws := ix.Stats().Workers
+		for _, w := range ws {
+			if w.Reserved != kvBlocks {
+				return false
+			}
+		}
+		return len(ws) == 2
+	})
 
 	// Eviction: far more distinct blocks than w0's cache holds.
 	sent := 0
