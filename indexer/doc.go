@@ -52,14 +52,23 @@
 //   - Predictions (predict.go): per worker own hash -> expiry, plus a min-heap of
 //     expiries; a prediction is a flag on the block's holder entry (so a predicted chain
 //     is a run like any other).
-//   - Both hash tables fill to 7/8 and grow by a quarter once past 1024 slots (multiply-
-//     shift placement, no power-of-two sizes), so a large table is always 70 to 87.5%
-//     full; doubling would leave it 44% full after every resize.
+//   - Both hash tables keep Robin Hood order (along a cluster, probe distances grow by at
+//     most one per slot, so a lookup, hit or miss, stops after about 2.5 probes), fill to
+//     3/4 and grow by a quarter once past 1024 slots (multiply-shift placement, no power-
+//     of-two sizes), so a large table is always 60 to 75%
+//     full; doubling would leave it 38% full after every resize. An insert moves the
+//     entries up to the next empty slot (about 8.5 at 3/4; at 7/8, the bound before
+//     2026-12, 32.5, which made steady-state ingest about 1.6x slower). A worker's engine
+//     table is sized once for the KV capacity its metrics report (Index.Reserve, called
+//     by the router on every scrape), so it does not rehash while the cache fills.
 //
-// Ingest warms slots in groups of 32 blocks (compute the slot addresses of the group,
-// load them in a tight loop so that the cache misses overlap, then apply the blocks):
-// Go has no prefetch instruction. The chained hash of a 16-token block is computed in
-// one xxhash call over a stack buffer (chainBlock, equal to proto.ChainBlock by test).
+// Ingest works in groups of 32 blocks in three passes: hash the group and compute the
+// home-slot addresses of its blocks in both tables (arithmetic and shard headers only),
+// load those slots in a loop that does nothing else, so that up to 64 cache misses are in
+// flight at once, then apply the blocks. Go has no prefetch instruction, and a lookup
+// that computes its address and loads it in one iteration keeps only a few misses in
+// flight (on the project VM, 92 ns per key against 25 to 39 ns for the two-phase loop,
+// 1M-key table). proto.ChainBlock computes XXH64 on 64-bit words without a byte buffer.
 //
 // Why not a radix tree. A literal radix tree over the hash chain (github.com/armon/go-radix
 // keyed by the concatenated hashes, as in the design card) must be given the full path
@@ -137,10 +146,12 @@
 //
 // # Memory
 //
-// Per distinct block: one 8-byte slot (tables 70 to 87.5% full once large, so 9 to 11.5
+// Per distinct block: one 8-byte slot (tables 60 to 75% full once large, so 10.7 to 13.3
 // bytes) and 8 bytes in its run's array (arrays are sized to the stored event and
 // repacked when mostly dead, so up to twice that after splits), plus a 56-byte run
-// record per run. Per (block, worker) entry: one 16-byte engine slot (18 to 23 bytes),
+// record per run. Per (block, worker) entry: one 16-byte engine slot (21 to 27 bytes
+// while a table grows; a reserved table is sized for the worker's whole cache, so until
+// the cache is full an entry's share is larger),
 // plus a share of the holder set (4 bytes per member, shared by every block with the
 // same holders). Predictions cost about 21 bytes each (Go map) plus 24 bytes per heap
 // item. Stats.MemoryBytes and kvroute_indexer_memory_bytes report the estimate;
@@ -178,26 +189,40 @@
 // With 512 workers the cost is building and intersecting the 512-entry answer, not the
 // lookups.
 //
-// Ingest, BenchmarkApplyMooncake (first 2000 requests of the Mooncake conversation
-// trace, 8 workers with 131,072-block LRU caches, 1,453,856 block operations, 1,032,704
-// blocks indexed at the end, fresh index each iteration so table growth is included):
-// 2.1 to 3.2M block operations per CPU-second over 5 runs (before: 2.3 to 3.0M in the
-// same session); at capacity (MaxBlocks 200k, nearly every new block evicts one) 2.0 to
-// 2.8M over 3 runs (before 1.1 to 1.4M). Goal >= 10M/s per core: not met. Each stored block costs a
-// chained xxhash of its 16 tokens (47 ns here) and a node-table and an engine-table
-// access, each a cache miss that warming in groups of 32 only partly overlaps (in a KVM
-// guest without huge pages, TLB misses are expensive); resizes take about a fifth of the
-// CPU profile when ingest starts from an empty index (growing by a quarter, for the
-// memory goal, resizes more often than doubling; an A/B of the two was within this
-// machine's run-to-run noise of +-20%). Dynamo publishes > 10M events+requests/s and
-// 170M block ops/s on 24 threads (about 7M per thread) for its "flash indexer".
+// Ingest, BenchmarkApplyMooncake (the Mooncake conversation trace as the events of 8
+// workers with 131,072-block LRU caches; see the benchmark's doc for the cases). Measured
+// 2026-12-01 21:24-21:35 UTC with GOMAXPROCS=1, this version and the one before
+// (20a5c7d, 7/8 load, linear probing) run alternately, 3 rounds, on the VM while other
+// engineers' builds, benchmarks and fuzzers kept the load average at 8 to 12 (wall rates
+// were 3 to 7 times lower than the CPU rates, which are the figures):
 //
-// Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index): 40.1 bytes per
-// (block, worker) entry with one holder per block at 2^20 entries, 41.6 at 1.5 x 2^20
-// (before: 64.1 and 53-54); 29.6 to 29.8 bytes per entry (119 per block) with 4 holders
-// per block (before 40.1). Goal <= 48: met at both points; at the least full point of
-// both tables (70%) a chain stored by one worker costs about 43 bytes per entry (22.9
-// engine slot, 11.4 node slot, 8 in the run, under 1 for run records and sets).
+//	case                        before (M ops/CPU-s)   after (M ops/CPU-s)
+//	steady (requests 2000-3999) 0.89 to 1.13           1.58 to 1.90
+//	empty (requests 0-1999)     1.14 to 1.45           1.23 to 1.69
+//	empty-reserved              -                      1.84 to 1.88 (2 runs)
+//	MaxBlocks=200k              0.93 to 1.07           0.97 to 1.19
+//
+// Goal >= 10M block ops/s per core: not met, by 5x or more. On a quieter day the version
+// before ran the empty case at 2.1 to 3.2M (2026-11-22), so the absolute figures here
+// are depressed by the machine's load; the ratios are side by side. Nearly every
+// operation of this stream stores a block no one holds (1,243,168 of 1,243,392 stores,
+// plus 210,464 removes, in the first 2000 requests): its cost is the chained hash, an
+// engine-table insert and a node-table insert, two random cache lines each moved by
+// Robin Hood shifting, plus the bookkeeping. Dynamo publishes > 10M events+requests/s
+// and 170M block ops/s on 24 threads (about 7M per thread) for its "flash indexer",
+// hardware not stated.
+//
+// Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index, same session): 43.6 bytes
+// per (block, worker) entry with one holder per block at 2^20 entries, 43.7 at 1.5 x 2^20
+// (7/8 load before: 40.1 and 41.6); 29.6 bytes per entry (119 per block) with 4 holders
+// per block. Goal <= 48: met at both points; at the least full point of both tables
+// (60%) a chain stored by one worker would cost about 48.5 bytes per entry (26.7 engine
+// slot, 13.3 node slot, 8 in the run, under 1 for run records and sets).
+//
+// Lookup, same session (BenchmarkMatch10M, 20,000 calls, load average 12): 5.2 us CPU per
+// Match (before 8.0 us), p50 4.0 us, p99 31 us wall (before 6.3 / 152 us): the p99 is the
+// machine's queueing; on 2026-11-22 at load 1 to 10 the version before measured p99 3.0 to
+// 3.9 us, and Robin Hood order only shortens lookups.
 //
 // Under concurrent ingest (BenchmarkMatchDuringIngest, 2 matching goroutines and one
 // ingest goroutine on the 2 shared cores, 1M blocks): Match p50 22 us, p99 118 us (three
