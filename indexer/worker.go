@@ -100,8 +100,9 @@ type workerState struct {
 
 // Reserve sizes the engine-hash tables of worker id (every data-parallel rank the index
 // has seen for it, sharing blocks evenly) for a KV cache of blocks blocks, at most
-// Options.MaxBlocksPerWorker each, so that ingest never rehashes them while the cache
-// fills; a clear keeps the size. The router calls it with the capacity each worker
+// Options.MaxBlocksPerWorker each, and the node table for the sum of every worker's
+// reservation (at most Options.MaxBlocks), so that ingest never rehashes them while the
+// caches fill; a clear keeps the sizes. The router calls it with the capacity each worker
 // reports (vllm:cache_config_info num_gpu_blocks, sglang num_pages) on every scrape, so
 // a call that changes nothing only takes the read lock. Workers not seen yet are left
 // alone (the next call after their first event sizes them), blocks <= 0 does nothing,
@@ -145,6 +146,15 @@ func (ix *Index) reservedLocked(id string, blocks int, apply bool) bool {
 			ws.reserved = share
 			ws.eng.reserve(share)
 		}
+	}
+	if apply && !done {
+		// The node table holds at most every worker's cache (less where they share
+		// blocks), and at most MaxBlocks.
+		total := 0
+		for _, ws := range ix.byKey {
+			total += ws.reserved
+		}
+		ix.nodes.Reserve(min(total, ix.opts.MaxBlocks))
 	}
 	return done
 }

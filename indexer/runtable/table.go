@@ -3,6 +3,7 @@ package runtable
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"sync/atomic"
 )
@@ -102,7 +103,9 @@ type Table struct {
 	// lastRID is the run that received the last insert: the next block of a chain being
 	// stored usually appends to it, without a lookup of its parent.
 	lastRID uint32
-	shards  [numShards]shard
+	// floor is the size no shard shrinks below (Reserve); 0 for none.
+	floor  int
+	shards [numShards]shard
 }
 
 // New returns an empty table whose keys are mixed with seed before placement, so that an
@@ -210,6 +213,24 @@ func (t *Table) HomeSlot(key uint64) *uint64 {
 
 // Warm loads key's home slot and returns it; see [Table.HomeSlot], which warms better.
 func (t *Table) Warm(key uint64) uint64 { return *t.HomeSlot(key) }
+
+// Reserve grows every shard, when needed, so that n keys fit without resizing (a shard's
+// share of n keys plus four standard deviations, at most 3/4 full), and keeps that size
+// as the shards' floor: they never shrink below it. A smaller n than before changes
+// nothing.
+func (t *Table) Reserve(n int) {
+	per := float64(n) / numShards
+	size := int((per+4*math.Sqrt(per)+8)*maxLoadDen/maxLoadNum) + 1
+	if size <= t.floor {
+		return
+	}
+	t.floor = size
+	for i := range t.shards {
+		if s := &t.shards[i]; len(s.slots) < size {
+			t.resize(s, size)
+		}
+	}
+}
 
 // Pos returns a number that orders keys as they are stored: by run, then by position
 // in the run (chain order); ok is false for an absent key. A caller that inserts keys in
@@ -690,8 +711,8 @@ func (t *Table) deleteSlot(key uint64) {
 	}
 	s.slots[i] = 0
 	s.n--
-	if len(s.slots) > minShardCap && s.n*8 < len(s.slots) {
-		t.resize(s, max(len(s.slots)/2, minShardCap))
+	if len(s.slots) > max(minShardCap, t.floor) && s.n*8 < len(s.slots) {
+		t.resize(s, max(len(s.slots)/2, minShardCap, t.floor))
 	}
 }
 

@@ -237,3 +237,42 @@ func BenchmarkSpan512(b *testing.B) {
 		i++
 	}
 }
+
+// TestReserve: after Reserve(n), inserting n keys resizes no shard, and deleting them
+// all leaves every shard at the reserved size (the floor); a smaller Reserve is a no-op.
+func TestReserve(t *testing.T) {
+	const n = 50_000
+	tb := New(3)
+	tb.Reserve(n)
+	tb.Reserve(10)
+	sizes := make([]int, numShards)
+	for i := range tb.shards {
+		sizes[i] = len(tb.shards[i].slots)
+	}
+	keys := make([]uint64, n)
+	for i := range keys {
+		keys[i] = uint64(i)*0x9E3779B97F4A7C15 | 1
+		tb.Insert(keys[i], 0, 1, 1)
+	}
+	for i := range tb.shards {
+		if len(tb.shards[i].slots) != sizes[i] {
+			t.Fatalf("shard %d resized from %d to %d slots with %d keys reserved", i, sizes[i], len(tb.shards[i].slots), n)
+		}
+	}
+	if err := tb.Check(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !tb.Delete(k) {
+			t.Fatalf("Delete(%x) found nothing", k)
+		}
+	}
+	for i := range tb.shards {
+		if len(tb.shards[i].slots) != sizes[i] {
+			t.Fatalf("empty shard %d shrank from %d to %d slots below its floor", i, sizes[i], len(tb.shards[i].slots))
+		}
+	}
+	if err := tb.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
