@@ -22,7 +22,9 @@ type Outcome struct {
 	TTFT, E2E time.Duration
 	// ITL is the mean gap between streamed tokens after the first (0 for one token).
 	ITL time.Duration
-	// Tokens is the number of streamed output tokens; Cached the usage's cached_tokens.
+	// Tokens is the number of output tokens: the usage's completion_tokens, or the
+	// number of content chunks when the stream carries no usage (a chunk may hold
+	// several tokens: kvsim's stream_chunk_tokens). Cached is the usage's cached_tokens.
 	Tokens, Cached, Prompt int
 	// Worker is the x-kvroute-worker header ("" when absent).
 	Worker string
@@ -115,8 +117,9 @@ type chunk struct {
 		Text string `json:"text"`
 	} `json:"choices"`
 	Usage *struct {
-		PromptTokens  int `json:"prompt_tokens"`
-		PromptDetails *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+		PromptDetails    *struct {
 			CachedTokens int `json:"cached_tokens"`
 		} `json:"prompt_tokens_details"`
 	} `json:"usage"`
@@ -155,6 +158,7 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var first, last time.Time
+	completion := -1 // from the usage chunk
 	for sc.Scan() {
 		line := sc.Bytes()
 		data, ok := bytes.CutPrefix(line, []byte("data: "))
@@ -175,7 +179,7 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 			o.Tokens++
 		}
 		if ch.Usage != nil {
-			o.Prompt = ch.Usage.PromptTokens
+			o.Prompt, completion = ch.Usage.PromptTokens, ch.Usage.CompletionTokens
 			if ch.Usage.PromptDetails != nil {
 				o.Cached = ch.Usage.PromptDetails.CachedTokens
 			}
@@ -192,6 +196,11 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 		return o
 	}
 	o.TTFT = first.Sub(t0)
+	if completion > 0 {
+		// Chunks may carry several tokens each; kvsim sends the first token alone, so
+		// the other Tokens-1 arrive between first and last and ITL stays per token.
+		o.Tokens = completion
+	}
 	if o.Tokens > 1 {
 		o.ITL = last.Sub(first) / time.Duration(o.Tokens-1)
 	}
