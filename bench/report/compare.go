@@ -116,6 +116,9 @@ type Result struct {
 	PerWorker []WorkerResult `json:"per_worker"`
 	// TTFTs are every successful request's TTFT in seconds, sorted (for the CDF plot).
 	TTFTs []float64 `json:"-"`
+	// Outcomes are the replay's per-request outcomes, by request index (for
+	// requests_<policy>.jsonl).
+	Outcomes []workload.Outcome `json:"-"`
 	// SampleEvery is the in-flight sampling period in seconds.
 	SampleEvery float64 `json:"sample_every_s"`
 }
@@ -382,7 +385,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 		tokens += int64(o.Tokens)
 	}
 	res.TTFT, res.ITL, res.E2E = percentiles(ttft), percentiles(itl), percentiles(e2e)
-	res.TTFTs = ttft
+	res.TTFTs, res.Outcomes = ttft, outs
 	res.OutputTPS = float64(tokens) / wall.Seconds()
 	var prompt, cached uint64
 	var busy time.Duration

@@ -89,7 +89,8 @@ func ms(s float64) string {
 	return fmt.Sprintf("%.1f ms", 1000*s)
 }
 
-// WriteDir writes report.md, report.json and the PNG plots into dir (created if needed).
+// WriteDir writes report.md, report.json, each policy's per-request outcomes
+// (requests_<policy>.jsonl) and the PNG plots into dir (created if needed).
 func WriteDir(dir string, s *Summary) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("report dir: %w", err)
@@ -112,5 +113,46 @@ func WriteDir(dir string, s *Summary) error {
 	if err := os.WriteFile(filepath.Join(dir, "report.json"), append(j, '\n'), 0o644); err != nil {
 		return fmt.Errorf("report.json: %w", err)
 	}
+	for i := range s.Results {
+		if err := writeOutcomes(dir, &s.Results[i]); err != nil {
+			return err
+		}
+	}
 	return WritePlots(dir, s)
+}
+
+// outcomeLine is one line of requests_<policy>.jsonl; times in seconds.
+type outcomeLine struct {
+	I               int     `json:"i"`
+	Sent            float64 `json:"sent_s"`
+	TTFT            float64 `json:"ttft_s"`
+	E2E             float64 `json:"e2e_s"`
+	Worker          string  `json:"worker"`
+	Prompt          int     `json:"prompt"`
+	Cached          int     `json:"cached"`
+	PredictedBlocks int     `json:"predicted_blocks"`
+	Tokens          int     `json:"tokens"`
+	Err             string  `json:"err,omitempty"`
+}
+
+// writeOutcomes writes r's per-request outcomes as requests_<policy>.jsonl in dir, one
+// JSON object a line in request order (nothing when r has none).
+func writeOutcomes(dir string, r *Result) error {
+	if len(r.Outcomes) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	for i, o := range r.Outcomes {
+		if err := enc.Encode(outcomeLine{
+			I: i, Sent: o.Sent.Seconds(), TTFT: o.TTFT.Seconds(), E2E: o.E2E.Seconds(), Worker: o.Worker,
+			Prompt: o.Prompt, Cached: o.Cached, PredictedBlocks: o.PredictedBlocks, Tokens: o.Tokens, Err: o.Err,
+		}); err != nil {
+			return fmt.Errorf("requests_%s.jsonl: %w", r.Policy, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "requests_"+r.Policy+".jsonl"), []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("requests_%s.jsonl: %w", r.Policy, err)
+	}
+	return nil
 }

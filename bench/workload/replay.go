@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,9 @@ type Outcome struct {
 	Tokens, Cached, Prompt int
 	// Worker is the x-kvroute-worker header ("" when absent).
 	Worker string
+	// PredictedBlocks is the router's expected cached overlap in blocks, from the
+	// x-kvroute-cached-blocks header (<overlap>/<total>); -1 when absent.
+	PredictedBlocks int
 	// Err is the failure, "" on success.
 	Err string
 }
@@ -128,7 +132,7 @@ type chunk struct {
 // send runs one request and measures it.
 func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, start time.Time) Outcome {
 	t0 := time.Now()
-	o := Outcome{Sent: t0.Sub(start)}
+	o := Outcome{Sent: t0.Sub(start), PredictedBlocks: -1}
 	var b body
 	b.Model, b.Prompt, b.MaxTokens, b.IgnoreEOS, b.Stream = c.Model, r.Prompt, r.MaxTokens, true, true
 	b.StreamOptions.IncludeUsage = true
@@ -150,6 +154,11 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 	}
 	defer func() { _ = resp.Body.Close() }()
 	o.Worker = resp.Header.Get("x-kvroute-worker")
+	if v, _, ok := strings.Cut(resp.Header.Get("x-kvroute-cached-blocks"), "/"); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			o.PredictedBlocks = n
+		}
+	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		o.Err = "status " + strconv.Itoa(resp.StatusCode) + ": " + string(msg)
