@@ -37,6 +37,11 @@ import (
 // without engine events (their index is their own routing history), Dynamo's with them.
 var Policies = []string{"cache_aware", "cache_aware_noevents", "round_robin", "random", "least_inflight", "power_of_two", "sglang", "llmd_approx", "dynamo"}
 
+// Ablations are policies [Compare] also knows but does not run by default:
+// "cache_aware_noaffinity" is kvroute with events and cache_aware.affinity_weight 0 (no
+// routing history: the cost counts only blocks the events say are cached).
+var Ablations = []string{"cache_aware_noaffinity"}
+
 // peerSelector returns the bench/policies selector of a peer policy name, and whether
 // its run feeds engine events to the router; nil for kvroute's own policies.
 func peerSelector(policy string) (scorer.Selector, bool) {
@@ -188,6 +193,8 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Conf
 	switch policy {
 	case "cache_aware_noevents":
 		cfg.Policy, events = "cache_aware", false
+	case "cache_aware_noaffinity":
+		cfg.Policy, cfg.CacheAware.AffinityWeight = "cache_aware", 0
 	case "cache_aware", "round_robin", "random", "least_inflight", "power_of_two":
 		cfg.Policy = policy
 	case "sglang", "llmd_approx", "dynamo":
@@ -196,7 +203,7 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Conf
 		cfg.Policy = "cache_aware"
 		_, events = peerSelector(policy)
 	default:
-		return nil, fmt.Errorf("unknown policy %q (known: %v)", policy, Policies)
+		return nil, fmt.Errorf("unknown policy %q (known: %v and %v)", policy, Policies, Ablations)
 	}
 	for _, info := range fleet.Infos() {
 		wc := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 1024}
