@@ -187,7 +187,9 @@ type CacheAware struct {
 	// router keeps a history of its own decisions for prediction_ttl beside the index,
 	// so a conversation returns to the worker it was sent to after that worker evicted
 	// its older turns. In [0, 1]; 0 keeps no history. Only used with KV events (without
-	// them the index itself is the routing history). Default 0.5.
+	// them the index itself is the routing history). Default 0 (off: on the Mooncake
+	// trace it sent more turns back to their worker without a consistent hit-rate gain,
+	// bench/RESULTS.md).
 	AffinityWeight float64 `yaml:"affinity_weight"`
 	// Temperature softens the choice (in blocks); 0 picks the cheapest. Default 0.
 	Temperature float64 `yaml:"temperature"`
@@ -309,7 +311,6 @@ func Default() Config {
 		Policy: "cache_aware",
 		CacheAware: CacheAware{
 			OverlapWeight:   8,
-			AffinityWeight:  0.5,
 			SessionSlack:    8,
 			MaxImbalance:    1.5,
 			MaxKVUsage:      1,

@@ -15,9 +15,9 @@ import (
 // the router's routing history for them, so the prompt's next turn returns to it
 // instead of being placed by load alone; with affinity_weight 0 no history is kept.
 func TestAffinityOutlivesEviction(t *testing.T) {
-	ss := startSimStack(t, 2, nil)
+	ss := startSimStack(t, 2, func(_ *sim.FleetConfig, c *configs.Config) { c.CacheAware.AffinityWeight = 0.5 })
 	if ss.stack.History == nil {
-		t.Fatal("no routing history with KV events and the default affinity_weight")
+		t.Fatal("no routing history with KV events and affinity_weight 0.5")
 	}
 	toks := make([]uint32, 20*itBlockSize)
 	for i := range toks {
@@ -57,9 +57,9 @@ func TestAffinityOutlivesEviction(t *testing.T) {
 	}
 }
 
-func TestNoHistoryWithoutAffinityWeight(t *testing.T) {
-	ss := startSimStack(t, 1, func(_ *sim.FleetConfig, c *configs.Config) { c.CacheAware.AffinityWeight = 0 })
+func TestNoHistoryByDefault(t *testing.T) {
+	ss := startSimStack(t, 1, nil)
 	if ss.stack.History != nil {
-		t.Fatal("routing history kept with affinity_weight 0")
+		t.Fatal("routing history kept with the default affinity_weight 0")
 	}
 }

@@ -25,8 +25,12 @@
 // load alone, anywhere: its content ends up on several workers, each copy evicting other
 // content, and its later turns find only pieces of it. Kept on the worker it was routed
 // to, a conversation stays in one copy, refreshed by each turn (the routing histories of
-// SGLang's and llm-d's approximate policies have the same effect). Measured in
-// bench/RESULTS.md (Mooncake trace).
+// SGLang's and llm-d's approximate policies have that effect). Off by default: on the
+// Mooncake trace at 85-90% load (bench/RESULTS.md) it doubled the share of turns sent
+// back to their previous turn's worker but the hit rate moved by -0.9 to +0.3 points
+// between runs, within run-to-run noise. With exact events the index already knows
+// where the newest copy of a conversation is (where its last turn went), so the
+// history adds little; what makes llm-d's policy hit more is that it weighs load less.
 //
 // Load guard: a candidate is skipped when taking the request would put its in-flight
 // requests above MaxImbalance times one more than the candidates' mean (the request
@@ -71,7 +75,7 @@ type Options struct {
 	KVUsageWeight float64
 	// AffinityWeight is the share of a cached block's worth credited for each block of
 	// the candidate's routing history it no longer holds (AffinityBlocks beyond
-	// OverlapBlocks), in [0, 1]; 0 ignores the history. Default 0.5.
+	// OverlapBlocks), in [0, 1]; 0 ignores the history. Default 0 (see the package doc).
 	AffinityWeight float64
 	// Temperature softens the choice; 0 picks the cheapest. Default 0.
 	Temperature float64
@@ -87,7 +91,7 @@ type Options struct {
 
 // Defaults returns the documented default options.
 func Defaults() Options {
-	return Options{OverlapWeight: 8, AffinityWeight: 0.5, SessionSlack: 8, MaxImbalance: 1.5}
+	return Options{OverlapWeight: 8, SessionSlack: 8, MaxImbalance: 1.5}
 }
 
 // Selector is the cache_aware policy. It is safe for concurrent use if its Rand is.

@@ -180,7 +180,7 @@ func BenchmarkSelect(b *testing.B) {
 
 func TestAffinityCountsHistoryAtItsWeight(t *testing.T) {
 	o := Defaults()
-	o.OverlapWeight = 1
+	o.OverlapWeight, o.AffinityWeight = 1, 0.5
 	s := New(o)
 	// a was sent the first 48 blocks and still holds 16 of them; b holds 16, no history.
 	cands := []scorer.Candidate{
