@@ -182,6 +182,15 @@ type CacheAware struct {
 	// KVUsageWeight is the cost in blocks of a full KV cache, from scraped metrics.
 	// Default 0 (off).
 	KVUsageWeight float64 `yaml:"kv_usage_weight"`
+	// AffinityWeight is how much of a cached block each block of a worker's routing
+	// history is worth when the worker no longer holds it (per its KV events): the
+	// router keeps a history of its own decisions for prediction_ttl beside the index,
+	// so a conversation returns to the worker it was sent to after that worker evicted
+	// its older turns. In [0, 1]; 0 keeps no history. Only used with KV events (without
+	// them the index itself is the routing history). Default 0 (off: on the Mooncake
+	// trace it sent more turns back to their worker without a consistent hit-rate gain,
+	// bench/RESULTS.md).
+	AffinityWeight float64 `yaml:"affinity_weight"`
 	// Temperature softens the choice (in blocks); 0 picks the cheapest. Default 0.
 	Temperature float64 `yaml:"temperature"`
 	// SessionSlack is how many blocks more than the cheapest a session's sticky worker
@@ -464,6 +473,9 @@ func (c *Config) Validate() error {
 		if f.v < 0 || f.v != f.v {
 			bad("%s: %v must be zero or positive", f.name, f.v)
 		}
+	}
+	if ca.AffinityWeight < 0 || ca.AffinityWeight > 1 || ca.AffinityWeight != ca.AffinityWeight {
+		bad("cache_aware.affinity_weight: %v must be in [0, 1]", ca.AffinityWeight)
 	}
 	if ca.MaxKVUsage <= 0 || ca.MaxKVUsage > 1 {
 		bad("cache_aware.max_kv_usage: %v must be in (0, 1]", ca.MaxKVUsage)

@@ -127,14 +127,21 @@ func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	if s.index != nil && len(st.hashes) > 0 {
 		st.matches = s.index.Match(st.hashes, st.matches[:0])
 	}
+	if s.history != nil && len(st.hashes) > 0 {
+		st.hist = s.history.Match(st.hashes, st.hist[:0])
+	}
 }
 
 // overlap returns how many leading blocks of the request worker id holds (the best of
 // its data-parallel ranks).
-func (st *routeState) overlap(id string) int {
+func (st *routeState) overlap(id string) int { return bestMatch(st.matches, id) }
+
+// bestMatch returns the longest match of worker id in ms (the best of its data-parallel
+// ranks), 0 when it has none.
+func bestMatch(ms []indexer.WorkerMatch, id string) int {
 	best := 0
-	for i := range st.matches {
-		if m := &st.matches[i]; m.Worker.ID == id && m.Blocks > best {
+	for i := range ms {
+		if m := &ms[i]; m.Worker.ID == id && m.Blocks > best {
 			best = m.Blocks
 		}
 	}
@@ -146,6 +153,9 @@ func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate 
 	c := scorer.Candidate{
 		ID: w.ID, InFlight: w.InFlight(), OverlapBlocks: st.overlap(w.ID),
 		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
+	}
+	if s.history != nil {
+		c.AffinityBlocks = max(c.OverlapBlocks, bestMatch(st.hist, w.ID))
 	}
 	if s.replica != nil {
 		// The other replicas' load on w: the policy and the guard see the fleet's.
@@ -195,6 +205,9 @@ func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *rou
 		// is right; if another rank stores the blocks, the rank-0 prediction is not
 		// replaced by them and lasts until its TTL.
 		s.index.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+		if s.history != nil {
+			s.history.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+		}
 		if s.replica != nil {
 			s.replica.Predicted(w.ID, st.hashes)
 		}

@@ -27,6 +27,7 @@ type Decision struct {
 type DecisionCandidate struct {
 	Worker         string  `json:"worker"`
 	OverlapBlocks  int     `json:"overlap_blocks"`
+	AffinityBlocks int     `json:"affinity_blocks,omitempty"` // routing history (scorer.Candidate.AffinityBlocks)
 	InFlight       int64   `json:"in_flight"`
 	PendingPrefill int64   `json:"pending_prefill_tokens"`
 	ActiveBlocks   int64   `json:"active_blocks"`
@@ -57,7 +58,7 @@ func (l *decisionLog) record(d Decision, cands []scorer.Candidate, costs []score
 	*slot = d
 	for i, c := range cands {
 		dc := DecisionCandidate{
-			Worker: c.ID, OverlapBlocks: c.OverlapBlocks, InFlight: c.InFlight,
+			Worker: c.ID, OverlapBlocks: c.OverlapBlocks, AffinityBlocks: c.AffinityBlocks, InFlight: c.InFlight,
 			PendingPrefill: c.PendingPrefillTokens, ActiveBlocks: c.ActiveBlocks,
 		}
 		if costs != nil {

@@ -24,7 +24,7 @@ func NewSelector(cfg *configs.Config) (scorer.Selector, error) {
 	case "cache_aware":
 		ca := cfg.CacheAware
 		return cacheaware.New(cacheaware.Options{
-			OverlapWeight: ca.OverlapWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
+			OverlapWeight: ca.OverlapWeight, AffinityWeight: ca.AffinityWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
 			Temperature: ca.Temperature, SessionSlack: ca.SessionSlack, MaxImbalance: ca.MaxImbalance,
 		}), nil
 	case "round_robin":
@@ -49,6 +49,7 @@ type routeState struct {
 	tried   []*upstream.Worker
 	hashes  []proto.BlockHash
 	matches []indexer.WorkerMatch
+	hist    []indexer.WorkerMatch // matches in the routing history (Server.history)
 	exact   bool
 	hdr     [24]byte
 }
@@ -61,8 +62,9 @@ func putRouteState(st *routeState) {
 	clear(st.workers[:cap(st.workers)])
 	clear(st.tried[:cap(st.tried)])
 	clear(st.matches[:cap(st.matches)]) // they hold worker id strings
+	clear(st.hist[:cap(st.hist)])
 	st.workers, st.tried, st.cands, st.costs = st.workers[:0], st.tried[:0], st.cands[:0], st.costs[:0]
-	st.hashes, st.matches, st.exact = st.hashes[:0], st.matches[:0], false
+	st.hashes, st.matches, st.hist, st.exact = st.hashes[:0], st.matches[:0], st.hist[:0], false
 	st.req = scorer.Request{}
 	routeStates.Put(st)
 }

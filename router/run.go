@@ -33,6 +33,7 @@ type Stack struct {
 	Registry *prometheus.Registry
 	Pool     *upstream.Pool
 	Index    *indexer.Index
+	History  *indexer.Index    // routing history for cache_aware.affinity_weight; nil without KV events or with the weight 0
 	Events   *kvevents.Manager // ZMQ feeds; nil when no worker publishes events or source is nats
 	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
 	Replica  *replica.Sync     // state shared with other replicas; nil unless replica.nats_url is set
@@ -74,9 +75,18 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err := st.newReplica(reg); err != nil {
 		return nil, err
 	}
+	if cfg.Policy == "cache_aware" && cfg.CacheAware.AffinityWeight > 0 && (st.Events != nil || st.NATS != nil) {
+		// With KV events the index forgets a block when the worker evicts it; the
+		// history remembers where the router sent it (predictions only, no metrics).
+		if st.History, err = indexer.New(indexer.Options{
+			MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL,
+		}); err != nil {
+			return nil, fmt.Errorf("routing history: %w", err)
+		}
+	}
 	st.Server, err = New(Options{
 		Config: cfg, Pool: st.Pool, Registerer: reg, Gatherer: reg, Logger: log,
-		Index: st.Index, Hasher: hasher, Replica: st.Replica,
+		Index: st.Index, History: st.History, Hasher: hasher, Replica: st.Replica,
 	})
 	if err != nil {
 		return nil, err
@@ -333,6 +343,9 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	st.Pool.Start(ctx)
 	goRun(st.Pool.Run)
 	goRun(func(c context.Context) { st.Index.Run(c, 0) })
+	if st.History != nil {
+		goRun(func(c context.Context) { st.History.Run(c, 0) })
+	}
 	goRun(st.Scraper.Run)
 	st.startReplica(ctx, goRun)
 	if st.Events != nil {

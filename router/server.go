@@ -37,6 +37,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Index is the prefix index consulted for each request; nil disables matching.
 	Index *indexer.Index
+	// History is the router's routing history for cache_aware.affinity_weight: an index
+	// fed only with the router's own predictions (never with KV events), consulted
+	// beside Index, so a worker's affinity for a prompt survives its evictions. nil
+	// means no separate history: the affinity is the overlap (as without KV events,
+	// where Index itself holds only routing predictions).
+	History *indexer.Index
 	// Hasher turns requests into block hashes (the configured tokenize mode, usually
 	// wrapped in prefix.Fallback); nil disables hashing.
 	Hasher prefix.Hasher
@@ -58,6 +64,7 @@ type Server struct {
 
 	// Cache-aware routing: nil index or hasher disable their part.
 	index     *indexer.Index
+	history   *indexer.Index
 	hasher    prefix.Hasher
 	replica   *replica.Sync
 	blocks    blockSizes
@@ -86,7 +93,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		cfg: opts.Config, pool: opts.Pool, sel: opts.Selector, log: opts.Logger,
-		index: opts.Index, hasher: opts.Hasher, replica: opts.Replica,
+		index: opts.Index, history: opts.History, hasher: opts.Hasher, replica: opts.Replica,
 		blocks:    blockSizes{configured: opts.Config.CacheAware.BlockSize},
 		decisions: newDecisionLog(256),
 		traffic:   newTrafficStats(time.Now()),

@@ -32,6 +32,12 @@ type Candidate struct {
 	// OverlapBlocks is how many leading blocks of the request the worker has cached,
 	// per the indexer (confirmed or predicted).
 	OverlapBlocks int
+	// AffinityBlocks is how many leading blocks of the request this router (or a
+	// replica) sent to the worker within the prediction TTL, whether or not the worker
+	// still holds them: its routing history, which survives the worker's evictions. At
+	// least OverlapBlocks when set; 0 when the router keeps no separate history (then
+	// the overlap is all the policy knows).
+	AffinityBlocks int
 	// PendingPrefillTokens are prompt tokens the router sent to the worker that have not
 	// produced a first token yet: prefill work queued ahead of this request.
 	PendingPrefillTokens int64

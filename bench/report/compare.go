@@ -37,6 +37,12 @@ import (
 // without engine events (their index is their own routing history), Dynamo's with them.
 var Policies = []string{"cache_aware", "cache_aware_noevents", "round_robin", "random", "least_inflight", "power_of_two", "sglang", "llmd_approx", "dynamo"}
 
+// Ablations are policies [Compare] also knows but does not run by default:
+// "cache_aware_affinity" is kvroute with events and cache_aware.affinity_weight 0.5 (a
+// routing history beside the index: blocks sent to a worker and since evicted count
+// half a cached block).
+var Ablations = []string{"cache_aware_affinity"}
+
 // peerSelector returns the bench/policies selector of a peer policy name, and whether
 // its run feeds engine events to the router; nil for kvroute's own policies.
 func peerSelector(policy string) (scorer.Selector, bool) {
@@ -71,6 +77,9 @@ type Config struct {
 	// worker's events; requests go to them round-robin, as through an L4 balancer.
 	// 0 means 1.
 	Replicas int
+	// Tune, when set, adjusts every policy's router configuration after the defaults
+	// and before the policy's own settings (so an ablation's settings still win).
+	Tune func(*configs.Config)
 	// NoReplicaSync runs the replicas independently (the herding control) instead of
 	// sharing load and decisions over an embedded NATS server (router/replica).
 	NoReplicaSync bool
@@ -99,6 +108,10 @@ type Result struct {
 	Wall float64 `json:"wall_s"`
 	// Load is the fleet's simulated busy time over (wall time x workers).
 	Load float64 `json:"load"`
+	// Lag is the fleet's lost time (sim.Stats.LagTime: engines run late by the host)
+	// over (wall time x workers); above a few percent the host's CPU contention, not the
+	// policy, inflates latencies.
+	Lag float64 `json:"sim_lag"`
 	// Imbalance is the mean over samples (with any request in flight) of max/mean of the
 	// workers' in-flight requests (running + waiting); 1 is perfect balance.
 	Imbalance float64 `json:"imbalance"`
@@ -116,6 +129,9 @@ type Result struct {
 	PerWorker []WorkerResult `json:"per_worker"`
 	// TTFTs are every successful request's TTFT in seconds, sorted (for the CDF plot).
 	TTFTs []float64 `json:"-"`
+	// Outcomes are the replay's per-request outcomes, by request index (for
+	// requests_<policy>.jsonl).
+	Outcomes []workload.Outcome `json:"-"`
 	// SampleEvery is the in-flight sampling period in seconds.
 	SampleEvery float64 `json:"sample_every_s"`
 }
@@ -175,8 +191,11 @@ func Compare(ctx context.Context, w *workload.Workload, c Config) ([]Result, err
 }
 
 // routerConfig returns the router configuration for policy over the fleet.
-func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Config, error) {
+func routerConfig(policy string, fleet *sim.Fleet, blockSize int, tune func(*configs.Config)) (*configs.Config, error) {
 	cfg := configs.Default()
+	if tune != nil {
+		tune(&cfg)
+	}
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Health.Interval = 200 * time.Millisecond
 	cfg.Timeouts.Shutdown = 2 * time.Second
@@ -185,6 +204,8 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Conf
 	switch policy {
 	case "cache_aware_noevents":
 		cfg.Policy, events = "cache_aware", false
+	case "cache_aware_affinity":
+		cfg.Policy, cfg.CacheAware.AffinityWeight = "cache_aware", 0.5
 	case "cache_aware", "round_robin", "random", "least_inflight", "power_of_two":
 		cfg.Policy = policy
 	case "sglang", "llmd_approx", "dynamo":
@@ -193,7 +214,7 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int) (*configs.Conf
 		cfg.Policy = "cache_aware"
 		_, events = peerSelector(policy)
 	default:
-		return nil, fmt.Errorf("unknown policy %q (known: %v)", policy, Policies)
+		return nil, fmt.Errorf("unknown policy %q (known: %v and %v)", policy, Policies, Ablations)
 	}
 	for _, info := range fleet.Infos() {
 		wc := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 1024}
@@ -229,7 +250,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 		return res, fmt.Errorf("start fleet: %w", err)
 	}
 	defer func() { _ = fleet.Close() }()
-	cfg, err := routerConfig(policy, fleet, c.Fleet.Worker.BlockSize)
+	cfg, err := routerConfig(policy, fleet, c.Fleet.Worker.BlockSize, c.Tune)
 	if err != nil {
 		return res, err
 	}
@@ -382,15 +403,16 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 		tokens += int64(o.Tokens)
 	}
 	res.TTFT, res.ITL, res.E2E = percentiles(ttft), percentiles(itl), percentiles(e2e)
-	res.TTFTs = ttft
+	res.TTFTs, res.Outcomes = ttft, outs
 	res.OutputTPS = float64(tokens) / wall.Seconds()
 	var prompt, cached uint64
-	var busy time.Duration
+	var busy, lag time.Duration
 	for i, wk := range workers {
 		s := wk.Stats()
 		prompt += s.PromptTokens
 		cached += s.CachedTokens
 		busy += s.BusyTime
+		lag += s.LagTime
 		res.PerWorker[i].Requests = s.Requests
 		res.PerWorker[i].Busy = s.BusyTime.Seconds()
 		if s.PromptTokens > 0 {
@@ -401,6 +423,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 		res.HitRate = float64(cached) / float64(prompt)
 	}
 	res.Load = busy.Seconds() / (wall.Seconds() * float64(len(workers)))
+	res.Lag = lag.Seconds() / (wall.Seconds() * float64(len(workers)))
 	return res, nil
 }
 

@@ -55,18 +55,18 @@ func WriteMarkdown(w io.Writer, s *Summary) error {
 	}
 	fmt.Fprintf(&b, "Bounds from the workload: infinite cache %.1f%%, one pooled LRU cache of the fleet's %d blocks %.1f%%.  \n",
 		100*s.Bounds.Infinite, s.Bounds.PooledBlocks, 100*s.Bounds.PooledLRU)
-	fmt.Fprintf(&b, "Machine: %s. TTFT/ITL/E2E are wall-clock at the client (time-scaled: divide by the time scale for modelled seconds). Load is simulated busy time over wall time; process CPU is router + fleet + load generator (one process), router CPU the router's share of it (goroutine-labelled CPU profile, 100 Hz); host load is the 1-minute load average after the run.\n\n", s.Setup.Machine)
-	b.WriteString("| policy | hit rate | % of inf. bound | % of pooled-LRU bound | TTFT p50 | TTFT p90 | TTFT p99 | ITL mean | E2E p50 | E2E p90 | out tok/s | load | imbalance | process CPU s | router CPU s | host load | errors |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "Machine: %s. TTFT/ITL/E2E are wall-clock at the client (time-scaled: divide by the time scale for modelled seconds). Load is simulated busy time over wall time, sim lag the engines' time lost to running late on the host (CPU contention; latencies are inflated when it is above a few percent); process CPU is router + fleet + load generator (one process), router CPU the router's share of it (goroutine-labelled CPU profile, 100 Hz); host load is the 1-minute load average after the run.\n\n", s.Setup.Machine)
+	b.WriteString("| policy | hit rate | % of inf. bound | % of pooled-LRU bound | TTFT p50 | TTFT p90 | TTFT p99 | ITL mean | E2E p50 | E2E p90 | out tok/s | load | sim lag | imbalance | process CPU s | router CPU s | host load | errors |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range s.Results {
 		router := "n/a"
 		if r.CPUSplit != nil {
 			router = fmt.Sprintf("%.1f", r.CPUSplit.Router)
 		}
-		fmt.Fprintf(&b, "| %s | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f%% | %.2f | %.1f | %s | %.1f | %d |\n",
+		fmt.Fprintf(&b, "| %s | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f%% | %.1f%% | %.2f | %.1f | %s | %.1f | %d |\n",
 			r.Policy, 100*r.HitRate, ratio(r.HitRate, s.Bounds.Infinite), ratio(r.HitRate, s.Bounds.PooledLRU),
 			ms(r.TTFT.P50), ms(r.TTFT.P90), ms(r.TTFT.P99), ms(r.ITL.Mean), ms(r.E2E.P50), ms(r.E2E.P90),
-			r.OutputTPS, 100*r.Load, r.Imbalance, r.CPU, router, r.HostLoad, r.Errors)
+			r.OutputTPS, 100*r.Load, 100*r.Lag, r.Imbalance, r.CPU, router, r.HostLoad, r.Errors)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -89,7 +89,8 @@ func ms(s float64) string {
 	return fmt.Sprintf("%.1f ms", 1000*s)
 }
 
-// WriteDir writes report.md, report.json and the PNG plots into dir (created if needed).
+// WriteDir writes report.md, report.json, each policy's per-request outcomes
+// (requests_<policy>.jsonl) and the PNG plots into dir (created if needed).
 func WriteDir(dir string, s *Summary) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("report dir: %w", err)
@@ -112,5 +113,46 @@ func WriteDir(dir string, s *Summary) error {
 	if err := os.WriteFile(filepath.Join(dir, "report.json"), append(j, '\n'), 0o644); err != nil {
 		return fmt.Errorf("report.json: %w", err)
 	}
+	for i := range s.Results {
+		if err := writeOutcomes(dir, &s.Results[i]); err != nil {
+			return err
+		}
+	}
 	return WritePlots(dir, s)
+}
+
+// outcomeLine is one line of requests_<policy>.jsonl; times in seconds.
+type outcomeLine struct {
+	I               int     `json:"i"`
+	Sent            float64 `json:"sent_s"`
+	TTFT            float64 `json:"ttft_s"`
+	E2E             float64 `json:"e2e_s"`
+	Worker          string  `json:"worker"`
+	Prompt          int     `json:"prompt"`
+	Cached          int     `json:"cached"`
+	PredictedBlocks int     `json:"predicted_blocks"`
+	Tokens          int     `json:"tokens"`
+	Err             string  `json:"err,omitempty"`
+}
+
+// writeOutcomes writes r's per-request outcomes as requests_<policy>.jsonl in dir, one
+// JSON object a line in request order (nothing when r has none).
+func writeOutcomes(dir string, r *Result) error {
+	if len(r.Outcomes) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	for i, o := range r.Outcomes {
+		if err := enc.Encode(outcomeLine{
+			I: i, Sent: o.Sent.Seconds(), TTFT: o.TTFT.Seconds(), E2E: o.E2E.Seconds(), Worker: o.Worker,
+			Prompt: o.Prompt, Cached: o.Cached, PredictedBlocks: o.PredictedBlocks, Tokens: o.Tokens, Err: o.Err,
+		}); err != nil {
+			return fmt.Errorf("requests_%s.jsonl: %w", r.Policy, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "requests_"+r.Policy+".jsonl"), []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("requests_%s.jsonl: %w", r.Policy, err)
+	}
+	return nil
 }

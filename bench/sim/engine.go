@@ -95,7 +95,7 @@ type engineStats struct {
 	generatedTokens, preemptions atomic.Uint64
 	prefixQueries, prefixHits    atomic.Uint64
 	steps                        atomic.Uint64
-	busyNanos                    atomic.Int64
+	busyNanos, lagNanos          atomic.Int64
 	running, waiting, usedBlocks atomic.Int64
 	cachedBlocks                 atomic.Int64
 }
@@ -193,6 +193,9 @@ func (e *engine) run(ctx context.Context) {
 				return
 			}
 		case wait < -maxLag:
+			// The host did not run the engine on time (CPU contention): the lost
+			// wall time is not modelled work; count it so reports can tell.
+			e.stats.lagNanos.Add(int64(-wait))
 			next = time.Now()
 		}
 		e.mu.Lock()

@@ -90,6 +90,7 @@ func (rk *Rank) Stats() Stats {
 		PromptTokens: st.promptTokens.Load(), CachedTokens: st.cachedTokens.Load(),
 		GeneratedTokens: st.generatedTokens.Load(), Preemptions: st.preemptions.Load(),
 		Steps: st.steps.Load(), BusyTime: time.Duration(st.busyNanos.Load()),
+		LagTime: time.Duration(st.lagNanos.Load()),
 		Running: int(st.running.Load()), Waiting: int(st.waiting.Load()),
 		UsedBlocks: int(st.usedBlocks.Load()), CachedBlocks: int(st.cachedBlocks.Load()),
 		TotalBlocks: rk.blocks,
@@ -111,6 +112,7 @@ func (s *Stats) add(o Stats) {
 	s.Preemptions += o.Preemptions
 	s.Steps += o.Steps
 	s.BusyTime += o.BusyTime
+	s.LagTime += o.LagTime
 	s.Running += o.Running
 	s.Waiting += o.Waiting
 	s.UsedBlocks += o.UsedBlocks

@@ -60,6 +60,11 @@ type Stats struct {
 	// steps: the engine's busy time, exact whatever the host's load. BusyTime divided by
 	// wall time is the worker's utilization.
 	BusyTime time.Duration
+	// LagTime is the wall time the engine fell behind its modelled schedule by more
+	// than 50 ms and gave up catching up (the host ran it late: CPU contention, or a
+	// step's own CPU work took longer than its scaled duration). Modelled throughput is
+	// lost for that time, so latencies are inflated; near 0 on an unloaded host.
+	LagTime time.Duration
 	// Running and Waiting are the engine's current queue lengths.
 	Running, Waiting int
 	// UsedBlocks are blocks referenced by requests; CachedBlocks distinct cached hashes;

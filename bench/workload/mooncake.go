@@ -21,7 +21,10 @@ type MooncakeRecord struct {
 
 // MooncakeConfig selects the part of a trace to replay.
 type MooncakeConfig struct {
-	// Limit keeps the first Limit records; 0 keeps all.
+	// Skip drops the first Skip records (before MaxInput's filter); the kept ones'
+	// timestamps are then counted from the first kept record's. 0 skips none.
+	Skip int
+	// Limit keeps the first Limit records (after Skip); 0 keeps all.
 	Limit int
 	// MaxOutput caps forced output lengths; 0 keeps the trace's.
 	MaxOutput int
@@ -44,6 +47,8 @@ func ParseMooncake(r io.Reader, c MooncakeConfig) (*Workload, error) {
 	sc.Buffer(make([]byte, 64<<10), maxMooncakeLine)
 	w := &Workload{Name: "mooncake"}
 	line := 0
+	records := 0   // well-formed records read
+	var base int64 // with Skip: the first kept record's timestamp
 	for sc.Scan() {
 		line++
 		b := sc.Bytes()
@@ -63,6 +68,9 @@ func ParseMooncake(r io.Reader, c MooncakeConfig) (*Workload, error) {
 		if rec.InputLength > len(rec.HashIDs)*MooncakeBlock || rec.InputLength <= (len(rec.HashIDs)-1)*MooncakeBlock {
 			return nil, fmt.Errorf("mooncake line %d: input_length %d does not match %d hash ids", line, rec.InputLength, len(rec.HashIDs))
 		}
+		if records++; records <= c.Skip {
+			continue
+		}
 		if c.MaxInput > 0 && rec.InputLength > c.MaxInput {
 			continue
 		}
@@ -74,7 +82,10 @@ func ParseMooncake(r io.Reader, c MooncakeConfig) (*Workload, error) {
 		if c.MaxOutput > 0 {
 			out = min(out, c.MaxOutput)
 		}
-		at := time.Duration(rec.Timestamp) * time.Millisecond
+		if c.Skip > 0 && len(w.Requests) == 0 {
+			base = rec.Timestamp
+		}
+		at := time.Duration(rec.Timestamp-base) * time.Millisecond
 		if n := len(w.Requests); n > 0 && at < w.Requests[n-1].At {
 			return nil, fmt.Errorf("mooncake line %d: timestamp %d before the previous line's", line, rec.Timestamp)
 		}

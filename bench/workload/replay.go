@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,10 +23,15 @@ type Outcome struct {
 	TTFT, E2E time.Duration
 	// ITL is the mean gap between streamed tokens after the first (0 for one token).
 	ITL time.Duration
-	// Tokens is the number of streamed output tokens; Cached the usage's cached_tokens.
+	// Tokens is the number of output tokens: the usage's completion_tokens, or the
+	// number of content chunks when the stream carries no usage (a chunk may hold
+	// several tokens: kvsim's stream_chunk_tokens). Cached is the usage's cached_tokens.
 	Tokens, Cached, Prompt int
 	// Worker is the x-kvroute-worker header ("" when absent).
 	Worker string
+	// PredictedBlocks is the router's expected cached overlap in blocks, from the
+	// x-kvroute-cached-blocks header (<overlap>/<total>); -1 when absent.
+	PredictedBlocks int
 	// Err is the failure, "" on success.
 	Err string
 }
@@ -115,8 +121,9 @@ type chunk struct {
 		Text string `json:"text"`
 	} `json:"choices"`
 	Usage *struct {
-		PromptTokens  int `json:"prompt_tokens"`
-		PromptDetails *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+		PromptDetails    *struct {
 			CachedTokens int `json:"cached_tokens"`
 		} `json:"prompt_tokens_details"`
 	} `json:"usage"`
@@ -125,7 +132,7 @@ type chunk struct {
 // send runs one request and measures it.
 func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, start time.Time) Outcome {
 	t0 := time.Now()
-	o := Outcome{Sent: t0.Sub(start)}
+	o := Outcome{Sent: t0.Sub(start), PredictedBlocks: -1}
 	var b body
 	b.Model, b.Prompt, b.MaxTokens, b.IgnoreEOS, b.Stream = c.Model, r.Prompt, r.MaxTokens, true, true
 	b.StreamOptions.IncludeUsage = true
@@ -147,6 +154,11 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 	}
 	defer func() { _ = resp.Body.Close() }()
 	o.Worker = resp.Header.Get("x-kvroute-worker")
+	if v, _, ok := strings.Cut(resp.Header.Get("x-kvroute-cached-blocks"), "/"); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			o.PredictedBlocks = n
+		}
+	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		o.Err = "status " + strconv.Itoa(resp.StatusCode) + ": " + string(msg)
@@ -155,6 +167,7 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var first, last time.Time
+	completion := -1 // from the usage chunk
 	for sc.Scan() {
 		line := sc.Bytes()
 		data, ok := bytes.CutPrefix(line, []byte("data: "))
@@ -175,7 +188,7 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 			o.Tokens++
 		}
 		if ch.Usage != nil {
-			o.Prompt = ch.Usage.PromptTokens
+			o.Prompt, completion = ch.Usage.PromptTokens, ch.Usage.CompletionTokens
 			if ch.Usage.PromptDetails != nil {
 				o.Cached = ch.Usage.PromptDetails.CachedTokens
 			}
@@ -192,6 +205,11 @@ func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, 
 		return o
 	}
 	o.TTFT = first.Sub(t0)
+	if completion > 0 {
+		// Chunks may carry several tokens each; kvsim sends the first token alone, so
+		// the other Tokens-1 arrive between first and last and ITL stays per token.
+		o.Tokens = completion
+	}
 	if o.Tokens > 1 {
 		o.ITL = last.Sub(first) / time.Duration(o.Tokens-1)
 	}

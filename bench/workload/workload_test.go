@@ -186,3 +186,23 @@ func FuzzParseMooncake(f *testing.F) {
 		}
 	})
 }
+
+func TestParseMooncakeSkip(t *testing.T) {
+	in := `{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}
+{"timestamp": 1000, "input_length": 20, "output_length": 5, "hash_ids": [2]}
+{"timestamp": 3000, "input_length": 30, "output_length": 5, "hash_ids": [3]}
+{"timestamp": 3500, "input_length": 40, "output_length": 5, "hash_ids": [4]}`
+	w, err := ParseMooncake(strings.NewReader(in), MooncakeConfig{Skip: 1, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Requests) != 2 || len(w.Requests[0].Prompt) != 20 || len(w.Requests[1].Prompt) != 30 {
+		t.Fatalf("got %d requests, want records 2 and 3", len(w.Requests))
+	}
+	if w.Requests[0].At != 0 || w.Requests[1].At != 2*time.Second {
+		t.Fatalf("arrivals %v, %v: want 0 and 2s (counted from the first kept record)", w.Requests[0].At, w.Requests[1].At)
+	}
+	if _, err := ParseMooncake(strings.NewReader(in), MooncakeConfig{Skip: 4}); err == nil {
+		t.Fatal("skipping every record: no error")
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/kvroute/kvroute/bench/report"
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/bench/workload"
+	"github.com/kvroute/kvroute/configs"
 )
 
 func init() {
@@ -27,7 +28,8 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	kind := fs.String("workload", "multi-turn", "workload: mooncake, shared-prefix or multi-turn")
 	trace := fs.String("trace", "bench/workload/testdata/mooncake_head.jsonl", "Mooncake-format trace `FILE` (mooncake workload)")
-	limit := fs.Int("limit", 0, "replay only the first N trace records (0: all)")
+	skip := fs.Int("skip", 0, "drop the first N trace records (timestamps then count from the first kept one)")
+	limit := fs.Int("limit", 0, "replay only the first N trace records after --skip (0: all)")
 	maxOut := fs.Int("max-output", 0, "cap trace output lengths (0: as in the trace)")
 	speedup := fs.Float64("speedup", 1, "divide trace timestamps (and every arrival) by this factor")
 	rate := fs.Float64("rate", 4, "Poisson arrivals per second: conversations (multi-turn) or prompts (shared-prefix)")
@@ -50,11 +52,12 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("out", "bench/out/run", "output `DIR`: report.md, report.json, PNG plots")
 	profiles := fs.Bool("cpuprofile", false, "also write each policy's CPU profile to the output DIR as cpu_<policy>.pprof (goroutines labelled part=router|fleet|client)")
 	replicas := fs.Int("replicas", 1, "routers in front of the fleet, requests round-robin over them (an L4 balancer)")
+	affinity := fs.Float64("affinity-weight", -1, "cache_aware.affinity_weight of the cache_aware policies (negative: the config default)")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	w, err := buildWorkload(*kind, *trace, workload.MooncakeConfig{Limit: *limit, MaxOutput: *maxOut},
+	w, err := buildWorkload(*kind, *trace, workload.MooncakeConfig{Skip: *skip, Limit: *limit, MaxOutput: *maxOut},
 		workload.MultiTurnConfig{Users: *users, Rounds: *rounds, Groups: *groups, System: *system, Question: *question, Output: *output, Think: *think, Rate: *rate, Seed: *seed},
 		workload.SharedPrefixConfig{Groups: *groups, Prompts: *prompts, System: *system, Question: *question, Output: *output, Rate: *rate, Seed: *seed})
 	if err != nil {
@@ -113,10 +116,14 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		profileDir = *out
 	}
+	var tune func(*configs.Config)
+	if *affinity >= 0 {
+		tune = func(c *configs.Config) { c.CacheAware.AffinityWeight = *affinity }
+	}
 	var mu sync.Mutex
 	last := time.Now()
 	s.Results, err = report.Compare(ctx, w, report.Config{
-		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync,
+		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync, Tune: tune,
 		Progress: func(p string, done, total int) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -4,7 +4,8 @@
 //
 // For candidate i, with B the block size and P the prompt's tokens:
 //
-//	uncached_i = max(0, P - overlap_i*B)                      tokens to prefill there
+//	history_i  = max(0, affinity_i - overlap_i)               routed there, no longer cached
+//	uncached_i = max(0, P - (overlap_i + AffinityWeight*history_i)*B)   tokens to prefill there
 //	prefill_i  = OverlapWeight * (pending_i + uncached_i) / B  queued + own prefill, in blocks
 //	decode_i   = active_i + ceil(P/B)                          KV blocks held while decoding
 //	queue_i    = WaitingWeight*waiting_i + KVUsageWeight*usage_i   (fresh scraped metrics only)
@@ -15,6 +16,21 @@
 // prefill; queued prefill the router itself sent (pending) and held blocks (active) raise
 // the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
 // to cost more than recomputing the prefix elsewhere.
+//
+// Affinity: a worker's routing history (blocks of this prompt the router sent there
+// within the prediction TTL, which survives the worker's evictions; the candidate's
+// AffinityBlocks) counts AffinityWeight of a cached block for the part the worker no
+// longer holds. With KV events the index is exact, so once a conversation's older turns
+// are evicted everywhere, a cost that counts only cached blocks places its next turn by
+// load alone, anywhere: its content ends up on several workers, each copy evicting other
+// content, and its later turns find only pieces of it. Kept on the worker it was routed
+// to, a conversation stays in one copy, refreshed by each turn (the routing histories of
+// SGLang's and llm-d's approximate policies have that effect). Off by default: on the
+// Mooncake trace at 85-90% load (bench/RESULTS.md) it doubled the share of turns sent
+// back to their previous turn's worker but the hit rate moved by -0.9 to +0.3 points
+// between runs, within run-to-run noise. With exact events the index already knows
+// where the newest copy of a conversation is (where its last turn went), so the
+// history adds little; what makes llm-d's policy hit more is that it weighs load less.
 //
 // Load guard: a candidate is skipped when taking the request would put its in-flight
 // requests above MaxImbalance times one more than the candidates' mean (the request
@@ -57,6 +73,10 @@ type Options struct {
 	// KVUsageWeight is the cost, in blocks, of a full KV cache (usage 1.0) per the
 	// scraped metrics. Default 0 (off).
 	KVUsageWeight float64
+	// AffinityWeight is the share of a cached block's worth credited for each block of
+	// the candidate's routing history it no longer holds (AffinityBlocks beyond
+	// OverlapBlocks), in [0, 1]; 0 ignores the history. Default 0 (see the package doc).
+	AffinityWeight float64
 	// Temperature softens the choice; 0 picks the cheapest. Default 0.
 	Temperature float64
 	// SessionSlack is how much more expensive, in blocks, than the cheapest a session's
@@ -118,7 +138,11 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 	best, maxOverlap := 0, 0
 	for i := range cands {
 		c := &cands[i]
-		uncached := math.Max(0, prompt-float64(c.OverlapBlocks)*bs)
+		held := float64(c.OverlapBlocks)
+		if h := c.AffinityBlocks - c.OverlapBlocks; h > 0 {
+			held += s.opts.AffinityWeight * float64(h)
+		}
+		uncached := math.Max(0, prompt-held*bs)
 		k := scorer.Cost{
 			Prefill: s.opts.OverlapWeight * (float64(c.PendingPrefillTokens) + uncached) / bs,
 			Decode:  float64(c.ActiveBlocks) + reqBlocks,

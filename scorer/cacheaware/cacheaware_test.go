@@ -177,3 +177,41 @@ func BenchmarkSelect(b *testing.B) {
 		s.SelectExplained(r, cands, costs)
 	}
 }
+
+func TestAffinityCountsHistoryAtItsWeight(t *testing.T) {
+	o := Defaults()
+	o.OverlapWeight, o.AffinityWeight = 1, 0.5
+	s := New(o)
+	// a was sent the first 48 blocks and still holds 16 of them; b holds 16, no history.
+	cands := []scorer.Candidate{
+		{ID: "a", OverlapBlocks: 16, AffinityBlocks: 48, ActiveBlocks: 20},
+		{ID: "b", OverlapBlocks: 16},
+	}
+	costs := make([]scorer.Cost, 2)
+	got := s.SelectExplained(req(1024), cands, costs)
+	// a: held 16 + 0.5*32 = 32 blocks -> prefill (1024-512)/16 = 32; decode 20+64 -> 116.
+	// b: prefill (1024-256)/16 = 48; decode 64 -> 112.
+	want := []scorer.Cost{{Prefill: 32, Decode: 84, Total: 116}, {Prefill: 48, Decode: 64, Total: 112}}
+	for i := range want {
+		if costs[i] != want[i] {
+			t.Errorf("cost[%d] = %+v, want %+v", i, costs[i], want[i])
+		}
+	}
+	if got != 1 {
+		t.Errorf("picked %d, want b (a's history is worth less than its extra load)", got)
+	}
+	cands[0].ActiveBlocks = 10 // a: 106 < b: 112
+	if got := s.Select(req(1024), cands); got != 0 {
+		t.Errorf("picked %d, want a, the worker the conversation was routed to", got)
+	}
+	o.AffinityWeight = 0
+	if got := New(o).Select(req(1024), cands); got != 1 {
+		t.Errorf("affinity off: picked %d, want the less loaded b", got)
+	}
+	// History shorter than the overlap (or absent) changes nothing.
+	cands = []scorer.Candidate{{ID: "a", OverlapBlocks: 32, AffinityBlocks: 0}, {ID: "b", OverlapBlocks: 16, AffinityBlocks: 16}}
+	s.SelectExplained(req(1024), cands, costs)
+	if costs[0].Prefill != 32 || costs[1].Prefill != 48 {
+		t.Errorf("costs %+v: history at or below the overlap must not count", costs)
+	}
+}
