@@ -202,6 +202,9 @@
 //	empty-reserved              -                      1.84 to 1.88 (2 runs)
 //	MaxBlocks=200k              0.93 to 1.07           0.97 to 1.19
 //
+// Once the other jobs had finished (load 3 to 4, one round): steady 1.85M against 1.36M,
+// empty 1.63M against 1.49M, empty-reserved 2.11M.
+//
 // Goal >= 10M block ops/s per core: not met, by 5x or more. On a quieter day the version
 // before ran the empty case at 2.1 to 3.2M (2026-11-22), so the absolute figures here
 // are depressed by the machine's load; the ratios are side by side. Nearly every
@@ -219,10 +222,11 @@
 // (60%) a chain stored by one worker would cost about 48.5 bytes per entry (26.7 engine
 // slot, 13.3 node slot, 8 in the run, under 1 for run records and sets).
 //
-// Lookup, same session (BenchmarkMatch10M, 20,000 calls, load average 12): 5.2 us CPU per
-// Match (before 8.0 us), p50 4.0 us, p99 31 us wall (before 6.3 / 152 us): the p99 is the
-// machine's queueing; on 2026-11-22 at load 1 to 10 the version before measured p99 3.0 to
-// 3.9 us, and Robin Hood order only shortens lookups.
+// Lookup, same session (BenchmarkMatch10M, 20,000 calls): unchanged within the noise,
+// 4.1 to 5.2 us CPU per Match against 3.5 to 5.5 us before at load 4 to 5 (p99 7 to 28 us
+// wall for both: the machine's queueing); on 2026-11-22 at load 1 to 10 the version
+// before measured p99 3.0 to 3.9 us. A Robin Hood probe computes its slot's home, which
+// costs a multiply per probe, against shorter misses.
 //
 // Under concurrent ingest (BenchmarkMatchDuringIngest, 2 matching goroutines and one
 // ingest goroutine on the 2 shared cores, 1M blocks): Match p50 22 us, p99 118 us (three
