@@ -164,8 +164,11 @@ func tally(res []workload.Outcome, cut bool) (ok, failed int, firstErr string, t
 	return ok, failed, firstErr, ttftP50
 }
 
+// isCancel reports whether a request failed because the load's own context ended: its
+// deadline, or SIGINT/SIGTERM (signal.NotifyContext's cause reads "... signal received").
 func isCancel(msg string) bool {
-	return strings.Contains(msg, context.Canceled.Error()) || strings.Contains(msg, context.DeadlineExceeded.Error())
+	return strings.Contains(msg, context.Canceled.Error()) || strings.Contains(msg, context.DeadlineExceeded.Error()) ||
+		strings.Contains(msg, "signal received")
 }
 
 func firstErrNote(e string) string {
