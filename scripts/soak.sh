@@ -11,8 +11,10 @@
 # anonymous memory (RssAnon: heap, stacks, runtime) and file-backed pages (RssFile: the
 # binary's code and data as it touches them), next to the Go runtime's total
 # (go_memstats_sys_bytes), so a slow RSS creep can be told apart from a leak; the GC's
-# next target (go_memstats_next_gc_bytes, GOGC times the heap live after the last
-# collection) follows the live heap without the sawtooth of heap in use. Router, fleet and load are separate
+# next target (go_memstats_next_gc_bytes, 1+GOGC/100 times the heap live after the last
+# collection) follows the live heap without the sawtooth of heap in use; the engine-mode
+# /tokenize cache's entries (kvroute_tokenize_cache_entries) grow with the side load's
+# new chat texts up to their bound. Router, fleet and load are separate
 # processes, so the router's figures are its own.
 #
 # Output in $OUT: samples.tsv, load.log (kvbench load), kvroute.log, kvsim.log,
@@ -84,18 +86,18 @@ side() {
 side &
 pids+=("$!")
 metric() { grep -E "^$1(\{[^}]*\})? " <<<"$2" | awk '{s+=$2} END {printf "%.0f", s}'; }
-printf 'minute\tgoroutines\theap_inuse_bytes\trss_bytes\topen_fds\trequests\tkvsim_rss_bytes\tkvsim_fds\tload1\tgo_sys_bytes\trss_anon_bytes\trss_file_bytes\tindex_blocks\tnext_gc_bytes\n' >"$OUT/samples.tsv"
+printf 'minute\tgoroutines\theap_inuse_bytes\trss_bytes\topen_fds\trequests\tkvsim_rss_bytes\tkvsim_fds\tload1\tgo_sys_bytes\trss_anon_bytes\trss_file_bytes\tindex_blocks\tnext_gc_bytes\ttokenize_cache_entries\n' >"$OUT/samples.tsv"
 for m in $(seq 0 "$MIN"); do
 	[ "$m" -gt 0 ] && sleep 60
 	body=$(curl -fs "$url/metrics")
 	simrss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$sim/status")
 	simfds=$(ls "/proc/$sim/fd" | wc -l)
 	kb() { awk -v k="$1:" '$1 == k {print $2 * 1024}' "/proc/$router/status"; }
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$(metric go_goroutines "$body")" "$(metric go_memstats_heap_inuse_bytes "$body")" \
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$(metric go_goroutines "$body")" "$(metric go_memstats_heap_inuse_bytes "$body")" \
 		"$(metric process_resident_memory_bytes "$body")" "$(metric process_open_fds "$body")" \
 		"$(metric kvroute_router_requests_total "$body")" "$simrss" "$simfds" "$(cut -d' ' -f1 /proc/loadavg)" \
 		"$(metric go_memstats_sys_bytes "$body")" "$(kb RssAnon)" "$(kb RssFile)" "$(metric kvroute_indexer_blocks "$body")" \
-		"$(metric go_memstats_next_gc_bytes "$body")" | tee -a "$OUT/samples.tsv"
+		"$(metric go_memstats_next_gc_bytes "$body")" "$(metric kvroute_tokenize_cache_entries "$body")" | tee -a "$OUT/samples.tsv"
 done
 curl -fs "$url/metrics" >"$OUT/metrics.end.txt" || true
 echo "start and end:"
