@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -93,7 +94,9 @@ func TestRestoreRejectsBadInput(t *testing.T) {
 }
 
 // FuzzRestore feeds arbitrary bytes (seeded with a real dump) to Restore: it must not
-// panic, and whatever it installs must keep the index consistent.
+// panic, whatever it installs must keep the index consistent, and what it installed
+// survives a Dump and Restore into another index unchanged (same blocks, predictions
+// and per-worker counts).
 func FuzzRestore(f *testing.F) {
 	ix, _, _ := dumpFixture(f)
 	var buf bytes.Buffer
@@ -109,6 +112,23 @@ func FuzzRestore(f *testing.F) {
 			t.Fatalf("error not wrapping ErrBadDump: %v", err)
 		}
 		checkInvariants(t, ix2)
+		if err != nil {
+			return
+		}
+		var dump bytes.Buffer
+		if err := ix2.Dump(&dump); err != nil {
+			t.Fatalf("Dump of a restored index: %v", err)
+		}
+		ix3, _ := newIndex(t, Options{MaxBlocks: 1000, MaxBlocksPerWorker: 500})
+		if err := ix3.Restore(&dump); err != nil {
+			t.Fatalf("Restore of the restored index's dump: %v", err)
+		}
+		checkInvariants(t, ix3)
+		s2, s3 := ix2.Stats(), ix3.Stats()
+		if s2.Blocks != s3.Blocks || s2.PredictedEntries != s3.PredictedEntries || !slices.Equal(s2.Workers, s3.Workers) {
+			t.Fatalf("dump round trip: %d blocks, %d predicted, workers %+v; then %d, %d, %+v",
+				s2.Blocks, s2.PredictedEntries, s2.Workers, s3.Blocks, s3.PredictedEntries, s3.Workers)
+		}
 	})
 }
 

@@ -1,10 +1,14 @@
 package upstream
 
 import (
+	"bytes"
+	"cmp"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -24,13 +28,31 @@ func TestParseModels(t *testing.T) {
 func FuzzParseModels(f *testing.F) {
 	f.Add([]byte(`{"object":"list","data":[{"id":"meta-llama/Llama-3.1-8B-Instruct","object":"model","created":1,"owned_by":"vllm","root":"x","parent":null,"max_model_len":8192}]}`))
 	f.Add([]byte(`{"data":[]}`))
+	// ParseModels must return exactly the distinct non-empty string ids of the data
+	// array, sorted, and accept exactly the bodies a generic decode reads as an object
+	// whose data (if present and not null) is an array of objects (or nulls) with string
+	// (or null, or absent) ids. Bodies with two keys of one object equal under case
+	// folding are left out of the comparison: encoding/json applies them in order,
+	// a generic map keeps one.
 	f.Fuzz(func(t *testing.T, body []byte) {
 		models, err := ParseModels(body)
+		if err == nil && (slices.Contains(models, "") || !slices.IsSortedFunc(models, func(a, b string) int {
+			return cmp.Compare(a, b) - 1 // strictly increasing: sorted, no duplicates
+		})) {
+			t.Fatalf("ParseModels(%q) = %q: not sorted, duplicates or an empty id", body, models)
+		}
+		if foldDuplicateKeys(body) {
+			return
+		}
+		want, ok := referenceModels(body)
+		if (err == nil) != ok {
+			t.Fatalf("ParseModels(%q) err %v, reference accepts %v", body, err, ok)
+		}
 		if err != nil {
 			return
 		}
-		if !slices.IsSorted(models) || slices.Contains(models, "") {
-			t.Fatalf("models %q not sorted or contain an empty id", models)
+		if !slices.Equal(models, want) {
+			t.Fatalf("ParseModels(%q) = %q, want %q", body, models, want)
 		}
 	})
 }
@@ -108,5 +130,112 @@ func TestLoadPrefillAccounting(t *testing.T) {
 	_ = lost
 	if n := w.expireLoads(time.Now().Add(time.Second)); n != 1 || w.InFlight() != 0 {
 		t.Fatalf("expired %d, in flight %d", n, w.InFlight())
+	}
+}
+
+// referenceModels decodes a /v1/models body generically and collects its ids the slow
+// way; ok is false when encoding/json would refuse the typed decode.
+func referenceModels(body []byte) (ids []string, ok bool) {
+	var v any
+	if json.Unmarshal(body, &v) != nil {
+		return nil, false
+	}
+	if v == nil {
+		return []string{}, true // null decodes into the struct as nothing
+	}
+	obj, isObj := v.(map[string]any)
+	if !isObj {
+		return nil, false
+	}
+	seen := map[string]bool{}
+	for k, d := range obj {
+		if !strings.EqualFold(k, "data") || d == nil {
+			continue
+		}
+		arr, isArr := d.([]any)
+		if !isArr {
+			return nil, false
+		}
+		for _, e := range arr {
+			if e == nil {
+				continue
+			}
+			m, isMap := e.(map[string]any)
+			if !isMap {
+				return nil, false
+			}
+			for mk, id := range m {
+				if !strings.EqualFold(mk, "id") || id == nil {
+					continue
+				}
+				s, isStr := id.(string)
+				if !isStr {
+					return nil, false
+				}
+				if s != "" {
+					seen[s] = true
+				}
+			}
+		}
+	}
+	ids = []string{}
+	for s := range seen {
+		ids = append(ids, s)
+	}
+	slices.Sort(ids)
+	return ids, true
+}
+
+// foldDuplicateKeys reports whether an object anywhere in the JSON body has two keys equal
+// under case folding (false for invalid JSON).
+func foldDuplicateKeys(body []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	type frame struct {
+		obj  bool
+		key  bool // obj: the next string token is a key
+		seen map[string]bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		isKey := top != nil && top.obj && top.key
+		switch v := tok.(type) {
+		case json.Delim:
+			switch v {
+			case '{':
+				if top != nil && top.obj {
+					top.key = true
+				}
+				stack = append(stack, &frame{obj: true, key: true, seen: map[string]bool{}})
+			case '[':
+				if top != nil && top.obj {
+					top.key = true
+				}
+				stack = append(stack, &frame{})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		case string:
+			if isKey {
+				k := strings.ToLower(v)
+				if top.seen[k] {
+					return true
+				}
+				top.seen[k] = true
+				top.key = false
+				continue
+			}
+		}
+		if top != nil && top.obj {
+			top.key = true
+		}
 	}
 }

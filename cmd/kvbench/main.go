@@ -3,6 +3,8 @@
 //	kvbench proxy [flags]          proxy overhead: direct vs kvroute vs nginx on loopback
 //	kvbench run [flags]            replay a workload (Mooncake trace, shared-prefix groups,
 //	                               multi-turn chat) against a kvsim fleet, policy by policy
+//	kvbench load [flags]           steady load against a running router: workloads replayed
+//	                               in a loop for a duration (scripts/soak.sh)
 //	kvbench fake-upstream [flags]  the instant fake worker the proxy benchmark measures against
 //
 // This package is wiring only: each subcommand lives in its own file, registers itself

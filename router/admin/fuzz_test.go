@@ -15,7 +15,9 @@ import (
 )
 
 // Any request the admin handler gets (method, path, query, credentials) is answered
-// without a panic, and every /api/ answer is a JSON document.
+// without a panic, every /api/ answer is a JSON document, and no request without the
+// bearer token succeeds (2xx) when it is a write (any method but GET and HEAD) or when
+// the handler requires the token for everything.
 func FuzzHandler(f *testing.F) {
 	for _, s := range [][4]string{
 		{"GET", "/api/overview", "", ""},
@@ -57,8 +59,11 @@ func FuzzHandler(f *testing.F) {
 		}
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
 		req.Method, req.URL, req.RequestURI = method, u, u.RequestURI()
+		authorized := false
 		if auth != "" && !strings.ContainsAny(auth, "\r\n") {
 			req.Header.Set("Authorization", auth)
+			a := req.Header.Get("Authorization")
+			authorized = len(a) > 7 && strings.EqualFold(a[:7], "bearer ") && strings.TrimSpace(a[7:]) == "tok"
 		}
 		h := open
 		if requireToken {
@@ -68,6 +73,13 @@ func FuzzHandler(f *testing.F) {
 		h.ServeHTTP(rec, req)
 		if rec.Code < 200 || rec.Code >= 600 {
 			t.Fatalf("%s %s: status %d", method, u, rec.Code)
+		}
+		ok := rec.Code < 300
+		if ok && !authorized && method != http.MethodGet && method != http.MethodHead {
+			t.Fatalf("%s %s (Authorization %q): %d without the token", method, u, auth, rec.Code)
+		}
+		if ok && !authorized && requireToken {
+			t.Fatalf("%s %s (Authorization %q): %d without the token on a handler that requires it", method, u, auth, rec.Code)
 		}
 		// A path ServeMux cleans ("/api/.") is redirected: 301 for GET and HEAD, 307 for
 		// other methods (fuzz finding 226c49b544b5467e).

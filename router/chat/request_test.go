@@ -2,6 +2,7 @@ package chat
 
 import (
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/kvroute/kvroute/router/chat/jinja"
@@ -86,8 +87,10 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-// FuzzParseRequest checks that no request body panics, and that requests that
-// parse render without panicking.
+// FuzzParseRequest checks that no request body panics, and that a request that
+// renders always renders to the same prompt and encodes, through the encoder's
+// conversation cache (shared by every input of the run, so it holds earlier inputs'
+// prompts), to exactly the ids a cold encode of that prompt gives.
 func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi"}]}`))
 	f.Add([]byte(`{"messages":[{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"f","arguments":"{}"}}]}],"tools":[{"type":"function","function":{"name":"f"}}]}`))
@@ -97,6 +100,19 @@ func FuzzParseRequest(f *testing.F) {
 		if _, err := ParseRequest(body); err != nil {
 			return
 		}
-		_, _ = enc.EncodeChat(body)
+		ids, err := enc.EncodeChat(body)
+		prompt, req, rerr := enc.Render(body)
+		if (err == nil) != (rerr == nil) {
+			t.Fatalf("EncodeChat err %v, Render err %v", err, rerr)
+		}
+		if err != nil {
+			return
+		}
+		if again, _, _ := enc.Render(body); again != prompt {
+			t.Fatalf("two renders differ:\n%q\n%q", prompt, again)
+		}
+		if want := enc.Tokenizer().Encode(prompt, req.AddSpecialTokens); !slices.Equal(ids, want) {
+			t.Fatalf("prompt %q: EncodeChat %v, cold Encode %v", prompt, ids, want)
+		}
 	})
 }

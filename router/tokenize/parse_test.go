@@ -89,7 +89,9 @@ func TestParseErrors(t *testing.T) {
 }
 
 // FuzzParse checks that no tokenizer.json panics Parse, and that a tokenizer that
-// parses encodes without panicking.
+// parses encodes without panicking, the same ids every time (also after encoding
+// other text, which reuses the pooled buffers), and that AppendEncode appends
+// exactly Encode's ids.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(tinyByteLevel()), "hello world <s>")
 	f.Add([]byte(`{"model": {"type": "BPE", "vocab": {"▁": 0, "a": 1, "<0x41>": 2}, "merges": [], "byte_fallback": true, "unk_token": "a"},
@@ -100,6 +102,14 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		tok.Encode(text, true)
+		ids := tok.Encode(text, true)
+		tok.Encode(text+text, false)
+		if again := tok.Encode(text, true); !slices.Equal(ids, again) {
+			t.Fatalf("%q: %v, then %v", text, ids, again)
+		}
+		plain := tok.Encode(text, false)
+		if app := tok.AppendEncode([]uint32{7, 9}, text, false); !slices.Equal(app, append([]uint32{7, 9}, plain...)) {
+			t.Fatalf("%q: AppendEncode %v, Encode %v", text, app, plain)
+		}
 	})
 }

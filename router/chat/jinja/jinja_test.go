@@ -152,7 +152,9 @@ func TestLimits(t *testing.T) {
 	}
 }
 
-// FuzzParseRender checks that no template or input panics or hangs.
+// FuzzParseRender checks that no template or input panics or hangs, and that a
+// template renders the same input to the same output every time (a prompt that
+// changed between two renders of one conversation would defeat prefix caching).
 func FuzzParseRender(f *testing.F) {
 	f.Add(`{% for m in messages %}{{ m.content | trim }}{% endfor %}`, `[{"role":"user","content":"hi"}]`)
 	f.Add(`{%- set ns = namespace(a=1) -%}{{ ns.a ~ messages[::-1] | tojson }}`, `[1, 2.5, "x"]`)
@@ -166,6 +168,10 @@ func FuzzParseRender(f *testing.F) {
 		if err != nil {
 			v = data
 		}
-		_, _ = tmpl.Render(map[string]Value{"messages": v})
+		out, err := tmpl.Render(map[string]Value{"messages": v})
+		again, err2 := tmpl.Render(map[string]Value{"messages": v})
+		if out != again || (err == nil) != (err2 == nil) {
+			t.Fatalf("two renders differ: %q (%v), then %q (%v)", out, err, again, err2)
+		}
 	})
 }
