@@ -37,11 +37,13 @@ for t in "${targets[@]}"; do
 	fi
 	log="$LOGDIR/$(tr '/.' '__' <<<"$pkg")_$name.log"
 	start=$(date -u +%H:%M:%S)
+	# -timeout 0: go test's default 10-minute test timeout equals the default fuzz time,
+	# and a run that reaches both at once fails with "context deadline exceeded".
 	cpuf="$log.cpu"
 	totf="$log.total"
 	rm -f "$cpuf" "$totf"
 	if /usr/bin/time -o "$totf" -f '%U %S %e' \
-		go test -run '^$' -fuzz "^${name}\$" -fuzztime "$ft" -fuzzminimizetime 3s -parallel 1 \
+		go test -run '^$' -fuzz "^${name}\$" -fuzztime "$ft" -fuzzminimizetime 3s -parallel 1 -timeout 0 \
 		-exec "/usr/bin/time -o $cpuf -f %U+%S+%e" "$pkg" >"$log" 2>&1; then
 		res=PASS
 	else
