@@ -220,9 +220,11 @@ func TestScraperOneInFlightPerTarget(t *testing.T) {
 	if len(rec.of("slow")) != 0 {
 		t.Fatal("a result was reported before the scrape ended")
 	}
-	if len(rec.of("fast")) < 2 {
-		t.Errorf("the other target was held up: %d results", len(rec.of("fast")))
-	}
+	// The fast target keeps being scraped while the slow one is held (polled: on a loaded
+	// machine ten skipped 2 ms rounds can pass before two loopback scrapes complete).
+	checkFor(t, 10*time.Second, "two results of the other target while one is held", func() bool {
+		return len(rec.of("fast")) >= 2
+	})
 	close(release)
 	checkFor(t, 10*time.Second, "the held scrape reported and the next ones", func() bool {
 		return len(rec.of("slow")) >= 3
