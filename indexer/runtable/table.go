@@ -56,8 +56,8 @@ type shard struct {
 // quarter once it has bigGrowth slots, so that a large table is 60% to 75% full at any
 // time (doubling would leave it 38% full right after a resize); it halves below 1/8.
 // Robin Hood order keeps lookups short at any load, but an insert still moves the
-// entries up to the next empty slot, about 8.5 slots at 3/4 and 32.5 at 7/8 (the
-// previous bound).
+// entries up to the next empty slot: an expected 8.5 slots at 3/4 and 32.5 at 7/8 (the
+// previous bound), by Knuth's estimates.
 const (
 	maxLoadNum = 3
 	maxLoadDen = 4
@@ -174,8 +174,8 @@ func (t *Table) dist(v, i uint64, size int) uint64 {
 
 // find returns the slot holding key, or nil. Shards keep Robin Hood order (along a
 // cluster, probe distances grow by at most one per slot), so a miss stops at the first
-// entry that sits closer to its home than key would: about 2.5 probes at the highest
-// load (3/4) instead of 8.5 for plain linear probing, which scans to the next empty
+// entry that sits closer to its home than key would: an expected 2.5 probes at the
+// highest load (3/4) instead of 8.5 for plain linear probing (Knuth's estimates), which scans to the next empty
 // slot.
 func (t *Table) find(key uint64) *uint64 {
 	h := t.mix(key)
