@@ -57,8 +57,9 @@
 //     at 3/4: Knuth's estimate, not measured), fill to 3/4 and grow by a quarter once
 //     past 1024 slots (multiply-shift placement, no power-of-two sizes), so a large
 //     table is always 60 to 75% full; doubling would leave it 38% full after every
-//     resize. An insert moves the entries up to the next empty slot (an expected 8.5 at 3/4; at 7/8, the bound before
-//     2026-12, 32.5, which made steady-state ingest about 1.6x slower). A worker's engine
+//     resize. An insert moves the entries up to the next empty slot (an expected 8.5
+//     at 3/4; at 7/8, the bound before 2026-12, 32.5, which made steady-state ingest
+//     about 1.6x slower, measured). A worker's engine
 //     table is sized once for the KV capacity its metrics report (Index.Reserve, called
 //     by the router on every scrape), so it does not rehash while the cache fills.
 //
