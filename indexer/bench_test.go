@@ -385,6 +385,7 @@ func BenchmarkApplyMooncake(b *testing.B) {
 // batch.
 func benchApplyMooncake(b *testing.B, opts Options, warm, reserve int) {
 	s := loadMooncake(b, warm+2000, warm)
+	b.ResetTimer() // building the stream is not ingest
 	b.ReportAllocs()
 	var last *Index
 	var cpu time.Duration
