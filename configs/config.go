@@ -231,6 +231,10 @@ type Tokenize struct {
 	// Timeout bounds one engine /tokenize call; on failure the request is hashed in
 	// approx mode. Default 300ms.
 	Timeout time.Duration `yaml:"timeout"`
+	// CacheEntries bounds the engine mode's cache of tokenized requests (LRU, keyed by
+	// a hash of the request's text; a few hundred bytes plus 8 bytes per block each).
+	// Default 16384.
+	CacheEntries int `yaml:"cache_entries"`
 	// Models overrides Mode per model name, e.g. {"llama-3.1-8b": "local:/models/llama"}.
 	// Default none.
 	Models map[string]string `yaml:"models"`
@@ -318,7 +322,7 @@ func Default() Config {
 			MetricsInterval: time.Second,
 			MetricsMaxAge:   3 * time.Second,
 		},
-		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond},
+		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
 		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}},
 		MaxBodyBytes: 32 << 20,
@@ -445,6 +449,9 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			bad("%s: %q must be positive", d.name, d.v.String())
 		}
+	}
+	if c.Tokenize.CacheEntries < 1 {
+		bad("tokenize.cache_entries: %d must be at least 1", c.Tokenize.CacheEntries)
 	}
 	if c.Health.EjectMax < c.Health.EjectBase {
 		bad("health.eject_max: %q is shorter than eject_base %q", c.Health.EjectMax.String(), c.Health.EjectBase.String())

@@ -93,6 +93,7 @@ func TestBadFiles(t *testing.T) {
 		"bad_tokenize_mode":     {`tokenize.mode: "spacy"`},
 		"nats_without_url":      {`events.nats.url: ""`},
 		"bad_tokenize_model":    {`tokenize.models["m"]: "local:"`},
+		"tokenize_cache":        {"tokenize.cache_entries: -5 must be at least 1"},
 		"cache_aware_ranges":    {"cache_aware.max_kv_usage: 1.5", "cache_aware.temperature: -1", "cache_aware.affinity_weight: 1.5 must be in [0, 1]"},
 		"bad_admin":             {`admin.listen: "9090"`, `admin.path_prefix: "/v1/admin"`},
 		"replica": {`replica.nats_url: "10.0.0.2:4222"`, `replica.cluster: "prod.eu"`,

@@ -351,3 +351,31 @@ func TestCacheAwareWorkerKilledMidRun(t *testing.T) {
 		t.Fatalf("no requests after the kill (%d) or after its detection (%d)", after, afterDetected)
 	}
 }
+
+// TestTokenizeCacheEntriesBound checks that tokenize.cache_entries reaches the engine-mode
+// /tokenize cache: distinct requests past the bound leave it at the bound.
+func TestTokenizeCacheEntriesBound(t *testing.T) {
+	ss := startSimStack(t, 1, func(_ *sim.FleetConfig, cfg *configs.Config) { cfg.Tokenize.CacheEntries = 3 })
+	entries := func() float64 {
+		mfs, err := ss.stack.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "kvroute_tokenize_cache_entries" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no kvroute_tokenize_cache_entries metric")
+		return 0
+	}
+	for i := range 6 {
+		r := chatOnce(http.DefaultClient, ss.url, []chatMsg{{Role: "user", Content: fmt.Sprintf("question %d about caches", i)}}, 2)
+		if r.err != nil || r.status != http.StatusOK {
+			t.Fatalf("request %d: status %d, %v", i, r.status, r.err)
+		}
+		if got, want := entries(), float64(min(i+1, 3)); got != want {
+			t.Fatalf("after %d requests: %v cache entries, want %v", i+1, got, want)
+		}
+	}
+}

@@ -136,7 +136,8 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
 		if engine == nil {
 			eng, err := prefix.NewEngine(prefix.EngineOptions{
 				Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
-				Client: st.Pool.HTTPClient(), // the workers' API keys and TLS, and only them
+				CacheEntries: st.Config.Tokenize.CacheEntries,
+				Client:       st.Pool.HTTPClient(), // the workers' API keys and TLS, and only them
 			})
 			if err != nil {
 				return nil, fmt.Errorf("tokenize: %w", err)
