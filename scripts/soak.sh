@@ -20,7 +20,9 @@
 # Output in $OUT: samples.tsv, load.log (kvbench load), kvroute.log, kvsim.log,
 # metrics.end.txt (the router's last /metrics) and a start/end summary on stdout.
 #
-# Usage: SOAK_MINUTES=30 OUT=/tmp/soak scripts/soak.sh   (NICE=19 runs everything niced)
+# Usage: SOAK_MINUTES=30 OUT=/tmp/soak scripts/soak.sh   (NICE=19 runs everything niced;
+# TOKENIZE_CACHE=N sets the router's tokenize.cache_entries, so that the cache reaches its
+# bound within the run and the heap after that shows whether anything else grows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN=${SOAK_MINUTES:-30}
@@ -28,6 +30,7 @@ OUT=${OUT:-/tmp/soak}
 PORT=${PORT:-18080}
 SIMPORT=${SIMPORT:-19100}
 NICE=${NICE:-0}
+TOKENIZE_CACHE=${TOKENIZE_CACHE:-}
 mkdir -p "$OUT"
 go build -o "$OUT/kvroute" ./cmd/kvroute
 go build -o "$OUT/kvsim" ./cmd/kvsim
@@ -38,6 +41,9 @@ n=4
 	echo "listen: 127.0.0.1:$PORT"
 	echo "policy: cache_aware"
 	echo "max_body_bytes: 1048576" # the side load's 2 MB bodies get 413
+	if [ -n "$TOKENIZE_CACHE" ]; then
+		echo "tokenize: {cache_entries: $TOKENIZE_CACHE}"
+	fi
 	echo "workers:"
 	for i in $(seq 0 $((n - 1))); do
 		p=$((SIMPORT + 3 * i))
