@@ -69,8 +69,23 @@ func TestQuickComparison(t *testing.T) {
 	if ca.TTFT.P50 >= rr.TTFT.P50 {
 		t.Errorf("cache_aware TTFT p50 %.4fs not below round_robin's %.4fs", ca.TTFT.P50, rr.TTFT.P50)
 	}
+	// No request gets its first token sooner than alone on an idle worker with every
+	// reusable block cached, so no percentile of a run is below the bound's.
+	prof, err := sim.LookupProfile(fc.Worker.Profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := IdleTTFT(w, b, prof, fc.Worker.MaxNumBatchedTokens, fc.Worker.TimeScale)
+	if tb.Infinite.P50 <= 0 || tb.Infinite.P90 > tb.PooledLRU.P90+1e-12 {
+		t.Errorf("idle TTFT bounds %+v: want positive, infinite cache at most pooled LRU", tb)
+	}
+	for _, r := range res {
+		if r.TTFT.P50 < tb.Infinite.P50 || r.TTFT.P90 < tb.Infinite.P90 || r.TTFT.P99 < tb.Infinite.P99 {
+			t.Errorf("%s: TTFT %+v below the idle infinite-cache bound %+v", r.Policy, r.TTFT, tb.Infinite)
+		}
+	}
 	dir := t.TempDir()
-	s := &Summary{Workload: w.Name, Requests: len(w.Requests), Bounds: b, Results: res}
+	s := &Summary{Workload: w.Name, Requests: len(w.Requests), Bounds: b, TTFTBounds: &tb, Results: res}
 	if err := WriteDir(dir, s); err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +93,9 @@ func TestQuickComparison(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s not written: %v", f, err)
 		}
+	}
+	if md, err := os.ReadFile(filepath.Join(dir, "report.md")); err != nil || !strings.Contains(string(md), "alone on an idle worker") {
+		t.Errorf("report.md has no TTFT bound line (%v)", err)
 	}
 }
 

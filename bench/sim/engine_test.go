@@ -454,3 +454,38 @@ func TestProfileStepTime(t *testing.T) {
 		t.Fatalf("unknown profile error %v should list the known ones", err)
 	}
 }
+
+// TestIdleTTFTMatchesEngine checks Profile.IdleTTFT against the engine's own modelled
+// time: a request alone on an idle engine, one output token, so the engine's busy time
+// is exactly its prefill steps; once uncached, once with its prefix cached.
+func TestIdleTTFTMatchesEngine(t *testing.T) {
+	const budget = 256
+	f := startFleet(t, 1, func(c *Config) { c.MaxNumBatchedTokens = budget; c.TimeScale = 0.5 })
+	w := f.Workers()[0]
+	p, err := LookupProfile(w.cfg.Profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := words(0, 1000)
+	busy := time.Duration(0)
+	for round := range 2 {
+		c := complete(t, w, map[string]any{"prompt": prompt, "max_tokens": 1})
+		cached := c.Usage.PromptTokensDetails.CachedTokens
+		if round == 1 && cached == 0 {
+			t.Fatal("second run hit nothing")
+		}
+		st := w.Stats()
+		got := st.BusyTime - busy
+		busy = st.BusyTime
+		want := time.Duration(float64(p.IdleTTFT(c.Usage.PromptTokens, cached, budget)) * 0.5)
+		if (got - want).Abs() > time.Microsecond {
+			t.Errorf("round %d (%d of %d tokens cached): engine busy %v, IdleTTFT %v", round, cached, c.Usage.PromptTokens, got, want)
+		}
+	}
+	if got, want := p.IdleTTFT(20000, 0, 8192), 2*p.StepTime(8192, 0, 0)+p.StepTime(3616, 0, 0); got != want {
+		t.Errorf("IdleTTFT(20000, 0, 8192) = %v, want %v", got, want)
+	}
+	if got, want := p.IdleTTFT(100, 100, 8192), p.StepTime(1, 0, 0); got != want {
+		t.Errorf("fully cached: %v, want one 1-token step %v", got, want)
+	}
+}

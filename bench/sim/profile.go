@@ -116,3 +116,21 @@ func LookupProfile(name string) (Profile, error) {
 	}
 	return p, nil
 }
+
+// IdleTTFT returns the modelled time to first token of a prompt of promptTokens tokens,
+// cached of them already in the KV cache, alone on an idle engine that computes at most
+// maxBatched tokens per step (max_num_batched_tokens), before time scaling: the engine's
+// prefill steps for the uncached rest (at least one token, as in vLLM), the first token
+// coming at the end of the last one. No request can get its first token sooner, so
+// over a workload these are lower bounds on TTFT whatever the routing and load.
+func (p *Profile) IdleTTFT(promptTokens, cached, maxBatched int) time.Duration {
+	left := max(1, promptTokens-cached)
+	maxBatched = max(1, maxBatched)
+	var d time.Duration
+	for left > 0 {
+		n := min(left, maxBatched)
+		d += p.StepTime(n, 0, 0)
+		left -= n
+	}
+	return d
+}

@@ -16,6 +16,11 @@ type Bounds struct {
 	// served one at a time in arrival order; 0 when PooledBlocks is 0.
 	PooledLRU    float64
 	PooledBlocks int
+	// InfiniteCached and PooledCached are each request's cached prompt tokens under the
+	// two caches, in request order (PooledCached empty without the pooled bound): the
+	// input of latency bounds such as report.IdleTTFT. Not serialized.
+	InfiniteCached []int `json:"-"`
+	PooledCached   []int `json:"-"`
 }
 
 // ComputeBounds computes the bounds at blockSize tokens per block; pooledBlocks is the
@@ -42,7 +47,9 @@ func ComputeBounds(w *Workload, blockSize, pooledBlocks int) Bounds {
 			}
 			n++
 		}
-		infHit += int64(min(n*blockSize, len(r.Prompt)-1))
+		inf := max(0, min(n*blockSize, len(r.Prompt)-1))
+		infHit += int64(inf)
+		b.InfiniteCached = append(b.InfiniteCached, inf)
 		for _, h := range hashes {
 			seen[h] = struct{}{}
 		}
@@ -57,7 +64,9 @@ func ComputeBounds(w *Workload, blockSize, pooledBlocks int) Bounds {
 			u64 = u64[:pooledBlocks]
 		}
 		m := pool.Match(u64)
-		lruHit += int64(min(m*blockSize, len(r.Prompt)-1))
+		lru := max(0, min(m*blockSize, len(r.Prompt)-1))
+		lruHit += int64(lru)
+		b.PooledCached = append(b.PooledCached, lru)
 		ids = pool.Touch(ids[:0], u64[:m])
 		var err error
 		ids, _, err = pool.Allocate(ids, len(u64)-m, nil)

@@ -101,13 +101,16 @@ func TestBounds(t *testing.T) {
 		prompts       [][]uint32
 		pool          int
 		infinite, lru float64
+		infCached     []int // per request
+		lruCached     []int
 	}{
-		{"repeat", [][]uint32{a, a}, 8, 63.0 / 128, 63.0 / 128},
-		{"distinct", [][]uint32{a, b2}, 8, 0, 0},
+		{"repeat", [][]uint32{a, a}, 8, 63.0 / 128, 63.0 / 128, []int{0, 63}, []int{0, 63}},
+		{"distinct", [][]uint32{a, b2}, 8, 0, 0, []int{0, 0}, []int{0, 0}},
 		// A pool of 4 blocks holds one prompt: a, b, a evicts a before it returns.
-		{"evicted", [][]uint32{a, b2, a}, 4, 63.0 / 192, 0},
-		{"kept", [][]uint32{a, b2, c, a}, 16, 63.0 / 256, 63.0 / 256},
-		{"partial", [][]uint32{a[:40], a}, 8, 32.0 / 104, 32.0 / 104},
+		{"evicted", [][]uint32{a, b2, a}, 4, 63.0 / 192, 0, []int{0, 0, 63}, []int{0, 0, 0}},
+		{"kept", [][]uint32{a, b2, c, a}, 16, 63.0 / 256, 63.0 / 256, []int{0, 0, 0, 63}, []int{0, 0, 0, 63}},
+		{"partial", [][]uint32{a[:40], a}, 8, 32.0 / 104, 32.0 / 104, []int{0, 32}, []int{0, 32}},
+		{"no pool", [][]uint32{a, a}, 0, 63.0 / 128, 0, []int{0, 63}, nil},
 	}
 	for _, tt := range tests {
 		w := &Workload{}
@@ -117,6 +120,9 @@ func TestBounds(t *testing.T) {
 		got := ComputeBounds(w, 16, tt.pool)
 		if got.Infinite != tt.infinite || got.PooledLRU != tt.lru {
 			t.Errorf("%s: infinite %v pooled %v, want %v %v", tt.name, got.Infinite, got.PooledLRU, tt.infinite, tt.lru)
+		}
+		if !slices.Equal(got.InfiniteCached, tt.infCached) || !slices.Equal(got.PooledCached, tt.lruCached) {
+			t.Errorf("%s: cached per request %v / %v, want %v / %v", tt.name, got.InfiniteCached, got.PooledCached, tt.infCached, tt.lruCached)
 		}
 	}
 }

@@ -53,6 +53,8 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	profiles := fs.Bool("cpuprofile", false, "also write each policy's CPU profile to the output DIR as cpu_<policy>.pprof (goroutines labelled part=router|fleet|client)")
 	replicas := fs.Int("replicas", 1, "routers in front of the fleet, requests round-robin over them (an L4 balancer)")
 	affinity := fs.Float64("affinity-weight", -1, "cache_aware.affinity_weight of the cache_aware policies (negative: the config default)")
+	overlap := fs.Float64("overlap-weight", -1, "cache_aware.overlap_weight of the cache_aware policies (negative: the config default)")
+	imbalance := fs.Float64("max-imbalance", -1, "cache_aware.max_imbalance (the load guard) of the cache_aware policies (negative: the config default; 0 disables the guard)")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -108,6 +110,11 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		Bounds: workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks),
 	}
 	fmt.Fprintf(stderr, "%s: %d requests; bounds: infinite %.1f%%, pooled LRU %.1f%%\n", w.Name, len(w.Requests), 100*s.Bounds.Infinite, 100*s.Bounds.PooledLRU)
+	if p, err := sim.LookupProfile(fc.Worker.Profile); err == nil {
+		tb := report.IdleTTFT(w, s.Bounds, p, fc.Worker.MaxNumBatchedTokens, fc.Worker.TimeScale)
+		s.TTFTBounds = &tb
+		fmt.Fprintf(stderr, "idle-worker TTFT bounds: infinite cache p90 %.2f s, pooled LRU p90 %.2f s\n", tb.Infinite.P90, tb.PooledLRU.P90)
+	}
 	profileDir := ""
 	if *profiles {
 		if err := os.MkdirAll(*out, 0o755); err != nil {
@@ -116,9 +123,16 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		profileDir = *out
 	}
-	var tune func(*configs.Config)
-	if *affinity >= 0 {
-		tune = func(c *configs.Config) { c.CacheAware.AffinityWeight = *affinity }
+	tune := func(c *configs.Config) {
+		if *affinity >= 0 {
+			c.CacheAware.AffinityWeight = *affinity
+		}
+		if *overlap >= 0 {
+			c.CacheAware.OverlapWeight = *overlap
+		}
+		if *imbalance >= 0 {
+			c.CacheAware.MaxImbalance = *imbalance
+		}
 	}
 	var mu sync.Mutex
 	last := time.Now()
