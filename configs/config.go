@@ -176,6 +176,12 @@ type CacheAware struct {
 	// prompt to recompute delays this request's first token, while a block of another
 	// request's KV only adds memory traffic to each decode step.
 	OverlapWeight float64 `yaml:"overlap_weight"`
+	// PendingWeight is what a token of prefill already queued on a worker (sent by this
+	// router, first token not yet out) counts against a token of this request's own
+	// prefill there. Default 1 (Dynamo's cost: the request waits for both). Below 1 a
+	// worker holding the request's prefix keeps it under more queueing: fewer copies of
+	// a conversation across workers, at the price of longer queues.
+	PendingWeight float64 `yaml:"pending_weight"`
 	// WaitingWeight is the cost in blocks of each request waiting in a worker's queue,
 	// from its scraped metrics. Default 0 (off).
 	WaitingWeight float64 `yaml:"waiting_weight"`
@@ -315,6 +321,7 @@ func Default() Config {
 		Policy: "cache_aware",
 		CacheAware: CacheAware{
 			OverlapWeight:   8,
+			PendingWeight:   1,
 			SessionSlack:    8,
 			MaxImbalance:    1.5,
 			MaxKVUsage:      1,
@@ -471,6 +478,7 @@ func (c *Config) Validate() error {
 		v    float64
 	}{
 		{"cache_aware.overlap_weight", ca.OverlapWeight},
+		{"cache_aware.pending_weight", ca.PendingWeight},
 		{"cache_aware.waiting_weight", ca.WaitingWeight},
 		{"cache_aware.kv_usage_weight", ca.KVUsageWeight},
 		{"cache_aware.temperature", ca.Temperature},

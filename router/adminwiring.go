@@ -290,6 +290,7 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 	oc, nc := cur.CacheAware, next.CacheAware
 	weights := []weight{
 		{"cache_aware.overlap_weight", oc.OverlapWeight, nc.OverlapWeight},
+		{"cache_aware.pending_weight", oc.PendingWeight, nc.PendingWeight},
 		{"cache_aware.waiting_weight", oc.WaitingWeight, nc.WaitingWeight},
 		{"cache_aware.kv_usage_weight", oc.KVUsageWeight, nc.KVUsageWeight},
 		{"cache_aware.temperature", oc.Temperature, nc.Temperature},
@@ -304,6 +305,7 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 	}
 	sameWeights := oc
 	sameWeights.OverlapWeight, sameWeights.WaitingWeight, sameWeights.KVUsageWeight = nc.OverlapWeight, nc.WaitingWeight, nc.KVUsageWeight
+	sameWeights.PendingWeight = nc.PendingWeight
 	sameWeights.Temperature, sameWeights.SessionSlack, sameWeights.MaxImbalance = nc.Temperature, nc.SessionSlack, nc.MaxImbalance
 	if !reflect.DeepEqual(sameWeights, nc) {
 		rep.RestartRequired = append(rep.RestartRequired, "cache_aware (limits, block size, TTL, scrape and index settings)")
@@ -340,6 +342,7 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 			st.Server.policy.cur.Store(&ex)
 			a := &st.admin.applied
 			a.OverlapWeight, a.WaitingWeight, a.KVUsageWeight = nc.OverlapWeight, nc.WaitingWeight, nc.KVUsageWeight
+			a.PendingWeight = nc.PendingWeight
 			a.Temperature, a.SessionSlack, a.MaxImbalance = nc.Temperature, nc.SessionSlack, nc.MaxImbalance
 			rep.Applied = append(rep.Applied, changedWeights...)
 		}

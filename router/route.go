@@ -24,7 +24,7 @@ func NewSelector(cfg *configs.Config) (scorer.Selector, error) {
 	case "cache_aware":
 		ca := cfg.CacheAware
 		return cacheaware.New(cacheaware.Options{
-			OverlapWeight: ca.OverlapWeight, AffinityWeight: ca.AffinityWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
+			OverlapWeight: ca.OverlapWeight, PendingWeight: ca.PendingWeight, AffinityWeight: ca.AffinityWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
 			Temperature: ca.Temperature, SessionSlack: ca.SessionSlack, MaxImbalance: ca.MaxImbalance,
 		}), nil
 	case "round_robin":

@@ -54,6 +54,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	replicas := fs.Int("replicas", 1, "routers in front of the fleet, requests round-robin over them (an L4 balancer)")
 	affinity := fs.Float64("affinity-weight", -1, "cache_aware.affinity_weight of the cache_aware policies (negative: the config default)")
 	overlap := fs.Float64("overlap-weight", -1, "cache_aware.overlap_weight of the cache_aware policies (negative: the config default)")
+	pending := fs.Float64("pending-weight", -1, "cache_aware.pending_weight of the cache_aware policies (negative: the config default)")
 	imbalance := fs.Float64("max-imbalance", -1, "cache_aware.max_imbalance (the load guard) of the cache_aware policies (negative: the config default; 0 disables the guard)")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
@@ -129,6 +130,9 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		if *overlap >= 0 {
 			c.CacheAware.OverlapWeight = *overlap
+		}
+		if *pending >= 0 {
+			c.CacheAware.PendingWeight = *pending
 		}
 		if *imbalance >= 0 {
 			c.CacheAware.MaxImbalance = *imbalance

@@ -6,13 +6,14 @@
 //
 //	history_i  = max(0, affinity_i - overlap_i)               routed there, no longer cached
 //	uncached_i = max(0, P - (overlap_i + AffinityWeight*history_i)*B)   tokens to prefill there
-//	prefill_i  = OverlapWeight * (pending_i + uncached_i) / B  queued + own prefill, in blocks
+//	prefill_i  = OverlapWeight * (PendingWeight*pending_i + uncached_i) / B  queued + own prefill, in blocks
 //	decode_i   = active_i + ceil(P/B)                          KV blocks held while decoding
 //	queue_i    = WaitingWeight*waiting_i + KVUsageWeight*usage_i   (fresh scraped metrics only)
 //	cost_i     = prefill_i + decode_i + queue_i
 //
 // This is NVIDIA Dynamo's KV-router cost (overlap_weight * prefill blocks + decode
-// blocks, REFERENCE.md section 5) with optional scraped terms. A cached prefix lowers
+// blocks, REFERENCE.md section 5) with optional scraped terms; PendingWeight 1 (the
+// default) is Dynamo's. A cached prefix lowers
 // prefill; queued prefill the router itself sent (pending) and held blocks (active) raise
 // the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
 // to cost more than recomputing the prefix elsewhere.
@@ -66,6 +67,10 @@ type Options struct {
 	// traffic to each shared decode step; the load guard, not this weight, keeps a
 	// popular prefix from overloading its holder.
 	OverlapWeight float64
+	// PendingWeight is what a token of prefill already queued on the candidate counts
+	// against a token of this request's prefill there. Default 1 (Dynamo's cost); below
+	// 1 a worker holding the prefix keeps the request under more queueing.
+	PendingWeight float64
 	// WaitingWeight is the cost, in blocks, of each request waiting in the worker's
 	// queue per its scraped metrics. Default 0 (off: the router's own bookkeeping
 	// already counts what it sent).
@@ -91,7 +96,7 @@ type Options struct {
 
 // Defaults returns the documented default options.
 func Defaults() Options {
-	return Options{OverlapWeight: 8, SessionSlack: 8, MaxImbalance: 1.5}
+	return Options{OverlapWeight: 8, PendingWeight: 1, SessionSlack: 8, MaxImbalance: 1.5}
 }
 
 // Selector is the cache_aware policy. It is safe for concurrent use if its Rand is.
@@ -144,7 +149,7 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 		}
 		uncached := math.Max(0, prompt-held*bs)
 		k := scorer.Cost{
-			Prefill: s.opts.OverlapWeight * (float64(c.PendingPrefillTokens) + uncached) / bs,
+			Prefill: s.opts.OverlapWeight * (s.opts.PendingWeight*float64(c.PendingPrefillTokens) + uncached) / bs,
 			Decode:  float64(c.ActiveBlocks) + reqBlocks,
 		}
 		if c.HasMetrics {

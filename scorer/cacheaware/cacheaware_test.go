@@ -215,3 +215,24 @@ func TestAffinityCountsHistoryAtItsWeight(t *testing.T) {
 		t.Errorf("costs %+v: history at or below the overlap must not count", costs)
 	}
 }
+
+func TestPendingWeightKeepsPrefixHome(t *testing.T) {
+	o := Defaults()
+	o.OverlapWeight, o.MaxImbalance = 1, 0
+	// a holds 48 of the prompt's 64 blocks but has 1024 tokens of prefill queued; b is
+	// idle and holds nothing.
+	cands := []scorer.Candidate{
+		{ID: "a", OverlapBlocks: 48, PendingPrefillTokens: 1024},
+		{ID: "b"},
+	}
+	costs := make([]scorer.Cost, 2)
+	// Weight 1: a costs (1024+256)/16 = 80 + 64 decode = 144; b 64 + 64 = 128.
+	if got := New(o).SelectExplained(req(1024), cands, costs); got != 1 || costs[0].Prefill != 80 {
+		t.Errorf("pending weight 1: picked %d with costs %+v, want b and a's prefill 80", got, costs)
+	}
+	// Weight 0.25: a costs (256+256)/16 = 32 + 64 = 96 < 128.
+	o.PendingWeight = 0.25
+	if got := New(o).SelectExplained(req(1024), cands, costs); got != 0 || costs[0].Prefill != 32 {
+		t.Errorf("pending weight 0.25: picked %d with costs %+v, want a and its prefill 32", got, costs)
+	}
+}
