@@ -23,8 +23,9 @@ func TestCostBreakdown(t *testing.T) {
 	costs := make([]scorer.Cost, 2)
 	got := s.SelectExplained(req(1024), cands, costs)
 	// a: uncached 1024-960=64 -> prefill 4; decode 100+64=164 -> 168.
-	// b: prefill (160+1024)/16=74; decode 10+64=74 -> 148 (waiting weight 0).
-	want := []scorer.Cost{{Prefill: 4, Decode: 164, Total: 168}, {Prefill: 74, Decode: 74, Total: 148}}
+	// b: prefill (0.25*160+1024)/16=66.5 (pending weight 0.25); decode 10+64=74 -> 140.5
+	// (waiting weight 0).
+	want := []scorer.Cost{{Prefill: 4, Decode: 164, Total: 168}, {Prefill: 66.5, Decode: 74, Total: 140.5}}
 	for i := range want {
 		if costs[i] != want[i] {
 			t.Errorf("cost[%d] = %+v, want %+v", i, costs[i], want[i])
@@ -218,7 +219,7 @@ func TestAffinityCountsHistoryAtItsWeight(t *testing.T) {
 
 func TestPendingWeightKeepsPrefixHome(t *testing.T) {
 	o := Defaults()
-	o.OverlapWeight, o.MaxImbalance = 1, 0
+	o.OverlapWeight, o.MaxImbalance, o.PendingWeight = 1, 0, 1
 	// a holds 48 of the prompt's 64 blocks but has 1024 tokens of prefill queued; b is
 	// idle and holds nothing.
 	cands := []scorer.Candidate{
