@@ -181,8 +181,8 @@ type CacheAware struct {
 	// prefill there. 1 is Dynamo's cost (the request waits for both); below 1 a worker
 	// holding the request's prefix keeps it under more queueing: fewer copies of a prefix
 	// across workers, so more hits, at the price of longer queues there. Default 0.25
-	// (on the Mooncake trace and llm-d's shared-prefix shape it raised the hit rate and,
-	// on the latter, output tokens/s; bench/RESULTS.md).
+	// (on llm-d's shared-prefix shape it raised output tokens/s and cut TTFT p90 sharply;
+	// on the Mooncake trace the hit rate gain is within the noise; bench/RESULTS.md).
 	PendingWeight float64 `yaml:"pending_weight"`
 	// WaitingWeight is the cost in blocks of each request waiting in a worker's queue,
 	// from its scraped metrics. Default 0 (off).
