@@ -239,7 +239,11 @@ func TestAPIReload(t *testing.T) {
 	if code := tr.call(t, "POST", "/api/reload", tr.token, &rep); code != 200 || !rep.Unchanged {
 		t.Errorf("reload of the same file: %d %+v, want unchanged", code, rep)
 	}
-	edited := tr.cfgText + "cache_aware: {overlap_weight: 2, temperature: 0.5, max_inflight: 9}\nmax_attempts: 2\ntokenize: {models: {m: approx}}\n"
+	edited := strings.Replace(tr.cfgText, "cache_aware: {pending_weight: 1}", "cache_aware: {pending_weight: 1, overlap_weight: 2, temperature: 0.5, max_inflight: 9}", 1) +
+		"max_attempts: 2\ntokenize: {models: {m: approx}}\n"
+	if edited == tr.cfgText+"max_attempts: 2\ntokenize: {models: {m: approx}}\n" {
+		t.Fatal("startRouter's config has no cache_aware line to edit")
+	}
 	if err := os.WriteFile(tr.cfgPath, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)
 	}
