@@ -19,9 +19,9 @@
 // evicts other content, and the next requests with that prefix split between the copies.
 // On llm-d's shared-prefix shape 0.25 raised output tokens/s from 1.35x to 1.50x
 // random's and cut TTFT p90 from 17.6 s to 0.31 s; on the Mooncake trace its gain is
-// within the run-to-run spread (hit rate 8.7% against 8.1% mean over 3 and 2 runs of the
-// first 1,500 requests, 8.3% against 7.7% on the whole trace) for a TTFT p50 15-20% and
-// p90 about 10% higher (bench/RESULTS.md, 2026-12-02). A cached prefix lowers
+// within the run-to-run spread (hit rate 8.8% against 8.5%, means of 6 and 5 runs of the
+// first 1,500 requests; 8.3% against 7.7% on the whole trace) for a TTFT p50 about 20%
+// and p90 about 10% higher (bench/RESULTS.md, 2026-12-02). A cached prefix lowers
 // prefill; queued prefill the router itself sent (pending) and held blocks (active) raise
 // the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
 // to cost more than recomputing the prefix elsewhere.
