@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router/prefix"
 )
 
 // simStack is a router Stack in front of a kvsim fleet, both on loopback.
@@ -377,5 +378,13 @@ func TestTokenizeCacheEntriesBound(t *testing.T) {
 		if got, want := entries(), float64(min(i+1, 3)); got != want {
 			t.Fatalf("after %d requests: %v cache entries, want %v", i+1, got, want)
 		}
+	}
+}
+
+// The config's default tokenize cache bound is the engine's own default (configs cannot
+// import router/prefix, so the number is written twice).
+func TestTokenizeCacheEntriesDefault(t *testing.T) {
+	if got, want := configs.Default().Tokenize.CacheEntries, prefix.DefaultCacheEntries; got != want {
+		t.Fatalf("configs default tokenize.cache_entries %d, prefix.DefaultCacheEntries %d", got, want)
 	}
 }
