@@ -159,6 +159,13 @@ type Health struct {
 	// ModelsInterval is how often each worker's /v1/models is re-read for workers whose
 	// models are not listed in the config. Default 30s.
 	ModelsInterval time.Duration `yaml:"models_interval"`
+	// GenerationProbe makes a request that timed out on a worker (no first byte within
+	// timeouts.first_byte, or no answer within timeouts.total) trigger a generation probe
+	// at the worker's next active check: a one-token completion bounded by
+	// timeouts.first_byte. A worker failing it is ejected at once, and stays out until a
+	// probe succeeds; /health alone does not see an engine that accepts requests and
+	// never generates. Default true.
+	GenerationProbe bool `yaml:"generation_probe"`
 }
 
 // Headers configures the response headers kvroute adds.
@@ -344,14 +351,15 @@ func Default() Config {
 			Shutdown:  30 * time.Second,
 		},
 		Health: Health{
-			Path:           "/health",
-			Interval:       5 * time.Second,
-			Timeout:        2 * time.Second,
-			UnhealthyAfter: 2,
-			EjectAfter:     3,
-			EjectBase:      time.Second,
-			EjectMax:       30 * time.Second,
-			ModelsInterval: 30 * time.Second,
+			Path:            "/health",
+			Interval:        5 * time.Second,
+			Timeout:         2 * time.Second,
+			UnhealthyAfter:  2,
+			EjectAfter:      3,
+			EjectBase:       time.Second,
+			EjectMax:        30 * time.Second,
+			ModelsInterval:  30 * time.Second,
+			GenerationProbe: true,
 		},
 		Headers:   Headers{Worker: true, CachedBlocks: true},
 		Admin:     Admin{Listen: "127.0.0.1:9090"},

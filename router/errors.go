@@ -17,14 +17,16 @@ var (
 	// ErrUnknownModel means no configured or discovered worker serves the model.
 	ErrUnknownModel = errors.New("model not found")
 
-	errInvalidJSON   = errors.New("invalid JSON body")
-	errInvalidField  = errors.New("invalid request")
-	errBodyTooLarge  = errors.New("request body too large")
-	errMethod        = errors.New("method not allowed")
-	errNotFound      = errors.New("not found")
-	errShuttingDown  = errors.New("router is shutting down")
-	errClientGone    = errors.New("client disconnected")
-	errStreamTimeout = errors.New("upstream stream timed out")
+	errInvalidJSON  = errors.New("invalid JSON body")
+	errInvalidField = errors.New("invalid request")
+	errBodyTooLarge = errors.New("request body too large")
+	errMethod       = errors.New("method not allowed")
+	errNotFound     = errors.New("not found")
+	errShuttingDown = errors.New("router is shutting down")
+	errClientGone   = errors.New("client disconnected")
+	// errStreamTimeout is a timeout in upstream.IsTimeout's sense, so the pool probes a
+	// worker whose stream stalled (see health.generation_probe).
+	errStreamTimeout error = timeoutError("upstream stream timed out")
 
 	// Refusals of the inbound gate (auth.go, limits.go).
 	errMissingKey     = errors.New("missing API key: send it as Authorization: Bearer <key>")
@@ -109,6 +111,14 @@ var (
 	errStatus5xx = errors.New("worker answered 5xx")
 	errStatus429 = errors.New("worker answered 429")
 )
+
+// timeoutError is an error whose Timeout method (as net.Error's) reports true.
+type timeoutError string
+
+func (e timeoutError) Error() string { return string(e) }
+
+// Timeout reports true: the error is a timeout.
+func (e timeoutError) Timeout() bool { return true }
 
 // writeError writes err as an OpenAI-shaped JSON error. 503s carry Retry-After.
 func writeError(ctx *fasthttp.RequestCtx, err error) {

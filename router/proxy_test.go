@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -215,6 +217,84 @@ func TestHungWorkerFirstByteTimeoutRetriesElsewhere(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(tr.srv.metrics.upErrors.WithLabelValues("w0", "timeout")); v < 1 {
 		t.Errorf("timeouts on w0 = %v", v)
+	}
+}
+
+// metricValue returns the value of counter name with labels worker and result in reg
+// (0 when absent).
+func metricValue(t *testing.T, reg prometheus.Gatherer, name, worker, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["worker"] == worker && labels["result"] == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// A worker that answers /health but never generates is taken out of rotation after one
+// timed-out request, whatever the policy and eject_after, by the generation probe; it
+// comes back once it generates again.
+func TestHungWorkerEjectedByGenerationProbe(t *testing.T) {
+	for _, probe := range []bool{true, false} {
+		t.Run(fmt.Sprintf("generation_probe=%v", probe), func(t *testing.T) {
+			hung, ok := newFakeWorker(t, "m"), newFakeWorker(t, "m")
+			hung.hang.Store(true)
+			cfg := testConfig(hung, ok)
+			cfg.Health.EjectAfter = 1000 // no ejection by counting failed requests
+			cfg.Health.GenerationProbe = probe
+			cfg.Timeouts.FirstByte = 300 * time.Millisecond
+			cfg.Policy = "round_robin"
+			tr := startRouter(t, cfg)
+			w := tr.pool.Worker("w0")
+			for i := 0; i < 2; i++ {
+				if resp, _ := post(t, tr.url+"/v1/chat/completions", streamBody); resp.StatusCode != 200 {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			if v := testutil.ToFloat64(tr.srv.metrics.upErrors.WithLabelValues("w0", "timeout")); v < 1 {
+				t.Fatalf("no request timed out on w0 (%v)", v)
+			}
+			probes := func(result string) float64 {
+				return metricValue(t, tr.reg, "kvroute_upstream_generation_probes_total", "w0", result)
+			}
+			if !probe {
+				checks := func() float64 { return metricValue(t, tr.reg, "kvroute_upstream_health_checks_total", "w0", "ok") }
+				base := checks()
+				eventually(t, 3*time.Second, "five more health checks", func() bool { return checks() >= base+5 })
+				if !w.Available() || probes("fail")+probes("ok") != 0 {
+					t.Fatalf("probe off: available %v, probes %v: %+v", w.Available(), probes("fail")+probes("ok"), w.State())
+				}
+				return
+			}
+			eventually(t, 3*time.Second, "ejection by the generation probe", func() bool { return w.State().Ejected && !w.Available() })
+			if probes("fail") < 1 {
+				t.Errorf("generation probe failures = %v, want >= 1", probes("fail"))
+			}
+			// Past its ejection, /health passes but the probe still fails: it stays out.
+			time.Sleep(3 * cfg.Health.EjectMax)
+			if w.Available() {
+				t.Fatal("re-admitted while it does not generate")
+			}
+			hung.hang.Store(false)
+			eventually(t, 3*time.Second, "re-admission once it generates", w.Available)
+			if probes("ok") < 1 {
+				t.Errorf("generation probe successes = %v, want >= 1", probes("ok"))
+			}
+		})
 	}
 }
 

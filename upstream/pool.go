@@ -1,10 +1,13 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"sort"
 	"sync"
@@ -22,7 +25,9 @@ type Pool struct {
 	byID    map[string]*Worker
 	byURL   map[string]*Worker // by base URL (Worker.URL), for HTTPClient
 	health  configs.Health
-	metrics *poolMetrics
+	// firstByte bounds a generation probe (timeouts.first_byte).
+	firstByte time.Duration
+	metrics   *poolMetrics
 	// now is the clock; tests may replace it before Run.
 	now func() time.Time
 }
@@ -31,6 +36,7 @@ type poolMetrics struct {
 	healthy   *prometheus.GaugeVec
 	ejections *prometheus.CounterVec
 	checks    *prometheus.CounterVec
+	genProbes *prometheus.CounterVec
 	expired   *prometheus.CounterVec
 }
 
@@ -38,7 +44,8 @@ type poolMetrics struct {
 // registered). Workers start unavailable until [Pool.Start] or [Pool.Run] has checked
 // them.
 func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
-	p := &Pool{byID: map[string]*Worker{}, byURL: map[string]*Worker{}, health: cfg.Health, now: time.Now}
+	p := &Pool{byID: map[string]*Worker{}, byURL: map[string]*Worker{}, health: cfg.Health,
+		firstByte: cfg.Timeouts.FirstByte, now: time.Now}
 	for _, wc := range cfg.Workers {
 		w, err := newWorker(wc, cfg)
 		if err != nil {
@@ -55,11 +62,15 @@ func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
 		}, []string{"worker"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_upstream_ejections_total",
-			Help: "Passive ejections of a worker after consecutive failed requests.",
+			Help: "Ejections of a worker: after consecutive failed requests, or a failed generation probe after a timeout.",
 		}, []string{"worker"}),
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_upstream_health_checks_total",
 			Help: "Active health checks by result (ok, fail).",
+		}, []string{"worker", "result"}),
+		genProbes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_upstream_generation_probes_total",
+			Help: "One-token generation probes of workers a request timed out on, by result (ok, fail).",
 		}, []string{"worker", "result"}),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_upstream_load_entries_expired_total",
@@ -67,7 +78,7 @@ func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
 		}, []string{"worker"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks, p.metrics.expired} {
+		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks, p.metrics.genProbes, p.metrics.expired} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register upstream metrics: %w", err)
 			}
@@ -209,17 +220,35 @@ func (p *Pool) check(ctx context.Context, w *Worker) {
 		result = "fail"
 	}
 	p.metrics.checks.WithLabelValues(w.ID, result).Inc()
+	var genErr error
+	probed := err == nil && p.health.GenerationProbe && w.isSuspect()
+	if probed {
+		genErr = p.probeGeneration(ctx, w)
+		p.metrics.genProbes.WithLabelValues(w.ID, map[bool]string{true: "ok", false: "fail"}[genErr == nil]).Inc()
+	}
 
 	now := p.now()
 	w.mu.Lock()
-	if err == nil {
+	ejected := false
+	switch {
+	case err == nil && genErr != nil:
+		// The engine answers /health but does not generate: out until a probe succeeds.
+		w.lastErr = genErr.Error()
 		w.checkFails = 0
 		w.checkHealthy = true
-		if !w.ejectedUntil.IsZero() && !now.Before(w.ejectedUntil) {
+		ejected = p.ejectLocked(w, now, true)
+	case err == nil:
+		w.checkFails = 0
+		w.checkHealthy = true
+		if probed {
+			w.suspect = false // the generation probe passed
+			w.reqFails = 0
+		}
+		if !w.ejectedUntil.IsZero() && !now.Before(w.ejectedUntil) && !(p.health.GenerationProbe && w.suspect) {
 			w.ejectedUntil = time.Time{} // re-admitted
 			w.reqFails = 0
 		}
-	} else {
+	default:
 		w.checkFails++
 		w.lastErr = err.Error()
 		if w.checkFails >= p.health.UnhealthyAfter || !w.checkHealthy {
@@ -229,7 +258,44 @@ func (p *Pool) check(ctx context.Context, w *Worker) {
 	w.updateAvailable()
 	avail := w.available.Load()
 	w.mu.Unlock()
+	if ejected {
+		p.metrics.ejections.WithLabelValues(w.ID).Inc()
+	}
 	p.metrics.healthy.WithLabelValues(w.ID).Set(b2f(avail))
+}
+
+// probeGeneration asks w for a one-token completion of a one-word prompt, bounded by the
+// first-byte timeout: the one check that sees an engine that accepts requests and never
+// generates (a hung GPU or a deadlocked scheduler still answers /health). Its prompt is
+// shorter than a KV block, so it stores no block and moves no index entry.
+func (p *Pool) probeGeneration(ctx context.Context, w *Worker) error {
+	models := w.Models()
+	if len(models) == 0 {
+		return errors.New("generation probe: the worker lists no model")
+	}
+	body, err := json.Marshal(map[string]any{"model": models[0], "prompt": "ping", "max_tokens": 1, "stream": false})
+	if err != nil {
+		return fmt.Errorf("generation probe: %w", err)
+	}
+	// net/http rather than the fasthttp pools: the context ends a probe at shutdown at
+	// once, where a fasthttp call would wait out its deadline (timeouts.first_byte).
+	ctx, cancel := context.WithTimeout(ctx, p.firstByte)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL+"/v1/completions", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("generation probe: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := p.HTTPClient().Do(req)
+	if err != nil {
+		return fmt.Errorf("generation probe: %w", err)
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("generation probe: status %d%s", resp.StatusCode, authHint(resp.StatusCode))
+	}
+	return nil
 }
 
 func (p *Pool) probe(ctx context.Context, w *Worker) error {
@@ -326,22 +392,44 @@ func (p *Pool) ReportFailure(w *Worker, err error) {
 	w.mu.Lock()
 	w.reqFails++
 	w.lastErr = err.Error()
+	if IsTimeout(err) {
+		w.suspect = true
+	}
 	ejected := false
 	if w.reqFails >= p.health.EjectAfter && w.ejectedUntil.IsZero() {
-		d := p.health.EjectBase << min(w.ejectStreak, 20)
-		if d > p.health.EjectMax || d <= 0 {
-			d = p.health.EjectMax
-		}
-		w.ejectedUntil = now.Add(d)
-		w.ejectStreak++
-		ejected = true
-		w.updateAvailable()
+		ejected = p.ejectLocked(w, now, false)
 	}
 	w.mu.Unlock()
 	if ejected {
 		p.metrics.ejections.WithLabelValues(w.ID).Inc()
 		p.metrics.healthy.WithLabelValues(w.ID).Set(0)
 	}
+}
+
+// ejectLocked ejects w from now for eject_base doubled by each ejection in a row, up to
+// eject_max; extend also renews an ejection under way. It reports whether w was not
+// ejected before. w.mu must be held.
+func (p *Pool) ejectLocked(w *Worker, now time.Time, extend bool) bool {
+	if !w.ejectedUntil.IsZero() && !extend {
+		return false
+	}
+	fresh := w.ejectedUntil.IsZero()
+	d := p.health.EjectBase << min(w.ejectStreak, 20)
+	if d > p.health.EjectMax || d <= 0 {
+		d = p.health.EjectMax
+	}
+	w.ejectedUntil = now.Add(d)
+	w.ejectStreak++
+	w.updateAvailable()
+	return fresh
+}
+
+// IsTimeout reports whether err says a worker accepted a request and did not answer in
+// time: a deadline or timeout error anywhere in its chain (net.Error's Timeout method,
+// fasthttp's ErrTimeout).
+func IsTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.Is(err, fasthttp.ErrTimeout) || (errors.As(err, &te) && te.Timeout())
 }
 
 func b2f(b bool) float64 {

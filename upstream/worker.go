@@ -63,7 +63,10 @@ type Worker struct {
 	reqFails     int       // consecutive failed requests
 	ejectedUntil time.Time // zero when not ejected
 	ejectStreak  int       // ejections in a row without a successful request between
-	lastErr      string
+	// suspect is set when a request timed out on the worker and cleared by a successful
+	// generation probe (see Pool.check); a suspect worker is not re-admitted without one.
+	suspect bool
+	lastErr string
 }
 
 func newWorker(wc configs.Worker, cfg *configs.Config) (*Worker, error) {
@@ -169,6 +172,14 @@ func (w *Worker) Available() bool { return w.available.Load() }
 
 // InFlight returns the requests this router has in flight on the worker.
 func (w *Worker) InFlight() int64 { return w.inFlight.Load() }
+
+// isSuspect reports whether a request timed out on w since its last passed generation
+// probe.
+func (w *Worker) isSuspect() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.suspect
+}
 
 // Models returns the models the worker serves (a copy).
 func (w *Worker) Models() []string {

@@ -175,7 +175,9 @@ func TestWorkerKilled(t *testing.T) {
 // A worker that accepts requests and never answers: streaming requests hit the
 // first-byte timeout and are retried on another worker; non-streaming ones, whose
 // answer only starts when generation ends, are bounded by the total timeout and fail
-// with a clean 504 until the worker is ejected.
+// with a clean 504 until the worker is ejected. One timed-out request is enough for the
+// ejection (the generation probe, health.generation_probe), so it does not depend on
+// how many requests the policy keeps sending to a worker with requests stuck on it.
 func TestWorkerHangs(t *testing.T) {
 	e := startEnv(t, EnvOptions{Mutate: func(_ *sim.FleetConfig, c *configs.Config) {
 		c.Timeouts.Total = 3 * time.Second
