@@ -23,7 +23,7 @@ vet:
 	$(GO) vet $(PKGS)
 
 lint:
-	@if [ -x bin/golangci-lint ]; then bin/golangci-lint run $(PKGS); \
+	@if [ -x bin/golangci-lint ]; then bin/golangci-lint run --allow-parallel-runners $(PKGS); \
 	else echo "lint: bin/golangci-lint not installed (scripts/deps.sh), skipped"; fi
 
 unit:

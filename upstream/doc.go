@@ -11,6 +11,12 @@
 // ejected. Passive ejection: eject_after consecutive failed requests (connect error,
 // timeout, 5xx) eject it for eject_base, doubling with each ejection in a row up to
 // eject_max; it is re-admitted when the ejection has passed and a health check succeeds.
+// A request that timed out (no first byte within timeouts.first_byte, no answer within
+// timeouts.total) marks the worker suspect: its next active check also asks for a
+// one-token completion, bounded by the first-byte timeout, and a worker failing it is
+// ejected at once and re-admitted only after such a probe passes (health.generation_probe).
+// So an engine that answers /health but never generates leaves rotation after one
+// timed-out request, however few requests the policy still sends it.
 // Availability is one atomic load on the request path.
 //
 // Every request the router makes to a worker carries the worker's API key when one is
