@@ -6,7 +6,8 @@
 // kvsim Stats), client-side TTFT, inter-token and end-to-end latency percentiles, output
 // tokens/s, the fleet's load (simulated busy time over wall time), load imbalance
 // (max/mean of workers' in-flight requests, sampled) and the process's CPU time.
-// [WriteDir] writes report.md, report.json and PNG plots drawn with the standard library.
+// [WriteDir] writes report.md, report.json and PNG plots drawn with the standard library's
+// image and image/png, labelled with golang.org/x/image's basicfont.
 //
 // Invariants:
 //   - Every policy sees byte-identical requests at identical offsets (the workload is

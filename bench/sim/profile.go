@@ -55,7 +55,7 @@ func (p *Profile) StepTime(prefillTokens, decodeSeqs, contextTokens int) time.Du
 //     head_dim 128, so K+V per token = 2*32*8*128*2 bytes = 128 KiB in BF16.
 //   - Qwen/Qwen3-32B config.json: 32.8e9 parameters, 64 layers, 8 KV heads, head_dim
 //     128, so K+V per token = 256 KiB in BF16; served with tensor parallelism 2 as in the
-//     llm-d benchmark (REFERENCE.md section 5, "8 x 2 H100").
+//     llm-d benchmark ("8 x 2 H100": https://llm-d.ai/blog/kvcache-wins-you-can-see).
 //
 // Assumptions: prefill at 50% of peak FLOPS (2 FLOP per parameter per token); decode
 // reads the weights and the KV cache at 70% of peak bandwidth; 1 ms of per-step

@@ -9,8 +9,8 @@ import (
 	"unicode/utf8"
 )
 
-// A small JSON scanner over raw bytes. The request body was already validated by the
-// router's json.Unmarshal, but these functions never trust that: on any input they
+// A small JSON scanner over raw bytes. The request body was already validated as JSON
+// by router/scan.go's scanObject, but these functions never trust that: on any input they
 // return an error or a result, never panic, and run in time linear in the input
 // (nesting is bounded by maxDepth). They allocate nothing beyond what their callers'
 // buffers need, which keeps the approx mode and the engine mode's cache-hit path free of

@@ -43,7 +43,7 @@ type Request struct {
 // Options are the raw JSON values of the request fields, besides the messages or prompt,
 // that change the engine's token ids (vLLM's ChatCompletionRequest and
 // CompletionRequest). A nil or null field is absent. The router can embed Options in the
-// struct it decodes the body into, so one json.Unmarshal fills them.
+// struct it decodes the body into, so one pass of its body scanner fills them.
 type Options struct {
 	// AddGenerationPrompt is add_generation_prompt (chat; vLLM default true).
 	AddGenerationPrompt json.RawMessage `json:"add_generation_prompt,omitempty"`

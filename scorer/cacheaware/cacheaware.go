@@ -12,19 +12,20 @@
 //	cost_i     = prefill_i + decode_i + queue_i
 //
 // This is NVIDIA Dynamo's KV-router cost (overlap_weight * prefill blocks + decode
-// blocks, REFERENCE.md section 5) with optional scraped terms; with PendingWeight 1 it
-// is Dynamo's. The default 0.25 counts a token of prefill already queued on a worker as
-// a quarter of a token this request must prefill itself: Dynamo's cost minimises this
-// request's TTFT, but recomputing a prefix elsewhere also leaves a second copy that
-// evicts other content, and the next requests with that prefix split between the copies.
-// On llm-d's shared-prefix shape 0.25 raised output tokens/s from 1.35x to 1.50x
-// random's and cut TTFT p90 from 17.6 s to 0.31 s; on the Mooncake trace its gain is
-// within the run-to-run spread (hit rate 8.8% against 8.5%, means of 6 and 5 runs of the
-// first 1,500 requests; 8.3% against 7.7% on the whole trace) for a TTFT p50 about 20%
-// and p90 about 10% higher (bench/RESULTS.md, 2026-12-02). A cached prefix lowers
-// prefill; queued prefill the router itself sent (pending) and held blocks (active) raise
-// the cost, so a burst of same-prefix requests spreads once the holder is loaded enough
-// to cost more than recomputing the prefix elsewhere.
+// blocks; https://docs.nvidia.com/dynamo/latest/router/README.html and
+// github.com/ai-dynamo/dynamo lib/kv-router) with optional scraped terms; with
+// PendingWeight 1 it is Dynamo's. The default 0.25 counts a token of prefill already
+// queued on a worker as a quarter of a token this request must prefill itself: Dynamo's
+// cost minimises this request's TTFT, but recomputing a prefix elsewhere also leaves a
+// second copy that evicts other content, and the next requests with that prefix split
+// between the copies. On llm-d's shared-prefix shape 0.25 raised output tokens/s from
+// 1.35x to 1.50x random's and cut TTFT p90 from 17.6 s to 0.31 s; on the Mooncake trace
+// its gain is within the run-to-run spread (hit rate 8.8% against 8.5%, means of 6 and
+// 5 runs of the first 1,500 requests; 8.3% against 7.7% on the whole trace) for a TTFT
+// p50 about 20% and p90 about 10% higher (bench/RESULTS.md, 2026-12-02). A cached
+// prefix lowers prefill; queued prefill the router itself sent (pending) and held
+// blocks (active) raise the cost, so a burst of same-prefix requests spreads once the
+// holder is loaded enough to cost more than recomputing the prefix elsewhere.
 //
 // Affinity: a worker's routing history (blocks of this prompt the router sent there
 // within the prediction TTL, which survives the worker's evictions; the candidate's
