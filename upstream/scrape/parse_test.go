@@ -297,32 +297,76 @@ func escapeQuote(v string) string {
 	return `"` + r.Replace(v) + `"`
 }
 
-// BenchmarkParse parses a vLLM body with two DP engines (77 KB, 740 lines, rendered by
-// prometheus_client). Compare runs with:
-//
-//	go test -run '^$' -bench 'Parse' -count 10 ./upstream/scrape > new.txt && benchstat old.txt new.txt
-func BenchmarkParse(b *testing.B) {
-	body := readTestdata(b, "vllm_dp2.txt")
-	b.ReportAllocs()
-	b.SetBytes(int64(len(body)))
-	for b.Loop() {
-		if _, err := Parse(body); err != nil {
-			b.Fatal(err)
+// TestParseVsExpfmtSyntax pins down where Parse and prometheus/common's text parser
+// disagree on whether a body is valid (issue #16). Parse is the more lenient on what
+// engines and proxies actually send (OpenMetrics syntax, CRLF, a missing final
+// newline) and on metadata it does not read; expfmt accepts bodies without samples.
+// Everything else in the table tests above is accepted or rejected by both.
+func TestParseVsExpfmtSyntax(t *testing.T) {
+	tests := []struct {
+		name, body   string
+		ours, expfmt bool // accepted
+	}{
+		{"no final newline", "vllm:num_requests_waiting 2", true, false},
+		{"crlf", "vllm:num_requests_running 4\r\n", true, false},
+		{"openmetrics float timestamp", "sglang:num_queue_reqs 5 1700000000.5\n", true, false},
+		{"openmetrics exemplar", `sglang:num_queue_reqs 5 # {trace_id="x"} 1` + "\n", true, false},
+		{"openmetrics info type", "# TYPE vllm:cache_config_info info\nvllm:cache_config_info{block_size=\"16\"} 1\n", true, false},
+		{"duplicate label name", `vllm:num_requests_running{a="b",a="c"} 1` + "\n", true, false},
+		{"second TYPE line", "# TYPE a gauge\na 1\n# TYPE a gauge\na 2\n", true, false},
+		{"second HELP line", "# HELP a x\n# HELP a y\na 1\n", true, false},
+		{"empty body", "", false, true},
+		{"comments only", "# HELP x y\n# TYPE x gauge\n", false, true},
+		{"quoted UTF-8 name", `{"vllm:num_requests_running",engine="0"} 2` + "\n", true, true},
+		{"repeated series", "a 1\na 2\n", true, true},
+		{"integer timestamp", "vllm:num_requests_running 4 1700000000000\n", true, true},
+		{"hex float", "a 0x1p3\n", false, false},
+		{"overflowing float", "a 1e400\n", false, false},
+		{"bad escape", `a{b="\x"} 1` + "\n", false, false},
+		{"html", "<html>\n", false, false},
+	}
+	for _, tt := range tests {
+		_, err := Parse([]byte(tt.body))
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		_, refErr := p.TextToMetricFamilies(strings.NewReader(tt.body))
+		if (err == nil) != tt.ours || (refErr == nil) != tt.expfmt {
+			t.Errorf("%s: Parse error %v (want accepted=%v), expfmt error %v (want accepted=%v)",
+				tt.name, err, tt.ours, refErr, tt.expfmt)
 		}
 	}
 }
 
-// BenchmarkParseExpfmt is the alternative this package does not use: prometheus/common's
-// text parser on the same body, building every metric family. Compare with
-// BenchmarkParse through the benchstat command above.
-func BenchmarkParseExpfmt(b *testing.B) {
-	body := readTestdata(b, "vllm_dp2.txt")
-	b.ReportAllocs()
-	b.SetBytes(int64(len(body)))
-	for b.Loop() {
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		if _, err := p.TextToMetricFamilies(bytes.NewReader(body)); err != nil {
-			b.Fatal(err)
-		}
+// BenchmarkParse parses real engine bodies (rendered by prometheus_client with the
+// engines' metric definitions, testdata/engine_metrics.py) with Parse (impl=scrape)
+// and with prometheus/common's text parser (impl=expfmt), the alternative this package
+// does not use. The expfmt side only builds the metric families; reading the dozen
+// metrics a Sample needs out of them would come on top. Compare the two with:
+//
+//	go test -run '^$' -bench 'Parse' -benchmem -count 5 ./upstream/scrape > new.txt && benchstat -col /impl new.txt
+//
+// and two runs with benchstat old.txt new.txt.
+func BenchmarkParse(b *testing.B) {
+	for _, file := range []string{"vllm.txt", "vllm_dp2.txt", "sglang.txt", "sglang_dp2_gauges.txt"} {
+		body := readTestdata(b, file)
+		name := "body=" + strings.TrimSuffix(file, ".txt")
+		b.Run(name+"/impl=scrape", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if _, err := Parse(body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/impl=expfmt", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				p := expfmt.NewTextParser(model.UTF8Validation)
+				if _, err := p.TextToMetricFamilies(bytes.NewReader(body)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
