@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/kvroute/kvroute/scorer/registry"
 )
 
 // Config is the whole router configuration. The zero value is not useful: start from
@@ -320,14 +322,15 @@ type Worker struct {
 	TLS *UpstreamTLS `yaml:"tls"`
 }
 
-// Policies lists the routing policy names [Config.Validate] accepts.
-var Policies = []string{"cache_aware", "round_robin", "random", "least_inflight", "power_of_two"}
+// Policies lists the routing policy names [Config.Validate] accepts: the policy
+// registry's (scorer/registry).
+var Policies = registry.Names()
 
 // Default returns a Config with every default set and no workers.
 func Default() Config {
 	return Config{
 		Listen: ":8080",
-		Policy: "cache_aware",
+		Policy: registry.Default(),
 		CacheAware: CacheAware{
 			OverlapWeight:   8,
 			PendingWeight:   0.25,

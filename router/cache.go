@@ -109,7 +109,7 @@ func b2f(b bool) float64 {
 // approx mode when the configured mode fails (see prefix.Fallback), and a request that
 // cannot be hashed at all (say, an embeddings input) is routed on load alone.
 func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
-	if s.hasher == nil || s.cfg.Policy != "cache_aware" {
+	if s.hasher == nil || !s.prefixes {
 		return // the baseline policies do not look at prefixes
 	}
 	pr := prefix.Request{

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -11,32 +10,18 @@ import (
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/scorer/cacheaware"
-	"github.com/kvroute/kvroute/scorer/leastinflight"
-	"github.com/kvroute/kvroute/scorer/poweroftwo"
-	"github.com/kvroute/kvroute/scorer/random"
-	"github.com/kvroute/kvroute/scorer/roundrobin"
+	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream"
 )
 
-// NewSelector returns the routing policy named cfg.Policy (one of [configs.Policies]).
+// NewSelector returns the routing policy named cfg.Policy, from the policy registry
+// (scorer/registry) with the cache_aware weights of cfg.
 func NewSelector(cfg *configs.Config) (scorer.Selector, error) {
-	switch name := cfg.Policy; name {
-	case "cache_aware":
-		ca := cfg.CacheAware
-		return cacheaware.New(cacheaware.Options{
-			OverlapWeight: ca.OverlapWeight, PendingWeight: ca.PendingWeight, AffinityWeight: ca.AffinityWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
-			Temperature: ca.Temperature, SessionSlack: ca.SessionSlack, MaxImbalance: ca.MaxImbalance,
-		}), nil
-	case "round_robin":
-		return &roundrobin.Selector{}, nil
-	case "random":
-		return &random.Selector{}, nil
-	case "least_inflight":
-		return &leastinflight.Selector{}, nil
-	case "power_of_two":
-		return &poweroftwo.Selector{}, nil
-	}
-	return nil, fmt.Errorf("unknown policy %q (want one of %v)", cfg.Policy, configs.Policies)
+	ca := cfg.CacheAware
+	return registry.New(cfg.Policy, registry.Params{CacheAware: cacheaware.Options{
+		OverlapWeight: ca.OverlapWeight, PendingWeight: ca.PendingWeight, AffinityWeight: ca.AffinityWeight, WaitingWeight: ca.WaitingWeight, KVUsageWeight: ca.KVUsageWeight,
+		Temperature: ca.Temperature, SessionSlack: ca.SessionSlack, MaxImbalance: ca.MaxImbalance,
+	}})
 }
 
 // routeState is the per-request scratch space of routing, pooled so a decision does not

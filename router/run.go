@@ -19,6 +19,7 @@ import (
 	"github.com/kvroute/kvroute/router/chat"
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/router/replica"
+	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
@@ -75,7 +76,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err := st.newReplica(reg); err != nil {
 		return nil, err
 	}
-	if cfg.Policy == "cache_aware" && cfg.CacheAware.AffinityWeight > 0 && (st.Events != nil || st.NATS != nil) {
+	if registry.NeedsPrefixes(cfg.Policy) && cfg.CacheAware.AffinityWeight > 0 && (st.Events != nil || st.NATS != nil) {
 		// With KV events the index forgets a block when the worker evicts it; the
 		// history remembers where the router sent it (predictions only, no metrics).
 		if st.History, err = indexer.New(indexer.Options{

@@ -20,6 +20,7 @@ import (
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/router/replica"
 	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream"
 )
 
@@ -63,10 +64,13 @@ type Server struct {
 	draining atomic.Bool
 
 	// Cache-aware routing: nil index or hasher disable their part.
-	index     *indexer.Index
-	history   *indexer.Index
-	hasher    prefix.Hasher
-	replica   *replica.Sync
+	index   *indexer.Index
+	history *indexer.Index
+	hasher  prefix.Hasher
+	replica *replica.Sync
+	// prefixes is true when the policy reads prefix overlap (scorer.PrefixUser): only
+	// then are prompts hashed and matched.
+	prefixes  bool
 	blocks    blockSizes
 	decisions *decisionLog
 	// mismatchLogged limits the block-size mismatch error to once at info level.
@@ -106,7 +110,10 @@ func New(opts Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		s.prefixes = registry.UsesPrefixes(sel)
 		s.sel, s.policy = wrapSelector(sel)
+	} else {
+		s.prefixes = registry.UsesPrefixes(s.sel)
 	}
 	reg, gat := opts.Registerer, opts.Gatherer
 	if reg == nil {

@@ -7,7 +7,9 @@
 // model, hard limits already applied) and owns every side effect of the choice: policies
 // only read.
 //
-// A [Scorer] rates candidates in [0,1] (higher is better); weights are applied by the
-// caller, never stored inside a scorer. Ties break at random through an
-// injected [Rand], so tests are deterministic.
+// Optional abilities are separate interfaces found by type assertion: [Explainer] (the
+// policy reports each candidate's [Cost]) and [PrefixUser] (the policy reads prefix
+// overlap, so the router must hash the prompt). Ties break at random through an
+// injected [Rand], so tests are deterministic. The names policies are configured by live
+// in one table, package scorer/registry.
 package scorer

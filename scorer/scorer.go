@@ -74,10 +74,12 @@ type Selector interface {
 	Select(req *Request, cands []Candidate) int
 }
 
-// Scorer rates every candidate for a request: out[i] in [0,1] is the rating of cands[i],
-// higher is better. len(out) == len(cands). Score must be safe for concurrent use.
-type Scorer interface {
-	Score(req *Request, cands []Candidate, out []float64)
+// PrefixUser is the optional ability of a policy that reads the prefix terms of a
+// [Candidate] (OverlapBlocks, AffinityBlocks): the router hashes a request's prompt and
+// matches it against the KV index only when its policy reports true, so the baseline
+// policies cost no hashing.
+type PrefixUser interface {
+	UsesPrefixes() bool
 }
 
 // Rand is the source of random choices; *rand.Rand from math/rand/v2 satisfies it.

@@ -176,8 +176,20 @@ func (p *Dynamo) Select(req *scorer.Request, cands []scorer.Candidate) int {
 	return best
 }
 
+// UsesPrefixes implements [scorer.PrefixUser]: the router must hash prompts for it.
+func (p *SGLang) UsesPrefixes() bool { return true }
+
+// UsesPrefixes implements [scorer.PrefixUser]: the router must hash prompts for it.
+func (p *LLMD) UsesPrefixes() bool { return true }
+
+// UsesPrefixes implements [scorer.PrefixUser]: the router must hash prompts for it.
+func (p *Dynamo) UsesPrefixes() bool { return true }
+
 var (
-	_ scorer.Selector = (*SGLang)(nil)
-	_ scorer.Selector = (*LLMD)(nil)
-	_ scorer.Selector = (*Dynamo)(nil)
+	_ scorer.PrefixUser = (*SGLang)(nil)
+	_ scorer.PrefixUser = (*LLMD)(nil)
+	_ scorer.PrefixUser = (*Dynamo)(nil)
+	_ scorer.Selector   = (*SGLang)(nil)
+	_ scorer.Selector   = (*LLMD)(nil)
+	_ scorer.Selector   = (*Dynamo)(nil)
 )

@@ -25,6 +25,7 @@ import (
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -35,7 +36,18 @@ import (
 // "sglang", "llmd_approx" and "dynamo" are the peers' policies re-implemented in
 // bench/policies (labelled baselines): SGLang's and llm-d's approximate policies run
 // without engine events (their index is their own routing history), Dynamo's with them.
-var Policies = []string{"cache_aware", "cache_aware_noevents", "round_robin", "random", "least_inflight", "power_of_two", "sglang", "llmd_approx", "dynamo"}
+// kvroute's own policies come from the policy registry (scorer/registry).
+var Policies = reportPolicies()
+
+func reportPolicies() []string {
+	out := []string{"cache_aware", "cache_aware_noevents"}
+	for _, name := range registry.Names() {
+		if name != "cache_aware" {
+			out = append(out, name)
+		}
+	}
+	return append(out, "sglang", "llmd_approx", "dynamo")
+}
 
 // Ablations are policies [Compare] also knows but does not run by default:
 // "cache_aware_affinity" is kvroute with events and cache_aware.affinity_weight 0.5 (a
@@ -206,14 +218,16 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int, tune func(*con
 		cfg.Policy, events = "cache_aware", false
 	case "cache_aware_affinity":
 		cfg.Policy, cfg.CacheAware.AffinityWeight = "cache_aware", 0.5
-	case "cache_aware", "round_robin", "random", "least_inflight", "power_of_two":
-		cfg.Policy = policy
 	case "sglang", "llmd_approx", "dynamo":
-		// cache_aware makes the router hash prompts and consult its index; the selector
-		// itself is replaced in runPolicy.
+		// The selector itself is replaced in runPolicy; cache_aware's config builds the
+		// index and feeds the peer policies read.
 		cfg.Policy = "cache_aware"
 		_, events = peerSelector(policy)
 	default:
+		if _, ok := registry.Lookup(policy); ok {
+			cfg.Policy = policy
+			break
+		}
 		return nil, fmt.Errorf("unknown policy %q (known: %v and %v)", policy, Policies, Ablations)
 	}
 	for _, info := range fleet.Infos() {

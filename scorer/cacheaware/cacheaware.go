@@ -121,6 +121,9 @@ func New(opts Options) *Selector {
 	return &Selector{opts: opts}
 }
 
+// UsesPrefixes implements [scorer.PrefixUser]: the cost reads each candidate's overlap.
+func (s *Selector) UsesPrefixes() bool { return true }
+
 // Select implements [scorer.Selector].
 func (s *Selector) Select(req *scorer.Request, cands []scorer.Candidate) int {
 	var buf [64]scorer.Cost
@@ -220,6 +223,7 @@ func (s *Selector) sample(costs []scorer.Cost, minCost float64) int {
 }
 
 var (
-	_ scorer.Selector  = (*Selector)(nil)
-	_ scorer.Explainer = (*Selector)(nil)
+	_ scorer.Selector   = (*Selector)(nil)
+	_ scorer.Explainer  = (*Selector)(nil)
+	_ scorer.PrefixUser = (*Selector)(nil)
 )
