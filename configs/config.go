@@ -71,10 +71,12 @@ type Config struct {
 // Admin configures the admin JSON API and the dashboard page (router/admin).
 type Admin struct {
 	// Listen is the admin listener's address (host:port). Default "127.0.0.1:9090"; ""
-	// means no admin listener of its own.
+	// means no admin listener of its own. Beyond loopback (any host but localhost or a
+	// loopback IP) it needs an admin token.
 	Listen string `yaml:"listen"`
 	// PathPrefix, when set (e.g. "/admin"), also serves the admin API and page on the
-	// main listener under that path. Default "" (not mounted).
+	// main listener under that path; a main listener beyond loopback then needs an admin
+	// token. Default "" (not mounted).
 	PathPrefix string `yaml:"path_prefix"`
 	// Token is the bearer token the admin API and page require whenever they listen
 	// beyond loopback, and write actions require always. Default "": the environment
@@ -302,7 +304,8 @@ type Worker struct {
 	URL string `yaml:"url"`
 	// Models served by the worker. Empty: discovered from the worker's /v1/models.
 	Models []string `yaml:"models"`
-	// Events is the worker's ZMQ KV-event publisher, e.g. "tcp://10.0.0.5:5557". Empty:
+	// Events is the worker's ZMQ KV-event publisher, tcp://host:port, e.g.
+	// "tcp://10.0.0.5:5557"; with dp_ranks N the ports up to port+N-1 must exist. Empty:
 	// no events (the router relies on predictions).
 	Events string `yaml:"events"`
 	// Replay is the worker's ZMQ replay endpoint, e.g. "tcp://10.0.0.5:5558". Empty: a
@@ -430,12 +433,16 @@ func LoadFile(path string) (*Config, error) {
 }
 
 // Validate checks every field and returns all problems found, each quoting the bad value.
+// It is the one check of a config: `kvroute serve` and `kvroute check-config` both run
+// it, so whatever serve would refuse or could not use at start-up is refused here. The
+// only checks left to start-up read files ([Config.CheckFiles]) or the network.
+// It reads $KVROUTE_ADMIN_TOKEN ([Config.AdminToken]) and nothing else outside c.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("listen: %q is not host:port", c.Listen)
+	if msg := listenProblem(c.Listen); msg != "" {
+		bad("listen: %q %s", c.Listen, msg)
 	}
 	if !contains(Policies, c.Policy) {
 		bad("policy: %q is not one of %s", c.Policy, strings.Join(Policies, ", "))
@@ -521,7 +528,8 @@ func (c *Config) Validate() error {
 		bad("cache_aware.max_indexed_blocks: %d must be zero or positive", ca.MaxIndexedBlocks)
 	}
 	validMode := func(m string) bool {
-		return m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && len(m) > len("local:")
+		// As router/prefix.ParseMode: a local path of only spaces is no path.
+		return m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && strings.TrimSpace(m[len("local:"):]) != ""
 	}
 	if !validMode(c.Tokenize.Mode) {
 		bad("tokenize.mode: %q is not engine, approx or local:PATH", c.Tokenize.Mode)
@@ -544,8 +552,11 @@ func (c *Config) Validate() error {
 		bad("events.nats.subject_prefix: must not be empty")
 	}
 	if a := c.Admin.Listen; a != "" {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			bad("admin.listen: %q is not host:port", a)
+		if msg := listenProblem(a); msg != "" {
+			bad("admin.listen: %q %s", a, msg)
+		} else if !loopbackListen(a) && c.AdminToken() == "" {
+			// router/admin refuses to serve beyond loopback without a token (admin.ErrNoToken).
+			bad("admin.listen: %q is beyond loopback but no admin token is set (admin.token or %s)", a, AdminTokenEnv)
 		}
 	}
 	if p := c.Admin.PathPrefix; p != "" {
@@ -553,6 +564,8 @@ func (c *Config) Validate() error {
 		if !strings.HasPrefix(p, "/") || p == "/" || strings.HasSuffix(p, "/") || strings.ContainsAny(p, " ?#") ||
 			slices.ContainsFunc(reserved, func(r string) bool { return p == r || strings.HasPrefix(p, r+"/") }) {
 			bad("admin.path_prefix: %q must be a path such as /admin, without a trailing slash, outside %s", p, strings.Join(reserved, " "))
+		} else if !loopbackListen(c.Listen) && c.AdminToken() == "" {
+			bad("admin.path_prefix: %q mounts the admin on listen %q beyond loopback but no admin token is set (admin.token or %s)", p, c.Listen, AdminTokenEnv)
 		}
 	}
 	c.Replica.validate(bad)
@@ -613,6 +626,8 @@ func (w *Worker) validate() error {
 		return fmt.Errorf("url: %q: scheme must be http or https", w.URL)
 	case u.Host == "":
 		return fmt.Errorf("url: %q: no host", w.URL)
+	case u.Port() != "" && portNumber(u.Port()) < 1:
+		return fmt.Errorf("url: %q: port must be a number from 1 to 65535", w.URL)
 	case u.Path != "" && u.Path != "/":
 		return fmt.Errorf("url: %q: must not have a path", w.URL)
 	case w.ID == "" || strings.ContainsAny(w.ID, " \t\n\""):
@@ -623,8 +638,11 @@ func (w *Worker) validate() error {
 		return fmt.Errorf("dp_ranks: %d must be between 1 and 1024 (0 means 1)", w.DPRanks)
 	}
 	for _, ep := range []struct{ name, v string }{{"events", w.Events}, {"replay", w.Replay}} {
-		if ep.v != "" && !strings.HasPrefix(ep.v, "tcp://") && !strings.HasPrefix(ep.v, "ipc://") {
-			return fmt.Errorf("%s: %q must be a tcp:// or ipc:// ZMQ endpoint", ep.name, ep.v)
+		if ep.v == "" {
+			continue
+		}
+		if err := zmqEndpoint(ep.v, max(w.DPRanks, 1)); err != nil {
+			return fmt.Errorf("%s: %w", ep.name, err)
 		}
 	}
 	if w.Replay != "" && w.Events == "" {
@@ -672,6 +690,54 @@ func ParseWorkerFlag(s string) (Worker, error) {
 	}
 	w.workerDefaults()
 	return w, nil
+}
+
+// listenProblem says what is wrong with a listener address, or returns "". The port
+// must be a number (0 picks a free one): a service name or a port beyond 65535 would
+// pass net.SplitHostPort and fail only when serve listens.
+func listenProblem(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "is not host:port"
+	}
+	if portNumber(port) < 0 {
+		return "has a port that is not a number from 0 to 65535"
+	}
+	return ""
+}
+
+// portNumber returns port as a number in [0, 65535], or -1 when it is not one.
+func portNumber(port string) int {
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return -1
+	}
+	return int(n)
+}
+
+// zmqEndpoint checks a worker's events or replay endpoint the way upstream/kvevents
+// uses it: tcp://host:port with a host to connect to, and room above port for every
+// data-parallel rank (vLLM's rank r publishes on port + r).
+func zmqEndpoint(ep string, ranks int) error {
+	rest, ok := strings.CutPrefix(ep, "tcp://")
+	if !ok {
+		return fmt.Errorf("%q must be a tcp://host:port ZMQ endpoint", ep)
+	}
+	host, port, err := net.SplitHostPort(rest)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q must be a tcp://host:port ZMQ endpoint", ep)
+	case host == "" || host == "*":
+		return fmt.Errorf("%q is a bind address; kvroute connects, give the engine's host", ep)
+	}
+	p := portNumber(port)
+	switch {
+	case p < 1:
+		return fmt.Errorf("%q: port must be a number from 1 to 65535", ep)
+	case p+ranks-1 > 65535:
+		return fmt.Errorf("%q: with dp_ranks %d the last rank would publish on port %d, beyond 65535", ep, ranks, p+ranks-1)
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {

@@ -110,7 +110,18 @@ func TestBadFiles(t *testing.T) {
 		"tls_client_ca": {`tls.client_ca_file: "ca.pem" set without cert_file`},
 		"upstream_keys": {"upstream: set api_key or api_key_env, not both", `upstream.tls: cert_file "c.pem"`,
 			"workers[0]: set api_key or api_key_env, not both", `workers[1]: tls: set but url "http://b:1" is not https://`},
+		// What serve refused or could not use after check-config said ok (issue #15).
+		"admin_no_token": {`admin.listen: "0.0.0.0:9090" is beyond loopback but no admin token`,
+			`admin.path_prefix: "/admin" mounts the admin on listen ":8080" beyond loopback`},
+		"port_range": {`listen: "127.0.0.1:99999" has a port that is not a number from 0 to 65535`,
+			`admin.listen: "127.0.0.1:http" has a port`, `workers[0]: url: "http://a:99999": port must be a number from 1 to 65535`,
+			`workers[1]: events: "tcp://b:99999": port must be`, `workers[2]: replay: "tcp://c:0": port must be`},
+		"dp_ranks_ports": {`workers[0]: events: "tcp://a:65534": with dp_ranks 4 the last rank would publish on port 65537`,
+			`workers[1]: replay: "tcp://b:65535": with dp_ranks 2 the last rank would publish on port 65536`},
+		"zmq_endpoints": {`tokenize.mode: "local:  "`, `workers[0]: events: "ipc:///tmp/kv" must be a tcp://host:port`,
+			`workers[1]: events: "tcp://*:5557" is a bind address`},
 	}
+	t.Setenv(AdminTokenEnv, "") // admin_no_token must not depend on the environment
 	files, _ := filepath.Glob("testdata/*.bad.yaml")
 	if len(files) != len(cases) {
 		t.Errorf("%d bad files but %d cases: keep them in step", len(files), len(cases))
@@ -220,5 +231,40 @@ func TestAdminTokenFromEnv(t *testing.T) {
 	}
 	if d := Default(); d.Admin.Listen != "127.0.0.1:9090" {
 		t.Errorf("default admin.listen = %q", d.Admin.Listen)
+	}
+}
+
+// The edges of the checks serve used to do on its own: the last port, the last rank,
+// and what counts as loopback for the admin's token rule.
+func TestPortsAndLoopback(t *testing.T) {
+	t.Setenv(AdminTokenEnv, "")
+	cases := []struct {
+		yaml    string
+		wantErr string // "" means valid
+	}{
+		{yaml: `workers: [{url: "http://a:65535", events: "tcp://a:65535"}]`},
+		{yaml: `workers: [{url: "http://a:1", events: "tcp://a:65534", replay: "tcp://a:65533", dp_ranks: 2}]`},
+		{yaml: `workers: [{url: "http://a:1", events: "tcp://a:65535", dp_ranks: 2}]`, wantErr: "port 65536"},
+		{yaml: `workers: [{url: "http://a:0"}]`, wantErr: "port must be a number from 1"},
+		{yaml: `workers: [{url: "http://a"}]`},
+		{yaml: "listen: \"127.0.0.1:0\"\nadmin: {listen: \"127.0.0.1:0\"}\nworkers: [{url: \"http://a:1\"}]"},
+		{yaml: "listen: \":8080\"\nadmin: {listen: \"localhost:9090\"}\nworkers: [{url: \"http://a:1\"}]"},
+		{yaml: "listen: \"[::1]:8080\"\nadmin: {listen: \"\", path_prefix: /admin}\nworkers: [{url: \"http://a:1\"}]"},
+		{yaml: "admin: {listen: \"10.0.0.1:9090\"}\nworkers: [{url: \"http://a:1\"}]", wantErr: "beyond loopback"},
+		{yaml: "admin: {listen: \"10.0.0.1:9090\", token: t0k3n}\nworkers: [{url: \"http://a:1\"}]"},
+		{yaml: "admin: {listen: \"\", path_prefix: /admin}\nworkers: [{url: \"http://a:1\"}]", wantErr: "beyond loopback"},
+	}
+	for _, c := range cases {
+		_, err := Load([]byte(c.yaml))
+		switch {
+		case c.wantErr == "" && err != nil:
+			t.Errorf("%s: %v, want valid", c.yaml, err)
+		case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+			t.Errorf("%s: error %v, want %q", c.yaml, err, c.wantErr)
+		}
+	}
+	t.Setenv(AdminTokenEnv, "from-env")
+	if _, err := Load([]byte("admin: {listen: \"0.0.0.0:9090\"}\nworkers: [{url: \"http://a:1\"}]")); err != nil {
+		t.Errorf("admin beyond loopback with %s set: %v", AdminTokenEnv, err)
 	}
 }

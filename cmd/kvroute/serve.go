@@ -105,6 +105,9 @@ func serveConfig(path, listen, policy, tokenize string, workers []string) (*conf
 	// Keys from the environment and certificate files: every problem at once, before
 	// anything listens.
 	if err := cfg.CheckFiles(); err != nil {
+		if path != "" {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 		return nil, err
 	}
 	return cfg, nil
@@ -123,13 +126,10 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: kvroute check-config FILE")
 		return 2
 	}
-	cfg, err := configs.LoadFile(args[0])
+	// Exactly what serve checks before it listens: one validation for both.
+	cfg, err := serveConfig(args[0], "", "", "", nil)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	if err := cfg.CheckFiles(); err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", args[0], err)
 		return 1
 	}
 	for _, w := range cfg.Warnings() {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/configs/tlstest"
 )
 
@@ -53,5 +54,29 @@ func TestCheckConfigReportsCertificatesAndKeys(t *testing.T) {
 	code, _, errOut = checkConfig(t, "upstream: {tls: {insecure_skip_verify: true}}\nworkers: [{id: s, url: \"https://127.0.0.1:8000\"}]\n")
 	if code != 0 || !strings.Contains(errOut, "warning: workers[0] (s): insecure_skip_verify is on") {
 		t.Errorf("insecure_skip_verify: code %d stderr %q, want a warning", code, errOut)
+	}
+}
+
+// check-config fails every file serve refuses or cannot use (issue #15), with serve's
+// own error: the two run one validation.
+func TestCheckConfigFailsWhatServeRefuses(t *testing.T) {
+	t.Setenv(configs.AdminTokenEnv, "")
+	cases := map[string]string{
+		"admin_no_token": `admin.listen: "0.0.0.0:9090" is beyond loopback but no admin token`,
+		"port_range":     `listen: "127.0.0.1:99999"`,
+		"dp_ranks_ports": `with dp_ranks 4 the last rank would publish on port 65537`,
+		"zmq_endpoints":  `"tcp://*:5557" is a bind address`,
+	}
+	for name, want := range cases {
+		path := filepath.Join("..", "..", "configs", "testdata", name+".bad.yaml")
+		var out, errOut bytes.Buffer
+		code := run([]string{"check-config", path}, &out, &errOut)
+		if code != 1 || out.Len() != 0 || !strings.Contains(errOut.String(), want) {
+			t.Errorf("check-config %s: exit %d stdout %q stderr %q, want exit 1 and %q", name, code, out.String(), errOut.String(), want)
+		}
+		_, err := serveConfig(path, "", "", "", nil)
+		if err == nil || err.Error()+"\n" != errOut.String() {
+			t.Errorf("serve's config check of %s: %v, want check-config's error %q", name, err, errOut.String())
+		}
 	}
 }

@@ -123,21 +123,25 @@ func NewManager(opts Options) (*Manager, error) {
 	return &Manager{opts: opts, workers: map[string]*managed{}}, nil
 }
 
-// Validate checks a worker config and returns its per-rank endpoints.
+// Validate checks a worker config: an id, dp ranks in [0, 1024], and tcp://host:port
+// endpoints with a port for every rank.
 func (c WorkerConfig) Validate() error {
 	if c.Worker == "" {
 		return errors.New("worker id is empty")
 	}
-	if _, err := rankEndpoint(c.Endpoint, 0); err != nil {
+	if c.DPRanks < 0 || c.DPRanks > 1024 {
+		return fmt.Errorf("worker %q dp ranks %d out of range [0, 1024]", c.Worker, c.DPRanks)
+	}
+	// The last rank's port is the highest: when it exists, every rank's does ([Manager.Add]
+	// relies on it).
+	last := max(c.DPRanks, 1) - 1
+	if _, err := rankEndpoint(c.Endpoint, last); err != nil {
 		return fmt.Errorf("worker %q events endpoint: %w", c.Worker, err)
 	}
 	if c.ReplayEndpoint != "" {
-		if _, err := rankEndpoint(c.ReplayEndpoint, 0); err != nil {
+		if _, err := rankEndpoint(c.ReplayEndpoint, last); err != nil {
 			return fmt.Errorf("worker %q replay endpoint: %w", c.Worker, err)
 		}
-	}
-	if c.DPRanks < 0 || c.DPRanks > 1024 {
-		return fmt.Errorf("worker %q dp ranks %d out of range [0, 1024]", c.Worker, c.DPRanks)
 	}
 	return nil
 }

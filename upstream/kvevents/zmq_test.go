@@ -385,11 +385,16 @@ func TestValidate(t *testing.T) {
 		{Worker: "w", Endpoint: "tcp://h:x"},
 		{Worker: "w", Endpoint: "tcp://h:1", ReplayEndpoint: "h:2"},
 		{Worker: "w", Endpoint: "tcp://h:65535", DPRanks: -1},
+		{Worker: "w", Endpoint: "tcp://h:65535", DPRanks: 2},
+		{Worker: "w", Endpoint: "tcp://h:5557", ReplayEndpoint: "tcp://h:65535", DPRanks: 2},
 	}
 	for _, c := range bad {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+	if err := (WorkerConfig{Worker: "w", Endpoint: "tcp://h:65534", ReplayEndpoint: "tcp://h:65533", DPRanks: 2}).Validate(); err != nil {
+		t.Errorf("last rank on port 65535: %v", err)
 	}
 }
 
