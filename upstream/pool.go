@@ -244,7 +244,7 @@ func (p *Pool) check(ctx context.Context, w *Worker) {
 			w.suspect = false // the generation probe passed
 			w.reqFails = 0
 		}
-		if !w.ejectedUntil.IsZero() && !now.Before(w.ejectedUntil) && !(p.health.GenerationProbe && w.suspect) {
+		if !w.ejectedUntil.IsZero() && !now.Before(w.ejectedUntil) && (!p.health.GenerationProbe || !w.suspect) {
 			w.ejectedUntil = time.Time{} // re-admitted
 			w.reqFails = 0
 		}
