@@ -16,24 +16,27 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
+
+	"github.com/kvroute/kvroute/cmd/internal/subcmd"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// command is one subcommand. run gets the arguments after the subcommand name and
-// returns the process exit code.
+// command is one subcommand (see subcmd.Command); files of this package register
+// theirs in init.
 type command struct {
 	name    string
 	summary string
 	run     func(args []string, stdout, stderr io.Writer) int
 }
 
-// commands holds every subcommand; files of this package add theirs in init.
-var commands = map[string]command{}
+// commands holds every subcommand.
+var commands = &subcmd.Set{Prog: "kvroute"}
 
-func register(c command) { commands[c.name] = c }
+func register(c command) {
+	commands.Register(subcmd.Command{Name: c.name, Summary: c.summary, Run: c.run})
+}
 
 func init() {
 	register(command{name: "version", summary: "print the version", run: func(_ []string, stdout, _ io.Writer) int {
@@ -46,31 +49,5 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
-	}
-	c, ok := commands[args[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "kvroute: unknown command %q\n\n", args[0])
-		usage(stderr)
-		return 2
-	}
-	return c.run(args[1:], stdout, stderr)
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: kvroute <command> [flags]\n\ncommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-13s %s\n", n, commands[n].summary)
-	}
-}
+// run dispatches args to their subcommand and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int { return commands.Run(args, stdout, stderr) }
