@@ -63,6 +63,16 @@ const (
 	ReasonUpstream = "upstream"
 )
 
+// The reasons a message is dropped: the values of the reason label of
+// kvroute_events_dropped_messages_total.
+const (
+	// DropOversize: a frame or message announced more than the configured maximum size
+	// ([Options].MaxMessageBytes); the connection is closed and redialed.
+	DropOversize = "oversize"
+	// DropMalformed: a message or batch that could not be decoded was skipped.
+	DropMalformed = "malformed"
+)
+
 // SinkFuncs adapts two functions to [Sink], e.g. an indexer offering
 // Apply(worker, model, batch) and ClearWorker(worker):
 //
