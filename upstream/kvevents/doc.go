@@ -35,11 +35,15 @@
 // Invariants:
 //   - Per worker key, Sink calls never overlap and follow the publisher's order; a batch
 //     is applied at most once per tracking epoch, and seqs applied between two resets
-//     are consecutive.
+//     are consecutive but for live batches that did not decode, which are skipped.
 //   - Whenever batches are lost for good (no replay endpoint, replay failed, buffer
-//     already past the gap, undecodable batch) or the sequence goes backwards (engine
-//     restart), the sink gets Reset before any later batch: entries are cleared, never
-//     left stale.
+//     already past the gap) or the sequence goes backwards (engine restart), the sink
+//     gets Reset before any later batch: entries are cleared, never left stale.
+//   - An undecodable live batch whose seq is in sequence is skipped and counted
+//     (kvroute_events_dropped_messages_total{reason="malformed"}); it resets nothing.
+//     Its removals are missed, so a few entries may outlive their blocks, which is
+//     preferred to clearing the whole worker and losing every hit it would give (issue
+//     #15). Only a gap or a restart, revealed by seqs, goes through replay and reset.
 //   - A removed worker gets Reset("removed") after its source has stopped; nothing of it
 //     reaches the sink afterwards.
 //   - Every goroutine takes a context and ends with it; [Manager.Run] returns only after

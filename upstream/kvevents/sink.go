@@ -52,8 +52,6 @@ const (
 	ReasonRestart = "restart"
 	// ReasonGap: batches were lost and could not be replayed.
 	ReasonGap = "gap"
-	// ReasonDecode: a batch could not be decoded, so its events are unknown.
-	ReasonDecode = "decode_error"
 	// ReasonDead: the publisher has been unreachable for longer than the grace period.
 	ReasonDead = "dead"
 	// ReasonRemoved: the worker was removed from the configuration.

@@ -171,11 +171,12 @@ func (s *source) handle(ctx context.Context, frames [][]byte, b *proto.Batch) {
 		// Without a seq the message cannot be placed; a real loss shows up as a gap.
 		s.tracker.stats.decodeErrors.Add(1)
 		s.tracker.wm.decodeErr.Inc()
+		s.tracker.wm.drop(DropMalformed)
 		s.tracker.setError(err)
 		return
 	}
 	if err := proto.DecodeBatch(payload, b); err != nil {
-		s.tracker.Lost(seq, fmt.Errorf("batch %d: %w", seq, err))
+		s.tracker.Lost(ctx, seq, fmt.Errorf("batch %d: %w", seq, err))
 		return
 	}
 	b.Seq = seq
