@@ -259,6 +259,10 @@ type Tokenize struct {
 	Models map[string]string `yaml:"models"`
 }
 
+// MinMaxMessageBytes is the smallest events.max_message_bytes accepted: below it real
+// batches (a few KiB to hundreds of KiB) would be refused.
+const MinMaxMessageBytes = 64 << 10
+
 // Events configures the KV-event feeds the prefix index is built from.
 type Events struct {
 	// Source is "zmq" (connect to each worker's events and replay endpoints) or "nats"
@@ -267,6 +271,12 @@ type Events struct {
 	// DeadAfter is how long a worker's feed may stay silent or unreachable before its
 	// index entries are purged. Default 30s.
 	DeadAfter time.Duration `yaml:"dead_after"`
+	// MaxMessageBytes is the largest ZMQ message, in bytes, read from a worker's events or
+	// replay endpoint (zmq source; `kvroute bridge` has --max-message-bytes). A frame
+	// announcing more closes the connection before anything is allocated and counts in
+	// kvroute_events_dropped_messages_total{reason="oversize"}. At least 65536 (64 KiB).
+	// Default 4194304 (4 MiB).
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
 	// NATS configures the nats source.
 	NATS NATSEvents `yaml:"nats"`
 }
@@ -346,7 +356,7 @@ func Default() Config {
 		},
 		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
-		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}},
+		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, MaxMessageBytes: 4 << 20, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}},
 		MaxBodyBytes: 32 << 20,
 		MaxAttempts:  3,
 		Timeouts: Timeouts{
@@ -547,6 +557,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("events.source: %q is not zmq or nats", c.Events.Source)
+	}
+	if c.Events.MaxMessageBytes < MinMaxMessageBytes {
+		bad("events.max_message_bytes: %d must be at least %d", c.Events.MaxMessageBytes, MinMaxMessageBytes)
 	}
 	if c.Events.NATS.SubjectPrefix == "" {
 		bad("events.nats.subject_prefix: must not be empty")

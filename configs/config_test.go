@@ -31,6 +31,9 @@ func TestMinimalGetsDefaults(t *testing.T) {
 		cfg.Timeouts != want.Timeouts || cfg.Health.Path != "/health" || !cfg.Headers.Worker {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
+	if cfg.Events.MaxMessageBytes != 4<<20 {
+		t.Errorf("events.max_message_bytes default %d, want 4 MiB", cfg.Events.MaxMessageBytes)
+	}
 	if w := cfg.Workers[0]; w.ID != "127.0.0.1:8000" || w.MaxConns != 1024 {
 		t.Errorf("worker defaults: got id %q max_conns %d", w.ID, w.MaxConns)
 	}
@@ -43,6 +46,9 @@ func TestFullFileValues(t *testing.T) {
 	}
 	if cfg.Timeouts.Idle != 2*time.Second || cfg.Health.EjectBase != 100*time.Millisecond || cfg.Headers.Worker {
 		t.Errorf("values not decoded: %+v", cfg)
+	}
+	if cfg.Events.MaxMessageBytes != 1<<20 {
+		t.Errorf("events.max_message_bytes %d, want 1048576", cfg.Events.MaxMessageBytes)
 	}
 	if a := cfg.Admin; a.Listen != "127.0.0.1:9191" || a.PathPrefix != "/admin" || cfg.AdminToken() != "s3cret" {
 		t.Errorf("admin: %+v", a)
@@ -86,6 +92,7 @@ func TestBadFiles(t *testing.T) {
 		"negative_body":         {"max_body_bytes: -1"},
 		"bad_listen":            {`listen: "8080"`},
 		"bad_events":            {`events: "a:5557"`},
+		"events_max_message":    {"events.max_message_bytes: 1000 must be at least 65536"},
 		"replay_without_events": {`replay: "tcp://a:5558" set without events`},
 		"eject_order":           {`eject_max: "1s" is shorter`},
 		"attempts":              {"max_attempts: 0"},

@@ -247,6 +247,7 @@ func (st *Stack) newEvents(reg prometheus.Registerer) error {
 	}
 	mgr, err := kvevents.NewManager(kvevents.Options{
 		Sink: st.indexSink(), Registerer: reg, Logger: st.log, DeadAfter: ev.DeadAfter,
+		MaxMessageBytes: ev.MaxMessageBytes,
 	})
 	if err != nil {
 		return fmt.Errorf("events: %w", err)

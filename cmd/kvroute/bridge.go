@@ -49,6 +49,8 @@ func bridgeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	maxAge := fs.Duration("max-age", time.Hour, "JetStream: drop events older than this")
 	maxBytes := fs.Int64("max-bytes", 1<<30, "JetStream: stream size bound in bytes")
 	deadAfter := fs.Duration("dead-after", 30*time.Second, "reset the worker when its publisher is unreachable this long")
+	maxMessage := fs.Int64("max-message-bytes", kvevents.DefaultMaxMessageBytes,
+		"largest ZMQ message read from the engine; a larger frame closes the connection")
 	heartbeat := fs.Duration("heartbeat", 5*time.Second, "interval of the heartbeats telling routers this bridge is alive (0: none)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -60,6 +62,9 @@ func bridgeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if fs.NArg() > 0 {
 		return fail(2, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if *maxMessage < 1 {
+		return fail(2, fmt.Errorf("--max-message-bytes %d must be positive", *maxMessage))
 	}
 	if *worker == "" {
 		return fail(2, errors.New("--worker is required"))
@@ -104,7 +109,8 @@ func bridgeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 	}
 	pub := natsbus.NewPublisher(nc, natsbus.PublisherOptions{Prefix: *prefix, Model: *model, Logger: log})
-	m, err := kvevents.NewManager(kvevents.Options{Sink: pub, Logger: log, DeadAfter: *deadAfter})
+	m, err := kvevents.NewManager(kvevents.Options{Sink: pub, Logger: log, DeadAfter: *deadAfter,
+		MaxMessageBytes: *maxMessage})
 	if err != nil {
 		return fail(1, err)
 	}

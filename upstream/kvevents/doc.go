@@ -17,14 +17,33 @@
 // handshake has a deadline ([Options].DialTimeout) and TCP keepalives notice a vanished
 // peer in about 20s, so a silent or dead endpoint never blocks a source past its context.
 //
+// Message size: zmq4 (v0.17.0, conn.go Conn.read) allocates whatever size a frame header
+// announces, so a peer that completes the handshake and announces 2^40 bytes kills the
+// process with "fatal error: runtime: out of memory", and zmq4 has no option to bound it.
+// Rather than fork zmq4, the guarded transport wraps each dialed net.Conn in a reader that
+// follows the ZMTP 3.x framing as zmq4 reads it (64-byte greeting; then per frame a flags
+// byte, a 1- or 8-byte size and the body: https://rfc.zeromq.org/spec/23/ and
+// https://rfc.zeromq.org/spec/37/) and fails the Read that would deliver the last byte of
+// a size over [Options].MaxMessageBytes, or of a frame taking its message's total past
+// it, or a message's 1025th frame. zmq4 thus never sees the header; it gets an
+// [*OversizeError] (errors.Is [ErrMessageTooLarge]) and drops the connection. The
+// refusal is counted (kvroute_events_dropped_messages_total{reason="oversize"}) where it
+// happens, since zmq4 may report the dead connection as another error; a live source then
+// reconnects with its backoff, a replay fails like any failed replay. The wrapper only
+// parses framing, costs a few comparisons per read, and works for every socket type.
+//
 // Invariants:
 //   - Per worker key, Sink calls never overlap and follow the publisher's order; a batch
 //     is applied at most once per tracking epoch, and seqs applied between two resets
-//     are consecutive.
+//     are consecutive but for live batches that did not decode, which are skipped.
 //   - Whenever batches are lost for good (no replay endpoint, replay failed, buffer
-//     already past the gap, undecodable batch) or the sequence goes backwards (engine
-//     restart), the sink gets Reset before any later batch: entries are cleared, never
-//     left stale.
+//     already past the gap) or the sequence goes backwards (engine restart), the sink
+//     gets Reset before any later batch: entries are cleared, never left stale.
+//   - An undecodable live batch whose seq is in sequence is skipped and counted
+//     (kvroute_events_dropped_messages_total{reason="malformed"}); it resets nothing.
+//     Its removals are missed, so a few entries may outlive their blocks, which is
+//     preferred to clearing the whole worker and losing every hit it would give (issue
+//     #15). Only a gap or a restart, revealed by seqs, goes through replay and reset.
 //   - A removed worker gets Reset("removed") after its source has stopped; nothing of it
 //     reaches the sink afterwards.
 //   - Every goroutine takes a context and ends with it; [Manager.Run] returns only after

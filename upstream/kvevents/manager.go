@@ -55,6 +55,11 @@ type Options struct {
 	// DeadAfter is how long a publisher may stay unreachable before its worker's entries
 	// are purged; default 30s, negative disables purging.
 	DeadAfter time.Duration
+	// MaxMessageBytes bounds one ZMQ message (the sum of its frames) read from an events
+	// or replay endpoint, in bytes; a larger frame or message closes the connection
+	// before anything of it is allocated and counts as dropped (reason "oversize").
+	// Default DefaultMaxMessageBytes (4 MiB); negative is an error.
+	MaxMessageBytes int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -79,6 +84,12 @@ func (o *Options) setDefaults() error {
 	def(&o.DialTimeout, 2*time.Second)
 	def(&o.ReplayTimeout, 10*time.Second)
 	def(&o.DeadAfter, 30*time.Second)
+	if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.MaxMessageBytes < 0 {
+		return fmt.Errorf("kvevents: invalid MaxMessageBytes %d", o.MaxMessageBytes)
+	}
 	if o.BackoffMin < 0 || o.BackoffMax < o.BackoffMin {
 		return fmt.Errorf("kvevents: invalid backoff %v..%v", o.BackoffMin, o.BackoffMax)
 	}

@@ -19,6 +19,7 @@ type Metrics struct {
 	replayed     *prometheus.CounterVec
 	resets       *prometheus.CounterVec
 	decodeErrors *prometheus.CounterVec
+	dropped      *prometheus.CounterVec
 	reconnects   *prometheus.CounterVec
 	lag          *prometheus.GaugeVec
 	connected    *prometheus.GaugeVec
@@ -44,6 +45,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Times a worker's index entries were cleared, per worker and reason."}, []string{"worker", "reason"}),
 		decodeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kvroute_events_decode_errors_total",
 			Help: "Batches that could not be decoded, per worker."}, w),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kvroute_events_dropped_messages_total",
+			Help: "Messages from a worker's event or replay endpoint dropped, per worker and reason (oversize, malformed)."},
+			[]string{"worker", "reason"}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kvroute_events_reconnects_total",
 			Help: "Connection attempts to a worker's event publisher after the first, per worker."}, w),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kvroute_events_lag_seconds",
@@ -73,6 +77,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	if err == nil {
 		m.decodeErrors, err = register(reg, m.decodeErrors)
+	}
+	if err == nil {
+		m.dropped, err = register(reg, m.dropped)
 	}
 	if err == nil {
 		m.reconnects, err = register(reg, m.reconnects)
@@ -137,11 +144,12 @@ func (m *Metrics) forWorker(k WorkerKey) *workerMetrics {
 func (wm *workerMetrics) reset(reason string)  { wm.m.resets.WithLabelValues(wm.label, reason).Inc() }
 func (wm *workerMetrics) replay(result string) { wm.m.replays.WithLabelValues(wm.label, result).Inc() }
 func (wm *workerMetrics) reconnect()           { wm.m.reconnects.WithLabelValues(wm.label).Inc() }
+func (wm *workerMetrics) drop(reason string)   { wm.m.dropped.WithLabelValues(wm.label, reason).Inc() }
 
 // forget deletes the worker's series, so removed workers do not leave labels behind.
 func (wm *workerMetrics) forget() {
 	for _, v := range []*prometheus.CounterVec{wm.m.batches, wm.m.events, wm.m.gaps, wm.m.replays,
-		wm.m.replayed, wm.m.resets, wm.m.decodeErrors, wm.m.reconnects} {
+		wm.m.replayed, wm.m.resets, wm.m.decodeErrors, wm.m.dropped, wm.m.reconnects} {
 		v.DeletePartialMatch(prometheus.Labels{"worker": wm.label})
 	}
 	wm.m.lag.DeletePartialMatch(prometheus.Labels{"worker": wm.label})

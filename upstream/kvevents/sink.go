@@ -52,8 +52,6 @@ const (
 	ReasonRestart = "restart"
 	// ReasonGap: batches were lost and could not be replayed.
 	ReasonGap = "gap"
-	// ReasonDecode: a batch could not be decoded, so its events are unknown.
-	ReasonDecode = "decode_error"
 	// ReasonDead: the publisher has been unreachable for longer than the grace period.
 	ReasonDead = "dead"
 	// ReasonRemoved: the worker was removed from the configuration.
@@ -61,6 +59,16 @@ const (
 	// ReasonUpstream: the publisher upstream of a NATS consumer (a bridge) reset the
 	// worker; the bridge's own reason is logged.
 	ReasonUpstream = "upstream"
+)
+
+// The reasons a message is dropped: the values of the reason label of
+// kvroute_events_dropped_messages_total.
+const (
+	// DropOversize: a frame or message announced more than the configured maximum size
+	// ([Options].MaxMessageBytes); the connection is closed and redialed.
+	DropOversize = "oversize"
+	// DropMalformed: a message or batch that could not be decoded was skipped.
+	DropMalformed = "malformed"
 )
 
 // SinkFuncs adapts two functions to [Sink], e.g. an indexer offering

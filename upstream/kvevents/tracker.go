@@ -48,7 +48,8 @@ type TrackerOptions struct {
 //	                               past next or ending early): reset "gap", apply what it
 //	                               returned past the hole; then apply seq
 //	tracking, seq <  next      --> restart: reset "restart", replay 0..seq-1, apply seq
-//	undecodable batch seq      --> reset "decode_error", next = seq+1
+//	undecodable batch seq      --> as a batch with seq (gap, restart), but skipped, not
+//	                               applied: no reset; next = seq+1
 //	Reset(reason)              --> reset, back to unknown (no second reset at the next batch)
 //
 // A reset always reaches the sink before any batch applied after it. Replayed batches
@@ -126,43 +127,56 @@ func (t *Tracker) Key() WorkerKey { return t.key }
 // Batch handles one live batch; b.Seq must be set. It may call the replayer, which
 // blocks until the replay ends or ctx is done.
 func (t *Tracker) Batch(ctx context.Context, b *proto.Batch) {
+	t.advance(ctx, b.Seq)
+	t.apply(b, false)
+}
+
+// advance brings the sequence up to seq, the live batch about to be applied or skipped:
+// start, gap and restart handling as in the state machine above.
+func (t *Tracker) advance(ctx context.Context, seq uint64) {
 	if !t.have {
 		t.have = true
-		t.next = b.Seq
+		t.next = seq
 		if t.opts.ResetOnStart && !t.skipStart {
 			t.reset(ReasonStart)
 			t.next = 0
-			if b.Seq > 0 {
-				t.fill(ctx, b.Seq, false)
+			if seq > 0 {
+				t.fill(ctx, seq, false)
 			}
 		}
 		t.skipStart = false
 	}
 	switch {
-	case b.Seq > t.next:
+	case seq > t.next:
 		t.stats.gaps.Add(1)
 		t.wm.gaps.Inc()
-		t.log.Info("kv events gap", "want", t.next, "got", b.Seq)
-		t.fill(ctx, b.Seq, true)
-	case b.Seq < t.next:
-		t.log.Info("kv events sequence went back: engine restarted", "want", t.next, "got", b.Seq)
+		t.log.Info("kv events gap", "want", t.next, "got", seq)
+		t.fill(ctx, seq, true)
+	case seq < t.next:
+		t.log.Info("kv events sequence went back: engine restarted", "want", t.next, "got", seq)
 		t.reset(ReasonRestart)
 		t.next = 0
-		if b.Seq > 0 {
-			t.fill(ctx, b.Seq, false)
+		if seq > 0 {
+			t.fill(ctx, seq, false)
 		}
 	}
-	t.apply(b, false)
 }
 
-// Lost records that batch seq could not be decoded: its events are unknown, so the
-// worker is reset and tracking continues after it.
-func (t *Tracker) Lost(seq uint64, err error) {
+// Lost handles live batch seq that could not be decoded (err says why): it takes the
+// batch's place in the sequence, so gaps and restarts before it are handled as for a
+// decoded batch, and is skipped. The worker's entries are kept: one corrupt batch does
+// not void what the intact ones before it said. Its own events are unknown, so blocks
+// it stored are missing (a lost hit at worst) and blocks it removed may stay until the
+// worker is reset or removed. It is counted in kvroute_events_decode_errors_total and
+// kvroute_events_dropped_messages_total{reason="malformed"}.
+func (t *Tracker) Lost(ctx context.Context, seq uint64, err error) {
 	t.stats.decodeErrors.Add(1)
 	t.wm.decodeErr.Inc()
+	t.wm.drop(DropMalformed)
 	t.setError(err)
-	t.reset(ReasonDecode)
-	t.have, t.skipStart, t.next = true, false, seq+1
+	t.log.Warn("kv events batch undecodable, skipped", "seq", seq, "err", err)
+	t.advance(ctx, seq)
+	t.next = seq + 1
 	t.stats.haveSeq.Store(true)
 	t.stats.lastSeq.Store(seq)
 }

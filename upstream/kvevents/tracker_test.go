@@ -37,7 +37,7 @@ func (r *ringReplayer) Replay(_ context.Context, from uint64, fn func(*proto.Bat
 }
 
 // logSink records "apply:N" and "reset:R" and checks the Tracker's invariants: between
-// two resets, applied seqs are consecutive.
+// two resets, applied seqs are consecutive (counting skipped ones).
 type logSink struct {
 	t       *testing.T
 	log     []string
@@ -51,6 +51,14 @@ func (s *logSink) Apply(_ ingest.WorkerKey, _ string, b *proto.Batch) {
 	}
 	s.inEpoch, s.last = true, b.Seq
 	s.log = append(s.log, "apply:"+itoa(b.Seq))
+}
+
+// skipped tells the sink that the tracker skipped seq (undecodable): the next applied
+// seq may follow it.
+func (s *logSink) skipped(seq uint64) {
+	if s.inEpoch {
+		s.last = seq
+	}
 }
 
 func (s *logSink) Reset(_ ingest.WorkerKey, reason string) {
@@ -107,9 +115,24 @@ func TestTrackerTable(t *testing.T) {
 		{name: "gap: buffer starts past the gap", ring: []uint64{4, 5}, fail: -1, start: true,
 			steps: []step{{seq: 0}, {seq: 6}},
 			want:  []string{"reset:start", "apply:0", "reset:gap", "apply:4", "apply:5", "apply:6"}},
-		{name: "undecodable batch", ring: []uint64{0, 1, 2}, fail: -1, start: true,
+		{name: "undecodable batch skipped, no reset", ring: []uint64{0, 1, 2}, fail: -1, start: true,
 			steps: []step{{seq: 0}, {seq: 1, lost: true}, {seq: 2}},
-			want:  []string{"reset:start", "apply:0", "reset:decode_error", "apply:2"}},
+			want:  []string{"reset:start", "apply:0", "apply:2"}},
+		{name: "undecodable batches in a row", nilRep: true, fail: -1, start: true,
+			steps: []step{{seq: 0}, {seq: 1, lost: true}, {seq: 2, lost: true}, {seq: 3}},
+			want:  []string{"reset:start", "apply:0", "apply:3"}},
+		{name: "undecodable batch after a gap: replayed up to it", ring: []uint64{0, 1, 2, 3}, fail: -1, start: true,
+			steps: []step{{seq: 0}, {seq: 3, lost: true}, {seq: 4}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:4"}},
+		{name: "undecodable batch after a gap, no replayer", nilRep: true, fail: -1, start: true,
+			steps: []step{{seq: 0}, {seq: 3, lost: true}, {seq: 4}},
+			want:  []string{"reset:start", "apply:0", "reset:gap", "apply:4"}},
+		{name: "undecodable first batch: start reset and replay", ring: []uint64{0, 1}, fail: -1, start: true,
+			steps: []step{{seq: 2, lost: true}, {seq: 3}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:3"}},
+		{name: "undecodable batch with a lower seq: restart", nilRep: true, fail: -1, start: true,
+			steps: []step{{seq: 5}, {seq: 0, lost: true}, {seq: 1}},
+			want:  []string{"reset:start", "apply:5", "reset:restart", "apply:1"}},
 		{name: "explicit reset then any seq, no start reset", nilRep: true, fail: -1,
 			steps: []step{{seq: 7}, {rst: true}, {seq: 3}, {seq: 4}},
 			want:  []string{"apply:7", "reset:upstream", "apply:3", "apply:4"}},
@@ -129,7 +152,8 @@ func TestTrackerTable(t *testing.T) {
 				case s.rst:
 					tr.Reset(ingest.ReasonUpstream)
 				case s.lost:
-					tr.Lost(s.seq, errors.New("bad payload"))
+					tr.Lost(context.Background(), s.seq, errors.New("bad payload"))
+					sink.skipped(s.seq)
 				default:
 					tr.Batch(context.Background(), &proto.Batch{Seq: s.seq})
 				}

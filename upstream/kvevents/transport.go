@@ -2,6 +2,7 @@ package kvevents
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -13,10 +14,12 @@ import (
 )
 
 // guardedScheme is the zmq4 transport kvroute dials engines through: plain TCP, plus a
-// deadline on the ZMTP handshake and short TCP keepalives. zmq4 performs the handshake
-// inside Dial without any deadline, so a peer that accepts TCP and then stays silent
-// would block Dial (and the goroutine, whatever its context) forever; and a peer that
-// vanishes without a FIN would block Recv until the kernel's keepalive gives up.
+// deadline on the ZMTP handshake, short TCP keepalives and a bound on frame sizes. zmq4
+// performs the handshake inside Dial without any deadline, so a peer that accepts TCP
+// and then stays silent would block Dial (and the goroutine, whatever its context)
+// forever; a peer that vanishes without a FIN would block Recv until the kernel's
+// keepalive gives up; and zmq4 allocates whatever size a frame header announces, so one
+// header claiming 2^40 bytes would kill the process (see limitConn).
 const guardedScheme = "kvroute-tcp"
 
 // keepAlive detects a vanished publisher in about Idle + Interval*Count = 20s.
@@ -30,20 +33,25 @@ func init() {
 
 // dialGuard travels in the socket's context to guardedTCP.Dial, which sets the handshake
 // deadline and hands the connection back so the caller can lift the deadline once
-// zmq4's Dial (and with it the handshake) has returned.
+// zmq4's Dial (and with it the handshake) has returned, and which bounds the messages
+// read from the connection to maxMessage bytes (0: unbounded).
 type dialGuard struct {
-	handshake time.Duration
+	handshake  time.Duration
+	maxMessage int64
+	// onTooLarge, when set, is called once per connection that refused a frame.
+	onTooLarge func()
 
-	// mu guards conns.
-	mu    sync.Mutex
-	conns []net.Conn
+	// mu guards conns and tooLarge.
+	mu       sync.Mutex
+	conns    []net.Conn
+	tooLarge error // the first refusal's error
 }
 
 type dialGuardKey struct{}
 
-// withDialGuard returns ctx carrying a fresh guard.
-func withDialGuard(ctx context.Context, handshake time.Duration) (context.Context, *dialGuard) {
-	g := &dialGuard{handshake: handshake}
+// withDialGuard returns ctx carrying a fresh guard; onTooLarge may be nil.
+func withDialGuard(ctx context.Context, handshake time.Duration, maxMessage int64, onTooLarge func()) (context.Context, *dialGuard) {
+	g := &dialGuard{handshake: handshake, maxMessage: maxMessage, onTooLarge: onTooLarge}
 	return context.WithValue(ctx, dialGuardKey{}, g), g
 }
 
@@ -57,6 +65,31 @@ func (g *dialGuard) established() {
 	g.conns = nil
 }
 
+// refused records that a connection refused an oversize frame with err. The refusal is
+// recorded here, where it happens, because zmq4 may surface the dead connection as
+// another error (a failed subscription write, a closed connection) or not at all.
+func (g *dialGuard) refused(err error) {
+	g.mu.Lock()
+	if g.tooLarge == nil {
+		g.tooLarge = err
+	}
+	g.mu.Unlock()
+	if g.onTooLarge != nil {
+		g.onTooLarge()
+	}
+}
+
+// explain returns err, replaced by the refusal's error when a connection refused a
+// frame: that is why the socket failed, whatever zmq4 made of it. A nil err stays nil.
+func (g *dialGuard) explain(err error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err == nil || g.tooLarge == nil || errors.Is(err, ErrMessageTooLarge) {
+		return err
+	}
+	return fmt.Errorf("%w (zmq4: %v)", g.tooLarge, err)
+}
+
 // guardedEndpoint rewrites "tcp://h:p" to the guarded transport.
 func guardedEndpoint(ep string) string {
 	if rest, ok := strings.CutPrefix(ep, "tcp://"); ok {
@@ -67,7 +100,8 @@ func guardedEndpoint(ep string) string {
 
 type guardedTCP struct{}
 
-// Dial connects over TCP, enables keepalives and arms the handshake deadline.
+// Dial connects over TCP, enables keepalives, bounds message sizes and arms the
+// handshake deadline.
 func (guardedTCP) Dial(ctx context.Context, dialer transport.Dialer, addr string) (net.Conn, error) {
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -76,7 +110,11 @@ func (guardedTCP) Dial(ctx context.Context, dialer transport.Dialer, addr string
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetKeepAliveConfig(keepAlive)
 	}
-	if g, ok := ctx.Value(dialGuardKey{}).(*dialGuard); ok && g.handshake > 0 {
+	g, ok := ctx.Value(dialGuardKey{}).(*dialGuard)
+	if ok && g.maxMessage > 0 {
+		c = newLimitConn(c, g.maxMessage, g.refused)
+	}
+	if ok && g.handshake > 0 {
 		_ = c.SetDeadline(time.Now().Add(g.handshake))
 		g.mu.Lock()
 		g.conns = append(g.conns, c)

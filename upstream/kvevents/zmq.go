@@ -109,7 +109,8 @@ func (s *source) purgeIfDead() {
 func (s *source) session(ctx context.Context) (wasUp bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	gctx, guard := withDialGuard(sctx, s.opts.DialTimeout)
+	gctx, guard := withDialGuard(sctx, s.opts.DialTimeout, s.opts.MaxMessageBytes, s.droppedOversize)
+	defer func() { err = guard.explain(err) }()
 	sub := zmq4.NewSub(gctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.opts.DialTimeout),
 		zmq4.WithLogger(zmqLogger), zmq4.WithAutomaticReconnect(false))
 	defer func() { _ = sub.Close() }()
@@ -170,11 +171,12 @@ func (s *source) handle(ctx context.Context, frames [][]byte, b *proto.Batch) {
 		// Without a seq the message cannot be placed; a real loss shows up as a gap.
 		s.tracker.stats.decodeErrors.Add(1)
 		s.tracker.wm.decodeErr.Inc()
+		s.tracker.wm.drop(DropMalformed)
 		s.tracker.setError(err)
 		return
 	}
 	if err := proto.DecodeBatch(payload, b); err != nil {
-		s.tracker.Lost(seq, fmt.Errorf("batch %d: %w", seq, err))
+		s.tracker.Lost(ctx, seq, fmt.Errorf("batch %d: %w", seq, err))
 		return
 	}
 	b.Seq = seq
@@ -187,6 +189,10 @@ func (s *source) handle(ctx context.Context, frames [][]byte, b *proto.Batch) {
 	}
 	s.tracker.Batch(ctx, b)
 }
+
+// droppedOversize counts a message refused for its size; called by the connection that
+// refused it.
+func (s *source) droppedOversize() { s.tracker.wm.drop(DropOversize) }
 
 func (s *source) setConnected(up bool) {
 	s.connected.Store(up)
@@ -201,10 +207,11 @@ func (s *source) setConnected(up bool) {
 // Replay asks the worker's replay ROUTER for every buffered batch from seq from on, on a
 // fresh DEALER socket, and passes each to fn until the end marker. The whole exchange is
 // bounded by ReplayTimeout.
-func (s *source) Replay(ctx context.Context, from uint64, fn func(b *proto.Batch) bool) error {
+func (s *source) Replay(ctx context.Context, from uint64, fn func(b *proto.Batch) bool) (err error) {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.ReplayTimeout)
 	defer cancel()
-	gctx, guard := withDialGuard(rctx, s.opts.DialTimeout)
+	gctx, guard := withDialGuard(rctx, s.opts.DialTimeout, s.opts.MaxMessageBytes, s.droppedOversize)
+	defer func() { err = guard.explain(err) }()
 	d := zmq4.NewDealer(gctx, zmq4.WithDialerMaxRetries(0), zmq4.WithDialerTimeout(s.opts.DialTimeout),
 		zmq4.WithLogger(zmqLogger), zmq4.WithAutomaticReconnect(false))
 	defer func() { _ = d.Close() }()

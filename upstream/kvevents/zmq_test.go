@@ -425,3 +425,39 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, worker, second st
 	}
 	return 0
 }
+
+// TestMalformedBatchSkipped: a batch that does not decode, in sequence, is skipped and
+// counted; the worker's entries from earlier batches stay (issue #15: it used to reset
+// the worker and clear them all), and the stream goes on.
+func TestMalformedBatchSkipped(t *testing.T) {
+	p := kvtest.NewPub(t, true, 100, prototest.Style{})
+	sink := kvtest.NewRecorder()
+	reg := prometheus.NewRegistry()
+	m := startManager(t, sink, reg, cfgFor(p))
+	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	p.Store(2)                          // seq 0
+	p.PublishRaw([]byte{0xc1, 0xff, 0}) // seq 1: 0xc1 is never used in msgpack
+	p.Store(1)                          // seq 2
+	waitSeq(t, sink, w1, 2)
+	want := []string{"reset:start", "apply:0", "apply:2"}
+	if got := sink.Log(w1); !slices.Equal(got, want) {
+		t.Fatalf("log %v, want %v", got, want)
+	}
+	if got, want := sink.Cache(w1), p.Truth(); !kvtest.SameSet(got, want) {
+		t.Fatalf("sink holds %v, publisher %v: the malformed batch cost the earlier entries", got, want)
+	}
+	if v := metricValue(t, reg, "kvroute_events_dropped_messages_total", w1.String(), DropMalformed); v != 1 {
+		t.Fatalf("dropped{malformed} = %v, want 1", v)
+	}
+	if st := stateOf(m, w1); st.DecodeErrors != 1 || st.Resets != 1 || st.Gaps != 0 || st.LastError == "" {
+		t.Fatalf("state %+v", st)
+	}
+	// After the skip, a real gap is still found and replayed.
+	p.DropNext(1)
+	p.Store(1) // seq 3: only in the ring
+	p.Store(1) // seq 4
+	waitSeq(t, sink, w1, 4)
+	if got := sink.Log(w1); !slices.Equal(got, append(want, "apply:3", "apply:4")) {
+		t.Fatalf("log %v", got)
+	}
+}

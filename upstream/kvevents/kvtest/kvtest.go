@@ -242,6 +242,20 @@ func (p *Pub) Publish(events ...proto.Event) uint64 {
 			clear(p.cache)
 		}
 	}
+	return p.send(payload)
+}
+
+// PublishRaw publishes payload as the next batch, as it is: e.g. bytes that do not
+// decode as a batch, to play an engine sending a corrupt one. The cache model is not
+// changed.
+func (p *Pub) PublishRaw(payload []byte) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.send(payload)
+}
+
+// send publishes payload with the next seq and keeps it in the ring. mu must be held.
+func (p *Pub) send(payload []byte) uint64 {
 	seq := p.seq
 	p.seq++
 	p.ring = append(p.ring, ringEntry{seq, payload})
