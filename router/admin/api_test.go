@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/admin"
@@ -132,7 +133,7 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 		t.Errorf("index summary: %+v", st.Index)
 	}
 
-	var ds []router.ExplainedDecision
+	var ds []stack.ExplainedDecision
 	if code := tr.call(t, "GET", "/api/decisions?n=5", "", &ds); code != 200 || len(ds) != 5 {
 		t.Fatalf("GET /api/decisions?n=5: %d, %d decisions", code, len(ds))
 	}
@@ -350,7 +351,7 @@ func TestPathPrefixAndNonLoopback(t *testing.T) {
 	fc.Admin.Listen, fc.Admin.PathPrefix = "", "/admin"
 	fc.Workers = []configs.Worker{{ID: "a", URL: "http://127.0.0.1:1", Models: []string{"m"}, MaxConns: 1}}
 	fc.Health.Timeout = 200 * time.Millisecond
-	st, err := router.NewStack(&fc, quiet)
+	st, err := stack.NewStack(&fc, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +390,7 @@ func TestPathPrefixAndNonLoopback(t *testing.T) {
 	t.Setenv(configs.AdminTokenEnv, "")
 	nc := fc
 	nc.Admin.Listen, nc.Admin.PathPrefix = "0.0.0.0:0", ""
-	st2, err := router.NewStack(&nc, quiet)
+	st2, err := stack.NewStack(&nc, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
