@@ -101,10 +101,8 @@ func (st *Stack) adminBackend() admin.Backend {
 	s := st.Server
 	b := admin.Backend{
 		Pool: st.Pool, Index: st.Index, Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
-		Traffic:       func() any { return s.Traffic() },
-		WorkerTraffic: func(id string, series bool) any { return s.WorkerTraffic(id, series) },
-		Decisions:     func(n int) any { return explainAll(s.Decisions(n)) },
-		Reload:        st.reload,
+		Traffic: s, Decisions: explainedDecisions{s},
+		Reload: st.reload,
 		Info: admin.Info{
 			Policy: st.Config.Policy, TokenizeMode: st.Config.Tokenize.Mode, EventSource: st.Config.Events.Source,
 			Listen: st.Config.Listen, ConfigFile: st.Config.Source, Started: st.admin.started,
@@ -116,24 +114,12 @@ func (st *Stack) adminBackend() admin.Backend {
 	return b
 }
 
-// ExplainedDecision is a [router.Decision] with a one-line explanation for people, in a form
-// JSON can carry (an infinite cost becomes null).
-type ExplainedDecision struct {
-	router.Decision
-	Candidates  []CandidateView `json:"candidates"`
-	Explanation string          `json:"explanation"`
-}
+// explainedDecisions shows the router's decisions to the admin API, explained.
+type explainedDecisions struct{ s *router.Server }
 
-// CandidateView is a [router.DecisionCandidate] whose costs are nil when not finite: the load
-// guard gives a worker over its bar an infinite total cost (LoadGuarded).
-type CandidateView struct {
-	router.DecisionCandidate
-	PrefillCost *float64 `json:"prefill_cost"`
-	DecodeCost  *float64 `json:"decode_cost"`
-	QueueCost   *float64 `json:"queue_cost"`
-	TotalCost   *float64 `json:"total_cost"`
-	LoadGuarded bool     `json:"load_guarded"`
-}
+func (e explainedDecisions) Decisions(n int) []admin.Decision { return explainAll(e.s.Decisions(n)) }
+
+var _ admin.DecisionSource = explainedDecisions{}
 
 func finite(v float64) *float64 {
 	if math.IsInf(v, 0) || math.IsNaN(v) {
@@ -142,14 +128,22 @@ func finite(v float64) *float64 {
 	return &v
 }
 
-func explainAll(ds []router.Decision) []ExplainedDecision {
-	out := make([]ExplainedDecision, len(ds))
+// explainAll adapts the router's decisions to the admin API's view: each with its
+// explanation ([router.Explain]) and its non-finite costs as nil.
+func explainAll(ds []router.Decision) []admin.Decision {
+	out := make([]admin.Decision, len(ds))
 	for i := range ds {
 		d := &ds[i]
-		e := ExplainedDecision{Decision: *d, Explanation: router.Explain(d), Candidates: make([]CandidateView, len(d.Candidates))}
+		e := admin.Decision{
+			Time: d.Time, RequestID: d.RequestID, Model: d.Model, Policy: d.Policy, PromptTokens: d.PromptTokens,
+			Blocks: d.Blocks, Exact: d.Exact, Chosen: d.Chosen, Attempt: d.Attempt,
+			Explanation: router.Explain(d), Candidates: make([]admin.Candidate, len(d.Candidates)),
+		}
 		for k, c := range d.Candidates {
-			e.Candidates[k] = CandidateView{
-				DecisionCandidate: c, PrefillCost: finite(c.PrefillCost), DecodeCost: finite(c.DecodeCost),
+			e.Candidates[k] = admin.Candidate{
+				Worker: c.Worker, OverlapBlocks: c.OverlapBlocks, AffinityBlocks: c.AffinityBlocks, InFlight: c.InFlight,
+				PendingPrefill: c.PendingPrefill, ActiveBlocks: c.ActiveBlocks,
+				PrefillCost: finite(c.PrefillCost), DecodeCost: finite(c.DecodeCost),
 				QueueCost: finite(c.QueueCost), TotalCost: finite(c.TotalCost), LoadGuarded: math.IsInf(c.TotalCost, 1),
 			}
 		}

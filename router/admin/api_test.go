@@ -18,19 +18,19 @@ import (
 	"github.com/kvroute/kvroute/upstream"
 )
 
-// workerView is admin.WorkerView with the traffic part typed.
+// workerView is admin.WorkerView with the traffic part as a value (zero when absent).
 type workerView struct {
 	admin.WorkerView
-	Traffic router.WorkerTraffic `json:"traffic"`
+	Traffic admin.WorkerTraffic `json:"traffic"`
 }
 
 type statsView struct {
-	Traffic  router.TrafficStats `json:"traffic"`
+	Traffic  admin.TrafficStats  `json:"traffic"`
 	Tokenize admin.TokenizeView  `json:"tokenize"`
 	Index    *admin.IndexSummary `json:"index"`
 }
 
-func window(t *testing.T, s statsView, name string) router.TrafficWindow {
+func window(t *testing.T, s statsView, name string) admin.TrafficWindow {
 	t.Helper()
 	for _, w := range s.Traffic.Windows {
 		if w.Name == name {
@@ -38,7 +38,7 @@ func window(t *testing.T, s statsView, name string) router.TrafficWindow {
 		}
 	}
 	t.Fatalf("no %s window in %+v", name, s.Traffic.Windows)
-	return router.TrafficWindow{}
+	return admin.TrafficWindow{}
 }
 
 // The read endpoints on a real Stack with kvsim workers and traffic: every figure the
@@ -133,7 +133,7 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 		t.Errorf("index summary: %+v", st.Index)
 	}
 
-	var ds []stack.ExplainedDecision
+	var ds []admin.Decision
 	if code := tr.call(t, "GET", "/api/decisions?n=5", "", &ds); code != 200 || len(ds) != 5 {
 		t.Fatalf("GET /api/decisions?n=5: %d, %d decisions", code, len(ds))
 	}
