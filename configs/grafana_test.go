@@ -12,8 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
-	"github.com/kvroute/kvroute/router"
 )
 
 // grafanaDashboard is the part of Grafana's dashboard model the test checks.
@@ -88,7 +88,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	cfg := configs.Default()
 	cfg.Admin.Listen = ""
 	cfg.Workers = []configs.Worker{{ID: "a", URL: "http://127.0.0.1:1", Events: "tcp://127.0.0.1:2", MaxConns: 1}}
-	st, err := router.NewStack(&cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	st, err := stack.NewStack(&cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

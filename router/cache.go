@@ -61,13 +61,14 @@ func (b *blockSizes) get(model string) int {
 	return defaultBlockSize
 }
 
-// onScrape receives a worker's scraped metrics: it stores them for the policy, sizes the
-// index's tables for the worker's KV capacity, and learns or checks the block size of the
-// worker's models. A block size that differs from the
+// OnScrape receives a worker's scraped metrics (a [scrape.Callback]): it stores them for
+// the policy, sizes the index's tables for the worker's KV capacity, and learns or checks
+// the block size of the worker's models. A block size that differs from the
 // configured one, or between workers of one model, makes every prefix match of those
 // workers fail silently, so it is logged loudly and counted
-// (kvroute_router_block_size_mismatch).
-func (s *Server) onScrape(id string, m scrape.Sample, at time.Time, err error) {
+// (kvroute_router_block_size_mismatch). A failed scrape (err != nil) and an unknown
+// worker id are ignored. Safe for concurrent use.
+func (s *Server) OnScrape(id string, m scrape.Sample, at time.Time, err error) {
 	w := s.pool.Worker(id)
 	if w == nil || err != nil {
 		return

@@ -1,6 +1,8 @@
 package router
 
 import (
+	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -94,4 +96,59 @@ func (l *decisionLog) recent(n int) []Decision {
 		out = append(out, d)
 	}
 	return out
+}
+
+// Explain says in one line why d chose its worker: the chosen worker's cached share of
+// the prompt and cost against the next cheapest candidate (costs in blocks).
+func Explain(d *Decision) string {
+	var chosen *DecisionCandidate
+	var next *DecisionCandidate
+	for i := range d.Candidates {
+		c := &d.Candidates[i]
+		if c.Worker == d.Chosen {
+			chosen = c
+		} else if next == nil || c.TotalCost < next.TotalCost || math.IsInf(next.TotalCost, 1) && c.TotalCost <= next.TotalCost {
+			next = c
+		}
+	}
+	if chosen == nil {
+		return fmt.Sprintf("%s chose %s", d.Policy, d.Chosen)
+	}
+	b := fmt.Sprintf("%s holds %d of %d prompt blocks", d.Chosen, chosen.OverlapBlocks, d.Blocks)
+	if !d.Exact && d.Blocks > 0 {
+		b += " (approx hashes)"
+	}
+	costs := false
+	for _, c := range d.Candidates {
+		costs = costs || c.TotalCost != 0
+	}
+	switch {
+	case next == nil:
+		b += "; the only candidate"
+	case costs:
+		b += fmt.Sprintf("; cost %.1f blocks (prefill %.1f, decode %.1f, queue %.1f) vs %.1f for %s, the next cheapest",
+			chosen.TotalCost, chosen.PrefillCost, chosen.DecodeCost, chosen.QueueCost, next.TotalCost, next.Worker)
+		if chosen.TotalCost > next.TotalCost {
+			b += " (session stickiness or temperature)"
+		}
+		if guarded := countGuarded(d.Candidates); guarded > 0 {
+			b += fmt.Sprintf("; %d over the load guard", guarded)
+		}
+	default:
+		b += fmt.Sprintf("; picked by %s among %d candidates", d.Policy, len(d.Candidates))
+	}
+	if d.Attempt > 0 {
+		b += fmt.Sprintf("; retry %d", d.Attempt)
+	}
+	return b
+}
+
+func countGuarded(cs []DecisionCandidate) int {
+	n := 0
+	for _, c := range cs {
+		if math.IsInf(c.TotalCost, 1) {
+			n++
+		}
+	}
+	return n
 }

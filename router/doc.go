@@ -17,9 +17,15 @@
 //   - errors.go: every error a client can see, mapped to an HTTP status in one function
 //     (statusOf) and written as OpenAI-shaped JSON.
 //   - cache.go: the cache-aware steps (prompt hashing, index match, load bookkeeping,
-//     predictions); decisions.go the ring of recent decisions.
-//   - run.go: the Stack that runs a router with its pool, index, event feeds, scraper;
-//     stats.go the windowed figures and adminwiring.go the admin API's backend.
+//     predictions, OnScrape for the scraped engine metrics); decisions.go the ring of
+//     recent decisions and their explanation.
+//   - stats.go: the windowed traffic figures the Server records (it is the admin API's
+//     TrafficSource); reload.go the admin API's hooks: the policy a config reload
+//     replaces, the admin handler mounted under admin.path_prefix, the TLS settings.
+//
+// What a router runs with (pool, index, event feeds, replica sync, scraper, prompt
+// hasher, admin listener, config reload) is built and started by the composition root,
+// package cmd/stack; this package only receives it through [Options].
 //
 // Invariants: a request is retried only while no byte of the response has been written
 // to the client; every worker.Begin is matched by exactly one End, including when the

@@ -4,6 +4,8 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"github.com/kvroute/kvroute/router/admin"
 )
 
 // Windowed request statistics for the admin API and dashboard (router/admin).
@@ -166,109 +168,28 @@ func (t *trafficStats) finished(worker, model string, status int, now time.Time)
 	t.mu.Unlock()
 }
 
-// TrafficStats is a snapshot of the router's windowed request statistics.
-type TrafficStats struct {
-	// Start is when the statistics began (the server's creation).
-	Start time.Time `json:"start"`
-	// Windows has the 1m, 5m and 15m figures, globally and per model.
-	Windows []TrafficWindow `json:"windows"`
-	// Series has one point per second for the last SeriesSeconds seconds, oldest first.
-	Series []TrafficPoint `json:"series"`
-}
-
-// TrafficWindow is one window's figures.
-type TrafficWindow struct {
-	// Name is "1m", "5m" or "15m"; Seconds the window's length; Elapsed the part of it
-	// the router has been running (rates divide by it).
-	Name    string  `json:"name"`
-	Seconds int64   `json:"seconds"`
-	Elapsed float64 `json:"elapsed_seconds"`
-	// Global is every model together; Models is per model name.
-	Global TrafficFigures            `json:"global"`
-	Models map[string]TrafficFigures `json:"models"`
-}
-
-// TrafficFigures are one window's figures for one model, worker or all of them.
-type TrafficFigures struct {
-	// Finished counts requests that ended in the window (answered, failed or rejected);
-	// Errors those among them with status >= 500 or 499 (client gone mid-response).
-	Finished uint64 `json:"finished"`
-	Errors   uint64 `json:"errors"`
-	// Routed counts requests committed to a worker (a response started); Decisions counts
-	// routing decisions, one per attempt, retries included (global figures only).
-	Routed    uint64 `json:"routed"`
-	Decisions uint64 `json:"decisions,omitempty"`
-	// PromptTokens is the routed requests' prompt tokens (exact in engine mode, estimated
-	// in approx mode); PredictedHitTokens the part of them the index predicted the chosen
-	// worker held (leading cached blocks x block size).
-	PromptTokens       uint64 `json:"prompt_tokens"`
-	PredictedHitTokens uint64 `json:"predicted_hit_tokens"`
-	// HitRate is PredictedHitTokens / PromptTokens; nil when no prompt was routed.
-	HitRate *float64 `json:"hit_rate"`
-	// RequestsPerSecond and DecisionsPerSecond are Finished and Decisions over Elapsed.
-	RequestsPerSecond  float64 `json:"requests_per_second"`
-	DecisionsPerSecond float64 `json:"decisions_per_second,omitempty"`
-	// TTFT is the time from a request's arrival at the router to the first response byte
-	// sent to its client (for streams, the first chunk), over the window's requests.
-	TTFT TTFTFigures `json:"ttft"`
-}
-
-// TTFTFigures are time-to-first-byte percentiles in milliseconds, estimated from a
-// histogram with 1.4x bins (within one bin of the exact value); nil when Count is 0.
-type TTFTFigures struct {
-	Count uint64   `json:"count"`
-	P50   *float64 `json:"p50_ms"`
-	P90   *float64 `json:"p90_ms"`
-	P99   *float64 `json:"p99_ms"`
-}
-
-// TrafficPoint is one second of global figures, for time-series charts.
-type TrafficPoint struct {
-	// T is the second, in Unix seconds.
-	T                  int64    `json:"t"`
-	Finished           uint32   `json:"finished"`
-	Routed             uint32   `json:"routed"`
-	Decisions          uint32   `json:"decisions"`
-	PromptTokens       uint64   `json:"prompt_tokens"`
-	PredictedHitTokens uint64   `json:"predicted_hit_tokens"`
-	TTFTCount          uint32   `json:"ttft_count"`
-	TTFTP50            *float64 `json:"ttft_p50_ms"`
-	TTFTP95            *float64 `json:"ttft_p95_ms"`
-}
-
-// WorkerTraffic is one worker's share of the router's traffic.
-type WorkerTraffic struct {
-	// Routed, PromptTokens and PredictedHitTokens are totals since start; HitRate is
-	// their ratio (nil before the first routed prompt).
-	Routed             uint64   `json:"routed"`
-	Errors             uint64   `json:"errors"`
-	PromptTokens       uint64   `json:"prompt_tokens"`
-	PredictedHitTokens uint64   `json:"predicted_hit_tokens"`
-	HitRate            *float64 `json:"hit_rate"`
-	// Window5m is the worker's figures over the last 5 minutes.
-	Window5m TrafficFigures `json:"window_5m"`
-	// Series is the worker's last SeriesSeconds seconds, oldest first.
-	Series []TrafficPoint `json:"series,omitempty"`
-}
-
 // SeriesSeconds is how many seconds of per-second points the snapshots carry.
 const SeriesSeconds = 300
 
-// Traffic returns the router's windowed request statistics as of now.
-func (s *Server) Traffic() TrafficStats { return s.traffic.snapshot(time.Now()) }
+// The admin API reads the traffic figures straight from the Server.
+var _ admin.TrafficSource = (*Server)(nil)
+
+// Traffic returns the router's windowed request statistics as of now. Safe for
+// concurrent use; the result is the caller's.
+func (s *Server) Traffic() admin.TrafficStats { return s.traffic.snapshot(time.Now()) }
 
 // WorkerTraffic returns worker id's share of the traffic as of now, with its per-second
 // series when series is true.
-func (s *Server) WorkerTraffic(id string, series bool) WorkerTraffic {
+func (s *Server) WorkerTraffic(id string, series bool) admin.WorkerTraffic {
 	return s.traffic.worker(id, series, time.Now())
 }
 
-func (t *trafficStats) snapshot(now time.Time) TrafficStats {
-	out := TrafficStats{Start: t.start}
+func (t *trafficStats) snapshot(now time.Time) admin.TrafficStats {
+	out := admin.TrafficStats{Start: t.start}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, w := range statsWindows {
-		tw := TrafficWindow{Name: w.name, Seconds: w.secs, Elapsed: t.elapsed(w.secs, now), Models: map[string]TrafficFigures{}}
+		tw := admin.TrafficWindow{Name: w.name, Seconds: w.secs, Elapsed: t.elapsed(w.secs, now), Models: map[string]admin.TrafficFigures{}}
 		tw.Global = t.global.figures(now.Unix(), w.secs, tw.Elapsed)
 		for m, s := range t.models {
 			tw.Models[m] = s.figures(now.Unix(), w.secs, tw.Elapsed)
@@ -279,14 +200,14 @@ func (t *trafficStats) snapshot(now time.Time) TrafficStats {
 	return out
 }
 
-func (t *trafficStats) worker(id string, series bool, now time.Time) WorkerTraffic {
+func (t *trafficStats) worker(id string, series bool, now time.Time) admin.WorkerTraffic {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.workers[id]
 	if s == nil {
 		s = new(statSeries) // zero figures, not stored
 	}
-	wt := WorkerTraffic{
+	wt := admin.WorkerTraffic{
 		Routed: s.totalRouted, Errors: s.totalErrors, PromptTokens: s.totalPrompt, PredictedHitTokens: s.totalHit,
 		HitRate:  ratio(s.totalHit, s.totalPrompt),
 		Window5m: s.figures(now.Unix(), 300, t.elapsed(300, now)),
@@ -304,8 +225,8 @@ func (t *trafficStats) elapsed(secs int64, now time.Time) float64 {
 }
 
 // figures sums the buckets of the secs seconds ending at now. The caller holds mu.
-func (s *statSeries) figures(now, secs int64, elapsed float64) TrafficFigures {
-	var f TrafficFigures
+func (s *statSeries) figures(now, secs int64, elapsed float64) admin.TrafficFigures {
+	var f admin.TrafficFigures
 	var hist [ttftBins]uint64
 	for i := range s.ring {
 		b := &s.ring[i]
@@ -333,11 +254,11 @@ func (s *statSeries) figures(now, secs int64, elapsed float64) TrafficFigures {
 }
 
 // points returns one point per second for the n seconds ending at now, oldest first.
-func (s *statSeries) points(now int64, n int) []TrafficPoint {
-	out := make([]TrafficPoint, n)
+func (s *statSeries) points(now int64, n int) []admin.TrafficPoint {
+	out := make([]admin.TrafficPoint, n)
 	for i := range out {
 		sec := now - int64(n-1-i)
-		p := TrafficPoint{T: sec}
+		p := admin.TrafficPoint{T: sec}
 		if sec > now-statsRingSeconds {
 			if b := &s.ring[slot(sec)]; b.sec == sec {
 				p.Finished, p.Routed, p.Decisions = b.finished, b.routed, b.decisions

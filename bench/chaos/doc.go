@@ -1,4 +1,4 @@
-// Package chaos is kvroute's chaos suite: a real router ([router.Stack]) in front of a
+// Package chaos is kvroute's chaos suite: a real router ([stack.Stack]) in front of a
 // kvsim fleet (bench/sim), driven by a real closed-loop HTTP load generator ([RunLoad]),
 // all on loopback, while faults are injected into workers, the event feeds, the NATS
 // server and the router itself.

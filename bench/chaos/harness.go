@@ -13,9 +13,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
-	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
 
@@ -39,10 +39,10 @@ type EnvOptions struct {
 	Logger *slog.Logger
 }
 
-// Env is a router [router.Stack] in front of a kvsim fleet, both on loopback.
+// Env is a router [stack.Stack] in front of a kvsim fleet, both on loopback.
 type Env struct {
 	Fleet  *sim.Fleet
-	Stack  *router.Stack
+	Stack  *stack.Stack
 	Config *configs.Config
 	// URL is the router's base URL.
 	URL string
@@ -155,7 +155,7 @@ func (e *Env) startRouter(log *slog.Logger) error {
 	if err := e.Config.Validate(); err != nil {
 		return fmt.Errorf("router config: %w", err)
 	}
-	st, err := router.NewStack(e.Config, log)
+	st, err := stack.NewStack(e.Config, log)
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
 	}

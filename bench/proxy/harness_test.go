@@ -10,7 +10,7 @@ import (
 )
 
 // TestRunHarness runs the whole benchmark briefly at low load against the fake upstream
-// and kvroute (router.Run in a child process; nginx is left out so the test needs no
+// and kvroute (stack.Run in a child process; nginx is left out so the test needs no
 // system package) and checks that the report is sane.
 func TestRunHarness(t *testing.T) {
 	for _, tc := range []struct {

@@ -12,12 +12,12 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
-	"github.com/kvroute/kvroute/router"
 )
 
 // childEnv names the child process the test binary should be when re-executed by the
-// harness under test: "upstream" (the fake upstream) or "kvroute" (router.Run, what
+// harness under test: "upstream" (the fake upstream) or "kvroute" (stack.Run, what
 // `kvroute serve` runs). Re-executing the test binary gives real separate processes
 // without building binaries during the test.
 const childEnv = "KVBENCH_PROXY_TEST_CHILD"
@@ -74,7 +74,7 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if err := router.Run(ctx, &cfg, ln, log, nil); err != nil {
+	if err := stack.Run(ctx, &cfg, ln, log, nil); err != nil {
 		fmt.Fprintln(stderr, "kvroute child:", err)
 		return 1
 	}

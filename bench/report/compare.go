@@ -21,6 +21,7 @@ import (
 	"github.com/kvroute/kvroute/bench/policies"
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/bench/workload"
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/prefix"
@@ -282,7 +283,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	var hosts []string
-	var stacks []*router.Stack
+	var stacks []*stack.Stack
 	for i := range replicas {
 		rcfg := *cfg
 		if res.ReplicaSync {
@@ -442,8 +443,8 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 }
 
 // startRouter builds and runs one router for policy; stop ends it.
-func startRouter(ctx context.Context, cfg *configs.Config, policy string, log *slog.Logger) (st *router.Stack, addr string, stop func(), err error) {
-	st, err = router.NewStack(cfg, log)
+func startRouter(ctx context.Context, cfg *configs.Config, policy string, log *slog.Logger) (st *stack.Stack, addr string, stop func(), err error) {
+	st, err = stack.NewStack(cfg, log)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("router: %w", err)
 	}

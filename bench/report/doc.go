@@ -1,7 +1,7 @@
 // Package report runs kvbench's routing-policy comparison and writes its results.
 //
 // [Compare] replays one [workload.Workload] under each policy in turn, each time against
-// a fresh kvsim fleet (empty caches) and a fresh in-process kvroute [router.Stack], and
+// a fresh kvsim fleet (empty caches) and a fresh in-process kvroute [stack.Stack], and
 // measures per policy: the workers' hit rate (cached_tokens over prompt tokens, from
 // kvsim Stats), client-side TTFT, inter-token and end-to-end latency percentiles, output
 // tokens/s, the fleet's load (simulated busy time over wall time), load imbalance

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/bench/traffic"
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router"
 )
@@ -112,7 +113,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	routerDone := make(chan error, 1)
 	trafficDone := make(chan struct{})
 	go func() {
-		routerDone <- router.Run(ctx, &cfg, ln, log, func(*router.Server) {
+		routerDone <- stack.Run(ctx, &cfg, ln, log, func(*router.Server) {
 			go func() {
 				defer close(trafficDone)
 				tc := traffic.DefaultConfig()

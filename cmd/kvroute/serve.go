@@ -12,8 +12,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
-	"github.com/kvroute/kvroute/router"
 )
 
 func init() {
@@ -57,7 +57,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := router.Run(ctx, cfg, ln, log, nil); err != nil {
+	if err := stack.Run(ctx, cfg, ln, log, nil); err != nil {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 1
 	}

@@ -22,8 +22,9 @@ import (
 //go:embed static
 var static embed.FS
 
-// Backend is what the admin API reads and acts on; the router fills it in. Nil function
-// fields and a nil Index disable their part of the answers.
+// Backend is what the admin API reads and acts on; the composition root (cmd/stack)
+// fills it in. Nil interface and function fields and a nil Index disable their part of
+// the answers.
 type Backend struct {
 	// Pool is the worker pool; required.
 	Pool *upstream.Pool
@@ -34,13 +35,11 @@ type Backend struct {
 	SampleEvery int
 	// Feeds returns the state of every ZMQ event feed; nil when none.
 	Feeds func() []kvevents.WorkerState
-	// Traffic returns the router's windowed request statistics (JSON-encodable).
-	Traffic func() any
-	// WorkerTraffic returns one worker's share of the traffic (JSON-encodable), with its
-	// per-second series when series is true.
-	WorkerTraffic func(id string, series bool) any
-	// Decisions returns up to n recent routing decisions, newest first (JSON-encodable).
-	Decisions func(n int) any
+	// Traffic is the router's record of its own traffic; nil leaves the traffic figures
+	// out (null).
+	Traffic TrafficSource
+	// Decisions lists recent routing decisions; nil answers none.
+	Decisions DecisionSource
 	// Gatherer serves the router's metrics; the API reads the tokenizer's error counters
 	// and the event feeds' lag from it. Nil disables those figures.
 	Gatherer prometheus.Gatherer
@@ -199,7 +198,7 @@ type Overview struct {
 	Info      Info         `json:"info"`
 	Workers   []WorkerView `json:"workers"`
 	Stats     StatsView    `json:"stats"`
-	Decisions any          `json:"decisions"`
+	Decisions []Decision   `json:"decisions"`
 	Prefixes  []PrefixView `json:"prefixes"`
 	// Writable is true when write actions are possible (a token is configured).
 	Writable bool `json:"writable"`
@@ -217,7 +216,7 @@ func (h *handler) overview(w http.ResponseWriter, r *http.Request) {
 		Stats: h.statsView(fam), Prefixes: h.prefixViews(ix, 16), Writable: h.token != "",
 	}
 	if h.b.Decisions != nil {
-		o.Decisions = h.b.Decisions(12)
+		o.Decisions = h.b.Decisions.Decisions(12)
 	}
 	writeJSON(w, http.StatusOK, o)
 }
@@ -245,9 +244,9 @@ func (h *handler) decisions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	var d any = []any{}
+	d := []Decision{}
 	if h.b.Decisions != nil {
-		d = h.b.Decisions(n)
+		d = h.b.Decisions.Decisions(n)
 	}
 	writeJSON(w, http.StatusOK, d)
 }

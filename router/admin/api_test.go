@@ -11,25 +11,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/admin"
 	"github.com/kvroute/kvroute/upstream"
 )
 
-// workerView is admin.WorkerView with the traffic part typed.
+// workerView is admin.WorkerView with the traffic part as a value (zero when absent).
 type workerView struct {
 	admin.WorkerView
-	Traffic router.WorkerTraffic `json:"traffic"`
+	Traffic admin.WorkerTraffic `json:"traffic"`
 }
 
 type statsView struct {
-	Traffic  router.TrafficStats `json:"traffic"`
+	Traffic  admin.TrafficStats  `json:"traffic"`
 	Tokenize admin.TokenizeView  `json:"tokenize"`
 	Index    *admin.IndexSummary `json:"index"`
 }
 
-func window(t *testing.T, s statsView, name string) router.TrafficWindow {
+func window(t *testing.T, s statsView, name string) admin.TrafficWindow {
 	t.Helper()
 	for _, w := range s.Traffic.Windows {
 		if w.Name == name {
@@ -37,7 +38,7 @@ func window(t *testing.T, s statsView, name string) router.TrafficWindow {
 		}
 	}
 	t.Fatalf("no %s window in %+v", name, s.Traffic.Windows)
-	return router.TrafficWindow{}
+	return admin.TrafficWindow{}
 }
 
 // The read endpoints on a real Stack with kvsim workers and traffic: every figure the
@@ -132,7 +133,7 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 		t.Errorf("index summary: %+v", st.Index)
 	}
 
-	var ds []router.ExplainedDecision
+	var ds []admin.Decision
 	if code := tr.call(t, "GET", "/api/decisions?n=5", "", &ds); code != 200 || len(ds) != 5 {
 		t.Fatalf("GET /api/decisions?n=5: %d, %d decisions", code, len(ds))
 	}
@@ -350,7 +351,7 @@ func TestPathPrefixAndNonLoopback(t *testing.T) {
 	fc.Admin.Listen, fc.Admin.PathPrefix = "", "/admin"
 	fc.Workers = []configs.Worker{{ID: "a", URL: "http://127.0.0.1:1", Models: []string{"m"}, MaxConns: 1}}
 	fc.Health.Timeout = 200 * time.Millisecond
-	st, err := router.NewStack(&fc, quiet)
+	st, err := stack.NewStack(&fc, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +390,7 @@ func TestPathPrefixAndNonLoopback(t *testing.T) {
 	t.Setenv(configs.AdminTokenEnv, "")
 	nc := fc
 	nc.Admin.Listen, nc.Admin.PathPrefix = "0.0.0.0:0", ""
-	st2, err := router.NewStack(&nc, quiet)
+	st2, err := stack.NewStack(&nc, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

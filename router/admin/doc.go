@@ -2,8 +2,10 @@
 //
 // [New] returns an http.Handler that the router serves on its admin listener
 // (admin.listen, default 127.0.0.1:9090) and/or on the main listener under
-// admin.path_prefix. It reads everything through a [Backend] the router fills in, so
-// this package does not import the router.
+// admin.path_prefix. It reads everything through a [Backend] the composition root
+// (cmd/stack) fills in: the router's traffic through [TrafficSource] (the router's Server
+// implements it), its decisions through [DecisionSource]. This package defines the view
+// types and the interfaces, so it does not import the router.
 //
 // Endpoints (paths relative to the mount point):
 //

@@ -43,7 +43,7 @@ func FuzzHandler(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	b := admin.Backend{Pool: pool, Index: ix, Decisions: func(n int) any { return make([]int, n) }}
+	b := admin.Backend{Pool: pool, Index: ix, Decisions: blankDecisions{}}
 	open, err := admin.New(admin.Options{Backend: b, Token: "tok"})
 	if err != nil {
 		f.Fatal(err)
@@ -89,3 +89,8 @@ func FuzzHandler(f *testing.F) {
 		}
 	})
 }
+
+// blankDecisions answers n empty decisions.
+type blankDecisions struct{}
+
+func (blankDecisions) Decisions(n int) []admin.Decision { return make([]admin.Decision, n) }

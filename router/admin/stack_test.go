@@ -17,15 +17,15 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
-	"github.com/kvroute/kvroute/router"
 )
 
 // testRouter is a full router Stack, started from a config file, in front of a kvsim
 // fleet, with its admin API on its own loopback listener.
 type testRouter struct {
 	fleet   *sim.Fleet
-	stack   *router.Stack
+	stack   *stack.Stack
 	url     string // the OpenAI listener
 	admin   string // the admin listener's base URL
 	cfgPath string
@@ -68,7 +68,7 @@ func startRouter(t *testing.T, workers int, token string) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := router.NewStack(cfg, quiet)
+	st, err := stack.NewStack(cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func newListener(t *testing.T) (net.Listener, error) {
 }
 
 // runStack runs st on ln until the test ends.
-func runStack(t *testing.T, st *router.Stack, ln net.Listener) {
+func runStack(t *testing.T, st *stack.Stack, ln net.Listener) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})

@@ -37,8 +37,9 @@ type WorkerView struct {
 	Index *IndexView `json:"index"`
 	// Feeds are the worker's KV-event feeds, one per DP rank; empty when it publishes none.
 	Feeds []FeedView `json:"feeds"`
-	// Traffic is the worker's share of the router's traffic (router.WorkerTraffic).
-	Traffic any `json:"traffic"`
+	// Traffic is the worker's share of the router's traffic; nil without a
+	// Backend.Traffic.
+	Traffic *WorkerTraffic `json:"traffic"`
 }
 
 // EngineView is a worker's scraped engine metrics.
@@ -102,8 +103,8 @@ type PrefixView struct {
 
 // StatsView is the router-wide figures.
 type StatsView struct {
-	// Traffic is the windowed request statistics (router.TrafficStats).
-	Traffic any `json:"traffic"`
+	// Traffic is the windowed request statistics; nil without a Backend.Traffic.
+	Traffic *TrafficStats `json:"traffic"`
 	// Tokenize is the tokenizer mode and its error counters since start.
 	Tokenize TokenizeView `json:"tokenize"`
 	// Index sums the prefix index up; nil without one.
@@ -189,7 +190,8 @@ func (h *handler) statsView(fam families) StatsView {
 		CacheHits: fam.total("kvroute_tokenize_cache_hits_total"),
 	}}
 	if h.b.Traffic != nil {
-		v.Traffic = h.b.Traffic()
+		t := h.b.Traffic.Traffic()
+		v.Traffic = &t
 	}
 	if h.b.Index != nil {
 		s := h.b.Index.Stats()
@@ -285,8 +287,9 @@ func (h *handler) workerView(w *upstream.Worker, ix *indexer.Stats, feeds []Feed
 		}
 		v.Index = iv
 	}
-	if h.b.WorkerTraffic != nil {
-		v.Traffic = h.b.WorkerTraffic(w.ID, series)
+	if h.b.Traffic != nil {
+		t := h.b.Traffic.WorkerTraffic(w.ID, series)
+		v.Traffic = &t
 	}
 	return v
 }

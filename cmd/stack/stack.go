@@ -1,4 +1,4 @@
-package router
+package stack
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/chat"
 	"github.com/kvroute/kvroute/router/prefix"
 	"github.com/kvroute/kvroute/router/replica"
@@ -39,10 +40,10 @@ type Stack struct {
 	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
 	Replica  *replica.Sync     // state shared with other replicas; nil unless replica.nats_url is set
 	Scraper  *scrape.Scraper
-	Server   *Server
+	Server   *router.Server
 	log      *slog.Logger
 	closers  []func()
-	admin    adminState // the admin API (stats.go)
+	admin    adminState // the admin API (admin.go)
 }
 
 // NewStack builds every part of a router from cfg; nothing runs until [Stack.Run].
@@ -85,7 +86,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 			return nil, fmt.Errorf("routing history: %w", err)
 		}
 	}
-	st.Server, err = New(Options{
+	st.Server, err = router.New(router.Options{
 		Config: cfg, Pool: st.Pool, Registerer: reg, Gatherer: reg, Logger: log,
 		Index: st.Index, History: st.History, Hasher: hasher, Replica: st.Replica,
 	})
@@ -93,7 +94,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 		return nil, err
 	}
 	st.Scraper, err = scrape.New(scrape.Config{Interval: cfg.CacheAware.MetricsInterval, Timeout: cfg.Health.Timeout, Client: st.Pool.HTTPClient()},
-		st.scrapeTargets, st.Server.onScrape, reg)
+		st.scrapeTargets, st.Server.OnScrape, reg)
 	if err != nil {
 		return nil, fmt.Errorf("scrape: %w", err)
 	}
@@ -402,7 +403,7 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 
 // Run builds a [Stack] from cfg and runs it on ln until ctx ends. It is what
 // `kvroute serve` runs.
-func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Logger, ready func(*Server)) error {
+func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Logger, ready func(*router.Server)) error {
 	st, err := NewStack(cfg, log)
 	if err != nil {
 		return err

