@@ -538,7 +538,7 @@ func (c *Config) Validate() error {
 		bad("cache_aware.max_indexed_blocks: %d must be zero or positive", ca.MaxIndexedBlocks)
 	}
 	validMode := func(m string) bool {
-		// As router/prefix.ParseMode: a local path of only spaces is no path.
+		// As router/blockhash.ParseMode: a local path of only spaces is no path.
 		return m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && strings.TrimSpace(m[len("local:"):]) != ""
 	}
 	if !validMode(c.Tokenize.Mode) {

@@ -16,7 +16,7 @@
 //     the client, and the streaming passthrough.
 //   - errors.go: every error a client can see, mapped to an HTTP status in one function
 //     (statusOf) and written as OpenAI-shaped JSON.
-//   - cache.go: the cache-aware steps (prompt hashing, index match, load bookkeeping,
+//   - cacheaware.go: the cache-aware steps (prompt hashing, index match, load bookkeeping,
 //     predictions, OnScrape for the scraped engine metrics); decisions.go the ring of
 //     recent decisions and their explanation.
 //   - stats.go: the windowed traffic figures the Server records (it is the admin API's

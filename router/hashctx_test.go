@@ -14,7 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kvroute/kvroute/proto"
-	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/upstream"
 )
 
@@ -25,11 +25,11 @@ type ctxKeepingHasher struct {
 	ctxs []context.Context
 }
 
-func (h *ctxKeepingHasher) Hash(ctx context.Context, _ *prefix.Request, dst []proto.BlockHash) (prefix.Result, error) {
+func (h *ctxKeepingHasher) Hash(ctx context.Context, _ *blockhash.Request, dst []proto.BlockHash) (blockhash.Result, error) {
 	h.mu.Lock()
 	h.ctxs = append(h.ctxs, ctx)
 	h.mu.Unlock()
-	return prefix.Result{Hashes: dst}, nil
+	return blockhash.Result{Hashes: dst}, nil
 }
 
 // The prompt hasher never gets the fasthttp RequestCtx as its context: its HTTP client

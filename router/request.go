@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/blockhash"
 )
 
 // endpoint is an inference endpoint kvroute routes.
@@ -38,7 +38,7 @@ type request struct {
 	Prompt    json.RawMessage `json:"prompt"`
 	Input     json.RawMessage `json:"input"`
 	// Options are the fields that change how the engine tokenizes the prompt.
-	prefix.Options
+	blockhash.Options
 }
 
 // parseRequest decodes the routing fields of body for endpoint ep and checks the ones

@@ -17,7 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
-	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/router/replica"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/scorer/registry"
@@ -45,8 +45,8 @@ type Options struct {
 	// where Index itself holds only routing predictions).
 	History *indexer.Index
 	// Hasher turns requests into block hashes (the configured tokenize mode, usually
-	// wrapped in prefix.Fallback); nil disables hashing.
-	Hasher prefix.Hasher
+	// wrapped in blockhash.Fallback); nil disables hashing.
+	Hasher blockhash.Hasher
 	// Replica shares load and routing decisions with the other router replicas; nil
 	// when replica sync is off.
 	Replica *replica.Sync
@@ -66,7 +66,7 @@ type Server struct {
 	// Cache-aware routing: nil index or hasher disable their part.
 	index   *indexer.Index
 	history *indexer.Index
-	hasher  prefix.Hasher
+	hasher  blockhash.Hasher
 	replica *replica.Sync
 	// prefixes is true when the policy reads prefix overlap (scorer.PrefixUser): only
 	// then are prompts hashed and matched.

@@ -24,7 +24,7 @@ import (
 	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router"
-	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
@@ -455,7 +455,7 @@ func startRouter(ctx context.Context, cfg *configs.Config, policy string, log *s
 		// metrics go to a private registry (the Stack's holds the unused server's).
 		srv, err := router.New(router.Options{
 			Config: cfg, Pool: st.Pool, Selector: sel, Registerer: prometheus.NewRegistry(),
-			Logger: log, Index: st.Index, Hasher: prefix.Approx{}, Replica: st.Replica,
+			Logger: log, Index: st.Index, Hasher: blockhash.Approx{}, Replica: st.Replica,
 		})
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("router with %s: %w", policy, err)

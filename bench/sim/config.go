@@ -93,7 +93,7 @@ type FleetConfig struct {
 	// ports. Default 0.
 	BasePort int `yaml:"base_port"`
 	// TokenizerPath is a model directory (tokenizer.json and tokenizer_config.json) or a
-	// tokenizer.json file the kvsim command loads with kvroute's router/chat and sets as
+	// tokenizer.json file the kvsim command loads with kvroute's router/tokenize/chat and sets as
 	// every worker's BodyTokenizer; the sim package itself does not read it. Default ""
 	// (the built-in tokenizer).
 	TokenizerPath string `yaml:"tokenizer_path"`

@@ -25,7 +25,7 @@ type ChatTemplate interface {
 // BodyTokenizer tokenizes requests as the engine does, from the request itself:
 // EncodeChat renders a chat completion request body with the model's chat template and
 // encodes the result; Encode encodes a completions prompt, addSpecial being the
-// request's add_special_tokens (default true for completions). kvroute's router/chat
+// request's add_special_tokens (default true for completions). kvroute's router/tokenize/chat
 // Encoder (a pure-Go Hugging Face tokenizer with the model's template) has this method
 // set, so with it workers and router produce the same token ids. Implementations must
 // be safe for concurrent use.

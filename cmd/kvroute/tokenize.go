@@ -7,7 +7,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/kvroute/kvroute/router/chat"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
 )
 
 // tokenizeStdin is where runTokenize reads its input; tests replace it.

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvroute/kvroute/router/chat"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
 )
 
 // qwen3Dir returns the Qwen3 tokenizer directory installed by

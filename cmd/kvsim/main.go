@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
-	"github.com/kvroute/kvroute/router/chat"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
 )
 
 func main() {
@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	chunkTokens := fs.Int("stream-chunk-tokens", w.StreamChunkTokens, "tokens per streamed chunk")
 	meanOut := fs.Int("mean-output-tokens", w.MeanOutputTokens, "mean natural output length")
 	seed := fs.Int64("seed", w.Seed, "seed of engine hashes and faults")
-	tokenizer := fs.String("tokenizer", def.TokenizerPath, "model directory (tokenizer.json + tokenizer_config.json) or tokenizer.json: tokenize with kvroute's router/chat instead of the built-in tokenizer")
+	tokenizer := fs.String("tokenizer", def.TokenizerPath, "model directory (tokenizer.json + tokenizer_config.json) or tokenizer.json: tokenize with kvroute's router/tokenize/chat instead of the built-in tokenizer")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvroute/kvroute/router/chat"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
 )
 
 func TestRunPrintsWorkersAndStops(t *testing.T) {
@@ -117,7 +117,7 @@ func running(t *testing.T, url string) int {
 
 // TestRealTokenizer runs kvsim with a real Hugging Face tokenizer and chat template
 // (DeepSeek-V3, installed by scripts/deps.d/30-tokenizers.sh) and checks that a worker
-// tokenizes a chat exactly as kvroute's router/chat does.
+// tokenizes a chat exactly as kvroute's router/tokenize/chat does.
 func TestRealTokenizer(t *testing.T) {
 	dir := filepath.Join("..", "..", ".cache", "tokenizers", "node_modules", "@lenml", "tokenizer-deepseek_v3", "models")
 	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
@@ -152,7 +152,7 @@ func TestRealTokenizer(t *testing.T) {
 	err = json.NewDecoder(resp.Body).Decode(&got)
 	resp.Body.Close()
 	if err != nil || len(got.Tokens) == 0 || !slices.Equal(got.Tokens, want) {
-		t.Fatalf("kvsim tokens %v, router/chat %v (%v)", got.Tokens, want, err)
+		t.Fatalf("kvsim tokens %v, router/tokenize/chat %v (%v)", got.Tokens, want, err)
 	}
 	resp, err = http.Post(info["url"]+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"messages":[{"role":"user","content":"Name three primes."}],"max_tokens":3}`))

@@ -17,7 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
-	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/blockhash"
 )
 
 // simStack is a router Stack in front of a kvsim fleet, both on loopback.
@@ -382,9 +382,9 @@ func TestTokenizeCacheEntriesBound(t *testing.T) {
 }
 
 // The config's default tokenize cache bound is the engine's own default (configs cannot
-// import router/prefix, so the number is written twice).
+// import router/blockhash, so the number is written twice).
 func TestTokenizeCacheEntriesDefault(t *testing.T) {
-	if got, want := configs.Default().Tokenize.CacheEntries, prefix.DefaultCacheEntries; got != want {
-		t.Fatalf("configs default tokenize.cache_entries %d, prefix.DefaultCacheEntries %d", got, want)
+	if got, want := configs.Default().Tokenize.CacheEntries, blockhash.DefaultCacheEntries; got != want {
+		t.Fatalf("configs default tokenize.cache_entries %d, blockhash.DefaultCacheEntries %d", got, want)
 	}
 }

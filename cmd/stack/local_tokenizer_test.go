@@ -10,7 +10,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
-	"github.com/kvroute/kvroute/router/chat"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
 )
 
 // In local mode the router tokenizes with kvroute's pure-Go tokenizer and the model's

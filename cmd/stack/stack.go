@@ -17,9 +17,9 @@ import (
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/router"
-	"github.com/kvroute/kvroute/router/chat"
-	"github.com/kvroute/kvroute/router/prefix"
+	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/router/replica"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
 	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
@@ -114,29 +114,29 @@ func (st *Stack) scrapeTargets() []scrape.Target {
 // newHasher builds the configured tokenize modes: the default one and each model's
 // override (tokenize.models), every exact mode wrapped so that a failure falls back to
 // approx mode for that request.
-func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
-	m, err := prefix.NewMetrics(reg)
+func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) {
+	m, err := blockhash.NewMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("tokenize metrics: %w", err)
 	}
-	var engine prefix.Hasher // shared by every model in engine mode
-	build := func(spec string) (prefix.Hasher, error) {
-		mode, path, err := prefix.ParseMode(spec)
+	var engine blockhash.Hasher // shared by every model in engine mode
+	build := func(spec string) (blockhash.Hasher, error) {
+		mode, path, err := blockhash.ParseMode(spec)
 		if err != nil {
 			return nil, err
 		}
 		switch mode {
-		case prefix.ModeApprox:
-			return prefix.Approx{}, nil
-		case prefix.ModeLocal:
+		case blockhash.ModeApprox:
+			return blockhash.Approx{}, nil
+		case blockhash.ModeLocal:
 			enc, err := chat.Load(path)
 			if err != nil {
 				return nil, fmt.Errorf("tokenize mode %q (use engine if the tokenizer cannot be loaded): %w", spec, err)
 			}
-			return prefix.NewFallback(prefix.NewLocal(enc), m), nil
+			return blockhash.NewFallback(blockhash.NewLocal(enc), m), nil
 		}
 		if engine == nil {
-			eng, err := prefix.NewEngine(prefix.EngineOptions{
+			eng, err := blockhash.NewEngine(blockhash.EngineOptions{
 				Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
 				CacheEntries: st.Config.Tokenize.CacheEntries,
 				Client:       st.Pool.HTTPClient(), // the workers' API keys and TLS, and only them
@@ -145,7 +145,7 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
 				return nil, fmt.Errorf("tokenize: %w", err)
 			}
 			st.closers = append(st.closers, eng.Close)
-			engine = prefix.NewFallback(eng, m)
+			engine = blockhash.NewFallback(eng, m)
 		}
 		return engine, nil
 	}
@@ -156,7 +156,7 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
 	if len(st.Config.Tokenize.Models) == 0 {
 		return def, nil
 	}
-	pm := perModelHasher{def: def, byModel: map[string]prefix.Hasher{}}
+	pm := perModelHasher{def: def, byModel: map[string]blockhash.Hasher{}}
 	for model, spec := range st.Config.Tokenize.Models {
 		if pm.byModel[model], err = build(spec); err != nil {
 			return nil, fmt.Errorf("tokenize.models[%q]: %w", model, err)
@@ -167,11 +167,11 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (prefix.Hasher, error) {
 
 // perModelHasher hashes each request with its model's tokenize mode.
 type perModelHasher struct {
-	def     prefix.Hasher
-	byModel map[string]prefix.Hasher
+	def     blockhash.Hasher
+	byModel map[string]blockhash.Hasher
 }
 
-func (p perModelHasher) Hash(ctx context.Context, req *prefix.Request, dst []proto.BlockHash) (prefix.Result, error) {
+func (p perModelHasher) Hash(ctx context.Context, req *blockhash.Request, dst []proto.BlockHash) (blockhash.Result, error) {
 	if h, ok := p.byModel[req.Model]; ok {
 		return h.Hash(ctx, req, dst)
 	}

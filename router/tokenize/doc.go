@@ -2,6 +2,11 @@
 // pure Go, with the same ids as the Rust tokenizers library (and its JS port, which
 // the golden tests use as the reference).
 //
+// It is the root of the router's one tokenizer tree: sub-package chat renders an OpenAI
+// chat request with the model's chat template (tokenizer_config.json) and encodes it
+// here, and chat/jinja is the template engine it renders with. router/blockhash turns
+// the resulting ids (or the engine's, or an approximation) into KV block hashes.
+//
 // Supported: the BPE model (byte-level vocabularies as in GPT-2, Llama-3, Qwen2/3,
 // DeepSeek-V3; SentencePiece-style vocabularies with byte_fallback, fuse_unk and a
 // metaspace, as in Llama-2, Mistral and Gemma), ignore_merges, merges written as

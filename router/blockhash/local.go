@@ -1,0 +1,82 @@
+package blockhash
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// Tokenizer is an in-process tokenizer for the local mode. *chat.Encoder of
+// router/tokenize/chat (kvroute's pure-Go HF tokenizer with the model's chat template) has this
+// method set. Implementations must be safe for concurrent use.
+type Tokenizer interface {
+	// EncodeChat returns the prompt token ids of an OpenAI chat completion request body,
+	// as the engine computes them (template rendered, then encoded).
+	EncodeChat(body []byte) ([]uint32, error)
+	// Encode returns the token ids of a completions prompt; addSpecial adds the
+	// tokenizer's special tokens (BOS), as add_special_tokens does (default true).
+	Encode(text string, addSpecial bool) []uint32
+}
+
+// Local hashes requests with token ids from an in-process [Tokenizer]. A chat is handed
+// to EncodeChat as a minimal request body holding the messages and the options that
+// change the rendering (see appendTokenizeBody); a string prompt is decoded and handed
+// to Encode. A token-id prompt is hashed directly. Errors from the tokenizer (content it
+// cannot render, say) are returned wrapped, and the router falls back to approx for the
+// request, as for the engine mode. Local is safe for concurrent use when its Tokenizer is.
+type Local struct {
+	tok Tokenizer
+}
+
+// NewLocal returns a Local over tok.
+func NewLocal(tok Tokenizer) *Local { return &Local{tok: tok} }
+
+// Hash implements [Hasher].
+func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Result, error) {
+	k, lit, err := classify(req)
+	if err != nil {
+		return Result{}, err
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer putBuf(buf)
+	switch k {
+	case kindTokens:
+		return hashTokenPrompt(req, lit, dst)
+	case kindText:
+		s := textSink{collect: true, buf: buf.AvailableBuffer()}
+		if _, err := unescape(lit, 0, &s); err != nil {
+			return Result{}, fmt.Errorf("%w: prompt: %w", ErrBadInput, err)
+		}
+		add, err := boolOpt(req.Options.AddSpecialTokens, true)
+		if err != nil {
+			return Result{}, err
+		}
+		return exact(req, l.tok.Encode(string(s.buf), add), dst), nil
+	}
+	body, err := appendTokenizeBody(buf.AvailableBuffer(), req.Model, k, lit, &req.Options, false)
+	if err != nil {
+		return Result{}, err
+	}
+	ids, err := l.tok.EncodeChat(body)
+	if err != nil {
+		return Result{}, fmt.Errorf("local tokenizer: %w", err)
+	}
+	return exact(req, ids, dst), nil
+}
+
+// boolOpt reads a boolean option, def when absent.
+func boolOpt(raw []byte, def bool) (bool, error) {
+	switch v := trimWS(raw); {
+	case !present(v):
+		return def, nil
+	case string(v) == "true":
+		return true, nil
+	case string(v) == "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: %q is not a boolean", ErrBadInput, raw)
+}
+
+var _ Hasher = (*Local)(nil)

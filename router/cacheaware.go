@@ -1,0 +1,227 @@
+package router
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/router/blockhash"
+	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/upstream"
+	"github.com/kvroute/kvroute/upstream/scrape"
+)
+
+// defaultBlockSize is used for a model until its workers report theirs; it is vLLM's
+// default.
+const defaultBlockSize = 16
+
+// blockSizes holds the KV block size of each model, as configured or as read from its
+// workers' metrics. Safe for concurrent use.
+type blockSizes struct {
+	configured int
+	// mu guards byModel.
+	mu      sync.RWMutex
+	byModel map[string]int
+}
+
+// learn records a worker's block size for model and returns the size the router uses for
+// it; known is false when this is the first size seen (it becomes the model's).
+func (b *blockSizes) learn(model string, n int) (use int, known bool) {
+	if b.configured > 0 {
+		return b.configured, true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur, ok := b.byModel[model]; ok {
+		return cur, true
+	}
+	if b.byModel == nil {
+		b.byModel = map[string]int{}
+	}
+	b.byModel[model] = n
+	return n, false
+}
+
+func (b *blockSizes) get(model string) int {
+	if b.configured > 0 {
+		return b.configured
+	}
+	b.mu.RLock()
+	n := b.byModel[model]
+	b.mu.RUnlock()
+	if n > 0 {
+		return n
+	}
+	return defaultBlockSize
+}
+
+// OnScrape receives a worker's scraped metrics (a [scrape.Callback]): it stores them for
+// the policy, sizes the index's tables for the worker's KV capacity, and learns or checks
+// the block size of the worker's models. A block size that differs from the
+// configured one, or between workers of one model, makes every prefix match of those
+// workers fail silently, so it is logged loudly and counted
+// (kvroute_router_block_size_mismatch). A failed scrape (err != nil) and an unknown
+// worker id are ignored. Safe for concurrent use.
+func (s *Server) OnScrape(id string, m scrape.Sample, at time.Time, err error) {
+	w := s.pool.Worker(id)
+	if w == nil || err != nil {
+		return
+	}
+	w.SetMetrics(upstream.EngineMetrics{
+		Running: m.Running, Waiting: m.Waiting, KVUsage: m.KVUsage, BlockSize: m.BlockSize, NumBlocks: m.NumBlocks, At: at,
+	})
+	if s.index != nil {
+		// Size the worker's engine-hash tables for its whole cache once, instead of
+		// rehashing them as the cache fills (a no-op after the first scrape).
+		s.index.Reserve(id, m.NumBlocks)
+	}
+	if m.BlockSize <= 0 {
+		return
+	}
+	mismatch := false
+	for _, model := range w.Models() {
+		want, known := s.blocks.learn(model, m.BlockSize)
+		if known && want != m.BlockSize {
+			mismatch = true
+			if s.mismatchLogged.CompareAndSwap(false, true) || s.log.Enabled(context.Background(), slog.LevelDebug) {
+				s.log.Error("KV block size mismatch: this worker's prefixes will never match requests",
+					"worker", id, "model", model, "worker_block_size", m.BlockSize, "router_block_size", want)
+			}
+		}
+	}
+	s.metrics.blockMismatch.WithLabelValues(id).Set(b2f(mismatch))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// hashPrompt fills st with the request's block hashes and prompt length, and asks the
+// index which workers hold them. It never fails the request: the hasher falls back to
+// approx mode when the configured mode fails (see blockhash.Fallback), and a request that
+// cannot be hashed at all (say, an embeddings input) is routed on load alone.
+func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
+	if s.hasher == nil || !s.prefixes {
+		return // the baseline policies do not look at prefixes
+	}
+	pr := blockhash.Request{
+		Model: r.Model, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
+		BlockSize: s.blocks.get(r.Model), Options: r.Options,
+	}
+	res, err := s.hasher.Hash(ctx, &pr, st.hashes[:0])
+	if err != nil {
+		s.log.Debug("prompt not hashed", "model", r.Model, "err", err)
+		return
+	}
+	st.hashes = res.Hashes
+	st.exact = res.Exact
+	st.req.PromptTokens, st.req.Blocks, st.req.BlockSize = res.Tokens, len(res.Hashes), pr.BlockSize
+	if s.index != nil && len(st.hashes) > 0 {
+		st.matches = s.index.Match(st.hashes, st.matches[:0])
+	}
+	if s.history != nil && len(st.hashes) > 0 {
+		st.hist = s.history.Match(st.hashes, st.hist[:0])
+	}
+}
+
+// overlap returns how many leading blocks of the request worker id holds (the best of
+// its data-parallel ranks).
+func (st *routeState) overlap(id string) int { return bestMatch(st.matches, id) }
+
+// bestMatch returns the longest match of worker id in ms (the best of its data-parallel
+// ranks), 0 when it has none.
+func bestMatch(ms []indexer.WorkerMatch, id string) int {
+	best := 0
+	for i := range ms {
+		if m := &ms[i]; m.Worker.ID == id && m.Blocks > best {
+			best = m.Blocks
+		}
+	}
+	return best
+}
+
+// candidate builds the policy's view of w for the request in st.
+func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate {
+	c := scorer.Candidate{
+		ID: w.ID, InFlight: w.InFlight(), OverlapBlocks: st.overlap(w.ID),
+		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
+	}
+	if s.history != nil {
+		c.AffinityBlocks = max(c.OverlapBlocks, bestMatch(st.hist, w.ID))
+	}
+	if s.replica != nil {
+		// The other replicas' load on w: the policy and the guard see the fleet's.
+		r := s.replica.Remote(w.ID)
+		c.InFlight, c.PendingPrefillTokens, c.ActiveBlocks = c.InFlight+r.InFlight, c.PendingPrefillTokens+r.PrefillTokens, c.ActiveBlocks+r.Blocks
+	}
+	if m, ok := w.Metrics(s.cfg.CacheAware.MetricsMaxAge); ok {
+		c.Waiting, c.KVUsage, c.HasMetrics = m.Waiting, m.KVUsage, true
+	}
+	return c
+}
+
+// admissible applies the hard limits that filter candidates before any policy runs.
+func (s *Server) admissible(c *scorer.Candidate) bool {
+	ca := &s.cfg.CacheAware
+	if ca.MaxInFlight > 0 && c.InFlight >= int64(ca.MaxInFlight) {
+		return false
+	}
+	return !c.HasMetrics || c.KVUsage < ca.MaxKVUsage
+}
+
+// beginLoad counts the request on w: its uncached prompt tokens as pending prefill and
+// its prompt blocks as held, for at most the total timeout plus a minute.
+func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *upstream.Load {
+	bs := st.req.BlockSize
+	if bs <= 0 {
+		bs = defaultBlockSize
+	}
+	prompt := st.req.PromptTokens
+	prefill := max(0, prompt-overlap*bs)
+	blocks := int(math.Ceil(float64(prompt) / float64(bs)))
+	l := w.Begin(int64(prefill), int64(blocks), s.cfg.Timeouts.Total+loadGrace)
+	if s.replica != nil {
+		s.replica.Changed() // the other replicas learn of it within replica.flush_interval
+	}
+	return l
+}
+
+// committed records what a successful routing decision implies: the worker now holds
+// (or soon will) the request's blocks, and the response tells the client how much of
+// its prompt the router expected to be cached there.
+func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *routeState, overlap int, model string) {
+	if s.index != nil && len(st.hashes) > 0 {
+		// The router does not pick a data-parallel rank (the engine's own DP balancer
+		// does), so the prediction is recorded under rank 0 as "somewhere on this
+		// worker": overlap takes the best rank of a worker, so the worker-level overlap
+		// is right; if another rank stores the blocks, the rank-0 prediction is not
+		// replaced by them and lasts until its TTL.
+		s.index.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+		if s.history != nil {
+			s.history.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+		}
+		if s.replica != nil {
+			s.replica.Predicted(w.ID, st.hashes)
+		}
+	}
+	if st.req.Blocks > 0 {
+		s.metrics.overlapRatio.WithLabelValues(model).Observe(float64(overlap) / float64(st.req.Blocks))
+	}
+	s.metrics.promptTokens.WithLabelValues(model).Add(float64(st.req.PromptTokens))
+	s.metrics.predictedHit.WithLabelValues(model).Add(float64(overlap * st.req.BlockSize))
+	if s.cfg.Headers.CachedBlocks {
+		b := strconv.AppendInt(st.hdr[:0], int64(overlap), 10)
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(st.req.Blocks), 10)
+		ctx.Response.Header.SetBytesV("x-kvroute-cached-blocks", b)
+	}
+}

@@ -1,0 +1,53 @@
+package chat
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// BenchmarkEncodeChat measures EncodeChat (parse the request, render the Qwen3
+// template, encode) on the 16th turn of a conversation of 1 KB messages, with the
+// conversation cache holding the 15th turn ("cached") and without a cache
+// ("nocache").
+//
+//	go test -run XXX -bench EncodeChat -count 6 ./router/tokenize/chat > new.txt; benchstat old.txt new.txt
+func BenchmarkEncodeChat(b *testing.B) {
+	base := loadEncoder(b, "qwen3")
+	para := strings.Repeat("The router keeps a map of which worker holds which prefix, and it scores each worker by the overlap. ", 10)
+	var msgs []map[string]string
+	var bodies [][]byte
+	for turn := 0; turn < 16; turn++ {
+		msgs = append(msgs, map[string]string{"role": "user", "content": para[:1000]})
+		body, err := json.Marshal(map[string]any{"messages": msgs})
+		if err != nil {
+			b.Fatal(err)
+		}
+		bodies = append(bodies, body)
+		msgs = append(msgs, map[string]string{"role": "assistant", "content": para[7:1007]})
+	}
+	last, prev := bodies[15], bodies[14]
+	for _, mode := range []string{"nocache", "cached"} {
+		b.Run(mode, func(b *testing.B) {
+			size := 0
+			if mode == "cached" {
+				size = DefaultCacheBytes
+			}
+			enc := NewEncoder(base.Tokenizer(), base.Config(), size)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(last)))
+			for b.Loop() {
+				if mode == "cached" {
+					b.StopTimer()
+					if _, err := enc.EncodeChat(prev); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				if _, err := enc.EncodeChat(last); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,95 @@
+package chat
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kvroute/kvroute/router/tokenize"
+	"github.com/kvroute/kvroute/router/tokenize/chat/jinja"
+)
+
+// Encoder turns chat requests into token ids: render with the model's template,
+// then encode. It is safe for concurrent use.
+type Encoder struct {
+	tok   *tokenize.Tokenizer
+	cfg   *Config
+	cache *tokenize.PrefixCache
+}
+
+// Load reads a model directory holding tokenizer.json and tokenizer_config.json
+// (or a tokenizer.json path, whose directory holds the config). Both files are
+// parsed and every chat template compiled here, so a template that cannot be parsed
+// fails at load time. Without tokenizer_config.json the encoder still encodes text;
+// EncodeChat then fails with ErrNoTemplate.
+func Load(path string) (*Encoder, error) {
+	dir := path
+	if st, err := os.Stat(path); err == nil && !st.IsDir() {
+		dir = filepath.Dir(path)
+	}
+	tok, err := tokenize.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	cfgPath := filepath.Join(dir, "tokenizer_config.json")
+	cfg := &Config{Templates: map[string]*jinja.Template{}, SpecialTokens: map[string]string{}}
+	if _, err := os.Stat(cfgPath); err == nil {
+		if cfg, err = LoadConfig(cfgPath); err != nil {
+			return nil, err
+		}
+	}
+	return NewEncoder(tok, cfg, DefaultCacheBytes), nil
+}
+
+// DefaultCacheBytes is the conversation cache budget Load uses.
+const DefaultCacheBytes = 64 << 20
+
+// NewEncoder combines a tokenizer and a chat config. cacheBytes bounds the
+// conversation cache (0 disables it).
+func NewEncoder(tok *tokenize.Tokenizer, cfg *Config, cacheBytes int) *Encoder {
+	e := &Encoder{tok: tok, cfg: cfg}
+	if cacheBytes > 0 {
+		e.cache = tokenize.NewPrefixCache(tok, cacheBytes)
+	}
+	return e
+}
+
+// Tokenizer returns the encoder's tokenizer.
+func (e *Encoder) Tokenizer() *tokenize.Tokenizer { return e.tok }
+
+// Config returns the encoder's chat config.
+func (e *Encoder) Config() *Config { return e.cfg }
+
+// Encode returns the ids of plain text (a completion prompt); see
+// tokenize.Tokenizer.Encode.
+func (e *Encoder) Encode(text string, addSpecial bool) []uint32 {
+	if e.cache != nil {
+		return e.cache.Encode(text, addSpecial)
+	}
+	return e.tok.Encode(text, addSpecial)
+}
+
+// Render renders an OpenAI chat completion request body to the prompt text.
+func (e *Encoder) Render(body []byte) (string, *Request, error) {
+	req, err := ParseRequest(body)
+	if err != nil {
+		return "", nil, err
+	}
+	prompt, err := e.cfg.Render(req.Messages, req.Options)
+	if err != nil {
+		return "", nil, err
+	}
+	return prompt, req, nil
+}
+
+// EncodeChat returns the prompt token ids of an OpenAI chat completion request
+// body, as vLLM computes them: render the template, then encode with
+// add_special_tokens from the request (default false). Successive turns of a
+// conversation reuse the previous turn's ids through the conversation cache.
+func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
+	prompt, req, err := e.Render(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode chat: %w", err)
+	}
+	return e.Encode(prompt, req.AddSpecialTokens), nil
+}
