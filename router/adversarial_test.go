@@ -245,6 +245,34 @@ func TestAdversarialSlowloris(t *testing.T) {
 	}
 }
 
+// Fields named in Connection are hop-by-hop (RFC 9110 section 7.6.1): neither the
+// worker nor the client sees them, nor the fixed hop-by-hop fields in any case.
+func TestAdversarialConnectionNamedFields(t *testing.T) {
+	_, fw, addr := adversarialStack(t, nil)
+	for _, body := range []string{chatBody, streamBody} {
+		res := rawExchange(t, addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop\r\n"+
+			"X-Hop: "+secret+"\r\nte: trailers\r\nupgrade: h2c\r\nkeep-alive: timeout=5\r\nX-Kept: yes\r\n"+
+			"Content-Type: application/json\r\nContent-Length: "+fmt.Sprint(len(body))+"\r\n\r\n"+body, 500*time.Millisecond)
+		if len(res.resps) != 1 || res.resps[0].StatusCode != 200 {
+			t.Fatalf("%s", res)
+		}
+		fw.mu.Lock()
+		hdr := fw.lastHdr
+		fw.mu.Unlock()
+		for _, name := range []string{"X-Hop", "Te", "Upgrade", "Keep-Alive"} {
+			if v := hdr.Get(name); v != "" {
+				t.Errorf("the worker got %s: %s", name, v)
+			}
+		}
+		if hdr.Get("X-Kept") != "yes" {
+			t.Errorf("an end-to-end field was dropped: %v", hdr)
+		}
+		if v := res.resps[0].Header.Get("X-Worker-Hop"); v != "" {
+			t.Errorf("the client got the worker's Connection-named field X-Worker-Hop: %s", v)
+		}
+	}
+}
+
 // Request bodies in memory are bounded across connections: a body that does not fit
 // in limits.max_inflight_body_bytes gets 503 with Retry-After once its headers (and
 // fasthttp's first 8 KiB) are in, and the budget comes back when a request ends.

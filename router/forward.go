@@ -17,13 +17,6 @@ import (
 	"github.com/kvroute/kvroute/upstream"
 )
 
-// hopByHop are the headers that describe one connection and are never forwarded
-// (RFC 9110 section 7.6.1).
-var hopByHop = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
 // statusError is a worker's answer that is worth retrying elsewhere (5xx, 429). When
 // every attempt fails this way the last one is passed to the client as it was.
 type statusError struct {
@@ -118,9 +111,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoint, r *request, st *routeState, overlap int, reqID string, start time.Time) (done bool, err error) {
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
-	for _, h := range hopByHop {
-		req.Header.Del(h)
-	}
+	stripHopByHop(&req.Header)
 	s.stripCredentials(&req.Header, w.HasAPIKey())
 	w.Authorize(&req.Header)
 	req.SetRequestURI(w.URL + ep.path())
@@ -160,9 +151,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 
 	// Commit: from here on the client gets this worker's answer.
 	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
-	for _, h := range hopByHop {
-		ctx.Response.Header.Del(h)
-	}
+	stripHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.Set("X-Request-Id", reqID)
 	s.setWorkerHeader(ctx, w.ID)
 	s.committed(ctx, w, st, overlap, r.Model)

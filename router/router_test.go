@@ -78,7 +78,9 @@ func newFakeWorker(t *testing.T, models ...string) *fakeWorker {
 		}
 		_ = json.Unmarshal(body, &req)
 		w.Header().Set("X-Worker-Port", r.Host)
-		w.Header().Set("Connection", "keep-alive")
+		// X-Worker-Hop is named by Connection: hop-by-hop, never passed to the client.
+		w.Header().Set("Connection", "keep-alive, X-Worker-Hop")
+		w.Header().Set("X-Worker-Hop", "1")
 		if !req.Stream {
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"id":"x","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"ok"}}],"body_len":%d}`, len(body))
