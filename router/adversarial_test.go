@@ -273,6 +273,36 @@ func TestAdversarialConnectionNamedFields(t *testing.T) {
 	}
 }
 
+// An HTTP/1.0 client cannot parse chunked (RFC 9112 section 6.1): its stream comes
+// close-delimited, as the worker sent it.
+func TestAdversarialHTTP10Stream(t *testing.T) {
+	_, _, addr := adversarialStack(t, nil)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(streamBody), streamBody)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	raw, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read until close: %v (%q)", err, raw)
+	}
+	head, body, ok := strings.Cut(string(raw), "\r\n\r\n")
+	if !ok {
+		t.Fatalf("no header block: %q", raw)
+	}
+	lower := strings.ToLower(head)
+	t.Logf("head: %q", head)
+	if !strings.Contains(head, " 200 ") || strings.Contains(lower, "transfer-encoding") || strings.Contains(lower, "content-length") ||
+		!strings.Contains(lower, "connection: close") {
+		t.Errorf("head %q: want 200, no Transfer-Encoding or Content-Length, Connection: close", head)
+	}
+	if !strings.HasPrefix(body, "data: ") || !strings.Contains(body, `"c3"`) || !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Errorf("body is not the raw event stream: %q", body)
+	}
+}
+
 // Request bodies in memory are bounded across connections: a body that does not fit
 // in limits.max_inflight_body_bytes gets 503 with Retry-After once its headers (and
 // fasthttp's first 8 KiB) are in, and the budget comes back when a request ends.

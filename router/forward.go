@@ -169,6 +169,10 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	ctx.Response.Header.SetContentLength(-1)
 	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, start: start, status: code,
 		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
+	if !ctx.Request.Header.IsHTTP11() {
+		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
+		return true, nil
+	}
 	ctx.Response.ImmediateHeaderFlush = true // the headers go out now, as the worker sent them
 	ctx.Response.SetBodyStream(sp, -1)
 	return true, nil
