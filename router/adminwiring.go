@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,12 +93,16 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 		if err != nil {
 			return err
 		}
-		inner := fasthttpadaptor.NewFastHTTPHandler(http.StripPrefix(cfg.PathPrefix, h))
+		inner := fasthttpadaptor.NewFastHTTPHandler(http.StripPrefix(cfg.PathPrefix, underPrefix(cfg.PathPrefix, h)))
 		st.Server.admin = func(ctx *fasthttp.RequestCtx) {
 			if string(ctx.Path()) == cfg.PathPrefix {
 				ctx.Redirect(cfg.PathPrefix+"/", fasthttp.StatusPermanentRedirect)
 				return
 			}
+			// The admin handler must see the path the request was routed by: fasthttp's
+			// normalised one ("/v1/../admin/x" is "/admin/x"), not the raw request
+			// target the adaptor would hand it.
+			ctx.Request.SetRequestURIBytes(ctx.URI().RequestURI())
 			inner(ctx)
 		}
 	}
@@ -125,6 +130,39 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 	go func() { _ = st.admin.srv.Serve(aln) }()
 	st.log.Info("admin API serving", "listen", st.admin.addr)
 	return nil
+}
+
+// underPrefix serves h under the path prefix: a redirect h answers with an absolute
+// path ("/assets/") is kept under the prefix ("/admin/assets/"), never outside it.
+func underPrefix(prefix string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&prefixedLocation{ResponseWriter: w, prefix: prefix}, r)
+	})
+}
+
+// prefixedLocation puts the mount prefix in front of an absolute-path Location.
+type prefixedLocation struct {
+	http.ResponseWriter
+	prefix string
+	wrote  bool
+}
+
+func (p *prefixedLocation) WriteHeader(code int) {
+	if !p.wrote {
+		p.wrote = true
+		h := p.Header()
+		if loc := h.Get("Location"); strings.HasPrefix(loc, "/") && !strings.HasPrefix(loc, "//") {
+			h.Set("Location", p.prefix+loc)
+		}
+	}
+	p.ResponseWriter.WriteHeader(code)
+}
+
+func (p *prefixedLocation) Write(b []byte) (int, error) {
+	if !p.wrote {
+		p.WriteHeader(http.StatusOK)
+	}
+	return p.ResponseWriter.Write(b)
 }
 
 // stopAdmin closes the admin listener.

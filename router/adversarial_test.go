@@ -303,6 +303,39 @@ func TestAdversarialHTTP10Stream(t *testing.T) {
 	}
 }
 
+// The admin handler sees the path the request was routed by (fasthttp's normalised
+// one), never redirects outside admin.path_prefix, and answers every 404 in JSON.
+func TestAdversarialAdminPaths(t *testing.T) {
+	_, _, addr := adversarialStack(t, nil)
+	get := func(target string) (*http.Response, string) {
+		t.Helper()
+		res := rawExchange(t, addr, "GET "+target+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2*time.Second)
+		if len(res.resps) != 1 {
+			t.Fatalf("GET %s: %s", target, res)
+		}
+		return res.resps[0], res.bodies[0]
+	}
+	for _, target := range []string{"/v1/../admin/api/overview", "/admin//api/overview", "/admin/api/./overview"} {
+		resp, body := get(target)
+		t.Logf("GET %s: %d %s", target, resp.StatusCode, resp.Header.Get("Content-Type"))
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" || !strings.Contains(body, `"workers"`) {
+			t.Errorf("GET %s: %d %s %.80s", target, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+	}
+	for _, target := range []string{"/admin//x", "/admin/nothing", "/admin/api/nothing", "/v1/../admin/../admin/x", "/nothing"} {
+		resp, body := get(target)
+		t.Logf("GET %s: %d %s %s", target, resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Location"))
+		if resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/json" || !strings.HasPrefix(body, "{") {
+			t.Errorf("GET %s: %d %s %s, want a JSON 404", target, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+	}
+	// ServeMux's own redirect of a directory to its slash stays under the prefix.
+	resp, _ := get("/admin/assets")
+	if loc := resp.Header.Get("Location"); resp.StatusCode/100 == 3 && !strings.HasPrefix(loc, "/admin/") {
+		t.Errorf("GET /admin/assets redirects to %q, outside the prefix", loc)
+	}
+}
+
 // Request bodies in memory are bounded across connections: a body that does not fit
 // in limits.max_inflight_body_bytes gets 503 with Retry-After once its headers (and
 // fasthttp's first 8 KiB) are in, and the budget comes back when a request ends.
