@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/kvroute/kvroute/configs"
 )
 
@@ -376,5 +378,35 @@ func TestAdversarialBodyBudget(t *testing.T) {
 	}
 	if v := metricSum(t, st.Registry, "kvroute_router_rejected_total"); v != 1 {
 		t.Errorf("rejected_total = %v, want 1 (body_budget)", v)
+	}
+}
+
+// A client that hangs up before its first byte is not retried on another worker once
+// the first one times out: there is nobody left to answer.
+func TestAdversarialNoRetryForGoneClient(t *testing.T) {
+	a, b := newFakeWorker(t, "m"), newFakeWorker(t, "m")
+	a.hang.Store(true)
+	b.hang.Store(true)
+	cfg := testConfig(a, b)
+	cfg.Health.Interval = time.Hour
+	cfg.Timeouts.FirstByte = 300 * time.Millisecond
+	tr := startRouter(t, cfg)
+	c := dialRouter(t, tr)
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(streamBody), streamBody)
+	eventually(t, 5*time.Second, "the first attempt", func() bool { return a.requests.Load()+b.requests.Load() == 1 })
+	c.Close()
+	skipped := tr.srv.metrics.retriesSkipped.WithLabelValues("m")
+	eventually(t, 5*time.Second, "the retry skipped", func() bool { return testutil.ToFloat64(skipped) == 1 })
+	if n := a.requests.Load() + b.requests.Load(); n != 1 {
+		t.Errorf("the workers got %d requests, want 1: a gone client was retried", n)
+	}
+	if v := testutil.ToFloat64(tr.srv.metrics.requests.WithLabelValues("", "m", "499")); v != 1 {
+		t.Errorf("requests_total{status=499} = %v", v)
+	}
+	// A client still there is retried as before.
+	a.hang.Store(false)
+	b.hang.Store(false)
+	if resp, _ := post(t, tr.url+"/v1/chat/completions", streamBody); resp.StatusCode != 200 {
+		t.Errorf("a normal request after: %d", resp.StatusCode)
 	}
 }

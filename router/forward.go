@@ -79,6 +79,12 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		}
 		s.traffic.decision(t0)
 		if attempt > 0 {
+			if clientGone(ctx.Conn()) { // nobody to answer: do not load another worker
+				s.metrics.retriesSkipped.WithLabelValues(r.Model).Inc()
+				ctx.SetConnectionClose()
+				s.count("", r.Model, statusClientClosed, start)
+				return
+			}
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
 		st.tried = append(st.tried, w)
