@@ -138,8 +138,9 @@ type Limits struct {
 	// across all connections: without it max_connections bodies of max_body_bytes each
 	// could be (10000 x 32 MiB by default). A request is counted from its headers (its
 	// Content-Length, or its chunked body as it arrives) until its handler returns; one
-	// that does not fit gets 503 with Retry-After, before its body is read. At least
-	// max_body_bytes. Default 1073741824 (1 GiB).
+	// that does not fit gets 503 with Retry-After and its connection is closed, before
+	// more than its first 8 KiB are read. At least max_body_bytes. Default 1073741824
+	// (1 GiB).
 	MaxInflightBodyBytes int `yaml:"max_inflight_body_bytes"`
 }
 

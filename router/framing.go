@@ -143,6 +143,9 @@ func (s *Server) readBodyStream(ctx *fasthttp.RequestCtx, in *inboundBody) error
 	if n > limit {
 		return s.errBodyTooLarge()
 	}
+	if n == 0 {
+		return nil // nothing to hold: PostBody reads the empty stream
+	}
 	in.buf = bytebufferpool.Get()
 	if n >= 0 {
 		if !s.budget.reserve(int64(n)) {
