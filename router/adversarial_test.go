@@ -366,6 +366,14 @@ func TestAdversarialBodyBudget(t *testing.T) {
 	if res.resps[0].Header.Get("Retry-After") == "" || !res.closed {
 		t.Errorf("503 without Retry-After or connection kept open: %s %v", res, res.resps[0].Header)
 	}
+	// A chunked body reserves as it arrives: its first 64 KiB step does not fit either.
+	chunked := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		fmt.Sprintf("%x\r\n%s\r\n", 10000, body[:10000])
+	res = rawExchange(t, addr, chunked, 2*time.Second)
+	t.Logf("chunked body while the first is in flight: %s", res)
+	if len(res.resps) != 1 || res.resps[0].StatusCode != 503 || !res.closed {
+		t.Errorf("chunked body over the budget: %s", res)
+	}
 	_, _ = io.WriteString(first, body[10000:])
 	if r := readAll(t, first, 500*time.Millisecond); len(r.resps) != 1 || r.resps[0].StatusCode != 200 {
 		t.Fatalf("the first request: %s", r)
@@ -376,8 +384,8 @@ func TestAdversarialBodyBudget(t *testing.T) {
 	if res := rawExchange(t, addr, head+body, 500*time.Millisecond); len(res.resps) != 1 || res.resps[0].StatusCode != 200 {
 		t.Errorf("a body after the first ended: %s", res)
 	}
-	if v := metricSum(t, st.Registry, "kvroute_router_rejected_total"); v != 1 {
-		t.Errorf("rejected_total = %v, want 1 (body_budget)", v)
+	if v := metricSum(t, st.Registry, "kvroute_router_rejected_total"); v != 2 {
+		t.Errorf("rejected_total = %v, want 2 (body_budget)", v)
 	}
 }
 
