@@ -387,6 +387,8 @@ func Default() Config {
 			BodyTimeout:    60 * time.Second,
 			IdleTimeout:    2 * time.Minute,
 			WriteTimeout:   60 * time.Second,
+			// 1 GiB: 32 bodies of the default max_body_bytes.
+			MaxInflightBodyBytes: 1 << 30,
 		},
 		TLS:      ListenerTLS{MinVersion: "1.2"},
 		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},

@@ -113,6 +113,7 @@ func TestBadFiles(t *testing.T) {
 			"auth.keys[0].requests_per_second: -3"},
 		"limits": {"limits.max_header_bytes: 100", "limits.max_connections: 0", "limits.max_connections_per_ip: -1",
 			`limits.header_timeout: "0s"`, `limits.write_timeout: "-1s"`},
+		"body_budget":   {"limits.max_inflight_body_bytes: 1000 must be at least max_body_bytes (1048576)"},
 		"tls_listener":  {`tls: cert_file "a.crt" and key_file "" must be set together`, `tls.min_version: "1.0"`},
 		"tls_client_ca": {`tls.client_ca_file: "ca.pem" set without cert_file`},
 		"upstream_keys": {"upstream: set api_key or api_key_env, not both", `upstream.tls: cert_file "c.pem"`,

@@ -134,6 +134,14 @@ type Limits struct {
 	// client that stops reading is disconnected after it, and its worker request is
 	// cancelled, while a stream that keeps flowing is never cut, however long. Default 60s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxInflightBodyBytes bounds the request bodies held in memory at once, in bytes,
+	// across all connections: without it max_connections bodies of max_body_bytes each
+	// could be (10000 x 32 MiB by default). A request is counted from its headers (its
+	// Content-Length, or its chunked body as it arrives) until its handler returns; one
+	// that does not fit gets 503 with Retry-After and its connection is closed, before
+	// more than its first 8 KiB are read. At least max_body_bytes. Default 1073741824
+	// (1 GiB).
+	MaxInflightBodyBytes int `yaml:"max_inflight_body_bytes"`
 }
 
 // TLSVersions maps the accepted min_version values to crypto/tls versions.
@@ -430,6 +438,9 @@ func (c *Config) validateSecurity(bad func(format string, args ...any)) {
 	}
 	if l.MaxConnectionsPerIP < 0 {
 		bad("limits.max_connections_per_ip: %d must be zero (no limit) or positive", l.MaxConnectionsPerIP)
+	}
+	if l.MaxInflightBodyBytes < c.MaxBodyBytes {
+		bad("limits.max_inflight_body_bytes: %d must be at least max_body_bytes (%d)", l.MaxInflightBodyBytes, c.MaxBodyBytes)
 	}
 	for _, d := range []struct {
 		name string

@@ -21,7 +21,8 @@ func TestSecurityGoodFileValues(t *testing.T) {
 	if k := cfg.Auth.Keys; len(k) != 2 || k[0].Name != "team-a" || k[0].KeyEnv != "KVROUTE_TEST_KEY_A" || k[1].Name != "ci" || k[0].Burst != 10 {
 		t.Errorf("auth.keys: %+v", k)
 	}
-	if cfg.Limits.MaxConnectionsPerIP != 50 || cfg.Limits.WriteTimeout.String() != "20s" || cfg.RateLimit.MaxClients != 1000 {
+	if cfg.Limits.MaxConnectionsPerIP != 50 || cfg.Limits.WriteTimeout.String() != "20s" || cfg.RateLimit.MaxClients != 1000 ||
+		cfg.Limits.MaxInflightBodyBytes != 256<<20 {
 		t.Errorf("limits: %+v rate_limit: %+v", cfg.Limits, cfg.RateLimit)
 	}
 	if w := cfg.Workers[0]; string(w.APIKey) != "worker-a-key" || w.TLS == nil || w.TLS.ServerName != "gpu-a.internal" {
@@ -42,7 +43,8 @@ func TestSecurityDefaultsAreOffOrSafe(t *testing.T) {
 	}
 	l := cfg.Limits
 	if l.MaxHeaderBytes != 8192 || l.MaxConnections != 10000 || l.HeaderTimeout.String() != "10s" ||
-		l.BodyTimeout.String() != "1m0s" || l.IdleTimeout.String() != "2m0s" || l.WriteTimeout.String() != "1m0s" {
+		l.BodyTimeout.String() != "1m0s" || l.IdleTimeout.String() != "2m0s" || l.WriteTimeout.String() != "1m0s" ||
+		l.MaxInflightBodyBytes != 1<<30 {
 		t.Errorf("limit defaults: %+v", l)
 	}
 	if err := cfg.CheckFiles(); err != nil {

@@ -32,13 +32,15 @@ const (
 	reasonBodyTooLarge
 	reasonSlowClient
 	reasonSlowReader
+	reasonMalformed
+	reasonBodyBudget
 	numReasons
 )
 
 var reasonLabels = [numReasons]string{
 	"missing_api_key", "invalid_api_key", "rate_limited", "metrics_unauthorized",
 	"too_many_connections", "too_many_connections_per_ip", "header_too_large",
-	"body_too_large", "slow_client", "slow_reader",
+	"body_too_large", "slow_client", "slow_reader", "malformed", "body_budget",
 }
 
 // gate holds the inbound checks. It is built once by New and read-only afterwards,
@@ -68,7 +70,8 @@ func newGate(cfg *configs.Config, reg prometheus.Registerer) (*gate, error) {
 		Name: "kvroute_router_rejected_total",
 		Help: "Requests and connections refused before routing, by reason: missing_api_key, invalid_api_key, rate_limited, " +
 			"metrics_unauthorized, too_many_connections, too_many_connections_per_ip, header_too_large, body_too_large, " +
-			"slow_client (headers or body too slow), slow_reader (a response write timed out).",
+			"slow_client (headers or body too slow), slow_reader (a response write timed out), malformed (HTTP framing " +
+			"that cannot be trusted), body_budget (limits.max_inflight_body_bytes reached).",
 	}, []string{"reason"})
 	perKey := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvroute_router_api_key_requests_total",

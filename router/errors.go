@@ -37,6 +37,7 @@ var (
 	errRequestTimeout = errors.New("request not received in time")
 	errTooManyConns   = errors.New("too many connections to the router")
 	errTooManyConnsIP = errors.New("too many connections from this address")
+	errBodyBudget     = errors.New("too many request bodies in flight: retry after the time in the Retry-After header")
 )
 
 // apiStatus is how an error is shown to a client.
@@ -56,6 +57,8 @@ func statusOf(err error) apiStatus {
 		return apiStatus{fasthttp.StatusTooManyRequests, "requests", "rate_limit_exceeded"}
 	case errors.Is(err, errTooManyConnsIP):
 		return apiStatus{fasthttp.StatusTooManyRequests, "requests", "too_many_connections"}
+	case errors.Is(err, errBodyBudget):
+		return apiStatus{fasthttp.StatusServiceUnavailable, "service_unavailable", "server_busy"}
 	case errors.Is(err, errTooManyConns):
 		return apiStatus{fasthttp.StatusServiceUnavailable, "service_unavailable", "too_many_connections"}
 	case errors.Is(err, errHeaderTooLarge):
@@ -64,7 +67,7 @@ func statusOf(err error) apiStatus {
 		return apiStatus{fasthttp.StatusRequestTimeout, "invalid_request_error", "request_timeout"}
 	case errors.Is(err, errInvalidJSON):
 		return apiStatus{fasthttp.StatusBadRequest, "invalid_request_error", "invalid_json"}
-	case errors.Is(err, errInvalidField):
+	case errors.Is(err, errInvalidField), errors.Is(err, errMalformed):
 		return apiStatus{fasthttp.StatusBadRequest, "invalid_request_error", "invalid_request"}
 	case errors.Is(err, ErrUnknownModel):
 		return apiStatus{fasthttp.StatusNotFound, "invalid_request_error", "model_not_found"}

@@ -17,13 +17,6 @@ import (
 	"github.com/kvroute/kvroute/upstream"
 )
 
-// hopByHop are the headers that describe one connection and are never forwarded
-// (RFC 9110 section 7.6.1).
-var hopByHop = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
 // statusError is a worker's answer that is worth retrying elsewhere (5xx, 429). When
 // every attempt fails this way the last one is passed to the client as it was.
 type statusError struct {
@@ -86,6 +79,12 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		}
 		s.traffic.decision(t0)
 		if attempt > 0 {
+			if clientGone(ctx.Conn()) { // nobody to answer: do not load another worker
+				s.metrics.retriesSkipped.WithLabelValues(r.Model).Inc()
+				ctx.SetConnectionClose()
+				s.count("", r.Model, statusClientClosed, start)
+				return
+			}
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
 		st.tried = append(st.tried, w)
@@ -118,9 +117,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoint, r *request, st *routeState, overlap int, reqID string, start time.Time) (done bool, err error) {
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
-	for _, h := range hopByHop {
-		req.Header.Del(h)
-	}
+	stripHopByHop(&req.Header)
 	s.stripCredentials(&req.Header, w.HasAPIKey())
 	w.Authorize(&req.Header)
 	req.SetRequestURI(w.URL + ep.path())
@@ -160,9 +157,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 
 	// Commit: from here on the client gets this worker's answer.
 	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
-	for _, h := range hopByHop {
-		ctx.Response.Header.Del(h)
-	}
+	stripHopByHop(&ctx.Response.Header)
 	ctx.Response.Header.Set("X-Request-Id", reqID)
 	s.setWorkerHeader(ctx, w.ID)
 	s.committed(ctx, w, st, overlap, r.Model)
@@ -180,6 +175,10 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoi
 	ctx.Response.Header.SetContentLength(-1)
 	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, start: start, status: code,
 		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
+	if !ctx.Request.Header.IsHTTP11() {
+		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
+		return true, nil
+	}
 	ctx.Response.ImmediateHeaderFlush = true // the headers go out now, as the worker sent them
 	ctx.Response.SetBodyStream(sp, -1)
 	return true, nil

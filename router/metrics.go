@@ -12,12 +12,14 @@ import (
 // names come from the config or the workers' /v1/models, never from request bodies
 // (a request for an unknown model is counted with model="").
 type metrics struct {
-	requests  *prometheus.CounterVec   // worker, model, status
-	duration  *prometheus.HistogramVec // model
-	ttfb      *prometheus.HistogramVec // model
-	upErrors  *prometheus.CounterVec   // worker, kind
-	retries   *prometheus.CounterVec   // model
-	decisions prometheus.Histogram
+	requests *prometheus.CounterVec   // worker, model, status
+	duration *prometheus.HistogramVec // model
+	ttfb     *prometheus.HistogramVec // model
+	upErrors *prometheus.CounterVec   // worker, kind
+	retries  *prometheus.CounterVec   // model
+	// retriesSkipped counts retries not made because the client had disconnected.
+	retriesSkipped *prometheus.CounterVec // model
+	decisions      prometheus.Histogram
 
 	overlapRatio  *prometheus.HistogramVec // model
 	promptTokens  *prometheus.CounterVec   // model
@@ -51,6 +53,10 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Name: "kvroute_router_retries_total",
 			Help: "Requests sent to another worker after a failed attempt.",
 		}, []string{"model"}),
+		retriesSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_retries_skipped_total",
+			Help: "Retries not made because the client had disconnected (counted as status 499 in requests_total).",
+		}, []string{"model"}),
 		decisions: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kvroute_router_decision_duration_seconds",
 			Help:    "Time to choose a worker for one attempt.",
@@ -74,7 +80,7 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Help: "1 when the worker's KV block size differs from the one the router hashes its models with: its prefixes never match.",
 		}, []string{"worker"}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.decisions,
+	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.retriesSkipped, m.decisions,
 		m.overlapRatio, m.promptTokens, m.predictedHit, m.blockMismatch}
 	if reg == nil {
 		return m, nil

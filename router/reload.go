@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/valyala/fasthttp"
@@ -91,14 +92,51 @@ func (s *Server) MountAdmin(h http.Handler) {
 	if prefix == "" {
 		return
 	}
-	inner := fasthttpadaptor.NewFastHTTPHandler(http.StripPrefix(prefix, h))
+	inner := fasthttpadaptor.NewFastHTTPHandler(http.StripPrefix(prefix, underPrefix(prefix, h)))
 	s.admin = func(ctx *fasthttp.RequestCtx) {
 		if string(ctx.Path()) == prefix {
 			ctx.Redirect(prefix+"/", fasthttp.StatusPermanentRedirect)
 			return
 		}
+		// The admin handler must see the path the request was routed by: fasthttp's
+		// normalised one ("/v1/../admin/x" is "/admin/x"), not the raw request
+		// target the adaptor would hand it.
+		ctx.Request.SetRequestURIBytes(ctx.URI().RequestURI())
 		inner(ctx)
 	}
+}
+
+// underPrefix serves h under the path prefix: a redirect h answers with an absolute
+// path ("/assets/") is kept under the prefix ("/admin/assets/"), never outside it.
+func underPrefix(prefix string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&prefixedLocation{ResponseWriter: w, prefix: prefix}, r)
+	})
+}
+
+// prefixedLocation puts the mount prefix in front of an absolute-path Location.
+type prefixedLocation struct {
+	http.ResponseWriter
+	prefix string
+	wrote  bool
+}
+
+func (p *prefixedLocation) WriteHeader(code int) {
+	if !p.wrote {
+		p.wrote = true
+		h := p.Header()
+		if loc := h.Get("Location"); strings.HasPrefix(loc, "/") && !strings.HasPrefix(loc, "//") {
+			h.Set("Location", p.prefix+loc)
+		}
+	}
+	p.ResponseWriter.WriteHeader(code)
+}
+
+func (p *prefixedLocation) Write(b []byte) (int, error) {
+	if !p.wrote {
+		p.WriteHeader(http.StatusOK)
+	}
+	return p.ResponseWriter.Write(b)
 }
 
 // TLSConfig returns the TLS configuration of the API listener (certificate and client

@@ -78,7 +78,9 @@ func newFakeWorker(t *testing.T, models ...string) *fakeWorker {
 		}
 		_ = json.Unmarshal(body, &req)
 		w.Header().Set("X-Worker-Port", r.Host)
-		w.Header().Set("Connection", "keep-alive")
+		// X-Worker-Hop is named by Connection: hop-by-hop, never passed to the client.
+		w.Header().Set("Connection", "keep-alive, X-Worker-Hop")
+		w.Header().Set("X-Worker-Hop", "1")
 		if !req.Stream {
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"id":"x","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"ok"}}],"body_len":%d}`, len(body))
@@ -137,6 +139,13 @@ func testConfig(workers ...*fakeWorker) *configs.Config {
 
 func startRouter(t *testing.T, cfg *configs.Config) *testRouter {
 	t.Helper()
+	return startRouterWith(t, cfg, nil)
+}
+
+// startRouterWith is startRouter with a hook that runs after the Server is built and
+// before it serves (to mount the admin API, say).
+func startRouterWith(t *testing.T, cfg *configs.Config, beforeServe func(*testRouter)) *testRouter {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -158,9 +167,12 @@ func startRouter(t *testing.T, cfg *configs.Config) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tr := &testRouter{srv: srv, pool: pool, url: "http://" + ln.Addr().String(), reg: reg}
+	if beforeServe != nil {
+		beforeServe(tr)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	tr := &testRouter{srv: srv, pool: pool, url: "http://" + ln.Addr().String(), reg: reg}
 	var once sync.Once
 	tr.stop = func() {
 		once.Do(func() {

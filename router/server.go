@@ -88,6 +88,8 @@ type Server struct {
 	gate     *gate
 	tlsConf  *tls.Config
 	openConn atomic.Int64
+	// budget bounds the request bodies in memory (framing.go).
+	budget bodyBudget
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -125,6 +127,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.budget.max = int64(opts.Config.Limits.MaxInflightBodyBytes)
 	if s.gate, err = newGate(opts.Config, reg); err != nil {
 		return nil, err
 	}
@@ -137,6 +140,12 @@ func New(opts Options) (*Server, error) {
 	}, func() float64 { return float64(s.openConn.Load()) })); err != nil {
 		return nil, fmt.Errorf("register connection metric: %w", err)
 	}
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kvroute_router_inflight_body_bytes",
+		Help: "Request body bytes held in memory, counted against limits.max_inflight_body_bytes.",
+	}, func() float64 { return float64(s.budget.used.Load()) })); err != nil {
+		return nil, fmt.Errorf("register body budget metric: %w", err)
+	}
 	if gat == nil {
 		gat = prometheus.DefaultGatherer
 	}
@@ -148,6 +157,9 @@ func New(opts Options) (*Server, error) {
 		ErrorHandler:       s.handleParseError,
 		Name:               "kvroute",
 		MaxRequestBodySize: opts.Config.MaxBodyBytes,
+		// The handler reads the body itself (framing.go), after checking the framing and
+		// reserving its memory.
+		StreamRequestBody: true,
 		// Slow clients: the request line and headers within header_timeout, then the
 		// body within body_timeout; writes are bounded by guardConn (limits.go).
 		ReadTimeout:    lim.HeaderTimeout,
@@ -191,6 +203,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // handle is the endpoint table.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	var body inboundBody
+	defer s.releaseBody(ctx, &body)
+	if err := s.readBody(ctx, &body); err != nil {
+		s.fail(ctx, "", err)
+		return
+	}
 	if !s.admit(ctx) {
 		return
 	}
@@ -252,32 +270,30 @@ func (s *Server) handleModels(ctx *fasthttp.RequestCtx) {
 	writeJSON(ctx, 200, string(b))
 }
 
-// handleParseError answers requests fasthttp could not read (body over the limit,
-// malformed HTTP) with an OpenAI-shaped error.
+// handleParseError answers requests fasthttp could not read (malformed HTTP, headers
+// over the limit, too slow) with an OpenAI-shaped error and closes the connection. The
+// message is fixed for each class: fasthttp's error text quotes its read buffer, which
+// may hold the next pipelined request, another client's behind a load balancer.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
-	var status apiStatus
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		s.gate.rejected[reasonBodyTooLarge].Inc()
-		err = fmt.Errorf("%w: the limit is %d bytes", errBodyTooLarge, s.cfg.MaxBodyBytes)
-		status = statusOf(err)
+		err = s.errBodyTooLarge()
 	case errors.As(err, &small):
 		s.gate.rejected[reasonHeaderTooLarge].Inc()
 		err = fmt.Errorf("%w: the limit is %d bytes", errHeaderTooLarge, s.cfg.Limits.MaxHeaderBytes)
-		status = statusOf(err)
 	case errors.As(err, &ne) && ne.Timeout():
 		s.gate.rejected[reasonSlowClient].Inc()
-		err = fmt.Errorf("%w: headers within %s, body within %s", errRequestTimeout, s.cfg.Limits.HeaderTimeout, s.cfg.Limits.BodyTimeout)
-		status = statusOf(err)
+		err = s.errTimeout()
 	default:
-		err = fmt.Errorf("%w: malformed HTTP request: %w", errInvalidField, err)
-		status = statusOf(err)
+		s.gate.rejected[reasonMalformed].Inc()
+		err = errMalformed
 	}
 	writeError(ctx, err)
 	ctx.SetConnectionClose()
-	s.metrics.requests.WithLabelValues("", "", statusLabel(status.code)).Inc()
+	s.metrics.requests.WithLabelValues("", "", statusLabel(statusOf(err).code)).Inc()
 }
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, body string) {

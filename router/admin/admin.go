@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -129,6 +130,10 @@ func New(opts Options) (http.Handler, error) {
 	h.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no admin endpoint %s %s", r.Method, r.URL.Path))
 	})
+	// Every other path: a JSON 404 too, not ServeMux's text/plain one.
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no admin page %s", r.URL.Path))
+	})
 	return h, nil
 }
 
@@ -167,7 +172,30 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	h.mux.ServeHTTP(w, r)
+	h.mux.ServeHTTP(w, cleaned(r))
+}
+
+// cleaned returns r with its path cleaned ("//x" and "/a/../x" become "/x"), so the
+// mux serves it instead of redirecting to the clean path: the redirect's absolute
+// Location would leave a mount prefix (the router's admin.path_prefix).
+func cleaned(r *http.Request) *http.Request {
+	p := r.URL.Path
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	if c == r.URL.Path {
+		return r
+	}
+	r2 := new(http.Request)
+	*r2 = *r
+	u := *r.URL
+	u.Path, u.RawPath = c, ""
+	r2.URL = &u
+	return r2
 }
 
 func (h *handler) match(tok string) bool {
