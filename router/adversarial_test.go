@@ -84,7 +84,7 @@ func readAll(t *testing.T, c net.Conn, quiet time.Duration) rawResult {
 		_ = c.SetReadDeadline(time.Now().Add(quiet))
 		if _, err := br.Peek(1); err != nil {
 			var ne net.Error
-			res.closed = !(errors.As(err, &ne) && ne.Timeout())
+			res.closed = !errors.As(err, &ne) || !ne.Timeout()
 			return res
 		}
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

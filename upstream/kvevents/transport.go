@@ -87,7 +87,7 @@ func (g *dialGuard) explain(err error) error {
 	if err == nil || g.tooLarge == nil || errors.Is(err, ErrMessageTooLarge) {
 		return err
 	}
-	return fmt.Errorf("%w (zmq4: %v)", g.tooLarge, err)
+	return fmt.Errorf("%w (zmq4: %w)", g.tooLarge, err)
 }
 
 // guardedEndpoint rewrites "tcp://h:p" to the guarded transport.
