@@ -196,9 +196,8 @@ func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *ups
 }
 
 // committed records what a successful routing decision implies: the worker now holds
-// (or soon will) the request's blocks, and the response tells the client how much of
-// its prompt the router expected to be cached there.
-func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *routeState, overlap int, model string) {
+// (or soon will) the request's blocks. Called by settle.
+func (s *Server) committed(w *upstream.Worker, st *routeState, overlap int, model string) {
 	if s.index != nil && len(st.hashes) > 0 {
 		// The router does not pick a data-parallel rank (the engine's own DP balancer
 		// does), so the prediction is recorded under rank 0 as "somewhere on this
@@ -218,6 +217,11 @@ func (s *Server) committed(ctx *fasthttp.RequestCtx, w *upstream.Worker, st *rou
 	}
 	s.metrics.promptTokens.WithLabelValues(model).Add(float64(st.req.PromptTokens))
 	s.metrics.predictedHit.WithLabelValues(model).Add(float64(overlap * st.req.BlockSize))
+}
+
+// setCachedBlocksHeader tells the client how much of its prompt the router expected to
+// be cached on the chosen worker (headers.cached_blocks).
+func (s *Server) setCachedBlocksHeader(ctx *fasthttp.RequestCtx, st *routeState, overlap int) {
 	if s.cfg.Headers.CachedBlocks {
 		b := strconv.AppendInt(st.hdr[:0], int64(overlap), 10)
 		b = append(b, '/')

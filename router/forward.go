@@ -69,6 +69,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
 	// server shutdown, and the tokenize call has its own timeout.
 	s.hashPrompt(context.Background(), &r, st)
+	c := call{ep: ep, r: &r, st: st, reqID: reqID, start: start}
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
@@ -88,12 +89,13 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
 		st.tried = append(st.tried, w)
-		done, err := s.attempt(ctx, w, ep, &r, st, overlap, reqID, start)
-		if done {
+		o := s.attempt(ctx, &c, w, overlap)
+		s.settle(ctx, &c, &o)
+		if o.err == nil {
 			return
 		}
-		lastErr = err
-		s.log.Debug("attempt failed", "request_id", reqID, "worker", w.ID, "err", err)
+		lastErr = o.err
+		s.log.Debug("attempt failed", "request_id", reqID, "worker", w.ID, "err", o.err)
 	}
 	var se *statusError
 	switch {
@@ -111,77 +113,136 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 	}
 }
 
-// attempt forwards the request to w. done is true when a response has been committed to
-// the client (it may still fail later, mid-stream); otherwise err says why the attempt
-// failed and nothing was written, so the caller may try another worker.
-func (s *Server) attempt(ctx *fasthttp.RequestCtx, w *upstream.Worker, ep endpoint, r *request, st *routeState, overlap int, reqID string, start time.Time) (done bool, err error) {
+// call is one client request being forwarded: what every attempt and its settlement
+// share.
+type call struct {
+	ep    endpoint
+	r     *request
+	st    *routeState
+	reqID string
+	start time.Time
+}
+
+// outcome is what one attempt on one worker came to. attempt (forwarding) produces it
+// and settle consumes it; a stream's end is a second outcome of the same attempt, made
+// by its streamPipe. Load accounting, health reports, predictions, replica notices and
+// statistics happen in settle and nowhere else on the request path.
+type outcome struct {
+	w       *upstream.Worker
+	overlap int            // leading prompt blocks the worker was believed to hold
+	load    *upstream.Load // the request's load on w: ended by settle when the exchange ends
+	// err says why the attempt failed with nothing written to the client (a transport
+	// error, or a *statusError for 5xx and 429): the caller may try another worker.
+	// nil when the worker's answer was committed to the client.
+	err  error
+	code int // the worker's status; 0 when it did not answer
+	// stream is set when a committed answer is streamed: the exchange goes on after the
+	// handler, and its end is settled by the streamPipe (settleStreamEnd).
+	stream bool
+}
+
+// attempt forwards the request to w and returns the outcome. Unless o.err is set, the
+// worker's answer has been committed to the client (a streamed one may still fail later,
+// mid-stream).
+func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, overlap int) (o outcome) {
+	o = outcome{w: w, overlap: overlap}
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
 	stripHopByHop(&req.Header)
 	s.stripCredentials(&req.Header, w.HasAPIKey())
 	w.Authorize(&req.Header)
-	req.SetRequestURI(w.URL + ep.path())
-	req.Header.Set("X-Request-Id", reqID)
+	req.SetRequestURI(w.URL + c.ep.path())
+	req.Header.Set("X-Request-Id", c.reqID)
 	req.Header.Set("X-Forwarded-For", forwardedFor(ctx))
 	req.SetBodyRaw(ctx.PostBody())
 
 	resp := fasthttp.AcquireResponse()
-	load := s.beginLoad(w, st, overlap)
-	if !r.Stream {
-		load.EstimateFirstToken() // its first token will not be seen
+	o.load = s.beginLoad(w, c.st, overlap)
+	if !c.r.Stream {
+		o.load.EstimateFirstToken() // its first token will not be seen
 	}
-	err = w.Client(r.Stream).DoDeadline(req, resp, start.Add(s.cfg.Timeouts.Total))
+	err := w.Client(c.r.Stream).DoDeadline(req, resp, c.start.Add(s.cfg.Timeouts.Total))
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
-		load.End()
 		fasthttp.ReleaseResponse(resp)
-		s.pool.ReportFailure(w, err)
-		s.metrics.upErrors.WithLabelValues(w.ID, errorKind(err)).Inc()
-		return false, fmt.Errorf("worker %s: %w", w.ID, err)
+		o.err = fmt.Errorf("worker %s: %w", w.ID, err)
+		return o
 	}
 
-	code := resp.StatusCode()
-	if code >= 500 || code == fasthttp.StatusTooManyRequests {
-		se := &statusError{worker: w.ID, code: code, contentType: string(resp.Header.ContentType())}
+	o.code = resp.StatusCode()
+	if o.code >= 500 || o.code == fasthttp.StatusTooManyRequests {
+		se := &statusError{worker: w.ID, code: o.code, contentType: string(resp.Header.ContentType())}
 		se.body = readLimited(resp, 64<<10)
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
-		load.End()
-		if code >= 500 {
-			s.pool.ReportFailure(w, se)
-		}
-		s.metrics.upErrors.WithLabelValues(w.ID, errorKind(se)).Inc()
-		return false, se
+		o.err = se
+		return o
 	}
-	s.pool.ReportSuccess(w)
 
 	// Commit: from here on the client gets this worker's answer.
 	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
 	stripHopByHop(&ctx.Response.Header)
-	ctx.Response.Header.Set("X-Request-Id", reqID)
+	ctx.Response.Header.Set("X-Request-Id", c.reqID)
 	s.setWorkerHeader(ctx, w.ID)
-	s.committed(ctx, w, st, overlap, r.Model)
-	s.traffic.routed(w.ID, r.Model, st.req.PromptTokens, overlap*st.req.BlockSize, time.Now())
-
-	if !r.Stream {
+	s.setCachedBlocksHeader(ctx, c.st, overlap)
+	if !c.r.Stream {
 		ctx.SetBody(resp.Body())
 		fasthttp.ReleaseResponse(resp)
-		load.End()
-		s.metrics.ttfb.WithLabelValues(r.Model).Observe(time.Since(start).Seconds())
-		s.traffic.ttft(w.ID, r.Model, time.Since(start), time.Now())
-		s.count(w.ID, r.Model, code, start)
-		return true, nil
+		return o
 	}
+	o.stream = true
 	ctx.Response.Header.SetContentLength(-1)
-	sp := &streamPipe{s: s, w: w, load: load, resp: resp, model: r.Model, start: start, status: code,
+	sp := &streamPipe{s: s, w: w, load: o.load, resp: resp, model: c.r.Model, start: c.start, status: o.code,
 		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
 	if !ctx.Request.Header.IsHTTP11() {
 		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
-		return true, nil
+		return o
 	}
 	ctx.Response.ImmediateHeaderFlush = true // the headers go out now, as the worker sent them
 	ctx.Response.SetBodyStream(sp, -1)
-	return true, nil
+	return o
+}
+
+// settle applies an attempt's outcome: the one place where a forwarded request's load,
+// the worker's health, the index's predictions, the replicas and the statistics learn
+// what happened. A failed attempt ends its load and counts against the worker (a 429
+// only in the error metric: the worker is busy, not broken); a committed one counts for
+// it, records the routing decision's predictions and, when not streamed, ends the
+// request. A stream's end is settled by settleStreamEnd.
+func (s *Server) settle(ctx *fasthttp.RequestCtx, c *call, o *outcome) {
+	if o.err != nil {
+		o.load.End()
+		if o.code != fasthttp.StatusTooManyRequests {
+			s.pool.ReportFailure(o.w, o.err)
+		}
+		s.metrics.upErrors.WithLabelValues(o.w.ID, errorKind(o.err)).Inc()
+		return
+	}
+	s.pool.ReportSuccess(o.w)
+	s.committed(o.w, c.st, o.overlap, c.r.Model)
+	now := time.Now()
+	s.traffic.routed(o.w.ID, c.r.Model, c.st.req.PromptTokens, o.overlap*c.st.req.BlockSize, now)
+	if o.stream {
+		return // the streamPipe settles the rest when the stream ends
+	}
+	o.load.End()
+	s.metrics.ttfb.WithLabelValues(c.r.Model).Observe(now.Sub(c.start).Seconds())
+	s.traffic.ttft(o.w.ID, c.r.Model, now.Sub(c.start), now)
+	s.count(o.w.ID, c.r.Model, o.code, c.start)
+}
+
+// settleStreamFailure applies a stream that failed after its answer was committed (cut,
+// stalled past a timeout): it counts against the worker.
+func (s *Server) settleStreamFailure(w *upstream.Worker, err error) {
+	s.pool.ReportFailure(w, err)
+	s.metrics.upErrors.WithLabelValues(w.ID, errorKind(err)).Inc()
+}
+
+// settleStreamEnd applies the end of a streamed answer, however it ended: the request's
+// load ends and the request is counted with its final status.
+func (s *Server) settleStreamEnd(w *upstream.Worker, load *upstream.Load, model string, status int, start time.Time) {
+	load.End()
+	s.count(w.ID, model, status, start)
 }
 
 // streamPipe copies one streaming response from a worker to the client, chunk by chunk.
@@ -270,8 +331,7 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 			err = fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout)
 		}
 		err = fmt.Errorf("worker %s failed mid-stream: %w", p.w.ID, err)
-		p.s.pool.ReportFailure(p.w, err)
-		p.s.metrics.upErrors.WithLabelValues(p.w.ID, errorKind(err)).Inc()
+		p.s.settleStreamFailure(p.w, err)
 		p.status = statusOf(err).code
 		ev := append([]byte("data: "), appendErrorJSON(nil, err.Error(), statusOf(err))...)
 		p.pending = append(ev, "\n\n"...)
@@ -308,8 +368,7 @@ func (p *streamPipe) CloseWithError(err error) error {
 	}
 	_ = p.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(p.resp)
-	p.load.End()
-	p.s.count(p.w.ID, p.model, p.status, p.start)
+	p.s.settleStreamEnd(p.w, p.load, p.model, p.status, p.start)
 	return nil
 }
 
