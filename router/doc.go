@@ -1,32 +1,26 @@
 // Package router is kvroute's HTTP front: it parses OpenAI-compatible requests, asks a
 // [scorer.Selector] which worker should serve each one, and forwards it.
 //
-// Where things happen, in request order:
+// A request's path, in order (file: function):
 //
-//   - server.go: the fasthttp listener and the endpoint table (handler); framing.go:
-//     before anything else the handler checks the request's framing (smuggling, RFC
-//     9112 section 6.3), reserves its body's memory from the in-flight budget and reads
-//     the body (the server streams bodies, so this happens after the headers only).
-//   - limits.go: below TLS, the connection limits (refused with an OpenAI-shaped answer)
-//     and the per-write timeout; auth.go: the gate every request passes first (API key,
-//     rate limit from ratelimit.go, the admin token of /metrics).
-//   - request.go, scan.go: parseRequest reads only the fields routing needs (model,
-//     stream, messages or prompt, user) with a validating scanner; the original body
-//     bytes are forwarded untouched.
-//   - route.go: candidates (available workers serving the model, minus those already
-//     tried) and the policy's choice.
-//   - forward.go: one attempt on one worker, retries on another while nothing has reached
-//     the client (and the client is still connected: clientgone_unix.go), and the
-//     streaming passthrough (close-delimited to HTTP/1.0 clients: http10.go); hop.go
-//     the hop-by-hop fields never forwarded.
-//   - errors.go: every error a client can see, mapped to an HTTP status in one function
-//     (statusOf) and written as OpenAI-shaped JSON.
-//   - cacheaware.go: the cache-aware steps (prompt hashing, index match, load bookkeeping,
-//     predictions, OnScrape for the scraped engine metrics); decisions.go the ring of
-//     recent decisions and their explanation.
-//   - stats.go: the windowed traffic figures the Server records (it is the admin API's
-//     TrafficSource); reload.go the admin API's hooks: the policy a config reload
-//     replaces, the admin handler mounted under admin.path_prefix, the TLS settings.
+//	limits.go      guardListener.Accept   connection limits below TLS; guardConn bounds each write
+//	server.go      Server.handle          the endpoint table
+//	auth.go        Server.admit           API key, per-client rate limit, the /metrics token
+//	framing.go     Server.readBody        framing (no smuggling, RFC 9112 6.3), body budget, body read
+//	forward.go     Server.handleInference parse -> hash -> choose -> forward -> record, with retries
+//	request.go     parseRequest           only the fields routing needs (scan.go's validating scanner)
+//	cacheaware.go  Server.hashPrompt      prompt -> block hashes (router/blockhash) -> index matches
+//	route.go       Server.pick            candidates, hard limits, the policy's choice, the decision ring
+//	forward.go     Server.attempt         one exchange with one worker -> one outcome record
+//	forward.go     Server.settle          the outcome applied: load, health, predictions, replicas, stats
+//	forward.go     streamPipe             the streamed answer, chunk by chunk (close-delimited to HTTP/1.0)
+//	errors.go      statusOf, writeError   every client-visible error, mapped to a status in one place
+//	stats.go       Server.count           Prometheus metrics and the windowed figures of the admin API
+//
+// Eleven files: limits, server, auth, framing, forward, request, scan, cacheaware, route,
+// errors and stats (clientgone_unix.go is the platform half of forward.go's check that a
+// client is still there before a retry). reload.go holds the hooks of config reload and
+// the admin mount; the admin API itself is router/admin.
 //
 // What a router runs with (pool, index, event feeds, replica sync, scraper, prompt
 // hasher, admin listener, config reload) is built and started by the composition root,

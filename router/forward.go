@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -430,16 +432,6 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, model string, err error) {
 	s.count("", model, statusOf(err).code, time.Time{})
 }
 
-// count records a finished request. A zero start skips the duration (requests rejected
-// before routing).
-func (s *Server) count(worker, model string, status int, start time.Time) {
-	s.metrics.requests.WithLabelValues(worker, model, statusLabel(status)).Inc()
-	s.traffic.finished(worker, model, status, time.Now())
-	if !start.IsZero() {
-		s.metrics.duration.WithLabelValues(model).Observe(time.Since(start).Seconds())
-	}
-}
-
 func forwardedFor(ctx *fasthttp.RequestCtx) string {
 	ip := ctx.RemoteIP().String()
 	if prior := ctx.Request.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
@@ -481,4 +473,108 @@ func (s *Server) sessionKey(ctx *fasthttp.RequestCtx, r *request) string {
 		return r.User
 	}
 	return ""
+}
+
+// hopByHop are the fields that describe one connection and are never forwarded, in
+// lower case (RFC 9110 section 7.6.1; Keep-Alive, Proxy-Connection and Upgrade per
+// its list of the fields such a sender removes).
+var hopByHop = []string{
+	"connection", "proxy-connection", "keep-alive", "proxy-authenticate",
+	"proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+}
+
+// fieldSet is the part of fasthttp's request and response headers stripHopByHop uses.
+type fieldSet interface {
+	All() iter.Seq2[[]byte, []byte]
+	DelBytes(key []byte)
+}
+
+// maxHopFields bounds the fields stripHopByHop removes from one header, and so its
+// work: more hop-by-hop fields than this are not a real client's.
+const maxHopFields = 64
+
+// stripHopByHop removes from h, a header about to be forwarded, the hop-by-hop fields
+// and every field the Connection field names ("Connection: keep-alive, X-Hop" makes
+// X-Hop hop-by-hop: RFC 9110 section 7.6.1), whatever the case of their names (the
+// server keeps names as sent). It does not allocate unless Connection names more
+// than 256 bytes of fields.
+func stripHopByHop(h fieldSet) {
+	var store [256]byte
+	named := store[:0]
+	for k, v := range h.All() {
+		if equalFold(k, "connection") {
+			for tok := range bytes.SplitSeq(v, []byte{','}) {
+				if tok = trimSpace(tok); len(tok) > 0 {
+					named = append(append(named, tok...), ',')
+				}
+			}
+		}
+	}
+	var buf [128]byte
+	for range maxHopFields {
+		var found []byte
+		for k := range h.All() {
+			if isHopByHop(k, named) {
+				found = append(buf[:0], k...)
+				break
+			}
+		}
+		if found == nil {
+			return
+		}
+		h.DelBytes(found)
+	}
+}
+
+// isHopByHop reports whether the field named k is hop-by-hop: one of hopByHop or of
+// named, a comma-terminated list of names, in any case.
+func isHopByHop(k, named []byte) bool {
+	for _, h := range hopByHop {
+		if equalFold(k, h) {
+			return true
+		}
+	}
+	for len(named) > 0 {
+		i := bytes.IndexByte(named, ',')
+		if bytes.EqualFold(k, named[:i]) {
+			return true
+		}
+		named = named[i+1:]
+	}
+	return false
+}
+
+// streamToHTTP10 sends a streaming response to an HTTP/1.0 client. fasthttp writes
+// every body stream of unknown length chunked, which RFC 9112 section 6.1 forbids
+// towards HTTP/1.0 (it cannot parse it); such a body is instead delimited by closing
+// the connection (section 6.3 (8)): no Content-Length, Connection: close, and the
+// stream's bytes as they are. The connection is taken over (hijacked) after the
+// handler returns, and each chunk is written as soon as it is read, as fasthttp does
+// for chunked streams. The writes still go through the guard connection, bounded by
+// limits.write_timeout. A hijacked connection is not the server's any more: a graceful
+// shutdown does not wait for it (the stream still ends with the worker's, or with the
+// timeouts).
+func streamToHTTP10(ctx *fasthttp.RequestCtx, sp *streamPipe) {
+	h := &ctx.Response.Header
+	h.SetContentLength(-2) // identity: Connection: close
+	h.Del(fasthttp.HeaderTransferEncoding)
+	head := append([]byte(nil), h.Header()...) // a copy: the RequestCtx dies with the handler
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		_, err := c.Write(head)
+		buf := make([]byte, 16<<10)
+		for err == nil {
+			n, rerr := sp.Read(buf)
+			if n > 0 {
+				_, err = c.Write(buf[:n])
+			}
+			if errors.Is(rerr, io.EOF) {
+				break
+			}
+			if rerr != nil {
+				err = rerr
+			}
+		}
+		_ = sp.CloseWithError(err)
+	})
 }

@@ -1,6 +1,8 @@
 package router
 
 import (
+	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -95,4 +97,147 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 		Chosen: st.workers[i].ID, Attempt: attempt,
 	}, st.cands, costs)
 	return st.workers[i], st.cands[i].OverlapBlocks
+}
+
+// Decision is one routing decision with every candidate's figures, for the admin API
+// and the dashboard.
+type Decision struct {
+	Time         time.Time           `json:"time"`
+	RequestID    string              `json:"request_id"`
+	Model        string              `json:"model"`
+	Policy       string              `json:"policy"`
+	PromptTokens int                 `json:"prompt_tokens"`
+	Blocks       int                 `json:"blocks"`
+	Exact        bool                `json:"exact"` // token-exact hashes (not approx)
+	Chosen       string              `json:"chosen"`
+	Attempt      int                 `json:"attempt"`
+	Candidates   []DecisionCandidate `json:"candidates"`
+}
+
+// DecisionCandidate is one candidate's figures at decision time; costs are in blocks.
+type DecisionCandidate struct {
+	Worker         string  `json:"worker"`
+	OverlapBlocks  int     `json:"overlap_blocks"`
+	AffinityBlocks int     `json:"affinity_blocks,omitempty"` // routing history (scorer.Candidate.AffinityBlocks)
+	InFlight       int64   `json:"in_flight"`
+	PendingPrefill int64   `json:"pending_prefill_tokens"`
+	ActiveBlocks   int64   `json:"active_blocks"`
+	PrefillCost    float64 `json:"prefill_cost"`
+	DecodeCost     float64 `json:"decode_cost"`
+	QueueCost      float64 `json:"queue_cost"`
+	TotalCost      float64 `json:"total_cost"`
+}
+
+// decisionLog is a fixed-size ring of the most recent decisions. Recording reuses the
+// slots' candidate slices, so it does not allocate once warm.
+type decisionLog struct {
+	// mu guards the fields below.
+	mu   sync.Mutex
+	ring []Decision
+	next int
+	full bool
+}
+
+func newDecisionLog(n int) *decisionLog { return &decisionLog{ring: make([]Decision, n)} }
+
+// record stores a decision; cands and costs are copied (costs may be nil).
+func (l *decisionLog) record(d Decision, cands []scorer.Candidate, costs []scorer.Cost) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	slot := &l.ring[l.next]
+	reuse := slot.Candidates[:0]
+	*slot = d
+	for i, c := range cands {
+		dc := DecisionCandidate{
+			Worker: c.ID, OverlapBlocks: c.OverlapBlocks, AffinityBlocks: c.AffinityBlocks, InFlight: c.InFlight,
+			PendingPrefill: c.PendingPrefillTokens, ActiveBlocks: c.ActiveBlocks,
+		}
+		if costs != nil {
+			k := costs[i]
+			dc.PrefillCost, dc.DecodeCost, dc.QueueCost, dc.TotalCost = k.Prefill, k.Decode, k.Queue, k.Total
+		}
+		reuse = append(reuse, dc)
+	}
+	slot.Candidates = reuse
+	l.next = (l.next + 1) % len(l.ring)
+	if l.next == 0 {
+		l.full = true
+	}
+}
+
+// Decisions returns up to n of the most recent routing decisions, newest first. The
+// result is the caller's.
+func (s *Server) Decisions(n int) []Decision { return s.decisions.recent(n) }
+
+// recent returns up to n decisions, newest first, as deep copies.
+func (l *decisionLog) recent(n int) []Decision {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	size := l.next
+	if l.full {
+		size = len(l.ring)
+	}
+	n = min(n, size)
+	out := make([]Decision, 0, n)
+	for i := 1; i <= n; i++ {
+		d := l.ring[(l.next-i+len(l.ring))%len(l.ring)]
+		d.Candidates = slices.Clone(d.Candidates)
+		out = append(out, d)
+	}
+	return out
+}
+
+// Explain says in one line why d chose its worker: the chosen worker's cached share of
+// the prompt and cost against the next cheapest candidate (costs in blocks).
+func Explain(d *Decision) string {
+	var chosen *DecisionCandidate
+	var next *DecisionCandidate
+	for i := range d.Candidates {
+		c := &d.Candidates[i]
+		if c.Worker == d.Chosen {
+			chosen = c
+		} else if next == nil || c.TotalCost < next.TotalCost || math.IsInf(next.TotalCost, 1) && c.TotalCost <= next.TotalCost {
+			next = c
+		}
+	}
+	if chosen == nil {
+		return fmt.Sprintf("%s chose %s", d.Policy, d.Chosen)
+	}
+	b := fmt.Sprintf("%s holds %d of %d prompt blocks", d.Chosen, chosen.OverlapBlocks, d.Blocks)
+	if !d.Exact && d.Blocks > 0 {
+		b += " (approx hashes)"
+	}
+	costs := false
+	for _, c := range d.Candidates {
+		costs = costs || c.TotalCost != 0
+	}
+	switch {
+	case next == nil:
+		b += "; the only candidate"
+	case costs:
+		b += fmt.Sprintf("; cost %.1f blocks (prefill %.1f, decode %.1f, queue %.1f) vs %.1f for %s, the next cheapest",
+			chosen.TotalCost, chosen.PrefillCost, chosen.DecodeCost, chosen.QueueCost, next.TotalCost, next.Worker)
+		if chosen.TotalCost > next.TotalCost {
+			b += " (session stickiness or temperature)"
+		}
+		if guarded := countGuarded(d.Candidates); guarded > 0 {
+			b += fmt.Sprintf("; %d over the load guard", guarded)
+		}
+	default:
+		b += fmt.Sprintf("; picked by %s among %d candidates", d.Policy, len(d.Candidates))
+	}
+	if d.Attempt > 0 {
+		b += fmt.Sprintf("; retry %d", d.Attempt)
+	}
+	return b
+}
+
+func countGuarded(cs []DecisionCandidate) int {
+	n := 0
+	for _, c := range cs {
+		if math.IsInf(c.TotalCost, 1) {
+			n++
+		}
+	}
+	return n
 }
