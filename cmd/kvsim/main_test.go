@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/router/tokenize/chat"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 func TestRunPrintsWorkersAndStops(t *testing.T) {
@@ -119,10 +120,7 @@ func running(t *testing.T, url string) int {
 // (DeepSeek-V3, installed by scripts/deps.d/30-tokenizers.sh) and checks that a worker
 // tokenizes a chat exactly as kvroute's router/tokenize/chat does.
 func TestRealTokenizer(t *testing.T) {
-	dir := filepath.Join("..", "..", ".cache", "tokenizers", "node_modules", "@lenml", "tokenizer-deepseek_v3", "models")
-	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
-		t.Fatalf("DeepSeek-V3 tokenizer missing (run scripts/deps.sh): %v", err)
-	}
+	dir := tokenizetest.ModelDir(t, "deepseek_v3")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()
