@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/router/tokenize/chat"
 	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
@@ -71,13 +72,7 @@ func TestRunPrintsWorkersAndStops(t *testing.T) {
 		resp.Body.Close()
 		reply <- string(b)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for running(t, infos[0]["url"]) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("request never reached the engine")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.CheckFor(t, 5*time.Second, "the request to reach the engine", func() bool { return running(t, infos[0]["url"]) != 0 })
 	cancel()
 	select {
 	case err := <-done:

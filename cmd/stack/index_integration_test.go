@@ -144,16 +144,9 @@ func (o *blockOracle) cached(w *sim.Worker) int {
 // with the last difference.
 func requireExact(t *testing.T, o *blockOracle, ix *indexer.Index, timeout time.Duration, what string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		d := o.diff(ix)
-		if d == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: index not exact after %s: %s", what, timeout, d)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var d string
+	if !poll.Until(timeout, func() bool { d = o.diff(ix); return d == "" }) {
+		t.Fatalf("%s: index not exact after %s: %s", what, timeout, d)
 	}
 }
 
