@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func TestHotPrefixes(t *testing.T) {
@@ -46,17 +48,5 @@ func TestRunExpiresPredictions(t *testing.T) {
 	wg.Go(func() { ix.Run(ctx, time.Millisecond) })
 	defer func() { cancel(); wg.Wait() }()
 	clk.Advance(2 * time.Second)
-	checkFor(t, 5*time.Second, func() bool { return ix.Stats().PredictedEntries == 0 })
-}
-
-// checkFor polls cond until it holds or the timeout passes.
-func checkFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.CheckFor(t, 5*time.Second, "Run to expire the predictions", func() bool { return ix.Stats().PredictedEntries == 0 })
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/router/admin"
 )
 
@@ -382,7 +383,7 @@ func TestAdversarialBodyBudget(t *testing.T) {
 	}
 	defer first.Close()
 	_, _ = io.WriteString(first, head+body[:10000]) // holds its 60 KB while the rest is awaited
-	eventually(t, 5*time.Second, "the first body reserved", func() bool {
+	poll.CheckFor(t, 5*time.Second, "the first body reserved", func() bool {
 		return metricSum(t, st.reg, "kvroute_router_inflight_body_bytes") == float64(len(body))
 	})
 	res := rawExchange(t, addr, head+body[:10000], 2*time.Second)
@@ -406,7 +407,7 @@ func TestAdversarialBodyBudget(t *testing.T) {
 	if r := readAll(t, first, 500*time.Millisecond); len(r.resps) != 1 || r.resps[0].StatusCode != 200 {
 		t.Fatalf("the first request: %s", r)
 	}
-	eventually(t, 5*time.Second, "the budget released", func() bool {
+	poll.CheckFor(t, 5*time.Second, "the budget released", func() bool {
 		return metricSum(t, st.reg, "kvroute_router_inflight_body_bytes") == 0
 	})
 	if res := rawExchange(t, addr, head+body, 500*time.Millisecond); len(res.resps) != 1 || res.resps[0].StatusCode != 200 {
@@ -429,10 +430,10 @@ func TestAdversarialNoRetryForGoneClient(t *testing.T) {
 	tr := startRouter(t, cfg)
 	c := dialRouter(t, tr)
 	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(streamBody), streamBody)
-	eventually(t, 5*time.Second, "the first attempt", func() bool { return a.requests.Load()+b.requests.Load() == 1 })
+	poll.CheckFor(t, 5*time.Second, "the first attempt", func() bool { return a.requests.Load()+b.requests.Load() == 1 })
 	c.Close()
 	skipped := tr.srv.metrics.retriesSkipped.WithLabelValues("m")
-	eventually(t, 5*time.Second, "the retry skipped", func() bool { return testutil.ToFloat64(skipped) == 1 })
+	poll.CheckFor(t, 5*time.Second, "the retry skipped", func() bool { return testutil.ToFloat64(skipped) == 1 })
 	if n := a.requests.Load() + b.requests.Load(); n != 1 {
 		t.Errorf("the workers got %d requests, want 1: a gone client was retried", n)
 	}

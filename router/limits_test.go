@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // dialRouter opens a raw TCP connection to the router.
@@ -161,7 +162,7 @@ func TestMaxConnections(t *testing.T) {
 	}
 	// A slot freed is a slot usable.
 	a.Close()
-	eventually(t, 5*time.Second, "the closed connection's slot released", func() bool { return tr.srv.openConn.Load() == 1 })
+	poll.CheckFor(t, 5*time.Second, "the closed connection's slot released", func() bool { return tr.srv.openConn.Load() == 1 })
 	if resp, _ := rawRequest(t, strings.TrimPrefix(tr.url, "http://"), "GET", "/health", ""); resp.StatusCode != 200 {
 		t.Errorf("after a slot was freed: %d", resp.StatusCode)
 	}
@@ -203,8 +204,8 @@ func TestClientThatStopsReadingIsCut(t *testing.T) {
 	if _, err := br.ReadString('\n'); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the worker request cancelled", func() bool { return fw.canceled.Load() == 1 })
-	eventually(t, 5*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
+	poll.CheckFor(t, 30*time.Second, "the worker request cancelled", func() bool { return fw.canceled.Load() == 1 })
+	poll.CheckFor(t, 5*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
 	if v := testutil.ToFloat64(tr.srv.gate.rejected[reasonSlowReader]); v != 1 {
 		t.Errorf("rejected{slow_reader} = %v, want 1", v)
 	}

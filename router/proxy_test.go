@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func TestNonStreamingForwardsBodyUntouchedAndSetsHeaders(t *testing.T) {
@@ -86,7 +88,7 @@ func TestStreamFirstChunkArrivesBeforeWorkerFinishes(t *testing.T) {
 	if !strings.Contains(string(rest), "c3") || !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
 		t.Errorf("rest of stream: %q", rest)
 	}
-	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
+	poll.CheckFor(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
 }
 
 func TestClientDisconnectCancelsUpstream(t *testing.T) {
@@ -113,8 +115,8 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	conn.Close()
 	// The router notices on its next write; the worker's next chunk is that write.
 	close(fw.gate)
-	eventually(t, 5*time.Second, "worker request canceled", func() bool { return fw.canceled.Load() == 1 })
-	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
+	poll.CheckFor(t, 5*time.Second, "worker request canceled", func() bool { return fw.canceled.Load() == 1 })
+	poll.CheckFor(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
 	if v := testutil.ToFloat64(tr.srv.metrics.requests.WithLabelValues("w0", "m", "499")); v != 1 {
 		t.Errorf("requests{status=499} = %v", v)
 	}
@@ -191,7 +193,7 @@ func TestEjectionAndReadmission(t *testing.T) {
 		t.Fatal("re-admitted while its health check fails")
 	}
 	fw.fail.Store(0)
-	eventually(t, 3*time.Second, "re-admission", w.Available)
+	poll.CheckFor(t, 3*time.Second, "re-admission", w.Available)
 	if resp, _ := post(t, tr.url+"/v1/chat/completions", chatBody); resp.StatusCode != 200 {
 		t.Errorf("after re-admission: status %d", resp.StatusCode)
 	}
@@ -274,13 +276,13 @@ func TestHungWorkerEjectedByGenerationProbe(t *testing.T) {
 			if !probe {
 				checks := func() float64 { return metricValue(t, tr.reg, "kvroute_upstream_health_checks_total", "w0", "ok") }
 				base := checks()
-				eventually(t, 3*time.Second, "five more health checks", func() bool { return checks() >= base+5 })
+				poll.CheckFor(t, 3*time.Second, "five more health checks", func() bool { return checks() >= base+5 })
 				if !w.Available() || probes("fail")+probes("ok") != 0 {
 					t.Fatalf("probe off: available %v, probes %v: %+v", w.Available(), probes("fail")+probes("ok"), w.State())
 				}
 				return
 			}
-			eventually(t, 3*time.Second, "ejection by the generation probe", func() bool { return w.State().Ejected && !w.Available() })
+			poll.CheckFor(t, 3*time.Second, "ejection by the generation probe", func() bool { return w.State().Ejected && !w.Available() })
 			if probes("fail") < 1 {
 				t.Errorf("generation probe failures = %v, want >= 1", probes("fail"))
 			}
@@ -290,7 +292,7 @@ func TestHungWorkerEjectedByGenerationProbe(t *testing.T) {
 				t.Fatal("re-admitted while it does not generate")
 			}
 			hung.hang.Store(false)
-			eventually(t, 3*time.Second, "re-admission once it generates", w.Available)
+			poll.CheckFor(t, 3*time.Second, "re-admission once it generates", w.Available)
 			if probes("ok") < 1 {
 				t.Errorf("generation probe successes = %v, want >= 1", probes("ok"))
 			}
@@ -312,7 +314,7 @@ func TestIdleTimeoutEndsStreamWithErrorEvent(t *testing.T) {
 	if !strings.Contains(s, "c1") || !strings.Contains(s, `"code":"upstream_timeout"`) || strings.Contains(s, "[DONE]") {
 		t.Errorf("stream %q: want c1 then an upstream_timeout error event", s)
 	}
-	eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
+	poll.CheckFor(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
 }
 
 func TestErrorCases(t *testing.T) {
@@ -355,7 +357,7 @@ func TestNoHealthyWorker(t *testing.T) {
 	fw := newFakeWorker(t, "m")
 	tr := startRouter(t, testConfig(fw))
 	fw.fail.Store(500) // health checks fail from now on
-	eventually(t, 3*time.Second, "worker unhealthy", func() bool { return !tr.pool.Worker("w0").Available() })
+	poll.CheckFor(t, 3*time.Second, "worker unhealthy", func() bool { return !tr.pool.Worker("w0").Available() })
 	resp, body := post(t, tr.url+"/v1/chat/completions", chatBody)
 	checkOpenAIError(t, resp, body, 503, "no_healthy_worker")
 	if resp.Header.Get("Retry-After") == "" {
@@ -430,9 +432,9 @@ func TestGracefulDrainCompletesInFlightStream(t *testing.T) {
 		defer cancel()
 		shutdown <- tr.srv.Shutdown(ctx)
 	}()
-	eventually(t, 2*time.Second, "draining", tr.srv.draining.Load)
+	poll.CheckFor(t, 2*time.Second, "draining", tr.srv.draining.Load)
 	// New connections are refused while the stream goes on.
-	eventually(t, 2*time.Second, "listener closed", func() bool {
+	poll.CheckFor(t, 2*time.Second, "listener closed", func() bool {
 		c, err := net.DialTimeout("tcp", strings.TrimPrefix(tr.url, "http://"), 100*time.Millisecond)
 		if err == nil {
 			c.Close()

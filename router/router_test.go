@@ -188,18 +188,6 @@ func startRouterWith(t *testing.T, cfg *configs.Config, beforeServe func(*testRo
 	return tr
 }
 
-// eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 const chatBody = `{"model":"m","messages":[{"role":"user","content":"hello"}]}`
 const streamBody = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hello"}]}`
 

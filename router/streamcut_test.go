@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream"
 )
 
@@ -68,7 +69,7 @@ func TestStreamCutWithoutDoneEndsWithErrorEvent(t *testing.T) {
 			if !strings.Contains(s, "c2") || !strings.HasSuffix(s, "\n\n") || !strings.Contains(s[strings.LastIndex(s, "data: "):], `"code":"upstream_error"`) {
 				t.Errorf("stream %q: want c1, c2, then an upstream_error event", s)
 			}
-			eventually(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
+			poll.CheckFor(t, 2*time.Second, "in-flight back to 0", func() bool { return tr.pool.Worker("w0").InFlight() == 0 })
 		})
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func TestParseModels(t *testing.T) {
@@ -102,13 +104,7 @@ func TestLoadPrefillAccounting(t *testing.T) {
 		t.Fatalf("after Begin: pending %d blocks %d in flight %d", w.PendingPrefillTokens(), w.ActiveBlocks(), w.InFlight())
 	}
 	l.EstimateFirstToken() // 1000 tokens x 1 us
-	deadline := time.Now().Add(5 * time.Second)
-	for w.PendingPrefillTokens() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("estimated prefill never ended")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.CheckFor(t, 5*time.Second, "the estimated prefill to end", func() bool { return w.PendingPrefillTokens() == 0 })
 	l.End()
 	l.End() // idempotent
 	if w.ActiveBlocks() != 0 || w.InFlight() != 0 || len(w.loads) != 0 {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // full is set by KVROUTE_CHAOS=full (scripts/chaos.sh): longer load per fault, and the
@@ -92,7 +93,7 @@ func (l *loadRun) stop() *Tally {
 // waitRequests waits until the workload has recorded at least n requests.
 func (l *loadRun) waitRequests(t *testing.T, n int) {
 	t.Helper()
-	if !Eventually(30*time.Second, func() bool { return l.tally.Sent() >= n }) {
+	if !poll.Until(30*time.Second, func() bool { return l.tally.Sent() >= n }) {
 		t.Fatalf("workload recorded %d requests in 30s, want %d: %s", l.tally.Sent(), n, l.tally)
 	}
 }
@@ -111,7 +112,7 @@ func checkContract(t *testing.T, e *Env, fault string, tally *Tally, checks stri
 		t.Errorf("no request completed: %s", tally)
 	}
 	if e.Stack != nil {
-		if !Eventually(5*time.Second, func() bool { return e.Bookkeeping().Zero() }) {
+		if !poll.Until(5*time.Second, func() bool { return e.Bookkeeping().Zero() }) {
 			t.Errorf("router bookkeeping not back to zero 5s after the load: %+v", e.Bookkeeping())
 		}
 		if n := e.Metric("kvroute_upstream_load_entries_expired_total"); n != 0 {
@@ -151,11 +152,11 @@ func TestWorkerKilled(t *testing.T) {
 	victim := e.Fleet.Workers()[0]
 	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 8, StreamFraction: 1, MaxTokens: 200})
 	// Kill it while at least two streams are decoding on it (their first chunks sent).
-	if !Eventually(10*time.Second, func() bool { return victim.Stats().Running >= 2 }) {
+	if !poll.Until(10*time.Second, func() bool { return victim.Stats().Running >= 2 }) {
 		t.Fatal("no stream running on the victim")
 	}
 	gen := victim.Stats().GeneratedTokens
-	if !Eventually(10*time.Second, func() bool { s := victim.Stats(); return s.Running >= 2 && s.GeneratedTokens >= gen+20 }) {
+	if !poll.Until(10*time.Second, func() bool { s := victim.Stats(); return s.Running >= 2 && s.GeneratedTokens >= gen+20 }) {
 		t.Fatal("no stream decoding on the victim")
 	}
 	killed := time.Now()
@@ -187,7 +188,7 @@ func TestWorkerHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 8, StreamFraction: 0.5, Deadline: 20 * time.Second})
-	if !Eventually(20*time.Second, func() bool { return e.Metric("kvroute_upstream_ejections_total") > 0 }) {
+	if !poll.Until(20*time.Second, func() bool { return e.Metric("kvroute_upstream_ejections_total") > 0 }) {
 		t.Error("the hanging worker was never ejected")
 	}
 	time.Sleep(phase(time.Second, 15*time.Second))
@@ -214,7 +215,7 @@ func TestWorkerReturns500s(t *testing.T) {
 	if err := victim.SetFaults(sim.Faults{ErrorRate: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if !Eventually(10*time.Second, func() bool { return !rw.Available() }) {
+	if !poll.Until(10*time.Second, func() bool { return !rw.Available() }) {
 		t.Fatal("worker answering 500 never ejected")
 	}
 	time.Sleep(phase(time.Second, 10*time.Second))
@@ -224,11 +225,11 @@ func TestWorkerReturns500s(t *testing.T) {
 	recovered := time.Now()
 	before := victim.Stats().Requests
 	// Ejections double while the worker keeps failing: EjectMax (2s) bounds the wait.
-	if !Eventually(10*time.Second, func() bool { return rw.Available() }) {
+	if !poll.Until(10*time.Second, func() bool { return rw.Available() }) {
 		t.Fatal("recovered worker not re-admitted within 10s")
 	}
 	readmitted := time.Since(recovered)
-	if !Eventually(10*time.Second, func() bool { return victim.Stats().Requests > before+2 }) {
+	if !poll.Until(10*time.Second, func() bool { return victim.Stats().Requests > before+2 }) {
 		t.Error("re-admitted worker gets no traffic")
 	}
 	time.Sleep(phase(500*time.Millisecond, 5*time.Second))
@@ -255,7 +256,7 @@ func testEngineRestart(t *testing.T, rebind bool) {
 	e := startEnv(t, EnvOptions{})
 	victim := e.Fleet.Workers()[1]
 	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 6, StreamFraction: 0.5, Pause: 20 * time.Millisecond})
-	if !Eventually(10*time.Second, func() bool { return e.IndexedBlocks(victim.ID()) >= 20 }) {
+	if !poll.Until(10*time.Second, func() bool { return e.IndexedBlocks(victim.ID()) >= 20 }) {
 		t.Fatalf("victim has %d indexed blocks before the restart", e.IndexedBlocks(victim.ID()))
 	}
 	old := e.IndexedBlocks(victim.ID())
@@ -266,7 +267,7 @@ func testEngineRestart(t *testing.T, rebind bool) {
 	}
 	// Old entries are gone when the index holds no more than the new engine's cache
 	// (events can only lag behind it).
-	gone := Eventually(down+time.Second, func() bool {
+	gone := poll.Until(down+time.Second, func() bool {
 		return e.IndexedBlocks(victim.ID()) <= int64(CachedBlocks(victim))
 	})
 	took := time.Since(restarted)
@@ -276,7 +277,7 @@ func testEngineRestart(t *testing.T, rebind bool) {
 	}
 	time.Sleep(phase(time.Second, 10*time.Second))
 	tally := l.stop()
-	if ok, why := Eventually2(5*time.Second, e.IndexMatchesCaches); !ok {
+	if ok, why := untilExplained(5*time.Second, e.IndexMatchesCaches); !ok {
 		t.Errorf("index does not match the caches after the restart: %s", why)
 	}
 	what := "event sockets kept"
@@ -302,13 +303,13 @@ func TestDroppedEventBatches(t *testing.T) {
 		// A gap shows only when a later batch arrives: keep the load on until the 5
 		// dropped batches and one sent after them have been published. (A publisher that
 		// goes quiet right after a loss is caught up only by its next batch.)
-		if !Eventually(20*time.Second, func() bool { return victim.Stats().NextSeq >= next+6 }) {
+		if !poll.Until(20*time.Second, func() bool { return victim.Stats().NextSeq >= next+6 }) {
 			t.Fatalf("victim published %d batches in 20s, want 6", victim.Stats().NextSeq-next)
 		}
 		time.Sleep(phase(100*time.Millisecond, 3*time.Second))
 	}
 	tally := l.stop()
-	if ok, why := Eventually2(5*time.Second, e.IndexMatchesCaches); !ok {
+	if ok, why := untilExplained(5*time.Second, e.IndexMatchesCaches); !ok {
 		t.Errorf("index does not match the caches after replay: %s", why)
 	}
 	var replays, gaps, resets uint64
@@ -331,7 +332,7 @@ func TestDroppedEventBatches(t *testing.T) {
 func TestDrainUnderLoad(t *testing.T) {
 	e := startEnv(t, EnvOptions{})
 	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 12, StreamFraction: 0.5, MaxTokens: 150, Pause: 20 * time.Millisecond})
-	if !Eventually(10*time.Second, func() bool { return e.Bookkeeping().InFlight >= 6 }) {
+	if !poll.Until(10*time.Second, func() bool { return e.Bookkeeping().InFlight >= 6 }) {
 		t.Fatal("not enough requests in flight before the drain")
 	}
 	time.Sleep(phase(0, 5*time.Second))
@@ -360,4 +361,16 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// untilExplained polls cond, a check that explains its failure, like [poll.Until], and
+// returns whether it held and its last explanation.
+func untilExplained(timeout time.Duration, cond func() (bool, string)) (bool, string) {
+	var why string
+	ok := poll.Until(timeout, func() bool {
+		var ok bool
+		ok, why = cond()
+		return ok
+	})
+	return ok, why
 }

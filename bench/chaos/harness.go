@@ -16,6 +16,7 @@ import (
 	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
 
@@ -120,7 +121,7 @@ func StartEnv(opts EnvOptions) (*Env, error) {
 		return nil, err
 	}
 	if opts.NATSURL == "" {
-		if !Eventually(10*time.Second, func() bool {
+		if !poll.Until(10*time.Second, func() bool {
 			for _, w := range fleet.Workers() {
 				if !w.EventsSubscribed() {
 					return false
@@ -323,27 +324,4 @@ func (e *Env) totalIndexed() int64 {
 		n += e.IndexedBlocks(w.ID())
 	}
 	return n
-}
-
-// Eventually2 polls cond like [Eventually] and returns its last explanation.
-func Eventually2(timeout time.Duration, cond func() (bool, string)) (bool, string) {
-	var why string
-	ok := Eventually(timeout, func() bool {
-		var ok bool
-		ok, why = cond()
-		return ok
-	})
-	return ok, why
-}
-
-// Eventually polls cond every 5 ms until it holds (true) or timeout passes (false).
-func Eventually(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
 }

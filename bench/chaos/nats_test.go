@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
@@ -77,7 +78,7 @@ func TestNATSServerRestart(t *testing.T) {
 	bdone := make(chan struct{})
 	go func() { defer close(bdone); _ = bridge.Run(bctx) }()
 	t.Cleanup(func() { bcancel(); <-bdone })
-	if !Eventually(10*time.Second, func() bool {
+	if !poll.Until(10*time.Second, func() bool {
 		for _, w := range e.Fleet.Workers() {
 			if !w.EventsSubscribed() {
 				return false
@@ -89,7 +90,7 @@ func TestNATSServerRestart(t *testing.T) {
 	}
 
 	l := startLoad(LoadConfig{URL: e.URL, Concurrency: 6, StreamFraction: 0.5, Pause: 20 * time.Millisecond})
-	if !Eventually(10*time.Second, func() bool { return eventsApplied(e) > 20 }) {
+	if !poll.Until(10*time.Second, func() bool { return eventsApplied(e) > 20 }) {
 		t.Fatalf("router applied %d events from NATS before the restart", eventsApplied(e))
 	}
 	mu.Lock()
@@ -100,7 +101,7 @@ func TestNATSServerRestart(t *testing.T) {
 	startNATS()
 	restarted := time.Now()
 	atRestart := eventsApplied(e)
-	if !Eventually(15*time.Second, func() bool { return eventsApplied(e) > atRestart }) {
+	if !poll.Until(15*time.Second, func() bool { return eventsApplied(e) > atRestart }) {
 		t.Error("no event reached the router's index after the NATS restart")
 	}
 	resumed := time.Since(restarted)
@@ -109,7 +110,7 @@ func TestNATSServerRestart(t *testing.T) {
 	// Batches the bridge published while the server went down are lost (core NATS); the
 	// consumer sees the seq gap and resets that worker. Nothing stale may remain: the
 	// index never holds more of a worker than its cache.
-	if ok, why := Eventually2(15*time.Second, e.indexWithinCaches); !ok {
+	if ok, why := untilExplained(15*time.Second, e.indexWithinCaches); !ok {
 		t.Errorf("stale index entries after the NATS restart: %s", why)
 	}
 	// New prefixes are indexed again: a fresh long prompt's blocks show up.
@@ -119,7 +120,7 @@ func TestNATSServerRestart(t *testing.T) {
 	if o, _, detail := Send(client, e.URL, body, false, 10*time.Second); o != Completed {
 		t.Fatalf("probe request after the restart: %s (%s)", o, detail)
 	}
-	if !Eventually(5*time.Second, func() bool { return e.totalIndexed() >= before+20 }) {
+	if !poll.Until(5*time.Second, func() bool { return e.totalIndexed() >= before+20 }) {
 		t.Errorf("a fresh 400-word prompt added %d indexed blocks after the NATS restart, want >= 20", e.totalIndexed()-before)
 	}
 	var resets uint64

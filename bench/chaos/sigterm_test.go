@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a child process's output and a test reading
@@ -72,7 +73,7 @@ func TestSIGTERMBinary(t *testing.T) {
 		}
 	})
 	url := "http://" + addr
-	if !Eventually(20*time.Second, func() bool {
+	if !poll.Until(20*time.Second, func() bool {
 		resp, err := http.Get(url + "/ready")
 		if err != nil {
 			return false
@@ -84,7 +85,7 @@ func TestSIGTERMBinary(t *testing.T) {
 	}
 
 	l := startLoad(LoadConfig{URL: url, Concurrency: 12, StreamFraction: 0.5, MaxTokens: 150, Pause: 20 * time.Millisecond})
-	if !Eventually(10*time.Second, func() bool { return l.tally.Sent() >= 24 && l.tally.Answering() >= 4 }) {
+	if !poll.Until(10*time.Second, func() bool { return l.tally.Sent() >= 24 && l.tally.Answering() >= 4 }) {
 		t.Fatalf("load did not start: %s", l.tally)
 	}
 	time.Sleep(phase(time.Second, 5*time.Second))

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func TestDataParallelRanks(t *testing.T) {
@@ -59,7 +61,7 @@ func TestDataParallelRanks(t *testing.T) {
 		defer close(done)
 		complete(t, w, map[string]any{"prompt": words(100, 20), "max_tokens": 20, "ignore_eos": true})
 	}()
-	checkFor(t, 5*time.Second, "rank 0 busy", func() bool { return ranks[0].Stats().Running == 1 })
+	poll.CheckFor(t, 5*time.Second, "rank 0 busy", func() bool { return ranks[0].Stats().Running == 1 })
 	complete(t, w, map[string]any{"prompt": words(200, 20), "max_tokens": 1})
 	<-done
 	if s0, s1 := ranks[0].Stats(), ranks[1].Stats(); s0.Requests != 2 || s1.Requests != 2 {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func tokenize(t *testing.T, w *Worker, prompt string) []uint32 {
@@ -172,7 +173,7 @@ func TestEventsMatchCache(t *testing.T) {
 	for i := range 4 {
 		complete(t, w, map[string]any{"prompt": words(1000*(i+1), 40), "max_tokens": 1})
 	}
-	checkFor(t, 5*time.Second, "6 more batches", func() bool { return w.Stats().NextSeq == 6 })
+	poll.CheckFor(t, 5*time.Second, "6 more batches", func() bool { return w.Stats().NextSeq == 6 })
 	batches := sub.drain(100 * time.Millisecond)
 	removed := 0
 	for i, b := range batches {
@@ -206,13 +207,13 @@ func TestPinnedBlocksAreNotEvicted(t *testing.T) {
 	go func() {
 		done <- complete(t, w, map[string]any{"prompt": words(0, 40), "max_tokens": 8, "ignore_eos": true})
 	}()
-	checkFor(t, 5*time.Second, "first request running", func() bool { return w.Stats().Running == 1 })
+	poll.CheckFor(t, 5*time.Second, "first request running", func() bool { return w.Stats().Running == 1 })
 	pinned := w.Stats().UsedBlocks
 	second := make(chan completion, 1)
 	go func() {
 		second <- complete(t, w, map[string]any{"prompt": words(500, 60), "max_tokens": 1})
 	}()
-	checkFor(t, 5*time.Second, "second request waiting", func() bool { return w.Stats().Waiting == 1 })
+	poll.CheckFor(t, 5*time.Second, "second request waiting", func() bool { return w.Stats().Waiting == 1 })
 	if st := w.Stats(); st.UsedBlocks < pinned || st.Running != 1 {
 		t.Fatalf("pinned blocks disturbed: %+v", st)
 	}
@@ -270,7 +271,7 @@ func TestRestartAndReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	checkFor(t, 5*time.Second, "stream running", func() bool { return w.Stats().Running == 1 })
+	poll.CheckFor(t, 5*time.Second, "stream running", func() bool { return w.Stats().Running == 1 })
 	if err := w.Restart(RestartOptions{Down: 500 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +291,7 @@ func TestRestartAndReset(t *testing.T) {
 		t.Fatal("stream ended cleanly across a restart")
 	}
 	var c completion
-	checkFor(t, 5*time.Second, "worker back", func() bool {
+	poll.CheckFor(t, 5*time.Second, "worker back", func() bool {
 		r, out := post(t, w.URL()+"/v1/completions", p)
 		if r.StatusCode != 200 {
 			return false
@@ -425,7 +426,7 @@ func TestSchedulerLimits(t *testing.T) {
 			done <- struct{}{}
 		}()
 	}
-	checkFor(t, 5*time.Second, "2 running, 2 waiting", func() bool { st := w.Stats(); return st.Running == 2 && st.Waiting == 2 })
+	poll.CheckFor(t, 5*time.Second, "2 running, 2 waiting", func() bool { st := w.Stats(); return st.Running == 2 && st.Waiting == 2 })
 	for range 4 {
 		<-done
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // wireEvent is an event decoded from the wire by the tests' own decoder.
@@ -153,7 +155,7 @@ func subscribeTo(t *testing.T, endpoint string, subscribed func() bool) *eventSu
 	if err := s.sock.SetOption(zmq4.OptionSubscribe, ""); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, "subscription", subscribed)
+	poll.CheckFor(t, 5*time.Second, "subscription", subscribed)
 	go func() {
 		for {
 			msg, err := s.sock.Recv()

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func setFault(t *testing.T, w *Worker, body string) (int, string) {
@@ -100,7 +102,7 @@ func TestFaultDieMidStream(t *testing.T) {
 	if _, err := http.Post(w.URL()+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"hi","max_tokens":2}`)); err == nil {
 		t.Fatal("non-streamed request got a response")
 	}
-	checkFor(t, 5*time.Second, "engine idle", func() bool { st := w.Stats(); return st.Running == 0 && st.UsedBlocks == 0 })
+	poll.CheckFor(t, 5*time.Second, "engine idle", func() bool { st := w.Stats(); return st.Running == 0 && st.UsedBlocks == 0 })
 	if st := w.Stats(); st.Died != 2 || st.Aborted != 1 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -169,7 +171,7 @@ func TestShutdownReleasesHungRequests(t *testing.T) {
 		_, err := http.Post(w.URL()+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"hi"}`))
 		errc <- err
 	}()
-	checkFor(t, 5*time.Second, "request hung", func() bool { return w.Stats().Hung == 1 })
+	poll.CheckFor(t, 5*time.Second, "request hung", func() bool { return w.Stats().Hung == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -205,7 +207,7 @@ func TestRestartOffline(t *testing.T) {
 		t.Fatalf("offline error %v, want connection refused", err)
 	}
 	// ...and the worker comes back on the same port.
-	checkFor(t, 5*time.Second, "worker back online", func() bool {
+	poll.CheckFor(t, 5*time.Second, "worker back online", func() bool {
 		resp, err := client.Get(w.URL() + "/health")
 		if err != nil {
 			return false

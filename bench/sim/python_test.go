@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim/kvevents"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // python is Debian's interpreter, where scripts/deps.d/20-kvsim.sh installs python3-zmq
@@ -87,7 +88,7 @@ func TestPythonDecoderMatchesCache(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			checkFor(t, 10*time.Second, "python subscription", w.EventsSubscribed)
+			poll.CheckFor(t, 10*time.Second, "python subscription", w.EventsSubscribed)
 			prompts := []string{words(0, 40), words(0, 70), words(500, 60), words(900, 60), words(1300, 40)}
 			var toks [][]uint32
 			for _, p := range prompts {

@@ -10,20 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
-
-// checkFor polls cond every 5 ms until it holds or d passes.
-func checkFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // startFleet starts a fleet with cfg adjusted by mod and closes it at the end of the test.
 func startFleet(t *testing.T, workers int, mod func(*Config)) *Fleet {

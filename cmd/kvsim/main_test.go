@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/router/tokenize/chat"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 func TestRunPrintsWorkersAndStops(t *testing.T) {
@@ -70,13 +72,7 @@ func TestRunPrintsWorkersAndStops(t *testing.T) {
 		resp.Body.Close()
 		reply <- string(b)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for running(t, infos[0]["url"]) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("request never reached the engine")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.CheckFor(t, 5*time.Second, "the request to reach the engine", func() bool { return running(t, infos[0]["url"]) != 0 })
 	cancel()
 	select {
 	case err := <-done:
@@ -119,10 +115,7 @@ func running(t *testing.T, url string) int {
 // (DeepSeek-V3, installed by scripts/deps.d/30-tokenizers.sh) and checks that a worker
 // tokenizes a chat exactly as kvroute's router/tokenize/chat does.
 func TestRealTokenizer(t *testing.T) {
-	dir := filepath.Join("..", "..", ".cache", "tokenizers", "node_modules", "@lenml", "tokenizer-deepseek_v3", "models")
-	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
-		t.Fatalf("DeepSeek-V3 tokenizer missing (run scripts/deps.sh): %v", err)
-	}
+	dir := tokenizetest.ModelDir(t, "deepseek_v3")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()

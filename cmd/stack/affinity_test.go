@@ -9,6 +9,7 @@ import (
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // With KV events, a worker that lost a prompt's blocks (here: its cache was reset) keeps
@@ -45,7 +46,7 @@ func TestAffinityOutlivesEviction(t *testing.T) {
 		}
 		return 0
 	}
-	eventually(t, 5*time.Second, "the reset worker's blocks gone from the index", func() bool { return held(ss.stack.Index) == 0 })
+	poll.CheckFor(t, 5*time.Second, "the reset worker's blocks gone from the index", func() bool { return held(ss.stack.Index) == 0 })
 	if got := held(ss.stack.History); got != 16 {
 		t.Fatalf("routing history holds %d blocks of the prompt on %s, want 16", got, first)
 	}

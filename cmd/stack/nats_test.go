@@ -15,6 +15,7 @@ import (
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
@@ -78,7 +79,7 @@ func TestStackConsumesNATSAndCatchesUpAfterRestart(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	eventually(t, 10*time.Second, "router 1 indexed "+r.worker+"'s blocks from NATS", func() bool { return gpuBlocks(st1.Index, r.worker) > 0 })
+	poll.CheckFor(t, 10*time.Second, "router 1 indexed "+r.worker+"'s blocks from NATS", func() bool { return gpuBlocks(st1.Index, r.worker) > 0 })
 	stop1()
 
 	// While no router runs, the other worker caches a new prompt.
@@ -91,7 +92,7 @@ func TestStackConsumesNATSAndCatchesUpAfterRestart(t *testing.T) {
 	}
 	st2, _, stop2 := startRouter()
 	defer stop2()
-	eventually(t, 10*time.Second, "restarted router replayed "+other.ID()+"'s missed events", func() bool { return gpuBlocks(st2.Index, other.ID()) > 0 })
+	poll.CheckFor(t, 10*time.Second, "restarted router replayed "+other.ID()+"'s missed events", func() bool { return gpuBlocks(st2.Index, other.ID()) > 0 })
 	// The durable consumer resumed after what router 1 acknowledged: the first worker's
 	// earlier blocks are not delivered again.
 	if n := gpuBlocks(st2.Index, r.worker); n != 0 {
@@ -137,7 +138,7 @@ func startBridgedFleet(t *testing.T, ctx context.Context, fc sim.FleetConfig) (n
 	done := make(chan struct{})
 	go func() { _ = bridge.Run(bctx); close(done) }()
 	t.Cleanup(func() { stop(); <-done })
-	eventually(t, 10*time.Second, "bridge subscribed", func() bool {
+	poll.CheckFor(t, 10*time.Second, "bridge subscribed", func() bool {
 		for _, w := range fleet.Workers() {
 			if !w.EventsSubscribed() {
 				return false

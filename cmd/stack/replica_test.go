@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/router/replica"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
@@ -61,7 +62,7 @@ func startReplicaSet(t *testing.T, workers, n int, events, share bool, mutate fu
 		rs.start(t, i, mutate)
 	}
 	if events {
-		eventually(t, 10*time.Second, "event feeds subscribed", func() bool {
+		poll.CheckFor(t, 10*time.Second, "event feeds subscribed", func() bool {
 			for _, w := range fleet.Workers() {
 				if !w.EventsSubscribed() {
 					return false
@@ -71,7 +72,7 @@ func startReplicaSet(t *testing.T, workers, n int, events, share bool, mutate fu
 		})
 	}
 	if share {
-		eventually(t, 10*time.Second, "every replica hears from every other", func() bool {
+		poll.CheckFor(t, 10*time.Second, "every replica hears from every other", func() bool {
 			for _, st := range rs.stacks {
 				if len(st.Replica.Peers()) != n-1 {
 					return false
@@ -223,7 +224,7 @@ func TestReplicasBurstRespectsFleetWideGuard(t *testing.T) {
 				t.Fatal(warm.err)
 			}
 			for i, st := range rs.stacks {
-				eventually(t, 10*time.Second, fmt.Sprintf("replica %d indexed %s's blocks", i, warm.worker), func() bool { return gpuBlocks(st.Index, warm.worker) > 0 })
+				poll.CheckFor(t, 10*time.Second, fmt.Sprintf("replica %d indexed %s's blocks", i, warm.worker), func() bool { return gpuBlocks(st.Index, warm.worker) > 0 })
 			}
 			counts := rs.burst(t, system, n, 10*time.Millisecond)
 			top := 0
@@ -264,7 +265,7 @@ func TestReplicasShareRoutingDecisions(t *testing.T) {
 				if share {
 					// The decision reaches the next replica's index within the flush
 					// interval; wait for it rather than race it.
-					eventually(t, 5*time.Second, "decisions shared", func() bool { return rs.predictionsSettled(t) })
+					poll.CheckFor(t, 5*time.Second, "decisions shared", func() bool { return rs.predictionsSettled(t) })
 				}
 				second := chatOnce(client, rs.urls[(c+1)%3], msgs, 8)
 				if second.err != nil {
@@ -354,7 +355,7 @@ func TestReplicaKilledLoadExpires(t *testing.T) {
 		done <- chatFixed(ctx, client, rs.urls[2], []chatMsg{{Role: "user", Content: "a long answer please"}}, 5000)
 	}()
 	var worker string
-	eventually(t, 5*time.Second, "replicas 0 and 1 count replica 2's request", func() bool {
+	poll.CheckFor(t, 5*time.Second, "replicas 0 and 1 count replica 2's request", func() bool {
 		for _, w := range rs.fleet.Workers() {
 			if rs.stacks[0].Replica.Remote(w.ID()).InFlight == 1 && rs.stacks[1].Replica.Remote(w.ID()).InFlight == 1 {
 				worker = w.ID()
@@ -374,7 +375,7 @@ func TestReplicaKilledLoadExpires(t *testing.T) {
 	}
 	killed := time.Now()
 	for i := range 2 {
-		eventually(t, 5*time.Second, fmt.Sprintf("replica %d drops replica 2's load", i), func() bool {
+		poll.CheckFor(t, 5*time.Second, fmt.Sprintf("replica %d drops replica 2's load", i), func() bool {
 			return rs.stacks[i].Replica.Remote(worker) == (replica.Load{})
 		})
 	}

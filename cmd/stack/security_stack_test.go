@@ -21,6 +21,7 @@ import (
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/configs/tlstest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // metricSum returns the sum of every series of the named metric family in g.
@@ -88,7 +89,7 @@ func TestStackSendsWorkerKeyEverywhere(t *testing.T) {
 	if code, _ := chatWithKey(t, http.DefaultClient, ss.url, "", "no key"); code != 401 {
 		t.Errorf("request without an inbound key: %d", code)
 	}
-	eventually(t, 10*time.Second, "every worker scraped", func() bool {
+	poll.CheckFor(t, 10*time.Second, "every worker scraped", func() bool {
 		for _, w := range ss.stack.Pool.Workers() {
 			if _, ok := w.Metrics(time.Minute); !ok {
 				return false
@@ -248,7 +249,7 @@ func TestStackHTTPSWorker(t *testing.T) {
 			t.Fatalf("chat via an https worker: %d %s", code, body)
 		}
 	}
-	eventually(t, 10*time.Second, "the https worker scraped", func() bool {
+	poll.CheckFor(t, 10*time.Second, "the https worker scraped", func() bool {
 		_, ok := st.Pool.Workers()[0].Metrics(time.Minute)
 		return ok
 	})

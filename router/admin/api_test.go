@@ -13,6 +13,7 @@ import (
 
 	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/admin"
 	"github.com/kvroute/kvroute/upstream"
@@ -80,7 +81,7 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 			t.Errorf("worker %s: in-flight %d pending prefill %d after all requests ended", w.ID, w.InFlight, w.PendingPrefillTokens)
 		}
 	}
-	eventually(t, 5*time.Second, "scraped engine metrics", func() bool {
+	poll.CheckFor(t, 5*time.Second, "scraped engine metrics", func() bool {
 		tr.call(t, "GET", "/api/workers", "", &ws)
 		return !slices.ContainsFunc(ws, func(w workerView) bool { return w.Engine == nil || w.Engine.BlockSize == 0 })
 	})

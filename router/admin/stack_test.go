@@ -19,6 +19,7 @@ import (
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/cmd/stack"
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // testRouter is a full router Stack, started from a config file, in front of a kvsim
@@ -95,7 +96,7 @@ func startRouter(t *testing.T, workers int, token string) *testRouter {
 		t.Fatal("the admin listener did not start")
 	}
 	tr.stack, tr.url, tr.admin = st, "http://"+ln.Addr().String(), "http://"+st.AdminAddr()
-	eventually(t, 10*time.Second, "event feeds subscribed", func() bool {
+	poll.CheckFor(t, 10*time.Second, "event feeds subscribed", func() bool {
 		for _, w := range fleet.Workers() {
 			if !w.EventsSubscribed() {
 				return false
@@ -104,18 +105,6 @@ func startRouter(t *testing.T, workers int, token string) *testRouter {
 		return true
 	})
 	return tr
-}
-
-// eventually polls cond every 20ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // words returns n pseudo-random words from rng.

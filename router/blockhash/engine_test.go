@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func chatReq(t testing.TB, msgs []msg) *Request {
@@ -103,7 +104,7 @@ func TestEngineSingleflight(t *testing.T) {
 	for i := range n {
 		wg.Go(func() { results[i], errs[i] = e.Hash(t.Context(), req, nil) })
 	}
-	checkFor(t, 5*time.Second, "all requests waiting on one call", func() bool {
+	poll.CheckFor(t, 5*time.Second, "all requests waiting on one call", func() bool {
 		return srv.calls.Load() == 1 && testutil.ToFloat64(m.shared) == n-1
 	})
 	release()
@@ -130,7 +131,7 @@ func TestEngineWaiterCanceled(t *testing.T) {
 	req := chatReq(t, conversation(1, 20)[0])
 	first := make(chan error, 1)
 	go func() { _, err := e.Hash(context.Background(), req, nil); first <- err }()
-	checkFor(t, 5*time.Second, "first call", func() bool { return srv.calls.Load() == 1 })
+	poll.CheckFor(t, 5*time.Second, "first call", func() bool { return srv.calls.Load() == 1 })
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := e.Hash(ctx, req, nil); !errors.Is(err, context.Canceled) {
@@ -192,7 +193,7 @@ func TestEngineDeadWorker(t *testing.T) {
 		t.Fatalf("during cooldown: %v, want ErrCooldown", err)
 	}
 	accepted := func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }
-	checkFor(t, 5*time.Second, "the dead worker's accept", func() bool { return accepted() >= 1 })
+	poll.CheckFor(t, 5*time.Second, "the dead worker's accept", func() bool { return accepted() >= 1 })
 	if accepted() != 1 {
 		t.Fatalf("the dead worker saw %d connections, want 1", accepted())
 	}

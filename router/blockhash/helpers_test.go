@@ -19,18 +19,6 @@ import (
 	"github.com/kvroute/kvroute/proto"
 )
 
-// checkFor polls cond every 2ms until it holds and fails the test if d passes first.
-func checkFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // wordTok is a real tokenizer for tests: kvsim's built-in tokenizer and chat format, so
 // that a tokServer, a kvsim worker and the local mode all produce the same ids.
 type wordTok struct{}

@@ -13,6 +13,7 @@ import (
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 )
 
@@ -56,7 +57,7 @@ func startSim(t *testing.T) (*sim.Worker, *indexer.Index) {
 		<-done
 		_ = fleet.Close()
 	})
-	checkFor(t, 10*time.Second, "event subscription", w.EventsSubscribed)
+	poll.CheckFor(t, 10*time.Second, "event subscription", w.EventsSubscribed)
 	return w, ix
 }
 
@@ -111,7 +112,7 @@ func TestEngineMatchesKVSimEvents(t *testing.T) {
 		if u.Usage.PromptTokens != r.Tokens {
 			t.Fatalf("turn %d: worker counted %d prompt tokens, engine mode %d", turn, u.Usage.PromptTokens, r.Tokens)
 		}
-		checkFor(t, 10*time.Second, "the index to hold every block of the request", func() bool {
+		poll.CheckFor(t, 10*time.Second, "the index to hold every block of the request", func() bool {
 			return held(ix, w.ID(), r.Hashes) == len(r.Hashes)
 		})
 		prev = r.Hashes
@@ -130,7 +131,7 @@ func TestEngineMatchesKVSimEvents(t *testing.T) {
 		if u.Usage.PromptTokens != r.Tokens {
 			t.Fatalf("prompt: worker counted %d tokens, engine mode %d", u.Usage.PromptTokens, r.Tokens)
 		}
-		checkFor(t, 10*time.Second, "the index to hold every block of the prompt", func() bool {
+		poll.CheckFor(t, 10*time.Second, "the index to hold every block of the prompt", func() bool {
 			return held(ix, w.ID(), r.Hashes) == len(r.Hashes)
 		})
 	}

@@ -13,21 +13,10 @@ import (
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
-
-// waitFor polls cond every 5ms until it holds, or fails the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // startNATS runs an embedded nats-server for the test.
 func startNATS(t testing.TB) string {
@@ -106,14 +95,14 @@ func startNode(t testing.TB, url, id string, mutate func(*Options)) *node {
 func TestRemoteLoadAndPredictions(t *testing.T) {
 	url := startNATS(t)
 	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", nil)
-	waitFor(t, 5*time.Second, "peers see each other", func() bool { return len(a.sync.Peers()) == 1 && len(b.sync.Peers()) == 1 })
+	poll.CheckFor(t, 5*time.Second, "peers see each other", func() bool { return len(a.sync.Peers()) == 1 && len(b.sync.Peers()) == 1 })
 
 	w := b.pool.Worker("gpu-1")
 	l1 := w.Begin(1000, 70, time.Minute)
 	l2 := w.Begin(200, 20, time.Minute)
 	b.sync.Changed()
 	want := Load{InFlight: 2, PrefillTokens: 1200, Blocks: 90}
-	waitFor(t, 2*time.Second, "a sees b's load", func() bool { return a.sync.Remote("gpu-1") == want })
+	poll.CheckFor(t, 2*time.Second, "a sees b's load", func() bool { return a.sync.Remote("gpu-1") == want })
 	if got := a.sync.Remote("gpu-0"); got != (Load{}) {
 		t.Errorf("gpu-0 remote %+v, want none", got)
 	}
@@ -122,19 +111,19 @@ func TestRemoteLoadAndPredictions(t *testing.T) {
 	}
 	// First token and end are not signalled: b publishes them because it has load.
 	l1.FirstToken()
-	waitFor(t, 2*time.Second, "a sees the first token", func() bool { return a.sync.Remote("gpu-1").PrefillTokens == 200 })
+	poll.CheckFor(t, 2*time.Second, "a sees the first token", func() bool { return a.sync.Remote("gpu-1").PrefillTokens == 200 })
 	l1.End()
 	l2.End()
-	waitFor(t, 2*time.Second, "a sees the ends", func() bool { return a.sync.Remote("gpu-1") == (Load{}) })
+	poll.CheckFor(t, 2*time.Second, "a sees the ends", func() bool { return a.sync.Remote("gpu-1") == (Load{}) })
 
 	hashes := []proto.BlockHash{11, 12, 13, 14}
 	b.sync.Predicted("gpu-2", hashes)
 	b.sync.Predicted("not-a-worker", hashes) // dropped by a: not in its pool
-	waitFor(t, 2*time.Second, "a's index holds b's prediction", func() bool {
+	poll.CheckFor(t, 2*time.Second, "a's index holds b's prediction", func() bool {
 		m := a.ix.Match(hashes, nil)
 		return len(m) == 1 && m[0].Worker.ID == "gpu-2" && m[0].Blocks == 4
 	})
-	waitFor(t, 2*time.Second, "the unknown worker's prediction counted as dropped", func() bool {
+	poll.CheckFor(t, 2*time.Second, "the unknown worker's prediction counted as dropped", func() bool {
 		return testutil.ToFloat64(a.sync.m.dropped.WithLabelValues(dropUnknown)) >= 1
 	})
 	if n := testutil.ToFloat64(a.sync.m.predRecv); n != 1 {
@@ -156,7 +145,7 @@ func TestCrashedPeerExpires(t *testing.T) {
 	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", nil)
 	b.pool.Worker("gpu-0").Begin(100, 10, time.Minute) // never ended: b "crashes" with it
 	b.sync.Changed()
-	waitFor(t, 2*time.Second, "a sees b's load", func() bool { return a.sync.Remote("gpu-0").InFlight == 1 })
+	poll.CheckFor(t, 2*time.Second, "a sees b's load", func() bool { return a.sync.Remote("gpu-0").InFlight == 1 })
 	// Heartbeats keep it alive well past ExpireAfter.
 	time.Sleep(2 * a.sync.opts.ExpireAfter)
 	if a.sync.Remote("gpu-0").InFlight != 1 {
@@ -164,7 +153,7 @@ func TestCrashedPeerExpires(t *testing.T) {
 	}
 	b.stop()
 	crashed := time.Now()
-	waitFor(t, 2*time.Second, "b's load expires on a", func() bool { return a.sync.Remote("gpu-0") == (Load{}) })
+	poll.CheckFor(t, 2*time.Second, "b's load expires on a", func() bool { return a.sync.Remote("gpu-0") == (Load{}) })
 	took := time.Since(crashed)
 	if limit := a.sync.opts.ExpireAfter + a.sync.opts.ExpireAfter/4 + 100*time.Millisecond; took > limit {
 		t.Errorf("expired after %v, want within %v", took, limit)
@@ -186,7 +175,7 @@ func TestNATSOutageNeverBlocks(t *testing.T) {
 	}
 	url := srv.ClientURL()
 	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", func(o *Options) { o.MaxPending = 4 << 10 })
-	waitFor(t, 5*time.Second, "peers see each other", func() bool { return len(a.sync.Peers()) == 1 })
+	poll.CheckFor(t, 5*time.Second, "peers see each other", func() bool { return len(a.sync.Peers()) == 1 })
 	srv.Shutdown()
 
 	hashes := make([]proto.BlockHash, 64)
@@ -216,7 +205,7 @@ func TestNATSOutageNeverBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv2.Shutdown()
-	waitFor(t, 10*time.Second, "a sees b's load after the outage", func() bool { return a.sync.Remote("gpu-2").InFlight == 1 })
+	poll.CheckFor(t, 10*time.Second, "a sees b's load after the outage", func() bool { return a.sync.Remote("gpu-2").InFlight == 1 })
 }
 
 func portOf(t *testing.T, url string) int {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // benchInputs returns English prose (the Go spec, tags stripped) and Go code
@@ -57,7 +59,7 @@ func BenchmarkEncode(b *testing.B) {
 			if cold {
 				// A private tokenizer whose word cache is off; the shared one stays warm.
 				var err error
-				if tok, err = Load(modelDir(b, m)); err != nil {
+				if tok, err = Load(tokenizetest.ModelDir(b, m)); err != nil {
 					b.Fatal(err)
 				}
 				tok.model.cache.disabled = true

@@ -3,6 +3,8 @@ package tokenize
 import (
 	"slices"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // FuzzMetaspaceChunks checks that cutting SentencePiece words before "▁" (see
@@ -14,7 +16,7 @@ func FuzzMetaspaceChunks(f *testing.F) {
 	f.Add("  \t  漢字 🤗 a▁▁b ▁▁▁ x  ")
 	pairs := map[string][2]*Tokenizer{}
 	for _, m := range []string{"llama2", "gemma3"} {
-		plain, err := Load(modelDir(f, m))
+		plain, err := Load(tokenizetest.ModelDir(f, m))
 		if err != nil {
 			f.Fatal(err)
 		}

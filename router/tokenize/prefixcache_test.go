@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // turnMarkers are the turn boundaries of each golden model's chat format.
@@ -23,7 +25,7 @@ var turnMarkers = map[string][3]string{
 // TestPrefixCacheConversation encodes growing conversations turn by turn and
 // checks every result against a cold Encode, and that later turns reuse.
 func TestPrefixCacheConversation(t *testing.T) {
-	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
 	for _, m := range goldenModels {
 		t.Run(m, func(t *testing.T) {
 			tok := loadModel(t, m)
@@ -56,7 +58,7 @@ func TestPrefixCacheConversation(t *testing.T) {
 // TestPrefixCacheEdits checks texts that share a prefix ending anywhere, including
 // inside a special token, against a cold Encode.
 func TestPrefixCacheEdits(t *testing.T) {
-	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
 	specials := []string{"<|im_start|>", "<|im_end|>", "<|im_sta", "<|endoftext|>", "\n", " ", "<think>", "</think>"}
 	tok := loadModel(t, "qwen3")
 	pc := NewPrefixCache(tok, 1<<20)
@@ -100,8 +102,8 @@ func FuzzPrefixCache(f *testing.F) {
 // TestConcurrentEncode runs Encode and a shared PrefixCache from several
 // goroutines (meaningful under -race) and checks the results against the goldens.
 func TestConcurrentEncode(t *testing.T) {
-	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
-	golden := readJSONL[goldenLine](t, "testdata/golden/qwen3.jsonl")
+	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
+	golden := tokenizetest.ReadJSONL[goldenLine](t, "testdata/golden/qwen3.jsonl")
 	tok := loadModel(t, "qwen3")
 	pc := NewPrefixCache(tok, 1<<20)
 	errs := make(chan string, 4)

@@ -3,6 +3,8 @@ package tokenize
 import (
 	"slices"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 func spansOf(f finder, s string) [][2]int {
@@ -35,7 +37,7 @@ var scanCases = []string{
 // TestScannerMatchesRegexp2 checks the hand-written scanners against the patterns
 // run by a backtracking regex engine.
 func TestScannerMatchesRegexp2(t *testing.T) {
-	corpus := readJSONL[string](t, "testdata/corpus.jsonl")
+	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
 	for _, p := range scanPatterns {
 		for _, s := range scanCases {
 			checkScanner(t, p, s)

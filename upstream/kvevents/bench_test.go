@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	ingest "github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 )
@@ -72,7 +73,7 @@ func BenchmarkZMQIngest(b *testing.B) {
 		_ = m.Run(ctx)
 	}()
 	tp := pub.(zmq4.Topics)
-	kvtest.CheckFor(b, 10*time.Second, "subscription", func() bool { return len(tp.Topics()) > 0 })
+	poll.CheckFor(b, 10*time.Second, "subscription", func() bool { return len(tp.Topics()) > 0 })
 
 	in := benchBatch()
 	payload := prototest.EncodeBatch(&in, prototest.Style{MapEvents: true})
@@ -84,7 +85,7 @@ func BenchmarkZMQIngest(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	kvtest.CheckFor(b, time.Minute, "all batches applied", func() bool { return sink.batches.Load() == int64(b.N) })
+	poll.CheckFor(b, time.Minute, "all batches applied", func() bool { return sink.batches.Load() == int64(b.N) })
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "batches/s")
 	b.ReportMetric(float64(sink.events.Load())/b.Elapsed().Seconds(), "events/s")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvroute/kvroute/bench/sim/kvevents"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	ingest "github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 )
@@ -36,7 +37,7 @@ func TestAgainstKVSimPublisher(t *testing.T) {
 			defer func() { _ = p.Close() }()
 			sink := kvtest.NewRecorder()
 			startManager(t, sink, nil, ingest.WorkerConfig{Worker: w1.Worker, Endpoint: p.Endpoint(), ReplayEndpoint: p.ReplayEndpoint()})
-			kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+			poll.CheckFor(t, wait, "subscription", p.Subscribed)
 
 			enc := kvevents.NewEncoder(f)
 			truth := map[uint64]bool{}
@@ -79,7 +80,7 @@ func TestAgainstKVSimPublisher(t *testing.T) {
 			}
 			check := func(step string) {
 				t.Helper()
-				kvtest.CheckFor(t, wait, step, func() bool {
+				poll.CheckFor(t, wait, step, func() bool {
 					s, ok := sink.LastSeq(w1)
 					return ok && s == last
 				})

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvroute/kvroute/proto/prototest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	ingest "github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 )
@@ -100,7 +101,7 @@ func TestOversizeFramesDropped(t *testing.T) {
 	runtime.GC()
 	before := totalAlloc()
 	m := startManager(t, sink, reg, ingest.WorkerConfig{Worker: w1.Worker, Endpoint: ep})
-	kvtest.CheckFor(t, wait, "three oversize drops", func() bool {
+	poll.CheckFor(t, wait, "three oversize drops", func() bool {
 		return metricValue(t, reg, "kvroute_events_dropped_messages_total", w1.String(), ingest.DropOversize) >= 3
 	})
 	if grew := totalAlloc() - before; grew > limit {
@@ -113,7 +114,7 @@ func TestOversizeFramesDropped(t *testing.T) {
 	// A well-formed publisher on the same port is consumed.
 	_ = l.Close()
 	p := kvtest.NewPubAt(t, port, 0, 100, prototest.Style{})
-	kvtest.CheckFor(t, wait, "subscription to the good publisher", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription to the good publisher", p.Subscribed)
 	p.Store(2)
 	waitSeq(t, sink, w1, 0)
 	if got, want := sink.Cache(w1), p.Truth(); !kvtest.SameSet(got, want) {
@@ -143,7 +144,7 @@ func TestOversizeReplayFailsTheReplay(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := startManager(t, sink, reg, ingest.WorkerConfig{Worker: w1.Worker, Endpoint: p.Endpoint(),
 		ReplayEndpoint: "tcp://" + l.Addr().String()})
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1) // seq 0: no replay needed
 	waitSeq(t, sink, w1, 0)
 	p.DropNext(1)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/proto/prototest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	ingest "github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 )
@@ -59,7 +60,7 @@ func TestSilentPeerDoesNotHang(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = m.Run(ctx) }()
-	kvtest.CheckFor(t, wait, "handshake timeouts and retries", func() bool {
+	poll.CheckFor(t, wait, "handshake timeouts and retries", func() bool {
 		st := m.States()
 		return len(st) == 1 && st[0].Reconnects >= 2 && st[0].LastError != "" && !st[0].Connected
 	})
@@ -91,7 +92,7 @@ func TestSilentReplayEndpointResets(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = m.Run(ctx) }()
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1) // seq 0 (the start replay from 0 is not needed)
 	waitSeq(t, sink, w1, 0)
 	p.DropNext(1)
@@ -114,9 +115,9 @@ func TestPublisherNotUpAtStart(t *testing.T) {
 	sink := kvtest.NewRecorder()
 	m := startManager(t, sink, nil, ingest.WorkerConfig{Worker: w1.Worker,
 		Endpoint: "tcp://127.0.0.1:" + strconv.Itoa(port), ReplayEndpoint: "tcp://127.0.0.1:" + strconv.Itoa(rport)})
-	kvtest.CheckFor(t, wait, "failed attempts", func() bool { return stateOf(m, w1).Reconnects >= 2 })
+	poll.CheckFor(t, wait, "failed attempts", func() bool { return stateOf(m, w1).Reconnects >= 2 })
 	p := kvtest.NewPubAt(t, port, rport, 100, prototest.Style{})
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(2)
 	waitSeq(t, sink, w1, 0)
 	if !stateOf(m, w1).Connected {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	. "github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 )
@@ -53,7 +54,7 @@ var w1 = WorkerKey{Worker: "http://w1:8000"}
 // waitSeq waits until the sink has applied seq as the worker's latest batch.
 func waitSeq(t *testing.T, s *kvtest.Recorder, w WorkerKey, seq uint64) {
 	t.Helper()
-	kvtest.CheckFor(t, wait, "seq applied", func() bool {
+	poll.CheckFor(t, wait, "seq applied", func() bool {
 		got, ok := s.LastSeq(w)
 		return ok && got == seq
 	})
@@ -77,7 +78,7 @@ func TestStreamInOrderEveryStyle(t *testing.T) {
 			p := kvtest.NewPub(t, true, 100, st)
 			sink := kvtest.NewRecorder()
 			startManager(t, sink, nil, cfgFor(p))
-			kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+			poll.CheckFor(t, wait, "subscription", p.Subscribed)
 			var last uint64
 			for i := range 20 {
 				hs := p.Store(2)
@@ -113,7 +114,7 @@ func TestGapReplayRecoversExactly(t *testing.T) {
 	sink := kvtest.NewRecorder()
 	reg := prometheus.NewRegistry()
 	m := startManager(t, sink, reg, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1)
 	waitSeq(t, sink, w1, 0)
 	p.DropNext(3)
@@ -149,7 +150,7 @@ func TestGapWithoutReplayResets(t *testing.T) {
 	p := kvtest.NewPub(t, false, 100, prototest.Style{})
 	sink := kvtest.NewRecorder()
 	startManager(t, sink, nil, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	old := p.Store(1)
 	waitSeq(t, sink, w1, 0)
 	p.DropNext(2)
@@ -172,7 +173,7 @@ func TestGapBeyondReplayBufferResets(t *testing.T) {
 	sink := kvtest.NewRecorder()
 	reg := prometheus.NewRegistry()
 	startManager(t, sink, reg, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1)
 	waitSeq(t, sink, w1, 0)
 	p.DropNext(6) // seq 1..6; the ring keeps only 4..6 (and then 5..7 when 7 is sent)
@@ -194,7 +195,7 @@ func TestSequenceRestartResets(t *testing.T) {
 	p := kvtest.NewPub(t, true, 100, prototest.Style{})
 	sink := kvtest.NewRecorder()
 	startManager(t, sink, nil, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	for range 5 {
 		p.Store(1)
 	}
@@ -219,7 +220,7 @@ func TestRestartMissedWhileDown(t *testing.T) {
 	p := kvtest.NewPub(t, true, 100, prototest.Style{})
 	sink := kvtest.NewRecorder()
 	startManager(t, sink, nil, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	for range 10 {
 		p.Store(1)
 	}
@@ -229,7 +230,7 @@ func TestRestartMissedWhileDown(t *testing.T) {
 	p.Store(1) // seq 0, 1 while down: only in the ring
 	p.Store(1)
 	p.Up()
-	kvtest.CheckFor(t, wait, "resubscription", p.Subscribed)
+	poll.CheckFor(t, wait, "resubscription", p.Subscribed)
 	p.Store(1) // seq 2
 	waitSeq(t, sink, w1, 2)
 	log := sink.Log(w1)
@@ -246,15 +247,15 @@ func TestReconnectAfterPublisherDown(t *testing.T) {
 	p := kvtest.NewPub(t, true, 100, prototest.Style{})
 	sink := kvtest.NewRecorder()
 	m := startManager(t, sink, nil, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1)
 	waitSeq(t, sink, w1, 0)
 	p.Down()
-	kvtest.CheckFor(t, wait, "disconnect noticed", func() bool { return !stateOf(m, w1).Connected })
+	poll.CheckFor(t, wait, "disconnect noticed", func() bool { return !stateOf(m, w1).Connected })
 	p.Store(1) // seq 1, 2 published while nobody listens: kept in the ring
 	p.Store(1)
 	p.Up()
-	kvtest.CheckFor(t, wait, "reconnect", func() bool { return stateOf(m, w1).Connected && p.Subscribed() })
+	poll.CheckFor(t, wait, "reconnect", func() bool { return stateOf(m, w1).Connected && p.Subscribed() })
 	p.Store(1) // seq 3 reveals the gap 1..2, replayed
 	waitSeq(t, sink, w1, 3)
 	want := []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3"}
@@ -280,11 +281,11 @@ func TestDeadWorkerPurged(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = m.Run(ctx) }()
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(3)
 	waitSeq(t, sink, w1, 0)
 	p.Down()
-	kvtest.CheckFor(t, wait, "dead purge", func() bool { return slices.Contains(sink.Resets(w1), ReasonDead) })
+	poll.CheckFor(t, wait, "dead purge", func() bool { return slices.Contains(sink.Resets(w1), ReasonDead) })
 	if got := sink.Cache(w1); len(got) != 0 {
 		t.Fatalf("dead worker still holds %v", got)
 	}
@@ -293,7 +294,7 @@ func TestDeadWorkerPurged(t *testing.T) {
 	}
 	// When it comes back, the ring is replayed from 0: the index is whole again.
 	p.Up()
-	kvtest.CheckFor(t, wait, "resubscription", p.Subscribed)
+	poll.CheckFor(t, wait, "resubscription", p.Subscribed)
 	p.Store(1)
 	waitSeq(t, sink, w1, 1)
 	if got, want := sink.Cache(w1), p.Truth(); !kvtest.SameSet(got, want) {
@@ -310,7 +311,7 @@ func TestJoinMidStream(t *testing.T) {
 	}
 	sink := kvtest.NewRecorder()
 	startManager(t, sink, nil, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1)
 	waitSeq(t, sink, w1, 5)
 	want := []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3", "apply:4", "apply:5"}
@@ -344,7 +345,7 @@ func TestManagerAddRemoveAndDPRanks(t *testing.T) {
 	if err := m.Add(cfg); err != nil {
 		t.Fatal(err)
 	}
-	kvtest.CheckFor(t, wait, "subscriptions", func() bool { return p.Subscribed() && p1.Subscribed() })
+	poll.CheckFor(t, wait, "subscriptions", func() bool { return p.Subscribed() && p1.Subscribed() })
 	p.Store(1)
 	p1.Store(2)
 	p1.Store(1)
@@ -434,7 +435,7 @@ func TestMalformedBatchSkipped(t *testing.T) {
 	sink := kvtest.NewRecorder()
 	reg := prometheus.NewRegistry()
 	m := startManager(t, sink, reg, cfgFor(p))
-	kvtest.CheckFor(t, wait, "subscription", p.Subscribed)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(2)                          // seq 0
 	p.PublishRaw([]byte{0xc1, 0xff, 0}) // seq 1: 0xc1 is never used in msgpack
 	p.Store(1)                          // seq 2

@@ -13,19 +13,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-)
 
-// checkFor polls cond every few milliseconds until it holds or d has passed.
-func checkFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+	"github.com/kvroute/kvroute/proto/prototest/poll"
+)
 
 // result is one callback invocation.
 type result struct {
@@ -127,7 +117,7 @@ func TestScraperReportsEachTarget(t *testing.T) {
 	}
 	start := time.Now()
 	runScraper(t, s)
-	checkFor(t, 10*time.Second, "two results per target", func() bool {
+	poll.CheckFor(t, 10*time.Second, "two results per target", func() bool {
 		return len(rec.of("w0")) >= 2 && len(rec.of("w1")) >= 2
 	})
 	for id, want := range map[string]Sample{
@@ -168,10 +158,10 @@ func TestScraperTargetsChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	runScraper(t, s)
-	checkFor(t, 10*time.Second, "a scraped", func() bool { return len(rec.of("a")) >= 1 })
+	poll.CheckFor(t, 10*time.Second, "a scraped", func() bool { return len(rec.of("a")) >= 1 })
 	ts.set(Target{"b", b.URL})
 	hitsAtSwitch := aHits.Load()
-	checkFor(t, 10*time.Second, "b scraped 5 times", func() bool { return len(rec.of("b")) >= 5 })
+	poll.CheckFor(t, 10*time.Second, "b scraped 5 times", func() bool { return len(rec.of("b")) >= 5 })
 	// One scrape of a may have been in flight when it was removed.
 	if h := aHits.Load(); h > hitsAtSwitch+1 {
 		t.Errorf("removed target scraped %d more times", h-hitsAtSwitch)
@@ -213,7 +203,7 @@ func TestScraperOneInFlightPerTarget(t *testing.T) {
 	}
 	runScraper(t, s)
 	skipped := s.skipped.WithLabelValues("slow")
-	checkFor(t, 10*time.Second, "10 skipped rounds", func() bool { return testutil.ToFloat64(skipped) >= 10 })
+	poll.CheckFor(t, 10*time.Second, "10 skipped rounds", func() bool { return testutil.ToFloat64(skipped) >= 10 })
 	if total.Load() != 1 || peak.Load() != 1 {
 		t.Fatalf("requests to the held target: %d, peak concurrency %d; want 1 and 1", total.Load(), peak.Load())
 	}
@@ -222,11 +212,11 @@ func TestScraperOneInFlightPerTarget(t *testing.T) {
 	}
 	// The fast target keeps being scraped while the slow one is held (polled: on a loaded
 	// machine ten skipped 2 ms rounds can pass before two loopback scrapes complete).
-	checkFor(t, 10*time.Second, "two results of the other target while one is held", func() bool {
+	poll.CheckFor(t, 10*time.Second, "two results of the other target while one is held", func() bool {
 		return len(rec.of("fast")) >= 2
 	})
 	close(release)
-	checkFor(t, 10*time.Second, "the held scrape reported and the next ones", func() bool {
+	poll.CheckFor(t, 10*time.Second, "the held scrape reported and the next ones", func() bool {
 		return len(rec.of("slow")) >= 3
 	})
 	if peak.Load() != 1 {
@@ -251,7 +241,7 @@ func TestScraperTimeout(t *testing.T) {
 	}
 	start := time.Now()
 	runScraper(t, s)
-	checkFor(t, 10*time.Second, "the timeout", func() bool { return len(rec.of("w0")) == 1 })
+	poll.CheckFor(t, 10*time.Second, "the timeout", func() bool { return len(rec.of("w0")) == 1 })
 	r := rec.of("w0")[0]
 	if !errors.Is(r.err, context.DeadlineExceeded) {
 		t.Errorf("error %v, want a deadline exceeded", r.err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // TestScrapeKvsim scrapes real kvsim workers imitating vLLM and SGLang, through a
@@ -45,7 +46,7 @@ func TestScrapeKvsim(t *testing.T) {
 				t.Fatal(err)
 			}
 			runScraper(t, s)
-			checkFor(t, 10*time.Second, "a scrape", func() bool { return len(rec.of(w.ID())) > 0 })
+			poll.CheckFor(t, 10*time.Second, "a scrape", func() bool { return len(rec.of(w.ID())) > 0 })
 			r := rec.of(w.ID())[0]
 			if r.err != nil {
 				t.Fatal(r.err)

