@@ -10,9 +10,9 @@
 //   - limits.go: below TLS, the connection limits (refused with an OpenAI-shaped answer)
 //     and the per-write timeout; auth.go: the gate every request passes first (API key,
 //     rate limit from ratelimit.go, the admin token of /metrics).
-//   - request.go, scan.go: parseRequest reads only the fields routing needs (model,
-//     stream, messages or prompt, user) with a validating scanner; the original body
-//     bytes are forwarded untouched.
+//   - request.go: parseRequest reads only the fields routing needs (model, stream,
+//     messages or prompt, user) with the validating scanner of router/jsonscan; the
+//     original body bytes are forwarded untouched.
 //   - route.go: candidates (available workers serving the model, minus those already
 //     tried) and the policy's choice.
 //   - forward.go: one attempt on one worker, retries on another while nothing has reached
