@@ -1,35 +1,55 @@
 package blockhash
 
 import (
+	"bytes"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // The request body was validated by the router (jsonscan.Object) before it gets here,
 // but nothing in this package trusts that: it walks values with jsonscan's structural
-// functions (Skip, Iter, Unescaper), which on any input return an error or a result,
+// functions (Skip, Iter, Escape), which on any input return an error or a result,
 // never panic, and run in time linear in the input. They allocate nothing beyond what
 // their callers' buffers need, which keeps the approx mode and the engine mode's
 // cache-hit path free of allocations.
 
-// unescape writes the contents of the string literal starting at b[i] == '"' to s (see
-// jsonscan.Unescaper for what is decoded) and returns the index just past the closing
-// quote.
+// unescape writes the text of the string literal starting at b[i] == '"' to s, as
+// jsonscan.AppendUnescaped would append it, and returns the index just past the closing
+// quote. The loop is here, not in jsonscan, so that s stays on the caller's stack (see
+// jsonscan.Escape).
 func unescape(b []byte, i int, s *textSink) (int, error) {
-	u, err := jsonscan.NewUnescaper(b, i)
-	if err != nil {
-		return 0, err
+	if i >= len(b) || b[i] != '"' {
+		return 0, jsonscan.ErrSyntax
 	}
+	i++
+	quote := -1 // index of the next quote at or after i, once found
 	for {
-		p, ok, err := u.Next()
+		if quote < i {
+			q := bytes.IndexByte(b[i:], '"')
+			if q < 0 {
+				return 0, jsonscan.ErrSyntax
+			}
+			quote = i + q
+		}
+		bs := bytes.IndexByte(b[i:quote], '\\')
+		if bs < 0 {
+			s.write(b[i:quote])
+			return quote + 1, nil
+		}
+		s.write(b[i : i+bs])
+		r, next, err := jsonscan.Escape(b, i+bs)
 		if err != nil {
 			return 0, err
 		}
-		if !ok {
-			return u.End(), nil
+		if r < utf8.RuneSelf {
+			s.writeByte(byte(r))
+		} else {
+			var tmp [utf8.UTFMax]byte
+			s.write(tmp[:utf8.EncodeRune(tmp[:], r)])
 		}
-		s.write(p)
+		i = next
 	}
 }
 

@@ -10,9 +10,10 @@
 //
 // [Object], [Valid] and [String] validate fully, exactly as encoding/json.Valid does
 // (FuzzMatchesEncodingJSON checks it): they are for bytes from outside. [Skip], [Iter],
-// [Unescaper] and [Uint32Array] check only structure (brackets, quotes, colons, commas,
-// literals, nesting) and find strings' ends with a vectorized byte search, about as
-// fast as memchr on long chat contents: they are for a second walk over bytes that
+// [AppendUnescaped], [Escape] and [Uint32Array] check only structure (brackets,
+// quotes, colons, commas, literals, nesting) and find strings' ends with a vectorized
+// byte search, about as fast as memchr on long chat contents: they are for a second
+// walk over bytes that
 // [Object] already validated, and for untrusted bytes that are only hashed. On any
 // input every function returns an error or a result, never panics, and runs in time
 // linear in its input. Every syntax error wraps [ErrSyntax].

@@ -18,7 +18,11 @@ var ErrNumber = errors.New("not an integer in [0, 4294967295]")
 // the package documentation for why 10000.
 const MaxDepth = 10000
 
-var errTooDeep = fmt.Errorf("%w: nested too deeply", ErrSyntax)
+var (
+	errTooDeep      = fmt.Errorf("%w: nested too deeply", ErrSyntax)
+	errUnterminated = fmt.Errorf("%w: unterminated string", ErrSyntax)
+	errNotString    = fmt.Errorf("%w: expected a string", ErrSyntax)
+)
 
 func syntaxErr(what string, off int) error {
 	return fmt.Errorf("%w: %s at offset %d", ErrSyntax, what, off)
@@ -268,7 +272,7 @@ func number(b []byte, i int) (int, error) {
 // Skip returns the index just past the JSON value starting at b[i] (i must be at the
 // value's first byte, not whitespace), checking only its structure: brackets, quotes,
 // member colons and commas, literals and the nesting limit. Strings are found with a
-// vectorized search for the closing quote and not validated (see [Unescaper]); numbers
+// vectorized search for the closing quote and not validated (see [AppendUnescaped]); numbers
 // are any run of number characters. It is for input that was validated before, or
 // whose strings are decoded after: it never panics and runs in time linear in the input
 // on any bytes, but it accepts some invalid JSON.
