@@ -8,7 +8,7 @@
 //	auth.go        Server.admit           API key, per-client rate limit, the /metrics token
 //	framing.go     Server.readBody        framing (no smuggling, RFC 9112 6.3), body budget, body read
 //	forward.go     Server.handleInference parse -> hash -> choose -> forward -> record, with retries
-//	request.go     parseRequest           only the fields routing needs (scan.go's validating scanner)
+//	request.go     parseRequest           only the fields routing needs (router/jsonscan validates)
 //	cacheaware.go  Server.hashPrompt      prompt -> block hashes (router/blockhash) -> index matches
 //	route.go       Server.pick            candidates, hard limits, the policy's choice, the decision ring
 //	forward.go     Server.attempt         one exchange with one worker -> one outcome record
@@ -17,10 +17,10 @@
 //	errors.go      statusOf, writeError   every client-visible error, mapped to a status in one place
 //	stats.go       Server.count           Prometheus metrics and the windowed figures of the admin API
 //
-// Eleven files: limits, server, auth, framing, forward, request, scan, cacheaware, route,
-// errors and stats (clientgone_unix.go is the platform half of forward.go's check that a
-// client is still there before a retry). reload.go holds the hooks of config reload and
-// the admin mount; the admin API itself is router/admin.
+// Ten files: limits, server, auth, framing, forward, request, cacheaware, route, errors
+// and stats (router/jsonscan is the JSON scanner; clientgone_unix.go is the platform
+// half of forward.go's check that a client is still there before a retry). reload.go
+// holds the hooks of config reload and the admin mount; the admin API is router/admin.
 //
 // What a router runs with (pool, index, event feeds, replica sync, scraper, prompt
 // hasher, admin listener, config reload) is built and started by the composition root,

@@ -2,9 +2,12 @@ package router
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/kvroute/kvroute/router/blockhash"
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // endpoint is an inference endpoint kvroute routes.
@@ -48,8 +51,10 @@ type request struct {
 // errInvalidField.
 func parseRequest(body []byte, ep endpoint, r *request) error {
 	*r = request{}
-	err := scanObject(body, r.member)
-	if err != nil {
+	if err := jsonscan.Object(body, r.member); err != nil {
+		if errors.Is(err, jsonscan.ErrSyntax) {
+			return fmt.Errorf("%w: %w", errInvalidJSON, err)
+		}
 		return err
 	}
 	if r.Model == "" {
@@ -129,4 +134,44 @@ func appendJSONString(dst []byte, s string) []byte {
 		return append(dst, `""`...)
 	}
 	return append(dst, b...)
+}
+
+// stringValue decodes a raw JSON value into a string field as encoding/json would: a
+// string literal (escapes decoded, invalid UTF-8 replaced by U+FFFD), or null (leaves
+// ""). Any other type is an error naming the field.
+func stringValue(raw []byte, field string) (string, error) {
+	switch {
+	case raw[0] == '"':
+		if !hasEscape(raw) && utf8.Valid(raw) {
+			return string(raw[1 : len(raw)-1]), nil
+		}
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", fmt.Errorf("%w: %q: %w", errInvalidJSON, field, err)
+		}
+		return s, nil
+	case string(raw) == "null":
+		return "", nil
+	}
+	return "", fmt.Errorf("%w: %q must be a string", errInvalidJSON, field)
+}
+
+func hasEscape(raw []byte) bool {
+	for _, c := range raw {
+		if c == '\\' {
+			return true
+		}
+	}
+	return false
+}
+
+// boolValue decodes a raw JSON value into a bool field: true, false or null (false).
+func boolValue(raw []byte, field string) (bool, error) {
+	switch string(raw) {
+	case "true":
+		return true, nil
+	case "false", "null":
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: %q must be a boolean", errInvalidJSON, field)
 }

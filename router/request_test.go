@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 func TestParseRequest(t *testing.T) {
@@ -101,11 +103,11 @@ func FuzzScanMatchesEncodingJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		scanErr := scanObject(body, func([]byte, bool, []byte) error { return nil })
+		scanErr := jsonscan.Object(body, func([]byte, bool, []byte) error { return nil })
 		trimmed := bytes.TrimLeft(body, " \t\r\n")
 		want := json.Valid(body) && len(trimmed) > 0 && trimmed[0] == '{'
 		if (scanErr == nil) != want {
-			t.Fatalf("scanObject(%q) = %v, json.Valid says object=%v", body, scanErr, want)
+			t.Fatalf("jsonscan.Object(%q) = %v, json.Valid says object=%v", body, scanErr, want)
 		}
 		if !want {
 			return
@@ -131,7 +133,7 @@ func FuzzScanMatchesEncodingJSON(f *testing.F) {
 		}
 		refErr := json.Unmarshal(body, &ref)
 		var r request
-		err := scanObject(body, r.member)
+		err := jsonscan.Object(body, r.member)
 		if (err == nil) != (refErr == nil) {
 			t.Fatalf("%q: scanner err %v, encoding/json err %v", body, err, refErr)
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // CharsPerToken is the approx mode's bytes of canonical text per token: a block of
@@ -187,14 +188,14 @@ func writeChat(s *textSink, msgs []byte, o *Options) error {
 			s.writeByte(sepOption)
 			s.writeString(opt.name)
 			s.writeByte(sepField)
-			s.write(trimWS(v))
+			s.write(jsonscan.TrimWS(v))
 		}
 	}
 	// Each message is read once, by writeMessage, which returns where it ends.
 	if len(msgs) == 0 || msgs[0] != '[' {
-		return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+		return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 	}
-	i := skipWS(msgs, 1)
+	i := jsonscan.SkipWS(msgs, 1)
 	if i < len(msgs) && msgs[i] == ']' {
 		i++
 	} else {
@@ -203,22 +204,22 @@ func writeChat(s *textSink, msgs []byte, o *Options) error {
 			if err != nil {
 				return fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
 			}
-			i = skipWS(msgs, end)
+			i = jsonscan.SkipWS(msgs, end)
 			if i >= len(msgs) {
-				return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+				return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 			}
 			if msgs[i] == ']' {
 				i++
 				break
 			}
 			if msgs[i] != ',' {
-				return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+				return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 			}
-			i = skipWS(msgs, i+1)
+			i = jsonscan.SkipWS(msgs, i+1)
 		}
 	}
-	if skipWS(msgs, i) != len(msgs) {
-		return fmt.Errorf("%w: messages: %w", ErrBadInput, errSyntax)
+	if jsonscan.SkipWS(msgs, i) != len(msgs) {
+		return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 	}
 	return nil
 }
@@ -240,12 +241,12 @@ var fieldNames = [nFields]string{"role", "content", "name", "tool_call_id", "too
 // just past it.
 func writeMessage(s *textSink, m []byte, start int) (int, error) {
 	var spans [nFields][2]int // value spans; the last occurrence of a key wins
-	it, err := newObjIter(m, start)
+	it, err := jsonscan.NewIter(m, start)
 	if err != nil {
 		return 0, fmt.Errorf("not an object: %w", err)
 	}
 	for {
-		key, vs, ve, ok, err := it.next()
+		key, vs, ve, ok, err := it.Next()
 		if err != nil {
 			return 0, err
 		}
@@ -253,7 +254,7 @@ func writeMessage(s *textSink, m []byte, start int) (int, error) {
 			break
 		}
 		for f := range nFields {
-			if keyIs(key, fieldNames[f]) {
+			if jsonscan.KeyIs(key, fieldNames[f]) {
 				spans[f] = [2]int{vs, ve}
 				break
 			}
@@ -286,13 +287,13 @@ func writeMessage(s *textSink, m []byte, start int) (int, error) {
 			return 0, err
 		}
 	}
-	return it.i, nil
+	return it.End(), nil
 }
 
 // writeParts writes content parts: text parts' text, other parts' raw JSON, joined with
 // "\n" (vLLM joins text parts with newlines too). c is a whole array value.
 func writeParts(s *textSink, c []byte) error {
-	i := skipWS(c, 1)
+	i := jsonscan.SkipWS(c, 1)
 	if i < len(c) && c[i] == ']' {
 		return nil
 	}
@@ -315,24 +316,24 @@ func writeParts(s *textSink, c []byte) error {
 				s.write(c[i:end])
 			}
 		} else {
-			e, err := skipValue(c, i, 1)
+			e, err := jsonscan.Skip(c, i)
 			if err != nil {
 				return err
 			}
 			end = e
 			s.write(c[i:end])
 		}
-		i = skipWS(c, end)
+		i = jsonscan.SkipWS(c, end)
 		if i >= len(c) {
-			return errSyntax
+			return jsonscan.ErrSyntax
 		}
 		if c[i] == ']' {
 			return nil
 		}
 		if c[i] != ',' {
-			return errSyntax
+			return jsonscan.ErrSyntax
 		}
-		i = skipWS(c, i+1)
+		i = jsonscan.SkipWS(c, i+1)
 	}
 }
 
@@ -340,13 +341,13 @@ func writeParts(s *textSink, c []byte) error {
 // it and, when its type is text, input_text or output_text and it has a "text" string,
 // that string's literal.
 func textPart(p []byte, start int) (text []byte, end int, ok bool, err error) {
-	it, err := newObjIter(p, start)
+	it, err := jsonscan.NewIter(p, start)
 	if err != nil {
 		return nil, 0, false, err
 	}
 	var typ []byte
 	for {
-		key, vs, ve, more, err := it.next()
+		key, vs, ve, more, err := it.Next()
 		if err != nil {
 			return nil, 0, false, err
 		}
@@ -354,19 +355,19 @@ func textPart(p []byte, start int) (text []byte, end int, ok bool, err error) {
 			break
 		}
 		switch {
-		case keyIs(key, "type"):
+		case jsonscan.KeyIs(key, "type"):
 			typ = p[vs:ve]
-		case keyIs(key, "text"):
+		case jsonscan.KeyIs(key, "text"):
 			text = p[vs:ve]
 		}
 	}
 	if len(text) == 0 || text[0] != '"' {
-		return nil, it.i, false, nil
+		return nil, it.End(), false, nil
 	}
-	if keyIs(typ, "text") || keyIs(typ, "input_text") || keyIs(typ, "output_text") {
-		return text, it.i, true, nil
+	if jsonscan.KeyIs(typ, "text") || jsonscan.KeyIs(typ, "input_text") || jsonscan.KeyIs(typ, "output_text") {
+		return text, it.End(), true, nil
 	}
-	return nil, it.i, false, nil
+	return nil, it.End(), false, nil
 }
 
 var _ Hasher = Approx{}

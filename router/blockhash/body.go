@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // appendTokenizeBody appends the JSON body that asks for req's token ids: vLLM's POST
@@ -46,16 +48,16 @@ func appendTokenizeBody(b []byte, model string, k kind, lit []byte, o *Options, 
 	b = append(b, `,"chat_template_kwargs":{`...)
 	n := 0
 	thinking := false
-	if kw := trimWS(o.ChatTemplateKwargs); present(kw) {
+	if kw := jsonscan.TrimWS(o.ChatTemplateKwargs); present(kw) {
 		if kw[0] != '{' {
 			return b, fmt.Errorf("%w: chat_template_kwargs is not an object", ErrBadInput)
 		}
-		it, err := newObjIter(kw, 0)
+		it, err := jsonscan.NewIter(kw, 0)
 		if err != nil {
 			return b, fmt.Errorf("%w: chat_template_kwargs: %w", ErrBadInput, err)
 		}
 		for {
-			key, vs, ve, ok, err := it.next()
+			key, vs, ve, ok, err := it.Next()
 			if err != nil {
 				return b, fmt.Errorf("%w: chat_template_kwargs: %w", ErrBadInput, err)
 			}
@@ -69,7 +71,7 @@ func appendTokenizeBody(b []byte, model string, k kind, lit []byte, o *Options, 
 			b = append(b, ':')
 			b = append(b, kw[vs:ve]...)
 			n++
-			thinking = thinking || keyIs(key, "enable_thinking")
+			thinking = thinking || jsonscan.KeyIs(key, "enable_thinking")
 		}
 	}
 	if present(o.Documents) {
@@ -77,10 +79,10 @@ func appendTokenizeBody(b []byte, model string, k kind, lit []byte, o *Options, 
 			b = append(b, ',')
 		}
 		b = append(b, `"documents":`...)
-		b = append(b, trimWS(o.Documents)...)
+		b = append(b, jsonscan.TrimWS(o.Documents)...)
 		n++
 	}
-	if re := trimWS(o.ReasoningEffort); present(re) {
+	if re := jsonscan.TrimWS(o.ReasoningEffort); present(re) {
 		if n > 0 {
 			b = append(b, ',')
 		}
@@ -105,7 +107,7 @@ func appendOpt(b []byte, name string, v []byte) []byte {
 	b = append(b, ',', '"')
 	b = append(b, name...)
 	b = append(b, '"', ':')
-	return append(b, trimWS(v)...)
+	return append(b, jsonscan.TrimWS(v)...)
 }
 
 // appendJSONString appends s as a JSON string literal; invalid UTF-8 becomes U+FFFD.
@@ -137,8 +139,8 @@ func appendJSONString(b []byte, s string) []byte {
 // ({"count": N, "max_model_len": M, "tokens": [...], "token_strs": ...}), appending them
 // to dst. tokens is required; count, when present, must equal the number of tokens.
 func decodeTokenizeResponse(body []byte, dst []uint32) ([]uint32, error) {
-	body = trimWS(body)
-	it, err := newObjIter(body, 0)
+	body = jsonscan.TrimWS(body)
+	it, err := jsonscan.NewIter(body, 0)
 	if err != nil {
 		return dst, fmt.Errorf("tokenize response: %w", err)
 	}
@@ -146,7 +148,7 @@ func decodeTokenizeResponse(body []byte, dst []uint32) ([]uint32, error) {
 	have := false
 	count := -1
 	for {
-		key, vs, ve, ok, err := it.next()
+		key, vs, ve, ok, err := it.Next()
 		if err != nil {
 			return dst[:start], fmt.Errorf("tokenize response: %w", err)
 		}
@@ -154,22 +156,22 @@ func decodeTokenizeResponse(body []byte, dst []uint32) ([]uint32, error) {
 			break
 		}
 		switch {
-		case keyIs(key, "tokens"):
+		case jsonscan.KeyIs(key, "tokens"):
 			dst = dst[:start]
-			if dst, _, err = readUint32Array(body, vs, dst); err != nil {
+			if dst, _, err = jsonscan.Uint32Array(body, vs, dst); err != nil {
 				return dst[:start], fmt.Errorf("tokenize response tokens: %w", err)
 			}
 			have = true
-		case keyIs(key, "count"):
-			c, err := parseUint32(body[vs:ve])
+		case jsonscan.KeyIs(key, "count"):
+			c, err := jsonscan.Uint32(body[vs:ve])
 			if err != nil {
 				return dst[:start], errors.New("tokenize response: count is not a non-negative integer")
 			}
 			count = int(c)
 		}
 	}
-	if it.i != len(body) {
-		return dst[:start], fmt.Errorf("tokenize response: data after the object: %w", errSyntax)
+	if it.End() != len(body) {
+		return dst[:start], fmt.Errorf("tokenize response: data after the object: %w", jsonscan.ErrSyntax)
 	}
 	if !have {
 		return dst[:start], errors.New("tokenize response: no tokens")

@@ -16,6 +16,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // Engine defaults.
@@ -248,7 +249,7 @@ func cacheKey(req *Request, k kind, lit []byte) uint64 {
 	for _, v := range [...][]byte{o.AddGenerationPrompt, o.ContinueFinalMessage, o.AddSpecialTokens,
 		o.ChatTemplate, o.ChatTemplateKwargs, o.Tools, o.Documents, o.ReasoningEffort} {
 		if present(v) {
-			writeLen(&d, trimWS(v))
+			writeLen(&d, jsonscan.TrimWS(v))
 		} else {
 			writeLen(&d, nil)
 		}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // Real-format samples: vLLM /tokenize answers and OpenAI chat messages.
@@ -177,13 +179,13 @@ func FuzzApproxChat(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req := &Request{Model: "m", BlockSize: 1, Messages: data}
 		r, err := Approx{}.Hash(t.Context(), req, nil)
-		got, terr := chatText(trimWS(data))
+		got, terr := chatText(jsonscan.TrimWS(data))
 		if !json.Valid(data) || !utf8.Valid(data) {
 			return
 		}
 		want, ok := refChatText(data)
 		if !ok {
-			if trimmed := trimWS(data); len(trimmed) > 0 && trimmed[0] == '[' && terr == nil {
+			if trimmed := jsonscan.TrimWS(data); len(trimmed) > 0 && trimmed[0] == '[' && terr == nil {
 				t.Fatalf("%q: reader accepted what the reference rejects", data)
 			}
 			return
@@ -227,7 +229,7 @@ func FuzzPrompt(f *testing.F) {
 		var nums []json.Number
 		var batches [][]json.Number
 		switch {
-		case json.Unmarshal(data, &s) == nil && trimWS(data)[0] == '"':
+		case json.Unmarshal(data, &s) == nil && jsonscan.TrimWS(data)[0] == '"':
 			if err != nil || r.Exact || len(r.Hashes) != len(s)/CharsPerToken {
 				t.Fatalf("%q: string prompt: %+v %v", data, r, err)
 			}
@@ -271,7 +273,7 @@ func FuzzTokenizeBody(f *testing.F) {
 				return
 			}
 		}
-		if len(trimWS(msgs)) == 0 || (present(kwargs) && trimWS(kwargs)[0] != '{') {
+		if len(jsonscan.TrimWS(msgs)) == 0 || (present(kwargs) && jsonscan.TrimWS(kwargs)[0] != '{') {
 			return
 		}
 		if err != nil {
@@ -285,7 +287,7 @@ func FuzzTokenizeBody(f *testing.F) {
 		if json.Unmarshal(got["model"], &m) != nil || (utf8.ValidString(model) && m != model) {
 			t.Fatalf("model %q became %s", model, got["model"])
 		}
-		if !bytes.Equal(got["messages"], trimWS(msgs)) {
+		if !bytes.Equal(got["messages"], jsonscan.TrimWS(msgs)) {
 			t.Fatalf("messages changed: %s", got["messages"])
 		}
 		if present(docs) || present(effort) {
@@ -293,7 +295,7 @@ func FuzzTokenizeBody(f *testing.F) {
 			if err := json.Unmarshal(got["chat_template_kwargs"], &kw); err != nil {
 				t.Fatalf("kwargs: %v", err)
 			}
-			if present(docs) && !bytes.Equal(kw["documents"], trimWS(docs)) || present(effort) && !bytes.Equal(kw["reasoning_effort"], trimWS(effort)) {
+			if present(docs) && !bytes.Equal(kw["documents"], jsonscan.TrimWS(docs)) || present(effort) && !bytes.Equal(kw["reasoning_effort"], jsonscan.TrimWS(effort)) {
 				t.Fatalf("kwargs lost documents or reasoning_effort: %s", got["chat_template_kwargs"])
 			}
 		}

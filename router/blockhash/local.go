@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // Tokenizer is an in-process tokenizer for the local mode. *chat.Encoder of
@@ -68,7 +69,7 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 
 // boolOpt reads a boolean option, def when absent.
 func boolOpt(raw []byte, def bool) (bool, error) {
-	switch v := trimWS(raw); {
+	switch v := jsonscan.TrimWS(raw); {
 	case !present(v):
 		return def, nil
 	case string(v) == "true":

@@ -11,6 +11,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/jsonscan"
 )
 
 // Request is what the tokenization step needs from an OpenAI request. The raw fields
@@ -146,13 +147,13 @@ func classify(req *Request) (k kind, promptLit []byte, err error) {
 	if req.BlockSize <= 0 {
 		return 0, nil, fmt.Errorf("%w: block size %d is not positive", ErrBadInput, req.BlockSize)
 	}
-	if m := trimWS(req.Messages); len(m) > 0 && !isNull(m) {
+	if m := jsonscan.TrimWS(req.Messages); len(m) > 0 && !isNull(m) {
 		if m[0] != '[' {
 			return 0, nil, fmt.Errorf("%w: messages is not an array", ErrBadInput)
 		}
 		return kindChat, m, nil
 	}
-	p := trimWS(req.Prompt)
+	p := jsonscan.TrimWS(req.Prompt)
 	if len(p) == 0 || isNull(p) {
 		return 0, nil, fmt.Errorf("%w: neither messages nor prompt", ErrBadInput)
 	}
@@ -160,15 +161,15 @@ func classify(req *Request) (k kind, promptLit []byte, err error) {
 	case '"':
 		return kindText, p, nil
 	case '[':
-		i := skipWS(p, 1)
+		i := jsonscan.SkipWS(p, 1)
 		if i >= len(p) {
-			return 0, nil, fmt.Errorf("%w: prompt: %w", ErrBadInput, errSyntax)
+			return 0, nil, fmt.Errorf("%w: prompt: %w", ErrBadInput, jsonscan.ErrSyntax)
 		}
 		switch c := p[i]; {
 		case c == ']', c == '-', c >= '0' && c <= '9':
 			return kindTokens, p, nil
 		case c == '"' || c == '[':
-			end, err := skipValue(p, i, 0)
+			end, err := jsonscan.Skip(p, i)
 			if err != nil {
 				return 0, nil, fmt.Errorf("%w: prompt: %w", ErrBadInput, err)
 			}
@@ -185,7 +186,7 @@ func classify(req *Request) (k kind, promptLit []byte, err error) {
 func hashTokenPrompt(req *Request, lit []byte, dst []proto.BlockHash) (Result, error) {
 	bp := getTokens()
 	defer putTokens(bp)
-	ids, _, err := readUint32Array(lit, 0, (*bp)[:0])
+	ids, _, err := jsonscan.Uint32Array(lit, 0, (*bp)[:0])
 	*bp = ids
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: token-id prompt: %w", ErrBadInput, err)
@@ -216,6 +217,6 @@ func isNull(b []byte) bool { return string(b) == "null" }
 
 // present reports whether an option value was given.
 func present(raw json.RawMessage) bool {
-	t := trimWS(raw)
+	t := jsonscan.TrimWS(raw)
 	return len(t) > 0 && !isNull(t)
 }
