@@ -115,7 +115,7 @@ func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	}
 	pr := blockhash.Request{
 		Model: r.Model, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
-		BlockSize: s.blocks.get(r.Model), Options: r.Options,
+		BlockSize: s.blocks.get(r.Model), Options: r.Options, Body: r.Body,
 	}
 	res, err := s.hasher.Hash(ctx, &pr, st.hashes[:0])
 	if err != nil {

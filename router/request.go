@@ -42,6 +42,9 @@ type request struct {
 	Input     json.RawMessage `json:"input"`
 	// Options are the fields that change how the engine tokenizes the prompt.
 	blockhash.Options
+	// Body is the whole body of a chat request (nil for other endpoints), for the local
+	// tokenize mode, which reads it as it is.
+	Body []byte `json:"-"`
 }
 
 // parseRequest decodes the routing fields of body for endpoint ep and checks the ones
@@ -65,6 +68,7 @@ func parseRequest(body []byte, ep endpoint, r *request) error {
 		if !isJSONArray(r.Msgs) {
 			return fmt.Errorf("%w: \"messages\" must be an array", errInvalidField)
 		}
+		r.Body = body
 	case epCompletions:
 		if len(r.Prompt) == 0 || string(r.Prompt) == "null" {
 			return fmt.Errorf("%w: \"prompt\" is required", errInvalidField)

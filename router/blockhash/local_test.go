@@ -67,3 +67,43 @@ func TestLocal(t *testing.T) {
 		t.Fatalf("fallbacks{other} = %v", got)
 	}
 }
+
+// bodyTok records the body EncodeChat was handed.
+type bodyTok struct {
+	wordTok
+	got []byte
+}
+
+func (b *bodyTok) EncodeChat(body []byte) ([]uint32, error) {
+	b.got = append(b.got[:0], body...)
+	return b.wordTok.EncodeChat(body)
+}
+
+// With the client's body (Request.Body) the local mode hands it to the tokenizer as it
+// is, with the same result as the body it composes without it.
+func TestLocalUsesTheClientBody(t *testing.T) {
+	msgs := conversation(2, 30)[1]
+	body := rawJSON(t, map[string]any{"model": "m", "stream": true, "max_tokens": 7, "messages": msgs, "add_generation_prompt": false})
+	composed := chatReq(t, msgs)
+	composed.Options.AddGenerationPrompt = []byte("false")
+	own := *composed
+	own.Body = body
+	var a, b bodyTok
+	ra, err := NewLocal(&a).Hash(t.Context(), composed, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := NewLocal(&b).Hash(t.Context(), &own, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b.got) != string(body) {
+		t.Errorf("tokenizer got %s, want the client's body %s", b.got, body)
+	}
+	if string(a.got) == string(body) {
+		t.Errorf("without Body the tokenizer got the client's body: the test does not tell the paths apart")
+	}
+	if !slices.Equal(ra.Hashes, rb.Hashes) || ra.Tokens != rb.Tokens || !rb.Exact {
+		t.Errorf("hashes differ: composed %+v, client body %+v", ra, rb)
+	}
+}

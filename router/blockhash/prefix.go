@@ -39,6 +39,11 @@ type Request struct {
 	// Options holds the request fields that change how the prompt is rendered or
 	// tokenized.
 	Options Options
+	// Body is the whole chat request body as the client sent it, or nil. When set, the
+	// local mode hands it to its tokenizer as it is, instead of composing a body of
+	// Messages and Options: one JSON pass less per request. It must be the body
+	// Messages and Options were read from. Only valid during Hash.
+	Body []byte
 }
 
 // Options are the raw JSON values of the request fields, besides the messages or prompt,
