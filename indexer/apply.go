@@ -24,7 +24,7 @@ const chunkOps = 256
 // events are harmless. BlockRemoved leaves the children of the removed block indexed;
 // Match stops at the gap. AllBlocksCleared clears the worker like ClearWorker. Dropped
 // blocks are counted by reason (Stats.Dropped, metric kvroute_indexer_dropped_blocks_total).
-func (ix *Index) Apply(w WorkerKey, model string, b *proto.Batch) {
+func (ix *Index) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 	if b == nil {
 		return
 	}
@@ -314,7 +314,7 @@ func (ix *Index) dropEngine(ws *workerState, e engEntry, tick uint32) {
 // ClearWorker forgets every block of worker w, confirmed and predicted, keeping its
 // identity: call it when the engine restarted (its sequence reset) or after a gap that
 // cannot be replayed. The work is done in chunks so Match is never blocked for long.
-func (ix *Index) ClearWorker(w WorkerKey) {
+func (ix *Index) ClearWorker(w proto.WorkerKey) {
 	ix.clearMu.Lock()
 	defer ix.clearMu.Unlock()
 	ix.mu.Lock()
@@ -333,7 +333,7 @@ func (ix *Index) ClearWorker(w WorkerKey) {
 // the engine cached before the feed is dropped while the routing decisions the router made
 // moments earlier still count until an event confirms them or their TTL passes.
 // ClearWorker drops both. The work is done in chunks so Match is never blocked for long.
-func (ix *Index) ClearEvents(w WorkerKey) {
+func (ix *Index) ClearEvents(w proto.WorkerKey) {
 	ix.clearMu.Lock()
 	defer ix.clearMu.Unlock()
 	ix.mu.Lock()
@@ -388,7 +388,7 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 
 // RemoveWorker forgets worker w and frees its internal id: call it when the worker left
 // the configuration or stayed dead beyond its grace period.
-func (ix *Index) RemoveWorker(w WorkerKey) {
+func (ix *Index) RemoveWorker(w proto.WorkerKey) {
 	ix.clearMu.Lock()
 	defer ix.clearMu.Unlock()
 	ix.mu.Lock()
@@ -401,7 +401,7 @@ func (ix *Index) RemoveWorker(w WorkerKey) {
 	delete(ix.byKey, w)
 	ix.clearLocked(ws, true)
 	ix.workers[ws.wid] = nil
-	ix.keys[ws.wid] = WorkerKey{}
+	ix.keys[ws.wid] = proto.WorkerKey{}
 	ix.gens[ws.wid]++
 	ix.freeWIDs = append(ix.freeWIDs, ws.wid)
 }

@@ -52,15 +52,15 @@ func buildFleet(b *testing.B, workers, shared, unique, total int) *benchFleet {
 		b.Fatal(err)
 	}
 	f := &benchFleet{ix: ix}
-	keys := make([]WorkerKey, workers)
+	keys := make([]proto.WorkerKey, workers)
 	for i := range keys {
-		keys[i] = WorkerKey{ID: fmt.Sprintf("http://worker-%d:8000", i)}
+		keys[i] = proto.WorkerKey{ID: fmt.Sprintf("http://worker-%d:8000", i)}
 	}
 	seed := proto.Seed("m", "", "")
 	chainLen := shared + unique
 	toks := make([]uint32, chainLen*benchBlockSize)
 	hashes := make([]proto.EngineHash, chainLen)
-	store := func(w WorkerKey, c, from, to int, parent proto.EngineHash, salt uint64) {
+	store := func(w proto.WorkerKey, c, from, to int, parent proto.EngineHash, salt uint64) {
 		for bi := from; bi < to; bi++ {
 			fillTokens(toks[bi*benchBlockSize:(bi+1)*benchBlockSize], c, bi)
 			hashes[bi] = proto.EngineHash(salt ^ uint64(c)<<20 ^ uint64(bi))
@@ -192,7 +192,7 @@ func BenchmarkMatchDuringIngest(b *testing.B) {
 	wg.Go(func() {
 		toks := make([]uint32, 64*benchBlockSize)
 		hs := make([]proto.EngineHash, 64)
-		w := WorkerKey{ID: "churn"}
+		w := proto.WorkerKey{ID: "churn"}
 		for c := 0; !stop.Load(); c++ {
 			for bi := range 64 {
 				fillTokens(toks[bi*benchBlockSize:(bi+1)*benchBlockSize], 1<<22+c, bi)
@@ -241,7 +241,7 @@ func BenchmarkMatchDuringIngest(b *testing.B) {
 // blocks) and publishes BlockStored for the blocks it lacked and BlockRemoved for the
 // blocks it evicts.
 type mooncakeStream struct {
-	workers []WorkerKey
+	workers []proto.WorkerKey
 	warm    [][]*proto.Batch // per worker, in order: the first warm requests' batches
 	batches [][]*proto.Batch // per worker, in order: the rest
 	ops     int              // block operations in batches
@@ -268,7 +268,7 @@ func loadMooncake(b *testing.B, n, warm int) *mooncakeStream {
 	)
 	s := &mooncakeStream{warm: make([][]*proto.Batch, nWorkers), batches: make([][]*proto.Batch, nWorkers)}
 	for i := range nWorkers {
-		s.workers = append(s.workers, WorkerKey{ID: fmt.Sprintf("w%d", i)})
+		s.workers = append(s.workers, proto.WorkerKey{ID: fmt.Sprintf("w%d", i)})
 	}
 	type lru struct {
 		at    map[int]int // hash id -> last use
@@ -453,7 +453,7 @@ func BenchmarkMemoryPerEntry(b *testing.B) {
 						hs[bi] = proto.EngineHash(uint64(ch)<<9 | uint64(bi))
 					}
 					for h := range c.holders {
-						ix.Apply(WorkerKey{ID: fmt.Sprint((ch + h) % 16)}, "m", &proto.Batch{DPRank: -1,
+						ix.Apply(proto.WorkerKey{ID: fmt.Sprint((ch + h) % 16)}, "m", &proto.Batch{DPRank: -1,
 							Events: []proto.Event{{Kind: proto.BlockStored, BlockHashes: hs, TokenIDs: toks, BlockSize: benchBlockSize}}})
 					}
 				}

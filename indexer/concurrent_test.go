@@ -22,7 +22,7 @@ import (
 func TestConcurrentIngestAndMatch(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	ix, clk := newIndex(t, Options{Registerer: reg, SampleEvery: 3})
-	m := &refModel{workers: map[WorkerKey]*refWorker{}, weights: [NumTiers]float64{TierGPU: 1}, predW: 1, now: clk.Now()}
+	m := &refModel{workers: map[proto.WorkerKey]*refWorker{}, weights: [NumTiers]float64{TierGPU: 1}, predW: 1, now: clk.Now()}
 	prefix := doc(1, 3)
 	docs := [][]uint32{cat(prefix, doc(2, 40)), cat(prefix, doc(3, 40)), doc(4, 43)}
 	var reqs [][]proto.BlockHash
@@ -34,7 +34,7 @@ func TestConcurrentIngestAndMatch(t *testing.T) {
 		pred []proto.BlockHash
 		clr  bool
 	}
-	keys := []WorkerKey{{ID: "w0"}, {ID: "w1"}, {ID: "w2"}, {ID: "w2", DPRank: 1}, {ID: "w3"}, {ID: "w4"}}
+	keys := []proto.WorkerKey{{ID: "w0"}, {ID: "w1"}, {ID: "w2"}, {ID: "w2", DPRank: 1}, {ID: "w3"}, {ID: "w4"}}
 	streams := make([][]op, len(keys))
 	for i := range keys {
 		rng := rand.New(rand.NewPCG(uint64(i), 9))

@@ -23,7 +23,7 @@
 // indexed, and Match stops at the gap; AllBlocksCleared, ClearWorker and RemoveWorker
 // drop everything the worker had, predictions included; ClearEvents (a feed's first batch)
 // drops the event-backed entries and keeps the predictions. Every dropped block is counted
-// by reason. Data-parallel rank is part of a worker's identity (WorkerKey), and a batch's
+// by reason. Data-parallel rank is part of a worker's identity (proto.WorkerKey), and a batch's
 // rank overrides the caller's.
 //
 // # Data structures

@@ -44,7 +44,7 @@ func (ix *Index) Dump(w io.Writer) error {
 	var tmp [binary.MaxVarintLen64]byte
 	_, _ = bw.Write(tmp[:binary.PutUvarint(tmp[:], dumpVersion)])
 	ix.mu.RLock()
-	keys := make([]WorkerKey, 0, len(ix.byKey))
+	keys := make([]proto.WorkerKey, 0, len(ix.byKey))
 	for k := range ix.byKey {
 		keys = append(keys, k)
 	}
@@ -63,7 +63,7 @@ func (ix *Index) Dump(w io.Writer) error {
 	return nil
 }
 
-func (ix *Index) dumpWorker(buf []byte, k WorkerKey) []byte {
+func (ix *Index) dumpWorker(buf []byte, k proto.WorkerKey) []byte {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	ws := ix.byKey[k]
@@ -179,7 +179,7 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 	if rank < 0 || rank > 1<<20 {
 		return fmt.Errorf("dp rank %d", rank)
 	}
-	key := WorkerKey{ID: string(id), DPRank: int(rank)}
+	key := proto.WorkerKey{ID: string(id), DPRank: int(rank)}
 	// Decode fully before touching the index; never trust a count for allocation.
 	var entries, preds []restoreEntry
 	n, err := binary.ReadUvarint(br)

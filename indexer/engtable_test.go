@@ -107,14 +107,14 @@ func TestReserve(t *testing.T) {
 	}
 	toks := doc(1, 1)
 	for _, rank := range []int{0, 1} {
-		ix.Apply(WorkerKey{ID: "w", DPRank: rank}, "m", batch(stored(1, toks, 0, 1, "", "")))
+		ix.Apply(proto.WorkerKey{ID: "w", DPRank: rank}, "m", batch(stored(1, toks, 0, 1, "", "")))
 	}
-	ix.Apply(WorkerKey{ID: "x"}, "m", batch(stored(2, toks, 0, 1, "", "")))
+	ix.Apply(proto.WorkerKey{ID: "x"}, "m", batch(stored(2, toks, 0, 1, "", "")))
 	ix.Reserve("w", 1000)
 	ix.Reserve("x", 10_000) // capped at 3000
 	ix.Reserve("x", 0)
 	ix.Reserve("x", 10) // never shrinks
-	want := map[WorkerKey]int{{ID: "w", DPRank: 0}: 500, {ID: "w", DPRank: 1}: 500, {ID: "x"}: 3000}
+	want := map[proto.WorkerKey]int{{ID: "w", DPRank: 0}: 500, {ID: "w", DPRank: 1}: 500, {ID: "x"}: 3000}
 	for k, n := range want {
 		ws := ix.byKey[k]
 		if ws.reserved != n {
@@ -131,8 +131,8 @@ func TestReserve(t *testing.T) {
 			t.Fatalf("%v: table resized from %d to %d slots while filling its reservation", k, size, len(ws.eng.slots))
 		}
 	}
-	ix.ClearWorker(WorkerKey{ID: "x"})
-	if ws := ix.byKey[WorkerKey{ID: "x"}]; len(ws.eng.slots)*engMaxLoadNum < 3000*engMaxLoadDen || ws.eng.len() != 0 {
+	ix.ClearWorker(proto.WorkerKey{ID: "x"})
+	if ws := ix.byKey[proto.WorkerKey{ID: "x"}]; len(ws.eng.slots)*engMaxLoadNum < 3000*engMaxLoadDen || ws.eng.len() != 0 {
 		t.Fatalf("after a clear: %d slots, %d entries", len(ws.eng.slots), ws.eng.len())
 	}
 }

@@ -18,7 +18,7 @@ func Example() {
 	}
 	// Worker a stored a 3-block chain of model "m" (engine ids 101..103).
 	tokens := []uint32{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
-	a := indexer.WorkerKey{ID: "http://a:8000"}
+	a := proto.WorkerKey{ID: "http://a:8000"}
 	ix.Apply(a, "m", &proto.Batch{DPRank: -1, Events: []proto.Event{{
 		Kind:        proto.BlockStored,
 		BlockHashes: []proto.EngineHash{101, 102, 103},
@@ -37,7 +37,7 @@ func Example() {
 
 	// Route it to worker b and predict: b now matches the whole request until its events
 	// confirm the blocks or the prediction expires.
-	b := indexer.WorkerKey{ID: "http://b:8000"}
+	b := proto.WorkerKey{ID: "http://b:8000"}
 	ix.Predict(b, hashes, 2*time.Minute)
 	for _, m := range ix.Match(hashes, buf) {
 		if m.Worker == b {

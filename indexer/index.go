@@ -94,10 +94,10 @@ type Index struct {
 	mu       sync.RWMutex
 	nodes    *runtable.Table
 	sets     holderSets
-	workers  []*workerState // by wid; nil when free
-	keys     []WorkerKey    // by wid, dense copy of workers[wid].key for Match
-	gens     []uint32       // by wid: bumped when the wid is freed
-	byKey    map[WorkerKey]*workerState
+	workers  []*workerState    // by wid; nil when free
+	keys     []proto.WorkerKey // by wid, dense copy of workers[wid].key for Match
+	gens     []uint32          // by wid: bumped when the wid is freed
+	byKey    map[proto.WorkerKey]*workerState
 	freeWIDs []uint32
 	pred     predHeap
 	predLive int
@@ -213,7 +213,7 @@ func New(opts Options) (*Index, error) {
 	seed := uint64(ix.epoch.UnixNano()) * 0x9e3779b97f4a7c15
 	ix.nodes = runtable.New(seed)
 	ix.sets = newHolderSets()
-	ix.byKey = make(map[WorkerKey]*workerState)
+	ix.byKey = make(map[proto.WorkerKey]*workerState)
 	ix.rnd = seed | 1
 	ix.hot.init(opts.HotPrefixes)
 	if opts.Registerer != nil {
@@ -251,7 +251,7 @@ func (ix *Index) random() uint64 {
 
 // worker returns the state of key, creating it when create is set. mu must be held for
 // writing when create is set.
-func (ix *Index) worker(key WorkerKey, create bool) *workerState {
+func (ix *Index) worker(key proto.WorkerKey, create bool) *workerState {
 	if ws := ix.byKey[key]; ws != nil || !create {
 		return ws
 	}
@@ -262,7 +262,7 @@ func (ix *Index) worker(key WorkerKey, create bool) *workerState {
 	} else {
 		ws.wid = uint32(len(ix.workers))
 		ix.workers = append(ix.workers, nil)
-		ix.keys = append(ix.keys, WorkerKey{})
+		ix.keys = append(ix.keys, proto.WorkerKey{})
 		ix.gens = append(ix.gens, 0)
 	}
 	ws.gen = ix.gens[ws.wid]

@@ -9,14 +9,14 @@ import (
 )
 
 var (
-	wA  = WorkerKey{ID: "a"}
-	wB  = WorkerKey{ID: "b"}
-	wA1 = WorkerKey{ID: "a", DPRank: 1}
+	wA  = proto.WorkerKey{ID: "a"}
+	wB  = proto.WorkerKey{ID: "b"}
+	wA1 = proto.WorkerKey{ID: "a", DPRank: 1}
 )
 
 // step is one operation of an event-sequence test.
 type step struct {
-	w   WorkerKey
+	w   proto.WorkerKey
 	evs []proto.Event
 	fn  func(ix *Index) // instead of evs
 }
@@ -213,7 +213,7 @@ func TestEventSequences(t *testing.T) {
 				{w: wA1, evs: []proto.Event{removed(sa, qa, 0, 7, "GPU")}}, // rank 1 never stored these
 			},
 			req:  chain("", qa),
-			want: map[string][2]int{"a": {7, 7}, "a#1": {2, 2}},
+			want: map[string][2]int{"a": {7, 7}, "a#dp1": {2, 2}},
 			stats: func(t *testing.T, s Stats) {
 				if s.Dropped[DropUnknownBlock] != 7 {
 					t.Errorf("removes on rank 1 of rank 0's blocks: dropped %v, want 7 unknown_block", s.Dropped)
@@ -465,7 +465,7 @@ func TestEvictionBound(t *testing.T) {
 		clk.Advance(time.Second)
 		ix.Match(chain("", hot), nil) // keep the hot chain recently used
 		toks := doc(d, 10)
-		w := []WorkerKey{wA, wB}[d%2]
+		w := []proto.WorkerKey{wA, wB}[d%2]
 		ix.Apply(w, "m", batch(stored(uint64(d%2), toks, 0, 10, "GPU", "")))
 		if n := ix.Stats().Blocks; n > maxBlocks {
 			t.Fatalf("after doc %d: %d blocks indexed, bound %d", d, n, maxBlocks)
@@ -559,6 +559,6 @@ func TestClearEventsKeepsPredictions(t *testing.T) {
 	if w := ix.Stats().Workers[0]; w.Predicted != 0 || w.Blocks != [NumTiers]int64{} {
 		t.Errorf("after ClearWorker: worker a %+v, want nothing", w)
 	}
-	ix.ClearEvents(WorkerKey{ID: "unknown"}) // no-op
+	ix.ClearEvents(proto.WorkerKey{ID: "unknown"}) // no-op
 	checkInvariants(t, ix)
 }

@@ -12,7 +12,7 @@ import (
 // WorkerMatch is one worker's overlap with a request, as found by [Index.Match].
 type WorkerMatch struct {
 	// Worker is the worker.
-	Worker WorkerKey
+	Worker proto.WorkerKey
 	// Blocks is the number of leading blocks of the request the worker holds on a counted
 	// tier (weight > 0) or as a prediction (unless Options.IgnorePredicted).
 	Blocks int

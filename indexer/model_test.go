@@ -13,7 +13,7 @@ import (
 // engine entries and predictions; Match walks every worker over every block. It shares
 // only proto's hash with the real index.
 type refModel struct {
-	workers map[WorkerKey]*refWorker
+	workers map[proto.WorkerKey]*refWorker
 	weights [numTiers]float64
 	predW   float64
 	now     time.Time
@@ -29,7 +29,7 @@ type refEntry struct {
 	refs [numTiers]int
 }
 
-func (m *refModel) w(k WorkerKey) *refWorker {
+func (m *refModel) w(k proto.WorkerKey) *refWorker {
 	if m.workers[k] == nil {
 		m.workers[k] = &refWorker{eng: map[proto.EngineHash]*refEntry{}, pred: map[proto.BlockHash]time.Time{}}
 	}
@@ -46,7 +46,7 @@ func (rw *refWorker) holds(own proto.BlockHash, t Tier) bool {
 	return false
 }
 
-func (m *refModel) apply(k WorkerKey, model string, b *proto.Batch) {
+func (m *refModel) apply(k proto.WorkerKey, model string, b *proto.Batch) {
 	if b.DPRank >= 0 {
 		k.DPRank = b.DPRank
 	}
@@ -130,7 +130,7 @@ func (m *refModel) store(rw *refWorker, eh proto.EngineHash, own proto.BlockHash
 	delete(rw.pred, own)
 }
 
-func (m *refModel) predict(k WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
+func (m *refModel) predict(k proto.WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
 	rw := m.w(k)
 	for _, h := range hashes {
 		counted := false
@@ -156,8 +156,8 @@ func (m *refModel) expire() {
 	}
 }
 
-func (m *refModel) match(hashes []proto.BlockHash) map[WorkerKey]WorkerMatch {
-	out := map[WorkerKey]WorkerMatch{}
+func (m *refModel) match(hashes []proto.BlockHash) map[proto.WorkerKey]WorkerMatch {
+	out := map[proto.WorkerKey]WorkerMatch{}
 	for k, rw := range m.workers {
 		var r WorkerMatch
 		conf := true
@@ -192,7 +192,7 @@ func (m *refModel) match(hashes []proto.BlockHash) map[WorkerKey]WorkerMatch {
 }
 
 // counts returns the distinct blocks held per tier and predicted, per worker.
-func (m *refModel) counts(k WorkerKey) (blocks [numTiers]int64, pred int64) {
+func (m *refModel) counts(k proto.WorkerKey) (blocks [numTiers]int64, pred int64) {
 	rw := m.workers[k]
 	seen := map[ownTier]bool{}
 	for _, e := range rw.eng {
@@ -225,13 +225,13 @@ func runModel(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 42))
 	weights := [NumTiers]float64{TierGPU: 1, TierCPU: 0.5}
 	ix, clk := newIndex(t, Options{TierWeights: &weights, PredictedWeight: 0.25, PredictedTTL: 5 * time.Second})
-	m := &refModel{workers: map[WorkerKey]*refWorker{}, weights: weights, predW: 0.25, now: clk.Now()}
-	keys := []WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
+	m := &refModel{workers: map[proto.WorkerKey]*refWorker{}, weights: weights, predW: 0.25, now: clk.Now()}
+	keys := []proto.WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
 	// Documents: a shared 3-block prefix, then 3 branches of 5 blocks, for two LoRAs.
 	prefix := doc(1, 3)
 	docs := [][]uint32{cat(prefix, doc(2, 5)), cat(prefix, doc(3, 5)), cat(prefix, doc(4, 5)), doc(5, 8)}
 	loras := []string{"", "x"}
-	salt := func(k WorkerKey, variant int) uint64 {
+	salt := func(k proto.WorkerKey, variant int) uint64 {
 		return uint64(len(k.ID)*7+k.DPRank*13+int(k.ID[0])) + uint64(variant)*1000
 	}
 	var reqs [][]proto.BlockHash
@@ -367,8 +367,8 @@ func FuzzApply(f *testing.F) {
 			in = in[:6*200]
 		}
 		ix, clk := newIndex(t, Options{})
-		m := &refModel{workers: map[WorkerKey]*refWorker{}, weights: [NumTiers]float64{TierGPU: 1}, predW: 1, now: clk.Now()}
-		keys := []WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}}
+		m := &refModel{workers: map[proto.WorkerKey]*refWorker{}, weights: [NumTiers]float64{TierGPU: 1}, predW: 1, now: clk.Now()}
+		keys := []proto.WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}}
 		prefix := doc(1, 2)
 		docs := [][]uint32{cat(prefix, doc(2, 6)), cat(prefix, doc(3, 6)), doc(4, 8), doc(5, 8)}
 		var reqs [][]proto.BlockHash

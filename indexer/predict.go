@@ -14,7 +14,7 @@ import (
 // the worker already holds on a counted tier changes nothing; predicting it again extends
 // its life. This is how the router stays accurate between a routing decision and the
 // worker's events, and without events at all (approximate mode).
-func (ix *Index) Predict(w WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
+func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
 	if len(hashes) == 0 {
 		return
 	}

@@ -63,7 +63,7 @@ func TestCacheSaltFromExtraKeys(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			ix, _ := newIndex(t, Options{})
-			ix.Apply(WorkerKey{ID: "w"}, "m", vllmStored(t, toks, 3, c.lora, c.extra))
+			ix.Apply(proto.WorkerKey{ID: "w"}, "m", vllmStored(t, toks, 3, c.lora, c.extra))
 			if got := matchMap(ix, salted(c.matchLoRA, c.matchSalt))["w"]; got != [2]int{3, 3} {
 				t.Errorf("request with lora %q salt %q: got %v, want all 3 blocks", c.matchLoRA, c.matchSalt, got)
 			}
@@ -88,10 +88,10 @@ func TestCacheSaltFromExtraKeys(t *testing.T) {
 func TestCacheSaltContinuation(t *testing.T) {
 	ix, _ := newIndex(t, Options{})
 	toks := doc(2, 4)
-	ix.Apply(WorkerKey{ID: "w"}, "m", vllmStored(t, toks, 2, nil, []any{[]any{"s"}, nil}))
+	ix.Apply(proto.WorkerKey{ID: "w"}, "m", vllmStored(t, toks, 2, nil, []any{[]any{"s"}, nil}))
 	ev := proto.Event{Kind: proto.BlockStored, BlockHashes: []proto.EngineHash{1002, 1003},
 		HasParent: true, ParentHash: 1001, TokenIDs: toks[2*bs:], BlockSize: bs, Medium: "GPU"}
-	ix.Apply(WorkerKey{ID: "w"}, "m", batch(ev))
+	ix.Apply(proto.WorkerKey{ID: "w"}, "m", batch(ev))
 	if got := matchMap(ix, proto.HashBlocks(nil, proto.Seed("m", "", "s"), toks, bs))["w"]; got != [2]int{4, 4} {
 		t.Fatalf("salted chain: got %v, want 4 blocks", got)
 	}

@@ -47,7 +47,7 @@ type Stats struct {
 
 // WorkerStats describes one worker's part of the index.
 type WorkerStats struct {
-	Worker WorkerKey
+	Worker proto.WorkerKey
 	// Blocks counts the worker's indexed blocks per tier (index: [Tier]).
 	Blocks [NumTiers]int64
 	// Predicted counts the worker's predicted blocks.
@@ -70,7 +70,7 @@ type HotPrefix struct {
 	// over-estimate by at most Error).
 	Matches, Error uint64
 	// Workers are the workers holding the block now.
-	Workers []WorkerKey
+	Workers []proto.WorkerKey
 }
 
 // Stats returns a snapshot. It takes the read lock for a time proportional to the number
@@ -117,7 +117,7 @@ func (ix *Index) Stats() Stats {
 	return s
 }
 
-func compareKeys(a, b WorkerKey) int {
+func compareKeys(a, b proto.WorkerKey) int {
 	switch {
 	case a.ID < b.ID:
 		return -1

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
@@ -31,11 +32,11 @@ func TestHotPrefixes(t *testing.T) {
 	}
 	h := hot[0]
 	slices.SortFunc(h.Workers, compareKeys)
-	if h.Depth != 3 || h.Matches != 10 || h.Hash != chain("", sys)[2] || !slices.Equal(h.Workers, []WorkerKey{wA, wB}) {
+	if h.Depth != 3 || h.Matches != 10 || h.Hash != chain("", sys)[2] || !slices.Equal(h.Workers, []proto.WorkerKey{wA, wB}) {
 		t.Errorf("hottest = %+v, want the system prompt: depth 3, 10 matches, workers a and b", h)
 	}
-	if h := hot[1]; h.Depth != 4 || h.Matches != 3 || !slices.Equal(h.Workers, []WorkerKey{wA1}) {
-		t.Errorf("second = %+v, want depth 4, 3 matches, worker a#1", h)
+	if h := hot[1]; h.Depth != 4 || h.Matches != 3 || !slices.Equal(h.Workers, []proto.WorkerKey{wA1}) {
+		t.Errorf("second = %+v, want depth 4, 3 matches, worker a#dp1", h)
 	}
 }
 

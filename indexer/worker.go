@@ -1,28 +1,10 @@
 package indexer
 
 import (
-	"strconv"
 	"strings"
 
 	"github.com/kvroute/kvroute/proto"
 )
-
-// WorkerKey identifies one cache: an engine instance (its ID, the router's name for it,
-// usually its base URL) and a data-parallel rank within it. Ranks of one engine have
-// separate caches, so they are separate workers. DPRank is 0 for engines without data
-// parallelism.
-type WorkerKey struct {
-	ID     string
-	DPRank int
-}
-
-// String returns "id" for rank 0 and "id#rank" otherwise.
-func (k WorkerKey) String() string {
-	if k.DPRank == 0 {
-		return k.ID
-	}
-	return k.ID + "#" + strconv.Itoa(k.DPRank)
-}
 
 // Tier is the storage tier of a cached block.
 type Tier uint8
@@ -78,7 +60,7 @@ type ownTier struct {
 
 // workerState is everything the index keeps about one worker. Index.mu guards it.
 type workerState struct {
-	key WorkerKey
+	key proto.WorkerKey
 	wid uint32
 	gen uint32
 	// eng resolves engine hashes (BlockRemoved, parent links, token-less stores).

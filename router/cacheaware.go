@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/scorer"
 	"github.com/kvroute/kvroute/upstream"
@@ -204,9 +205,9 @@ func (s *Server) committed(w *upstream.Worker, st *routeState, overlap int, mode
 		// worker": overlap takes the best rank of a worker, so the worker-level overlap
 		// is right; if another rank stores the blocks, the rank-0 prediction is not
 		// replaced by them and lasts until its TTL.
-		s.index.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+		s.index.Predict(proto.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
 		if s.history != nil {
-			s.history.Predict(indexer.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
+			s.history.Predict(proto.WorkerKey{ID: w.ID}, st.hashes, s.cfg.CacheAware.PredictionTTL)
 		}
 		if s.replica != nil {
 			s.replica.Predicted(w.ID, st.hashes)

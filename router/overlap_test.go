@@ -12,7 +12,7 @@ import (
 // (moved here from the Stack's index integration tests, cmd/stack, as it needs no Stack).
 const rankBlockSize = 16
 
-// A routing decision is predicted under DP rank 0 (router/cache.go committed): the worker's
+// A routing decision is predicted under DP rank 0 (router/cacheaware.go committed): the worker's
 // overlap is the best of its ranks, so it covers the request whichever rank the engine
 // picks, while the confirmed blocks stay on the rank whose events stored them.
 func TestPredictionUnderRankZeroCountsForTheWorker(t *testing.T) {
@@ -26,14 +26,14 @@ func TestPredictionUnderRankZeroCountsForTheWorker(t *testing.T) {
 	}
 	hashes := proto.HashBlocks(nil, proto.Seed("m", "", ""), toks, rankBlockSize)
 	st := &routeState{hashes: hashes}
-	ix.Predict(indexer.WorkerKey{ID: "w"}, hashes[:3], time.Minute)
+	ix.Predict(proto.WorkerKey{ID: "w"}, hashes[:3], time.Minute)
 	st.matches = ix.Match(hashes, nil)
 	if got := st.overlap("w"); got != 3 {
 		t.Fatalf("overlap from the rank-0 prediction: %d, want 3", got)
 	}
 	// Rank 1 stores all four blocks (its batch names its rank).
 	eng := []proto.EngineHash{1, 2, 3, 4}
-	ix.Apply(indexer.WorkerKey{ID: "w"}, "m", &proto.Batch{DPRank: 1, Events: []proto.Event{{
+	ix.Apply(proto.WorkerKey{ID: "w"}, "m", &proto.Batch{DPRank: 1, Events: []proto.Event{{
 		Kind: proto.BlockStored, BlockHashes: eng, TokenIDs: toks, BlockSize: rankBlockSize, Medium: "GPU"}}})
 	st.matches = ix.Match(hashes, st.matches)
 	if got := st.overlap("w"); got != 4 {

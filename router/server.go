@@ -83,7 +83,7 @@ type Server struct {
 	policy  *swappableSelector
 	admin   fasthttp.RequestHandler
 
-	// Inbound security (auth.go, ratelimit.go, limits.go): the checks of each request,
+	// Inbound security (auth.go with its rate limiter, limits.go): the checks of each request,
 	// the listeners' TLS configuration (nil: plain) and the open client connections.
 	gate     *gate
 	tlsConf  *tls.Config

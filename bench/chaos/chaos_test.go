@@ -314,7 +314,7 @@ func TestDroppedEventBatches(t *testing.T) {
 	}
 	var replays, gaps, resets uint64
 	for _, s := range e.Stack.Events.States() {
-		if s.Key.Worker == victim.ID() {
+		if s.Key.ID == victim.ID() {
 			replays, gaps, resets = s.Replays, s.Gaps, s.Resets
 		}
 	}

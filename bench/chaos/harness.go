@@ -278,7 +278,7 @@ func (e *Env) IndexMatchesCaches() (bool, string) {
 			why := fmt.Sprintf("worker %s: index holds %d blocks, its cache %d", w.ID(), got, want)
 			if e.Stack.Events != nil {
 				for _, s := range e.Stack.Events.States() {
-					if s.Key.Worker == w.ID() {
+					if s.Key.ID == w.ID() {
 						why += fmt.Sprintf(" (feed: seq %d, batches %d, gaps %d, replays %d, resets %d, reconnects %d, last reset %q, last error %q; worker next seq %d)",
 							s.LastSeq, s.Batches, s.Gaps, s.Replays, s.Resets, s.Reconnects, s.LastReset, s.LastError, w.Stats().NextSeq)
 					}

@@ -13,7 +13,6 @@ import (
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
-	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/kvtest"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
@@ -66,7 +65,7 @@ func TestBridgeCommand(t *testing.T) {
 	for range 3 {
 		pub.Store(2)
 	}
-	w := kvevents.WorkerKey{Worker: "http://w1:8000"}
+	w := proto.WorkerKey{ID: "http://w1:8000"}
 	poll.CheckFor(t, 10*time.Second, "batches through NATS", func() bool {
 		s, ok := got.LastSeq(w)
 		return ok && s == 2

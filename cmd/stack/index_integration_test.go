@@ -154,7 +154,7 @@ func requireExact(t *testing.T, o *blockOracle, ix *indexer.Index, timeout time.
 func feedState(t *testing.T, st *Stack, id string) kvevents.WorkerState {
 	t.Helper()
 	for _, s := range st.Events.States() {
-		if s.Key.Worker == id {
+		if s.Key.ID == id {
 			return s
 		}
 	}

@@ -200,18 +200,15 @@ func (st *Stack) pickTokenizer(model string) (string, bool) {
 func (st *Stack) indexSink() kvevents.Sink {
 	ix := st.Index
 	return kvevents.SinkFuncs{
-		ApplyFunc: func(w kvevents.WorkerKey, model string, b *proto.Batch) {
-			ix.Apply(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}, model, b)
-		},
-		ResetFunc: func(w kvevents.WorkerKey, reason string) {
-			k := indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}
+		ApplyFunc: func(w proto.WorkerKey, model string, b *proto.Batch) { ix.Apply(w, model, b) },
+		ResetFunc: func(k proto.WorkerKey, reason string) {
 			if reason == kvevents.ReasonRemoved {
 				// The worker left the feeds for good: free its index id too.
-				st.log.Info("worker removed from the index", "worker", w.String())
+				st.log.Info("worker removed from the index", "worker", k.String())
 				ix.RemoveWorker(k)
 				return
 			}
-			st.log.Info("worker index cleared", "worker", w.String(), "reason", reason)
+			st.log.Info("worker index cleared", "worker", k.String(), "reason", reason)
 			if reason == kvevents.ReasonStart {
 				// A new feed says nothing about the routing decisions of the last
 				// seconds: keep the predictions, drop only what the events had said.

@@ -227,7 +227,7 @@ func (h *handler) workerViews(fam families, ix *indexer.Stats, only string) []Wo
 				age := now.Sub(s.LastEvent).Seconds()
 				fv.LastEventAgeSeconds = &age
 			}
-			feeds[s.Key.Worker] = append(feeds[s.Key.Worker], fv)
+			feeds[s.Key.ID] = append(feeds[s.Key.ID], fv)
 		}
 	}
 	var out []WorkerView

@@ -20,12 +20,12 @@ import (
 // indexSink feeds a kvevents.Manager's batches into an indexer.Index, as the router does.
 type indexSink struct{ ix *indexer.Index }
 
-func (s indexSink) Apply(w kvevents.WorkerKey, model string, b *proto.Batch) {
-	s.ix.Apply(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank}, model, b)
+func (s indexSink) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
+	s.ix.Apply(w, model, b)
 }
 
-func (s indexSink) Reset(w kvevents.WorkerKey, _ string) {
-	s.ix.ClearWorker(indexer.WorkerKey{ID: w.Worker, DPRank: w.DPRank})
+func (s indexSink) Reset(w proto.WorkerKey, _ string) {
+	s.ix.ClearWorker(w)
 }
 
 // startSim starts a one-worker kvsim fleet whose KV events feed an index.

@@ -465,7 +465,7 @@ func (s *Sync) apply(data []byte, now time.Time) {
 			continue
 		}
 		if s.opts.Index != nil {
-			s.opts.Index.Predict(indexer.WorkerKey{ID: pr.Worker}, pr.Hashes, s.opts.PredictionTTL)
+			s.opts.Index.Predict(proto.WorkerKey{ID: pr.Worker}, pr.Hashes, s.opts.PredictionTTL)
 			s.m.predRecv.Inc()
 		}
 	}

@@ -226,7 +226,7 @@ func TestWarmStart(t *testing.T) {
 	for i := range 65000 { // 65000 predictions: a dump of ~1.1 MB, two chunks at NATS's 1 MB
 		want = append(want, proto.BlockHash(i+1))
 	}
-	a.ix.Predict(indexer.WorkerKey{ID: "gpu-1"}, want, time.Minute)
+	a.ix.Predict(proto.WorkerKey{ID: "gpu-1"}, want, time.Minute)
 
 	cfg := configs.Default()
 	cfg.Workers = []configs.Worker{{ID: "gpu-1", URL: "http://127.0.0.1:2", MaxConns: 1, DPRanks: 1}}

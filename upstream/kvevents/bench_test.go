@@ -19,11 +19,11 @@ import (
 // countSink counts applied batches and events; it keeps nothing.
 type countSink struct{ batches, events atomic.Int64 }
 
-func (s *countSink) Apply(_ ingest.WorkerKey, _ string, b *proto.Batch) {
+func (s *countSink) Apply(_ proto.WorkerKey, _ string, b *proto.Batch) {
 	s.events.Add(int64(len(b.Events)))
 	s.batches.Add(1)
 }
-func (s *countSink) Reset(ingest.WorkerKey, string) {}
+func (s *countSink) Reset(proto.WorkerKey, string) {}
 
 // BenchmarkTrackerInOrder measures the sequence state machine alone on in-order batches
 // (the steady state): no sockets, no decoding. Compare two runs with:

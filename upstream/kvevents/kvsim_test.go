@@ -36,7 +36,7 @@ func TestAgainstKVSimPublisher(t *testing.T) {
 			}
 			defer func() { _ = p.Close() }()
 			sink := kvtest.NewRecorder()
-			startManager(t, sink, nil, ingest.WorkerConfig{Worker: w1.Worker, Endpoint: p.Endpoint(), ReplayEndpoint: p.ReplayEndpoint()})
+			startManager(t, sink, nil, ingest.WorkerConfig{Worker: w1.ID, Endpoint: p.Endpoint(), ReplayEndpoint: p.ReplayEndpoint()})
 			poll.CheckFor(t, wait, "subscription", p.Subscribed)
 
 			enc := kvevents.NewEncoder(f)

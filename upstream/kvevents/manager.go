@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvroute/kvroute/proto"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -31,7 +32,7 @@ type WorkerConfig struct {
 	Topic string
 	// DPRanks is how many data-parallel ranks the engine runs (default 1). vLLM publishes
 	// rank N on Endpoint's port + N (and ReplayEndpoint's port + N); each rank is followed
-	// as its own WorkerKey.
+	// as its own proto.WorkerKey.
 	DPRanks int
 }
 
@@ -238,7 +239,7 @@ func (m *Manager) Add(c WorkerConfig) error {
 		if c.ReplayEndpoint != "" {
 			rc.ReplayEndpoint, _ = rankEndpoint(c.ReplayEndpoint, r)
 		}
-		w.sources = append(w.sources, newSource(WorkerKey{Worker: c.Worker, DPRank: r}, rc, &m.opts))
+		w.sources = append(w.sources, newSource(proto.WorkerKey{ID: c.Worker, DPRank: r}, rc, &m.opts))
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -326,8 +327,8 @@ func (m *Manager) States() []WorkerState {
 	}
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].Key.Worker != out[j].Key.Worker {
-			return out[i].Key.Worker < out[j].Key.Worker
+		if out[i].Key.ID != out[j].Key.ID {
+			return out[i].Key.ID < out[j].Key.ID
 		}
 		return out[i].Key.DPRank < out[j].Key.DPRank
 	})

@@ -124,7 +124,7 @@ type workerMetrics struct {
 	connected prometheus.Gauge
 }
 
-func (m *Metrics) forWorker(k WorkerKey) *workerMetrics {
+func (m *Metrics) forWorker(k proto.WorkerKey) *workerMetrics {
 	l := k.String()
 	wm := &workerMetrics{
 		m: m, label: l,

@@ -106,7 +106,7 @@ func TestOversizeFramesDropped(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	runtime.GC()
 	before := totalAlloc()
-	m := startManager(t, sink, reg, ingest.WorkerConfig{Worker: w1.Worker, Endpoint: ep})
+	m := startManager(t, sink, reg, ingest.WorkerConfig{Worker: w1.ID, Endpoint: ep})
 	poll.CheckFor(t, wait, "three oversize drops", func() bool {
 		return metricValue(t, reg, "kvroute_events_dropped_messages_total", w1.String(), ingest.DropOversize) >= 3
 	})
@@ -148,7 +148,7 @@ func TestOversizeReplayFailsTheReplay(t *testing.T) {
 	p := kvtest.NewPub(t, false, 100, prototest.Style{})
 	sink := kvtest.NewRecorder()
 	reg := prometheus.NewRegistry()
-	m := startManager(t, sink, reg, ingest.WorkerConfig{Worker: w1.Worker, Endpoint: p.Endpoint(),
+	m := startManager(t, sink, reg, ingest.WorkerConfig{Worker: w1.ID, Endpoint: p.Endpoint(),
 		ReplayEndpoint: "tcp://" + l.Addr().String()})
 	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1) // seq 0: no replay needed

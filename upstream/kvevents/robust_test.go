@@ -54,7 +54,7 @@ func TestSilentPeerDoesNotHang(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Add(ingest.WorkerConfig{Worker: w1.Worker, Endpoint: ep}); err != nil {
+	if err := m.Add(ingest.WorkerConfig{Worker: w1.ID, Endpoint: ep}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -66,7 +66,7 @@ func TestSilentPeerDoesNotHang(t *testing.T) {
 	})
 	removed := make(chan struct{})
 	go func() {
-		m.Remove(w1.Worker)
+		m.Remove(w1.ID)
 		close(removed)
 	}()
 	select {
@@ -86,7 +86,7 @@ func TestSilentReplayEndpointResets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Add(ingest.WorkerConfig{Worker: w1.Worker, Endpoint: p.Endpoint(), ReplayEndpoint: silentPeer(t)}); err != nil {
+	if err := m.Add(ingest.WorkerConfig{Worker: w1.ID, Endpoint: p.Endpoint(), ReplayEndpoint: silentPeer(t)}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -113,7 +113,7 @@ func TestSilentReplayEndpointResets(t *testing.T) {
 func TestPublisherNotUpAtStart(t *testing.T) {
 	port, rport := kvtest.FreePort(t), kvtest.FreePort(t)
 	sink := kvtest.NewRecorder()
-	m := startManager(t, sink, nil, ingest.WorkerConfig{Worker: w1.Worker,
+	m := startManager(t, sink, nil, ingest.WorkerConfig{Worker: w1.ID,
 		Endpoint: "tcp://127.0.0.1:" + strconv.Itoa(port), ReplayEndpoint: "tcp://127.0.0.1:" + strconv.Itoa(rport)})
 	poll.CheckFor(t, wait, "failed attempts", func() bool { return stateOf(m, w1).Reconnects >= 2 })
 	p := kvtest.NewPubAt(t, port, rport, 100, prototest.Style{})

@@ -1,33 +1,13 @@
 package kvevents
 
 import (
-	"strconv"
-
 	"github.com/kvroute/kvroute/proto"
 )
-
-// WorkerKey identifies one event stream: a worker and one of its data-parallel ranks.
-// vLLM runs one publisher per DP rank (rank N>0 on the configured port + N), each with
-// its own sequence numbers and its own cache, so the rank is part of the identity.
-type WorkerKey struct {
-	// Worker is the worker's id as configured (its URL or name).
-	Worker string
-	// DPRank is the data-parallel rank; 0 for engines without data parallelism.
-	DPRank int
-}
-
-// String returns "worker" for rank 0 and "worker#dpN" otherwise; it is the metrics label.
-func (k WorkerKey) String() string {
-	if k.DPRank == 0 {
-		return k.Worker
-	}
-	return k.Worker + "#dp" + strconv.Itoa(k.DPRank)
-}
 
 // Sink receives every worker's batches, in sequence order per worker. The indexer is the
 // sink in the router; the NATS publisher is the sink in `kvroute bridge`.
 //
-// Calls for one WorkerKey never overlap and arrive in order; calls for different keys may
+// Calls for one proto.WorkerKey never overlap and arrive in order; calls for different keys may
 // run concurrently, so implementations must be safe for concurrent use. b and its slices
 // are only valid during Apply: the caller reuses them for the next batch, so a sink copies
 // what it keeps. Apply must not block for long: it holds up that worker's stream. Sink
@@ -36,10 +16,10 @@ func (k WorkerKey) String() string {
 type Sink interface {
 	// Apply applies one batch of the worker's events. model is the worker's configured
 	// model name ("" when unknown).
-	Apply(w WorkerKey, model string, b *proto.Batch)
+	Apply(w proto.WorkerKey, model string, b *proto.Batch)
 	// Reset tells the sink that everything it knows about the worker is void: drop it.
 	// reason is one of the Reason constants.
-	Reset(w WorkerKey, reason string)
+	Reset(w proto.WorkerKey, reason string)
 }
 
 // The reasons a worker's state is reset. They are the values of the reason label of
@@ -75,25 +55,25 @@ const (
 // Apply(worker, model, batch) and ClearWorker(worker):
 //
 //	kvevents.SinkFuncs{
-//		ApplyFunc: func(w kvevents.WorkerKey, model string, b *proto.Batch) { idx.Apply(w.String(), model, b) },
-//		ResetFunc: func(w kvevents.WorkerKey, _ string) { idx.ClearWorker(w.String()) },
+//		ApplyFunc: func(w proto.WorkerKey, model string, b *proto.Batch) { idx.Apply(w.String(), model, b) },
+//		ResetFunc: func(w proto.WorkerKey, _ string) { idx.ClearWorker(w.String()) },
 //	}
 //
 // A nil function ignores its calls.
 type SinkFuncs struct {
-	ApplyFunc func(w WorkerKey, model string, b *proto.Batch)
-	ResetFunc func(w WorkerKey, reason string)
+	ApplyFunc func(w proto.WorkerKey, model string, b *proto.Batch)
+	ResetFunc func(w proto.WorkerKey, reason string)
 }
 
 // Apply calls ApplyFunc.
-func (s SinkFuncs) Apply(w WorkerKey, model string, b *proto.Batch) {
+func (s SinkFuncs) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 	if s.ApplyFunc != nil {
 		s.ApplyFunc(w, model, b)
 	}
 }
 
 // Reset calls ResetFunc.
-func (s SinkFuncs) Reset(w WorkerKey, reason string) {
+func (s SinkFuncs) Reset(w proto.WorkerKey, reason string) {
 	if s.ResetFunc != nil {
 		s.ResetFunc(w, reason)
 	}

@@ -58,7 +58,7 @@ type TrackerOptions struct {
 //
 // A Tracker is used by one goroutine at a time; [Tracker.State] may be called from any.
 type Tracker struct {
-	key  WorkerKey
+	key  proto.WorkerKey
 	sink Sink
 	opts TrackerOptions
 	wm   *workerMetrics
@@ -94,7 +94,7 @@ type trackerStats struct {
 }
 
 // NewTracker returns a tracker feeding sink with key's batches.
-func NewTracker(key WorkerKey, sink Sink, opts TrackerOptions) *Tracker {
+func NewTracker(key proto.WorkerKey, sink Sink, opts TrackerOptions) *Tracker {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -122,7 +122,7 @@ func (t *Tracker) SetModel(model string) {
 }
 
 // Key returns the worker the tracker follows.
-func (t *Tracker) Key() WorkerKey { return t.key }
+func (t *Tracker) Key() proto.WorkerKey { return t.key }
 
 // Batch handles one live batch; b.Seq must be set. It may call the replayer, which
 // blocks until the replay ends or ctx is done.
@@ -294,7 +294,7 @@ func (t *Tracker) apply(b *proto.Batch, replayed bool) {
 
 // WorkerState is a snapshot of one worker's event stream, for the dashboard.
 type WorkerState struct {
-	Key   WorkerKey
+	Key   proto.WorkerKey
 	Model string
 	// Endpoint and ReplayEndpoint are the ZMQ endpoints; empty for NATS-fed workers.
 	Endpoint       string

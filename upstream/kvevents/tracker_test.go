@@ -45,7 +45,7 @@ type logSink struct {
 	inEpoch bool
 }
 
-func (s *logSink) Apply(_ ingest.WorkerKey, _ string, b *proto.Batch) {
+func (s *logSink) Apply(_ proto.WorkerKey, _ string, b *proto.Batch) {
 	if s.inEpoch && b.Seq != s.last+1 {
 		s.t.Fatalf("applied seq %d after %d without a reset in between (log %v)", b.Seq, s.last, s.log)
 	}
@@ -61,7 +61,7 @@ func (s *logSink) skipped(seq uint64) {
 	}
 }
 
-func (s *logSink) Reset(_ ingest.WorkerKey, reason string) {
+func (s *logSink) Reset(_ proto.WorkerKey, reason string) {
 	s.inEpoch = false
 	s.log = append(s.log, "reset:"+reason)
 }

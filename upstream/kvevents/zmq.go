@@ -21,7 +21,7 @@ var zmqLogger = log.New(io.Discard, "", 0)
 
 // source follows one worker's (one DP rank's) ZMQ PUB stream and its replay endpoint.
 type source struct {
-	key     WorkerKey
+	key     proto.WorkerKey
 	cfg     WorkerConfig // endpoints already shifted for the rank
 	opts    *Options
 	tracker *Tracker
@@ -37,7 +37,7 @@ type source struct {
 	warnedRank bool
 }
 
-func newSource(key WorkerKey, cfg WorkerConfig, opts *Options) *source {
+func newSource(key proto.WorkerKey, cfg WorkerConfig, opts *Options) *source {
 	s := &source{key: key, cfg: cfg, opts: opts}
 	var rp Replayer
 	if cfg.ReplayEndpoint != "" {

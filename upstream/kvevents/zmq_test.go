@@ -49,10 +49,10 @@ func cfgFor(p *kvtest.Pub) WorkerConfig {
 	return WorkerConfig{Worker: "http://w1:8000", Model: "m1", Endpoint: p.Endpoint(), ReplayEndpoint: p.ReplayEndpoint()}
 }
 
-var w1 = WorkerKey{Worker: "http://w1:8000"}
+var w1 = proto.WorkerKey{ID: "http://w1:8000"}
 
 // waitSeq waits until the sink has applied seq as the worker's latest batch.
-func waitSeq(t *testing.T, s *kvtest.Recorder, w WorkerKey, seq uint64) {
+func waitSeq(t *testing.T, s *kvtest.Recorder, w proto.WorkerKey, seq uint64) {
 	t.Helper()
 	poll.CheckFor(t, wait, "seq applied", func() bool {
 		got, ok := s.LastSeq(w)
@@ -60,7 +60,7 @@ func waitSeq(t *testing.T, s *kvtest.Recorder, w WorkerKey, seq uint64) {
 	})
 }
 
-func stateOf(m *Manager, w WorkerKey) WorkerState {
+func stateOf(m *Manager, w proto.WorkerKey) WorkerState {
 	for _, st := range m.States() {
 		if st.Key == w {
 			return st
@@ -349,7 +349,7 @@ func TestManagerAddRemoveAndDPRanks(t *testing.T) {
 	p.Store(1)
 	p1.Store(2)
 	p1.Store(1)
-	r1 := WorkerKey{Worker: w1.Worker, DPRank: 1}
+	r1 := proto.WorkerKey{ID: w1.ID, DPRank: 1}
 	waitSeq(t, sink, w1, 0)
 	waitSeq(t, sink, r1, 1)
 	if len(sink.Cache(w1)) != 1 || len(sink.Cache(r1)) != 3 {
@@ -358,8 +358,8 @@ func TestManagerAddRemoveAndDPRanks(t *testing.T) {
 	if n := len(m.States()); n != 2 {
 		t.Fatalf("%d states, want 2", n)
 	}
-	m.Remove(w1.Worker)
-	for _, k := range []WorkerKey{w1, r1} {
+	m.Remove(w1.ID)
+	for _, k := range []proto.WorkerKey{w1, r1} {
 		if r := sink.Resets(k); r[len(r)-1] != ReasonRemoved {
 			t.Fatalf("%v resets %v, want removed last", k, r)
 		}

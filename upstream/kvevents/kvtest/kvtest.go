@@ -309,22 +309,22 @@ func (p *Pub) Truth() map[proto.EngineHash]bool {
 // use.
 type Recorder struct {
 	mu      sync.Mutex
-	log     map[kvevents.WorkerKey][]string
-	cache   map[kvevents.WorkerKey]map[proto.EngineHash]bool
-	seqs    map[kvevents.WorkerKey][]uint64
-	model   map[kvevents.WorkerKey]string
-	batches map[kvevents.WorkerKey][]proto.Batch
+	log     map[proto.WorkerKey][]string
+	cache   map[proto.WorkerKey]map[proto.EngineHash]bool
+	seqs    map[proto.WorkerKey][]uint64
+	model   map[proto.WorkerKey]string
+	batches map[proto.WorkerKey][]proto.Batch
 }
 
 // NewRecorder returns an empty Recorder.
 func NewRecorder() *Recorder {
-	return &Recorder{log: map[kvevents.WorkerKey][]string{}, cache: map[kvevents.WorkerKey]map[proto.EngineHash]bool{},
-		seqs: map[kvevents.WorkerKey][]uint64{}, model: map[kvevents.WorkerKey]string{},
-		batches: map[kvevents.WorkerKey][]proto.Batch{}}
+	return &Recorder{log: map[proto.WorkerKey][]string{}, cache: map[proto.WorkerKey]map[proto.EngineHash]bool{},
+		seqs: map[proto.WorkerKey][]uint64{}, model: map[proto.WorkerKey]string{},
+		batches: map[proto.WorkerKey][]proto.Batch{}}
 }
 
 // Apply records b (deep-copied) and applies it to w's cache.
-func (s *Recorder) Apply(w kvevents.WorkerKey, model string, b *proto.Batch) {
+func (s *Recorder) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.log[w] = append(s.log[w], fmt.Sprintf("apply:%d", b.Seq))
@@ -365,7 +365,7 @@ func deepCopy(b *proto.Batch) proto.Batch {
 }
 
 // Reset records the reset and clears w's cache.
-func (s *Recorder) Reset(w kvevents.WorkerKey, reason string) {
+func (s *Recorder) Reset(w proto.WorkerKey, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.log[w] = append(s.log[w], "reset:"+reason)
@@ -373,7 +373,7 @@ func (s *Recorder) Reset(w kvevents.WorkerKey, reason string) {
 }
 
 // LastSeq returns the seq of w's last applied batch.
-func (s *Recorder) LastSeq(w kvevents.WorkerKey) (uint64, bool) {
+func (s *Recorder) LastSeq(w proto.WorkerKey) (uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q := s.seqs[w]
@@ -384,7 +384,7 @@ func (s *Recorder) LastSeq(w kvevents.WorkerKey) (uint64, bool) {
 }
 
 // Resets returns the reasons of w's resets, in order.
-func (s *Recorder) Resets(w kvevents.WorkerKey) []string {
+func (s *Recorder) Resets(w proto.WorkerKey) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
@@ -397,28 +397,28 @@ func (s *Recorder) Resets(w kvevents.WorkerKey) []string {
 }
 
 // Log returns w's call log.
-func (s *Recorder) Log(w kvevents.WorkerKey) []string {
+func (s *Recorder) Log(w proto.WorkerKey) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.log[w]...)
 }
 
 // Model returns the model passed with w's last batch.
-func (s *Recorder) Model(w kvevents.WorkerKey) string {
+func (s *Recorder) Model(w proto.WorkerKey) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.model[w]
 }
 
 // Batches returns copies of w's applied batches, in order.
-func (s *Recorder) Batches(w kvevents.WorkerKey) []proto.Batch {
+func (s *Recorder) Batches(w proto.WorkerKey) []proto.Batch {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]proto.Batch(nil), s.batches[w]...)
 }
 
 // Cache returns the blocks w's applied batches imply since its last reset.
-func (s *Recorder) Cache(w kvevents.WorkerKey) map[proto.EngineHash]bool {
+func (s *Recorder) Cache(w proto.WorkerKey) map[proto.EngineHash]bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[proto.EngineHash]bool{}

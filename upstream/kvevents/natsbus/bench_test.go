@@ -10,17 +10,16 @@ import (
 
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
-	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 )
 
 type countSink struct{ batches, events atomic.Int64 }
 
-func (s *countSink) Apply(_ kvevents.WorkerKey, _ string, b *proto.Batch) {
+func (s *countSink) Apply(_ proto.WorkerKey, _ string, b *proto.Batch) {
 	s.events.Add(int64(len(b.Events)))
 	s.batches.Add(1)
 }
-func (s *countSink) Reset(kvevents.WorkerKey, string) {}
+func (s *countSink) Reset(proto.WorkerKey, string) {}
 
 // BenchmarkNATSRoundTrip measures Publisher -> embedded nats-server (core NATS) ->
 // Consumer -> sink for batches of 12 events (8 stores of 4 blocks with 64 tokens, 4

@@ -57,11 +57,11 @@ type Consumer struct {
 	// applyMu is held while a message is applied, while Forget resets and while dead
 	// workers are purged, so sink calls for one worker never overlap. It guards lastSeen.
 	applyMu  sync.Mutex
-	lastSeen map[kvevents.WorkerKey]time.Time
+	lastSeen map[proto.WorkerKey]time.Time
 
 	// mu guards trackers, decodeErr and lastError.
 	mu        sync.Mutex
-	trackers  map[kvevents.WorkerKey]*kvevents.Tracker
+	trackers  map[proto.WorkerKey]*kvevents.Tracker
 	decodeErr uint64
 	lastError string
 
@@ -96,7 +96,7 @@ func NewConsumer(nc *nats.Conn, sink kvevents.Sink, opts ConsumerOptions) (*Cons
 		opts.Metrics = m
 	}
 	return &Consumer{nc: nc, sink: sink, opts: opts, log: opts.Logger, ready: make(chan struct{}),
-		trackers: map[kvevents.WorkerKey]*kvevents.Tracker{}, lastSeen: map[kvevents.WorkerKey]time.Time{}}, nil
+		trackers: map[proto.WorkerKey]*kvevents.Tracker{}, lastSeen: map[proto.WorkerKey]time.Time{}}, nil
 }
 
 // Ready is closed once Run has subscribed: messages published after it are delivered.
@@ -258,7 +258,7 @@ func (c *Consumer) handle(ctx context.Context, data []byte) {
 		c.log.Warn("undecodable kv event envelope", "err", err)
 		return
 	}
-	key := kvevents.WorkerKey{Worker: e.Worker, DPRank: max(e.DPRank, 0)}
+	key := proto.WorkerKey{ID: e.Worker, DPRank: max(e.DPRank, 0)}
 	c.mu.Lock()
 	tr := c.trackers[key]
 	if tr == nil {
@@ -294,7 +294,7 @@ func (c *Consumer) Forget(worker string) {
 	c.mu.Lock()
 	var gone []*kvevents.Tracker
 	for k, tr := range c.trackers {
-		if k.Worker == worker {
+		if k.ID == worker {
 			gone = append(gone, tr)
 			delete(c.trackers, k)
 			delete(c.lastSeen, k)
@@ -318,8 +318,8 @@ func (c *Consumer) States() []kvevents.WorkerState {
 	}
 	c.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].Key.Worker != out[j].Key.Worker {
-			return out[i].Key.Worker < out[j].Key.Worker
+		if out[i].Key.ID != out[j].Key.ID {
+			return out[i].Key.ID < out[j].Key.ID
 		}
 		return out[i].Key.DPRank < out[j].Key.DPRank
 	})

@@ -19,7 +19,7 @@ import (
 
 const wait = 10 * time.Second
 
-var w1 = kvevents.WorkerKey{Worker: "http://w1:8000"}
+var w1 = proto.WorkerKey{ID: "http://w1:8000"}
 
 func embedded(t *testing.T) *natsbus.Embedded {
 	t.Helper()
@@ -44,12 +44,12 @@ func connect(t *testing.T, e *natsbus.Embedded) *nats.Conn {
 // tee is a Sink feeding two sinks.
 type tee [2]kvevents.Sink
 
-func (t tee) Apply(w kvevents.WorkerKey, model string, b *proto.Batch) {
+func (t tee) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 	t[0].Apply(w, model, b)
 	t[1].Apply(w, model, b)
 }
 
-func (t tee) Reset(w kvevents.WorkerKey, reason string) {
+func (t tee) Reset(w proto.WorkerKey, reason string) {
 	t[0].Reset(w, reason)
 	t[1].Reset(w, reason)
 }
@@ -63,7 +63,7 @@ func bridge(t *testing.T, nc *nats.Conn, pub *kvtest.Pub, seen *kvtest.Recorder)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Add(kvevents.WorkerConfig{Worker: w1.Worker, Model: "org/model-1.5", Endpoint: pub.Endpoint(), ReplayEndpoint: pub.ReplayEndpoint()}); err != nil {
+	if err := m.Add(kvevents.WorkerConfig{Worker: w1.ID, Model: "org/model-1.5", Endpoint: pub.Endpoint(), ReplayEndpoint: pub.ReplayEndpoint()}); err != nil {
 		t.Fatal(err)
 	}
 	run(t, m.Run)
@@ -175,7 +175,7 @@ func TestBridgeThroughNATSCore(t *testing.T) {
 	if len(st) != 1 || st[0].Key != w1 || st[0].LastSeq != 0 || st[0].Resets != 2 {
 		t.Fatalf("consumer states %+v", st)
 	}
-	c.Forget(w1.Worker)
+	c.Forget(w1.ID)
 	if r := got.Resets(w1); r[len(r)-1] != kvevents.ReasonRemoved || len(got.Cache(w1)) != 0 {
 		t.Fatalf("after Forget resets %v cache %v", r, got.Cache(w1))
 	}
@@ -269,11 +269,11 @@ func TestJetStreamDurableResume(t *testing.T) {
 func TestSubject(t *testing.T) {
 	for _, c := range []struct {
 		model string
-		key   kvevents.WorkerKey
+		key   proto.WorkerKey
 		want  string
 	}{
-		{"meta-llama/Llama-3.1-8B", kvevents.WorkerKey{Worker: "http://10.0.0.1:8000"}, "kvroute.events.meta-llama_Llama-3_1-8B.http___10_0_0_1_8000.dp0"},
-		{"", kvevents.WorkerKey{Worker: "a b*>", DPRank: 3}, "kvroute.events._.a_b__.dp3"},
+		{"meta-llama/Llama-3.1-8B", proto.WorkerKey{ID: "http://10.0.0.1:8000"}, "kvroute.events.meta-llama_Llama-3_1-8B.http___10_0_0_1_8000.dp0"},
+		{"", proto.WorkerKey{ID: "a b*>", DPRank: 3}, "kvroute.events._.a_b__.dp3"},
 	} {
 		if got := natsbus.Subject(natsbus.DefaultPrefix, c.model, c.key); got != c.want {
 			t.Errorf("Subject(%q, %v) = %q, want %q", c.model, c.key, got, c.want)

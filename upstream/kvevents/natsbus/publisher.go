@@ -26,8 +26,8 @@ const DefaultStream = "KVROUTE_EVENTS"
 // Subject returns the subject of a worker's events: prefix.model.worker.dpN, with model
 // and worker sanitised to one subject token each (every byte outside [A-Za-z0-9_-]
 // becomes '_'; an empty token becomes '_').
-func Subject(prefix, model string, w kvevents.WorkerKey) string {
-	return prefix + "." + token(model) + "." + token(w.Worker) + ".dp" + strconv.Itoa(w.DPRank)
+func Subject(prefix, model string, w proto.WorkerKey) string {
+	return prefix + "." + token(model) + "." + token(w.ID) + ".dp" + strconv.Itoa(w.DPRank)
 }
 
 func token(s string) string {
@@ -72,7 +72,7 @@ type Publisher struct {
 	// mu guards buf and models.
 	mu     sync.Mutex
 	buf    []byte
-	models map[kvevents.WorkerKey]string // last model seen per worker, for reset subjects
+	models map[proto.WorkerKey]string // last model seen per worker, for reset subjects
 }
 
 // NewPublisher returns a Publisher on nc.
@@ -83,42 +83,42 @@ func NewPublisher(nc *nats.Conn, opts PublisherOptions) *Publisher {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Publisher{nc: nc, prefix: opts.Prefix, model: opts.Model, log: opts.Logger, models: map[kvevents.WorkerKey]string{}}
+	return &Publisher{nc: nc, prefix: opts.Prefix, model: opts.Model, log: opts.Logger, models: map[proto.WorkerKey]string{}}
 }
 
 // Apply publishes one batch.
-func (p *Publisher) Apply(w kvevents.WorkerKey, model string, b *proto.Batch) {
+func (p *Publisher) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.models[w] = model
-	env := proto.Envelope{Kind: proto.EnvelopeBatch, Worker: w.Worker, Model: model, DPRank: w.DPRank, Batch: *b}
+	env := proto.Envelope{Kind: proto.EnvelopeBatch, Worker: w.ID, Model: model, DPRank: w.DPRank, Batch: *b}
 	p.buf = proto.AppendEnvelope(p.buf[:0], &env)
 	p.publish(Subject(p.prefix, model, w))
 }
 
 // Reset publishes a reset of the worker, on the subject of its last batch's model.
-func (p *Publisher) Reset(w kvevents.WorkerKey, reason string) {
+func (p *Publisher) Reset(w proto.WorkerKey, reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	model, ok := p.models[w]
 	if !ok {
 		model = p.model
 	}
-	env := proto.Envelope{Kind: proto.EnvelopeReset, Worker: w.Worker, Model: model, DPRank: w.DPRank, Reason: reason}
+	env := proto.Envelope{Kind: proto.EnvelopeReset, Worker: w.ID, Model: model, DPRank: w.DPRank, Reason: reason}
 	p.buf = proto.AppendEnvelope(p.buf[:0], &env)
 	p.publish(Subject(p.prefix, model, w))
 }
 
 // Heartbeat publishes that the bridge is alive and follows w; consumers with a
 // DeadAfter reset workers whose bridge stays silent (no batch, no heartbeat) longer.
-func (p *Publisher) Heartbeat(w kvevents.WorkerKey) {
+func (p *Publisher) Heartbeat(w proto.WorkerKey) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	model, ok := p.models[w]
 	if !ok {
 		model = p.model
 	}
-	env := proto.Envelope{Kind: proto.EnvelopeHeartbeat, Worker: w.Worker, Model: model, DPRank: w.DPRank}
+	env := proto.Envelope{Kind: proto.EnvelopeHeartbeat, Worker: w.ID, Model: model, DPRank: w.DPRank}
 	p.buf = proto.AppendEnvelope(p.buf[:0], &env)
 	p.publish(Subject(p.prefix, model, w))
 }
