@@ -80,9 +80,14 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		if w == nil {
 			break
 		}
+		// Count the request on w at once, before anything else: concurrent decisions see
+		// only the load begun before them, so every step between the choice and this
+		// one is a window in which a burst piles onto one worker.
+		load := s.beginLoad(w, st, overlap)
 		s.traffic.decision(t0)
 		if attempt > 0 {
 			if clientGone(ctx.Conn()) { // nobody to answer: do not load another worker
+				load.End()
 				s.metrics.retriesSkipped.WithLabelValues(r.Model).Inc()
 				ctx.SetConnectionClose()
 				s.count("", r.Model, statusClientClosed, start)
@@ -91,7 +96,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
 		st.tried = append(st.tried, w)
-		o := s.attempt(ctx, &c, w, overlap)
+		o := s.attempt(ctx, &c, w, overlap, load)
 		s.settle(ctx, &c, &o)
 		if o.err == nil {
 			return
@@ -143,11 +148,12 @@ type outcome struct {
 	stream bool
 }
 
-// attempt forwards the request to w and returns the outcome. Unless o.err is set, the
+// attempt forwards the request to w, whose load (begun by the caller) it carries in the
+// outcome, and returns the outcome. Unless o.err is set, the
 // worker's answer has been committed to the client (a streamed one may still fail later,
 // mid-stream).
-func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, overlap int) (o outcome) {
-	o = outcome{w: w, overlap: overlap}
+func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, overlap int, load *upstream.Load) (o outcome) {
+	o = outcome{w: w, overlap: overlap, load: load}
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
 	stripHopByHop(&req.Header)
@@ -159,7 +165,6 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	req.SetBodyRaw(ctx.PostBody())
 
 	resp := fasthttp.AcquireResponse()
-	o.load = s.beginLoad(w, c.st, overlap)
 	if !c.r.Stream {
 		o.load.EstimateFirstToken() // its first token will not be seen
 	}
