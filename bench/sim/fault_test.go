@@ -67,10 +67,10 @@ func TestFaultErrorRate(t *testing.T) {
 func TestFaultHang(t *testing.T) {
 	f := startFleet(t, 1, func(c *Config) { c.Faults.HangRate = 1 })
 	w := f.Workers()[0]
+	start := time.Now() // before the context: its deadline is at most start + 150ms
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "POST", w.URL()+"/v1/completions", strings.NewReader(`{"prompt":"hi"}`))
-	start := time.Now()
 	_, err := http.DefaultClient.Do(req)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) < 150*time.Millisecond {
 		t.Fatalf("hung request returned %v after %v", err, time.Since(start))
