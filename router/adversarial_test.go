@@ -7,12 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
@@ -126,8 +128,9 @@ func adversarialStack(t *testing.T, mutate func(*configs.Config)) (*testRouter, 
 	return tr, fw, strings.TrimPrefix(tr.url, "http://")
 }
 
-// metricSum returns the sum of every series of the named metric family in g.
-func metricSum(t *testing.T, g prometheus.Gatherer, name string) float64 {
+// metricSum returns the sum of every series of the named metric family in g whose
+// labels include each name/value pair of labels (none: every series).
+func metricSum(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -138,7 +141,15 @@ func metricSum(t *testing.T, g prometheus.Gatherer, name string) float64 {
 		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == labels[i] && l.GetValue() == labels[i+1]
+				}) {
+					continue series
+				}
+			}
 			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvroute/kvroute/proto/prototest/poll"
@@ -222,31 +221,6 @@ func TestHungWorkerFirstByteTimeoutRetriesElsewhere(t *testing.T) {
 	}
 }
 
-// metricValue returns the value of counter name with labels worker and result in reg
-// (0 when absent).
-func metricValue(t *testing.T, reg prometheus.Gatherer, name, worker, result string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["worker"] == worker && labels["result"] == result {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
-}
-
 // A worker that answers /health but never generates is taken out of rotation after one
 // timed-out request, whatever the policy and eject_after, by the generation probe; it
 // comes back once it generates again.
@@ -271,10 +245,12 @@ func TestHungWorkerEjectedByGenerationProbe(t *testing.T) {
 				t.Fatalf("no request timed out on w0 (%v)", v)
 			}
 			probes := func(result string) float64 {
-				return metricValue(t, tr.reg, "kvroute_upstream_generation_probes_total", "w0", result)
+				return metricSum(t, tr.reg, "kvroute_upstream_generation_probes_total", "worker", "w0", "result", result)
 			}
 			if !probe {
-				checks := func() float64 { return metricValue(t, tr.reg, "kvroute_upstream_health_checks_total", "w0", "ok") }
+				checks := func() float64 {
+					return metricSum(t, tr.reg, "kvroute_upstream_health_checks_total", "worker", "w0", "result", "ok")
+				}
 				base := checks()
 				poll.CheckFor(t, 3*time.Second, "five more health checks", func() bool { return checks() >= base+5 })
 				if !w.Available() || probes("fail")+probes("ok") != 0 {
