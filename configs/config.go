@@ -46,8 +46,13 @@ type Config struct {
 	Health Health `yaml:"health"`
 	// Headers configures the response headers kvroute adds.
 	Headers Headers `yaml:"headers"`
-	// Workers are the inference workers requests are routed to. At least one.
+	// Workers are the static inference workers requests are routed to. At least one
+	// unless a discovery source is configured. `kvroute serve` applies a changed list on
+	// SIGHUP or POST /api/reload without a restart.
 	Workers []Worker `yaml:"workers"`
+	// Discovery configures the sources that add and remove workers at run time (DNS,
+	// Kubernetes). Default: none.
+	Discovery Discovery `yaml:"discovery"`
 	// Admin configures the admin API and dashboard.
 	Admin Admin `yaml:"admin"`
 	// Replica configures state sharing between router replicas (router/replica).
@@ -423,6 +428,7 @@ func Load(data []byte) (*Config, error) {
 	for i := range cfg.Workers {
 		cfg.Workers[i].workerDefaults()
 	}
+	cfg.Discovery.discoveryDefaults()
 	cfg.securityDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -585,8 +591,9 @@ func (c *Config) Validate() error {
 	}
 	c.Replica.validate(bad)
 	c.validateSecurity(bad)
-	if len(c.Workers) == 0 {
-		bad("workers: at least one worker is required")
+	c.Discovery.validate(bad)
+	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
+		errs = append(errs, ErrNoWorkers)
 	}
 	ids := map[string]int{}
 	for i, w := range c.Workers {
