@@ -71,6 +71,9 @@ type Config struct {
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
 	Source string `yaml:"-"`
+	// WorkersFromFlags is set when --worker flags replaced the file's workers: a reload
+	// then leaves the static workers as they are.
+	WorkersFromFlags bool `yaml:"-"`
 }
 
 // Admin configures the admin JSON API and the dashboard page (router/admin).

@@ -98,7 +98,8 @@ func newTrafficStats(start time.Time) *trafficStats {
 }
 
 // seriesLocked returns the series of key in m, created on first use. mu must be held.
-// Keys are bounded: model names the pool knows and configured worker ids.
+// Keys are bounded: model names the pool knows and the pool's worker ids (a worker that
+// leaves is forgotten).
 func seriesLocked(m map[string]*statSeries, key string) *statSeries {
 	s := m[key]
 	if s == nil {
@@ -106,6 +107,13 @@ func seriesLocked(m map[string]*statSeries, key string) *statSeries {
 		m[key] = s
 	}
 	return s
+}
+
+// forget drops a gone worker's series.
+func (t *trafficStats) forget(worker string) {
+	t.mu.Lock()
+	delete(t.workers, worker)
+	t.mu.Unlock()
 }
 
 // routed records a request committed to worker: its prompt tokens and the prompt tokens
@@ -397,18 +405,37 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 		}
 	}
 	// In-flight is read from the workers' counters at scrape time, so the request path
-	// pays nothing for it.
-	for _, w := range pool.Workers() {
-		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "kvroute_router_inflight_requests",
-			Help:        "Requests this router has in flight on each worker.",
-			ConstLabels: prometheus.Labels{"worker": w.ID},
-		}, func() float64 { return float64(w.InFlight()) })
-		if err := reg.Register(g); err != nil {
-			return nil, fmt.Errorf("register router metrics: %w", err)
-		}
+	// pays nothing for it; the collector follows the pool's current members.
+	if err := reg.Register(inflightCollector{pool}); err != nil {
+		return nil, fmt.Errorf("register router metrics: %w", err)
 	}
 	return m, nil
+}
+
+// inflightDesc describes kvroute_router_inflight_requests.
+var inflightDesc = prometheus.NewDesc("kvroute_router_inflight_requests",
+	"Requests this router has in flight on each worker.", []string{"worker"}, nil)
+
+// inflightCollector reports each current member's in-flight requests at scrape time.
+type inflightCollector struct{ pool *upstream.Pool }
+
+func (c inflightCollector) Describe(ch chan<- *prometheus.Desc) { ch <- inflightDesc }
+
+func (c inflightCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, w := range c.pool.Workers() {
+		ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, float64(w.InFlight()), w.ID)
+	}
+}
+
+// ForgetWorker deletes a worker that left the pool from the router's metric series and
+// traffic figures, so that churn (pods named anew at each rollout) does not grow them
+// without bound.
+func (s *Server) ForgetWorker(id string) {
+	l := prometheus.Labels{"worker": id}
+	s.metrics.requests.DeletePartialMatch(l)
+	s.metrics.upErrors.DeletePartialMatch(l)
+	s.metrics.blockMismatch.DeletePartialMatch(l)
+	s.traffic.forget(id)
 }
 
 // count records a finished request. A zero start skips the duration (requests rejected

@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,11 +21,14 @@ import (
 	"github.com/kvroute/kvroute/configs"
 )
 
-// Pool is the set of configured workers with their health and discovery loops.
+// Pool is the fleet of workers with their health and discovery loops. Its membership
+// changes at run time ([Pool.Add], [Pool.Remove], [Pool.Sync]; membership.go): the
+// request path reads it through one atomic pointer to an immutable snapshot.
 type Pool struct {
-	workers []*Worker
-	byID    map[string]*Worker
-	byURL   map[string]*Worker // by base URL (Worker.URL), for HTTPClient
+	fleet atomic.Pointer[fleet]
+	cfg   *configs.Config // timeouts, upstream credentials and TLS of new workers
+	// members is the membership state (membership.go).
+	members membership
 	health  configs.Health
 	// firstByte bounds a generation probe (timeouts.first_byte).
 	firstByte time.Duration
@@ -32,29 +37,46 @@ type Pool struct {
 	now func() time.Time
 }
 
+// fleet is one immutable snapshot of the pool's members: replaced, never modified.
+type fleet struct {
+	list  []*Worker          // in join order (config order for the static workers)
+	byID  map[string]*Worker // by Worker.ID
+	byURL map[string]*Worker // by base URL (Worker.URL), for HTTPClient
+}
+
 type poolMetrics struct {
 	healthy   *prometheus.GaugeVec
 	ejections *prometheus.CounterVec
 	checks    *prometheus.CounterVec
 	genProbes *prometheus.CounterVec
 	expired   *prometheus.CounterVec
+	changes   *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	workers   *prometheus.GaugeVec
 }
 
 // NewPool builds the workers of cfg and registers the pool's metrics with reg (nil: not
 // registered). Workers start unavailable until [Pool.Start] or [Pool.Run] has checked
 // them.
 func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
-	p := &Pool{byID: map[string]*Worker{}, byURL: map[string]*Worker{}, health: cfg.Health,
-		firstByte: cfg.Timeouts.FirstByte, now: time.Now}
+	p := &Pool{cfg: cfg, health: cfg.Health, firstByte: cfg.Timeouts.FirstByte, now: time.Now}
+	f := &fleet{byID: map[string]*Worker{}, byURL: map[string]*Worker{}}
 	for _, wc := range cfg.Workers {
 		w, err := newWorker(wc, cfg)
 		if err != nil {
 			return nil, err
 		}
-		p.workers = append(p.workers, w)
-		p.byID[w.ID] = w
-		p.byURL[w.URL] = w
+		if f.byURL[w.URL] != nil {
+			return nil, fmt.Errorf("worker %q: url %s is already worker %q's", w.ID, w.URL, f.byURL[w.URL].ID)
+		}
+		w.Source, w.Joined = SourceStatic, time.Now()
+		w.record("joined", "source static")
+		f.list = append(f.list, w)
+		f.byID[w.ID] = w
+		f.byURL[w.URL] = w
 	}
+	p.fleet.Store(f)
+	p.members.init()
 	p.metrics = &poolMetrics{
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kvroute_upstream_worker_available",
@@ -76,32 +98,46 @@ func NewPool(cfg *configs.Config, reg prometheus.Registerer) (*Pool, error) {
 			Name: "kvroute_upstream_load_entries_expired_total",
 			Help: "Router load entries ended by expiry rather than by their request: should stay 0.",
 		}, []string{"worker"}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_upstream_membership_changes_total",
+			Help: "Workers joining (joined), starting to leave (leaving) and gone (left), by membership source (static, api, dns, kubernetes).",
+		}, []string{"source", "change"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_upstream_membership_rejected_total",
+			Help: "Workers a membership source reported that the pool refused, by reason (duplicate_id, duplicate_url, invalid).",
+		}, []string{"source", "reason"}),
+		workers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvroute_upstream_workers",
+			Help: "Workers in the pool by membership source (leaving ones not counted).",
+		}, []string{"source"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks, p.metrics.genProbes, p.metrics.expired} {
+		for _, c := range []prometheus.Collector{p.metrics.healthy, p.metrics.ejections, p.metrics.checks, p.metrics.genProbes, p.metrics.expired,
+			p.metrics.changes, p.metrics.rejected, p.metrics.workers} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register upstream metrics: %w", err)
 			}
 		}
 	}
-	for _, w := range p.workers {
+	for _, w := range f.list {
 		p.metrics.healthy.WithLabelValues(w.ID).Set(0)
 	}
+	p.countWorkers(f)
 	return p, nil
 }
 
-// Workers returns every configured worker, in config order. The slice must not be
-// modified.
-func (p *Pool) Workers() []*Worker { return p.workers }
+// Workers returns the pool's current members (not the leaving ones), in join order:
+// a snapshot that later membership changes do not alter. The slice must not be modified.
+func (p *Pool) Workers() []*Worker { return p.fleet.Load().list }
 
-// Worker returns the worker with the given id, or nil.
-func (p *Pool) Worker(id string) *Worker { return p.byID[id] }
+// Worker returns the current member with the given id, or nil.
+func (p *Pool) Worker(id string) *Worker { return p.fleet.Load().byID[id] }
 
 // Candidates appends to dst the available, not drained workers serving model and
 // returns it.
 func (p *Pool) Candidates(dst []*Worker, model string) []*Worker {
-	for _, w := range p.workers {
-		if w.Available() && !w.Drained() && w.Serves(model) {
+	for _, w := range p.Workers() {
+		if w.Available() && !w.Drained() && !w.notReady.Load() && w.Serves(model) {
 			dst = append(dst, w)
 		}
 	}
@@ -110,7 +146,7 @@ func (p *Pool) Candidates(dst []*Worker, model string) []*Worker {
 
 // Known reports whether any worker, available or not, serves model.
 func (p *Pool) Known(model string) bool {
-	for _, w := range p.workers {
+	for _, w := range p.Workers() {
 		if w.Serves(model) {
 			return true
 		}
@@ -121,7 +157,7 @@ func (p *Pool) Known(model string) bool {
 // Models returns the sorted union of the models of the available workers.
 func (p *Pool) Models() []string {
 	set := map[string]struct{}{}
-	for _, w := range p.workers {
+	for _, w := range p.Workers() {
 		if !w.Available() {
 			continue
 		}
@@ -139,14 +175,14 @@ func (p *Pool) Models() []string {
 
 // AnyAvailable reports whether at least one worker is available.
 func (p *Pool) AnyAvailable() bool {
-	return slices.ContainsFunc(p.workers, (*Worker).Available)
+	return slices.ContainsFunc(p.Workers(), (*Worker).Available)
 }
 
-// Start checks every worker once, concurrently, and returns when all checks are done or
-// ctx ends. Serving can begin after it with an accurate view of the fleet.
+// Start checks every current worker once, concurrently, and returns when all checks are
+// done or ctx ends. Serving can begin after it with an accurate view of the fleet.
 func (p *Pool) Start(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, w := range p.workers {
+	for _, w := range p.Workers() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -156,22 +192,16 @@ func (p *Pool) Start(ctx context.Context) {
 	wg.Wait()
 }
 
-// Run runs each worker's health and discovery loop until ctx ends.
+// Run runs each member's health and discovery loop until ctx ends: the current members'
+// and, from then on, those of the workers that join; a leaving worker's loop stops when
+// it starts to leave. Run returns when every loop has ended.
 func (p *Pool) Run(ctx context.Context) {
-	var wg sync.WaitGroup
-	for _, w := range p.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.loop(ctx, w)
-		}()
-	}
-	wg.Wait()
+	p.members.run(ctx, p)
 }
 
-func (p *Pool) loop(ctx context.Context, w *Worker) {
+func (p *Pool) loop(ctx context.Context, w *Worker, first time.Duration) {
 	lastModels := p.now()
-	timer := time.NewTimer(p.nextCheck(w))
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	for {
 		select {
@@ -209,11 +239,17 @@ func (p *Pool) nextCheck(w *Worker) time.Duration {
 }
 
 // check runs one active health check (and model discovery when the worker has no models
-// yet) and applies its result.
+// yet or has just recovered: the engine behind it may have restarted with another model)
+// and applies its result.
 func (p *Pool) check(ctx context.Context, w *Worker) {
 	err := p.probe(ctx, w)
-	if err == nil && !w.fixedModels && len(w.Models()) == 0 {
-		err = p.discover(ctx, w)
+	if err == nil && !w.fixedModels {
+		w.mu.Lock()
+		stale := len(w.models) == 0 || !w.checkHealthy
+		w.mu.Unlock()
+		if stale {
+			err = p.discover(ctx, w)
+		}
 	}
 	result := "ok"
 	if err != nil {
@@ -315,7 +351,8 @@ func (p *Pool) probe(ctx context.Context, w *Worker) error {
 	return nil
 }
 
-// discover reads the worker's /v1/models.
+// discover reads the worker's /v1/models; a change of its models is told to the
+// membership hook (its KV events are indexed under its base model).
 func (p *Pool) discover(ctx context.Context, w *Worker) error {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
@@ -330,39 +367,83 @@ func (p *Pool) discover(ctx context.Context, w *Worker) error {
 	if sc := resp.StatusCode(); sc != fasthttp.StatusOK {
 		return fmt.Errorf("list models: status %d%s", sc, authHint(sc))
 	}
-	models, err := ParseModels(resp.Body())
+	list, err := ParseModelList(resp.Body())
 	if err != nil {
 		return fmt.Errorf("list models: %w", err)
 	}
-	if len(models) == 0 {
+	if len(list.IDs) == 0 {
 		return errors.New("list models: the worker serves no model")
 	}
 	w.mu.Lock()
-	w.models = models
+	changed := !slices.Equal(w.models, list.IDs) || !slices.Equal(w.bases, list.Bases)
+	oldBase := w.baseLocked()
+	w.models, w.bases = list.IDs, list.Bases
+	if changed {
+		w.recordLocked("models", strings.Join(list.IDs, " "))
+	}
 	w.updateAvailable()
 	w.mu.Unlock()
+	if changed {
+		if oldBase != "" && oldBase != w.BaseModel() {
+			p.members.log.Warn("worker base model changed: its index entries are cleared", "worker", w.ID, "old", oldBase, "new", w.BaseModel())
+		}
+		p.members.mu.Lock()
+		if p.fleet.Load().byID[w.ID] == w { // not leaving
+			p.notify(Change{Kind: ModelsChanged, Worker: w})
+		}
+		p.members.mu.Unlock()
+	}
 	return nil
 }
 
 // ParseModels decodes an OpenAI /v1/models response into its model ids, sorted and
 // without duplicates.
 func ParseModels(body []byte) ([]string, error) {
+	l, err := ParseModelList(body)
+	return l.IDs, err
+}
+
+// ModelList is a worker's /v1/models answer.
+type ModelList struct {
+	// IDs are every model id served, sorted, without duplicates or empty ids.
+	IDs []string
+	// Bases are the ids that are base models, sorted: vLLM lists a LoRA adapter with
+	// "parent" set to its base model's id and a base model with "parent": null
+	// (vllm/entrypoints/openai/serving_models.py, ModelCard). An engine that sends no
+	// parent at all lists only base models.
+	Bases []string
+}
+
+// ParseModelList decodes an OpenAI /v1/models response, telling base models from LoRA
+// adapters by vLLM's "parent" field.
+func ParseModelList(body []byte) (ModelList, error) {
 	var list struct {
 		Data []struct {
-			ID string `json:"id"`
+			ID     string  `json:"id"`
+			Parent *string `json:"parent"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
-		return nil, fmt.Errorf("decode models: %w", err)
+		return ModelList{}, fmt.Errorf("decode models: %w", err)
 	}
-	out := make([]string, 0, len(list.Data))
+	var out ModelList
 	for _, m := range list.Data {
-		if m.ID != "" {
-			out = append(out, m.ID)
+		if m.ID == "" {
+			continue
+		}
+		out.IDs = append(out.IDs, m.ID)
+		if m.Parent == nil || *m.Parent == "" || *m.Parent == m.ID {
+			out.Bases = append(out.Bases, m.ID)
 		}
 	}
-	sort.Strings(out)
-	return slices.Compact(out), nil
+	if out.IDs == nil {
+		out.IDs = []string{}
+	}
+	slices.Sort(out.IDs)
+	out.IDs = slices.Compact(out.IDs)
+	slices.Sort(out.Bases)
+	out.Bases = slices.Compact(out.Bases)
+	return out, nil
 }
 
 // doCtx performs a short request bounded by timeout and ctx.

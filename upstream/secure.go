@@ -86,7 +86,7 @@ func (p *Pool) HTTPClient() *http.Client {
 
 // CloseIdleConnections closes the idle connections of the pool's net/http transports.
 func (p *Pool) CloseIdleConnections() {
-	for _, w := range p.workers {
+	for _, w := range p.Workers() {
 		w.httpT.CloseIdleConnections()
 	}
 }
@@ -95,7 +95,7 @@ func (p *Pool) CloseIdleConnections() {
 type poolTransport struct{ p *Pool }
 
 func (t poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	w := t.p.byURL[req.URL.Scheme+"://"+req.URL.Host]
+	w := t.p.fleet.Load().byURL[req.URL.Scheme+"://"+req.URL.Host]
 	if w == nil {
 		if req.Body != nil {
 			_ = req.Body.Close()

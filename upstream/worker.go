@@ -26,6 +26,12 @@ type Worker struct {
 	Events, Replay string
 	// DPRanks is the engine's data-parallel size (1 without data parallelism).
 	DPRanks int
+	// Source is the membership source the worker came from (static, api, dns,
+	// kubernetes) and Joined when it joined the pool.
+	Source string
+	Joined time.Time
+	// Config is the worker's settings as its source gave them, defaults filled.
+	Config configs.Worker
 
 	host string
 	tls  bool
@@ -46,6 +52,10 @@ type Worker struct {
 	// prefillNsPerToken estimates the worker's prefill speed (see Load).
 	prefillNsPerToken atomic.Int64
 	available         atomic.Bool
+	// notReady is set while the worker's membership source says it must take no new
+	// request (a pod whose Ready condition is false); leaving once it starts to leave.
+	notReady atomic.Bool
+	leaving  atomic.Bool
 	metrics           atomic.Pointer[EngineMetrics]
 	drain             drainState // see drain.go
 
@@ -56,8 +66,13 @@ type Worker struct {
 	fixedModels bool
 
 	// mu guards the fields below.
-	mu           sync.Mutex
-	models       []string
+	mu     sync.Mutex
+	models []string
+	// bases are the models of models that are base models, not adapters (see
+	// ModelList); empty for models set by config, whose first one is the base.
+	bases        []string
+	changes      []StateChange // the last maxChanges state changes, oldest first
+	wasAvailable bool
 	checkHealthy bool      // the last active checks passed
 	checkFails   int       // consecutive failed active checks
 	reqFails     int       // consecutive failed requests
@@ -93,6 +108,7 @@ func newWorker(wc configs.Worker, cfg *configs.Config) (*Worker, error) {
 		tls:         u.Scheme == "https",
 		models:      slices.Clone(wc.Models),
 		fixedModels: len(wc.Models) > 0,
+		Config:      wc,
 		loads:       map[*Load]struct{}{},
 		tlsConf:     tlsConf,
 	}
@@ -188,6 +204,27 @@ func (w *Worker) Models() []string {
 	return slices.Clone(w.models)
 }
 
+// BaseModel returns the model the worker's KV events are indexed under: its base model
+// (the first model in the config when they are configured; else the first base model in
+// /v1/models, an entry without a parent, so that a LoRA adapter never names the worker);
+// "" while its models are unknown.
+func (w *Worker) BaseModel() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.baseLocked()
+}
+
+// baseLocked is BaseModel with mu held.
+func (w *Worker) baseLocked() string {
+	switch {
+	case len(w.bases) > 0:
+		return w.bases[0]
+	case len(w.models) > 0:
+		return w.models[0]
+	}
+	return ""
+}
+
 // Serves reports whether the worker serves model.
 func (w *Worker) Serves(model string) bool {
 	w.mu.Lock()
@@ -195,38 +232,113 @@ func (w *Worker) Serves(model string) bool {
 	return slices.Contains(w.models, model)
 }
 
-// WorkerState is a snapshot of a worker's health for the API and tests.
+// WorkerState is a snapshot of a worker's health and membership for the API and tests.
 type WorkerState struct {
 	ID           string    `json:"id"`
 	URL          string    `json:"url"`
+	Source       string    `json:"source"`
+	Joined       time.Time `json:"joined"`
+	State        string    `json:"state"`
 	Available    bool      `json:"available"`
 	Healthy      bool      `json:"healthy"`
+	Ready        bool      `json:"ready"`
 	Ejected      bool      `json:"ejected"`
 	EjectedUntil time.Time `json:"ejected_until,omitzero"`
 	InFlight     int64     `json:"in_flight"`
 	Models       []string  `json:"models"`
+	BaseModel    string    `json:"base_model"`
+	Events       string    `json:"events,omitempty"`
+	Replay       string    `json:"replay,omitempty"`
+	DPRanks      int       `json:"dp_ranks"`
 	LastError    string    `json:"last_error,omitempty"`
+	// Changes are the worker's last state changes, oldest first.
+	Changes []StateChange `json:"changes"`
 }
 
-// State returns a snapshot of the worker's health.
+// StateChange is one change of a worker's state: joined, available, unavailable,
+// ejected, ready, not_ready, leaving, left, models.
+type StateChange struct {
+	Time   time.Time `json:"time"`
+	State  string    `json:"state"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// maxChanges bounds the state changes a worker remembers.
+const maxChanges = 32
+
+// State returns a snapshot of the worker's health and membership. State is one of
+// joining (not checked yet), available, unavailable, ejected, not_ready, drained and
+// leaving.
 func (w *Worker) State() WorkerState {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return WorkerState{
-		ID: w.ID, URL: w.URL,
+	st := WorkerState{
+		ID: w.ID, URL: w.URL, Source: w.Source, Joined: w.Joined,
 		Available:    w.available.Load(),
 		Healthy:      w.checkHealthy,
+		Ready:        !w.notReady.Load(),
 		Ejected:      !w.ejectedUntil.IsZero(),
 		EjectedUntil: w.ejectedUntil,
 		InFlight:     w.inFlight.Load(),
 		Models:       slices.Clone(w.models),
-		LastError:    w.lastErr,
+		BaseModel:    w.baseLocked(),
+		Events:       w.Events, Replay: w.Replay, DPRanks: w.DPRanks,
+		LastError: w.lastErr,
+		Changes:   slices.Clone(w.changes),
 	}
+	switch {
+	case w.leaving.Load():
+		st.State = "leaving"
+	case w.Drained():
+		st.State = "drained"
+	case st.Ejected:
+		st.State = "ejected"
+	case !st.Ready:
+		st.State = "not_ready"
+	case st.Available:
+		st.State = "available"
+	case len(w.changes) <= 1 && w.lastErr == "":
+		st.State = "joining"
+	default:
+		st.State = "unavailable"
+	}
+	return st
+}
+
+// record appends a state change.
+func (w *Worker) record(state, detail string) {
+	w.mu.Lock()
+	w.recordLocked(state, detail)
+	w.mu.Unlock()
+}
+
+// recordLocked appends a state change. mu must be held.
+func (w *Worker) recordLocked(state, detail string) {
+	if len(w.changes) == maxChanges {
+		w.changes = slices.Delete(w.changes, 0, 1)
+	}
+	w.changes = append(w.changes, StateChange{Time: time.Now(), State: state, Detail: detail})
+}
+
+// closeIdle closes the idle connections of a gone worker.
+func (w *Worker) closeIdle() {
+	w.stream.CloseIdleConnections()
+	w.plain.CloseIdleConnections()
+	w.httpT.CloseIdleConnections()
 }
 
 // updateAvailable recomputes available. mu must be held.
 func (w *Worker) updateAvailable() {
-	w.available.Store(w.checkHealthy && w.ejectedUntil.IsZero() && len(w.models) > 0)
+	a := w.checkHealthy && w.ejectedUntil.IsZero() && len(w.models) > 0 && !w.leaving.Load()
+	w.available.Store(a)
+	if a != w.wasAvailable {
+		w.wasAvailable = a
+		if a {
+			w.recordLocked("available", "")
+		} else {
+			w.recordLocked("unavailable", w.lastErr)
+		}
+	}
 }
 
 func (w *Worker) setLastErr(err error) {

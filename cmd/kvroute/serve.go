@@ -90,7 +90,7 @@ func serveConfig(path, listen, policy, tokenize string, workers []string) (*conf
 		cfg.Tokenize.Mode = tokenize
 	}
 	if len(workers) > 0 {
-		cfg.Workers = nil
+		cfg.Workers, cfg.WorkersFromFlags = nil, true
 		for _, s := range workers {
 			w, err := configs.ParseWorkerFlag(s)
 			if err != nil {

@@ -27,6 +27,7 @@ type adminState struct {
 	// settings a reload can change.
 	mu      sync.Mutex
 	applied configs.CacheAware
+	workers []configs.Worker // the static workers in effect
 	srv     *http.Server
 	addr    string
 	started time.Time
@@ -43,6 +44,7 @@ func (st *Stack) startAdmin(ln net.Listener) error {
 	cfg := st.Config.Admin
 	st.admin.started = time.Now()
 	st.admin.applied = st.Config.CacheAware
+	st.admin.workers = st.Config.Workers
 	if cfg.PathPrefix != "" {
 		h, err := st.adminHandler(ln.Addr())
 		if err != nil {
@@ -102,7 +104,7 @@ func (st *Stack) adminBackend() admin.Backend {
 	b := admin.Backend{
 		Pool: st.Pool, Index: st.Index, Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
 		Traffic: s, Decisions: explainedDecisions{s},
-		Reload: st.reload,
+		Reload: st.reload, DrainTimeout: st.Config.Timeouts.Shutdown,
 		Info: admin.Info{
 			Policy: st.Config.Policy, TokenizeMode: st.Config.Tokenize.Mode, EventSource: st.Config.Events.Source,
 			Listen: st.Config.Listen, ConfigFile: st.Config.Source, Started: st.admin.started,
@@ -153,10 +155,12 @@ func explainAll(ds []router.Decision) []admin.Decision {
 }
 
 // reload re-reads the config file the router was started with and applies the settings
-// that can change at run time: the cache_aware policy's weights (a new selector replaces
-// the old one between two decisions; session stickiness starts afresh). Every other
-// difference is reported as needing a restart: the rest of the config is read without
-// synchronization on the request path.
+// that can change at run time: the static workers (added, removed and changed ones join
+// and leave as with any membership source; not when --worker flags set them) and the
+// cache_aware policy's weights (a new selector replaces the old one between two
+// decisions; session stickiness starts afresh). Every other difference is reported as
+// needing a restart: the rest of the config is read without synchronization on the
+// request path. SIGHUP does the same ([Stack.ReloadOnSIGHUP]).
 func (st *Stack) reload() (admin.ReloadReport, error) {
 	path := st.Config.Source
 	if path == "" {
@@ -171,6 +175,7 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 	rep := admin.ReloadReport{File: path, Applied: []string{}, RestartRequired: []string{}}
 	cur := *st.Config
 	cur.CacheAware = st.admin.applied
+	cur.Workers = st.admin.workers
 	type weight struct {
 		name     string
 		old, new float64
@@ -207,12 +212,24 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 		{"events", cur.Events, next.Events}, {"max_body_bytes", cur.MaxBodyBytes, next.MaxBodyBytes},
 		{"max_attempts", cur.MaxAttempts, next.MaxAttempts}, {"timeouts", cur.Timeouts, next.Timeouts},
 		{"health", cur.Health, next.Health}, {"headers", cur.Headers, next.Headers},
-		{"admin", cur.Admin, next.Admin}, {"workers", cur.Workers, next.Workers},
+		{"admin", cur.Admin, next.Admin}, {"discovery", cur.Discovery, next.Discovery},
 		{"auth", cur.Auth, next.Auth}, {"rate_limit", cur.RateLimit, next.RateLimit},
 		{"limits", cur.Limits, next.Limits}, {"tls", cur.TLS, next.TLS}, {"upstream", cur.Upstream, next.Upstream},
 	} {
 		if !reflect.DeepEqual(sec.old, sec.new) {
 			rep.RestartRequired = append(rep.RestartRequired, sec.name)
+		}
+	}
+	switch {
+	case reflect.DeepEqual(cur.Workers, next.Workers):
+	case st.Config.WorkersFromFlags:
+		rep.RestartRequired = append(rep.RestartRequired, "workers (set by --worker flags: add and remove workers with the admin API)")
+	default:
+		change, refused := st.applyWorkers(next.Workers)
+		rep.Refused = refused
+		st.admin.workers = next.Workers
+		if change != "" {
+			rep.Applied = append(rep.Applied, change)
 		}
 	}
 	if len(changedWeights) > 0 {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,7 @@ import (
 	"github.com/kvroute/kvroute/router/tokenize/chat"
 	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream"
+	"github.com/kvroute/kvroute/upstream/discovery"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 	"github.com/kvroute/kvroute/upstream/kvevents/natsbus"
 	"github.com/kvroute/kvroute/upstream/scrape"
@@ -36,14 +38,20 @@ type Stack struct {
 	Pool     *upstream.Pool
 	Index    *indexer.Index
 	History  *indexer.Index    // routing history for cache_aware.affinity_weight; nil without KV events or with the weight 0
-	Events   *kvevents.Manager // ZMQ feeds; nil when no worker publishes events or source is nats
+	Events   *kvevents.Manager // ZMQ feeds (of the workers that publish events); nil when events.source is nats
 	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
 	Replica  *replica.Sync     // state shared with other replicas; nil unless replica.nats_url is set
 	Scraper  *scrape.Scraper
 	Server   *router.Server
-	log      *slog.Logger
-	closers  []func()
-	admin    adminState // the admin API (admin.go)
+	// ReloadOnSIGHUP makes Run reload the config file at each SIGHUP (kvroute serve).
+	ReloadOnSIGHUP bool
+	log            *slog.Logger
+	closers        []func()
+	admin          adminState // the admin API (admin.go)
+	// sources are the discovery sources (fleet.go); feedsOn is set once Run has started
+	// the event feeds, from when membership changes update them.
+	sources []discovery.Source
+	feedsOn atomic.Bool
 }
 
 // NewStack builds every part of a router from cfg; nothing runs until [Stack.Run].
@@ -58,6 +66,8 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if st.Pool, err = upstream.NewPool(cfg, reg); err != nil {
 		return nil, err
 	}
+	st.Pool.SetLogger(log)
+	st.Pool.SetHook(st.onMembership)
 	st.closers = append(st.closers, st.Pool.CloseIdleConnections)
 	for _, w := range cfg.Warnings() {
 		log.Warn("config: " + w)
@@ -77,7 +87,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err := st.newReplica(reg); err != nil {
 		return nil, err
 	}
-	if registry.NeedsPrefixes(cfg.Policy) && cfg.CacheAware.AffinityWeight > 0 && (st.Events != nil || st.NATS != nil) {
+	if registry.NeedsPrefixes(cfg.Policy) && cfg.CacheAware.AffinityWeight > 0 && st.eventsExpected() {
 		// With KV events the index forgets a block when the worker evicts it; the
 		// history remembers where the router sent it (predictions only, no metrics).
 		if st.History, err = indexer.New(indexer.Options{
@@ -99,6 +109,17 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 		return nil, fmt.Errorf("scrape: %w", err)
 	}
 	return st, nil
+}
+
+// eventsExpected reports whether workers publish KV events: through NATS, or over ZMQ
+// from a static worker or a discovery source that names an events port. (A worker added
+// through the admin API with events does not count: the history is built at start.)
+func (st *Stack) eventsExpected() bool {
+	cfg := st.Config
+	d := cfg.Discovery
+	return st.NATS != nil ||
+		slices.ContainsFunc(cfg.Workers, func(w configs.Worker) bool { return w.Events != "" }) ||
+		d.DNS != nil && d.DNS.EventsPort != 0 || d.Kubernetes != nil && d.Kubernetes.EventsPort != 0
 }
 
 // scrapeTargets lists every worker's /metrics for the scraper.
@@ -240,9 +261,7 @@ func (st *Stack) newEvents(reg prometheus.Registerer) error {
 		st.NATS = c
 		return nil
 	}
-	if !slices.ContainsFunc(st.Config.Workers, func(w configs.Worker) bool { return w.Events != "" }) {
-		return nil
-	}
+	// Always built: a worker that joins at run time may publish events.
 	mgr, err := kvevents.NewManager(kvevents.Options{
 		Sink: st.indexSink(), Registerer: reg, Logger: st.log, DeadAfter: ev.DeadAfter,
 		MaxMessageBytes: ev.MaxMessageBytes,
@@ -298,30 +317,6 @@ func (st *Stack) startReplica(ctx context.Context, goRun func(func(context.Conte
 	})
 }
 
-// setFeeds gives the event manager one feed per worker that publishes events. A feed's
-// model seeds the hashes of its blocks, so it must be the model name requests use: the
-// worker's first configured or discovered model.
-func (st *Stack) setFeeds() error {
-	var feeds []kvevents.WorkerConfig
-	for _, w := range st.Pool.Workers() {
-		if w.Events == "" {
-			continue
-		}
-		models := w.Models()
-		if len(models) == 0 {
-			st.log.Warn("worker publishes events but its model is unknown yet; its blocks will not match requests", "worker", w.ID)
-			models = []string{""}
-		}
-		feeds = append(feeds, kvevents.WorkerConfig{
-			Worker: w.ID, Model: models[0], Endpoint: w.Events, ReplayEndpoint: w.Replay, DPRanks: w.DPRanks,
-		})
-	}
-	if err := st.Events.Set(feeds); err != nil {
-		return fmt.Errorf("events: %w", err)
-	}
-	return nil
-}
-
 // Run serves on ln until ctx ends, then drains: it stops accepting, lets in-flight
 // requests finish for up to Config.Timeouts.Shutdown, stops the background loops and
 // returns. ready, if not nil, is called once the workers have been checked and the
@@ -350,10 +345,15 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	goRun(st.Scraper.Run)
 	st.startReplica(ctx, goRun)
 	if st.Events != nil {
+		st.feedsOn.Store(true)
 		if err := st.setFeeds(); err != nil {
 			return err
 		}
 		goRun(func(c context.Context) { _ = st.Events.Run(c) })
+	}
+	st.runDiscovery(goRun)
+	if st.ReloadOnSIGHUP {
+		goRun(st.reloadOnSIGHUP)
 	}
 	if st.NATS != nil {
 		goRun(func(c context.Context) {
@@ -405,6 +405,7 @@ func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Lo
 	if err != nil {
 		return err
 	}
+	st.ReloadOnSIGHUP = cfg.Source != ""
 	return st.Run(ctx, ln, func() {
 		if ready != nil {
 			ready(st.Server)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"path"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/kvevents"
@@ -46,6 +48,9 @@ type Backend struct {
 	Gatherer prometheus.Gatherer
 	// Reload re-reads the config file and applies what can change at run time.
 	Reload func() (ReloadReport, error)
+	// DrainTimeout bounds how long a removed worker's requests in flight may take to
+	// finish before it is gone (DELETE /api/workers/{id}); 0 means 30s.
+	DrainTimeout time.Duration
 	// Info describes the router for the page header.
 	Info Info
 	// MetricsMaxAge is how old a worker's scraped metrics may be to be shown as current.
@@ -71,6 +76,9 @@ type ReloadReport struct {
 	// RestartRequired lists the settings that changed in the file but only take effect
 	// after a restart.
 	RestartRequired []string `json:"restart_required"`
+	// Refused lists the settings the file asks for that could not be applied, with why
+	// (a static worker whose id or URL a worker of another source has).
+	Refused []string `json:"refused,omitempty"`
 	// Unchanged is true when the file equals the running config.
 	Unchanged bool `json:"unchanged"`
 }
@@ -111,6 +119,9 @@ func New(opts Options) (http.Handler, error) {
 	if opts.Backend.MetricsMaxAge <= 0 {
 		opts.Backend.MetricsMaxAge = 3 * time.Second
 	}
+	if opts.Backend.DrainTimeout <= 0 {
+		opts.Backend.DrainTimeout = 30 * time.Second
+	}
 	h := &handler{b: opts.Backend, token: opts.Token, authR: opts.RequireToken, mux: http.NewServeMux()}
 	assets, err := fs.Sub(static, "static")
 	if err != nil {
@@ -126,6 +137,8 @@ func New(opts Options) (http.Handler, error) {
 	h.mux.HandleFunc("GET /api/decisions", h.decisions)
 	h.mux.HandleFunc("GET /api/prefixes", h.prefixes)
 	h.mux.HandleFunc("POST /api/workers/{id}/{action}", h.workerAction)
+	h.mux.HandleFunc("POST /api/workers", h.addWorker)
+	h.mux.HandleFunc("DELETE /api/workers/{id}", h.removeWorker)
 	h.mux.HandleFunc("POST /api/reload", h.reload)
 	h.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no admin endpoint %s %s", r.Method, r.URL.Path))
@@ -144,7 +157,7 @@ const cookieName = "kvroute_admin"
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	if r.Method == http.MethodPost {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		switch {
 		case h.token == "":
 			writeError(w, http.StatusForbidden, errors.New("write actions are disabled: no admin token is configured (set admin.token or KVROUTE_ADMIN_TOKEN)"))
@@ -344,6 +357,82 @@ func (h *handler) workerAction(w http.ResponseWriter, r *http.Request) {
 	}
 	res.State = h.workerViews(h.gather(), h.indexStats(), id)[0]
 	writeJSON(w, http.StatusOK, res)
+}
+
+// WorkerSpec is the body of POST /api/workers: the keys of a workers entry of the
+// config file.
+type WorkerSpec struct {
+	URL       string   `json:"url"`
+	ID        string   `json:"id"`
+	Events    string   `json:"events"`
+	Replay    string   `json:"replay"`
+	Models    []string `json:"models"`
+	DPRanks   int      `json:"dp_ranks"`
+	APIKeyEnv string   `json:"api_key_env"`
+	MaxConns  int      `json:"max_conns"`
+}
+
+// maxSpecBytes bounds the body of POST /api/workers.
+const maxSpecBytes = 64 << 10
+
+// DecodeWorkerSpec decodes a POST /api/workers body strictly (unknown keys, trailing
+// data and bodies over 64 KiB are errors) into a worker with its defaults filled, not
+// yet validated.
+func DecodeWorkerSpec(body io.Reader) (configs.Worker, error) {
+	dec := json.NewDecoder(io.LimitReader(body, maxSpecBytes+1))
+	dec.DisallowUnknownFields()
+	var s WorkerSpec
+	if err := dec.Decode(&s); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return configs.Worker{}, fmt.Errorf("body: want one JSON object of at most %d bytes with url and optional id, events, replay, models, dp_ranks, api_key_env, max_conns", maxSpecBytes)
+		}
+		return configs.Worker{}, fmt.Errorf("body: %w", err)
+	}
+	if dec.More() {
+		return configs.Worker{}, errors.New("body: trailing data after the JSON object")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return configs.Worker{}, errors.New("body: trailing data after the JSON object")
+	}
+	return configs.Worker{URL: strings.TrimRight(s.URL, "/"), ID: s.ID, Events: s.Events, Replay: s.Replay,
+		Models: s.Models, DPRanks: s.DPRanks, APIKeyEnv: s.APIKeyEnv, MaxConns: s.MaxConns}, nil
+}
+
+// addWorker adds a worker from the API (source "api"): 201 with its view.
+func (h *handler) addWorker(w http.ResponseWriter, r *http.Request) {
+	wc, err := DecodeWorkerSpec(r.Body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	if err := configs.ValidateWorker(&wc); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	added, err := h.b.Pool.Add(wc, upstream.SourceAPI)
+	switch {
+	case errors.Is(err, upstream.ErrDuplicateID), errors.Is(err, upstream.ErrDuplicateURL):
+		writeError(w, http.StatusConflict, err)
+		return
+	case err != nil:
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	w.Header().Set("Location", "workers/"+added.ID)
+	writeJSON(w, http.StatusCreated, h.workerViews(h.gather(), h.indexStats(), added.ID)[0])
+}
+
+// removeWorker starts a worker's leave: 202 with its view (state leaving). From then
+// GET /api/workers/{id} answers 404, and GET /api/workers lists it as leaving until its
+// requests in flight have finished.
+func (h *handler) removeWorker(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	wk := h.b.Pool.Worker(id)
+	if _, err := h.b.Pool.Remove(id, h.b.DrainTimeout); err != nil {
+		writeError(w, http.StatusNotFound, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, h.workerView(wk, h.indexStats(), nil, false))
 }
 
 func (h *handler) reload(w http.ResponseWriter, r *http.Request) {

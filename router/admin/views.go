@@ -14,10 +14,17 @@ import (
 type WorkerView struct {
 	ID  string `json:"id"`
 	URL string `json:"url"`
-	// State sums up routing eligibility: "available", "drained" (healthy but taking no
-	// new requests), "ejected" (passive ejection after failed requests: the circuit is
+	// Source is where the worker came from: static (config file or --worker), api
+	// (POST /api/workers), dns or kubernetes; Joined is when it joined.
+	Source string    `json:"source"`
+	Joined time.Time `json:"joined"`
+	// State sums up routing eligibility: "available", "joining" (not checked yet),
+	// "drained" (healthy but taking no new requests), "not_ready" (its source says it
+	// must take none, such as an unready pod), "leaving" (removed, its requests
+	// finishing), "ejected" (passive ejection after failed requests: the circuit is
 	// open), "unhealthy" (active checks fail) or "no_models".
 	State        string    `json:"state"`
+	Ready        bool      `json:"ready"`
 	Available    bool      `json:"available"`
 	Healthy      bool      `json:"healthy"`
 	Ejected      bool      `json:"ejected"`
@@ -25,7 +32,15 @@ type WorkerView struct {
 	Drained      bool      `json:"drained"`
 	DrainedSince time.Time `json:"drained_since,omitzero"`
 	Models       []string  `json:"models"`
-	LastError    string    `json:"last_error,omitempty"`
+	// BaseModel is the model its KV events are indexed under (never a LoRA adapter).
+	BaseModel string `json:"base_model"`
+	Events    string `json:"events,omitempty"`
+	Replay    string `json:"replay,omitempty"`
+	DPRanks   int    `json:"dp_ranks"`
+	LastError string `json:"last_error,omitempty"`
+	// Changes are the worker's last state changes (joined, available, unavailable,
+	// ready, not_ready, models, leaving, left), oldest first.
+	Changes []upstream.StateChange `json:"changes"`
 	// InFlight, PendingPrefillTokens and ActiveBlocks are this router's own load
 	// bookkeeping for the worker (upstream.Load).
 	InFlight             int64 `json:"in_flight"`
@@ -231,11 +246,14 @@ func (h *handler) workerViews(fam families, ix *indexer.Stats, only string) []Wo
 		}
 	}
 	var out []WorkerView
-	for _, w := range h.b.Pool.Workers() {
+	for _, w := range append(h.b.Pool.Workers(), h.b.Pool.Leaving()...) {
 		if only != "" && w.ID != only {
 			continue
 		}
 		out = append(out, h.workerView(w, ix, feeds[w.ID], only != ""))
+		if only != "" {
+			break // a current member comes before a leaving one of the same id
+		}
 	}
 	return out
 }
@@ -243,9 +261,11 @@ func (h *handler) workerViews(fam families, ix *indexer.Stats, only string) []Wo
 func (h *handler) workerView(w *upstream.Worker, ix *indexer.Stats, feeds []FeedView, series bool) WorkerView {
 	st := w.State()
 	v := WorkerView{
-		ID: st.ID, URL: st.URL, Available: st.Available, Healthy: st.Healthy, Ejected: st.Ejected,
+		ID: st.ID, URL: st.URL, Source: st.Source, Joined: st.Joined, Ready: st.Ready,
+		Available: st.Available, Healthy: st.Healthy, Ejected: st.Ejected,
 		EjectedUntil: st.EjectedUntil, Drained: w.Drained(), DrainedSince: w.DrainedSince(),
-		Models: st.Models, LastError: st.LastError,
+		Models: st.Models, BaseModel: st.BaseModel, Events: st.Events, Replay: st.Replay, DPRanks: st.DPRanks,
+		LastError: st.LastError, Changes: st.Changes,
 		InFlight: w.InFlight(), PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
 		Feeds: feeds,
 	}
@@ -253,6 +273,10 @@ func (h *handler) workerView(w *upstream.Worker, ix *indexer.Stats, feeds []Feed
 		v.Feeds = []FeedView{}
 	}
 	switch {
+	case st.State == "leaving":
+		v.State = "leaving"
+	case st.State == "joining":
+		v.State = "joining"
 	case v.Ejected:
 		v.State = "ejected"
 	case !v.Healthy:
@@ -261,6 +285,8 @@ func (h *handler) workerView(w *upstream.Worker, ix *indexer.Stats, feeds []Feed
 		v.State = "no_models"
 	case v.Drained:
 		v.State = "drained"
+	case !v.Ready:
+		v.State = "not_ready"
 	default:
 		v.State = "available"
 	}

@@ -81,7 +81,7 @@ type remoteCollector struct {
 func (c remoteCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c remoteCollector) Collect(ch chan<- prometheus.Metric) {
-	for id := range c.s.remote {
+	for id := range *c.s.remote.Load() {
 		l := c.s.Remote(id)
 		v := l.InFlight
 		switch c.name {

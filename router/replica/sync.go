@@ -83,9 +83,11 @@ type Sync struct {
 	// subscribed is closed once Run's subscriptions are registered with the server.
 	subscribed chan struct{}
 
-	// remote holds the sum over live peers of each worker's load. The map is built by
-	// New from the pool and never changes: readers need no lock.
-	remote map[string]*remoteLoad
+	// remote holds the sum over live peers of each worker's load, for the pool's
+	// members. The map is never modified: a worker that joins gets its entry in a copy
+	// (remoteAt) and one that leaves is dropped in a copy (Forget), both with recvMu held,
+	// so readers need no lock.
+	remote atomic.Pointer[map[string]*remoteLoad]
 
 	// mu guards pend and nPend, the encoded predictions not yet published, and
 	// maxPending, their bound in bytes.
@@ -188,7 +190,6 @@ func New(opts Options) (*Sync, error) {
 		dumpSubject: opts.SubjectPrefix + "." + opts.Cluster + ".dump",
 		wake:        make(chan struct{}, 1),
 		subscribed:  make(chan struct{}),
-		remote:      map[string]*remoteLoad{},
 		sent:        map[string]Load{},
 		peers:       map[string]*peer{},
 		maxPending:  opts.MaxPending,
@@ -197,9 +198,11 @@ func New(opts Options) (*Sync, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	s.inc = binary.LittleEndian.Uint64(b[:])
+	remote := map[string]*remoteLoad{}
 	for _, w := range opts.Pool.Workers() {
-		s.remote[w.ID] = &remoteLoad{}
+		remote[w.ID] = &remoteLoad{}
 	}
+	s.remote.Store(&remote)
 	m, err := newMetrics(opts.Registerer, s)
 	if err != nil {
 		return nil, err
@@ -220,7 +223,7 @@ func (s *Sync) ID() string { return s.id }
 // Remote returns the load other replicas report on worker id (zero for an unknown id).
 // It does not allocate or lock.
 func (s *Sync) Remote(id string) Load {
-	r := s.remote[id]
+	r := (*s.remote.Load())[id]
 	if r == nil {
 		return Load{}
 	}
@@ -425,7 +428,7 @@ func (s *Sync) apply(data []byte, now time.Time) {
 		next := p.spare
 		clear(next)
 		for _, wl := range m.Loads {
-			r := s.remote[wl.Worker]
+			r := s.remoteAt(wl.Worker)
 			if r == nil {
 				s.m.dropped.WithLabelValues(dropUnknown).Inc()
 				continue
@@ -438,13 +441,15 @@ func (s *Sync) apply(data []byte, now time.Time) {
 		}
 		for w, old := range p.loads { // only known workers are stored
 			if _, ok := next[w]; !ok {
-				s.remote[w].add(Load{}.sub(old))
+				if r := (*s.remote.Load())[w]; r != nil {
+					r.add(Load{}.sub(old))
+				}
 			}
 		}
 		p.loads, p.spare = next, p.loads
 	} else {
 		for _, wl := range m.Loads {
-			r := s.remote[wl.Worker]
+			r := s.remoteAt(wl.Worker)
 			if r == nil {
 				s.m.dropped.WithLabelValues(dropUnknown).Inc()
 				continue
@@ -460,7 +465,7 @@ func (s *Sync) apply(data []byte, now time.Time) {
 	}
 	for i := range m.Predictions {
 		pr := &m.Predictions[i]
-		if s.remote[pr.Worker] == nil {
+		if s.remoteAt(pr.Worker) == nil {
 			s.m.dropped.WithLabelValues(dropUnknown).Inc()
 			continue
 		}
@@ -479,10 +484,53 @@ func nonNegative(l Load) Load {
 	return Load{InFlight: max(0, l.InFlight), PrefillTokens: max(0, l.PrefillTokens), Blocks: max(0, l.Blocks)}
 }
 
+// remoteAt returns the remote load of worker id, creating it when id has joined the pool
+// since; nil for an id that is not a member. recvMu must be held.
+func (s *Sync) remoteAt(id string) *remoteLoad {
+	cur := *s.remote.Load()
+	if r := cur[id]; r != nil {
+		return r
+	}
+	if s.opts.Pool.Worker(id) == nil {
+		return nil
+	}
+	next := make(map[string]*remoteLoad, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	r := &remoteLoad{}
+	next[id] = r
+	s.remote.Store(&next)
+	return r
+}
+
+// Forget drops a worker that left the pool: its remote load and what each peer
+// reported for it. Safe for concurrent use.
+func (s *Sync) Forget(id string) {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	cur := *s.remote.Load()
+	if cur[id] == nil {
+		return
+	}
+	next := make(map[string]*remoteLoad, len(cur))
+	for k, v := range cur {
+		if k != id {
+			next[k] = v
+		}
+	}
+	s.remote.Store(&next)
+	for _, p := range s.peers {
+		delete(p.loads, id)
+	}
+}
+
 // clearPeer removes everything p reported from the remote sums. recvMu must be held.
 func (s *Sync) clearPeer(p *peer) {
 	for w, l := range p.loads {
-		s.remote[w].add(Load{}.sub(l))
+		if r := (*s.remote.Load())[w]; r != nil {
+			r.add(Load{}.sub(l))
+		}
 	}
 	clear(p.loads)
 	p.seq = 0
