@@ -265,14 +265,17 @@ type SyncReport struct {
 // under the same id), and each member's readiness is applied (a worker that is not ready
 // is a member but takes no new request). Members of other sources are never touched: an
 // id or URL taken by one is refused, logged and counted. A leave's in-flight requests
-// get drainTimeout to finish.
+// get drainTimeout to finish. A member reported with invalid settings is refused and,
+// if it is a member already, kept as it was.
 func (p *Pool) Sync(source string, ms []discovery.Member, drainTimeout time.Duration) SyncReport {
 	rep := SyncReport{Rejected: map[string]string{}}
 	want := map[string]discovery.Member{}
+	keep := map[string]bool{} // ids reported with invalid settings: a member stays as it is
 	for _, mb := range ms {
 		w := mb.Worker
 		if err := configs.ValidateWorker(&w); err != nil {
 			p.reject(source, w.ID, "invalid", err, &rep)
+			keep[w.ID] = true
 			continue
 		}
 		if _, dup := want[w.ID]; dup {
@@ -288,9 +291,10 @@ func (p *Pool) Sync(source string, ms []discovery.Member, drainTimeout time.Dura
 		if w.Source != source {
 			continue
 		}
-		mb, keep := want[w.ID]
+		mb, ok := want[w.ID]
 		switch {
-		case !keep:
+		case keep[w.ID] && !ok:
+		case !ok:
 			p.leaveLocked(w, drainTimeout)
 			rep.Left = append(rep.Left, w.ID)
 		case !reflect.DeepEqual(w.Config, mb.Worker):

@@ -419,8 +419,10 @@ type ModelList struct {
 func ParseModelList(body []byte) (ModelList, error) {
 	var list struct {
 		Data []struct {
-			ID     string  `json:"id"`
-			Parent *string `json:"parent"`
+			ID string `json:"id"`
+			// Parent is raw so that an engine's non-string parent is no decode error:
+			// only a string names a base model.
+			Parent json.RawMessage `json:"parent"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
@@ -432,7 +434,8 @@ func ParseModelList(body []byte) (ModelList, error) {
 			continue
 		}
 		out.IDs = append(out.IDs, m.ID)
-		if m.Parent == nil || *m.Parent == "" || *m.Parent == m.ID {
+		var parent string
+		if json.Unmarshal(m.Parent, &parent) != nil || parent == "" || parent == m.ID {
 			out.Bases = append(out.Bases, m.ID)
 		}
 	}

@@ -56,8 +56,8 @@ type Worker struct {
 	// request (a pod whose Ready condition is false); leaving once it starts to leave.
 	notReady atomic.Bool
 	leaving  atomic.Bool
-	metrics           atomic.Pointer[EngineMetrics]
-	drain             drainState // see drain.go
+	metrics  atomic.Pointer[EngineMetrics]
+	drain    drainState // see drain.go
 
 	// loadMu guards loads, the open Load entries (see load.go).
 	loadMu sync.Mutex

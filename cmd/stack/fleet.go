@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/discovery"
+	"github.com/kvroute/kvroute/upstream/discovery/dns"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 )
 
@@ -124,6 +126,22 @@ func (st *Stack) applyWorkers(ws []configs.Worker) (change string, refused []str
 		change = "workers: " + strings.Join(parts, " ")
 	}
 	return change, refused
+}
+
+// newSources builds the configured discovery sources.
+func (st *Stack) newSources() error {
+	d := st.Config.Discovery
+	if d.DNS != nil {
+		src, err := dns.New(*d.DNS, dns.Options{Registerer: st.Registry, Logger: st.log})
+		if err != nil {
+			return fmt.Errorf("discovery.dns: %w", err)
+		}
+		st.sources = append(st.sources, src)
+	}
+	if d.Kubernetes != nil {
+		return errors.New("discovery.kubernetes: not available in this build")
+	}
+	return nil
 }
 
 // runDiscovery runs each configured discovery source, applying its views to the pool.

@@ -87,6 +87,9 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	if err := st.newReplica(reg); err != nil {
 		return nil, err
 	}
+	if err := st.newSources(); err != nil {
+		return nil, err
+	}
 	if registry.NeedsPrefixes(cfg.Policy) && cfg.CacheAware.AffinityWeight > 0 && st.eventsExpected() {
 		// With KV events the index forgets a block when the worker evicts it; the
 		// history remembers where the router sent it (predictions only, no metrics).
