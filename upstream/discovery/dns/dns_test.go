@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvroute/kvroute/upstream/discovery/dns/dnstest"
+
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -205,10 +207,10 @@ func (h *harness) checkKept(n int, want ...string) {
 // Members appear and disappear with the A and AAAA records; only changes are reported,
 // each a full sorted view of ready workers built from the template.
 func TestARecordsAddedAndRemoved(t *testing.T) {
-	z := newZone()
-	srv := startServer(t, z, "127.0.0.1:0", false)
-	z.set(t, "w.test.", "A 10.0.0.2", "A 10.0.0.1")
-	cfg := testConfig(srv.addr, "w.test.")
+	z := dnstest.NewZone()
+	srv := dnstest.Start(t, z, "127.0.0.1:0", false)
+	z.Set(t, "w.test.", "A 10.0.0.2", "A 10.0.0.1")
+	cfg := testConfig(srv.Addr, "w.test.")
 	cfg.EventsPort, cfg.ReplayPort, cfg.Models = 5557, 5558, []string{"m"}
 	h := run(t, cfg)
 
@@ -221,13 +223,13 @@ func TestARecordsAddedAndRemoved(t *testing.T) {
 		t.Fatalf("member = %+v, want ready %+v", m, want)
 	}
 
-	z.set(t, "w.test.", "A 10.0.0.2", "A 10.0.0.1", "A 10.0.0.3", "AAAA 2001:db8::1")
+	z.Set(t, "w.test.", "A 10.0.0.2", "A 10.0.0.1", "A 10.0.0.3", "AAAA 2001:db8::1")
 	h.waitView("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "[2001:db8::1]:8000")
 	if got := h.rec.lastView()[3].Worker; got.URL != "http://[2001:db8::1]:8000" || got.Events != "tcp://[2001:db8::1]:5557" {
 		t.Fatalf("IPv6 member = %+v, want bracketed URL and events", got)
 	}
 
-	z.set(t, "w.test.", "A 10.0.0.3", "AAAA 2001:db8::1")
+	z.Set(t, "w.test.", "A 10.0.0.3", "AAAA 2001:db8::1")
 	h.waitView("10.0.0.3:8000", "[2001:db8::1]:8000")
 
 	// Unchanged answers report nothing more.
@@ -241,17 +243,17 @@ func TestARecordsAddedAndRemoved(t *testing.T) {
 // SRV: one member per target address and record port; port 0, target "." and a target
 // without addresses are skipped and counted; priority and weight do not matter.
 func TestSRV(t *testing.T) {
-	z := newZone()
-	srv := startServer(t, z, "127.0.0.1:0", false)
+	z := dnstest.NewZone()
+	srv := dnstest.Start(t, z, "127.0.0.1:0", false)
 	name := "_http._tcp.w.test."
-	z.set(t, name,
+	z.Set(t, name,
 		"SRV 1 10 8000 a.test.", "SRV 2 0 8001 a.test.", "SRV 1 10 9000 b.test.",
 		"SRV 1 10 0 c.test.", "SRV 1 10 9000 gone.test.", "SRV 1 10 8000 .",
 		"SRV 1 10 8000 a.test.") // a duplicate
-	z.set(t, "a.test.", "A 10.0.1.2", "A 10.0.1.1")
-	z.set(t, "b.test.", "AAAA 2001:db8::2")
-	z.set(t, "c.test.", "A 10.0.1.3")
-	cfg := testConfig(srv.addr, name)
+	z.Set(t, "a.test.", "A 10.0.1.2", "A 10.0.1.1")
+	z.Set(t, "b.test.", "AAAA 2001:db8::2")
+	z.Set(t, "c.test.", "A 10.0.1.3")
+	cfg := testConfig(srv.Addr, name)
 	cfg.Type, cfg.Port = "SRV", 0
 	h := run(t, cfg)
 
@@ -264,21 +266,21 @@ func TestSRV(t *testing.T) {
 	})
 
 	// A target moving to another address moves its members.
-	z.set(t, "b.test.", "A 10.0.1.9")
+	z.Set(t, "b.test.", "A 10.0.1.9")
 	h.waitView("10.0.1.1:8000", "10.0.1.1:8001", "10.0.1.2:8000", "10.0.1.2:8001", "10.0.1.9:9000")
 	// A record removed removes its members.
-	z.set(t, name, "SRV 1 10 9000 b.test.")
+	z.Set(t, name, "SRV 1 10 9000 b.test.")
 	h.waitView("10.0.1.9:9000")
 }
 
 // Addresses no worker can have are skipped, counted at every lookup and logged once;
 // an answer with nothing else keeps the last view.
 func TestBadAddressesSkipped(t *testing.T) {
-	z := newZone()
-	srv := startServer(t, z, "127.0.0.1:0", false)
-	z.set(t, "w.test.", "A 0.0.0.0", "A 224.0.0.1", "A 255.255.255.255", "A 10.0.0.1",
+	z := dnstest.NewZone()
+	srv := dnstest.Start(t, z, "127.0.0.1:0", false)
+	z.Set(t, "w.test.", "A 0.0.0.0", "A 224.0.0.1", "A 255.255.255.255", "A 10.0.0.1",
 		"AAAA ::", "AAAA ff02::1", "AAAA fe80::1", "AAAA ::ffff:0.0.0.0")
-	h := run(t, testConfig(srv.addr, "w.test."))
+	h := run(t, testConfig(srv.Addr, "w.test."))
 
 	h.waitView("10.0.0.1:8000")
 	poll.CheckFor(t, wait, "three lookups' rejections", func() bool { return h.rejected("bad_address") >= 3*7 })
@@ -287,14 +289,14 @@ func TestBadAddressesSkipped(t *testing.T) {
 		t.Fatalf("%d \"record skipped\" log lines after several lookups, want 6 (once per distinct value):\n%s", n, h.logs.String())
 	}
 
-	z.set(t, "w.test.", "A 0.0.0.0", "A 224.0.0.1")
+	z.Set(t, "w.test.", "A 0.0.0.0", "A 224.0.0.1")
 	h.waitLookups("ok", 3)
 	h.checkKept(1, "10.0.0.1:8000")
 	if n := h.logs.count("no usable records"); n != 1 {
 		t.Fatalf("%d \"no usable records\" log lines, want 1 per streak", n)
 	}
 
-	z.set(t, "w.test.", "A 10.0.0.2")
+	z.Set(t, "w.test.", "A 10.0.0.2")
 	h.waitView("10.0.0.2:8000")
 }
 
@@ -303,38 +305,40 @@ func TestBadAddressesSkipped(t *testing.T) {
 func TestLookupErrorsKeepView(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		brk  func(t *testing.T, z *zone, s *dnsServer)
-		fix  func(t *testing.T, z *zone, s *dnsServer)
+		brk  func(t *testing.T, z *dnstest.Zone, s *dnstest.Server)
+		fix  func(t *testing.T, z *dnstest.Zone, s *dnstest.Server)
 		log  string
 	}{
 		{name: "server stopped",
-			brk: func(_ *testing.T, _ *zone, s *dnsServer) { s.stop() },
-			fix: func(t *testing.T, z *zone, s *dnsServer) { startServer(t, z, s.addr, false) },
+			brk: func(_ *testing.T, _ *dnstest.Zone, s *dnstest.Server) { s.Stop() },
+			fix: func(t *testing.T, z *dnstest.Zone, s *dnstest.Server) { dnstest.Start(t, z, s.Addr, false) },
 			log: "lookup failed"},
 		{name: "SERVFAIL",
-			brk: func(_ *testing.T, z *zone, _ *dnsServer) { z.fail("w.test.", mdns.RcodeServerFailure) },
-			fix: func(_ *testing.T, z *zone, _ *dnsServer) { z.fail("w.test.", mdns.RcodeSuccess) },
+			brk: func(_ *testing.T, z *dnstest.Zone, _ *dnstest.Server) { z.Fail("w.test.", mdns.RcodeServerFailure) },
+			fix: func(_ *testing.T, z *dnstest.Zone, _ *dnstest.Server) { z.Fail("w.test.", mdns.RcodeSuccess) },
 			log: "lookup failed"},
 		// Without StrictErrors the resolver would return the A half alone and the IPv6
 		// worker would leave the view.
 		{name: "AAAA half SERVFAIL",
-			brk: func(_ *testing.T, z *zone, _ *dnsServer) { z.fail("w.test. aaaa", mdns.RcodeServerFailure) },
-			fix: func(_ *testing.T, z *zone, _ *dnsServer) { z.fail("w.test. aaaa", mdns.RcodeSuccess) },
+			brk: func(_ *testing.T, z *dnstest.Zone, _ *dnstest.Server) {
+				z.Fail("w.test. aaaa", mdns.RcodeServerFailure)
+			},
+			fix: func(_ *testing.T, z *dnstest.Zone, _ *dnstest.Server) { z.Fail("w.test. aaaa", mdns.RcodeSuccess) },
 			log: "lookup failed"},
 		{name: "REFUSED",
-			brk: func(_ *testing.T, z *zone, _ *dnsServer) { z.fail("w.test.", mdns.RcodeRefused) },
-			fix: func(_ *testing.T, z *zone, _ *dnsServer) { z.fail("w.test.", mdns.RcodeSuccess) },
+			brk: func(_ *testing.T, z *dnstest.Zone, _ *dnstest.Server) { z.Fail("w.test.", mdns.RcodeRefused) },
+			fix: func(_ *testing.T, z *dnstest.Zone, _ *dnstest.Server) { z.Fail("w.test.", mdns.RcodeSuccess) },
 			log: "lookup failed"},
 		{name: "NXDOMAIN",
-			brk: func(t *testing.T, z *zone, _ *dnsServer) { z.set(t, "w.test.") },
-			fix: func(*testing.T, *zone, *dnsServer) {},
+			brk: func(t *testing.T, z *dnstest.Zone, _ *dnstest.Server) { z.Set(t, "w.test.") },
+			fix: func(*testing.T, *dnstest.Zone, *dnstest.Server) {},
 			log: "no records"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			z := newZone()
-			srv := startServer(t, z, "127.0.0.1:0", false)
-			z.set(t, "w.test.", "A 10.0.0.1", "AAAA 2001:db8::1")
-			h := run(t, testConfig(srv.addr, "w.test."))
+			z := dnstest.NewZone()
+			srv := dnstest.Start(t, z, "127.0.0.1:0", false)
+			z.Set(t, "w.test.", "A 10.0.0.1", "AAAA 2001:db8::1")
+			h := run(t, testConfig(srv.Addr, "w.test."))
 			h.waitView("10.0.0.1:8000", "[2001:db8::1]:8000")
 
 			tc.brk(t, z, srv)
@@ -345,7 +349,7 @@ func TestLookupErrorsKeepView(t *testing.T) {
 			}
 
 			tc.fix(t, z, srv)
-			z.set(t, "w.test.", "A 10.0.0.1", "A 10.0.0.2")
+			z.Set(t, "w.test.", "A 10.0.0.1", "A 10.0.0.2")
 			h.waitView("10.0.0.1:8000", "10.0.0.2:8000")
 			if n := h.logs.count("lookups answer again"); n != 1 {
 				t.Fatalf("%d recovery log lines, want 1", n)
@@ -357,55 +361,53 @@ func TestLookupErrorsKeepView(t *testing.T) {
 // An SRV lookup whose target fails (other than "no such host") fails as a whole:
 // leaving the target out would remove its workers because of one timeout.
 func TestSRVTargetFailureKeepsView(t *testing.T) {
-	z := newZone()
-	srv := startServer(t, z, "127.0.0.1:0", false)
+	z := dnstest.NewZone()
+	srv := dnstest.Start(t, z, "127.0.0.1:0", false)
 	name := "_http._tcp.w.test."
-	z.set(t, name, "SRV 1 1 8000 a.test.", "SRV 1 1 8000 b.test.")
-	z.set(t, "a.test.", "A 10.0.1.1")
-	z.set(t, "b.test.", "A 10.0.1.2")
-	cfg := testConfig(srv.addr, name)
+	z.Set(t, name, "SRV 1 1 8000 a.test.", "SRV 1 1 8000 b.test.")
+	z.Set(t, "a.test.", "A 10.0.1.1")
+	z.Set(t, "b.test.", "A 10.0.1.2")
+	cfg := testConfig(srv.Addr, name)
 	cfg.Type, cfg.Port = "SRV", 0
 	h := run(t, cfg)
 	h.waitView("10.0.1.1:8000", "10.0.1.2:8000")
 
-	z.fail("b.test.", mdns.RcodeServerFailure)
+	z.Fail("b.test.", mdns.RcodeServerFailure)
 	h.waitLookups("error", 3)
 	h.checkKept(1, "10.0.1.1:8000", "10.0.1.2:8000")
 
-	z.fail("b.test.", mdns.RcodeSuccess)
-	z.set(t, "b.test.", "A 10.0.1.3")
+	z.Fail("b.test.", mdns.RcodeSuccess)
+	z.Set(t, "b.test.", "A 10.0.1.3")
 	h.waitView("10.0.1.1:8000", "10.0.1.3:8000")
 }
 
 // A name with no records at the first lookup reports nothing until it has some.
 func TestFirstLookupEmpty(t *testing.T) {
-	z := newZone()
-	srv := startServer(t, z, "127.0.0.1:0", false)
-	h := run(t, testConfig(srv.addr, "w.test."))
+	z := dnstest.NewZone()
+	srv := dnstest.Start(t, z, "127.0.0.1:0", false)
+	h := run(t, testConfig(srv.Addr, "w.test."))
 	h.waitLookups("error", 3)
 	if _, n := h.rec.last(); n != 0 {
 		t.Fatalf("%d views reported for a name without records, want 0", n)
 	}
-	z.set(t, "w.test.", "A 0.0.0.0")
+	z.Set(t, "w.test.", "A 0.0.0.0")
 	h.waitLookups("ok", 2)
 	if _, n := h.rec.last(); n != 0 {
 		t.Fatalf("%d views reported for an answer without usable records, want 0", n)
 	}
-	z.set(t, "w.test.", "A 10.0.0.1")
+	z.Set(t, "w.test.", "A 10.0.0.1")
 	h.waitView("10.0.0.1:8000")
 }
 
 // A truncated UDP answer is asked again over TCP, to the same configured server.
 func TestTruncatedAnswerOverTCP(t *testing.T) {
-	z := newZone()
-	srv := startServer(t, z, "127.0.0.1:0", true)
-	z.set(t, "w.test.", "A 10.0.0.1")
-	z.mu.Lock()
-	z.tcpOnly["w.test."] = true
-	z.mu.Unlock()
-	h := run(t, testConfig(srv.addr, "w.test."))
+	z := dnstest.NewZone()
+	srv := dnstest.Start(t, z, "127.0.0.1:0", true)
+	z.Set(t, "w.test.", "A 10.0.0.1")
+	z.TCPOnly("w.test.")
+	h := run(t, testConfig(srv.Addr, "w.test."))
 	h.waitView("10.0.0.1:8000")
-	if z.queried("tcp", "w.test.") == 0 {
+	if z.Queried("tcp", "w.test.") == 0 {
 		t.Fatalf("no TCP query seen; the answer came over UDP")
 	}
 }

@@ -1,4 +1,6 @@
-package dns
+// Package dnstest serves a DNS zone on loopback for tests: records the test changes
+// while a discovery source runs, forced answer codes and truncation.
+package dnstest
 
 import (
 	"net"
@@ -9,9 +11,9 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
-// zone is the data a test DNS server answers from; the test changes it while a source
+// Zone is the data a test DNS server answers from; the test changes it while a source
 // runs. Safe for concurrent use.
-type zone struct {
+type Zone struct {
 	mu      sync.Mutex
 	records map[string][]mdns.RR // by lower-case FQDN; mu guards it and the fields below
 	rcode   map[string]int       // a forced answer code by FQDN, or "FQDN TYPE" for one type
@@ -19,14 +21,15 @@ type zone struct {
 	queries map[string]int       // queries seen by "network name" (udp/tcp)
 }
 
-func newZone() *zone {
-	return &zone{records: map[string][]mdns.RR{}, rcode: map[string]int{},
+// NewZone returns an empty zone.
+func NewZone() *Zone {
+	return &Zone{records: map[string][]mdns.RR{}, rcode: map[string]int{},
 		tcpOnly: map[string]bool{}, queries: map[string]int{}}
 }
 
-// set replaces the records of name with rrs, each "TYPE DATA" ("A 10.0.0.1",
+// Set replaces the records of name with rrs, each "TYPE DATA" ("A 10.0.0.1",
 // "SRV 0 0 8000 a.test."); no rrs makes the name NXDOMAIN.
-func (z *zone) set(t *testing.T, name string, rrs ...string) {
+func (z *Zone) Set(t testing.TB, name string, rrs ...string) {
 	t.Helper()
 	var parsed []mdns.RR
 	for _, s := range rrs {
@@ -41,9 +44,9 @@ func (z *zone) set(t *testing.T, name string, rrs ...string) {
 	z.records[strings.ToLower(name)] = parsed
 }
 
-// fail makes every query for name answer rcode (mdns.RcodeSuccess: answer again); a
+// Fail makes every query for name answer rcode (mdns.RcodeSuccess: answer again); a
 // name followed by a type ("w.test. AAAA") fails the queries of that type only.
-func (z *zone) fail(name string, rcode int) {
+func (z *Zone) Fail(name string, rcode int) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	if rcode == mdns.RcodeSuccess {
@@ -53,7 +56,8 @@ func (z *zone) fail(name string, rcode int) {
 	z.rcode[strings.ToLower(name)] = rcode
 }
 
-func (z *zone) queried(network, name string) int {
+// Queried returns how many queries for name came over network (udp, tcp).
+func (z *Zone) Queried(network, name string) int {
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	return z.queries[network+" "+strings.ToLower(name)]
@@ -61,7 +65,7 @@ func (z *zone) queried(network, name string) int {
 
 // ServeDNS answers from the zone: the records of the question's type, NODATA for a name
 // with records of other types only, NXDOMAIN for a name with none.
-func (z *zone) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
+func (z *Zone) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	m := new(mdns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
@@ -97,41 +101,42 @@ func (z *zone) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	_ = w.WriteMsg(m)
 }
 
-// dnsServer is a DNS server for a zone on loopback.
-type dnsServer struct {
-	addr string
+// Server is a DNS server for a zone on loopback.
+type Server struct {
+	// Addr is the server's host:port.
+	Addr string
 	udp  *mdns.Server
 	tcp  *mdns.Server
 }
 
-// startServer serves z on addr ("127.0.0.1:0": a port chosen now) over UDP, and over
+// Start serves z on addr ("127.0.0.1:0": a port chosen now) over UDP, and over
 // TCP on the same port when tcp is set; it is shut down when the test ends.
-func startServer(t *testing.T, z *zone, addr string, tcp bool) *dnsServer {
+func Start(t testing.TB, z *Zone, addr string, tcp bool) *Server {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
 			t.Fatalf("listen udp %s: %v", addr, err)
 		}
-		s := &dnsServer{addr: pc.LocalAddr().String()}
+		s := &Server{Addr: pc.LocalAddr().String()}
 		s.udp = serve(t, &mdns.Server{PacketConn: pc, Handler: z})
 		if !tcp {
 			return s
 		}
-		l, err := net.Listen("tcp", s.addr)
+		l, err := net.Listen("tcp", s.Addr)
 		if err != nil && attempt < 10 && addr == "127.0.0.1:0" {
-			s.stop() // the TCP port is taken: try another UDP port
+			s.Stop() // the TCP port is taken: try another UDP port
 			continue
 		}
 		if err != nil {
-			t.Fatalf("listen tcp %s: %v", s.addr, err)
+			t.Fatalf("listen tcp %s: %v", s.Addr, err)
 		}
 		s.tcp = serve(t, &mdns.Server{Listener: l, Handler: z})
 		return s
 	}
 }
 
-func serve(t *testing.T, srv *mdns.Server) *mdns.Server {
+func serve(t testing.TB, srv *mdns.Server) *mdns.Server {
 	t.Helper()
 	started := make(chan struct{})
 	srv.NotifyStartedFunc = func() { close(started) }
@@ -146,10 +151,18 @@ func serve(t *testing.T, srv *mdns.Server) *mdns.Server {
 	return srv
 }
 
-// stop shuts the server down; its address then refuses queries.
-func (s *dnsServer) stop() {
+// Stop shuts the server down; its address then refuses queries.
+func (s *Server) Stop() {
 	_ = s.udp.Shutdown()
 	if s.tcp != nil {
 		_ = s.tcp.Shutdown()
 	}
+}
+
+// TCPOnly makes queries for name over UDP answer truncated (the client must retry over
+// TCP).
+func (z *Zone) TCPOnly(name string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.tcpOnly[strings.ToLower(name)] = true
 }
