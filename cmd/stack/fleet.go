@@ -37,6 +37,9 @@ func (st *Stack) onMembership(c upstream.Change) {
 		if c.Replaced {
 			return // the id belongs to a new worker now
 		}
+		// Again: a request routed to it just before it left may have recorded its
+		// prediction after the first removal.
+		st.forgetIndex(w)
 		st.Server.ForgetWorker(w.ID)
 		if st.Replica != nil {
 			st.Replica.Forget(w.ID)

@@ -1,0 +1,376 @@
+package stack
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/sim"
+	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
+	"github.com/kvroute/kvroute/router/admin"
+	"github.com/kvroute/kvroute/upstream/discovery/dns/dnstest"
+)
+
+// pods are kvsim workers on distinct loopback addresses sharing one set of ports, as
+// pods of one Deployment do (127.0.0.2, 127.0.0.3, ...).
+type pods struct {
+	http, events, replay int
+	mu                   sync.Mutex
+	byHost               map[string]*sim.Worker
+}
+
+// sharedPorts picks n ports free on every host at once.
+func sharedPorts(t *testing.T, hosts []string, n int) []int {
+	t.Helper()
+	var out []int
+	for attempt := 0; len(out) < n; attempt++ {
+		if attempt > 200 {
+			t.Fatal("no port free on every test address")
+		}
+		l, err := net.Listen("tcp", hosts[0]+":0")
+		if err != nil {
+			t.Fatalf("listen on %s (extra loopback addresses are needed): %v", hosts[0], err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		ls := []net.Listener{l}
+		ok := !slices.Contains(out, port)
+		for _, h := range hosts[1:] {
+			l2, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l2)
+		}
+		for _, l := range ls {
+			_ = l.Close()
+		}
+		if ok {
+			out = append(out, port)
+		}
+	}
+	return out
+}
+
+func newPods(t *testing.T, hosts []string) *pods {
+	p := sharedPorts(t, hosts, 3)
+	return &pods{http: p[0], events: p[1], replay: p[2], byHost: map[string]*sim.Worker{}}
+}
+
+// start starts a kvsim worker on host.
+func (p *pods) start(t *testing.T, ctx context.Context, host string) *sim.Worker {
+	t.Helper()
+	wc := sim.DefaultConfig()
+	wc.Model = "m"
+	w, err := sim.StartWorker(ctx, host, wc, host, p.http, p.events, p.replay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.byHost[host] = w
+	p.mu.Unlock()
+	t.Cleanup(func() { _ = w.Close() })
+	return w
+}
+
+// startFleetStack runs a stack from cfg (admin on loopback with a token) until the test
+// ends and returns it with its API and admin base URLs.
+func startFleetStack(t *testing.T, cfg *configs.Config) (st *Stack, api, adminURL string) {
+	t.Helper()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.Admin.Token = "secret"
+	cfg.Health.Interval = 50 * time.Millisecond
+	cfg.Health.ModelsInterval = time.Second
+	cfg.Timeouts.Shutdown = 10 * time.Second
+	cfg.Tokenize.Timeout = 10 * time.Second
+	cfg.CacheAware.MetricsInterval = 100 * time.Millisecond
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewStack(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- st.Run(ctx, ln, func() { close(ready) }) }()
+	<-ready
+	t.Cleanup(func() {
+		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("stack: %v", err)
+		}
+	})
+	return st, "http://" + ln.Addr().String(), "http://" + st.AdminAddr()
+}
+
+// traffic sends chat requests from a few users without pause until stopped, each user
+// starting a new conversation every 4 requests, and counts the answers: every request must get a 200 while workers join and leave.
+type traffic struct {
+	sent, ok atomic.Int64
+	mu       sync.Mutex
+	failures []string
+	byWorker map[string]int
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	api      string
+}
+
+func startTraffic(t *testing.T, api string, users int) *traffic {
+	tr := &traffic{byWorker: map[string]int{}, stop: make(chan struct{}), api: api}
+	for u := range users {
+		tr.wg.Add(1)
+		go func() {
+			defer tr.wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(u), 7))
+			var system string
+			for i := 0; ; i++ {
+				if i%4 == 0 { // a new conversation every 4 requests: new workers get new ones
+					system = fmt.Sprintf("You are assistant %d.%d. %s", u, i, someWords(rng, 200))
+				}
+				select {
+				case <-tr.stop:
+					return
+				default:
+				}
+				tr.sent.Add(1)
+				r := chatOnce(http.DefaultClient, api, []chatMsg{{Role: "system", Content: system}, {Role: "user", Content: someWords(rng, 20)}}, 4)
+				tr.mu.Lock()
+				if r.err != nil || r.status != http.StatusOK {
+					tr.failures = append(tr.failures, fmt.Sprintf("status %d err %v", r.status, r.err))
+				} else {
+					tr.ok.Add(1)
+					tr.byWorker[r.worker]++
+				}
+				tr.mu.Unlock()
+			}
+		}()
+	}
+	t.Cleanup(tr.end)
+	return tr
+}
+
+func (tr *traffic) end() {
+	select {
+	case <-tr.stop:
+	default:
+		close(tr.stop)
+	}
+	tr.wg.Wait()
+}
+
+// served reports how many requests worker answered so far.
+func (tr *traffic) served(worker string) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.byWorker[worker]
+}
+
+// indexed reports whether the index holds entries of worker id.
+func indexed(st *Stack, id string) bool {
+	return slices.ContainsFunc(st.Index.Stats().Workers, func(ws indexer.WorkerStats) bool { return ws.Worker.ID == id })
+}
+
+// Workers found by DNS on addresses that share one port join, take traffic and leave
+// with the records, while traffic flows: no request fails, a removed worker's entries
+// leave the index, a garbage address is skipped.
+func TestDNSDiscoveredFleetChurn(t *testing.T) {
+	hosts := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+	pp := newPods(t, hosts)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, h := range hosts {
+		pp.start(t, ctx, h)
+	}
+	zone := dnstest.NewZone()
+	srv := dnstest.Start(t, zone, "127.0.0.1:0", false)
+	zone.Set(t, "workers.test.", "A 127.0.0.2", "A 127.0.0.3")
+
+	cfg := configs.Default()
+	cfg.Discovery.DNS = &configs.DNSDiscovery{Name: "workers.test", Port: pp.http, Server: srv.Addr,
+		Interval: 50 * time.Millisecond, WorkerTemplate: configs.WorkerTemplate{EventsPort: pp.events, ReplayPort: pp.replay}}
+	yamlCfg, err := configs.Load([]byte(fmt.Sprintf("discovery:\n  dns: {name: workers.test, port: %d, events_port: %d, replay_port: %d, interval: 50ms, server: %q}\n",
+		pp.http, pp.events, pp.replay, srv.Addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Discovery = yamlCfg.Discovery // with its defaults
+	st, api, _ := startFleetStack(t, &cfg)
+	id := func(h string) string { return net.JoinHostPort(h, strconv.Itoa(pp.http)) }
+
+	poll.CheckFor(t, 10*time.Second, "both DNS workers available", func() bool {
+		return len(st.Pool.Candidates(nil, "m")) == 2
+	})
+	tr := startTraffic(t, api, 4)
+	poll.CheckFor(t, 20*time.Second, "both workers to serve and be indexed", func() bool {
+		return tr.served(id(hosts[0])) > 0 && tr.served(id(hosts[1])) > 0 && indexed(st, id(hosts[0])) && indexed(st, id(hosts[1]))
+	})
+
+	// Scale up, with a garbage address in the answer.
+	zone.Set(t, "workers.test.", "A 127.0.0.2", "A 127.0.0.3", "A 127.0.0.4", "A 0.0.0.0")
+	joined := time.Now()
+	poll.CheckFor(t, 20*time.Second, "the new worker to take traffic", func() bool { return tr.served(id(hosts[2])) > 0 })
+	t.Logf("new worker took traffic %s after its record appeared", time.Since(joined).Round(time.Millisecond))
+	if got := metricSum(t, st.Registry, "kvroute_discovery_rejected_total"); got < 1 {
+		t.Errorf("garbage address not counted as rejected (%v)", got)
+	}
+
+	// Scale down: 127.0.0.2 leaves; its entries leave the index and it gets no traffic.
+	zone.Set(t, "workers.test.", "A 127.0.0.3", "A 127.0.0.4")
+	poll.CheckFor(t, 20*time.Second, "the removed worker to leave the pool", func() bool {
+		return st.Pool.Worker(id(hosts[0])) == nil && len(st.Pool.Leaving()) == 0
+	})
+	poll.CheckFor(t, 5*time.Second, "the removed worker to leave the index", func() bool { return !indexed(st, id(hosts[0])) })
+	before := tr.served(id(hosts[0]))
+	time.Sleep(300 * time.Millisecond) // traffic keeps flowing; none may reach the gone worker
+	if after := tr.served(id(hosts[0])); after != before {
+		t.Errorf("the removed worker answered %d requests after it left", after-before)
+	}
+
+	// The DNS server goes away: the last known fleet stays.
+	srv.Stop()
+	time.Sleep(300 * time.Millisecond)
+	if n := len(st.Pool.Workers()); n != 2 {
+		t.Errorf("%d workers after the DNS server went away, want the last known 2", n)
+	}
+	tr.end()
+	if len(tr.failures) > 0 {
+		t.Fatalf("%d of %d requests failed during churn, first: %s", len(tr.failures), tr.sent.Load(), tr.failures[0])
+	}
+	t.Logf("%d requests, all answered 200", tr.ok.Load())
+}
+
+// Workers added and removed through the admin API and by a reload of the static list
+// (POST /api/reload) join and leave while traffic flows.
+func TestAdminAndReloadMembership(t *testing.T) {
+	hosts := []string{"127.0.0.5", "127.0.0.6", "127.0.0.7"}
+	pp := newPods(t, hosts)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, h := range hosts {
+		pp.start(t, ctx, h)
+	}
+	url := func(h string) string { return fmt.Sprintf("http://%s:%d", h, pp.http) }
+	file := filepath.Join(t.TempDir(), "kvroute.yaml")
+	writeCfg := func(hs ...string) {
+		var b strings.Builder
+		b.WriteString("workers:\n")
+		for _, h := range hs {
+			fmt.Fprintf(&b, "  - {id: %s, url: %s}\n", h, url(h))
+		}
+		if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCfg(hosts[0])
+	cfg, err := configs.LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, api, adm := startFleetStack(t, cfg)
+	tr := startTraffic(t, api, 3)
+
+	do := func(method, path, body string, token bool) (int, []byte) {
+		req, _ := http.NewRequest(method, adm+path, strings.NewReader(body))
+		if token {
+			req.Header.Set("Authorization", "Bearer secret")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+
+	// Add through the API: 201 with the worker as GET /api/workers/{id} shows it.
+	code, body := do("POST", "/api/workers", fmt.Sprintf(`{"url": %q, "id": "api1"}`, url(hosts[1])), true)
+	if code != http.StatusCreated {
+		t.Fatalf("POST /api/workers: %d %s", code, body)
+	}
+	var v admin.WorkerView
+	if err := json.Unmarshal(body, &v); err != nil || v.ID != "api1" || v.Source != "api" {
+		t.Fatalf("POST answer %s (%v)", body, err)
+	}
+	poll.CheckFor(t, 20*time.Second, "the API worker to take traffic", func() bool { return tr.served("api1") > 0 })
+	// Bad input: no token, unknown key, a duplicate id, a duplicate URL, garbage.
+	for _, tc := range []struct {
+		body  string
+		token bool
+		want  int
+	}{
+		{`{"url": "http://127.0.0.9:1"}`, false, http.StatusUnauthorized},
+		{`{"url": "http://127.0.0.9:1", "weight": 3}`, true, http.StatusBadRequest},
+		{fmt.Sprintf(`{"url": "http://127.0.0.9:1", "id": %q}`, hosts[0]), true, http.StatusConflict},
+		{fmt.Sprintf(`{"url": %q, "id": "x"}`, url(hosts[1])), true, http.StatusConflict},
+		{`{"url": "not a url"}`, true, http.StatusBadRequest},
+		{`{"url": "http://127.0.0.9:1"} {}`, true, http.StatusBadRequest},
+		{strings.Repeat(" ", 70<<10) + `{"url": "http://127.0.0.9:1"}`, true, http.StatusBadRequest},
+	} {
+		if code, body := do("POST", "/api/workers", tc.body, tc.token); code != tc.want {
+			t.Errorf("POST %.60q: %d %s, want %d", tc.body, code, body, tc.want)
+		}
+	}
+
+	// Reload: the file now lists hosts[2] instead of hosts[0].
+	writeCfg(hosts[2])
+	code, body = do("POST", "/api/reload", "", true)
+	if code != http.StatusOK || !bytes.Contains(body, []byte("+"+hosts[2])) || !bytes.Contains(body, []byte("-"+hosts[0])) {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	poll.CheckFor(t, 20*time.Second, "the reloaded worker to take traffic and the removed one to leave", func() bool {
+		return tr.served(hosts[2]) > 0 && st.Pool.Worker(hosts[0]) == nil && len(st.Pool.Leaving()) == 0
+	})
+
+	// Delete through the API: 202, then gone.
+	if code, body := do("DELETE", "/api/workers/api1", "", true); code != http.StatusAccepted {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if code, _ := do("DELETE", "/api/workers/api1", "", true); code != http.StatusNotFound {
+		t.Errorf("second DELETE: %d, want 404", code)
+	}
+	if code, _ := do("GET", "/api/workers/api1", "", false); code != http.StatusNotFound {
+		t.Errorf("GET of a removed worker: %d, want 404", code)
+	}
+	poll.CheckFor(t, 20*time.Second, "the deleted worker to be gone", func() bool { return len(st.Pool.Leaving()) == 0 })
+	tr.end()
+	if len(tr.failures) > 0 {
+		t.Fatalf("%d of %d requests failed, first: %s", len(tr.failures), tr.sent.Load(), tr.failures[0])
+	}
+	if got := ids(st); !slices.Equal(got, []string{hosts[2]}) {
+		t.Fatalf("workers at the end: %v", got)
+	}
+}
+
+func ids(st *Stack) []string {
+	var out []string
+	for _, w := range st.Pool.Workers() {
+		out = append(out, w.ID)
+	}
+	return out
+}
