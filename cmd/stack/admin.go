@@ -43,8 +43,6 @@ func (st *Stack) AdminAddr() string { return st.admin.addr }
 func (st *Stack) startAdmin(ln net.Listener) error {
 	cfg := st.Config.Admin
 	st.admin.started = time.Now()
-	st.admin.applied = st.Config.CacheAware
-	st.admin.workers = st.Config.Workers
 	if cfg.PathPrefix != "" {
 		h, err := st.adminHandler(ln.Addr())
 		if err != nil {

@@ -165,19 +165,25 @@ func (st *Stack) runDiscovery(goRun func(func(context.Context))) {
 	}
 }
 
-// reloadOnSIGHUP reloads the config at each SIGHUP until ctx ends.
-func (st *Stack) reloadOnSIGHUP(ctx context.Context) {
+// watchSIGHUP starts reloading the config at each SIGHUP until ctx ends. The handler is
+// registered before it returns, so a SIGHUP sent once Run is ready never takes the
+// process's default action (exit).
+func (st *Stack) watchSIGHUP(goRun func(func(context.Context))) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
-	defer signal.Stop(ch)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ch:
-			if _, err := st.reload(); err != nil {
-				st.log.Error("SIGHUP: config not reloaded", "err", err)
+	goRun(func(ctx context.Context) {
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+				if rep, err := st.reload(); err != nil {
+					st.log.Error("SIGHUP: config not reloaded", "err", err)
+				} else {
+					st.log.Info("SIGHUP: config reloaded", "applied", rep.Applied, "restart_required", rep.RestartRequired, "refused", rep.Refused)
+				}
 			}
 		}
-	}
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,7 +93,7 @@ func (p *pods) start(t *testing.T, ctx context.Context, host string) *sim.Worker
 
 // startFleetStack runs a stack from cfg (admin on loopback with a token) until the test
 // ends and returns it with its API and admin base URLs.
-func startFleetStack(t *testing.T, cfg *configs.Config) (st *Stack, api, adminURL string) {
+func startFleetStack(t *testing.T, cfg *configs.Config, opts ...func(*Stack)) (st *Stack, api, adminURL string) {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Admin.Listen = "127.0.0.1:0"
@@ -108,6 +109,9 @@ func startFleetStack(t *testing.T, cfg *configs.Config) (st *Stack, api, adminUR
 	st, err := NewStack(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, o := range opts {
+		o(st)
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -373,4 +377,34 @@ func ids(st *Stack) []string {
 		out = append(out, w.ID)
 	}
 	return out
+}
+
+// SIGHUP applies an edited workers list as POST /api/reload does.
+func TestSIGHUPReloadsWorkers(t *testing.T) {
+	hosts := []string{"127.0.0.8", "127.0.0.9"}
+	pp := newPods(t, hosts)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, h := range hosts {
+		pp.start(t, ctx, h)
+	}
+	file := filepath.Join(t.TempDir(), "kvroute.yaml")
+	write := func(h string) {
+		if err := os.WriteFile(file, fmt.Appendf(nil, "workers:\n  - {id: %s, url: 'http://%s:%d'}\n", h, h, pp.http), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(hosts[0])
+	cfg, err := configs.LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _, _ := startFleetStack(t, cfg, func(st *Stack) { st.ReloadOnSIGHUP = true })
+	write(hosts[1])
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	poll.CheckFor(t, 10*time.Second, "SIGHUP to swap the workers", func() bool {
+		return slices.Equal(ids(st), []string{hosts[1]}) && len(st.Pool.Leaving()) == 0
+	})
 }

@@ -60,6 +60,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 		log = slog.Default()
 	}
 	st := &Stack{Config: cfg, Registry: prometheus.NewRegistry(), log: log}
+	st.admin.applied, st.admin.workers = cfg.CacheAware, cfg.Workers // what a reload compares with
 	reg := st.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var err error
@@ -356,7 +357,7 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	}
 	st.runDiscovery(goRun)
 	if st.ReloadOnSIGHUP {
-		goRun(st.reloadOnSIGHUP)
+		st.watchSIGHUP(goRun)
 	}
 	if st.NATS != nil {
 		goRun(func(c context.Context) {
