@@ -133,7 +133,7 @@ func TestGapReplayRecoversExactly(t *testing.T) {
 	_ = last
 	waitSeq(t, sink, w1, 4)
 	if got, want := sink.Cache(w1), p.Truth(); !kvtest.SameSet(got, want) {
-		t.Fatalf("after replay sink holds %v, publisher %v", got, want)
+		t.Fatalf("after replay sink holds %v, publisher %v; state %+v", got, want, stateOf(m, w1))
 	}
 	wantLog := []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3", "apply:4"}
 	if got := sink.Log(w1); !slices.Equal(got, wantLog) {
