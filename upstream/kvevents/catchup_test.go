@@ -37,6 +37,8 @@ func TestCatchUpIdlePublisher(t *testing.T) {
 	if got := sink.Log(w1); !slices.Equal(got, want) {
 		t.Fatalf("log %v, want %v", got, want)
 	}
+	// The replay is counted once it is over, just after its last batch was applied.
+	poll.CheckFor(t, wait, "catch-up counted", func() bool { return stateOf(m, w1).Replays >= 1 })
 	st := stateOf(m, w1)
 	if st.Replays != 1 || st.ReplayedBatches != 4 || st.Resets != 1 || !st.HaveSeq || st.LastSeq != 3 {
 		t.Fatalf("state %+v", st)
@@ -44,7 +46,9 @@ func TestCatchUpIdlePublisher(t *testing.T) {
 	if v := metricValue(t, reg, "kvroute_events_replays_total", w1.String(), "ok"); v != 1 {
 		t.Fatalf("replays{ok} = %v, want 1", v)
 	}
-	// The stream goes on from there: the next live batch is in sequence.
+	// The stream goes on from there: the next live batch is in sequence. (The catch-up can
+	// be over before the publisher has taken the subscription in.)
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(1)
 	waitSeq(t, sink, w1, 4)
 	if got := sink.Log(w1); !slices.Equal(got, append(want, "apply:4")) {
@@ -160,6 +164,7 @@ func TestCatchUpAfterDeadReset(t *testing.T) {
 		_ = m.Run(ctx)
 	}()
 	defer func() { cancel(); <-done }()
+	poll.CheckFor(t, wait, "subscription", p.Subscribed)
 	p.Store(2)
 	p.Store(1)
 	waitSeq(t, sink, w1, 1)

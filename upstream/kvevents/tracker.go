@@ -154,7 +154,7 @@ func (t *Tracker) Batch(ctx context.Context, b *proto.Batch) {
 		if t.duplicate(b) {
 			return
 		}
-		t.dups = t.dups[:0]
+		t.dups = nil // closed for good: free it
 	}
 	t.advance(ctx, b.Seq)
 	t.apply(b, false)
@@ -197,7 +197,7 @@ func (t *Tracker) CatchUp(ctx context.Context) {
 
 // EndCatchUp closes the dedupe window of the last [Tracker.CatchUp]: the feed's session
 // that could still deliver its duplicates has ended.
-func (t *Tracker) EndCatchUp() { t.dups = t.dups[:0] }
+func (t *Tracker) EndCatchUp() { t.dups = nil }
 
 // duplicate reports whether live batch b is one the catch-up already applied: its seq is
 // in the window and its content the same.
@@ -287,7 +287,7 @@ func (t *Tracker) Lost(ctx context.Context, seq uint64, err error) {
 	t.wm.drop(DropMalformed)
 	t.setError(err)
 	t.log.Warn("kv events batch undecodable, skipped", "seq", seq, "err", err)
-	t.dups = t.dups[:0] // the catch-up applied it decoded: not a duplicate
+	t.dups = nil // the catch-up applied it decoded: not a duplicate
 	t.advance(ctx, seq)
 	t.next = seq + 1
 	t.stats.haveSeq.Store(true)
@@ -299,7 +299,7 @@ func (t *Tracker) Lost(ctx context.Context, seq uint64, err error) {
 func (t *Tracker) Reset(reason string) {
 	t.reset(reason)
 	t.have, t.skipStart, t.started = false, true, false
-	t.dups = t.dups[:0]
+	t.dups = nil
 	t.stats.haveSeq.Store(false)
 }
 
