@@ -13,6 +13,20 @@
 // [Options].DeadAfter is reset once ("dead"); when it comes back, its replay buffer is
 // replayed from seq 0.
 //
+// Catch-up at connect: when a source with a replay endpoint has subscribed (first connect,
+// and every reconnect while the worker is unknown, e.g. after the dead reset), it resets
+// the worker "start" and replays the buffer from seq 0 at once ([Tracker.CatchUp]), so a
+// router started next to an idle engine, which publishes nothing until it gets traffic,
+// knows the engine's cache without waiting for its next batch. Subscribing first and then
+// asking for the replay leaves no hole between the two: a batch published meanwhile comes
+// in the replay, live, or both; live copies of batches the catch-up applied are dropped
+// (same seq and content) for the rest of the session or until a later live batch; a
+// batch in neither (the publisher handled the subscription after the replay) is a gap at
+// the next live batch. An empty buffer or a failed catch-up (logged and counted in
+// kvroute_events_replays_total) leaves the worker unknown: its first live batch replays
+// 0..seq-1 as without catch-up, without a second start reset. A worker without a replay
+// endpoint waits for its first live batch, as before.
+//
 // Engines are dialed through a guarded TCP transport (see guardedScheme): the ZMTP
 // handshake has a deadline ([Options].DialTimeout) and TCP keepalives notice a vanished
 // peer in about 20s, so a silent or dead endpoint never blocks a source past its context.
@@ -34,8 +48,9 @@
 //
 // Invariants:
 //   - Per worker key, Sink calls never overlap and follow the publisher's order; a batch
-//     is applied at most once per tracking epoch, and seqs applied between two resets
-//     are consecutive but for live batches that did not decode, which are skipped.
+//     is applied at most once per tracking epoch (a catch-up's replay and the live
+//     stream included), and seqs applied between two resets are consecutive but for
+//     live batches that did not decode, which are skipped.
 //   - Whenever batches are lost for good (no replay endpoint, replay failed, buffer
 //     already past the gap) or the sequence goes backwards (engine restart), the sink
 //     gets Reset before any later batch: entries are cleared, never left stale.

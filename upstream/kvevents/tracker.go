@@ -3,6 +3,7 @@ package kvevents
 import (
 	"context"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +42,16 @@ type TrackerOptions struct {
 // Tracker applies one worker's batches to a [Sink] in sequence order, the state machine
 // shared by ZMQ sources and NATS consumers:
 //
-//	unknown --first batch--> [reset "start" and replay 0..seq-1 if ResetOnStart] --> tracking(next = seq+1)
+//	unknown --first batch--> [reset "start" (unless a catch-up did) and replay 0..seq-1
+//	                          if ResetOnStart] --> tracking(next = seq+1)
+//	unknown --CatchUp (feed subscribed; ResetOnStart and a replayer)--> reset "start" (once
+//	                               per unknown phase), replay from 0, apply every batch;
+//	                               batches: tracking(next = last replayed+1), dedupe window
+//	                               open; none (empty buffer, or the replay failed before
+//	                               the first): unknown, start reset done
+//	tracking, dedupe window open, seq < next and the batch is the one the catch-up
+//	                           applied for seq --> duplicate: dropped; any other batch
+//	                               closes the window, as does the end of the feed's session
 //	tracking, seq == next      --> apply, next++
 //	tracking, seq >  next      --> gap: replay next..seq-1; at a hole the replay cannot
 //	                               cover (no replayer, error, publisher's buffer already
@@ -51,6 +61,13 @@ type TrackerOptions struct {
 //	undecodable batch seq      --> as a batch with seq (gap, restart), but skipped, not
 //	                               applied: no reset; next = seq+1
 //	Reset(reason)              --> reset, back to unknown (no second reset at the next batch)
+//
+// CatchUp exists for a router started next to an idle engine: the engine publishes
+// nothing until it gets traffic, so without it the first-batch replay would come only then
+// and the engine's cache would stay unknown meanwhile. The feed is subscribed before the
+// replay is asked for, so every batch is either in the replay's answer or arrives live
+// (or both: the dedupe window), or, if the publisher handled the subscription after the
+// replay request, shows up as a gap at the next live batch and is replayed.
 //
 // A reset always reaches the sink before any batch applied after it. Replayed batches
 // with seq >= the live batch that revealed the gap are not applied from the replay: the
@@ -67,7 +84,13 @@ type Tracker struct {
 	// Owned by the goroutine driving the tracker.
 	have      bool // next is known
 	skipStart bool // the next first batch follows an explicit Reset
+	started   bool // a catch-up did the start reset of the current unknown phase
 	next      uint64
+	catching  bool // a catch-up replay is applying batches
+	// The dedupe window: fingerprints (batchPrint) of the batches the last catch-up
+	// applied, for seqs dupFrom, dupFrom+1, ...; empty when closed.
+	dupFrom uint64
+	dups    []uint64
 
 	model atomic.Pointer[string] // the worker's model, see SetModel
 
@@ -127,8 +150,95 @@ func (t *Tracker) Key() proto.WorkerKey { return t.key }
 // Batch handles one live batch; b.Seq must be set. It may call the replayer, which
 // blocks until the replay ends or ctx is done.
 func (t *Tracker) Batch(ctx context.Context, b *proto.Batch) {
+	if len(t.dups) > 0 {
+		if t.duplicate(b) {
+			return
+		}
+		t.dups = nil // closed for good: free it
+	}
 	t.advance(ctx, b.Seq)
 	t.apply(b, false)
+}
+
+// maxDups bounds the dedupe window. Duplicates are the batches published between the
+// subscription and the replay's answer, the tail of what the catch-up applied; an older
+// seq that comes live is handled as a restart (reset and replay from 0): correct, only
+// slower.
+const maxDups = 4096
+
+// CatchUp, called when a feed has subscribed, replays the publisher's buffer from seq 0
+// if the tracker is in the unknown state with ResetOnStart and a replayer (and no
+// explicit Reset is pending): the worker is reset "start" (once per unknown phase) and
+// every replayed batch applied, so the sink knows an idle engine's cache without waiting
+// for its next batch. With batches the tracker is then tracking from the last one + 1;
+// live batches the catch-up already applied are dropped as duplicates (compared by seq
+// and content, so that a restarted engine's equal seqs are not mistaken for them) until
+// another live batch arrives or [Tracker.EndCatchUp] is called. Without any (an empty
+// buffer, a failed replay) it stays unknown: the first live batch replays 0..seq-1 as
+// before, without a second reset. A failed replay is logged and counted as any replay.
+// It blocks until the replay ends or ctx is done.
+func (t *Tracker) CatchUp(ctx context.Context) {
+	if t.have || t.skipStart || !t.opts.ResetOnStart || t.opts.Replay == nil {
+		return
+	}
+	if !t.started {
+		t.reset(ReasonStart)
+		t.started = true
+	}
+	t.next = 0
+	t.dups = t.dups[:0]
+	t.catching = true
+	t.fill(ctx, noLimit, false)
+	t.catching = false
+	if len(t.dups) > 0 {
+		t.have, t.started = true, false // t.next follows the last replayed batch
+	}
+}
+
+// EndCatchUp closes the dedupe window of the last [Tracker.CatchUp]: the feed's session
+// that could still deliver its duplicates has ended.
+func (t *Tracker) EndCatchUp() { t.dups = nil }
+
+// duplicate reports whether live batch b is one the catch-up already applied: its seq is
+// in the window and its content the same.
+func (t *Tracker) duplicate(b *proto.Batch) bool {
+	if b.Seq < t.dupFrom || b.Seq-t.dupFrom >= uint64(len(t.dups)) || t.dups[b.Seq-t.dupFrom] != batchPrint(b) {
+		return false
+	}
+	t.log.Debug("kv events live batch already applied by the catch-up", "seq", b.Seq)
+	return true
+}
+
+// note records b, just applied by the catch-up, in the dedupe window.
+func (t *Tracker) note(b *proto.Batch) {
+	if len(t.dups) == 0 || b.Seq != t.dupFrom+uint64(len(t.dups)) {
+		t.dups, t.dupFrom = t.dups[:0], b.Seq // first, or past a hole: only the tail matters
+	}
+	if len(t.dups) == 2*maxDups {
+		n := copy(t.dups, t.dups[maxDups:])
+		t.dups = t.dups[:n]
+		t.dupFrom += maxDups
+	}
+	t.dups = append(t.dups, batchPrint(b))
+}
+
+// batchPrint is a fingerprint of b's content (FNV-1a over its timestamp and events' kinds
+// and block hashes): the same published batch, decoded twice, gives the same print.
+func batchPrint(b *proto.Batch) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	mix := func(v uint64) { h = (h ^ v) * prime }
+	mix(math.Float64bits(b.TS))
+	mix(uint64(len(b.Events)))
+	for i := range b.Events {
+		ev := &b.Events[i]
+		mix(uint64(ev.Kind))
+		mix(uint64(len(ev.BlockHashes)))
+		for _, x := range ev.BlockHashes {
+			mix(uint64(x))
+		}
+	}
+	return h
 }
 
 // advance brings the sequence up to seq, the live batch about to be applied or skipped:
@@ -138,13 +248,15 @@ func (t *Tracker) advance(ctx context.Context, seq uint64) {
 		t.have = true
 		t.next = seq
 		if t.opts.ResetOnStart && !t.skipStart {
-			t.reset(ReasonStart)
+			if !t.started {
+				t.reset(ReasonStart)
+			}
 			t.next = 0
 			if seq > 0 {
 				t.fill(ctx, seq, false)
 			}
 		}
-		t.skipStart = false
+		t.skipStart, t.started = false, false
 	}
 	switch {
 	case seq > t.next:
@@ -175,6 +287,7 @@ func (t *Tracker) Lost(ctx context.Context, seq uint64, err error) {
 	t.wm.drop(DropMalformed)
 	t.setError(err)
 	t.log.Warn("kv events batch undecodable, skipped", "seq", seq, "err", err)
+	t.dups = nil // the catch-up applied it decoded: not a duplicate
 	t.advance(ctx, seq)
 	t.next = seq + 1
 	t.stats.haveSeq.Store(true)
@@ -185,7 +298,8 @@ func (t *Tracker) Lost(ctx context.Context, seq uint64, err error) {
 // next batch is accepted whatever its seq, without another reset.
 func (t *Tracker) Reset(reason string) {
 	t.reset(reason)
-	t.have, t.skipStart = false, true
+	t.have, t.skipStart, t.started = false, true, false
+	t.dups = nil
 	t.stats.haveSeq.Store(false)
 }
 
@@ -212,7 +326,11 @@ func (t *Tracker) setError(err error) {
 	t.stats.mu.Unlock()
 }
 
-// fill replays [t.next, upto) and leaves t.next == upto. A hole the replay cannot cover
+// noLimit as fill's upto replays everything the publisher holds (a catch-up).
+const noLimit = math.MaxUint64
+
+// fill replays [t.next, upto) and leaves t.next == upto (upto noLimit: after the last
+// replayed batch, t.next unchanged when there is none). A hole the replay cannot cover
 // (no replayer, an error, a buffer that starts past t.next or ends before upto) resets
 // the worker when batches were applied before the hole in the current epoch: those
 // batches' blocks may have been removed by the missing ones. epochStarted says whether
@@ -234,7 +352,6 @@ func (t *Tracker) fill(ctx context.Context, upto uint64, epochStarted bool) {
 		return
 	}
 	from := t.next
-	t.stats.replays.Add(1)
 	err := t.opts.Replay.Replay(ctx, from, func(rb *proto.Batch) bool {
 		switch {
 		case rb.Seq >= upto:
@@ -253,10 +370,11 @@ func (t *Tracker) fill(ctx context.Context, upto uint64, epochStarted bool) {
 		t.setError(err)
 		t.log.Warn("kv events replay failed", "from", from, "err", err)
 	}
-	if t.next < upto {
+	if t.next < upto && upto != noLimit {
 		hole()
 		t.next = upto
 	}
+	t.stats.replays.Add(1) // once the replay is over: a test can wait for a catch-up's end
 	result := "ok"
 	switch {
 	case err != nil:
@@ -265,12 +383,19 @@ func (t *Tracker) fill(ctx context.Context, upto uint64, epochStarted bool) {
 		result = "partial"
 	}
 	t.wm.replay(result)
-	t.log.Info("kv events replay", "from", from, "upto", upto, "result", result)
+	if upto == noLimit {
+		t.log.Info("kv events catch-up replay", "from", from, "next", t.next, "result", result)
+	} else {
+		t.log.Info("kv events replay", "from", from, "upto", upto, "result", result)
+	}
 }
 
 func (t *Tracker) apply(b *proto.Batch, replayed bool) {
 	t.sink.Apply(t.key, *t.model.Load(), b)
 	t.next = b.Seq + 1
+	if t.catching {
+		t.note(b)
+	}
 	now := t.opts.Now()
 	t.stats.haveSeq.Store(true)
 	t.stats.lastSeq.Store(b.Seq)

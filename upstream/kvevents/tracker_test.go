@@ -28,7 +28,7 @@ func (r *ringReplayer) Replay(_ context.Context, from uint64, fn func(*proto.Bat
 			r.fail = false
 			return errors.New("replay connection lost")
 		}
-		if !fn(&proto.Batch{Seq: s}) {
+		if !fn(&proto.Batch{Seq: s, TS: float64(s)}) {
 			return nil
 		}
 		sent++
@@ -83,6 +83,11 @@ func TestTrackerTable(t *testing.T) {
 		seq  uint64 // live batch
 		lost bool   // undecodable
 		rst  bool   // explicit Reset("upstream")
+		cu   bool   // CatchUp (the feed subscribed)
+		end  bool   // EndCatchUp (the feed's session ended)
+		// other: the live batch is not the one the ring holds for its seq (another
+		// engine's, after a restart); a live batch is otherwise identical to it.
+		other bool
 	}
 	for _, c := range []struct {
 		name   string
@@ -139,6 +144,49 @@ func TestTrackerTable(t *testing.T) {
 		{name: "consumer without start reset accepts the first seq", nilRep: true, fail: -1,
 			steps: []step{{seq: 42}, {seq: 43}},
 			want:  []string{"apply:42", "apply:43"}},
+		// Catch-up at connect (the feed subscribed before any live batch).
+		{name: "catch-up applies the buffer; live duplicates dropped", ring: []uint64{0, 1, 2}, fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 1}, {seq: 2}, {seq: 3}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3"}},
+		{name: "catch-up, then a gap", ring: []uint64{0, 1, 2, 3, 4}, fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 6}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3", "apply:4", "reset:gap", "apply:6"}},
+		{name: "catch-up, empty buffer: first live batch without a second reset", fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 0}, {seq: 1}},
+			want:  []string{"reset:start", "apply:0", "apply:1"}},
+		{name: "catch-up fails: first live batch replays 0..seq-1, no second reset", ring: []uint64{0, 1, 2}, fail: 0, start: true,
+			steps: []step{{cu: true}, {seq: 2}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2"}},
+		{name: "catch-up fails, again on reconnect: one start reset", ring: []uint64{0, 1}, fail: 0, start: true,
+			steps: []step{{cu: true}, {end: true}, {cu: true}, {seq: 2}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2"}},
+		{name: "catch-up fails midway: tracking from what it applied", ring: []uint64{0, 1, 2, 3}, fail: 2, start: true,
+			steps: []step{{cu: true}, {seq: 3}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3"}},
+		{name: "catch-up, buffer starts late", ring: []uint64{3, 4}, fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 4}, {seq: 5}},
+			want:  []string{"reset:start", "apply:3", "apply:4", "apply:5"}},
+		{name: "catch-up, then a restarted engine's equal seq: restart, not a duplicate", ring: []uint64{0, 1, 2}, fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 1, other: true}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "reset:restart", "apply:0", "apply:1"}},
+		{name: "a live batch closes the dedupe window", ring: []uint64{0, 1, 2}, fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 3}, {seq: 2}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "apply:3", "reset:restart", "apply:0", "apply:1", "apply:2"}},
+		{name: "the session's end closes the dedupe window", ring: []uint64{0, 1}, fail: -1, start: true,
+			steps: []step{{cu: true}, {end: true}, {seq: 1}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "reset:restart", "apply:0", "apply:1"}},
+		{name: "an undecodable live batch closes the dedupe window", ring: []uint64{0, 1, 2}, fail: -1, start: true,
+			steps: []step{{cu: true}, {seq: 1, lost: true}, {seq: 2}},
+			want:  []string{"reset:start", "apply:0", "apply:1", "apply:2", "reset:restart", "apply:0", "apply:2"}},
+		{name: "catch-up while tracking does nothing", ring: []uint64{0, 1}, fail: -1, start: true,
+			steps: []step{{seq: 0}, {cu: true}, {seq: 1}},
+			want:  []string{"reset:start", "apply:0", "apply:1"}},
+		{name: "catch-up after an explicit reset does nothing", ring: []uint64{0, 1}, fail: -1, start: true,
+			steps: []step{{seq: 0}, {rst: true}, {cu: true}, {seq: 5}},
+			want:  []string{"reset:start", "apply:0", "reset:upstream", "apply:5"}},
+		{name: "catch-up without ResetOnStart (a NATS consumer) does nothing", ring: []uint64{0, 1}, fail: -1,
+			steps: []step{{cu: true}, {seq: 7}},
+			want:  []string{"apply:7"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sink := &logSink{t: t}
@@ -151,11 +199,19 @@ func TestTrackerTable(t *testing.T) {
 				switch {
 				case s.rst:
 					tr.Reset(ingest.ReasonUpstream)
+				case s.cu:
+					tr.CatchUp(context.Background())
+				case s.end:
+					tr.EndCatchUp()
 				case s.lost:
 					tr.Lost(context.Background(), s.seq, errors.New("bad payload"))
 					sink.skipped(s.seq)
 				default:
-					tr.Batch(context.Background(), &proto.Batch{Seq: s.seq})
+					b := &proto.Batch{Seq: s.seq, TS: float64(s.seq)}
+					if s.other {
+						b.TS += 1e6
+					}
+					tr.Batch(context.Background(), b)
 				}
 			}
 			if !slices.Equal(sink.log, c.want) {

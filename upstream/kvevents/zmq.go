@@ -149,6 +149,11 @@ func (s *source) session(ctx context.Context) (wasUp bool, err error) {
 	}()
 	defer wg.Wait()
 	defer cancel() // runs before wg.Wait: unblocks the reader
+	// Subscribed: catch up with what the publisher buffered (an idle engine publishes
+	// nothing until it gets traffic). Live batches meanwhile wait in msgs; those the
+	// catch-up applies too are dropped as duplicates until the session ends.
+	defer s.tracker.EndCatchUp()
+	s.tracker.CatchUp(ctx)
 	var b proto.Batch
 	for {
 		select {

@@ -182,16 +182,18 @@ func (p *Pub) serveReplay(ctx context.Context, router zmq4.Socket, done chan str
 		p.mu.Lock()
 		ring := append([]ringEntry(nil), p.ring...)
 		p.mu.Unlock()
+		// A failed send ends this answer only, as in vLLM: the requester has gone (zmq4
+		// may even report the end marker's empty last frame as failed when the requester
+		// hung up right after reading its header), and the next requester is served.
+		sent := true
 		for _, e := range ring {
-			if e.seq >= start {
-				if err := router.SendMulti(zmq4.NewMsgFrom(id, nil, proto.SeqBytes(e.seq), e.payload)); err != nil {
-					return
-				}
+			if e.seq >= start && sent {
+				sent = router.SendMulti(zmq4.NewMsgFrom(id, nil, proto.SeqBytes(e.seq), e.payload)) == nil
 			}
 		}
-		end := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff} // (-1).to_bytes(8, "big", signed=True)
-		if err := router.SendMulti(zmq4.NewMsgFrom(id, nil, end, nil)); err != nil {
-			return
+		if sent {
+			end := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff} // (-1).to_bytes(8, "big", signed=True)
+			_ = router.SendMulti(zmq4.NewMsgFrom(id, nil, end, nil))
 		}
 	}
 }
