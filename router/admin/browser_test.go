@@ -87,6 +87,7 @@ func (bg *background) snapshot() []served {
 type workerRow struct {
 	ID            string `json:"id"`
 	State         string `json:"state"`
+	Source        string `json:"source"`
 	InFlight      string `json:"in_flight"`
 	KVUsage       string `json:"kv_usage"`
 	IndexedBlocks string `json:"indexed_blocks"`
@@ -204,7 +205,7 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		for i, r := range first {
 			gpu := num(strings.TrimSpace(strings.Split(r.IndexedBlocks, "/")[0]))
-			if r.ID != ids[i] || r.State != "available" || num(r.Routed) <= 0 || gpu <= 0 || num(r.EventSeq) <= 0 || !strings.HasSuffix(r.KVUsage, "%") || !strings.HasSuffix(r.HitRate, "%") {
+			if r.ID != ids[i] || r.State != "available" || r.Source != "static" || num(r.Routed) <= 0 || gpu <= 0 || num(r.EventSeq) <= 0 || !strings.HasSuffix(r.KVUsage, "%") || !strings.HasSuffix(r.HitRate, "%") {
 				return false, fmt.Sprintf("%+v", first)
 			}
 		}

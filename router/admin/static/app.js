@@ -209,6 +209,7 @@ function renderWorkers(o) {
     return el('tr', { 'data-worker': w.id, class: state.selected === w.id ? 'selected' : '', onclick: () => select(w.id) },
       cell('id', w.id, w.url),
       el('td', { 'data-field': 'state' }, el('span', { class: 'badge st-' + w.state, title: w.last_error || '' }, w.state)),
+      cell('source', w.source, w.joined ? 'joined ' + new Date(w.joined).toLocaleString() : ''),
       cell('in_flight', fmtInt(w.in_flight)),
       cell('pending_prefill_tokens', fmtInt(w.pending_prefill_tokens)),
       el('td', { 'data-field': 'kv_usage' }, kv === null ? '–' : el('span', { class: 'bar' }, el('span', { style: `width:${Math.round(100 * kv)}%` })), kv === null ? '' : fmtPct(kv)),
@@ -255,7 +256,8 @@ document.getElementById('drill-close').addEventListener('click', () => select(st
 function renderDrill(w) {
   if (!w || w.id !== state.selected) return;
   const facts = [
-    ['url', w.url], ['state', w.state], ['models', (w.models || []).join(', ')],
+    ['url', w.url], ['state', w.state], ['source · joined', `${w.source} · ${w.joined ? new Date(w.joined).toLocaleString() : '–'}`],
+    ['models (base)', `${(w.models || []).join(', ')}${w.base_model ? ' (' + w.base_model + ')' : ''}`],
     ['in flight', fmtInt(w.in_flight)], ['pending prefill tokens', fmtInt(w.pending_prefill_tokens)], ['active KV blocks (router)', fmtInt(w.active_blocks)],
   ];
   if (w.engine) facts.push(['engine running / waiting', `${w.engine.running} / ${w.engine.waiting}`], ['engine KV usage', fmtPct(w.engine.kv_usage)], ['block size · blocks', `${w.engine.block_size} · ${fmtInt(w.engine.num_blocks)}`]);
@@ -269,6 +271,7 @@ function renderDrill(w) {
     ['TTFT p50 / p99 (5m)', t.window_5m ? `${fmtMs(t.window_5m.ttft.p50_ms)} / ${fmtMs(t.window_5m.ttft.p99_ms)}` : '–']);
   if (w.last_error) facts.push(['last error', w.last_error]);
   if (w.drained) facts.push(['drained since', new Date(w.drained_since).toLocaleTimeString()]);
+  for (const c of (w.changes || []).slice(-8)) facts.push([new Date(c.time).toLocaleTimeString(), c.state + (c.detail ? ' · ' + c.detail : '')]);
   document.getElementById('drill-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
   const s = t.series || [];
   const maxRouted = Math.max(1, ...s.map((p) => p.routed));
