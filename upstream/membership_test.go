@@ -297,3 +297,31 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) flo
 	}
 	return -1
 }
+
+// A worker whose /v1/models fails joins but is not available (nothing to route to it
+// by), says why, and becomes available with its models once the endpoint answers.
+func TestModelsFailureThenRecovery(t *testing.T) {
+	e := newEngine(t, `{"id":"m"}`)
+	broken := `]` // not JSON: the body is `{"object":"list","data":[]]}`
+	good := *e.models.Load()
+	e.models.Store(&broken)
+	p, err := NewPool(testConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runPool(t, p)
+	w, err := p.Add(configs.Worker{URL: e.URL, ID: "w"}, SourceAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.CheckFor(t, 5*time.Second, "the models failure to be reported", func() bool {
+		return strings.Contains(w.State().LastError, "list models")
+	})
+	if w.Available() || len(p.Candidates(nil, "m")) != 0 || w.State().State != "unavailable" {
+		t.Fatalf("a worker without models is available: %+v", w.State())
+	}
+	e.models.Store(&good)
+	poll.CheckFor(t, 5*time.Second, "the worker to become available with its models", func() bool {
+		return w.Available() && w.BaseModel() == "m"
+	})
+}
