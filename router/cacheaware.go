@@ -216,7 +216,7 @@ func (s *Server) committed(w *upstream.Worker, st *routeState, overlap int, mode
 	if st.req.Blocks > 0 {
 		s.metrics.overlapRatio.WithLabelValues(model).Observe(float64(overlap) / float64(st.req.Blocks))
 	}
-	s.metrics.promptTokens.WithLabelValues(model).Add(float64(st.req.PromptTokens))
+	s.metrics.promptTokens.WithLabelValues(w.ID, model).Add(float64(st.req.PromptTokens))
 	s.metrics.predictedHit.WithLabelValues(model).Add(float64(overlap * st.req.BlockSize))
 }
 

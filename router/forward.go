@@ -146,6 +146,10 @@ type outcome struct {
 	// stream is set when a committed answer is streamed: the exchange goes on after the
 	// handler, and its end is settled by the streamPipe (settleStreamEnd).
 	stream bool
+	// usage is the worker's report of the prompt's cached tokens in a non-streamed
+	// answer; usageOK false when it had none.
+	usage   ReportedUsage
+	usageOK bool
 }
 
 // attempt forwards the request to w, whose load (begun by the caller) it carries in the
@@ -193,6 +197,9 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	s.setWorkerHeader(ctx, w.ID)
 	s.setCachedBlocksHeader(ctx, c.st, overlap)
 	if !c.r.Stream {
+		if o.code == fasthttp.StatusOK {
+			o.usage, o.usageOK = parseUsage(resp.Body())
+		}
 		ctx.SetBody(resp.Body())
 		fasthttp.ReleaseResponse(resp)
 		return o
@@ -200,7 +207,8 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	o.stream = true
 	ctx.Response.Header.SetContentLength(-1)
 	sp := &streamPipe{s: s, w: w, load: o.load, resp: resp, model: c.r.Model, start: c.start, status: o.code,
-		sse: bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream"))}
+		sse:       bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream")),
+		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec}
 	if !ctx.Request.Header.IsHTTP11() {
 		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
 		return o
@@ -233,6 +241,7 @@ func (s *Server) settle(ctx *fasthttp.RequestCtx, c *call, o *outcome) {
 		return // the streamPipe settles the rest when the stream ends
 	}
 	o.load.End()
+	s.observeUsage(o.w.ID, c.r.Model, c.st.dec, predictedTokens(&c.st.req, o.overlap), o.usage, o.usageOK && o.code == fasthttp.StatusOK, now)
 	s.metrics.ttfb.WithLabelValues(c.r.Model).Observe(now.Sub(c.start).Seconds())
 	s.traffic.ttft(o.w.ID, c.r.Model, now.Sub(c.start), now)
 	s.count(o.w.ID, c.r.Model, o.code, c.start)
@@ -246,10 +255,23 @@ func (s *Server) settleStreamFailure(w *upstream.Worker, err error) {
 }
 
 // settleStreamEnd applies the end of a streamed answer, however it ended: the request's
-// load ends and the request is counted with its final status.
-func (s *Server) settleStreamEnd(w *upstream.Worker, load *upstream.Load, model string, status int, start time.Time) {
-	load.End()
-	s.count(w.ID, model, status, start)
+// load ends, the worker's usage report (if the stream carried one) is checked against
+// the prediction, and the request is counted with its final status.
+func (s *Server) settleStreamEnd(p *streamPipe) {
+	p.load.End()
+	if p.status == fasthttp.StatusOK {
+		s.observeUsage(p.w.ID, p.model, p.dec, p.predicted, p.usage, p.usageOK, time.Now())
+	}
+	s.count(p.w.ID, p.model, p.status, p.start)
+}
+
+// observeUsage records a successful answer's reported usage beside its prediction.
+func (s *Server) observeUsage(worker, model string, dec decisionRef, predicted int, u ReportedUsage, ok bool, now time.Time) {
+	s.truth.observe(worker, model, predicted, u, ok, now)
+	if ok {
+		s.decisions.report(dec, u)
+		s.traffic.reported(worker, model, predicted, u, now)
+	}
 }
 
 // streamPipe copies one streaming response from a worker to the client, chunk by chunk.
@@ -270,6 +292,12 @@ type streamPipe struct {
 	// sse is true when the worker answered text/event-stream: such a stream is complete
 	// only once its data: [DONE] event has been read.
 	sse bool
+	// predicted is the decision's predicted cached tokens and dec the decision; usage
+	// the last usage the stream carried (usageOK).
+	predicted int
+	dec       decisionRef
+	usage     ReportedUsage
+	usageOK   bool
 
 	body     io.Reader
 	closer   streamCloser
@@ -315,6 +343,11 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 	n, err := p.body.Read(b)
 	if n > 0 {
 		p.tail.add(b[:n])
+		if p.sse && bytes.Contains(b[:n], usageKey) {
+			if u, ok := sseUsage(b[:n]); ok {
+				p.usage, p.usageOK = u, true
+			}
+		}
 		p.watchdog.Reset(p.s.cfg.Timeouts.Idle)
 		if !p.first {
 			p.first = true
@@ -375,7 +408,7 @@ func (p *streamPipe) CloseWithError(err error) error {
 	}
 	_ = p.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(p.resp)
-	p.s.settleStreamEnd(p.w, p.load, p.model, p.status, p.start)
+	p.s.settleStreamEnd(p)
 	return nil
 }
 

@@ -39,6 +39,8 @@ type routeState struct {
 	hist    []indexer.WorkerMatch // matches in the routing history (Server.history)
 	exact   bool
 	hdr     [24]byte
+	// dec is the decision of the current attempt, for the worker's reported usage.
+	dec decisionRef
 }
 
 var routeStates = sync.Pool{New: func() any { return new(routeState) }}
@@ -91,10 +93,11 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 	if i < 0 || i >= n {
 		i = 0 // a policy bug must not become a panic on the request path
 	}
-	s.decisions.record(Decision{
+	st.dec = s.decisions.record(Decision{
 		Time: time.Now(), RequestID: reqID, Model: st.req.Model, Policy: s.cfg.Policy,
 		PromptTokens: st.req.PromptTokens, Blocks: st.req.Blocks, Exact: st.exact,
 		Chosen: st.workers[i].ID, Attempt: attempt,
+		PredictedCachedTokens: predictedTokens(&st.req, st.cands[i].OverlapBlocks),
 	}, st.cands, costs)
 	return st.workers[i], st.cands[i].OverlapBlocks
 }
@@ -112,6 +115,26 @@ type Decision struct {
 	Chosen       string              `json:"chosen"`
 	Attempt      int                 `json:"attempt"`
 	Candidates   []DecisionCandidate `json:"candidates"`
+	// PredictedCachedTokens is the prompt tokens the chosen worker was believed to hold
+	// (its overlap in blocks times the block size, at most the prompt).
+	PredictedCachedTokens int `json:"predicted_cached_tokens"`
+	// Reported is the worker's own usage for this request, once its answer has said
+	// (usage.prompt_tokens and usage.prompt_tokens_details.cached_tokens); nil before,
+	// and for answers without usage.
+	Reported *ReportedUsage `json:"reported"`
+}
+
+// ReportedUsage is what a worker reported of a request's prompt.
+type ReportedUsage struct {
+	PromptTokens int `json:"prompt_tokens"`
+	CachedTokens int `json:"cached_tokens"`
+}
+
+// decisionRef names one recorded decision; a ref whose slot has been reused since
+// refers to nothing.
+type decisionRef struct {
+	slot int
+	seq  uint64
 }
 
 // DecisionCandidate is one candidate's figures at decision time; costs are in blocks.
@@ -134,16 +157,36 @@ type decisionLog struct {
 	// mu guards the fields below.
 	mu   sync.Mutex
 	ring []Decision
+	seqs []uint64 // the record count when each slot was written
+	seq  uint64
 	next int
 	full bool
 }
 
-func newDecisionLog(n int) *decisionLog { return &decisionLog{ring: make([]Decision, n)} }
+func newDecisionLog(n int) *decisionLog {
+	return &decisionLog{ring: make([]Decision, n), seqs: make([]uint64, n)}
+}
 
-// record stores a decision; cands and costs are copied (costs may be nil).
-func (l *decisionLog) record(d Decision, cands []scorer.Candidate, costs []scorer.Cost) {
+// report attaches a worker's reported usage to the decision ref names, if it is still in
+// the ring.
+func (l *decisionLog) report(ref decisionRef, u ReportedUsage) {
+	if ref.seq == 0 {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.seqs[ref.slot] == ref.seq {
+		l.ring[ref.slot].Reported = &u // off the decision path: one small allocation
+	}
+}
+
+// record stores a decision; cands and costs are copied (costs may be nil).
+func (l *decisionLog) record(d Decision, cands []scorer.Candidate, costs []scorer.Cost) decisionRef {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq++
+	ref := decisionRef{slot: l.next, seq: l.seq}
+	l.seqs[l.next] = l.seq
 	slot := &l.ring[l.next]
 	reuse := slot.Candidates[:0]
 	*slot = d
@@ -163,6 +206,7 @@ func (l *decisionLog) record(d Decision, cands []scorer.Candidate, costs []score
 	if l.next == 0 {
 		l.full = true
 	}
+	return ref
 }
 
 // Decisions returns up to n of the most recent routing decisions, newest first. The
@@ -182,6 +226,10 @@ func (l *decisionLog) recent(n int) []Decision {
 	for i := 1; i <= n; i++ {
 		d := l.ring[(l.next-i+len(l.ring))%len(l.ring)]
 		d.Candidates = slices.Clone(d.Candidates)
+		if d.Reported != nil {
+			r := *d.Reported
+			d.Reported = &r
+		}
 		out = append(out, d)
 	}
 	return out

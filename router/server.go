@@ -58,6 +58,7 @@ type Server struct {
 	pool     *upstream.Pool
 	sel      scorer.Selector
 	metrics  *metrics
+	truth    *truth // predicted against reported cached tokens (truth.go)
 	log      *slog.Logger
 	srv      *fasthttp.Server
 	metricsH fasthttp.RequestHandler
@@ -127,6 +128,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	if s.truth, err = newTruth(reg, s.log); err != nil {
+		return nil, fmt.Errorf("register router metrics: %w", err)
+	}
 	s.budget.max = int64(opts.Config.Limits.MaxInflightBodyBytes)
 	if s.gate, err = newGate(opts.Config, reg); err != nil {
 		return nil, err

@@ -17,10 +17,10 @@ import (
 // Every figure is what this router itself saw; none is read from the workers. In
 // particular the hit rate is the router's *predicted* hit rate: the prompt tokens of the
 // routed requests that the prefix index said the chosen worker already held, over all
-// their prompt tokens. The workers' own usage.cached_tokens is not parsed from responses
-// (for streams it only arrives in the last chunk, if at all), so a prediction the worker
-// did not honour (it evicted the blocks meanwhile) still counts as a hit here; compare
-// with the engines' own prefix-cache metrics for the real figure.
+// their prompt tokens. Beside it, for the answers that say how many prompt tokens the
+// engine found cached (usage.prompt_tokens_details.cached_tokens: non-streamed answers
+// and streams with usage), the reported figures: predicted and reported cached tokens
+// of the same requests (truth.go).
 //
 // Figures are kept per second in a ring of [statsRingSeconds] buckets, globally, per
 // model and per worker, and summed over 1, 5 and 15 minute windows when read.
@@ -59,6 +59,7 @@ type statBucket struct {
 	decisions uint32
 	prompt    uint64
 	hit       uint64
+	rep       reportedSums
 	ttftN     uint32
 	ttft      [ttftBins]uint32
 }
@@ -68,6 +69,22 @@ type statSeries struct {
 	ring                     [statsRingSeconds]statBucket
 	totalRouted, totalErrors uint64
 	totalPrompt, totalHit    uint64
+	totalRep                 reportedSums
+}
+
+// reportedSums are the sums behind admin.ReportedFigures.
+type reportedSums struct{ answers, prompt, predicted, cached uint64 }
+
+func (r *reportedSums) add(o reportedSums) {
+	r.answers += o.answers
+	r.prompt += o.prompt
+	r.predicted += o.predicted
+	r.cached += o.cached
+}
+
+func (r reportedSums) figures() admin.ReportedFigures {
+	return admin.ReportedFigures{Answers: r.answers, PromptTokens: r.prompt, PredictedTokens: r.predicted, CachedTokens: r.cached,
+		PredictedRate: ratio(r.predicted, r.prompt), ReportedRate: ratio(r.cached, r.prompt)}
 }
 
 // bucket returns the bucket of second sec, reset if it held an older second.
@@ -133,6 +150,19 @@ func (t *trafficStats) routed(worker, model string, prompt, hit int, now time.Ti
 	t.mu.Unlock()
 }
 
+// reported records an answer whose worker reported its cached prompt tokens, beside the
+// cached tokens the router predicted for it.
+func (t *trafficStats) reported(worker, model string, predicted int, u ReportedUsage, now time.Time) {
+	r := reportedSums{answers: 1, prompt: uint64(u.PromptTokens), predicted: uint64(max(predicted, 0)), cached: uint64(u.CachedTokens)}
+	sec := now.Unix()
+	t.mu.Lock()
+	for _, s := range [3]*statSeries{&t.global, seriesLocked(t.models, model), seriesLocked(t.workers, worker)} {
+		s.bucket(sec).rep.add(r)
+		s.totalRep.add(r)
+	}
+	t.mu.Unlock()
+}
+
 // ttft records a request's time to first byte through the router.
 func (t *trafficStats) ttft(worker, model string, d time.Duration, now time.Time) {
 	sec, bin := now.Unix(), ttftBin(float64(d)/float64(time.Millisecond))
@@ -193,7 +223,9 @@ func (s *Server) Traffic() admin.TrafficStats { return s.traffic.snapshot(time.N
 // WorkerTraffic returns worker id's share of the traffic as of now, with its per-second
 // series when series is true.
 func (s *Server) WorkerTraffic(id string, series bool) admin.WorkerTraffic {
-	return s.traffic.worker(id, series, time.Now())
+	wt := s.traffic.worker(id, series, time.Now())
+	wt.PredictionDrift = s.truth.drifting(id)
+	return wt
 }
 
 func (t *trafficStats) snapshot(now time.Time) admin.TrafficStats {
@@ -222,6 +254,7 @@ func (t *trafficStats) worker(id string, series bool, now time.Time) admin.Worke
 	wt := admin.WorkerTraffic{
 		Routed: s.totalRouted, Errors: s.totalErrors, PromptTokens: s.totalPrompt, PredictedHitTokens: s.totalHit,
 		HitRate:  ratio(s.totalHit, s.totalPrompt),
+		Reported: s.totalRep.figures(),
 		Window5m: s.figures(now.Unix(), 300, t.elapsed(300, now)),
 	}
 	if series {
@@ -240,6 +273,7 @@ func (t *trafficStats) elapsed(secs int64, now time.Time) float64 {
 func (s *statSeries) figures(now, secs int64, elapsed float64) admin.TrafficFigures {
 	var f admin.TrafficFigures
 	var hist [ttftBins]uint64
+	var rep reportedSums
 	for i := range s.ring {
 		b := &s.ring[i]
 		if b.sec <= now-secs || b.sec > now {
@@ -251,12 +285,14 @@ func (s *statSeries) figures(now, secs int64, elapsed float64) admin.TrafficFigu
 		f.Decisions += uint64(b.decisions)
 		f.PromptTokens += b.prompt
 		f.PredictedHitTokens += b.hit
+		rep.add(b.rep)
 		f.TTFT.Count += uint64(b.ttftN)
 		for k, n := range b.ttft {
 			hist[k] += uint64(n)
 		}
 	}
 	f.HitRate = ratio(f.PredictedHitTokens, f.PromptTokens)
+	f.Reported = rep.figures()
 	f.RequestsPerSecond = float64(f.Finished) / elapsed
 	f.DecisionsPerSecond = float64(f.Decisions) / elapsed
 	f.TTFT.P50 = percentile(&hist, f.TTFT.Count, 0.50)
@@ -275,6 +311,7 @@ func (s *statSeries) points(now int64, n int) []admin.TrafficPoint {
 			if b := &s.ring[slot(sec)]; b.sec == sec {
 				p.Finished, p.Routed, p.Decisions = b.finished, b.routed, b.decisions
 				p.PromptTokens, p.PredictedHitTokens, p.TTFTCount = b.prompt, b.hit, b.ttftN
+				p.ReportedPromptTokens, p.ReportedPredictedTokens, p.ReportedCachedTokens = b.rep.prompt, b.rep.predicted, b.rep.cached
 				var hist [ttftBins]uint64
 				for k, c := range b.ttft {
 					hist[k] = uint64(c)
@@ -336,7 +373,7 @@ type metrics struct {
 	decisions      prometheus.Histogram
 
 	overlapRatio  *prometheus.HistogramVec // model
-	promptTokens  *prometheus.CounterVec   // model
+	promptTokens  *prometheus.CounterVec   // worker, model
 	predictedHit  *prometheus.CounterVec   // model
 	blockMismatch *prometheus.GaugeVec     // worker
 }
@@ -383,8 +420,8 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 		}, []string{"model"}),
 		promptTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_router_prompt_tokens_total",
-			Help: "Prompt tokens of routed requests (exact, or estimated in approx mode).",
-		}, []string{"model"}),
+			Help: "Prompt tokens of routed requests by worker and model (exact, or estimated in approx mode).",
+		}, []string{"worker", "model"}),
 		predictedHit: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_router_predicted_hit_tokens_total",
 			Help: "Prompt tokens the router expected the chosen worker to have cached.",
@@ -435,6 +472,8 @@ func (s *Server) ForgetWorker(id string) {
 	s.metrics.requests.DeletePartialMatch(l)
 	s.metrics.upErrors.DeletePartialMatch(l)
 	s.metrics.blockMismatch.DeletePartialMatch(l)
+	s.metrics.promptTokens.DeletePartialMatch(l)
+	s.truth.forget(id)
 	s.traffic.forget(id)
 }
 

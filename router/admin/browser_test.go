@@ -94,6 +94,7 @@ type workerRow struct {
 	EventSeq      string `json:"event_seq"`
 	Routed        string `json:"routed"`
 	HitRate       string `json:"hit_rate"`
+	ReportedHit   string `json:"reported_hit_rate"`
 }
 
 const readWorkers = `[...document.querySelectorAll('#workers tbody tr')].map(tr =>
@@ -205,7 +206,7 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		for i, r := range first {
 			gpu := num(strings.TrimSpace(strings.Split(r.IndexedBlocks, "/")[0]))
-			if r.ID != ids[i] || r.State != "available" || r.Source != "static" || num(r.Routed) <= 0 || gpu <= 0 || num(r.EventSeq) <= 0 || !strings.HasSuffix(r.KVUsage, "%") || !strings.HasSuffix(r.HitRate, "%") {
+			if r.ID != ids[i] || r.State != "available" || r.Source != "static" || num(r.Routed) <= 0 || gpu <= 0 || num(r.EventSeq) <= 0 || !strings.HasSuffix(r.KVUsage, "%") || !strings.HasSuffix(r.HitRate, "%") || !strings.HasSuffix(r.ReportedHit, "%") {
 				return false, fmt.Sprintf("%+v", first)
 			}
 		}

@@ -101,6 +101,12 @@ type TrafficFigures struct {
 	PredictedHitTokens uint64 `json:"predicted_hit_tokens"`
 	// HitRate is PredictedHitTokens / PromptTokens; nil when no prompt was routed.
 	HitRate *float64 `json:"hit_rate"`
+	// Reported: over the answers whose usage said how many prompt tokens were cached,
+	// the prompt tokens the workers reported, the cached tokens the router predicted
+	// and the cached tokens the workers reported; PredictedRate and ReportedRate are the
+	// last two over the first (nil without such answers): the router's hit rate side by
+	// side with the engines' for the same requests.
+	Reported ReportedFigures `json:"reported"`
 	// RequestsPerSecond and DecisionsPerSecond are Finished and Decisions over Elapsed.
 	RequestsPerSecond  float64 `json:"requests_per_second"`
 	DecisionsPerSecond float64 `json:"decisions_per_second,omitempty"`
@@ -130,6 +136,21 @@ type TrafficPoint struct {
 	TTFTCount          uint32   `json:"ttft_count"`
 	TTFTP50            *float64 `json:"ttft_p50_ms"`
 	TTFTP95            *float64 `json:"ttft_p95_ms"`
+	// ReportedPromptTokens, ReportedPredictedTokens and ReportedCachedTokens are the
+	// second's ReportedFigures sums.
+	ReportedPromptTokens    uint64 `json:"reported_prompt_tokens"`
+	ReportedPredictedTokens uint64 `json:"reported_predicted_tokens"`
+	ReportedCachedTokens    uint64 `json:"reported_cached_tokens"`
+}
+
+// ReportedFigures compare predicted and reported cached tokens over the same answers.
+type ReportedFigures struct {
+	Answers         uint64   `json:"answers"`
+	PromptTokens    uint64   `json:"prompt_tokens"`
+	PredictedTokens uint64   `json:"predicted_cached_tokens"`
+	CachedTokens    uint64   `json:"cached_tokens"`
+	PredictedRate   *float64 `json:"predicted_hit_rate"`
+	ReportedRate    *float64 `json:"reported_hit_rate"`
 }
 
 // WorkerTraffic is one worker's share of the router's traffic.
@@ -141,6 +162,11 @@ type WorkerTraffic struct {
 	PromptTokens       uint64   `json:"prompt_tokens"`
 	PredictedHitTokens uint64   `json:"predicted_hit_tokens"`
 	HitRate            *float64 `json:"hit_rate"`
+	// Reported compares predicted and reported cached tokens since start.
+	Reported ReportedFigures `json:"reported"`
+	// PredictionDrift is true while the worker reports far fewer cached tokens than
+	// predicted (kvroute_router_prediction_drift).
+	PredictionDrift bool `json:"prediction_drift"`
 	// Window5m is the worker's figures over the last 5 minutes.
 	Window5m TrafficFigures `json:"window_5m"`
 	// Series is the worker's last seconds (router.SeriesSeconds of them), oldest first.

@@ -102,6 +102,8 @@ function renderKPIs(o) {
     kpi('hit rate 1m', fmtPct(w('1m').hit_rate), 'predicted hit tokens / prompt tokens of requests routed in the last minute'),
     kpi('hit rate 5m', fmtPct(w('5m').hit_rate)),
     kpi('hit rate 15m', fmtPct(w('15m').hit_rate)),
+    kpi('reported hit 5m', fmtPct(w('5m').reported.reported_hit_rate),
+      `cached tokens the engines reported / their prompt tokens, over ${fmtInt(w('5m').reported.answers)} answers that said; the router predicted ${fmtPct(w('5m').reported.predicted_hit_rate)} for them`),
     kpi('requests/s (1m)', w('1m').requests_per_second.toFixed(1)),
     kpi('decisions/s (1m)', w('1m').decisions_per_second.toFixed(1), 'routing decisions per second, retries included'),
     kpi('TTFT p50 (1m)', fmtMs(w('1m').ttft.p50_ms)),
@@ -167,19 +169,31 @@ function chart(canvas, { lines, bars, yMax, yFmt }) {
 
 // rolling returns the hit rate over the last n seconds at each point, null where no
 // prompt was routed in that span.
-function rolling(series, n) {
+// hitKey and promptKey name the series fields (default: the predicted hit rate of every
+// routed prompt).
+function rolling(series, n, hitKey = 'predicted_hit_tokens', promptKey = 'prompt_tokens') {
   const out = [];
   let hit = 0, prompt = 0;
   for (let i = 0; i < series.length; i++) {
-    hit += series[i].predicted_hit_tokens; prompt += series[i].prompt_tokens;
-    if (i >= n) { hit -= series[i - n].predicted_hit_tokens; prompt -= series[i - n].prompt_tokens; }
+    hit += series[i][hitKey]; prompt += series[i][promptKey];
+    if (i >= n) { hit -= series[i - n][hitKey]; prompt -= series[i - n][promptKey]; }
     out.push([series[i].t, prompt > 0 ? hit / prompt : null]);
   }
   return out;
 }
 
+// hitLines are the predicted hit rate and, over the answers that reported cached tokens,
+// the predicted and the engines' reported rates side by side.
+function hitLines(series) {
+  return [ // the predicted rate of every routed prompt last: on top
+    { color: '#a0aec0', points: rolling(series, 10, 'reported_predicted_tokens', 'reported_prompt_tokens') },
+    { color: '#38a169', points: rolling(series, 10, 'reported_cached_tokens', 'reported_prompt_tokens') },
+    { color: '#2b6cb0', points: rolling(series, 10) },
+  ];
+}
+
 function drawHitChart(canvas, series) {
-  chart(canvas, { lines: [{ color: '#2b6cb0', points: rolling(series, 10) }], yMax: 1, yFmt: (y) => Math.round(100 * y) + '%' });
+  chart(canvas, { lines: hitLines(series), yMax: 1, yFmt: (y) => Math.round(100 * y) + '%' });
 }
 
 function drawTTFTChart(canvas, series) {
@@ -220,6 +234,9 @@ function renderWorkers(o) {
       cell('gaps', feed ? fmtInt(feed.gaps) : '–', feed ? `replays ${feed.replays}, resets ${feed.resets}` : ''),
       cell('routed', fmtInt(tr.routed)),
       cell('hit_rate', fmtPct(tr.hit_rate)),
+      el('td', { 'data-field': 'reported_hit_rate', title: tr.reported ? `engine-reported over ${tr.reported.answers} answers; predicted ${fmtPct(tr.reported.predicted_hit_rate)} for them` : '' },
+        fmtPct(tr.reported && tr.reported.reported_hit_rate),
+        tr.prediction_drift ? el('span', { class: 'badge st-drift', title: 'the engine reports far fewer cached tokens than predicted: check block size, tokenizer, chat template, adapter names, salt' }, 'drift') : ''),
       actions);
   });
   tb.replaceChildren(...rows);
@@ -277,7 +294,7 @@ function renderDrill(w) {
   const maxRouted = Math.max(1, ...s.map((p) => p.routed));
   chart(document.getElementById('drill-chart'), {
     bars: { color: '#cbd5e0', points: s.map((p) => [p.t, p.routed / maxRouted]) },
-    lines: [{ color: '#2b6cb0', points: rolling(s, 10) }],
+    lines: hitLines(s),
     yMax: 1, yFmt: (y) => `${Math.round(100 * y)}% · ${(y * maxRouted).toFixed(0)}/s`,
   });
 }

@@ -1,0 +1,294 @@
+package router
+
+import (
+	"bytes"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvroute/kvroute/router/jsonscan"
+	"github.com/kvroute/kvroute/scorer"
+)
+
+// This file checks the router's predictions against what the engines report: each
+// answer's usage.prompt_tokens_details.cached_tokens (non-streaming answers, and streams
+// that carry usage: stream_options.include_usage) is recorded beside the cached tokens
+// the routing decision predicted, per worker and model, and a drift detector notices a
+// worker or model whose reported cached tokens fall well below the predicted ones.
+
+// predictedTokens is the prompt tokens a worker holding overlap leading blocks of req
+// has cached, at most the prompt.
+func predictedTokens(req *scorer.Request, overlap int) int {
+	n := overlap * req.BlockSize
+	if req.PromptTokens > 0 && n > req.PromptTokens {
+		n = req.PromptTokens
+	}
+	return max(n, 0)
+}
+
+// parseUsage reads usage.prompt_tokens and usage.prompt_tokens_details.cached_tokens
+// from one JSON object (an answer's body, or one SSE event's data). ok is false when the
+// object has no usage or a malformed one: a usage without prompt_tokens_details means
+// the engine does not report cached tokens (vLLM without --enable-prompt-tokens-details)
+// and is not a report either. The worker's bytes are only structurally checked.
+func parseUsage(b []byte) (u ReportedUsage, ok bool) {
+	i := jsonscan.SkipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return u, false
+	}
+	it, err := jsonscan.NewIter(b, i)
+	if err != nil {
+		return u, false
+	}
+	for {
+		key, vs, ve, more, err := it.Next()
+		if err != nil || !more {
+			return u, false
+		}
+		if jsonscan.KeyIs(key, "usage") {
+			return parseUsageObject(b[vs:ve])
+		}
+	}
+}
+
+func parseUsageObject(b []byte) (u ReportedUsage, ok bool) {
+	if len(b) == 0 || b[0] != '{' {
+		return u, false // null, or not an object
+	}
+	it, err := jsonscan.NewIter(b, 0)
+	if err != nil {
+		return u, false
+	}
+	havePrompt, haveCached := false, false
+	for {
+		key, vs, ve, more, err := it.Next()
+		if err != nil {
+			return u, false
+		}
+		if !more {
+			break
+		}
+		switch {
+		case jsonscan.KeyIs(key, "prompt_tokens"):
+			n, err := jsonscan.Uint32(b[vs:ve])
+			if err != nil {
+				return u, false
+			}
+			u.PromptTokens, havePrompt = int(n), true
+		case jsonscan.KeyIs(key, "prompt_tokens_details"):
+			d := b[vs:ve]
+			if len(d) == 0 || d[0] != '{' {
+				continue // null: no details
+			}
+			dit, err := jsonscan.NewIter(d, 0)
+			if err != nil {
+				return u, false
+			}
+			for {
+				k, s, e, more, err := dit.Next()
+				if err != nil {
+					return u, false
+				}
+				if !more {
+					break
+				}
+				if jsonscan.KeyIs(k, "cached_tokens") {
+					n, err := jsonscan.Uint32(d[s:e])
+					if err != nil {
+						return u, false
+					}
+					u.CachedTokens, haveCached = int(n), true
+				}
+			}
+		}
+	}
+	if !havePrompt || !haveCached || u.CachedTokens > u.PromptTokens {
+		return ReportedUsage{}, false
+	}
+	return u, true
+}
+
+// usageKey is the byte sequence that marks an SSE chunk carrying usage.
+var usageKey = []byte(`"usage"`)
+
+// sseUsage returns the usage of the last data event in chunk that carries one. A chunk
+// is what one Read of the worker's stream returned; an event split across two reads is
+// missed (the request then counts as unreported), which engines that write each event
+// in one write (vLLM, SGLang, kvsim) never cause for the small usage event.
+func sseUsage(chunk []byte) (u ReportedUsage, ok bool) {
+	for len(chunk) > 0 {
+		i := bytes.LastIndex(chunk, usageKey)
+		if i < 0 {
+			return u, false
+		}
+		start := bytes.LastIndexByte(chunk[:i], '\n') + 1
+		end := bytes.IndexByte(chunk[i:], '\n')
+		if end < 0 {
+			end = len(chunk)
+		} else {
+			end += i
+		}
+		line := bytes.TrimSpace(chunk[start:end])
+		if data, found := bytes.CutPrefix(line, []byte("data:")); found {
+			if u, ok := parseUsage(bytes.TrimSpace(data)); ok {
+				return u, true
+			}
+		}
+		chunk = chunk[:start]
+	}
+	return u, false
+}
+
+// truth counts predicted against reported cached tokens and runs the drift detector.
+type truth struct {
+	reportedPrompt *prometheus.CounterVec // worker, model
+	predicted      *prometheus.CounterVec // worker, model
+	reported       *prometheus.CounterVec // worker, model
+	unreported     *prometheus.CounterVec // worker, model
+	drift          *prometheus.GaugeVec   // worker, model
+	log            *slog.Logger
+
+	// mu guards windows.
+	mu      sync.Mutex
+	windows map[truthKey]*driftWindow
+}
+
+type truthKey struct{ worker, model string }
+
+// Drift detection: over the last driftWindow, a worker and model whose reported cached
+// tokens are below driftRatio of the predicted ones, with at least driftMinTokens
+// predicted, is drifting; it recovers at driftRecover of them.
+const (
+	driftBuckets   = 30 // one per second
+	driftRatio     = 0.5
+	driftRecover   = 0.8
+	driftMinTokens = 1024
+)
+
+// driftWindow holds per-second sums of predicted and reported cached tokens.
+type driftWindow struct {
+	sec      [driftBuckets]int64
+	pred     [driftBuckets]int64
+	rep      [driftBuckets]int64
+	drifting bool
+	logged   bool
+}
+
+func newTruth(reg prometheus.Registerer, log *slog.Logger) (*truth, error) {
+	l := []string{"worker", "model"}
+	t := &truth{
+		reportedPrompt: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_reported_prompt_tokens_total",
+			Help: "Prompt tokens the workers reported (usage.prompt_tokens) for the answers that reported cached tokens.",
+		}, l),
+		predicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_predicted_cached_tokens_total",
+			Help: "Prompt tokens the router predicted the chosen worker held, for the answers that reported cached tokens: compare with kvroute_router_reported_cached_tokens_total.",
+		}, l),
+		reported: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_reported_cached_tokens_total",
+			Help: "Cached prompt tokens the workers reported (usage.prompt_tokens_details.cached_tokens).",
+		}, l),
+		unreported: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_unreported_answers_total",
+			Help: "Answers whose usage did not say how many prompt tokens were cached (a stream without include_usage, an engine without prompt token details, a malformed usage).",
+		}, l),
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvroute_router_prediction_drift",
+			Help: "1 while a worker's reported cached tokens are below half of the predicted ones over the last 30 s (block size, tokenizer or chat template, adapter or salt mismatch).",
+		}, l),
+		log: log, windows: map[truthKey]*driftWindow{},
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{t.reportedPrompt, t.predicted, t.reported, t.unreported, t.drift} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return t, nil
+}
+
+// observe records one answer: predicted cached tokens and the worker's report (ok false
+// when it reported none).
+func (t *truth) observe(worker, model string, predicted int, u ReportedUsage, ok bool, now time.Time) {
+	if !ok {
+		t.unreported.WithLabelValues(worker, model).Inc()
+		return
+	}
+	t.reportedPrompt.WithLabelValues(worker, model).Add(float64(u.PromptTokens))
+	t.predicted.WithLabelValues(worker, model).Add(float64(predicted))
+	t.reported.WithLabelValues(worker, model).Add(float64(u.CachedTokens))
+
+	k := truthKey{worker, model}
+	sec := now.Unix()
+	t.mu.Lock()
+	w := t.windows[k]
+	if w == nil {
+		w = new(driftWindow)
+		t.windows[k] = w
+	}
+	i := int(sec % driftBuckets)
+	if w.sec[i] != sec {
+		w.sec[i], w.pred[i], w.rep[i] = sec, 0, 0
+	}
+	w.pred[i] += int64(predicted)
+	w.rep[i] += int64(u.CachedTokens)
+	var pred, rep int64
+	for j := range driftBuckets {
+		if sec-w.sec[j] < driftBuckets {
+			pred += w.pred[j]
+			rep += w.rep[j]
+		}
+	}
+	was := w.drifting
+	switch {
+	case pred >= driftMinTokens && float64(rep) < driftRatio*float64(pred):
+		w.drifting = true
+	case pred < driftMinTokens || float64(rep) >= driftRecover*float64(pred):
+		w.drifting = false
+	}
+	logNow := w.drifting && !w.logged
+	if logNow {
+		w.logged = true // once per worker and model
+	}
+	now1 := w.drifting
+	t.mu.Unlock()
+	if now1 != was {
+		t.drift.WithLabelValues(worker, model).Set(b2f(now1))
+	}
+	if logNow {
+		t.log.Error("prediction drift: the worker reports far fewer cached tokens than the router predicted; its prefixes do not match what it caches",
+			"worker", worker, "model", model, "predicted_tokens_30s", pred, "reported_tokens_30s", rep,
+			"likely_causes", "block size (cache_aware.block_size vs the engine's), tokenizer or chat template (tokenize.mode), LoRA adapter naming, cache_salt, or the engine's prefix cache off")
+	}
+}
+
+// forget drops a gone worker's series and window.
+func (t *truth) forget(worker string) {
+	l := prometheus.Labels{"worker": worker}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{t.reportedPrompt, t.predicted, t.reported, t.unreported, t.drift} {
+		v.DeletePartialMatch(l)
+	}
+	t.mu.Lock()
+	for k := range t.windows {
+		if k.worker == worker {
+			delete(t.windows, k)
+		}
+	}
+	t.mu.Unlock()
+}
+
+// drifting reports whether any model of worker is drifting now.
+func (t *truth) drifting(worker string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, w := range t.windows {
+		if k.worker == worker && w.drifting {
+			return true
+		}
+	}
+	return false
+}
