@@ -11,7 +11,8 @@
 //   - A pod without status.podIP yet is skipped silently: it is being scheduled or
 //     started, and appears once it has one.
 //   - Otherwise it is a member with id = the pod's name (one namespace is watched, so
-//     names are unique), host = its IP, port = discovery.kubernetes.port or the
+//     names are unique), host = its IP (status.podIP, the primary address of a
+//     dual-stack pod), port = discovery.kubernetes.port or the
 //     container port named port_name (the first container having it), and the
 //     template's scheme, models, dp_ranks, api_key_env, max_conns and event/replay
 //     ports on the same IP.

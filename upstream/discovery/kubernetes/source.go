@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/upstream/discovery"
@@ -180,6 +182,9 @@ func (s *Source) Namespace() string { return s.ns }
 // returns nil when ctx ends, and an error only if the informer cannot be set up.
 func (s *Source) Run(ctx context.Context, update func([]discovery.Member)) error {
 	ctx, cancel := context.WithCancel(ctx)
+	// client-go logs through the context's logger (klog's contextual logging): into
+	// ours, at debug level, instead of klog's stderr; the source logs what matters.
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(debugHandler{s.log.Handler()}))
 	factory := informers.NewSharedInformerFactoryWithOptions(s.client, s.cfg.Resync,
 		informers.WithNamespace(s.ns),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.selector.String() }))
@@ -235,8 +240,8 @@ func (s *Source) Run(ctx context.Context, update func([]discovery.Member)) error
 
 	var last []discovery.Member
 	first := true
-	timer := time.NewTimer(0)
-	<-timer.C
+	timer := time.NewTimer(s.debounce)
+	timer.Stop() // armed by Reset below; since Go 1.23 a stopped timer delivers nothing
 	for {
 		seen := s.events.Load()
 		view, err := s.view(lister)
@@ -265,6 +270,39 @@ func (s *Source) Run(ctx context.Context, update func([]discovery.Member)) error
 		case <-timer.C:
 		}
 	}
+}
+
+// debugHandler passes client-go's log records on at debug level (errors stay errors):
+// its "watch ended with error" would otherwise repeat, at info level, the warning the
+// source logs once per streak.
+type debugHandler struct{ slog.Handler }
+
+// Enabled reports whether h handles records of level l once lowered.
+func (h debugHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.Handler.Enabled(ctx, lower(l))
+}
+
+// Handle passes r on with its level lowered.
+func (h debugHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = lower(r.Level)
+	return h.Handler.Handle(ctx, r)
+}
+
+// WithAttrs returns h's handler with attrs, still lowering levels.
+func (h debugHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return debugHandler{h.Handler.WithAttrs(attrs)}
+}
+
+// WithGroup returns h's handler in group name, still lowering levels.
+func (h debugHandler) WithGroup(name string) slog.Handler {
+	return debugHandler{h.Handler.WithGroup(name)}
+}
+
+func lower(l slog.Level) slog.Level {
+	if l >= slog.LevelError {
+		return l
+	}
+	return min(l, slog.LevelDebug)
 }
 
 // apiOK notes an event from the API: it counts, and ends an error streak.
