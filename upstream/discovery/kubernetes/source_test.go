@@ -329,7 +329,7 @@ func TestPodLifecycle(t *testing.T) {
 	h.change("w1", func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed })
 	h.waitView()
 
-	n := len(h.rec.views)
+	_, n := h.rec.last()
 	h.change("w1", func(p *corev1.Pod) { p.Labels["rev"] = "2" }) // no change to the view
 	h.settle()
 	h.checkViews(n)
@@ -418,6 +418,9 @@ func TestLabelSelector(t *testing.T) {
 	late := pod("late", "10.0.0.4", true)
 	late.Labels = map[string]string{"app": "web"}
 	h.create(late) // arrives through the watch, which the fake does not filter
+	_, n := h.rec.last()
+	h.settle() // the marker's event arriving shows the fake's watch is unfiltered
+	h.checkViews(n, "a:ready")
 	h.create(pod("b", "10.0.0.5", true))
 	h.waitView("a:ready", "b:ready")
 
