@@ -1,0 +1,79 @@
+// Package kubernetes is the discovery source that finds workers among the pods of one
+// namespace matching a label selector (configs.KubernetesDiscovery), through a
+// client-go shared informer: one list, then a watch, with client-go's reflector
+// re-listing and re-watching as needed and a full resync every resync period.
+//
+// # Members
+//
+// Every pod the informer holds that matches the selector is looked at, in name order:
+//
+//   - A pod in phase Succeeded or Failed is no worker (absent: drained, then removed).
+//   - A pod without status.podIP yet is skipped silently: it is being scheduled or
+//     started, and appears once it has one.
+//   - Otherwise it is a member with id = the pod's name (one namespace is watched, so
+//     names are unique), host = its IP (status.podIP, the primary address of a
+//     dual-stack pod), port = discovery.kubernetes.port or the
+//     container port named port_name (the first container having it), and the
+//     template's scheme, models, dp_ranks, api_key_env, max_conns and event/replay
+//     ports on the same IP.
+//   - Ready is the pod's Ready condition being True and the pod not terminating: a pod
+//     with a deletionTimestamp is drained at once, before its containers get SIGTERM's
+//     grace period, so no new request is sent to an engine about to stop.
+//
+// # Invariants
+//
+//   - update gets the full view, sorted by worker id, the first time once the
+//     informer's cache has synced (the first full list; an empty namespace is an
+//     empty first view) and then only when it differs from the last view reported.
+//     Events are coalesced for 20ms, so a rollout is a few reports, not one per pod
+//     event, and a change reaches update within about 20ms of its event.
+//   - Nothing is reported before the first list succeeds: a partial cache would drain
+//     the rest of the fleet. Run logs a warning every 10s while the API does not answer
+//     and keeps waiting (client-go retries with backoff) until ctx ends.
+//   - A list or watch error never changes the view: client-go keeps its cache and
+//     retries, so update is not called until events arrive again. The error is
+//     counted (result="error") and logged at warning level once per streak, at debug
+//     after; the next event from the API ends the streak (logged at info). A real
+//     deletion while the API was away shows as a removal after the re-list.
+//   - A pod that names no usable worker is skipped, never fatal, and counted once
+//     while it stays so: a pod IP that is not an address or one no worker can have
+//     (unspecified, 0.0.0.0/8, multicast, broadcast, IPv6 link-local, the same rules
+//     as the dns source) is bad_address; a pod without the named port is bad_port; a
+//     worker failing configs.ValidateWorker is invalid_worker. It is logged at warning
+//     level when it becomes bad, not at every event.
+//   - The selector is applied by the API server to every list and watch and again by
+//     the source to its cache, so a pod relabelled out of it leaves the view however
+//     the watch reports it.
+//
+// # Concurrency
+//
+// [New] does no I/O beyond reading a kubeconfig and the service account's namespace
+// file. [Source.Run] runs the informer's goroutines under its context and reports from
+// its own goroutine, never concurrently; it returns once they have all stopped. The
+// informer's event handlers only wake that goroutine. Run may be called once.
+//
+// # RBAC
+//
+// The router's service account needs, in the watched namespace only, a Role with
+//
+//	rules:
+//	- apiGroups: [""]
+//	  resources: ["pods"]
+//	  verbs: ["get", "list", "watch"]
+//
+// and a RoleBinding to it; deploy/kubernetes has both. Nothing is written to the API.
+//
+// # Metrics
+//
+// Through [discovery.Metrics], with source="kubernetes":
+// kvroute_discovery_lookups_total{result="ok|error"} (ok: the first sync and every
+// informer event; error: every failed list or watch), kvroute_discovery_members (the
+// members in the last view reported) and
+// kvroute_discovery_rejected_total{reason="bad_address|invalid_worker|bad_port"}.
+//
+// # Decoding
+//
+// The package decodes no outside input of its own: client-go decodes the API's
+// answers into typed pods, and what the package checks (the pod IP, ports, the worker)
+// is table-tested; there is no fuzz test.
+package kubernetes
