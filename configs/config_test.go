@@ -79,9 +79,9 @@ func TestReplicaValues(t *testing.T) {
 func TestBadFiles(t *testing.T) {
 	// Each bad file must fail with an error naming the file and containing every want.
 	cases := map[string][]string{
-		"unknown_key":           {"field listen_addr not found"},
-		"unknown_worker_key":    {"field weight not found"},
-		"no_workers":            {"at least one worker"},
+		"unknown_key":        {"field listen_addr not found"},
+		"unknown_worker_key": {"field weight not found"},
+		"no_workers":         {"at least one worker"},
 		"discovery": {`discovery.dns.name: "vllm svc"`, `discovery.dns.type: "MX"`, `discovery.dns.interval: "-1s"`,
 			"discovery.dns.replay_port: 5558 set without events_port", "discovery.kubernetes.label_selector: required",
 			`port 8000 and port_name "http" both set`},

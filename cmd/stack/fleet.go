@@ -2,7 +2,6 @@ package stack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,6 +14,7 @@ import (
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/discovery"
 	"github.com/kvroute/kvroute/upstream/discovery/dns"
+	"github.com/kvroute/kvroute/upstream/discovery/kubernetes"
 	"github.com/kvroute/kvroute/upstream/kvevents"
 )
 
@@ -142,7 +142,11 @@ func (st *Stack) newSources() error {
 		st.sources = append(st.sources, src)
 	}
 	if d.Kubernetes != nil {
-		return errors.New("discovery.kubernetes: not available in this build")
+		src, err := kubernetes.New(*d.Kubernetes, kubernetes.Options{Registerer: st.Registry, Logger: st.log, Client: st.KubeClient})
+		if err != nil {
+			return fmt.Errorf("discovery.kubernetes: %w", err)
+		}
+		st.sources = append(st.sources, src)
 	}
 	return nil
 }

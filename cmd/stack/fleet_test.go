@@ -21,6 +21,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
@@ -407,4 +411,96 @@ func TestSIGHUPReloadsWorkers(t *testing.T) {
 	poll.CheckFor(t, 10*time.Second, "SIGHUP to swap the workers", func() bool {
 		return slices.Equal(ids(st), []string{hosts[1]}) && len(st.Pool.Leaving()) == 0
 	})
+}
+
+// kubePod is a worker pod of the test's Kubernetes API: Running at ip with an "http"
+// container port.
+func kubePod(name, ip string, port int, ready bool) *corev1.Pod {
+	st := corev1.ConditionFalse
+	if ready {
+		st = corev1.ConditionTrue
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "llm", Labels: map[string]string{"app": "vllm"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "vllm",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: int32(port)}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: st}}},
+	}
+}
+
+// Pods from client-go's fake clientset, with kvsim behind their IPs on one shared port:
+// they join when they get an IP, take traffic only while Ready, and leave when deleted,
+// while traffic flows without a failed request.
+func TestKubernetesDiscoveredFleet(t *testing.T) {
+	hosts := []string{"127.0.0.10", "127.0.0.11", "127.0.0.12"}
+	pp := newPods(t, hosts)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, h := range hosts {
+		pp.start(t, ctx, h)
+	}
+	client := fake.NewClientset()
+	pods := client.CoreV1().Pods("llm")
+	mustCreate := func(p *corev1.Pod) {
+		if _, err := pods.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update := func(name string, f func(*corev1.Pod)) {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f(p)
+		if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCreate(kubePod("vllm-a", hosts[0], pp.http, true))
+	mustCreate(kubePod("vllm-b", hosts[1], pp.http, false))
+	mustCreate(kubePod("vllm-bad", "999.1.1.1", pp.http, true)) // garbage address: skipped
+
+	cfg := configs.Default()
+	yc, err := configs.Load(fmt.Appendf(nil, "discovery:\n  kubernetes: {namespace: llm, label_selector: app=vllm, port_name: http, events_port: %d, replay_port: %d}\n", pp.events, pp.replay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Discovery = yc.Discovery
+	st, api, _ := startFleetStack(t, &cfg, func(st *Stack) { st.KubeClient = client })
+	poll.CheckFor(t, 20*time.Second, "the ready pod to take traffic alone", func() bool {
+		return slices.Equal(ids(st), []string{"vllm-a", "vllm-b"}) && len(st.Pool.Candidates(nil, "m")) == 1
+	})
+	tr := startTraffic(t, api, 3)
+	poll.CheckFor(t, 20*time.Second, "vllm-a to serve", func() bool { return tr.served("vllm-a") > 0 })
+	if tr.served("vllm-b") != 0 {
+		t.Fatal("an unready pod took traffic")
+	}
+	update("vllm-b", func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionTrue })
+	poll.CheckFor(t, 20*time.Second, "vllm-b to serve once ready", func() bool { return tr.served("vllm-b") > 0 })
+	mustCreate(kubePod("vllm-c", hosts[2], pp.http, true))
+	poll.CheckFor(t, 20*time.Second, "a new pod to serve", func() bool { return tr.served("vllm-c") > 0 })
+
+	// vllm-a turns unready (drained), then is deleted (gone).
+	update("vllm-a", func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionFalse })
+	poll.CheckFor(t, 10*time.Second, "vllm-a to stop being a candidate", func() bool {
+		w := st.Pool.Worker("vllm-a")
+		return w != nil && w.State().State == "not_ready"
+	})
+	if err := pods.Delete(ctx, "vllm-a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll.CheckFor(t, 20*time.Second, "vllm-a to leave the pool and the index", func() bool {
+		return st.Pool.Worker("vllm-a") == nil && len(st.Pool.Leaving()) == 0 && !indexed(st, "vllm-a")
+	})
+	tr.end()
+	if len(tr.failures) > 0 {
+		t.Fatalf("%d of %d requests failed, first: %s", len(tr.failures), tr.sent.Load(), tr.failures[0])
+	}
+	if got := metricSum(t, st.Registry, "kvroute_discovery_rejected_total"); got < 1 {
+		t.Errorf("the garbage pod address was not counted (%v)", got)
+	}
+	if w := st.Pool.Worker("vllm-b"); w == nil || w.Source != "kubernetes" {
+		t.Errorf("vllm-b: %+v", w)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	k8sclient "k8s.io/client-go/kubernetes"
 
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
@@ -45,9 +46,13 @@ type Stack struct {
 	Server   *router.Server
 	// ReloadOnSIGHUP makes Run reload the config file at each SIGHUP (kvroute serve).
 	ReloadOnSIGHUP bool
-	log            *slog.Logger
-	closers        []func()
-	admin          adminState // the admin API (admin.go)
+	// KubeClient is the Kubernetes API client of discovery.kubernetes; nil (the default)
+	// builds one from the config (kubeconfig, in-cluster, $KUBECONFIG). Tests set
+	// client-go's fake clientset here before Run.
+	KubeClient k8sclient.Interface
+	log        *slog.Logger
+	closers    []func()
+	admin      adminState // the admin API (admin.go)
 	// sources are the discovery sources (fleet.go); feedsOn is set once Run has started
 	// the event feeds, from when membership changes update them.
 	sources []discovery.Source
@@ -86,9 +91,6 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 		return nil, err
 	}
 	if err := st.newReplica(reg); err != nil {
-		return nil, err
-	}
-	if err := st.newSources(); err != nil {
 		return nil, err
 	}
 	if registry.NeedsPrefixes(cfg.Policy) && cfg.CacheAware.AffinityWeight > 0 && st.eventsExpected() {
@@ -339,6 +341,9 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	goRun := func(f func(context.Context)) {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(bg) }()
+	}
+	if err := st.newSources(); err != nil {
+		return err
 	}
 	st.Pool.Start(ctx)
 	goRun(st.Pool.Run)
