@@ -48,7 +48,10 @@ func parseUsage(b []byte) (u ReportedUsage, ok bool) {
 			return u, false
 		}
 		if jsonscan.KeyIs(key, "usage") {
-			return parseUsageObject(b[vs:ve])
+			if u, ok := parseUsageObject(b[vs:ve]); ok {
+				return u, true
+			}
+			return ReportedUsage{}, false
 		}
 	}
 }
@@ -157,9 +160,18 @@ type truth struct {
 
 type truthKey struct{ worker, model string }
 
-// Drift detection: over the last driftWindow, a worker and model whose reported cached
-// tokens are below driftRatio of the predicted ones, with at least driftMinTokens
-// predicted, is drifting; it recovers at driftRecover of them.
+// Drift detection, over the last driftBuckets seconds of a worker and model, both ways:
+//   - over-prediction: reported cached tokens below driftRatio of the predicted ones
+//     (with at least driftMinTokens predicted): the router sends requests where it
+//     believes their prefix is cached and the engine does not have it (prefix caching
+//     off on the engine, a cache_salt or adapter the router hashes differently, entries
+//     the router keeps after the engine evicted them);
+//   - under-prediction: predicted below driftRatio of the reported ones (with at least
+//     driftMinTokens reported): the engine finds prefixes the router cannot see (a
+//     block size, tokenizer, chat template or model name that differs from the
+//     engine's, or a KV-event feed that is not connected), so routing ignores them.
+//
+// Either sets the drift; it clears when both are within driftRecover of each other.
 const (
 	driftBuckets   = 30 // one per second
 	driftRatio     = 0.5
@@ -197,7 +209,7 @@ func newTruth(reg prometheus.Registerer, log *slog.Logger) (*truth, error) {
 		}, l),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kvroute_router_prediction_drift",
-			Help: "1 while a worker's reported cached tokens are below half of the predicted ones over the last 30 s (block size, tokenizer or chat template, adapter or salt mismatch).",
+			Help: "1 while, over the last 30 s, a worker's reported cached tokens are below half of the router's predicted ones or above twice them (block size, tokenizer, chat template, adapter, salt or event feed mismatch; see the log).",
 		}, l),
 		log: log, windows: map[truthKey]*driftWindow{},
 	}
@@ -244,10 +256,13 @@ func (t *truth) observe(worker, model string, predicted int, u ReportedUsage, ok
 		}
 	}
 	was := w.drifting
+	over := pred >= driftMinTokens && float64(rep) < driftRatio*float64(pred)
+	under := rep >= driftMinTokens && float64(pred) < driftRatio*float64(rep)
 	switch {
-	case pred >= driftMinTokens && float64(rep) < driftRatio*float64(pred):
+	case over || under:
 		w.drifting = true
-	case pred < driftMinTokens || float64(rep) >= driftRecover*float64(pred):
+	case float64(rep) >= driftRecover*float64(pred) && float64(pred) >= driftRecover*float64(rep),
+		pred < driftMinTokens && rep < driftMinTokens:
 		w.drifting = false
 	}
 	logNow := w.drifting && !w.logged
@@ -259,10 +274,15 @@ func (t *truth) observe(worker, model string, predicted int, u ReportedUsage, ok
 	if now1 != was {
 		t.drift.WithLabelValues(worker, model).Set(b2f(now1))
 	}
-	if logNow {
-		t.log.Error("prediction drift: the worker reports far fewer cached tokens than the router predicted; its prefixes do not match what it caches",
+	switch {
+	case logNow && over:
+		t.log.Error("prediction drift: the worker reports far fewer cached tokens than the router predicted",
 			"worker", worker, "model", model, "predicted_tokens_30s", pred, "reported_tokens_30s", rep,
-			"likely_causes", "block size (cache_aware.block_size vs the engine's), tokenizer or chat template (tokenize.mode), LoRA adapter naming, cache_salt, or the engine's prefix cache off")
+			"likely_causes", "prefix caching off on the engine, a LoRA adapter or cache_salt hashed differently than the engine does, or the router's entries outliving the engine's evictions (events not arriving)")
+	case logNow:
+		t.log.Error("prediction drift: the worker finds far more cached tokens than the router predicted; routing cannot see its cache",
+			"worker", worker, "model", model, "predicted_tokens_30s", pred, "reported_tokens_30s", rep,
+			"likely_causes", "block size (cache_aware.block_size vs the engine's), tokenizer or chat template (tokenize.mode), a model name that differs from the engine's, or a KV-event feed that is not connected")
 	}
 }
 
