@@ -75,7 +75,8 @@ func (s *Server) OnScrape(id string, m scrape.Sample, at time.Time, err error) {
 		return
 	}
 	w.SetMetrics(upstream.EngineMetrics{
-		Running: m.Running, Waiting: m.Waiting, KVUsage: m.KVUsage, BlockSize: m.BlockSize, NumBlocks: m.NumBlocks, At: at,
+		Running: m.Running, Waiting: m.Waiting, KVUsage: m.KVUsage, BlockSize: m.BlockSize, NumBlocks: m.NumBlocks,
+		PrefixQueries: m.PrefixQueries, PrefixHits: m.PrefixHits, Engine: m.Engine, At: at,
 	})
 	if s.index != nil {
 		// Size the worker's engine-hash tables for its whole cache once, instead of

@@ -446,7 +446,40 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 	if err := reg.Register(inflightCollector{pool}); err != nil {
 		return nil, fmt.Errorf("register router metrics: %w", err)
 	}
+	if err := reg.Register(enginePrefixCollector{pool}); err != nil {
+		return nil, fmt.Errorf("register router metrics: %w", err)
+	}
 	return m, nil
+}
+
+// The engines' own prefix-cache counters, as last scraped (vLLM's
+// vllm:prefix_cache_queries_total / _hits_total, SGLang's prompt and cached token
+// counters), so that the engines' hit rates sit beside the router's on one dashboard.
+var (
+	enginePrefixQueriesDesc = prometheus.NewDesc("kvroute_engine_prefix_cache_queries_tokens_total",
+		"Prompt tokens the worker's engine looked up in its prefix cache, as last scraped from it (restarts with the engine).", []string{"worker"}, nil)
+	enginePrefixHitsDesc = prometheus.NewDesc("kvroute_engine_prefix_cache_hits_tokens_total",
+		"Prompt tokens the worker's engine found in its prefix cache, as last scraped from it (restarts with the engine).", []string{"worker"}, nil)
+)
+
+// enginePrefixCollector reports each member's last scraped prefix-cache counters; a
+// worker never scraped, or whose engine reports none, has no series.
+type enginePrefixCollector struct{ pool *upstream.Pool }
+
+func (c enginePrefixCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- enginePrefixQueriesDesc
+	ch <- enginePrefixHitsDesc
+}
+
+func (c enginePrefixCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, w := range c.pool.Workers() {
+		m, ok := w.Metrics(time.Hour) // a counter keeps its last value
+		if !ok || m.PrefixQueries == 0 && m.PrefixHits == 0 {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(enginePrefixQueriesDesc, prometheus.CounterValue, m.PrefixQueries, w.ID)
+		ch <- prometheus.MustNewConstMetric(enginePrefixHitsDesc, prometheus.CounterValue, m.PrefixHits, w.ID)
+	}
 }
 
 // inflightDesc describes kvroute_router_inflight_requests.

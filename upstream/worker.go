@@ -354,6 +354,11 @@ type EngineMetrics struct {
 	KVUsage float64
 	// BlockSize and NumBlocks describe the KV cache; 0 when not reported.
 	BlockSize, NumBlocks int
+	// PrefixQueries and PrefixHits are the engine's own cumulative prefix-cache
+	// counters, in prompt tokens (they restart from 0 with the engine); Engine names the
+	// engine (vllm, sglang), "" when unknown.
+	PrefixQueries, PrefixHits float64
+	Engine                    string
 	// At is when they were scraped.
 	At time.Time
 }

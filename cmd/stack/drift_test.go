@@ -74,6 +74,10 @@ func TestDriftDetectorFiresOnWrongBlockSize(t *testing.T) {
 					t.Errorf("predicted %.3f and reported %.3f hit rates differ by more than 2 points", *rep.PredictedRate, *rep.ReportedRate)
 				}
 			}
+			poll.CheckFor(t, 10*time.Second, "the engine's own prefix-cache counters exported", func() bool {
+				return metricSum(t, ss.stack.Registry, "kvroute_engine_prefix_cache_hits_tokens_total") > 0 &&
+					metricSum(t, ss.stack.Registry, "kvroute_engine_prefix_cache_queries_tokens_total") > 0
+			})
 			poll.CheckFor(t, 5*time.Second, "reported figures in the API", func() bool {
 				d := ss.stack.Server.Decisions(1)
 				return len(d) == 1 && d[0].Reported != nil && d[0].Reported.CachedTokens > 0

@@ -65,6 +65,12 @@ type EngineView struct {
 	BlockSize  int     `json:"block_size"`
 	NumBlocks  int     `json:"num_blocks"`
 	AgeSeconds float64 `json:"age_seconds"`
+	// PrefixQueries and PrefixHits are the engine's own cumulative prefix-cache counters
+	// (prompt tokens looked up and found) and PrefixHitRate their ratio since the engine
+	// started; nil when it reports none.
+	PrefixQueries float64  `json:"prefix_cache_queries_tokens"`
+	PrefixHits    float64  `json:"prefix_cache_hits_tokens"`
+	PrefixHitRate *float64 `json:"prefix_cache_hit_rate"`
 }
 
 // IndexView is a worker's part of the prefix index, summed over its DP ranks.
@@ -293,7 +299,11 @@ func (h *handler) workerView(w *upstream.Worker, ix *indexer.Stats, feeds []Feed
 	if m, ok := w.Metrics(h.b.MetricsMaxAge); ok {
 		v.Engine = &EngineView{
 			Running: m.Running, Waiting: m.Waiting, KVUsage: m.KVUsage, BlockSize: m.BlockSize, NumBlocks: m.NumBlocks,
-			AgeSeconds: time.Since(m.At).Seconds(),
+			AgeSeconds: time.Since(m.At).Seconds(), PrefixQueries: m.PrefixQueries, PrefixHits: m.PrefixHits,
+		}
+		if m.PrefixQueries > 0 {
+			r := m.PrefixHits / m.PrefixQueries
+			v.Engine.PrefixHitRate = &r
 		}
 	}
 	if ix != nil {

@@ -277,7 +277,8 @@ function renderDrill(w) {
     ['models (base)', `${(w.models || []).join(', ')}${w.base_model ? ' (' + w.base_model + ')' : ''}`],
     ['in flight', fmtInt(w.in_flight)], ['pending prefill tokens', fmtInt(w.pending_prefill_tokens)], ['active KV blocks (router)', fmtInt(w.active_blocks)],
   ];
-  if (w.engine) facts.push(['engine running / waiting', `${w.engine.running} / ${w.engine.waiting}`], ['engine KV usage', fmtPct(w.engine.kv_usage)], ['block size · blocks', `${w.engine.block_size} · ${fmtInt(w.engine.num_blocks)}`]);
+  if (w.engine) facts.push(['engine running / waiting', `${w.engine.running} / ${w.engine.waiting}`], ['engine KV usage', fmtPct(w.engine.kv_usage)], ['block size · blocks', `${w.engine.block_size} · ${fmtInt(w.engine.num_blocks)}`],
+    ['engine prefix-cache hit rate (since it started)', fmtPct(w.engine.prefix_cache_hit_rate)]);
   if (w.index) facts.push(['indexed blocks gpu/cpu/disk', `${fmtInt(w.index.blocks.gpu)} / ${fmtInt(w.index.blocks.cpu)} / ${fmtInt(w.index.blocks.disk)}`], ['predicted blocks', fmtInt(w.index.predicted)]);
   for (const f of w.feeds || []) {
     facts.push([`events rank ${f.rank}`, `${f.connected ? 'connected' : 'down'} · seq ${f.seq ?? '–'} · ${fmtInt(f.batches)} batches · gaps ${f.gaps} · replays ${f.replays} · resets ${f.resets}${f.last_reset ? ' (' + f.last_reset + ')' : ''}`]);
