@@ -111,6 +111,10 @@ type Result struct {
 	FirstError string `json:"first_error,omitempty"`
 	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats).
 	HitRate float64 `json:"hit_rate"`
+	// PredictedHitRate is the router's own figure for the same run: the cached tokens
+	// its routing decisions predicted over the prompt tokens it routed (summed over
+	// replicas), beside the engines' HitRate; 0 without a prompt routed.
+	PredictedHitRate float64 `json:"predicted_hit_rate"`
 	// TTFT, ITL and E2E percentiles in seconds, over successful requests.
 	TTFT Percentiles `json:"ttft_s"`
 	ITL  Percentiles `json:"itl_s"`
@@ -436,6 +440,17 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	}
 	if prompt > 0 {
 		res.HitRate = float64(cached) / float64(prompt)
+	}
+	var rPrompt, rHit uint64
+	for _, st := range stacks {
+		for _, wk := range workers {
+			t := st.Server.WorkerTraffic(wk.ID(), false)
+			rPrompt += t.PromptTokens
+			rHit += t.PredictedHitTokens
+		}
+	}
+	if rPrompt > 0 {
+		res.PredictedHitRate = float64(rHit) / float64(rPrompt)
 	}
 	res.Load = busy.Seconds() / (wall.Seconds() * float64(len(workers)))
 	res.Lag = lag.Seconds() / (wall.Seconds() * float64(len(workers)))

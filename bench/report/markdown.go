@@ -63,15 +63,15 @@ func WriteMarkdown(w io.Writer, s *Summary) error {
 			ms(t.Infinite.P50), ms(t.Infinite.P90), ms(t.Infinite.P99), ms(t.PooledLRU.P50), ms(t.PooledLRU.P90), ms(t.PooledLRU.P99))
 	}
 	fmt.Fprintf(&b, "Machine: %s. TTFT/ITL/E2E are wall-clock at the client (time-scaled: divide by the time scale for modelled seconds). Load is simulated busy time over wall time, sim lag the engines' time lost to running late on the host (CPU contention; latencies are inflated when it is above a few percent); process CPU is router + fleet + load generator (one process), router CPU the router's share of it (goroutine-labelled CPU profile, 100 Hz); host load is the 1-minute load average after the run.\n\n", s.Setup.Machine)
-	b.WriteString("| policy | hit rate | % of inf. bound | % of pooled-LRU bound | TTFT p50 | TTFT p90 | TTFT p99 | ITL mean | E2E p50 | E2E p90 | out tok/s | load | sim lag | imbalance | process CPU s | router CPU s | host load | errors |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| policy | hit rate | router-predicted hit | % of inf. bound | % of pooled-LRU bound | TTFT p50 | TTFT p90 | TTFT p99 | ITL mean | E2E p50 | E2E p90 | out tok/s | load | sim lag | imbalance | process CPU s | router CPU s | host load | errors |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range s.Results {
 		router := "n/a"
 		if r.CPUSplit != nil {
 			router = fmt.Sprintf("%.1f", r.CPUSplit.Router)
 		}
-		fmt.Fprintf(&b, "| %s | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f%% | %.1f%% | %.2f | %.1f | %s | %.1f | %d |\n",
-			r.Policy, 100*r.HitRate, ratio(r.HitRate, s.Bounds.Infinite), ratio(r.HitRate, s.Bounds.PooledLRU),
+		fmt.Fprintf(&b, "| %s | %.1f%% | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f%% | %.1f%% | %.2f | %.1f | %s | %.1f | %d |\n",
+			r.Policy, 100*r.HitRate, 100*r.PredictedHitRate, ratio(r.HitRate, s.Bounds.Infinite), ratio(r.HitRate, s.Bounds.PooledLRU),
 			ms(r.TTFT.P50), ms(r.TTFT.P90), ms(r.TTFT.P99), ms(r.ITL.Mean), ms(r.E2E.P50), ms(r.E2E.P90),
 			r.OutputTPS, 100*r.Load, 100*r.Lag, r.Imbalance, r.CPU, router, r.HostLoad, r.Errors)
 	}

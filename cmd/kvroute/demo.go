@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"sync/atomic"
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
@@ -112,8 +113,23 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	stats := &traffic.Stats{}
 	routerDone := make(chan error, 1)
 	trafficDone := make(chan struct{})
+	var srv atomic.Pointer[router.Server]
+	// predicted is the router's own hit rate over the last 15 minutes beside the
+	// engines' (the traffic's "cache hit", from their usage).
+	predicted := func() string {
+		s := srv.Load()
+		if s == nil {
+			return ""
+		}
+		ws := s.Traffic().Windows
+		if len(ws) == 0 || ws[len(ws)-1].Global.HitRate == nil {
+			return ""
+		}
+		return fmt.Sprintf("  (router-predicted hit %.1f%%)", 100**ws[len(ws)-1].Global.HitRate)
+	}
 	go func() {
-		routerDone <- stack.Run(ctx, &cfg, ln, log, func(*router.Server) {
+		routerDone <- stack.Run(ctx, &cfg, ln, log, func(s *router.Server) {
+			srv.Store(s)
 			go func() {
 				defer close(trafficDone)
 				tc := traffic.DefaultConfig()
@@ -129,14 +145,14 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 		select {
 		case <-tick.C:
 			snap := stats.Snapshot()
-			fmt.Fprintf(out, "[%5.0fs] %s\n", time.Since(start).Seconds(), snap)
+			fmt.Fprintf(out, "[%5.0fs] %s%s\n", time.Since(start).Seconds(), snap, predicted())
 			if o.untilRequests > 0 && snap.Requests >= o.untilRequests {
 				cancel()
 			}
 		case err := <-routerDone:
 			<-trafficDone
 			snap := stats.Snapshot()
-			fmt.Fprintf(out, "final: %s\n", snap)
+			fmt.Fprintf(out, "final: %s%s\n", snap, predicted())
 			if snap.LastError != "" {
 				fmt.Fprintf(out, "last error: %s\n", snap.LastError)
 			}
