@@ -9,8 +9,8 @@ import (
 	"net"
 	"os/signal"
 	"strings"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kvroute/kvroute/bench/sim"
