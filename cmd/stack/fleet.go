@@ -41,6 +41,7 @@ func (st *Stack) onMembership(c upstream.Change) {
 		// prediction after the first removal.
 		st.forgetIndex(w)
 		st.Server.ForgetWorker(w.ID)
+		st.Scraper.Forget(w.ID)
 		if st.Replica != nil {
 			st.Replica.Forget(w.ID)
 		}

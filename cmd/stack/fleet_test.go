@@ -25,6 +25,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
@@ -253,6 +255,9 @@ func TestDNSDiscoveredFleetChurn(t *testing.T) {
 		return st.Pool.Worker(id(hosts[0])) == nil && len(st.Pool.Leaving()) == 0
 	})
 	poll.CheckFor(t, 5*time.Second, "the removed worker to leave the index", func() bool { return !indexed(st, id(hosts[0])) })
+	if series := seriesOf(t, st, id(hosts[0])); len(series) > 0 {
+		t.Errorf("metric series of the removed worker remain: %v", series)
+	}
 	before := tr.served(id(hosts[0]))
 	time.Sleep(300 * time.Millisecond) // traffic keeps flowing; none may reach the gone worker
 	if after := tr.served(id(hosts[0])); after != before {
@@ -373,6 +378,25 @@ func TestAdminAndReloadMembership(t *testing.T) {
 	if got := ids(st); !slices.Equal(got, []string{hosts[2]}) {
 		t.Fatalf("workers at the end: %v", got)
 	}
+}
+
+// seriesOf lists the metric families with a series labelled worker=id.
+func seriesOf(t *testing.T, st *Stack, id string) []string {
+	t.Helper()
+	fams, err := st.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			if slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "worker" && l.GetValue() == id }) {
+				out = append(out, f.GetName())
+				break
+			}
+		}
+	}
+	return out
 }
 
 func ids(st *Stack) []string {

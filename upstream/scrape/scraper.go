@@ -158,6 +158,13 @@ func New(cfg Config, targets func() []Target, cb Callback, reg prometheus.Regist
 	return s, nil
 }
 
+// Forget deletes the series of a worker that left the fleet.
+func (s *Scraper) Forget(worker string) {
+	l := prometheus.Labels{"worker": worker}
+	s.errs.DeletePartialMatch(l)
+	s.skipped.DeletePartialMatch(l)
+}
+
 // Run scrapes in rounds, the first at once, until ctx ends, and returns when every
 // scrape it started has finished. Scrapes cut short by ctx ending are not reported.
 // A target removed from the set while its scrape is in flight still gets that result.
