@@ -110,12 +110,18 @@ func b2f(b bool) float64 {
 // index which workers hold them. It never fails the request: the hasher falls back to
 // approx mode when the configured mode fails (see blockhash.Fallback), and a request that
 // cannot be hashed at all (say, an embeddings input) is routed on load alone.
+//
+// A request naming a LoRA adapter is hashed as vLLM hashes it: under the adapter's base
+// model with the adapter's name in the seed (upstream.Pool.ResolveModel), which is how
+// the index keys the blocks of the adapter's KV events (the worker's base model and the
+// event's lora_name). Hashed under the adapter's name alone, it would never match them.
 func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	if s.hasher == nil || !s.prefixes {
 		return // the baseline policies do not look at prefixes
 	}
+	base, lora := s.pool.ResolveModel(r.Model)
 	pr := blockhash.Request{
-		Model: r.Model, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
+		Model: base, LoRA: lora, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
 		BlockSize: s.blocks.get(r.Model), Options: r.Options, Body: r.Body,
 	}
 	res, err := s.hasher.Hash(ctx, &pr, st.hashes[:0])
