@@ -115,6 +115,11 @@ func b2f(b bool) float64 {
 // model with the adapter's name in the seed (upstream.Pool.ResolveModel), which is how
 // the index keys the blocks of the adapter's KV events (the worker's base model and the
 // event's lora_name). Hashed under the adapter's name alone, it would never match them.
+//
+// A chat holding a non-text content part (an image, ...) is hashed only up to it
+// (blockhash.Result.Truncated), counted in kvroute_router_multimodal_truncated_total: the
+// engine hashes the part by its content, which the router does not see, so two requests
+// with the same text and different images must not match past it.
 func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	if s.hasher == nil || !s.prefixes {
 		return // the baseline policies do not look at prefixes
@@ -128,6 +133,9 @@ func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	if err != nil {
 		s.log.Debug("prompt not hashed", "model", r.Model, "err", err)
 		return
+	}
+	if res.Truncated {
+		s.metrics.mmTruncated.WithLabelValues(r.Model).Inc()
 	}
 	st.hashes = res.Hashes
 	st.exact = res.Exact

@@ -186,6 +186,25 @@ func (e *Engine) Hash(ctx context.Context, req *Request, dst []proto.BlockHash) 
 		}
 		return r, err
 	}
+	cut := false
+	if k == kindChat {
+		buf := bufPool.Get().(*bytes.Buffer)
+		defer putBuf(buf)
+		if req, lit, cut, err = cutChat(req, lit, buf.AvailableBuffer()); err != nil {
+			e.opts.Metrics.fail(err)
+			return Result{}, err
+		}
+		if cut && string(lit) == "[]" { // the first message is not text: nothing to hash
+			return Result{Hashes: dst, Exact: true, Truncated: true}, nil
+		}
+	}
+	r, err := e.hash(ctx, req, k, lit, dst)
+	r.Truncated = cut && err == nil
+	return r, err
+}
+
+// hash is Hash for a text prompt or a text-only chat.
+func (e *Engine) hash(ctx context.Context, req *Request, k kind, lit []byte, dst []proto.BlockHash) (Result, error) {
 	key := cacheKey(req, k, lit)
 	e.mu.Lock()
 	if ent, ok := e.entries[key]; ok {
