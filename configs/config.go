@@ -321,6 +321,12 @@ type Worker struct {
 	// URL is the worker's base URL, http or https, without a path. Required.
 	URL string `yaml:"url"`
 	// Models served by the worker. Empty: discovered from the worker's /v1/models.
+	// Models listed here are all base models (the first one the worker's, its KV
+	// events indexed under it): a LoRA adapter listed here is hashed as a base model
+	// named after itself, so its requests match only the router's own predictions, not
+	// the adapter's KV events. Leave models empty on workers serving adapters: discovery
+	// reads each adapter's "parent" and hashes its requests as the engine does (base
+	// model, adapter name, cache_salt).
 	Models []string `yaml:"models"`
 	// Events is the worker's ZMQ KV-event publisher, tcp://host:port, e.g.
 	// "tcp://10.0.0.5:5557"; with dp_ranks N the ports up to port+N-1 must exist. Empty:

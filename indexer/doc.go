@@ -125,7 +125,8 @@
 //
 //   - The own hash covers tokens, model, LoRA name and cache_salt only: multimodal
 //     extra keys are not in it, so two requests with equal placeholder tokens but
-//     different images match each other's blocks. The salt is recovered from a chain
+//     different images match each other's blocks; the router never asks past a
+//     request's first non-text part (router/blockhash's multimodal guard). The salt is recovered from a chain
 //     root's extra keys when they hold nothing else besides the LoRA key (text-only
 //     requests); engines that publish no extra_keys (vLLM before they were added, kvsim)
 //     and salted multimodal requests are indexed unsalted, so a salted request (hashed

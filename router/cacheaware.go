@@ -111,18 +111,32 @@ func b2f(b bool) float64 {
 // index which workers hold them. It never fails the request: the hasher falls back to
 // approx mode when the configured mode fails (see blockhash.Fallback), and a request that
 // cannot be hashed at all (say, an embeddings input) is routed on load alone.
+//
+// A request naming a LoRA adapter is hashed as vLLM hashes it: under the adapter's base
+// model with the adapter's name in the seed (upstream.Pool.ResolveModel), which is how
+// the index keys the blocks of the adapter's KV events (the worker's base model and the
+// event's lora_name). Hashed under the adapter's name alone, it would never match them.
+//
+// A chat holding a non-text content part (an image, ...) is hashed only up to it
+// (blockhash.Result.Truncated), counted in kvroute_router_multimodal_truncated_total: the
+// engine hashes the part by its content, which the router does not see, so two requests
+// with the same text and different images must not match past it.
 func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	if s.hasher == nil || !s.prefixes {
 		return // the baseline policies do not look at prefixes
 	}
+	base, lora := s.pool.ResolveModel(r.Model)
 	pr := blockhash.Request{
-		Model: r.Model, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
+		Model: base, LoRA: lora, Messages: r.Msgs, Prompt: r.Prompt, CacheSalt: r.CacheSalt,
 		BlockSize: s.blocks.get(r.Model), Options: r.Options, Body: r.Body,
 	}
 	res, err := s.hasher.Hash(ctx, &pr, st.hashes[:0])
 	if err != nil {
 		s.log.Debug("prompt not hashed", "model", r.Model, "err", err)
 		return
+	}
+	if res.Truncated {
+		s.metrics.mmTruncated.WithLabelValues(r.Model).Inc()
 	}
 	st.hashes = res.Hashes
 	st.exact = res.Exact

@@ -376,6 +376,8 @@ type metrics struct {
 	promptTokens  *prometheus.CounterVec   // worker, model
 	predictedHit  *prometheus.CounterVec   // model
 	blockMismatch *prometheus.GaugeVec     // worker
+	// mmTruncated counts requests hashed only up to a non-text content part.
+	mmTruncated *prometheus.CounterVec // model
 }
 
 // latencyBuckets span 1 ms to ~10 min: LLM requests range from cached embeddings to long
@@ -430,9 +432,14 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Name: "kvroute_router_block_size_mismatch",
 			Help: "1 when the worker's KV block size differs from the one the router hashes its models with: its prefixes never match.",
 		}, []string{"worker"}),
+		mmTruncated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_multimodal_truncated_total",
+			Help: "Requests whose prompt was hashed only up to its first non-text content part (image, audio, video, file): nothing past it is matched, as the engine hashes such parts by content the router does not see.",
+		}, []string{"model"}),
 	}
 	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.retriesSkipped, m.decisions,
 		m.overlapRatio, m.promptTokens, m.predictedHit, m.blockMismatch}
+	cs = append(cs, m.mmTruncated)
 	if reg == nil {
 		return m, nil
 	}

@@ -250,6 +250,36 @@ func TestModelTruth(t *testing.T) {
 	}
 }
 
+// A model /v1/models lists with a parent is an adapter of the worker's base model; a
+// base model, an unknown model and a model configured by hand are not.
+func TestResolveModel(t *testing.T) {
+	e := newEngine(t, `{"id":"sql","parent":"base"},{"id":"base","parent":null},{"id":"chat","parent":"base"}`)
+	cfg := testConfig()
+	cfg.Workers = []configs.Worker{{ID: "fixed", URL: "http://127.0.0.1:1", Models: []string{"m", "hand-adapter"}}}
+	p, err := NewPool(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runPool(t, p)
+	w, err := p.Add(configs.Worker{URL: e.URL, ID: "w"}, SourceAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.CheckFor(t, 5*time.Second, "models to be discovered", func() bool { return w.Serves("sql") })
+	for _, tc := range []struct{ model, base, lora string }{
+		{"sql", "base", "sql"},
+		{"chat", "base", "chat"},
+		{"base", "base", ""},
+		{"nobody", "nobody", ""},
+		{"hand-adapter", "hand-adapter", ""},
+		{"m", "m", ""},
+	} {
+		if b, l := p.ResolveModel(tc.model); b != tc.base || l != tc.lora {
+			t.Errorf("ResolveModel(%q) = %q, %q; want %q, %q", tc.model, b, l, tc.base, tc.lora)
+		}
+	}
+}
+
 func TestParseModelList(t *testing.T) {
 	for _, tc := range []struct {
 		body        string

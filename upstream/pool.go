@@ -154,6 +154,26 @@ func (p *Pool) Known(model string) bool {
 	return false
 }
 
+// ResolveModel returns what a request naming model is hashed under: for a LoRA adapter
+// (see [Worker.Adapter]) its base model and the adapter's name, as vLLM hashes an
+// adapter's blocks (base model's engine, adapter name in every block's extra keys) and as
+// the index keys the adapter's KV events (the worker's base model, the event's
+// lora_name); for anything else model itself and no adapter. The first member serving
+// model decides: a fleet is expected to agree on which names are adapters. Safe for
+// concurrent use.
+func (p *Pool) ResolveModel(model string) (base, lora string) {
+	for _, w := range p.Workers() {
+		if !w.Serves(model) {
+			continue
+		}
+		if b, ok := w.Adapter(model); ok {
+			return b, model
+		}
+		return model, ""
+	}
+	return model, ""
+}
+
 // Models returns the sorted union of the models of the available workers.
 func (p *Pool) Models() []string {
 	set := map[string]struct{}{}

@@ -225,6 +225,22 @@ func (w *Worker) baseLocked() string {
 	return ""
 }
 
+// Adapter reports whether model is a LoRA adapter the worker serves, and returns the
+// base model its blocks are indexed under (BaseModel): a model /v1/models lists with a
+// parent. Models configured by hand (the worker's models: key) have no parents, so none of
+// them is an adapter: an adapter listed there is hashed as a base model named after
+// itself, and its requests match only the router's own predictions, never the engine's
+// events (whose blocks carry lora_name). Leave models: out, so that they are discovered,
+// for adapters to be hashed as the engine hashes them.
+func (w *Worker) Adapter(model string) (base string, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.bases) == 0 || slices.Contains(w.bases, model) || !slices.Contains(w.models, model) {
+		return "", false
+	}
+	return w.bases[0], true
+}
+
 // Serves reports whether the worker serves model.
 func (w *Worker) Serves(model string) bool {
 	w.mu.Lock()

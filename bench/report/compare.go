@@ -73,7 +73,9 @@ func peerSelector(policy string) (scorer.Selector, bool) {
 // Config describes a comparison.
 type Config struct {
 	// Fleet is the simulated fleet every policy runs against (a fresh one per policy).
-	// Its Worker.Model is the model requests name.
+	// Its Worker.Model is the model requests name; when it has LoRA adapters
+	// (Worker.LoRA), requests name the adapters instead, spread over them by
+	// workload.SpreadModels.
 	Fleet sim.FleetConfig
 	// Policies are the policies to run, in order; nil means all of [Policies].
 	Policies []string
@@ -378,7 +380,8 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	cpu0, t0 := cpuSeconds(), time.Now()
 	var outs []workload.Outcome
 	withPart(ctx, partClient, func(ctx context.Context) {
-		outs, err = workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + hosts[0], Model: c.Fleet.Worker.Model, Client: client, Progress: progress})
+		outs, err = workload.Replay(ctx, w, workload.ReplayConfig{URL: "http://" + hosts[0], Model: c.Fleet.Worker.Model, Models: c.Fleet.Worker.LoRA,
+			Client: client, Progress: progress})
 	})
 	wall := time.Since(t0)
 	res.CPU = cpuSeconds() - cpu0

@@ -36,6 +36,9 @@ type Setup struct {
 	PromptTokens int64   `json:"prompt_tokens"`
 	OutputTokens int64   `json:"output_tokens"`
 	ArrivalSpan  float64 `json:"arrival_span_s"`
+	// LoRA are the adapters requests were spread over (workload.SpreadModels); empty
+	// when they named the base model.
+	LoRA []string `json:"lora,omitempty"`
 	// Replicas is the number of routers (requests round-robin over them); ReplicaSync
 	// whether they shared state over NATS.
 	Replicas    int  `json:"replicas,omitempty"`
@@ -49,6 +52,9 @@ func WriteMarkdown(w io.Writer, s *Summary) error {
 		s.Workload, s.Requests, s.Setup.PromptTokens, s.Setup.OutputTokens, s.Setup.ArrivalSpan)
 	fmt.Fprintf(&b, "Fleet: %d kvsim workers, profile %s, time scale %g, block size %d, KV capacity %d blocks = %d tokens per worker.  \n",
 		s.Setup.Workers, s.Setup.Profile, s.Setup.TimeScale, s.Setup.BlockSize, s.Setup.KVBlocks, s.Setup.KVBlocks*s.Setup.BlockSize)
+	if len(s.Setup.LoRA) > 0 {
+		fmt.Fprintf(&b, "Requests name LoRA adapters %s of the base model (a conversation keeps one; conversations sharing a system prompt share one).  \n", strings.Join(s.Setup.LoRA, ", "))
+	}
 	if s.Setup.Replicas > 1 {
 		how := "sharing load and routing decisions over NATS (router/replica)"
 		if !s.Setup.ReplicaSync {

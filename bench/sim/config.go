@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/kvroute/kvroute/bench/sim/kvevents"
 	"gopkg.in/yaml.v3"
@@ -17,6 +18,13 @@ type Config struct {
 	// Model is the served model name (the "model" field of requests must match it, and
 	// it is the model_name metric label). Default "kvsim".
 	Model string `yaml:"model"`
+	// LoRA names the LoRA adapters the worker serves beside Model, as vLLM with
+	// --enable-lora --lora-modules: /v1/models lists each with "parent" set to Model,
+	// requests may name one as their model, and its KV blocks are its own (the adapter is
+	// part of every block's hash, so an adapter's blocks never match the base model's or
+	// another adapter's) and are published with lora_name and lora_id (the adapter's
+	// position in this list, from 1, as vLLM numbers the adapters it loads). Default none.
+	LoRA []string `yaml:"lora"`
 	// Engine is the engine the worker imitates: "vllm" or "sglang" (event flavour and
 	// metric names). Default "vllm".
 	Engine string `yaml:"engine"`
@@ -130,6 +138,11 @@ func DefaultFleetConfig() FleetConfig {
 func (c *Config) Validate() error {
 	if c.Model == "" {
 		return errors.New("model must not be empty")
+	}
+	for i, a := range c.LoRA {
+		if a == "" || a == c.Model || slices.Contains(c.LoRA[:i], a) {
+			return fmt.Errorf("lora adapter %q must be non-empty, unique and not the model's name", a)
+		}
 	}
 	if err := c.eventFormat().Validate(); err != nil {
 		return err

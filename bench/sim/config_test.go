@@ -13,7 +13,8 @@ func TestParseFleetConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if good.Workers != 4 || good.Worker.Profile != "llama-3.1-8b-h100" || good.Worker.TimeScale != 0.1 ||
-		good.Worker.EventFormat != "map" || good.Worker.Faults.ErrorRate != 0.01 || good.Worker.BlockSize != 16 {
+		good.Worker.EventFormat != "map" || good.Worker.Faults.ErrorRate != 0.01 || good.Worker.BlockSize != 16 ||
+		len(good.Worker.LoRA) != 2 {
 		t.Fatalf("parsed %+v", good)
 	}
 	tests := []struct {
@@ -29,6 +30,9 @@ func TestParseFleetConfig(t *testing.T) {
 		{"time_scale: 0", "time_scale must be in (0, 1e6], got 0"},
 		{"faults: {hang_rate: 1.5}", "hang_rate must be in [0, 1], got 1.5"},
 		{"base_port: 65530\nworkers: 3", "base_port 65530 leaves no room for 3 workers"},
+		{"lora: [a, a]", `lora adapter "a" must be non-empty, unique and not the model's name`},
+		{"lora: ['']", `lora adapter "" must be`},
+		{"model: m\nlora: [m]", `lora adapter "m" must be`},
 		{"dp_rank: -2", "dp_rank must be at least -1, got -2"},
 		{"data_parallel_size: 0", "data_parallel_size must be at least 1, got 0"},
 		{"data_parallel_size: 65", "data_parallel_size must be at most 64, got 65"},

@@ -30,7 +30,9 @@ type request struct {
 	maxTokens int    // the request's max_tokens
 	outSeed   uint64 // picks the output words
 	salt      string
-	stream    bool // notify per chunk; otherwise only at the end
+	lora      string // the LoRA adapter ("" for the base model)
+	loraID    int64  // its id (1-based position in Config.LoRA), 0 for the base model
+	stream    bool   // notify per chunk; otherwise only at the end
 	arrival   time.Time
 	// notify gets a token (non-blocking send) whenever output advanced enough for a
 	// chunk, or the request ended.
@@ -359,7 +361,7 @@ func (e *engine) apply() {
 		e.hashFull(r)
 		if full := r.computed / bs; full > r.committed {
 			ev := kvevents.Event{Kind: proto.BlockStored, Hashes: r.hashes[r.committed:full],
-				Tokens: r.tokens[r.committed*bs : full*bs], BlockSize: bs}
+				Tokens: r.tokens[r.committed*bs : full*bs], BlockSize: bs, LoRAName: r.lora, LoRAID: r.loraID}
 			if r.committed > 0 {
 				ev.Parent, ev.HasParent = r.hashes[r.committed-1], true
 			}
@@ -429,9 +431,11 @@ func (e *engine) publish(now time.Time) {
 }
 
 // hashFull extends r.hashes to every full block of r.tokens. The engine hash is
-// xxhash64 over a "kvsim" domain tag, the parent hash (or the worker's seed mixed with
-// the cache salt for the first block) and the block's token ids: opaque, and unlike
-// kvroute's own hash, so nothing can rely on the two matching. mu must be held.
+// xxhash64 over a "kvsim" domain tag, the parent hash (or, for the first block, the
+// worker's seed mixed with the cache salt and the LoRA adapter, which vLLM puts in the
+// extra keys of every block, so the chain of an adapter never meets the base model's) and
+// the block's token ids: opaque, and unlike kvroute's own hash, so nothing can rely on the
+// two matching. mu must be held.
 func (e *engine) hashFull(r *request) {
 	bs := e.blockSize
 	var buf [8]byte
@@ -440,6 +444,9 @@ func (e *engine) hashFull(r *request) {
 		var parent uint64
 		if i == 0 {
 			parent = e.hashSeed ^ xxhash.Sum64String(r.salt)
+			if r.lora != "" {
+				parent ^= xxhash.Sum64String("lora/" + r.lora)
+			}
 		} else {
 			parent = r.hashes[i-1]
 		}

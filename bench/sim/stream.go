@@ -170,7 +170,7 @@ func (s *stream) head(object string) []byte {
 	b = append(b, `","created":`...)
 	b = strconv.AppendInt(b, s.created, 10)
 	b = append(b, `,"model":`...)
-	b = append(b, s.w.modelJS...)
+	b = append(b, s.w.modelJSON(s.r.loraID)...)
 	return b
 }
 
@@ -259,7 +259,7 @@ func (s *stream) finishUnary(pr progress) {
 	var u Usage
 	u.PromptTokens, u.CompletionTokens, u.TotalTokens = s.r.promptLen, pr.out, s.r.promptLen+pr.out
 	u.PromptTokensDetails.CachedTokens = pr.cached
-	model := json.RawMessage(s.w.modelJS)
+	model := json.RawMessage(s.w.modelJSON(s.r.loraID))
 	if s.chat {
 		type msg struct {
 			Role      string `json:"role"`

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,9 +94,11 @@ type Worker struct {
 	handler http.Handler
 	addr    string // the HTTP listener's host:port
 	url     string
-	modelJS []byte // the model name as a JSON string
-	maxLen  int    // max_model_len, capped to what the KV cache holds
-	blocks  int    // KV-cache capacity in blocks
+	// modelJS are the served model names as JSON strings: the base model's, then each
+	// LoRA adapter's, so modelJS[loraID] is a request's.
+	modelJS [][]byte
+	maxLen  int // max_model_len, capped to what the KV cache holds
+	blocks  int // KV-cache capacity in blocks
 	ctx     context.Context
 	cancel  context.CancelFunc
 	// hangCtx ends when the server shuts down, releasing requests the hang fault holds.
@@ -137,7 +140,10 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 		ctx: ctx, cancel: cancel,
 		rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6b7673696d)),
 	}
-	w.modelJS, _ = json.Marshal(cfg.Model)
+	for _, m := range append([]string{cfg.Model}, cfg.LoRA...) {
+		js, _ := json.Marshal(m)
+		w.modelJS = append(w.modelJS, js)
+	}
 	// A request must fit in the cache, or it could never be scheduled (vLLM refuses to
 	// start when max_model_len exceeds the KV capacity).
 	w.maxLen = min(cfg.MaxModelLen, capacity*cfg.BlockSize)
@@ -488,19 +494,50 @@ func (w *Worker) serveRestart(rw http.ResponseWriter, r *http.Request) {
 	rw.WriteHeader(http.StatusOK)
 }
 
+// modelJSON returns the JSON string of the model a request with LoRA id loraID names.
+func (w *Worker) modelJSON(loraID int64) []byte { return w.modelJS[loraID] }
+
+// loraID returns the id of the served model named model: 0 for the base model, i+1 for
+// the adapter cfg.LoRA[i]; ok is false when the worker does not serve model. An empty
+// name is the base model, as vLLM takes a request without a model.
+func (w *Worker) loraID(model string) (id int64, ok bool) {
+	if model == "" || model == w.cfg.Model {
+		return 0, true
+	}
+	if i := slices.Index(w.cfg.LoRA, model); i >= 0 {
+		return int64(i) + 1, true
+	}
+	return 0, false
+}
+
+// loraName returns the adapter of LoRA id loraID, "" for the base model.
+func (w *Worker) loraName(loraID int64) string {
+	if loraID == 0 {
+		return ""
+	}
+	return w.cfg.LoRA[loraID-1]
+}
+
+// serveModels lists the base model, then its LoRA adapters as vLLM lists them
+// (vllm/entrypoints/openai/serving_models.py): "parent" the base model's name (null for
+// the base model itself) and "root" the adapter's path.
 func (w *Worker) serveModels(rw http.ResponseWriter, _ *http.Request) {
 	type model struct {
-		ID          string `json:"id"`
-		Object      string `json:"object"`
-		Created     int64  `json:"created"`
-		OwnedBy     string `json:"owned_by"`
-		Root        string `json:"root"`
-		MaxModelLen int    `json:"max_model_len"`
+		ID          string  `json:"id"`
+		Object      string  `json:"object"`
+		Created     int64   `json:"created"`
+		OwnedBy     string  `json:"owned_by"`
+		Root        string  `json:"root"`
+		Parent      *string `json:"parent"`
+		MaxModelLen int     `json:"max_model_len"`
 	}
-	writeJSON(rw, map[string]any{"object": "list", "data": []model{{
-		ID: w.cfg.Model, Object: "model", Created: time.Now().Unix(), OwnedBy: "vllm",
-		Root: w.cfg.Model, MaxModelLen: w.maxLen,
-	}}})
+	now := time.Now().Unix()
+	data := []model{{ID: w.cfg.Model, Object: "model", Created: now, OwnedBy: "vllm", Root: w.cfg.Model, MaxModelLen: w.maxLen}}
+	for _, a := range w.cfg.LoRA {
+		data = append(data, model{ID: a, Object: "model", Created: now, OwnedBy: "vllm",
+			Root: "/adapters/" + a, Parent: &w.cfg.Model, MaxModelLen: w.maxLen})
+	}
+	writeJSON(rw, map[string]any{"object": "list", "data": data})
 }
 
 func (w *Worker) serveTokenize(rw http.ResponseWriter, r *http.Request) {
@@ -542,7 +579,8 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		writeError(rw, err)
 		return
 	}
-	if p.model != "" && p.model != w.cfg.Model {
+	loraID, ok := w.loraID(p.model)
+	if !ok {
 		writeError(rw, &apiError{status: http.StatusNotFound, typ: "NotFoundError",
 			msg: fmt.Sprintf("The model `%s` does not exist.", p.model)})
 		return
@@ -573,7 +611,7 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		writeError(rw, err)
 		return
 	}
-	req := w.newRequest(p)
+	req := w.newRequest(p, loraID)
 	rk.eng.submit(req)
 	s := stream{w: w, rk: rk, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
 	s.run(hr.Context())
@@ -599,7 +637,7 @@ func (w *Worker) pickRank(hr *http.Request) (*Rank, error) {
 	return best, nil
 }
 
-func (w *Worker) newRequest(p *genParams) *request {
+func (w *Worker) newRequest(p *genParams, loraID int64) *request {
 	n := len(p.tokens)
 	maxTokens := p.maxTokens
 	if maxTokens == 0 {
@@ -627,6 +665,7 @@ func (w *Worker) newRequest(p *genParams) *request {
 	return &request{
 		id:        prefix + w.id + "-" + strconv.FormatUint(w.reqSeq.Add(1), 10),
 		promptLen: n, target: target, maxTokens: maxTokens, outSeed: seed, salt: p.salt, stream: p.stream,
+		loraID: loraID, lora: w.loraName(loraID),
 		arrival: time.Now(), notify: make(chan struct{}, 1), tokens: tokens,
 	}
 }

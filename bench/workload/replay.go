@@ -40,8 +40,12 @@ type Outcome struct {
 type ReplayConfig struct {
 	// URL is the base URL of the router, e.g. http://127.0.0.1:8080.
 	URL string
-	// Model is the "model" field of every request.
+	// Model is the "model" field of every request, unless Models is set.
 	Model string
+	// Models, when set, are the models requests name instead of Model (say, the LoRA
+	// adapters of one base model), spread by [SpreadModels]: a conversation keeps one
+	// model, and conversations that open with the same prompt block share it.
+	Models []string
 	// Client sends the requests; nil means a client with a large idle pool.
 	Client *http.Client
 	// Progress, when set, is called after each finished request with the count so far.
@@ -57,6 +61,7 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 		client = &http.Client{Transport: &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, DisableCompression: true}}
 	}
 	n := len(w.Requests)
+	models := SpreadModels(w, c.Models)
 	out := make([]Outcome, n)
 	done := make([]chan struct{}, n)
 	for i := range done {
@@ -89,7 +94,11 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 					return
 				}
 			}
-			out[i] = send(ctx, client, c, r, start)
+			model := c.Model
+			if models != nil {
+				model = models[i]
+			}
+			out[i] = send(ctx, client, c.URL, model, r, start)
 			k := finished.Add(1)
 			if c.Progress != nil {
 				c.Progress(int(k), n)
@@ -101,6 +110,50 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 		return out, fmt.Errorf("replay: %w", err)
 	}
 	return out, nil
+}
+
+// spreadBlock is the prompt prefix, in tokens, that tells SpreadModels' groups apart: one
+// KV block of vLLM's default size.
+const spreadBlock = 16
+
+// SpreadModels returns the model of each request of w when requests are spread over
+// models, nil when models is empty. A request takes the model of its conversation's
+// first request (following Prev), and first requests are grouped by their first
+// spreadBlock prompt tokens: groups take the models round-robin in order of first
+// arrival. So a conversation stays on one model (an adapter's history stays its own), and
+// conversations that open with the same system prompt share a model, as an application
+// with its system prompt uses one adapter: a shared prefix is not split between adapters,
+// which could not share its blocks.
+func SpreadModels(w *Workload, models []string) []string {
+	if len(models) == 0 {
+		return nil
+	}
+	out := make([]string, len(w.Requests))
+	group := map[string]int{}
+	for i, r := range w.Requests {
+		if r.Prev >= 0 {
+			out[i] = out[r.Prev] // Prev < i: already assigned
+			continue
+		}
+		k := r.Prompt[:min(spreadBlock, len(r.Prompt))]
+		key := string(binaryKey(k))
+		g, ok := group[key]
+		if !ok {
+			g = len(group)
+			group[key] = g
+		}
+		out[i] = models[g%len(models)]
+	}
+	return out
+}
+
+// binaryKey renders token ids as bytes, for a map key.
+func binaryKey(ids []uint32) []byte {
+	b := make([]byte, 0, 4*len(ids))
+	for _, id := range ids {
+		b = append(b, byte(id), byte(id>>8), byte(id>>16), byte(id>>24))
+	}
+	return b
 }
 
 // body is the /v1/completions request Replay sends.
@@ -130,18 +183,18 @@ type chunk struct {
 }
 
 // send runs one request and measures it.
-func send(ctx context.Context, client *http.Client, c ReplayConfig, r *Request, start time.Time) Outcome {
+func send(ctx context.Context, client *http.Client, url, model string, r *Request, start time.Time) Outcome {
 	t0 := time.Now()
 	o := Outcome{Sent: t0.Sub(start), PredictedBlocks: -1}
 	var b body
-	b.Model, b.Prompt, b.MaxTokens, b.IgnoreEOS, b.Stream = c.Model, r.Prompt, r.MaxTokens, true, true
+	b.Model, b.Prompt, b.MaxTokens, b.IgnoreEOS, b.Stream = model, r.Prompt, r.MaxTokens, true, true
 	b.StreamOptions.IncludeUsage = true
 	payload, err := json.Marshal(&b)
 	if err != nil {
 		o.Err = err.Error()
 		return o
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/v1/completions", bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/completions", bytes.NewReader(payload))
 	if err != nil {
 		o.Err = err.Error()
 		return o

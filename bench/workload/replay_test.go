@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/kvroute/kvroute/bench/sim"
@@ -35,5 +36,26 @@ func TestReplayCountsTokensNotChunks(t *testing.T) {
 	}
 	if outs[0].ITL <= 0 || outs[0].ITL > outs[0].E2E {
 		t.Errorf("ITL %v out of (0, E2E %v]", outs[0].ITL, outs[0].E2E)
+	}
+}
+
+// SpreadModels keeps a conversation on one model and conversations opening with the same
+// prompt block together, alternating models between such groups.
+func TestSpreadModels(t *testing.T) {
+	sys := func(g uint64) []uint32 { return fillTokens(nil, "sys", g, 32) }
+	w := &Workload{Requests: []Request{
+		{Prompt: sys(1), Prev: -1}, // group 0
+		{Prompt: sys(2), Prev: -1}, // group 1
+		{Prompt: sys(1), Prev: -1}, // group 0
+		{Prompt: sys(3), Prev: -1}, // group 2
+		{Prompt: sys(9), Prev: 1},  // turn 2 of request 1's conversation
+		{Prompt: sys(9), Prev: 4},
+	}}
+	got := SpreadModels(w, []string{"a", "b"})
+	if want := []string{"a", "b", "a", "a", "b", "b"}; !slices.Equal(got, want) {
+		t.Fatalf("models %v, want %v", got, want)
+	}
+	if SpreadModels(w, nil) != nil {
+		t.Fatal("no models should spread nothing")
 	}
 }

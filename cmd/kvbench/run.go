@@ -56,6 +56,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	overlap := fs.Float64("overlap-weight", -1, "cache_aware.overlap_weight of the cache_aware policies (negative: the config default)")
 	pending := fs.Float64("pending-weight", -1, "cache_aware.pending_weight of the cache_aware policies (negative: the config default)")
 	imbalance := fs.Float64("max-imbalance", -1, "cache_aware.max_imbalance (the load guard) of the cache_aware policies (negative: the config default; 0 disables the guard)")
+	lora := fs.String("lora", "", "comma-separated LoRA adapters every worker serves; requests name them instead of the base model, a conversation keeping one (\"\": the base model)")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -86,6 +87,11 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	fc.Worker.KVBlocks = *kvBlocks
 	fc.Worker.StreamChunkTokens = *chunk
 	fc.Worker.MaxModelLen = *maxModelLen
+	for _, a := range strings.Split(*lora, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			fc.Worker.LoRA = append(fc.Worker.LoRA, a)
+		}
+	}
 	if fc.Worker.KVBlocks == 0 {
 		p, err := sim.LookupProfile(*profile)
 		if err != nil {
@@ -106,7 +112,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 			Machine: machine(), Workers: fc.Workers, Profile: fc.Worker.Profile, TimeScale: fc.Worker.TimeScale,
 			BlockSize: fc.Worker.BlockSize, KVBlocks: fc.Worker.KVBlocks, PromptTokens: w.PromptTokens(),
 			OutputTokens: w.OutputTokens(), ArrivalSpan: w.Requests[len(w.Requests)-1].At.Seconds(),
-			Replicas: *replicas, ReplicaSync: *replicas > 1 && *replicaSync,
+			Replicas: *replicas, ReplicaSync: *replicas > 1 && *replicaSync, LoRA: fc.Worker.LoRA,
 		},
 		Bounds: workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks),
 	}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,6 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	basePort := fs.Int("base-port", def.BasePort, "worker i uses ports P+3i (HTTP), P+3i+1 (events), P+3i+2 (replay); 0: free ports")
 	w := def.Worker
 	model := fs.String("model", w.Model, "served model name")
+	lora := fs.String("lora", strings.Join(w.LoRA, ","), "comma-separated LoRA adapters served beside the model (listed in /v1/models with parent = the model)")
 	engine := fs.String("engine", w.Engine, "engine to imitate: vllm or sglang")
 	eventFormat := fs.String("event-format", w.EventFormat, "KV-event encoding: array, map or map-batch")
 	digest := fs.Bool("digest-hashes", w.DigestHashes, "send block hashes as 32-byte digests (vLLM)")
@@ -91,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"max-model-len": func() { cfg.Worker.MaxModelLen = *maxLen }, "profile": func() { cfg.Worker.Profile = *profile },
 		"time-scale": func() { cfg.Worker.TimeScale = *timeScale }, "stream-chunk-tokens": func() { cfg.Worker.StreamChunkTokens = *chunkTokens },
 		"mean-output-tokens": func() { cfg.Worker.MeanOutputTokens = *meanOut }, "seed": func() { cfg.Worker.Seed = *seed },
-		"tokenizer": func() { cfg.TokenizerPath = *tokenizer },
+		"tokenizer": func() { cfg.TokenizerPath = *tokenizer }, "lora": func() { cfg.Worker.LoRA = splitList(*lora) },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if apply, ok := set[f.Name]; ok {
@@ -124,3 +126,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 var _ sim.BodyTokenizer = (*chat.Encoder)(nil)
+
+// splitList splits a comma-separated flag value, dropping spaces around items; an empty
+// value is an empty list.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

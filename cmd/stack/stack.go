@@ -192,7 +192,9 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) 
 	return pm, nil
 }
 
-// perModelHasher hashes each request with its model's tokenize mode.
+// perModelHasher hashes each request with its model's tokenize mode; an adapter's request
+// (Request.Model is its base model) takes its base model's mode, as the adapter shares the
+// base model's tokenizer.
 type perModelHasher struct {
 	def     blockhash.Hasher
 	byModel map[string]blockhash.Hasher

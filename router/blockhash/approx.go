@@ -35,8 +35,11 @@ var approxMarker = [1]byte{0xa5}
 // The canonical text of a string prompt is the prompt. That of a chat is, first, each
 // present option that changes the whole rendering (tools, documents, chat_template,
 // chat_template_kwargs: their raw JSON), then for each message in order: a separator, the
-// role, a separator, the content (a string as is; text parts joined with "\n", other parts
-// as raw JSON), then name, tool_call_id and tool_calls when present. Each message's text
+// role, a separator, the content (a string as is; text parts joined with "\n"), then name,
+// tool_call_id and tool_calls when present. The text ends just before the first non-text
+// content part (an image, audio, video, file...; Result.Truncated): the engine hashes such
+// a part by its content, which the router does not see, so nothing past it is matched.
+// Each message's text
 // depends on that message only, so the text of turn N is a prefix of the text of turn
 // N+1 and so are its full-chunk hashes. A trailing partial chunk is not hashed, as a
 // trailing partial token block is not.
@@ -68,10 +71,13 @@ func (Approx) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Resu
 		if _, err := unescape(lit, 0, &s); err != nil {
 			return Result{}, fmt.Errorf("%w: prompt: %w", ErrBadInput, err)
 		}
-	} else if err := writeChat(&s, lit, &req.Options); err != nil {
+		return Result{Hashes: s.out, Tokens: (s.total + CharsPerToken - 1) / CharsPerToken}, nil
+	}
+	cut, err := writeChat(&s, lit, &req.Options)
+	if err != nil {
 		return Result{}, err
 	}
-	return Result{Hashes: s.out, Tokens: (s.total + CharsPerToken - 1) / CharsPerToken}, nil
+	return Result{Hashes: s.out, Tokens: (s.total + CharsPerToken - 1) / CharsPerToken, Truncated: cut}, nil
 }
 
 // maxBlkChunk is the largest chunk textSink hashes from its stack buffer in one shot;
@@ -181,8 +187,9 @@ var chatOptions = [...]struct {
 	{"chat_template_kwargs", func(o *Options) []byte { return o.ChatTemplateKwargs }},
 }
 
-// writeChat writes the canonical text of a chat (see [Approx]).
-func writeChat(s *textSink, msgs []byte, o *Options) error {
+// writeChat writes the canonical text of a chat (see [Approx]); cut reports that it
+// stopped at a non-text content part, leaving the messages after it unread.
+func writeChat(s *textSink, msgs []byte, o *Options) (cut bool, err error) {
 	for _, opt := range chatOptions {
 		if v := opt.get(o); present(v) {
 			s.writeByte(sepOption)
@@ -193,35 +200,38 @@ func writeChat(s *textSink, msgs []byte, o *Options) error {
 	}
 	// Each message is read once, by writeMessage, which returns where it ends.
 	if len(msgs) == 0 || msgs[0] != '[' {
-		return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+		return false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 	}
 	i := jsonscan.SkipWS(msgs, 1)
 	if i < len(msgs) && msgs[i] == ']' {
 		i++
 	} else {
 		for n := 0; ; n++ {
-			end, err := writeMessage(s, msgs, i)
+			end, cut, err := writeMessage(s, msgs, i)
 			if err != nil {
-				return fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
+				return false, fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
+			}
+			if cut {
+				return true, nil
 			}
 			i = jsonscan.SkipWS(msgs, end)
 			if i >= len(msgs) {
-				return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+				return false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 			}
 			if msgs[i] == ']' {
 				i++
 				break
 			}
 			if msgs[i] != ',' {
-				return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+				return false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 			}
 			i = jsonscan.SkipWS(msgs, i+1)
 		}
 	}
 	if jsonscan.SkipWS(msgs, i) != len(msgs) {
-		return fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+		return false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
 	}
-	return nil
+	return false, nil
 }
 
 // Message fields the canonical text includes, in the order written after role and
@@ -238,17 +248,18 @@ const (
 var fieldNames = [nFields]string{"role", "content", "name", "tool_call_id", "tool_calls"}
 
 // writeMessage writes the message object starting at m[start] and returns the index
-// just past it.
-func writeMessage(s *textSink, m []byte, start int) (int, error) {
+// just past it; cut reports that its content holds a non-text part, before which the
+// text stops (the fields after the content are not written).
+func writeMessage(s *textSink, m []byte, start int) (end int, cut bool, err error) {
 	var spans [nFields][2]int // value spans; the last occurrence of a key wins
 	it, err := jsonscan.NewIter(m, start)
 	if err != nil {
-		return 0, fmt.Errorf("not an object: %w", err)
+		return 0, false, fmt.Errorf("not an object: %w", err)
 	}
 	for {
 		key, vs, ve, ok, err := it.Next()
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if !ok {
 			break
@@ -263,16 +274,17 @@ func writeMessage(s *textSink, m []byte, start int) (int, error) {
 	val := func(f int) []byte { return m[spans[f][0]:spans[f][1]] }
 	s.writeByte(sepMessage)
 	if err := writeValue(s, val(fRole)); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	s.writeByte(sepField)
 	if c := val(fContent); len(c) > 0 && c[0] == '[' {
-		if err := writeParts(s, c); err != nil {
-			return 0, err
+		cut, err := writeParts(s, c)
+		if err != nil || cut {
+			return 0, cut, err
 		}
 	} else if !isNull(c) {
 		if err := writeValue(s, c); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 	for f := fName; f < nFields; f++ {
@@ -284,62 +296,69 @@ func writeMessage(s *textSink, m []byte, start int) (int, error) {
 		s.writeString(fieldNames[f])
 		s.writeByte('=')
 		if err := writeValue(s, v); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
-	return it.End(), nil
+	return it.End(), false, nil
 }
 
-// writeParts writes content parts: text parts' text, other parts' raw JSON, joined with
-// "\n" (vLLM joins text parts with newlines too). c is a whole array value.
-func writeParts(s *textSink, c []byte) error {
+// writeParts writes content parts, text parts' text joined with "\n" (vLLM joins text
+// parts with newlines too), up to the first non-text part: cut reports one was found. c is
+// a whole array value.
+func writeParts(s *textSink, c []byte) (cut bool, err error) {
 	i := jsonscan.SkipWS(c, 1)
 	if i < len(c) && c[i] == ']' {
-		return nil
+		return false, nil
 	}
 	for n := 0; ; n++ {
+		text, end, ok, err := partText(c, i)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			return true, nil
+		}
 		if n > 0 {
 			s.writeByte('\n')
 		}
-		var end int
-		if i < len(c) && c[i] == '{' {
-			text, e, ok, err := textPart(c, i)
-			if err != nil {
-				return err
-			}
-			end = e
-			if ok {
-				if _, err := unescape(text, 0, s); err != nil {
-					return err
-				}
-			} else {
-				s.write(c[i:end])
-			}
-		} else {
-			e, err := jsonscan.Skip(c, i)
-			if err != nil {
-				return err
-			}
-			end = e
-			s.write(c[i:end])
+		if _, err := unescape(text, 0, s); err != nil {
+			return false, err
 		}
 		i = jsonscan.SkipWS(c, end)
 		if i >= len(c) {
-			return jsonscan.ErrSyntax
+			return false, jsonscan.ErrSyntax
 		}
 		if c[i] == ']' {
-			return nil
+			return false, nil
 		}
 		if c[i] != ',' {
-			return jsonscan.ErrSyntax
+			return false, jsonscan.ErrSyntax
 		}
 		i = jsonscan.SkipWS(c, i+1)
 	}
 }
 
+// partText reads the content part starting at c[i] and returns the index just past it
+// and, when it is a text part, its text's string literal: a string, or an object that
+// [textPart] reads as text. Anything else (image_url, input_audio, video_url, file, ...)
+// is not text: ok is false.
+func partText(c []byte, i int) (text []byte, end int, ok bool, err error) {
+	if i < len(c) && c[i] == '{' {
+		return textPart(c, i)
+	}
+	end, err = jsonscan.Skip(c, i)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	if c[i] == '"' {
+		return c[i:end], end, true, nil
+	}
+	return nil, end, false, nil
+}
+
 // textPart reads the part object starting at p[start] and returns the index just past
-// it and, when its type is text, input_text or output_text and it has a "text" string,
-// that string's literal.
+// it and, when its type is text, input_text or output_text (or absent, as vLLM infers a
+// part's type from its keys) and it has a "text" string, that string's literal.
 func textPart(p []byte, start int) (text []byte, end int, ok bool, err error) {
 	it, err := jsonscan.NewIter(p, start)
 	if err != nil {
@@ -364,7 +383,7 @@ func textPart(p []byte, start int) (text []byte, end int, ok bool, err error) {
 	if len(text) == 0 || text[0] != '"' {
 		return nil, it.End(), false, nil
 	}
-	if jsonscan.KeyIs(typ, "text") || jsonscan.KeyIs(typ, "input_text") || jsonscan.KeyIs(typ, "output_text") {
+	if typ == nil || jsonscan.KeyIs(typ, "text") || jsonscan.KeyIs(typ, "input_text") || jsonscan.KeyIs(typ, "output_text") {
 		return text, it.End(), true, nil
 	}
 	return nil, it.End(), false, nil

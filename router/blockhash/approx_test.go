@@ -48,13 +48,16 @@ func TestApproxChunks(t *testing.T) {
 		{"role":"assistant","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u"}},{"type":"text","text":"b"}],"name":"bot"},
 		{"role":"tool","content":null,"tool_call_id":"c1"}]`),
 		Options: Options{Tools: []byte(` [1] `)}}
+	// The text stops at the image: nothing after it (text part, name, later messages).
 	text := "\x1dtools\x1f[1]" +
 		"\x1euser\x1fhéllo" +
-		"\x1eassistant\x1fa\n" + `{"type":"image_url","image_url":{"url":"u"}}` + "\nb\x1fname=bot" +
-		"\x1etool\x1f\x1ftool_call_id=c1"
+		"\x1eassistant\x1fa"
 	r, err := Approx{}.Hash(t.Context(), req, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !r.Truncated {
+		t.Fatal("a chat with an image is not marked truncated")
 	}
 	if want := refChunks(approxSeed(req), []byte(text), 8); !slices.Equal(r.Hashes, want) {
 		t.Fatalf("got %d hashes, want %d over %q", len(r.Hashes), len(want), text)

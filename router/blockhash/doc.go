@@ -27,6 +27,13 @@
 //   - For a conversation, the hashes of turn N are a prefix of those of turn N+1, in
 //     every mode (in engine and local modes as far as the chat template renders earlier
 //     turns identically, which templates do except where they strip past reasoning).
+//   - Multimodal guard: a chat is hashed only up to its first non-text content part
+//     (image_url, input_audio, video_url, file, ...; Result.Truncated): the engine hashes
+//     such a part by its content (vLLM's multimodal extra keys), the index's own hash
+//     does not cover it, and the placeholder tokens standing for it are alike for any
+//     image, so nothing past it may match. Approx stops its text just before the part;
+//     engine and local render only the messages before the one holding it, without a
+//     generation prompt ([TextPrefix]), so /tokenize never sees (or fetches) the image.
 //   - Hash appends to the caller's dst and keeps no reference to dst or to the request's
 //     raw fields after returning; approx mode and the engine mode's cache hits allocate
 //     nothing when dst has room.

@@ -39,8 +39,9 @@ var errTransport = errors.New("prefix: tokenize transport")
 // EngineOptions configure an [Engine].
 type EngineOptions struct {
 	// Pick returns the base URL (e.g. "http://10.0.0.5:8000") of a healthy worker serving
-	// model (the request's Model); ok false means none. Required. It is called once per
-	// call, never for cache hits.
+	// model (the request's LoRA adapter when it names one, else its Model: a worker that
+	// serves the base model but not the adapter would refuse the adapter's /tokenize);
+	// ok false means none. Required. It is called once per call, never for cache hits.
 	Pick func(model string) (baseURL string, ok bool)
 	// Client makes the calls; nil means a client with its own connection pool. Its
 	// Timeout should be 0: Timeout below bounds each call.
@@ -185,6 +186,25 @@ func (e *Engine) Hash(ctx context.Context, req *Request, dst []proto.BlockHash) 
 		}
 		return r, err
 	}
+	cut := false
+	if k == kindChat {
+		buf := bufPool.Get().(*bytes.Buffer)
+		defer putBuf(buf)
+		if req, lit, cut, err = cutChat(req, lit, buf.AvailableBuffer()); err != nil {
+			e.opts.Metrics.fail(err)
+			return Result{}, err
+		}
+		if cut && string(lit) == "[]" { // the first message is not text: nothing to hash
+			return Result{Hashes: dst, Exact: true, Truncated: true}, nil
+		}
+	}
+	r, err := e.hash(ctx, req, k, lit, dst)
+	r.Truncated = cut && err == nil
+	return r, err
+}
+
+// hash is Hash for a text prompt or a text-only chat.
+func (e *Engine) hash(ctx context.Context, req *Request, k kind, lit []byte, dst []proto.BlockHash) (Result, error) {
 	key := cacheKey(req, k, lit)
 	e.mu.Lock()
 	if ent, ok := e.entries[key]; ok {
@@ -284,9 +304,17 @@ func putBuf(b *bytes.Buffer) {
 
 // fetch makes one /tokenize call and returns the request's hashes in a new slice.
 func (e *Engine) fetch(ctx context.Context, req *Request, k kind, lit []byte) ([]proto.BlockHash, int, error) {
-	base, ok := e.opts.Pick(req.Model)
+	// An adapter's /tokenize names the adapter, as a client of vLLM would: vLLM accepts
+	// any served model id there and tokenizes with the adapter's tokenizer (the base
+	// model's, unless the adapter ships its own), so the ids are those the adapter's
+	// requests are computed from.
+	model := req.Model
+	if req.LoRA != "" {
+		model = req.LoRA
+	}
+	base, ok := e.opts.Pick(model)
 	if !ok {
-		return nil, 0, fmt.Errorf("%w for model %q", ErrNoWorker, req.Model)
+		return nil, 0, fmt.Errorf("%w for model %q", ErrNoWorker, model)
 	}
 	base = strings.TrimSuffix(base, "/")
 	now := e.now()
@@ -301,10 +329,6 @@ func (e *Engine) fetch(ctx context.Context, req *Request, k kind, lit []byte) ([
 		return nil, 0, fmt.Errorf("%w: %s until %s", ErrCooldown, base, until.Format(time.RFC3339Nano))
 	}
 
-	model := req.Model
-	if req.LoRA != "" {
-		model = req.LoRA
-	}
 	reqBuf := bufPool.Get().(*bytes.Buffer)
 	defer putBuf(reqBuf)
 	body, err := appendTokenizeBody(reqBuf.AvailableBuffer(), model, k, lit, &req.Options, true)

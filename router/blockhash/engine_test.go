@@ -378,6 +378,37 @@ func TestEngineTokenizeBody(t *testing.T) {
 	}
 }
 
+// An adapter's /tokenize goes to a worker serving the adapter, not just its base model,
+// and its hashes are seeded with the base model and the adapter.
+func TestEngineAdapterPick(t *testing.T) {
+	srv := newTokServer(t)
+	var asked []string
+	e := newEngine(t, srv.URL, func(o *EngineOptions) {
+		o.Pick = func(model string) (string, bool) { asked = append(asked, model); return srv.URL, true }
+	})
+	req := chatReq(t, conversation(1, 5)[0])
+	req.Model, req.LoRA = "base", "sql"
+	res, err := e.Hash(t.Context(), req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(asked) != 1 || asked[0] != "sql" || srv.lastBody(t)["model"] != "sql" {
+		t.Fatalf("picked for %v, body %v", asked, srv.lastBody(t))
+	}
+	base := *req
+	base.LoRA = ""
+	rb, err := e.Hash(t.Context(), &base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Hashes) == 0 || len(res.Hashes) != len(rb.Hashes) || res.Hashes[0] == rb.Hashes[0] {
+		t.Fatalf("adapter hashes %v, base hashes %v: want as many, all different", res.Hashes, rb.Hashes)
+	}
+	if asked[1] != "base" {
+		t.Fatalf("base request picked for %v", asked)
+	}
+}
+
 func httpServer(t *testing.T, h http.Handler) string {
 	t.Helper()
 	s := httptest.NewServer(h)

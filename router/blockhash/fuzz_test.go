@@ -30,6 +30,8 @@ var (
 		`[{"role":"user","name":"alice","content":"h\u00e9llo \ud83d\ude00 \n\t\"q\""}]`,
 		`[{"content":"x","role":"user","role":"assistant"},{"role":"user","content":[{"type":"input_text","text":"a"},{"type":"text","text":"b"}]}]`,
 		`[]`,
+		`[{"role":"system","content":"sys"},{"role":"user","content":["plain",{"text":"untyped"},{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}},{"type":"text","text":"after"}]},{"role":"user","content":"later"}]`,
+		`[{"role":"user","content":[{"type":"video_url","video_url":{"url":"v.mp4"}}]},{"role":"user","content":"x"}]`,
 	}
 )
 
@@ -99,6 +101,49 @@ func FuzzDecodeTokenizeResponse(f *testing.F) {
 	})
 }
 
+// refTextPart is partText written with encoding/json: a part's text and whether it is
+// a text part (a string, or an object typed text, input_text or output_text, or untyped,
+// with a string "text").
+func refTextPart(p json.RawMessage) (string, bool) {
+	var text, typ string
+	if len(p) > 0 && p[0] == '"' {
+		return text, json.Unmarshal(p, &text) == nil
+	}
+	var part map[string]json.RawMessage
+	if len(p) == 0 || p[0] != '{' || json.Unmarshal(p, &part) != nil {
+		return "", false
+	}
+	t, typed := part["type"]
+	if typed && (len(t) == 0 || t[0] != '"' || json.Unmarshal(t, &typ) != nil || (typ != "text" && typ != "input_text" && typ != "output_text")) {
+		return "", false
+	}
+	if len(part["text"]) == 0 || part["text"][0] != '"' || json.Unmarshal(part["text"], &text) != nil {
+		return "", false
+	}
+	return text, true
+}
+
+// refFirstNonText returns the index of the first message whose content is an array
+// holding a non-text part, or -1.
+func refFirstNonText(list []json.RawMessage) int {
+	for i, m := range list {
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(m, &fields) != nil {
+			return -2 // not an object: the reader fails on it
+		}
+		if c := fields["content"]; len(c) > 0 && c[0] == '[' {
+			var parts []json.RawMessage
+			_ = json.Unmarshal(c, &parts)
+			for _, p := range parts {
+				if _, ok := refTextPart(p); !ok {
+					return i
+				}
+			}
+		}
+	}
+	return -1
+}
+
 // refChatText is the approx mode's canonical chat text (see Approx) written with
 // encoding/json.
 func refChatText(msgs []byte) ([]byte, bool) {
@@ -132,19 +177,14 @@ func refChatText(msgs []byte) ([]byte, bool) {
 			var parts []json.RawMessage
 			_ = json.Unmarshal(c, &parts)
 			for i, p := range parts {
+				text, ok := refTextPart(p)
+				if !ok {
+					return out, true // the text stops at the first non-text part
+				}
 				if i > 0 {
 					out = append(out, '\n')
 				}
-				var part map[string]json.RawMessage
-				var typ, text string
-				if len(p) > 0 && p[0] == '{' && json.Unmarshal(p, &part) == nil &&
-					len(part["type"]) > 0 && part["type"][0] == '"' && json.Unmarshal(part["type"], &typ) == nil &&
-					(typ == "text" || typ == "input_text" || typ == "output_text") &&
-					len(part["text"]) > 0 && part["text"][0] == '"' && json.Unmarshal(part["text"], &text) == nil {
-					out = append(out, text...)
-					continue
-				}
-				out = append(out, p...)
+				out = append(out, text...)
 			}
 		case string(c) != "null":
 			value(c)
@@ -165,7 +205,7 @@ func refChatText(msgs []byte) ([]byte, bool) {
 
 func chatText(msgs []byte) ([]byte, error) {
 	s := textSink{collect: true}
-	err := writeChat(&s, msgs, &Options{})
+	_, err := writeChat(&s, msgs, &Options{})
 	return s.buf, err
 }
 
@@ -198,6 +238,24 @@ func FuzzApproxChat(f *testing.F) {
 		}
 		if len(r.Hashes) != len(want)/CharsPerToken {
 			t.Fatalf("%d hashes for %d bytes", len(r.Hashes), len(want))
+		}
+		// TextPrefix keeps the messages before the first one holding a non-text part.
+		var all []json.RawMessage
+		_ = json.Unmarshal(data, &all)
+		first := refFirstNonText(all)
+		if (first >= 0) != r.Truncated {
+			t.Fatalf("%q: truncated %v, first non-text message %d", data, r.Truncated, first)
+		}
+		tp, cut, err := TextPrefix(nil, jsonscan.TrimWS(data))
+		if first == -2 {
+			return
+		}
+		if err != nil || cut != (first >= 0) {
+			t.Fatalf("%q: TextPrefix cut %v err %v, first non-text message %d", data, cut, err, first)
+		}
+		var kept []json.RawMessage
+		if cut && (json.Unmarshal(tp, &kept) != nil || len(kept) != first || (first > 0 && !bytes.Equal(kept[first-1], all[first-1]))) {
+			t.Fatalf("%q: TextPrefix kept %s, want the first %d messages", data, tp, first)
 		}
 		// The text of the first messages is a prefix of the text of all of them.
 		var list []json.RawMessage

@@ -59,6 +59,15 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 		}
 		return exact(req, l.tok.Encode(string(s.buf), add), dst), nil
 	}
+	cbuf := bufPool.Get().(*bytes.Buffer)
+	defer putBuf(cbuf)
+	req, lit, cut, err := cutChat(req, lit, cbuf.AvailableBuffer())
+	if err != nil {
+		return Result{}, err
+	}
+	if cut && string(lit) == "[]" { // the first message is not text: nothing to hash
+		return Result{Hashes: dst, Exact: true, Truncated: true}, nil
+	}
 	body := req.Body
 	if body == nil {
 		if body, err = appendTokenizeBody(buf.AvailableBuffer(), req.Model, k, lit, &req.Options, false); err != nil {
@@ -69,7 +78,9 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 	if err != nil {
 		return Result{}, fmt.Errorf("local tokenizer: %w", err)
 	}
-	return exact(req, ids, dst), nil
+	r := exact(req, ids, dst)
+	r.Truncated = cut
+	return r, nil
 }
 
 // boolOpt reads a boolean option, def when absent.

@@ -83,6 +83,13 @@ type Result struct {
 	// text-chunk hashes (approx mode) that only ever match the router's own predicted
 	// entries.
 	Exact bool
+	// Truncated is true when a chat's messages hold a non-text content part (image_url,
+	// input_audio, video_url, file, ...): the prompt was hashed only up to it (see
+	// [TextPrefix]), and Tokens counts that prefix only. The engine hashes such a part by
+	// its content (vLLM's multimodal extra keys), which the router does not see; the
+	// tokens standing for it are the same for any image, so hashing past it would match
+	// a request with another image.
+	Truncated bool
 }
 
 // Hasher turns a request into the block hashes the indexer is queried with. Hash appends
@@ -185,6 +192,119 @@ func classify(req *Request) (k kind, promptLit []byte, err error) {
 		}
 	}
 	return 0, nil, fmt.Errorf("%w: prompt must be a string, an array of strings or token ids", ErrBadInput)
+}
+
+// falseLit is the JSON literal false.
+var falseLit = []byte("false")
+
+// TextPrefix cuts a chat for the modes that render whole messages (engine, local) at its
+// first non-text content part: it returns the messages before the message holding it, as
+// a JSON array appended to dst, and cut true; or msgs itself and cut false when every
+// part is text. Text parts before the non-text one in the same message are left out too:
+// rendered on their own they would end the message where the engine's prompt goes on.
+// Messages before it render to the engine's own tokens (chat templates render earlier
+// messages alike whatever follows, the invariant multi-turn hashing rests on), so the
+// full blocks of the prefix are exact; the caller renders it without a generation prompt.
+// msgs is a whole array value.
+func TextPrefix(dst, msgs []byte) (out []byte, cut bool, err error) {
+	if len(msgs) == 0 || msgs[0] != '[' {
+		return nil, false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+	}
+	i := jsonscan.SkipWS(msgs, 1)
+	if i < len(msgs) && msgs[i] == ']' {
+		return msgs, false, nil
+	}
+	last := 1 // end of the last text-only message, just past '[' before the first
+	for n := 0; ; n++ {
+		end, text, err := textOnlyMessage(msgs, i)
+		if err != nil {
+			return nil, false, fmt.Errorf("%w: message %d: %w", ErrBadInput, n, err)
+		}
+		if !text {
+			dst = append(dst, msgs[:last]...)
+			return append(dst, ']'), true, nil
+		}
+		last = end
+		i = jsonscan.SkipWS(msgs, end)
+		if i >= len(msgs) {
+			return nil, false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+		}
+		if msgs[i] == ']' {
+			return msgs, false, nil
+		}
+		if msgs[i] != ',' {
+			return nil, false, fmt.Errorf("%w: messages: %w", ErrBadInput, jsonscan.ErrSyntax)
+		}
+		i = jsonscan.SkipWS(msgs, i+1)
+	}
+}
+
+// textOnlyMessage reads the message object at m[start] and returns the index just past it
+// and whether its content, when an array of parts, holds text parts only.
+func textOnlyMessage(m []byte, start int) (end int, text bool, err error) {
+	it, err := jsonscan.NewIter(m, start)
+	if err != nil {
+		return 0, false, fmt.Errorf("not an object: %w", err)
+	}
+	text = true
+	for {
+		key, vs, _, ok, err := it.Next()
+		if err != nil {
+			return 0, false, err
+		}
+		if !ok {
+			break
+		}
+		if jsonscan.KeyIs(key, "content") && m[vs] == '[' {
+			// The last "content" wins, as when the message is decoded.
+			if text, err = textParts(m[vs:]); err != nil {
+				return 0, false, err
+			}
+		}
+	}
+	return it.End(), text, nil
+}
+
+// textParts reports whether the parts array at the start of c are all text parts.
+func textParts(c []byte) (bool, error) {
+	i := jsonscan.SkipWS(c, 1)
+	if i < len(c) && c[i] == ']' {
+		return true, nil
+	}
+	for {
+		_, end, ok, err := partText(c, i)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			return false, nil
+		}
+		i = jsonscan.SkipWS(c, end)
+		if i >= len(c) {
+			return false, jsonscan.ErrSyntax
+		}
+		if c[i] == ']' {
+			return true, nil
+		}
+		if c[i] != ',' {
+			return false, jsonscan.ErrSyntax
+		}
+		i = jsonscan.SkipWS(c, i+1)
+	}
+}
+
+// cutChat applies [TextPrefix] to a chat request for the engine and local modes: when the
+// messages hold a non-text part it returns a copy of req to render (no client body, no
+// generation prompt, no continued final message) and the cut messages, appended to buf.
+func cutChat(req *Request, lit, buf []byte) (*Request, []byte, bool, error) {
+	cutLit, cut, err := TextPrefix(buf, lit)
+	if err != nil || !cut {
+		return req, lit, false, err
+	}
+	c := *req
+	c.Body, c.Messages = nil, cutLit
+	c.Options.AddGenerationPrompt, c.Options.ContinueFinalMessage = falseLit, nil
+	return &c, cutLit, true, nil
 }
 
 // hashTokenPrompt hashes a token-id prompt literal directly (exact in every mode).

@@ -22,6 +22,11 @@ type Event struct {
 	Tokens []uint32
 	// BlockSize is the tokens per block (BlockStored only).
 	BlockSize int
+	// LoRAName and LoRAID name the LoRA adapter the blocks were computed with ("" and 0
+	// for the base model; BlockStored only). vLLM sends lora_name (None for the base
+	// model) and lora_id (the adapter's integer id, or None).
+	LoRAName string
+	LoRAID   int64
 }
 
 // Engine names an engine's flavour of the event format.
@@ -138,7 +143,7 @@ func (e *Encoder) perPage(events []Event) []Event {
 			continue
 		}
 		for i := range ev.Hashes {
-			page := Event{Kind: proto.BlockStored, Hashes: ev.Hashes[i : i+1], BlockSize: ev.BlockSize}
+			page := Event{Kind: proto.BlockStored, Hashes: ev.Hashes[i : i+1], BlockSize: ev.BlockSize, LoRAName: ev.LoRAName, LoRAID: ev.LoRAID}
 			if i == 0 {
 				page.Parent, page.HasParent = ev.Parent, ev.HasParent
 			} else {
@@ -203,12 +208,20 @@ func (e *Encoder) event(ev *Event) {
 		e.field("block_size")
 		_ = m.EncodeInt(int64(ev.BlockSize))
 		e.field("lora_id")
-		_ = m.EncodeNil()
+		if ev.LoRAID != 0 {
+			_ = m.EncodeInt(ev.LoRAID)
+		} else {
+			_ = m.EncodeNil()
+		}
 		if !sg {
 			e.field("medium")
 			_ = m.EncodeString("GPU")
 			e.field("lora_name")
-			_ = m.EncodeNil()
+			if ev.LoRAName != "" {
+				_ = m.EncodeString(ev.LoRAName)
+			} else {
+				_ = m.EncodeNil()
+			}
 		}
 	case proto.BlockRemoved:
 		e.field("block_hashes")
