@@ -221,8 +221,8 @@ func RunLoad(ctx context.Context, cfg LoadConfig, tally *Tally) {
 				stream := rng.Float64() < cfg.StreamFraction
 				body := requestBody(cfg, systems[rng.IntN(len(systems))], words(rng, cfg.UserWords), stream)
 				tally.active.Add(1)
-				o, worker, detail := send(client, cfg.URL, body, stream, cfg.Deadline, &tally.answering)
-				tally.Add(o, stream, worker, detail)
+				x := post(client, cfg.URL+"/v1/chat/completions", body, stream, cfg.Deadline, &tally.answering)
+				tally.Add(x.Outcome, stream, x.Worker, x.Detail)
 				tally.active.Add(-1)
 				if cfg.Pause > 0 {
 					select {
@@ -262,38 +262,63 @@ func words(rng *rand.Rand, n int) string {
 // Send posts one chat completion to url and classifies how it ended. The whole exchange,
 // body included, is bounded by deadline.
 func Send(client *http.Client, url string, body []byte, stream bool, deadline time.Duration) (o Outcome, worker, detail string) {
-	return send(client, url, body, stream, deadline, nil)
+	x := post(client, url+"/v1/chat/completions", body, stream, deadline, nil)
+	return x.Outcome, x.Worker, x.Detail
 }
 
-// send is Send that counts, in answering, the requests whose headers have arrived and
+// Exchange is one request as its client saw it.
+type Exchange struct {
+	// Outcome is how the request ended.
+	Outcome Outcome
+	// Worker is the x-kvroute-worker header ("" when none); Detail a short description
+	// of the end (the status and the body's tail, or the error).
+	Worker, Detail string
+	// Header is the response header, nil when no response arrived; Body the response
+	// body as read (possibly cut short).
+	Header http.Header
+	Body   []byte
+}
+
+// Post posts body (an OpenAI completion or chat completion request) to url, the
+// endpoint's full address, and classifies how it ended as [Send] does. The whole
+// exchange, body included, is bounded by deadline.
+func Post(client *http.Client, url string, body []byte, stream bool, deadline time.Duration) Exchange {
+	return post(client, url, body, stream, deadline, nil)
+}
+
+// post is Post that counts, in answering, the requests whose headers have arrived and
 // whose body has not ended.
-func send(client *http.Client, url string, body []byte, stream bool, deadline time.Duration, answering *atomic.Int64) (o Outcome, worker, detail string) {
+func post(client *http.Client, url string, body []byte, stream bool, deadline time.Duration, answering *atomic.Int64) Exchange {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return Lost, "", err.Error()
+		return Exchange{Outcome: Lost, Detail: err.Error()}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return transportOutcome(ctx, err), "", err.Error()
+		return Exchange{Outcome: transportOutcome(ctx, err), Detail: err.Error()}
 	}
 	defer resp.Body.Close()
 	if answering != nil {
 		answering.Add(1)
 		defer answering.Add(-1)
 	}
-	worker = resp.Header.Get("x-kvroute-worker")
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
+	x := Exchange{Worker: resp.Header.Get("x-kvroute-worker"), Header: resp.Header}
+	x.Body, err = io.ReadAll(resp.Body)
+	switch {
+	case err == nil:
+		x.Outcome = classify(resp.StatusCode, stream, x.Body)
+		x.Detail = fmt.Sprintf("status %d: %.300s", resp.StatusCode, tail(x.Body, 300))
+	case stream && resp.StatusCode == http.StatusOK && endsWithErrorEvent(x.Body):
 		// A cut stream may still have ended with an error event before the cut.
-		if stream && resp.StatusCode == http.StatusOK && endsWithErrorEvent(b) {
-			return CleanError, worker, "error event then " + err.Error()
-		}
-		return transportOutcome(ctx, err), worker, fmt.Sprintf("status %d, read body after %d bytes: %v", resp.StatusCode, len(b), err)
+		x.Outcome, x.Detail = CleanError, "error event then "+err.Error()
+	default:
+		x.Outcome = transportOutcome(ctx, err)
+		x.Detail = fmt.Sprintf("status %d, read body after %d bytes: %v", resp.StatusCode, len(x.Body), err)
 	}
-	return classify(resp.StatusCode, stream, b), worker, fmt.Sprintf("status %d: %.300s", resp.StatusCode, tail(b, 300))
+	return x
 }
 
 // transportOutcome classifies a transport error: hung past the deadline, refused

@@ -54,7 +54,8 @@ type ReplayConfig struct {
 
 // Replay sends every request of w at its arrival time (and after its Prev finished),
 // streaming, and returns one Outcome per request, by index. It returns early with ctx's
-// error when ctx ends; requests then in flight are cancelled.
+// error when ctx ends; requests then in flight are cancelled, and those not sent yet
+// have a zero Outcome.
 func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error) {
 	client := c.Client
 	if client == nil {
@@ -63,12 +64,37 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 	n := len(w.Requests)
 	models := SpreadModels(w, c.Models)
 	out := make([]Outcome, n)
-	done := make([]chan struct{}, n)
+	var finished atomic.Int64
+	start := time.Now()
+	err := Dispatch(ctx, w, func(i int) {
+		model := c.Model
+		if models != nil {
+			model = models[i]
+		}
+		out[i] = send(ctx, client, c.URL, model, &w.Requests[i], start)
+		k := finished.Add(1)
+		if c.Progress != nil {
+			c.Progress(int(k), n)
+		}
+	})
+	if err != nil {
+		return out, fmt.Errorf("replay: %w", err)
+	}
+	return out, nil
+}
+
+// Dispatch calls send(i) for each request i of w, each call on its own goroutine, at the
+// request's arrival time from now and once the call for its Prev has returned: arrivals
+// are open loop but for a conversation's turns. Once ctx ends it starts no further call
+// (a request still waiting for its Prev is not sent either). It returns when every call
+// it started has returned: nil when all were started, else ctx's error.
+func Dispatch(ctx context.Context, w *Workload, send func(i int)) error {
+	done := make([]chan struct{}, len(w.Requests))
 	for i := range done {
 		done[i] = make(chan struct{})
 	}
-	var finished atomic.Int64
 	var wg sync.WaitGroup
+	defer wg.Wait()
 	start := time.Now()
 	for i := range w.Requests {
 		r := &w.Requests[i]
@@ -77,8 +103,7 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				wg.Wait()
-				return out, fmt.Errorf("replay: %w", ctx.Err())
+				return ctx.Err()
 			case <-t.C:
 			}
 		}
@@ -90,26 +115,15 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 				select {
 				case <-done[r.Prev]:
 				case <-ctx.Done():
-					out[i].Err = ctx.Err().Error()
 					return
 				}
 			}
-			model := c.Model
-			if models != nil {
-				model = models[i]
-			}
-			out[i] = send(ctx, client, c.URL, model, r, start)
-			k := finished.Add(1)
-			if c.Progress != nil {
-				c.Progress(int(k), n)
+			if ctx.Err() == nil {
+				send(i)
 			}
 		}()
 	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return out, fmt.Errorf("replay: %w", err)
-	}
-	return out, nil
+	return nil
 }
 
 // spreadBlock is the prompt prefix, in tokens, that tells SpreadModels' groups apart: one

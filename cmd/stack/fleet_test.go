@@ -46,34 +46,11 @@ type pods struct {
 // sharedPorts picks n ports free on every host at once.
 func sharedPorts(t *testing.T, hosts []string, n int) []int {
 	t.Helper()
-	var out []int
-	for attempt := 0; len(out) < n; attempt++ {
-		if attempt > 200 {
-			t.Fatal("no port free on every test address")
-		}
-		l, err := net.Listen("tcp", hosts[0]+":0")
-		if err != nil {
-			t.Fatalf("listen on %s (extra loopback addresses are needed): %v", hosts[0], err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		ls := []net.Listener{l}
-		ok := !slices.Contains(out, port)
-		for _, h := range hosts[1:] {
-			l2, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
-			if err != nil {
-				ok = false
-				break
-			}
-			ls = append(ls, l2)
-		}
-		for _, l := range ls {
-			_ = l.Close()
-		}
-		if ok {
-			out = append(out, port)
-		}
+	ports, err := sim.SharedPorts(hosts, n)
+	if err != nil {
+		t.Fatalf("%v (extra loopback addresses are needed)", err)
 	}
-	return out
+	return ports
 }
 
 func newPods(t *testing.T, hosts []string) *pods {
