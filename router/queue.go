@@ -57,7 +57,7 @@ const priorityHeader = "x-kvroute-priority"
 
 // queuePoll is how often a waiter checks its client and the first waiter of a model
 // retries its pick without being woken.
-const queuePoll = 50 * time.Millisecond
+const queuePoll = 100 * time.Millisecond
 
 // Why a request left the queue without a worker: the reason label of
 // kvroute_router_queue_rejected_total.
