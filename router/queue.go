@@ -103,6 +103,10 @@ type waitQueue struct {
 type waiter struct {
 	model string
 	class int
+	// picky is a retry: it excludes the workers it tried, so it may not be able to take
+	// a slot the others could. It neither waits to be first nor holds the others back,
+	// and every wake-up wakes it.
+	picky bool
 	since time.Time
 	// wake is signalled (never blocking: capacity 1) when a slot may be free.
 	wake chan struct{}
@@ -176,14 +180,15 @@ func (q *waitQueue) ahead(model string) bool {
 	return false
 }
 
-// enter queues a request for model in class; nil when the queue is full (or off).
-func (q *waitQueue) enter(model string, class int) *waiter {
+// enter queues a request for model in class (picky for a retry); nil when the queue is
+// full (or off).
+func (q *waitQueue) enter(model string, class int, picky bool) *waiter {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if int(q.depth.Load()) >= q.max {
 		return nil
 	}
-	w := &waiter{model: model, class: class, since: time.Now(), wake: make(chan struct{}, 1)}
+	w := &waiter{model: model, class: class, picky: picky, since: time.Now(), wake: make(chan struct{}, 1)}
 	q.lanes[class] = append(q.lanes[class], w)
 	q.depth.Add(1)
 	q.depthG[class].Inc()
@@ -211,13 +216,17 @@ func (q *waitQueue) leave(w *waiter, dispatched bool) {
 	}
 }
 
-// first reports whether w is the first waiter of its model: the one that may pick.
+// first reports whether w may pick: it is the first waiter of its model that is not
+// picky, or it is picky.
 func (q *waitQueue) first(w *waiter) bool {
+	if w.picky {
+		return true
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, lane := range q.lanes {
 		for _, o := range lane {
-			if o.model == w.model {
+			if o.model == w.model && !o.picky {
 				return o == w
 			}
 		}
@@ -240,19 +249,22 @@ func (q *waitQueue) released() {
 // models find their slots by polling (queuePoll).
 const maxWakeModels = 8
 
-// wakeFirstLocked signals the first waiter of each model, up to maxWakeModels. q.mu
-// must be held.
+// wakeFirstLocked signals the first waiter of each model, up to maxWakeModels, and the
+// picky waiters before them. q.mu must be held.
 func (q *waitQueue) wakeFirstLocked() {
 	var seen [maxWakeModels]string
 	n := 0
 	for _, lane := range q.lanes {
 		for _, w := range lane {
-			if slices.Contains(seen[:n], w.model) {
+			if !w.picky && slices.Contains(seen[:n], w.model) {
 				continue
 			}
 			select {
 			case w.wake <- struct{}{}:
 			default: // already signalled
+			}
+			if w.picky {
+				continue
 			}
 			seen[n] = w.model
 			if n++; n == maxWakeModels {
@@ -334,7 +346,7 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, st *routeState, reqID string, a
 // for it, and begins its load there.
 func (s *Server) await(ctx *fasthttp.RequestCtx, st *routeState, reqID string, attempt, class int) (*upstream.Worker, int, *upstream.Load, error) {
 	q := s.queue
-	wt := q.enter(st.req.Model, class)
+	wt := q.enter(st.req.Model, class, len(st.tried) > 0)
 	if wt == nil {
 		q.reject(class, queueFull)
 		return nil, 0, nil, errQueueFull

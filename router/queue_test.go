@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
@@ -309,4 +311,71 @@ func TestQueuePriorityHeader(t *testing.T) {
 	if got, want := hw.arrived(), []string{"busy", "any-high", "batch-default", "batch-low"}; !slices.Equal(got, want) {
 		t.Errorf("served in order %v, want %v", got, want)
 	}
+}
+
+// The queue's order without a server: priority, then FIFO, per model; a retry (picky)
+// neither waits nor blocks; a wake-up reaches the first waiter of each model and the
+// picky ones.
+func TestWaitQueueOrder(t *testing.T) {
+	cfg := configs.Default()
+	cfg.Queue.MaxSize = 5
+	q, err := newWaitQueue(&cfg, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const high, normal, low = 0, 1, 2
+	a1 := q.enter("a", normal, false)
+	b1 := q.enter("b", low, false)
+	a2 := q.enter("a", high, false)
+	retry := q.enter("a", low, true)
+	a3 := q.enter("a", normal, false)
+	if over := q.enter("a", high, false); over != nil {
+		t.Fatal("a sixth waiter entered a queue of max_size 5")
+	}
+	firsts := func() (out []*waiter) {
+		for _, w := range []*waiter{a1, b1, a2, retry, a3} {
+			if q.first(w) {
+				out = append(out, w)
+			}
+		}
+		return out
+	}
+	if got := firsts(); !slices.Equal(got, []*waiter{b1, a2, retry}) {
+		t.Errorf("may pick: %v, want b1, a2 and the retry", got)
+	}
+	if !q.ahead("a") || !q.ahead("b") || q.ahead("c") {
+		t.Error("ahead: want a and b queued, c not")
+	}
+	q.released()
+	for _, w := range []*waiter{a1, b1, a2, retry, a3} {
+		woken := len(w.wake) == 1
+		if want := w == b1 || w == a2 || w == retry; woken != want {
+			t.Errorf("waiter %+v woken %v, want %v", *w, woken, want)
+		}
+		<-chanOrClosed(w.wake)
+	}
+	q.leave(a2, true)
+	if got := firsts(); !slices.Equal(got, []*waiter{a1, b1, retry}) {
+		t.Errorf("after a2 left, may pick: %v, want a1 (normal, before a3), b1 and the retry", got)
+	}
+	if len(a1.wake) != 1 {
+		t.Error("a2's departure did not wake a1, the next of model a")
+	}
+	for _, w := range []*waiter{a1, b1, retry, a3} {
+		q.leave(w, false)
+	}
+	if d := q.depth.Load(); d != 0 {
+		t.Errorf("depth %d after every waiter left", d)
+	}
+}
+
+// chanOrClosed returns c if it holds a value, else a closed channel: draining without
+// blocking.
+func chanOrClosed(c chan struct{}) <-chan struct{} {
+	if len(c) > 0 {
+		return c
+	}
+	done := make(chan struct{})
+	close(done)
+	return done
 }
