@@ -379,3 +379,27 @@ func chanOrClosed(c chan struct{}) <-chan struct{} {
 	close(done)
 	return done
 }
+
+// The queue's share of a request that finds room costs no allocation: the class lookup
+// (header absent or valid, a key with a class) and the one check of an empty queue.
+func TestQueueRequestPathDoesNotAllocate(t *testing.T) {
+	s := benchServer(t) // keys without a class
+	ctx := benchCtx()
+	ctx.Request.Header.Set("x-kvroute-priority", "low")
+	if n := testing.AllocsPerRun(200, func() {
+		if c, err := s.priority(ctx); err != nil || c != 2 || s.queue.ahead("m") {
+			t.Fatalf("class %d, %v", c, err)
+		}
+	}); n != 0 {
+		t.Errorf("priority and ahead allocate %v times per request", n)
+	}
+	s.queue.keyClass = []int{-1, -1, -1, -1, 0} // k4, the key benchCtx sends, in class high
+	ctx.Request.Header.Del("x-kvroute-priority")
+	if n := testing.AllocsPerRun(200, func() {
+		if c, err := s.priority(ctx); err != nil || c != 0 {
+			t.Fatalf("class %d, %v", c, err)
+		}
+	}); n != 0 {
+		t.Errorf("priority by key allocates %v times per request", n)
+	}
+}
