@@ -63,6 +63,8 @@ type Config struct {
 	RateLimit RateLimit `yaml:"rate_limit"`
 	// Limits bound client connections, header size and slow clients.
 	Limits Limits `yaml:"limits"`
+	// Queue configures the wait queue of requests that find every worker full.
+	Queue Queue `yaml:"queue"`
 	// TLS configures TLS on the API and admin listeners; off by default.
 	TLS ListenerTLS `yaml:"tls"`
 	// Upstream configures the router's credentials and TLS towards the workers.
@@ -404,6 +406,7 @@ func Default() Config {
 			// 1 GiB: 32 bodies of the default max_body_bytes.
 			MaxInflightBodyBytes: 1 << 30,
 		},
+		Queue:    defaultQueue(),
 		TLS:      ListenerTLS{MinVersion: "1.2"},
 		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
@@ -600,6 +603,7 @@ func (c *Config) Validate() error {
 	}
 	c.Replica.validate(bad)
 	c.validateSecurity(bad)
+	c.validateQueue(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
 		errs = append(errs, ErrNoWorkers)

@@ -76,6 +76,27 @@ func TestReplicaValues(t *testing.T) {
 	}
 }
 
+func TestQueueValues(t *testing.T) {
+	cfg, err := LoadFile("testdata/queue.good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := cfg.Queue
+	if q.MaxSize != 64 || q.Timeout != 5*time.Second || strings.Join(q.Classes, ",") != "interactive,batch" || q.DefaultClass != "batch" {
+		t.Errorf("queue %+v", q)
+	}
+	if cfg.Auth.Keys[0].Priority != "interactive" || cfg.Auth.Keys[1].Priority != "" {
+		t.Errorf("key priorities %q %q", cfg.Auth.Keys[0].Priority, cfg.Auth.Keys[1].Priority)
+	}
+	if i := q.ClassIndex("batch"); i != 1 {
+		t.Errorf("ClassIndex(batch) = %d, want 1", i)
+	}
+	d := Default().Queue
+	if d.MaxSize != 256 || d.Timeout != 30*time.Second || strings.Join(d.Classes, ",") != "high,normal,low" || d.DefaultClass != "normal" {
+		t.Errorf("queue defaults %+v", d)
+	}
+}
+
 func TestBadFiles(t *testing.T) {
 	// Each bad file must fail with an error naming the file and containing every want.
 	cases := map[string][]string{
@@ -129,6 +150,11 @@ func TestBadFiles(t *testing.T) {
 			`workers[1]: events: "tcp://b:99999": port must be`, `workers[2]: replay: "tcp://c:0": port must be`},
 		"dp_ranks_ports": {`workers[0]: events: "tcp://a:65534": with dp_ranks 4 the last rank would publish on port 65537`,
 			`workers[1]: replay: "tcp://b:65535": with dp_ranks 2 the last rank would publish on port 65536`},
+		"queue": {"queue.max_size: -1 must be zero (off) or positive", `queue.timeout: "0s" must be positive`,
+			`queue.classes[1]: "gold" is already queue.classes[0]`, `queue.classes[2]: "bad class" must be`,
+			`queue.default_class: "normal" is not one of queue.classes (gold, gold, bad class)`,
+			`auth.keys[0].priority: "platinum" is not one of queue.classes`},
+		"queue_classes": {"queue.classes: 0 classes, must be 1 to 16", `queue.default_class: "normal" is not one of queue.classes ()`},
 		"zmq_endpoints": {`tokenize.mode: "local:  "`, `workers[0]: events: "ipc:///tmp/kv" must be a tcp://host:port`,
 			`workers[1]: events: "tcp://*:5557" is a bind address`},
 	}

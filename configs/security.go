@@ -66,6 +66,10 @@ type APIKey struct {
 	// Burst overrides rate_limit.burst for this key; 0 keeps the fleet-wide value.
 	// Default 0.
 	Burst int `yaml:"burst"`
+	// Priority is the queue class (one of queue.classes) of this key's requests, and the
+	// highest its x-kvroute-priority header may ask for: a header naming a higher class
+	// gets 400. Default "": queue.default_class, and the header may name any class.
+	Priority string `yaml:"priority"`
 }
 
 // Resolve returns the key's value: Key, or the environment variable KeyEnv, which must

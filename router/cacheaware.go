@@ -204,7 +204,7 @@ func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *ups
 	prompt := st.req.PromptTokens
 	prefill := max(0, prompt-overlap*bs)
 	blocks := int(math.Ceil(float64(prompt) / float64(bs)))
-	l := w.Begin(int64(prefill), int64(blocks), s.cfg.Timeouts.Total+loadGrace)
+	l := w.BeginNotify(int64(prefill), int64(blocks), s.cfg.Timeouts.Total+loadGrace, s.queue.ended)
 	if s.replica != nil {
 		s.replica.Changed() // the other replicas learn of it within replica.flush_interval
 	}

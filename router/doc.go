@@ -10,6 +10,7 @@
 //	forward.go     Server.handleInference parse -> hash -> choose -> forward -> record, with retries
 //	request.go     parseRequest           only the fields routing needs (router/jsonscan validates)
 //	cacheaware.go  Server.hashPrompt      prompt -> block hashes (router/blockhash) -> index matches
+//	queue.go       Server.route           pick, or wait in the queue while every worker is full
 //	route.go       Server.pick            candidates, hard limits, the policy's choice, the decision ring
 //	forward.go     Server.attempt         one exchange with one worker -> one outcome record
 //	forward.go     Server.settle          the outcome applied: load, health, predictions, replicas, stats
@@ -19,7 +20,8 @@
 //
 // Ten files: limits, server, auth, framing, forward, request, cacheaware, route, errors
 // and stats (router/jsonscan is the JSON scanner; clientgone_unix.go is the platform
-// half of forward.go's check that a client is still there before a retry). reload.go
+// half of forward.go's check that a client is still there before a retry; queue.go is
+// the wait queue of requests that find every worker full, issue #18). reload.go
 // holds the hooks of config reload and the admin mount; the admin API is router/admin.
 //
 // What a router runs with (pool, index, event feeds, replica sync, scraper, prompt

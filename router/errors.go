@@ -53,6 +53,10 @@ func statusOf(err error) apiStatus {
 	switch {
 	case errors.Is(err, errMissingKey), errors.Is(err, errInvalidKey), errors.Is(err, errMetricsToken):
 		return apiStatus{fasthttp.StatusUnauthorized, "invalid_request_error", "invalid_api_key"}
+	case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout):
+		return apiStatus{fasthttp.StatusTooManyRequests, "server_error", "server_overloaded"}
+	case errors.Is(err, errPriority):
+		return apiStatus{fasthttp.StatusBadRequest, "invalid_request_error", "invalid_priority"}
 	case errors.Is(err, errRateLimited):
 		return apiStatus{fasthttp.StatusTooManyRequests, "requests", "rate_limit_exceeded"}
 	case errors.Is(err, errTooManyConnsIP):

@@ -57,6 +57,11 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.fail(ctx, "", fmt.Errorf("%w: %q", ErrUnknownModel, r.Model))
 		return
 	}
+	class, err := s.priority(ctx)
+	if err != nil {
+		s.fail(ctx, r.Model, err)
+		return
+	}
 	reqID := string(ctx.Request.Header.Peek("X-Request-Id"))
 	if reqID == "" {
 		reqID = newRequestID()
@@ -75,15 +80,18 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
-		w, overlap := s.pick(st, reqID, attempt)
-		s.metrics.decisions.Observe(time.Since(t0).Seconds())
+		// route counts the request on w at once, before anything else: concurrent
+		// decisions see only the load begun before them, so every step between the
+		// choice and this one is a window in which a burst piles onto one worker. When
+		// every worker is full it waits in the queue (queue.go).
+		w, overlap, load, err := s.route(ctx, st, reqID, attempt, class)
+		if err != nil {
+			s.failRoute(ctx, r.Model, start, err)
+			return
+		}
 		if w == nil {
 			break
 		}
-		// Count the request on w at once, before anything else: concurrent decisions see
-		// only the load begun before them, so every step between the choice and this
-		// one is a window in which a burst piles onto one worker.
-		load := s.beginLoad(w, st, overlap)
 		s.traffic.decision(t0)
 		if attempt > 0 {
 			if clientGone(ctx.Conn()) { // nobody to answer: do not load another worker

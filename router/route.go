@@ -37,6 +37,9 @@ type routeState struct {
 	hashes  []proto.BlockHash
 	matches []indexer.WorkerMatch
 	hist    []indexer.WorkerMatch // matches in the routing history (Server.history)
+	// guarded counts the candidates of the last pick filtered out by the load guard
+	// (admissible): when pick finds none and guarded > 0, the fleet is full, not down.
+	guarded int
 	exact   bool
 	hdr     [24]byte
 	// dec is the decision of the current attempt, for the worker's reported usage.
@@ -64,6 +67,7 @@ func putRouteState(st *routeState) {
 func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Worker, int) {
 	st.workers = s.pool.Candidates(st.workers[:0], st.req.Model)
 	st.cands = st.cands[:0]
+	st.guarded = 0
 	n := 0
 	for _, w := range st.workers {
 		if slices.Contains(st.tried, w) {
@@ -71,6 +75,7 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 		}
 		c := s.candidate(w, st)
 		if !s.admissible(&c) {
+			st.guarded++
 			continue
 		}
 		st.workers[n] = w

@@ -91,6 +91,8 @@ type Server struct {
 	openConn atomic.Int64
 	// budget bounds the request bodies in memory (framing.go).
 	budget bodyBudget
+	// queue holds the requests that find every worker full (queue.go).
+	queue *waitQueue
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -133,6 +135,9 @@ func New(opts Options) (*Server, error) {
 	}
 	s.budget.max = int64(opts.Config.Limits.MaxInflightBodyBytes)
 	if s.gate, err = newGate(opts.Config, reg); err != nil {
+		return nil, err
+	}
+	if s.queue, err = newWaitQueue(opts.Config, reg); err != nil {
 		return nil, err
 	}
 	if s.tlsConf, err = opts.Config.TLS.ServerConfig(); err != nil {

@@ -22,6 +22,8 @@ type Load struct {
 	// estimate ends the prefill of a request whose first token cannot be seen (set by
 	// EstimateFirstToken, before End can run).
 	estimate *time.Timer
+	// ended is called once the load has ended (see BeginNotify); nil for none.
+	ended func()
 }
 
 const (
@@ -33,8 +35,16 @@ const (
 // Begin counts a request on the worker: in flight, prefillTokens of prompt to prefill and
 // blocks of KV cache held, for at most lifetime. The returned Load must be ended.
 func (w *Worker) Begin(prefillTokens, blocks int64, lifetime time.Duration) *Load {
+	return w.BeginNotify(prefillTokens, blocks, lifetime, nil)
+}
+
+// BeginNotify is [Worker.Begin] with ended, when not nil, called once the load has
+// ended (by [Load.End] or by expiry), in the goroutine that ended it, after the worker's
+// counters no longer include it: the router's wait queue learns from it that a slot is
+// free. ended must be quick and must not block.
+func (w *Worker) BeginNotify(prefillTokens, blocks int64, lifetime time.Duration, ended func()) *Load {
 	now := time.Now()
-	l := &Load{w: w, prefill: prefillTokens, blocks: blocks, begun: now, deadline: now.Add(lifetime)}
+	l := &Load{w: w, prefill: prefillTokens, blocks: blocks, begun: now, deadline: now.Add(lifetime), ended: ended}
 	w.inFlight.Add(1)
 	w.pendingPrefill.Add(prefillTokens)
 	w.activeBlocks.Add(blocks)
@@ -110,6 +120,9 @@ func (l *Load) End() {
 	l.w.loadMu.Lock()
 	delete(l.w.loads, l)
 	l.w.loadMu.Unlock()
+	if l.ended != nil {
+		l.ended()
+	}
 }
 
 // expireLoads ends the loads whose lifetime has passed and returns how many.

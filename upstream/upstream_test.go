@@ -129,6 +129,24 @@ func TestLoadPrefillAccounting(t *testing.T) {
 	}
 }
 
+// BeginNotify's callback runs once per load, after the counters dropped it, whether the
+// load was ended or expired.
+func TestLoadEndNotifies(t *testing.T) {
+	w := &Worker{ID: "w", loads: map[*Load]struct{}{}}
+	var calls, inFlightSeen []int64
+	ended := func() { calls = append(calls, 1); inFlightSeen = append(inFlightSeen, w.InFlight()) }
+	l := w.BeginNotify(10, 1, time.Minute, ended)
+	l.End()
+	l.End() // idempotent: no second call
+	w.BeginNotify(10, 1, time.Millisecond, ended)
+	if n := w.expireLoads(time.Now().Add(time.Second)); n != 1 {
+		t.Fatalf("expired %d loads, want 1", n)
+	}
+	if len(calls) != 2 || inFlightSeen[0] != 0 || inFlightSeen[1] != 0 {
+		t.Errorf("ended called %d times (want 2), in flight seen %v (want 0s)", len(calls), inFlightSeen)
+	}
+}
+
 // referenceModels decodes a /v1/models body generically and collects its ids the slow
 // way; ok is false when encoding/json would refuse the typed decode.
 func referenceModels(body []byte) (ids []string, ok bool) {

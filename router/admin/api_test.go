@@ -29,6 +29,7 @@ type statsView struct {
 	Traffic  admin.TrafficStats  `json:"traffic"`
 	Tokenize admin.TokenizeView  `json:"tokenize"`
 	Index    *admin.IndexSummary `json:"index"`
+	Queue    admin.QueueView     `json:"queue"`
 }
 
 func window(t *testing.T, s statsView, name string) admin.TrafficWindow {
@@ -132,6 +133,10 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 	}
 	if st.Index == nil || st.Index.Blocks == 0 {
 		t.Errorf("index summary: %+v", st.Index)
+	}
+	// The fleet never filled: the queue is there, empty, nothing rejected.
+	if q := st.Queue; len(q.Depth) != 3 || q.Depth["normal"] != 0 || len(q.Rejected) != 3 || q.Rejected["timeout"] != 0 || q.Left != 0 {
+		t.Errorf("queue: %+v, want three empty classes and no rejections", q)
 	}
 
 	var ds []admin.Decision

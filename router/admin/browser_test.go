@@ -224,6 +224,13 @@ func TestDashboardInChromium(t *testing.T) {
 		return total(now) > total(first), fmt.Sprintf("%+v", now)
 	})
 
+	// The queue's figures: nothing waits or was refused while the fleet has room.
+	until("the queue KPIs", func() (bool, string) {
+		var kpis map[string]string
+		eval(`Object.fromEntries([...document.querySelectorAll('#kpis .kpi')].map((k) => [k.querySelector('.l').textContent, k.querySelector('.v').textContent]))`, &kpis)
+		return kpis["queued"] == "0" && kpis["queue rejected"] == "0", fmt.Sprint(kpis)
+	})
+
 	// Both charts have drawn lines.
 	until("charts drawn", func() (bool, string) {
 		var drawn []string

@@ -130,6 +130,22 @@ type StatsView struct {
 	Tokenize TokenizeView `json:"tokenize"`
 	// Index sums the prefix index up; nil without one.
 	Index *IndexSummary `json:"index"`
+	// Queue is the router's wait queue (config section queue).
+	Queue QueueView `json:"queue"`
+}
+
+// QueueView is the router's wait queue: the requests that found every worker of their
+// model full, read from the kvroute_router_queue_* metrics (empty without a Gatherer).
+type QueueView struct {
+	// Depth is the requests waiting now, by priority class.
+	Depth map[string]float64 `json:"depth"`
+	// Rejected counts the requests that left without a worker since start, by reason:
+	// full, timeout, client_gone.
+	Rejected map[string]float64 `json:"rejected"`
+	// Left counts the requests that left the queue since start, however; WaitSeconds is
+	// their total wait (the mean wait is WaitSeconds / Left).
+	Left        uint64  `json:"left"`
+	WaitSeconds float64 `json:"wait_seconds"`
 }
 
 // TokenizeView is the tokenizer's mode and failures.
@@ -210,6 +226,16 @@ func (h *handler) statsView(fam families) StatsView {
 		Calls:     fam.total("kvroute_tokenize_calls_total"),
 		CacheHits: fam.total("kvroute_tokenize_cache_hits_total"),
 	}}
+	v.Queue = QueueView{
+		Depth:    fam.byLabel("kvroute_router_queue_depth", "class"),
+		Rejected: fam.byLabel("kvroute_router_queue_rejected_total", "reason"),
+	}
+	if mf := fam["kvroute_router_queue_wait_seconds"]; mf != nil {
+		for _, m := range mf.GetMetric() {
+			v.Queue.Left += m.GetHistogram().GetSampleCount()
+			v.Queue.WaitSeconds += m.GetHistogram().GetSampleSum()
+		}
+	}
 	if h.b.Traffic != nil {
 		t := h.b.Traffic.Traffic()
 		v.Traffic = &t

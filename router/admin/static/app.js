@@ -96,6 +96,8 @@ function renderKPIs(o) {
   const kpi = (label, value, title) => el('div', { class: 'kpi', title }, el('div', { class: 'v' }, value), el('div', { class: 'l' }, label));
   const tok = o.stats.tokenize;
   const tokErr = Object.values(tok.errors || {}).reduce((a, b) => a + b, 0);
+  const sum = (m) => Object.values(m || {}).reduce((a, b) => a + b, 0);
+  const q = o.stats.queue;
   const models = Object.keys(t.windows[1].models).sort();
   const box = document.getElementById('kpis');
   box.replaceChildren(
@@ -110,6 +112,11 @@ function renderKPIs(o) {
     kpi('TTFT p90 (1m)', fmtMs(w('1m').ttft.p90_ms)),
     kpi('TTFT p99 (1m)', fmtMs(w('1m').ttft.p99_ms)),
     kpi('errors (5m)', fmtInt(w('5m').errors), 'requests ending with status >= 500 or the client gone mid-response'),
+    kpi('queued', fmtInt(sum(q.depth)), 'requests waiting for a worker with a free slot (queue section), by class: ' +
+      Object.entries(q.depth || {}).map(([c, n]) => `${c} ${fmtInt(n)}`).join(', ') +
+      `; mean wait ${fmtMs(q.left ? 1000 * q.wait_seconds / q.left : 0)}`),
+    kpi('queue rejected', fmtInt(sum(q.rejected)), 'requests that found every worker full and got no worker (429, or the client left), since start: ' +
+      Object.entries(q.rejected || {}).map(([r, n]) => `${r} ${fmtInt(n)}`).join(', ')),
     kpi('tokenizer errors', fmtInt(tokErr), `mode ${tok.mode}; fallbacks to approx: ${fmtInt(Object.values(tok.fallbacks || {}).reduce((a, b) => a + b, 0))}`),
     ...models.map((m) => kpi('hit rate 5m · ' + m, fmtPct(t.windows[1].models[m].hit_rate), 'per model')),
   );
