@@ -271,6 +271,40 @@ func TestRemoveWorkerDuringPredict(t *testing.T) {
 	}
 }
 
+// TestStatsDuringRemoveWorker: Stats (the metrics collector, the admin API) runs while
+// RemoveWorker clears a worker in chunks, yielding the lock between them: the worker
+// being cleared must be skipped, not read (a nil engine table panicked here, found by the
+// fleet churn benchmark).
+func TestStatsDuringRemoveWorker(t *testing.T) {
+	ix, _ := newIndex(t, Options{SampleEvery: 1})
+	long := doc(1, 700) // > chunkOps blocks: the clear yields the lock mid-way
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s := ix.Stats()
+				for _, w := range s.Workers {
+					if w.Worker == (proto.WorkerKey{}) {
+						t.Error("Stats listed a freed worker")
+					}
+				}
+				ix.Match(chain("", long), nil)
+			}
+		}
+	})
+	for range 200 {
+		ix.Apply(wA, "m", batch(stored(1, long, 0, 700, "GPU", "")))
+		ix.RemoveWorker(wA)
+	}
+	close(stop)
+	wg.Wait()
+	checkInvariants(t, ix)
+}
+
 // TestStatsDuringMatch: Stats (the metrics collector, the dashboard) reads the runs'
 // touch stamps while concurrent Match calls update them, both under the read lock.
 func TestStatsDuringMatch(t *testing.T) {

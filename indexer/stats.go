@@ -99,7 +99,7 @@ func (ix *Index) Stats() Stats {
 	s.PredictedEntries = ix.predLive
 	s.MemoryBytes = ix.memoryLocked()
 	for _, ws := range ix.workers {
-		if ws == nil {
+		if ws == nil || ws.removed() { // removed: RemoveWorker is clearing it in chunks
 			continue
 		}
 		s.Workers = append(s.Workers, WorkerStats{Worker: ws.key, Blocks: ws.blocks, Predicted: ws.predicted, EngineEntries: ws.eng.len(), Reserved: ws.reserved})
@@ -107,7 +107,9 @@ func (ix *Index) Stats() Stats {
 	for i := range hot {
 		if val, _, ok := ix.nodes.Get(uint64(hot[i].Hash)); ok {
 			for _, c := range ix.sets.members(setID(val)) {
-				hot[i].Workers = append(hot[i].Workers, ix.workers[codeWID(c)].key)
+				if ws := ix.workers[codeWID(c)]; ws != nil && !ws.removed() {
+					hot[i].Workers = append(hot[i].Workers, ws.key)
+				}
 			}
 		}
 	}
@@ -139,7 +141,7 @@ const (
 func (ix *Index) memoryLocked() int {
 	b := ix.nodes.Bytes() + ix.sets.bytes() + cap(ix.pred.items)*heapItemBytes
 	for _, ws := range ix.workers {
-		if ws == nil {
+		if ws == nil || ws.removed() {
 			continue
 		}
 		b += ws.eng.bytes() + len(ws.pred)*predSlotBytes*5/4 + len(ws.extra)*24
