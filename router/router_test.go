@@ -32,6 +32,9 @@ type fakeWorker struct {
 	gateAt   atomic.Int32 // streaming: wait on gate before sending this chunk (0: never)
 	requests atomic.Int32
 	canceled atomic.Int32 // requests whose client (the router) went away
+	// usage, when set, is the raw JSON value of the answers' "usage" (non-streamed) and
+	// of a last chunk's before [DONE] (streamed).
+	usage    atomic.Pointer[string]
 	mu       sync.Mutex
 	lastBody []byte
 	lastHdr  http.Header
@@ -83,7 +86,11 @@ func newFakeWorker(t *testing.T, models ...string) *fakeWorker {
 		w.Header().Set("X-Worker-Hop", "1")
 		if !req.Stream {
 			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"id":"x","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"ok"}}],"body_len":%d}`, len(body))
+			usage := ""
+			if u := fw.usage.Load(); u != nil {
+				usage = `,"usage":` + *u
+			}
+			fmt.Fprintf(w, `{"id":"x","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"ok"}}],"body_len":%d%s}`, len(body), usage)
 			return
 		}
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -105,6 +112,9 @@ func newFakeWorker(t *testing.T, models ...string) *fakeWorker {
 				return
 			}
 			fl.Flush()
+		}
+		if u := fw.usage.Load(); u != nil {
+			fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":%s}\n\n", *u)
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	}

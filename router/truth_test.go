@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 func TestParseUsage(t *testing.T) {
@@ -136,5 +138,50 @@ func TestDriftDetector(t *testing.T) {
 	tr.forget("b")
 	if tr.drifting("b") || testutil.CollectAndCount(tr.drift) != 2 {
 		t.Fatalf("forget left b's series: %d", testutil.CollectAndCount(tr.drift))
+	}
+}
+
+// A worker's usage is read from non-streamed answers and from streams, and a usage that
+// is missing or malformed counts the answer as unreported: in every case the client
+// gets the worker's bytes unchanged.
+func TestReportedUsageThroughTheRouter(t *testing.T) {
+	fw := newFakeWorker(t, "m")
+	r := startRouter(t, testConfig(fw))
+	reported := func() float64 {
+		return testutil.ToFloat64(r.srv.truth.reported.WithLabelValues("w0", "m"))
+	}
+	unreported := func() float64 {
+		return testutil.ToFloat64(r.srv.truth.unreported.WithLabelValues("w0", "m"))
+	}
+	for i, tc := range []struct {
+		usage      string // "" = none
+		body       string
+		wantCached float64 // reported_cached_tokens_total after this case
+		wantUnrep  float64
+	}{
+		{"", chatBody, 0, 1},
+		{`{"prompt_tokens":40,"prompt_tokens_details":{"cached_tokens":32}}`, chatBody, 32, 1},
+		{`{"prompt_tokens":40,"prompt_tokens_details":{"cached_tokens":16}}`, streamBody, 48, 1},
+		{`{"prompt_tokens":"forty","prompt_tokens_details":{"cached_tokens":16}}`, chatBody, 48, 2},
+		{`{"prompt_tokens":40,"prompt_tokens_details":{"cached_tokens":99}}`, streamBody, 48, 3},
+		{`[1,2,`, chatBody, 48, 4},
+	} {
+		if tc.usage == "" {
+			fw.usage.Store(nil)
+		} else {
+			u := tc.usage
+			fw.usage.Store(&u)
+		}
+		resp, body := post(t, r.url+"/v1/chat/completions", tc.body)
+		if resp.StatusCode != 200 || (tc.usage != "" && !strings.Contains(string(body), tc.usage)) {
+			t.Fatalf("case %d: %d %s", i, resp.StatusCode, body)
+		}
+		poll.CheckFor(t, 5*time.Second, "the answer to be settled", func() bool {
+			return reported() == tc.wantCached && unreported() == tc.wantUnrep
+		})
+	}
+	d := r.srv.Decisions(10)
+	if len(d) < 3 || d[len(d)-2].Reported == nil || d[len(d)-2].Reported.CachedTokens != 32 {
+		t.Errorf("the decision of the second request does not show its reported usage: %+v", d)
 	}
 }
