@@ -249,20 +249,36 @@ func (h *harness) start(ctx context.Context) error {
 	h.logf("fake upstream pid %d on %v", up.pid(), h.workers)
 
 	if h.cfg.Kvroute != nil {
-		t, err := h.startKvroute(ctx)
+		t, err := retryPortTaken(func() (*target, error) { return h.startKvroute(ctx) })
 		if err != nil {
 			return err
 		}
 		h.targets = append(h.targets, t)
 	}
 	if h.cfg.Nginx != "" {
-		t, err := h.startNginx(ctx)
+		t, err := retryPortTaken(func() (*target, error) { return h.startNginx(ctx) })
 		if err != nil {
 			return err
 		}
 		h.targets = append(h.targets, t)
 	}
 	return nil
+}
+
+// retryPortTaken starts a proxy again on another free port when the one freeAddr chose
+// was taken by another process before the child could bind it (the child fails with
+// "address already in use"; a large binary takes a while to start, which widens the
+// window on a busy machine), at most three times.
+func retryPortTaken(start func() (*target, error)) (*target, error) {
+	for attempt := 1; ; attempt++ {
+		t, err := start()
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return t, err
+		}
+		if t != nil && t.proc != nil {
+			_ = t.proc.stop(time.Second)
+		}
+	}
 }
 
 func (h *harness) startKvroute(ctx context.Context) (*target, error) {
