@@ -77,6 +77,11 @@ func Replay(ctx context.Context, w *Workload, c ReplayConfig) ([]Outcome, error)
 			c.Progress(int(k), n)
 		}
 	})
+	if err == nil {
+		// Every request was started, but ctx may have ended while some were in flight:
+		// they were cancelled, and the replay is cut as when ctx ends before a start.
+		err = ctx.Err()
+	}
 	if err != nil {
 		return out, fmt.Errorf("replay: %w", err)
 	}
