@@ -94,3 +94,38 @@ func FuzzHandler(f *testing.F) {
 type blankDecisions struct{}
 
 func (blankDecisions) Decisions(n int) []admin.Decision { return make([]admin.Decision, n) }
+
+// Any POST /api/workers body decodes to an error or to a worker, never a panic; a
+// decoded worker re-encodes to a body that decodes to the same worker.
+func FuzzDecodeWorkerSpec(f *testing.F) {
+	for _, s := range []string{
+		`{"url":"http://10.0.0.1:8000","id":"gpu-0","events":"tcp://10.0.0.1:5557","replay":"tcp://10.0.0.1:5558","models":["m"],"dp_ranks":2}`,
+		`{"url":"http://a:1"}`,
+		`{"url":"http://a:1","weight":1}`,
+		`{"url":"http://a:1"} {}`,
+		`{"models":[null]}`,
+		`[]`,
+		``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w, err := admin.DecodeWorkerSpec(strings.NewReader(string(body)))
+		if err != nil {
+			return
+		}
+		if len(body) > 64<<10+1 {
+			t.Fatalf("a %d-byte body was accepted", len(body))
+		}
+		again, err := json.Marshal(admin.WorkerSpec{URL: w.URL, ID: w.ID, Events: w.Events, Replay: w.Replay, Models: w.Models,
+			DPRanks: w.DPRanks, APIKeyEnv: w.APIKeyEnv, MaxConns: w.MaxConns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w2, err := admin.DecodeWorkerSpec(strings.NewReader(string(again)))
+		if err != nil || w2.URL != w.URL || w2.ID != w.ID || len(w2.Models) != len(w.Models) {
+			t.Fatalf("%s decoded to %+v, re-encoded %s decoded to %+v (%v)", body, w, again, w2, err)
+		}
+		_ = configs.ValidateWorker(&w) // must not panic on whatever was decoded
+	})
+}
