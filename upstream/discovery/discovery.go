@@ -12,6 +12,7 @@ package discovery
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/kvroute/kvroute/configs"
 )
@@ -36,4 +37,31 @@ type Source interface {
 	// "dns" or "kubernetes".
 	Name() string
 	Run(ctx context.Context, update func([]Member)) error
+}
+
+// thisNetwork is 0.0.0.0/8, "this host on this network" (RFC 1122 section 3.2.1.3): a
+// source address only, never a destination.
+var thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+
+// Unusable returns why no worker can be reached at addr, or "" when one can: the one
+// address check of every source (a DNS answer, a pod IP). addr must be unmapped (an
+// IPv4-mapped IPv6 address is checked as IPv4 by its caller).
+func Unusable(addr netip.Addr) string {
+	switch {
+	case !addr.IsValid():
+		return "invalid address"
+	case addr.Zone() != "":
+		return "address with a zone"
+	case addr.IsUnspecified():
+		return "unspecified address"
+	case addr.Is4() && thisNetwork.Contains(addr):
+		return "\"this network\" address (0.0.0.0/8)"
+	case addr.IsMulticast():
+		return "multicast address"
+	case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "broadcast address"
+	case addr.Is6() && addr.IsLinkLocalUnicast():
+		return "IPv6 link-local address (no zone to reach it)"
+	}
+	return ""
 }

@@ -292,7 +292,7 @@ func (b *builder) add(ip net.IP, port int) {
 		return
 	}
 	addr = addr.Unmap()
-	if why := unusable(addr); why != "" {
+	if why := discovery.Unusable(addr); why != "" {
 		b.reject(discovery.RejectBadAddress, addr.String(), why)
 		return
 	}
@@ -320,29 +320,6 @@ func (b *builder) members() []discovery.Member {
 	}
 	slices.SortFunc(ms, func(a, b discovery.Member) int { return strings.Compare(a.Worker.ID, b.Worker.ID) })
 	return ms
-}
-
-// thisNetwork is 0.0.0.0/8, "this network" (RFC 1122 3.2.1.3): never a destination.
-var thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
-
-// unusable returns why no worker can listen at addr, or "" when one can. addr is
-// unmapped (an IPv4-mapped IPv6 address is checked as IPv4).
-func unusable(addr netip.Addr) string {
-	switch {
-	case !addr.IsValid():
-		return "invalid address"
-	case addr.IsUnspecified():
-		return "unspecified address"
-	case addr.Is4() && thisNetwork.Contains(addr):
-		return "\"this network\" address (0.0.0.0/8)"
-	case addr.IsMulticast():
-		return "multicast address"
-	case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return "broadcast address"
-	case addr.Is6() && addr.IsLinkLocalUnicast():
-		return "IPv6 link-local address (DNS gives no zone to reach it)"
-	}
-	return ""
 }
 
 var _ discovery.Source = (*Source)(nil)

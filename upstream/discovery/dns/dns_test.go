@@ -510,12 +510,12 @@ func TestUnusable(t *testing.T) {
 		{"ff05::2", false},
 		{"fe80::1", false},
 	} {
-		why := unusable(netip.MustParseAddr(tc.addr))
+		why := discovery.Unusable(netip.MustParseAddr(tc.addr))
 		if (why == "") != tc.usable {
 			t.Errorf("unusable(%s) = %q, want usable %v", tc.addr, why, tc.usable)
 		}
 	}
-	if unusable(netip.Addr{}) == "" {
+	if discovery.Unusable(netip.Addr{}) == "" {
 		t.Error("the zero Addr is usable")
 	}
 }

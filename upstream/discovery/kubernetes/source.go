@@ -371,7 +371,7 @@ func (s *Source) member(p *corev1.Pod) (*discovery.Member, string, error) {
 		return nil, discovery.RejectBadAddress, fmt.Errorf("pod IP %q: %w", p.Status.PodIP, err)
 	}
 	addr = addr.Unmap()
-	if why := unusable(addr); why != "" {
+	if why := discovery.Unusable(addr); why != "" {
 		return nil, discovery.RejectBadAddress, fmt.Errorf("pod IP %q: %s", p.Status.PodIP, why)
 	}
 	port := s.cfg.Port
@@ -385,30 +385,6 @@ func (s *Source) member(p *corev1.Pod) (*discovery.Member, string, error) {
 		return nil, discovery.RejectInvalidWorker, err
 	}
 	return &discovery.Member{Worker: w, Ready: p.DeletionTimestamp == nil && podReady(p)}, "", nil
-}
-
-// thisNetwork is 0.0.0.0/8, "this host on this network" (RFC 1122 section 3.2.1.3):
-// a source address only.
-var thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
-
-// unusable returns why no worker can listen at addr (unmapped), or "" when one can.
-// The same rules as the dns source's.
-func unusable(addr netip.Addr) string {
-	switch {
-	case addr.Zone() != "":
-		return "address with a zone"
-	case addr.IsUnspecified():
-		return "unspecified address"
-	case addr.Is4() && thisNetwork.Contains(addr):
-		return "\"this network\" address (0.0.0.0/8)"
-	case addr.IsMulticast():
-		return "multicast address"
-	case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return "broadcast address"
-	case addr.Is6() && addr.IsLinkLocalUnicast():
-		return "IPv6 link-local address (needs a zone a pod IP cannot give)"
-	}
-	return ""
 }
 
 // namedPort returns the number of the first container port of p named name, else 0.
