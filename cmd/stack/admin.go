@@ -101,7 +101,7 @@ func (st *Stack) adminBackend() admin.Backend {
 	s := st.Server
 	b := admin.Backend{
 		Pool: st.Pool, Index: st.Index, Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
-		Traffic: s, Decisions: explainedDecisions{s},
+		Traffic: s, Decisions: explainedDecisions{s}, Querier: s,
 		Reload: st.reload, DrainTimeout: st.Config.Timeouts.Shutdown,
 		Info: admin.Info{
 			Policy: st.Config.Policy, TokenizeMode: st.Config.Tokenize.Mode, EventSource: st.Config.Events.Source,
