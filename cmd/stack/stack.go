@@ -354,6 +354,8 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 		goRun(func(c context.Context) { st.History.Run(c, 0) })
 	}
 	goRun(st.Scraper.Run)
+	st.restoreSnapshot() // before the replica's warm start and the feeds: both replace what it restores
+	goRun(st.runSnapshots)
 	st.startReplica(ctx, goRun)
 	if st.Events != nil {
 		st.feedsOn.Store(true)
