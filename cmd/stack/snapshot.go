@@ -35,7 +35,7 @@ func (st *Stack) restoreSnapshot() {
 		st.log.Error("index snapshot not restored", "file", path, "err", err)
 		return
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := st.Index.Restore(f); err != nil {
 		st.log.Error("index snapshot not restored", "file", path, "err", err)
 		return
