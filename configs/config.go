@@ -65,6 +65,8 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Queue configures the wait queue of requests that find every worker full.
 	Queue Queue `yaml:"queue"`
+	// Index configures the prefix index's snapshot file.
+	Index Index `yaml:"index"`
 	// TLS configures TLS on the API and admin listeners; off by default.
 	TLS ListenerTLS `yaml:"tls"`
 	// Upstream configures the router's credentials and TLS towards the workers.
@@ -407,6 +409,7 @@ func Default() Config {
 			MaxInflightBodyBytes: 1 << 30,
 		},
 		Queue:    defaultQueue(),
+		Index:    defaultIndex(),
 		TLS:      ListenerTLS{MinVersion: "1.2"},
 		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
@@ -604,6 +607,7 @@ func (c *Config) Validate() error {
 	c.Replica.validate(bad)
 	c.validateSecurity(bad)
 	c.validateQueue(bad)
+	c.Index.validate(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
 		errs = append(errs, ErrNoWorkers)

@@ -97,6 +97,19 @@ func TestQueueValues(t *testing.T) {
 	}
 }
 
+func TestIndexValues(t *testing.T) {
+	cfg, err := LoadFile("testdata/index.good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix := cfg.Index; ix.SnapshotFile != "/var/lib/kvroute/index.snapshot" || ix.SnapshotInterval != 30*time.Second {
+		t.Errorf("index %+v", ix)
+	}
+	if d := Default().Index; d.SnapshotFile != "" || d.SnapshotInterval != time.Minute {
+		t.Errorf("index defaults %+v", d)
+	}
+}
+
 func TestBadFiles(t *testing.T) {
 	// Each bad file must fail with an error naming the file and containing every want.
 	cases := map[string][]string{
@@ -154,6 +167,7 @@ func TestBadFiles(t *testing.T) {
 			`queue.classes[1]: "gold" is already queue.classes[0]`, `queue.classes[2]: "bad class" must be`,
 			`queue.default_class: "normal" is not one of queue.classes (gold, gold, bad class)`,
 			`auth.keys[0].priority: "platinum" is not one of queue.classes`},
+		"index":         {`index.snapshot_interval: "500ms" must be at least 1s`, `index.snapshot_file: "/var/lib/kvroute/" must name a file`},
 		"queue_classes": {"queue.classes: 0 classes, must be 1 to 16", `queue.default_class: "normal" is not one of queue.classes ()`},
 		"zmq_endpoints": {`tokenize.mode: "local:  "`, `workers[0]: events: "ipc:///tmp/kv" must be a tcp://host:port`,
 			`workers[1]: events: "tcp://*:5557" is a bind address`},

@@ -125,7 +125,9 @@ func (ix *Index) nodePos(own proto.BlockHash) uint64 {
 // Restore reads a dump written by Dump and installs it: each dumped worker's state
 // replaces what the index holds for that worker (other workers are untouched); expired
 // predictions are skipped; the bounds of Options apply. Malformed input returns an error
-// wrapping ErrBadDump; workers read before the error stay installed.
+// wrapping ErrBadDump and leaves the index unchanged: the whole dump is decoded (into
+// memory, about 24 bytes per entry) before any worker is installed. A dump of another
+// version is refused.
 func (ix *Index) Restore(r io.Reader) error {
 	br := bufio.NewReader(r)
 	magic := make([]byte, len(dumpMagic))
@@ -136,6 +138,7 @@ func (ix *Index) Restore(r io.Reader) error {
 	if err != nil || v != dumpVersion {
 		return fmt.Errorf("restore index: %w: unsupported version %d", ErrBadDump, v)
 	}
+	var workers []dumpedWorker
 	for n := 0; ; n++ {
 		tag, err := br.ReadByte()
 		if err != nil {
@@ -143,15 +146,26 @@ func (ix *Index) Restore(r io.Reader) error {
 		}
 		switch tag {
 		case 0:
+			for i := range workers {
+				ix.installWorker(&workers[i])
+			}
 			return nil
 		case 1:
-			if err := ix.restoreWorker(br); err != nil {
+			dw, err := decodeWorker(br)
+			if err != nil {
 				return fmt.Errorf("restore index: %w: worker %d: %w", ErrBadDump, n, err)
 			}
+			workers = append(workers, dw)
 		default:
 			return fmt.Errorf("restore index: %w: worker %d: tag %d", ErrBadDump, n, tag)
 		}
 	}
+}
+
+// dumpedWorker is one worker's state as decoded from a dump, not yet installed.
+type dumpedWorker struct {
+	key            proto.WorkerKey
+	entries, preds []restoreEntry
 }
 
 // restoreEntry is one decoded engine entry or prediction.
@@ -160,59 +174,68 @@ type restoreEntry struct {
 	exp int64 // predictions
 }
 
-func (ix *Index) restoreWorker(br *bufio.Reader) error {
+// decodeWorker reads one worker's record (after its tag) without touching the index.
+func decodeWorker(br *bufio.Reader) (dumpedWorker, error) {
+	var dw dumpedWorker
 	idLen, err := binary.ReadUvarint(br)
 	if err != nil {
-		return err
+		return dw, err
 	}
 	if idLen > maxDumpID {
-		return fmt.Errorf("worker id of %d bytes", idLen)
+		return dw, fmt.Errorf("worker id of %d bytes", idLen)
 	}
 	id := make([]byte, idLen)
 	if _, err := io.ReadFull(br, id); err != nil {
-		return err
+		return dw, err
 	}
 	rank, err := binary.ReadVarint(br)
 	if err != nil {
-		return err
+		return dw, err
 	}
 	if rank < 0 || rank > 1<<20 {
-		return fmt.Errorf("dp rank %d", rank)
+		return dw, fmt.Errorf("dp rank %d", rank)
 	}
 	key := proto.WorkerKey{ID: string(id), DPRank: int(rank)}
 	// Decode fully before touching the index; never trust a count for allocation.
 	var entries, preds []restoreEntry
 	n, err := binary.ReadUvarint(br)
 	if err != nil {
-		return err
+		return dw, err
 	}
 	var rec [16]byte
 	for i := uint64(0); i < n; i++ {
 		if _, err := io.ReadFull(br, rec[:]); err != nil {
-			return err
+			return dw, err
 		}
 		var re restoreEntry
 		re.e.tag = binary.LittleEndian.Uint64(rec[0:])
 		re.e.own = proto.BlockHash(binary.LittleEndian.Uint64(rec[8:]))
 		if re.e.empty() || re.e.fp() == 0 {
-			return fmt.Errorf("engine entry %d without references or fingerprint", i)
+			return dw, fmt.Errorf("engine entry %d without references or fingerprint", i)
 		}
 		entries = append(entries, re)
 	}
 	m, err := binary.ReadUvarint(br)
 	if err != nil {
-		return err
+		return dw, err
 	}
 	for i := uint64(0); i < m; i++ {
 		if _, err := io.ReadFull(br, rec[:8]); err != nil {
-			return err
+			return dw, err
 		}
 		exp, err := binary.ReadVarint(br)
 		if err != nil {
-			return err
+			return dw, err
 		}
 		preds = append(preds, restoreEntry{e: engEntry{own: proto.BlockHash(binary.LittleEndian.Uint64(rec[:8]))}, exp: exp})
 	}
+	dw.key, dw.entries, dw.preds = key, entries, preds
+	return dw, nil
+}
+
+// installWorker replaces the state of dw's worker with dw.
+func (ix *Index) installWorker(dw *dumpedWorker) {
+	key, entries, preds := dw.key, dw.entries, dw.preds
 	ix.ClearWorker(key)
 	now, tick := ix.nowTick()
 	ix.mu.Lock()
@@ -226,7 +249,7 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 		for t := Tier(0); t < numTiers; t++ {
 			for range re.e.ref(t) {
 				if ws.removed() {
-					return nil
+					return
 				}
 				ix.store(ws, re.e.fp(), re.e.own, prev, t, tick)
 			}
@@ -235,7 +258,7 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 		prev = re.e.own
 	}
 	if ws.removed() {
-		return nil
+		return
 	}
 	nowNS := now.UnixNano()
 	prev = 0
@@ -247,5 +270,4 @@ func (ix *Index) restoreWorker(br *bufio.Reader) error {
 		prev = p.e.own
 	}
 	ix.maintain(now, tick)
-	return nil
 }

@@ -158,3 +158,35 @@ func TestRestoreRebuildsRuns(t *testing.T) {
 	}
 	checkInvariants(t, ix2)
 }
+
+// A dump that turns out malformed after some good workers installs none of them: the
+// index is left as it was.
+func TestRestoreMalformedLeavesIndexUnchanged(t *testing.T) {
+	ix, _, reqs := dumpFixture(t)
+	var buf bytes.Buffer
+	if err := ix.Dump(&buf); err != nil {
+		t.Fatal(err)
+	}
+	good := buf.Bytes()
+	for name, in := range map[string][]byte{
+		"truncated":     good[:len(good)-3],
+		"no end":        good[:len(good)-1],
+		"bad tag after": append(slices.Clone(good[:len(good)-1]), 7),
+	} {
+		ix2, _ := newIndex(t, Options{})
+		ix2.Apply(wA, "m", batch(stored(1, doc(8, 3), 0, 3, "GPU", "")))
+		before := ix2.Stats()
+		if err := ix2.Restore(bytes.NewReader(in)); !errors.Is(err, ErrBadDump) {
+			t.Fatalf("%s: Restore = %v, want ErrBadDump", name, err)
+		}
+		if after := ix2.Stats(); after.Blocks != before.Blocks || !slices.Equal(after.Workers, before.Workers) {
+			t.Errorf("%s: a refused dump changed the index: %+v, was %+v", name, after.Workers, before.Workers)
+		}
+		for i, req := range reqs {
+			if got := matchMap(ix2, req); len(got) != 0 {
+				t.Errorf("%s: request %d matches %v after a refused dump", name, i, got)
+			}
+		}
+		checkInvariants(t, ix2)
+	}
+}

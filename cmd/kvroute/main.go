@@ -5,6 +5,7 @@
 //	kvroute demo                           router + simulated fleet + traffic + dashboard
 //	kvroute tokenize --tokenizer PATH      print the token ids of stdin
 //	kvroute bridge ...                     republish a local engine's KV events to NATS
+//	kvroute indexer --config FILE          run only the KV index and its query/snapshot API
 //	kvroute check-config FILE              validate a config file
 //	kvroute version                        print the version
 //

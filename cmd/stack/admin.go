@@ -101,7 +101,7 @@ func (st *Stack) adminBackend() admin.Backend {
 	s := st.Server
 	b := admin.Backend{
 		Pool: st.Pool, Index: st.Index, Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
-		Traffic: s, Decisions: explainedDecisions{s},
+		Traffic: s, Decisions: explainedDecisions{s}, Querier: s,
 		Reload: st.reload, DrainTimeout: st.Config.Timeouts.Shutdown,
 		Info: admin.Info{
 			Policy: st.Config.Policy, TokenizeMode: st.Config.Tokenize.Mode, EventSource: st.Config.Events.Source,
@@ -213,7 +213,7 @@ func (st *Stack) reload() (admin.ReloadReport, error) {
 		{"admin", cur.Admin, next.Admin}, {"discovery", cur.Discovery, next.Discovery},
 		{"auth", cur.Auth, next.Auth}, {"rate_limit", cur.RateLimit, next.RateLimit},
 		{"limits", cur.Limits, next.Limits}, {"tls", cur.TLS, next.TLS}, {"upstream", cur.Upstream, next.Upstream},
-		{"queue", cur.Queue, next.Queue},
+		{"queue", cur.Queue, next.Queue}, {"index", cur.Index, next.Index},
 	} {
 		if !reflect.DeepEqual(sec.old, sec.new) {
 			rep.RestartRequired = append(rep.RestartRequired, sec.name)

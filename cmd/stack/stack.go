@@ -325,25 +325,12 @@ func (st *Stack) startReplica(ctx context.Context, goRun func(func(context.Conte
 	})
 }
 
-// Run serves on ln until ctx ends, then drains: it stops accepting, lets in-flight
-// requests finish for up to Config.Timeouts.Shutdown, stops the background loops and
-// returns. ready, if not nil, is called once the workers have been checked and the
-// listener is serving.
-func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
-	cfg, log := st.Config, st.log
-	bg, stopBG := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		stopBG()
-		wg.Wait()
-		for _, c := range st.closers {
-			c()
-		}
-	}()
-	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(bg) }()
-	}
+// startBackground starts everything but the HTTP listeners: discovery, the pool and
+// its health checks, the index's maintenance, the scraper, the snapshot file, the
+// replica sync and the event feeds. goRun runs a loop until Run's background context
+// ends.
+func (st *Stack) startBackground(ctx context.Context, goRun func(func(context.Context))) error {
+	log := st.log
 	if err := st.newSources(); err != nil {
 		return err
 	}
@@ -354,6 +341,8 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 		goRun(func(c context.Context) { st.History.Run(c, 0) })
 	}
 	goRun(st.Scraper.Run)
+	st.restoreSnapshot() // before the replica's warm start and the feeds: both replace what it restores
+	goRun(st.runSnapshots)
 	st.startReplica(ctx, goRun)
 	if st.Events != nil {
 		st.feedsOn.Store(true)
@@ -378,6 +367,31 @@ func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 		log.Info("worker", "id", s.ID, "url", s.URL, "available", s.Available, "models", s.Models, "events", w.Events, "last_error", s.LastError)
 	}
 
+	return nil
+}
+
+// Run serves on ln until ctx ends, then drains: it stops accepting, lets in-flight
+// requests finish for up to Config.Timeouts.Shutdown, stops the background loops and
+// returns. ready, if not nil, is called once the workers have been checked and the
+// listener is serving.
+func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
+	cfg, log := st.Config, st.log
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		stopBG()
+		wg.Wait()
+		for _, c := range st.closers {
+			c()
+		}
+	}()
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(bg) }()
+	}
+	if err := st.startBackground(ctx, goRun); err != nil {
+		return err
+	}
 	if err := st.startAdmin(ln); err != nil {
 		return err
 	}

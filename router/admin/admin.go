@@ -51,6 +51,11 @@ type Backend struct {
 	// DrainTimeout bounds how long a removed worker's requests in flight may take to
 	// finish before it is gone (DELETE /api/workers/{id}); 0 means 30s.
 	DrainTimeout time.Duration
+	// Querier answers POST /api/index/query; nil answers 409.
+	Querier IndexQuerier
+	// MaxRestoreBytes bounds the body of POST /api/index/restore; 0 means
+	// DefaultMaxRestoreBytes.
+	MaxRestoreBytes int64
 	// Info describes the router for the page header.
 	Info Info
 	// MetricsMaxAge is how old a worker's scraped metrics may be to be shown as current.
@@ -119,6 +124,9 @@ func New(opts Options) (http.Handler, error) {
 	if opts.Backend.MetricsMaxAge <= 0 {
 		opts.Backend.MetricsMaxAge = 3 * time.Second
 	}
+	if opts.Backend.MaxRestoreBytes <= 0 {
+		opts.Backend.MaxRestoreBytes = DefaultMaxRestoreBytes
+	}
 	if opts.Backend.DrainTimeout <= 0 {
 		opts.Backend.DrainTimeout = 30 * time.Second
 	}
@@ -140,6 +148,9 @@ func New(opts Options) (http.Handler, error) {
 	h.mux.HandleFunc("POST /api/workers", h.addWorker)
 	h.mux.HandleFunc("DELETE /api/workers/{id}", h.removeWorker)
 	h.mux.HandleFunc("POST /api/reload", h.reload)
+	h.mux.HandleFunc("POST /api/index/query", h.indexQuery)
+	h.mux.HandleFunc("GET /api/index/snapshot", h.indexSnapshot)
+	h.mux.HandleFunc("POST /api/index/restore", h.indexRestore)
 	h.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no admin endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -157,7 +168,7 @@ const cookieName = "kvroute_admin"
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	if !isRead(r) {
 		switch {
 		case h.token == "":
 			writeError(w, http.StatusForbidden, errors.New("write actions are disabled: no admin token is configured (set admin.token or KVROUTE_ADMIN_TOKEN)"))
@@ -186,6 +197,18 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	h.mux.ServeHTTP(w, cleaned(r))
+}
+
+// isRead reports whether r only reads: a GET or HEAD, or the index query (a POST for its
+// JSON body, but it changes nothing).
+func isRead(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return true
+	case http.MethodPost:
+		return cleaned(r).URL.Path == "/api/index/query"
+	}
+	return false
 }
 
 // cleaned returns r with its path cleaned ("//x" and "/a/../x" become "/x"), so the
