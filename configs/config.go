@@ -65,6 +65,11 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Queue configures the wait queue of requests that find every worker full.
 	Queue Queue `yaml:"queue"`
+	// Passthrough lists extra engine endpoints (paths) forwarded by model, besides the
+	// built-in ones (configs/passthrough.go). Default: none.
+	Passthrough []string `yaml:"passthrough"`
+	// Responses configures the Responses API's map of stored responses to workers.
+	Responses Responses `yaml:"responses"`
 	// TLS configures TLS on the API and admin listeners; off by default.
 	TLS ListenerTLS `yaml:"tls"`
 	// Upstream configures the router's credentials and TLS towards the workers.
@@ -406,9 +411,10 @@ func Default() Config {
 			// 1 GiB: 32 bodies of the default max_body_bytes.
 			MaxInflightBodyBytes: 1 << 30,
 		},
-		Queue:    defaultQueue(),
-		TLS:      ListenerTLS{MinVersion: "1.2"},
-		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
+		Queue:     defaultQueue(),
+		Responses: defaultResponses(),
+		TLS:       ListenerTLS{MinVersion: "1.2"},
+		Upstream:  Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
 			ExpireAfter: 3 * time.Second, WarmTimeout: 5 * time.Second},
 	}
@@ -604,6 +610,7 @@ func (c *Config) Validate() error {
 	c.Replica.validate(bad)
 	c.validateSecurity(bad)
 	c.validateQueue(bad)
+	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
 		errs = append(errs, ErrNoWorkers)
