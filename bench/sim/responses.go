@@ -343,8 +343,8 @@ func (w *Worker) serveResponseByID(rw http.ResponseWriter, hr *http.Request) {
 		writeError(rw, notFound("Response with id '%s' not found.", id))
 		return
 	}
-	switch {
-	case hr.Method == http.MethodDelete:
+	switch hr.Method {
+	case http.MethodDelete:
 		w.resp.remove(id)
 		writeJSON(rw, map[string]any{"id": id, "object": "response", "deleted": true})
 	default: // GET, or cancel of a response that has completed: answered as it is
