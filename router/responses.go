@@ -121,10 +121,22 @@ func (s *Server) handleResponseByID(ctx *fasthttp.RequestCtx) {
 	s.forward(ctx, c)
 }
 
+// peerGrace is how long a request naming a response id this replica does not know
+// waits for its peers to tell of it (replica sync): a client that sends a follow-up
+// through another replica right after the answer may beat the peer's message, which
+// takes replica.flush_interval (default 5 ms) plus a NATS hop.
+const peerGrace = 100 * time.Millisecond
+
 // responseWorker returns the worker holding response id, or why the request cannot go
 // there.
 func (s *Server) responseWorker(id string) (*upstream.Worker, error) {
 	wid, ok := s.responses.get(id, time.Now())
+	if !ok && s.replica != nil && len(s.replica.Peers()) > 0 {
+		for deadline := time.Now().Add(peerGrace); !ok && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+			wid, ok = s.responses.get(id, time.Now())
+		}
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: no worker is known to hold response %q (never stored through this router, deleted, or forgotten after responses.ttl)", errResponseNotFound, id)
 	}
@@ -160,6 +172,9 @@ func (s *Server) noteResponse(c *call, w *upstream.Worker, code int, body []byte
 // replicas.
 func (s *Server) rememberResponse(id, worker, model string) {
 	s.responses.put(id, worker, model, time.Now())
+	if s.replica != nil {
+		s.replica.StoredResponse(id, worker, model)
+	}
 }
 
 // scanResponseEvents reads a chunk of a Responses API stream: the first event naming

@@ -117,6 +117,10 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	if s.replica != nil {
+		// The peers' stored responses (responses.go) are routed here too.
+		s.replica.SetResponseSink(func(id, worker, model string) { s.responses.put(id, worker, model, time.Now()) })
+	}
 	if s.sel == nil {
 		sel, err := NewSelector(opts.Config)
 		if err != nil {
