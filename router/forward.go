@@ -92,7 +92,11 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 	// returned (net/http's dial goroutine outlives a timed-out /tokenize call), when
 	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
 	// server shutdown, and the tokenize call has its own timeout.
-	s.hashPrompt(context.Background(), r, st)
+	if c.pin == nil {
+		// A pinned request continues a stored conversation the router does not see:
+		// its hashes would not describe the engine's prompt.
+		s.hashPrompt(context.Background(), r, st)
+	}
 	c.st, c.reqID = st, reqID
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {

@@ -38,9 +38,10 @@ var (
 type respTrack uint8
 
 const (
-	trackNone   respTrack = iota
-	trackCreate           // POST /v1/responses with store: remember the answer's id
-	trackDelete           // DELETE /v1/responses/{id}: forget the id once deleted
+	trackNone   respTrack = iota // not the Responses API
+	trackEvents                  // a Responses answer: its stream ends with a terminal event
+	trackCreate                  // POST /v1/responses with store: remember the answer's id too
+	trackDelete                  // DELETE /v1/responses/{id}: forget the id once deleted
 )
 
 // handleResponses serves POST /v1/responses: a request naming previous_response_id goes
@@ -56,7 +57,7 @@ func (s *Server) handleResponses(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, "", err)
 		return
 	}
-	c := &call{ep: epResponses, path: "/v1/responses", r: &r, start: start}
+	c := &call{ep: epResponses, path: "/v1/responses", r: &r, start: start, track: trackEvents}
 	if rf.store {
 		c.track = trackCreate
 	}
@@ -113,8 +114,9 @@ func (s *Server) handleResponseByID(ctx *fasthttp.RequestCtx) {
 	if q := ctx.URI().QueryString(); len(q) > 0 {
 		path += "?" + string(q)
 	}
-	r := request{Model: s.responses.model(id)}
-	c := &call{ep: epResponses, path: path, r: &r, start: start, pin: w, respID: id}
+	// GET ...?stream=true streams a background response's events.
+	r := request{Model: s.responses.model(id), Stream: ctx.IsGet() && ctx.QueryArgs().GetBool("stream")}
+	c := &call{ep: epResponses, path: path, r: &r, start: start, pin: w, respID: id, track: trackEvents}
 	if ctx.IsDelete() {
 		c.track = trackDelete
 	}

@@ -248,3 +248,17 @@ func TestRouterPathsServed(t *testing.T) {
 		}
 	}
 }
+
+// An unstored streamed response is complete at its terminal event too: it has no
+// data: [DONE], and must not end with the router's cut-stream error event.
+func TestResponsesUnstoredStreamCompletes(t *testing.T) {
+	_, cfg := startSimFleet(t, 1)
+	tr := startRouter(t, cfg)
+	resp, out := post(t, tr.url+"/v1/responses", `{"model":"kvsim","input":"hello","stream":true,"store":false,"max_output_tokens":3}`)
+	if resp.StatusCode != 200 || strings.Contains(string(out), `"error":{`) || !strings.Contains(string(out), "response.completed") {
+		t.Fatalf("%d %s", resp.StatusCode, out)
+	}
+	if tr.srv.responses.len() != 0 {
+		t.Error("an unstored response was remembered")
+	}
+}
