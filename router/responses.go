@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/kvroute/kvroute/router/jsonscan"
@@ -496,6 +497,17 @@ func (m *responseMap) len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.lru.Len()
+}
+
+// registerResponseMetrics registers the size of m with reg.
+func registerResponseMetrics(reg prometheus.Registerer, m *responseMap) error {
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kvroute_router_stored_responses",
+		Help: "Responses API response ids the router knows the worker of (at most responses.max_entries).",
+	}, func() float64 { return float64(m.len()) })); err != nil {
+		return fmt.Errorf("register stored responses metric: %w", err)
+	}
+	return nil
 }
 
 // removeLocked drops el; mu must be held.

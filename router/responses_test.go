@@ -88,6 +88,9 @@ func TestResponsesStickToTheHolder(t *testing.T) {
 	}
 	resp, out := doMethod(t, "GET", tr.url+"/v1/responses/"+id)
 	checkOpenAIError(t, resp, out, 404, "response_not_found")
+	if n := gathered(t, tr, "kvroute_router_stored_responses"); n != 5 { // 6 stored, 1 deleted
+		t.Errorf("kvroute_router_stored_responses = %v", n)
+	}
 	// A response stored with store false is not remembered (the engine did not keep it).
 	unstored, _ := respond(t, tr.url, `{"model":"kvsim","input":"x","store":false,"max_output_tokens":2}`)
 	resp, out = post(t, tr.url+"/v1/responses", fmt.Sprintf(`{"model":"kvsim","previous_response_id":%q,"input":"y"}`, unstored))
@@ -261,4 +264,20 @@ func TestResponsesUnstoredStreamCompletes(t *testing.T) {
 	if tr.srv.responses.len() != 0 {
 		t.Error("an unstored response was remembered")
 	}
+}
+
+// gathered returns the value of the router's gauge named name.
+func gathered(t *testing.T, tr *testRouter, name string) float64 {
+	t.Helper()
+	mfs, err := tr.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }

@@ -151,6 +151,9 @@ func New(opts Options) (*Server, error) {
 	if s.queue, err = newWaitQueue(opts.Config, reg); err != nil {
 		return nil, err
 	}
+	if err := registerResponseMetrics(reg, s.responses); err != nil {
+		return nil, err
+	}
 	if s.tlsConf, err = opts.Config.TLS.ServerConfig(); err != nil {
 		return nil, err
 	}
