@@ -66,7 +66,8 @@ type Config struct {
 	// Queue configures the wait queue of requests that find every worker full.
 	Queue Queue `yaml:"queue"`
 	// Passthrough lists extra engine endpoints (paths) forwarded by model, besides the
-	// built-in ones (configs/passthrough.go). Default: none.
+	// built-in ones (configs/passthrough.go). Read at startup: a reload does not change
+	// it. Default: none.
 	Passthrough []string `yaml:"passthrough"`
 	// Responses configures the Responses API's map of stored responses to workers.
 	Responses Responses `yaml:"responses"`

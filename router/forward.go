@@ -92,9 +92,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 	// returned (net/http's dial goroutine outlives a timed-out /tokenize call), when
 	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
 	// server shutdown, and the tokenize call has its own timeout.
-	if c.pin == nil {
+	if c.pin == nil && c.ep != epPassthrough {
 		// A pinned request continues a stored conversation the router does not see:
-		// its hashes would not describe the engine's prompt.
+		// its hashes would not describe the engine's prompt. A pass-through request
+		// has no prompt the router reads.
 		s.hashPrompt(context.Background(), r, st)
 	}
 	c.st, c.reqID = st, reqID
