@@ -9,7 +9,9 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,4 +282,34 @@ func gathered(t *testing.T, tr *testRouter, name string) float64 {
 	}
 	t.Fatalf("no gauge %s", name)
 	return 0
+}
+
+// A pass-through request a worker fails (5xx, before any byte) is retried on another.
+func TestPassthroughRetries(t *testing.T) {
+	_, cfg := startSimFleet(t, 1)
+	var failed atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `{"object":"list","data":[{"id":"kvsim","object":"model"}]}`)
+	})
+	mux.HandleFunc("POST /v1/rerank", func(w http.ResponseWriter, _ *http.Request) {
+		failed.Add(1)
+		w.WriteHeader(500)
+	})
+	broken := httptest.NewServer(mux)
+	t.Cleanup(broken.Close)
+	cfg.Workers = append(cfg.Workers, configs.Worker{ID: "broken", URL: broken.URL, MaxConns: 8})
+	cfg.Policy = "round_robin"
+	cfg.Health.EjectAfter = 100 // keep it in rotation: the test is about the retry
+	tr := startRouter(t, cfg)
+	for i := range 4 {
+		resp, out := post(t, tr.url+"/v1/rerank", `{"model":"kvsim","query":"q","documents":["a","b"]}`)
+		if resp.StatusCode != 200 || resp.Header.Get("x-kvroute-worker") != "w0" {
+			t.Fatalf("request %d: %d on %q: %s", i, resp.StatusCode, resp.Header.Get("x-kvroute-worker"), out)
+		}
+	}
+	if failed.Load() == 0 || testutil.ToFloat64(tr.srv.metrics.retries.WithLabelValues("kvsim")) != float64(failed.Load()) {
+		t.Errorf("broken worker tried %d times, retries %v", failed.Load(), testutil.ToFloat64(tr.srv.metrics.retries.WithLabelValues("kvsim")))
+	}
 }
