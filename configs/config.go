@@ -67,6 +67,12 @@ type Config struct {
 	Queue Queue `yaml:"queue"`
 	// Index configures the prefix index's snapshot file.
 	Index Index `yaml:"index"`
+	// Passthrough lists extra engine endpoints (paths) forwarded by model, besides the
+	// built-in ones (configs/passthrough.go). Read at startup: a reload does not change
+	// it. Default: none.
+	Passthrough []string `yaml:"passthrough"`
+	// Responses configures the Responses API's map of stored responses to workers.
+	Responses Responses `yaml:"responses"`
 	// TLS configures TLS on the API and admin listeners; off by default.
 	TLS ListenerTLS `yaml:"tls"`
 	// Upstream configures the router's credentials and TLS towards the workers.
@@ -408,10 +414,11 @@ func Default() Config {
 			// 1 GiB: 32 bodies of the default max_body_bytes.
 			MaxInflightBodyBytes: 1 << 30,
 		},
-		Queue:    defaultQueue(),
-		Index:    defaultIndex(),
-		TLS:      ListenerTLS{MinVersion: "1.2"},
-		Upstream: Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
+		Queue:     defaultQueue(),
+		Index:     defaultIndex(),
+		Responses: defaultResponses(),
+		TLS:       ListenerTLS{MinVersion: "1.2"},
+		Upstream:  Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
 			ExpireAfter: 3 * time.Second, WarmTimeout: 5 * time.Second},
 	}
@@ -608,6 +615,7 @@ func (c *Config) Validate() error {
 	c.validateSecurity(bad)
 	c.validateQueue(bad)
 	c.Index.validate(bad)
+	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
 		errs = append(errs, ErrNoWorkers)

@@ -73,6 +73,10 @@ func statusOf(err error) apiStatus {
 		return apiStatus{fasthttp.StatusBadRequest, "invalid_request_error", "invalid_json"}
 	case errors.Is(err, errInvalidField), errors.Is(err, errMalformed):
 		return apiStatus{fasthttp.StatusBadRequest, "invalid_request_error", "invalid_request"}
+	case errors.Is(err, errResponseNotFound):
+		return apiStatus{fasthttp.StatusNotFound, "invalid_request_error", "response_not_found"}
+	case errors.Is(err, errResponseWorkerDown):
+		return apiStatus{fasthttp.StatusServiceUnavailable, "service_unavailable", "response_worker_unavailable"}
 	case errors.Is(err, ErrUnknownModel):
 		return apiStatus{fasthttp.StatusNotFound, "invalid_request_error", "model_not_found"}
 	case errors.Is(err, errNotFound):

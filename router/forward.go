@@ -39,13 +39,7 @@ func (e *statusError) Is(target error) bool {
 // handleInference routes and forwards one inference request.
 func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 	start := time.Now()
-	if !ctx.IsPost() {
-		ctx.Response.Header.Set("Allow", "POST")
-		s.fail(ctx, "", fmt.Errorf("%w: %s %s", errMethod, ctx.Method(), ep.path()))
-		return
-	}
-	if s.draining.Load() {
-		s.fail(ctx, "", errShuttingDown)
+	if !s.acceptPost(ctx, ep.path()) {
 		return
 	}
 	var r request
@@ -53,7 +47,30 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.fail(ctx, "", err)
 		return
 	}
-	if !s.pool.Known(r.Model) {
+	s.forward(ctx, &call{ep: ep, path: ep.path(), r: &r, start: start})
+}
+
+// acceptPost answers a request that is not a POST, or that comes while the router
+// drains, and reports whether the request may go on.
+func (s *Server) acceptPost(ctx *fasthttp.RequestCtx, path string) bool {
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set("Allow", "POST")
+		s.fail(ctx, "", fmt.Errorf("%w: %s %s", errMethod, ctx.Method(), path))
+		return false
+	}
+	if s.draining.Load() {
+		s.fail(ctx, "", errShuttingDown)
+		return false
+	}
+	return true
+}
+
+// forward routes and forwards the request c describes (ep, path, r, start and, for a
+// request bound to one worker, pin set): the policy's choice with retries before the
+// first byte, or the pinned worker alone.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
+	r, start := c.r, c.start
+	if c.pin == nil && !s.pool.Known(r.Model) {
 		s.fail(ctx, "", fmt.Errorf("%w: %q", ErrUnknownModel, r.Model))
 		return
 	}
@@ -70,13 +87,18 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 
 	st := getRouteState()
 	defer putRouteState(st)
-	st.req.Model, st.req.SessionKey = r.Model, s.sessionKey(ctx, &r)
+	st.req.Model, st.req.SessionKey = r.Model, s.sessionKey(ctx, r)
 	// Not ctx: the hasher's HTTP client may read its context after this handler has
 	// returned (net/http's dial goroutine outlives a timed-out /tokenize call), when
 	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
 	// server shutdown, and the tokenize call has its own timeout.
-	s.hashPrompt(context.Background(), &r, st)
-	c := call{ep: ep, r: &r, st: st, reqID: reqID, start: start}
+	if c.pin == nil && c.ep != epPassthrough {
+		// A pinned request continues a stored conversation the router does not see:
+		// its hashes would not describe the engine's prompt. A pass-through request
+		// has no prompt the router reads.
+		s.hashPrompt(context.Background(), r, st)
+	}
+	c.st, c.reqID = st, reqID
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
@@ -84,7 +106,7 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 		// decisions see only the load begun before them, so every step between the
 		// choice and this one is a window in which a burst piles onto one worker. When
 		// every worker is full it waits in the queue (queue.go).
-		w, overlap, load, err := s.route(ctx, st, reqID, attempt, class)
+		w, overlap, load, err := s.routeCall(ctx, c, attempt, class)
 		if err != nil {
 			s.failRoute(ctx, r.Model, start, err)
 			return
@@ -104,8 +126,8 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 			s.metrics.retries.WithLabelValues(r.Model).Inc()
 		}
 		st.tried = append(st.tried, w)
-		o := s.attempt(ctx, &c, w, overlap, load)
-		s.settle(ctx, &c, &o)
+		o := s.attempt(ctx, c, w, overlap, load)
+		s.settle(ctx, c, &o)
 		if o.err == nil {
 			return
 		}
@@ -131,11 +153,19 @@ func (s *Server) handleInference(ctx *fasthttp.RequestCtx, ep endpoint) {
 // call is one client request being forwarded: what every attempt and its settlement
 // share.
 type call struct {
-	ep    endpoint
+	ep endpoint
+	// path is the worker's path (and query) the request is sent to.
+	path  string
 	r     *request
 	st    *routeState
 	reqID string
 	start time.Time
+	// pin is the one worker the request may go to (a stored response's), nil when the
+	// policy chooses; track says what its answer teaches the stored-response map
+	// (responses.go), and respID names the response of a /v1/responses/{id} request.
+	pin    *upstream.Worker
+	track  respTrack
+	respID string
 }
 
 // outcome is what one attempt on one worker came to. attempt (forwarding) produces it
@@ -171,7 +201,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	stripHopByHop(&req.Header)
 	s.stripCredentials(&req.Header, w.HasAPIKey())
 	w.Authorize(&req.Header)
-	req.SetRequestURI(w.URL + c.ep.path())
+	req.SetRequestURI(w.URL + c.path)
 	req.Header.Set("X-Request-Id", c.reqID)
 	req.Header.Set("X-Forwarded-For", forwardedFor(ctx))
 	req.SetBodyRaw(ctx.PostBody())
@@ -208,6 +238,9 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 		if o.code == fasthttp.StatusOK {
 			o.usage, o.usageOK = parseUsage(resp.Body())
 		}
+		if c.track != trackNone {
+			s.noteResponse(c, w, o.code, resp.Body())
+		}
 		ctx.SetBody(resp.Body())
 		fasthttp.ReleaseResponse(resp)
 		return o
@@ -216,7 +249,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	ctx.Response.Header.SetContentLength(-1)
 	sp := &streamPipe{s: s, w: w, load: o.load, resp: resp, model: c.r.Model, start: c.start, status: o.code,
 		sse:       bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream")),
-		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec}
+		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec, track: c.track}
 	if !ctx.Request.Header.IsHTTP11() {
 		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
 		return o
@@ -306,6 +339,12 @@ type streamPipe struct {
 	dec       decisionRef
 	usage     ReportedUsage
 	usageOK   bool
+	// track is set for a Responses API stream (responses.go): its response id is
+	// remembered once an event names it, and it is complete once its terminal event
+	// (respDone) has been read, as it has no data: [DONE].
+	track    respTrack
+	respSeen bool
+	respDone bool
 
 	body     io.Reader
 	closer   streamCloser
@@ -351,6 +390,9 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 	n, err := p.body.Read(b)
 	if n > 0 {
 		p.tail.add(b[:n])
+		if p.track != trackNone {
+			p.s.scanResponseEvents(p, b[:n])
+		}
 		if p.sse && bytes.Contains(b[:n], usageKey) {
 			if u, ok := sseUsage(b[:n]); ok {
 				p.usage, p.usageOK = u, true
@@ -365,7 +407,7 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 		}
 	}
 	if errors.Is(err, io.EOF) {
-		if !p.sse || p.tail.done() {
+		if !p.sse || p.tail.done() || p.respDone {
 			p.done = true
 			return n, nil // fasthttp writes n, then reads the EOF
 		}
@@ -623,4 +665,18 @@ func streamToHTTP10(ctx *fasthttp.RequestCtx, sp *streamPipe) {
 		}
 		_ = sp.CloseWithError(err)
 	})
+}
+
+// routeCall chooses the worker of c's next attempt: the policy's (route), or for a
+// pinned request its worker, on the first attempt only: a stored response lives there
+// and nowhere else, so the request is never re-routed.
+func (s *Server) routeCall(ctx *fasthttp.RequestCtx, c *call, attempt, class int) (*upstream.Worker, int, *upstream.Load, error) {
+	if c.pin == nil {
+		return s.route(ctx, c.st, c.reqID, attempt, class)
+	}
+	if attempt > 0 {
+		return nil, 0, nil, nil
+	}
+	overlap := c.st.overlap(c.pin.ID)
+	return c.pin, overlap, s.beginLoad(c.pin, c.st, overlap), nil
 }

@@ -17,6 +17,10 @@ const (
 	epChat endpoint = iota
 	epCompletions
 	epEmbeddings
+	// epResponses is the Responses API (responses.go); epPassthrough an engine endpoint
+	// forwarded by model (passthrough.go). Their call carries the path.
+	epResponses
+	epPassthrough
 )
 
 func (e endpoint) path() string {
@@ -25,6 +29,8 @@ func (e endpoint) path() string {
 		return "/v1/chat/completions"
 	case epCompletions:
 		return "/v1/completions"
+	case epResponses:
+		return "/v1/responses"
 	default:
 		return "/v1/embeddings"
 	}

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -93,6 +94,10 @@ type Server struct {
 	budget bodyBudget
 	// queue holds the requests that find every worker full (queue.go).
 	queue *waitQueue
+	// responses maps stored response ids to their workers (responses.go); passthrough
+	// is the set of engine paths forwarded by model (passthrough.go).
+	responses   *responseMap
+	passthrough map[string]struct{}
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -103,12 +108,18 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		cfg: opts.Config, pool: opts.Pool, sel: opts.Selector, log: opts.Logger,
 		index: opts.Index, history: opts.History, hasher: opts.Hasher, replica: opts.Replica,
-		blocks:    blockSizes{configured: opts.Config.CacheAware.BlockSize},
-		decisions: newDecisionLog(256),
-		traffic:   newTrafficStats(time.Now()),
+		blocks:      blockSizes{configured: opts.Config.CacheAware.BlockSize},
+		decisions:   newDecisionLog(256),
+		traffic:     newTrafficStats(time.Now()),
+		responses:   newResponseMap(opts.Config.Responses.MaxEntries, opts.Config.Responses.TTL),
+		passthrough: newPassthrough(opts.Config.Passthrough),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.replica != nil {
+		// The peers' stored responses (responses.go) are routed here too.
+		s.replica.SetResponseSink(func(id, worker, model string) { s.responses.put(id, worker, model, time.Now()) })
 	}
 	if s.sel == nil {
 		sel, err := NewSelector(opts.Config)
@@ -140,6 +151,9 @@ func New(opts Options) (*Server, error) {
 	if s.queue, err = newWaitQueue(opts.Config, reg); err != nil {
 		return nil, err
 	}
+	if err := registerResponseMetrics(reg, s.responses); err != nil {
+		return nil, err
+	}
 	if s.tlsConf, err = opts.Config.TLS.ServerConfig(); err != nil {
 		return nil, err
 	}
@@ -169,6 +183,9 @@ func New(opts Options) (*Server, error) {
 		// The handler reads the body itself (framing.go), after checking the framing and
 		// reserving its memory.
 		StreamRequestBody: true,
+		// Multipart bodies (audio uploads, passthrough.go) too: fasthttp's pre-parsing
+		// would read them whole, past max_body_bytes and the in-flight budget.
+		DisablePreParseMultipartForm: true,
 		// Slow clients: the request line and headers within header_timeout, then the
 		// body within body_timeout; writes are bounded by guardConn (limits.go).
 		ReadTimeout:    lim.HeaderTimeout,
@@ -228,6 +245,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.handleInference(ctx, epCompletions)
 	case "/v1/embeddings":
 		s.handleInference(ctx, epEmbeddings)
+	case "/v1/responses":
+		s.handleResponses(ctx)
 	case "/v1/models":
 		s.onlyGet(ctx, s.handleModels)
 	case "/health":
@@ -239,6 +258,14 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	default:
 		if s.admin != nil && s.ownedByAdmin(ctx.Path()) {
 			s.admin(ctx)
+			return
+		}
+		if _, ok := s.passthrough[string(ctx.Path())]; ok {
+			s.handlePassthrough(ctx, string(ctx.Path()))
+			return
+		}
+		if bytes.HasPrefix(ctx.Path(), []byte("/v1/responses/")) {
+			s.handleResponseByID(ctx)
 			return
 		}
 		writeError(ctx, fmt.Errorf("%w: %s", errNotFound, ctx.Path()))

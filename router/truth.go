@@ -32,7 +32,10 @@ func predictedTokens(req *scorer.Request, overlap int) int {
 // from one JSON object (an answer's body, or one SSE event's data). ok is false when the
 // object has no usage or a malformed one: a usage without prompt_tokens_details means
 // the engine does not report cached tokens (vLLM without --enable-prompt-tokens-details)
-// and is not a report either. The worker's bytes are only structurally checked.
+// and is not a report either. A Responses API answer's usage.input_tokens and
+// usage.input_tokens_details.cached_tokens count the same, at the top level or in the
+// "response" object of a stream event (response.completed). The worker's bytes are only
+// structurally checked.
 func parseUsage(b []byte) (u ReportedUsage, ok bool) {
 	i := jsonscan.SkipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
@@ -52,6 +55,10 @@ func parseUsage(b []byte) (u ReportedUsage, ok bool) {
 				return u, true
 			}
 			return ReportedUsage{}, false
+		}
+		// A Responses API stream event nests the response object, and its usage.
+		if jsonscan.KeyIs(key, "response") && b[vs] == '{' {
+			return parseUsage(b[vs:ve])
 		}
 	}
 }
@@ -74,13 +81,13 @@ func parseUsageObject(b []byte) (u ReportedUsage, ok bool) {
 			break
 		}
 		switch {
-		case jsonscan.KeyIs(key, "prompt_tokens"):
+		case jsonscan.KeyIs(key, "prompt_tokens"), jsonscan.KeyIs(key, "input_tokens"): // chat, Responses
 			n, err := jsonscan.Uint32(b[vs:ve])
 			if err != nil {
 				return u, false
 			}
 			u.PromptTokens, havePrompt = int(n), true
-		case jsonscan.KeyIs(key, "prompt_tokens_details"):
+		case jsonscan.KeyIs(key, "prompt_tokens_details"), jsonscan.KeyIs(key, "input_tokens_details"):
 			d := b[vs:ve]
 			if len(d) == 0 || d[0] != '{' {
 				continue // null: no details

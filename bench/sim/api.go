@@ -157,7 +157,7 @@ func messageText(raw json.RawMessage) (string, error) {
 	}
 	var b strings.Builder
 	for i, pt := range parts {
-		if pt.Type != "text" {
+		if pt.Type != "text" && pt.Type != "input_text" && pt.Type != "output_text" { // the last two: Responses API
 			return "", fmt.Errorf("content part type %q is not supported by kvsim", pt.Type)
 		}
 		if i > 0 {

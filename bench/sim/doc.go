@@ -5,13 +5,15 @@
 // Each [Worker] serves the OpenAI-compatible API as vLLM does (POST /v1/completions
 // with text or token-id prompts, POST /v1/chat/completions, streamed with vLLM's chunk
 // shapes or not, usage with prompt_tokens_details.cached_tokens, GET /v1/models,
-// POST /tokenize, GET /health, GET /metrics with vLLM's metric names), runs a
-// continuous-batching engine over a paged KV cache with prefix caching (package
-// kvcache), and publishes KV-cache events on ZMQ with vLLM's framing, encodings and
-// replay protocol (package kvevents). Admin endpoints: POST /sim/fault, GET /sim/fault,
-// POST /sim/restart, GET /sim/stats, POST /reset_prefix_cache. A worker may have several
-// data-parallel ranks ([Rank]), each a full engine with its own cache and event sockets;
-// requests go to the rank named by X-data-parallel-rank or to the least loaded one.
+// POST /tokenize, GET /health, GET /metrics with vLLM's metric names, the Responses API
+// with stored responses, and plausible answers from the other engine endpoints:
+// responses.go), runs a continuous-batching engine over a paged KV cache with prefix
+// caching (package kvcache), and publishes KV-cache events on ZMQ with vLLM's framing,
+// encodings and replay protocol (package kvevents). Admin endpoints: POST /sim/fault,
+// GET /sim/fault, POST /sim/restart, GET /sim/stats, POST /reset_prefix_cache. A worker
+// may have several data-parallel ranks ([Rank]), each a full engine with its own cache
+// and event sockets; requests go to the rank named by X-data-parallel-rank or to the
+// least loaded one.
 //
 // Engine model (one step = one forward pass): running requests are served first (one
 // decode token each, or the next prefill chunk), then waiting requests are admitted in

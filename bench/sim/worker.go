@@ -105,6 +105,8 @@ type Worker struct {
 	hangCtx    context.Context
 	hangCancel context.CancelFunc
 	reqSeq     atomic.Uint64
+	// resp holds the stored responses of the Responses API (responses.go).
+	resp *respStore
 
 	failed, hung, died atomic.Uint64
 	unauthorized       atomic.Uint64
@@ -398,6 +400,22 @@ func (w *Worker) routes() http.Handler {
 	mux.HandleFunc("POST /v1/chat/completions", func(rw http.ResponseWriter, r *http.Request) { w.serveGenerate(rw, r, true) })
 	mux.HandleFunc("GET /v1/models", w.serveModels)
 	mux.HandleFunc("POST /tokenize", w.serveTokenize)
+	w.resp = newRespStore()
+	mux.HandleFunc("POST /v1/responses", w.serveResponses)
+	mux.HandleFunc("GET /v1/responses/{id}", w.serveResponseByID)
+	mux.HandleFunc("DELETE /v1/responses/{id}", w.serveResponseByID)
+	mux.HandleFunc("POST /v1/responses/{id}/cancel", w.serveResponseByID)
+	mux.HandleFunc("POST /detokenize", w.serveAux("detokenize"))
+	for _, p := range []string{"/v1/rerank", "/rerank"} {
+		mux.HandleFunc("POST "+p, w.serveAux("rerank"))
+	}
+	for _, p := range []string{"/v1/score", "/score"} {
+		mux.HandleFunc("POST "+p, w.serveAux("score"))
+	}
+	mux.HandleFunc("POST /pooling", w.serveAux("pooling"))
+	mux.HandleFunc("POST /classify", w.serveAux("classify"))
+	mux.HandleFunc("POST /v1/audio/transcriptions", w.serveAux("audio"))
+	mux.HandleFunc("POST /v1/audio/translations", w.serveAux("audio"))
 	mux.HandleFunc("GET /health", func(rw http.ResponseWriter, _ *http.Request) {
 		if w.down() {
 			rw.WriteHeader(http.StatusServiceUnavailable)

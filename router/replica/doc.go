@@ -16,7 +16,12 @@
 //     for the router's scorer — only for workers whose totals changed since its previous
 //     message, or every worker in a heartbeat (flag full, every Heartbeat, default 1 s);
 //   - the routing decisions made since its previous message: (worker, block hashes),
-//     which each receiver records with indexer.Index.Predict.
+//     which each receiver records with indexer.Index.Predict;
+//   - the Responses API responses it saw stored since its previous message: (response
+//     id, worker, model), handed to the router's sink ([Sync.SetResponseSink]), so a
+//     follow-up naming previous_response_id reaches the worker holding it through any
+//     replica (issue #22). Like predictions they are sent once: a replica that joins
+//     later, or misses the message, answers 404 response_not_found for those ids.
 //
 // Totals rather than deltas make the protocol idempotent: a lost or reordered message
 // costs at most one FlushInterval of staleness, the next message (at the latest the next

@@ -95,12 +95,20 @@ type Sync struct {
 	pend       []byte
 	nPend      int
 	maxPending int
+	// Also guarded by mu: the encoded stored responses not yet published (within
+	// maxPending too).
+	pendResp []byte
+	nResp    int
+
+	// responses receives the peers' stored responses (SetResponseSink); nil drops them.
+	responses atomic.Pointer[func(id, worker, model string)]
 
 	// Run's goroutine only: what was last published per worker, the sequence number,
 	// buffers, and whether the next message must be a full one.
 	sent      map[string]Load
 	seq       uint64
 	spare     []byte
+	spareResp []byte
 	loadBuf   []byte
 	msgBuf    []byte
 	forceFull bool
@@ -248,7 +256,7 @@ func (s *Sync) Predicted(worker string, hashes []proto.BlockHash) {
 	}
 	need := len(worker) + 2*binary.MaxVarintLen64 + 8*len(hashes)
 	s.mu.Lock()
-	if len(s.pend)+need > s.maxPending {
+	if len(s.pend)+len(s.pendResp)+need > s.maxPending {
 		s.mu.Unlock()
 		s.m.dropBuffer.Inc()
 		return
@@ -257,6 +265,39 @@ func (s *Sync) Predicted(worker string, hashes []proto.BlockHash) {
 	s.nPend++
 	s.mu.Unlock()
 	s.Changed()
+}
+
+// StoredResponse queues a stored response for the other replicas: worker holds the
+// Responses API response id (of model), so they route requests naming it there too. It
+// never blocks; when the pending buffer is full the record is dropped and counted, and
+// a peer asked for the id answers 404 response_not_found as for any id it never saw.
+func (s *Sync) StoredResponse(id, worker, model string) {
+	if len(id) > maxIDLen || len(worker) > maxIDLen || len(model) > maxIDLen {
+		s.m.dropBuffer.Inc()
+		return
+	}
+	r := StoredResponse{ID: id, Worker: worker, Model: model}
+	s.mu.Lock()
+	if len(s.pend)+len(s.pendResp)+len(id)+len(worker)+len(model)+3*binary.MaxVarintLen64 > s.maxPending {
+		s.mu.Unlock()
+		s.m.dropBuffer.Inc()
+		return
+	}
+	s.pendResp = appendResponse(s.pendResp, &r)
+	s.nResp++
+	s.mu.Unlock()
+	s.Changed()
+}
+
+// SetResponseSink sets the function that receives the peers' stored responses (id,
+// the worker holding it, its model), called on the NATS delivery goroutine for the
+// workers of this replica's pool; nil drops them. Safe to call at any time.
+func (s *Sync) SetResponseSink(f func(id, worker, model string)) {
+	if f == nil {
+		s.responses.Store(nil)
+		return
+	}
+	s.responses.Store(&f)
 }
 
 // Peers returns the ids of the peers currently heard from.
@@ -360,18 +401,26 @@ func (s *Sync) flush(full bool, now time.Time) (busy bool) {
 	s.mu.Lock()
 	preds, np := s.pend, s.nPend
 	s.pend, s.nPend = s.spare[:0], 0
+	resps, nr := s.pendResp, s.nResp
+	s.pendResp, s.nResp = s.spareResp[:0], 0
 	s.mu.Unlock()
-	s.spare = preds
-	if n == 0 && np == 0 && !full {
+	s.spare, s.spareResp = preds, resps
+	if n == 0 && np == 0 && nr == 0 && !full {
 		return busy
 	}
 	s.seq++
 	hdr := Message{Sender: s.id, Incarnation: s.inc, Seq: s.seq, Sent: now.UnixNano(), Full: full}
 	b := appendHeader(s.msgBuf[:0], &hdr)
+	flagsAt := len(b) - 1
 	b = binary.AppendUvarint(b, uint64(n))
 	b = append(b, s.loadBuf...)
 	b = binary.AppendUvarint(b, uint64(np))
 	b = append(b, preds...)
+	if nr > 0 {
+		b[flagsAt] |= flagResponses
+		b = binary.AppendUvarint(b, uint64(nr))
+		b = append(b, resps...)
+	}
 	s.msgBuf = b
 	if err := s.nc.Publish(s.subject, b); err != nil {
 		s.m.dropPublish.Inc()
@@ -472,6 +521,16 @@ func (s *Sync) apply(data []byte, now time.Time) {
 		if s.opts.Index != nil {
 			s.opts.Index.Predict(proto.WorkerKey{ID: pr.Worker}, pr.Hashes, s.opts.PredictionTTL)
 			s.m.predRecv.Inc()
+		}
+	}
+	if sink := s.responses.Load(); sink != nil {
+		for i := range m.Responses {
+			r := &m.Responses[i]
+			if s.remoteAt(r.Worker) == nil {
+				s.m.dropped.WithLabelValues(dropUnknown).Inc()
+				continue
+			}
+			(*sink)(r.ID, r.Worker, r.Model)
 		}
 	}
 	s.m.received.Inc()

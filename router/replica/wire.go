@@ -17,20 +17,26 @@ import (
 //	uv(n) n x { str(worker) sv(in_flight) sv(prefill_tokens) sv(active_blocks) }
 //	uv(m) m x { str(worker) uv(k) k x u64le(block hash) }
 //
+//	[flags bit 1] uv(r) r x { str(response id) str(worker) str(model) }
+//
 // flags bit 0 (flagFull): the message lists every worker the sender routes to (a
-// heartbeat), so a worker it does not list carries none of its load.
+// heartbeat), so a worker it does not list carries none of its load. Bit 1
+// (flagResponses): the message ends with stored responses (the Responses API's ids and
+// the worker holding each, issue #22); it is set only on messages that carry some, so
+// a replica built before it decodes every other message.
 //
 // Dump chunk, the reply to a request on <prefix>.<cluster>.dump:
 //
 //	"KD" byte(version) uv(chunk index) byte(last: 0 or 1) payload...
 const (
-	stateMagic   = "KR"
-	dumpMagic    = "KD"
-	wireVersion  = 1
-	flagFull     = 1
-	maxIDLen     = 256     // bytes of a sender or worker id
-	maxRecords   = 1 << 16 // load or prediction records in one message
-	maxPredicted = 1 << 16 // block hashes in one prediction
+	stateMagic    = "KR"
+	dumpMagic     = "KD"
+	wireVersion   = 1
+	flagFull      = 1
+	flagResponses = 2
+	maxIDLen      = 256     // bytes of a sender or worker id
+	maxRecords    = 1 << 16 // load or prediction records in one message
+	maxPredicted  = 1 << 16 // block hashes in one prediction
 )
 
 // ErrBadMessage is wrapped by every error returned for a malformed message.
@@ -58,6 +64,12 @@ type Prediction struct {
 	Hashes []proto.BlockHash
 }
 
+// StoredResponse is a Responses API response the sender saw stored on Worker: the
+// other replicas route requests naming ID there too.
+type StoredResponse struct {
+	ID, Worker, Model string
+}
+
 // Message is one decoded state message.
 type Message struct {
 	// Sender is the publishing replica's id.
@@ -75,6 +87,9 @@ type Message struct {
 	Loads []WorkerLoad
 	// Predictions are the sender's routing decisions since its previous message.
 	Predictions []Prediction
+	// Responses are the stored responses the sender saw answered since its previous
+	// message.
+	Responses []StoredResponse
 }
 
 // AppendMessage appends the encoding of m to dst.
@@ -88,7 +103,17 @@ func AppendMessage(dst []byte, m *Message) []byte {
 	for i := range m.Predictions {
 		dst = appendPrediction(dst, m.Predictions[i].Worker, m.Predictions[i].Hashes)
 	}
+	if len(m.Responses) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(m.Responses)))
+		for i := range m.Responses {
+			dst = appendResponse(dst, &m.Responses[i])
+		}
+	}
 	return dst
+}
+
+func appendResponse(dst []byte, r *StoredResponse) []byte {
+	return appendString(appendString(appendString(dst, r.ID), r.Worker), r.Model)
 }
 
 func appendHeader(dst []byte, m *Message) []byte {
@@ -101,6 +126,9 @@ func appendHeader(dst []byte, m *Message) []byte {
 	flags := byte(0)
 	if m.Full {
 		flags |= flagFull
+	}
+	if len(m.Responses) > 0 {
+		flags |= flagResponses
 	}
 	return append(dst, flags)
 }
@@ -140,7 +168,7 @@ func DecodeMessage(data []byte, m *Message) error {
 	m.Sent = d.sv()
 	flags := d.byte()
 	m.Full = flags&flagFull != 0
-	if d.err == nil && flags&^flagFull != 0 {
+	if d.err == nil && flags&^(flagFull|flagResponses) != 0 {
 		d.fail("unknown flags %#x", flags)
 	}
 	// A load record takes at least 4 bytes, a prediction at least 2.
@@ -165,6 +193,13 @@ func DecodeMessage(data []byte, m *Message) error {
 			}
 		}
 		m.Predictions = append(m.Predictions, p)
+	}
+	m.Responses = m.Responses[:0]
+	if flags&flagResponses != 0 {
+		n = d.count(maxRecords, 3)
+		for i := 0; i < n && d.err == nil; i++ {
+			m.Responses = append(m.Responses, StoredResponse{ID: d.str(), Worker: d.str(), Model: d.str()})
+		}
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("%d trailing bytes", len(d.b))

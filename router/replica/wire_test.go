@@ -16,6 +16,7 @@ func sampleMessages() []Message {
 			Loads:       []WorkerLoad{{Worker: "10.0.0.1:8000", Load: Load{InFlight: 1, Blocks: 12}}},
 			Predictions: []Prediction{{Worker: "10.0.0.1:8000", Hashes: []proto.BlockHash{1, 2, 1 << 60}}, {Worker: "gpu-2", Hashes: []proto.BlockHash{7}}}},
 		{Sender: "x", Seq: 2, Predictions: []Prediction{{Worker: "w"}}},
+		{Sender: "resp", Seq: 4, Responses: []StoredResponse{{ID: "resp_1", Worker: "gpu-0", Model: "m"}, {ID: "resp_2", Worker: "gpu-1"}}},
 		{Sender: "neg", Seq: 3, Loads: []WorkerLoad{{Worker: "w", Load: Load{InFlight: -1, PrefillTokens: -5, Blocks: -2}}}},
 	}
 }
@@ -27,6 +28,9 @@ func normalize(m Message) Message {
 	}
 	if len(m.Predictions) == 0 {
 		m.Predictions = nil
+	}
+	if len(m.Responses) == 0 {
+		m.Responses = nil
 	}
 	for i := range m.Predictions {
 		if len(m.Predictions[i].Hashes) == 0 {
