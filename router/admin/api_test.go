@@ -143,10 +143,20 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 	if code := tr.call(t, "GET", "/api/decisions?n=5", "", &ds); code != 200 || len(ds) != 5 {
 		t.Fatalf("GET /api/decisions?n=5: %d, %d decisions", code, len(ds))
 	}
+	reported := 0
 	for _, d := range ds {
 		if len(d.Candidates) == 0 || d.Explanation == "" || !strings.Contains(d.Explanation, d.Chosen) || d.Blocks == 0 {
 			t.Errorf("decision %+v: want candidates, blocks and an explanation naming the chosen worker", d)
 		}
+		if d.Reported != nil {
+			reported++
+			if d.Reported.PromptTokens == 0 || d.Reported.CachedTokens > d.Reported.PromptTokens {
+				t.Errorf("decision %s: reported %+v", d.RequestID, *d.Reported)
+			}
+		}
+	}
+	if reported == 0 { // the kvsim workers report usage.prompt_tokens_details.cached_tokens
+		t.Errorf("no decision shows the worker's reported usage: %+v", ds)
 	}
 	for _, bad := range []string{"0", "257", "x"} {
 		if code := tr.call(t, "GET", "/api/decisions?n="+bad, "", nil); code != 400 {

@@ -43,6 +43,18 @@ type Decision struct {
 	Candidates []Candidate `json:"candidates"`
 	// Explanation says in one line why the chosen worker was chosen.
 	Explanation string `json:"explanation"`
+	// PredictedCachedTokens is the prompt tokens the chosen worker was believed to hold.
+	PredictedCachedTokens int `json:"predicted_cached_tokens"`
+	// Reported is what the worker's answer said of the prompt
+	// (usage.prompt_tokens_details.cached_tokens); nil before the answer, and for
+	// answers without it.
+	Reported *ReportedUsage `json:"reported"`
+}
+
+// ReportedUsage is what a worker reported of a request's prompt.
+type ReportedUsage struct {
+	PromptTokens int `json:"prompt_tokens"`
+	CachedTokens int `json:"cached_tokens"`
 }
 
 // Candidate is one candidate's figures at decision time; costs are in blocks and nil
