@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -27,19 +26,8 @@ import (
 // always does.
 func (st *Stack) RunIndexer(ctx context.Context, ln net.Listener, ready func()) error {
 	cfg, log := st.Config, st.log
-	bg, stopBG := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		stopBG()
-		wg.Wait()
-		for _, c := range st.closers {
-			c()
-		}
-	}()
-	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(bg) }()
-	}
+	goRun, stop := st.background()
+	defer stop()
 	api, err := st.adminHandler(ln.Addr())
 	if err != nil {
 		return err

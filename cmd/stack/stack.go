@@ -370,25 +370,33 @@ func (st *Stack) startBackground(ctx context.Context, goRun func(func(context.Co
 	return nil
 }
 
+// background returns goRun, which runs a loop on its own goroutine with a context that
+// ends at stop, and stop, which ends them, waits for them and runs the closers: what
+// Run and RunIndexer share.
+func (st *Stack) background() (goRun func(func(context.Context)), stop func()) {
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	goRun = func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(bg) }()
+	}
+	return goRun, func() {
+		stopBG()
+		wg.Wait()
+		for _, c := range st.closers {
+			c()
+		}
+	}
+}
+
 // Run serves on ln until ctx ends, then drains: it stops accepting, lets in-flight
 // requests finish for up to Config.Timeouts.Shutdown, stops the background loops and
 // returns. ready, if not nil, is called once the workers have been checked and the
 // listener is serving.
 func (st *Stack) Run(ctx context.Context, ln net.Listener, ready func()) error {
 	cfg, log := st.Config, st.log
-	bg, stopBG := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		stopBG()
-		wg.Wait()
-		for _, c := range st.closers {
-			c()
-		}
-	}()
-	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(bg) }()
-	}
+	goRun, stop := st.background()
+	defer stop()
 	if err := st.startBackground(ctx, goRun); err != nil {
 		return err
 	}
