@@ -102,6 +102,7 @@ type Index struct {
 	pred     predHeap
 	predLive int
 	rnd      uint64
+	stale    map[proto.WorkerKey]struct{} // workers whose entries count as predicted (stale.go)
 
 	c       counters
 	hot     hotTracker

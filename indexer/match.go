@@ -23,6 +23,10 @@ type WorkerMatch struct {
 	// Options.TierWeights among the tiers holding it, or Options.PredictedWeight for a
 	// predicted block. With default options it equals Blocks.
 	Score float64
+	// Stale is true when the worker's event feed was marked stale ([Index.SetStale]) at
+	// the time of the match: its confirmed blocks were counted as predicted ones
+	// (Confirmed is 0, their weight is Options.PredictedWeight).
+	Stale bool
 
 	weight   float64 // blockWeight(flags), cached
 	wid      uint32
@@ -79,12 +83,15 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		members := ix.sets.members(id)
 		if i == 0 {
 			for _, c := range members {
-				f := codeFlags(c) & ix.countMask
-				if f == 0 {
+				wid := codeWID(c)
+				f, stale := codeFlags(c), len(ix.stale) > 0 && ix.staleWID(wid)
+				if stale {
+					f = ix.demote(f)
+				}
+				if f &= ix.countMask; f == 0 {
 					continue
 				}
-				wid := codeWID(c)
-				dst = append(dst, WorkerMatch{Worker: ix.keys[wid], weight: ix.blockWeight(f), wid: wid, flags: f, open: true, confOpen: f&ix.confMask != 0})
+				dst = append(dst, WorkerMatch{Worker: ix.keys[wid], Stale: stale, weight: ix.blockWeight(f), wid: wid, flags: f, open: true, confOpen: f&ix.confMask != 0})
 				open++
 			}
 		} else {
@@ -163,7 +170,11 @@ func (ix *Index) intersect(dst []WorkerMatch, members []uint32, i int) int {
 		}
 		var f uint8
 		if j < len(members) && codeWID(members[j]) == m.wid {
-			f = codeFlags(members[j]) & ix.countMask
+			f = codeFlags(members[j])
+			if m.Stale {
+				f = ix.demote(f)
+			}
+			f &= ix.countMask
 		}
 		if f == 0 {
 			m.open, m.Blocks = false, i
