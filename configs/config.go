@@ -297,6 +297,8 @@ type Events struct {
 	MaxMessageBytes int64 `yaml:"max_message_bytes"`
 	// NATS configures the nats source.
 	NATS NATSEvents `yaml:"nats"`
+	// Staleness: max_staleness and stale_weight (staleness.go).
+	Staleness `yaml:",inline"`
 }
 
 // NATSEvents configures reading KV events from NATS.
@@ -380,7 +382,7 @@ func Default() Config {
 		},
 		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
-		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, MaxMessageBytes: 4 << 20, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}},
+		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, MaxMessageBytes: 4 << 20, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}, Staleness: defaultStaleness()},
 		MaxBodyBytes: 32 << 20,
 		MaxAttempts:  3,
 		Timeouts: Timeouts{
@@ -615,6 +617,7 @@ func (c *Config) Validate() error {
 	c.validateSecurity(bad)
 	c.validateQueue(bad)
 	c.Index.validate(bad)
+	c.Events.Staleness.validate(bad)
 	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {

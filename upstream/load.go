@@ -46,6 +46,7 @@ func (w *Worker) BeginNotify(prefillTokens, blocks int64, lifetime time.Duration
 	now := time.Now()
 	l := &Load{w: w, prefill: prefillTokens, blocks: blocks, begun: now, deadline: now.Add(lifetime), ended: ended}
 	w.inFlight.Add(1)
+	w.lastRouted.Store(now.UnixNano())
 	w.pendingPrefill.Add(prefillTokens)
 	w.activeBlocks.Add(blocks)
 	w.loadMu.Lock()
@@ -148,3 +149,13 @@ func (w *Worker) PendingPrefillTokens() int64 { return w.pendingPrefill.Load() }
 // ActiveBlocks returns the KV blocks held by the requests this router has in flight on
 // the worker.
 func (w *Worker) ActiveBlocks() int64 { return w.activeBlocks.Load() }
+
+// LastRouted returns when the router last counted a request on the worker
+// ([Worker.Begin]); zero before the first. The KV-event staleness bound reads it: a
+// worker that received requests after its feed's last event is serving. One atomic load.
+func (w *Worker) LastRouted() time.Time {
+	if ns := w.lastRouted.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}

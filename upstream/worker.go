@@ -47,6 +47,7 @@ type Worker struct {
 	stream, plain *fasthttp.HostClient
 
 	inFlight       atomic.Int64
+	lastRouted     atomic.Int64 // unix ns of the last Begin; 0 before the first
 	pendingPrefill atomic.Int64
 	activeBlocks   atomic.Int64
 	// prefillNsPerToken estimates the worker's prefill speed (see Load).

@@ -109,6 +109,8 @@ type trackerStats struct {
 	resets       atomic.Uint64
 	decodeErrors atomic.Uint64
 	lastEvent    atomic.Int64 // unix nanoseconds; 0 before the first batch
+	lastTS       atomic.Int64 // engine timestamp of the last live batch with one, unix ns; 0: none
+	lastLag      atomic.Int64 // its arrival minus lastTS, ns
 
 	// mu guards lastReset and lastError.
 	mu        sync.Mutex
@@ -413,7 +415,11 @@ func (t *Tracker) apply(b *proto.Batch, replayed bool) {
 		}
 	}
 	if b.TS > 0 && !replayed {
-		t.wm.lag.Set(now.Sub(time.Unix(0, int64(b.TS*1e9))).Seconds())
+		ts := time.Unix(0, int64(b.TS*1e9))
+		lag := now.Sub(ts)
+		t.stats.lastTS.Store(ts.UnixNano())
+		t.stats.lastLag.Store(int64(lag))
+		t.wm.lag.Set(lag.Seconds())
 	}
 }
 
@@ -440,6 +446,18 @@ type WorkerState struct {
 	LastEvent time.Time
 	// DownSince is when the connection was lost; zero while connected.
 	DownSince time.Time
+	// LastBatchTS is the engine's timestamp of the last live batch that carried one and
+	// Lag its arrival minus that timestamp (kvroute_events_lag_seconds); zero before.
+	// A clock offset between the engine's host and the router's adds to Lag.
+	LastBatchTS time.Time
+	Lag         time.Duration
+	// Epoch is the feed's tracking epoch: how many times the worker's entries were reset
+	// so far (equal to Resets).
+	Epoch uint64
+	// Stale is true while the feed is judged stale by a [Staleness] monitor, since
+	// StaleSince; set only by [Staleness.Annotate].
+	Stale      bool
+	StaleSince time.Time
 }
 
 // State returns a snapshot of the tracker's counters. Safe for concurrent use.
@@ -455,6 +473,10 @@ func (t *Tracker) State() WorkerState {
 	if ns := s.lastEvent.Load(); ns != 0 {
 		st.LastEvent = time.Unix(0, ns)
 	}
+	if ns := s.lastTS.Load(); ns != 0 {
+		st.LastBatchTS, st.Lag = time.Unix(0, ns), time.Duration(s.lastLag.Load())
+	}
+	st.Epoch = st.Resets
 	s.mu.Lock()
 	st.LastReset, st.LastError = s.lastReset, s.lastError
 	s.mu.Unlock()
