@@ -143,6 +143,7 @@ func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 	st.req.PromptTokens, st.req.Blocks, st.req.BlockSize = res.Tokens, len(res.Hashes), pr.BlockSize
 	if s.index != nil && len(st.hashes) > 0 {
 		st.matches = s.index.Match(st.hashes, st.matches[:0])
+		st.staleWeight = s.cfg.Events.StaleWeight
 	}
 	if s.history != nil && len(st.hashes) > 0 {
 		st.hist = s.history.Match(st.hashes, st.hist[:0])
@@ -150,16 +151,22 @@ func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 }
 
 // overlap returns how many leading blocks of the request worker id holds (the best of
-// its data-parallel ranks).
-func (st *routeState) overlap(id string) int { return bestMatch(st.matches, id) }
+// its data-parallel ranks), a stale rank's counted at events.stale_weight.
+func (st *routeState) overlap(id string) int { return bestMatch(st.matches, id, st.staleWeight) }
 
 // bestMatch returns the longest match of worker id in ms (the best of its data-parallel
-// ranks), 0 when it has none.
-func bestMatch(ms []indexer.WorkerMatch, id string) int {
+// ranks), 0 when it has none. The match of a rank whose event feed is stale
+// (indexer.WorkerMatch.Stale, see upstream/kvevents.Staleness) counts staleWeight of its
+// blocks, rounded down: its entries may show blocks the engine has evicted since.
+func bestMatch(ms []indexer.WorkerMatch, id string, staleWeight float64) int {
 	best := 0
 	for i := range ms {
-		if m := &ms[i]; m.Worker.ID == id && m.Blocks > best {
-			best = m.Blocks
+		if m := &ms[i]; m.Worker.ID == id {
+			n := m.Blocks
+			if m.Stale {
+				n = int(float64(n) * staleWeight)
+			}
+			best = max(best, n)
 		}
 	}
 	return best
@@ -172,7 +179,7 @@ func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate 
 		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
 	}
 	if s.history != nil {
-		c.AffinityBlocks = max(c.OverlapBlocks, bestMatch(st.hist, w.ID))
+		c.AffinityBlocks = max(c.OverlapBlocks, bestMatch(st.hist, w.ID, 1))
 	}
 	if s.replica != nil {
 		// The other replicas' load on w: the policy and the guard see the fleet's.

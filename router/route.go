@@ -37,6 +37,8 @@ type routeState struct {
 	hashes  []proto.BlockHash
 	matches []indexer.WorkerMatch
 	hist    []indexer.WorkerMatch // matches in the routing history (Server.history)
+	// staleWeight is events.stale_weight, set with matches (overlap reads it).
+	staleWeight float64
 	// guarded counts the candidates of the last pick filtered out by the load guard
 	// (admissible): when pick finds none and guarded > 0, the fleet is full, not down.
 	guarded int

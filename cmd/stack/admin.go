@@ -109,7 +109,7 @@ func (st *Stack) adminBackend() admin.Backend {
 		},
 	}
 	if st.Events != nil {
-		b.Feeds = st.Events.States
+		b.Feeds = st.feedStates
 	}
 	return b
 }

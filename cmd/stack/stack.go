@@ -57,6 +57,10 @@ type Stack struct {
 	// the event feeds, from when membership changes update them.
 	sources []discovery.Source
 	feedsOn atomic.Bool
+
+	// Staleness judges the ZMQ feeds against events.max_staleness (staleness.go); nil
+	// without Events.
+	Staleness *kvevents.Staleness
 }
 
 // NewStack builds every part of a router from cfg; nothing runs until [Stack.Run].
@@ -88,6 +92,9 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 		return nil, err
 	}
 	if err := st.newEvents(reg); err != nil {
+		return nil, err
+	}
+	if err := st.newStaleness(reg); err != nil {
 		return nil, err
 	}
 	if err := st.newReplica(reg); err != nil {
@@ -350,6 +357,7 @@ func (st *Stack) startBackground(ctx context.Context, goRun func(func(context.Co
 			return err
 		}
 		goRun(func(c context.Context) { _ = st.Events.Run(c) })
+		goRun(st.Staleness.Run)
 	}
 	st.runDiscovery(goRun)
 	if st.ReloadOnSIGHUP {

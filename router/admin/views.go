@@ -52,6 +52,8 @@ type WorkerView struct {
 	Index *IndexView `json:"index"`
 	// Feeds are the worker's KV-event feeds, one per DP rank; empty when it publishes none.
 	Feeds []FeedView `json:"feeds"`
+	// EventsStale is true while any of its feeds is stale (FeedView.Stale).
+	EventsStale bool `json:"events_stale"`
 	// Traffic is the worker's share of the router's traffic; nil without a
 	// Backend.Traffic.
 	Traffic *WorkerTraffic `json:"traffic"`
@@ -104,6 +106,14 @@ type FeedView struct {
 	LagSeconds *float64 `json:"lag_seconds"`
 	// LastEventAgeSeconds is how long ago the last batch was applied; nil before the first.
 	LastEventAgeSeconds *float64 `json:"last_event_age_seconds"`
+	// Epoch is the feed's epoch: resets of the worker's entries so far
+	// (kvroute_events_epoch).
+	Epoch uint64 `json:"epoch"`
+	// Stale is true while the feed lags or stays silent beyond events.max_staleness
+	// while the worker serves requests (kvroute_events_stale): the worker's confirmed
+	// entries count as predictions until it catches up; StaleSince is since when.
+	Stale      bool      `json:"stale"`
+	StaleSince time.Time `json:"stale_since,omitzero"`
 }
 
 // PrefixView is one hot shared prefix.
@@ -262,6 +272,7 @@ func (h *handler) workerViews(fam families, ix *indexer.Stats, only string) []Wo
 				Rank: s.Key.DPRank, Endpoint: s.Endpoint, Connected: s.Connected,
 				Batches: s.Batches, Events: s.Events, Gaps: s.Gaps, Replays: s.Replays, Resets: s.Resets,
 				DecodeErrors: s.DecodeErrors, LastReset: s.LastReset, LastError: s.LastError,
+				Epoch: s.Epoch, Stale: s.Stale, StaleSince: s.StaleSince,
 			}
 			if s.HaveSeq {
 				seq := s.LastSeq
@@ -303,6 +314,9 @@ func (h *handler) workerView(w *upstream.Worker, ix *indexer.Stats, feeds []Feed
 	}
 	if v.Feeds == nil {
 		v.Feeds = []FeedView{}
+	}
+	for _, f := range v.Feeds {
+		v.EventsStale = v.EventsStale || f.Stale
 	}
 	switch {
 	case st.State == "leaving":
