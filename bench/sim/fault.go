@@ -26,6 +26,11 @@ type Faults struct {
 	// are numbered and kept for replay but not sent on the PUB socket, so subscribers
 	// see a seq gap. Default 0.
 	DropEventBatches int `json:"drop_event_batches" yaml:"drop_event_batches"`
+	// EventDelayMS delays every KV-event batch on the PUB socket by that many
+	// milliseconds, in order, each keeping the engine's timestamp of its change (the
+	// batch ts), as a lagging feed delivers them (kvsim --event-delay). Lowering it
+	// releases the batches already due at once. At most 600000 (10 min). Default 0.
+	EventDelayMS int64 `json:"event_delay_ms" yaml:"event_delay_ms"`
 }
 
 // Validate reports the first field out of range, quoting its value.
@@ -41,6 +46,8 @@ func (f *Faults) Validate() error {
 		return fmt.Errorf("die_after_chunks must not be negative, got %d", f.DieAfterChunks)
 	case f.DropEventBatches < 0:
 		return fmt.Errorf("drop_event_batches must not be negative, got %d", f.DropEventBatches)
+	case f.EventDelayMS < 0 || f.EventDelayMS > 600_000:
+		return fmt.Errorf("event_delay_ms must be in [0, 600000], got %d", f.EventDelayMS)
 	}
 	return nil
 }

@@ -317,6 +317,9 @@ func (w *Worker) SetFaults(f Faults) error {
 		if f.DropEventBatches > 0 {
 			rk.pub.DropNext(f.DropEventBatches)
 		}
+		if d := time.Duration(f.EventDelayMS) * time.Millisecond; d != rk.pub.Delay() {
+			rk.pub.SetDelay(d)
+		}
 	}
 	return nil
 }

@@ -66,6 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	chunkTokens := fs.Int("stream-chunk-tokens", w.StreamChunkTokens, "tokens per streamed chunk")
 	meanOut := fs.Int("mean-output-tokens", w.MeanOutputTokens, "mean natural output length")
 	seed := fs.Int64("seed", w.Seed, "seed of engine hashes and faults")
+	eventDelay := fs.Duration("event-delay", time.Duration(w.Faults.EventDelayMS)*time.Millisecond, "send every KV-event batch this late, stamped with the engine time of its change (a lagging feed; faults.event_delay_ms, POST /sim/fault)")
 	tokenizer := fs.String("tokenizer", def.TokenizerPath, "model directory (tokenizer.json + tokenizer_config.json) or tokenizer.json: tokenize with kvroute's router/tokenize/chat instead of the built-in tokenizer")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,6 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"time-scale": func() { cfg.Worker.TimeScale = *timeScale }, "stream-chunk-tokens": func() { cfg.Worker.StreamChunkTokens = *chunkTokens },
 		"mean-output-tokens": func() { cfg.Worker.MeanOutputTokens = *meanOut }, "seed": func() { cfg.Worker.Seed = *seed },
 		"tokenizer": func() { cfg.TokenizerPath = *tokenizer }, "lora": func() { cfg.Worker.LoRA = splitList(*lora) },
+		"event-delay": func() { cfg.Worker.Faults.EventDelayMS = eventDelay.Milliseconds() },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if apply, ok := set[f.Name]; ok {

@@ -65,6 +65,7 @@ type Publisher struct {
 	drop    int
 	sent    uint64
 	dropd   uint64
+	delayQ  delayQueue // see delay.go
 }
 
 // Listen binds the PUB socket and, when configured, the replay ROUTER socket, and starts
@@ -152,17 +153,26 @@ func (p *Publisher) Publish(payload []byte) uint64 {
 		p.ring[p.next] = e
 		p.next = (p.next + 1) % p.ringCap
 	}
+	if p.delayQ.hold(seq, buf) {
+		return seq
+	}
+	p.sendLocked(seq, buf)
+	return seq
+}
+
+// sendLocked sends one numbered payload on the PUB socket, or drops it as the fault
+// injector asked. mu must be held.
+func (p *Publisher) sendLocked(seq uint64, buf []byte) {
 	if p.drop > 0 || p.socks == nil {
 		p.drop = max(p.drop-1, 0)
 		p.dropd++
-		return seq
+		return
 	}
 	var sb [8]byte
 	binary.BigEndian.PutUint64(sb[:], seq)
 	// The PUB socket queues the message and returns at once (no high-water mark set).
 	_ = p.socks.pub.SendMulti(zmq4.NewMsgFrom(p.topic, sb[:], buf))
 	p.sent++
-	return seq
 }
 
 // DropNext makes the next n published batches skip the PUB socket (they are still
@@ -180,6 +190,7 @@ func (p *Publisher) Restart() {
 	p.ring = p.ring[:0]
 	p.next = 0
 	p.drop = 0
+	p.delayQ.clear()
 	p.mu.Unlock()
 }
 
