@@ -22,7 +22,7 @@ func (st *Stack) newStaleness(reg prometheus.Registerer) error {
 		return nil
 	}
 	s, err := kvevents.NewStaleness(kvevents.StalenessOptions{
-		MaxStaleness: st.Config.Events.MaxStaleness,
+		MaxStaleness: st.Config.Events.MaxStaleness, IdleAfter: st.Config.Events.DeadAfter,
 		Feeds:        st.Events.States,
 		Routed: func(id string) (time.Time, int64) {
 			if w := st.Pool.Worker(id); w != nil {

@@ -34,6 +34,11 @@ type StalenessOptions struct {
 	// for a stale feed that disappears. Calls come from one goroutine at a time, in order.
 	// Nil ignores them.
 	Mark func(k proto.WorkerKey, stale bool)
+	// IdleAfter is how long after its last routed request a worker with nothing in
+	// flight counts as idle even though its feed has not covered that request (a request
+	// served wholly from cache may change no block, so its feed owes nothing); 0 means
+	// 30s (events.dead_after's default). At least MaxStaleness.
+	IdleAfter time.Duration
 	// Interval is how often Run judges the feeds; 0 means MaxStaleness/4 within
 	// [50ms, 1s] (1s when MaxStaleness is 0).
 	Interval time.Duration
@@ -49,7 +54,7 @@ type StalenessOptions struct {
 // Staleness judges the feeds' staleness. A feed's view is the engine time its index
 // entries reflect: the timestamp of its last live batch (its arrival time when batches
 // carry none). Its worker is serving when the router routed a request to it after the
-// view and that request is either recent (within MaxStaleness) or some request is still
+// view and that request is either recent (within IdleAfter) or some request is still
 // in flight there: an idle worker publishes nothing and is never stale, however old its
 // last event. A serving worker's feed is stale when
 //
@@ -92,6 +97,10 @@ func NewStaleness(opts StalenessOptions) (*Staleness, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.IdleAfter <= 0 {
+		opts.IdleAfter = 30 * time.Second
+	}
+	opts.IdleAfter = max(opts.IdleAfter, opts.MaxStaleness)
 	if opts.Interval <= 0 {
 		opts.Interval = time.Second
 		if opts.MaxStaleness > 0 {
@@ -182,7 +191,7 @@ func (s *Staleness) judge(j *feedJudgement, st *WorkerState, now, last time.Time
 	if view.IsZero() {
 		view = st.LastEvent
 	}
-	serving := !last.IsZero() && last.After(view) && (inFlight > 0 || now.Sub(last) < bound)
+	serving := !last.IsZero() && last.After(view) && (inFlight > 0 || now.Sub(last) < s.opts.IdleAfter)
 	if bound <= 0 || !serving {
 		j.servingSince = time.Time{}
 		return false, 0

@@ -48,7 +48,7 @@ func newStaleRig(t *testing.T, bound time.Duration, reg prometheus.Registerer) (
 	t.Helper()
 	r := &staleRig{now: time.Unix(1_800_000_000, 0), feed: ingest.WorkerState{Key: proto.WorkerKey{ID: "w"}, Epoch: 2, Resets: 2}}
 	s, err := ingest.NewStaleness(ingest.StalenessOptions{
-		MaxStaleness: bound, Feeds: r.feeds, Now: r.clock, Registerer: reg,
+		MaxStaleness: bound, IdleAfter: 10 * time.Second, Feeds: r.feeds, Now: r.clock, Registerer: reg,
 		Routed: func(id string) (time.Time, int64) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
@@ -116,12 +116,18 @@ func TestStalenessRule(t *testing.T) {
 	if !r.stale(s) {
 		t.Fatal("feed lagging 8s behind a serving worker not stale with a 5s bound")
 	}
-	// Traffic stops: in flight done, last request older than the bound: idle, restored
-	// even though the feed's last batch lagged.
+	// Traffic stops: in flight done, still stale while the feed owes the last requests;
+	// once the last request is older than IdleAfter, idle: restored even though the
+	// feed's last batch lagged.
 	r.mu.Lock()
 	r.inFlight = 0
 	r.mu.Unlock()
-	r.advance(6 * time.Second)
+	r.advance(9 * time.Second)
+	s.Check()
+	if !r.stale(s) {
+		t.Fatal("restored while its feed still owes requests of 9s ago")
+	}
+	r.advance(2 * time.Second)
 	s.Check()
 	if r.stale(s) {
 		t.Fatal("idle worker still stale")
@@ -130,7 +136,7 @@ func TestStalenessRule(t *testing.T) {
 		t.Errorf("marks %v, want %v", r.marks, want)
 	}
 	for name, want := range map[string]float64{
-		"kvroute_events_epoch": 2, "kvroute_events_last_event_age_seconds": 6, "kvroute_events_stale": 0,
+		"kvroute_events_epoch": 2, "kvroute_events_last_event_age_seconds": 11, "kvroute_events_stale": 0,
 	} {
 		if got := gauge(t, reg, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
