@@ -23,7 +23,7 @@ func (st *Stack) newStaleness(reg prometheus.Registerer) error {
 	}
 	s, err := kvevents.NewStaleness(kvevents.StalenessOptions{
 		MaxStaleness: st.Config.Events.MaxStaleness, IdleAfter: st.Config.Events.DeadAfter,
-		Feeds:        st.Events.States,
+		Feeds: st.Events.States,
 		Routed: func(id string) (time.Time, int64) {
 			if w := st.Pool.Worker(id); w != nil {
 				return w.LastRouted(), w.InFlight()
