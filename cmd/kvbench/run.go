@@ -57,6 +57,9 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	pending := fs.Float64("pending-weight", -1, "cache_aware.pending_weight of the cache_aware policies (negative: the config default)")
 	imbalance := fs.Float64("max-imbalance", -1, "cache_aware.max_imbalance (the load guard) of the cache_aware policies (negative: the config default; 0 disables the guard)")
 	lora := fs.String("lora", "", "comma-separated LoRA adapters every worker serves; requests name them instead of the base model, a conversation keeping one (\"\": the base model)")
+	eventDelay := fs.Duration("event-delay", 0, "kvsim: send every KV-event batch this late, stamped with the engine time of its change (a lagging feed)")
+	maxStale := fs.Duration("max-staleness", -1, "events.max_staleness of the routers (negative: the config default; 0 disables the bound)")
+	staleWeight := fs.Float64("stale-weight", -1, "events.stale_weight of the routers (negative: the config default)")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -87,6 +90,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	fc.Worker.KVBlocks = *kvBlocks
 	fc.Worker.StreamChunkTokens = *chunk
 	fc.Worker.MaxModelLen = *maxModelLen
+	fc.Worker.Faults.EventDelayMS = eventDelay.Milliseconds()
 	for _, a := range strings.Split(*lora, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			fc.Worker.LoRA = append(fc.Worker.LoRA, a)
@@ -142,6 +146,12 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		if *imbalance >= 0 {
 			c.CacheAware.MaxImbalance = *imbalance
+		}
+		if *maxStale >= 0 {
+			c.Events.MaxStaleness = *maxStale
+		}
+		if *staleWeight >= 0 {
+			c.Events.StaleWeight = *staleWeight
 		}
 	}
 	var mu sync.Mutex

@@ -46,6 +46,13 @@
 // reconnects with its backoff, a replay fails like any failed replay. The wrapper only
 // parses framing, costs a few comparisons per read, and works for every socket type.
 //
+// Staleness (issue #19): each feed records the engine timestamp of its last live batch
+// and that batch's lag (arrival minus timestamp); a [Staleness] monitor judges from them
+// and from the router's routing record whether a serving worker's view is older than a
+// bound, exports kvroute_events_last_event_age_seconds, kvroute_events_stale and
+// kvroute_events_epoch, and tells the caller (the index) when a feed turns stale or
+// catches up. See staleness.go for the rule.
+//
 // Invariants:
 //   - Per worker key, Sink calls never overlap and follow the publisher's order; a batch
 //     is applied at most once per tracking epoch (a catch-up's replay and the live

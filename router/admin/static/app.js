@@ -237,7 +237,9 @@ function renderWorkers(o) {
       cell('indexed_blocks', ix ? `${fmtInt(ix.gpu)} / ${fmtInt(ix.cpu)} / ${fmtInt(ix.disk)}` : '–'),
       cell('predicted', w.index ? fmtInt(w.index.predicted) : '–'),
       cell('event_seq', feed && feed.seq !== null ? fmtInt(feed.seq) : '–', feed ? feed.endpoint : 'no event feed'),
-      cell('lag', feed ? fmtSec(feed.lag_seconds) : '–'),
+      el('td', { 'data-field': 'lag', title: feed ? `last event ${fmtSec(feed.last_event_age_seconds)} ago · epoch ${feed.epoch}` : '' },
+        feed ? fmtSec(feed.lag_seconds) : '–',
+        w.events_stale ? el('span', { class: 'badge st-stale', title: "the event feed lags or is silent beyond events.max_staleness while the worker serves: its cached blocks count as predictions until it catches up" }, 'stale') : ''),
       cell('gaps', feed ? fmtInt(feed.gaps) : '–', feed ? `replays ${feed.replays}, resets ${feed.resets}` : ''),
       cell('routed', fmtInt(tr.routed)),
       cell('hit_rate', fmtPct(tr.hit_rate)),
@@ -288,7 +290,8 @@ function renderDrill(w) {
     ['engine prefix-cache hit rate (since it started)', fmtPct(w.engine.prefix_cache_hit_rate)]);
   if (w.index) facts.push(['indexed blocks gpu/cpu/disk', `${fmtInt(w.index.blocks.gpu)} / ${fmtInt(w.index.blocks.cpu)} / ${fmtInt(w.index.blocks.disk)}`], ['predicted blocks', fmtInt(w.index.predicted)]);
   for (const f of w.feeds || []) {
-    facts.push([`events rank ${f.rank}`, `${f.connected ? 'connected' : 'down'} · seq ${f.seq ?? '–'} · ${fmtInt(f.batches)} batches · gaps ${f.gaps} · replays ${f.replays} · resets ${f.resets}${f.last_reset ? ' (' + f.last_reset + ')' : ''}`]);
+    facts.push([`events rank ${f.rank}`, `${f.connected ? 'connected' : 'down'} · seq ${f.seq ?? '–'} · ${fmtInt(f.batches)} batches · gaps ${f.gaps} · replays ${f.replays} · resets ${f.resets}${f.last_reset ? ' (' + f.last_reset + ')' : ''} · epoch ${f.epoch}`]);
+    if (f.stale) facts.push([`events rank ${f.rank} stale since`, `${new Date(f.stale_since).toLocaleTimeString()} (lag ${fmtSec(f.lag_seconds)}, last event ${fmtSec(f.last_event_age_seconds)} ago): cached blocks count as predictions`]);
     if (f.last_error) facts.push(['events error', f.last_error]);
   }
   const t = w.traffic || {};
