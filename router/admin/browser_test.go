@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/kvroute/kvroute/bench/sim"
 )
 
 // chromiumPath is Debian's Chromium, installed by scripts/deps.d/60-chromium.sh.
@@ -95,6 +97,7 @@ type workerRow struct {
 	Routed        string `json:"routed"`
 	HitRate       string `json:"hit_rate"`
 	ReportedHit   string `json:"reported_hit_rate"`
+	Lag           string `json:"lag"`
 }
 
 const readWorkers = `[...document.querySelectorAll('#workers tbody tr')].map(tr =>
@@ -284,6 +287,34 @@ func TestDashboardInChromium(t *testing.T) {
 		eval(`({hidden: document.getElementById('drill').hidden, id: document.getElementById('drill-id').textContent,
 			facts: document.querySelectorAll('#drill-facts dt').length, drawn: document.getElementById('drill-chart').dataset.drawn || '0'})`, &d)
 		return !d.Hidden && d.ID == ids[0] && d.Facts >= 10 && num(d.Drawn) > 0, fmt.Sprintf("%+v", d)
+	})
+
+	// A stale event feed: the third worker's events held back while it keeps serving:
+	// its lag cell shows the stale badge (events.max_staleness 2s in startRouter's
+	// config), and loses it once the held batches are released.
+	laggard := tr.fleet.Workers()[2]
+	if err := laggard.SetFaults(sim.Faults{EventDelayMS: 600_000}); err != nil {
+		t.Fatal(err)
+	}
+	badge := `(() => { const b = document.querySelector('#workers tr[data-worker="` + ids[2] + `"] td[data-field="lag"] .st-stale'); return b ? b.textContent : ''; })()`
+	until("the stale badge on the held-back worker", func() (bool, string) {
+		var b string
+		var rows []workerRow
+		eval(badge, &b)
+		eval(readWorkers, &rows)
+		return b == "stale", fmt.Sprintf("%q %+v", b, rows)
+	})
+	var sv workerView
+	if code := tr.call(t, "GET", "/api/workers/"+ids[2], "", &sv); code != 200 || !sv.EventsStale {
+		t.Fatalf("API while the page shows stale: %d events_stale %v", code, sv.EventsStale)
+	}
+	if err := laggard.SetFaults(sim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	until("the stale badge gone once the feed caught up", func() (bool, string) {
+		var b string
+		eval(badge, &b)
+		return b == "", b
 	})
 
 	// Drain from the page: the token typed in, the worker's drain button clicked.

@@ -57,6 +57,8 @@ func startRouter(t *testing.T, workers int, token string) *testRouter {
 	// preamble, over every worker, so each has figures to show; the default 0.25 keeps it
 	// on the workers that hold the preamble while their queues are short.
 	fmt.Fprintf(&b, "cache_aware: {pending_weight: 1}\n")
+	// The dashboard test holds a worker's events back and waits for its stale flag.
+	fmt.Fprintf(&b, "events: {max_staleness: 2s}\n")
 	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:0\", token: %q}\nworkers:\n", token)
 	for _, info := range fleet.Infos() {
 		fmt.Fprintf(&b, "  - {id: %s, url: %q, events: %q, replay: %q, models: [%s], max_conns: 256}\n", info.ID, info.URL, info.Events, info.Replay, testModel)
