@@ -154,6 +154,10 @@ func (s *Server) hashPrompt(ctx context.Context, r *request, st *routeState) {
 // its data-parallel ranks), a stale rank's counted at events.stale_weight.
 func (st *routeState) overlap(id string) int { return bestMatch(st.matches, id, st.staleWeight) }
 
+// held returns how many leading blocks of the request worker id holds per the index,
+// stale or not: the router's belief, where overlap is the cost's weighed figure.
+func (st *routeState) held(id string) int { return bestMatch(st.matches, id, 1) }
+
 // bestMatch returns the longest match of worker id in ms (the best of its data-parallel
 // ranks), 0 when it has none. The match of a rank whose event feed is stale
 // (indexer.WorkerMatch.Stale, see upstream/kvevents.Staleness) counts staleWeight of its

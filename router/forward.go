@@ -677,6 +677,6 @@ func (s *Server) routeCall(ctx *fasthttp.RequestCtx, c *call, attempt, class int
 	if attempt > 0 {
 		return nil, 0, nil, nil
 	}
-	overlap := c.st.overlap(c.pin.ID)
+	overlap := c.st.held(c.pin.ID)
 	return c.pin, overlap, s.beginLoad(c.pin, c.st, overlap), nil
 }

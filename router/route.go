@@ -100,13 +100,17 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 	if i < 0 || i >= n {
 		i = 0 // a policy bug must not become a panic on the request path
 	}
+	// The cost weighed a stale worker's blocks events.stale_weight; what the router
+	// believes the chosen worker holds (its load accounting, predicted cached tokens,
+	// the cached-blocks header) is the index's overlap, unweighted.
+	held := st.held(st.workers[i].ID)
 	st.dec = s.decisions.record(Decision{
 		Time: time.Now(), RequestID: reqID, Model: st.req.Model, Policy: s.cfg.Policy,
 		PromptTokens: st.req.PromptTokens, Blocks: st.req.Blocks, Exact: st.exact,
 		Chosen: st.workers[i].ID, Attempt: attempt,
-		PredictedCachedTokens: predictedTokens(&st.req, st.cands[i].OverlapBlocks),
+		PredictedCachedTokens: predictedTokens(&st.req, held),
 	}, st.cands, costs)
-	return st.workers[i], st.cands[i].OverlapBlocks
+	return st.workers[i], held
 }
 
 // Decision is one routing decision with every candidate's figures, for the admin API
