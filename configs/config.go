@@ -617,7 +617,7 @@ func (c *Config) Validate() error {
 	c.validateSecurity(bad)
 	c.validateQueue(bad)
 	c.Index.validate(bad)
-	c.Events.Staleness.validate(bad)
+	c.Events.validateStaleness(bad)
 	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {

@@ -29,7 +29,7 @@ type Staleness struct {
 func defaultStaleness() Staleness { return Staleness{MaxStaleness: 10 * time.Second, StaleWeight: 0.5} }
 
 // validate appends the staleness settings' problems with bad.
-func (s *Staleness) validate(bad func(format string, args ...any)) {
+func (s *Staleness) validateStaleness(bad func(format string, args ...any)) {
 	if s.MaxStaleness < 0 {
 		bad("events.max_staleness: %q must not be negative (0s disables it)", s.MaxStaleness.String())
 	} else if s.MaxStaleness > 0 && s.MaxStaleness < 100*time.Millisecond {
