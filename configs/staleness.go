@@ -13,12 +13,14 @@ type Staleness struct {
 	// StaleWeight by the router): the feed's last batch arrived more than this after the
 	// engine stamped it, or the worker has been receiving requests for longer than this
 	// since the engine time of its last batch. An idle worker publishes nothing and is
-	// never stale. 0s disables the bound (lag and age are still reported). Default 10s: a
-	// healthy feed lags by milliseconds (vLLM publishes every engine step), so GC pauses
-	// and network hiccups stay far below it, while a feed 10s behind can hide a good part
-	// of a busy cache's turnover (a kvsim worker at 85% load replaces its cache in about
-	// a minute, bench/RESULTS.md "Stale event feeds"); it is a third of events.dead_after,
-	// which purges a silent feed's entries altogether.
+	// never stale. A worker counts as serving while it has a request in flight or got
+	// one within events.dead_after. 0s disables the bound (lag and age are still
+	// reported). Default 10s: a healthy feed lags by milliseconds (vLLM publishes every
+	// engine step), so GC pauses and network hiccups stay far below it; on kvsim, feeds
+	// 2 and 5 s late made the router over-predict its hits by 7-9 points and gained
+	// nothing from the downgrade, a feed 20 s late by 22 points (bench/RESULTS.md "Stale
+	// event feeds"); and it is a third of events.dead_after, which purges a silent
+	// feed's entries altogether.
 	MaxStaleness time.Duration `yaml:"max_staleness"`
 	// StaleWeight is what a leading block of a stale worker counts for in the
 	// cache_aware cost and in the predicted cached tokens, against 1 for a fresh
