@@ -62,6 +62,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		open     int
 		i        int
 		shared   = -1 // blocks walked while at least two workers were open
+		anyStale = len(ix.stale) > 0
 	)
 	// The node table stores chains in runs: one lookup finds the request's block i and
 	// tells how many of the following blocks continue its run (same holder set), compared
@@ -84,7 +85,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		if i == 0 {
 			for _, c := range members {
 				wid := codeWID(c)
-				f, stale := codeFlags(c), len(ix.stale) > 0 && ix.staleWID(wid)
+				f, stale := codeFlags(c), anyStale && ix.staleWID(wid)
 				if stale {
 					f = ix.demote(f)
 				}
