@@ -261,10 +261,16 @@ type CacheAware struct {
 
 // Tokenize configures how the router gets a request's tokens.
 type Tokenize struct {
-	// Mode is "engine" (ask a worker's /tokenize, cached), "approx" (hash text chunks; only
-	// matches the router's own predictions) or "local:PATH" (kvroute's pure-Go tokenizer
-	// with the tokenizer.json and tokenizer_config.json at PATH). Default "engine".
+	// Mode is "auto" (local for each model with a tokenizer in Dir, else engine, else
+	// approx; see router/blockhash.Auto), "engine" (ask a worker's /tokenize, cached),
+	// "approx" (hash text chunks; only matches the router's own predictions) or
+	// "local:PATH" (kvroute's pure-Go tokenizer with the tokenizer.json and
+	// tokenizer_config.json at PATH). Default "auto".
 	Mode string `yaml:"mode"`
+	// Dir is where the auto mode looks for tokenizers: DIR/MODEL/tokenizer.json (plus
+	// tokenizer_config.json) for a model, else DIR/tokenizer.json for every model. Default
+	// "" (none: auto means engine, else approx).
+	Dir string `yaml:"dir"`
 	// Timeout bounds one engine /tokenize call; on failure the request is hashed in
 	// approx mode. Default 300ms.
 	Timeout time.Duration `yaml:"timeout"`
@@ -378,7 +384,7 @@ func Default() Config {
 			MetricsInterval: time.Second,
 			MetricsMaxAge:   3 * time.Second,
 		},
-		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
+		Tokenize:     Tokenize{Mode: "auto", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
 		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, MaxMessageBytes: 4 << 20, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}},
 		MaxBodyBytes: 32 << 20,
@@ -569,14 +575,14 @@ func (c *Config) Validate() error {
 	}
 	validMode := func(m string) bool {
 		// As router/blockhash.ParseMode: a local path of only spaces is no path.
-		return m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && strings.TrimSpace(m[len("local:"):]) != ""
+		return m == "auto" || m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && strings.TrimSpace(m[len("local:"):]) != ""
 	}
 	if !validMode(c.Tokenize.Mode) {
-		bad("tokenize.mode: %q is not engine, approx or local:PATH", c.Tokenize.Mode)
+		bad("tokenize.mode: %q is not auto, engine, approx or local:PATH", c.Tokenize.Mode)
 	}
 	for model, m := range c.Tokenize.Models {
 		if !validMode(m) {
-			bad("tokenize.models[%q]: %q is not engine, approx or local:PATH", model, m)
+			bad("tokenize.models[%q]: %q is not auto, engine, approx or local:PATH", model, m)
 		}
 	}
 	switch c.Events.Source {

@@ -33,7 +33,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)")
 	listen := fs.String("listen", "", "listen address, e.g. :8080 (overrides the config)")
 	policy := fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)")
-	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: engine, approx or local:PATH (overrides the config)")
+	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	var workers stringList
 	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME]`; repeat for each worker")
@@ -136,5 +136,6 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: warning: %s\n", args[0], w)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d workers, policy %s, listen %s)\n", args[0], len(cfg.Workers), cfg.Policy, cfg.Listen)
+	printTokenizeModes(stdout, stderr, args[0], cfg)
 	return 0
 }
