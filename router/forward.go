@@ -9,6 +9,7 @@ import (
 	"iter"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -198,12 +199,14 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	o = outcome{w: w, overlap: overlap, load: load}
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
-	stripHopByHop(&req.Header)
+	stripHopByHop(&req.Header, &c.st.hop)
 	s.stripCredentials(&req.Header, w.HasAPIKey())
 	w.Authorize(&req.Header)
-	req.SetRequestURI(w.URL + c.path)
+	var uri [256]byte // copied by fasthttp: no string concatenation per request
+	req.SetRequestURIBytes(append(append(uri[:0], w.URL...), c.path...))
 	req.Header.Set("X-Request-Id", c.reqID)
-	req.Header.Set("X-Forwarded-For", forwardedFor(ctx))
+	var xff [64]byte
+	req.Header.SetBytesV("X-Forwarded-For", appendForwardedFor(xff[:0], ctx))
 	req.SetBodyRaw(ctx.PostBody())
 
 	resp := fasthttp.AcquireResponse()
@@ -230,7 +233,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 
 	// Commit: from here on the client gets this worker's answer.
 	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
-	stripHopByHop(&ctx.Response.Header)
+	stripHopByHop(&ctx.Response.Header, &c.st.hop)
 	ctx.Response.Header.Set("X-Request-Id", c.reqID)
 	s.setWorkerHeader(ctx, w.ID)
 	s.setCachedBlocksHeader(ctx, c.st, overlap)
@@ -520,12 +523,18 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, model string, err error) {
 	s.count("", model, statusOf(err).code, time.Time{})
 }
 
-func forwardedFor(ctx *fasthttp.RequestCtx) string {
-	ip := ctx.RemoteIP().String()
+// appendForwardedFor appends the X-Forwarded-For value sent to a worker: the client's
+// own X-Forwarded-For, if any, then the client's address.
+func appendForwardedFor(dst []byte, ctx *fasthttp.RequestCtx) []byte {
 	if prior := ctx.Request.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
-		return string(prior) + ", " + ip
+		dst = append(append(dst, prior...), ", "...)
 	}
-	return ip
+	// netip appends without allocating; net.IP.String allocated on every request.
+	ip, ok := netip.AddrFromSlice(ctx.RemoteIP())
+	if !ok {
+		return append(dst, ctx.RemoteIP().String()...)
+	}
+	return ip.Unmap().AppendTo(dst)
 }
 
 // newRequestID returns 16 random hex digits.
@@ -584,34 +593,48 @@ const maxHopFields = 64
 // stripHopByHop removes from h, a header about to be forwarded, the hop-by-hop fields
 // and every field the Connection field names ("Connection: keep-alive, X-Hop" makes
 // X-Hop hop-by-hop: RFC 9110 section 7.6.1), whatever the case of their names (the
-// server keeps names as sent). It does not allocate unless Connection names more
-// than 256 bytes of fields.
-func stripHopByHop(h fieldSet) {
-	var store [256]byte
-	named := store[:0]
+// server keeps names as sent). sc is scratch space (nil: its own): with sc given it
+// costs two small allocations per call (fasthttp's iterator and the loop body that
+// escapes into it), where restarting the scan after each removal with buffers on the
+// stack cost about eight (BenchmarkRequestPath, bench/RESULTS.md "Hot path"). It scans
+// h once, and once more only when a Connection field names fields, as a named field may
+// come before the Connection field.
+func stripHopByHop(h fieldSet, sc *hopScratch) {
+	if sc == nil {
+		sc = new(hopScratch)
+	}
+	sc.named, sc.found = sc.namedBuf[:0], sc.foundBuf[:0]
 	for k, v := range h.All() {
 		if equalFold(k, "connection") {
 			for tok := range bytes.SplitSeq(v, []byte{','}) {
 				if tok = trimSpace(tok); len(tok) > 0 {
-					named = append(append(named, tok...), ',')
+					sc.named = append(append(sc.named, tok...), ',')
 				}
 			}
 		}
+		if isHopByHop(k, nil) {
+			sc.found = append(append(sc.found, k...), ',')
+		}
 	}
-	var buf [128]byte
-	for range maxHopFields {
-		var found []byte
+	if len(sc.named) > 0 {
+		sc.found = sc.found[:0]
 		for k := range h.All() {
-			if isHopByHop(k, named) {
-				found = append(buf[:0], k...)
-				break
+			if isHopByHop(k, sc.named) {
+				sc.found = append(append(sc.found, k...), ',')
 			}
 		}
-		if found == nil {
-			return
-		}
-		h.DelBytes(found)
 	}
+	for n, f := 0, sc.found; len(f) > 0 && n < maxHopFields; n++ {
+		i := bytes.IndexByte(f, ',')
+		h.DelBytes(f[:i])
+		f = f[i+1:]
+	}
+}
+
+// hopScratch is stripHopByHop's scratch space, kept in the pooled routeState.
+type hopScratch struct {
+	named, found       []byte // comma-terminated field names
+	namedBuf, foundBuf [256]byte
 }
 
 // isHopByHop reports whether the field named k is hop-by-hop: one of hopByHop or of

@@ -44,6 +44,7 @@ type routeState struct {
 	hdr     [24]byte
 	// dec is the decision of the current attempt, for the worker's reported usage.
 	dec decisionRef
+	hop hopScratch // stripHopByHop's
 }
 
 var routeStates = sync.Pool{New: func() any { return new(routeState) }}
