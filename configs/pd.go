@@ -48,7 +48,7 @@ func (p *PD) validate(bad func(format string, args ...any)) {
 
 // validateRole checks the worker's role and bootstrap port.
 func (w *Worker) validateRole() error {
-	if !ValidRole(w.Role) {
+	if w.Role != "" && !ValidRole(w.Role) { // "" (a worker built without defaults) is both
 		return fmt.Errorf("role: %q is not prefill, decode or both", w.Role)
 	}
 	if w.BootstrapPort < 0 || w.BootstrapPort > 65535 {
