@@ -480,3 +480,46 @@ func TestPDBothRole(t *testing.T) {
 		t.Fatalf("decode on a both worker: %+v %+v", c, b.PDStats())
 	}
 }
+
+// TestPDRestartAndChat: a prefill worker's restart drops its held KV (the decode fails
+// cleanly, nothing is freed into the new cache); chat requests carry the params too.
+func TestPDRestartAndChat(t *testing.T) {
+	p := startPD(t, "p0", RolePrefill, "127.0.0.1", nil)
+	d := startPD(t, "d0", RoleDecode, decodeHost(t), nil)
+	chat := map[string]any{"messages": []map[string]any{{"role": "user", "content": words(0, 120)}},
+		"max_completion_tokens": 5, "ignore_eos": true}
+	pb := prefillBody(chat)
+	pb["max_completion_tokens"] = 1
+	st, out := postJSON(t, p.URL()+"/v1/chat/completions", pb)
+	var pa prefillAnswer
+	if err := json.Unmarshal(out, &pa); st != 200 || err != nil || pa.KV == nil {
+		t.Fatalf("chat prefill: %d %s", st, out)
+	}
+	dec := maps.Clone(chat)
+	dec["kv_transfer_params"] = pa.KV
+	if c := complete2(t, d.URL()+"/v1/chat/completions", dec); c.Usage.CompletionTokens != 5 || c.Choices[0].Message.Content == "" {
+		t.Fatalf("chat decode: %+v", c)
+	}
+
+	kv := prefillKV(t, p, map[string]any{"prompt": words(0, 100)})
+	if err := p.Restart(RestartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.PDStats(); s.Held != 0 || p.Stats().UsedBlocks != 0 {
+		t.Fatalf("after restart: %+v, %d blocks used", s, p.Stats().UsedBlocks)
+	}
+	st, out = postJSON(t, d.URL()+"/v1/completions", map[string]any{"prompt": words(0, 100), "kv_transfer_params": kv})
+	if st != 503 || !strings.Contains(errorOf(t, out), "already pulled or expired") {
+		t.Fatalf("%d %s", st, out)
+	}
+}
+
+func complete2(t *testing.T, url string, body map[string]any) completion {
+	t.Helper()
+	st, out := postJSON(t, url, body)
+	var c completion
+	if err := json.Unmarshal(out, &c); st != 200 || err != nil || len(c.Choices) == 0 {
+		t.Fatalf("%s: %d %s", url, st, out)
+	}
+	return c
+}
