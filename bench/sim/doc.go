@@ -56,12 +56,14 @@
 //     true) are 400s; vLLM itself would log and fall back to a local prefill on some of
 //     these, kvsim refuses so that routers' mistakes show.
 //   - Metrics: requests waiting for their KV count in num_requests_waiting (SGLang:
-//     num_queue_reqs), held blocks in kv_cache_usage_perc (token_usage), like vLLM's
-//     WAITING_FOR_REMOTE_KVS requests and delayed-free blocks; kvsim:pd_transfers_total
+//     num_queue_reqs), and the blocks a KV in transit will land in (taken when the
+//     pull starts, if free) and held blocks in kv_cache_usage_perc (token_usage), like
+//     vLLM's WAITING_FOR_REMOTE_KVS requests and delayed-free blocks; kvsim:pd_transfers_total
 //     {side=send|recv, result} and kvsim:pd_transfer_seconds{side}. [Worker.PDStats].
-//   - Simplifications: the decode worker allocates the prompt's blocks after the pull,
-//     not during it, and pulls the whole prompt even when its own cache holds a prefix
-//     (vLLM pulls only the blocks it lacks); the transfer is one delay, not per layer;
+//   - Simplifications: the decode worker gives its transit blocks back and allocates
+//     the request's own at admission (the request may queue for blocks then), and it
+//     pulls the whole prompt even when its own cache holds a prefix (vLLM pulls only
+//     the blocks it lacks); the transfer is one delay, not per layer;
 //     cached_tokens on a decode worker counts the pulled tokens, as vLLM's
 //     num_cached_tokens counts externally computed ones.
 //

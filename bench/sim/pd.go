@@ -410,6 +410,36 @@ func (e *engine) expire(key string, h *heldKV) {
 	}
 }
 
+// reservation is blocks taken for a KV in transit.
+type reservation struct {
+	blocks []kvcache.BlockID
+	gen    uint64
+}
+
+// reserve takes the blocks for tokens tokens, if that many are free (evicting cached
+// ones as an allocation does); nothing when they are not (the request then queues for
+// blocks after the transfer).
+func (e *engine) reserve(tokens int) reservation {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := (tokens + e.blockSize - 1) / e.blockSize
+	ids, ev, err := e.pool.Allocate(nil, n, e.evicted)
+	if err != nil {
+		return reservation{}
+	}
+	e.evicted = ev
+	e.updateGauges()
+	return reservation{blocks: ids, gen: e.gen}
+}
+
+// unreserve gives reserved blocks back (uncached: the request allocates its own).
+func (e *engine) unreserve(r reservation) {
+	if len(r.blocks) == 0 {
+		return
+	}
+	e.freeHeld(&heldKV{blocks: r.blocks, gen: r.gen})
+}
+
 // dropHeldLocked forgets every hold (the pool is being replaced). mu must be held.
 func (e *engine) dropHeldLocked() {
 	for k, h := range e.held {
@@ -705,6 +735,10 @@ func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote boo
 	}
 	rk.stats.pdWaiting.Add(1)
 	defer rk.stats.pdWaiting.Add(-1)
+	// The blocks the KV lands in are taken while it moves, as vLLM allocates them
+	// before its asynchronous load, so the decode worker's KV usage shows the transfer.
+	res := rk.eng.reserve(len(p.tokens))
+	defer rk.eng.unreserve(res)
 	start := time.Now()
 	_, err = w.pd.pull(ctx, pd.host, pd.port, &body)
 	if err != nil {

@@ -523,3 +523,36 @@ func complete2(t *testing.T, url string, body map[string]any) completion {
 	}
 	return c
 }
+
+// TestPDDecodeUsageDuringTransfer: while a KV moves, the decode worker's blocks for it
+// are taken (kv_cache_usage_perc) and the request counts as waiting.
+func TestPDDecodeUsageDuringTransfer(t *testing.T) {
+	p := startPD(t, "p0", RolePrefill, "127.0.0.1", func(c *Config) {
+		c.PDLinkGbps = 0.001 // 160 tokens * 128 KiB at 1 Mbit/s: minutes, cut short below
+		c.TimeScale = 1
+	})
+	d := startPD(t, "d0", RoleDecode, decodeHost(t), func(c *Config) { c.KVBlocks = 100 })
+	orig := map[string]any{"prompt": words(0, 160), "max_tokens": 2}
+	dec := maps.Clone(orig)
+	dec["kv_transfer_params"] = prefillKV(t, p, orig)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b, _ := json.Marshal(dec)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, d.URL()+"/v1/completions", strings.NewReader(string(b)))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "the transfer to start", func() bool { return d.PDStats().PullsWaiting == 1 })
+	m := scrape(t, d.URL())
+	if !strings.Contains(m, `vllm:num_requests_waiting{engine="0",model_name="kvsim"} 1`) ||
+		!strings.Contains(m, `vllm:kv_cache_usage_perc{engine="0",model_name="kvsim"} 0.1`) {
+		t.Fatalf("metrics during the transfer:\n%s", grepLines(m, "vllm:"))
+	}
+	cancel() // the client gives up: the reservation is given back
+	<-done
+	waitFor(t, "the reservation to be freed", func() bool { return d.Stats().UsedBlocks == 0 && d.PDStats().PullsWaiting == 0 })
+}
