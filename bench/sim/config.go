@@ -84,8 +84,10 @@ type Config struct {
 	// package doc): "prefill", "decode" or "both" ("" is "both"). Default "both".
 	Role string `yaml:"role"`
 	// BootstrapPort is the port of the P/D side channel of a prefill worker (SGLang's
-	// bootstrap_port, vLLM's remote_port); 0 picks a free port. A fleet gives worker i
-	// BootstrapPort+i. Decode and both workers have no side channel. Default 0.
+	// bootstrap_port, vLLM's remote_port); 0 picks a free port. A prefill fleet gives
+	// worker i BootstrapPort+i. Decode and both workers have no side channel; on a decode worker
+	// it is the port an SGLang request with a null bootstrap_port pulls from (SGLang's
+	// default-port rule; 8998 when 0). Default 0.
 	BootstrapPort int `yaml:"bootstrap_port"`
 	// PDLinkGbps is the bandwidth of the link a KV transfer crosses, in Gbit/s; 0 means
 	// 100. Default 0.

@@ -83,7 +83,9 @@
 //   - sgl-project/sglang python/sglang/srt/disaggregation/mini_lb.py: the router adds
 //     bootstrap_host (the prefill's host), bootstrap_port and bootstrap_room (random in
 //     [0, 2^63-1]) and posts the same body to both workers at once, returning the
-//     decode answer; python/sglang/srt/disaggregation/common/conn.py: the bootstrap
+//     decode answer; python/sglang/srt/managers/scheduler.py (handle_generate_request):
+//     a null bootstrap_port means the server's own disaggregation_bootstrap_port
+//     (default 8998; kvsim: the decode worker's bootstrap_port if set, else 8998); python/sglang/srt/disaggregation/common/conn.py: the bootstrap
 //     server (aiohttp on the bootstrap port) with GET /health.
 //
 // Engine model (one step = one forward pass): running requests are served first (one

@@ -22,8 +22,8 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	for i := range cfg.Workers {
 		wc := cfg.Worker
 		wc.Seed += int64(i)
-		if wc.BootstrapPort > 0 {
-			wc.BootstrapPort += i
+		if wc.BootstrapPort > 0 && wc.role() == RolePrefill {
+			wc.BootstrapPort += i // decode workers share it: the default pull port
 		}
 		var hp, ep, rp int
 		if cfg.BasePort > 0 {

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,9 @@ const (
 // PullPath is the side-channel endpoint a decode worker pulls KV from (kvsim's own; it
 // stands in for NIXL's transfer and SGLang's transfer engine).
 const PullPath = "/kvsim/pd/pull"
+
+// sglangDefaultBootstrapPort is SGLang's --disaggregation-bootstrap-port default.
+const sglangDefaultBootstrapPort = 8998
 
 // Caps on P/D fields read from the wire.
 const (
@@ -253,10 +257,11 @@ func checkHost(h string) error {
 	return nil
 }
 
-// decodeBootstrap decodes SGLang's bootstrap fields (one request, not a batch).
+// decodeBootstrap decodes SGLang's bootstrap fields (one request, not a batch). A null
+// bootstrap_port is 0: the decode worker's own default, as in SGLang.
 func decodeBootstrap(host, port, room json.RawMessage) (*pdRequest, error) {
-	if isNull(host) || isNull(port) || isNull(room) {
-		return nil, badRequest("bootstrap_host, bootstrap_port and bootstrap_room must be given together")
+	if isNull(host) || isNull(room) {
+		return nil, badRequest("bootstrap_host and bootstrap_room must be given together (bootstrap_port may be null)")
 	}
 	var h string
 	if err := json.Unmarshal(host, &h); err != nil {
@@ -269,8 +274,10 @@ func decodeBootstrap(host, port, room json.RawMessage) (*pdRequest, error) {
 		return nil, badRequest("bootstrap_host: %v", err)
 	}
 	var pt int64
-	if err := json.Unmarshal(port, &pt); err != nil || pt < 1 || pt > 65535 {
-		return nil, badRequest("bootstrap_port must be a port in [1, 65535]")
+	if !isNull(port) {
+		if err := json.Unmarshal(port, &pt); err != nil || pt < 1 || pt > 65535 {
+			return nil, badRequest("bootstrap_port must be a port in [1, 65535] or null")
+		}
 	}
 	var rm uint64
 	if err := json.Unmarshal(room, &rm); err != nil || rm > math.MaxInt64 {
@@ -728,6 +735,11 @@ func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote boo
 		body = pullRequest{EngineID: pd.engineID, RequestID: pd.requestID, BlockIDs: ids}
 	case pd.kind == pdSGLang && w.cfg.role() == RoleDecode:
 		room := pd.room
+		if pd.port == 0 {
+			// SGLang's scheduler (handle_generate_request) fills a null bootstrap_port
+			// with its own disaggregation_bootstrap_port, 8998 by default.
+			pd.port = cmp.Or(w.cfg.BootstrapPort, sglangDefaultBootstrapPort)
+		}
 		// The prefill side gives up a little before this side does, so its answer says why.
 		body = pullRequest{Room: &room, WaitMS: max(1, w.cfg.transferTimeout().Milliseconds()*9/10)}
 	default:

@@ -57,7 +57,7 @@ func FuzzDecodePD(f *testing.F) {
 				}
 			}
 		case pdSGLang:
-			if p.host == "" || checkHost(p.host) != nil || p.port < 1 || p.port > 65535 || p.room > 1<<63-1 {
+			if p.host == "" || checkHost(p.host) != nil || p.port < 0 || p.port > 65535 || p.room > 1<<63-1 {
 				t.Fatalf("accepted %+v", p)
 			}
 		default:

@@ -398,6 +398,18 @@ func TestPDSGLangFlow(t *testing.T) {
 	if c.Usage.CompletionTokens != 6 {
 		t.Fatalf("%+v", c)
 	}
+
+	// A null bootstrap_port is the decode worker's own bootstrap_port (SGLang's
+	// default-port rule).
+	d2 := startPD(t, "d1", RoleDecode, decodeHost(t), func(c *Config) { c.BootstrapPort = p.BootstrapPort() })
+	body = sglangBody(p, 8, false)
+	body["bootstrap_port"] = nil
+	if st, out := postJSON(t, p.URL()+"/v1/completions", body); st != 200 {
+		t.Fatalf("prefill: %d %s", st, out)
+	}
+	if c := complete(t, d2, body); c.Usage.CompletionTokens != 6 || d2.PDStats().Received != 1 {
+		t.Fatalf("%+v", c)
+	}
 }
 
 func TestPDSGLangFailures(t *testing.T) {
@@ -444,6 +456,7 @@ func TestPDSGLangFailures(t *testing.T) {
 			want string
 		}{
 			{map[string]any{"prompt": "x", "bootstrap_room": 1}, "must be given together"},
+			{map[string]any{"prompt": "x", "bootstrap_host": "h", "bootstrap_port": 1}, "must be given together"},
 			{map[string]any{"prompt": "x", "bootstrap_host": []string{"a"}, "bootstrap_port": 1, "bootstrap_room": 1}, "bootstrap_host must be a string"},
 			{map[string]any{"prompt": "x", "bootstrap_host": "h", "bootstrap_port": 0, "bootstrap_room": 1}, "bootstrap_port must be a port"},
 			{map[string]any{"prompt": "x", "bootstrap_host": "h", "bootstrap_port": 1, "bootstrap_room": -1}, "bootstrap_room must be an integer"},
@@ -555,4 +568,36 @@ func TestPDDecodeUsageDuringTransfer(t *testing.T) {
 	cancel() // the client gives up: the reservation is given back
 	<-done
 	waitFor(t, "the reservation to be freed", func() bool { return d.Stats().UsedBlocks == 0 && d.PDStats().PullsWaiting == 0 })
+}
+
+// TestPDFleets starts a prefill and a decode fleet as a router's tests would.
+func TestPDFleets(t *testing.T) {
+	start := func(role, prefix string) *Fleet {
+		fc := DefaultFleetConfig()
+		fc.Workers, fc.IDPrefix, fc.Worker.Role = 2, prefix, role
+		f, err := StartFleet(context.Background(), fc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = f.Close() })
+		return f
+	}
+	pf, df := start(RolePrefill, "p"), start(RoleDecode, "d")
+	infos := append(pf.Infos(), df.Infos()...)
+	for i, want := range []string{"p0", "p1", "d0", "d1"} {
+		in := infos[i]
+		if in.ID != want || (i < 2) != (in.Role == RolePrefill && in.BootstrapPort > 0) || (i >= 2) != (in.Role == RoleDecode && in.BootstrapPort == 0) {
+			t.Fatalf("info %d: %+v", i, in)
+		}
+	}
+	orig := map[string]any{"prompt": words(0, 50), "max_tokens": 2, "ignore_eos": true}
+	for _, p := range pf.Workers() {
+		for _, d := range df.Workers() {
+			dec := maps.Clone(orig)
+			dec["kv_transfer_params"] = prefillKV(t, p, orig)
+			if c := complete(t, d, dec); c.Usage.CompletionTokens != 2 {
+				t.Fatalf("%s -> %s: %+v", p.ID(), d.ID(), c)
+			}
+		}
+	}
 }
