@@ -43,9 +43,9 @@
 //     a prefill worker and a decode worker at once. The prefill worker computes the
 //     prompt and one token (its answer is for the router to discard) and holds the KV
 //     under the room; the decode worker POSTs {room, wait_ms} to
-//     bootstrap_host:bootstrap_port, which waits for that room's prefill, then
-//     transfers as above. A both worker ignores the bootstrap fields (it cannot tell
-//     which half it is).
+//     bootstrap_host:bootstrap_port (null: see below), which waits for that room's
+//     prefill, then transfers as above. A both worker ignores the bootstrap fields (it
+//     cannot tell which half it is).
 //   - Failures are bounded and clean: a decode worker that gets no KV within
 //     pd_transfer_timeout_ms (default 30 s) -- prefill worker dead or unreachable,
 //     unknown engine or request, blocks expired or already pulled, block ids that do
@@ -58,8 +58,9 @@
 //   - Metrics: requests waiting for their KV count in num_requests_waiting (SGLang:
 //     num_queue_reqs), and the blocks a KV in transit will land in (taken when the
 //     pull starts, if free) and held blocks in kv_cache_usage_perc (token_usage), like
-//     vLLM's WAITING_FOR_REMOTE_KVS requests and delayed-free blocks; kvsim:pd_transfers_total
-//     {side=send|recv, result} and kvsim:pd_transfer_seconds{side}. [Worker.PDStats].
+//     vLLM's WAITING_FOR_REMOTE_KVS requests and delayed-free blocks;
+//     kvsim:pd_transfers_total{side=send|recv, result} and
+//     kvsim:pd_transfer_seconds{side}. [Worker.PDStats].
 //   - Simplifications: the decode worker gives its transit blocks back and allocates
 //     the request's own at admission (the request may queue for blocks then), and it
 //     pulls the whole prompt even when its own cache holds a prefix (vLLM pulls only
@@ -83,10 +84,13 @@
 //   - sgl-project/sglang python/sglang/srt/disaggregation/mini_lb.py: the router adds
 //     bootstrap_host (the prefill's host), bootstrap_port and bootstrap_room (random in
 //     [0, 2^63-1]) and posts the same body to both workers at once, returning the
-//     decode answer; python/sglang/srt/managers/scheduler.py (handle_generate_request):
-//     a null bootstrap_port means the server's own disaggregation_bootstrap_port
-//     (default 8998; kvsim: the decode worker's bootstrap_port if set, else 8998); python/sglang/srt/disaggregation/common/conn.py: the bootstrap
-//     server (aiohttp on the bootstrap port) with GET /health.
+//     decode answer; sgl-router/src/routers/http/pd_router.rs: prefill workers are
+//     registered with an optional bootstrap_port, prefill answers are drained and
+//     dropped in the background; python/sglang/srt/managers/scheduler.py
+//     (handle_generate_request): a null bootstrap_port means the server's own
+//     disaggregation_bootstrap_port (default 8998; kvsim: the decode worker's
+//     bootstrap_port if set, else 8998); python/sglang/srt/disaggregation/common/conn.py:
+//     the bootstrap server (aiohttp on the bootstrap port) with GET /health.
 //
 // Engine model (one step = one forward pass): running requests are served first (one
 // decode token each, or the next prefill chunk), then waiting requests are admitted in
