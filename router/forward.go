@@ -372,7 +372,7 @@ type streamPipe struct {
 	// track is set for a Responses API stream (responses.go): its response id is
 	// remembered once an event names it, and it is complete once its terminal event
 	// (respDone) has been read, as it has no data: [DONE].
-	track    respTrack
+	track respTrack
 	// pd is the disaggregated request's phase clock (pd.go); nil for aggregated serving.
 	pd       *pdCall
 	respSeen bool
