@@ -16,8 +16,8 @@ import (
 	"github.com/kvroute/kvroute/bench/sim"
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
-	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
+	"github.com/kvroute/kvroute/router/blockhash"
 )
 
 // simPD is a router in front of kvsim prefill workers on 127.0.0.1 and decode workers

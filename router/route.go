@@ -271,6 +271,10 @@ func Explain(d *Decision) string {
 	if chosen == nil {
 		return fmt.Sprintf("%s chose %s", d.Policy, d.Chosen)
 	}
+	if d.Phase == "decode" { // pd.go selectDecode: load only
+		return fmt.Sprintf("decode on %s by load: KV usage term %.1f, queue %.1f (requests in flight + queued decode tokens/%d), total %.1f among %d decode workers",
+			d.Chosen, chosen.DecodeCost, chosen.QueueCost, decodeTokensPerUnit, chosen.TotalCost, len(d.Candidates))
+	}
 	b := fmt.Sprintf("%s holds %d of %d prompt blocks", d.Chosen, chosen.OverlapBlocks, d.Blocks)
 	if !d.Exact && d.Blocks > 0 {
 		b += " (approx hashes)"
@@ -296,6 +300,9 @@ func Explain(d *Decision) string {
 	}
 	if d.Attempt > 0 {
 		b += fmt.Sprintf("; retry %d", d.Attempt)
+	}
+	if d.Phase != "" {
+		b = d.Phase + ": " + b
 	}
 	return b
 }
