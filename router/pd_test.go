@@ -277,7 +277,7 @@ func TestPDPoolDownFallsBackToAggregatedServing(t *testing.T) {
 	poll.CheckFor(t, 10*time.Second, "prefill worker back", func() bool { return tr.pool.Worker("p0").Available() })
 	d.fail.Store(503)
 	poll.CheckFor(t, 10*time.Second, "decode worker unavailable", func() bool { return !tr.pool.Worker("d0").Available() })
-	d.fail.Store(0) // its inference answers again, but it is out of the pool until checked
+	// d0 stays failing (so its checks keep it out): the prefill pool serves whole.
 	resp, out = post(t, tr.url+"/v1/chat/completions", pdStreamBody)
 	if resp.StatusCode != 200 || resp.Header.Get("x-kvroute-worker") != "p0" || !strings.Contains(string(out), "P0-c3") {
 		t.Fatalf("decode pool down: status %d worker %q: %s", resp.StatusCode, resp.Header.Get("x-kvroute-worker"), out)
