@@ -102,6 +102,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 	if c.pin == nil && (c.ep == epChat || c.ep == epCompletions) && s.forwardPD(ctx, c, class) {
 		return // answered by the disaggregated flow (pd.go); otherwise it set up the loop below
 	}
+	defer s.pdEnd(c)
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()

@@ -121,6 +121,8 @@ type pdState struct {
 	// tokens maps a worker id to its *atomic.Int64 of decode tokens queued by this
 	// router (the output budgets of its decodes in flight).
 	tokens sync.Map
+	// warned is when a fallback was last logged at warn level (UnixNano).
+	warned atomic.Int64
 }
 
 func newPDState(reg prometheus.Registerer) (*pdState, error) {
@@ -249,10 +251,25 @@ func (s *Server) forwardPD(ctx *fasthttp.RequestCtx, c *call, class int) bool {
 // pdFallback serves c whole on phase's pool.
 func (s *Server) pdFallback(c *call, phase pdPhase, reason string, err error) {
 	s.pd.fallbacks.WithLabelValues(reason).Inc()
-	s.log.Warn("prefill/decode: serving the request whole on one pool", "request_id", c.reqID,
-		"model", c.r.Model, "reason", reason, "pool", phase.label(), "err", err)
+	s.pdWarn(c, reason, err, "prefill/decode: serving the request whole on one pool", "pool", phase.label())
 	c.st.phase, c.st.tried = phase, c.st.tried[:0]
 }
+
+// pdWarn logs a fallback at warn level at most once per pdWarnEvery (a pool that is
+// down would otherwise log every request), at debug level otherwise.
+func (s *Server) pdWarn(c *call, reason string, err error, msg string, args ...any) {
+	args = append(args, "request_id", c.reqID, "model", c.r.Model, "reason", reason, "err", err)
+	now := time.Now().UnixNano()
+	last := s.pd.warned.Load()
+	if now-last >= int64(pdWarnEvery) && s.pd.warned.CompareAndSwap(last, now) {
+		s.log.Warn(msg, args...)
+		return
+	}
+	s.log.Debug(msg, args...)
+}
+
+// pdWarnEvery is the least time between two fallback warnings.
+const pdWarnEvery = 10 * time.Second
 
 // pdVLLM is vLLM's flow: the prefill worker computes the prompt's KV cache and
 // answers one token with kv_transfer_params naming the blocks; the decode worker gets
@@ -306,8 +323,7 @@ func (s *Server) pdVLLM(ctx *fasthttp.RequestCtx, c *call, class int, fields map
 		kvp, err := kvTransferParams(body)
 		if err != nil || kvp == nil {
 			s.pd.fallbacks.WithLabelValues(fallbackNoKVParams).Inc()
-			s.log.Warn("prefill/decode: the prefill answer has no kv_transfer_params; the decode worker prefills itself",
-				"request_id", c.reqID, "worker", w.ID, "err", err)
+			s.pdWarn(c, fallbackNoKVParams, err, "prefill/decode: the prefill answer has no kv_transfer_params; the decode worker prefills itself", "worker", w.ID)
 		}
 		dbody, err := vllmDecodeBody(fields, kvp)
 		if err != nil {
@@ -393,6 +409,14 @@ func (s *Server) pdSend(ctx *fasthttp.RequestCtx, c *call) {
 		pc.prefillDone.Store(now.UnixNano())
 		s.pd.prefill.Observe(now.Sub(t0).Seconds())
 	}()
+}
+
+// pdEnd runs when the handler's attempts are over: an sglang prefill half that was
+// never sent (no decode worker could be tried) ends its load on the prefill worker.
+func (s *Server) pdEnd(c *call) {
+	if c.pd != nil && c.pd.sglang != nil && !c.pd.sglang.sent {
+		c.pd.sglang.load.End()
+	}
 }
 
 // pdFirstChunk observes a disaggregated stream's first chunk from its decode worker.
