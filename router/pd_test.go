@@ -425,3 +425,22 @@ func TestSelectDecode(t *testing.T) {
 		t.Errorf("ties: picked only %v", seen)
 	}
 }
+
+// An sglang request whose decode phase cannot start (every decode worker full, the
+// queue off: 429) never sends its prefill half, and ends its load on the prefill worker.
+func TestPDSGLangUnsentPrefillEndsItsLoad(t *testing.T) {
+	p, d := newPDWorker(t, "P0"), newPDWorker(t, "D0")
+	cfg := pdConfig(configs.PDSGLang, []*pdWorker{p, d}, []string{"prefill", "decode"})
+	cfg.CacheAware.MaxInFlight = 1
+	cfg.Queue.MaxSize = 0
+	tr := startRouter(t, cfg)
+	hold := tr.pool.Worker("d0").Begin(0, 0, time.Minute) // d0 is full
+	defer hold.End()
+	resp, out := post(t, tr.url+"/v1/chat/completions", pdStreamBody)
+	if resp.StatusCode != 429 {
+		t.Fatalf("status %d: %s", resp.StatusCode, out)
+	}
+	if p.requests.Load() != 0 || tr.pool.Worker("p0").InFlight() != 0 {
+		t.Errorf("prefill requests %d, in flight %d; want 0, 0", p.requests.Load(), tr.pool.Worker("p0").InFlight())
+	}
+}
