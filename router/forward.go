@@ -100,6 +100,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		s.hashPrompt(context.Background(), r, st)
 	}
 	c.st, c.reqID = st, reqID
+	if c.pin == nil && (c.ep == epChat || c.ep == epCompletions) && s.forwardPD(ctx, c, class) {
+		return // answered by the disaggregated flow (pd.go); otherwise it set up the loop below
+	}
+	defer s.pdEnd(c)
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
@@ -135,6 +139,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		lastErr = o.err
 		s.log.Debug("attempt failed", "request_id", reqID, "worker", w.ID, "err", o.err)
 	}
+	s.answerFailure(ctx, c, lastErr)
+}
+
+// answerFailure answers a request none of whose attempts succeeded: lastErr is the
+// last attempt's error, nil when no worker could be tried.
+func (s *Server) answerFailure(ctx *fasthttp.RequestCtx, c *call, lastErr error) {
+	r, start := c.r, c.start
 	var se *statusError
 	switch {
 	case lastErr == nil:
@@ -145,6 +156,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		ctx.SetContentType(se.contentType)
 		ctx.SetBody(se.body)
 		s.setWorkerHeader(ctx, se.worker)
+		s.setPrefillHeader(ctx, c)
 		s.count(se.worker, r.Model, se.code, start)
 	default:
 		s.fail(ctx, r.Model, lastErr)
@@ -161,6 +173,13 @@ type call struct {
 	st    *routeState
 	reqID string
 	start time.Time
+	// body replaces the client's body in what is sent to the worker (a disaggregated
+	// request's decode body, pd.go); nil sends the client's as it is. prefill is the
+	// disaggregated request's prefill worker ("" for aggregated serving), and pdSent
+	// set when its decode request is sent, for kvroute_pd_decode_ttft_seconds.
+	body    []byte
+	prefill string
+	pd      *pdCall
 	// pin is the one worker the request may go to (a stored response's), nil when the
 	// policy chooses; track says what its answer teaches the stored-response map
 	// (responses.go), and respID names the response of a /v1/responses/{id} request.
@@ -207,7 +226,14 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	req.Header.Set("X-Request-Id", c.reqID)
 	var xff [64]byte
 	req.Header.SetBytesV("X-Forwarded-For", appendForwardedFor(xff[:0], ctx))
-	req.SetBodyRaw(ctx.PostBody())
+	if c.body != nil {
+		req.SetBodyRaw(c.body)
+	} else {
+		req.SetBodyRaw(ctx.PostBody())
+	}
+	if c.pd != nil {
+		s.pdSend(ctx, c) // the decode's clock; SGLang's prefill half goes out with it
+	}
 
 	resp := fasthttp.AcquireResponse()
 	if !c.r.Stream {
@@ -236,6 +262,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	stripHopByHop(&ctx.Response.Header, &c.st.hop)
 	ctx.Response.Header.Set("X-Request-Id", c.reqID)
 	s.setWorkerHeader(ctx, w.ID)
+	s.setPrefillHeader(ctx, c)
 	s.setCachedBlocksHeader(ctx, c.st, overlap)
 	if !c.r.Stream {
 		if o.code == fasthttp.StatusOK {
@@ -252,7 +279,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	ctx.Response.Header.SetContentLength(-1)
 	sp := &streamPipe{s: s, w: w, load: o.load, resp: resp, model: c.r.Model, start: c.start, status: o.code,
 		sse:       bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream")),
-		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec, track: c.track}
+		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec, track: c.track, pd: c.pd}
 	if !ctx.Request.Header.IsHTTP11() {
 		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
 		return o
@@ -278,9 +305,13 @@ func (s *Server) settle(ctx *fasthttp.RequestCtx, c *call, o *outcome) {
 		return
 	}
 	s.pool.ReportSuccess(o.w)
-	s.committed(o.w, c.st, o.overlap, c.r.Model)
 	now := time.Now()
-	s.traffic.routed(o.w.ID, c.r.Model, c.st.req.PromptTokens, o.overlap*c.st.req.BlockSize, now)
+	if c.prefill == "" {
+		s.committed(o.w, c.st, o.overlap, c.r.Model)
+		s.traffic.routed(o.w.ID, c.r.Model, c.st.req.PromptTokens, o.overlap*c.st.req.BlockSize, now)
+	} else { // a decode: the prompt and its hit were the prefill worker's (pd.go)
+		s.traffic.routed(o.w.ID, c.r.Model, 0, 0, now)
+	}
 	if o.stream {
 		return // the streamPipe settles the rest when the stream ends
 	}
@@ -345,7 +376,9 @@ type streamPipe struct {
 	// track is set for a Responses API stream (responses.go): its response id is
 	// remembered once an event names it, and it is complete once its terminal event
 	// (respDone) has been read, as it has no data: [DONE].
-	track    respTrack
+	track respTrack
+	// pd is the disaggregated request's phase clock (pd.go); nil for aggregated serving.
+	pd       *pdCall
 	respSeen bool
 	respDone bool
 
@@ -407,6 +440,9 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 			p.load.FirstToken()
 			p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
 			p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
+			if p.pd != nil {
+				p.s.pdFirstChunk(p.pd)
+			}
 		}
 	}
 	if errors.Is(err, io.EOF) {
