@@ -79,8 +79,9 @@
 //     KV-cache group, remote_engine_id, remote_request_id, remote_host/remote_port =
 //     the side channel, tp_size), held only when finished by length with blocks, the
 //     decode side needing remote_engine_id, remote_request_id, remote_host and
-//     remote_port; vllm/envs.py: VLLM_NIXL_ABORT_REQUEST_TIMEOUT default 480 s. Older
-//     connectors' flat remote_block_ids lists are accepted too.
+//     remote_port, and no transfer when remote_block_ids is empty (kvsim: the decode
+//     worker prefills locally); vllm/envs.py: VLLM_NIXL_ABORT_REQUEST_TIMEOUT default
+//     480 s. Older connectors' flat remote_block_ids lists are accepted too.
 //   - sgl-project/sglang python/sglang/srt/disaggregation/mini_lb.py: the router adds
 //     bootstrap_host (the prefill's host), bootstrap_port and bootstrap_room (random in
 //     [0, 2^63-1]) and posts the same body to both workers at once, returning the

@@ -204,6 +204,11 @@ func decodePD(kv, host, port, room json.RawMessage) (*pdRequest, error) {
 	if p.blockIDs, err = decodeBlockIDs(w.RemoteBlockIDs); err != nil {
 		return nil, badRequest("kv_transfer_params.remote_block_ids: %v", err)
 	}
+	if len(p.blockIDs) == 0 {
+		// Nothing to pull (vLLM's update_state_after_alloc skips the transfer when
+		// remote_block_ids is empty): the worker prefills locally.
+		return nil, nil
+	}
 	return p, nil
 }
 

@@ -46,7 +46,7 @@ func FuzzDecodePD(f *testing.F) {
 		switch p.kind {
 		case pdVLLMPrefill:
 		case pdVLLMDecode:
-			if p.engineID == "" || p.requestID == "" || p.host == "" || checkHost(p.host) != nil ||
+			if p.engineID == "" || p.requestID == "" || p.host == "" || checkHost(p.host) != nil || len(p.blockIDs) == 0 ||
 				p.port < 1 || p.port > 65535 || len(p.blockIDs) > maxPDBlockIDs ||
 				len(p.engineID) > maxPDString || len(p.requestID) > maxPDString || len(p.host) > maxPDHost {
 				t.Fatalf("accepted %+v", p)

@@ -333,6 +333,15 @@ func TestPDVLLMFailures(t *testing.T) {
 				t.Errorf("%v: %d %s, want 400 with %q", c.body["kv_transfer_params"], st, out, c.want)
 			}
 		}
+		// Empty remote_block_ids: nothing to pull, the decode worker prefills itself.
+		empty := withKV(with("remote_block_ids", []int{}))
+		empty["stream"] = false
+		if c := complete(t, d, empty); c.Usage.PromptTokens != 100 || c.Usage.CompletionTokens == 0 {
+			t.Fatalf("%+v", c)
+		}
+		if d.PDStats().Received != 0 {
+			t.Fatal("an empty remote_block_ids was pulled")
+		}
 		// Ordinary requests work on every role (the router's fallback to aggregated
 		// serving).
 		for _, w := range []*Worker{p, d} {
