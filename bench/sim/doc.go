@@ -33,8 +33,8 @@
 //     remote_block_ids: [[ids...]], remote_engine_id, remote_request_id, remote_host,
 //     remote_port (the side channel), tp_size: 1}. A request whose kv_transfer_params has
 //     do_remote_prefill true is a decode: before anything is written the worker POSTs
-//     {engine_id, request_id, block_ids} to remote_host:remote_port; the prefill side
-//     checks them, waits the modelled transfer time (prompt tokens x kv_bytes_per_token,
+//     {engine_id, request_id, block_ids, tokens} to remote_host:remote_port; the prefill side
+//     checks them, waits the modelled transfer time (moved tokens x kv_bytes_per_token,
 //     default the profile's, over pd_link_gbps, default 100, time-scaled), frees the
 //     blocks and answers; the decode worker then allocates the prompt's blocks, computes
 //     only its last token (the pulled blocks are cached and published as BlockStored)
@@ -42,7 +42,7 @@
 //   - SGLang. A request with bootstrap_host, bootstrap_port and bootstrap_room goes to
 //     a prefill worker and a decode worker at once. The prefill worker computes the
 //     prompt and one token (its answer is for the router to discard) and holds the KV
-//     under the room; the decode worker POSTs {room, wait_ms} to
+//     under the room; the decode worker POSTs {room, wait_ms, tokens} to
 //     bootstrap_host:bootstrap_port (null: see below), which waits for that room's
 //     prefill, then transfers as above. A both worker ignores the bootstrap fields (it
 //     cannot tell which half it is).
@@ -61,10 +61,11 @@
 //     vLLM's WAITING_FOR_REMOTE_KVS requests and delayed-free blocks;
 //     kvsim:pd_transfers_total{side=send|recv, result} and
 //     kvsim:pd_transfer_seconds{side}. [Worker.PDStats].
+//   - Only the tokens beyond the decode worker's own prefix-cache hit move (the pull
+//     says how many), as vLLM's decode side pulls what it lacks.
 //   - Simplifications: the decode worker gives its transit blocks back and allocates
-//     the request's own at admission (the request may queue for blocks then), and it
-//     pulls the whole prompt even when its own cache holds a prefix (vLLM pulls only
-//     the blocks it lacks); the transfer is one delay, not per layer;
+//     the request's own at admission (the request may queue for blocks then); the
+//     transfer is one delay, not per layer;
 //     cached_tokens on a decode worker counts the pulled tokens, as vLLM's
 //     num_cached_tokens counts externally computed ones.
 //

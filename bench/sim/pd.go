@@ -300,6 +300,9 @@ type pullRequest struct {
 	BlockIDs  json.RawMessage `json:"block_ids,omitempty"`
 	Room      *uint64         `json:"room,omitempty"`
 	WaitMS    int64           `json:"wait_ms,omitempty"`
+	// Tokens is how many of the held tokens move (the rest are in the decode worker's
+	// own prefix cache); 0 moves them all.
+	Tokens int64 `json:"tokens,omitempty"`
 
 	blockIDs []int64
 }
@@ -316,6 +319,9 @@ func decodePull(body []byte) (*pullRequest, error) {
 	var p pullRequest
 	if err := strictJSON(body, &p); err != nil {
 		return nil, badRequest("pull body: %v", err)
+	}
+	if p.Tokens < 0 || p.Tokens > math.MaxInt32 {
+		return nil, badRequest("tokens must be in [0, 2^31-1]")
 	}
 	switch {
 	case p.Room != nil:
@@ -422,6 +428,16 @@ func (e *engine) expire(key string, h *heldKV) {
 	}
 }
 
+// localHit returns the tokens of r's prompt in the prefix cache now (as admission would
+// find them: leading full blocks, at most the prompt less one token).
+func (e *engine) localHit(r *request) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.hashFull(r)
+	maxHit := (len(r.tokens) - 1) / e.blockSize
+	return e.pool.Match(r.hashes[:maxHit]) * e.blockSize
+}
+
 // reservation is blocks taken for a KV in transit.
 type reservation struct {
 	blocks []kvcache.BlockID
@@ -481,7 +497,7 @@ type pdState struct {
 	mu    sync.Mutex
 	rooms map[uint64]*room
 
-	sent, received, failed atomic.Uint64
+	sent, received, failed, receivedTokens atomic.Uint64
 }
 
 // room is an SGLang bootstrap room: ready is closed when a prefill holds its KV.
@@ -623,7 +639,11 @@ func (ps *pdState) servePull(rw http.ResponseWriter, hr *http.Request) {
 		}
 	}
 	start := time.Now()
-	d, nbytes := w.transferTime(h.tokens)
+	moved := h.tokens
+	if pr.Tokens > 0 {
+		moved = min(moved, int(pr.Tokens))
+	}
+	d, nbytes := w.transferTime(moved)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -637,7 +657,7 @@ func (ps *pdState) servePull(rw http.ResponseWriter, hr *http.Request) {
 	ps.sent.Add(1)
 	ps.xfers.WithLabelValues("send", "ok").Inc()
 	ps.xferSecs.WithLabelValues("send").Observe(time.Since(start).Seconds())
-	writeJSON(rw, pullAnswer{Tokens: h.tokens, Bytes: nbytes, TransferMS: float64(d) / 1e6})
+	writeJSON(rw, pullAnswer{Tokens: moved, Bytes: nbytes, TransferMS: float64(d) / 1e6})
 }
 
 func roomKey(room uint64) string { return "room:" + strconv.FormatUint(room, 10) }
@@ -728,7 +748,7 @@ func (w *Worker) pdCheck(p *genParams) error {
 // pdPull runs the decode side's transfer before the request enters the engine: it
 // pulls the KV from the prefill worker named by the request (bounded by
 // pd_transfer_timeout_ms) and reports whether the request must skip its prefill.
-func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote bool, err error) {
+func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams, r *request) (remote bool, err error) {
 	pd := p.pd
 	if pd == nil {
 		return false, nil
@@ -750,14 +770,17 @@ func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote boo
 	default:
 		return false, nil
 	}
+	// Only what the local prefix cache lacks moves, as vLLM's decode side pulls the
+	// prompt tokens beyond its own hit (get_num_new_matched_tokens).
+	body.Tokens = int64(len(p.tokens) - rk.eng.localHit(r))
 	rk.stats.pdWaiting.Add(1)
 	defer rk.stats.pdWaiting.Add(-1)
 	// The blocks the KV lands in are taken while it moves, as vLLM allocates them
 	// before its asynchronous load, so the decode worker's KV usage shows the transfer.
-	res := rk.eng.reserve(len(p.tokens))
+	res := rk.eng.reserve(int(body.Tokens))
 	defer rk.eng.unreserve(res)
 	start := time.Now()
-	_, err = w.pd.pull(ctx, pd.host, pd.port, &body)
+	ans, err := w.pd.pull(ctx, pd.host, pd.port, &body)
 	if err != nil {
 		w.pd.failed.Add(1)
 		w.pd.xfers.WithLabelValues("recv", "error").Inc()
@@ -768,6 +791,7 @@ func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote boo
 			msg: fmt.Sprintf("kv transfer from %s failed: %v", net.JoinHostPort(pd.host, strconv.Itoa(pd.port)), err)}
 	}
 	w.pd.received.Add(1)
+	w.pd.receivedTokens.Add(uint64(max(ans.Tokens, 0)))
 	w.pd.xfers.WithLabelValues("recv", "ok").Inc()
 	w.pd.xferSecs.WithLabelValues("recv").Observe(time.Since(start).Seconds())
 	return true, nil
@@ -858,6 +882,9 @@ type PDStats struct {
 	// Received counts transfers this worker pulled (decode side); Failed those that
 	// failed (the request was answered with an error).
 	Received, Failed uint64
+	// ReceivedTokens sums the tokens whose KV this worker pulled (a prompt less the
+	// decode worker's own prefix-cache hit).
+	ReceivedTokens uint64
 	// Expired counts held KVs freed unpulled after pd_kv_hold_ms.
 	Expired uint64
 	// Held is the number of KVs held for a transfer now; PullsWaiting the requests
@@ -867,7 +894,8 @@ type PDStats struct {
 
 // PDStats returns the worker's transfer counters.
 func (w *Worker) PDStats() PDStats {
-	s := PDStats{Sent: w.pd.sent.Load(), Received: w.pd.received.Load(), Failed: w.pd.failed.Load()}
+	s := PDStats{Sent: w.pd.sent.Load(), Received: w.pd.received.Load(), Failed: w.pd.failed.Load(),
+		ReceivedTokens: w.pd.receivedTokens.Load()}
 	for _, rk := range w.ranks {
 		s.Expired += uint64(rk.stats.pdExpired.Load())
 		s.PullsWaiting += int(rk.stats.pdWaiting.Load())

@@ -161,7 +161,7 @@ func TestPDVLLMFlow(t *testing.T) {
 		t.Fatalf("decode usage %+v", last.Usage)
 	}
 	ps, ds := p.PDStats(), d.PDStats()
-	if ps.Sent != 1 || ps.Held != 0 || ds.Received != 1 || ds.Failed != 0 {
+	if ps.Sent != 1 || ps.Held != 0 || ds.Received != 1 || ds.Failed != 0 || ds.ReceivedTokens != 200 {
 		t.Fatalf("prefill %+v decode %+v", ps, ds)
 	}
 	waitFor(t, "prefill blocks freed", func() bool { return p.Stats().UsedBlocks == 0 })
@@ -179,13 +179,22 @@ func TestPDVLLMFlow(t *testing.T) {
 	if err := json.Unmarshal(out, &again); st != 200 || err != nil || again.Usage.PromptTokensDetails.CachedTokens != 192 {
 		t.Fatalf("second prefill: %d %s", st, out)
 	}
+	// The decode worker now holds the prompt's 12 full blocks: a second decode of it
+	// pulls only the 8 tokens beyond them.
+	dec2 := maps.Clone(dec)
+	dec2["kv_transfer_params"] = again.KV
+	dec2["stream"] = false
+	delete(dec2, "stream_options")
+	if c := complete(t, d, dec2); c.Usage.CompletionTokens != 8 || d.PDStats().ReceivedTokens != 208 {
+		t.Fatalf("second decode: %+v, %+v", c, d.PDStats())
+	}
 	// The same KV cannot be pulled twice.
 	st, out = postJSON(t, d.URL()+"/v1/completions", dec)
 	if st != 503 || !strings.Contains(errorOf(t, out), "no KV held") {
 		t.Fatalf("second pull of the same KV: %d %s", st, out)
 	}
 	// Metrics on both sides.
-	if m := scrape(t, d.URL()); !strings.Contains(m, `kvsim:pd_transfers_total{result="ok",side="recv"} 1`) {
+	if m := scrape(t, d.URL()); !strings.Contains(m, `kvsim:pd_transfers_total{result="ok",side="recv"} 2`) {
 		t.Fatalf("decode metrics lack the transfer:\n%s", grepLines(m, "pd_"))
 	}
 }

@@ -649,14 +649,14 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		writeError(rw, err)
 		return
 	}
-	remote, err := w.pdPull(hr.Context(), rk, p)
+	req := w.newRequest(p, loraID)
+	remote, err := w.pdPull(hr.Context(), rk, p, req)
 	if err != nil {
 		if hr.Context().Err() == nil {
 			writeError(rw, err)
 		}
 		return
 	}
-	req := w.newRequest(p, loraID)
 	w.pdAttach(req, rk, p, remote)
 	rk.eng.submit(req)
 	s := stream{w: w, rk: rk, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
