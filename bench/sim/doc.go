@@ -46,6 +46,8 @@
 //     bootstrap_host:bootstrap_port (null: see below), which waits for that room's
 //     prefill, then transfers as above. A both worker ignores the bootstrap fields (it
 //     cannot tell which half it is).
+//   - A restart drops held KV; an offline restart (POST /sim/restart offline) closes
+//     the side channel with the HTTP server and reopens both on their ports.
 //   - Failures are bounded and clean: a decode worker that gets no KV within
 //     pd_transfer_timeout_ms (default 30 s) -- prefill worker dead or unreachable,
 //     unknown engine or request, blocks expired or already pulled, block ids that do

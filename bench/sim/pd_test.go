@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -543,6 +544,29 @@ func TestPDRestartAndChat(t *testing.T) {
 	if st != 503 || !strings.Contains(errorOf(t, out), "already pulled or expired") {
 		t.Fatalf("%d %s", st, out)
 	}
+
+	// An offline restart (a crashed process) takes the side channel down too, and
+	// brings it back on the same port.
+	kv = prefillKV(t, p, map[string]any{"prompt": words(0, 100)})
+	if err := p.Restart(RestartOptions{Offline: true, Down: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.BootstrapPort()))); err == nil {
+		c.Close()
+		t.Fatal("the side channel accepts connections while the worker is offline")
+	}
+	st, out = postJSON(t, d.URL()+"/v1/completions", map[string]any{"prompt": words(0, 100), "kv_transfer_params": kv})
+	if st != 503 {
+		t.Fatalf("%d %s", st, out)
+	}
+	waitFor(t, "the side channel back", func() bool {
+		resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p.BootstrapPort())) + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 }
 
 func complete2(t *testing.T, url string, body map[string]any) completion {

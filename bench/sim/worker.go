@@ -354,6 +354,7 @@ func (w *Worker) Restart(opt RestartOptions) error {
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
 	if opt.Offline {
 		w.goOffline(opt.Down)
+		w.pd.goOffline(opt.Down)
 	}
 	var err error
 	for _, rk := range w.ranks {
