@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -641,5 +642,38 @@ func TestPDFleets(t *testing.T) {
 				t.Fatalf("%s -> %s: %+v", p.ID(), d.ID(), c)
 			}
 		}
+	}
+}
+
+// TestPDEvents: both roles publish KV events. The prefill worker's BlockStored carry the
+// prompt it computed; the decode worker's carry the same tokens for the pulled blocks
+// (under its own engine hashes).
+func TestPDEvents(t *testing.T) {
+	p := startPD(t, "p0", RolePrefill, "127.0.0.1", nil)
+	d := startPD(t, "d0", RoleDecode, decodeHost(t), func(c *Config) { c.Seed = 2 })
+	ps, ds := subscribe(t, p), subscribe(t, d)
+	orig := map[string]any{"prompt": words(0, 64), "max_tokens": 2, "ignore_eos": true}
+	dec := maps.Clone(orig)
+	dec["kv_transfer_params"] = prefillKV(t, p, orig)
+	if c := complete(t, d, dec); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("%+v", c)
+	}
+	stored := func(s *eventSub) (tokens []uint32, hashes []uint64) {
+		for len(tokens) < 64 {
+			for _, e := range s.next().Events {
+				if e.Kind == "BlockStored" {
+					tokens, hashes = append(tokens, e.Tokens...), append(hashes, e.Hashes...)
+				}
+			}
+		}
+		return tokens[:64], hashes[:4]
+	}
+	pt, ph := stored(ps)
+	dt, dh := stored(ds)
+	if !slices.Equal(pt, dt) || len(pt) != 64 {
+		t.Fatalf("prefill stored %v, decode stored %v", pt, dt)
+	}
+	if slices.Equal(ph, dh) {
+		t.Fatal("the decode worker published the prefill worker's engine hashes")
 	}
 }
