@@ -677,3 +677,16 @@ func TestPDEvents(t *testing.T) {
 		t.Fatal("the decode worker published the prefill worker's engine hashes")
 	}
 }
+
+// TestPDFaultEndpoint: the transfer faults are set and read back over POST /sim/fault,
+// as chaos runs set them.
+func TestPDFaultEndpoint(t *testing.T) {
+	p := startPD(t, "p0", RolePrefill, "127.0.0.1", nil)
+	st, out := postJSON(t, p.URL()+"/sim/fault", map[string]any{"transfer_hang": true, "transfer_error_rate": 0.25})
+	if st != 200 || !p.Faults().TransferHang || p.Faults().TransferErrorRate != 0.25 {
+		t.Fatalf("%d %s", st, out)
+	}
+	if st, out := postJSON(t, p.URL()+"/sim/fault", map[string]any{"transfer_error_rate": 2}); st != 400 {
+		t.Fatalf("%d %s", st, out)
+	}
+}
