@@ -590,9 +590,18 @@ func (ps *pdState) goOffline(d time.Duration) {
 	}()
 }
 
+// close stops the side channel and the hold timers (a closed worker holds nothing).
 func (ps *pdState) close() error {
 	if ps == nil {
 		return nil
+	}
+	for _, rk := range ps.w.ranks {
+		rk.eng.mu.Lock()
+		for k, h := range rk.eng.held {
+			h.timer.Stop()
+			delete(rk.eng.held, k)
+		}
+		rk.eng.mu.Unlock()
 	}
 	ps.srvMu.Lock()
 	defer ps.srvMu.Unlock()
