@@ -33,8 +33,8 @@
 //     remote_block_ids: [[ids...]], remote_engine_id, remote_request_id, remote_host,
 //     remote_port (the side channel), tp_size: 1}. A request whose kv_transfer_params has
 //     do_remote_prefill true is a decode: before anything is written the worker POSTs
-//     {engine_id, request_id, block_ids} to remote_host:remote_port; the prefill side
-//     checks them, waits the modelled transfer time (prompt tokens x kv_bytes_per_token,
+//     {engine_id, request_id, block_ids, tokens} to remote_host:remote_port; the prefill side
+//     checks them, waits the modelled transfer time (moved tokens x kv_bytes_per_token,
 //     default the profile's, over pd_link_gbps, default 100, time-scaled), frees the
 //     blocks and answers; the decode worker then allocates the prompt's blocks, computes
 //     only its last token (the pulled blocks are cached and published as BlockStored)
@@ -42,10 +42,12 @@
 //   - SGLang. A request with bootstrap_host, bootstrap_port and bootstrap_room goes to
 //     a prefill worker and a decode worker at once. The prefill worker computes the
 //     prompt and one token (its answer is for the router to discard) and holds the KV
-//     under the room; the decode worker POSTs {room, wait_ms} to
+//     under the room; the decode worker POSTs {room, wait_ms, tokens} to
 //     bootstrap_host:bootstrap_port (null: see below), which waits for that room's
 //     prefill, then transfers as above. A both worker ignores the bootstrap fields (it
 //     cannot tell which half it is).
+//   - A restart drops held KV; an offline restart (POST /sim/restart offline) closes
+//     the side channel with the HTTP server and reopens both on their ports.
 //   - Failures are bounded and clean: a decode worker that gets no KV within
 //     pd_transfer_timeout_ms (default 30 s) -- prefill worker dead or unreachable,
 //     unknown engine or request, blocks expired or already pulled, block ids that do
@@ -61,10 +63,11 @@
 //     vLLM's WAITING_FOR_REMOTE_KVS requests and delayed-free blocks;
 //     kvsim:pd_transfers_total{side=send|recv, result} and
 //     kvsim:pd_transfer_seconds{side}. [Worker.PDStats].
+//   - Only the tokens beyond the decode worker's own prefix-cache hit move (the pull
+//     says how many), as vLLM's decode side pulls what it lacks.
 //   - Simplifications: the decode worker gives its transit blocks back and allocates
-//     the request's own at admission (the request may queue for blocks then), and it
-//     pulls the whole prompt even when its own cache holds a prefix (vLLM pulls only
-//     the blocks it lacks); the transfer is one delay, not per layer;
+//     the request's own at admission (the request may queue for blocks then); the
+//     transfer is one delay, not per layer;
 //     cached_tokens on a decode worker counts the pulled tokens, as vLLM's
 //     num_cached_tokens counts externally computed ones.
 //
@@ -79,8 +82,9 @@
 //     KV-cache group, remote_engine_id, remote_request_id, remote_host/remote_port =
 //     the side channel, tp_size), held only when finished by length with blocks, the
 //     decode side needing remote_engine_id, remote_request_id, remote_host and
-//     remote_port; vllm/envs.py: VLLM_NIXL_ABORT_REQUEST_TIMEOUT default 480 s. Older
-//     connectors' flat remote_block_ids lists are accepted too.
+//     remote_port, and no transfer when remote_block_ids is empty (kvsim: the decode
+//     worker prefills locally); vllm/envs.py: VLLM_NIXL_ABORT_REQUEST_TIMEOUT default
+//     480 s. Older connectors' flat remote_block_ids lists are accepted too.
 //   - sgl-project/sglang python/sglang/srt/disaggregation/mini_lb.py: the router adds
 //     bootstrap_host (the prefill's host), bootstrap_port and bootstrap_room (random in
 //     [0, 2^63-1]) and posts the same body to both workers at once, returning the

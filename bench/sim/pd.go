@@ -204,6 +204,11 @@ func decodePD(kv, host, port, room json.RawMessage) (*pdRequest, error) {
 	if p.blockIDs, err = decodeBlockIDs(w.RemoteBlockIDs); err != nil {
 		return nil, badRequest("kv_transfer_params.remote_block_ids: %v", err)
 	}
+	if len(p.blockIDs) == 0 {
+		// Nothing to pull (vLLM's update_state_after_alloc skips the transfer when
+		// remote_block_ids is empty): the worker prefills locally.
+		return nil, nil
+	}
 	return p, nil
 }
 
@@ -295,6 +300,9 @@ type pullRequest struct {
 	BlockIDs  json.RawMessage `json:"block_ids,omitempty"`
 	Room      *uint64         `json:"room,omitempty"`
 	WaitMS    int64           `json:"wait_ms,omitempty"`
+	// Tokens is how many of the held tokens move (the rest are in the decode worker's
+	// own prefix cache); 0 moves them all.
+	Tokens int64 `json:"tokens,omitempty"`
 
 	blockIDs []int64
 }
@@ -311,6 +319,9 @@ func decodePull(body []byte) (*pullRequest, error) {
 	var p pullRequest
 	if err := strictJSON(body, &p); err != nil {
 		return nil, badRequest("pull body: %v", err)
+	}
+	if p.Tokens < 0 || p.Tokens > math.MaxInt32 {
+		return nil, badRequest("tokens must be in [0, 2^31-1]")
 	}
 	switch {
 	case p.Room != nil:
@@ -417,6 +428,16 @@ func (e *engine) expire(key string, h *heldKV) {
 	}
 }
 
+// localHit returns the tokens of r's prompt in the prefix cache now (as admission would
+// find them: leading full blocks, at most the prompt less one token).
+func (e *engine) localHit(r *request) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.hashFull(r)
+	maxHit := (len(r.tokens) - 1) / e.blockSize
+	return e.pool.Match(r.hashes[:maxHit]) * e.blockSize
+}
+
 // reservation is blocks taken for a KV in transit.
 type reservation struct {
 	blocks []kvcache.BlockID
@@ -466,7 +487,7 @@ var pdStarts atomic.Uint64
 type pdState struct {
 	w        *Worker
 	nonce    string
-	srv      *http.Server
+	handler  http.Handler
 	host     string
 	port     int // side-channel port; 0 when the worker has none (roles decode and both)
 	client   *http.Client
@@ -476,7 +497,12 @@ type pdState struct {
 	mu    sync.Mutex
 	rooms map[uint64]*room
 
-	sent, received, failed atomic.Uint64
+	// srvMu guards srv (nil while offline) and closed.
+	srvMu  sync.Mutex
+	srv    *http.Server
+	closed bool
+
+	sent, received, failed, receivedTokens atomic.Uint64
 }
 
 // room is an SGLang bootstrap room: ready is closed when a prefill holds its KV.
@@ -511,14 +537,76 @@ func (w *Worker) startPD(host string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("POST "+PullPath, ps.servePull)
-	ps.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return w.ctx }}
-	go func() { _ = ps.srv.Serve(ln) }()
+	ps.handler = mux
+	ps.srvMu.Lock()
+	ps.serve(ln)
+	ps.srvMu.Unlock()
 	return nil
 }
 
+// serve serves the side channel on ln. srvMu must be held.
+func (ps *pdState) serve(ln net.Listener) {
+	srv := &http.Server{Handler: ps.handler, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ps.w.ctx }}
+	ps.srv = srv
+	go func() { _ = srv.Serve(ln) }()
+}
+
+// goOffline closes the side channel with the worker's HTTP server (a crashed process)
+// and listens again on the same port after d.
+func (ps *pdState) goOffline(d time.Duration) {
+	ps.srvMu.Lock()
+	srv := ps.srv
+	ps.srv = nil
+	ps.srvMu.Unlock()
+	if srv == nil {
+		return
+	}
+	_ = srv.Close()
+	addr := net.JoinHostPort(ps.host, strconv.Itoa(ps.port))
+	go func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+			case <-ps.w.ctx.Done():
+				return
+			}
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				t.Reset(10 * time.Millisecond)
+				continue
+			}
+			ps.srvMu.Lock()
+			defer ps.srvMu.Unlock()
+			if ps.closed {
+				_ = ln.Close()
+				return
+			}
+			ps.serve(ln)
+			return
+		}
+	}()
+}
+
+// close stops the side channel and the hold timers (a closed worker holds nothing).
 func (ps *pdState) close() error {
-	if ps == nil || ps.srv == nil {
+	if ps == nil {
+		return nil
+	}
+	for _, rk := range ps.w.ranks {
+		rk.eng.mu.Lock()
+		for k, h := range rk.eng.held {
+			h.timer.Stop()
+			delete(rk.eng.held, k)
+		}
+		rk.eng.mu.Unlock()
+	}
+	ps.srvMu.Lock()
+	defer ps.srvMu.Unlock()
+	ps.closed = true
+	if ps.srv == nil {
 		return nil
 	}
 	return ps.srv.Close()
@@ -618,7 +706,11 @@ func (ps *pdState) servePull(rw http.ResponseWriter, hr *http.Request) {
 		}
 	}
 	start := time.Now()
-	d, nbytes := w.transferTime(h.tokens)
+	moved := h.tokens
+	if pr.Tokens > 0 {
+		moved = min(moved, int(pr.Tokens))
+	}
+	d, nbytes := w.transferTime(moved)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -632,7 +724,7 @@ func (ps *pdState) servePull(rw http.ResponseWriter, hr *http.Request) {
 	ps.sent.Add(1)
 	ps.xfers.WithLabelValues("send", "ok").Inc()
 	ps.xferSecs.WithLabelValues("send").Observe(time.Since(start).Seconds())
-	writeJSON(rw, pullAnswer{Tokens: h.tokens, Bytes: nbytes, TransferMS: float64(d) / 1e6})
+	writeJSON(rw, pullAnswer{Tokens: moved, Bytes: nbytes, TransferMS: float64(d) / 1e6})
 }
 
 func roomKey(room uint64) string { return "room:" + strconv.FormatUint(room, 10) }
@@ -723,7 +815,7 @@ func (w *Worker) pdCheck(p *genParams) error {
 // pdPull runs the decode side's transfer before the request enters the engine: it
 // pulls the KV from the prefill worker named by the request (bounded by
 // pd_transfer_timeout_ms) and reports whether the request must skip its prefill.
-func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote bool, err error) {
+func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams, r *request) (remote bool, err error) {
 	pd := p.pd
 	if pd == nil {
 		return false, nil
@@ -745,14 +837,17 @@ func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote boo
 	default:
 		return false, nil
 	}
+	// Only what the local prefix cache lacks moves, as vLLM's decode side pulls the
+	// prompt tokens beyond its own hit (get_num_new_matched_tokens).
+	body.Tokens = int64(len(p.tokens) - rk.eng.localHit(r))
 	rk.stats.pdWaiting.Add(1)
 	defer rk.stats.pdWaiting.Add(-1)
 	// The blocks the KV lands in are taken while it moves, as vLLM allocates them
 	// before its asynchronous load, so the decode worker's KV usage shows the transfer.
-	res := rk.eng.reserve(len(p.tokens))
+	res := rk.eng.reserve(int(body.Tokens))
 	defer rk.eng.unreserve(res)
 	start := time.Now()
-	_, err = w.pd.pull(ctx, pd.host, pd.port, &body)
+	ans, err := w.pd.pull(ctx, pd.host, pd.port, &body)
 	if err != nil {
 		w.pd.failed.Add(1)
 		w.pd.xfers.WithLabelValues("recv", "error").Inc()
@@ -763,6 +858,7 @@ func (w *Worker) pdPull(ctx context.Context, rk *Rank, p *genParams) (remote boo
 			msg: fmt.Sprintf("kv transfer from %s failed: %v", net.JoinHostPort(pd.host, strconv.Itoa(pd.port)), err)}
 	}
 	w.pd.received.Add(1)
+	w.pd.receivedTokens.Add(uint64(max(ans.Tokens, 0)))
 	w.pd.xfers.WithLabelValues("recv", "ok").Inc()
 	w.pd.xferSecs.WithLabelValues("recv").Observe(time.Since(start).Seconds())
 	return true, nil
@@ -853,6 +949,9 @@ type PDStats struct {
 	// Received counts transfers this worker pulled (decode side); Failed those that
 	// failed (the request was answered with an error).
 	Received, Failed uint64
+	// ReceivedTokens sums the tokens whose KV this worker pulled (a prompt less the
+	// decode worker's own prefix-cache hit).
+	ReceivedTokens uint64
 	// Expired counts held KVs freed unpulled after pd_kv_hold_ms.
 	Expired uint64
 	// Held is the number of KVs held for a transfer now; PullsWaiting the requests
@@ -862,7 +961,8 @@ type PDStats struct {
 
 // PDStats returns the worker's transfer counters.
 func (w *Worker) PDStats() PDStats {
-	s := PDStats{Sent: w.pd.sent.Load(), Received: w.pd.received.Load(), Failed: w.pd.failed.Load()}
+	s := PDStats{Sent: w.pd.sent.Load(), Received: w.pd.received.Load(), Failed: w.pd.failed.Load(),
+		ReceivedTokens: w.pd.receivedTokens.Load()}
 	for _, rk := range w.ranks {
 		s.Expired += uint64(rk.stats.pdExpired.Load())
 		s.PullsWaiting += int(rk.stats.pdWaiting.Load())

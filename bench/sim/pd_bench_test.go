@@ -7,13 +7,17 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // BenchmarkPDRoundTrip measures kvsim's own cost per request (HTTP, engine, side
 // channel) with modelled time scaled to nearly nothing: an aggregated request, a vLLM
 // P/D pair (prefill answer, then decode with its kv_transfer_params) and an SGLang pair
 // (both at once), side by side in one run. The ratio is what P/D costs the simulator.
+// cpu-us/op is the process's CPU time (user+sys, every worker is in it) per request,
+// which a loaded host inflates far less than wall time.
 func BenchmarkPDRoundTrip(b *testing.B) {
 	mod := func(c *Config) {
 		c.TimeScale = 1e-6
@@ -54,11 +58,13 @@ func BenchmarkPDRoundTrip(b *testing.B) {
 	}
 	orig := map[string]any{"prompt": words(0, 512), "max_tokens": 16, "ignore_eos": true}
 	b.Run("aggregated", func(b *testing.B) {
+		defer cpuPerOp(b)()
 		for b.Loop() {
 			do(a.URL()+"/v1/completions", orig)
 		}
 	})
 	b.Run("vllm-pd", func(b *testing.B) {
+		defer cpuPerOp(b)()
 		for b.Loop() {
 			var pa prefillAnswer
 			if err := json.Unmarshal(do(p.URL()+"/v1/completions", prefillBody(orig)), &pa); err != nil || pa.KV == nil {
@@ -70,6 +76,7 @@ func BenchmarkPDRoundTrip(b *testing.B) {
 		}
 	})
 	b.Run("sglang-pd", func(b *testing.B) {
+		defer cpuPerOp(b)()
 		room := uint64(0)
 		for b.Loop() {
 			room++
@@ -83,4 +90,17 @@ func BenchmarkPDRoundTrip(b *testing.B) {
 			}
 		}
 	})
+}
+
+// cpuPerOp reports the process CPU time per iteration when the returned func runs.
+func cpuPerOp(b *testing.B) func() {
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	start := cpu()
+	return func() {
+		b.ReportMetric(float64((cpu()-start).Microseconds())/float64(b.N), "cpu-us/op")
+	}
 }

@@ -46,7 +46,7 @@ func FuzzDecodePD(f *testing.F) {
 		switch p.kind {
 		case pdVLLMPrefill:
 		case pdVLLMDecode:
-			if p.engineID == "" || p.requestID == "" || p.host == "" || checkHost(p.host) != nil ||
+			if p.engineID == "" || p.requestID == "" || p.host == "" || checkHost(p.host) != nil || len(p.blockIDs) == 0 ||
 				p.port < 1 || p.port > 65535 || len(p.blockIDs) > maxPDBlockIDs ||
 				len(p.engineID) > maxPDString || len(p.requestID) > maxPDString || len(p.host) > maxPDHost {
 				t.Fatalf("accepted %+v", p)
@@ -71,7 +71,8 @@ func FuzzDecodePull(f *testing.F) {
 	for _, s := range []string{
 		`{"engine_id":"kvsim-p0-x-dp0","request_id":"cmpl-p0-1","block_ids":[[0,1,2]]}`,
 		`{"engine_id":"e","request_id":"r","block_ids":[0,1]}`,
-		`{"room":5,"wait_ms":1000}`,
+		`{"room":5,"wait_ms":1000,"tokens":300}`,
+		`{"engine_id":"e","request_id":"r","block_ids":[1],"tokens":-1}`,
 		`{"room":9223372036854775808}`,
 		`{"room":1,"engine_id":"e"}`,
 		`{"engine_id":"e"}`, `{}`, `[]`, `{"x":1}`, `{"room":1}{}`,
@@ -86,6 +87,9 @@ func FuzzDecodePull(f *testing.F) {
 				t.Fatalf("error %v is not a 400 apiError", err)
 			}
 			return
+		}
+		if p.Tokens < 0 || p.Tokens > 1<<31-1 {
+			t.Fatalf("accepted tokens %d", p.Tokens)
 		}
 		if p.Room != nil {
 			if *p.Room > 1<<63-1 || p.WaitMS < 0 || p.EngineID != "" || p.RequestID != "" {

@@ -7,6 +7,8 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,7 +163,7 @@ func TestPDVLLMFlow(t *testing.T) {
 		t.Fatalf("decode usage %+v", last.Usage)
 	}
 	ps, ds := p.PDStats(), d.PDStats()
-	if ps.Sent != 1 || ps.Held != 0 || ds.Received != 1 || ds.Failed != 0 {
+	if ps.Sent != 1 || ps.Held != 0 || ds.Received != 1 || ds.Failed != 0 || ds.ReceivedTokens != 200 {
 		t.Fatalf("prefill %+v decode %+v", ps, ds)
 	}
 	waitFor(t, "prefill blocks freed", func() bool { return p.Stats().UsedBlocks == 0 })
@@ -179,13 +181,22 @@ func TestPDVLLMFlow(t *testing.T) {
 	if err := json.Unmarshal(out, &again); st != 200 || err != nil || again.Usage.PromptTokensDetails.CachedTokens != 192 {
 		t.Fatalf("second prefill: %d %s", st, out)
 	}
+	// The decode worker now holds the prompt's 12 full blocks: a second decode of it
+	// pulls only the 8 tokens beyond them.
+	dec2 := maps.Clone(dec)
+	dec2["kv_transfer_params"] = again.KV
+	dec2["stream"] = false
+	delete(dec2, "stream_options")
+	if c := complete(t, d, dec2); c.Usage.CompletionTokens != 8 || d.PDStats().ReceivedTokens != 208 {
+		t.Fatalf("second decode: %+v, %+v", c, d.PDStats())
+	}
 	// The same KV cannot be pulled twice.
 	st, out = postJSON(t, d.URL()+"/v1/completions", dec)
 	if st != 503 || !strings.Contains(errorOf(t, out), "no KV held") {
 		t.Fatalf("second pull of the same KV: %d %s", st, out)
 	}
 	// Metrics on both sides.
-	if m := scrape(t, d.URL()); !strings.Contains(m, `kvsim:pd_transfers_total{result="ok",side="recv"} 1`) {
+	if m := scrape(t, d.URL()); !strings.Contains(m, `kvsim:pd_transfers_total{result="ok",side="recv"} 2`) {
 		t.Fatalf("decode metrics lack the transfer:\n%s", grepLines(m, "pd_"))
 	}
 }
@@ -332,6 +343,15 @@ func TestPDVLLMFailures(t *testing.T) {
 			if st != 400 || !strings.Contains(errorOf(t, out), c.want) {
 				t.Errorf("%v: %d %s, want 400 with %q", c.body["kv_transfer_params"], st, out, c.want)
 			}
+		}
+		// Empty remote_block_ids: nothing to pull, the decode worker prefills itself.
+		empty := withKV(with("remote_block_ids", []int{}))
+		empty["stream"] = false
+		if c := complete(t, d, empty); c.Usage.PromptTokens != 100 || c.Usage.CompletionTokens == 0 {
+			t.Fatalf("%+v", c)
+		}
+		if d.PDStats().Received != 0 {
+			t.Fatal("an empty remote_block_ids was pulled")
 		}
 		// Ordinary requests work on every role (the router's fallback to aggregated
 		// serving).
@@ -525,6 +545,29 @@ func TestPDRestartAndChat(t *testing.T) {
 	if st != 503 || !strings.Contains(errorOf(t, out), "already pulled or expired") {
 		t.Fatalf("%d %s", st, out)
 	}
+
+	// An offline restart (a crashed process) takes the side channel down too, and
+	// brings it back on the same port.
+	kv = prefillKV(t, p, map[string]any{"prompt": words(0, 100)})
+	if err := p.Restart(RestartOptions{Offline: true, Down: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.BootstrapPort()))); err == nil {
+		c.Close()
+		t.Fatal("the side channel accepts connections while the worker is offline")
+	}
+	st, out = postJSON(t, d.URL()+"/v1/completions", map[string]any{"prompt": words(0, 100), "kv_transfer_params": kv})
+	if st != 503 {
+		t.Fatalf("%d %s", st, out)
+	}
+	waitFor(t, "the side channel back", func() bool {
+		resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p.BootstrapPort())) + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 }
 
 func complete2(t *testing.T, url string, body map[string]any) completion {
@@ -599,5 +642,51 @@ func TestPDFleets(t *testing.T) {
 				t.Fatalf("%s -> %s: %+v", p.ID(), d.ID(), c)
 			}
 		}
+	}
+}
+
+// TestPDEvents: both roles publish KV events. The prefill worker's BlockStored carry the
+// prompt it computed; the decode worker's carry the same tokens for the pulled blocks
+// (under its own engine hashes).
+func TestPDEvents(t *testing.T) {
+	p := startPD(t, "p0", RolePrefill, "127.0.0.1", nil)
+	d := startPD(t, "d0", RoleDecode, decodeHost(t), func(c *Config) { c.Seed = 2 })
+	ps, ds := subscribe(t, p), subscribe(t, d)
+	orig := map[string]any{"prompt": words(0, 64), "max_tokens": 2, "ignore_eos": true}
+	dec := maps.Clone(orig)
+	dec["kv_transfer_params"] = prefillKV(t, p, orig)
+	if c := complete(t, d, dec); c.Usage.CompletionTokens != 2 {
+		t.Fatalf("%+v", c)
+	}
+	stored := func(s *eventSub) (tokens []uint32, hashes []uint64) {
+		for len(tokens) < 64 {
+			for _, e := range s.next().Events {
+				if e.Kind == "BlockStored" {
+					tokens, hashes = append(tokens, e.Tokens...), append(hashes, e.Hashes...)
+				}
+			}
+		}
+		return tokens[:64], hashes[:4]
+	}
+	pt, ph := stored(ps)
+	dt, dh := stored(ds)
+	if !slices.Equal(pt, dt) || len(pt) != 64 {
+		t.Fatalf("prefill stored %v, decode stored %v", pt, dt)
+	}
+	if slices.Equal(ph, dh) {
+		t.Fatal("the decode worker published the prefill worker's engine hashes")
+	}
+}
+
+// TestPDFaultEndpoint: the transfer faults are set and read back over POST /sim/fault,
+// as chaos runs set them.
+func TestPDFaultEndpoint(t *testing.T) {
+	p := startPD(t, "p0", RolePrefill, "127.0.0.1", nil)
+	st, out := postJSON(t, p.URL()+"/sim/fault", map[string]any{"transfer_hang": true, "transfer_error_rate": 0.25})
+	if st != 200 || !p.Faults().TransferHang || p.Faults().TransferErrorRate != 0.25 {
+		t.Fatalf("%d %s", st, out)
+	}
+	if st, out := postJSON(t, p.URL()+"/sim/fault", map[string]any{"transfer_error_rate": 2}); st != 400 {
+		t.Fatalf("%d %s", st, out)
 	}
 }

@@ -354,6 +354,7 @@ func (w *Worker) Restart(opt RestartOptions) error {
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
 	if opt.Offline {
 		w.goOffline(opt.Down)
+		w.pd.goOffline(opt.Down)
 	}
 	var err error
 	for _, rk := range w.ranks {
@@ -649,14 +650,14 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		writeError(rw, err)
 		return
 	}
-	remote, err := w.pdPull(hr.Context(), rk, p)
+	req := w.newRequest(p, loraID)
+	remote, err := w.pdPull(hr.Context(), rk, p, req)
 	if err != nil {
 		if hr.Context().Err() == nil {
 			writeError(rw, err)
 		}
 		return
 	}
-	req := w.newRequest(p, loraID)
 	w.pdAttach(req, rk, p, remote)
 	rk.eng.submit(req)
 	s := stream{w: w, rk: rk, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
