@@ -77,6 +77,9 @@ type Config struct {
 	TLS ListenerTLS `yaml:"tls"`
 	// Upstream configures the router's credentials and TLS towards the workers.
 	Upstream Upstream `yaml:"upstream"`
+	// PD configures prefill/decode disaggregation (configs/pd.go), on while both
+	// workers[].role prefill and decode are present.
+	PD PD `yaml:"pd"`
 
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
@@ -261,10 +264,16 @@ type CacheAware struct {
 
 // Tokenize configures how the router gets a request's tokens.
 type Tokenize struct {
-	// Mode is "engine" (ask a worker's /tokenize, cached), "approx" (hash text chunks; only
-	// matches the router's own predictions) or "local:PATH" (kvroute's pure-Go tokenizer
-	// with the tokenizer.json and tokenizer_config.json at PATH). Default "engine".
+	// Mode is "auto" (local for each model with a tokenizer in Dir, else engine, else
+	// approx; see router/blockhash.Auto), "engine" (ask a worker's /tokenize, cached),
+	// "approx" (hash text chunks; only matches the router's own predictions) or
+	// "local:PATH" (kvroute's pure-Go tokenizer with the tokenizer.json and
+	// tokenizer_config.json at PATH). Default "auto".
 	Mode string `yaml:"mode"`
+	// Dir is where the auto mode looks for tokenizers: DIR/MODEL/tokenizer.json (plus
+	// tokenizer_config.json) for a model, else DIR/tokenizer.json for every model. Default
+	// "" (none: auto means engine, else approx).
+	Dir string `yaml:"dir"`
 	// Timeout bounds one engine /tokenize call; on failure the request is hashed in
 	// approx mode. Default 300ms.
 	Timeout time.Duration `yaml:"timeout"`
@@ -359,6 +368,13 @@ type Worker struct {
 	APIKeyEnv string `yaml:"api_key_env"`
 	// TLS replaces upstream.tls for this worker (https:// URLs only). Default nil.
 	TLS *UpstreamTLS `yaml:"tls"`
+	// Role is the worker's part in prefill/decode disaggregation: prefill, decode or
+	// both (configs/pd.go). Default "both".
+	Role string `yaml:"role"`
+	// BootstrapPort is the SGLang prefill server's KV bootstrap port
+	// (--disaggregation-bootstrap-port), sent to both workers of a pd.protocol sglang
+	// request as bootstrap_port. Default 0: sent as null (SGLang's own default port).
+	BootstrapPort int `yaml:"bootstrap_port"`
 }
 
 // Policies lists the routing policy names [Config.Validate] accepts: the policy
@@ -380,7 +396,7 @@ func Default() Config {
 			MetricsInterval: time.Second,
 			MetricsMaxAge:   3 * time.Second,
 		},
-		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
+		Tokenize:     Tokenize{Mode: "auto", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
 		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, MaxMessageBytes: 4 << 20, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}, Staleness: defaultStaleness()},
 		MaxBodyBytes: 32 << 20,
@@ -421,6 +437,7 @@ func Default() Config {
 		Responses: defaultResponses(),
 		TLS:       ListenerTLS{MinVersion: "1.2"},
 		Upstream:  Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
+		PD:        PD{Protocol: PDVLLM},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
 			ExpireAfter: 3 * time.Second, WarmTimeout: 5 * time.Second},
 	}
@@ -433,6 +450,9 @@ func (w *Worker) workerDefaults() {
 	}
 	if w.DPRanks == 0 {
 		w.DPRanks = 1
+	}
+	if w.Role == "" {
+		w.Role = RoleBoth
 	}
 	if w.ID == "" {
 		if u, err := url.Parse(w.URL); err == nil {
@@ -571,14 +591,14 @@ func (c *Config) Validate() error {
 	}
 	validMode := func(m string) bool {
 		// As router/blockhash.ParseMode: a local path of only spaces is no path.
-		return m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && strings.TrimSpace(m[len("local:"):]) != ""
+		return m == "auto" || m == "engine" || m == "approx" || strings.HasPrefix(m, "local:") && strings.TrimSpace(m[len("local:"):]) != ""
 	}
 	if !validMode(c.Tokenize.Mode) {
-		bad("tokenize.mode: %q is not engine, approx or local:PATH", c.Tokenize.Mode)
+		bad("tokenize.mode: %q is not auto, engine, approx or local:PATH", c.Tokenize.Mode)
 	}
 	for model, m := range c.Tokenize.Models {
 		if !validMode(m) {
-			bad("tokenize.models[%q]: %q is not engine, approx or local:PATH", model, m)
+			bad("tokenize.models[%q]: %q is not auto, engine, approx or local:PATH", model, m)
 		}
 	}
 	switch c.Events.Source {
@@ -620,6 +640,7 @@ func (c *Config) Validate() error {
 	c.Events.validateStaleness(bad)
 	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
+	c.PD.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
 		errs = append(errs, ErrNoWorkers)
 	}
@@ -698,6 +719,9 @@ func (w *Worker) validate() error {
 	if w.Replay != "" && w.Events == "" {
 		return fmt.Errorf("replay: %q set without events", w.Replay)
 	}
+	if err := w.validateRole(); err != nil {
+		return err
+	}
 	for _, m := range w.Models {
 		if m == "" {
 			return errors.New("models: empty model name")
@@ -707,7 +731,7 @@ func (w *Worker) validate() error {
 }
 
 // ParseWorkerFlag parses the quick-start form of a worker,
-// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N][,api_key_env=NAME]", into a Worker with its
+// "URL[,id=ID][,events=ENDPOINT][,replay=ENDPOINT][,models=A|B][,dp_ranks=N][,api_key_env=NAME][,role=prefill|decode|both][,bootstrap_port=N]", into a Worker with its
 // defaults filled. It does not validate: [Config.Validate] does.
 func ParseWorkerFlag(s string) (Worker, error) {
 	parts := strings.Split(s, ",")
@@ -728,6 +752,14 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			w.Models = strings.Split(v, "|")
 		case "api_key_env":
 			w.APIKeyEnv = v
+		case "role":
+			w.Role = v
+		case "bootstrap_port":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return Worker{}, fmt.Errorf("worker %q: bootstrap_port %q is not a number", s, v)
+			}
+			w.BootstrapPort = n
 		case "dp_ranks":
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -735,7 +767,7 @@ func ParseWorkerFlag(s string) (Worker, error) {
 			}
 			w.DPRanks = n
 		default:
-			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models, dp_ranks or api_key_env)", s, k)
+			return Worker{}, fmt.Errorf("worker %q: unknown option %q (want id, events, replay, models, dp_ranks, api_key_env, role or bootstrap_port)", s, k)
 		}
 	}
 	w.workerDefaults()

@@ -34,6 +34,9 @@ func TestMinimalGetsDefaults(t *testing.T) {
 	if cfg.Events.MaxMessageBytes != 4<<20 {
 		t.Errorf("events.max_message_bytes default %d, want 4 MiB", cfg.Events.MaxMessageBytes)
 	}
+	if cfg.Tokenize.Mode != "auto" || cfg.Tokenize.Dir != "" {
+		t.Errorf("tokenize default mode %q dir %q, want auto and none", cfg.Tokenize.Mode, cfg.Tokenize.Dir)
+	}
 	if w := cfg.Workers[0]; w.ID != "127.0.0.1:8000" || w.MaxConns != 1024 {
 		t.Errorf("worker defaults: got id %q max_conns %d", w.ID, w.MaxConns)
 	}

@@ -42,6 +42,13 @@ type WorkerTemplate struct {
 	// ReplayPort is the port of each worker's ZMQ replay endpoint. Default 0: none.
 	// Needs events_port.
 	ReplayPort int `yaml:"replay_port"`
+	// Role is the workers' prefill/decode role, as workers[].role. Default "both". A
+	// Kubernetes pod's label kvroute.io/role replaces it (configs.RoleLabel); a DNS
+	// name has no per-address labels, so one DNS source is one role.
+	Role string `yaml:"role"`
+	// BootstrapPort is the workers' SGLang bootstrap port, as workers[].bootstrap_port.
+	// Default 0.
+	BootstrapPort int `yaml:"bootstrap_port"`
 }
 
 // DNSDiscovery discovers workers from DNS, for Docker Compose, Nomad and headless
@@ -171,6 +178,12 @@ func (t *WorkerTemplate) validateTemplate(p string, bad func(format string, args
 	if t.Scheme != "http" && t.Scheme != "https" {
 		bad("%s.scheme: %q is not http or https", p, t.Scheme)
 	}
+	if t.Role != "" && !ValidRole(t.Role) {
+		bad("%s.role: %q is not prefill, decode or both", p, t.Role)
+	}
+	if t.BootstrapPort < 0 || t.BootstrapPort > 65535 {
+		bad("%s.bootstrap_port: %d must be between 0 and 65535", p, t.BootstrapPort)
+	}
 	for _, pt := range []struct {
 		name string
 		v    int
@@ -201,7 +214,7 @@ func (t *WorkerTemplate) validateTemplate(p string, bad func(format string, args
 func (t WorkerTemplate) Worker(id, host string, port int) Worker {
 	hp := joinHostPort(host, port)
 	w := Worker{ID: id, URL: t.Scheme + "://" + hp, Models: t.Models, DPRanks: t.DPRanks,
-		APIKeyEnv: t.APIKeyEnv, MaxConns: t.MaxConns}
+		APIKeyEnv: t.APIKeyEnv, MaxConns: t.MaxConns, Role: t.Role, BootstrapPort: t.BootstrapPort}
 	if t.EventsPort != 0 {
 		w.Events = "tcp://" + joinHostPort(host, t.EventsPort)
 	}

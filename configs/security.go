@@ -304,6 +304,9 @@ func (c *Config) CheckFiles() error {
 	if _, err := c.TLS.ServerConfig(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.checkTokenizeDir(); err != nil {
+		errs = append(errs, err)
+	}
 	for i, w := range c.Workers {
 		if _, err := c.WorkerAPIKey(w); err != nil {
 			errs = append(errs, fmt.Errorf("workers[%d] (%s): %w", i, w.ID, err))

@@ -291,7 +291,9 @@ func (ix *Index) transition(ws *workerState, from setID, flags uint8) setID {
 // in its chain, 0 when unknown: a new node is appended to its parent's run when it can
 // be. mu must be held for writing.
 func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, clr uint8, tick uint32) uint8 {
-	val, _, found := ix.nodes.Get(uint64(own))
+	// One probe: ref is where own sits for the Set or Delete below, which nothing between
+	// them moves (transition only touches the holder sets).
+	ref, val, found := ix.nodes.Lookup(uint64(own))
 	from := setID(val)
 	var old uint8
 	if found {
@@ -304,7 +306,7 @@ func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, cl
 	}
 	if nf == old {
 		if found && set != 0 {
-			ix.nodes.Set(uint64(own), uint32(from), touch)
+			ix.nodes.SetAt(ref, uint64(own), uint32(from), touch)
 		}
 		return old
 	}
@@ -314,10 +316,10 @@ func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, cl
 		ix.nodes.Insert(uint64(own), uint64(parent), uint32(to), tick)
 		ix.sets.incRef(to)
 	case to == 0:
-		ix.nodes.Delete(uint64(own))
+		ix.nodes.DeleteAt(ref, uint64(own))
 		ix.sets.decRef(from)
 	default:
-		ix.nodes.Set(uint64(own), uint32(to), touch)
+		ix.nodes.SetAt(ref, uint64(own), uint32(to), touch)
 		ix.sets.incRef(to)
 		ix.sets.decRef(from)
 	}

@@ -208,6 +208,9 @@ func (s *Server) admissible(c *scorer.Candidate) bool {
 // beginLoad counts the request on w: its uncached prompt tokens as pending prefill and
 // its prompt blocks as held, for at most the total timeout plus a minute.
 func (s *Server) beginLoad(w *upstream.Worker, st *routeState, overlap int) *upstream.Load {
+	if st.phase == phaseDecode {
+		return s.beginDecodeLoad(w, st) // pd.go
+	}
 	bs := st.req.BlockSize
 	if bs <= 0 {
 		bs = defaultBlockSize

@@ -28,6 +28,29 @@
 // Server.forward, so they share its retries, limits, headers and metrics). reload.go
 // holds the hooks of config reload and the admin mount; the admin API is router/admin.
 //
+// Prefill/decode disaggregation (issue #20) is pd.go: forward hands a chat or completion
+// request whose model has workers of role prefill and decode to Server.forwardPD, which
+// runs the prefill phase and sets up forward's loop for the decode phase (a pick by
+// load, streamPipe, settle), or for a fallback on one pool. Protocol details and where
+// each was checked (read 2026-12):
+//
+//   - vLLM's prefill request (max_tokens 1 and max_completion_tokens 1 when present,
+//     stream false, no stream_options, min_tokens and min_completion_tokens dropped, the
+//     exact kv_transfer_params with do_remote_decode true and null remote fields), the
+//     answer's kv_transfer_params copied into the decode request, the decode answer
+//     streamed to the client, X-Request-Id sent to both: vLLM's example proxy
+//     tests/v1/kv_connector/nixl_integration/toy_proxy_server.py (vllm-project/vllm),
+//     which also sends the decode request only the answer's params when non-empty (a
+//     decode worker then prefills itself: our no_kv_params fallback). do_remote_prefill
+//     true on the decode request is what the issue asks and what vLLM's NixlConnector
+//     answers anyway; the router sets it.
+//   - SGLang's fields: bootstrap_host is the prefill worker URL's host name,
+//     bootstrap_port the prefill worker's configured port or null, bootstrap_room a
+//     random integer in [0, 2^63) (rand & i64::MAX), the same body sent to the prefill
+//     and the decode worker at once, the client answered from the decode worker:
+//     sgl-project/sglang sgl-router/src/routers/bootstrap_injector.rs. Not done: its
+//     per-choice arrays for n > 1 and batch prompts (one room per request here).
+//
 // What a router runs with (pool, index, event feeds, replica sync, scraper, prompt
 // hasher, admin listener, config reload) is built and started by the composition root,
 // package cmd/stack; this package only receives it through [Options].

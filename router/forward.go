@@ -9,6 +9,7 @@ import (
 	"iter"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -99,6 +100,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		s.hashPrompt(context.Background(), r, st)
 	}
 	c.st, c.reqID = st, reqID
+	if c.pin == nil && (c.ep == epChat || c.ep == epCompletions) && s.forwardPD(ctx, c, class) {
+		return // answered by the disaggregated flow (pd.go); otherwise it set up the loop below
+	}
+	defer s.pdEnd(c)
 	var lastErr error
 	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
 		t0 := time.Now()
@@ -134,6 +139,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		lastErr = o.err
 		s.log.Debug("attempt failed", "request_id", reqID, "worker", w.ID, "err", o.err)
 	}
+	s.answerFailure(ctx, c, lastErr)
+}
+
+// answerFailure answers a request none of whose attempts succeeded: lastErr is the
+// last attempt's error, nil when no worker could be tried.
+func (s *Server) answerFailure(ctx *fasthttp.RequestCtx, c *call, lastErr error) {
+	r, start := c.r, c.start
 	var se *statusError
 	switch {
 	case lastErr == nil:
@@ -144,6 +156,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		ctx.SetContentType(se.contentType)
 		ctx.SetBody(se.body)
 		s.setWorkerHeader(ctx, se.worker)
+		s.setPrefillHeader(ctx, c)
 		s.count(se.worker, r.Model, se.code, start)
 	default:
 		s.fail(ctx, r.Model, lastErr)
@@ -160,6 +173,13 @@ type call struct {
 	st    *routeState
 	reqID string
 	start time.Time
+	// body replaces the client's body in what is sent to the worker (a disaggregated
+	// request's decode body, pd.go); nil sends the client's as it is. prefill is the
+	// disaggregated request's prefill worker ("" for aggregated serving), and pdSent
+	// set when its decode request is sent, for kvroute_pd_decode_ttft_seconds.
+	body    []byte
+	prefill string
+	pd      *pdCall
 	// pin is the one worker the request may go to (a stored response's), nil when the
 	// policy chooses; track says what its answer teaches the stored-response map
 	// (responses.go), and respID names the response of a /v1/responses/{id} request.
@@ -198,13 +218,22 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	o = outcome{w: w, overlap: overlap, load: load}
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
-	stripHopByHop(&req.Header)
+	stripHopByHop(&req.Header, &c.st.hop)
 	s.stripCredentials(&req.Header, w.HasAPIKey())
 	w.Authorize(&req.Header)
-	req.SetRequestURI(w.URL + c.path)
+	var uri [256]byte // copied by fasthttp: no string concatenation per request
+	req.SetRequestURIBytes(append(append(uri[:0], w.URL...), c.path...))
 	req.Header.Set("X-Request-Id", c.reqID)
-	req.Header.Set("X-Forwarded-For", forwardedFor(ctx))
-	req.SetBodyRaw(ctx.PostBody())
+	var xff [64]byte
+	req.Header.SetBytesV("X-Forwarded-For", appendForwardedFor(xff[:0], ctx))
+	if c.body != nil {
+		req.SetBodyRaw(c.body)
+	} else {
+		req.SetBodyRaw(ctx.PostBody())
+	}
+	if c.pd != nil {
+		s.pdSend(ctx, c) // the decode's clock; SGLang's prefill half goes out with it
+	}
 
 	resp := fasthttp.AcquireResponse()
 	if !c.r.Stream {
@@ -230,9 +259,10 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 
 	// Commit: from here on the client gets this worker's answer.
 	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
-	stripHopByHop(&ctx.Response.Header)
+	stripHopByHop(&ctx.Response.Header, &c.st.hop)
 	ctx.Response.Header.Set("X-Request-Id", c.reqID)
 	s.setWorkerHeader(ctx, w.ID)
+	s.setPrefillHeader(ctx, c)
 	s.setCachedBlocksHeader(ctx, c.st, overlap)
 	if !c.r.Stream {
 		if o.code == fasthttp.StatusOK {
@@ -249,7 +279,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	ctx.Response.Header.SetContentLength(-1)
 	sp := &streamPipe{s: s, w: w, load: o.load, resp: resp, model: c.r.Model, start: c.start, status: o.code,
 		sse:       bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream")),
-		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec, track: c.track}
+		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec, track: c.track, pd: c.pd}
 	if !ctx.Request.Header.IsHTTP11() {
 		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
 		return o
@@ -275,9 +305,13 @@ func (s *Server) settle(ctx *fasthttp.RequestCtx, c *call, o *outcome) {
 		return
 	}
 	s.pool.ReportSuccess(o.w)
-	s.committed(o.w, c.st, o.overlap, c.r.Model)
 	now := time.Now()
-	s.traffic.routed(o.w.ID, c.r.Model, c.st.req.PromptTokens, o.overlap*c.st.req.BlockSize, now)
+	if c.prefill == "" {
+		s.committed(o.w, c.st, o.overlap, c.r.Model)
+		s.traffic.routed(o.w.ID, c.r.Model, c.st.req.PromptTokens, o.overlap*c.st.req.BlockSize, now)
+	} else { // a decode: the prompt and its hit were the prefill worker's (pd.go)
+		s.traffic.routed(o.w.ID, c.r.Model, 0, 0, now)
+	}
 	if o.stream {
 		return // the streamPipe settles the rest when the stream ends
 	}
@@ -342,7 +376,9 @@ type streamPipe struct {
 	// track is set for a Responses API stream (responses.go): its response id is
 	// remembered once an event names it, and it is complete once its terminal event
 	// (respDone) has been read, as it has no data: [DONE].
-	track    respTrack
+	track respTrack
+	// pd is the disaggregated request's phase clock (pd.go); nil for aggregated serving.
+	pd       *pdCall
 	respSeen bool
 	respDone bool
 
@@ -404,6 +440,9 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 			p.load.FirstToken()
 			p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
 			p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
+			if p.pd != nil {
+				p.s.pdFirstChunk(p.pd)
+			}
 		}
 	}
 	if errors.Is(err, io.EOF) {
@@ -520,12 +559,18 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, model string, err error) {
 	s.count("", model, statusOf(err).code, time.Time{})
 }
 
-func forwardedFor(ctx *fasthttp.RequestCtx) string {
-	ip := ctx.RemoteIP().String()
+// appendForwardedFor appends the X-Forwarded-For value sent to a worker: the client's
+// own X-Forwarded-For, if any, then the client's address.
+func appendForwardedFor(dst []byte, ctx *fasthttp.RequestCtx) []byte {
 	if prior := ctx.Request.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
-		return string(prior) + ", " + ip
+		dst = append(append(dst, prior...), ", "...)
 	}
-	return ip
+	// netip appends without allocating; net.IP.String allocated on every request.
+	ip, ok := netip.AddrFromSlice(ctx.RemoteIP())
+	if !ok {
+		return append(dst, ctx.RemoteIP().String()...)
+	}
+	return ip.Unmap().AppendTo(dst)
 }
 
 // newRequestID returns 16 random hex digits.
@@ -584,34 +629,48 @@ const maxHopFields = 64
 // stripHopByHop removes from h, a header about to be forwarded, the hop-by-hop fields
 // and every field the Connection field names ("Connection: keep-alive, X-Hop" makes
 // X-Hop hop-by-hop: RFC 9110 section 7.6.1), whatever the case of their names (the
-// server keeps names as sent). It does not allocate unless Connection names more
-// than 256 bytes of fields.
-func stripHopByHop(h fieldSet) {
-	var store [256]byte
-	named := store[:0]
+// server keeps names as sent). sc is scratch space (nil: its own): with sc given it
+// costs two small allocations per call (fasthttp's iterator and the loop body that
+// escapes into it), where restarting the scan after each removal with buffers on the
+// stack cost about eight (BenchmarkRequestPath, bench/RESULTS.md "Hot path"). It scans
+// h once, and once more only when a Connection field names fields, as a named field may
+// come before the Connection field.
+func stripHopByHop(h fieldSet, sc *hopScratch) {
+	if sc == nil {
+		sc = new(hopScratch)
+	}
+	sc.named, sc.found = sc.namedBuf[:0], sc.foundBuf[:0]
 	for k, v := range h.All() {
 		if equalFold(k, "connection") {
 			for tok := range bytes.SplitSeq(v, []byte{','}) {
 				if tok = trimSpace(tok); len(tok) > 0 {
-					named = append(append(named, tok...), ',')
+					sc.named = append(append(sc.named, tok...), ',')
 				}
 			}
 		}
+		if isHopByHop(k, nil) {
+			sc.found = append(append(sc.found, k...), ',')
+		}
 	}
-	var buf [128]byte
-	for range maxHopFields {
-		var found []byte
+	if len(sc.named) > 0 {
+		sc.found = sc.found[:0]
 		for k := range h.All() {
-			if isHopByHop(k, named) {
-				found = append(buf[:0], k...)
-				break
+			if isHopByHop(k, sc.named) {
+				sc.found = append(append(sc.found, k...), ',')
 			}
 		}
-		if found == nil {
-			return
-		}
-		h.DelBytes(found)
 	}
+	for n, f := 0, sc.found; len(f) > 0 && n < maxHopFields; n++ {
+		i := bytes.IndexByte(f, ',')
+		h.DelBytes(f[:i])
+		f = f[i+1:]
+	}
+}
+
+// hopScratch is stripHopByHop's scratch space, kept in the pooled routeState.
+type hopScratch struct {
+	named, found       []byte // comma-terminated field names
+	namedBuf, foundBuf [256]byte
 }
 
 // isHopByHop reports whether the field named k is hop-by-hop: one of hopByHop or of

@@ -46,6 +46,13 @@ type routeState struct {
 	hdr     [24]byte
 	// dec is the decision of the current attempt, for the worker's reported usage.
 	dec decisionRef
+	hop hopScratch // stripHopByHop's
+	// phase restricts pick to one pool of a prefill/decode disaggregated request and
+	// chooses its selector (pd.go); phaseAll (the zero value) is aggregated serving.
+	phase pdPhase
+	// decodeTokens is the output budget of the request (max_tokens), counted on its
+	// decode worker while it runs (pd.go).
+	decodeTokens int64
 }
 
 var routeStates = sync.Pool{New: func() any { return new(routeState) }}
@@ -60,6 +67,7 @@ func putRouteState(st *routeState) {
 	st.workers, st.tried, st.cands, st.costs = st.workers[:0], st.tried[:0], st.cands[:0], st.costs[:0]
 	st.hashes, st.matches, st.hist, st.exact = st.hashes[:0], st.matches[:0], st.hist[:0], false
 	st.req = scorer.Request{}
+	st.phase, st.decodeTokens = phaseAll, 0
 	routeStates.Put(st)
 }
 
@@ -72,7 +80,7 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 	st.guarded = 0
 	n := 0
 	for _, w := range st.workers {
-		if slices.Contains(st.tried, w) {
+		if slices.Contains(st.tried, w) || !st.phase.admits(w) {
 			continue
 		}
 		c := s.candidate(w, st)
@@ -90,7 +98,11 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 	}
 	var i int
 	var costs []scorer.Cost
-	if ex, ok := s.sel.(scorer.Explainer); ok {
+	if st.phase == phaseDecode {
+		st.costs = slices.Grow(st.costs[:0], n)[:n]
+		costs = st.costs
+		i = s.selectDecode(st.cands, costs)
+	} else if ex, ok := s.sel.(scorer.Explainer); ok {
 		st.costs = slices.Grow(st.costs[:0], n)[:n]
 		costs = st.costs
 		i = ex.SelectExplained(&st.req, st.cands, costs)
@@ -107,7 +119,7 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 	st.dec = s.decisions.record(Decision{
 		Time: time.Now(), RequestID: reqID, Model: st.req.Model, Policy: s.cfg.Policy,
 		PromptTokens: st.req.PromptTokens, Blocks: st.req.Blocks, Exact: st.exact,
-		Chosen: st.workers[i].ID, Attempt: attempt,
+		Chosen: st.workers[i].ID, Attempt: attempt, Phase: st.phase.label(),
 		PredictedCachedTokens: predictedTokens(&st.req, held),
 	}, st.cands, costs)
 	return st.workers[i], held
@@ -129,6 +141,10 @@ type Decision struct {
 	// PredictedCachedTokens is the prompt tokens the chosen worker was believed to hold
 	// (its overlap in blocks times the block size, at most the prompt).
 	PredictedCachedTokens int `json:"predicted_cached_tokens"`
+	// Phase is "prefill" or "decode" for the two picks of a disaggregated request
+	// (pd.go), "" for aggregated serving. A decode pick's costs are its load:
+	// DecodeCost the KV usage term, QueueCost requests in flight and queued decode tokens.
+	Phase string `json:"phase,omitempty"`
 	// Reported is the worker's own usage for this request, once its answer has said
 	// (usage.prompt_tokens and usage.prompt_tokens_details.cached_tokens); nil before,
 	// and for answers without usage.
@@ -262,6 +278,10 @@ func Explain(d *Decision) string {
 	if chosen == nil {
 		return fmt.Sprintf("%s chose %s", d.Policy, d.Chosen)
 	}
+	if d.Phase == "decode" { // pd.go selectDecode: load only
+		return fmt.Sprintf("decode on %s by load: KV usage term %.1f, queue %.1f (requests in flight + queued decode tokens/%d), total %.1f among %d decode workers",
+			d.Chosen, chosen.DecodeCost, chosen.QueueCost, decodeTokensPerUnit, chosen.TotalCost, len(d.Candidates))
+	}
 	b := fmt.Sprintf("%s holds %d of %d prompt blocks", d.Chosen, chosen.OverlapBlocks, d.Blocks)
 	if !d.Exact && d.Blocks > 0 {
 		b += " (approx hashes)"
@@ -287,6 +307,9 @@ func Explain(d *Decision) string {
 	}
 	if d.Attempt > 0 {
 		b += fmt.Sprintf("; retry %d", d.Attempt)
+	}
+	if d.Phase != "" {
+		b = d.Phase + ": " + b
 	}
 	return b
 }

@@ -98,6 +98,8 @@ type Server struct {
 	// is the set of engine paths forwarded by model (passthrough.go).
 	responses   *responseMap
 	passthrough map[string]struct{}
+	// pd is prefill/decode disaggregation's metrics and decode bookkeeping (pd.go).
+	pd *pdState
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -149,6 +151,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	if s.queue, err = newWaitQueue(opts.Config, reg); err != nil {
+		return nil, err
+	}
+	if s.pd, err = newPDState(reg); err != nil {
 		return nil, err
 	}
 	if err := registerResponseMetrics(reg, s.responses); err != nil {

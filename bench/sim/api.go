@@ -34,6 +34,7 @@ type genParams struct {
 	includeUsage bool
 	contUsage    bool
 	salt         string
+	pd           *pdRequest // P/D fields (pd.go), nil for an ordinary request
 }
 
 type streamOptions struct {
@@ -55,6 +56,10 @@ type wireRequest struct {
 	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
 	AddSpecialTokens    *bool           `json:"add_special_tokens"`
 	N                   *int64          `json:"n"`
+	KVTransferParams    json.RawMessage `json:"kv_transfer_params"`
+	BootstrapHost       json.RawMessage `json:"bootstrap_host"`
+	BootstrapPort       json.RawMessage `json:"bootstrap_port"`
+	BootstrapRoom       json.RawMessage `json:"bootstrap_room"`
 }
 
 type wireMessage struct {
@@ -75,6 +80,11 @@ func decodeRequest(body []byte, chat bool, tz tokenizers) (*genParams, error) {
 		return nil, badRequest("invalid JSON body: %v", err)
 	}
 	p := &genParams{chat: chat, model: w.Model, ignoreEOS: w.IgnoreEOS, stream: w.Stream, salt: w.CacheSalt}
+	pd, err := decodePD(w.KVTransferParams, w.BootstrapHost, w.BootstrapPort, w.BootstrapRoom)
+	if err != nil {
+		return nil, err
+	}
+	p.pd = pd
 	if w.N != nil && *w.N != 1 {
 		return nil, badRequest("kvsim supports n=1 only, got n=%d", *w.N)
 	}

@@ -80,6 +80,30 @@ type Config struct {
 	// only, so that a test sees every request a client makes carry the key. Default "".
 	RequireAPIKey string `yaml:"require_api_key"`
 
+	// Role is the worker's part in prefill/decode disaggregation (see pd.go and the
+	// package doc): "prefill", "decode" or "both" ("" is "both"). Default "both".
+	Role string `yaml:"role"`
+	// BootstrapPort is the port of the P/D side channel of a prefill worker (SGLang's
+	// bootstrap_port, vLLM's remote_port); 0 picks a free port. A prefill fleet gives
+	// worker i BootstrapPort+i. Decode and both workers have no side channel; on a decode worker
+	// it is the port an SGLang request with a null bootstrap_port pulls from (SGLang's
+	// default-port rule; 8998 when 0). Default 0.
+	BootstrapPort int `yaml:"bootstrap_port"`
+	// PDLinkGbps is the bandwidth of the link a KV transfer crosses, in Gbit/s; 0 means
+	// 100. Default 0.
+	PDLinkGbps float64 `yaml:"pd_link_gbps"`
+	// KVBytesPerToken is the KV size of one token moved by a transfer; 0 takes the
+	// profile's. Default 0.
+	KVBytesPerToken int `yaml:"kv_bytes_per_token"`
+	// PDTransferTimeoutMS bounds how long a decode worker waits for its KV (the pull
+	// call, and an SGLang room's prefill) before failing the request; 0 means 30000.
+	// Default 0.
+	PDTransferTimeoutMS int `yaml:"pd_transfer_timeout_ms"`
+	// PDKVHoldMS is how long a prefill worker holds a finished request's blocks for the
+	// transfer before freeing them (vLLM's VLLM_NIXL_ABORT_REQUEST_TIMEOUT); 0 means
+	// 480000. Default 0.
+	PDKVHoldMS int `yaml:"pd_kv_hold_ms"`
+
 	// Tokenizer replaces the built-in [WordTokenizer] (Go API only). If it also
 	// implements [ChatTemplate] it renders chats too.
 	Tokenizer Tokenizer `yaml:"-"`
@@ -105,6 +129,9 @@ type FleetConfig struct {
 	// every worker's BodyTokenizer; the sim package itself does not read it. Default ""
 	// (the built-in tokenizer).
 	TokenizerPath string `yaml:"tokenizer_path"`
+	// IDPrefix starts every worker's id: IDPrefix+"0", IDPrefix+"1", ... (e.g. "p" and
+	// "d" for a prefill and a decode fleet). Default "w".
+	IDPrefix string `yaml:"id_prefix"`
 	// Worker is the configuration of every worker; in YAML its keys sit at the top level.
 	Worker Config `yaml:",inline"`
 }
@@ -126,12 +153,13 @@ func DefaultConfig() Config {
 		MeanOutputTokens:    64,
 		Seed:                1,
 		DataParallelSize:    1,
+		Role:                RoleBoth,
 	}
 }
 
 // DefaultFleetConfig returns a one-worker fleet configuration with every default set.
 func DefaultFleetConfig() FleetConfig {
-	return FleetConfig{Workers: 1, Host: "127.0.0.1", Worker: DefaultConfig()}
+	return FleetConfig{Workers: 1, Host: "127.0.0.1", IDPrefix: "w", Worker: DefaultConfig()}
 }
 
 // Validate reports the first invalid field, quoting its value.
@@ -177,6 +205,9 @@ func (c *Config) Validate() error {
 	if !(c.TimeScale > 0) || c.TimeScale > 1e6 {
 		return fmt.Errorf("time_scale must be in (0, 1e6], got %v", c.TimeScale)
 	}
+	if err := c.validatePD(); err != nil {
+		return err
+	}
 	if err := c.Faults.Validate(); err != nil {
 		return fmt.Errorf("faults: %w", err)
 	}
@@ -191,8 +222,14 @@ func (c *FleetConfig) Validate() error {
 	if c.Host == "" {
 		return errors.New("host must not be empty")
 	}
+	if len(c.IDPrefix) > 64 {
+		return fmt.Errorf("id_prefix must have at most 64 bytes, got %d", len(c.IDPrefix))
+	}
 	if err := c.Worker.Validate(); err != nil {
 		return err
+	}
+	if c.Worker.BootstrapPort > 0 && c.Worker.BootstrapPort+c.Workers > 65536 {
+		return fmt.Errorf("bootstrap_port %d leaves no room for %d workers", c.Worker.BootstrapPort, c.Workers)
 	}
 	if stride := c.portStride(); c.BasePort < 0 || c.BasePort+stride*c.Workers > 65536 {
 		return fmt.Errorf("base_port %d leaves no room for %d workers (%d ports each)", c.BasePort, c.Workers, stride)

@@ -53,6 +53,16 @@ type request struct {
 	err       error
 	aborted   bool
 	running   bool
+
+	// P/D (pd.go). holdKey, holdAnyFinish, onHold, onRelease and remoteKV are set
+	// before submit; held and heldIDs are guarded by engine.mu.
+	holdKey       string // keep the blocks under this key when finished
+	holdAnyFinish bool   // hold whatever the finish reason (SGLang); vLLM: "length" only
+	onHold        func() // called under engine.mu once the blocks are held
+	onRelease     func() // called without the lock when the hold expires unpulled
+	remoteKV      bool   // the prompt's KV was pulled: skip its prefill
+	held          bool
+	heldIDs       []int64
 }
 
 // planned is one request's share of a step: n tokens to compute.
@@ -87,6 +97,8 @@ type engine struct {
 	events   []kvevents.Event
 	evicted  []uint64
 	finished []*request
+	held     map[string]*heldKV // finished prefills' KV kept for a transfer (pd.go)
+	gen      uint64             // restarts so far: held blocks of an older pool are not freed
 }
 
 // engineStats are the engine's counters and gauges, read without the engine lock.
@@ -100,6 +112,7 @@ type engineStats struct {
 	busyNanos, lagNanos          atomic.Int64
 	running, waiting, usedBlocks atomic.Int64
 	cachedBlocks                 atomic.Int64
+	pdWaiting, pdExpired         atomic.Int64 // requests pulling their KV; holds expired
 }
 
 func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher, seed uint64, dpRank int, stats *engineStats) *engine {
@@ -271,7 +284,14 @@ func (e *engine) admit(r *request, budget int) (int, bool) {
 	r.computed = hit * bs
 	r.committed = hit
 	n := min(len(r.tokens)-r.computed, budget)
-	if !e.ensureBlocksNoPreempt(r, r.computed+n) {
+	upto := r.computed + n
+	if r.remoteKV {
+		// The prompt's KV came from the prefill worker: blocks for all of it, and
+		// only the last token computed here, to sample the first output token (once:
+		// a preempted request recomputes locally, as vLLM does).
+		n, upto = 1, len(r.tokens)
+	}
+	if !e.ensureBlocksNoPreempt(r, upto) {
 		e.pool.Free(r.blocks)
 		r.blocks = r.blocks[:0]
 		r.computed, r.committed = 0, 0
@@ -279,6 +299,10 @@ func (e *engine) admit(r *request, budget int) (int, bool) {
 	}
 	e.stats.prefixQueries.Add(uint64(len(r.tokens)))
 	e.stats.prefixHits.Add(uint64(r.computed))
+	if r.remoteKV {
+		r.remoteKV = false
+		r.computed = len(r.tokens) - 1
+	}
 	if !r.admitted {
 		r.admitted = true
 		r.cached = r.computed
@@ -392,7 +416,9 @@ func (e *engine) apply() {
 	}
 	if len(e.finished) > 0 {
 		for _, r := range e.finished {
-			e.pool.Free(r.blocks)
+			if !e.holdLocked(r) {
+				e.pool.Free(r.blocks)
+			}
 			r.blocks = nil
 			r.running = false
 			e.stats.finished.Add(1)
@@ -482,6 +508,8 @@ func (e *engine) restart(announceClear, rebind bool) error {
 	}
 	e.running, e.waiting = e.running[:0], e.waiting[:0]
 	e.plan = e.plan[:0]
+	e.dropHeldLocked()
+	e.gen++
 	e.pool = kvcache.New(e.pool.Capacity())
 	e.events, e.evicted = e.events[:0], e.evicted[:0]
 	var err error
@@ -503,7 +531,7 @@ func (e *engine) restart(announceClear, rebind bool) error {
 func (e *engine) resetPrefixCache() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if len(e.running) > 0 {
+	if len(e.running) > 0 || len(e.held) > 0 {
 		return errBusy
 	}
 	e.pool.Reset(nil)

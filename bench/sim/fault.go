@@ -31,6 +31,12 @@ type Faults struct {
 	// batch ts), as a lagging feed delivers them (kvsim --event-delay). Lowering it
 	// releases the batches already due at once. At most 600000 (10 min). Default 0.
 	EventDelayMS int64 `json:"event_delay_ms" yaml:"event_delay_ms"`
+	// TransferHang makes the P/D side channel accept every KV pull and never complete
+	// it: decode workers fail their requests after pd_transfer_timeout_ms. Default false.
+	TransferHang bool `json:"transfer_hang" yaml:"transfer_hang"`
+	// TransferErrorRate is the fraction of KV pulls the side channel answers with HTTP
+	// 500, in [0, 1]. Default 0.
+	TransferErrorRate float64 `json:"transfer_error_rate" yaml:"transfer_error_rate"`
 }
 
 // Validate reports the first field out of range, quoting its value.
@@ -42,6 +48,8 @@ func (f *Faults) Validate() error {
 		return fmt.Errorf("hang_rate must be in [0, 1], got %v", f.HangRate)
 	case !(f.SlowFactor >= 0 && f.SlowFactor <= 1000):
 		return fmt.Errorf("slow_factor must be in [0, 1000], got %v", f.SlowFactor)
+	case !(f.TransferErrorRate >= 0 && f.TransferErrorRate <= 1):
+		return fmt.Errorf("transfer_error_rate must be in [0, 1], got %v", f.TransferErrorRate)
 	case f.DieAfterChunks < 0:
 		return fmt.Errorf("die_after_chunks must not be negative, got %d", f.DieAfterChunks)
 	case f.DropEventBatches < 0:

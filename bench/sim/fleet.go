@@ -11,7 +11,8 @@ type Fleet struct {
 	workers []*Worker
 }
 
-// StartFleet validates cfg and starts cfg.Workers workers with ids "w0", "w1", ...;
+// StartFleet validates cfg and starts cfg.Workers workers with ids "w0", "w1", ... (the
+// prefix is cfg.IDPrefix, "w" when empty);
 // worker i's seed is cfg.Worker.Seed+i. On error the workers already started are closed.
 func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	if err := cfg.Validate(); err != nil {
@@ -21,12 +22,19 @@ func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	for i := range cfg.Workers {
 		wc := cfg.Worker
 		wc.Seed += int64(i)
+		if wc.BootstrapPort > 0 && wc.role() == RolePrefill {
+			wc.BootstrapPort += i // decode workers share it: the default pull port
+		}
 		var hp, ep, rp int
 		if cfg.BasePort > 0 {
 			base, dp := cfg.BasePort+cfg.portStride()*i, cfg.Worker.DataParallelSize
 			hp, ep, rp = base, base+1, base+1+dp
 		}
-		w, err := StartWorker(ctx, fmt.Sprintf("w%d", i), wc, cfg.Host, hp, ep, rp)
+		prefix := cfg.IDPrefix
+		if prefix == "" {
+			prefix = "w"
+		}
+		w, err := StartWorker(ctx, fmt.Sprintf("%s%d", prefix, i), wc, cfg.Host, hp, ep, rp)
 		if err != nil {
 			_ = f.Close()
 			return nil, fmt.Errorf("start fleet: %w", err)

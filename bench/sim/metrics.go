@@ -58,7 +58,8 @@ func (m *metrics) rank(i int, st *engineStats) *rankMetrics {
 	}
 	usage := func() float64 { return float64(st.usedBlocks.Load()) / float64(m.numBlocks) }
 	running := func() float64 { return float64(st.running.Load()) }
-	waiting := func() float64 { return float64(st.waiting.Load()) }
+	// Requests pulling their KV count as waiting, as vLLM's WAITING_FOR_REMOTE_KVS do.
+	waiting := func() float64 { return float64(st.waiting.Load() + st.pdWaiting.Load()) }
 	prompt := func() float64 { return float64(st.promptTokens.Load()) }
 	generated := func() float64 { return float64(st.generatedTokens.Load()) }
 	info := prometheus.Labels{}

@@ -31,11 +31,13 @@ type stream struct {
 
 // progress is a snapshot of a request taken under the engine lock.
 type progress struct {
-	out    int
-	done   bool
-	err    error
-	finish string
-	cached int
+	out     int
+	done    bool
+	err     error
+	finish  string
+	cached  int
+	held    bool    // the KV is held for a P/D transfer
+	heldIDs []int64 // its block ids
 }
 
 func (s *stream) snapshot() progress {
@@ -43,7 +45,8 @@ func (s *stream) snapshot() progress {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r := s.r
-	return progress{out: r.out, done: r.done && !r.aborted, err: r.err, finish: r.finish, cached: r.cached}
+	return progress{out: r.out, done: r.done && !r.aborted, err: r.err, finish: r.finish, cached: r.cached,
+		held: r.held, heldIDs: r.heldIDs}
 }
 
 // abortConn drops the client connection without finishing the response.
@@ -280,8 +283,9 @@ func (s *stream) finishUnary(pr progress) {
 			Model   json.RawMessage `json:"model"`
 			Choices []choice        `json:"choices"`
 			Usage   Usage           `json:"usage"`
+			KV      any             `json:"kv_transfer_params,omitempty"`
 		}{s.r.id, "chat.completion", s.created, model,
-			[]choice{{Message: msg{Role: "assistant", Content: text, ToolCalls: []any{}}, FinishReason: pr.finish}}, u})
+			[]choice{{Message: msg{Role: "assistant", Content: text, ToolCalls: []any{}}, FinishReason: pr.finish}}, u, s.pdResponseParams(pr)})
 		return
 	}
 	type choice struct {
@@ -298,7 +302,8 @@ func (s *stream) finishUnary(pr progress) {
 		Model   json.RawMessage `json:"model"`
 		Choices []choice        `json:"choices"`
 		Usage   Usage           `json:"usage"`
-	}{s.r.id, "text_completion", s.created, model, []choice{{Text: text, FinishReason: pr.finish}}, u})
+		KV      any             `json:"kv_transfer_params,omitempty"`
+	}{s.r.id, "text_completion", s.created, model, []choice{{Text: text, FinishReason: pr.finish}}, u, s.pdResponseParams(pr)})
 }
 
 func readAllLimit(r io.Reader) ([]byte, error) {

@@ -30,6 +30,11 @@ type Info struct {
 	Events string     `json:"events"`
 	Replay string     `json:"replay"`
 	Ranks  []RankInfo `json:"ranks,omitempty"`
+	// Role is the worker's P/D role, "prefill" or "decode"; omitted for "both" (the
+	// default). BootstrapPort is a prefill worker's side-channel port (SGLang's
+	// bootstrap_port, vLLM's remote_port); omitted for the other roles.
+	Role          string `json:"role,omitempty"`
+	BootstrapPort int    `json:"bootstrap_port,omitempty"`
 }
 
 // RankInfo gives one DP rank's event endpoints.
@@ -107,6 +112,8 @@ type Worker struct {
 	reqSeq     atomic.Uint64
 	// resp holds the stored responses of the Responses API (responses.go).
 	resp *respStore
+	// pd is the P/D side channel and rooms (pd.go).
+	pd *pdState
 
 	failed, hung, died atomic.Uint64
 	unauthorized       atomic.Uint64
@@ -166,8 +173,12 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	if err := w.SetFaults(cfg.Faults); err != nil {
 		return fail(err)
 	}
+	if err := w.startPD(host); err != nil {
+		return fail(err)
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(httpPort)))
 	if err != nil {
+		_ = w.pd.close()
 		return fail(fmt.Errorf("listen http: %w", err))
 	}
 	w.addr = ln.Addr().String()
@@ -244,7 +255,11 @@ func (w *Worker) Ranks() []*Rank { return w.ranks }
 
 // Info returns the worker's id and endpoints.
 func (w *Worker) Info() Info {
-	info := Info{ID: w.id, URL: w.url, Events: w.EventsEndpoint(), Replay: w.ReplayEndpoint()}
+	info := Info{ID: w.id, URL: w.url, Events: w.EventsEndpoint(), Replay: w.ReplayEndpoint(),
+		BootstrapPort: w.pd.port}
+	if r := w.cfg.role(); r != RoleBoth {
+		info.Role = r
+	}
 	if len(w.ranks) > 1 {
 		for _, rk := range w.ranks {
 			info.Ranks = append(info.Ranks, RankInfo{Rank: rk.index, Events: rk.EventsEndpoint(), Replay: rk.ReplayEndpoint()})
@@ -342,6 +357,7 @@ func (w *Worker) Restart(opt RestartOptions) error {
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
 	if opt.Offline {
 		w.goOffline(opt.Down)
+		w.pd.goOffline(opt.Down)
 	}
 	var err error
 	for _, rk := range w.ranks {
@@ -378,6 +394,7 @@ func (w *Worker) Close() error {
 	if srv != nil {
 		err = srv.Close()
 	}
+	err = errors.Join(err, w.pd.close())
 	w.cancel()
 	return errors.Join(err, closeRanks(w.ranks))
 }
@@ -612,6 +629,10 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 			w.maxLen, n+p.maxTokens, n, p.maxTokens))
 		return
 	}
+	if err := w.pdCheck(p); err != nil {
+		writeError(rw, err)
+		return
+	}
 	f := w.Faults()
 	if w.roll(f.ErrorRate) {
 		w.failed.Add(1)
@@ -633,6 +654,14 @@ func (w *Worker) serveGenerate(rw http.ResponseWriter, hr *http.Request, chat bo
 		return
 	}
 	req := w.newRequest(p, loraID)
+	remote, err := w.pdPull(hr.Context(), rk, p, req)
+	if err != nil {
+		if hr.Context().Err() == nil {
+			writeError(rw, err)
+		}
+		return
+	}
+	w.pdAttach(req, rk, p, remote)
 	rk.eng.submit(req)
 	s := stream{w: w, rk: rk, rw: rw, p: p, r: req, chat: chat, dieAfter: f.DieAfterChunks}
 	s.run(hr.Context())

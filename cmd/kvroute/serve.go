@@ -33,10 +33,11 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)")
 	listen := fs.String("listen", "", "listen address, e.g. :8080 (overrides the config)")
 	policy := fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)")
-	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: engine, approx or local:PATH (overrides the config)")
+	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	pd := fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)")
 	var workers stringList
-	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME]`; repeat for each worker")
+	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME][,role=prefill|decode|both][,bootstrap_port=N]`; repeat for each worker")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -45,7 +46,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 2
 	}
-	cfg, err := serveConfig(*configPath, *listen, *policy, *tokenize, workers)
+	cfg, err := serveConfig(*configPath, *listen, *policy, *tokenize, workers, *pd)
 	if err != nil {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 2
@@ -65,7 +66,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 }
 
 // serveConfig builds the config from a file and/or the quick-start flags; flags win.
-func serveConfig(path, listen, policy, tokenize string, workers []string) (*configs.Config, error) {
+func serveConfig(path, listen, policy, tokenize string, workers []string, pd ...string) (*configs.Config, error) {
 	var cfg *configs.Config
 	if path != "" {
 		c, err := configs.LoadFile(path)
@@ -88,6 +89,9 @@ func serveConfig(path, listen, policy, tokenize string, workers []string) (*conf
 	}
 	if tokenize != "" {
 		cfg.Tokenize.Mode = tokenize
+	}
+	if len(pd) > 0 && pd[0] != "" {
+		cfg.PD.Protocol = pd[0]
 	}
 	if len(workers) > 0 {
 		cfg.Workers, cfg.WorkersFromFlags = nil, true
@@ -136,5 +140,6 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: warning: %s\n", args[0], w)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d workers, policy %s, listen %s)\n", args[0], len(cfg.Workers), cfg.Policy, cfg.Listen)
+	printTokenizeModes(stdout, stderr, args[0], cfg)
 	return 0
 }

@@ -67,6 +67,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	meanOut := fs.Int("mean-output-tokens", w.MeanOutputTokens, "mean natural output length")
 	seed := fs.Int64("seed", w.Seed, "seed of engine hashes and faults")
 	eventDelay := fs.Duration("event-delay", time.Duration(w.Faults.EventDelayMS)*time.Millisecond, "send every KV-event batch this late, stamped with the engine time of its change (a lagging feed; faults.event_delay_ms, POST /sim/fault)")
+	role := fs.String("role", w.Role, "P/D role: prefill, decode or both")
+	idPrefix := fs.String("id-prefix", def.IDPrefix, "worker ids are this prefix and the index (e.g. p for a prefill fleet)")
+	bootstrapPort := fs.Int("bootstrap-port", w.BootstrapPort, "P/D side-channel port of prefill workers (SGLang's bootstrap port, vLLM's remote_port); worker i uses P+i; 0: free ports")
+	linkGbps := fs.Float64("pd-link-gbps", w.PDLinkGbps, "bandwidth of the P/D KV-transfer link in Gbit/s (0: 100)")
+	kvBytes := fs.Int("kv-bytes-per-token", w.KVBytesPerToken, "KV bytes per token moved by a P/D transfer (0: the profile's)")
+	xferTimeout := fs.Int("pd-transfer-timeout-ms", w.PDTransferTimeoutMS, "how long a decode worker waits for its KV before failing the request (0: 30000)")
+	kvHold := fs.Int("pd-kv-hold-ms", w.PDKVHoldMS, "how long a prefill worker holds a finished request's KV for the transfer (0: 480000)")
 	tokenizer := fs.String("tokenizer", def.TokenizerPath, "model directory (tokenizer.json + tokenizer_config.json) or tokenizer.json: tokenize with kvroute's router/tokenize/chat instead of the built-in tokenizer")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,7 +101,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"max-model-len": func() { cfg.Worker.MaxModelLen = *maxLen }, "profile": func() { cfg.Worker.Profile = *profile },
 		"time-scale": func() { cfg.Worker.TimeScale = *timeScale }, "stream-chunk-tokens": func() { cfg.Worker.StreamChunkTokens = *chunkTokens },
 		"mean-output-tokens": func() { cfg.Worker.MeanOutputTokens = *meanOut }, "seed": func() { cfg.Worker.Seed = *seed },
-		"tokenizer": func() { cfg.TokenizerPath = *tokenizer }, "lora": func() { cfg.Worker.LoRA = splitList(*lora) },
+		"tokenizer": func() { cfg.TokenizerPath = *tokenizer },
+		"role":      func() { cfg.Worker.Role = *role }, "id-prefix": func() { cfg.IDPrefix = *idPrefix }, "bootstrap-port": func() { cfg.Worker.BootstrapPort = *bootstrapPort },
+		"pd-link-gbps": func() { cfg.Worker.PDLinkGbps = *linkGbps }, "kv-bytes-per-token": func() { cfg.Worker.KVBytesPerToken = *kvBytes },
+		"pd-transfer-timeout-ms": func() { cfg.Worker.PDTransferTimeoutMS = *xferTimeout }, "pd-kv-hold-ms": func() { cfg.Worker.PDKVHoldMS = *kvHold }, "lora": func() { cfg.Worker.LoRA = splitList(*lora) },
 		"event-delay": func() { cfg.Worker.Faults.EventDelayMS = eventDelay.Milliseconds() },
 	}
 	fs.Visit(func(f *flag.Flag) {

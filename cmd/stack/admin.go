@@ -138,7 +138,7 @@ func explainAll(ds []router.Decision) []admin.Decision {
 			Time: d.Time, RequestID: d.RequestID, Model: d.Model, Policy: d.Policy, PromptTokens: d.PromptTokens,
 			Blocks: d.Blocks, Exact: d.Exact, Chosen: d.Chosen, Attempt: d.Attempt,
 			Explanation: router.Explain(d), Candidates: make([]admin.Candidate, len(d.Candidates)),
-			PredictedCachedTokens: d.PredictedCachedTokens,
+			PredictedCachedTokens: d.PredictedCachedTokens, Phase: d.Phase,
 		}
 		if r := d.Reported; r != nil {
 			e.Reported = &admin.ReportedUsage{PromptTokens: r.PromptTokens, CachedTokens: r.CachedTokens}

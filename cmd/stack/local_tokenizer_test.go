@@ -3,6 +3,8 @@ package stack
 import (
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -21,9 +23,23 @@ func TestLocalTokenizerModeMatchesWorkers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The auto mode finds the model's tokenizer in tokenize.dir/MODEL and acts the same.
+	autoDir := t.TempDir()
+	if err := os.Symlink(dir, filepath.Join(autoDir, "m")); err != nil {
+		t.Fatal(err)
+	}
+	for name, set := range map[string]func(*configs.Tokenize){
+		"local": func(c *configs.Tokenize) { c.Mode = "local:" + dir },
+		"auto":  func(c *configs.Tokenize) { c.Mode, c.Dir = "auto", autoDir },
+	} {
+		t.Run(name, func(t *testing.T) { testLocalTokenizer(t, enc, set) })
+	}
+}
+
+func testLocalTokenizer(t *testing.T, enc *chat.Encoder, set func(*configs.Tokenize)) {
 	ss := startSimStack(t, 3, func(fc *sim.FleetConfig, cfg *configs.Config) {
 		fc.Worker.BodyTokenizer = enc // the workers tokenize like the engine would
-		cfg.Tokenize.Mode = "local:" + dir
+		set(&cfg.Tokenize)
 	})
 	client := &http.Client{Timeout: 30 * time.Second}
 	rng := rand.New(rand.NewPCG(11, 11))

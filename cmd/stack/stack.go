@@ -153,7 +153,22 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) 
 	if err != nil {
 		return nil, fmt.Errorf("tokenize metrics: %w", err)
 	}
-	var engine blockhash.Hasher // shared by every model in engine mode
+	var engine blockhash.Hasher // shared by every model in engine or auto mode
+	buildEngine := func() (blockhash.Hasher, error) {
+		if engine == nil {
+			eng, err := blockhash.NewEngine(blockhash.EngineOptions{
+				Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
+				CacheEntries: st.Config.Tokenize.CacheEntries,
+				Client:       st.Pool.HTTPClient(), // the workers' API keys and TLS, and only them
+			})
+			if err != nil {
+				return nil, fmt.Errorf("tokenize: %w", err)
+			}
+			st.closers = append(st.closers, eng.Close)
+			engine = blockhash.NewFallback(eng, m)
+		}
+		return engine, nil
+	}
 	build := func(spec string) (blockhash.Hasher, error) {
 		mode, path, err := blockhash.ParseMode(spec)
 		if err != nil {
@@ -168,20 +183,14 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) 
 				return nil, fmt.Errorf("tokenize mode %q (use engine if the tokenizer cannot be loaded): %w", spec, err)
 			}
 			return blockhash.NewFallback(blockhash.NewLocal(enc), m), nil
-		}
-		if engine == nil {
-			eng, err := blockhash.NewEngine(blockhash.EngineOptions{
-				Pick: st.pickTokenizer, Timeout: st.Config.Tokenize.Timeout, Metrics: m,
-				CacheEntries: st.Config.Tokenize.CacheEntries,
-				Client:       st.Pool.HTTPClient(), // the workers' API keys and TLS, and only them
-			})
+		case blockhash.ModeAuto:
+			eng, err := buildEngine()
 			if err != nil {
-				return nil, fmt.Errorf("tokenize: %w", err)
+				return nil, err
 			}
-			st.closers = append(st.closers, eng.Close)
-			engine = blockhash.NewFallback(eng, m)
+			return st.newAuto(eng, m)
 		}
-		return engine, nil
+		return buildEngine()
 	}
 	def, err := build(st.Config.Tokenize.Mode)
 	if err != nil {

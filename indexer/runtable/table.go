@@ -178,23 +178,48 @@ func (t *Table) dist(v, i uint64, size int) uint64 {
 // highest load (3/4) instead of 8.5 for plain linear probing (Knuth's estimates), which scans to the next empty
 // slot.
 func (t *Table) find(key uint64) *uint64 {
+	s, i, ok := t.findAt(key)
+	if !ok {
+		return nil
+	}
+	return &s.slots[i]
+}
+
+// findAt is find returning key's shard and slot index.
+func (t *Table) findAt(key uint64) (*shard, uint64, bool) {
 	h := t.mix(key)
 	s := t.shardOf(h)
 	hb := h & hashMask
 	size := len(s.slots)
 	for i, d := homeOf(h, size), uint64(0); ; i, d = s.inc(i), d+1 {
-		sl := &s.slots[i]
-		v := *sl
+		v := s.slots[i]
 		if v == 0 {
-			return nil
+			return nil, 0, false
 		}
 		if v&hashMask == hb && t.runs[slotRID(v)].keys[slotOff(v)] == key {
-			return sl
+			return s, i, true
 		}
 		if t.dist(v, i, size) < d {
-			return nil
+			return nil, 0, false
 		}
 	}
+}
+
+// Ref is where a key present in the table sits, from [Table.Lookup]; it is valid until
+// the next mutation of the table. It saves a second probe to a caller that reads a
+// key's value and then changes or deletes it.
+type Ref struct {
+	s *shard
+	i uint64
+}
+
+// Lookup returns key's place and value; ok is false for an absent key.
+func (t *Table) Lookup(key uint64) (ref Ref, val uint32, ok bool) {
+	s, i, ok := t.findAt(key)
+	if !ok {
+		return Ref{}, 0, false
+	}
+	return Ref{s, i}, t.runs[slotRID(s.slots[i])].val, true
 }
 
 // HomeSlot returns the address of key's home slot (the first slot a lookup of key
@@ -467,6 +492,19 @@ func (t *Table) Set(key uint64, val, touch uint32) {
 	if sl == nil {
 		panic("runtable: Set of an absent key")
 	}
+	t.setSlot(sl, key, val, touch)
+}
+
+// SetAt is [Table.Set] of the key at ref (from Lookup, with no mutation since).
+func (t *Table) SetAt(ref Ref, key uint64, val, touch uint32) {
+	if val == 0 {
+		panic("runtable: Set with value 0")
+	}
+	t.setSlot(&ref.s.slots[ref.i], key, val, touch)
+}
+
+// setSlot is Set of key, whose slot is sl.
+func (t *Table) setSlot(sl *uint64, key uint64, val, touch uint32) {
 	rid, p := slotRID(*sl), slotOff(*sl)
 	if r := &t.runs[rid]; r.val == val {
 		if touch != 0 {
@@ -626,12 +664,22 @@ func (t *Table) absorb(a, b uint32) uint32 {
 
 // Delete removes key and reports whether it was present.
 func (t *Table) Delete(key uint64) bool {
-	sl := t.find(key)
-	if sl == nil {
+	s, i, ok := t.findAt(key)
+	if !ok {
 		return false
 	}
-	rid, p := slotRID(*sl), slotOff(*sl)
-	t.deleteSlot(key)
+	t.deleteAt(s, i, key)
+	return true
+}
+
+// DeleteAt is [Table.Delete] of the key at ref (from Lookup, with no mutation since).
+func (t *Table) DeleteAt(ref Ref, key uint64) { t.deleteAt(ref.s, ref.i, key) }
+
+// deleteAt removes key, at slot i of shard s.
+func (t *Table) deleteAt(s *shard, i uint64, key uint64) {
+	v := s.slots[i]
+	rid, p := slotRID(v), slotOff(v)
+	t.removeSlot(s, i)
 	t.n--
 	r := &t.runs[rid]
 	switch p {
@@ -651,7 +699,6 @@ func (t *Table) Delete(key uint64) bool {
 		rid = tail
 	}
 	t.shrunk(rid)
-	return true
 }
 
 func (t *Table) insertSlot(key, v uint64) {
@@ -681,25 +728,11 @@ func (t *Table) place(s *shard, v, home uint64) {
 	}
 }
 
-// deleteSlot removes key's slot with backward-shift deletion (no tombstones): the
+// removeSlot removes slot i of shard s with backward-shift deletion (no tombstones): the
 // entries after it move back one slot until an empty slot or an entry at its home,
 // which keeps Robin Hood order. The key must still be readable through its slot.
-func (t *Table) deleteSlot(key uint64) {
-	h := t.mix(key)
-	s := t.shardOf(h)
-	hb := h & hashMask
+func (t *Table) removeSlot(s *shard, i uint64) {
 	size := len(s.slots)
-	i := homeOf(h, size)
-	for d := uint64(0); ; d++ {
-		v := s.slots[i]
-		if v == 0 || t.dist(v, i, size) < d {
-			return
-		}
-		if v&hashMask == hb && t.runs[slotRID(v)].keys[slotOff(v)] == key {
-			break
-		}
-		i = s.inc(i)
-	}
 	for {
 		j := s.inc(i)
 		v := s.slots[j]

@@ -81,18 +81,37 @@ func runAgainstMap(t *testing.T, seed uint64) {
 		case r < 60:
 			n := 1 + rng.IntN(64)
 			desc = fmt.Sprintf("set chain %d blocks %d+%d val %d", c, b, n, val)
+			viaRef := rng.IntN(2) == 0 // Lookup then SetAt, as the index does
 			for i := b; i < min(b+n, chainLen); i++ {
-				if _, ok := m[key(c, i)]; ok {
-					tb.Set(key(c, i), val, 0)
-					m[key(c, i)] = val
+				k := key(c, i)
+				old, ok := m[k]
+				ref, got, found := tb.Lookup(k)
+				if found != ok || got != old {
+					t.Fatalf("step %d: Lookup(%d,%d) = %d %v, want %d %v", step, c, i, got, found, old, ok)
 				}
+				if !ok {
+					continue
+				}
+				if viaRef {
+					tb.SetAt(ref, k, val, 0)
+				} else {
+					tb.Set(k, val, 0)
+				}
+				m[k] = val
 			}
 		case r < 85:
 			n := 1 + rng.IntN(16)
 			desc = fmt.Sprintf("delete chain %d blocks %d+%d", c, b, n)
+			viaRef := rng.IntN(2) == 0 // Lookup then DeleteAt, as the index does
 			for i := b; i < min(b+n, chainLen); i++ {
 				_, want := m[key(c, i)]
-				if got := tb.Delete(key(c, i)); got != want {
+				if viaRef {
+					if ref, _, ok := tb.Lookup(key(c, i)); ok != want {
+						t.Fatalf("step %d: Lookup(%d,%d) found %v, want %v", step, c, i, ok, want)
+					} else if ok {
+						tb.DeleteAt(ref, key(c, i))
+					}
+				} else if got := tb.Delete(key(c, i)); got != want {
 					t.Fatalf("step %d: Delete(%d,%d) = %v, want %v", step, c, i, got, want)
 				}
 				delete(m, key(c, i))

@@ -128,8 +128,9 @@ func TestAPIReadsAfterTraffic(t *testing.T) {
 	if len(st.Traffic.Series) != router.SeriesSeconds || pts != n || ptsRouted != n {
 		t.Errorf("series: %d points adding up to %d finished, %d routed; want %d, %d, %d", len(st.Traffic.Series), pts, ptsRouted, router.SeriesSeconds, n, n)
 	}
-	if st.Tokenize.Mode != "engine" || st.Tokenize.Calls == 0 {
-		t.Errorf("tokenize: %+v, want engine mode with calls", st.Tokenize)
+	// The default mode, auto, without tokenize.dir is the engine mode for every model.
+	if st.Tokenize.Mode != "auto" || st.Tokenize.Calls == 0 {
+		t.Errorf("tokenize: %+v, want auto (engine) mode with calls", st.Tokenize)
 	}
 	if st.Index == nil || st.Index.Blocks == 0 {
 		t.Errorf("index summary: %+v", st.Index)

@@ -41,6 +41,11 @@ type Decision struct {
 	// Attempt is 0 for the first attempt, 1 for the first retry, and so on.
 	Attempt    int         `json:"attempt"`
 	Candidates []Candidate `json:"candidates"`
+	// Phase is "prefill" or "decode" for the two picks of a disaggregated request (the
+	// decode pick's costs are load: decode_cost the KV usage in percent, queue_cost
+	// requests in flight plus queued decode tokens), "aggregated_prefill_pool" or
+	// "aggregated_decode_pool" for a P/D fallback, "" otherwise.
+	Phase string `json:"phase,omitempty"`
 	// Explanation says in one line why the chosen worker was chosen.
 	Explanation string `json:"explanation"`
 	// PredictedCachedTokens is the prompt tokens the chosen worker was believed to hold.

@@ -189,10 +189,11 @@ func TestParseMode(t *testing.T) {
 		{in: "approx", mode: "approx"},
 		{in: "local:/models/llama", mode: "local", path: "/models/llama"},
 		{in: "local:tok.json", mode: "local", path: "tok.json"},
+		{in: "auto", mode: "auto"},
 		{in: "local", err: `tokenize mode "local": local needs a tokenizer path, as local:PATH`},
 		{in: "local: ", err: `tokenize mode "local: ": empty tokenizer path`},
-		{in: "Engine", err: `tokenize mode "Engine": want engine, approx or local:PATH`},
-		{in: "", err: `tokenize mode "": want engine, approx or local:PATH`},
+		{in: "Engine", err: `tokenize mode "Engine": want auto, engine, approx or local:PATH`},
+		{in: "", err: `tokenize mode "": want auto, engine, approx or local:PATH`},
 	} {
 		mode, path, err := ParseMode(tc.in)
 		if tc.err != "" {

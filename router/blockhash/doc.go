@@ -13,7 +13,9 @@
 //     router's own predicted entries.
 //
 // [Fallback] wraps engine or local mode and hashes a request in approx mode when they
-// fail: this is how the router must use them. [ParseMode] reads the --tokenize flag.
+// fail: this is how the router must use them. [Auto], the default mode, picks local mode
+// for each model whose tokenizer it finds ([FindTokenizer]) and engine mode (with
+// approx as its fallback) for the others. [ParseMode] reads the --tokenize flag.
 //
 // Invariants:
 //

@@ -124,13 +124,16 @@ const (
 	ModeApprox Mode = "approx"
 	// ModeLocal runs an in-process tokenizer loaded from a path.
 	ModeLocal Mode = "local"
+	// ModeAuto is local mode for each model with a tokenizer in tokenize.dir, else
+	// engine mode, else approx ([Auto]).
+	ModeAuto Mode = "auto"
 )
 
-// ParseMode parses a mode string: "engine", "approx" or "local:PATH". path is the
+// ParseMode parses a mode string: "auto", "engine", "approx" or "local:PATH". path is the
 // tokenizer path of the local mode and "" otherwise.
 func ParseMode(s string) (mode Mode, path string, err error) {
 	switch {
-	case s == string(ModeEngine), s == string(ModeApprox):
+	case s == string(ModeEngine), s == string(ModeApprox), s == string(ModeAuto):
 		return Mode(s), "", nil
 	case s == string(ModeLocal):
 		return "", "", fmt.Errorf("tokenize mode %q: local needs a tokenizer path, as local:PATH", s)
@@ -141,7 +144,7 @@ func ParseMode(s string) (mode Mode, path string, err error) {
 		}
 		return ModeLocal, p, nil
 	}
-	return "", "", fmt.Errorf("tokenize mode %q: want engine, approx or local:PATH", s)
+	return "", "", fmt.Errorf("tokenize mode %q: want auto, engine, approx or local:PATH", s)
 }
 
 // kind is what a request carries.

@@ -343,7 +343,7 @@ function renderDecisions(ds) {
       el('td', {}, new Date(d.time).toLocaleTimeString()),
       el('td', { class: 'code' }, d.request_id),
       el('td', {}, d.model),
-      el('td', { 'data-field': 'chosen' }, d.chosen),
+      el('td', { 'data-field': 'chosen' }, d.phase ? `${d.chosen} (${d.phase})` : d.chosen),
       el('td', {}, `${d.blocks}${d.exact ? '' : ' ~'}`),
       el('td', {}, d.explanation)));
     const f = (v, w) => (v === null || v === undefined ? '∞' : v.toFixed(1)).padStart(w);

@@ -14,8 +14,10 @@
 //     names are unique), host = its IP (status.podIP, the primary address of a
 //     dual-stack pod), port = discovery.kubernetes.port or the
 //     container port named port_name (the first container having it), and the
-//     template's scheme, models, dp_ranks, api_key_env, max_conns and event/replay
-//     ports on the same IP.
+//     template's scheme, models, dp_ranks, api_key_env, max_conns, bootstrap_port and
+//     event/replay ports on the same IP; its role (prefill/decode disaggregation) is the
+//     pod's label kvroute.io/role when set, else the template's (an invalid one leaves
+//     the pod out as an invalid worker).
 //   - Ready is the pod's Ready condition being True and the pod not terminating: a pod
 //     with a deletionTimestamp is drained at once, before its containers get SIGTERM's
 //     grace period, so no new request is sent to an engine about to stop.

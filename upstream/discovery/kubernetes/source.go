@@ -381,6 +381,9 @@ func (s *Source) member(p *corev1.Pod) (*discovery.Member, string, error) {
 		}
 	}
 	w := s.cfg.Worker(p.Name, addr.String(), port)
+	if role, ok := p.Labels[configs.RoleLabel]; ok {
+		w.Role = role // the pod's own role (P/D disaggregation), checked just below
+	}
 	if err := configs.ValidateWorker(&w); err != nil {
 		return nil, discovery.RejectInvalidWorker, err
 	}

@@ -303,7 +303,7 @@ func TestPodLifecycle(t *testing.T) {
 	h.waitView("w1:ready")
 	w := h.rec.lastView()[0].Worker
 	want := configs.Worker{ID: "w1", URL: "http://10.0.0.1:8000", DPRanks: 1, MaxConns: 16,
-		Events: "tcp://10.0.0.1:5557", Replay: "tcp://10.0.0.1:5558"}
+		Events: "tcp://10.0.0.1:5557", Replay: "tcp://10.0.0.1:5558", Role: configs.RoleBoth}
 	if fmt.Sprint(w) != fmt.Sprint(want) {
 		t.Fatalf("worker = %+v, want %+v", w, want)
 	}
@@ -333,6 +333,21 @@ func TestPodLifecycle(t *testing.T) {
 	h.change("w1", func(p *corev1.Pod) { p.Labels["rev"] = "2" }) // no change to the view
 	h.settle()
 	h.checkViews(n)
+}
+
+// A pod's kvroute.io/role label is its worker's role; a label that names no role
+// leaves the pod out, as any invalid worker.
+func TestRoleLabel(t *testing.T) {
+	pre, bad := pod("p", "10.0.0.1", true), pod("x", "10.0.0.3", true)
+	pre.Labels[configs.RoleLabel] = "prefill"
+	bad.Labels[configs.RoleLabel] = "gpu"
+	h := run(t, testConfig(), fake.NewClientset(pre, pod("d", "10.0.0.2", true), bad))
+	h.waitView("d:ready", "p:ready")
+	for _, m := range h.rec.lastView() {
+		if want := map[string]string{"p": configs.RolePrefill, "d": configs.RoleBoth}[m.Worker.ID]; m.Worker.Role != want {
+			t.Errorf("worker %s role %q, want %q", m.Worker.ID, m.Worker.Role, want)
+		}
+	}
 }
 
 // The pods present before Run are in the first view, reported once.

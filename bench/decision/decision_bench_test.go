@@ -1,0 +1,194 @@
+package decision
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvroute/kvroute/bench/proxy"
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto"
+	"github.com/kvroute/kvroute/router/blockhash"
+	"github.com/kvroute/kvroute/router/tokenize/chat"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
+	"github.com/kvroute/kvroute/scorer"
+	"github.com/kvroute/kvroute/scorer/cacheaware"
+)
+
+const (
+	turns       = 40
+	convs       = 24 // conversations played side by side, turn by turn
+	workers     = 8
+	blockSize   = 16
+	wordsPerMsg = 75 // a user message and an answer of about 100 tokens each: turn 40 is about 8k tokens
+)
+
+// BenchmarkDecision plays convs 40-turn conversations turn by turn (every conversation's
+// turn t, then turn t+1: a new turn arrives with the earlier ones already seen, as in
+// traffic) and makes each request's routing decision as the router does: hash the chat
+// (tokenize + chained block hash), Match against the index, score 8 workers with
+// cache_aware, and Predict the prompt's blocks on the chosen worker. It reports, per
+// mode, the p50 and p99 latency of the turn-40 decisions (prompts of about 8k tokens),
+// and the process CPU per decision at turn 40 and at turn 2 and their ratio. Each b.N
+// round is a fresh set of conversations (new words), so nothing is cached from a round
+// before. The latencies are wall time: on a loaded machine p99 shows the scheduler and
+// the GC as much as the decision (the report says how many turn-40 samples it has).
+//
+// Modes: "local" (kvroute's tokenizer with Qwen3's tokenizer.json and chat template, its
+// conversation cache on, as chat.Load sets it) and "engine" (POST /tokenize to the
+// bench/proxy fake worker on loopback, whose token ids are fake: the call's cost, not
+// the tokenizer's, is what it shows).
+//
+//	go test -run '^$' -bench '^BenchmarkDecision$' -benchtime 3x -count 10 ./bench/decision > new.txt; benchstat old.txt new.txt
+func BenchmarkDecision(b *testing.B) {
+	enc, err := chat.Load(tokenizetest.ModelDir(b, "qwen3"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("mode=local", func(b *testing.B) { benchDecision(b, blockhash.NewLocal(enc)) })
+
+	up := proxy.NewUpstream(proxy.UpstreamOptions{Model: "m"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = up.Serve(ln) }()
+	defer func() { _ = up.Shutdown(context.Background()) }()
+	url := "http://" + ln.Addr().String()
+	eng, err := blockhash.NewEngine(blockhash.EngineOptions{
+		Pick:    func(string) (string, bool) { return url, true },
+		Timeout: 10 * time.Second, Cooldown: -1,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer eng.Close()
+	b.Run("mode=engine", func(b *testing.B) { benchDecision(b, eng) })
+}
+
+type message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+func benchDecision(b *testing.B, h blockhash.Hasher) {
+	keys := make([]proto.WorkerKey, workers)
+	for i := range keys {
+		keys[i] = proto.WorkerKey{ID: fmt.Sprintf("w%d", i)}
+	}
+	sel := cacheaware.New(cacheaware.Defaults())
+	var lat40 []time.Duration
+	var cpu [turns + 1]time.Duration
+	var n [turns + 1]int
+	var tokens40 int
+	b.ReportAllocs()
+	for b.Loop() {
+		ix, err := indexer.New(indexer.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		// A seed never used before in this process: the engine mode's cache must not
+		// answer from an earlier round or run.
+		rng := rand.New(rand.NewPCG(seeds.Add(1), 21))
+		msgs := make([][]message, convs)
+		for c := range msgs {
+			msgs[c] = []message{{Role: "system", Content: "You are a helpful assistant. " + words(rng, 30)}}
+		}
+		var (
+			hashes  []proto.BlockHash
+			matches []indexer.WorkerMatch
+			cands   = make([]scorer.Candidate, workers)
+			costs   = make([]scorer.Cost, workers)
+		)
+		for t := 1; t <= turns; t++ {
+			// The bodies are built before the clock starts: the client's JSON is not the
+			// router's work.
+			bodies := make([][]byte, convs)
+			raws := make([][]byte, convs)
+			for c := range msgs {
+				msgs[c] = append(msgs[c], message{Role: "user", Content: words(rng, wordsPerMsg)})
+				raws[c], _ = json.Marshal(msgs[c])
+				bodies[c], _ = json.Marshal(map[string]any{"model": "m", "messages": json.RawMessage(raws[c]), "max_tokens": 64})
+			}
+			c0 := cpuTime()
+			for c := range msgs {
+				t0 := time.Now()
+				req := &blockhash.Request{Model: "m", BlockSize: blockSize, Messages: raws[c], Body: bodies[c]}
+				r, err := h.Hash(context.Background(), req, hashes[:0])
+				if err != nil || !r.Exact {
+					b.Fatalf("turn %d: %+v %v", t, r.Exact, err)
+				}
+				hashes = r.Hashes
+				matches = ix.Match(hashes, matches[:0])
+				for i := range cands {
+					cands[i] = scorer.Candidate{ID: keys[i].ID}
+				}
+				for _, m := range matches {
+					for i := range keys {
+						if keys[i] == m.Worker {
+							cands[i].OverlapBlocks = m.Blocks
+						}
+					}
+				}
+				sreq := scorer.Request{Model: "m", PromptTokens: r.Tokens, Blocks: len(hashes), BlockSize: blockSize}
+				w := sel.SelectExplained(&sreq, cands, costs)
+				ix.Predict(keys[w], hashes, time.Hour)
+				if t == turns {
+					lat40 = append(lat40, time.Since(t0))
+					tokens40 += r.Tokens
+				}
+			}
+			cpu[t] += cpuTime() - c0
+			n[t] += convs
+			for c := range msgs {
+				msgs[c] = append(msgs[c], message{Role: "assistant", Content: words(rng, wordsPerMsg)})
+			}
+		}
+	}
+	slices.Sort(lat40)
+	per := func(t int) float64 { return float64(cpu[t].Nanoseconds()) / float64(n[t]) / 1e3 }
+	b.ReportMetric(float64(lat40[len(lat40)/2].Nanoseconds())/1e3, "turn40-p50-us")
+	b.ReportMetric(float64(lat40[(len(lat40)*99)/100].Nanoseconds())/1e3, "turn40-p99-us")
+	b.ReportMetric(per(turns), "turn40-cpu-us/op")
+	b.ReportMetric(per(2), "turn2-cpu-us/op")
+	b.ReportMetric(per(turns)/per(2), "turn40/turn2-cpu")
+	b.ReportMetric(float64(tokens40)/float64(len(lat40)), "turn40-tokens")
+	b.ReportMetric(float64(len(lat40)), "turn40-samples")
+}
+
+var seeds atomic.Uint64
+
+var vocab = strings.Fields("the router keeps a map of which worker holds which prefix and scores each " +
+	"worker by overlap load queue cache block token prompt answer model request engine " +
+	"latency throughput memory index event hash chain session turn reply question data")
+
+func words(rng *rand.Rand, n int) string {
+	var sb strings.Builder
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(' ')
+		}
+		sb.WriteString(vocab[rng.IntN(len(vocab))])
+		if rng.IntN(9) == 0 {
+			fmt.Fprintf(&sb, "%d", rng.IntN(1000))
+		}
+	}
+	return sb.String()
+}
+
+// cpuTime is the process's CPU time so far (user and system), GC included.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
