@@ -518,7 +518,7 @@ func (v *Index) connect() bool {
 // removal was lost stop counting) and every entry; for the others, its predictions.
 func (v *Index) resync(ctx context.Context) {
 	c := v.client()
-	pctx, cancel := context.WithTimeout(ctx, v.opts.Timeout*10)
+	pctx, cancel := context.WithTimeout(ctx, v.opts.Timeout+time.Second)
 	err := c.Do(pctx, c.B().Ping().Build()).Error()
 	cancel()
 	if err != nil {
