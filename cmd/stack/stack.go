@@ -38,12 +38,12 @@ type Stack struct {
 	Config   *configs.Config
 	Registry *prometheus.Registry
 	Pool     *upstream.Pool
-	Index    *indexer.Index // this process's index; with index.backend valkey, its part of the shared one (Shared.Index)
+	Index    *indexer.Index     // this process's index; with index.backend valkey, its part of the shared one (Shared.Index)
 	Shared   *valkeyindex.Index // the index shared in Valkey; nil with index.backend memory
-	History  *indexer.Index    // routing history for cache_aware.affinity_weight; nil without KV events or with the weight 0
-	Events   *kvevents.Manager // ZMQ feeds (of the workers that publish events); nil when events.source is nats
-	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
-	Replica  *replica.Sync     // state shared with other replicas; nil unless replica.nats_url is set
+	History  *indexer.Index     // routing history for cache_aware.affinity_weight; nil without KV events or with the weight 0
+	Events   *kvevents.Manager  // ZMQ feeds (of the workers that publish events); nil when events.source is nats
+	NATS     *natsbus.Consumer  // NATS feed; nil unless events.source is nats
+	Replica  *replica.Sync      // state shared with other replicas; nil unless replica.nats_url is set
 	Scraper  *scrape.Scraper
 	Server   *router.Server
 	// ReloadOnSIGHUP makes Run reload the config file at each SIGHUP (kvroute serve).

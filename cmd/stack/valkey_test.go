@@ -111,8 +111,8 @@ func TestValkeyRoutersShareEvents(t *testing.T) {
 	}
 }
 
-// counterValue sums the samples of a counter family in st's registry with label op.
-func counterValue(t *testing.T, st *Stack, name, op string) float64 {
+// backendErrors is kvroute_index_backend_errors_total{op} in st's registry.
+func backendErrors(t *testing.T, st *Stack, op string) float64 {
 	t.Helper()
 	mfs, err := st.Registry.Gather()
 	if err != nil {
@@ -120,7 +120,7 @@ func counterValue(t *testing.T, st *Stack, name, op string) float64 {
 	}
 	sum := 0.0
 	for _, mf := range mfs {
-		if mf.GetName() != name {
+		if mf.GetName() != "kvroute_index_backend_errors_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
@@ -185,7 +185,7 @@ func TestValkeyOutage(t *testing.T) {
 	srv.Stop()
 	atLeast(40, "40 requests during the outage")
 	poll.CheckFor(t, 20*time.Second, "the outage counted", func() bool {
-		return counterValue(t, st, "kvroute_index_backend_errors_total", "match") > 0 && st.Shared.Down()
+		return backendErrors(t, st, "match") > 0 && st.Shared.Down()
 	})
 	if n := confirmedOn(t, st, probe, res.worker); n == 0 {
 		t.Errorf("during the outage the router's own entries should still answer: probe confirmed %d", n)
@@ -207,5 +207,5 @@ func TestValkeyOutage(t *testing.T) {
 		t.Errorf("after the restart the shared index lacks the probe's blocks (confirmed %d, down %v)", n, st.Shared.Down())
 	}
 	t.Logf("%d requests, 0 failed; match errors %.0f, resync errors %.0f", sent.Load(),
-		counterValue(t, st, "kvroute_index_backend_errors_total", "match"), counterValue(t, st, "kvroute_index_backend_errors_total", "resync"))
+		backendErrors(t, st, "match"), backendErrors(t, st, "resync"))
 }

@@ -100,7 +100,7 @@ type Index struct {
 	// pmu guards pending, dropped and ingested.
 	pmu      sync.Mutex
 	pending  []op
-	dropped  bool                      // changes were dropped: rewrite everything
+	dropped  bool                     // changes were dropped: rewrite everything
 	ingested map[proto.WorkerKey]bool // workers whose events this process applies
 
 	down    atomic.Bool  // the server failed and the copy has not been rewritten since
