@@ -147,7 +147,7 @@ func New(opts Options) (*Index, error) {
 	}
 	co.DisableCache = true // client-side caching would need invalidations for every block key
 	co.Dialer.Timeout = time.Second
-	co.ConnWriteTimeout = 2 * time.Second
+	co.ConnWriteTimeout = 10 * time.Second // a write batch of many script calls may take seconds on a busy server
 	co.ForceSingleClient = true
 	// Do not let a down server block New: it connects lazily when it can.
 	v := &Index{
@@ -502,7 +502,7 @@ func (v *Index) connect() bool {
 	if err != nil {
 		return false
 	}
-	co.DisableCache, co.Dialer.Timeout, co.ConnWriteTimeout, co.ForceSingleClient = true, time.Second, 2*time.Second, true
+	co.DisableCache, co.Dialer.Timeout, co.ConnWriteTimeout, co.ForceSingleClient = true, time.Second, 10*time.Second, true
 	c, err := valkey.NewClient(co)
 	if err != nil {
 		v.fail("connect", err)
