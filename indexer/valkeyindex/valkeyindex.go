@@ -179,7 +179,7 @@ func New(opts Options) (*Index, error) {
 		v.Close()
 		return nil, err
 	}
-	v.countMask, v.confMask = v.Index.MatchMasks()
+	v.countMask, v.confMask = v.MatchMasks()
 	v.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvroute_index_backend_errors_total",
 		Help: "Failed calls to the shared index backend (Valkey), by operation: match (answered from the process's own entries instead), write (queued changes lost until the copy is rewritten), resync, connect.",
@@ -418,7 +418,7 @@ func (v *Index) matchRemote(ctx context.Context, c valkey.Client, hashes []proto
 		m := indexer.WorkerMatch{Worker: wk, Blocks: int(nums[1]), Confirmed: int(nums[2])}
 		for j := 3; j+1 < len(row); j += 2 {
 			if f := nums[j]; f > 0 && f < 256 {
-				m.Score += float64(nums[j+1]) * v.Index.BlockWeight(uint8(f))
+				m.Score += float64(nums[j+1]) * v.BlockWeight(uint8(f))
 			}
 		}
 		dst = append(dst, m)
@@ -541,7 +541,7 @@ func (v *Index) resync(ctx context.Context) {
 	)
 	for _, ws := range v.Index.Stats().Workers {
 		w := ws.Worker
-		entries = v.Index.AppendEntries(w, entries[:0])
+		entries = v.AppendEntries(w, entries[:0])
 		ops = ops[:0]
 		if ingested[w] {
 			ops = append(ops, op{w: w, tier: -2})
