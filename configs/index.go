@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"net/url"
 	"path/filepath"
 	"time"
 )
@@ -21,9 +22,32 @@ type Index struct {
 	// SnapshotInterval is how often the snapshot file is rewritten while running; at
 	// least 1s. Default 60s.
 	SnapshotInterval time.Duration `yaml:"snapshot_interval"`
+	// Backend is where Match looks: "memory" (this process's index only) or "valkey"
+	// (an index kept in a Valkey or Redis server and shared by every router and
+	// indexer pointed at it; package indexer/valkeyindex). Default "memory".
+	Backend string `yaml:"backend"`
+	// Valkey configures backend valkey.
+	Valkey Valkey `yaml:"valkey"`
 }
 
-func defaultIndex() Index { return Index{SnapshotInterval: 60 * time.Second} }
+// Valkey configures the index kept in a Valkey or Redis server (index.backend: valkey).
+type Valkey struct {
+	// URL is the server: redis://[user:password@]host:port[/db], rediss:// for TLS
+	// (valkey:// and valkeys:// too). Required with backend valkey.
+	URL string `yaml:"url"`
+	// Prefix starts every key kvroute writes; processes sharing one index use the same
+	// prefix, and different fleets on one server different ones. Default "kvroute:".
+	Prefix string `yaml:"prefix"`
+	// Timeout bounds one Match round trip; past it (or on any error) the request is
+	// matched on this process's own entries and the server is considered down until it
+	// answers a ping. At least 1ms. Default 50ms.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+func defaultIndex() Index {
+	return Index{SnapshotInterval: 60 * time.Second, Backend: "memory",
+		Valkey: Valkey{Prefix: "kvroute:", Timeout: 50 * time.Millisecond}}
+}
 
 // validate appends the index settings' problems with bad.
 func (ix *Index) validate(bad func(format string, args ...any)) {
@@ -32,5 +56,21 @@ func (ix *Index) validate(bad func(format string, args ...any)) {
 	}
 	if f := ix.SnapshotFile; f != "" && (filepath.Base(f) == "." || filepath.Base(f) == string(filepath.Separator) || f[len(f)-1] == '/') {
 		bad("index.snapshot_file: %q must name a file, not a directory", f)
+	}
+	switch ix.Backend {
+	case "memory":
+	case "valkey":
+		if ix.Valkey.URL == "" {
+			bad("index.valkey.url: required with index.backend valkey (redis://HOST:PORT)")
+		} else if u, err := url.Parse(ix.Valkey.URL); err != nil {
+			bad("index.valkey.url: %q: %v", ix.Valkey.URL, err)
+		} else if s := u.Scheme; s != "redis" && s != "rediss" && s != "valkey" && s != "valkeys" || u.Host == "" {
+			bad("index.valkey.url: %q must be redis://HOST:PORT (or rediss://, valkey://, valkeys://)", ix.Valkey.URL)
+		}
+		if ix.Valkey.Timeout < time.Millisecond {
+			bad("index.valkey.timeout: %q must be at least 1ms", ix.Valkey.Timeout.String())
+		}
+	default:
+		bad("index.backend: %q must be memory or valkey", ix.Backend)
 	}
 }

@@ -71,6 +71,9 @@ type Options struct {
 	Now func() time.Time
 	// Registerer receives the kvroute_indexer_* metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// Mirror, when set, is told of every entry change (index.backend valkey); nil (the
+	// default) mirrors nothing.
+	Mirror Mirror
 }
 
 // Index is the router's record of which worker holds which prefix. All methods are safe
@@ -348,4 +351,5 @@ func (ix *Index) account(ws *workerState, own proto.BlockHash, old, nf uint8) {
 			ix.predLive--
 		}
 	}
+	ix.mirror(ws, own, old, nf)
 }

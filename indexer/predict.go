@@ -59,6 +59,9 @@ func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp i
 	ws.pred[h] = exp
 	ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})
 	ix.setHolder(ws, h, parent, flagPredicted, 0, tick)
+	if cur&flagPredicted != 0 {
+		ix.mirror(ws, h, cur, cur) // a refresh: the flags did not change, the expiry did
+	}
 }
 
 // Sweep expires predicted entries whose time has passed. Apply and Predict sweep too, so

@@ -37,8 +37,9 @@ type Options struct {
 	Gatherer   prometheus.Gatherer
 	// Logger receives the router's logs; nil means slog.Default().
 	Logger *slog.Logger
-	// Index is the prefix index consulted for each request; nil disables matching.
-	Index *indexer.Index
+	// Index is the prefix index consulted for each request (an *indexer.Index, or the
+	// shared valkeyindex.Index); nil disables matching.
+	Index indexer.Backend
 	// History is the router's routing history for cache_aware.affinity_weight: an index
 	// fed only with the router's own predictions (never with KV events), consulted
 	// beside Index, so a worker's affinity for a prompt survives its evictions. nil
@@ -66,7 +67,7 @@ type Server struct {
 	draining atomic.Bool
 
 	// Cache-aware routing: nil index or hasher disable their part.
-	index   *indexer.Index
+	index   indexer.Backend
 	history *indexer.Index
 	hasher  blockhash.Hasher
 	replica *replica.Sync

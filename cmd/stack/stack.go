@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/indexer/valkeyindex"
 	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/blockhash"
@@ -37,11 +38,12 @@ type Stack struct {
 	Config   *configs.Config
 	Registry *prometheus.Registry
 	Pool     *upstream.Pool
-	Index    *indexer.Index
-	History  *indexer.Index    // routing history for cache_aware.affinity_weight; nil without KV events or with the weight 0
-	Events   *kvevents.Manager // ZMQ feeds (of the workers that publish events); nil when events.source is nats
-	NATS     *natsbus.Consumer // NATS feed; nil unless events.source is nats
-	Replica  *replica.Sync     // state shared with other replicas; nil unless replica.nats_url is set
+	Index    *indexer.Index     // this process's index; with index.backend valkey, its part of the shared one (Shared.Index)
+	Shared   *valkeyindex.Index // the index shared in Valkey; nil with index.backend memory
+	History  *indexer.Index     // routing history for cache_aware.affinity_weight; nil without KV events or with the weight 0
+	Events   *kvevents.Manager  // ZMQ feeds (of the workers that publish events); nil when events.source is nats
+	NATS     *natsbus.Consumer  // NATS feed; nil unless events.source is nats
+	Replica  *replica.Sync      // state shared with other replicas; nil unless replica.nats_url is set
 	Scraper  *scrape.Scraper
 	Server   *router.Server
 	// ReloadOnSIGHUP makes Run reload the config file at each SIGHUP (kvroute serve).
@@ -82,10 +84,8 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	for _, w := range cfg.Warnings() {
 		log.Warn("config: " + w)
 	}
-	if st.Index, err = indexer.New(indexer.Options{
-		MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL, Registerer: reg,
-	}); err != nil {
-		return nil, fmt.Errorf("indexer: %w", err)
+	if err := st.newIndex(reg); err != nil {
+		return nil, err
 	}
 	hasher, err := st.newHasher(reg)
 	if err != nil {
@@ -111,7 +111,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	}
 	st.Server, err = router.New(router.Options{
 		Config: cfg, Pool: st.Pool, Registerer: reg, Gatherer: reg, Logger: log,
-		Index: st.Index, History: st.History, Hasher: hasher, Replica: st.Replica,
+		Index: st.backend(), History: st.History, Hasher: hasher, Replica: st.Replica,
 	})
 	if err != nil {
 		return nil, err
@@ -243,7 +243,7 @@ func (st *Stack) pickTokenizer(model string) (string, bool) {
 // removed feed (kvevents.Manager.Set without the worker, natsbus.Consumer.Forget)
 // removes the worker from the index.
 func (st *Stack) indexSink() kvevents.Sink {
-	ix := st.Index
+	ix := st.backend()
 	return kvevents.SinkFuncs{
 		ApplyFunc: func(w proto.WorkerKey, model string, b *proto.Batch) { ix.Apply(w, model, b) },
 		ResetFunc: func(k proto.WorkerKey, reason string) {
@@ -311,7 +311,7 @@ func (st *Stack) newReplica(reg prometheus.Registerer) error {
 	}
 	st.closers = append(st.closers, nc.Close)
 	st.Replica, err = replica.New(replica.Options{
-		Conn: nc, Pool: st.Pool, Index: st.Index, ID: rc.ID, Cluster: rc.Cluster,
+		Conn: nc, Pool: st.Pool, Index: st.backend(), ID: rc.ID, Cluster: rc.Cluster,
 		FlushInterval: rc.FlushInterval, Heartbeat: rc.Heartbeat, ExpireAfter: rc.ExpireAfter,
 		PredictionTTL: st.Config.CacheAware.PredictionTTL, Registerer: reg, Logger: st.log,
 	})
@@ -352,7 +352,7 @@ func (st *Stack) startBackground(ctx context.Context, goRun func(func(context.Co
 	}
 	st.Pool.Start(ctx)
 	goRun(st.Pool.Run)
-	goRun(func(c context.Context) { st.Index.Run(c, 0) })
+	goRun(func(c context.Context) { st.backend().Run(c, 0) })
 	if st.History != nil {
 		goRun(func(c context.Context) { st.History.Run(c, 0) })
 	}

@@ -32,7 +32,7 @@ type Backend struct {
 	// Pool is the worker pool; required.
 	Pool *upstream.Pool
 	// Index is the prefix index; nil when cache-aware routing has none.
-	Index *indexer.Index
+	Index indexer.Backend
 	// SampleEvery is how many Match calls of the index one hot-prefix sample stands for
 	// (indexer.Options.SampleEvery); 0 means indexer.DefaultSampleEvery.
 	SampleEvery int

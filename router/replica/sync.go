@@ -33,7 +33,7 @@ type Options struct {
 	Pool *upstream.Pool
 	// Index receives other replicas' predictions and serves and restores index dumps;
 	// nil disables both.
-	Index *indexer.Index
+	Index indexer.Backend
 	// ID names this replica, unique in its cluster; "" means a random one.
 	ID string
 	// Cluster names the group of replicas acting as one; default "default".
