@@ -257,6 +257,9 @@ type CacheAware struct {
 	// MaxIndexedBlocks bounds the prefix index (distinct blocks). 0 means the indexer's
 	// default.
 	MaxIndexedBlocks int `yaml:"max_indexed_blocks"`
+	// TierWeights is how much a block held on each storage tier counts as cached
+	// (configs/tiers.go). Default gpu 1, every other tier 0.
+	TierWeights TierWeights `yaml:"tier_weights"`
 }
 
 // Tokenize configures how the router gets a request's tokens.
@@ -377,6 +380,7 @@ func Default() Config {
 			PredictionTTL:   120 * time.Second,
 			MetricsInterval: time.Second,
 			MetricsMaxAge:   3 * time.Second,
+			TierWeights:     defaultTierWeights(),
 		},
 		Tokenize:     Tokenize{Mode: "engine", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
@@ -615,6 +619,7 @@ func (c *Config) Validate() error {
 	c.validateSecurity(bad)
 	c.validateQueue(bad)
 	c.Index.validate(bad)
+	c.CacheAware.TierWeights.validate(bad)
 	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {

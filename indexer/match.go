@@ -23,6 +23,13 @@ type WorkerMatch struct {
 	// Options.TierWeights among the tiers holding it, or Options.PredictedWeight for a
 	// predicted block. With default options it equals Blocks.
 	Score float64
+	// Tiers counts, per storage tier, how many of the Blocks leading blocks the worker
+	// holds on that tier according to its events: a block held on GPU and CPU counts on
+	// both, a block held only as a prediction on none, and tiers of weight 0 (not
+	// counted, see Options.TierWeights) stay 0. So Tiers[TierGPU] <= Blocks, and with
+	// tier weights the part of the overlap a worker would load from CPU memory instead of
+	// finding on its GPU is visible (issue 19).
+	Tiers [NumTiers]int32
 
 	weight   float64 // blockWeight(flags), cached
 	wid      uint32
@@ -120,16 +127,32 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 	return dst
 }
 
-// flushRun adds the score of a run of blocks with unchanged holder set to every open
-// worker.
+// flushRun adds the score and the per-tier counts of a run of blocks with unchanged
+// holder set to every open worker.
 func (ix *Index) flushRun(dst []WorkerMatch, run int) {
 	if run <= 0 {
 		return
 	}
 	for k := range dst {
 		m := &dst[k]
-		if m.open {
-			m.Score += float64(run) * m.weight
+		if !m.open {
+			continue
+		}
+		m.Score += float64(run) * m.weight
+		// The common case, a block on GPU only, takes one branch.
+		if f := m.flags & flagTierMask; f == 1<<TierGPU {
+			m.Tiers[TierGPU] += int32(run)
+		} else if f != 0 {
+			addTiers(&m.Tiers, f, int32(run))
+		}
+	}
+}
+
+// addTiers adds run to the count of every tier in flags.
+func addTiers(tiers *[NumTiers]int32, flags uint8, run int32) {
+	for t := range numTiers {
+		if flags&(1<<t) != 0 {
+			tiers[t] += run
 		}
 	}
 }

@@ -76,6 +76,7 @@ func bestPerWorker(ms []indexer.WorkerMatch) []admin.IndexWorker {
 		}
 		if w := &out[k]; m.Blocks > w.Blocks || m.Blocks == w.Blocks && m.Confirmed > w.Confirmed {
 			w.Blocks, w.Confirmed, w.Predicted = m.Blocks, m.Confirmed, m.Blocks-m.Confirmed
+			w.Tiers = tierCounts(m)
 		}
 	}
 	slices.SortFunc(out, func(a, b admin.IndexWorker) int {

@@ -80,6 +80,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	}
 	if st.Index, err = indexer.New(indexer.Options{
 		MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL, Registerer: reg,
+		TierWeights: indexer.TierWeightsOf(cfg.CacheAware.TierWeights),
 	}); err != nil {
 		return nil, fmt.Errorf("indexer: %w", err)
 	}
