@@ -23,7 +23,8 @@ type WorkerMatch struct {
 	// Options.TierWeights among the tiers holding it, or Options.PredictedWeight for a
 	// predicted block. With default options it equals Blocks.
 	Score float64
-	// Tiers counts, per storage tier, how many of the Blocks leading blocks the worker
+	// Tiers counts (MatchTiers only; Match leaves it zero), per storage tier, how many
+	// of the Blocks leading blocks the worker
 	// holds on that tier according to its events: a block held on GPU and CPU counts on
 	// both, a block held only as a prediction on none, and tiers of weight 0 (not
 	// counted, see Options.TierWeights) stay 0. So Tiers[TierGPU] <= Blocks, and with
@@ -45,7 +46,21 @@ type WorkerMatch struct {
 // every worker holding the first block; it stops at the first block no remaining worker
 // holds. Blocks it walks count as recently used for eviction. Safe for concurrent use
 // with every other method.
+//
+// Match leaves WorkerMatch.Tiers zero: [Index.MatchTiers] fills it too, at a small
+// extra cost per run of blocks, so the routing path, which needs only the weighted
+// Score, does not pay for it.
 func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatch {
+	return ix.match(hashes, dst, false)
+}
+
+// MatchTiers is [Index.Match] that also counts each worker's leading blocks per tier
+// (WorkerMatch.Tiers), for the index query API.
+func (ix *Index) MatchTiers(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatch {
+	return ix.match(hashes, dst, true)
+}
+
+func (ix *Index) match(hashes []proto.BlockHash, dst []WorkerMatch, tiers bool) []WorkerMatch {
 	dst = dst[:0]
 	if len(hashes) == 0 {
 		return dst
@@ -95,7 +110,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 				open++
 			}
 		} else {
-			ix.flushRun(dst, i-runStart)
+			ix.flushRun(dst, i-runStart, tiers)
 			open = ix.intersect(dst, members, i)
 		}
 		if open < 2 && shared < 0 {
@@ -107,7 +122,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		cur, runStart = id, i
 		i += 1 + n
 	}
-	ix.flushRun(dst, i-runStart)
+	ix.flushRun(dst, i-runStart, tiers)
 	for k := range dst {
 		m := &dst[k]
 		if m.open {
@@ -127,9 +142,9 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 	return dst
 }
 
-// flushRun adds the score and the per-tier counts of a run of blocks with unchanged
-// holder set to every open worker.
-func (ix *Index) flushRun(dst []WorkerMatch, run int) {
+// flushRun adds the score (and with tiers the per-tier counts) of a run of blocks with
+// unchanged holder set to every open worker.
+func (ix *Index) flushRun(dst []WorkerMatch, run int, tiers bool) {
 	if run <= 0 {
 		return
 	}
@@ -139,7 +154,9 @@ func (ix *Index) flushRun(dst []WorkerMatch, run int) {
 			continue
 		}
 		m.Score += float64(run) * m.weight
-		// The common case, a block on GPU only, takes one branch.
+		if !tiers {
+			continue
+		}
 		if f := m.flags & flagTierMask; f == 1<<TierGPU {
 			m.Tiers[TierGPU] += int32(run)
 		} else if f != 0 {

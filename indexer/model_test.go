@@ -330,7 +330,7 @@ func runModel(t *testing.T, seed uint64) {
 		}
 		for ri, req := range reqs {
 			want := m.match(req)
-			got := ix.Match(req, nil)
+			got := ix.MatchTiers(req, nil)
 			if len(got) != len(want) {
 				t.Fatalf("step %d (%s): request %d: Match = %+v, model %+v", stepN, desc, ri, got, want)
 			}
@@ -435,7 +435,7 @@ func FuzzApply(f *testing.F) {
 		}
 		for ri, req := range reqs {
 			want := m.match(req)
-			got := ix.Match(req, nil)
+			got := ix.MatchTiers(req, nil)
 			if len(got) != len(want) {
 				t.Fatalf("request %d: Match = %+v, model %+v", ri, got, want)
 			}

@@ -52,8 +52,13 @@ func TestMatchPerTier(t *testing.T) {
 			ix, _ := newIndex(t, Options{TierWeights: tc.weights})
 			feed(ix)
 			got := map[string]want{}
-			for _, m := range ix.Match(req, nil) {
+			for _, m := range ix.MatchTiers(req, nil) {
 				got[m.Worker.ID] = want{m.Blocks, m.Confirmed, m.Score, m.Tiers}
+			}
+			for _, m := range ix.Match(req, nil) {
+				if m.Tiers != ([NumTiers]int32{}) || got[m.Worker.ID].score != m.Score || got[m.Worker.ID].blocks != m.Blocks {
+					t.Errorf("Match %+v differs from MatchTiers %+v beyond leaving Tiers zero", m, got[m.Worker.ID])
+				}
 			}
 			if len(got) != len(tc.want) {
 				t.Fatalf("Match = %+v, want %+v", got, tc.want)
@@ -82,4 +87,24 @@ func TestTierWeightsOf(t *testing.T) {
 	if got, want := *TierWeightsOf(nil), ([NumTiers]float64{TierGPU: 1}); got != want {
 		t.Errorf("TierWeightsOf(nil) = %v, want %v", got, want)
 	}
+}
+
+// BenchmarkMatchTiers compares Match with MatchTiers (per-tier counts) on the
+// BenchmarkMatch fleet: 64 workers, 512-block requests, 1M blocks.
+//
+// Compare two runs:
+//
+//	go test -run x -bench '^BenchmarkMatchTiers$' -count 6 ./indexer > new.txt; benchstat old.txt new.txt
+func BenchmarkMatchTiers(b *testing.B) {
+	f := buildFleet(b, 64, 256, 256, 1_000_000)
+	b.Run("match", func(b *testing.B) { benchMatch(b, f) })
+	b.Run("tiers", func(b *testing.B) {
+		dst := make([]WorkerMatch, 0, 1024)
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			dst = f.ix.MatchTiers(f.requests[i%len(f.requests)], dst)
+			i++
+		}
+	})
 }

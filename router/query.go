@@ -56,7 +56,7 @@ func (s *Server) QueryIndex(ctx context.Context, q *admin.IndexQuery) (admin.Ind
 	if s.index == nil || len(hashes) == 0 {
 		return a, nil
 	}
-	a.Workers = bestPerWorker(s.index.Match(hashes, nil))
+	a.Workers = bestPerWorker(s.index.MatchTiers(hashes, nil))
 	return a, nil
 }
 
