@@ -87,6 +87,11 @@ type engine struct {
 	events   []kvevents.Event
 	evicted  []uint64
 	finished []*request
+	// The CPU offload tier (offload.go); cpu is nil without one.
+	cpu      *kvcache.Offload
+	cpuQueue []kvevents.Event // its events of the current step, in order
+	evictBuf []uint64
+	loadTime time.Duration // CPU-to-GPU copies charged to the current step
 }
 
 // engineStats are the engine's counters and gauges, read without the engine lock.
@@ -100,6 +105,8 @@ type engineStats struct {
 	busyNanos, lagNanos          atomic.Int64
 	running, waiting, usedBlocks atomic.Int64
 	cachedBlocks                 atomic.Int64
+	cpuLoadedTokens              atomic.Uint64
+	cpuBlocks                    atomic.Int64
 }
 
 func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher, seed uint64, dpRank int, stats *engineStats) *engine {
@@ -114,6 +121,7 @@ func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher,
 		wake:      make(chan struct{}, 1),
 		stats:     stats,
 		pool:      kvcache.New(capacity),
+		cpu:       newOffload(cfg),
 	}
 	e.slow.Store(math.Float64bits(1))
 	tz := cfg.tokenizers()
@@ -254,7 +262,7 @@ func (e *engine) schedule() time.Duration {
 		return -1
 	}
 	e.stats.steps.Add(1)
-	return e.prof.StepTime(prefillTokens, decodes, context)
+	return e.prof.StepTime(prefillTokens, decodes, context) + e.takeLoadTime()
 }
 
 // admit looks up r's cached prefix, pins it and allocates blocks for the first chunk of
@@ -268,7 +276,8 @@ func (e *engine) admit(r *request, budget int) (int, bool) {
 	maxHit := (len(r.tokens) - 1) / bs
 	hit := e.pool.Match(r.hashes[:maxHit])
 	r.blocks = e.pool.Touch(r.blocks[:0], r.hashes[:hit])
-	r.computed = hit * bs
+	cpuHit := e.cpuMatch(r, hit, maxHit)
+	r.computed = (hit + cpuHit) * bs
 	r.committed = hit
 	n := min(len(r.tokens)-r.computed, budget)
 	if !e.ensureBlocksNoPreempt(r, r.computed+n) {
@@ -277,8 +286,9 @@ func (e *engine) admit(r *request, budget int) (int, bool) {
 		r.computed, r.committed = 0, 0
 		return 0, false
 	}
+	e.loadFromCPU(r, hit, cpuHit)
 	e.stats.prefixQueries.Add(uint64(len(r.tokens)))
-	e.stats.prefixHits.Add(uint64(r.computed))
+	e.stats.prefixHits.Add(uint64(hit * bs)) // the GPU prefix cache's hits only
 	if !r.admitted {
 		r.admitted = true
 		r.cached = r.computed
@@ -368,6 +378,7 @@ func (e *engine) apply() {
 			for i := r.committed; i < full; i++ {
 				e.pool.Commit(r.blocks[i], r.hashes[i])
 			}
+			e.offload(r.hashes[r.committed:full])
 			r.committed = full
 			e.events = append(e.events, ev)
 		}
@@ -415,19 +426,22 @@ func (e *engine) apply() {
 // publish sends the step's events as one batch: evictions first (they happened at
 // scheduling), then stores. mu must be held.
 func (e *engine) publish(now time.Time) {
-	if len(e.evicted) == 0 && len(e.events) == 0 {
+	if len(e.evicted) == 0 && len(e.events) == 0 && len(e.cpuQueue) == 0 {
 		return
 	}
-	all := make([]kvevents.Event, 0, len(e.evicted)+len(e.events))
+	all := make([]kvevents.Event, 0, len(e.evicted)+len(e.events)+len(e.cpuQueue))
 	for i := range e.evicted {
 		all = append(all, kvevents.Event{Kind: proto.BlockRemoved, Hashes: e.evicted[i : i+1]})
 	}
 	all = append(all, e.events...)
+	all = append(all, e.cpuQueue...) // after the GPU stores they resolve through
 	ts := float64(now.UnixNano()) / 1e9
 	e.pub.Publish(e.enc.Encode(ts, e.dpRank, all))
 	e.evicted = e.evicted[:0]
 	clear(e.events)
 	e.events = e.events[:0]
+	clear(e.cpuQueue)
+	e.cpuQueue = e.cpuQueue[:0]
 }
 
 // hashFull extends r.hashes to every full block of r.tokens. The engine hash is
@@ -483,7 +497,8 @@ func (e *engine) restart(announceClear, rebind bool) error {
 	e.running, e.waiting = e.running[:0], e.waiting[:0]
 	e.plan = e.plan[:0]
 	e.pool = kvcache.New(e.pool.Capacity())
-	e.events, e.evicted = e.events[:0], e.evicted[:0]
+	e.cpu = newOffload(e.cfg)
+	e.events, e.evicted, e.cpuQueue, e.loadTime = e.events[:0], e.evicted[:0], e.cpuQueue[:0], 0
 	var err error
 	if rebind {
 		err = e.pub.Rebind()
@@ -507,6 +522,8 @@ func (e *engine) resetPrefixCache() error {
 		return errBusy
 	}
 	e.pool.Reset(nil)
+	e.cpu = newOffload(e.cfg) // AllBlocksCleared clears every tier
+	e.cpuQueue = e.cpuQueue[:0]
 	e.events = append(e.events, kvevents.Event{Kind: proto.AllBlocksCleared})
 	e.publish(time.Now())
 	e.updateGauges()
@@ -526,6 +543,9 @@ func (e *engine) updateGauges() {
 	e.stats.waiting.Store(int64(len(e.waiting)))
 	e.stats.usedBlocks.Store(int64(e.pool.Capacity() - e.pool.NumFree()))
 	e.stats.cachedBlocks.Store(int64(e.pool.NumCached()))
+	if e.cpu != nil {
+		e.stats.cpuBlocks.Store(int64(e.cpu.Len()))
+	}
 }
 
 func signal(c chan struct{}) {

@@ -31,6 +31,9 @@ type Profile struct {
 	// KVBlocks is the KV-cache capacity in 16-token blocks on that hardware, used when
 	// the config does not set one.
 	KVBlocks int
+	// KVBytesPerToken is the size of one token's K and V over all layers (BF16): what
+	// loading a block back from the CPU offload tier moves per token (Config.CPUBlocks).
+	KVBytesPerToken int
 }
 
 // StepTime returns the modelled duration of a step, before time scaling.
@@ -75,6 +78,7 @@ var Profiles = map[string]Profile{
 		DecodePerSeq:    32 * time.Microsecond,
 		PerContextToken: 56 * time.Nanosecond,
 		KVBlocks:        24800,
+		KVBytesPerToken: 131072,
 	},
 	// Qwen3-32B, BF16, 2x H100 (TP=2, 6.7 TB/s and 1978 TFLOPS together):
 	//   weights 65.6 GB / (6.7 TB/s * 0.7)    = 14.0 ms, + 1 ms overhead -> StepBase
@@ -89,6 +93,7 @@ var Profiles = map[string]Profile{
 		DecodePerSeq:    66 * time.Microsecond,
 		PerContextToken: 56 * time.Nanosecond,
 		KVBlocks:        16800,
+		KVBytesPerToken: 262144,
 	},
 	// test is for fast tests, not a real model: a 2000-token uncached prefill takes
 	// 2 ms + 100 ms, a cached one about one 2 ms decode step, so TTFT differences are
@@ -100,6 +105,7 @@ var Profiles = map[string]Profile{
 		DecodePerSeq:    10 * time.Microsecond,
 		PerContextToken: 0,
 		KVBlocks:        4096,
+		KVBytesPerToken: 131072,
 	},
 }
 
