@@ -1,7 +1,6 @@
 package configs
 
 import (
-	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -46,16 +45,4 @@ func (tw TierWeights) validate(bad func(format string, args ...any)) {
 			bad("cache_aware.tier_weights.%s: %v must be in [0, 1] (0 ignores the tier, 1 counts it as GPU)", name, w)
 		}
 	}
-}
-
-// String formats the weights in TierNames order, for logs.
-func (tw TierWeights) String() string {
-	var b strings.Builder
-	for i, name := range TierNames {
-		if i > 0 {
-			b.WriteString(" ")
-		}
-		fmt.Fprintf(&b, "%s=%v", name, tw[name])
-	}
-	return b.String()
 }
