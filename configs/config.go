@@ -260,6 +260,9 @@ type CacheAware struct {
 	// MaxIndexedBlocks bounds the prefix index (distinct blocks). 0 means the indexer's
 	// default.
 	MaxIndexedBlocks int `yaml:"max_indexed_blocks"`
+	// TierWeights is how much a block held on each storage tier counts as cached
+	// (configs/tiers.go). Default gpu 1, every other tier 0.
+	TierWeights TierWeights `yaml:"tier_weights"`
 }
 
 // Tokenize configures how the router gets a request's tokens.
@@ -395,6 +398,7 @@ func Default() Config {
 			PredictionTTL:   120 * time.Second,
 			MetricsInterval: time.Second,
 			MetricsMaxAge:   3 * time.Second,
+			TierWeights:     defaultTierWeights(),
 		},
 		Tokenize:     Tokenize{Mode: "auto", Timeout: 300 * time.Millisecond, CacheEntries: 16384},
 		Session:      Session{Header: "X-Session-Id", User: true},
@@ -638,6 +642,7 @@ func (c *Config) Validate() error {
 	c.validateQueue(bad)
 	c.Index.validate(bad)
 	c.Events.validateStaleness(bad)
+	c.CacheAware.TierWeights.validate(bad)
 	c.validatePassthrough(bad)
 	c.Discovery.validate(bad)
 	c.PD.validate(bad)

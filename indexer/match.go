@@ -28,6 +28,15 @@ type WorkerMatch struct {
 	// (Confirmed is 0, their weight is Options.PredictedWeight).
 	Stale bool
 
+	// Tiers counts (MatchTiers only; Match leaves it zero), per storage tier, how many
+	// of the Blocks leading blocks the worker
+	// holds on that tier according to its events: a block held on GPU and CPU counts on
+	// both, a block held only as a prediction on none, and tiers of weight 0 (not
+	// counted, see Options.TierWeights) stay 0. So Tiers[TierGPU] <= Blocks, and with
+	// tier weights the part of the overlap a worker would load from CPU memory instead of
+	// finding on its GPU is visible (issue 19).
+	Tiers [NumTiers]int32
+
 	weight   float64 // blockWeight(flags), cached
 	wid      uint32
 	flags    uint8
@@ -42,7 +51,21 @@ type WorkerMatch struct {
 // every worker holding the first block; it stops at the first block no remaining worker
 // holds. Blocks it walks count as recently used for eviction. Safe for concurrent use
 // with every other method.
+//
+// Match leaves WorkerMatch.Tiers zero: [Index.MatchTiers] fills it too, at a small
+// extra cost per run of blocks, so the routing path, which needs only the weighted
+// Score, does not pay for it.
 func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatch {
+	return ix.match(hashes, dst, false)
+}
+
+// MatchTiers is [Index.Match] that also counts each worker's leading blocks per tier
+// (WorkerMatch.Tiers), for the index query API.
+func (ix *Index) MatchTiers(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatch {
+	return ix.match(hashes, dst, true)
+}
+
+func (ix *Index) match(hashes []proto.BlockHash, dst []WorkerMatch, tiers bool) []WorkerMatch {
 	dst = dst[:0]
 	if len(hashes) == 0 {
 		return dst
@@ -96,7 +119,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 				open++
 			}
 		} else {
-			ix.flushRun(dst, i-runStart)
+			ix.flushRun(dst, i-runStart, tiers)
 			open = ix.intersect(dst, members, i)
 		}
 		if open < 2 && shared < 0 {
@@ -108,7 +131,7 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 		cur, runStart = id, i
 		i += 1 + n
 	}
-	ix.flushRun(dst, i-runStart)
+	ix.flushRun(dst, i-runStart, tiers)
 	for k := range dst {
 		m := &dst[k]
 		if m.open {
@@ -128,16 +151,34 @@ func (ix *Index) Match(hashes []proto.BlockHash, dst []WorkerMatch) []WorkerMatc
 	return dst
 }
 
-// flushRun adds the score of a run of blocks with unchanged holder set to every open
-// worker.
-func (ix *Index) flushRun(dst []WorkerMatch, run int) {
+// flushRun adds the score (and with tiers the per-tier counts) of a run of blocks with
+// unchanged holder set to every open worker.
+func (ix *Index) flushRun(dst []WorkerMatch, run int, tiers bool) {
 	if run <= 0 {
 		return
 	}
 	for k := range dst {
 		m := &dst[k]
-		if m.open {
-			m.Score += float64(run) * m.weight
+		if !m.open {
+			continue
+		}
+		m.Score += float64(run) * m.weight
+		if !tiers {
+			continue
+		}
+		if f := m.flags & flagTierMask; f == 1<<TierGPU {
+			m.Tiers[TierGPU] += int32(run)
+		} else if f != 0 {
+			addTiers(&m.Tiers, f, int32(run))
+		}
+	}
+}
+
+// addTiers adds run to the count of every tier in flags.
+func addTiers(tiers *[NumTiers]int32, flags uint8, run int32) {
+	for t := range numTiers {
+		if flags&(1<<t) != 0 {
+			tiers[t] += run
 		}
 	}
 }

@@ -182,6 +182,11 @@ func (m *refModel) match(hashes []proto.BlockHash) map[proto.WorkerKey]WorkerMat
 				r.Confirmed++
 			}
 			r.Score += best
+			for t := Tier(0); t < numTiers; t++ {
+				if m.weights[t] > 0 && rw.holds(h, t) {
+					r.Tiers[t]++
+				}
+			}
 		}
 		if r.Blocks > 0 {
 			r.Worker = k
@@ -325,15 +330,15 @@ func runModel(t *testing.T, seed uint64) {
 		}
 		for ri, req := range reqs {
 			want := m.match(req)
-			got := ix.Match(req, nil)
+			got := ix.MatchTiers(req, nil)
 			if len(got) != len(want) {
 				t.Fatalf("step %d (%s): request %d: Match = %+v, model %+v", stepN, desc, ri, got, want)
 			}
 			for _, g := range got {
 				w := want[g.Worker]
-				if g.Blocks != w.Blocks || g.Confirmed != w.Confirmed || g.Score != w.Score {
-					t.Fatalf("step %d (%s): request %d worker %v: got blocks %d confirmed %d score %v, model %d %d %v",
-						stepN, desc, ri, g.Worker, g.Blocks, g.Confirmed, g.Score, w.Blocks, w.Confirmed, w.Score)
+				if g.Blocks != w.Blocks || g.Confirmed != w.Confirmed || g.Score != w.Score || g.Tiers != w.Tiers {
+					t.Fatalf("step %d (%s): request %d worker %v: got blocks %d confirmed %d score %v tiers %v, model %d %d %v %v",
+						stepN, desc, ri, g.Worker, g.Blocks, g.Confirmed, g.Score, g.Tiers, w.Blocks, w.Confirmed, w.Score, w.Tiers)
 				}
 			}
 		}
@@ -430,7 +435,7 @@ func FuzzApply(f *testing.F) {
 		}
 		for ri, req := range reqs {
 			want := m.match(req)
-			got := ix.Match(req, nil)
+			got := ix.MatchTiers(req, nil)
 			if len(got) != len(want) {
 				t.Fatalf("request %d: Match = %+v, model %+v", ri, got, want)
 			}

@@ -179,9 +179,10 @@ func bestMatch(ms []indexer.WorkerMatch, id string, staleWeight float64) int {
 // candidate builds the policy's view of w for the request in st.
 func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate {
 	c := scorer.Candidate{
-		ID: w.ID, InFlight: w.InFlight(), OverlapBlocks: st.overlap(w.ID),
+		ID: w.ID, InFlight: w.InFlight(),
 		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
 	}
+	c.OverlapBlocks, c.CachedBlocks = overlapCached(st.matches, w.ID)
 	if s.history != nil {
 		c.AffinityBlocks = max(c.OverlapBlocks, bestMatch(st.hist, w.ID, 1))
 	}

@@ -56,8 +56,19 @@ func (s *Server) QueryIndex(ctx context.Context, q *admin.IndexQuery) (admin.Ind
 	if s.index == nil || len(hashes) == 0 {
 		return a, nil
 	}
-	a.Workers = bestPerWorker(s.index.Match(hashes, nil))
+	if tm, ok := s.index.(tierMatcher); ok {
+		a.Workers = bestPerWorker(tm.MatchTiers(hashes, nil))
+	} else {
+		a.Workers = bestPerWorker(s.index.Match(hashes, nil)) // a shared index: no per-tier counts
+	}
 	return a, nil
+}
+
+// tierMatcher is an index that counts each worker's leading blocks per tier: the
+// in-memory [indexer.Index]; the shared Valkey index does not (its answers leave tiers
+// empty).
+type tierMatcher interface {
+	MatchTiers(hashes []proto.BlockHash, dst []indexer.WorkerMatch) []indexer.WorkerMatch
 }
 
 // bestPerWorker reduces matches to one entry per worker id, its best data-parallel rank
@@ -76,6 +87,7 @@ func bestPerWorker(ms []indexer.WorkerMatch) []admin.IndexWorker {
 		}
 		if w := &out[k]; m.Blocks > w.Blocks || m.Blocks == w.Blocks && m.Confirmed > w.Confirmed {
 			w.Blocks, w.Confirmed, w.Predicted = m.Blocks, m.Confirmed, m.Blocks-m.Confirmed
+			w.Tiers = tierCounts(m)
 		}
 	}
 	slices.SortFunc(out, func(a, b admin.IndexWorker) int {

@@ -32,6 +32,11 @@ type Candidate struct {
 	// OverlapBlocks is how many leading blocks of the request the worker has cached,
 	// per the indexer (confirmed or predicted).
 	OverlapBlocks int
+	// CachedBlocks is OverlapBlocks weighted by storage tier (cache_aware.tier_weights:
+	// a block on GPU or predicted counts 1, a block held only in a lower tier such as
+	// CPU-offloaded memory its tier's weight), in (0, OverlapBlocks] when OverlapBlocks
+	// > 0. 0 means "no tier information": policies then take OverlapBlocks as it is.
+	CachedBlocks float64
 	// AffinityBlocks is how many leading blocks of the request this router (or a
 	// replica) sent to the worker within the prediction TTL, whether or not the worker
 	// still holds them: its routing history, which survives the worker's evictions. At

@@ -113,6 +113,9 @@ type Result struct {
 	FirstError string `json:"first_error,omitempty"`
 	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats).
 	HitRate float64 `json:"hit_rate"`
+	// CPUHitRate is the part of HitRate the workers loaded back from their CPU offload
+	// tier (kvsim --cpu-blocks) rather than found on GPU; 0 without the tier.
+	CPUHitRate float64 `json:"cpu_hit_rate,omitempty"`
 	// PredictedHitRate is the router's own figure for the same run: the cached tokens
 	// its routing decisions predicted over the prompt tokens it routed (summed over
 	// replicas), beside the engines' HitRate; 0 without a prompt routed.
@@ -427,12 +430,13 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	res.TTFT, res.ITL, res.E2E = percentiles(ttft), percentiles(itl), percentiles(e2e)
 	res.TTFTs, res.Outcomes = ttft, outs
 	res.OutputTPS = float64(tokens) / wall.Seconds()
-	var prompt, cached uint64
+	var prompt, cached, cpuLoaded uint64
 	var busy, lag time.Duration
 	for i, wk := range workers {
 		s := wk.Stats()
 		prompt += s.PromptTokens
 		cached += s.CachedTokens
+		cpuLoaded += s.CPULoadedTokens
 		busy += s.BusyTime
 		lag += s.LagTime
 		res.PerWorker[i].Requests = s.Requests
@@ -443,6 +447,7 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	}
 	if prompt > 0 {
 		res.HitRate = float64(cached) / float64(prompt)
+		res.CPUHitRate = float64(cpuLoaded) / float64(prompt)
 	}
 	var rPrompt, rHit uint64
 	for _, st := range stacks {

@@ -50,6 +50,17 @@ type Config struct {
 	// KVBlocks is the KV-cache capacity in blocks; 0 takes the profile's capacity scaled
 	// to BlockSize. Default 0.
 	KVBlocks int `yaml:"kv_blocks"`
+	// CPUBlocks is the capacity, in blocks, of a CPU offload tier modelled on vLLM's
+	// OffloadingConnector (see offload.go): every block the engine computes is also
+	// stored there (published as BlockStored with medium "CPU", evictions as
+	// BlockRemoved "CPU"), and a prompt's prefix missing from the GPU cache but held
+	// there is loaded back at CPUBandwidth instead of recomputed. 0 means no CPU tier.
+	// Default 0.
+	CPUBlocks int `yaml:"cpu_blocks"`
+	// CPUBandwidth is the CPU-to-GPU copy bandwidth of the offload tier in GB/s (1e9
+	// bytes per second), for all of a worker's GPUs together. Default 25 (an assumption:
+	// about 40% of PCIe Gen5 x16's 64 GB/s).
+	CPUBandwidth float64 `yaml:"cpu_bandwidth"`
 	// MaxNumSeqs is the most requests running at once. Default 256.
 	MaxNumSeqs int `yaml:"max_num_seqs"`
 	// MaxNumBatchedTokens is the most tokens computed in one step. Default 8192.
@@ -154,6 +165,7 @@ func DefaultConfig() Config {
 		Seed:                1,
 		DataParallelSize:    1,
 		Role:                RoleBoth,
+		CPUBandwidth:        25,
 	}
 }
 
@@ -193,6 +205,7 @@ func (c *Config) Validate() error {
 		{"mean_output_tokens", c.MeanOutputTokens, 1},
 		{"dp_rank", c.DPRank, -1},
 		{"data_parallel_size", c.DataParallelSize, 1},
+		{"cpu_blocks", c.CPUBlocks, 0},
 	}
 	for _, ch := range checks {
 		if ch.v < ch.min {
@@ -207,6 +220,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validatePD(); err != nil {
 		return err
+	}
+	if !(c.CPUBandwidth > 0) || c.CPUBandwidth > 1e6 {
+		return fmt.Errorf("cpu_bandwidth must be in (0, 1e6] GB/s, got %v", c.CPUBandwidth)
 	}
 	if err := c.Faults.Validate(); err != nil {
 		return fmt.Errorf("faults: %w", err)

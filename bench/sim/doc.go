@@ -111,6 +111,17 @@
 //   - Every full block computed is published once as BlockStored with its token ids,
 //     parent hash and block size, in the step that computed it; a step's events form one
 //     batch with the next seq.
+//   - With a CPU offload tier (Config.CPUBlocks, kvsim --cpu-blocks), modelled on vLLM's
+//     OffloadingConnector (vllm-project/vllm,
+//     vllm/distributed/kv_transfer/kv_connector/v1/offloading/scheduler.py: its
+//     take_events publishes BlockStored with medium "CPU", empty token_ids and no
+//     parent, and BlockRemoved with medium "CPU"; it offloads every computed block, not
+//     only evicted ones), every full block computed is also stored there, published in
+//     the same batch after the GPU events; the tier's LRU evictions are published as
+//     BlockRemoved "CPU". A prompt's blocks after its GPU hit that the tier holds are
+//     loaded back at Config.CPUBandwidth (Profile.KVBytesPerToken per token), counted in
+//     cached_tokens as vLLM counts the connector's external tokens, and stored on GPU
+//     again (BlockStored "GPU"). Details in offload.go.
 //   - Engine block hashes are opaque uint64s seeded per worker and rank: the same content
 //     has different hashes on different workers, and they never equal kvroute's own
 //     hashes.

@@ -99,6 +99,11 @@ type engine struct {
 	finished []*request
 	held     map[string]*heldKV // finished prefills' KV kept for a transfer (pd.go)
 	gen      uint64             // restarts so far: held blocks of an older pool are not freed
+	// The CPU offload tier (offload.go); cpu is nil without one.
+	cpu      *kvcache.Offload
+	cpuQueue []kvevents.Event // its events of the current step, in order
+	evictBuf []uint64
+	loadTime time.Duration // CPU-to-GPU copies charged to the current step
 }
 
 // engineStats are the engine's counters and gauges, read without the engine lock.
@@ -113,6 +118,8 @@ type engineStats struct {
 	running, waiting, usedBlocks atomic.Int64
 	cachedBlocks                 atomic.Int64
 	pdWaiting, pdExpired         atomic.Int64 // requests pulling their KV; holds expired
+	cpuLoadedTokens              atomic.Uint64
+	cpuBlocks                    atomic.Int64
 }
 
 func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher, seed uint64, dpRank int, stats *engineStats) *engine {
@@ -127,6 +134,7 @@ func newEngine(cfg *Config, prof Profile, capacity int, pub *kvevents.Publisher,
 		wake:      make(chan struct{}, 1),
 		stats:     stats,
 		pool:      kvcache.New(capacity),
+		cpu:       newOffload(cfg),
 	}
 	e.slow.Store(math.Float64bits(1))
 	tz := cfg.tokenizers()
@@ -267,7 +275,7 @@ func (e *engine) schedule() time.Duration {
 		return -1
 	}
 	e.stats.steps.Add(1)
-	return e.prof.StepTime(prefillTokens, decodes, context)
+	return e.prof.StepTime(prefillTokens, decodes, context) + e.takeLoadTime()
 }
 
 // admit looks up r's cached prefix, pins it and allocates blocks for the first chunk of
@@ -281,7 +289,8 @@ func (e *engine) admit(r *request, budget int) (int, bool) {
 	maxHit := (len(r.tokens) - 1) / bs
 	hit := e.pool.Match(r.hashes[:maxHit])
 	r.blocks = e.pool.Touch(r.blocks[:0], r.hashes[:hit])
-	r.computed = hit * bs
+	cpuHit := e.cpuMatch(r, hit, maxHit)
+	r.computed = (hit + cpuHit) * bs
 	r.committed = hit
 	n := min(len(r.tokens)-r.computed, budget)
 	upto := r.computed + n
@@ -297,8 +306,9 @@ func (e *engine) admit(r *request, budget int) (int, bool) {
 		r.computed, r.committed = 0, 0
 		return 0, false
 	}
+	e.loadFromCPU(r, hit, cpuHit)
 	e.stats.prefixQueries.Add(uint64(len(r.tokens)))
-	e.stats.prefixHits.Add(uint64(r.computed))
+	e.stats.prefixHits.Add(uint64(hit * bs)) // the GPU prefix cache's hits only
 	if r.remoteKV {
 		r.remoteKV = false
 		r.computed = len(r.tokens) - 1
@@ -392,6 +402,7 @@ func (e *engine) apply() {
 			for i := r.committed; i < full; i++ {
 				e.pool.Commit(r.blocks[i], r.hashes[i])
 			}
+			e.offload(r.hashes[r.committed:full])
 			r.committed = full
 			e.events = append(e.events, ev)
 		}
@@ -441,19 +452,22 @@ func (e *engine) apply() {
 // publish sends the step's events as one batch: evictions first (they happened at
 // scheduling), then stores. mu must be held.
 func (e *engine) publish(now time.Time) {
-	if len(e.evicted) == 0 && len(e.events) == 0 {
+	if len(e.evicted) == 0 && len(e.events) == 0 && len(e.cpuQueue) == 0 {
 		return
 	}
-	all := make([]kvevents.Event, 0, len(e.evicted)+len(e.events))
+	all := make([]kvevents.Event, 0, len(e.evicted)+len(e.events)+len(e.cpuQueue))
 	for i := range e.evicted {
 		all = append(all, kvevents.Event{Kind: proto.BlockRemoved, Hashes: e.evicted[i : i+1]})
 	}
 	all = append(all, e.events...)
+	all = append(all, e.cpuQueue...) // after the GPU stores they resolve through
 	ts := float64(now.UnixNano()) / 1e9
 	e.pub.Publish(e.enc.Encode(ts, e.dpRank, all))
 	e.evicted = e.evicted[:0]
 	clear(e.events)
 	e.events = e.events[:0]
+	clear(e.cpuQueue)
+	e.cpuQueue = e.cpuQueue[:0]
 }
 
 // hashFull extends r.hashes to every full block of r.tokens. The engine hash is
@@ -511,7 +525,8 @@ func (e *engine) restart(announceClear, rebind bool) error {
 	e.dropHeldLocked()
 	e.gen++
 	e.pool = kvcache.New(e.pool.Capacity())
-	e.events, e.evicted = e.events[:0], e.evicted[:0]
+	e.cpu = newOffload(e.cfg)
+	e.events, e.evicted, e.cpuQueue, e.loadTime = e.events[:0], e.evicted[:0], e.cpuQueue[:0], 0
 	var err error
 	if rebind {
 		err = e.pub.Rebind()
@@ -535,6 +550,8 @@ func (e *engine) resetPrefixCache() error {
 		return errBusy
 	}
 	e.pool.Reset(nil)
+	e.cpu = newOffload(e.cfg) // AllBlocksCleared clears every tier
+	e.cpuQueue = e.cpuQueue[:0]
 	e.events = append(e.events, kvevents.Event{Kind: proto.AllBlocksCleared})
 	e.publish(time.Now())
 	e.updateGauges()
@@ -554,6 +571,9 @@ func (e *engine) updateGauges() {
 	e.stats.waiting.Store(int64(len(e.waiting)))
 	e.stats.usedBlocks.Store(int64(e.pool.Capacity() - e.pool.NumFree()))
 	e.stats.cachedBlocks.Store(int64(e.pool.NumCached()))
+	if e.cpu != nil {
+		e.stats.cpuBlocks.Store(int64(e.cpu.Len()))
+	}
 }
 
 func signal(c chan struct{}) {

@@ -87,6 +87,14 @@ func (m *metrics) rank(i int, st *engineStats) *rankMetrics {
 			func() float64 { return float64(st.prefixQueries.Load()) })
 		counter("prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.",
 			func() float64 { return float64(st.prefixHits.Load()) })
+		if cfg.CPUBlocks > 0 {
+			// The CPU offload tier is vLLM's KV connector: its loads are the external
+			// prefix cache's hits (vllm/v1/metrics/loggers.py).
+			counter("external_prefix_cache_queries_total", "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of queried tokens.",
+				func() float64 { return float64(st.prefixQueries.Load()) })
+			counter("external_prefix_cache_hits_total", "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.",
+				func() float64 { return float64(st.cpuLoadedTokens.Load()) })
+		}
 		counter("num_preemptions_total", "Cumulative number of preemption from the engine.",
 			func() float64 { return float64(st.preemptions.Load()) })
 		counter("prompt_tokens_total", "Number of prefill tokens processed.", prompt)

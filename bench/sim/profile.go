@@ -28,12 +28,13 @@ type Profile struct {
 	DecodePerSeq time.Duration
 	// PerContextToken is the memory cost of reading one cached token's K and V per step.
 	PerContextToken time.Duration
-	// KVBytesPerToken is the size of one token's K and V over all layers, what a P/D
-	// transfer moves per prompt token.
-	KVBytesPerToken int
 	// KVBlocks is the KV-cache capacity in 16-token blocks on that hardware, used when
 	// the config does not set one.
 	KVBlocks int
+	// KVBytesPerToken is the size of one token's K and V over all layers (BF16): what a
+	// P/D transfer moves per prompt token, and what loading a block back from the CPU
+	// offload tier moves per token (Config.CPUBlocks).
+	KVBytesPerToken int
 }
 
 // StepTime returns the modelled duration of a step, before time scaling.

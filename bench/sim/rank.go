@@ -93,8 +93,8 @@ func (rk *Rank) Stats() Stats {
 		LagTime: time.Duration(st.lagNanos.Load()),
 		Running: int(st.running.Load()), Waiting: int(st.waiting.Load()),
 		UsedBlocks: int(st.usedBlocks.Load()), CachedBlocks: int(st.cachedBlocks.Load()),
-		TotalBlocks: rk.blocks,
-		NextSeq:     next, EventBatchesSent: sent, EventBatchesDropped: dropped,
+		TotalBlocks: rk.blocks, CPULoadedTokens: st.cpuLoadedTokens.Load(), CPUBlocks: int(st.cpuBlocks.Load()),
+		NextSeq: next, EventBatchesSent: sent, EventBatchesDropped: dropped,
 	}
 }
 
@@ -118,6 +118,8 @@ func (s *Stats) add(o Stats) {
 	s.UsedBlocks += o.UsedBlocks
 	s.CachedBlocks += o.CachedBlocks
 	s.TotalBlocks += o.TotalBlocks
+	s.CPULoadedTokens += o.CPULoadedTokens
+	s.CPUBlocks += o.CPUBlocks
 	s.NextSeq += o.NextSeq
 	s.EventBatchesSent += o.EventBatchesSent
 	s.EventBatchesDropped += o.EventBatchesDropped

@@ -76,6 +76,11 @@ type Stats struct {
 	// UsedBlocks are blocks referenced by requests; CachedBlocks distinct cached hashes;
 	// TotalBlocks the capacity.
 	UsedBlocks, CachedBlocks, TotalBlocks int
+	// CPULoadedTokens counts prompt tokens loaded back from the CPU offload tier
+	// (Config.CPUBlocks) instead of recomputed; they are part of CachedTokens.
+	// CPUBlocks is the blocks the tier holds now.
+	CPULoadedTokens uint64
+	CPUBlocks       int
 	// NextSeq is the seq the next event batch gets; EventBatchesSent and
 	// EventBatchesDropped count batches sent on and dropped from the PUB socket.
 	NextSeq, EventBatchesSent, EventBatchesDropped uint64

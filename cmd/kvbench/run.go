@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"runtime"
@@ -48,6 +49,9 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	maxModelLen := fs.Int("max-model-len", 131072, "kvsim max_model_len: longest prompt plus output a worker accepts")
 	chunk := fs.Int("stream-chunk-tokens", 1, "kvsim: tokens per streamed chunk at most (more cuts the fleet's and router's CPU per output token)")
 	kvBlocks := fs.Int("kv-blocks", 0, "KV capacity per worker in 16-token blocks (0: the profile's)")
+	cpuBlocks := fs.Int("cpu-blocks", 0, "kvsim CPU offload tier per worker in blocks (0: none)")
+	cpuBandwidth := fs.Float64("cpu-bandwidth", sim.DefaultConfig().CPUBandwidth, "kvsim CPU offload tier's CPU-to-GPU bandwidth in GB/s")
+	tierWeights := fs.String("tier-weights", "", "cache_aware.tier_weights of the cache_aware policies, e.g. cpu=0.5,disk=0.2 (\"\": the config default)")
 	policies := fs.String("policies", strings.Join(report.Policies, ","), "comma-separated policies to run")
 	out := fs.String("out", "bench/out/run", "output `DIR`: report.md, report.json, PNG plots")
 	profiles := fs.Bool("cpuprofile", false, "also write each policy's CPU profile to the output DIR as cpu_<policy>.pprof (goroutines labelled part=router|fleet|client)")
@@ -88,6 +92,12 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	fc.Worker.Profile = *profile
 	fc.Worker.TimeScale = *timeScale
 	fc.Worker.KVBlocks = *kvBlocks
+	fc.Worker.CPUBlocks, fc.Worker.CPUBandwidth = *cpuBlocks, *cpuBandwidth
+	tiers, err := parseTierWeights(*tierWeights)
+	if err != nil {
+		fmt.Fprintln(stderr, "kvbench run:", err)
+		return 2
+	}
 	fc.Worker.StreamChunkTokens = *chunk
 	fc.Worker.MaxModelLen = *maxModelLen
 	fc.Worker.Faults.EventDelayMS = eventDelay.Milliseconds()
@@ -153,6 +163,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		if *staleWeight >= 0 {
 			c.Events.StaleWeight = *staleWeight
 		}
+		maps.Copy(c.CacheAware.TierWeights, tiers)
 	}
 	var mu sync.Mutex
 	last := time.Now()

@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dpSize := fs.Int("data-parallel-size", w.DataParallelSize, "data-parallel ranks per worker (engines with their own cache and event ports)")
 	blockSize := fs.Int("block-size", w.BlockSize, "KV-cache block size in tokens")
 	kvBlocks := fs.Int("kv-blocks", w.KVBlocks, "KV-cache capacity in blocks (0: the profile's)")
+	cpuBlocks := fs.Int("cpu-blocks", w.CPUBlocks, "CPU offload tier capacity in blocks: computed blocks are also kept there (events with medium CPU) and loaded back at --cpu-bandwidth (0: no tier)")
+	cpuBandwidth := fs.Float64("cpu-bandwidth", w.CPUBandwidth, "CPU offload tier's CPU-to-GPU copy bandwidth in GB/s")
 	maxSeqs := fs.Int("max-num-seqs", w.MaxNumSeqs, "most running requests")
 	maxBatched := fs.Int("max-num-batched-tokens", w.MaxNumBatchedTokens, "most tokens per engine step")
 	maxLen := fs.Int("max-model-len", w.MaxModelLen, "most tokens per request")
@@ -106,6 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"pd-link-gbps": func() { cfg.Worker.PDLinkGbps = *linkGbps }, "kv-bytes-per-token": func() { cfg.Worker.KVBytesPerToken = *kvBytes },
 		"pd-transfer-timeout-ms": func() { cfg.Worker.PDTransferTimeoutMS = *xferTimeout }, "pd-kv-hold-ms": func() { cfg.Worker.PDKVHoldMS = *kvHold }, "lora": func() { cfg.Worker.LoRA = splitList(*lora) },
 		"event-delay": func() { cfg.Worker.Faults.EventDelayMS = eventDelay.Milliseconds() },
+		"cpu-blocks":  func() { cfg.Worker.CPUBlocks = *cpuBlocks }, "cpu-bandwidth": func() { cfg.Worker.CPUBandwidth = *cpuBandwidth },
 	}
 	fs.Visit(func(f *flag.Flag) {
 		if apply, ok := set[f.Name]; ok {

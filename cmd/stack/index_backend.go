@@ -13,7 +13,8 @@ import (
 // (then st.Index is the process's own part of it, which the Valkey backend embeds).
 func (st *Stack) newIndex(reg prometheus.Registerer) error {
 	cfg := st.Config
-	local := indexer.Options{MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL, Registerer: reg}
+	local := indexer.Options{MaxBlocks: cfg.CacheAware.MaxIndexedBlocks, PredictedTTL: cfg.CacheAware.PredictionTTL, Registerer: reg,
+		TierWeights: indexer.TierWeightsOf(cfg.CacheAware.TierWeights)}
 	if cfg.Index.Backend != "valkey" {
 		ix, err := indexer.New(local)
 		if err != nil {

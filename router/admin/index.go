@@ -81,8 +81,11 @@ type IndexWorker struct {
 	// Predicted is Blocks - Confirmed: the blocks past the confirmed ones held only as
 	// predictions.
 	Predicted int `json:"predicted"`
-	// Tiers would count the blocks per storage medium; the index does not give them
-	// per request yet, so it is always absent.
+	// Tiers counts, per storage tier ("gpu", "cpu", "disk", "other"), how many of the
+	// Blocks leading blocks the worker's events place on that tier: a block on GPU and
+	// CPU counts on both, a predicted block on none, and a tier of weight 0
+	// (cache_aware.tier_weights) is not counted and so never appears. Absent when no
+	// tier holds any (Blocks all predicted).
 	Tiers map[string]int `json:"tiers,omitempty"`
 }
 

@@ -27,6 +27,11 @@
 // blocks (active) raise the cost, so a burst of same-prefix requests spreads once the
 // holder is loaded enough to cost more than recomputing the prefix elsewhere.
 //
+// Storage tiers: with cache_aware.tier_weights, overlap_i above is the candidate's
+// CachedBlocks, each leading block counted at its tier's weight (a CPU-offloaded block
+// is loaded back faster than it is recomputed, but not for free), so at equal load a
+// GPU holder beats a CPU holder, which beats a worker holding nothing.
+//
 // Affinity: a worker's routing history (blocks of this prompt the router sent there
 // within the prediction TTL, which survives the worker's evictions; the candidate's
 // AffinityBlocks) counts AffinityWeight of a cached block for the part the worker no
@@ -156,6 +161,9 @@ func (s *Selector) SelectExplained(req *scorer.Request, cands []scorer.Candidate
 	for i := range cands {
 		c := &cands[i]
 		held := float64(c.OverlapBlocks)
+		if c.CachedBlocks > 0 {
+			held = c.CachedBlocks // tier-weighted: a CPU block is cheaper than recompute, dearer than GPU
+		}
 		if h := c.AffinityBlocks - c.OverlapBlocks; h > 0 {
 			held += s.opts.AffinityWeight * float64(h)
 		}

@@ -27,6 +27,18 @@ type Event struct {
 	// model) and lora_id (the adapter's integer id, or None).
 	LoRAName string
 	LoRAID   int64
+	// Medium is the storage tier the event is about, sent as the event's medium: "" is
+	// "GPU" (the prefix cache), "CPU" the CPU offload tier (vLLM's OffloadingConnector
+	// publishes its stores and evictions with medium "CPU"). SGLang's events carry none.
+	Medium string
+}
+
+// medium returns the medium sent for ev.
+func (ev *Event) medium() string {
+	if ev.Medium == "" {
+		return "GPU"
+	}
+	return ev.Medium
 }
 
 // Engine names an engine's flavour of the event format.
@@ -215,7 +227,7 @@ func (e *Encoder) event(ev *Event) {
 		}
 		if !sg {
 			e.field("medium")
-			_ = m.EncodeString("GPU")
+			_ = m.EncodeString(ev.medium())
 			e.field("lora_name")
 			if ev.LoRAName != "" {
 				_ = m.EncodeString(ev.LoRAName)
@@ -228,7 +240,7 @@ func (e *Encoder) event(ev *Event) {
 		e.hashes(ev.Hashes)
 		if !sg {
 			e.field("medium")
-			_ = m.EncodeString("GPU")
+			_ = m.EncodeString(ev.medium())
 		}
 	}
 }
