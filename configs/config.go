@@ -77,6 +77,9 @@ type Config struct {
 	TLS ListenerTLS `yaml:"tls"`
 	// Upstream configures the router's credentials and TLS towards the workers.
 	Upstream Upstream `yaml:"upstream"`
+	// EPP configures `kvroute epp`, the Gateway API Inference Extension endpoint picker
+	// (configs/epp.go); serve ignores it.
+	EPP EPP `yaml:"epp"`
 
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
@@ -417,6 +420,7 @@ func Default() Config {
 		Queue:     defaultQueue(),
 		Index:     defaultIndex(),
 		Responses: defaultResponses(),
+		EPP:       defaultEPP(),
 		TLS:       ListenerTLS{MinVersion: "1.2"},
 		Upstream:  Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		Replica: Replica{Cluster: "default", FlushInterval: 5 * time.Millisecond, Heartbeat: time.Second,
@@ -616,6 +620,7 @@ func (c *Config) Validate() error {
 	c.validateQueue(bad)
 	c.Index.validate(bad)
 	c.validatePassthrough(bad)
+	c.EPP.validate(bad)
 	c.Discovery.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {
 		errs = append(errs, ErrNoWorkers)
