@@ -45,7 +45,7 @@ type eppStack struct {
 	proc   extprocv3.ExternalProcessorClient
 }
 
-func startEPPStack(t *testing.T, workers int, mutate func(*sim.FleetConfig, *configs.Config)) *eppStack {
+func startEPPStack(t testing.TB, workers int, mutate func(*sim.FleetConfig, *configs.Config)) *eppStack {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	fc := sim.DefaultFleetConfig()
@@ -341,25 +341,6 @@ func newStandIn(t *testing.T, es *eppStack) (*standIn, string) {
 	return g, srv.URL
 }
 
-// metricSum sums a metric family's values in the stack's registry.
-func metricSum(t *testing.T, st *Stack, name string) float64 {
-	t.Helper()
-	mfs, err := st.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
-}
-
 func idle(st *Stack) bool {
 	for _, w := range st.Pool.Workers() {
 		if w.InFlight() != 0 || w.PendingPrefillTokens() != 0 {
@@ -410,16 +391,16 @@ func TestEPPStandInGatewayMultiTurn(t *testing.T) {
 	}
 	g.mu.Unlock()
 	poll.CheckFor(t, 10*time.Second, "loads ended", func() bool { return idle(es.stack) })
-	if n := metricSum(t, es.stack, "kvroute_router_reported_prompt_tokens_total"); n <= 0 {
+	if n := metricSum(t, es.stack.Registry, "kvroute_router_reported_prompt_tokens_total"); n <= 0 {
 		t.Errorf("reported prompt tokens %v: the picker did not read the usage", n)
 	}
-	if n := metricSum(t, es.stack, "kvroute_router_reported_cached_tokens_total"); n <= 0 {
+	if n := metricSum(t, es.stack.Registry, "kvroute_router_reported_cached_tokens_total"); n <= 0 {
 		t.Errorf("reported cached tokens %v", n)
 	}
-	if n := metricSum(t, es.stack, "kvroute_router_unreported_answers_total"); n != 0 {
+	if n := metricSum(t, es.stack.Registry, "kvroute_router_unreported_answers_total"); n != 0 {
 		t.Errorf("%v answers without usage: the SSE or JSON usage was missed", n)
 	}
-	if n := metricSum(t, es.stack, "kvroute_epp_requests_total"); n != 12 {
+	if n := metricSum(t, es.stack.Registry, "kvroute_epp_requests_total"); n != 12 {
 		t.Errorf("kvroute_epp_requests_total %v, want 12", n)
 	}
 	decs := es.stack.Server.Decisions(50)
