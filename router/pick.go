@@ -58,7 +58,7 @@ type Pick struct {
 	endpoints []string
 	start     time.Time
 
-	committed bool
+	responded bool // Responded was called
 	status    int
 	sse       bool
 	usage     ReportedUsage
@@ -241,7 +241,7 @@ func (p *Pick) Stream() bool { return p.r.Stream }
 // the worker is reported healthy and the prompt's blocks are predicted on it, as the
 // HTTP API does once a worker's answer is committed to the client.
 func (p *Pick) Responded(served string, status int, sse bool) {
-	if p.done || p.committed {
+	if p.done || p.responded {
 		return
 	}
 	if served != "" && served != p.endpoints[0] {
@@ -251,7 +251,7 @@ func (p *Pick) Responded(served string, status int, sse bool) {
 			p.load = p.s.beginLoad(w, p.st, p.overlap)
 		}
 	}
-	p.committed, p.status, p.sse = true, status, sse
+	p.responded, p.status, p.sse = true, status, sse
 	if status >= 500 || status == fasthttp.StatusTooManyRequests {
 		p.s.metrics.upErrors.WithLabelValues(p.w.ID, "status").Inc()
 		return
@@ -323,7 +323,7 @@ func (p *Pick) Done() {
 	p.done = true
 	p.load.End()
 	status := p.status
-	if !p.committed {
+	if !p.responded {
 		status = statusClientClosed
 	}
 	if status == fasthttp.StatusOK {
@@ -334,7 +334,7 @@ func (p *Pick) Done() {
 		}
 		p.s.observeUsage(p.w.ID, p.r.Model, p.st.dec, predictedTokens(&p.st.req, p.overlap), p.usage, p.usageOK, time.Now())
 	}
-	if p.committed && !p.r.Stream && status < 500 {
+	if p.responded && !p.r.Stream && status < 500 {
 		now := time.Now()
 		p.s.metrics.ttfb.WithLabelValues(p.r.Model).Observe(now.Sub(p.start).Seconds())
 		p.s.traffic.ttft(p.w.ID, p.r.Model, now.Sub(p.start), now)
