@@ -53,7 +53,7 @@ func fuzzRouter(f *testing.F) (*router.Server, *upstream.Pool) {
 			_, _ = io.WriteString(w, `{"object":"list","data":[{"id":"m","object":"model"}]}`)
 		}))
 		f.Cleanup(ws.Close)
-		cfg.Workers = append(cfg.Workers, configs.Worker{ID: id, URL: ws.URL})
+		cfg.Workers = append(cfg.Workers, configs.Worker{ID: id, URL: ws.URL, MaxConns: 16})
 	}
 	cfg.Tokenize.Mode = "approx"
 	if err := cfg.Validate(); err != nil {
