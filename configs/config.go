@@ -80,6 +80,9 @@ type Config struct {
 	// PD configures prefill/decode disaggregation (configs/pd.go), on while both
 	// workers[].role prefill and decode are present.
 	PD PD `yaml:"pd"`
+	// EPP configures `kvroute epp`, the Gateway API Inference Extension endpoint picker
+	// (configs/epp.go); serve ignores it.
+	EPP EPP `yaml:"epp"`
 
 	// Source is the file the config was read from ([LoadFile]); "" otherwise. The admin
 	// API's reload re-reads it.
@@ -439,6 +442,7 @@ func Default() Config {
 		Queue:     defaultQueue(),
 		Index:     defaultIndex(),
 		Responses: defaultResponses(),
+		EPP:       defaultEPP(),
 		TLS:       ListenerTLS{MinVersion: "1.2"},
 		Upstream:  Upstream{TLS: UpstreamTLS{MinVersion: "1.2"}},
 		PD:        PD{Protocol: PDVLLM},
@@ -644,6 +648,7 @@ func (c *Config) Validate() error {
 	c.Events.validateStaleness(bad)
 	c.CacheAware.TierWeights.validate(bad)
 	c.validatePassthrough(bad)
+	c.EPP.validate(bad)
 	c.Discovery.validate(bad)
 	c.PD.validate(bad)
 	if len(c.Workers) == 0 && !c.Discovery.Enabled() {

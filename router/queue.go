@@ -339,12 +339,20 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, st *routeState, reqID string, a
 			return nil, 0, nil, nil
 		}
 	}
-	return s.await(ctx, st, reqID, attempt, class)
+	return s.await((*fasthttpClient)(ctx), st, reqID, attempt, class)
 }
+
+// waiterGone tells a queued request whether its client has gone.
+type waiterGone interface{ gone() bool }
+
+// fasthttpClient is a waiterGone for a request of the HTTP API.
+type fasthttpClient fasthttp.RequestCtx
+
+func (c *fasthttpClient) gone() bool { return clientGone((*fasthttp.RequestCtx)(c).Conn()) }
 
 // await queues the request until it is the first of its model and a worker has room
 // for it, and begins its load there.
-func (s *Server) await(ctx *fasthttp.RequestCtx, st *routeState, reqID string, attempt, class int) (*upstream.Worker, int, *upstream.Load, error) {
+func (s *Server) await(client waiterGone, st *routeState, reqID string, attempt, class int) (*upstream.Worker, int, *upstream.Load, error) {
 	q := s.queue
 	wt := q.enter(st.req.Model, class, len(st.tried) > 0)
 	if wt == nil {
@@ -371,7 +379,7 @@ func (s *Server) await(ctx *fasthttp.RequestCtx, st *routeState, reqID string, a
 		select {
 		case <-wt.wake:
 		case <-tick.C:
-			if clientGone(ctx.Conn()) {
+			if client.gone() {
 				q.leave(wt, false)
 				q.reject(class, queueClientGone)
 				return nil, 0, nil, errClientGone

@@ -44,6 +44,9 @@ type routeState struct {
 	guarded int
 	exact   bool
 	hdr     [24]byte
+	// only restricts the candidates to these endpoints (an endpoint picker's subset
+	// hint, pick.go); nil means no restriction.
+	only *endpointSet
 	// dec is the decision of the current attempt, for the worker's reported usage.
 	dec decisionRef
 	hop hopScratch // stripHopByHop's
@@ -66,6 +69,7 @@ func putRouteState(st *routeState) {
 	clear(st.hist[:cap(st.hist)])
 	st.workers, st.tried, st.cands, st.costs = st.workers[:0], st.tried[:0], st.cands[:0], st.costs[:0]
 	st.hashes, st.matches, st.hist, st.exact = st.hashes[:0], st.matches[:0], st.hist[:0], false
+	st.only = nil
 	st.req = scorer.Request{}
 	st.phase, st.decodeTokens = phaseAll, 0
 	routeStates.Put(st)
@@ -80,7 +84,7 @@ func (s *Server) pick(st *routeState, reqID string, attempt int) (*upstream.Work
 	st.guarded = 0
 	n := 0
 	for _, w := range st.workers {
-		if slices.Contains(st.tried, w) || !st.phase.admits(w) {
+		if slices.Contains(st.tried, w) || !st.phase.admits(w) || st.only != nil && !st.only.has(w) {
 			continue
 		}
 		c := s.candidate(w, st)

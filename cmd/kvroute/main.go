@@ -6,6 +6,7 @@
 //	kvroute tokenize --tokenizer PATH      print the token ids of stdin
 //	kvroute bridge ...                     republish a local engine's KV events to NATS
 //	kvroute indexer --config FILE          run only the KV index and its query/snapshot API
+//	kvroute epp --config FILE [--grpc-listen ADDR]  serve plus a Gateway API Inference Extension endpoint picker
 //	kvroute check-config FILE              validate a config file
 //	kvroute version                        print the version
 //
