@@ -7,11 +7,9 @@ import (
 	"io"
 	"net"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/kvroute/kvroute/cmd/stack"
-	"github.com/kvroute/kvroute/configs"
 )
 
 func init() {
@@ -24,14 +22,8 @@ func init() {
 func runEPP(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("epp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml; its epp section)")
-	listen := fs.String("listen", "", "HTTP listen address (admin API, dashboard, /metrics, the OpenAI API), e.g. :9090 (overrides the config)")
+	flags := addServeFlags(fs, "HTTP listen address (admin API, dashboard, /metrics, the OpenAI API), e.g. :9090 (overrides the config)")
 	grpcListen := fs.String("grpc-listen", "", "ext_proc gRPC listen address (overrides epp.grpc_listen, default :9002)")
-	policy := fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)")
-	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: engine, approx or local:PATH (overrides the config)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	var workers stringList
-	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME]`; repeat for each worker")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -39,12 +31,12 @@ func runEPP(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: kvroute epp [--config FILE] [--grpc-listen ADDR] [serve's flags]")
 		return 2
 	}
-	log, err := newLogger(stderr, *logLevel)
+	log, err := newLogger(stderr, *flags.logLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "kvroute epp:", err)
 		return 2
 	}
-	cfg, err := serveConfig(*configPath, *listen, *policy, *tokenize, workers)
+	cfg, err := flags.load()
 	if err == nil && *grpcListen != "" {
 		cfg.EPP.GRPCListen = *grpcListen
 		err = cfg.Validate()

@@ -27,26 +27,44 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, " ") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
+// serveFlags are serve's flags, which `kvroute epp` takes too.
+type serveFlags struct {
+	config, listen, policy, tokenize, logLevel, pd *string
+	workers                                        stringList
+}
+
+// addServeFlags defines serve's flags on fs; listenHelp says what --listen serves.
+func addServeFlags(fs *flag.FlagSet, listenHelp string) *serveFlags {
+	f := &serveFlags{
+		config:   fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)"),
+		listen:   fs.String("listen", "", listenHelp),
+		policy:   fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)"),
+		tokenize: fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)"),
+		logLevel: fs.String("log-level", "info", "log level: debug, info, warn, error"),
+		pd:       fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)"),
+	}
+	fs.Var(&f.workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME][,role=prefill|decode|both][,bootstrap_port=N]`; repeat for each worker")
+	return f
+}
+
+// load builds the config from the file and the flags (serveConfig).
+func (f *serveFlags) load() (*configs.Config, error) {
+	return serveConfig(*f.config, *f.listen, *f.policy, *f.tokenize, f.workers, *f.pd)
+}
+
 func runServe(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)")
-	listen := fs.String("listen", "", "listen address, e.g. :8080 (overrides the config)")
-	policy := fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)")
-	tokenize := fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	pd := fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)")
-	var workers stringList
-	fs.Var(&workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME][,role=prefill|decode|both][,bootstrap_port=N]`; repeat for each worker")
+	flags := addServeFlags(fs, "listen address, e.g. :8080 (overrides the config)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	log, err := newLogger(stderr, *logLevel)
+	log, err := newLogger(stderr, *flags.logLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 2
 	}
-	cfg, err := serveConfig(*configPath, *listen, *policy, *tokenize, workers, *pd)
+	cfg, err := flags.load()
 	if err != nil {
 		fmt.Fprintln(stderr, "kvroute serve:", err)
 		return 2
