@@ -182,7 +182,7 @@ func (s *Server) candidate(w *upstream.Worker, st *routeState) scorer.Candidate 
 		ID: w.ID, InFlight: w.InFlight(),
 		PendingPrefillTokens: w.PendingPrefillTokens(), ActiveBlocks: w.ActiveBlocks(),
 	}
-	c.OverlapBlocks, c.CachedBlocks = overlapCached(st.matches, w.ID)
+	c.OverlapBlocks, c.CachedBlocks = overlapCached(st.matches, w.ID, st.staleWeight)
 	if s.history != nil {
 		c.AffinityBlocks = max(c.OverlapBlocks, bestMatch(st.hist, w.ID, 1))
 	}

@@ -7,11 +7,20 @@ import (
 // overlapCached returns worker id's overlap in ms, the best of its data-parallel ranks as
 // bestMatch (ties to the rank with the higher score), and that rank's tier-weighted
 // score (indexer.WorkerMatch.Score: a CPU-offloaded block counts at
-// cache_aware.tier_weights.cpu), 0, 0 when it has none.
-func overlapCached(ms []indexer.WorkerMatch, id string) (blocks int, cached float64) {
+// cache_aware.tier_weights.cpu), 0, 0 when it has none. A rank whose event feed is
+// stale counts staleWeight of both, as bestMatch does (events.stale_weight).
+func overlapCached(ms []indexer.WorkerMatch, id string, staleWeight float64) (blocks int, cached float64) {
 	for i := range ms {
-		if m := &ms[i]; m.Worker.ID == id && (m.Blocks > blocks || m.Blocks == blocks && m.Score > cached) {
-			blocks, cached = m.Blocks, m.Score
+		m := &ms[i]
+		if m.Worker.ID != id {
+			continue
+		}
+		n, sc := m.Blocks, m.Score
+		if m.Stale {
+			n, sc = int(float64(n)*staleWeight), sc*staleWeight
+		}
+		if n > blocks || n == blocks && sc > cached {
+			blocks, cached = n, sc
 		}
 	}
 	return blocks, cached
