@@ -56,19 +56,14 @@ func (s *Server) QueryIndex(ctx context.Context, q *admin.IndexQuery) (admin.Ind
 	if s.index == nil || len(hashes) == 0 {
 		return a, nil
 	}
-	if tm, ok := s.index.(tierMatcher); ok {
-		a.Workers = bestPerWorker(tm.MatchTiers(hashes, nil))
+	// Only the in-memory index counts per tier; a shared one (which embeds the process's
+	// own in-memory part) answers for the whole fleet without them.
+	if ix, ok := s.index.(*indexer.Index); ok {
+		a.Workers = bestPerWorker(ix.MatchTiers(hashes, nil))
 	} else {
-		a.Workers = bestPerWorker(s.index.Match(hashes, nil)) // a shared index: no per-tier counts
+		a.Workers = bestPerWorker(s.index.Match(hashes, nil))
 	}
 	return a, nil
-}
-
-// tierMatcher is an index that counts each worker's leading blocks per tier: the
-// in-memory [indexer.Index]; the shared Valkey index does not (its answers leave tiers
-// empty).
-type tierMatcher interface {
-	MatchTiers(hashes []proto.BlockHash, dst []indexer.WorkerMatch) []indexer.WorkerMatch
 }
 
 // bestPerWorker reduces matches to one entry per worker id, its best data-parallel rank
