@@ -8,6 +8,7 @@ package valkeytest
 import (
 	"bufio"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"strconv"
@@ -38,14 +39,18 @@ func Start(tb testing.TB) *Server {
 	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
 	tb.Cleanup(s.Stop)
 	var last error
-	for range 5 {
-		// The port is free now; another process could take it before the server binds
-		// it, hence the retries.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for range 20 {
+		// A port below Linux's ephemeral range (32768-60999 by default): Restart binds
+		// it again after the server is gone, and a port from that range could meanwhile
+		// be the local end of some other connection of the test process (a pooled
+		// keep-alive connection holds it for good). The port is free now; another
+		// process could take it before the server binds it, hence the retries.
+		s.port = 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(s.port))
 		if err != nil {
-			tb.Fatal(err)
+			last = err
+			continue
 		}
-		s.port = ln.Addr().(*net.TCPAddr).Port
 		_ = ln.Close()
 		if last = s.start(); last == nil {
 			return s
