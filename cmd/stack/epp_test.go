@@ -247,7 +247,7 @@ func (g *standIn) exchange(w http.ResponseWriter, r *http.Request) error {
 		}
 		if g.trailers && len(newBody) == len(body) {
 			if resp, err := stream.Recv(); err != nil || resp.GetRequestTrailers() == nil {
-				return fmt.Errorf("trailers response %v, %v", resp, err)
+				return fmt.Errorf("trailers response %v: %w", resp, err)
 			}
 			break
 		}
@@ -291,7 +291,7 @@ func (g *standIn) exchange(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if resp, err := stream.Recv(); err != nil || resp.GetResponseHeaders() == nil {
-		return fmt.Errorf("response headers' answer %v, %v", resp, err)
+		return fmt.Errorf("response headers' answer %v: %w", resp, err)
 	}
 	w.Header().Set("Content-Type", up.Header.Get("Content-Type"))
 	w.Header().Set("x-served-by", served)
@@ -329,7 +329,7 @@ func (g *standIn) exchange(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("stream end: %v", err)
+		return fmt.Errorf("stream end: %w", err)
 	}
 	return nil
 }

@@ -93,7 +93,7 @@ func TestValkeyRoutersShareEvents(t *testing.T) {
 	stacks, urls := []*Stack{a, b}, []string{urlA, urlB}
 	crossed := [2]bool{} // crossed[r]: router r saw a worker of the other router confirmed
 	client := &http.Client{Timeout: 60 * time.Second}
-	for c := 0; c < 24 && !(crossed[0] && crossed[1]); c++ {
+	for c := 0; c < 24 && (!crossed[0] || !crossed[1]); c++ {
 		rng := rand.New(rand.NewPCG(uint64(c), 31))
 		msgs := []chatMsg{{Role: "system", Content: someWords(rng, 300)}, {Role: "user", Content: someWords(rng, 20)}}
 		res := chatOnce(client, urls[c%2], msgs, 4)
