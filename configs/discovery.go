@@ -80,9 +80,17 @@ type KubernetesDiscovery struct {
 	// Namespace to watch. Default "": the router's own namespace in a cluster (from its
 	// service account), else "default".
 	Namespace string `yaml:"namespace"`
-	// LabelSelector selects the worker pods, e.g. "app=vllm,model=llama". Required.
+	// LabelSelector selects the worker pods, e.g. "app=vllm,model=llama". Exactly one
+	// of label_selector and inference_pool is required.
 	LabelSelector string `yaml:"label_selector"`
-	// Port is the workers' HTTP port. One of port and port_name is required.
+	// InferencePool names an InferencePool (inference.networking.k8s.io/v1) of the
+	// namespace whose spec.selector selects the worker pods and whose first
+	// spec.targetPorts entry is their HTTP port, followed as the pool changes (the
+	// Gateway API Inference Extension's way to name a model server fleet). Exclusive
+	// with label_selector, port and port_name. Default "".
+	InferencePool string `yaml:"inference_pool"`
+	// Port is the workers' HTTP port. One of port and port_name is required unless
+	// inference_pool is set.
 	Port int `yaml:"port"`
 	// PortName names a container port of the pod holding the HTTP port, e.g. "http".
 	PortName string `yaml:"port_name"`
@@ -157,10 +165,24 @@ func (d *Discovery) validate(bad func(format string, args ...any)) {
 	}
 	if k := d.Kubernetes; k != nil {
 		k.validateTemplate("discovery.kubernetes", bad)
-		if strings.TrimSpace(k.LabelSelector) == "" {
-			bad("discovery.kubernetes.label_selector: required (e.g. app=vllm); an empty selector would take every pod")
+		switch {
+		case k.InferencePool != "":
+			if k.LabelSelector != "" {
+				bad("discovery.kubernetes: label_selector %q and inference_pool %q both set; give one (the pool's selector chooses the pods)",
+					k.LabelSelector, k.InferencePool)
+			}
+			if k.Port != 0 || k.PortName != "" {
+				bad("discovery.kubernetes: port/port_name set with inference_pool %q; leave them out (the pool's targetPorts give the port)",
+					k.InferencePool)
+			}
+			if len(k.InferencePool) > 253 || strings.ContainsAny(k.InferencePool, " \t\n/:,=") {
+				bad("discovery.kubernetes.inference_pool: %q is not an object name", k.InferencePool)
+			}
+		case strings.TrimSpace(k.LabelSelector) == "":
+			bad("discovery.kubernetes.label_selector: required (e.g. app=vllm), or inference_pool; an empty selector would take every pod")
 		}
 		switch {
+		case k.InferencePool != "":
 		case k.Port == 0 && k.PortName == "":
 			bad("discovery.kubernetes: one of port and port_name is required")
 		case k.Port != 0 && k.PortName != "":

@@ -143,7 +143,8 @@ func (st *Stack) newSources() error {
 		st.sources = append(st.sources, src)
 	}
 	if d.Kubernetes != nil {
-		src, err := kubernetes.New(*d.Kubernetes, kubernetes.Options{Registerer: st.Registry, Logger: st.log, Client: st.KubeClient})
+		src, err := kubernetes.New(*d.Kubernetes, kubernetes.Options{Registerer: st.Registry, Logger: st.log, Client: st.KubeClient,
+			Dynamic: st.KubeDynamic})
 		if err != nil {
 			return fmt.Errorf("discovery.kubernetes: %w", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/dynamic"
 	k8sclient "k8s.io/client-go/kubernetes"
 
 	"github.com/kvroute/kvroute/configs"
@@ -52,9 +53,12 @@ type Stack struct {
 	// builds one from the config (kubeconfig, in-cluster, $KUBECONFIG). Tests set
 	// client-go's fake clientset here before Run.
 	KubeClient k8sclient.Interface
-	log        *slog.Logger
-	closers    []func()
-	admin      adminState // the admin API (admin.go)
+	// KubeDynamic reads discovery.kubernetes.inference_pool's InferencePool; nil builds
+	// one as KubeClient. Tests set client-go's fake dynamic client here.
+	KubeDynamic dynamic.Interface
+	log         *slog.Logger
+	closers     []func()
+	admin       adminState // the admin API (admin.go)
 	// sources are the discovery sources (fleet.go); feedsOn is set once Run has started
 	// the event feeds, from when membership changes update them.
 	sources []discovery.Source

@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/kvroute/kvroute/configs"
 	"github.com/kvroute/kvroute/router/epp"
+	"github.com/kvroute/kvroute/upstream/discovery/kubernetes"
 )
 
 const namespace = "llm"
@@ -91,11 +94,12 @@ func port(t *testing.T, addr string) int32 {
 // The manifests decode strictly, live in one namespace, and fit together: the
 // InferencePool's pods are the ones the config discovers, its endpoint picker is the
 // Service in front of the picker's ext_proc port, the probes ask the picker's gRPC
-// health services, and the RBAC is only the pod reading discovery needs.
+// health services, and the RBAC is only the pod and pool reading discovery needs.
 func TestManifests(t *testing.T) {
 	files, _ := filepath.Glob("*.yaml")
 	var (
 		pools   []inferencePool
+		poolDoc []byte
 		dep     *appsv1.Deployment
 		svc     *corev1.Service
 		cm      *corev1.ConfigMap
@@ -116,6 +120,7 @@ func TestManifests(t *testing.T) {
 					t.Fatalf("%s: %v", where, err)
 				}
 				pools = append(pools, p)
+				poolDoc = doc
 				continue
 			}
 			obj, _, err := strict.Decode(doc, nil, nil)
@@ -157,14 +162,17 @@ func TestManifests(t *testing.T) {
 	if err != nil {
 		t.Fatalf("configmap kvroute.yaml: %v", err)
 	}
-	k := cfg.Discovery.Kubernetes
-	sel, err := labels.Parse(k.LabelSelector)
-	if err != nil || !sel.Matches(labels.Set(pool.Spec.Selector.MatchLabels)) ||
-		labels.SelectorFromSet(pool.Spec.Selector.MatchLabels).String() != sel.String() {
-		t.Errorf("pool selector %v, discovery label_selector %q: want the same pods", pool.Spec.Selector.MatchLabels, k.LabelSelector)
+	// The picker reads the pool itself, and parses it as it would from the API.
+	if k := cfg.Discovery.Kubernetes; k == nil || k.InferencePool != pool.Metadata.Name || k.LabelSelector != "" {
+		t.Errorf("discovery.kubernetes %+v: want inference_pool %q", k, pool.Metadata.Name)
 	}
-	if len(pool.Spec.TargetPorts) != 1 || pool.Spec.TargetPorts[0].Number != k.Port {
-		t.Errorf("pool target ports %+v, discovery port %d", pool.Spec.TargetPorts, k.Port)
+	var obj map[string]any
+	if err := yaml.Unmarshal(poolDoc, &obj); err != nil {
+		t.Fatal(err)
+	}
+	ml, tp, err := kubernetes.ParseInferencePool(obj)
+	if err != nil || !maps.Equal(ml, pool.Spec.Selector.MatchLabels) || len(pool.Spec.TargetPorts) != 1 || tp != pool.Spec.TargetPorts[0].Number {
+		t.Errorf("the source parses the pool as %v port %d (%v); the manifest has %+v", ml, tp, err, pool.Spec)
 	}
 
 	// The picker's pod: args, ports from the config, gRPC probes.
@@ -209,9 +217,13 @@ func TestManifests(t *testing.T) {
 		t.Errorf("no service port %d to the container's grpc port with appProtocol http2: %+v", pool.Spec.EndpointPickerRef.Port.Number, svc.Spec.Ports)
 	}
 
-	// RBAC: get, list, watch pods; bound to the picker's account.
-	if len(role.Rules) != 1 || strings.Join(role.Rules[0].Resources, ",") != "pods" || strings.Join(role.Rules[0].Verbs, ",") != "get,list,watch" {
-		t.Errorf("role rules %+v, want get/list/watch pods only", role.Rules)
+	// RBAC: get, list, watch pods and inferencepools; bound to the picker's account.
+	var rules []string
+	for _, r := range role.Rules {
+		rules = append(rules, strings.Join(r.APIGroups, ",")+"/"+strings.Join(r.Resources, ",")+":"+strings.Join(r.Verbs, ","))
+	}
+	if want := []string{"/pods:get,list,watch", kubernetes.InferencePoolGVR.Group + "/" + kubernetes.InferencePoolGVR.Resource + ":get,list,watch"}; !slices.Equal(rules, want) {
+		t.Errorf("role rules %q, want %q only", rules, want)
 	}
 	if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != sa.Name || binding.Subjects[0].Namespace != namespace {
 		t.Errorf("binding %+v", binding)

@@ -47,6 +47,38 @@
 //     the source to its cache, so a pod relabelled out of it leaves the view however
 //     the watch reports it.
 //
+// # InferencePool
+//
+// With discovery.kubernetes.inference_pool set (instead of label_selector and port),
+// the pods are those of an InferencePool of the namespace (inference.networking.k8s.io/v1,
+// the Gateway API Inference Extension's name for a model server fleet): its
+// spec.selector.matchLabels selects them and its first spec.targetPorts number is their
+// HTTP port. The fields read are those of api/v1/inferencepool_types.go in
+// kubernetes-sigs/gateway-api-inference-extension (https://github.com/kubernetes-sigs/gateway-api-inference-extension/blob/main/api/v1/inferencepool_types.go).
+//
+// The pool is read with client-go's dynamic client and a dynamic informer on
+// unstructured objects (limited to the pool's name by a field selector), converted by
+// runtime.DefaultUnstructuredConverter into a small struct of this package holding
+// only those fields. The project's own typed clientset
+// (sigs.k8s.io/gateway-api-inference-extension) is not used: it requires other
+// k8s.io and controller-runtime versions than the client-go this module builds with,
+// and two fields do not justify pinning the whole Kubernetes dependency set to it.
+//
+//   - Nothing is reported until the pool exists and is usable; then a pod watch (the
+//     label-selector source above, with the pool's selector and port) runs, and its
+//     views are the source's.
+//   - A change of the pool's selector or port stops that pod watch (waiting for it to
+//     return) and starts one with the new ones; the last view stays until the new
+//     watch's first full list replaces it, so no partial view is ever reported.
+//   - A deleted pool keeps the pod watch of its last spec running (a re-created pool
+//     takes over again): logged at warning level and counted as
+//     kvroute_discovery_lookups_total{result="error"} once per deletion.
+//   - A malformed pool (no or empty matchLabels, invalid labels, no targetPorts, a
+//     port outside 1..65535 or of the wrong type) is never applied: logged with the
+//     decoding error and counted as kvroute_discovery_rejected_total{reason="bad_pool"}
+//     once per distinct problem; the last view stays (before any usable pool,
+//     nothing is reported).
+//
 // # Concurrency
 //
 // [New] does no I/O beyond reading a kubeconfig and the service account's namespace
@@ -63,7 +95,14 @@
 //	  resources: ["pods"]
 //	  verbs: ["get", "list", "watch"]
 //
-// and a RoleBinding to it; deploy/kubernetes has both. Nothing is written to the API.
+// and a RoleBinding to it; deploy/kubernetes has both. With inference_pool, the Role
+// also needs
+//
+//	- apiGroups: ["inference.networking.k8s.io"]
+//	  resources: ["inferencepools"]
+//	  verbs: ["get", "list", "watch"]
+//
+// as deploy/kubernetes/epp has. Nothing is written to the API.
 //
 // # Metrics
 //
@@ -71,11 +110,12 @@
 // kvroute_discovery_lookups_total{result="ok|error"} (ok: the first sync and every
 // informer event; error: every failed list or watch), kvroute_discovery_members (the
 // members in the last view reported) and
-// kvroute_discovery_rejected_total{reason="bad_address|invalid_worker|bad_port"}.
+// kvroute_discovery_rejected_total{reason="bad_address|invalid_worker|bad_port|bad_pool"}.
 //
 // # Decoding
 //
-// The package decodes no outside input of its own: client-go decodes the API's
-// answers into typed pods, and what the package checks (the pod IP, ports, the worker)
-// is table-tested; there is no fuzz test.
+// client-go decodes the API's answers into typed pods, and what the package checks
+// (the pod IP, ports, the worker) is table-tested. The InferencePool is decoded here
+// from unstructured content ([ParseInferencePool]): table-tested, and fuzzed by
+// FuzzParsePool (arbitrary JSON objects: an error or a usable spec, never a panic).
 package kubernetes

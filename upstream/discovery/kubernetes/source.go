@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -53,6 +54,9 @@ type Options struct {
 	// if set, else the in-cluster config (service account), else $KUBECONFIG (or
 	// ~/.kube/config) through clientcmd.
 	Client kubernetes.Interface
+	// Dynamic reads the InferencePool of discovery.kubernetes.inference_pool (unused
+	// without one). Nil: built as Client is.
+	Dynamic dynamic.Interface
 	// Registerer registers the kvroute_discovery_* metrics ([discovery.NewMetrics]);
 	// nil leaves them unregistered.
 	Registerer prometheus.Registerer
@@ -69,6 +73,7 @@ type Source struct {
 	ns       string
 	selector labels.Selector
 	client   kubernetes.Interface
+	dynamic  dynamic.Interface // nil unless cfg.InferencePool is set
 	metrics  *discovery.Metrics
 	log      *slog.Logger
 	debounce time.Duration
@@ -91,15 +96,9 @@ type Source struct {
 // [configs.Load] does); it checks the label selector again and builds the API client
 // when opts.Client is nil. It starts nothing: [Source.Run] does.
 func New(cfg configs.KubernetesDiscovery, opts Options) (*Source, error) {
-	sel, err := labels.Parse(cfg.LabelSelector)
+	sel, err := checkSelection(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes discovery: label_selector %q: %w", cfg.LabelSelector, err)
-	}
-	if sel.Empty() {
-		return nil, fmt.Errorf("kubernetes discovery: label_selector %q selects every pod", cfg.LabelSelector)
-	}
-	if (cfg.Port == 0) == (cfg.PortName == "") {
-		return nil, fmt.Errorf("kubernetes discovery: exactly one of port (%d) and port_name (%q) is required", cfg.Port, cfg.PortName)
+		return nil, err
 	}
 	sample := cfg.Worker("sample", "192.0.2.1", max(cfg.Port, 80))
 	if err := configs.ValidateWorker(&sample); err != nil {
@@ -109,10 +108,21 @@ func New(cfg configs.KubernetesDiscovery, opts Options) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes discovery: %w", err)
 	}
-	client := opts.Client
-	if client == nil {
-		if client, err = buildClient(cfg.Kubeconfig); err != nil {
+	client, dyn := opts.Client, opts.Dynamic
+	if client == nil || (dyn == nil && cfg.InferencePool != "") {
+		rc, err := restConfig(cfg.Kubeconfig)
+		if err != nil {
 			return nil, fmt.Errorf("kubernetes discovery: %w", err)
+		}
+		if client == nil {
+			if client, err = kubernetes.NewForConfig(rc); err != nil {
+				return nil, fmt.Errorf("kubernetes discovery: kubernetes client: %w", err)
+			}
+		}
+		if dyn == nil && cfg.InferencePool != "" {
+			if dyn, err = dynamic.NewForConfig(rc); err != nil {
+				return nil, fmt.Errorf("kubernetes discovery: dynamic client: %w", err)
+			}
 		}
 	}
 	log := opts.Logger
@@ -123,13 +133,35 @@ func New(cfg configs.KubernetesDiscovery, opts Options) (*Source, error) {
 	if ns == "" {
 		ns = defaultNamespace()
 	}
-	return &Source{cfg: cfg, ns: ns, selector: sel, client: client, metrics: m,
+	return &Source{cfg: cfg, ns: ns, selector: sel, client: client, dynamic: dyn, metrics: m,
 		log: log.With("source", sourceName, "namespace", ns), debounce: defaultDebounce}, nil
 }
 
-// buildClient builds a clientset from kubeconfig if set, else the in-cluster config,
-// else clientcmd's default loading rules ($KUBECONFIG, then ~/.kube/config).
-func buildClient(kubeconfig string) (kubernetes.Interface, error) {
+// checkSelection checks how cfg selects pods: a label selector and a port (or port
+// name), or an InferencePool alone. It returns the parsed selector (nil for a pool).
+func checkSelection(cfg configs.KubernetesDiscovery) (labels.Selector, error) {
+	if cfg.InferencePool != "" {
+		if cfg.LabelSelector != "" || cfg.Port != 0 || cfg.PortName != "" {
+			return nil, fmt.Errorf("kubernetes discovery: inference_pool %q excludes label_selector, port and port_name", cfg.InferencePool)
+		}
+		return nil, nil
+	}
+	sel, err := labels.Parse(cfg.LabelSelector)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes discovery: label_selector %q: %w", cfg.LabelSelector, err)
+	}
+	if sel.Empty() {
+		return nil, fmt.Errorf("kubernetes discovery: label_selector %q selects every pod", cfg.LabelSelector)
+	}
+	if (cfg.Port == 0) == (cfg.PortName == "") {
+		return nil, fmt.Errorf("kubernetes discovery: exactly one of port (%d) and port_name (%q) is required", cfg.Port, cfg.PortName)
+	}
+	return sel, nil
+}
+
+// restConfig is the API client config from kubeconfig if set, else the in-cluster
+// config, else clientcmd's default loading rules ($KUBECONFIG, then ~/.kube/config).
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	var rc *rest.Config
 	if kubeconfig != "" {
 		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -152,11 +184,7 @@ func buildClient(kubeconfig string) (kubernetes.Interface, error) {
 	}
 	rc = rest.CopyConfig(rc)
 	rc.UserAgent = "kvroute"
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return cs, nil
+	return rc, nil
 }
 
 // defaultNamespace is the namespace of the pod running the router, else "default".
@@ -181,6 +209,14 @@ func (s *Source) Namespace() string { return s.ns }
 // answer), then after every change to it, at most once per debounce interval. It
 // returns nil when ctx ends, and an error only if the informer cannot be set up.
 func (s *Source) Run(ctx context.Context, update func([]discovery.Member)) error {
+	if s.cfg.InferencePool != "" {
+		return s.runPool(ctx, update)
+	}
+	return s.runPods(ctx, update)
+}
+
+// runPods is Run for a label selector: the pods matching s.selector.
+func (s *Source) runPods(ctx context.Context, update func([]discovery.Member)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	// client-go logs through the context's logger (klog's contextual logging): into
 	// ours, at debug level, instead of klog's stderr; the source logs what matters.

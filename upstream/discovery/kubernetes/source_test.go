@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -116,9 +117,15 @@ func testConfig() configs.KubernetesDiscovery {
 // run starts a source for cfg on client; it is stopped when the test ends.
 func run(t *testing.T, cfg configs.KubernetesDiscovery, client *fake.Clientset) *harness {
 	t.Helper()
+	return runWith(t, cfg, client, nil)
+}
+
+// runWith is run with dyn as the dynamic client (InferencePools).
+func runWith(t *testing.T, cfg configs.KubernetesDiscovery, client *fake.Clientset, dyn dynamic.Interface) *harness {
+	t.Helper()
 	h := &harness{t: t, client: client, rec: &recorder{}, reg: prometheus.NewPedanticRegistry(), logs: &logBuffer{}}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	s, err := New(cfg, Options{Client: client, Registerer: h.reg, Logger: log})
+	s, err := New(cfg, Options{Client: client, Dynamic: dyn, Registerer: h.reg, Logger: log})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
