@@ -98,11 +98,27 @@ type Config struct {
 	// NoReplicaSync runs the replicas independently (the herding control) instead of
 	// sharing load and decisions over an embedded NATS server (router/replica).
 	NoReplicaSync bool
+	// PD, when set, runs every policy twice side by side: aggregated serving on
+	// PD.Prefill+PD.Decode workers of role both (Fleet.Workers is ignored), then
+	// prefill/decode disaggregation on PD.Prefill prefill and PD.Decode decode workers
+	// (see [PD]); the policy picks the prefill worker, the router's decode pick is its own.
+	PD *PD
+}
+
+// PD describes a prefill/decode disaggregated fleet (kvbench run --pd P:D).
+type PD struct {
+	// Prefill and Decode are the pools' sizes, both at least 1.
+	Prefill, Decode int
+	// Protocol is the router's pd.protocol: vllm or sglang.
+	Protocol string
 }
 
 // Result is one policy's run.
 type Result struct {
 	Policy string `json:"policy"`
+	// PD is "" for aggregated serving, else the disaggregated fleet as
+	// "P:D protocol", e.g. "2:2 vllm" (Config.PD). HitRate is then the prefill pool's.
+	PD string `json:"pd,omitempty"`
 	// Replicas is the number of routers that served the run (1 unless Config.Replicas).
 	Replicas int `json:"replicas"`
 	// ReplicaSync is whether the replicas shared state.
@@ -111,7 +127,9 @@ type Result struct {
 	Errors      int  `json:"errors"`
 	// FirstError is one error message, for the report ("" when none).
 	FirstError string `json:"first_error,omitempty"`
-	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats).
+	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats); in
+	// a P/D run the prefill pool's only (a decode worker counts the tokens it pulled
+	// as cached).
 	HitRate float64 `json:"hit_rate"`
 	// CPUHitRate is the part of HitRate the workers loaded back from their CPU offload
 	// tier (kvsim --cpu-blocks) rather than found on GPU; 0 without the tier.
@@ -201,19 +219,74 @@ func Compare(ctx context.Context, w *workload.Workload, c Config) ([]Result, err
 	if len(pols) == 0 {
 		pols = Policies
 	}
+	if pd := c.PD; pd != nil {
+		if pd.Prefill < 1 || pd.Decode < 1 {
+			return nil, fmt.Errorf("pd: %d prefill and %d decode workers, want at least 1 of each", pd.Prefill, pd.Decode)
+		}
+		if pd.Protocol != configs.PDVLLM && pd.Protocol != configs.PDSGLang {
+			return nil, fmt.Errorf("pd: protocol %q is not vllm or sglang", pd.Protocol)
+		}
+	}
 	var out []Result
 	for _, p := range pols {
-		r, err := runPolicy(ctx, w, c, p)
+		agg := c
+		agg.PD = nil
+		if c.PD != nil {
+			agg.Fleet.Workers = c.PD.Prefill + c.PD.Decode
+		}
+		r, err := runPolicy(ctx, w, agg, p)
 		if err != nil {
 			return out, fmt.Errorf("policy %s: %w", p, err)
+		}
+		out = append(out, r)
+		if c.PD == nil {
+			continue
+		}
+		r, err = runPolicy(ctx, w, c, p)
+		if err != nil {
+			return out, fmt.Errorf("policy %s with P/D %s: %w", p, r.PD, err)
 		}
 		out = append(out, r)
 	}
 	return out, nil
 }
 
+// Label names r in reports and file names: its policy, with "_pd" after it for a
+// P/D run.
+func (r *Result) Label() string {
+	if r.PD == "" {
+		return r.Policy
+	}
+	return r.Policy + "_pd"
+}
+
+// startPDFleets starts the prefill pool on 127.0.0.1 and the decode pool on
+// 127.0.0.2 (another pod) when the host has that address, else on 127.0.0.1 too; the
+// returned fleet holds both, prefill workers first.
+func startPDFleets(ctx context.Context, fc sim.FleetConfig, pd *PD) (*sim.Fleet, error) {
+	dhost := "127.0.0.1"
+	if ln, err := net.Listen("tcp", "127.0.0.2:0"); err == nil {
+		_ = ln.Close()
+		dhost = "127.0.0.2"
+	}
+	pc, dc := fc, fc
+	pc.Workers, pc.IDPrefix, pc.Host, pc.Worker.Role = pd.Prefill, "p", "127.0.0.1", sim.RolePrefill
+	dc.Workers, dc.IDPrefix, dc.Host, dc.Worker.Role = pd.Decode, "d", dhost, sim.RoleDecode
+	dc.Worker.Seed += int64(pd.Prefill)
+	pf, err := sim.StartFleet(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("prefill pool: %w", err)
+	}
+	df, err := sim.StartFleet(ctx, dc)
+	if err != nil {
+		_ = pf.Close()
+		return nil, fmt.Errorf("decode pool: %w", err)
+	}
+	return sim.JoinFleets(pf, df), nil
+}
+
 // routerConfig returns the router configuration for policy over the fleet.
-func routerConfig(policy string, fleet *sim.Fleet, blockSize int, tune func(*configs.Config)) (*configs.Config, error) {
+func routerConfig(policy string, fleet *sim.Fleet, blockSize int, tune func(*configs.Config), pd *PD) (*configs.Config, error) {
 	cfg := configs.Default()
 	if tune != nil {
 		tune(&cfg)
@@ -242,10 +315,16 @@ func routerConfig(policy string, fleet *sim.Fleet, blockSize int, tune func(*con
 	}
 	for _, info := range fleet.Infos() {
 		wc := configs.Worker{ID: info.ID, URL: info.URL, MaxConns: 1024}
+		if pd != nil {
+			wc.Role, wc.BootstrapPort = info.Role, info.BootstrapPort
+		}
 		if events {
 			wc.Events, wc.Replay = info.Events, info.Replay
 		}
 		cfg.Workers = append(cfg.Workers, wc)
+	}
+	if pd != nil {
+		cfg.PD.Protocol = pd.Protocol
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("router config: %w", err)
@@ -265,16 +344,25 @@ func cpuSeconds() float64 {
 func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy string) (Result, error) {
 	replicas := max(c.Replicas, 1)
 	res := Result{Policy: policy, Requests: len(w.Requests), Replicas: replicas, ReplicaSync: replicas > 1 && !c.NoReplicaSync}
+	if c.PD != nil {
+		res.PD = fmt.Sprintf("%d:%d %s", c.PD.Prefill, c.PD.Decode, c.PD.Protocol)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var fleet *sim.Fleet
 	var err error
-	withPart(ctx, partFleet, func(ctx context.Context) { fleet, err = sim.StartFleet(ctx, c.Fleet) })
+	withPart(ctx, partFleet, func(ctx context.Context) {
+		if c.PD != nil {
+			fleet, err = startPDFleets(ctx, c.Fleet, c.PD)
+		} else {
+			fleet, err = sim.StartFleet(ctx, c.Fleet)
+		}
+	})
 	if err != nil {
 		return res, fmt.Errorf("start fleet: %w", err)
 	}
 	defer func() { _ = fleet.Close() }()
-	cfg, err := routerConfig(policy, fleet, c.Fleet.Worker.BlockSize, c.Tune)
+	cfg, err := routerConfig(policy, fleet, c.Fleet.Worker.BlockSize, c.Tune, c.PD)
 	if err != nil {
 		return res, err
 	}
@@ -374,7 +462,8 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	client := &http.Client{Transport: &roundRobin{base: tr, hosts: hosts}}
 	var progress func(int, int)
 	if c.Progress != nil {
-		progress = func(d, t int) { c.Progress(policy, d, t) }
+		label := res.Label()
+		progress = func(d, t int) { c.Progress(label, d, t) }
 	}
 	prof, perr := startCPUProfile()
 	if perr != nil && c.Log != nil {
@@ -432,11 +521,16 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	res.OutputTPS = float64(tokens) / wall.Seconds()
 	var prompt, cached, cpuLoaded uint64
 	var busy, lag time.Duration
+	// prefillPool reports whether wk's prompts count towards the hit rate: every
+	// worker's but a P/D run's decode workers'.
+	prefillPool := func(wk *sim.Worker) bool { return c.PD == nil || wk.Info().Role == sim.RolePrefill }
 	for i, wk := range workers {
 		s := wk.Stats()
-		prompt += s.PromptTokens
-		cached += s.CachedTokens
-		cpuLoaded += s.CPULoadedTokens
+		if prefillPool(wk) {
+			prompt += s.PromptTokens
+			cached += s.CachedTokens
+			cpuLoaded += s.CPULoadedTokens
+		}
 		busy += s.BusyTime
 		lag += s.LagTime
 		res.PerWorker[i].Requests = s.Requests
@@ -452,6 +546,9 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	var rPrompt, rHit uint64
 	for _, st := range stacks {
 		for _, wk := range workers {
+			if !prefillPool(wk) {
+				continue
+			}
 			t := st.Server.WorkerTraffic(wk.ID(), false)
 			rPrompt += t.PromptTokens
 			rHit += t.PredictedHitTokens

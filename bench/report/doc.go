@@ -6,6 +6,12 @@
 // kvsim Stats), client-side TTFT, inter-token and end-to-end latency percentiles, output
 // tokens/s, the fleet's load (simulated busy time over wall time), load imbalance
 // (max/mean of workers' in-flight requests, sampled) and the process's CPU time.
+// With [Config.PD] (kvbench run --pd P:D) each policy runs twice side by side: aggregated
+// serving on P+D workers of role both, then P prefill workers on 127.0.0.1 and D decode
+// workers on 127.0.0.2 (127.0.0.1 where the host lacks it) behind a router with their
+// roles and pd.protocol; the policy picks the prefill worker. A P/D run's hit rate is the
+// prefill pool's (a decode worker counts its pulled tokens as cached), and the report adds
+// a table of both runs' TTFT and ITL percentiles.
 // [WriteDir] writes report.md, report.json and PNG plots drawn with the standard library's
 // image and image/png, labelled with golang.org/x/image's basicfont.
 //

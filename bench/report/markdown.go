@@ -77,12 +77,41 @@ func WriteMarkdown(w io.Writer, s *Summary) error {
 			router = fmt.Sprintf("%.1f", r.CPUSplit.Router)
 		}
 		fmt.Fprintf(&b, "| %s | %.1f%% | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f%% | %.1f%% | %.2f | %.1f | %s | %.1f | %d |\n",
-			r.Policy, 100*r.HitRate, 100*r.PredictedHitRate, ratio(r.HitRate, s.Bounds.Infinite), ratio(r.HitRate, s.Bounds.PooledLRU),
+			r.Label(), 100*r.HitRate, 100*r.PredictedHitRate, ratio(r.HitRate, s.Bounds.Infinite), ratio(r.HitRate, s.Bounds.PooledLRU),
 			ms(r.TTFT.P50), ms(r.TTFT.P90), ms(r.TTFT.P99), ms(r.ITL.Mean), ms(r.E2E.P50), ms(r.E2E.P90),
 			r.OutputTPS, 100*r.Load, 100*r.Lag, r.Imbalance, r.CPU, router, r.HostLoad, r.Errors)
 	}
+	writePDTable(&b, s)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writePDTable writes, when s holds P/D runs (Config.PD), the table of aggregated vs
+// disaggregated serving: hit rate (the prefill pool's for P/D), TTFT and ITL
+// percentiles, output tokens/s.
+func writePDTable(b *strings.Builder, s *Summary) {
+	pd := ""
+	for _, r := range s.Results {
+		if r.PD != "" {
+			pd = r.PD
+			break
+		}
+	}
+	if pd == "" {
+		return
+	}
+	fmt.Fprintf(b, "\nPrefill/decode disaggregation (P:D protocol %s) against aggregated serving on the same number of workers. Hit rate: cached over prompt tokens on the prefill pool (P/D) or on every worker (aggregated). ITL: each request's mean gap between streamed tokens after the first, percentiles over requests.\n\n", pd)
+	b.WriteString("| policy | serving | hit rate | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 | ITL p90 | ITL p99 | E2E p50 | out tok/s | sim lag | host load | errors |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range s.Results {
+		serving := "aggregated"
+		if r.PD != "" {
+			serving = "P/D " + r.PD
+		}
+		fmt.Fprintf(b, "| %s | %s | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %.0f | %.1f%% | %.1f | %d |\n",
+			r.Policy, serving, 100*r.HitRate, ms(r.TTFT.P50), ms(r.TTFT.P90), ms(r.TTFT.P99),
+			ms(r.ITL.P50), ms(r.ITL.P90), ms(r.ITL.P99), ms(r.E2E.P50), r.OutputTPS, 100*r.Lag, r.HostLoad, r.Errors)
+	}
 }
 
 func ratio(a, b float64) string {
@@ -103,7 +132,7 @@ func ms(s float64) string {
 }
 
 // WriteDir writes report.md, report.json, each policy's per-request outcomes
-// (requests_<policy>.jsonl) and the PNG plots into dir (created if needed).
+// (requests_<policy>.jsonl, requests_<policy>_pd.jsonl for a P/D run) and the PNG plots into dir (created if needed).
 func WriteDir(dir string, s *Summary) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("report dir: %w", err)
@@ -161,11 +190,11 @@ func writeOutcomes(dir string, r *Result) error {
 			I: i, Sent: o.Sent.Seconds(), TTFT: o.TTFT.Seconds(), E2E: o.E2E.Seconds(), Worker: o.Worker,
 			Prompt: o.Prompt, Cached: o.Cached, PredictedBlocks: o.PredictedBlocks, Tokens: o.Tokens, Err: o.Err,
 		}); err != nil {
-			return fmt.Errorf("requests_%s.jsonl: %w", r.Policy, err)
+			return fmt.Errorf("requests_%s.jsonl: %w", r.Label(), err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "requests_"+r.Policy+".jsonl"), []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("requests_%s.jsonl: %w", r.Policy, err)
+	if err := os.WriteFile(filepath.Join(dir, "requests_"+r.Label()+".jsonl"), []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("requests_%s.jsonl: %w", r.Label(), err)
 	}
 	return nil
 }

@@ -174,7 +174,7 @@ func WritePlots(dir string, s *Summary) error {
 		}
 		names, cols := make([]string, len(s.Results)), make([]color.RGBA, len(s.Results))
 		for i, r := range s.Results {
-			names[i], cols[i] = r.Policy, palette[i%len(palette)]
+			names[i], cols[i] = r.Label(), palette[i%len(palette)]
 		}
 		c.axes("TTFT CDF per policy ("+s.Workload+"; wall clock, x up to the largest p99)", "TTFT", "share of requests", xmax, 1, secs, pct)
 		c.legend(names, cols)
@@ -191,7 +191,7 @@ func WritePlots(dir string, s *Summary) error {
 			c.rect(x0, y0, x1, y1, palette[i%len(palette)])
 			black := color.RGBA{0, 0, 0, 0xff}
 			c.text(x0, y1-4, pct1(r.HitRate), black)
-			name := r.Policy
+			name := r.Label()
 			if w := x1 - x0 + 10; 7*len(name) > w {
 				name = name[:max(1, w/7)]
 			}
@@ -235,10 +235,10 @@ func WritePlots(dir string, s *Summary) error {
 		for i, w := range r.PerWorker {
 			names[i], cols[i] = w.ID, palette[i%len(palette)]
 		}
-		c.axes(r.Policy+": requests running + waiting per worker", "time", "in flight", float64(tmax-1)*r.SampleEvery, float64(ymax),
+		c.axes(r.Label()+": requests running + waiting per worker", "time", "in flight", float64(tmax-1)*r.SampleEvery, float64(ymax),
 			secs, func(v float64) string { return fmt.Sprintf("%.0f", v) })
 		c.legend(names, cols)
-		if err := c.save(filepath.Join(dir, "load_"+r.Policy+".png")); err != nil {
+		if err := c.save(filepath.Join(dir, "load_"+r.Label()+".png")); err != nil {
 			return err
 		}
 	}

@@ -64,9 +64,25 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	eventDelay := fs.Duration("event-delay", 0, "kvsim: send every KV-event batch this late, stamped with the engine time of its change (a lagging feed)")
 	maxStale := fs.Duration("max-staleness", -1, "events.max_staleness of the routers (negative: the config default; 0 disables the bound)")
 	staleWeight := fs.Float64("stale-weight", -1, "events.stale_weight of the routers (negative: the config default)")
+	pdFlag := fs.String("pd", "", "prefill/decode disaggregation `P:D`: each policy also runs on P prefill and D decode workers, beside aggregated serving on P+D workers (replaces --workers)")
+	pdProtocol := fs.String("pd-protocol", "vllm", "with --pd: the router's pd.protocol, vllm or sglang")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	pd, err := parsePD(*pdFlag, *pdProtocol)
+	if err != nil {
+		fmt.Fprintln(stderr, "kvbench run:", err)
+		return 2
+	}
+	if pd != nil {
+		workersSet := false
+		fs.Visit(func(f *flag.Flag) { workersSet = workersSet || f.Name == "workers" })
+		if workersSet && *workers != pd.Prefill+pd.Decode {
+			fmt.Fprintf(stderr, "kvbench run: --workers %d contradicts --pd %s (%d workers)\n", *workers, *pdFlag, pd.Prefill+pd.Decode)
+			return 2
+		}
+		*workers = pd.Prefill + pd.Decode
 	}
 	w, err := buildWorkload(*kind, *trace, workload.MooncakeConfig{Skip: *skip, Limit: *limit, MaxOutput: *maxOut},
 		workload.MultiTurnConfig{Users: *users, Rounds: *rounds, Groups: *groups, System: *system, Question: *question, Output: *output, Think: *think, Rate: *rate, Seed: *seed},
@@ -168,7 +184,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	var mu sync.Mutex
 	last := time.Now()
 	s.Results, err = report.Compare(ctx, w, report.Config{
-		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync, Tune: tune,
+		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync, Tune: tune, PD: pd,
 		Progress: func(p string, done, total int) {
 			mu.Lock()
 			defer mu.Unlock()
