@@ -98,9 +98,9 @@
 // and a RoleBinding to it; deploy/kubernetes has both. With inference_pool, the Role
 // also needs
 //
-//	- apiGroups: ["inference.networking.k8s.io"]
-//	  resources: ["inferencepools"]
-//	  verbs: ["get", "list", "watch"]
+//   - apiGroups: ["inference.networking.k8s.io"]
+//     resources: ["inferencepools"]
+//     verbs: ["get", "list", "watch"]
 //
 // as deploy/kubernetes/epp has. Nothing is written to the API.
 //
