@@ -78,7 +78,10 @@ func demo(ctx context.Context, o demoOptions, out io.Writer, log *slog.Logger) e
 	fc.Workers = o.workers
 	fc.Worker.Model = demoModel
 	fc.Worker.Profile = o.profile
-	fleet, err := sim.StartFleet(ctx, fc)
+	// The fleet outlives the router and the traffic (closed when demo returns): a worker
+	// stopping with them would cut a stream the router is still draining, an error the
+	// traffic would count.
+	fleet, err := sim.StartFleet(context.WithoutCancel(ctx), fc)
 	if err != nil {
 		return err
 	}
