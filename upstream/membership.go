@@ -76,7 +76,7 @@ type membership struct {
 	// mu guards the fields below and every replacement of Pool.fleet.
 	mu      sync.Mutex
 	ctx     context.Context // Run's context; nil before Run
-	loops   map[*Worker]context.CancelFunc
+	loops   map[*Worker]healthLoop
 	leaving map[*Worker]struct{}
 	wg      sync.WaitGroup // loops and leave waits
 	// hookMu serializes hook calls, in the order of the changes.
@@ -86,7 +86,7 @@ type membership struct {
 }
 
 func (m *membership) init() {
-	m.loops = map[*Worker]context.CancelFunc{}
+	m.loops = map[*Worker]healthLoop{}
 	m.leaving = map[*Worker]struct{}{}
 	m.log = slog.New(slog.DiscardHandler)
 }
@@ -131,12 +131,21 @@ func (m *membership) startLoop(p *Pool, w *Worker, first time.Duration) {
 		return
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	m.loops[w] = cancel
+	done := make(chan struct{})
+	m.loops[w] = healthLoop{cancel: cancel, done: done}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		defer close(done)
 		p.loop(ctx, w, first)
 	}()
+}
+
+// healthLoop is a running health loop: cancel stops it, done is closed once it has
+// returned (a check under way may still write w's metrics until then).
+type healthLoop struct {
+	cancel context.CancelFunc
+	done   <-chan struct{}
 }
 
 // Add makes wc a member from source: validated, refused with [ErrDuplicateID] or
@@ -195,8 +204,10 @@ func (p *Pool) leaveLocked(w *Worker, drainTimeout time.Duration) <-chan struct{
 	m := &p.members
 	next := p.fleet.Load().without(w)
 	p.fleet.Store(next)
-	if cancel := m.loops[w]; cancel != nil {
-		cancel()
+	var loopDone <-chan struct{}
+	if hl, ok := m.loops[w]; ok {
+		hl.cancel()
+		loopDone = hl.done
 		delete(m.loops, w)
 	}
 	m.leaving[w] = struct{}{}
@@ -214,6 +225,9 @@ func (p *Pool) leaveLocked(w *Worker, drainTimeout time.Duration) <-chan struct{
 		defer m.wg.Done()
 		defer close(done)
 		p.waitIdle(w, drainTimeout)
+		if loopDone != nil {
+			<-loopDone // its last check must not write the series forget deletes
+		}
 		m.mu.Lock()
 		delete(m.leaving, w)
 		replaced := p.fleet.Load().byID[w.ID] != nil

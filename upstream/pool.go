@@ -504,7 +504,7 @@ func (p *Pool) ReportFailure(w *Worker, err error) {
 		ejected = p.ejectLocked(w, now, false)
 	}
 	w.mu.Unlock()
-	if ejected {
+	if ejected && !w.leaving.Load() { // a leaving worker's series are being deleted
 		p.metrics.ejections.WithLabelValues(w.ID).Inc()
 		p.metrics.healthy.WithLabelValues(w.ID).Set(0)
 	}
