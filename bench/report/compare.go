@@ -103,6 +103,11 @@ type Config struct {
 	// prefill/decode disaggregation on PD.Prefill prefill and PD.Decode decode workers
 	// (see [PD]); the policy picks the prefill worker, the router's decode pick is its own.
 	PD *PD
+	// Valkey, when set (redis://HOST:PORT), runs every policy twice side by side: with
+	// the in-memory index (replicas synced as NoReplicaSync says), then with index.backend
+	// valkey on that server, the replicas sharing the index there instead of syncing
+	// over NATS. Each run writes under its own key prefix.
+	Valkey string
 }
 
 // PD describes a prefill/decode disaggregated fleet (kvbench run --pd P:D).
@@ -121,8 +126,10 @@ type Result struct {
 	PD string `json:"pd,omitempty"`
 	// Replicas is the number of routers that served the run (1 unless Config.Replicas).
 	Replicas int `json:"replicas"`
-	// ReplicaSync is whether the replicas shared state.
+	// ReplicaSync is whether the replicas shared state over NATS.
 	ReplicaSync bool `json:"replica_sync,omitempty"`
+	// Index is the routers' index backend: "" for memory, "valkey" (Config.Valkey).
+	Index string `json:"index,omitempty"`
 	Requests    int  `json:"requests"`
 	Errors      int  `json:"errors"`
 	// FirstError is one error message, for the report ("" when none).
@@ -228,6 +235,8 @@ func Compare(ctx context.Context, w *workload.Workload, c Config) ([]Result, err
 		}
 	}
 	var out []Result
+	vurl := c.Valkey
+	c.Valkey = "" // runPolicy uses the Valkey index only when told
 	for _, p := range pols {
 		agg := c
 		agg.PD = nil
@@ -239,6 +248,14 @@ func Compare(ctx context.Context, w *workload.Workload, c Config) ([]Result, err
 			return out, fmt.Errorf("policy %s: %w", p, err)
 		}
 		out = append(out, r)
+		if vurl != "" {
+			vc := agg
+			vc.Valkey, vc.NoReplicaSync = vurl, true
+			if r, err = runPolicy(ctx, w, vc, p); err != nil {
+				return out, fmt.Errorf("policy %s with index valkey: %w", p, err)
+			}
+			out = append(out, r)
+		}
 		if c.PD == nil {
 			continue
 		}
@@ -252,12 +269,16 @@ func Compare(ctx context.Context, w *workload.Workload, c Config) ([]Result, err
 }
 
 // Label names r in reports and file names: its policy, with "_pd" after it for a
-// P/D run.
+// P/D run and "_valkey" for a run on the Valkey index.
 func (r *Result) Label() string {
-	if r.PD == "" {
-		return r.Policy
+	l := r.Policy
+	if r.Index != "" {
+		l += "_" + r.Index
 	}
-	return r.Policy + "_pd"
+	if r.PD != "" {
+		l += "_pd"
+	}
+	return l
 }
 
 // startPDFleets starts the prefill pool on 127.0.0.1 and the decode pool on
@@ -365,6 +386,12 @@ func runPolicy(ctx context.Context, w *workload.Workload, c Config, policy strin
 	cfg, err := routerConfig(policy, fleet, c.Fleet.Worker.BlockSize, c.Tune, c.PD)
 	if err != nil {
 		return res, err
+	}
+	if c.Valkey != "" {
+		res.Index = "valkey"
+		cfg.Index.Backend, cfg.Index.Valkey.URL = "valkey", c.Valkey
+		// A prefix of its own per run: no entry of an earlier run counts.
+		cfg.Index.Valkey.Prefix = fmt.Sprintf("kvbench:%d:%s:", time.Now().UnixNano(), policy)
 	}
 	if res.ReplicaSync {
 		var nats *natsbus.Embedded
@@ -575,7 +602,7 @@ func startRouter(ctx context.Context, cfg *configs.Config, policy string, log *s
 		// metrics go to a private registry (the Stack's holds the unused server's).
 		srv, err := router.New(router.Options{
 			Config: cfg, Pool: st.Pool, Selector: sel, Registerer: prometheus.NewRegistry(),
-			Logger: log, Index: st.Index, Hasher: blockhash.Approx{}, Replica: st.Replica,
+			Logger: log, Index: st.Backend(), Hasher: blockhash.Approx{}, Replica: st.Replica,
 		})
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("router with %s: %w", policy, err)

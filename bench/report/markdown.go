@@ -43,6 +43,8 @@ type Setup struct {
 	// whether they shared state over NATS.
 	Replicas    int  `json:"replicas,omitempty"`
 	ReplicaSync bool `json:"replica_sync,omitempty"`
+	// Valkey is the server of the _valkey runs (kvbench run --valkey), "" without.
+	Valkey string `json:"valkey,omitempty"`
 }
 
 // WriteMarkdown writes the comparison table.
@@ -61,6 +63,9 @@ func WriteMarkdown(w io.Writer, s *Summary) error {
 			how = "independent (no replica sync)"
 		}
 		fmt.Fprintf(&b, "Routers: %d replicas, %s, each reading every worker's events; requests round-robin over them.  \n", s.Setup.Replicas, how)
+	}
+	if s.Setup.Valkey != "" {
+		fmt.Fprintf(&b, "Rows ending in _valkey: the routers' index kept in %s (index.backend valkey), shared by the replicas instead of any NATS sync.  \n", s.Setup.Valkey)
 	}
 	fmt.Fprintf(&b, "Bounds from the workload: infinite cache %.1f%%, one pooled LRU cache of the fleet's %d blocks %.1f%%.  \n",
 		100*s.Bounds.Infinite, s.Bounds.PooledBlocks, 100*s.Bounds.PooledLRU)

@@ -66,6 +66,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	staleWeight := fs.Float64("stale-weight", -1, "events.stale_weight of the routers (negative: the config default)")
 	pdFlag := fs.String("pd", "", "prefill/decode disaggregation `P:D`: each policy also runs on P prefill and D decode workers, beside aggregated serving on P+D workers (replaces --workers)")
 	pdProtocol := fs.String("pd-protocol", "vllm", "with --pd: the router's pd.protocol, vllm or sglang")
+	valkeyURL := fs.String("valkey", "", "also run each policy with index.backend valkey on this server (redis://HOST:PORT), beside the in-memory index; the replicas then share the index there instead of syncing over NATS")
 	replicaSync := fs.Bool("replica-sync", true, "with --replicas > 1: share load and decisions over an embedded NATS server (false: independent routers, the herding control)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -142,7 +143,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 			Machine: machine(), Workers: fc.Workers, Profile: fc.Worker.Profile, TimeScale: fc.Worker.TimeScale,
 			BlockSize: fc.Worker.BlockSize, KVBlocks: fc.Worker.KVBlocks, PromptTokens: w.PromptTokens(),
 			OutputTokens: w.OutputTokens(), ArrivalSpan: w.Requests[len(w.Requests)-1].At.Seconds(),
-			Replicas: *replicas, ReplicaSync: *replicas > 1 && *replicaSync, LoRA: fc.Worker.LoRA,
+			Replicas: *replicas, ReplicaSync: *replicas > 1 && *replicaSync, LoRA: fc.Worker.LoRA, Valkey: *valkeyURL,
 		},
 		Bounds: workload.ComputeBounds(w, fc.Worker.BlockSize, fc.Workers*fc.Worker.KVBlocks),
 	}
@@ -184,7 +185,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	var mu sync.Mutex
 	last := time.Now()
 	s.Results, err = report.Compare(ctx, w, report.Config{
-		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync, Tune: tune, PD: pd,
+		Fleet: fc, Policies: strings.Split(*policies, ","), ProfileDir: profileDir, Replicas: *replicas, NoReplicaSync: !*replicaSync, Tune: tune, PD: pd, Valkey: *valkeyURL,
 		Progress: func(p string, done, total int) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -100,7 +100,7 @@ func (st *Stack) adminHandler(addr net.Addr) (http.Handler, error) {
 func (st *Stack) adminBackend() admin.Backend {
 	s := st.Server
 	b := admin.Backend{
-		Pool: st.Pool, Index: st.backend(), Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
+		Pool: st.Pool, Index: st.Backend(), Gatherer: st.Registry, MetricsMaxAge: st.Config.CacheAware.MetricsMaxAge,
 		Traffic: s, Decisions: explainedDecisions{s}, Querier: s,
 		Reload: st.reload, DrainTimeout: st.Config.Timeouts.Shutdown,
 		Info: admin.Info{

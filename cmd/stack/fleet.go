@@ -55,7 +55,7 @@ func (st *Stack) onMembership(c upstream.Change) {
 func (st *Stack) forgetIndex(w *upstream.Worker) {
 	for r := range max(w.DPRanks, 1) {
 		k := proto.WorkerKey{ID: w.ID, DPRank: r}
-		st.backend().RemoveWorker(k)
+		st.Backend().RemoveWorker(k)
 		if st.History != nil {
 			st.History.RemoveWorker(k)
 		}

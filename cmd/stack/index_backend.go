@@ -36,8 +36,8 @@ func (st *Stack) newIndex(reg prometheus.Registerer) error {
 	return nil
 }
 
-// backend is the index the router, the feeds, the replica sync and the admin API use.
-func (st *Stack) backend() indexer.Backend {
+// Backend is the index the router, the feeds, the replica sync and the admin API use.
+func (st *Stack) Backend() indexer.Backend {
 	if st.Shared != nil {
 		return st.Shared
 	}

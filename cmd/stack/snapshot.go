@@ -36,7 +36,7 @@ func (st *Stack) restoreSnapshot() {
 		return
 	}
 	defer func() { _ = f.Close() }()
-	if err := st.backend().Restore(f); err != nil {
+	if err := st.Backend().Restore(f); err != nil {
 		st.log.Error("index snapshot not restored", "file", path, "err", err)
 		return
 	}

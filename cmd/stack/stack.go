@@ -115,7 +115,7 @@ func NewStack(cfg *configs.Config, log *slog.Logger) (*Stack, error) {
 	}
 	st.Server, err = router.New(router.Options{
 		Config: cfg, Pool: st.Pool, Registerer: reg, Gatherer: reg, Logger: log,
-		Index: st.backend(), History: st.History, Hasher: hasher, Replica: st.Replica,
+		Index: st.Backend(), History: st.History, Hasher: hasher, Replica: st.Replica,
 	})
 	if err != nil {
 		return nil, err
@@ -247,7 +247,7 @@ func (st *Stack) pickTokenizer(model string) (string, bool) {
 // removed feed (kvevents.Manager.Set without the worker, natsbus.Consumer.Forget)
 // removes the worker from the index.
 func (st *Stack) indexSink() kvevents.Sink {
-	ix := st.backend()
+	ix := st.Backend()
 	return kvevents.SinkFuncs{
 		ApplyFunc: func(w proto.WorkerKey, model string, b *proto.Batch) { ix.Apply(w, model, b) },
 		ResetFunc: func(k proto.WorkerKey, reason string) {
@@ -315,7 +315,7 @@ func (st *Stack) newReplica(reg prometheus.Registerer) error {
 	}
 	st.closers = append(st.closers, nc.Close)
 	st.Replica, err = replica.New(replica.Options{
-		Conn: nc, Pool: st.Pool, Index: st.backend(), ID: rc.ID, Cluster: rc.Cluster,
+		Conn: nc, Pool: st.Pool, Index: st.Backend(), ID: rc.ID, Cluster: rc.Cluster,
 		FlushInterval: rc.FlushInterval, Heartbeat: rc.Heartbeat, ExpireAfter: rc.ExpireAfter,
 		PredictionTTL: st.Config.CacheAware.PredictionTTL, Registerer: reg, Logger: st.log,
 	})
@@ -356,7 +356,7 @@ func (st *Stack) startBackground(ctx context.Context, goRun func(func(context.Co
 	}
 	st.Pool.Start(ctx)
 	goRun(st.Pool.Run)
-	goRun(func(c context.Context) { st.backend().Run(c, 0) })
+	goRun(func(c context.Context) { st.Backend().Run(c, 0) })
 	if st.History != nil {
 		goRun(func(c context.Context) { st.History.Run(c, 0) })
 	}
