@@ -129,9 +129,9 @@ type Result struct {
 	// ReplicaSync is whether the replicas shared state over NATS.
 	ReplicaSync bool `json:"replica_sync,omitempty"`
 	// Index is the routers' index backend: "" for memory, "valkey" (Config.Valkey).
-	Index string `json:"index,omitempty"`
-	Requests    int  `json:"requests"`
-	Errors      int  `json:"errors"`
+	Index    string `json:"index,omitempty"`
+	Requests int    `json:"requests"`
+	Errors   int    `json:"errors"`
 	// FirstError is one error message, for the report ("" when none).
 	FirstError string `json:"first_error,omitempty"`
 	// HitRate is the workers' cached tokens over their prompt tokens (kvsim Stats); in
