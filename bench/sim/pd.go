@@ -487,7 +487,7 @@ var pdStarts atomic.Uint64
 type pdState struct {
 	w        *Worker
 	nonce    string
-	handler  http.Handler
+	side     server // the side channel: a prefill worker's only
 	host     string
 	port     int // side-channel port; 0 when the worker has none (roles decode and both)
 	client   *http.Client
@@ -496,11 +496,6 @@ type pdState struct {
 
 	mu    sync.Mutex
 	rooms map[uint64]*room
-
-	// srvMu guards srv (nil while offline) and closed.
-	srvMu  sync.Mutex
-	srv    *http.Server
-	closed bool
 
 	sent, received, failed, receivedTokens atomic.Uint64
 }
@@ -537,57 +532,9 @@ func (w *Worker) startPD(host string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("POST "+PullPath, ps.servePull)
-	ps.handler = mux
-	ps.srvMu.Lock()
-	ps.serve(ln)
-	ps.srvMu.Unlock()
+	ps.side = server{handler: mux, ctx: w.ctx, addr: ln.Addr().String()}
+	ps.side.start(ln)
 	return nil
-}
-
-// serve serves the side channel on ln. srvMu must be held.
-func (ps *pdState) serve(ln net.Listener) {
-	srv := &http.Server{Handler: ps.handler, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ps.w.ctx }}
-	ps.srv = srv
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// goOffline closes the side channel with the worker's HTTP server (a crashed process)
-// and listens again on the same port after d.
-func (ps *pdState) goOffline(d time.Duration) {
-	ps.srvMu.Lock()
-	srv := ps.srv
-	ps.srv = nil
-	ps.srvMu.Unlock()
-	if srv == nil {
-		return
-	}
-	_ = srv.Close()
-	addr := net.JoinHostPort(ps.host, strconv.Itoa(ps.port))
-	go func() {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-			case <-ps.w.ctx.Done():
-				return
-			}
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				t.Reset(10 * time.Millisecond)
-				continue
-			}
-			ps.srvMu.Lock()
-			defer ps.srvMu.Unlock()
-			if ps.closed {
-				_ = ln.Close()
-				return
-			}
-			ps.serve(ln)
-			return
-		}
-	}()
 }
 
 // close stops the side channel and the hold timers (a closed worker holds nothing).
@@ -603,13 +550,7 @@ func (ps *pdState) close() error {
 		}
 		rk.eng.mu.Unlock()
 	}
-	ps.srvMu.Lock()
-	defer ps.srvMu.Unlock()
-	ps.closed = true
-	if ps.srv == nil {
-		return nil
-	}
-	return ps.srv.Close()
+	return ps.side.close()
 }
 
 // engineID names a rank's engine in kv_transfer_params: unique per worker start.

@@ -124,10 +124,7 @@ type Worker struct {
 	unauthorized       atomic.Uint64
 	downUntil          atomic.Int64 // unix nanos
 
-	// srvMu guards srv and closed.
-	srvMu  sync.Mutex
-	srv    *http.Server // nil while offline
-	closed bool
+	api server // the HTTP API
 
 	// faultMu guards faults and rng.
 	faultMu sync.Mutex
@@ -188,57 +185,9 @@ func StartWorker(ctx context.Context, id string, cfg Config, host string, httpPo
 	}
 	w.addr = ln.Addr().String()
 	w.url = "http://" + w.addr
-	w.handler = w.routes()
-	w.srvMu.Lock()
-	w.serve(ln)
-	w.srvMu.Unlock()
+	w.api = server{handler: w.routes(), ctx: w.ctx, addr: w.addr, onShutdown: w.hangCancel}
+	w.api.start(ln)
 	return w, nil
-}
-
-// serve starts an HTTP server on ln. srvMu must be held.
-func (w *Worker) serve(ln net.Listener) {
-	srv := &http.Server{Handler: w.handler, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return w.ctx }}
-	srv.RegisterOnShutdown(w.hangCancel)
-	w.srv = srv
-	go func() { _ = srv.Serve(ln) }()
-}
-
-// goOffline closes the HTTP server (listener and connections) and listens again on the
-// same address after d, retrying every 10 ms while the port is not free.
-func (w *Worker) goOffline(d time.Duration) {
-	w.srvMu.Lock()
-	srv := w.srv
-	w.srv = nil
-	w.srvMu.Unlock()
-	if srv == nil {
-		return // already offline, or closed
-	}
-	_ = srv.Close()
-	go func() {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-			case <-w.ctx.Done():
-				return
-			}
-			ln, err := net.Listen("tcp", w.addr)
-			if err != nil {
-				t.Reset(10 * time.Millisecond)
-				continue
-			}
-			w.srvMu.Lock()
-			defer w.srvMu.Unlock()
-			if w.closed {
-				_ = ln.Close()
-				return
-			}
-			w.serve(ln)
-			return
-		}
-	}()
 }
 
 // ID returns the worker's id.
@@ -361,8 +310,8 @@ func (w *Worker) Restart(opt RestartOptions) error {
 	}
 	w.downUntil.Store(time.Now().Add(opt.Down).UnixNano())
 	if opt.Offline {
-		w.goOffline(opt.Down)
-		w.pd.goOffline(opt.Down)
+		w.api.goOffline(opt.Down)
+		w.pd.side.goOffline(opt.Down)
 	}
 	var err error
 	for _, rk := range w.ranks {
@@ -390,16 +339,7 @@ func (w *Worker) ResetPrefixCache() error {
 // Close stops the worker at once: open connections are closed, the engine stops and the
 // event sockets close.
 func (w *Worker) Close() error {
-	w.srvMu.Lock()
-	w.closed = true
-	srv := w.srv
-	w.srv = nil
-	w.srvMu.Unlock()
-	var err error
-	if srv != nil {
-		err = srv.Close()
-	}
-	err = errors.Join(err, w.pd.close())
+	err := errors.Join(w.api.close(), w.pd.close())
 	w.cancel()
 	return errors.Join(err, closeRanks(w.ranks))
 }
@@ -407,11 +347,8 @@ func (w *Worker) Close() error {
 // Shutdown stops accepting requests and waits for the ones in flight to finish (or ctx
 // to end), then closes the worker.
 func (w *Worker) Shutdown(ctx context.Context) error {
-	w.srvMu.Lock()
-	srv := w.srv
-	w.srvMu.Unlock()
 	var err error
-	if srv != nil {
+	if srv := w.api.current(); srv != nil {
 		err = srv.Shutdown(ctx)
 	}
 	return errors.Join(err, w.Close())
