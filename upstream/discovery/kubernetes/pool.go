@@ -102,25 +102,9 @@ func (s *Source) runPool(ctx context.Context, update func([]discovery.Member)) e
 	gi := factory.ForResource(InferencePoolGVR)
 	informer := gi.Informer()
 	lister := gi.Lister().ByNamespace(s.ns)
-	dirty := make(chan struct{}, 1)
-	poke := func() {
-		s.apiOK()
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
-	}
-	if err := informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		s.apiError(err)
-	}); err != nil {
-		return fmt.Errorf("kubernetes discovery: pool watch error handler: %w", err)
-	}
-	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { poke() },
-		UpdateFunc: func(_, _ any) { poke() },
-		DeleteFunc: func(any) { poke() },
-	}); err != nil {
-		return fmt.Errorf("kubernetes discovery: pool event handler: %w", err)
+	dirty, err := s.watch(informer, "pool", nil)
+	if err != nil {
+		return err
 	}
 	factory.Start(ctx.Done())
 

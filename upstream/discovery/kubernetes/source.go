@@ -233,26 +233,9 @@ func (s *Source) runPods(ctx context.Context, update func([]discovery.Member)) e
 	informer := pods.Informer()
 	lister := pods.Lister()
 
-	dirty := make(chan struct{}, 1)
-	poke := func() {
-		s.events.Add(1)
-		s.apiOK()
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
-	}
-	if err := informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		s.apiError(err)
-	}); err != nil {
-		return fmt.Errorf("kubernetes discovery: watch error handler: %w", err)
-	}
-	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { poke() },
-		UpdateFunc: func(_, _ any) { poke() },
-		DeleteFunc: func(any) { poke() },
-	}); err != nil {
-		return fmt.Errorf("kubernetes discovery: event handler: %w", err)
+	dirty, err := s.watch(informer, "pod", func() { s.events.Add(1) })
+	if err != nil {
+		return err
 	}
 	factory.StartWithContext(ctx)
 
@@ -339,6 +322,36 @@ func lower(l slog.Level) slog.Level {
 		return l
 	}
 	return min(l, slog.LevelDebug)
+}
+
+// watch wires informer's watch errors to the API's health and its events to the
+// returned channel (buffer 1: a burst of events is one wake-up); each event also calls
+// counted when not nil. what names the resource in errors.
+func (s *Source) watch(informer cache.SharedIndexInformer, what string, counted func()) (<-chan struct{}, error) {
+	dirty := make(chan struct{}, 1)
+	poke := func() {
+		if counted != nil {
+			counted()
+		}
+		s.apiOK()
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	if err := informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		s.apiError(err)
+	}); err != nil {
+		return nil, fmt.Errorf("kubernetes discovery: %s watch error handler: %w", what, err)
+	}
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke() },
+		UpdateFunc: func(_, _ any) { poke() },
+		DeleteFunc: func(any) { poke() },
+	}); err != nil {
+		return nil, fmt.Errorf("kubernetes discovery: %s event handler: %w", what, err)
+	}
+	return dirty, nil
 }
 
 // apiOK notes an event from the API: it counts, and ends an error streak.
