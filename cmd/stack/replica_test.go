@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,34 +163,41 @@ func chatFixed(ctx context.Context, client *http.Client, url string, msgs []chat
 	return res
 }
 
-// burst sends n requests sharing system, one every gap, round-robin over the
-// replicas as an L4 balancer would, each long enough that all of them overlap, and
-// returns how many each worker took. It fails the test if they did not all overlap
-// (the counts are then not simultaneous in-flight figures).
-func (rs *replicaSet) burst(t *testing.T, system string, n int, gap time.Duration) map[string]int {
+// burst sends n requests sharing system, round-robin over the replicas as an L4
+// balancer would, each long enough that all of them overlap, and returns how many each
+// worker took, in order. Each request is sent once the one before is in flight and, with replica
+// sync, once every replica's view of the fleet's load (its own plus the peers') counts
+// it: so each decision sees the load it would see at a gentle arrival rate, whatever the
+// machine's scheduling. It fails the test if they did not all overlap (the counts are
+// then not simultaneous in-flight figures).
+func (rs *replicaSet) burst(t *testing.T, system string, n int) []string {
 	t.Helper()
 	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	defer client.CloseIdleConnections()
 	results := make([]chatResult, n)
+	var finished atomic.Int64
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer finished.Add(1)
 			rng := rand.New(rand.NewPCG(uint64(i), 17))
 			msgs := []chatMsg{{Role: "system", Content: system}, {Role: "user", Content: someWords(rng, 20)}}
 			results[i] = chatFixed(context.Background(), client, rs.urls[i%len(rs.urls)], msgs, 400)
 		}()
-		time.Sleep(gap) // the arrival process under test, not a wait for a condition
+		poll.CheckFor(t, 20*time.Second, fmt.Sprintf("request %d in flight and seen by every replica", i), func() bool {
+			return rs.loadSettled(int64(i + 1 - int(finished.Load())))
+		})
 	}
 	wg.Wait()
-	counts := map[string]int{}
+	order := make([]string, n)
 	var lastStart, firstEnd time.Time
 	for i, r := range results {
 		if r.err != nil {
 			t.Fatalf("request %d: %v", i, r.err)
 		}
-		counts[r.worker]++
+		order[i] = r.worker
 		if r.started.After(lastStart) {
 			lastStart = r.started
 		}
@@ -200,24 +208,54 @@ func (rs *replicaSet) burst(t *testing.T, system string, n int, gap time.Duratio
 	if !lastStart.Before(firstEnd) {
 		t.Fatalf("the burst's requests did not all overlap (first end %v before last start %v): machine too slow for this test", firstEnd, lastStart)
 	}
-	return counts
+	return order
+}
+
+// loadSettled reports whether the replicas have want requests in flight in all and,
+// with replica sync, whether each replica's own plus remote in-flight count is want.
+func (rs *replicaSet) loadSettled(want int64) bool {
+	var total int64
+	own := make([]int64, len(rs.stacks))
+	for i, st := range rs.stacks {
+		for _, w := range st.Pool.Workers() {
+			own[i] += int64(w.InFlight())
+		}
+		total += own[i]
+	}
+	if total < want {
+		return false
+	}
+	if rs.natsURL == "" {
+		return true
+	}
+	for i, st := range rs.stacks {
+		seen := own[i]
+		for _, w := range st.Pool.Workers() {
+			seen += st.Replica.Remote(w.ID).InFlight
+		}
+		if seen != total {
+			return false
+		}
+	}
+	return true
 }
 
 // A burst of requests sharing a long system prompt that one worker caches, spread over
-// three replicas: with replica sync no worker takes more than the load guard's bound
-// computed over the fleet-wide in-flight requests; without it (the control) each
-// replica applies the guard to its own third of the load and they all herd onto the
-// worker holding the prefix.
+// three replicas, each sent once the ones before are in flight (and, with sync, seen by
+// every replica). With replica sync every decision obeys the load guard computed over
+// the fleet's in-flight requests; without it (the control) each replica applies the
+// guard to its own third of the load, so the third request, arriving at the third
+// replica, which has nothing in flight, herds onto the worker holding the prefix past
+// the fleet-wide bound.
 func TestReplicasBurstRespectsFleetWideGuard(t *testing.T) {
 	const workers, replicas, n = 4, 3, 12
 	system := someWords(rand.New(rand.NewPCG(4, 4)), 1500)
-	// The guard: inflight+1 <= MaxImbalance*((total+1)/workers + 1) at each decision;
-	// with every request in flight at once that bounds each worker's count by
-	// MaxImbalance*(n/workers + 1).
-	bound := configs.Default().CacheAware.MaxImbalance * (float64(n)/workers + 1)
+	mi := configs.Default().CacheAware.MaxImbalance
 	for _, share := range []bool{true, false} {
 		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
-			rs := startReplicaSet(t, workers, replicas, true, share, nil)
+			// The prefix's worth dwarfs every load term of the cost, so only the load
+			// guard keeps requests off a worker holding it.
+			rs := startReplicaSet(t, workers, replicas, true, share, func(_ int, cfg *configs.Config) { cfg.CacheAware.OverlapWeight = 1000 })
 			// Warm one worker with the system prompt, known to every replica by its events.
 			warm := chatOnce(http.DefaultClient, rs.urls[0], []chatMsg{{Role: "system", Content: system}, {Role: "user", Content: "hello"}}, 4)
 			if warm.err != nil {
@@ -226,17 +264,24 @@ func TestReplicasBurstRespectsFleetWideGuard(t *testing.T) {
 			for i, st := range rs.stacks {
 				poll.CheckFor(t, 10*time.Second, fmt.Sprintf("replica %d indexed %s's blocks", i, warm.worker), func() bool { return gpuBlocks(st.Index, warm.worker) > 0 })
 			}
-			counts := rs.burst(t, system, n, 10*time.Millisecond)
-			top := 0
-			for _, c := range counts {
-				top = max(top, c)
+			order := rs.burst(t, system, n)
+			// Every request was in flight until the burst's end (burst checks), so request
+			// i met exactly the i before it: the guard admits a worker with k of them
+			// when k+1 <= MaxImbalance*((i+1)/workers + 1).
+			prior := map[string]int{}
+			var over []string
+			for i, w := range order {
+				if bar := mi * (float64(i+1)/workers + 1); float64(prior[w]+1) > bar {
+					over = append(over, fmt.Sprintf("request %d onto %s with %d in flight (bar %.2f)", i, w, prior[w], bar))
+				}
+				prior[w]++
 			}
-			t.Logf("share=%v: requests per worker %v (holder %s), guard bound %.1f", share, counts, warm.worker, bound)
-			if share && float64(top) > bound {
-				t.Errorf("with replica sync a worker took %d of %d simultaneous requests, above the fleet-wide guard bound %.1f: %v", top, n, bound, counts)
+			t.Logf("share=%v: requests in order %v (holder %s); past the fleet-wide guard: %v", share, order, warm.worker, over)
+			if share && len(over) > 0 {
+				t.Errorf("with replica sync %d decisions went past the fleet-wide load guard: %v", len(over), over)
 			}
-			if !share && float64(top) <= bound {
-				t.Errorf("control without sync shows no herding (top %d <= %.1f): the test no longer distinguishes: %v", top, bound, counts)
+			if !share && len(over) == 0 {
+				t.Errorf("control without sync never went past the fleet-wide guard: the test no longer distinguishes: %v", order)
 			}
 		})
 	}

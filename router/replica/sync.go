@@ -484,10 +484,15 @@ func (s *Sync) apply(data []byte, now time.Time) {
 			}
 			l := nonNegative(wl.Load)
 			r.add(l.sub(p.loads[wl.Worker]))
+			// Settled: the loop below must not take it off again (a load that
+			// dropped to zero and was first reported by this heartbeat would be
+			// subtracted twice, leaving the sum below the peers' true load).
+			delete(p.loads, wl.Worker)
 			if l != (Load{}) {
 				next[wl.Worker] = l
 			}
 		}
+		// What is left the heartbeat did not list: the peer no longer routes there.
 		for w, old := range p.loads { // only known workers are stored
 			if _, ok := next[w]; !ok {
 				if r := (*s.remote.Load())[w]; r != nil {

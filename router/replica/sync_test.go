@@ -268,3 +268,44 @@ func TestWarmStart(t *testing.T) {
 		t.Errorf("cold start took %v", d)
 	}
 }
+
+// A load that ends and is first reported by a heartbeat (a full message listing it at
+// zero) is taken off the remote sum once: the peer's next load counts in full. (It was
+// subtracted twice, so the sum went negative, read as zero, and hid the next request.)
+func TestHeartbeatReportingAnEndSettlesOnce(t *testing.T) {
+	url := startNATS(t)
+	a := startNode(t, url, "a", func(o *Options) { o.Heartbeat, o.ExpireAfter = time.Hour, 2*time.Hour })
+	msg := func(seq uint64, full bool, inFlight int64) []byte {
+		m := Message{Sender: "b", Incarnation: 7, Seq: seq, Sent: time.Now().UnixNano(), Full: full}
+		for _, id := range []string{"gpu-0", "gpu-1", "gpu-2"} {
+			l := Load{}
+			if id == "gpu-1" {
+				l.InFlight = inFlight
+			}
+			if full || id == "gpu-1" {
+				m.Loads = append(m.Loads, WorkerLoad{Worker: id, Load: l})
+			}
+		}
+		return AppendMessage(nil, &m)
+	}
+	a.sync.apply(msg(1, false, 1), time.Now()) // a request begins
+	if got := a.sync.Remote("gpu-1").InFlight; got != 1 {
+		t.Fatalf("after the begin: remote in flight %d, want 1", got)
+	}
+	a.sync.apply(msg(2, true, 0), time.Now()) // its end, first told by a heartbeat
+	if got := a.sync.Remote("gpu-1").InFlight; got != 0 {
+		t.Fatalf("after the heartbeat: remote in flight %d, want 0", got)
+	}
+	a.sync.apply(msg(3, false, 1), time.Now()) // the next request
+	if got := a.sync.Remote("gpu-1").InFlight; got != 1 {
+		t.Errorf("after the next begin: remote in flight %d, want 1", got)
+	}
+	// A heartbeat that no longer lists a worker takes its load off, once.
+	m := Message{Sender: "b", Incarnation: 7, Seq: 4, Sent: time.Now().UnixNano(), Full: true,
+		Loads: []WorkerLoad{{Worker: "gpu-0"}}}
+	a.sync.apply(AppendMessage(nil, &m), time.Now())
+	a.sync.apply(msg(5, false, 2), time.Now())
+	if got := a.sync.Remote("gpu-1").InFlight; got != 2 {
+		t.Errorf("after an unlisting heartbeat and two begins: remote in flight %d, want 2", got)
+	}
+}
