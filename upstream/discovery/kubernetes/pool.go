@@ -174,16 +174,17 @@ func (s *Source) runPool(ctx context.Context, update func([]discovery.Member)) e
 		}
 		if next != state {
 			switch {
+			// Logged before counted: whoever sees the count finds the line.
 			case next == "missing" && running:
-				s.metrics.Lookup(sourceName, false)
 				log.Warn("kubernetes discovery: inference pool not found (deleted?); keeping the pods of its last spec",
 					"selector", labels.SelectorFromValidatedSet(cur.selector).String(), "port", cur.port)
-			case next == "missing":
 				s.metrics.Lookup(sourceName, false)
+			case next == "missing":
 				log.Warn("kubernetes discovery: inference pool not found; waiting for it")
+				s.metrics.Lookup(sourceName, false)
 			case next != "":
-				s.metrics.Rejected(sourceName, RejectBadPool)
 				log.Warn("kubernetes discovery: inference pool unusable; keeping the last view", "err", next)
+				s.metrics.Rejected(sourceName, RejectBadPool)
 			case state != "init":
 				log.Info("kubernetes discovery: inference pool usable again")
 			}

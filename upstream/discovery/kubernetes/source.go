@@ -366,12 +366,13 @@ func (s *Source) apiOK() {
 // backoff, so the view stays as it was; the error is counted and logged once per
 // streak.
 func (s *Source) apiError(err error) {
-	s.metrics.Lookup(sourceName, false)
+	// Logged before counted: whoever sees the count finds the line.
 	if s.failing.Swap(true) {
 		s.log.Debug("kubernetes discovery: list/watch failed again; keeping the last view", "err", err)
-		return
+	} else {
+		s.log.Warn("kubernetes discovery: list/watch failed; keeping the last view and retrying", "err", err)
 	}
-	s.log.Warn("kubernetes discovery: list/watch failed; keeping the last view and retrying", "err", err)
+	s.metrics.Lookup(sourceName, false)
 }
 
 // view computes the current members from the informer's cache, sorted by id, and
@@ -392,8 +393,8 @@ func (s *Source) view(lister listersv1.PodLister) ([]discovery.Member, error) {
 		case reason != "":
 			rejected[p.Name] = reason
 			if s.rejected[p.Name] != reason {
-				s.metrics.Rejected(sourceName, reason)
 				s.log.Warn("kubernetes discovery: pod skipped", "pod", p.Name, "reason", reason, "err", err)
+				s.metrics.Rejected(sourceName, reason)
 			}
 		case m != nil:
 			members = append(members, *m)
