@@ -8,7 +8,7 @@ import (
 
 // chunkOps is how many block operations Apply performs per hold of the write lock, so
 // that a large batch or a worker clear never blocks Match for long.
-const chunkOps = 256
+const chunkOps = 16
 
 // Apply applies one batch of a worker's KV events, in order. model is the served model
 // name, the first part of the hash seed of chains without a parent. The batch's
