@@ -35,7 +35,6 @@ type convGen struct {
 	msgs   []map[string]any
 	tools  bool // tool rounds (templates that render tool messages)
 	opts   map[string]any
-	single bool // gemma3: roles must alternate, no tool role
 }
 
 func (g *convGen) text() string {
