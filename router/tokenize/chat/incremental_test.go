@@ -31,10 +31,10 @@ var convTool = map[string]any{"type": "function", "function": map[string]any{"na
 // content given as parts, reasoning, and now and then an edit of an earlier message,
 // a new system prompt, other options or the same request again.
 type convGen struct {
-	rng    *rand.Rand
-	msgs   []map[string]any
-	tools  bool // tool rounds (templates that render tool messages)
-	opts   map[string]any
+	rng   *rand.Rand
+	msgs  []map[string]any
+	tools bool // tool rounds (templates that render tool messages)
+	opts  map[string]any
 }
 
 func (g *convGen) text() string {
