@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -37,7 +38,11 @@ const (
 // (tokenize + chained block hash), Match against the index, score 8 workers with
 // cache_aware, and Predict the prompt's blocks on the chosen worker. It reports, per
 // mode, the p50 and p99 latency of the turn-40 decisions (prompts of about 8k tokens),
-// and the process CPU per decision at turn 40 and at turn 2 and their ratio. Each b.N
+// and the process CPU per decision at turn 40 and at turn 2 and their ratio, and the
+// bytes allocated per decision at those turns. Turns 2 and 40 start on a collected
+// heap (runtime.GC before their window), so their CPU is the decision's own work
+// without collections of the benchmark's garbage: the GC cost of the decision's own
+// allocations shows in its B/op instead. Each b.N
 // round is a fresh set of conversations (new words), so nothing is cached from a round
 // before. The latencies are wall time: on a loaded machine p99 shows the scheduler and
 // the GC as much as the decision (the report says how many turn-40 samples it has).
@@ -88,6 +93,7 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 	var lat40 []time.Duration
 	var cpu [turns + 1]time.Duration
 	var n [turns + 1]int
+	var alloc [turns + 1]uint64
 	var tokens40 int
 	b.ReportAllocs()
 	for b.Loop() {
@@ -117,6 +123,15 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 				msgs[c] = append(msgs[c], message{Role: "user", Content: words(rng, wordsPerMsg)})
 				raws[c], _ = json.Marshal(msgs[c])
 				bodies[c], _ = json.Marshal(map[string]any{"model": "m", "messages": json.RawMessage(raws[c]), "max_tokens": 64})
+			}
+			// The turns reported start on a collected heap, so the harness's garbage
+			// (the bodies above) is not collected inside their window; bytes
+			// allocated in the window are reported separately (the GC work they cause
+			// is proportional to them).
+			var m0 runtime.MemStats
+			if t == 2 || t == turns {
+				runtime.GC()
+				runtime.ReadMemStats(&m0)
 			}
 			c0 := cpuTime()
 			for c := range msgs {
@@ -148,6 +163,11 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 			}
 			cpu[t] += cpuTime() - c0
 			n[t] += convs
+			if t == 2 || t == turns {
+				var m1 runtime.MemStats
+				runtime.ReadMemStats(&m1)
+				alloc[t] += m1.TotalAlloc - m0.TotalAlloc
+			}
 			for c := range msgs {
 				msgs[c] = append(msgs[c], message{Role: "assistant", Content: words(rng, wordsPerMsg)})
 			}
@@ -160,6 +180,8 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 	b.ReportMetric(per(turns), "turn40-cpu-us/op")
 	b.ReportMetric(per(2), "turn2-cpu-us/op")
 	b.ReportMetric(per(turns)/per(2), "turn40/turn2-cpu")
+	b.ReportMetric(float64(alloc[turns])/float64(n[turns]), "turn40-B/op")
+	b.ReportMetric(float64(alloc[2])/float64(n[2]), "turn2-B/op")
 	b.ReportMetric(float64(tokens40)/float64(len(lat40)), "turn40-tokens")
 	b.ReportMetric(float64(len(lat40)), "turn40-samples")
 }

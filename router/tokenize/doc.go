@@ -33,7 +33,10 @@
 //     per-match timeout, so input never hangs a call.
 //   - PrefixCache returns exactly Encode's ids; it reuses a cached text's ids only
 //     up to an added-token boundary whose decision bytes both texts share (the
-//     argument is in its doc comment). chat.Encoder uses it for conversations.
+//     argument is in its doc comment). chat.Encoder uses it for conversations,
+//     through EncodeKeyed: the caller names the earlier texts to try (the previous
+//     turn), and only the text after the last shared checkpoint is split for added
+//     tokens and encoded.
 //   - Byte-level vocabularies are stored by raw bytes, so the model never builds the
 //     GPT-2 byte-to-unicode strings on the hot path.
 //   - Invalid UTF-8 never panics: each invalid byte is one character of class

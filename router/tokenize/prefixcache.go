@@ -31,8 +31,9 @@ type PrefixCache struct {
 
 	// mu guards everything below.
 	mu      sync.Mutex
-	byHash  map[uint64]prefixRef // hash of text[:b] at each checkpoint b
-	entries []*prefixEntry       // oldest first
+	byHash  map[uint64]prefixRef    // hash of text[:b] at each checkpoint b
+	byKey   map[uint64]*prefixEntry // caller's keys (EncodeKeyed)
+	entries []*prefixEntry          // oldest first
 	bytes   int
 }
 
@@ -41,13 +42,17 @@ type prefixEntry struct {
 	ids  []uint32
 	cps  []cpRecord
 	cost int
+	// key is the caller's key of an EncodeKeyed entry; hasKey says it is set.
+	key    uint64
+	hasKey bool
 }
 
-// cpRecord is a checkpoint of a cached text: an added-token end and the number of
-// ids of the text before it.
+// cpRecord is a checkpoint of a cached text: an added-token end, the bytes the
+// split had read when it emitted that token, and the number of ids of the text
+// before it.
 type cpRecord struct {
-	end, nIDs int
-	hash      uint64
+	end, read, nIDs int
+	hash            uint64
 }
 
 type prefixRef struct {
@@ -58,7 +63,7 @@ type prefixRef struct {
 // NewPrefixCache returns a cache over tok holding at most about maxBytes of text
 // and ids.
 func NewPrefixCache(tok *Tokenizer, maxBytes int) *PrefixCache {
-	return &PrefixCache{tok: tok, maxBytes: maxBytes, byHash: map[uint64]prefixRef{}}
+	return &PrefixCache{tok: tok, maxBytes: maxBytes, byHash: map[uint64]prefixRef{}, byKey: map[uint64]*prefixEntry{}}
 }
 
 // checkpoint is an added-token end in a text being encoded, the bytes read to
@@ -78,6 +83,12 @@ func (c *PrefixCache) Encode(text string, addSpecial bool) []uint32 {
 // EncodeReuse is Encode that also reports how many bytes of text were reused from
 // the cache rather than encoded.
 func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) {
+	return c.encodeReuse(text, addSpecial, 0, false)
+}
+
+// encodeReuse is EncodeReuse that also files the result under key when hasKey is
+// set (see EncodeKeyed).
+func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasKey bool) ([]uint32, int) {
 	t := c.tok
 	if !t.prefixSafe {
 		return t.Encode(text, addSpecial), 0
@@ -134,7 +145,7 @@ func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) 
 	next := len(recs)
 	out = t.encodeSegs(out, buf, buf.segs[start:], func(seg, n int) {
 		if next < len(cps) && cps[next].seg == start+seg {
-			recs = append(recs, cpRecord{end: cps[next].end, nIDs: n - base, hash: cps[next].hash})
+			recs = append(recs, cpRecord{end: cps[next].end, read: cps[next].read, nIDs: n - base, hash: cps[next].hash})
 			next++
 		}
 	})
@@ -142,17 +153,17 @@ func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) 
 	if addSpecial {
 		out = append(out, t.suffix...)
 	}
-	c.store(text, out[base:end], recs)
+	c.store(text, out[base:end], recs, key, hasKey)
 	return out, reused
 }
 
 // store records text and its ids (without post-processor tokens) under every
 // checkpoint.
-func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord) {
+func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, key uint64, hasKey bool) {
 	if len(recs) == 0 || c.maxBytes <= 0 {
 		return
 	}
-	e := &prefixEntry{text: text, ids: append([]uint32(nil), ids...), cps: recs}
+	e := &prefixEntry{text: text, ids: append([]uint32(nil), ids...), cps: recs, key: key, hasKey: hasKey}
 	e.cost = len(text) + 4*len(ids) + 48*len(recs) + 64
 	if e.cost > c.maxBytes {
 		return
@@ -161,6 +172,9 @@ func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord) {
 	defer c.mu.Unlock()
 	for i, r := range recs {
 		c.byHash[r.hash] = prefixRef{e: e, i: i}
+	}
+	if hasKey {
+		c.byKey[key] = e
 	}
 	c.entries = append(c.entries, e)
 	c.bytes += e.cost
@@ -173,6 +187,9 @@ func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord) {
 			if ref, ok := c.byHash[r.hash]; ok && ref.e == old {
 				delete(c.byHash, r.hash)
 			}
+		}
+		if old.hasKey && c.byKey[old.key] == old {
+			delete(c.byKey, old.key)
 		}
 	}
 }

@@ -219,9 +219,30 @@ func (c *Config) Render(messages []jinja.Value, o Options) (string, error) {
 		vars["documents"] = o.Documents
 	}
 	vars["add_generation_prompt"] = o.AddGenerationPrompt
-	out, err := t.Render(vars)
+	out, err := t.RenderSize(vars, promptSize(messages, o.ContentParts))
 	if err != nil {
 		return "", fmt.Errorf("render chat template: %w", err)
 	}
 	return out, nil
+}
+
+// promptSize estimates a prompt's length from its messages' contents, plus room for
+// each turn's markup, for the render's output buffer.
+func promptSize(messages []jinja.Value, parts [][]string) int {
+	n := 256
+	for i, m := range messages {
+		n += 64
+		if i < len(parts) && parts[i] != nil {
+			for _, p := range parts[i] {
+				n += len(p) + 1
+			}
+			continue
+		}
+		if d, ok := m.(*jinja.Dict); ok {
+			if s, ok := get(d, "content").(string); ok {
+				n += len(s)
+			}
+		}
+	}
+	return n
 }

@@ -15,6 +15,22 @@
 //     conversation cache holds an earlier turn: the cache (tokenize.PrefixCache)
 //     reuses ids only up to an added-token boundary, which BPE never crosses. Its
 //     doc comment holds the full argument.
+//   - EncodeChat returns the same ids as ParseRequest, Config.Render and
+//     Tokenizer.Encode of the whole request, however much of the conversation its
+//     caches hold: converted messages are reused only for byte-identical raw JSON
+//     (an edit of an earlier message is a miss), and the prompt's ids through
+//     tokenize.PrefixCache.EncodeKeyed, whose hints (the conversation's shorter
+//     prefixes) only choose which cached text to compare against.
+//     TestEncodeChatIncremental and FuzzParseCached check it, and blockhash's
+//     TestLocalIncrementalHashes the block hashes.
+//   - The caches are bounded by NewEncoder's cacheBytes (Load: DefaultCacheBytes),
+//     a quarter for messages (accounted as twice their raw bytes plus 256 bytes
+//     each, so at most cacheBytes/1024 of them; CLOCK eviction) and the rest for
+//     prompts and ids (FIFO). CacheStats reports the message cache.
+//   - The template is rendered over the whole conversation at every turn: templates
+//     read later messages when rendering earlier ones (Qwen3's last_query_index,
+//     DeepSeek-V3's system prompt gathered from every message, Gemma-3's role
+//     alternation check), so no output prefix is reused without rendering.
 //   - An Encoder is safe for concurrent use.
 //
 // Golden tests compare prompts with Python's jinja2 rendering in transformers'

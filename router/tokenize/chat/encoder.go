@@ -11,10 +11,21 @@ import (
 
 // Encoder turns chat requests into token ids: render with the model's template,
 // then encode. It is safe for concurrent use.
+//
+// With a cache budget (NewEncoder's cacheBytes) EncodeChat works incrementally
+// across the turns of a conversation: converted messages are cached by their raw
+// JSON bytes (a quarter of the budget, CacheStats), and the prompt's ids by the
+// conversation prefix (tokenize.PrefixCache, the rest of the budget), so a new turn
+// decodes only its new messages and splits and encodes only the text after the
+// previous turn's last reusable special token. The template is still rendered over
+// the whole conversation: templates read later messages when they render earlier
+// ones (Qwen3's last_query_index, DeepSeek-V3's system prompt gathered from every
+// message), so only a full render is known to give the engine's prompt.
 type Encoder struct {
 	tok   *tokenize.Tokenizer
 	cfg   *Config
 	cache *tokenize.PrefixCache
+	msgs  *msgCache
 }
 
 // Load reads a model directory holding tokenizer.json and tokenizer_config.json
@@ -45,13 +56,23 @@ func Load(path string) (*Encoder, error) {
 const DefaultCacheBytes = 64 << 20
 
 // NewEncoder combines a tokenizer and a chat config. cacheBytes bounds the
-// conversation cache (0 disables it).
+// conversation caches together, in accounted bytes (0 disables them): a quarter
+// for converted messages, the rest for prompts and their ids.
 func NewEncoder(tok *tokenize.Tokenizer, cfg *Config, cacheBytes int) *Encoder {
 	e := &Encoder{tok: tok, cfg: cfg}
 	if cacheBytes > 0 {
-		e.cache = tokenize.NewPrefixCache(tok, cacheBytes)
+		e.cache = tokenize.NewPrefixCache(tok, cacheBytes-cacheBytes/4)
+		e.msgs = newMsgCache(cacheBytes / 4)
 	}
 	return e
+}
+
+// CacheStats reports the message cache; all zero when caching is off.
+func (e *Encoder) CacheStats() CacheStats {
+	if e.msgs == nil {
+		return CacheStats{}
+	}
+	return e.msgs.stats()
 }
 
 // Tokenizer returns the encoder's tokenizer.
@@ -87,9 +108,22 @@ func (e *Encoder) Render(body []byte) (string, *Request, error) {
 // add_special_tokens from the request (default false). Successive turns of a
 // conversation reuse the previous turn's ids through the conversation cache.
 func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
-	prompt, req, err := e.Render(body)
+	if e.cache == nil {
+		prompt, req, err := e.Render(body)
+		if err != nil {
+			return nil, fmt.Errorf("encode chat: %w", err)
+		}
+		return e.Encode(prompt, req.AddSpecialTokens), nil
+	}
+	req, keys, err := e.parseCached(body)
 	if err != nil {
 		return nil, fmt.Errorf("encode chat: %w", err)
 	}
-	return e.Encode(prompt, req.AddSpecialTokens), nil
+	prompt, err := e.cfg.Render(req.Messages, req.Options)
+	if err != nil {
+		return nil, fmt.Errorf("encode chat: %w", err)
+	}
+	var hb [maxHints + 1]uint64
+	ids, _ := e.cache.EncodeKeyed(prompt, req.AddSpecialTokens, keys.hints(hb[:0]), keys[len(keys)-1])
+	return ids, nil
 }

@@ -62,12 +62,20 @@ func ParseRequest(body []byte) (*Request, error) {
 		req.Messages = append(req.Messages, msg)
 		req.Options.ContentParts[i] = parts
 	}
+	if err := applyOptions(req, root); err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
+// applyOptions reads the request's members besides messages from root into req.
+func applyOptions(req *Request, root *jinja.Dict) error {
 	if tools, ok := get(root, "tools").([]jinja.Value); ok {
 		req.Options.Tools = make([]jinja.Value, 0, len(tools))
 		for i, t := range tools {
 			td, err := convertTool(t)
 			if err != nil {
-				return nil, fmt.Errorf("chat request tool %d: %w", i, err)
+				return fmt.Errorf("chat request tool %d: %w", i, err)
 			}
 			req.Options.Tools = append(req.Options.Tools, td)
 		}
@@ -79,13 +87,13 @@ func ParseRequest(body []byte) (*Request, error) {
 		req.Options.AddGenerationPrompt = b
 	}
 	if b, ok := get(root, "continue_final_message").(bool); ok && b {
-		return nil, fmt.Errorf("%w: continue_final_message", ErrUnsupportedContent)
+		return fmt.Errorf("%w: continue_final_message", ErrUnsupportedContent)
 	}
 	if b, ok := get(root, "add_special_tokens").(bool); ok {
 		req.AddSpecialTokens = b
 	}
 	if s, ok := get(root, "chat_template").(string); ok && s != "" {
-		return nil, fmt.Errorf("%w: a per-request chat_template", ErrUnsupportedContent)
+		return fmt.Errorf("%w: a per-request chat_template", ErrUnsupportedContent)
 	}
 	if kw, ok := get(root, "chat_template_kwargs").(*jinja.Dict); ok {
 		req.Options.Vars = map[string]jinja.Value{}
@@ -93,7 +101,7 @@ func ParseRequest(body []byte) (*Request, error) {
 			req.Options.Vars[k], _ = kw.Get(k)
 		}
 	}
-	return req, nil
+	return nil
 }
 
 func get(d *jinja.Dict, k string) jinja.Value {

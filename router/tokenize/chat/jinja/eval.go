@@ -78,7 +78,15 @@ type macro struct {
 // Render renders the template with the given variables. Globals (range,
 // namespace, dict, raise_exception) are added unless vars overrides them.
 func (t *Template) Render(vars map[string]Value) (string, error) {
+	return t.RenderSize(vars, 0)
+}
+
+// RenderSize is Render with the output buffer sized for size bytes up front, so a
+// caller that can estimate the output (a chat prompt is about as long as its
+// messages) saves the buffer's regrowth and copies. The output is Render's.
+func (t *Template) RenderSize(vars map[string]Value, size int) (string, error) {
 	var out strings.Builder
+	out.Grow(min(max(size, 0), maxOutput))
 	r := &renderer{out: &out}
 	root := &frame{vars: map[string]Value{}}
 	for k, v := range globals {
@@ -660,6 +668,9 @@ func (r *renderer) callMacro(m *macro, args []Value, kw *Dict) (Value, error) {
 }
 
 func (r *renderer) evalBin(e *binExpr, f *frame) (Value, error) {
+	if l, ok := e.l.(*binExpr); ok && e.op == "+" && l.op == "+" {
+		return r.evalConcat(e, f)
+	}
 	l, err := r.eval(e.l, f)
 	if err != nil {
 		return nil, err
@@ -681,6 +692,60 @@ func (r *renderer) evalBin(e *binExpr, f *frame) (Value, error) {
 		return nil, err
 	}
 	return binOp(e.op, l, rv)
+}
+
+// evalConcat evaluates a chain a + b + c + ... (left-nested "+" nodes) as the
+// nested evaluation does: operands from the left, each "+" applied in turn with its
+// errors, and the same steps counted. Only a run of strings is joined once at its end
+// instead of copying the growing left side at every "+" (chat templates build each
+// turn as '<|im_start|>' + role + '\n' + content + ...).
+func (r *renderer) evalConcat(e *binExpr, f *frame) (Value, error) {
+	var opsArr [16]expr
+	ops := opsArr[:0] // operands, right to left
+	for n := e; ; {
+		ops = append(ops, n.r)
+		l, ok := n.l.(*binExpr)
+		if !ok || l.op != "+" {
+			ops = append(ops, n.l)
+			break
+		}
+		if err := r.tick(); err != nil { // the step eval would count for l
+			return nil, err
+		}
+		n = l
+	}
+	acc, err := r.eval(ops[len(ops)-1], f)
+	if err != nil {
+		return nil, err
+	}
+	var runArr [16]string
+	run := runArr[:0] // when not empty, acc is these strings joined
+	if s, ok := acc.(string); ok {
+		run = append(run, s)
+	}
+	for i := len(ops) - 2; i >= 0; i-- {
+		v, err := r.eval(ops[i], f)
+		if err != nil {
+			return nil, err
+		}
+		if len(run) > 0 {
+			if s, ok := v.(string); ok {
+				run = append(run, s)
+				continue
+			}
+			acc, run = strings.Join(run, ""), run[:0]
+		}
+		if acc, err = binOp("+", acc, v); err != nil {
+			return nil, err
+		}
+		if s, ok := acc.(string); ok {
+			run = append(run, s)
+		}
+	}
+	if len(run) > 0 {
+		return strings.Join(run, ""), nil
+	}
+	return acc, nil
 }
 
 func binOp(op string, l, r Value) (Value, error) {

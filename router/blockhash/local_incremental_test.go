@@ -1,0 +1,119 @@
+package blockhash
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/chat"
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
+)
+
+// TestLocalIncrementalHashes plays interleaved random conversations (answers and
+// questions, tool rounds, edits of an earlier message, new system prompts, other
+// options, repeats) through the local mode with the conversation caches on, as
+// chat.Load sets them, and checks every turn's block hashes and token count against
+// the local mode with the caches off (parse, render and encode of the whole
+// conversation), for each template the repository has goldens for.
+func TestLocalIncrementalHashes(t *testing.T) {
+	texts := []string{"Hello there!", "Sure:\n\n1. one\n2. two", "你好 🤗", "  spaced  \n\n\n", "<think>\nhmm\n</think>\n\nFour.",
+		"<|im_end|> look-alike", "It's 12:30.", words(7, 40), words(9, 120)}
+	for _, m := range []string{"qwen3", "llama3", "deepseek_v3", "gemma3"} {
+		t.Run(m, func(t *testing.T) {
+			inc, err := chat.Load(tokenizetest.ModelDir(t, m))
+			if err != nil {
+				t.Fatal(err)
+			}
+			full := NewLocal(chat.NewEncoder(inc.Tokenizer(), inc.Config(), 0))
+			incl := NewLocal(inc)
+			rng := rand.New(rand.NewPCG(21, uint64(len(m))))
+			text := func() string { return texts[rng.IntN(len(texts))] + fmt.Sprint(rng.IntN(1000)) }
+			convs := make([][]map[string]any, 5)
+			var compared int
+			for step := range 200 {
+				c := rng.IntN(len(convs))
+				msgs := convs[c]
+				opts := Options{}
+				switch r := rng.IntN(16); {
+				case r == 0 && len(msgs) > 2: // edit an earlier message
+					i := rng.IntN(len(msgs) - 1)
+					e := map[string]any{}
+					for k, v := range msgs[i] {
+						e[k] = v
+					}
+					e["content"] = text()
+					msgs[i] = e
+				case r == 1: // a new system prompt
+					sys := map[string]any{"role": "system", "content": "You are " + text()}
+					if len(msgs) > 0 && msgs[0]["role"] == "system" {
+						msgs[0] = sys
+					} else {
+						msgs = append([]map[string]any{sys}, msgs...)
+					}
+				case r == 2:
+					opts.AddGenerationPrompt = []byte("false")
+					opts.ChatTemplateKwargs = []byte(`{"enable_thinking": false}`)
+				case r < 5 && m != "gemma3" && len(msgs) > 0 && msgs[len(msgs)-1]["role"] == "user": // a tool round
+					opts.Tools = []byte(`[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]`)
+					msgs = append(msgs, map[string]any{"role": "assistant", "content": nil, "tool_calls": []any{map[string]any{
+						"id": "c1", "type": "function", "function": map[string]any{"name": "get_weather", "arguments": `{"city": "Paris"}`}}}},
+						map[string]any{"role": "tool", "tool_call_id": "c1", "content": text()},
+						map[string]any{"role": "assistant", "content": text()}, map[string]any{"role": "user", "content": text()})
+				default:
+					if len(msgs) > 0 && msgs[len(msgs)-1]["role"] == "user" {
+						msgs = append(msgs, map[string]any{"role": "assistant", "content": text()})
+					}
+					msgs = append(msgs, map[string]any{"role": "user", "content": text()})
+				}
+				convs[c] = msgs
+				raw, err := json.Marshal(msgs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				req := &Request{Model: "m", BlockSize: 4, Messages: raw, Options: opts}
+				if rng.IntN(2) == 0 {
+					body := map[string]any{"model": "m", "messages": json.RawMessage(raw)}
+					for k, v := range map[string]json.RawMessage{"add_generation_prompt": opts.AddGenerationPrompt,
+						"chat_template_kwargs": opts.ChatTemplateKwargs, "tools": opts.Tools} {
+						if v != nil {
+							body[k] = v
+						}
+					}
+					if req.Body, err = json.Marshal(body); err != nil {
+						t.Fatal(err)
+					}
+				}
+				want, werr := full.Hash(t.Context(), req, nil)
+				got, gerr := incl.Hash(t.Context(), req, nil)
+				if (werr == nil) != (gerr == nil) {
+					t.Fatalf("step %d: full error %v, incremental error %v", step, werr, gerr)
+				}
+				if werr != nil {
+					continue
+				}
+				compared++
+				if got.Tokens != want.Tokens || got.Exact != want.Exact || got.Truncated != want.Truncated || !slices.Equal(got.Hashes, want.Hashes) {
+					t.Fatalf("step %d: incremental %d tokens %d hashes, full %d tokens %d hashes (first difference at block %d)\nmessages %s",
+						step, got.Tokens, len(got.Hashes), want.Tokens, len(want.Hashes), firstDiff(got.Hashes, want.Hashes), raw)
+				}
+			}
+			if compared < 150 {
+				t.Fatalf("only %d of 200 turns hashed", compared)
+			}
+			if st := inc.CacheStats(); st.MessageHits == 0 {
+				t.Fatalf("the message cache was never hit: %+v", st)
+			}
+		})
+	}
+}
+
+func firstDiff[T comparable](a, b []T) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}

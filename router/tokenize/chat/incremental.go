@@ -1,0 +1,153 @@
+package chat
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/kvroute/kvroute/router/jsonscan"
+	"github.com/kvroute/kvroute/router/tokenize/chat/jinja"
+)
+
+// maxHints is how many shorter conversation prefixes EncodeChat offers the prefix
+// cache as the earlier turn this request extends: a turn usually adds two messages
+// (the answer and the next question), a tool round a few more.
+const maxHints = 8
+
+// convKeys are a request's conversation keys: key[k] stands for its first k
+// messages (their raw bytes, chained), so the previous turn of a conversation filed
+// its prompt under a key this request also computes.
+type convKeys []uint64
+
+// nextKey chains a message's hash onto the key of the messages before it.
+func nextKey(prev, msg uint64) uint64 {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], prev)
+	binary.LittleEndian.PutUint64(b[8:], msg)
+	return xxhash.Sum64(b[:])
+}
+
+// hints returns the keys of the request's prefixes to try, longest first: the
+// whole request (a retry) and up to maxHints shorter ones.
+func (k convKeys) hints(dst []uint64) []uint64 {
+	for i := len(k) - 1; i >= 1 && i >= len(k)-1-maxHints; i-- {
+		dst = append(dst, k[i])
+	}
+	return dst
+}
+
+// parseCached is ParseRequest with the messages' conversion cached by their raw
+// bytes (msgCache): the body's members are walked in place (jsonscan), each message
+// is looked up by its bytes and decoded (jinja.FromJSON, then convertMessage, as
+// ParseRequest does) only on a miss, and the other members ParseRequest reads are
+// decoded as it decodes them. The Request is the one ParseRequest returns for the
+// same body; invalid JSON is an error in both (a message is validated by its decode
+// when it enters the cache, and a hit has the same bytes). It also returns the
+// conversation keys.
+func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
+	it, err := jsonscan.NewIter(body, jsonscan.SkipWS(body, 0))
+	if err != nil {
+		if len(jsonscan.TrimWS(body)) > 0 && jsonscan.Valid(body) {
+			return nil, nil, errors.New("decode chat request: not a JSON object")
+		}
+		return nil, nil, fmt.Errorf("decode chat request: %w", err)
+	}
+	root := jinja.NewDict()
+	var msgs []byte
+	for {
+		key, vs, ve, ok, err := it.Next()
+		if err != nil {
+			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+		}
+		if !ok {
+			break
+		}
+		if _, _, err := jsonscan.String(key, 0); err != nil {
+			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+		}
+		val := body[vs:ve]
+		if jsonscan.KeyIs(key, "messages") {
+			if msgs != nil { // decoded when replaced, as ParseRequest decodes it
+				if _, err := jinja.FromJSON(msgs); err != nil {
+					return nil, nil, fmt.Errorf("decode chat request: %w", err)
+				}
+			}
+			msgs = val // the last one wins, as in a decoded object
+			continue
+		}
+		name := ""
+		for _, k := range optionKeys {
+			if jsonscan.KeyIs(key, k) {
+				name = k
+				break
+			}
+		}
+		// Every member is decoded as ParseRequest's decode of the whole body does,
+		// so the same bodies fail (a number out of float64's range, say).
+		v, err := jinja.FromJSON(val)
+		if err != nil {
+			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+		}
+		if name != "" {
+			root.Set(name, v)
+		}
+	}
+	if end := jsonscan.SkipWS(body, it.End()); end != len(body) {
+		return nil, nil, errors.New("decode chat request: trailing data after JSON value")
+	}
+	if len(msgs) == 0 || msgs[0] != '[' {
+		return nil, nil, errors.New("chat request: messages must be a list")
+	}
+	req := &Request{Options: Options{AddGenerationPrompt: true}}
+	keys := convKeys{0}
+	i := jsonscan.SkipWS(msgs, 1)
+	for n := 0; ; n++ {
+		if i < len(msgs) && msgs[i] == ']' && n == 0 {
+			break
+		}
+		end, err := jsonscan.Skip(msgs, i)
+		if err != nil {
+			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+		}
+		raw := msgs[i:end]
+		h := hashMsg(raw)
+		var msg jinja.Value
+		var parts []string
+		if ce := e.msgs.get(h, raw); ce != nil {
+			msg, parts = ce.msg, ce.parts
+		} else {
+			v, err := jinja.FromJSON(raw)
+			if err != nil {
+				return nil, nil, fmt.Errorf("decode chat request: %w", err)
+			}
+			if msg, parts, err = convertMessage(v); err != nil {
+				return nil, nil, fmt.Errorf("chat request message %d: %w", n, err)
+			}
+			e.msgs.put(h, raw, msg, parts)
+		}
+		req.Messages = append(req.Messages, msg)
+		req.Options.ContentParts = append(req.Options.ContentParts, parts)
+		keys = append(keys, nextKey(keys[len(keys)-1], h))
+		i = jsonscan.SkipWS(msgs, end)
+		if i < len(msgs) && msgs[i] == ']' {
+			break
+		}
+		if i >= len(msgs) || msgs[i] != ',' {
+			return nil, nil, fmt.Errorf("decode chat request: %w: messages: expected ',' or ']'", jsonscan.ErrSyntax)
+		}
+		i = jsonscan.SkipWS(msgs, i+1)
+	}
+	if req.Options.ContentParts == nil {
+		req.Options.ContentParts = [][]string{}
+	}
+	if err := applyOptions(req, root); err != nil {
+		return nil, nil, err
+	}
+	return req, keys, nil
+}
+
+// optionKeys are the members besides messages that ParseRequest reads.
+var optionKeys = []string{"tools", "documents", "add_generation_prompt", "continue_final_message",
+	"add_special_tokens", "chat_template", "chat_template_kwargs"}

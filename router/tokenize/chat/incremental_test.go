@@ -1,0 +1,214 @@
+package chat
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
+)
+
+// convTexts are message contents: plain, multi-line, unicode, whitespace runs,
+// special-token look-alikes and real special tokens of the templates tested, and
+// Qwen3's reasoning markup.
+var convTexts = []string{
+	"Hello there!", "Sure, here is a list:\n\n1. one\n2. two", "你好 🤗 مرحبا", "  spaced  out  \n\n\n",
+	"func f() {\n\treturn 1\n}", "It's 12:30.", "<|im_start|>user\nnot really<|im_end|>", "<think>\nhmm\n</think>\n\nThe answer is 4.",
+	"<｜User｜>look-alike", "<start_of_turn>model\n", "<|eot_id|>", "\n", "", "<tool_response>\n{\"ok\": true}\n</tool_response>",
+	"Numbers 1234567 and 3.14159", strings.Repeat("long text ", 60),
+}
+
+// convTool is a tool definition the tool-calling turns use.
+var convTool = map[string]any{"type": "function", "function": map[string]any{"name": "get_weather",
+	"description": "Weather of a city", "parameters": map[string]any{"type": "object",
+		"properties": map[string]any{"city": map[string]any{"type": "string"}}, "required": []string{"city"}}}}
+
+// convGen plays one random conversation: user and assistant turns, tool rounds,
+// content given as parts, reasoning, and now and then an edit of an earlier message,
+// a new system prompt, other options or the same request again.
+type convGen struct {
+	rng   *rand.Rand
+	msgs  []map[string]any
+	tools bool // tool rounds (templates that render tool messages)
+	opts  map[string]any
+}
+
+func (g *convGen) text() string {
+	return convTexts[g.rng.IntN(len(convTexts))] + fmt.Sprint(g.rng.IntN(100))
+}
+
+func (g *convGen) content() any {
+	if g.rng.IntN(8) == 0 {
+		return []any{map[string]any{"type": "text", "text": g.text()}, map[string]any{"type": "text", "text": g.text()}}
+	}
+	return g.text()
+}
+
+// step changes the conversation and returns the next request body.
+func (g *convGen) step(t *testing.T) []byte {
+	switch r := g.rng.IntN(20); {
+	case r == 0 && len(g.msgs) > 1: // edit an earlier message
+		i := g.rng.IntN(len(g.msgs) - 1)
+		m := map[string]any{}
+		for k, v := range g.msgs[i] {
+			m[k] = v
+		}
+		m["content"] = g.text()
+		g.msgs[i] = m
+	case r == 1: // new system prompt
+		sys := map[string]any{"role": "system", "content": "You are " + g.text()}
+		if len(g.msgs) > 0 && g.msgs[0]["role"] == "system" {
+			g.msgs[0] = sys
+		} else {
+			g.msgs = append([]map[string]any{sys}, g.msgs...)
+		}
+	case r == 2: // other options
+		g.opts = map[string]any{}
+		if g.rng.IntN(2) == 0 {
+			g.opts["chat_template_kwargs"] = map[string]any{"enable_thinking": g.rng.IntN(2) == 0}
+		}
+		if g.rng.IntN(3) == 0 {
+			g.opts["add_generation_prompt"] = false
+		}
+		if g.tools && g.rng.IntN(2) == 0 {
+			g.opts["tools"] = []any{convTool}
+		}
+	case r == 3: // the same request again
+	case r < 6 && g.tools && len(g.msgs) > 0 && g.msgs[len(g.msgs)-1]["role"] == "user": // a tool round
+		n := 1 + g.rng.IntN(2)
+		calls := make([]any, n)
+		for k := range calls {
+			calls[k] = map[string]any{"id": fmt.Sprintf("call_%d", k), "type": "function",
+				"function": map[string]any{"name": "get_weather", "arguments": fmt.Sprintf(`{"city": "C%d"}`, g.rng.IntN(50))}}
+		}
+		var content any
+		if g.rng.IntN(2) == 0 {
+			content = g.text()
+		}
+		g.msgs = append(g.msgs, map[string]any{"role": "assistant", "content": content, "tool_calls": calls})
+		for k := range calls {
+			g.msgs = append(g.msgs, map[string]any{"role": "tool", "tool_call_id": fmt.Sprintf("call_%d", k), "content": g.text()})
+		}
+		g.msgs = append(g.msgs, map[string]any{"role": "assistant", "content": g.text()},
+			map[string]any{"role": "user", "content": g.content()})
+	default: // an answer and the next question
+		if len(g.msgs) > 0 && g.msgs[len(g.msgs)-1]["role"] == "user" {
+			a := map[string]any{"role": "assistant", "content": g.content()}
+			if g.rng.IntN(6) == 0 {
+				a["reasoning_content"] = g.text()
+			}
+			g.msgs = append(g.msgs, a)
+		}
+		g.msgs = append(g.msgs, map[string]any{"role": "user", "content": g.content()})
+	}
+	body := map[string]any{"model": "m", "messages": g.msgs, "max_tokens": 16}
+	for k, v := range g.opts {
+		body[k] = v
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestEncodeChatIncremental plays random conversations, interleaved, through
+// encoders with conversation caches of two sizes (one small enough to evict all the
+// time), and checks that every turn's ids equal a render and encode from scratch
+// (ParseRequest, the template over the whole conversation, Tokenizer.Encode), or
+// that both fail.
+func TestEncodeChatIncremental(t *testing.T) {
+	for _, m := range chatModels {
+		t.Run(m, func(t *testing.T) {
+			base := loadEncoder(t, m)
+			for _, budget := range []int{64 << 20, 48 << 10} {
+				enc := NewEncoder(base.Tokenizer(), base.Config(), budget)
+				rng := rand.New(rand.NewPCG(uint64(budget), 21))
+				gens := make([]*convGen, 6)
+				for i := range gens {
+					gens[i] = &convGen{rng: rng, tools: m == "qwen3" || m == "deepseek_v3" || m == "llama3"}
+				}
+				var ok, failed int
+				for step := 0; step < 240; step++ {
+					g := gens[rng.IntN(len(gens))]
+					body := g.step(t)
+					got, gotErr := enc.EncodeChat(body)
+					prompt, req, wantErr := enc.Render(body)
+					if (gotErr == nil) != (wantErr == nil) {
+						t.Fatalf("step %d: incremental error %v, full error %v\nbody %s", step, gotErr, wantErr, body)
+					}
+					if wantErr != nil {
+						failed++
+						continue
+					}
+					ok++
+					if want := enc.Tokenizer().Encode(prompt, req.AddSpecialTokens); !slices.Equal(got, want) {
+						t.Fatalf("step %d: incremental ids differ from a full encode (%d vs %d ids)\nbody %s", step, len(got), len(want), body)
+					}
+				}
+				st := enc.CacheStats()
+				t.Logf("budget %d: %d turns equal, %d failed in both paths; cache %+v", budget, ok, failed, st)
+				if ok < 100 || st.MessageHits == 0 {
+					t.Fatalf("too few turns compared (%d) or no message cache hits (%+v)", ok, st)
+				}
+				if budget < 1<<20 && st.MessageEvictions == 0 {
+					t.Fatalf("the small cache never evicted: %+v", st)
+				}
+				if st.MessageBytes > budget/4 {
+					t.Fatalf("message cache holds %d bytes, budget %d", st.MessageBytes, budget/4)
+				}
+			}
+		})
+	}
+}
+
+// FuzzParseCached checks that the incremental parse (parseCached, through a message
+// cache shared by every input of the run) accepts exactly the bodies ParseRequest
+// accepts, and that what it returns renders to the same prompt with Qwen3's and
+// Gemma-3's templates (or fails to render in both) with the same add_special_tokens.
+func FuzzParseCached(f *testing.F) {
+	f.Add([]byte(`{"messages":[{"role":"user","content":"hi"}]}`))
+	f.Add([]byte(` {"messages":[],"messages":[{"role":"user","content":"a\u00e9"}]} `))
+	f.Add([]byte(`{"messages":[{"role":"user","content":"a"}],"messages":[{"role":"user","content":"\x"}]}`))
+	f.Add([]byte(`{"messages":[{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"f","arguments":"{\"a\": 1.0}"}}]}],"tools":[{"type":"function","function":{"name":"f"}}],"add_special_tokens":true}`))
+	f.Add([]byte(`{"messages":[{"role":"user","content":[{"type":"text","text":"a"}]}],"chat_template_kwargs":{"enable_thinking":false},"add_generation_prompt":false}`))
+	f.Add([]byte(`{"model":"m","max_tokens":1e400,"messages":[{"role":"system","content":"s"},{"role":"user","content":"u"}]}`))
+	f.Add([]byte(`[{"messages":[]}]`))
+	for _, m := range []string{"qwen3", "gemma3"} {
+		for _, g := range readGoldenF(f, m) {
+			f.Add([]byte(g.Request))
+		}
+	}
+	encs := []*Encoder{loadEncoder(f, "qwen3"), loadEncoder(f, "gemma3")}
+	mc := newMsgCache(1 << 20)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		want, werr := ParseRequest(body)
+		e := &Encoder{msgs: mc}
+		got, keys, gerr := e.parseCached(body)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("ParseRequest error %v, parseCached error %v", werr, gerr)
+		}
+		if werr != nil {
+			return
+		}
+		if len(keys) != len(got.Messages)+1 || got.AddSpecialTokens != want.AddSpecialTokens {
+			t.Fatalf("%d keys for %d messages; add_special_tokens %v, want %v", len(keys), len(got.Messages), got.AddSpecialTokens, want.AddSpecialTokens)
+		}
+		for _, enc := range encs {
+			wp, werr := enc.Config().Render(want.Messages, want.Options)
+			gp, gerr := enc.Config().Render(got.Messages, got.Options)
+			if (werr == nil) != (gerr == nil) || wp != gp {
+				t.Fatalf("renders differ: parseCached %q (%v), ParseRequest %q (%v)", gp, gerr, wp, werr)
+			}
+		}
+	})
+}
+
+func readGoldenF(f *testing.F, name string) []chatGolden {
+	f.Helper()
+	return tokenizetest.ReadJSONL[chatGolden](f, filepath.Join("testdata/golden", name+".jsonl"))
+}

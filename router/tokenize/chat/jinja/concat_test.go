@@ -1,0 +1,53 @@
+package jinja
+
+import (
+	"fmt"
+	"testing"
+)
+
+// TestConcatChain renders chains a + b + c + d over operands of every type and
+// checks each against the "+" operator applied pair by pair from the left (the
+// nested evaluation evalConcat replaces): same output, or an error in both.
+func TestConcatChain(t *testing.T) {
+	vals := []Value{"x", "", "ünï", int64(2), 1.5, []Value{"l"}, nil, true, Undefined{}, NewDict()}
+	tmpls := map[int]*Template{}
+	for n := 2; n <= 4; n++ {
+		src := "{{ v0"
+		for i := 1; i < n; i++ {
+			src += fmt.Sprintf(" + v%d", i)
+		}
+		tm, err := Parse(src + " }}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpls[n] = tm
+	}
+	var idx [4]int
+	for n := 2; n <= 4; n++ {
+		total := 1
+		for range n {
+			total *= len(vals)
+		}
+		for c := 0; c < total; c++ {
+			x := c
+			vars := map[string]Value{}
+			for i := range n {
+				idx[i] = x % len(vals)
+				x /= len(vals)
+				vars[fmt.Sprintf("v%d", i)] = vals[idx[i]]
+			}
+			got, gerr := tmpls[n].Render(vars)
+			acc, werr := vals[idx[0]], error(nil)
+			for i := 1; i < n && werr == nil; i++ {
+				acc, werr = binOp("+", acc, vals[idx[i]])
+			}
+			want := ""
+			if werr == nil {
+				want = str(acc)
+			}
+			if (gerr == nil) != (werr == nil) || got != want {
+				t.Fatalf("%v: rendered %q (%v), pairwise %q (%v)", vars, got, gerr, want, werr)
+			}
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package tokenize
+
+import (
+	"github.com/cespare/xxhash/v2"
+)
+
+// EncodeKeyed is EncodeReuse for a caller that knows which earlier texts the new one
+// probably extends, such as the previous turn of a chat conversation: hints are keys
+// of earlier EncodeKeyed calls, most promising first, and the result is filed under
+// key. The ids are Encode's whatever the hints say (a wrong or stale hint costs time,
+// never correctness): the first hinted text that shares a checkpoint with text is
+// reused up to its last checkpoint whose read bytes text repeats (the argument of
+// PrefixCache's doc comment, with the read bytes recorded on the cached text; the
+// split is deterministic, so on equal bytes it reads and decides the same), and only
+// text after that checkpoint is split and encoded. Splitting text[b:] on its own
+// gives the segments the whole text's split has after b: the scan restarts at b in
+// both cases (the pending plain text starts at the token end b, lstrip never crosses
+// it) and no segment after b begins at offset 0. So the cost of a new turn is its
+// new text plus a hash and a compare of the shared prefix (memory speed), instead of
+// an added-token scan of the whole conversation. Without a usable hint it is
+// EncodeReuse. The second result is the number of bytes reused.
+func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, key uint64) ([]uint32, int) {
+	t := c.tok
+	if !t.prefixSafe {
+		return t.Encode(text, addSpecial), 0
+	}
+	var e *prefixEntry
+	ci := -1
+	c.mu.Lock()
+	for _, h := range hints {
+		cand := c.byKey[h]
+		if cand == nil {
+			continue
+		}
+		if i := sharedCheckpoint(cand, text); i >= 0 {
+			e, ci = cand, i
+			break
+		}
+	}
+	c.mu.Unlock()
+	if e == nil {
+		return c.encodeReuse(text, addSpecial, key, true)
+	}
+	// An entry's text, ids and checkpoints never change once stored, so they are
+	// read without the lock (eviction only drops the maps' references).
+	rec := e.cps[ci]
+	b := rec.end
+	buf := encodePool.Get().(*encodeBuf)
+	defer buf.release()
+	var cps []checkpoint
+	buf.segs = t.added.split(buf.segs[:0], text[b:], false, func(end, read int) {
+		cps = append(cps, checkpoint{end: b + end, read: b + read})
+	})
+	k := 0
+	for si, sg := range buf.segs {
+		if sg.tok >= 0 {
+			cps[k].seg = si
+			k++
+		}
+	}
+	d := xxhash.New()
+	_, _ = d.WriteString(text[:b])
+	prev := b
+	for i := range cps {
+		_, _ = d.WriteString(text[prev:cps[i].end])
+		prev = cps[i].end
+		cps[i].hash = d.Sum64()
+	}
+
+	out := make([]uint32, 0, rec.nIDs+(len(text)-b)/3+len(t.prefix)+len(t.suffix)+8)
+	if addSpecial {
+		out = append(out, t.prefix...)
+	}
+	base := len(out)
+	out = append(out, e.ids[:rec.nIDs]...)
+	recs := make([]cpRecord, ci+1, ci+1+len(cps))
+	copy(recs, e.cps[:ci+1])
+	next := 0
+	out = t.encodeSegs(out, buf, buf.segs, func(seg, n int) {
+		if next < len(cps) && cps[next].seg == seg {
+			recs = append(recs, cpRecord{end: cps[next].end, read: cps[next].read, nIDs: n - base, hash: cps[next].hash})
+			next++
+		}
+	})
+	end := len(out)
+	if addSpecial {
+		out = append(out, t.suffix...)
+	}
+	c.store(text, out[base:end], recs, key, true)
+	return out, b
+}
+
+// sharedCheckpoint returns the index of e's last checkpoint whose read bytes text
+// repeats, or -1. Reads never decrease along the checkpoints, so the checkpoints
+// text shares are a prefix of them. A checkpoint that read to the end of e.text
+// (a token match or an rstrip stopped by the end of the input) is shared only by an
+// identical text: a longer text could extend the match or the stripped whitespace.
+func sharedCheckpoint(e *prefixEntry, text string) int {
+	n := commonPrefix(e.text, text)
+	if n != len(e.text) || n != len(text) {
+		n = min(n, len(e.text)-1)
+	}
+	lo, hi := 0, len(e.cps) // first checkpoint not shared is in [lo, hi]
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if e.cps[mid].read <= n {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo - 1
+}
+
+// commonPrefix returns the length of the longest common prefix of a and b. It
+// compares in chunks, which the runtime's memequal does at memory speed.
+func commonPrefix(a, b string) int {
+	const chunk = 256
+	n := min(len(a), len(b))
+	i := 0
+	for i+chunk <= n && a[i:i+chunk] == b[i:i+chunk] {
+		i += chunk
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
+}
