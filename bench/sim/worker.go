@@ -101,7 +101,6 @@ type Worker struct {
 	tz      tokenizers
 	ranks   []*Rank
 	metrics *metrics
-	handler http.Handler
 	addr    string // the HTTP listener's host:port
 	url     string
 	// modelJS are the served model names as JSON strings: the base model's, then each
