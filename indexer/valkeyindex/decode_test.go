@@ -1,0 +1,291 @@
+package valkeyindex
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"strconv"
+	"testing"
+
+	"github.com/kvroute/kvroute/indexer"
+	"github.com/kvroute/kvroute/proto"
+)
+
+// entry encodes one block-value entry independently of the write script (the layout
+// of the package doc).
+func entry(slot uint16, flags uint8, ev, pe uint16, exp uint32) string {
+	b := binary.BigEndian.AppendUint16(nil, slot)
+	b = append(b, flags)
+	b = binary.BigEndian.AppendUint16(b, ev)
+	b = binary.BigEndian.AppendUint16(b, pe)
+	return string(binary.BigEndian.AppendUint32(b, exp))
+}
+
+// epochs encodes the epochs string: (events, prediction) per slot.
+func epochs(e ...[2]uint16) string {
+	var b []byte
+	for _, p := range e {
+		b = binary.BigEndian.AppendUint16(b, p[0])
+		b = binary.BigEndian.AppendUint16(b, p[1])
+	}
+	return string(b)
+}
+
+func testMatcher(maxWorkers int) matcher {
+	weights := [indexer.NumTiers]float64{indexer.TierGPU: 1, indexer.TierCPU: 0.5}
+	ix, err := indexer.New(indexer.Options{TierWeights: &weights, PredictedWeight: 0.75})
+	if err != nil {
+		panic(err)
+	}
+	count, conf := ix.MatchMasks()
+	return newMatcher(count, conf, ix.BlockWeight, maxWorkers)
+}
+
+// testNames names slots 0..n-1 "w<slot>", except those in skip.
+func testNames(n int, skip ...int) *slotNames {
+	var pairs []string
+	for s := range n {
+		named := true
+		for _, k := range skip {
+			named = named && k != s
+		}
+		if named {
+			pairs = append(pairs, strconv.Itoa(s), "0:w"+strconv.Itoa(s))
+		}
+	}
+	names, err := parseNames("1", pairs)
+	if err != nil {
+		panic(err)
+	}
+	return names
+}
+
+const (
+	gpu = 1 << indexer.TierGPU
+	cpu = 1 << indexer.TierCPU
+)
+
+func TestDecode(t *testing.T) {
+	const nowMS = 1_700_000_000_500 // expiries at or before 1,700,000,000 s no longer count
+	// Slot 3 is retired (epochs 0), slot 4 unnamed, slots from 5 on past the string.
+	ep := epochs([2]uint16{1, 1}, [2]uint16{3, 2}, [2]uint16{1, 1}, [2]uint16{0, 0}, [2]uint16{1, 1})
+	w := func(s int) proto.WorkerKey { return proto.WorkerKey{ID: "w" + strconv.Itoa(s)} }
+	type want struct {
+		slot, blocks, confirmed int
+		score                   float64
+	}
+	for _, c := range []struct {
+		name   string
+		blocks []string
+		want   []want
+		err    bool
+	}{
+		{"empty request", nil, nil, false},
+		{"first block missing", []string{"", entry(0, gpu, 1, 1, 0)}, nil, false},
+		{"gpu chains of two workers", []string{
+			entry(0, gpu, 1, 1, 0) + entry(2, gpu, 1, 1, 0),
+			entry(2, gpu, 1, 1, 0) + entry(0, gpu, 1, 1, 0),
+			entry(0, gpu, 1, 1, 0),
+			entry(0, gpu, 1, 1, 0),
+			"",
+			entry(2, gpu, 1, 1, 0),
+		}, []want{{0, 4, 4, 4}, {2, 2, 2, 2}}, false},
+		{"stale events epoch, current one", []string{
+			entry(1, gpu, 2, 2, 0) + entry(0, gpu, 1, 1, 0),
+			entry(1, gpu, 3, 2, 0) + entry(0, gpu, 1, 1, 0),
+		}, []want{{0, 2, 2, 2}}, false},
+		{"cpu then gpu, then a live prediction, then an expired one", []string{
+			entry(1, cpu, 3, 2, 0),
+			entry(1, gpu|cpu, 3, 2, 0),
+			entry(1, 0, 3, 2, 1_700_000_001),
+			entry(1, 0, 3, 2, 1_700_000_000),
+		}, []want{{1, 3, 2, 0.5 + 1 + 0.75}}, false},
+		{"prediction of a stale epoch", []string{
+			entry(1, 0, 3, 1, 1_800_000_000),
+		}, nil, false},
+		{"prediction then confirmed: confirmed stops at the first predicted block", []string{
+			entry(0, 0, 1, 1, 1_800_000_000),
+			entry(0, gpu, 1, 1, 0),
+		}, []want{{0, 2, 0, 1.75}}, false},
+		{"unnamed slot, retired slot (epochs 0), slot past the epochs string", []string{
+			entry(4, gpu, 1, 1, 0) + entry(3, gpu, 0, 0, 0) + entry(9, gpu, 1, 1, 0),
+		}, nil, false},
+		{"duplicate slot: the first entry that counts", []string{
+			entry(0, 0, 9, 9, 0) + entry(0, gpu, 1, 1, 0) + entry(0, cpu, 1, 1, 0),
+			entry(0, cpu, 1, 1, 0) + entry(0, gpu, 1, 1, 0),
+		}, []want{{0, 2, 2, 1.5}}, false},
+		{"malformed block", []string{entry(0, gpu, 1, 1, 0) + "x"}, nil, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := testMatcher(16)
+			names := testNames(10, 4)
+			got, err := m.decode(nowMS, ep, c.blocks, names, nil)
+			if c.err {
+				if !errors.Is(err, errReply) {
+					t.Fatalf("err %v, want errReply", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(c.want) {
+				t.Fatalf("got %+v, want %+v", got, c.want)
+			}
+			for i, wt := range c.want {
+				g := got[i]
+				if g.Worker != w(wt.slot) || g.Blocks != wt.blocks || g.Confirmed != wt.confirmed || math.Abs(g.Score-wt.score) > 1e-9 {
+					t.Fatalf("got %+v, want %+v", got, c.want)
+				}
+			}
+		})
+	}
+	m := testMatcher(16)
+	if _, err := m.decode(0, "abc", nil, testNames(1), nil); !errors.Is(err, errReply) {
+		t.Fatalf("epochs of 3 bytes: err %v", err)
+	}
+}
+
+func TestParseNames(t *testing.T) {
+	for _, bad := range [][]string{{"1"}, {"x", "0:w"}, {"-1", "0:w"}, {"65536", "0:w"}, {"1", "w"}, {"1", "-1:w"}} {
+		if _, err := parseNames("1", bad); !errors.Is(err, errReply) {
+			t.Errorf("%q: err %v", bad, err)
+		}
+	}
+	n, err := parseNames("7", []string{"3", "2:a:b", "0", "0:c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, ok := n.worker(3); !ok || w != (proto.WorkerKey{ID: "a:b", DPRank: 2}) {
+		t.Fatalf("slot 3: %v %v", w, ok)
+	}
+	if _, ok := n.worker(1); ok {
+		t.Fatal("slot 1 named")
+	}
+	if _, ok := n.worker(70000); ok {
+		t.Fatal("slot 70000 named")
+	}
+}
+
+// naiveDecode is the reference the fuzz target compares decode with: per candidate
+// and block, the first entry of its slot that counts, block by block.
+func naiveDecode(m *matcher, nowMS int64, ep string, blocks []string, names *slotNames) []indexer.WorkerMatch {
+	nows := (nowMS - ((nowMS%1000)+1000)%1000) / 1000
+	at := func(b string, slot int) uint8 {
+		for o := 0; o+entrySize <= len(b); o += entrySize {
+			s, f := m.flags(b[o:o+entrySize], ep, nows)
+			if s == slot && f != 0 {
+				return f
+			}
+		}
+		return 0
+	}
+	if len(blocks) == 0 {
+		return nil
+	}
+	var out []indexer.WorkerMatch
+	var slots []int
+	for o := 0; o+entrySize <= len(blocks[0]); o += entrySize {
+		s, f := m.flags(blocks[0][o:o+entrySize], ep, nows)
+		if f == 0 || len(out) >= m.maxWorkers {
+			continue
+		}
+		w, ok := names.worker(s)
+		dup := false
+		for _, k := range slots {
+			dup = dup || k == s
+		}
+		if !ok || dup {
+			continue
+		}
+		slots = append(slots, s)
+		r := indexer.WorkerMatch{Worker: w}
+		conf := true
+		for i, b := range blocks {
+			f := at(b, s)
+			if f == 0 {
+				break
+			}
+			if conf && f&m.conf == 0 {
+				conf = false
+			}
+			r.Blocks = i + 1
+			if conf {
+				r.Confirmed = i + 1
+			}
+			r.Score += m.weight[f]
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// FuzzDecodeMatch feeds decode what a server might answer to a Match (the epochs
+// string and block values of any bytes, any clock) and compares every answer with
+// naiveDecode; malformed values must be rejected with errReply, never panic.
+func FuzzDecodeMatch(f *testing.F) {
+	e := func(es ...string) []byte {
+		var b []byte
+		for _, s := range es {
+			b = append(b, byte(len(s)/entrySize))
+			b = append(b, s...)
+		}
+		return b
+	}
+	ep := []byte(epochs([2]uint16{1, 1}, [2]uint16{3, 2}, [2]uint16{1, 1}, [2]uint16{0, 0}))
+	f.Add(ep, e(entry(0, gpu, 1, 1, 0)+entry(2, gpu, 1, 1, 0), entry(2, gpu, 1, 1, 0), entry(2, gpu, 1, 1, 0)+entry(0, gpu, 1, 1, 0)), int64(1_700_000_000_500), uint16(0xffff))
+	f.Add(ep, e(entry(1, cpu, 3, 2, 0), entry(1, gpu|cpu, 3, 2, 0), entry(1, 0, 3, 2, 1_700_000_001), entry(1, 0, 3, 2, 1_700_000_001)), int64(1_700_000_000_500), uint16(0xfffb))
+	f.Add(ep, e(entry(0, 0, 1, 1, 1_800_000_000), entry(0, gpu, 1, 1, 0), "", entry(0, gpu, 1, 1, 0)), int64(-1500), uint16(1))
+	f.Add([]byte("abc"), []byte{200, 1, 2, 3}, int64(0), uint16(0))
+	f.Fuzz(func(t *testing.T, ep, raw []byte, nowMS int64, named uint16) {
+		// raw is a sequence of blocks, each a length byte then its bytes: below 200 the
+		// length counts entries (mod 24), from 200 on it is a byte count - 200 (most of
+		// those malformed).
+		var blocks []string
+		malformed := len(ep)%epochSize != 0
+		for len(raw) > 0 {
+			n := int(raw[0]) % 24 * entrySize
+			if raw[0] >= 200 {
+				n = int(raw[0]) - 200
+			}
+			n = min(n, len(raw)-1)
+			malformed = malformed || n%entrySize != 0
+			blocks = append(blocks, string(raw[1:1+n]))
+			raw = raw[1+n:]
+		}
+		var pairs []string
+		for s := range 16 {
+			if named&(1<<s) != 0 {
+				pairs = append(pairs, strconv.Itoa(s), "0:w"+strconv.Itoa(s))
+			}
+		}
+		names, err := parseNames("1", pairs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := testMatcher(4)
+		got, err := m.decode(nowMS, string(ep), blocks, names, nil)
+		if malformed {
+			if !errors.Is(err, errReply) {
+				t.Fatalf("malformed input: err %v", err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := naiveDecode(&m, nowMS, string(ep), blocks, names)
+		if len(got) != len(want) {
+			t.Fatalf("decode %+v, naive %+v", got, want)
+		}
+		for i := range want {
+			g, w := got[i], want[i]
+			if g.Worker != w.Worker || g.Blocks != w.Blocks || g.Confirmed != w.Confirmed || math.Abs(g.Score-w.Score) > 1e-9 {
+				t.Fatalf("decode %+v, naive %+v", got, want)
+			}
+			if g.Blocks < 1 || g.Confirmed > g.Blocks || g.Blocks > len(blocks) || g.Score > float64(g.Blocks)+1e-9 {
+				t.Fatalf("out of range: %+v", g)
+			}
+		}
+	})
+}
