@@ -200,3 +200,32 @@ func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 11)) }
 
 // beHash is a block hash as its key spells it.
 func beHash(h proto.BlockHash) []byte { return binary.BigEndian.AppendUint64(nil, uint64(h)) }
+
+// TestSlotTableFlushed: the keys flushed (as by a server restarted empty) and the slot
+// table rebuilt in another order by another process: a process that cached the old
+// table must not attribute the new slots to the old workers, though the table went
+// through as many changes as before.
+func TestSlotTableFlushed(t *testing.T) {
+	srv := valkeytest.Start(t)
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	_, a := newPair(t, srv.URL(), clk, "flush:")
+	flush(t, a)
+	x, y := proto.WorkerKey{ID: "x"}, proto.WorkerKey{ID: "y"}
+	cx, cy := newChain(1), newChain(2)
+	store(t, a, x, cx)
+	store(t, a, y, cy)
+	if h := holders(t, a, cx); h["x"] != len(cx.own) || len(h) != 1 {
+		t.Fatalf("before the flush: %v", h)
+	}
+	rc := rawClient(t, srv.URL())
+	if err := rc.Do(context.Background(), rc.B().Flushall().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	_, b := newPair(t, srv.URL(), clk, "flush:")
+	flush(t, b)
+	store(t, b, y, cx) // y gets slot 0, x's slot before the flush
+	store(t, b, x, cy)
+	if h := holders(t, a, cx); h["y"] != len(cx.own) || len(h) != 1 {
+		t.Fatalf("after the flush a sees %v on the blocks only y holds", h)
+	}
+}

@@ -18,9 +18,10 @@ const (
 	keyWorkerSlot = iota // hash: worker -> slot
 	keySlotWorker        // hash: slot -> worker
 	keyEpochs            // string: epochSize bytes per slot
-	keyVersion           // string: counter bumped whenever the slot table changes
+	keyVersion           // string: a new value whenever the slot table changes
 	keyFree              // list: freed slots
 	keyNext              // string: the next fresh slot
+	keyVersionN          // string: counter part of the version
 	numMetaKeys
 )
 
@@ -28,7 +29,7 @@ const (
 type metaKeys [numMetaKeys]string
 
 func newMetaKeys(prefix string) metaKeys {
-	return metaKeys{prefix + "slot", prefix + "slotw", prefix + "epochs", prefix + "slotver", prefix + "slotfree", prefix + "slotnext"}
+	return metaKeys{prefix + "slot", prefix + "slotw", prefix + "epochs", prefix + "slotver", prefix + "slotfree", prefix + "slotnext", prefix + "slotvern"}
 }
 
 // predSeconds is a prediction's expiry (unix ns) as the server stores it: unix seconds,

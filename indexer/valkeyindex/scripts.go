@@ -26,7 +26,7 @@ return {redis.call('GET', KEYS[1]) or '', redis.call('HGETALL', KEYS[2])}
 // writeScript applies a sequence of entry changes and epoch bumps in order.
 //
 // KEYS: worker -> slot hash, slot -> worker hash, epochs string, slot table version,
-// free slot list, next fresh slot counter, then one key per operation (a block key; any
+// free slot list, next fresh slot counter, version counter, then one key per operation (a block key; any
 // key for a bump). ARGV: now (unix ms), then three values per operation: worker, tier,
 // pred. tier: -1 leave the tier flags, 0 clear them, > 0 set them; -2 bump the worker's
 // events epoch, -3 bump both its epochs, -4 bump both and free its slot (pred ignored).
@@ -40,12 +40,23 @@ return {redis.call('GET', KEYS[1]) or '', redis.call('HGETALL', KEYS[2])}
 // epochs, expired predictions), so invisible bytes go with the next write of the key.
 // A value with live tier flags has no TTL; one with predictions only expires with its
 // latest prediction; an empty one is deleted.
+//
+// Before the slot table changes, the version is set to a new value: the server's time
+// (seconds and microseconds) and a counter, so it differs from every earlier one even
+// after the server restarted empty or the keys were flushed (a counter alone would start
+// over and could name a different table with a version a client has cached).
 var writeScript = valkey.NewLuaScript(`
 local now = tonumber(ARGV[1])
 local nows = math.floor(now / 1000)
-local WS, SW, EP, VER, FREE, NEXT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local WS, SW, EP, VER, FREE, NEXT, VERN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local ep = redis.call('GET', EP) or ''
-local eps, slots = {}, {}
+local eps, slots, touched = {}, {}, false
+local function touch()
+  if touched then return end
+  touched = true
+  local t = redis.call('TIME')
+  redis.call('SET', VER, t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', VERN))
+end
 local function epochs(s)
   local e = eps[s]
   if e then return e[1], e[2] end
@@ -66,6 +77,7 @@ local function slotOf(wk, alloc)
     slots[wk] = s
   end
   if s or not alloc then return s end
+  touch()
   local f = redis.call('LPOP', FREE)
   if f then
     s = tonumber(f)
@@ -79,14 +91,13 @@ local function slotOf(wk, alloc)
   end
   redis.call('HSET', WS, wk, s)
   redis.call('HSET', SW, s, wk)
-  redis.call('INCR', VER)
   slots[wk] = s
   return s
 end
 local function release(wk, s)
+  touch()
   redis.call('HDEL', WS, wk)
   redis.call('HDEL', SW, s)
-  redis.call('INCR', VER)
   slots[wk] = false
 end
 local function bump(wk, both, free)
@@ -144,8 +155,8 @@ local function put(k, wk, tf, px)
     redis.call('SET', k, table.concat(parts), 'PX', math.max(maxexp * 1000 - now, 1))
   end
 end
-for i = 7, #KEYS do
-  local a = (i - 7) * 3 + 2
+for i = 8, #KEYS do
+  local a = (i - 8) * 3 + 2
   local wk, tf, px = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   if tf == -2 then
     bump(wk, false, false)
@@ -157,5 +168,5 @@ for i = 7, #KEYS do
     put(KEYS[i], wk, tf, px)
   end
 end
-return #KEYS - 6
+return #KEYS - 7
 `)
