@@ -24,11 +24,13 @@
 //
 // Why not the server-side walk of the first version (a read-only Lua script doing an
 // HMGET of two fields per still-open worker per block, returning only the answer): its
-// cost was blocks times workers field lookups plus Lua tables, 19 to 275 ms for a
-// 512-block request on 64 workers against 0.5 to 0.9 ms for this layout on the same
-// machine (bench/RESULTS.md, "Shared index in Valkey (issue 19)"). What this layout pays
-// instead is reply size: about 11 bytes per (worker, block) entry for the blocks read,
-// 180 kB for that request.
+// cost was blocks times workers field lookups plus Lua tables: a Match p50 of 43 to 64
+// ms for a 512-block request on 64 workers against 0.5 ms for this layout, measured in
+// alternation on the same loaded machine (bench/RESULTS.md, "Shared index in Valkey
+// (issue 19)"). What this layout pays instead is reply size (about 11 bytes per (worker,
+// block) entry of the blocks read, 180 kB for that request, most of the server's 240 to
+// 290 us per MGET) and a slower ingest (about 30%: a change reads and rewrites its
+// block's value).
 //
 // # Key layout
 //

@@ -342,9 +342,9 @@ func (v *Index) Restore(r io.Reader) error {
 	return err
 }
 
-// Match asks the server for the request's overlaps in one round trip (the walk runs in
-// a server-side script that stops at the first block no remaining worker holds). It
-// answers from the process's own index when the server is down or fails (counted in
+// Match reads the request's block values from the server in one round trip (one MGET;
+// a second one only when the slot table changed since the last Match) and computes the
+// overlaps from them (see the package doc). It answers from the process's own index when the server is down or fails (counted in
 // kvroute_index_backend_errors_total{op="match"}). Unlike *indexer.Index.Match it
 // allocates.
 func (v *Index) Match(hashes []proto.BlockHash, dst []indexer.WorkerMatch) []indexer.WorkerMatch {
