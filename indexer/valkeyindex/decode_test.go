@@ -289,3 +289,18 @@ func FuzzDecodeMatch(f *testing.F) {
 		}
 	})
 }
+
+// TestReplyBlocks: a Match asks for fewer blocks the more slots are in use, so the
+// reply stays under maxReplyBytes.
+func TestReplyBlocks(t *testing.T) {
+	v := &Index{}
+	if n := v.replyBlocks(); n != maxReplyBytes/entrySize {
+		t.Fatalf("no slot table: %d", n)
+	}
+	for _, c := range []struct{ slots, want int }{{64, 23831}, {186, 8200}, {4096, 372}, {maxSlots, 23}} {
+		v.names.Store(testNames(c.slots))
+		if n := v.replyBlocks(); n != c.want || n*entrySize*c.slots > maxReplyBytes {
+			t.Errorf("%d slots: %d blocks, want %d", c.slots, n, c.want)
+		}
+	}
+}

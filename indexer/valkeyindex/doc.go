@@ -125,6 +125,9 @@
 // entry reads and rewrites its block value in the write script (cost linear in the
 // holders of that block). Match costs the server one lookup per request block (MGET;
 // a block no worker holds is a missing key) and sends back every entry of the blocks
-// read: about 11 bytes per holder per block; the client decodes them in one pass. See
+// read: about 11 bytes per holder per block; the client decodes them in one pass. A
+// request is cut to the blocks whose values fit in 16 MiB with every slot in use
+// holding them (8192 blocks, MaxMatchBlocks, up to 186 workers), so a reply stays
+// bounded on large fleets. See
 // bench/RESULTS.md, "Shared index in Valkey (issue 19)", for the figures.
 package valkeyindex

@@ -237,7 +237,7 @@ func (m *matcher) decode(nowMS int64, ep string, blocks []string, names *slotNam
 // The slot table is read again (a second round trip) only when its version changed
 // since the last read; if it changed once more in between, the MGET is repeated.
 func (v *Index) matchRemote(ctx context.Context, c valkey.Client, hashes []proto.BlockHash, dst []indexer.WorkerMatch) ([]indexer.WorkerMatch, error) {
-	hashes = hashes[:min(len(hashes), v.opts.MaxMatchBlocks)]
+	hashes = hashes[:min(len(hashes), v.opts.MaxMatchBlocks, v.replyBlocks())]
 	keys := make([]string, 2, len(hashes)+2)
 	keys[0], keys[1] = v.keys[keyVersion], v.keys[keyEpochs]
 	// The block keys are substrings of one string: two allocations, not one per block.
@@ -288,6 +288,21 @@ func (v *Index) matchRemote(ctx context.Context, c valkey.Client, hashes []proto
 		}
 		return v.m.decode(v.now().UnixMilli(), ep, blocks, names, dst)
 	}
+}
+
+// maxReplyBytes bounds the block values one Match may read: a block value holds at most
+// one entry per slot in use, so a request is cut to maxReplyBytes / (entrySize * slots)
+// blocks (8192 blocks up to 186 workers; 372 blocks with 4096 workers).
+const maxReplyBytes = 16 << 20
+
+// replyBlocks is how many blocks a Match may ask for under maxReplyBytes, by the slot
+// table as last read.
+func (v *Index) replyBlocks() int {
+	n := v.names.Load()
+	if n == nil || len(n.used) == 0 {
+		return maxReplyBytes / entrySize
+	}
+	return max(maxReplyBytes/(entrySize*len(n.used)), 1)
 }
 
 // optString is a string value, "" for a missing key.
