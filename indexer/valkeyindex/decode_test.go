@@ -12,13 +12,23 @@ import (
 )
 
 // entry encodes one block-value entry independently of the write script (the layout
-// of the package doc).
+// of the package doc): the events epoch only with tier flags, the prediction only with
+// an expiry.
 func entry(slot uint16, flags uint8, ev, pe uint16, exp uint32) string {
 	b := binary.BigEndian.AppendUint16(nil, slot)
-	b = append(b, flags)
-	b = binary.BigEndian.AppendUint16(b, ev)
-	b = binary.BigEndian.AppendUint16(b, pe)
-	return string(binary.BigEndian.AppendUint32(b, exp))
+	fl := flags
+	if exp != 0 {
+		fl |= 0x80
+	}
+	b = append(b, fl)
+	if flags != 0 {
+		b = binary.BigEndian.AppendUint16(b, ev)
+	}
+	if exp != 0 {
+		b = binary.BigEndian.AppendUint16(b, pe)
+		b = binary.BigEndian.AppendUint32(b, exp)
+	}
+	return string(b)
 }
 
 // epochs encodes the epochs string: (events, prediction) per slot.
@@ -115,6 +125,7 @@ func TestDecode(t *testing.T) {
 			entry(0, cpu, 1, 1, 0) + entry(0, gpu, 1, 1, 0),
 		}, []want{{0, 2, 2, 1.5}}, false},
 		{"malformed block", []string{entry(0, gpu, 1, 1, 0) + "x"}, nil, true},
+		{"entry cut short", []string{entry(0, gpu, 1, 1, 0), entry(0, gpu, 1, 1, 5)[:8]}, nil, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := testMatcher(16)
@@ -167,42 +178,99 @@ func TestParseNames(t *testing.T) {
 	}
 }
 
+// naiveEntry is an entry as naiveParse reads it.
+type naiveEntry struct {
+	slot          int
+	tiers         uint8
+	ev, pe        uint16
+	exp           int64
+	hasEv, hasExp bool
+}
+
+// naiveParse splits a block value into entries, false when it does not end on an
+// entry's end.
+func naiveParse(b []byte) ([]naiveEntry, bool) {
+	var out []naiveEntry
+	for len(b) > 0 {
+		if len(b) < 3 {
+			return nil, false
+		}
+		e := naiveEntry{slot: int(binary.BigEndian.Uint16(b)), tiers: b[2] & 0x0f, hasEv: b[2]&0x0f != 0, hasExp: b[2]&0x80 != 0}
+		b = b[3:]
+		if e.hasEv {
+			if len(b) < 2 {
+				return nil, false
+			}
+			e.ev, b = binary.BigEndian.Uint16(b), b[2:]
+		}
+		if e.hasExp {
+			if len(b) < 6 {
+				return nil, false
+			}
+			e.pe, e.exp, b = binary.BigEndian.Uint16(b), int64(binary.BigEndian.Uint32(b[2:])), b[6:]
+		}
+		out = append(out, e)
+	}
+	return out, true
+}
+
 // naiveDecode is the reference the fuzz target compares decode with: per candidate
-// and block, the first entry of its slot that counts, block by block.
-func naiveDecode(m *matcher, nowMS int64, ep string, blocks []string, names *slotNames) []indexer.WorkerMatch {
+// and block, the first entry of its slot that counts, block by block; nil, false when a
+// block value is malformed.
+func naiveDecode(m *matcher, nowMS int64, ep []byte, blocks []string, names *slotNames) ([]indexer.WorkerMatch, bool) {
 	nows := (nowMS - ((nowMS%1000)+1000)%1000) / 1000
-	at := func(b string, slot int) uint8 {
-		for o := 0; o+entrySize <= len(b); o += entrySize {
-			s, f := m.flags(b[o:o+entrySize], ep, nows)
-			if s == slot && f != 0 {
+	parsed := make([][]naiveEntry, len(blocks))
+	for i, b := range blocks {
+		var ok bool
+		if parsed[i], ok = naiveParse([]byte(b)); !ok {
+			return nil, false
+		}
+	}
+	flags := func(e naiveEntry) uint8 {
+		if e.slot >= len(ep)/4 {
+			return 0
+		}
+		cev, cpe := binary.BigEndian.Uint16(ep[e.slot*4:]), binary.BigEndian.Uint16(ep[e.slot*4+2:])
+		var f uint8
+		if e.hasEv && e.ev == cev && cev != 0 {
+			f = e.tiers
+		}
+		if e.hasExp && e.pe == cpe && cpe != 0 && e.exp > nows {
+			f |= indexer.FlagPredicted
+		}
+		return f & m.count
+	}
+	at := func(es []naiveEntry, slot int) uint8 {
+		for _, e := range es {
+			if f := flags(e); e.slot == slot && f != 0 {
 				return f
 			}
 		}
 		return 0
 	}
 	if len(blocks) == 0 {
-		return nil
+		return nil, true
 	}
 	var out []indexer.WorkerMatch
 	var slots []int
-	for o := 0; o+entrySize <= len(blocks[0]); o += entrySize {
-		s, f := m.flags(blocks[0][o:o+entrySize], ep, nows)
+	for _, e := range parsed[0] {
+		f := flags(e)
 		if f == 0 || len(out) >= m.maxWorkers {
 			continue
 		}
-		w, ok := names.worker(s)
+		w, ok := names.worker(e.slot)
 		dup := false
 		for _, k := range slots {
-			dup = dup || k == s
+			dup = dup || k == e.slot
 		}
 		if !ok || dup {
 			continue
 		}
-		slots = append(slots, s)
+		slots = append(slots, e.slot)
 		r := indexer.WorkerMatch{Worker: w}
 		conf := true
-		for i, b := range blocks {
-			f := at(b, s)
+		for i := range blocks {
+			f := at(parsed[i], e.slot)
 			if f == 0 {
 				break
 			}
@@ -217,7 +285,7 @@ func naiveDecode(m *matcher, nowMS int64, ep string, blocks []string, names *slo
 		}
 		out = append(out, r)
 	}
-	return out
+	return out, true
 }
 
 // FuzzDecodeMatch feeds decode what a server might answer to a Match (the epochs
@@ -227,7 +295,7 @@ func FuzzDecodeMatch(f *testing.F) {
 	e := func(es ...string) []byte {
 		var b []byte
 		for _, s := range es {
-			b = append(b, byte(len(s)/entrySize))
+			b = append(b, byte(len(s)))
 			b = append(b, s...)
 		}
 		return b
@@ -236,20 +304,13 @@ func FuzzDecodeMatch(f *testing.F) {
 	f.Add(ep, e(entry(0, gpu, 1, 1, 0)+entry(2, gpu, 1, 1, 0), entry(2, gpu, 1, 1, 0), entry(2, gpu, 1, 1, 0)+entry(0, gpu, 1, 1, 0)), int64(1_700_000_000_500), uint16(0xffff))
 	f.Add(ep, e(entry(1, cpu, 3, 2, 0), entry(1, gpu|cpu, 3, 2, 0), entry(1, 0, 3, 2, 1_700_000_001), entry(1, 0, 3, 2, 1_700_000_001)), int64(1_700_000_000_500), uint16(0xfffb))
 	f.Add(ep, e(entry(0, 0, 1, 1, 1_800_000_000), entry(0, gpu, 1, 1, 0), "", entry(0, gpu, 1, 1, 0)), int64(-1500), uint16(1))
-	f.Add([]byte("abc"), []byte{200, 1, 2, 3}, int64(0), uint16(0))
+	f.Add([]byte("abc"), []byte{3, 1, 2, 3}, int64(0), uint16(0))
+	f.Add(ep, []byte{4, 0, 0, 0x81, 0}, int64(0), uint16(1))
 	f.Fuzz(func(t *testing.T, ep, raw []byte, nowMS int64, named uint16) {
-		// raw is a sequence of blocks, each a length byte then its bytes: below 200 the
-		// length counts entries (mod 24), from 200 on it is a byte count - 200 (most of
-		// those malformed).
+		// raw is a sequence of blocks, each a length byte then its bytes.
 		var blocks []string
-		malformed := len(ep)%epochSize != 0
 		for len(raw) > 0 {
-			n := int(raw[0]) % 24 * entrySize
-			if raw[0] >= 200 {
-				n = int(raw[0]) - 200
-			}
-			n = min(n, len(raw)-1)
-			malformed = malformed || n%entrySize != 0
+			n := min(int(raw[0]), len(raw)-1)
 			blocks = append(blocks, string(raw[1:1+n]))
 			raw = raw[1+n:]
 		}
@@ -265,7 +326,8 @@ func FuzzDecodeMatch(f *testing.F) {
 		}
 		m := testMatcher(4)
 		got, err := m.decode(nowMS, string(ep), blocks, names, nil)
-		if malformed {
+		want, ok := naiveDecode(&m, nowMS, ep, blocks, names)
+		if !ok || len(ep)%epochSize != 0 {
 			if !errors.Is(err, errReply) {
 				t.Fatalf("malformed input: err %v", err)
 			}
@@ -274,7 +336,6 @@ func FuzzDecodeMatch(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := naiveDecode(&m, nowMS, string(ep), blocks, names)
 		if len(got) != len(want) {
 			t.Fatalf("decode %+v, naive %+v", got, want)
 		}

@@ -191,7 +191,7 @@ func TestKeyTTL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(v) != 11 {
+	if len(v) != 5 {
 		t.Fatalf("after w's clear and w2's store the value holds %d bytes, want w2's entry only (the cleared one dropped at the write)", len(v))
 	}
 }

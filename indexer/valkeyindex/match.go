@@ -113,38 +113,79 @@ type cand struct {
 	score     float64
 }
 
-// flags returns the masked flags of the entry at e (entrySize bytes) under the slot
-// epochs ep, and its slot; 0 when nothing in it counts.
-func (m *matcher) flags(e string, ep string, nows int64) (int, uint8) {
-	s := int(e[0])<<8 | int(e[1])
-	if (s+1)*epochSize > len(ep) {
-		return s, 0
+// entry decodes the entry of block value b at offset o under the slot epochs ep: its
+// slot, its masked flags (0 when nothing in it counts) and its size; ok is false when it
+// is cut short.
+func (m *matcher) entry(b string, o int, ep string, nows int64) (slot int, f uint8, n int, ok bool) {
+	if o+3 > len(b) {
+		return 0, 0, 0, false
 	}
-	cev := uint16(ep[s*4])<<8 | uint16(ep[s*4+1])
-	cpe := uint16(ep[s*4+2])<<8 | uint16(ep[s*4+3])
-	var f uint8
-	if ev := uint16(e[3])<<8 | uint16(e[4]); ev == cev && cev != 0 {
-		f = e[2] & indexer.TierFlags
+	slot, fl := int(b[o])<<8|int(b[o+1]), b[o+2]
+	n = 3
+	if fl&entryTiers != 0 {
+		n += 2
 	}
-	if pe := uint16(e[5])<<8 | uint16(e[6]); pe == cpe && cpe != 0 {
-		if ex := int64(e[7])<<24 | int64(e[8])<<16 | int64(e[9])<<8 | int64(e[10]); ex > nows {
+	if fl&entryPred != 0 {
+		n += 6
+	}
+	if o+n > len(b) {
+		return 0, 0, 0, false
+	}
+	if (slot+1)*epochSize > len(ep) {
+		return slot, 0, n, true
+	}
+	cev := uint16(ep[slot*4])<<8 | uint16(ep[slot*4+1])
+	cpe := uint16(ep[slot*4+2])<<8 | uint16(ep[slot*4+3])
+	p := o + 3
+	if fl&entryTiers != 0 {
+		if ev := uint16(b[p])<<8 | uint16(b[p+1]); ev == cev && cev != 0 {
+			f = fl & entryTiers & indexer.TierFlags
+		}
+		p += 2
+	}
+	if fl&entryPred != 0 {
+		pe := uint16(b[p])<<8 | uint16(b[p+1])
+		ex := int64(b[p+2])<<24 | int64(b[p+3])<<16 | int64(b[p+4])<<8 | int64(b[p+5])
+		if pe == cpe && cpe != 0 && ex > nows {
 			f |= indexer.FlagPredicted
 		}
 	}
-	return s, f & m.count
+	return slot, f & m.count, n, true
+}
+
+// valid reports whether block value b is a whole sequence of entries.
+func valid(b string) bool {
+	for o := 0; o < len(b); {
+		if o+3 > len(b) {
+			return false
+		}
+		n := 3
+		if b[o+2]&entryTiers != 0 {
+			n += 2
+		}
+		if b[o+2]&entryPred != 0 {
+			n += 6
+		}
+		o += n
+		if o > len(b) {
+			return false
+		}
+	}
+	return true
 }
 
 // decode computes the overlaps of the request whose block values (in request order; ""
 // for a missing key) are blocks, under the slot epochs ep and the slot table names, at
 // now (unix ms), appending them to dst: the same answer the in-memory index gives for
-// the same entries. It never allocates more than its input's size bounds (candidates are
-// at most maxWorkers) and rejects a malformed value.
+// the same entries. Of several entries of one slot in a block value (the writer never
+// makes them) the first that counts is used. It never allocates more than its input's
+// size bounds (candidates are at most maxWorkers) and rejects a malformed value.
 func (m *matcher) decode(nowMS int64, ep string, blocks []string, names *slotNames, dst []indexer.WorkerMatch) ([]indexer.WorkerMatch, error) {
 	if len(ep)%epochSize != 0 || len(ep) > epochSize*maxSlots {
 		return dst, fmt.Errorf("%w: epochs of %d bytes", errReply, len(ep))
 	}
 	for i, b := range blocks {
-		if len(b)%entrySize != 0 || len(b) > entrySize*maxSlots {
+		if len(b) > entrySize*maxSlots || (i == 0 || b != blocks[i-1]) && !valid(b) {
 			return dst, fmt.Errorf("%w: block %d of %d bytes", errReply, i, len(b))
 		}
 	}
@@ -159,8 +200,9 @@ func (m *matcher) decode(nowMS int64, ep string, blocks []string, names *slotNam
 	// bySlot maps a slot to its candidate + 1 (0: none); an entry of a slot past the
 	// epochs string never counts, so len(ep)/epochSize bounds it.
 	bySlot := make([]int32, len(ep)/epochSize)
-	for o := 0; o < len(blocks[0]); o += entrySize {
-		s, f := m.flags(blocks[0][o:o+entrySize], ep, nows)
+	for o := 0; o < len(blocks[0]); {
+		s, f, n, _ := m.entry(blocks[0], o, ep, nows)
+		o += n
 		if f == 0 || len(cs) >= m.maxWorkers || bySlot[s] != 0 {
 			continue
 		}
@@ -189,17 +231,14 @@ func (m *matcher) decode(nowMS int64, ep string, blocks []string, names *slotNam
 			continue
 		}
 		seen := 0
-		for o := 0; o < len(b); o += entrySize {
-			s := int(b[o])<<8 | int(b[o+1])
-			if s >= len(bySlot) || bySlot[s] == 0 {
+		for o := 0; o < len(b); {
+			s, f, n, _ := m.entry(b, o, ep, nows)
+			o += n
+			if f == 0 || s >= len(bySlot) || bySlot[s] == 0 {
 				continue
 			}
 			c := &cs[bySlot[s]-1]
 			if !c.open || c.seen == i {
-				continue
-			}
-			_, f := m.flags(b[o:o+entrySize], ep, nows)
-			if f == 0 {
 				continue
 			}
 			c.seen = i

@@ -4,10 +4,16 @@ import "github.com/valkey-io/valkey-go"
 
 // The layout the scripts and the Go decoder share (see the package doc, "Key layout").
 const (
-	// entrySize is the size of one entry of a block value: slot (uint16), tier flags
-	// (uint8), events epoch (uint16), prediction epoch (uint16), prediction expiry (uint32,
-	// unix seconds), all big-endian.
+	// entrySize is the largest entry of a block value: slot (uint16), flags (uint8: tier
+	// flags in the low 4 bits, entryPred), then the events epoch (uint16) if there are tier
+	// flags, then the prediction epoch (uint16) and expiry (uint32, unix seconds) if
+	// entryPred is set; all big-endian. So an entry is 5 bytes (tiers only), 9
+	// (prediction only) or 11 (both).
 	entrySize = 11
+	// entryPred marks an entry with a prediction.
+	entryPred = 0x80
+	// entryTiers masks an entry's tier flags.
+	entryTiers = 0x0f
 	// epochSize is the size of one slot's record in the epochs string: events epoch and
 	// prediction epoch (uint16 each, big-endian); 0 means the slot is not in use.
 	epochSize = 4
@@ -117,13 +123,36 @@ local function bump(wk, both, free)
     redis.call('RPUSH', FREE, s)
   end
 end
+local function pack(s, ef, ev, pe, ex)
+  local r
+  if ex ~= 0 then
+    r = struct.pack('>HB', s, ef + 128)
+  else
+    r = struct.pack('>HB', s, ef)
+  end
+  if ef ~= 0 then r = r .. struct.pack('>H', ev) end
+  if ex ~= 0 then r = r .. struct.pack('>HI4', pe, ex) end
+  return r
+end
 local function put(k, wk, tf, px)
   local s = slotOf(wk, tf > 0 or px > 0)
   if not s then return end
   local v = redis.call('GET', k) or ''
   local parts, found, tier, maxexp = {}, false, false, 0
-  for o = 1, #v - 10, 11 do
-    local es, ef, eev, epe, ex = struct.unpack('>HBHHI4', v, o)
+  local o = 1
+  while o <= #v do
+    local es, ef = struct.unpack('>HB', v, o)
+    local eev, epe, ex = 0, 0, 0
+    o = o + 3
+    if bit.band(ef, 15) ~= 0 then
+      eev = struct.unpack('>H', v, o)
+      o = o + 2
+    end
+    if bit.band(ef, 128) ~= 0 then
+      epe, ex = struct.unpack('>HI4', v, o)
+      o = o + 6
+    end
+    ef = bit.band(ef, 15)
     local cev, cpe = epochs(es)
     if eev ~= cev or cev == 0 then ef = 0 end
     if epe ~= cpe or cpe == 0 or ex <= nows then ex = 0 end
@@ -135,7 +164,7 @@ local function put(k, wk, tf, px)
       ef, ex = 0, 0
     end
     if ef ~= 0 or ex ~= 0 then
-      parts[#parts + 1] = struct.pack('>HBHHI4', es, ef, cev, cpe, ex)
+      parts[#parts + 1] = pack(es, ef, cev, cpe, ex)
       if ef ~= 0 then tier = true end
       if ex > maxexp then maxexp = ex end
     end
@@ -143,7 +172,7 @@ local function put(k, wk, tf, px)
   if not found and (tf > 0 or px > 0) then
     local cev, cpe = epochs(s)
     local ef, ex = math.max(tf, 0), math.max(px, 0)
-    parts[#parts + 1] = struct.pack('>HBHHI4', s, ef, cev, cpe, ex)
+    parts[#parts + 1] = pack(s, ef, cev, cpe, ex)
     if ef ~= 0 then tier = true end
     if ex > maxexp then maxexp = ex end
   end
