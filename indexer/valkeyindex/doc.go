@@ -24,24 +24,28 @@
 //
 // Why not the server-side walk of the first version (a read-only Lua script doing an
 // HMGET of two fields per still-open worker per block, returning only the answer): its
-// cost was blocks times workers field lookups plus Lua tables: a Match p50 of 43 to 64
-// ms for a 512-block request on 64 workers against 0.5 ms for this layout, measured in
-// alternation on the same loaded machine (bench/RESULTS.md, "Shared index in Valkey
-// (issue 19)"). What this layout pays instead is reply size (about 11 bytes per (worker,
-// block) entry of the blocks read, 180 kB for that request, most of the server's 240 to
-// 290 us per MGET) and a slower ingest (about 30%: a change reads and rewrites its
-// block's value).
+// cost was blocks times workers field lookups plus Lua tables: a Match p50 of 26 to 44
+// ms for a 512-block request on 64 workers against 0.37 to 0.40 ms for this layout,
+// measured in alternation on the same loaded machine (bench/RESULTS.md, "Shared index
+// in Valkey (issue 19)"). What this layout pays instead is reply size: 5 bytes per
+// (worker, block) entry of the blocks read, 83 kB for that request, which is most of the
+// server's 200 us per MGET there. Fixed 11-byte entries (every entry with room for a
+// prediction) made it 180 kB, with 240 to 290 us of server time and a p50 of 0.5 ms (an
+// earlier run of the same benchmark, load average 17 to 23), and an MGET of 512 values
+// of 704 bytes took the server 264 us against 81 us for 320 bytes and 38 us for 11
+// (load average 6): the reply's size is the cost, hence the variable-size entries.
 //
 // # Key layout
 //
 // With the prefix P (index.valkey.prefix, default "kvroute:"):
 //
-//	P k:<8-byte big-endian own hash>  string: one 11-byte entry per worker (slot) holding the block:
+//	P k:<8-byte big-endian own hash>  string: one entry per worker (slot) holding the block:
 //	    slot        uint16            the worker's slot
-//	    flags       uint8             tier flags (1<<tier: GPU 1, CPU 2, disk 4, other 8); 0: none
-//	    ev epoch    uint16            the slot's events epoch when flags were written
-//	    pred epoch  uint16            the slot's prediction epoch when the prediction was written
-//	    pred expiry uint32            unix seconds (rounded up); 0: no prediction
+//	    flags       uint8             tier flags in the low 4 bits (1<<tier: GPU 1, CPU 2, disk 4,
+//	                                  other 8); 0x80: the entry has a prediction
+//	    ev epoch    uint16            only with tier flags: the slot's events epoch when they were written
+//	    pred epoch  uint16            only with 0x80: the slot's prediction epoch when it was written
+//	    pred expiry uint32            only with 0x80: unix seconds (rounded up)
 //	P epochs                          string: per slot, events epoch and prediction epoch (uint16 each); 0 0: not in use
 //	P slot                            hash: worker ("<dp rank>:<id>") -> slot
 //	P slotw                           hash: slot -> worker
@@ -119,15 +123,15 @@
 //
 // Each process that ingests events keeps its own index for those workers (the
 // in-memory index's per-entry cost, see package indexer); a router that only predicts
-// keeps its predictions. On the server, a (worker, block) entry is 11 bytes in its block
-// value, plus the key's own overhead (about 60 to 90 bytes per block key, whatever the
+// keeps its predictions. On the server, a (worker, block) entry is 5 bytes in its block
+// value (11 with a prediction), plus the key's own overhead (about 60 to 90 bytes per block key, whatever the
 // number of holders); the slot table is a few dozen bytes per worker. A write of an
 // entry reads and rewrites its block value in the write script (cost linear in the
 // holders of that block). Match costs the server one lookup per request block (MGET;
 // a block no worker holds is a missing key) and sends back every entry of the blocks
-// read: about 11 bytes per holder per block; the client decodes them in one pass. A
-// request is cut to the blocks whose values fit in 16 MiB with every slot in use
-// holding them (8192 blocks, MaxMatchBlocks, up to 186 workers), so a reply stays
-// bounded on large fleets. See
-// bench/RESULTS.md, "Shared index in Valkey (issue 19)", for the figures.
+// read: 5 to 11 bytes per holder per block; the client decodes them in one pass,
+// skipping a value equal to the one before. A request is cut to the blocks whose values
+// would fit in 16 MiB with every slot in use holding them with a prediction (8192
+// blocks, MaxMatchBlocks, up to 186 workers), so a reply stays bounded on large fleets.
+// See bench/RESULTS.md, "Shared index in Valkey (issue 19)", for the figures.
 package valkeyindex
