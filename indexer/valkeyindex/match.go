@@ -2,7 +2,6 @@ package valkeyindex
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -283,9 +282,7 @@ func (v *Index) matchRemote(ctx context.Context, c valkey.Client, hashes []proto
 	kl := len(v.opts.Prefix) + 2 + 8
 	buf := make([]byte, 0, kl*len(hashes))
 	for _, h := range hashes {
-		buf = append(buf, v.opts.Prefix...)
-		buf = append(buf, "k:"...)
-		buf = binary.BigEndian.AppendUint64(buf, uint64(h))
+		buf = v.appendBlockKey(buf, h)
 	}
 	all := string(buf)
 	for i := range hashes {

@@ -221,9 +221,15 @@ func (v *Index) Down() bool { return v.down.Load() }
 
 // blockKey is the server key of block h.
 func (v *Index) blockKey(h proto.BlockHash) string {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(h))
-	return v.opts.Prefix + "k:" + string(b[:])
+	return string(v.appendBlockKey(make([]byte, 0, len(v.opts.Prefix)+10), h))
+}
+
+// appendBlockKey appends the server key of block h to b: the prefix, "k:", the hash
+// as 8 big-endian bytes.
+func (v *Index) appendBlockKey(b []byte, h proto.BlockHash) []byte {
+	b = append(b, v.opts.Prefix...)
+	b = append(b, "k:"...)
+	return binary.BigEndian.AppendUint64(b, uint64(h))
 }
 
 // workerField names w in fields and epoch hashes: "<dp rank>:<id>".
@@ -344,7 +350,8 @@ func (v *Index) Restore(r io.Reader) error {
 
 // Match reads the request's block values from the server in one round trip (one MGET;
 // a second one only when the slot table changed since the last Match) and computes the
-// overlaps from them (see the package doc). It answers from the process's own index when the server is down or fails (counted in
+// overlaps from them (see the package doc). It answers from the process's own index
+// when the server is down or fails (counted in
 // kvroute_index_backend_errors_total{op="match"}). Unlike *indexer.Index.Match it
 // allocates.
 func (v *Index) Match(hashes []proto.BlockHash, dst []indexer.WorkerMatch) []indexer.WorkerMatch {
