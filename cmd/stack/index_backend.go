@@ -25,7 +25,7 @@ func (st *Stack) newIndex(reg prometheus.Registerer) error {
 	}
 	vc := cfg.Index.Valkey
 	v, err := valkeyindex.New(valkeyindex.Options{
-		URL: vc.URL, Prefix: vc.Prefix, Timeout: vc.Timeout, PredictedTTL: cfg.CacheAware.PredictionTTL,
+		URL: vc.URL, Prefix: vc.Prefix, Timeout: vc.Timeout,
 		Local: local, Registerer: reg, Logger: st.log,
 	})
 	if err != nil {

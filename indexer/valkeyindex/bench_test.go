@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/valkey-io/valkey-go"
 
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/indexer/valkeyindex"
@@ -147,10 +150,36 @@ func BenchmarkBackends(b *testing.B) {
 			if v.Down() {
 				b.Fatal("valkey backend went down during the run")
 			}
+			if c.name == "valkey" {
+				logServerCost(b, srv.URL())
+			}
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
 			b.ReportMetric(c.rate, "ingest-blocks/s")
 		})
+	}
+}
+
+// logServerCost logs the server's own time per call of the commands a Match and the
+// writes use (INFO commandstats).
+func logServerCost(b *testing.B, url string) {
+	co, err := valkey.ParseURL(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := valkey.NewClient(co)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	info, err := c.Do(context.Background(), c.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(info, "\n") {
+		if strings.HasPrefix(l, "cmdstat_mget:") || strings.HasPrefix(l, "cmdstat_evalsha:") || strings.HasPrefix(l, "cmdstat_evalsha_ro:") {
+			b.Logf("server: %s", strings.TrimSpace(l))
+		}
 	}
 }

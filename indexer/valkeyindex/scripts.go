@@ -2,167 +2,200 @@ package valkeyindex
 
 import "github.com/valkey-io/valkey-go"
 
-// matchScript walks a request's block keys and returns, per worker holding the first
-// block, its leading overlap: {worker, blocks, confirmed, flags1, count1, flags2, count2,
-// ...}, the counts being how many of the leading blocks the worker held with each
-// (masked) flags value, from which the client computes the score with its tier weights.
+// The layout the scripts and the Go decoder share (see the package doc, "Key layout").
+const (
+	// entrySize is the largest entry of a block value: slot (uint16), flags (uint8: tier
+	// flags in the low 4 bits, entryPred), then the events epoch (uint16) if there are tier
+	// flags, then the prediction epoch (uint16) and expiry (uint32, unix seconds) if
+	// entryPred is set; all big-endian. So an entry is 5 bytes (tiers only), 9
+	// (prediction only) or 11 (both).
+	entrySize = 11
+	// entryPred marks an entry with a prediction.
+	entryPred = 0x80
+	// entryTiers masks an entry's tier flags.
+	entryTiers = 0x0f
+	// epochSize is the size of one slot's record in the epochs string: events epoch and
+	// prediction epoch (uint16 each, big-endian); 0 means the slot is not in use.
+	epochSize = 4
+	// maxSlots bounds the slot numbers (they are uint16 in entries).
+	maxSlots = 1 << 16
+)
+
+// namesScript reads the slot table: {version, {slot, worker, slot, worker, ...}}, in one
+// atomic step so the version names exactly that table.
 //
-// KEYS: the events-epoch hash, the prediction-epoch hash, then the request's block keys.
-// ARGV: now (unix ms), count mask, confirmed mask, max workers.
-//
-// Fields of a block key: "<ev epoch>t<worker>" = tier flags, "<pred epoch>p<worker>" =
-// prediction expiry (unix ms), "#" = number of tier fields. A field whose epoch is not
-// the worker's current one is ignored.
-var matchScript = valkey.NewLuaScriptReadOnly(`
-local now = tonumber(ARGV[1])
-local cmask = tonumber(ARGV[2])
-local fmask = tonumber(ARGV[3])
-local maxw = tonumber(ARGV[4])
-local n = #KEYS - 2
-if n < 1 then return {} end
-local first = redis.call('HGETALL', KEYS[3])
-local cand, order = {}, {}
-for i = 1, #first, 2 do
-  local f = first[i]
-  local _, e = string.find(f, '^%d+')
-  if e then
-    local wk = string.sub(f, e + 2)
-    local c = cand[wk]
-    if not c then
-      if #order < maxw then
-        c = {}
-        cand[wk] = c
-        order[#order + 1] = wk
-      end
-    end
-    if c then
-      local kind = string.sub(f, e + 1, e + 1)
-      if kind == 't' then
-        c.te, c.t = string.sub(f, 1, e), tonumber(first[i + 1])
-      elseif kind == 'p' then
-        c.pe, c.p = string.sub(f, 1, e), tonumber(first[i + 1])
-      end
-    end
-  end
-end
-if #order == 0 then return {} end
-local evs = redis.call('HMGET', KEYS[1], unpack(order))
-local eps = redis.call('HMGET', KEYS[2], unpack(order))
-local open = {}
-for j, wk in ipairs(order) do
-  local c = cand[wk]
-  local ev, ep = evs[j] or '0', eps[j] or '0'
-  local f = 0
-  if c.te == ev and c.t then f = c.t end
-  if c.pe == ep and c.p and c.p > now then f = bit.bor(f, 128) end
-  f = bit.band(f, cmask)
-  if f ~= 0 then
-    open[#open + 1] = {wk = wk, ft = ev .. 't' .. wk, fp = ep .. 'p' .. wk, f = f, start = 0,
-      conf = bit.band(f, fmask) ~= 0, confirmed = 0, blocks = 0, counts = {}, live = true}
-  end
-end
-local function close(w, i)
-  w.counts[w.f] = (w.counts[w.f] or 0) + (i - w.start)
-  w.blocks, w.live = i, false
-  if w.conf then w.conf, w.confirmed = false, i end
-end
-local live = open
-local i = 1
-while i < n and #live > 0 do
-  local fields = {}
-  for _, w in ipairs(live) do
-    fields[#fields + 1] = w.ft
-    fields[#fields + 1] = w.fp
-  end
-  local vals = redis.call('HMGET', KEYS[i + 3], unpack(fields))
-  local still = {}
-  for k, w in ipairs(live) do
-    local t, p = vals[2 * k - 1], vals[2 * k]
-    local f = 0
-    if t then f = tonumber(t) end
-    if p and tonumber(p) > now then f = bit.bor(f, 128) end
-    f = bit.band(f, cmask)
-    if f == 0 then
-      close(w, i)
-    else
-      if f ~= w.f then
-        w.counts[w.f] = (w.counts[w.f] or 0) + (i - w.start)
-        w.f, w.start = f, i
-      end
-      if w.conf and bit.band(f, fmask) == 0 then w.conf, w.confirmed = false, i end
-      still[#still + 1] = w
-    end
-  end
-  live = still
-  i = i + 1
-end
-for _, w in ipairs(live) do close(w, n) end
-local out = {}
-for _, w in ipairs(open) do
-  local r = {w.wk, w.blocks, w.confirmed}
-  for f, c in pairs(w.counts) do
-    if c > 0 then
-      r[#r + 1] = f
-      r[#r + 1] = c
-    end
-  end
-  out[#out + 1] = r
-end
-return out
+// KEYS: the version key, the slot -> worker hash.
+var namesScript = valkey.NewLuaScriptReadOnly(`
+return {redis.call('GET', KEYS[1]) or '', redis.call('HGETALL', KEYS[2])}
 `)
 
 // writeScript applies a sequence of entry changes and epoch bumps in order.
 //
-// KEYS: the events-epoch hash, the prediction-epoch hash, then one key per operation (a
-// block key; any key for a bump). ARGV: now (unix ms), the TTL (ms) of a key left with
-// predictions only, then three values per operation: worker, tier, pred. tier: -1 leave
-// the tier field, 0 delete it, > 0 set it to these flags; -2 bump the worker's events
-// epoch, -3 bump both epochs (pred ignored). pred: -1 leave, 0 delete, > 0 set the
-// prediction's expiry (unix ms). A key with tier fields has no TTL; a key with only
-// predictions expires with its last prediction (at most the TTL after its last tier
-// field went), so predictions of a process that died do not stay.
+// KEYS: worker -> slot hash, slot -> worker hash, epochs string, slot table version,
+// free slot list, next fresh slot counter, version counter, then one key per operation (a block key; any
+// key for a bump). ARGV: now (unix ms), then three values per operation: worker, tier,
+// pred. tier: -1 leave the tier flags, 0 clear them, > 0 set them; -2 bump the worker's
+// events epoch, -3 bump both its epochs, -4 bump both and free its slot (pred ignored).
+// pred: -1 leave, 0 delete, > 0 set the prediction's expiry (unix seconds).
+//
+// A worker gets a slot the first time something is set for it: a freed one (whose
+// epochs were bumped when it was freed, so no entry left in a block value counts for
+// the new worker) or a fresh one (epochs 1, 1). A slot whose epoch would pass 65535 is
+// retired: its epochs become 0, which no entry carries, and it is never handed out
+// again. Every write of a block value drops the entries that no longer count (stale
+// epochs, expired predictions), so invisible bytes go with the next write of the key.
+// A value with live tier flags has no TTL; one with predictions only expires with its
+// latest prediction; an empty one is deleted.
+//
+// Before the slot table changes, the version is set to a new value: the server's time
+// (seconds and microseconds) and a counter, so it differs from every earlier one even
+// after the server restarted empty or the keys were flushed (a counter alone would start
+// over and could name a different table with a version a client has cached).
 var writeScript = valkey.NewLuaScript(`
 local now = tonumber(ARGV[1])
-local pttl = tonumber(ARGV[2])
-local evc, epc = {}, {}
-local function epoch(h, cache, wk)
-  local e = cache[wk]
-  if not e then
-    e = redis.call('HGET', h, wk) or '0'
-    cache[wk] = e
-  end
-  return e
+local nows = math.floor(now / 1000)
+local WS, SW, EP, VER, FREE, NEXT, VERN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ep = redis.call('GET', EP) or ''
+local eps, slots, touched = {}, {}, false
+local function touch()
+  if touched then return end
+  touched = true
+  local t = redis.call('TIME')
+  redis.call('SET', VER, t[1] .. '.' .. t[2] .. '.' .. redis.call('INCR', VERN))
 end
-for i = 3, #KEYS do
-  local a = (i - 3) * 3 + 3
-  local k, wk, tf, pe = KEYS[i], ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  if tf <= -2 then
-    evc[wk] = tostring(redis.call('HINCRBY', KEYS[1], wk, 1))
-    if tf == -3 then epc[wk] = tostring(redis.call('HINCRBY', KEYS[2], wk, 1)) end
+local function epochs(s)
+  local e = eps[s]
+  if e then return e[1], e[2] end
+  local ev, pe = 0, 0
+  if (s + 1) * 4 <= #ep then ev, pe = struct.unpack('>HH', ep, s * 4 + 1) end
+  eps[s] = {ev, pe}
+  return ev, pe
+end
+local function setEpochs(s, ev, pe)
+  eps[s] = {ev, pe}
+  redis.call('SETRANGE', EP, s * 4, struct.pack('>HH', ev, pe))
+end
+local function slotOf(wk, alloc)
+  local s = slots[wk]
+  if s == nil then
+    s = redis.call('HGET', WS, wk)
+    if s then s = tonumber(s) else s = false end
+    slots[wk] = s
+  end
+  if s or not alloc then return s end
+  touch()
+  local f = redis.call('LPOP', FREE)
+  if f then
+    s = tonumber(f)
   else
-    if tf > 0 then
-      if redis.call('HSET', k, epoch(KEYS[1], evc, wk) .. 't' .. wk, tf) == 1 then
-        redis.call('HINCRBY', k, '#', 1)
-      end
-      redis.call('PERSIST', k)
-    elseif tf == 0 then
-      if redis.call('HDEL', k, epoch(KEYS[1], evc, wk) .. 't' .. wk) == 1 then
-        if redis.call('HINCRBY', k, '#', -1) <= 0 then
-          redis.call('HDEL', k, '#')
-          redis.call('PEXPIRE', k, pttl)
-        end
-      end
+    s = redis.call('INCR', NEXT) - 1
+    if s >= 65536 then
+      redis.call('DECR', NEXT)
+      error('valkeyindex: slot table full (65536 slots handed out; flush the prefix)')
     end
-    if pe > 0 then
-      redis.call('HSET', k, epoch(KEYS[2], epc, wk) .. 'p' .. wk, pe)
-      if redis.call('HEXISTS', k, '#') == 0 then
-        local left = math.max(pe - now, 1)
-        if redis.call('PTTL', k) < left then redis.call('PEXPIRE', k, left) end
-      end
-    elseif pe == 0 then
-      redis.call('HDEL', k, epoch(KEYS[2], epc, wk) .. 'p' .. wk)
-    end
+    setEpochs(s, 1, 1)
+  end
+  redis.call('HSET', WS, wk, s)
+  redis.call('HSET', SW, s, wk)
+  slots[wk] = s
+  return s
+end
+local function release(wk, s)
+  touch()
+  redis.call('HDEL', WS, wk)
+  redis.call('HDEL', SW, s)
+  slots[wk] = false
+end
+local function bump(wk, both, free)
+  local s = slotOf(wk, false)
+  if not s then return end
+  local ev, pe = epochs(s)
+  ev = ev + 1
+  if both then pe = pe + 1 end
+  if ev > 65535 or pe > 65535 then
+    setEpochs(s, 0, 0)
+    release(wk, s)
+    return
+  end
+  setEpochs(s, ev, pe)
+  if free then
+    release(wk, s)
+    redis.call('RPUSH', FREE, s)
   end
 end
-return #KEYS - 2
+local function pack(s, ef, ev, pe, ex)
+  local r
+  if ex ~= 0 then
+    r = struct.pack('>HB', s, ef + 128)
+  else
+    r = struct.pack('>HB', s, ef)
+  end
+  if ef ~= 0 then r = r .. struct.pack('>H', ev) end
+  if ex ~= 0 then r = r .. struct.pack('>HI4', pe, ex) end
+  return r
+end
+local function put(k, wk, tf, px)
+  local s = slotOf(wk, tf > 0 or px > 0)
+  if not s then return end
+  local v = redis.call('GET', k) or ''
+  local parts, found, tier, maxexp = {}, false, false, 0
+  local o = 1
+  while o <= #v do
+    local es, ef = struct.unpack('>HB', v, o)
+    local eev, epe, ex = 0, 0, 0
+    o = o + 3
+    if bit.band(ef, 15) ~= 0 then
+      eev = struct.unpack('>H', v, o)
+      o = o + 2
+    end
+    if bit.band(ef, 128) ~= 0 then
+      epe, ex = struct.unpack('>HI4', v, o)
+      o = o + 6
+    end
+    ef = bit.band(ef, 15)
+    local cev, cpe = epochs(es)
+    if eev ~= cev or cev == 0 then ef = 0 end
+    if epe ~= cpe or cpe == 0 or ex <= nows then ex = 0 end
+    if es == s and not found then
+      found = true
+      if tf >= 0 then ef = tf end
+      if px >= 0 then ex = px end
+    elseif es == s then
+      ef, ex = 0, 0
+    end
+    if ef ~= 0 or ex ~= 0 then
+      parts[#parts + 1] = pack(es, ef, cev, cpe, ex)
+      if ef ~= 0 then tier = true end
+      if ex > maxexp then maxexp = ex end
+    end
+  end
+  if not found and (tf > 0 or px > 0) then
+    local cev, cpe = epochs(s)
+    local ef, ex = math.max(tf, 0), math.max(px, 0)
+    parts[#parts + 1] = pack(s, ef, cev, cpe, ex)
+    if ef ~= 0 then tier = true end
+    if ex > maxexp then maxexp = ex end
+  end
+  if #parts == 0 then
+    if #v > 0 then redis.call('DEL', k) end
+  elseif tier then
+    redis.call('SET', k, table.concat(parts))
+  else
+    redis.call('SET', k, table.concat(parts), 'PX', math.max(maxexp * 1000 - now, 1))
+  end
+end
+for i = 8, #KEYS do
+  local a = (i - 8) * 3 + 2
+  local wk, tf, px = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if tf == -2 then
+    bump(wk, false, false)
+  elseif tf == -3 then
+    bump(wk, true, false)
+  elseif tf == -4 then
+    bump(wk, true, true)
+  else
+    put(KEYS[i], wk, tf, px)
+  end
+end
+return #KEYS - 7
 `)

@@ -51,9 +51,6 @@ type Options struct {
 	Prefix string
 	// Timeout bounds one Match round trip; 0 means DefaultTimeout.
 	Timeout time.Duration
-	// PredictedTTL is the TTL of a key left with predictions only; it should be the
-	// processes' prediction TTL. 0 means indexer.DefaultPredictedTTL.
-	PredictedTTL time.Duration
 	// MaxWorkers bounds the workers one Match reply may name; 0 means DefaultMaxWorkers.
 	MaxWorkers int
 	// MaxMatchBlocks bounds the blocks of a request Match sends; 0 means
@@ -84,10 +81,9 @@ type Index struct {
 	opts      Options
 	cl        atomic.Value // valkey.Client; unset while the server was down since New
 	now       func() time.Time
-	evKey     string
-	epKey     string
-	countMask uint8
-	confMask  uint8
+	keys      metaKeys
+	m         matcher
+	names     atomic.Pointer[slotNames] // the slot table as last read, nil before
 	log       *slog.Logger
 	errs      *prometheus.CounterVec
 	kick      chan struct{}
@@ -112,8 +108,8 @@ type Index struct {
 type op struct {
 	w    proto.WorkerKey
 	own  proto.BlockHash
-	tier int8  // -1 leave, 0 delete, > 0 flags; -2 bump events epoch, -3 bump both
-	pred int64 // -1 leave, 0 delete, > 0 expiry unix ms
+	tier int8  // -1 leave, 0 delete, > 0 flags; -2 bump events epoch, -3 bump both, -4 bump both and free the slot
+	pred int64 // -1 leave, 0 delete, > 0 expiry unix s (rounded up)
 }
 
 // New connects to the server (the client reconnects on its own; a server down at start
@@ -125,12 +121,6 @@ func New(opts Options) (*Index, error) {
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
-	}
-	if opts.PredictedTTL <= 0 {
-		opts.PredictedTTL = opts.Local.PredictedTTL
-	}
-	if opts.PredictedTTL <= 0 {
-		opts.PredictedTTL = indexer.DefaultPredictedTTL
 	}
 	if opts.MaxWorkers <= 0 {
 		opts.MaxWorkers = DefaultMaxWorkers
@@ -152,7 +142,7 @@ func New(opts Options) (*Index, error) {
 	// Do not let a down server block New: it connects lazily when it can.
 	v := &Index{
 		opts: opts, now: opts.Now, log: opts.Logger,
-		evKey: opts.Prefix + "ev", epKey: opts.Prefix + "ep",
+		keys: newMetaKeys(opts.Prefix),
 		kick: make(chan struct{}, 1), done: make(chan struct{}),
 		ingested: map[proto.WorkerKey]bool{},
 	}
@@ -179,7 +169,8 @@ func New(opts Options) (*Index, error) {
 		v.Close()
 		return nil, err
 	}
-	v.countMask, v.confMask = v.MatchMasks()
+	count, conf := v.MatchMasks()
+	v.m = newMatcher(count, conf, v.BlockWeight, opts.MaxWorkers)
 	v.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvroute_index_backend_errors_total",
 		Help: "Failed calls to the shared index backend (Valkey), by operation: match (answered from the process's own entries instead), write (queued changes lost until the copy is rewritten), resync, connect.",
@@ -230,9 +221,15 @@ func (v *Index) Down() bool { return v.down.Load() }
 
 // blockKey is the server key of block h.
 func (v *Index) blockKey(h proto.BlockHash) string {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(h))
-	return v.opts.Prefix + "b:" + string(b[:])
+	return string(v.appendBlockKey(make([]byte, 0, len(v.opts.Prefix)+10), h))
+}
+
+// appendBlockKey appends the server key of block h to b: the prefix, "k:", the hash
+// as 8 big-endian bytes.
+func (v *Index) appendBlockKey(b []byte, h proto.BlockHash) []byte {
+	b = append(b, v.opts.Prefix...)
+	b = append(b, "k:"...)
+	return binary.BigEndian.AppendUint64(b, uint64(h))
 }
 
 // workerField names w in fields and epoch hashes: "<dp rank>:<id>".
@@ -259,7 +256,7 @@ func (v *Index) Record(w proto.WorkerKey, own proto.BlockHash, old, flags uint8,
 	}
 	switch {
 	case flags&indexer.FlagPredicted != 0:
-		o.pred = max(predExp/int64(time.Millisecond), 1)
+		o.pred = predSeconds(predExp)
 	case old&indexer.FlagPredicted != 0:
 		o.pred = 0
 	}
@@ -333,7 +330,7 @@ func (v *Index) ClearEvents(w proto.WorkerKey) {
 // RemoveWorker forgets w here and, through both epochs, on the server.
 func (v *Index) RemoveWorker(w proto.WorkerKey) {
 	v.Index.RemoveWorker(w)
-	v.enqueue(op{w: w, tier: -3})
+	v.enqueue(op{w: w, tier: -4})
 	v.pmu.Lock()
 	delete(v.ingested, w)
 	v.pmu.Unlock()
@@ -351,9 +348,10 @@ func (v *Index) Restore(r io.Reader) error {
 	return err
 }
 
-// Match asks the server for the request's overlaps in one round trip (the walk runs in
-// a server-side script that stops at the first block no remaining worker holds). It
-// answers from the process's own index when the server is down or fails (counted in
+// Match reads the request's block values from the server in one round trip (one MGET;
+// a second one only when the slot table changed since the last Match) and computes the
+// overlaps from them (see the package doc). It answers from the process's own index
+// when the server is down or fails (counted in
 // kvroute_index_backend_errors_total{op="match"}). Unlike *indexer.Index.Match it
 // allocates.
 func (v *Index) Match(hashes []proto.BlockHash, dst []indexer.WorkerMatch) []indexer.WorkerMatch {
@@ -372,58 +370,6 @@ func (v *Index) Match(hashes []proto.BlockHash, dst []indexer.WorkerMatch) []ind
 		return v.Index.Match(hashes, dst)
 	}
 	return out
-}
-
-// errReply is a reply that does not have the shape the script returns.
-var errReply = errors.New("valkeyindex: malformed match reply")
-
-func (v *Index) matchRemote(ctx context.Context, c valkey.Client, hashes []proto.BlockHash, dst []indexer.WorkerMatch) ([]indexer.WorkerMatch, error) {
-	hashes = hashes[:min(len(hashes), v.opts.MaxMatchBlocks)]
-	keys := make([]string, 2, len(hashes)+2)
-	keys[0], keys[1] = v.evKey, v.epKey
-	for _, h := range hashes {
-		keys = append(keys, v.blockKey(h))
-	}
-	args := []string{
-		strconv.FormatInt(v.now().UnixMilli(), 10),
-		strconv.Itoa(int(v.countMask)), strconv.Itoa(int(v.confMask)),
-		strconv.Itoa(v.opts.MaxWorkers),
-	}
-	rows, err := matchScript.Exec(ctx, c, keys, args).ToArray()
-	if err != nil {
-		return nil, err
-	}
-	if len(rows) > v.opts.MaxWorkers {
-		return nil, fmt.Errorf("%w: %d workers", errReply, len(rows))
-	}
-	for i := range rows {
-		row, err := rows[i].ToArray()
-		if err != nil || len(row) < 3 || len(row)%2 == 0 || len(row) > 3+2*256 {
-			return nil, fmt.Errorf("%w: row %d", errReply, i)
-		}
-		name, err := row[0].ToString()
-		if err != nil {
-			return nil, fmt.Errorf("%w: row %d: %w", errReply, i, err)
-		}
-		wk, ok := parseWorkerField(name)
-		var nums [3 + 2*256]int64
-		for j := 1; j < len(row) && ok; j++ {
-			nums[j], err = row[j].AsInt64()
-			// Counts are at most the request's blocks, flags values below 256.
-			ok = err == nil && nums[j] >= 0 && (nums[j] <= int64(len(hashes)) || j >= 3 && j%2 == 1 && nums[j] < 256)
-		}
-		if !ok {
-			return nil, fmt.Errorf("%w: row %d", errReply, i)
-		}
-		m := indexer.WorkerMatch{Worker: wk, Blocks: int(nums[1]), Confirmed: int(nums[2])}
-		for j := 3; j+1 < len(row); j += 2 {
-			if f := nums[j]; f > 0 && f < 256 {
-				m.Score += float64(nums[j+1]) * v.BlockWeight(uint8(f))
-			}
-		}
-		dst = append(dst, m)
-	}
-	return dst, nil
 }
 
 // fail counts an error of op and logs it at most once every 10 s, with the count of
@@ -552,7 +498,7 @@ func (v *Index) resync(ctx context.Context) {
 				o.tier = int8(t)
 			}
 			if e.Flags&indexer.FlagPredicted != 0 {
-				o.pred = max(e.PredExp/int64(time.Millisecond), 1)
+				o.pred = predSeconds(e.PredExp)
 			}
 			if o.tier != -1 || o.pred != -1 {
 				ops = append(ops, o)
@@ -578,18 +524,17 @@ func (v *Index) write(ctx context.Context, ops []op) error {
 		return nil
 	}
 	now := strconv.FormatInt(v.now().UnixMilli(), 10)
-	ttl := strconv.FormatInt(v.opts.PredictedTTL.Milliseconds(), 10)
 	execs := make([]valkey.LuaExec, 0, (len(ops)+opsPerScript-1)/opsPerScript)
 	for len(ops) > 0 {
 		chunk := ops[:min(len(ops), opsPerScript)]
 		ops = ops[len(chunk):]
-		keys := make([]string, 2, len(chunk)+2)
-		keys[0], keys[1] = v.evKey, v.epKey
-		args := make([]string, 2, 2+3*len(chunk))
-		args[0], args[1] = now, ttl
+		keys := make([]string, 0, len(chunk)+len(v.keys))
+		keys = append(keys, v.keys[:]...)
+		args := make([]string, 1, 1+3*len(chunk))
+		args[0] = now
 		for _, o := range chunk {
 			if o.tier <= -2 {
-				keys = append(keys, v.evKey)
+				keys = append(keys, v.keys[keyEpochs])
 			} else {
 				keys = append(keys, v.blockKey(o.own))
 			}
