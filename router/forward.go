@@ -317,7 +317,7 @@ func (s *Server) settle(ctx *fasthttp.RequestCtx, c *call, o *outcome) {
 	}
 	o.load.End()
 	s.observeUsage(o.w.ID, c.r.Model, c.st.dec, predictedTokens(&c.st.req, o.overlap), o.usage, o.usageOK && o.code == fasthttp.StatusOK, now)
-	s.metrics.ttfb.WithLabelValues(c.r.Model).Observe(now.Sub(c.start).Seconds())
+	s.series(o.w.ID, c.r.Model).ttfbObserver().Observe(now.Sub(c.start).Seconds())
 	s.traffic.ttft(o.w.ID, c.r.Model, now.Sub(c.start), now)
 	s.count(o.w.ID, c.r.Model, o.code, c.start)
 }
@@ -438,8 +438,9 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 		if !p.first {
 			p.first = true
 			p.load.FirstToken()
-			p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
-			p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
+			now := time.Now()
+			p.s.series(p.w.ID, p.model).ttfbObserver().Observe(now.Sub(p.start).Seconds())
+			p.s.traffic.ttft(p.w.ID, p.model, now.Sub(p.start), now)
 			if p.pd != nil {
 				p.s.pdFirstChunk(p.pd)
 			}
