@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -383,6 +384,8 @@ type streamPipe struct {
 	respDone bool
 
 	body     io.Reader
+	br       *bufio.Reader // body's read buffer, nil if unknown (coalesce.go)
+	guard    streamGuard   // br is not looked at once the watchdog may have closed body
 	closer   streamCloser
 	watchdog *time.Timer
 	timedOut atomic.Bool
@@ -421,9 +424,13 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 			return 0, nil
 		}
 		p.closer, _ = p.body.(streamCloser)
+		p.br = bodyStreamReader(p.body)
 		p.watchdog = time.AfterFunc(p.s.cfg.Timeouts.FirstByte, p.timeout)
 	}
 	n, err := p.body.Read(b)
+	if n > 0 && err == nil && p.br != nil {
+		n, err = readMore(p.body, p.br, &p.guard, b, n) // the chunks already received (coalesce.go)
+	}
 	if n > 0 {
 		p.tail.add(b[:n])
 		if p.track != trackNone {
@@ -473,6 +480,7 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 // timeout is the watchdog: it interrupts the blocked read from the worker.
 func (p *streamPipe) timeout() {
 	p.timedOut.Store(true)
+	p.guard.close()
 	if p.closer != nil {
 		_ = p.closer.CloseWithError(errStreamTimeout)
 	}
