@@ -56,17 +56,18 @@ type Options struct {
 
 // Server is the OpenAI-compatible routing proxy.
 type Server struct {
-	cfg     *configs.Config
-	pool    *upstream.Pool
-	sel     scorer.Selector
-	metrics *metrics
+	cfg      *configs.Config
+	pool     *upstream.Pool
+	sel      scorer.Selector
+	metrics  *metrics
+	truth    *truth // predicted against reported cached tokens (truth.go)
+	log      *slog.Logger
+	srv      *fasthttp.Server
+	metricsH fasthttp.RequestHandler
+	draining atomic.Bool
+
 	// seriesCache keeps the metric children of each worker and model (series.go).
 	seriesCache seriesCache
-	truth       *truth // predicted against reported cached tokens (truth.go)
-	log         *slog.Logger
-	srv         *fasthttp.Server
-	metricsH    fasthttp.RequestHandler
-	draining    atomic.Bool
 
 	// Cache-aware routing: nil index or hasher disable their part.
 	index   indexer.Backend
