@@ -243,11 +243,12 @@ func (s *Server) committed(w *upstream.Worker, st *routeState, overlap int, mode
 			s.replica.Predicted(w.ID, st.hashes)
 		}
 	}
+	set := s.series(w.ID, model)
 	if st.req.Blocks > 0 {
-		s.metrics.overlapRatio.WithLabelValues(model).Observe(float64(overlap) / float64(st.req.Blocks))
+		set.overlapObserver().Observe(float64(overlap) / float64(st.req.Blocks))
 	}
-	s.metrics.promptTokens.WithLabelValues(w.ID, model).Add(float64(st.req.PromptTokens))
-	s.metrics.predictedHit.WithLabelValues(model).Add(float64(overlap * st.req.BlockSize))
+	set.promptTokensCounter().Add(float64(st.req.PromptTokens))
+	set.predictedHitCounter().Add(float64(overlap * st.req.BlockSize))
 }
 
 // setCachedBlocksHeader tells the client how much of its prompt the router expected to

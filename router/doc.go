@@ -22,7 +22,9 @@
 //
 // Ten files: limits, server, auth, framing, forward, request, cacheaware, route, errors
 // and stats (router/jsonscan is the JSON scanner; clientgone_unix.go is the platform
-// half of forward.go's check that a client is still there before a retry; queue.go is
+// half of forward.go's check that a client is still there before a retry; coalesce.go
+// lets streamPipe forward the chunks already received at once; series.go keeps the
+// metric children stats.go and cacheaware.go update per request; queue.go is
 // the wait queue of requests that find every worker full, issue #18; responses.go and
 // passthrough.go the rest of the OpenAI surface, issue #22: both enter forward.go's
 // Server.forward, so they share its retries, limits, headers and metrics). reload.go

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -317,7 +318,7 @@ func (s *Server) settle(ctx *fasthttp.RequestCtx, c *call, o *outcome) {
 	}
 	o.load.End()
 	s.observeUsage(o.w.ID, c.r.Model, c.st.dec, predictedTokens(&c.st.req, o.overlap), o.usage, o.usageOK && o.code == fasthttp.StatusOK, now)
-	s.metrics.ttfb.WithLabelValues(c.r.Model).Observe(now.Sub(c.start).Seconds())
+	s.series(o.w.ID, c.r.Model).ttfbObserver().Observe(now.Sub(c.start).Seconds())
 	s.traffic.ttft(o.w.ID, c.r.Model, now.Sub(c.start), now)
 	s.count(o.w.ID, c.r.Model, o.code, c.start)
 }
@@ -383,6 +384,8 @@ type streamPipe struct {
 	respDone bool
 
 	body     io.Reader
+	br       *bufio.Reader // body's read buffer, nil if unknown (coalesce.go)
+	guard    streamGuard   // br is not looked at once the watchdog may have closed body
 	closer   streamCloser
 	watchdog *time.Timer
 	timedOut atomic.Bool
@@ -421,9 +424,13 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 			return 0, nil
 		}
 		p.closer, _ = p.body.(streamCloser)
+		p.br = bodyStreamReader(p.body)
 		p.watchdog = time.AfterFunc(p.s.cfg.Timeouts.FirstByte, p.timeout)
 	}
 	n, err := p.body.Read(b)
+	if n > 0 && err == nil && p.br != nil {
+		n, err = readMore(p.body, p.br, &p.guard, b, n) // the chunks already received (coalesce.go)
+	}
 	if n > 0 {
 		p.tail.add(b[:n])
 		if p.track != trackNone {
@@ -438,8 +445,9 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 		if !p.first {
 			p.first = true
 			p.load.FirstToken()
-			p.s.metrics.ttfb.WithLabelValues(p.model).Observe(time.Since(p.start).Seconds())
-			p.s.traffic.ttft(p.w.ID, p.model, time.Since(p.start), time.Now())
+			now := time.Now()
+			p.s.series(p.w.ID, p.model).ttfbObserver().Observe(now.Sub(p.start).Seconds())
+			p.s.traffic.ttft(p.w.ID, p.model, now.Sub(p.start), now)
 			if p.pd != nil {
 				p.s.pdFirstChunk(p.pd)
 			}
@@ -472,6 +480,7 @@ func (p *streamPipe) Read(b []byte) (int, error) {
 // timeout is the watchdog: it interrupts the blocked read from the worker.
 func (p *streamPipe) timeout() {
 	p.timedOut.Store(true)
+	p.guard.close()
 	if p.closer != nil {
 		_ = p.closer.CloseWithError(errStreamTimeout)
 	}

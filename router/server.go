@@ -66,6 +66,9 @@ type Server struct {
 	metricsH fasthttp.RequestHandler
 	draining atomic.Bool
 
+	// seriesCache keeps the metric children of each worker and model (series.go).
+	seriesCache seriesCache
+
 	// Cache-aware routing: nil index or hasher disable their part.
 	index   indexer.Backend
 	history *indexer.Index

@@ -508,6 +508,7 @@ func (c inflightCollector) Collect(ch chan<- prometheus.Metric) {
 // traffic figures, so that churn (pods named anew at each rollout) does not grow them
 // without bound.
 func (s *Server) ForgetWorker(id string) {
+	s.seriesCache.forget(id)
 	l := prometheus.Labels{"worker": id}
 	s.metrics.requests.DeletePartialMatch(l)
 	s.metrics.upErrors.DeletePartialMatch(l)
@@ -520,9 +521,22 @@ func (s *Server) ForgetWorker(id string) {
 // count records a finished request. A zero start skips the duration (requests rejected
 // before routing).
 func (s *Server) count(worker, model string, status int, start time.Time) {
-	s.metrics.requests.WithLabelValues(worker, model, statusLabel(status)).Inc()
-	s.traffic.finished(worker, model, status, time.Now())
-	if !start.IsZero() {
-		s.metrics.duration.WithLabelValues(model).Observe(time.Since(start).Seconds())
+	now := time.Now()
+	if worker != "" {
+		set := s.series(worker, model)
+		if status == 200 {
+			set.okCounter().Inc()
+		} else {
+			s.metrics.requests.WithLabelValues(worker, model, statusLabel(status)).Inc()
+		}
+		if !start.IsZero() {
+			set.durationObserver().Observe(now.Sub(start).Seconds())
+		}
+	} else {
+		s.metrics.requests.WithLabelValues(worker, model, statusLabel(status)).Inc()
+		if !start.IsZero() {
+			s.metrics.duration.WithLabelValues(model).Observe(now.Sub(start).Seconds())
+		}
 	}
+	s.traffic.finished(worker, model, status, now)
 }

@@ -160,9 +160,32 @@ type truth struct {
 	drift          *prometheus.GaugeVec   // worker, model
 	log            *slog.Logger
 
-	// mu guards windows.
+	// mu guards windows and series.
 	mu      sync.Mutex
 	windows map[truthKey]*driftWindow
+	// series holds the counters of each worker and model, looked up once: a map read
+	// under mu, which observe holds anyway, instead of four label lookups per answer.
+	series map[truthKey]*truthSeries
+}
+
+// truthSeries are the counters of one worker and model.
+type truthSeries struct {
+	reportedPrompt, predicted, reported, unreported prometheus.Counter
+}
+
+// seriesLocked returns the counters of k, made at its first answer. mu must be held.
+func (t *truth) seriesLocked(k truthKey) *truthSeries {
+	c := t.series[k]
+	if c == nil {
+		c = &truthSeries{
+			reportedPrompt: t.reportedPrompt.WithLabelValues(k.worker, k.model),
+			predicted:      t.predicted.WithLabelValues(k.worker, k.model),
+			reported:       t.reported.WithLabelValues(k.worker, k.model),
+			unreported:     t.unreported.WithLabelValues(k.worker, k.model),
+		}
+		t.series[k] = c
+	}
+	return c
 }
 
 type truthKey struct{ worker, model string }
@@ -218,7 +241,7 @@ func newTruth(reg prometheus.Registerer, log *slog.Logger) (*truth, error) {
 			Name: "kvroute_router_prediction_drift",
 			Help: "1 while, over the last 30 s, a worker's reported cached tokens are below half of the router's predicted ones or above twice them (block size, tokenizer, chat template, adapter, salt or event feed mismatch; see the log).",
 		}, l),
-		log: log, windows: map[truthKey]*driftWindow{},
+		log: log, windows: map[truthKey]*driftWindow{}, series: map[truthKey]*truthSeries{},
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{t.reportedPrompt, t.predicted, t.reported, t.unreported, t.drift} {
@@ -233,17 +256,19 @@ func newTruth(reg prometheus.Registerer, log *slog.Logger) (*truth, error) {
 // observe records one answer: predicted cached tokens and the worker's report (ok false
 // when it reported none).
 func (t *truth) observe(worker, model string, predicted int, u ReportedUsage, ok bool, now time.Time) {
+	k := truthKey{worker, model}
+	t.mu.Lock()
+	c := t.seriesLocked(k)
 	if !ok {
-		t.unreported.WithLabelValues(worker, model).Inc()
+		t.mu.Unlock()
+		c.unreported.Inc()
 		return
 	}
-	t.reportedPrompt.WithLabelValues(worker, model).Add(float64(u.PromptTokens))
-	t.predicted.WithLabelValues(worker, model).Add(float64(predicted))
-	t.reported.WithLabelValues(worker, model).Add(float64(u.CachedTokens))
+	c.reportedPrompt.Add(float64(u.PromptTokens))
+	c.predicted.Add(float64(predicted))
+	c.reported.Add(float64(u.CachedTokens))
 
-	k := truthKey{worker, model}
 	sec := now.Unix()
-	t.mu.Lock()
 	w := t.windows[k]
 	if w == nil {
 		w = new(driftWindow)
@@ -303,6 +328,11 @@ func (t *truth) forget(worker string) {
 	for k := range t.windows {
 		if k.worker == worker {
 			delete(t.windows, k)
+		}
+	}
+	for k := range t.series {
+		if k.worker == worker {
+			delete(t.series, k)
 		}
 	}
 	t.mu.Unlock()

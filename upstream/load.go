@@ -19,9 +19,10 @@ type Load struct {
 	begun    time.Time
 	deadline time.Time
 	state    atomic.Uint32 // loadActive, loadDecoding, loadEnded
-	// estimate ends the prefill of a request whose first token cannot be seen (set by
-	// EstimateFirstToken, before End can run).
-	estimate *time.Timer
+	// estimateAt is when the prefill of a request whose first token cannot be seen is
+	// taken as done (unix ns, set by EstimateFirstToken under the worker's loadMu; 0:
+	// not estimated).
+	estimateAt int64
 	// ended is called once the load has ended (see BeginNotify); nil for none.
 	ended func()
 }
@@ -68,9 +69,50 @@ func (l *Load) FirstToken() {
 // non-streaming response arrives whole at the end): their prefill stops counting as
 // pending after the worker's estimated prefill time for it, instead of at completion,
 // which would overstate the worker's queued prefill for the whole generation.
+//
+// No timer per request (a timer's insertion interrupts the network poller, a measurable
+// share of a proxied request's CPU): the worker keeps the earliest estimate, and
+// [Worker.PendingPrefillTokens] (or the pool's loop) settles the estimates that have
+// passed when it finds that time gone.
 func (l *Load) EstimateFirstToken() {
-	d := time.Duration(l.prefill * l.w.prefillNsPerToken.Load())
-	l.estimate = time.AfterFunc(d, func() { l.prefillDone() })
+	w := l.w
+	at := time.Now().UnixNano() + l.prefill*w.prefillNsPerToken.Load()
+	w.loadMu.Lock()
+	if _, open := w.loads[l]; open {
+		l.estimateAt = at
+		if n := w.nextEstimate.Load(); n == 0 || at < n {
+			w.nextEstimate.Store(at)
+		}
+	}
+	w.loadMu.Unlock()
+}
+
+// settleEvery bounds how often a worker's estimates are settled: at most once per
+// millisecond, so that many requests in flight with estimates a few microseconds apart
+// do not cost a sweep of the worker's loads on every read. An estimate is late by at
+// most this much, against prefill times of milliseconds and more.
+const settleEvery = int64(time.Millisecond)
+
+// settleEstimates ends the estimated prefills due by now (unix ns) and keeps the
+// earliest one still to come (or now + settleEvery if sooner).
+func (w *Worker) settleEstimates(now int64) {
+	var next int64
+	w.loadMu.Lock()
+	for l := range w.loads {
+		switch at := l.estimateAt; {
+		case at == 0:
+		case at <= now:
+			l.estimateAt = 0
+			l.prefillDone()
+		case next == 0 || at < next:
+			next = at
+		}
+	}
+	if next != 0 && next < now+settleEvery {
+		next = now + settleEvery
+	}
+	w.nextEstimate.Store(next)
+	w.loadMu.Unlock()
 }
 
 func (l *Load) prefillDone() bool {
@@ -110,9 +152,6 @@ func (l *Load) End() {
 	if prev == loadEnded {
 		return
 	}
-	if l.estimate != nil {
-		l.estimate.Stop()
-	}
 	if prev == loadActive {
 		l.w.pendingPrefill.Add(-l.prefill)
 	}
@@ -129,6 +168,7 @@ func (l *Load) End() {
 // expireLoads ends the loads whose lifetime has passed and returns how many.
 func (w *Worker) expireLoads(now time.Time) int {
 	var stale []*Load
+	w.settleEstimates(now.UnixNano())
 	w.loadMu.Lock()
 	for l := range w.loads {
 		if now.After(l.deadline) {
@@ -143,8 +183,16 @@ func (w *Worker) expireLoads(now time.Time) int {
 }
 
 // PendingPrefillTokens returns the prompt tokens routed to the worker by this router
-// that have not produced a first token yet.
-func (w *Worker) PendingPrefillTokens() int64 { return w.pendingPrefill.Load() }
+// that have not produced a first token yet (nor reached their estimated first token,
+// see [Load.EstimateFirstToken]).
+func (w *Worker) PendingPrefillTokens() int64 {
+	if next := w.nextEstimate.Load(); next != 0 {
+		if now := time.Now().UnixNano(); now >= next {
+			w.settleEstimates(now)
+		}
+	}
+	return w.pendingPrefill.Load()
+}
 
 // ActiveBlocks returns the KV blocks held by the requests this router has in flight on
 // the worker.

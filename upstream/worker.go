@@ -60,9 +60,12 @@ type Worker struct {
 	metrics  atomic.Pointer[EngineMetrics]
 	drain    drainState // see drain.go
 
-	// loadMu guards loads, the open Load entries (see load.go).
+	// loadMu guards loads, the open Load entries (see load.go), and their estimateAt.
 	loadMu sync.Mutex
 	loads  map[*Load]struct{}
+	// nextEstimate is the earliest estimateAt of an open load (unix ns; 0: none), written
+	// under loadMu (see Load.EstimateFirstToken).
+	nextEstimate atomic.Int64
 	// fixedModels is true when the config lists the worker's models, so discovery is off.
 	fixedModels bool
 

@@ -8,7 +8,8 @@
 //     what is measured; [UpstreamMain] runs it as its own process.
 //   - load.go: [RunLoad], an open-loop load generator: arrivals on a fixed schedule,
 //     latency from the scheduled send time, exact percentiles from all samples.
-//   - harness.go: [Run] starts the fake upstream, kvroute and nginx as child processes,
+//   - harness.go: [Run] starts the fake upstream, kvroute (round_robin, or the
+//     [Config.Policy] and [Config.Tokenize] given) and nginx as child processes,
 //     measures every target on every workload in interleaved rounds, and reads each
 //     process's CPU time from /proc; report.go and markdown.go turn that into a
 //     [Report].

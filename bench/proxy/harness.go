@@ -59,8 +59,13 @@ type Config struct {
 	// flags. Required.
 	Upstream Command
 	// Kvroute starts kvroute; the harness appends "serve --listen ADDR --worker URL...
-	// --policy round_robin". Nil leaves kvroute out.
+	// --policy POLICY [--tokenize MODE]". Nil leaves kvroute out.
 	Kvroute *Command
+	// Policy is kvroute's routing policy (its --policy flag). Default round_robin.
+	Policy string
+	// Tokenize is kvroute's tokenize mode (its --tokenize flag: auto, engine, approx or
+	// local:PATH); "" leaves kvroute's default.
+	Tokenize string
 	// Nginx is the nginx executable; "" leaves nginx out.
 	Nginx string
 	// NginxWorkers is nginx's worker_processes. Default runtime.NumCPU().
@@ -120,6 +125,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Workers <= 0 {
 		c.Workers = 2
+	}
+	if c.Policy == "" {
+		c.Policy = "round_robin"
 	}
 	if c.RequestBytes <= 0 {
 		c.RequestBytes = 2048
@@ -286,7 +294,10 @@ func (h *harness) startKvroute(ctx context.Context) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"serve", "--listen", addr, "--policy", "round_robin"}
+	args := []string{"serve", "--listen", addr, "--policy", h.cfg.Policy}
+	if h.cfg.Tokenize != "" {
+		args = append(args, "--tokenize", h.cfg.Tokenize)
+	}
 	for _, w := range h.workers {
 		args = append(args, "--worker", w)
 	}

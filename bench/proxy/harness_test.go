@@ -14,19 +14,21 @@ import (
 // system package) and checks that the report is sane.
 func TestRunHarness(t *testing.T) {
 	for _, tc := range []struct {
-		mode      string
-		workloads []Workload
-		duration  time.Duration
+		mode             string
+		workloads        []Workload
+		duration         time.Duration
+		policy, tokenize string
+		wantServe        string // how the report names kvroute's command
 	}{
-		{ModeMixed, []Workload{{Name: "chat", Rate: 200}, {Name: "stream", Stream: true, Rate: 20}}, time.Second},
-		{ModeSequential, []Workload{{Name: "chat", Rate: 400}}, time.Second},
+		{ModeMixed, []Workload{{Name: "chat", Rate: 200}, {Name: "stream", Stream: true, Rate: 20}}, time.Second, "", "", "serve --policy round_robin`"},
+		{ModeSequential, []Workload{{Name: "chat", Rate: 400}}, time.Second, "cache_aware", "approx", "serve --policy cache_aware --tokenize approx`"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			var log bytes.Buffer
 			kv := selfCommand("kvroute")
 			rep, err := Run(context.Background(), Config{
 				Mode: tc.mode, Workloads: tc.workloads, Rounds: 1, Duration: tc.duration, Warmup: 200 * time.Millisecond,
-				Upstream: selfCommand("upstream"), Kvroute: &kv, Log: &log,
+				Upstream: selfCommand("upstream"), Kvroute: &kv, Log: &log, Policy: tc.policy, Tokenize: tc.tokenize,
 			})
 			if err != nil {
 				t.Fatalf("%v\nlog:\n%s", err, log.String())
@@ -46,7 +48,7 @@ func TestRunHarness(t *testing.T) {
 				t.Errorf("goals without nginx: %+v", rep.Goals)
 			}
 			md := rep.Markdown(2)
-			for _, want := range []string{"## Proxy overhead", "| direct |", "| kvroute |", "### chat"} {
+			for _, want := range []string{"## Proxy overhead", "| direct |", "| kvroute |", "### chat", tc.wantServe} {
 				if !strings.Contains(md, want) {
 					t.Errorf("markdown lacks %q:\n%s", want, md)
 				}

@@ -37,7 +37,7 @@ func selfCommand(child string) Command {
 	return Command{Argv: []string{os.Args[0]}, Env: []string{childEnv + "=" + child}}
 }
 
-// kvrouteChild is `kvroute serve --listen ADDR --policy P --worker URL...` built from the
+// kvrouteChild is `kvroute serve --listen ADDR --policy P [--tokenize M] --worker URL...` built from the
 // library, as cmd/kvroute does it.
 func kvrouteChild(args []string, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "serve" {
@@ -47,6 +47,7 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "", "")
 	policy := fs.String("policy", "round_robin", "")
+	tokenize := fs.String("tokenize", "", "")
 	var workers stringsFlag
 	fs.Var(&workers, "worker", "")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -54,6 +55,9 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	}
 	cfg := configs.Default()
 	cfg.Listen, cfg.Policy = *listen, *policy
+	if *tokenize != "" {
+		cfg.Tokenize.Mode = *tokenize
+	}
 	for _, s := range workers {
 		w, err := configs.ParseWorkerFlag(s)
 		if err != nil {

@@ -41,7 +41,11 @@ func (r *Report) Markdown(level int) string {
 		p("; **no** `/tokenize` (404)")
 	}
 	p("). ")
-	p("Targets: **direct** (the generator spreads requests over the workers itself), **kvroute** (built binary, `serve --policy round_robin`, default config)")
+	p("Targets: **direct** (the generator spreads requests over the workers itself), **kvroute** (built binary, `serve --policy %s", s.Policy)
+	if s.KvrouteTokenize != "" {
+		p(" --tokenize %s", s.KvrouteTokenize)
+	}
+	p("`, default config otherwise)")
 	if s.NginxWorkers > 0 {
 		p(", **nginx** (round-robin `upstream` with `keepalive`, `proxy_buffering off`, `worker_processes %d`, no access log)", s.NginxWorkers)
 	}

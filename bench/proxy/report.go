@@ -60,6 +60,8 @@ type Settings struct {
 	ChunkGap        string     `json:"chunk_gap"`
 	Tokenize        bool       `json:"upstream_tokenize"`
 	NginxWorkers    int        `json:"nginx_worker_processes,omitempty"`
+	Policy          string     `json:"kvroute_policy,omitempty"`
+	KvrouteTokenize string     `json:"kvroute_tokenize,omitempty"`
 }
 
 // CPU is CPU time in seconds during a measured window (or the sum over windows).
@@ -161,7 +163,7 @@ func newReport(cfg *Config) *Report {
 		Mode: cfg.Mode, Workloads: cfg.Workloads, Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(),
 		WarmupS: cfg.Warmup.Seconds(), Workers: cfg.Workers, RequestBytes: cfg.RequestBytes,
 		CompletionBytes: cfg.CompletionBytes, Chunks: cfg.Chunks, ChunkGap: cfg.ChunkGap.String(),
-		Tokenize: !cfg.NoTokenize,
+		Tokenize: !cfg.NoTokenize, Policy: cfg.Policy, KvrouteTokenize: cfg.Tokenize,
 	}
 	if cfg.Nginx != "" {
 		r.Settings.NginxWorkers = cfg.NginxWorkers

@@ -40,6 +40,8 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	chunkGap := fs.Duration("chunk-gap", 0, "fake upstream's pause between chunks")
 	noTokenize := fs.Bool("no-tokenize", false, "fake upstream answers 404 to /tokenize (a worker without vLLM's tokenizer endpoint)")
 	workers := fs.Int("workers", 2, "fake workers the proxies balance over")
+	policy := fs.String("policy", "round_robin", "kvroute's routing `POLICY` (serve --policy)")
+	tokenize := fs.String("tokenize", "", "kvroute's tokenize `MODE` (serve --tokenize: auto, engine, approx, local:PATH); empty: kvroute's default")
 	nginxWorkers := fs.Int("nginx-workers", 0, "nginx worker_processes (0: one per core)")
 	profileDur := fs.Duration("profile-duration", 10*time.Second, "length of each kvroute profile")
 	if err := fs.Parse(args); err != nil {
@@ -53,6 +55,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	cfg := proxy.Config{
 		Mode: *mode, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Chunks: *chunks, ChunkGap: *chunkGap,
 		NoTokenize: *noTokenize, Workers: *workers, NginxWorkers: *nginxWorkers, ProfileDuration: *profileDur,
+		Policy: *policy, Tokenize: *tokenize,
 		Upstream: proxy.Command{Argv: []string{self, "fake-upstream"}},
 		Dir:      filepath.Join(*out, "work"),
 		Log:      stderr,
