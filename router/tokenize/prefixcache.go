@@ -95,25 +95,7 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 	}
 	buf := encodePool.Get().(*encodeBuf)
 	defer buf.release()
-	var cps []checkpoint
-	buf.segs = t.added.split(buf.segs[:0], text, true, func(end, read int) {
-		cps = append(cps, checkpoint{end: end, read: read})
-	})
-	// The callback runs once per added-token segment, in order.
-	k := 0
-	for si, sg := range buf.segs {
-		if sg.tok >= 0 {
-			cps[k].seg = si
-			k++
-		}
-	}
-	d := xxhash.New()
-	prev := 0
-	for i := range cps {
-		_, _ = d.WriteString(text[prev:cps[i].end])
-		prev = cps[i].end
-		cps[i].hash = d.Sum64()
-	}
+	cps := checkpointsOf(t, buf, text, 0, true)
 
 	out := make([]uint32, 0, len(text)/3+len(t.prefix)+len(t.suffix)+8)
 	if addSpecial {
@@ -142,7 +124,43 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 	}
 	c.mu.Unlock()
 
-	next := len(recs)
+	return c.encodeRest(text, addSpecial, buf, start, cps, len(recs), out, base, recs, key, hasKey), reused
+}
+
+// checkpointsOf splits text[from:] at t's added tokens into buf.segs (atStart: from is
+// where the text starts) and returns a checkpoint after each added token: its end and
+// read bytes in text, its segment in buf.segs and the hash of text up to its end.
+func checkpointsOf(t *Tokenizer, buf *encodeBuf, text string, from int, atStart bool) []checkpoint {
+	var cps []checkpoint
+	buf.segs = t.added.split(buf.segs[:0], text[from:], atStart, func(end, read int) {
+		cps = append(cps, checkpoint{end: from + end, read: from + read})
+	})
+	// The callback runs once per added-token segment, in order.
+	k := 0
+	for si, sg := range buf.segs {
+		if sg.tok >= 0 {
+			cps[k].seg = si
+			k++
+		}
+	}
+	d := xxhash.New()
+	_, _ = d.WriteString(text[:from])
+	prev := from
+	for i := range cps {
+		_, _ = d.WriteString(text[prev:cps[i].end])
+		prev = cps[i].end
+		cps[i].hash = d.Sum64()
+	}
+	return cps
+}
+
+// encodeRest encodes buf.segs from segment start on after out (whose ids from base on
+// are the text's, recs their checkpoints so far), records the checkpoints met on the
+// way (cps from index next on, whose seg counts from buf.segs[0]), adds the suffix when
+// addSpecial, stores the result and returns out.
+func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, start int, cps []checkpoint, next int,
+	out []uint32, base int, recs []cpRecord, key uint64, hasKey bool) []uint32 {
+	t := c.tok
 	out = t.encodeSegs(out, buf, buf.segs[start:], func(seg, n int) {
 		if next < len(cps) && cps[next].seg == start+seg {
 			recs = append(recs, cpRecord{end: cps[next].end, read: cps[next].read, nIDs: n - base, hash: cps[next].hash})
@@ -154,7 +172,7 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 		out = append(out, t.suffix...)
 	}
 	c.store(text, out[base:end], recs, key, hasKey)
-	return out, reused
+	return out
 }
 
 // store records text and its ids (without post-processor tokens) under every

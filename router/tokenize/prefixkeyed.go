@@ -1,9 +1,5 @@
 package tokenize
 
-import (
-	"github.com/cespare/xxhash/v2"
-)
-
 // EncodeKeyed is EncodeReuse for a caller that knows which earlier texts the new one
 // probably extends, such as the previous turn of a chat conversation: hints are keys
 // of earlier EncodeKeyed calls, most promising first, and the result is filed under
@@ -47,25 +43,7 @@ func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, 
 	b := rec.end
 	buf := encodePool.Get().(*encodeBuf)
 	defer buf.release()
-	var cps []checkpoint
-	buf.segs = t.added.split(buf.segs[:0], text[b:], false, func(end, read int) {
-		cps = append(cps, checkpoint{end: b + end, read: b + read})
-	})
-	k := 0
-	for si, sg := range buf.segs {
-		if sg.tok >= 0 {
-			cps[k].seg = si
-			k++
-		}
-	}
-	d := xxhash.New()
-	_, _ = d.WriteString(text[:b])
-	prev := b
-	for i := range cps {
-		_, _ = d.WriteString(text[prev:cps[i].end])
-		prev = cps[i].end
-		cps[i].hash = d.Sum64()
-	}
+	cps := checkpointsOf(t, buf, text, b, false)
 
 	out := make([]uint32, 0, rec.nIDs+(len(text)-b)/3+len(t.prefix)+len(t.suffix)+8)
 	if addSpecial {
@@ -75,19 +53,7 @@ func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, 
 	out = append(out, e.ids[:rec.nIDs]...)
 	recs := make([]cpRecord, ci+1, ci+1+len(cps))
 	copy(recs, e.cps[:ci+1])
-	next := 0
-	out = t.encodeSegs(out, buf, buf.segs, func(seg, n int) {
-		if next < len(cps) && cps[next].seg == seg {
-			recs = append(recs, cpRecord{end: cps[next].end, read: cps[next].read, nIDs: n - base, hash: cps[next].hash})
-			next++
-		}
-	})
-	end := len(out)
-	if addSpecial {
-		out = append(out, t.suffix...)
-	}
-	c.store(text, out[base:end], recs, key, true)
-	return out, b
+	return c.encodeRest(text, addSpecial, buf, 0, cps, 0, out, base, recs, key, true), b
 }
 
 // sharedCheckpoint returns the index of e's last checkpoint whose read bytes text
