@@ -51,7 +51,12 @@
 //     sequence per store.
 //   - Predictions (predict.go): per worker own hash -> expiry, plus a min-heap of
 //     expiries; a prediction is a flag on the block's holder entry (so a predicted chain
-//     is a run like any other).
+//     is a run like any other). A refresh that extends an expiry only updates the map
+//     (and the entry's touch): the heap's earlier item, when it comes up, is pushed
+//     again at the live expiry. BenchmarkPredictRefresh (a 512-block chain predicted
+//     again, as each turn of a conversation without KV events does), 3 runs each,
+//     2026-12-07, load average 3 to 4: 166 to 225 ns per block with a heap push per
+//     refresh, 55 to 75 ns without.
 //   - Both hash tables keep Robin Hood order (along a cluster, probe distances grow by at
 //     most one per slot, so a lookup, hit or miss, stops after an expected 2.5 probes
 //     at 3/4: Knuth's estimate, not measured), fill to 3/4 and grow by a quarter once

@@ -43,7 +43,8 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 // (unix ns). mu must be held for writing.
 func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp int64, tick uint32) {
 	var cur uint8
-	if val, _, ok := ix.nodes.Get(uint64(h)); ok {
+	ref, val, found := ix.nodes.Lookup(uint64(h))
+	if found {
 		cur = ix.sets.flagsOf(setID(val), ws.wid)
 	}
 	if cur&ix.confMask != 0 {
@@ -52,7 +53,17 @@ func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp i
 	if ws.pred == nil {
 		ws.pred = make(map[proto.BlockHash]int64)
 	}
-	if _, ok := ws.pred[h]; !ok {
+	old, had := ws.pred[h]
+	if had && cur&flagPredicted != 0 && exp >= old {
+		// A refresh that extends the expiry: the heap keeps the earlier item, and
+		// expire pushes it again at the live expiry when it comes up (no heap work
+		// per refresh). The entry is touched as setHolder would.
+		ws.pred[h] = exp
+		ix.nodes.SetAt(ref, uint64(h), uint32(setID(val)), tick)
+		ix.mirror(ws, h, cur, cur)
+		return
+	}
+	if !had {
 		ix.predLive++
 		ix.c.predicted.Add(1)
 	}
@@ -88,8 +99,17 @@ func (ix *Index) expire(now int64, tick uint32) {
 		if ws == nil || ws.gen != top.gen {
 			continue
 		}
-		if exp, ok := ws.pred[top.own]; !ok || exp != top.exp {
+		exp, ok := ws.pred[top.own]
+		if !ok {
 			continue
+		}
+		if exp > top.exp {
+			// Refreshed since this item was pushed (predictLocked): due later.
+			ix.pred.push(predItem{exp: exp, own: top.own, wid: top.wid, gen: top.gen})
+			continue
+		}
+		if exp != top.exp {
+			continue // an earlier expiry has its own item
 		}
 		if top.exp > now {
 			ix.c.evictions[EvictPredicted].Add(1)
