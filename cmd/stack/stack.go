@@ -23,7 +23,6 @@ import (
 	"github.com/kvroute/kvroute/router"
 	"github.com/kvroute/kvroute/router/blockhash"
 	"github.com/kvroute/kvroute/router/replica"
-	"github.com/kvroute/kvroute/router/tokenize/chat"
 	"github.com/kvroute/kvroute/scorer/registry"
 	"github.com/kvroute/kvroute/upstream"
 	"github.com/kvroute/kvroute/upstream/discovery"
@@ -157,6 +156,12 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) 
 	if err != nil {
 		return nil, fmt.Errorf("tokenize metrics: %w", err)
 	}
+	caches := newEncoderCaches()
+	if reg != nil {
+		if err := reg.Register(caches); err != nil {
+			return nil, fmt.Errorf("tokenize cache metrics: %w", err)
+		}
+	}
 	var engine blockhash.Hasher // shared by every model in engine or auto mode
 	buildEngine := func() (blockhash.Hasher, error) {
 		if engine == nil {
@@ -182,7 +187,7 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) 
 		case blockhash.ModeApprox:
 			return blockhash.Approx{}, nil
 		case blockhash.ModeLocal:
-			enc, err := chat.Load(path)
+			enc, err := caches.load(path)
 			if err != nil {
 				return nil, fmt.Errorf("tokenize mode %q (use engine if the tokenizer cannot be loaded): %w", spec, err)
 			}
@@ -192,7 +197,7 @@ func (st *Stack) newHasher(reg prometheus.Registerer) (blockhash.Hasher, error) 
 			if err != nil {
 				return nil, err
 			}
-			return st.newAuto(eng, m)
+			return st.newAuto(eng, m, caches.load)
 		}
 		return buildEngine()
 	}

@@ -13,12 +13,13 @@ import (
 // modes.
 func loadTokenizer(dir string) (blockhash.Tokenizer, error) { return chat.Load(dir) }
 
-// newAuto builds the auto tokenize mode over the shared engine mode and decides now the
+// newAuto builds the auto tokenize mode over the shared engine mode (load loads a
+// model's tokenizer) and decides now the
 // mode of every model the config names, logging each; models discovered later are
 // decided at their first request.
-func (st *Stack) newAuto(engine blockhash.Hasher, m *blockhash.Metrics) (*blockhash.Auto, error) {
+func (st *Stack) newAuto(engine blockhash.Hasher, m *blockhash.Metrics, load func(dir string) (blockhash.Tokenizer, error)) (*blockhash.Auto, error) {
 	a, err := blockhash.NewAuto(blockhash.AutoOptions{
-		Dir: st.Config.Tokenize.Dir, Load: loadTokenizer, Engine: engine, Metrics: m,
+		Dir: st.Config.Tokenize.Dir, Load: load, Engine: engine, Metrics: m,
 	})
 	if err != nil {
 		return nil, err
