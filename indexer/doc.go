@@ -121,8 +121,9 @@
 // walks with atomic stores, only when the (1 s) stamp changes, so concurrent matches of
 // a hot prefix do not bounce cache lines. Writers hold the write lock for at most 16
 // block operations at a time (every batch, a worker clear and a large prediction release
-// and retake it; one operation moves at most 512 slots of a split run), about 5 to 10 us
-// at this machine's ingest rate, so a Match waits about that long behind ingest, and Go's
+// and retake it; one operation moves at most 512 slots of a split run), a few
+// microseconds at the 3 to 6M operations per CPU-second measured below, so a Match waits
+// about that long behind ingest, and Go's
 // RWMutex keeps a stream of readers from starving writers (a writer's Unlock hands the
 // lock to the readers waiting, its next Lock waits for them). Releasing every 16
 // operations instead of 256 cost nothing measurable (BenchmarkApplyMooncake/steady,
