@@ -80,6 +80,14 @@ type Config struct {
 	Dir string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// Peak, when set, first measures each target's peak throughput, PeakConns clients in
+	// a closed loop (as wrk -c does), one target per window; then it measures latency
+	// with each workload offered at half of nginx's peak (kvroute's without nginx,
+	// direct's without either), one target per window (the mode is sequential whatever
+	// Mode says). The workloads' rates are set by the run. Default false.
+	Peak bool
+	// PeakConns is the number of closed-loop clients of a peak window. Default 16.
+	PeakConns int
 }
 
 // The ways the targets of a run share the time.
@@ -106,6 +114,17 @@ var DefaultWorkloads = []Workload{
 func (c *Config) defaults() error {
 	if len(c.Workloads) == 0 {
 		c.Workloads = DefaultWorkloads
+	}
+	// A peak run sets the rates: never write them into the caller's slice.
+	c.Workloads = append([]Workload(nil), c.Workloads...)
+	if c.Peak {
+		c.Mode = ModeSequential
+		if c.PeakConns <= 0 {
+			c.PeakConns = 16
+		}
+		for i := range c.Workloads {
+			c.Workloads[i].Rate = 1 // set from the peak before it is used
+		}
 	}
 	switch c.Mode {
 	case "":
@@ -207,6 +226,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer func() { _ = h.stopAll() }() // after an error; the normal path checks it below
 	if err := h.start(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.Peak {
+		if err := h.measurePeaks(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := h.measure(ctx); err != nil {
 		return nil, err
@@ -472,6 +496,61 @@ func (h *harness) measure(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// measurePeaks measures every target's peak on every workload, one target per window
+// in rotated order, then sets each workload's rate to half of the peak that
+// Report.halfPeak picks.
+func (h *harness) measurePeaks(ctx context.Context) error {
+	n := len(h.targets)
+	for wi, w := range h.cfg.Workloads {
+		for r := 0; r < h.cfg.Rounds; r++ {
+			for k := 0; k < n; k++ {
+				t := h.targets[(k+r)%n]
+				win, ok, err := h.peakWindow(ctx, t, w, r)
+				if err != nil {
+					return err
+				}
+				h.report.addPeak(win, ok)
+				h.logf("round %d %-10s %-8s peak %.0f req/s ok %d/%d p50 %.0fus p99 %.0fus proxy cpu %.2fs others %.2f cores",
+					r+1, w.Name, win.Target, float64(win.OK)/win.WallS, win.OK, win.Sent, win.Latency.P50, win.Latency.P99, win.CPU.Proxy, win.CPU.Others/win.WallS)
+			}
+		}
+		peak, basis := h.report.halfPeak(w.Name)
+		if peak <= 0 {
+			return fmt.Errorf("peak %s: no successful request", w.Name)
+		}
+		h.cfg.Workloads[wi].Rate = peak / 2
+		h.report.setPeakRate(wi, peak/2, basis)
+		h.logf("%s: latency windows at %.0f req/s, half of %s", w.Name, peak/2, basis)
+	}
+	return nil
+}
+
+// peakWindow measures target t alone on workload w in a closed loop: warm-up, then the
+// measured run with the CPU counters read before and after.
+func (h *harness) peakWindow(ctx context.Context, t *target, w Workload, round int) (Window, []Sample, error) {
+	ts := []*target{t}
+	if _, err := RunClosed(ctx, h.loadOptions(ts, w, h.cfg.Warmup), h.cfg.PeakConns); err != nil {
+		return Window{}, nil, fmt.Errorf("peak warm-up %s %s: %w", w.Name, t.name, err)
+	}
+	before, err := h.snap(ts)
+	if err != nil {
+		return Window{}, nil, err
+	}
+	res, err := RunClosed(ctx, h.loadOptions(ts, w, h.cfg.Duration), h.cfg.PeakConns)
+	if err != nil {
+		return Window{}, nil, fmt.Errorf("peak %s %s: %w", w.Name, t.name, err)
+	}
+	after, err := h.snap(ts)
+	if err != nil {
+		return Window{}, nil, err
+	}
+	if err := h.checkAlive(t); err != nil {
+		return Window{}, nil, err
+	}
+	win, ok := newWindow(round, w, t.name, 0, res, before, after)
+	return win, ok, nil
 }
 
 func (h *harness) loadOptions(ts []*target, w Workload, d time.Duration) LoadOptions {

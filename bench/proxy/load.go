@@ -130,30 +130,11 @@ func RunLoad(ctx context.Context, o LoadOptions) (*LoadResult, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	targets := make([][]loadTarget, len(o.Targets))
-	for i, urls := range o.Targets {
-		for _, raw := range urls {
-			u, err := url.Parse(raw)
-			if err != nil || u.Host == "" {
-				return nil, fmt.Errorf("load: target url %q: bad url", raw)
-			}
-			targets[i] = append(targets[i], loadTarget{uri: "http://" + u.Host + o.Path, hc: &fasthttp.HostClient{
-				Addr:                          u.Host,
-				MaxConns:                      o.MaxInFlight,
-				MaxIdleConnDuration:           time.Minute,
-				StreamResponseBody:            o.Stream,
-				DisableHeaderNamesNormalizing: true,
-				NoDefaultUserAgentHeader:      true,
-			}})
-		}
+	targets, err := newLoadTargets(&o)
+	if err != nil {
+		return nil, err
 	}
-	defer func() {
-		for _, ts := range targets {
-			for _, t := range ts {
-				t.hc.CloseIdleConnections()
-			}
-		}
-	}()
+	defer closeLoadTargets(targets)
 
 	nt := len(targets)
 	n := int(o.Rate*o.Duration.Seconds()) * nt
@@ -199,6 +180,91 @@ func RunLoad(ctx context.Context, o LoadOptions) (*LoadResult, error) {
 		return nil, fmt.Errorf("load: %d requests still open %v after their deadline", inFlight.Load(), 5*time.Second)
 	}
 	res.Wall = time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("load: %w", err)
+	}
+	return res, nil
+}
+
+// newLoadTargets builds a connection pool per base URL of o.Targets.
+func newLoadTargets(o *LoadOptions) ([][]loadTarget, error) {
+	targets := make([][]loadTarget, len(o.Targets))
+	for i, urls := range o.Targets {
+		for _, raw := range urls {
+			u, err := url.Parse(raw)
+			if err != nil || u.Host == "" {
+				return nil, fmt.Errorf("load: target url %q: bad url", raw)
+			}
+			targets[i] = append(targets[i], loadTarget{uri: "http://" + u.Host + o.Path, hc: &fasthttp.HostClient{
+				Addr:                          u.Host,
+				MaxConns:                      o.MaxInFlight,
+				MaxIdleConnDuration:           time.Minute,
+				StreamResponseBody:            o.Stream,
+				DisableHeaderNamesNormalizing: true,
+				NoDefaultUserAgentHeader:      true,
+			}})
+		}
+	}
+	return targets, nil
+}
+
+func closeLoadTargets(targets [][]loadTarget) {
+	for _, ts := range targets {
+		for _, t := range ts {
+			t.hc.CloseIdleConnections()
+		}
+	}
+}
+
+// RunClosed is the closed-loop counterpart of RunLoad, the way wrk -c measures a peak:
+// conns clients each send a request as soon as their previous answer has ended, for
+// o.Duration (o.Rate is ignored; requests go to the targets in turn as in RunLoad).
+// Latencies are measured from each request's actual send time, so Lateness is zero; the
+// throughput is the successful samples over Wall. Answers are checked as in RunLoad.
+func RunClosed(ctx context.Context, o LoadOptions, conns int) (*LoadResult, error) {
+	if conns <= 0 {
+		return nil, fmt.Errorf("load: %d connections: want at least one", conns)
+	}
+	o.Rate = 1 // not used; defaults checks it
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	targets, err := newLoadTargets(&o)
+	if err != nil {
+		return nil, err
+	}
+	defer closeLoadTargets(targets)
+
+	nt := len(targets)
+	start := time.Now()
+	end := start.Add(o.Duration)
+	per := make([][]Sample, conns)
+	var (
+		wg   sync.WaitGroup
+		next atomic.Int64
+	)
+	for c := range per {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				at := time.Now()
+				if !at.Before(end) {
+					return
+				}
+				i := int(next.Add(1) - 1)
+				s := Sample{Target: i % nt}
+				do(&s, targets[s.Target][(i/nt)%len(targets[s.Target])], &o, at)
+				s.Lateness = 0
+				per[c] = append(per[c], s)
+			}
+		}(c)
+	}
+	wg.Wait()
+	res := &LoadResult{Wall: time.Since(start)}
+	for _, ss := range per {
+		res.Samples = append(res.Samples, ss...)
+	}
 	if err := ctx.Err(); err != nil {
 		return res, fmt.Errorf("load: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,6 +122,53 @@ func TestRunLoadAlternatesTargets(t *testing.T) {
 		if s.Target != i%2 || (s.Err == "") != (i%2 == 0) {
 			t.Errorf("sample %d: target %d err %q", i, s.Target, s.Err)
 		}
+	}
+}
+
+// TestRunClosed checks the closed loop: never more than conns requests open at once,
+// each client's next request sent only after its answer, the run ending at its duration.
+func TestRunClosed(t *testing.T) {
+	var open, maxOpen atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		n := open.Add(1)
+		for m := maxOpen.Load(); n > m && !maxOpen.CompareAndSwap(m, n); m = maxOpen.Load() {
+		}
+		time.Sleep(10 * time.Millisecond)
+		open.Add(-1)
+		ctx.SetBodyString("ok")
+	}}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+
+	const conns = 4
+	res, err := RunClosed(context.Background(), LoadOptions{
+		Targets: [][]string{{"http://" + ln.Addr().String()}}, Body: []byte(`{}`),
+		Expect: []byte("ok"), Duration: 300 * time.Millisecond,
+	}, conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 clients x 300 ms / 10 ms: at most 30 rounds of 4 (+4 started just before the end).
+	if n := len(res.Samples); res.OK() != n || n < conns || n > conns*31 {
+		t.Fatalf("%d samples, %d ok, errors %v", n, res.OK(), res.Errors())
+	}
+	if m := maxOpen.Load(); m > conns {
+		t.Errorf("%d requests open at once, want at most %d", m, conns)
+	}
+	for i, s := range res.Samples {
+		if s.End < 10*time.Millisecond || s.Lateness != 0 {
+			t.Errorf("sample %d: end %v lateness %v", i, s.End, s.Lateness)
+		}
+	}
+	if res.Wall < 300*time.Millisecond {
+		t.Errorf("wall %v, shorter than the duration", res.Wall)
+	}
+	if _, err := RunClosed(context.Background(), LoadOptions{Targets: [][]string{{"http://" + ln.Addr().String()}}, Duration: time.Second}, 0); err == nil {
+		t.Error("0 connections: no error")
 	}
 }
 

@@ -51,6 +51,9 @@ func (r *Report) Markdown(level int) string {
 	}
 	p(". Load generator: open loop, evenly spaced arrivals at a fixed rate, each request sent at its scheduled time whatever the state of earlier ones; latency is measured from the **scheduled** send time (no coordinated omission); request body %d bytes. ", s.RequestBytes)
 	p("Percentiles are exact nearest-rank values over all successful samples (sorted slice, no histogram). ")
+	if s.PeakConns > 0 {
+		p("**Peak run:** first each target's peak, %d clients in a closed loop (each sends its next request when its answer has ended, as `wrk -c%d`), one target per %.0f s window (%.0f s warm-up), %d rounds, target order rotated; then the latency windows below, each workload offered at half of the peak named with it. ", s.PeakConns, s.PeakConns, s.DurationS, s.WarmupS, s.Rounds)
+	}
 	if s.Mode == ModeMixed {
 		p("Mode **mixed**: all targets are measured in the same windows, request i going to target i mod n, each target at the offered rate below (the machine carries n times that rate in all), so drift and other people's load reach every target alike; the proxies also compete with each other for the cores. The upstream, loadgen and others CPU columns are for the whole window, all targets together. ")
 		p("%d rounds x %.0f s per workload (%.0f s warm-up before each window), target order rotated every round. ", s.Rounds, s.DurationS, s.WarmupS)
@@ -59,12 +62,19 @@ func (r *Report) Markdown(level int) string {
 	}
 	p("CPU is utime+stime from /proc/PID/stat over each window (nginx: master + workers); shares are in cores (CPU-seconds per wall second). Added latency = the target's percentile minus direct's at the same percentile.\n\n")
 
+	if len(r.PeakSummaries) > 0 {
+		r.peakMarkdown(p, h(1))
+	}
 	for _, w := range s.Workloads {
 		kind := "non-streaming"
 		if w.Stream {
 			kind = fmt.Sprintf("streaming, %d chunks", s.Chunks)
 		}
-		p("%s%s (%s, %.0f req/s offered per target)\n\n", h(1), w.Name, kind, w.Rate)
+		p("%s%s (%s, %.0f req/s offered per target", h(1), w.Name, kind, w.Rate)
+		if b := r.PeakBasis[w.Name]; b != "" {
+			p(": %s", b)
+		}
+		p(")\n\n")
 		if w.Stream {
 			p("| target | ok / sent | first chunk p50 / p90 / p99 (µs) | full p50 / p90 / p99 / max (µs) | added first chunk p50 / p99 | added full p50 / p99 | req/s per proxy CPU-s | proxy CPU | upstream CPU | loadgen CPU | others CPU | gen. lateness p50 / p99 |\n")
 			p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -111,7 +121,11 @@ func (r *Report) Markdown(level int) string {
 	}
 
 	if len(r.Goals) > 0 {
-		p("%sGoals (issue 2): kvroute against nginx\n\n", h(1))
+		issue := "2"
+		if s.PeakConns > 0 {
+			issue = "21"
+		}
+		p("%sGoals (issue %s): kvroute against nginx\n\n", h(1), issue)
 		p("Ratio and met use the percentiles pooled over all rounds; per-round ratios and their median are shown because a stall of the shared machine in one round dominates pooled p99s.\n\n")
 		p("| workload | measure | kvroute | nginx | ratio (pooled) | goal | met | per-round ratios | median |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, g := range r.Goals {
@@ -179,6 +193,35 @@ func (r *Report) Markdown(level int) string {
 		p("%skvroute CPU profile, %s (perf, taken after the measurement)\n\nSelf time:\n\n```text\n%s\n```\n\nInclusive (self and callees):\n\n```text\n%s\n```\n\n", h(1), pr.Workload, pr.Self, pr.Inclusive)
 	}
 	return b.String()
+}
+
+// peakMarkdown renders the peak windows: throughput, latency under saturation and the
+// proxy's CPU per request, pooled and per round.
+func (r *Report) peakMarkdown(p func(string, ...any), heading string) {
+	p("%sPeak (closed loop, %d clients)\n\n", heading, r.Settings.PeakConns)
+	p("Throughput is successful requests per wall second; latency is from each request's actual send time (a closed loop has no schedule).\n\n")
+	p("| workload | target | ok | peak req/s | p50 / p99 (µs) | proxy CPU | upstream CPU | loadgen CPU | others CPU | req/s per proxy CPU-s | per round |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, su := range r.PeakSummaries {
+		share := func(c float64) string { return fmt.Sprintf("%.2f", c/su.WallS) }
+		eff, proxyCPU := "-", "-"
+		if su.PerProxyCPU > 0 {
+			eff, proxyCPU = fmt.Sprintf("%.0f", su.PerProxyCPU), share(su.CPU.Proxy)
+		}
+		var rounds []string
+		for _, w := range r.Peaks {
+			if w.Workload == su.Workload && w.Target == su.Target {
+				v := fmt.Sprintf("%.0f req/s", float64(w.OK)/w.WallS)
+				if w.CPU.Proxy > 0 {
+					v += fmt.Sprintf(", %.0f/CPU-s", float64(w.OK)/w.CPU.Proxy)
+				}
+				rounds = append(rounds, v)
+			}
+		}
+		p("| %s | %s | %d / %d | %.0f | %.0f / %.0f | %s | %s | %s | %s | %s | %s |\n", su.Workload, su.Target, su.OK, su.Sent, su.Throughput,
+			su.Latency.P50, su.Latency.P99, proxyCPU, share(su.CPU.Upstream), share(su.CPU.Loadgen), share(su.CPU.Others), eff, strings.Join(rounds, "; "))
+	}
+	p("\n")
 }
 
 func fmtRatio(v float64) string {

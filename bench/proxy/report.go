@@ -19,19 +19,26 @@ import (
 // Report is the outcome of a benchmark run; it renders as markdown and JSON.
 type Report struct {
 	// Command is the command line that produced the report; set by the caller.
-	Command   string     `json:"command"`
-	Started   time.Time  `json:"started"`
-	Finished  time.Time  `json:"finished"`
-	Machine   Machine    `json:"machine"`
-	Settings  Settings   `json:"settings"`
-	NginxConf string     `json:"nginx_conf,omitempty"`
-	Windows   []Window   `json:"windows"`
-	Summaries []Summary  `json:"summaries"`
-	Added     []Added    `json:"added_latency"`
-	Goals     []Goal     `json:"goals"`
-	Profiles  []Profile  `json:"profiles,omitempty"`
-	cfg       *Config    // not reported: the settings above are
-	samples   [][]Sample // OK samples per window, parallel to Windows
+	Command   string    `json:"command"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished"`
+	Machine   Machine   `json:"machine"`
+	Settings  Settings  `json:"settings"`
+	NginxConf string    `json:"nginx_conf,omitempty"`
+	Windows   []Window  `json:"windows"`
+	Summaries []Summary `json:"summaries"`
+	Added     []Added   `json:"added_latency"`
+	Goals     []Goal    `json:"goals"`
+	Profiles  []Profile `json:"profiles,omitempty"`
+	// Peaks are the closed-loop windows of a peak run (Config.Peak), PeakSummaries
+	// their summaries, PeakBasis per workload whose peak set the rate of the latency
+	// windows.
+	Peaks         []Window          `json:"peak_windows,omitempty"`
+	PeakSummaries []Summary         `json:"peak_summaries,omitempty"`
+	PeakBasis     map[string]string `json:"peak_basis,omitempty"`
+	cfg           *Config           // not reported: the settings above are
+	samples       [][]Sample        // OK samples per window, parallel to Windows
+	peakSamples   [][]Sample        // the same for Peaks
 }
 
 // Machine describes where the run happened.
@@ -62,6 +69,9 @@ type Settings struct {
 	NginxWorkers    int        `json:"nginx_worker_processes,omitempty"`
 	Policy          string     `json:"kvroute_policy,omitempty"`
 	KvrouteTokenize string     `json:"kvroute_tokenize,omitempty"`
+	// PeakConns is the closed-loop clients of a peak run's peak windows; 0 when the run
+	// measured no peak.
+	PeakConns int `json:"peak_conns,omitempty"`
 }
 
 // CPU is CPU time in seconds during a measured window (or the sum over windows).
@@ -165,6 +175,11 @@ func newReport(cfg *Config) *Report {
 		CompletionBytes: cfg.CompletionBytes, Chunks: cfg.Chunks, ChunkGap: cfg.ChunkGap.String(),
 		Tokenize: !cfg.NoTokenize, Policy: cfg.Policy, KvrouteTokenize: cfg.Tokenize,
 	}
+	// The settings keep their own copy: a peak run sets the rates later (setPeakRate).
+	r.Settings.Workloads = append([]Workload(nil), cfg.Workloads...)
+	if cfg.Peak {
+		r.Settings.PeakConns = cfg.PeakConns
+	}
 	if cfg.Nginx != "" {
 		r.Settings.NginxWorkers = cfg.NginxWorkers
 	}
@@ -257,60 +272,66 @@ func (r *Report) addWindow(w Window, ok []Sample) {
 	r.samples = append(r.samples, ok)
 }
 
+func (r *Report) addPeak(w Window, ok []Sample) {
+	r.Peaks = append(r.Peaks, w)
+	r.peakSamples = append(r.peakSamples, ok)
+}
+
+// halfPeak returns the peak throughput (successful requests per wall second, the median
+// over the rounds' windows) that sets a workload's rate in a peak run: nginx's, else
+// kvroute's, else direct's, and a phrase naming it.
+func (r *Report) halfPeak(workload string) (float64, string) {
+	for _, t := range []string{"nginx", "kvroute", "direct"} {
+		var rates []float64
+		for _, w := range r.Peaks {
+			if w.Workload == workload && w.Target == t && w.WallS > 0 {
+				rates = append(rates, float64(w.OK)/w.WallS)
+			}
+		}
+		if len(rates) > 0 {
+			m := median(rates)
+			return m, fmt.Sprintf("%s's peak (%.0f req/s, median of %d rounds)", t, m, len(rates))
+		}
+	}
+	return 0, ""
+}
+
+// setPeakRate records the rate a peak run chose for workload number wi.
+func (r *Report) setPeakRate(wi int, rate float64, basis string) {
+	r.Settings.Workloads[wi].Rate = rate
+	if r.PeakBasis == nil {
+		r.PeakBasis = map[string]string{}
+	}
+	r.PeakBasis[r.Settings.Workloads[wi].Name] = "half of " + basis
+}
+
+// median returns the median of v (not empty); v is sorted in place.
+func median(v []float64) float64 {
+	sort.Float64s(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
 // finish computes the summaries, added latencies and goals from the windows.
 func (r *Report) finish() {
 	r.Finished = time.Now().UTC()
 	r.Machine.LoadAfter = loadAvg()
-	r.Summaries, r.Added, r.Goals = nil, nil, nil
+	r.Added, r.Goals = nil, nil
+	r.Summaries = summaries(r.cfg.Workloads, r.Windows, r.samples)
+	r.PeakSummaries = summaries(r.cfg.Workloads, r.Peaks, r.peakSamples)
 	for _, w := range r.cfg.Workloads {
-		var targets []string
-		for _, win := range r.Windows {
-			if win.Workload == w.Name && !contains(targets, win.Target) {
-				targets = append(targets, win.Target)
-			}
-		}
-		sort.SliceStable(targets, func(i, j int) bool { return targetOrder(targets[i]) < targetOrder(targets[j]) })
-		for _, t := range targets {
-			s := Summary{Workload: w.Name, Target: t}
-			var ok []Sample
-			for i, win := range r.Windows {
-				if win.Workload != w.Name || win.Target != t {
-					continue
-				}
-				s.Sent += win.Sent
-				s.OK += win.OK
-				s.WallS += win.WallS
-				s.CPU.add(win.CPU)
-				ok = append(ok, r.samples[i]...)
-			}
-			s.Failed = s.Sent - s.OK
-			s.Latency, s.First, s.Lateness = summarize(ok, w.Stream)
-			if s.WallS > 0 {
-				s.Throughput = float64(s.OK) / s.WallS
-			}
-			if s.CPU.Proxy > 0 {
-				s.PerProxyCPU = float64(s.OK) / s.CPU.Proxy
-			}
-			r.Summaries = append(r.Summaries, s)
-		}
-		find := func(t string) *Summary {
-			for i := range r.Summaries {
-				if r.Summaries[i].Workload == w.Name && r.Summaries[i].Target == t {
-					return &r.Summaries[i]
-				}
-			}
-			return nil
-		}
-		direct := find("direct")
+		direct := findSummary(r.Summaries, w.Name, "direct")
 		if direct == nil {
 			continue
 		}
 		added := map[string]map[string]Added{}
-		for _, t := range targets {
-			if t == "direct" {
+		for _, s := range r.Summaries {
+			if s.Workload != w.Name || s.Target == "direct" {
 				continue
 			}
-			s := find(t)
+			t := s.Target
 			added[t] = map[string]Added{}
 			a := Added{Workload: w.Name, Target: t, Metric: "end", P50: s.Latency.P50 - direct.Latency.P50, P99: s.Latency.P99 - direct.Latency.P99}
 			r.Added = append(r.Added, a)
@@ -321,48 +342,146 @@ func (r *Report) finish() {
 				added[t]["first_chunk"] = a
 			}
 		}
-		kv, ng := find("kvroute"), find("nginx")
-		if kv == nil || ng == nil {
+		if findSummary(r.Summaries, w.Name, "kvroute") == nil || findSummary(r.Summaries, w.Name, "nginx") == nil {
 			continue
 		}
-		metrics := []string{"end"}
-		if w.Stream {
-			metrics = append(metrics, "first_chunk")
+		if r.cfg.Peak {
+			r.peakGoals(w, added)
+		} else {
+			r.fixedRateGoals(w, added)
 		}
-		for _, m := range metrics {
-			k, n := added["kvroute"][m].P99, added["nginx"][m].P99
-			g := newGoal(w.Name, "added p99 ("+metricLabel(m)+"), kvroute / nginx", k, n, "<= 1.5", func(x float64) bool { return x <= 1.5 })
-			g.setRounds(r.perRound(w.Name, func(t string, win *Window, direct *Window) float64 {
-				return p99(win, m) - p99(direct, m)
-			}))
-			r.Goals = append(r.Goals, g)
-		}
-		g := newGoal(w.Name, "req/s per proxy CPU-second, kvroute / nginx", kv.PerProxyCPU, ng.PerProxyCPU, ">= 0.5", func(x float64) bool { return x >= 0.5 })
-		g.setRounds(r.perRound(w.Name, func(t string, win *Window, _ *Window) float64 {
-			if win.CPU.Proxy <= 0 {
-				return math.NaN()
-			}
-			return float64(win.OK) / win.CPU.Proxy
-		}))
-		r.Goals = append(r.Goals, g)
 	}
 }
 
-// p99 returns a window's p99 of the metric ("end" or "first_chunk").
-func p99(w *Window, metric string) float64 {
-	if metric == "first_chunk" && w.First != nil {
-		return w.First.P99
+// fixedRateGoals are issue 2's goals: added p99 at most 1.5x nginx's, and at least half
+// of nginx's requests per proxy CPU-second, at the workload's fixed rate.
+func (r *Report) fixedRateGoals(w Workload, added map[string]map[string]Added) {
+	for _, m := range latencyMetrics(w) {
+		k, n := added["kvroute"][m].P99, added["nginx"][m].P99
+		g := newGoal(w.Name, "added p99 ("+metricLabel(m)+"), kvroute / nginx", k, n, "<= 1.5", func(x float64) bool { return x <= 1.5 })
+		g.setRounds(r.perRound(r.Windows, w.Name, func(win, direct *Window) float64 {
+			return pct(win, m, 99) - pct(direct, m, 99)
+		}))
+		r.Goals = append(r.Goals, g)
 	}
-	return w.Latency.P99
+	kv, ng := findSummary(r.Summaries, w.Name, "kvroute"), findSummary(r.Summaries, w.Name, "nginx")
+	g := newGoal(w.Name, "req/s per proxy CPU-second, kvroute / nginx", kv.PerProxyCPU, ng.PerProxyCPU, ">= 0.5", func(x float64) bool { return x >= 0.5 })
+	g.setRounds(r.perRound(r.Windows, w.Name, perProxyCPU))
+	r.Goals = append(r.Goals, g)
+}
+
+// peakGoals are issue 21's goals: requests per proxy CPU-second at the peak at least
+// 0.9x nginx's with round_robin (0.8x with another policy), and the added latency, p50
+// and p99, at half of nginx's peak at most 1.2x nginx's.
+func (r *Report) peakGoals(w Workload, added map[string]map[string]Added) {
+	for _, m := range latencyMetrics(w) {
+		for _, q := range []int{50, 99} {
+			k, n := added["kvroute"][m].P99, added["nginx"][m].P99
+			if q == 50 {
+				k, n = added["kvroute"][m].P50, added["nginx"][m].P50
+			}
+			g := newGoal(w.Name, fmt.Sprintf("added p%d (%s) at half of the peak, kvroute / nginx", q, metricLabel(m)), k, n, "<= 1.2", func(x float64) bool { return x <= 1.2 })
+			g.setRounds(r.perRound(r.Windows, w.Name, func(win, direct *Window) float64 {
+				return pct(win, m, q) - pct(direct, m, q)
+			}))
+			r.Goals = append(r.Goals, g)
+		}
+	}
+	kv, ng := findSummary(r.PeakSummaries, w.Name, "kvroute"), findSummary(r.PeakSummaries, w.Name, "nginx")
+	if kv == nil || ng == nil {
+		return
+	}
+	want := 0.9
+	if r.cfg.Policy != "round_robin" {
+		want = 0.8
+	}
+	g := newGoal(w.Name, "req/s per proxy CPU-second at the peak, kvroute / nginx", kv.PerProxyCPU, ng.PerProxyCPU,
+		fmt.Sprintf(">= %.1f", want), func(x float64) bool { return x >= want })
+	g.setRounds(r.perRound(r.Peaks, w.Name, perProxyCPU))
+	r.Goals = append(r.Goals, g)
+}
+
+func latencyMetrics(w Workload) []string {
+	if w.Stream {
+		return []string{"end", "first_chunk"}
+	}
+	return []string{"end"}
+}
+
+func perProxyCPU(win, _ *Window) float64 {
+	if win.CPU.Proxy <= 0 {
+		return math.NaN()
+	}
+	return float64(win.OK) / win.CPU.Proxy
+}
+
+// summaries aggregates windows (with their OK samples) per workload and target, targets
+// in report order.
+func summaries(workloads []Workload, windows []Window, samples [][]Sample) []Summary {
+	var out []Summary
+	for _, w := range workloads {
+		var targets []string
+		for _, win := range windows {
+			if win.Workload == w.Name && !contains(targets, win.Target) {
+				targets = append(targets, win.Target)
+			}
+		}
+		sort.SliceStable(targets, func(i, j int) bool { return targetOrder(targets[i]) < targetOrder(targets[j]) })
+		for _, t := range targets {
+			s := Summary{Workload: w.Name, Target: t}
+			var ok []Sample
+			for i, win := range windows {
+				if win.Workload != w.Name || win.Target != t {
+					continue
+				}
+				s.Sent += win.Sent
+				s.OK += win.OK
+				s.WallS += win.WallS
+				s.CPU.add(win.CPU)
+				ok = append(ok, samples[i]...)
+			}
+			s.Failed = s.Sent - s.OK
+			s.Latency, s.First, s.Lateness = summarize(ok, w.Stream)
+			if s.WallS > 0 {
+				s.Throughput = float64(s.OK) / s.WallS
+			}
+			if s.CPU.Proxy > 0 {
+				s.PerProxyCPU = float64(s.OK) / s.CPU.Proxy
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func findSummary(ss []Summary, workload, target string) *Summary {
+	for i := range ss {
+		if ss[i].Workload == workload && ss[i].Target == target {
+			return &ss[i]
+		}
+	}
+	return nil
+}
+
+// pct returns a window's p50 or p99 of the metric ("end" or "first_chunk").
+func pct(w *Window, metric string, q int) float64 {
+	p := &w.Latency
+	if metric == "first_chunk" && w.First != nil {
+		p = w.First
+	}
+	if q == 50 {
+		return p.P50
+	}
+	return p.P99
 }
 
 // perRound returns, for each round, value(kvroute) / value(nginx), where value sees the
 // target's window of that round and direct's; NaN when a window is missing or nginx's
 // value is not positive.
-func (r *Report) perRound(workload string, value func(target string, win, direct *Window) float64) []float64 {
+func (r *Report) perRound(windows []Window, workload string, value func(win, direct *Window) float64) []float64 {
 	find := func(round int, target string) *Window {
-		for i := range r.Windows {
-			if w := &r.Windows[i]; w.Round == round && w.Workload == workload && w.Target == target {
+		for i := range windows {
+			if w := &windows[i]; w.Round == round && w.Workload == workload && w.Target == target {
 				return w
 			}
 		}
@@ -375,8 +494,8 @@ func (r *Report) perRound(workload string, value func(target string, win, direct
 		if d == nil || k == nil || n == nil {
 			continue
 		}
-		if nv := value("nginx", n, d); nv > 0 {
-			out[i] = value("kvroute", k, d) / nv
+		if nv := value(n, d); nv > 0 {
+			out[i] = value(k, d) / nv
 		}
 	}
 	return out
@@ -393,12 +512,7 @@ func (g *Goal) setRounds(ratios []float64) {
 	}
 	g.Median = math.NaN()
 	if len(ok) > 0 {
-		sort.Float64s(ok)
-		if len(ok)%2 == 1 {
-			g.Median = ok[len(ok)/2]
-		} else {
-			g.Median = (ok[len(ok)/2-1] + ok[len(ok)/2]) / 2
-		}
+		g.Median = median(ok)
 	}
 }
 
