@@ -65,6 +65,54 @@ func TestRunHarness(t *testing.T) {
 	}
 }
 
+// TestRunHarnessPeak runs a peak run briefly without nginx: each target's closed-loop
+// peak first, then the latency windows at half of kvroute's peak.
+func TestRunHarnessPeak(t *testing.T) {
+	var log bytes.Buffer
+	kv := selfCommand("kvroute")
+	workloads := []Workload{{Name: "chat", Rate: 200}, {Name: "stream", Stream: true, Rate: 20}}
+	rep, err := Run(context.Background(), Config{
+		Workloads: workloads, Rounds: 1, Duration: 500 * time.Millisecond, Warmup: 100 * time.Millisecond,
+		Upstream: selfCommand("upstream"), Kvroute: &kv, Log: &log, Peak: true, PeakConns: 2,
+	})
+	if err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, log.String())
+	}
+	if workloads[0].Rate != 200 {
+		t.Errorf("the caller's workloads were changed: %+v", workloads)
+	}
+	if got, want := len(rep.Peaks), 2*len(workloads); got != want {
+		t.Fatalf("%d peak windows, want %d", got, want)
+	}
+	if rep.Settings.Mode != ModeSequential || len(rep.Windows) != 2*len(workloads) {
+		t.Errorf("latency windows: mode %q, %d windows", rep.Settings.Mode, len(rep.Windows))
+	}
+	for _, w := range rep.Settings.Workloads {
+		kvPeak := findSummary(rep.PeakSummaries, w.Name, "kvroute")
+		if kvPeak == nil || kvPeak.OK == 0 || kvPeak.OK != kvPeak.Sent || kvPeak.PerProxyCPU <= 0 {
+			t.Fatalf("%s: kvroute's peak %+v", w.Name, kvPeak)
+		}
+		// One round: the median is that window's throughput.
+		if want := kvPeak.Throughput / 2; w.Rate < want*0.99 || w.Rate > want*1.01 {
+			t.Errorf("%s: rate %.1f, want half of kvroute's peak %.1f", w.Name, w.Rate, kvPeak.Throughput)
+		}
+		if !strings.Contains(rep.PeakBasis[w.Name], "half of kvroute's peak") {
+			t.Errorf("%s: basis %q", w.Name, rep.PeakBasis[w.Name])
+		}
+		for _, s := range rep.Summaries {
+			if s.Workload == w.Name && s.Sent < int(w.Rate*0.5*0.9) {
+				t.Errorf("%s/%s: %d sent at %.0f req/s for 0.5 s", w.Name, s.Target, s.Sent, w.Rate)
+			}
+		}
+	}
+	md := rep.Markdown(2)
+	for _, want := range []string{"### Peak (closed loop, 2 clients)", "half of kvroute's peak", "| chat | kvroute |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
 func checkSummary(t *testing.T, s Summary, workloads []Workload) {
 	t.Helper()
 	var w Workload
