@@ -97,7 +97,7 @@ func TestHeaderTimeoutConn(t *testing.T) {
 // A non-streaming request's prefill stops counting after the estimate; a streamed
 // one's at its first token, which also teaches the estimate.
 func TestLoadPrefillAccounting(t *testing.T) {
-	w := &Worker{ID: "w", loads: map[*Load]struct{}{}}
+	w := &Worker{ID: "w"}
 	w.prefillNsPerToken.Store(int64(time.Microsecond))
 	l := w.Begin(1000, 64, time.Minute)
 	if w.PendingPrefillTokens() != 1000 || w.ActiveBlocks() != 64 || w.InFlight() != 1 {
@@ -107,8 +107,8 @@ func TestLoadPrefillAccounting(t *testing.T) {
 	poll.CheckFor(t, 5*time.Second, "the estimated prefill to end", func() bool { return w.PendingPrefillTokens() == 0 })
 	l.End()
 	l.End() // idempotent
-	if w.ActiveBlocks() != 0 || w.InFlight() != 0 || len(w.loads) != 0 {
-		t.Fatalf("after End: blocks %d in flight %d entries %d", w.ActiveBlocks(), w.InFlight(), len(w.loads))
+	if w.ActiveBlocks() != 0 || w.InFlight() != 0 || w.loads.len() != 0 {
+		t.Fatalf("after End: blocks %d in flight %d entries %d", w.ActiveBlocks(), w.InFlight(), w.loads.len())
 	}
 
 	s := w.Begin(640, 40, time.Minute)
@@ -132,7 +132,7 @@ func TestLoadPrefillAccounting(t *testing.T) {
 // BeginNotify's callback runs once per load, after the counters dropped it, whether the
 // load was ended or expired.
 func TestLoadEndNotifies(t *testing.T) {
-	w := &Worker{ID: "w", loads: map[*Load]struct{}{}}
+	w := &Worker{ID: "w"}
 	var calls, inFlightSeen []int64
 	ended := func() { calls = append(calls, 1); inFlightSeen = append(inFlightSeen, w.InFlight()) }
 	l := w.BeginNotify(10, 1, time.Minute, ended)

@@ -62,7 +62,7 @@ type Worker struct {
 
 	// loadMu guards loads, the open Load entries (see load.go), and their estimateAt.
 	loadMu sync.Mutex
-	loads  map[*Load]struct{}
+	loads  loadList
 	// nextEstimate is the earliest estimateAt of an open load (unix ns; 0: none), written
 	// under loadMu (see Load.EstimateFirstToken).
 	nextEstimate atomic.Int64
@@ -113,7 +113,6 @@ func newWorker(wc configs.Worker, cfg *configs.Config) (*Worker, error) {
 		models:      slices.Clone(wc.Models),
 		fixedModels: len(wc.Models) > 0,
 		Config:      wc,
-		loads:       map[*Load]struct{}{},
 		tlsConf:     tlsConf,
 	}
 	if key != "" {
