@@ -171,3 +171,33 @@ func TestDepthLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestStringWordBoundaries puts each byte a string scan must stop at (and bytes it must
+// not stop at) at every offset around the 8-byte words String skips, and checks the
+// verdict and the end against encoding/json.
+func TestStringWordBoundaries(t *testing.T) {
+	for _, c := range []byte{'"', '\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xff, 'a'} {
+		for n := 0; n < 24; n++ {
+			for p := 0; p <= n; p++ {
+				body := []byte(strings.Repeat("x", n))
+				if p < n {
+					body[p] = c
+				}
+				lit := append(append([]byte{'"'}, body...), '"')
+				end, _, err := String(append(lit, " tail"...), 0)
+				want := json.Valid(lit)
+				if (err == nil) != want && !(c == '"' && p < n) {
+					t.Fatalf("byte %#x at %d of %d: err %v, encoding/json valid %v", c, p, n, err, want)
+				}
+				switch {
+				case c == '"' && p < n:
+					if err != nil || end != p+2 { // the string ends at the inner quote
+						t.Fatalf("quote at %d of %d: end %d err %v", p, n, end, err)
+					}
+				case err == nil && end != len(lit):
+					t.Fatalf("byte %#x at %d of %d: end %d, want %d", c, p, n, end, len(lit))
+				}
+			}
+		}
+	}
+}
