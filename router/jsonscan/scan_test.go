@@ -186,11 +186,12 @@ func TestStringWordBoundaries(t *testing.T) {
 				lit := append(append([]byte{'"'}, body...), '"')
 				end, _, err := String(append(lit, " tail"...), 0)
 				want := json.Valid(lit)
-				if (err == nil) != want && !(c == '"' && p < n) {
+				innerQuote := c == '"' && p < n // ends the string early: not a literal of n bytes
+				if (err == nil) != want && !innerQuote {
 					t.Fatalf("byte %#x at %d of %d: err %v, encoding/json valid %v", c, p, n, err, want)
 				}
 				switch {
-				case c == '"' && p < n:
+				case innerQuote:
 					if err != nil || end != p+2 { // the string ends at the inner quote
 						t.Fatalf("quote at %d of %d: end %d err %v", p, n, end, err)
 					}
