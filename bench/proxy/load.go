@@ -127,10 +127,7 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // It returns an error only when the options are invalid or ctx ends; failed requests are
 // recorded in their samples.
 func RunLoad(ctx context.Context, o LoadOptions) (*LoadResult, error) {
-	if err := o.defaults(); err != nil {
-		return nil, err
-	}
-	targets, err := newLoadTargets(&o)
+	targets, err := o.prepare()
 	if err != nil {
 		return nil, err
 	}
@@ -186,8 +183,11 @@ func RunLoad(ctx context.Context, o LoadOptions) (*LoadResult, error) {
 	return res, nil
 }
 
-// newLoadTargets builds a connection pool per base URL of o.Targets.
-func newLoadTargets(o *LoadOptions) ([][]loadTarget, error) {
+// prepare applies the defaults and builds a connection pool per base URL of o.Targets.
+func (o *LoadOptions) prepare() ([][]loadTarget, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
 	targets := make([][]loadTarget, len(o.Targets))
 	for i, urls := range o.Targets {
 		for _, raw := range urls {
@@ -226,10 +226,7 @@ func RunClosed(ctx context.Context, o LoadOptions, conns int) (*LoadResult, erro
 		return nil, fmt.Errorf("load: %d connections: want at least one", conns)
 	}
 	o.Rate = 1 // not used; defaults checks it
-	if err := o.defaults(); err != nil {
-		return nil, err
-	}
-	targets, err := newLoadTargets(&o)
+	targets, err := o.prepare()
 	if err != nil {
 		return nil, err
 	}
