@@ -51,3 +51,32 @@ func BenchmarkEncodeChat(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkParseCached is the parse of a repeated 2 KB chat request with the usual
+// scalar members (model, stream, max_tokens, temperature, top_p, user) and its two
+// messages in the message cache: what local mode does per request before rendering.
+//
+//	go test -run '^$' -bench ParseCached -count 6 ./router/tokenize/chat > new.txt; benchstat old.txt new.txt
+func BenchmarkParseCached(b *testing.B) {
+	body, err := json.Marshal(map[string]any{
+		"model": "Qwen/Qwen3-8B", "stream": false, "max_tokens": 128, "temperature": 0.7, "top_p": 0.95, "user": "u-123",
+		"messages": []map[string]string{
+			{"role": "system", "content": "You are a helpful assistant."},
+			{"role": "user", "content": strings.Repeat("lorem ipsum dolor sit amet ", 70)},
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := &Encoder{msgs: newMsgCache(1 << 20)}
+	if _, _, err := e.parseCached(body); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, _, err := e.parseCached(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
