@@ -107,10 +107,16 @@ func Object(body []byte, member func(key []byte, escaped bool, val []byte) error
 
 // Valid reports whether b is one valid JSON value, as encoding/json.Valid does (which
 // has the same nesting limit).
-func Valid(b []byte) bool {
-	i := SkipWS(b, 0)
-	end, err := validValue(b, i, 0)
-	return err == nil && checkEnd(b, end) == nil
+func Valid(b []byte) bool { return Validate(b) == nil }
+
+// Validate is [Valid] with the reason: nil for one valid JSON value, else an error
+// wrapping [ErrSyntax] that says what is wrong and at which offset.
+func Validate(b []byte) error {
+	end, err := validValue(b, SkipWS(b, 0), 0)
+	if err != nil {
+		return err
+	}
+	return checkEnd(b, end)
 }
 
 func checkEnd(b []byte, i int) error {
