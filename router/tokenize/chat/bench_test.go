@@ -80,3 +80,23 @@ func BenchmarkParseCached(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRender renders Qwen3's chat template for a 2 KB request of two messages (a
+// system prompt and a user turn): the render local mode does per request.
+//
+//	go test -run '^$' -bench '^BenchmarkRender$' -count 6 ./router/tokenize/chat > new.txt; benchstat old.txt new.txt
+func BenchmarkRender(b *testing.B) {
+	enc := loadEncoder(b, "qwen3")
+	body := []byte(`{"model":"m","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` +
+		strings.Repeat("lorem ipsum dolor sit amet ", 70) + `"}]}`)
+	req, err := ParseRequest(body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := enc.Config().Render(req.Messages, req.Options); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
