@@ -93,13 +93,13 @@ func (ix *Index) Reserve(id string, blocks int) {
 	if blocks <= 0 {
 		return
 	}
-	ix.mu.RLock()
+	ix.rlock()
 	done := ix.reservedLocked(id, blocks, false)
 	ix.mu.RUnlock()
 	if done {
 		return
 	}
-	ix.mu.Lock()
+	ix.lock()
 	ix.reservedLocked(id, blocks, true)
 	ix.mu.Unlock()
 }
