@@ -3,6 +3,7 @@ package indexer
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -343,12 +344,11 @@ func (ix *Index) setHolderHashed(ws *workerState, own proto.BlockHash, h uint64,
 
 // account updates ws's counts for a flag change of block own from old to nf.
 func (ix *Index) account(ws *workerState, own proto.BlockHash, old, nf uint8) {
-	for t := 0; t < numTiers; t++ {
-		b := uint8(1) << t
-		switch {
-		case old&b == 0 && nf&b != 0:
+	for d := (old ^ nf) & flagTierMask; d != 0; d &= d - 1 {
+		t := bits.TrailingZeros8(d)
+		if nf&(1<<t) != 0 {
 			ws.blocks[t]++
-		case old&b != 0 && nf&b == 0:
+		} else {
 			ws.blocks[t]--
 		}
 	}
@@ -362,5 +362,7 @@ func (ix *Index) account(ws *workerState, own proto.BlockHash, old, nf uint8) {
 			ix.predLive--
 		}
 	}
-	ix.mirror(ws, own, old, nf)
+	if ix.opts.Mirror != nil {
+		ix.mirror(ws, own, old, nf)
+	}
 }
