@@ -14,8 +14,8 @@ import (
 // spins for a while (yielding its P, so that on one P the writer runs) instead of
 // parking, and says so in waiters; a writer releases the lock between chunks only when
 // someone waits (waiters > 0), and then lets the waiters in before it takes the lock
-// again. A writer that finds the lock taken parks at once: ingest is not latency
-// bound.
+// again, spinning for it too when readers took it meanwhile (they hold it for one
+// Match). A writer that finds the lock taken when it starts parks at once.
 
 // readSpin is how long a reader spins for the lock before it parks: several of a
 // writer's chunks (a chunk takes a few microseconds), well below a scheduling quantum.
@@ -75,6 +75,24 @@ func (ix *Index) handOff() {
 	// next hand-off or the end of the batch.
 	for i := 0; i < 64 && ix.waiters.Load() > 0; i++ {
 		runtime.Gosched()
+	}
+	// A reader holds the lock for one Match, a microsecond or two: spin rather than
+	// park, since a parked writer waits for a wake-up far longer than that and falls
+	// behind its feed.
+	var deadline time.Time
+	for i := 0; ; i++ {
+		if ix.mu.TryLock() {
+			return
+		}
+		runtime.Gosched()
+		if i&15 == 15 {
+			now := time.Now()
+			if deadline.IsZero() {
+				deadline = now.Add(readSpin)
+			} else if now.After(deadline) {
+				break
+			}
+		}
 	}
 	ix.lock()
 }
