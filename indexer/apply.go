@@ -9,7 +9,7 @@ import (
 // chunkOps is how many block operations Apply performs at most while another goroutine
 // waits for the lock, so that a large batch or a worker clear never blocks Match for
 // long.
-const chunkOps = 16
+const chunkOps = 4
 
 // Apply applies one batch of a worker's KV events, in order. model is the served model
 // name, the first part of the hash seed of chains without a parent. The batch's

@@ -119,20 +119,16 @@
 //
 // One RWMutex. Match takes the read lock and updates the last-touch stamps of the runs it
 // walks with atomic stores, only when the (1 s) stamp changes, so concurrent matches of
-// a hot prefix do not bounce cache lines. Writers hold the write lock for at most 16
-// block operations at a time (every batch, a worker clear and a large prediction release
-// and retake it; one operation moves at most 512 slots of a split run), a few
-// microseconds at the 3 to 6M operations per CPU-second measured below, so a Match waits
-// about that long behind ingest, and Go's
-// RWMutex keeps a stream of readers from starving writers (a writer's Unlock hands the
-// lock to the readers waiting, its next Lock waits for them). Releasing every 16
-// operations instead of 256 cost nothing measurable (BenchmarkApplyMooncake/steady,
-// GOMAXPROCS=1, alternated: 2.97 and 3.63M block ops per CPU-second against 3.38, 3.16 and
-// 3.63M, load average 16) and cut Match p99 next to a 1M ops/s feed
-// (BenchmarkMatchPacedIngest/blocks=1M, GOMAXPROCS=2, 100,000 calls, alternated, same
-// load) to 25.5 and 39.2 us from 67.9 and 45.7 us; at that load p99 is mostly the other
-// processes' CPU time (see "Match next to an event feed" below). Each worker's events must be applied in order by one goroutine (its
-// event source); different workers may be applied concurrently.
+// a hot prefix do not bounce cache lines. A goroutine that finds the lock taken counts
+// itself in a waiters counter; a writer hands the lock over every 4 block operations
+// (chunkOps; one operation moves at most 512 slots of a split run) while the counter is
+// nonzero, and keeps it otherwise (a batch, a worker clear and a large prediction are
+// cut into chunks only when someone waits). A reader that finds a writer spins
+// for the lock (yielding its P) for up to 50 us before it parks, and a writer that
+// handed the lock to readers spins for it again: on this VM waking a parked goroutine
+// costs tens of microseconds, far more than a chunk or a Match holds the lock (lock.go).
+// Each worker's events must be applied in order by one goroutine (its event source);
+// different workers may be applied concurrently.
 //
 // # Limits
 //
