@@ -6,10 +6,9 @@ import (
 	"github.com/kvroute/kvroute/proto"
 )
 
-// chunkOps is how many block operations Apply performs at most while another goroutine
-// waits for the lock, so that a large batch or a worker clear never blocks Match for
-// long.
-const chunkOps = 4
+// chunkOps is how many block operations Apply performs per hold of the write lock, so
+// that a large batch or a worker clear never blocks Match for long.
+const chunkOps = 16
 
 // Apply applies one batch of a worker's KV events, in order. model is the served model
 // name, the first part of the hash seed of chains without a parent. The batch's
@@ -34,7 +33,7 @@ func (ix *Index) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 	}
 	start := time.Now()
 	now, tick := ix.nowTick()
-	ix.lock()
+	ix.mu.Lock()
 	ws := ix.worker(w, true)
 	ops := 0
 	for i := range b.Events {
@@ -52,7 +51,7 @@ func (ix *Index) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 		case proto.AllBlocksCleared:
 			ix.mu.Unlock()
 			ix.clearMu.Lock()
-			ix.lock()
+			ix.mu.Lock()
 			ws = ix.worker(w, true)
 			ix.c.clears.Add(1)
 			ix.clearLocked(ws, false)
@@ -75,16 +74,16 @@ func (ix *Index) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 
 func (ws *workerState) removed() bool { return ws.eng == nil }
 
-// yield hands the write lock to the goroutines waiting for it, if any, every chunkOps
-// block operations, so that Match calls waiting on the lock get in (see lock.go). mu must
-// be held for writing.
+// yield releases and retakes the write lock every chunkOps block operations so that Match
+// calls waiting on the lock get in. mu must be held for writing.
 func (ix *Index) yield(ops *int) {
 	*ops++
 	if *ops < chunkOps {
 		return
 	}
 	*ops = 0
-	ix.handOff()
+	ix.mu.Unlock()
+	ix.mu.Lock()
 }
 
 func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tick uint32, ops *int) {
@@ -333,7 +332,7 @@ func (ix *Index) dropEngine(ws *workerState, e engEntry, tick uint32) {
 func (ix *Index) ClearWorker(w proto.WorkerKey) {
 	ix.clearMu.Lock()
 	defer ix.clearMu.Unlock()
-	ix.lock()
+	ix.mu.Lock()
 	ws := ix.worker(w, false)
 	if ws == nil {
 		ix.mu.Unlock()
@@ -352,7 +351,7 @@ func (ix *Index) ClearWorker(w proto.WorkerKey) {
 func (ix *Index) ClearEvents(w proto.WorkerKey) {
 	ix.clearMu.Lock()
 	defer ix.clearMu.Unlock()
-	ix.lock()
+	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, false)
 	if ws == nil {
@@ -407,7 +406,7 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 func (ix *Index) RemoveWorker(w proto.WorkerKey) {
 	ix.clearMu.Lock()
 	defer ix.clearMu.Unlock()
-	ix.lock()
+	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, false)
 	if ws == nil {

@@ -77,7 +77,7 @@ type Entry struct {
 // and returns it: what a [Mirror] needs to rewrite the worker's part of its copy. It
 // holds the read lock for a time proportional to the worker's entries.
 func (ix *Index) AppendEntries(w proto.WorkerKey, dst []Entry) []Entry {
-	ix.rlock()
+	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	ws := ix.byKey[w]
 	if ws == nil || ws.removed() {

@@ -119,16 +119,20 @@
 //
 // One RWMutex. Match takes the read lock and updates the last-touch stamps of the runs it
 // walks with atomic stores, only when the (1 s) stamp changes, so concurrent matches of
-// a hot prefix do not bounce cache lines. A goroutine that finds the lock taken counts
-// itself in a waiters counter; a writer hands the lock over every 4 block operations
-// (chunkOps; one operation moves at most 512 slots of a split run) while the counter is
-// nonzero, and keeps it otherwise (a batch, a worker clear and a large prediction are
-// cut into chunks only when someone waits). A reader that finds a writer spins
-// for the lock (yielding its P) for up to 50 us before it parks, and a writer that
-// handed the lock to readers spins for it again: on this VM waking a parked goroutine
-// costs tens of microseconds, far more than a chunk or a Match holds the lock (lock.go).
-// Each worker's events must be applied in order by one goroutine (its event source);
-// different workers may be applied concurrently.
+// a hot prefix do not bounce cache lines. Writers hold the write lock for at most 16
+// block operations at a time (every batch, a worker clear and a large prediction release
+// and retake it; one operation moves at most 512 slots of a split run), a few
+// microseconds at the 3 to 6M operations per CPU-second measured below, so a Match waits
+// about that long behind ingest, and Go's
+// RWMutex keeps a stream of readers from starving writers (a writer's Unlock hands the
+// lock to the readers waiting, its next Lock waits for them). Releasing every 16
+// operations instead of 256 cost nothing measurable (BenchmarkApplyMooncake/steady,
+// GOMAXPROCS=1, alternated: 2.97 and 3.63M block ops per CPU-second against 3.38, 3.16 and
+// 3.63M, load average 16) and cut Match p99 next to a 1M ops/s feed
+// (BenchmarkMatchPacedIngest/blocks=1M, GOMAXPROCS=2, 100,000 calls, alternated, same
+// load) to 25.5 and 39.2 us from 67.9 and 45.7 us; at that load p99 is mostly the other
+// processes' CPU time (see "Match next to an event feed" below). Each worker's events must be applied in order by one goroutine (its
+// event source); different workers may be applied concurrently.
 //
 // # Limits
 //
@@ -241,24 +245,25 @@
 // confirmed) changed nothing (2.82 to 2.95M against 2.82 to 2.91M): the limit is
 // memory latency and the misses the core keeps in flight, not the TLB.
 //
-// Issue 21, ingest (2026-12-07 05:16-05:40 UTC, load average 3 to 6 on the 2 shared
+// Issue 21, ingest (2026-12-07 05:16-05:54 UTC, load average 1 to 6 on the 2 shared
 // cores, GOMAXPROCS=1, this version and the one before (2e1ccff) alternately):
 //
 //	cd indexer && go test -c -o /tmp/ixf.test . && GOMAXPROCS=1 nice -n 5 /tmp/ixf.test \
 //	  -test.run '^$' -test.bench 'IngestFloor/two-tables|ApplyMooncake/steady|AtMemory' -test.benchtime 3x
 //
-// ApplyMooncake/steady against BenchmarkIngestFloor/two-tables of the same run: 0.58 to
-// 0.68 in 7 of 9 runs (median 0.64; 4.0 to 6.1M against 6.5 to 9.4M block ops per
-// CPU-second; 0.88 and 0.91 in two runs whose floor was slowed), before 0.53 to 0.57 (6
-// runs). Changes: a block is mixed once per operation, a store of a new block probes the
-// node table once (the miss position of the lookup is where the insert starts), a
-// remove probes the engine table once, the lock is released between chunks only when
-// someone waits, the per-tier counts loop over changed tiers only. The goal of 0.9 is not
-// met, and the floor is not comparable: its two tables are half full, 32 + 32 = 64 bytes
-// per (block, worker) entry, above the 48 bytes the issue allows the index (43.6
-// measured, below). BenchmarkIngestFloorAtMemory/two-tables-48B runs the same floor with
-// both tables 2/3 full at the stream's caches (48 bytes per entry): 4.9 to 7.8M, and
-// the index runs at 0.70 to 0.95 of it (median 0.87; one run 0.52). In the CPU profile
+// ApplyMooncake/steady against BenchmarkIngestFloor/two-tables of the same run: median
+// 0.64, 0.58 to 0.69 in 13 of 15 runs (3.8 to 6.4M against 5.5 to 10.0M block ops per
+// CPU-second; 0.88 and 0.91 in two runs whose floor was slowed; 12 of the runs with the
+// lock change tried below, which does not touch ingest when nobody waits), against
+// median 0.57, 0.53 to 0.70 before (12 runs): the ranges overlap on this noisy machine.
+// Changes: a block is mixed once per operation, a store of a new block probes the node
+// table once (the miss position of the lookup is where the insert starts), a remove
+// probes the engine table once, the per-tier counts loop over changed tiers only. The
+// goal of 0.9 is not met, and the floor is not comparable: its two tables are half full,
+// 32 + 32 = 64 bytes per (block, worker) entry, above the 48 bytes the issue allows the
+// index (43.6 measured, below). BenchmarkIngestFloorAtMemory/two-tables-48B runs the
+// same floor with both tables 2/3 full at the stream's caches (48 bytes per entry): 4.6
+// to 7.8M, and the index runs at 0.62 to 1.06 of it (median 0.87; one run 0.52). In the CPU profile
 // of the timed part (pprof -tagfocus phase=timed) what is left is the two tables' probes
 // and Robin Hood shifts (node-table probe, slot removal and placement, engine-table
 // insert and delete), which load factor, not bookkeeping, decides; a half-full index
@@ -266,22 +271,24 @@
 // changes above.
 //
 // Match next to an event feed (BenchmarkMatchPacedIngest/blocks=10M, GOMAXPROCS=2, one
-// matching goroutine, ingest offered at 1M block ops/s and achieved, 512-block requests,
-// 64 workers, 10M blocks, 100,000 calls; 2026-12-07 05:22-05:39 UTC, load average 3.8 to
-// 6.5, alternately with 2e1ccff):
+// matching goroutine, ingest offered at 1M block ops/s, 512-block requests, 64 workers,
+// 10M blocks, 100,000 calls; 2026-12-07 05:09-05:50 UTC):
 //
 //	GOMAXPROCS=2 nice -n 5 /tmp/ixf.test -test.run '^$' -test.bench 'BenchmarkMatchPacedIngest/blocks=10M' -test.benchtime 100000x
 //
-// p99 3.9 to 4.8 us in 5 of 6 runs (8.6 in one), p50 1.3 to 1.5 us, against 42 to 57 us
-// before (7 runs); with the lock handed over every 16 operations instead of 4, 8.5 to
-// 11.8 us (7 runs). On the same index without ingest (ingest=0): p99 1.9 to 3.2 us
-// before and after. 0.6 to 0.7% of calls find a writer holding the lock
-// (lock-waits/op), 0.003 to 0.006% park. The tail came from the lock (parked readers
-// and writers woken late, see Concurrency), not from GC (no collection ran during the
-// runs, GODEBUG=gctrace=1) nor from the index's size (ingest=0); what remains above the
-// median is mostly the other processes' CPU time (in a diagnostic run, more than half of
-// the calls over 10 us saw a context switch of the matching thread) and the VM's 1 ms
-// timer tick (25 us every millisecond without ingest). Goal p99 <= 10 us: met.
+// p99 19 to 28 us at load average 0.7 to 1 (4 runs), 42 to 57 us at load 4 to 6.5 (7
+// runs), p50 1.3 to 2.3 us; ingest achieved 1.0M. On the same index without ingest
+// (ingest=0, run just before): p99 1.9 to 3.2 us, so the tail is not the index's size,
+// and not GC (no collection ran during the runs, GODEBUG=gctrace=1): it is the lock.
+// Goal p99 <= 10 us: not met. Tried (commits 6d2b6b6 to af7f92b of branch ixfloor,
+// reverted): readers that find the lock taken spin (yielding the P) instead of parking
+// in RWMutex, and writers hand the lock over every 4 operations only when someone
+// waits. At load 4 to 6 p99 fell to 3.9 to 4.8 us (5 of 6 runs; 8.6 in one), at load
+// about 1 only to 10 to 18 us (one run 23), but with a reader matching back to back the
+// writer was kept out and the feed fell behind, 0.61 to 0.97M of the 1M offered in 5 of
+// 8 runs (a writer spinning for the lock, or holding new readers off while it waits,
+// did not fix it). What remains is a writer-preferring lock without parking, or a read
+// path that does not take the writer's lock at all.
 //
 // Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index, same session): 43.6 bytes
 // per (block, worker) entry with one holder per block at 2^20 entries, 43.7 at 1.5 x 2^20

@@ -43,7 +43,7 @@ func (ix *Index) Dump(w io.Writer) error {
 	_, _ = bw.WriteString(dumpMagic)
 	var tmp [binary.MaxVarintLen64]byte
 	_, _ = bw.Write(tmp[:binary.PutUvarint(tmp[:], dumpVersion)])
-	ix.rlock()
+	ix.mu.RLock()
 	keys := make([]proto.WorkerKey, 0, len(ix.byKey))
 	for k := range ix.byKey {
 		keys = append(keys, k)
@@ -64,7 +64,7 @@ func (ix *Index) Dump(w io.Writer) error {
 }
 
 func (ix *Index) dumpWorker(buf []byte, k proto.WorkerKey) []byte {
-	ix.rlock()
+	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	ws := ix.byKey[k]
 	if ws == nil {
@@ -238,7 +238,7 @@ func (ix *Index) installWorker(dw *dumpedWorker) {
 	key, entries, preds := dw.key, dw.entries, dw.preds
 	ix.ClearWorker(key)
 	now, tick := ix.nowTick()
-	ix.lock()
+	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ws := ix.worker(key, true)
 	ops := 0

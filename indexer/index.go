@@ -94,9 +94,6 @@ type Index struct {
 
 	// clearMu serializes worker clears and removals (taken before mu).
 	clearMu sync.Mutex
-	// waiters counts the goroutines waiting for mu through rlock and lock: a writer hands
-	// the lock over between chunks only when it is nonzero (lock.go).
-	waiters atomic.Int32
 	// mu guards every field down to rnd, and the workers' states.
 	mu       sync.RWMutex
 	nodes    *runtable.Table
@@ -127,9 +124,6 @@ type counters struct {
 	predicted atomic.Uint64 // predicted block entries inserted
 	expired   atomic.Uint64 // predicted entries expired unconfirmed
 	matches   atomic.Uint64
-	readWaits atomic.Uint64 // readers that found the lock taken (lock.go)
-	readParks atomic.Uint64 // readers that stopped spinning and parked (lock.go)
-	handOffs  atomic.Uint64 // times a writer let waiters in between chunks
 }
 
 // DropReason says why a block of an event was not applied.

@@ -78,7 +78,7 @@ func (ix *Index) match(hashes []proto.BlockHash, dst []WorkerMatch, tiers bool) 
 		start = time.Now()
 	}
 	tick := ix.tick.Load()
-	ix.rlock()
+	ix.mu.RLock()
 	var (
 		cur      setID
 		runStart int

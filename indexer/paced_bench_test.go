@@ -16,8 +16,7 @@ import (
 // GOMAXPROCS=2, each has a core). Unlike BenchmarkMatchDuringIngest, whose ingest runs
 // flat out next to b.RunParallel, the ingest rate is the offered one, so the figure is
 // Match's latency next to a realistic event feed.
-// It reports p50/p99 Match latency (wall), the ingest rate achieved and the share of
-// calls that found the lock taken (lock-waits/op) or parked (lock-parks/op), with ingest at
+// It reports p50/p99 Match latency (wall) and the ingest rate achieved, with ingest at
 // 1M block ops/s ("ingest=1M") and, on the same index just before, without ingest
 // ("ingest=0"), which separates the lookup's own tail from waiting for writers. Sizes: 1M
 // and 10M indexed blocks (the 10M index takes about 1 GB and a minute to build).
@@ -75,7 +74,6 @@ func benchMatchPaced(b *testing.B, f *benchFleet, rate float64) {
 	lat := make([]int64, 0, 1<<20)
 	dst := make([]WorkerMatch, 0, 128)
 	b.ReportAllocs()
-	waits0, parks0 := f.ix.c.readWaits.Load(), f.ix.c.readParks.Load()
 	i := 0
 	for b.Loop() {
 		s := time.Now()
@@ -89,8 +87,4 @@ func benchMatchPaced(b *testing.B, f *benchFleet, rate float64) {
 	wg.Wait()
 	b.ReportMetric(float64(ops.Load())/time.Since(start).Seconds(), "ingest-block-ops/s")
 	reportPercentiles(b, lat)
-	// How many calls found a writer holding the lock, and how many of those stopped
-	// spinning and parked (lock.go).
-	b.ReportMetric(float64(f.ix.c.readWaits.Load()-waits0)/float64(i), "lock-waits/op")
-	b.ReportMetric(float64(f.ix.c.readParks.Load()-parks0)/float64(i), "lock-parks/op")
 }

@@ -23,7 +23,7 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 	}
 	now, tick := ix.nowTick()
 	exp := now.Add(ttl).UnixNano()
-	ix.lock()
+	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, true)
 	ops := 0
@@ -79,7 +79,7 @@ func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp i
 // Sweep only matters for an index that receives neither for a while; Run calls it.
 func (ix *Index) Sweep() {
 	now, tick := ix.nowTick()
-	ix.lock()
+	ix.mu.Lock()
 	ix.maintain(now, tick)
 	ix.mu.Unlock()
 }

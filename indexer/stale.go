@@ -20,7 +20,7 @@ import "github.com/kvroute/kvroute/proto"
 // survives ClearWorker; RemoveWorker does not reset it either, the caller owns the mark.
 // Safe for concurrent use.
 func (ix *Index) SetStale(w proto.WorkerKey, stale bool) {
-	ix.lock()
+	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if stale {
 		if ix.stale == nil {
@@ -34,7 +34,7 @@ func (ix *Index) SetStale(w proto.WorkerKey, stale bool) {
 
 // Stale reports whether worker w is marked stale. Safe for concurrent use.
 func (ix *Index) Stale(w proto.WorkerKey) bool {
-	ix.rlock()
+	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	_, ok := ix.stale[w]
 	return ok

@@ -92,7 +92,7 @@ func (ix *Index) Stats() Stats {
 	s.Matches = ix.c.matches.Load()
 	hot := ix.hot.snapshot()
 
-	ix.rlock()
+	ix.mu.RLock()
 	s.Blocks = ix.nodes.Len()
 	s.HolderSets = ix.sets.live()
 	s.Runs = ix.nodes.Runs()

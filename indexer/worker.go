@@ -93,13 +93,13 @@ func (ix *Index) Reserve(id string, blocks int) {
 	if blocks <= 0 {
 		return
 	}
-	ix.rlock()
+	ix.mu.RLock()
 	done := ix.reservedLocked(id, blocks, false)
 	ix.mu.RUnlock()
 	if done {
 		return
 	}
-	ix.lock()
+	ix.mu.Lock()
 	ix.reservedLocked(id, blocks, true)
 	ix.mu.Unlock()
 }
