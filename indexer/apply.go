@@ -106,7 +106,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 				missing++
 				continue
 			}
-			ix.store(ws, fp, e.own, 0, tier, tick)
+			ix.store(ws, fp, e.own, ix.nodes.Hash(uint64(e.own)), 0, tier, tick)
 			stored++
 			ix.yield(ops)
 		}
@@ -143,7 +143,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 	stored := 0
 	var hint uint64
 	var own [warmGroup]proto.BlockHash
-	var fps [warmGroup]uint64
+	var fps, nh [warmGroup]uint64
 	var nslot [warmGroup]*uint64
 	var eslot [warmGroup]*engEntry
 	for g := 0; g < n; g += warmGroup {
@@ -153,7 +153,8 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 			parent = proto.ChainBlock(parent, ev.TokenIDs[(g+i)*bs:(g+i+1)*bs])
 			own[i] = parent
 			fps[i] = engFP(ev.BlockHashes[g+i])
-			nslot[i] = ix.nodes.HomeSlot(uint64(parent))
+			nh[i] = ix.nodes.Hash(uint64(parent))
+			nslot[i] = ix.nodes.HomeSlotHashed(nh[i])
 			eslot[i] = ws.eng.homeSlot(fps[i])
 		}
 		for i := range k {
@@ -164,7 +165,7 @@ func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tic
 				break
 			}
 			ix.nodes.SetCapHint(n - g - i) // a new run will likely take the rest
-			ix.store(ws, fps[i], own[i], prev, tier, tick)
+			ix.store(ws, fps[i], own[i], nh[i], prev, tier, tick)
 			prev = own[i]
 			stored++
 			ix.yield(ops)
@@ -184,7 +185,8 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 	removed, unknown := 0, 0
 	// In groups, as for stores: warm the engine slots of the group, then the node slots
 	// of the blocks they resolve to, then remove one by one.
-	var fps [warmGroup]uint64
+	var fps, nh [warmGroup]uint64
+	var nown [warmGroup]proto.BlockHash
 	var eslot [warmGroup]*engEntry
 	var nslot [warmGroup]*uint64
 	var hint uint64
@@ -201,8 +203,11 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 		k := 0
 		for i := range grp {
 			if e := ws.eng.get(fps[i]); e != nil {
-				nslot[k] = ix.nodes.HomeSlot(uint64(e.own))
+				nown[i], nh[i] = e.own, ix.nodes.Hash(uint64(e.own))
+				nslot[k] = ix.nodes.HomeSlotHashed(nh[i])
 				k++
+			} else {
+				nown[i] = 0
 			}
 		}
 		for _, p := range nslot[:k] {
@@ -212,7 +217,7 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 			if ws.removed() {
 				break
 			}
-			if ix.remove(ws, fps[i], tier, tick) {
+			if ix.remove(ws, fps[i], nown[i], nh[i], tier, tick) {
 				removed++
 			} else {
 				unknown++
@@ -227,10 +232,11 @@ func (ix *Index) applyRemoved(ws *workerState, ev *proto.Event, tick uint32, ops
 	ix.c.dropped[DropUnknownBlock].Add(uint64(unknown))
 }
 
-// store records one stored block of engine-hash fingerprint fp; parent is the own hash of
-// the block before it in its chain, 0 when unknown (a hint that lets the node table
-// append the block to its parent's run). mu must be held for writing.
-func (ix *Index) store(ws *workerState, fp uint64, own, parent proto.BlockHash, tier Tier, tick uint32) {
+// store records one stored block of engine-hash fingerprint fp and own hash own, whose
+// node-table hash is h; parent is the own hash of the block before it in its chain, 0
+// when unknown (a hint that lets the node table append the block to its parent's run).
+// mu must be held for writing.
+func (ix *Index) store(ws *workerState, fp uint64, own proto.BlockHash, h uint64, parent proto.BlockHash, tier Tier, tick uint32) {
 	if ws.eng.len() >= ix.opts.MaxBlocksPerWorker && ws.eng.get(fp) == nil {
 		ix.evictWorkerEntry(ws)
 	}
@@ -244,7 +250,7 @@ func (ix *Index) store(ws *workerState, fp uint64, own, parent proto.BlockHash, 
 		*e = engEntry{tag: fp << 16, own: own}
 		for t := Tier(0); t < numTiers; t++ {
 			if old.ref(t) > 0 {
-				ix.releaseTier(ws, old.own, t, tick)
+				ix.releaseTier(ws, old.own, ix.nodes.Hash(uint64(old.own)), t, tick)
 			}
 		}
 	}
@@ -255,7 +261,7 @@ func (ix *Index) store(ws *workerState, fp uint64, own, parent proto.BlockHash, 
 	bit := uint8(1) << tier
 	// A real store overrides a prediction; a duplicate store restores a flag that
 	// eviction took.
-	old := ix.setHolder(ws, own, parent, bit, flagPredicted, tick)
+	old := ix.setHolderHashed(ws, own, h, parent, bit, flagPredicted, tick)
 	if r == 0 && old&bit != 0 {
 		// Another engine hash of this worker already holds (own, tier).
 		if ws.extra == nil {
@@ -266,27 +272,36 @@ func (ix *Index) store(ws *workerState, fp uint64, own, parent proto.BlockHash, 
 }
 
 // remove records one removed block of engine-hash fingerprint fp and reports whether it
-// was known. mu must be held for writing.
-func (ix *Index) remove(ws *workerState, fp uint64, tier Tier, tick uint32) bool {
-	e := ws.eng.get(fp)
-	if e == nil || e.ref(tier) == 0 {
+// was known. h is the node-table hash of hown, the block's own hash when the caller
+// resolved it (0 when not). mu must be held for writing.
+func (ix *Index) remove(ws *workerState, fp uint64, hown proto.BlockHash, h uint64, tier Tier, tick uint32) bool {
+	i, ok := ws.eng.find(fp)
+	if !ok {
 		return false
+	}
+	e := &ws.eng.slots[i]
+	if e.ref(tier) == 0 {
+		return false
+	}
+	if e.own != hown {
+		h = ix.nodes.Hash(uint64(e.own))
 	}
 	if r := e.ref(tier); r < refMax {
 		e.setRef(tier, r-1)
 	}
 	own, last, empty := e.own, e.ref(tier) == 0, e.empty()
 	if last {
-		ix.releaseTier(ws, own, tier, tick)
+		ix.releaseTier(ws, own, h, tier, tick) // leaves ws.eng alone: i stays valid
 	}
 	if empty {
-		ws.eng.del(fp)
+		ws.eng.delAt(i)
 	}
 	return true
 }
 
-// releaseTier drops one engine entry's hold of (own, tier). mu must be held for writing.
-func (ix *Index) releaseTier(ws *workerState, own proto.BlockHash, tier Tier, tick uint32) {
+// releaseTier drops one engine entry's hold of (own, tier); h is own's node-table hash.
+// mu must be held for writing.
+func (ix *Index) releaseTier(ws *workerState, own proto.BlockHash, h uint64, tier Tier, tick uint32) {
 	if ws.extra != nil {
 		k := ownTier{own, tier}
 		if n := ws.extra[k]; n > 0 {
@@ -298,14 +313,14 @@ func (ix *Index) releaseTier(ws *workerState, own proto.BlockHash, tier Tier, ti
 			return
 		}
 	}
-	ix.setHolder(ws, own, 0, 0, uint8(1)<<tier|flagPredicted, tick)
+	ix.setHolderHashed(ws, own, h, 0, 0, uint8(1)<<tier|flagPredicted, tick)
 }
 
 // dropEngine forgets engine entry e of ws entirely. mu must be held for writing.
 func (ix *Index) dropEngine(ws *workerState, e engEntry, tick uint32) {
 	for t := Tier(0); t < numTiers; t++ {
 		if e.ref(t) > 0 {
-			ix.releaseTier(ws, e.own, t, tick)
+			ix.releaseTier(ws, e.own, ix.nodes.Hash(uint64(e.own)), t, tick)
 		}
 	}
 	ws.eng.del(e.fp())

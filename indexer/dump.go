@@ -251,7 +251,7 @@ func (ix *Index) installWorker(dw *dumpedWorker) {
 				if ws.removed() {
 					return
 				}
-				ix.store(ws, re.e.fp(), re.e.own, prev, t, tick)
+				ix.store(ws, re.e.fp(), re.e.own, ix.nodes.Hash(uint64(re.e.own)), prev, t, tick)
 			}
 			ix.yield(&ops)
 		}

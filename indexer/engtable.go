@@ -116,16 +116,24 @@ func (t *engTable) dist(i uint64) uint64 {
 // (see runtable's find), so a miss stops at the first entry closer to its home than fp
 // would be.
 func (t *engTable) get(fp uint64) *engEntry {
+	if i, ok := t.find(fp); ok {
+		return &t.slots[i]
+	}
+	return nil
+}
+
+// find returns the slot of fingerprint fp; ok is false when fp is absent.
+func (t *engTable) find(fp uint64) (i uint64, ok bool) {
 	for i, d := t.home(fp), uint64(0); ; i, d = t.inc(i), d+1 {
 		s := &t.slots[i]
 		if s.tag == 0 {
-			return nil
+			return 0, false
 		}
 		if s.fp() == fp {
-			return s
+			return i, true
 		}
 		if t.dist(i) < d {
-			return nil
+			return 0, false
 		}
 	}
 }
@@ -174,17 +182,13 @@ func (t *engTable) upsert(fp uint64) (e *engEntry, inserted bool) {
 // del removes fp if present (backward-shift deletion: the entries after it move back
 // one slot until an empty slot or an entry at its home).
 func (t *engTable) del(fp uint64) {
-	i := t.home(fp)
-	for d := uint64(0); ; d++ {
-		s := &t.slots[i]
-		if s.tag == 0 || t.dist(i) < d {
-			return
-		}
-		if s.fp() == fp {
-			break
-		}
-		i = t.inc(i)
+	if i, ok := t.find(fp); ok {
+		t.delAt(i)
 	}
+}
+
+// delAt removes the entry in slot i (from find, with no upsert or del since).
+func (t *engTable) delAt(i uint64) {
 	for {
 		j := t.inc(i)
 		if t.slots[j].tag == 0 || t.dist(j) == 0 {

@@ -1,6 +1,8 @@
 package indexer
 
 import (
+	"context"
+	"runtime/pprof"
 	"testing"
 
 	"github.com/kvroute/kvroute/proto"
@@ -45,11 +47,13 @@ func benchIngestFloor(b *testing.B, s *mooncakeStream, engOnly bool) {
 		}
 		b.StartTimer()
 		c0 := cpuTime()
-		for w, bs := range s.batches {
-			for _, bt := range bs {
-				f.apply(w, bt)
+		pprof.Do(context.Background(), pprof.Labels("phase", "timed"), func(context.Context) {
+			for w, bs := range s.batches {
+				for _, bt := range bs {
+					f.apply(w, bt)
+				}
 			}
-		}
+		})
 		cpu += (cpuTime() - c0).Seconds()
 		if f.dropped != 0 {
 			b.Fatalf("%d blocks not found", f.dropped)

@@ -3,6 +3,7 @@ package indexer
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -294,9 +295,14 @@ func (ix *Index) transition(ws *workerState, from setID, flags uint8) setID {
 // in its chain, 0 when unknown: a new node is appended to its parent's run when it can
 // be. mu must be held for writing.
 func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, clr uint8, tick uint32) uint8 {
-	// One probe: ref is where own sits for the Set or Delete below, which nothing between
-	// them moves (transition only touches the holder sets).
-	ref, val, found := ix.nodes.Lookup(uint64(own))
+	return ix.setHolderHashed(ws, own, ix.nodes.Hash(uint64(own)), parent, set, clr, tick)
+}
+
+// setHolderHashed is setHolder of own, whose node-table hash (runtable.Table.Hash) is h.
+func (ix *Index) setHolderHashed(ws *workerState, own proto.BlockHash, h uint64, parent proto.BlockHash, set, clr uint8, tick uint32) uint8 {
+	// One probe: ref is where own sits, or goes, for the Set, Delete or Insert below,
+	// which nothing between them moves (transition only touches the holder sets).
+	ref, val, found := ix.nodes.LookupHashed(uint64(own), h)
 	from := setID(val)
 	var old uint8
 	if found {
@@ -316,7 +322,7 @@ func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, cl
 	to := ix.transition(ws, from, nf)
 	switch {
 	case !found:
-		ix.nodes.Insert(uint64(own), uint64(parent), uint32(to), tick)
+		ix.nodes.InsertAt(ref, uint64(own), uint64(parent), uint32(to), tick)
 		ix.sets.incRef(to)
 	case to == 0:
 		ix.nodes.DeleteAt(ref, uint64(own))
@@ -332,12 +338,11 @@ func (ix *Index) setHolder(ws *workerState, own, parent proto.BlockHash, set, cl
 
 // account updates ws's counts for a flag change of block own from old to nf.
 func (ix *Index) account(ws *workerState, own proto.BlockHash, old, nf uint8) {
-	for t := 0; t < numTiers; t++ {
-		b := uint8(1) << t
-		switch {
-		case old&b == 0 && nf&b != 0:
+	for d := (old ^ nf) & flagTierMask; d != 0; d &= d - 1 {
+		t := bits.TrailingZeros8(d)
+		if nf&(1<<t) != 0 {
 			ws.blocks[t]++
-		case old&b != 0 && nf&b == 0:
+		} else {
 			ws.blocks[t]--
 		}
 	}
@@ -351,5 +356,7 @@ func (ix *Index) account(ws *workerState, own proto.BlockHash, old, nf uint8) {
 			ix.predLive--
 		}
 	}
-	ix.mirror(ws, own, old, nf)
+	if ix.opts.Mirror != nil {
+		ix.mirror(ws, own, old, nf)
+	}
 }

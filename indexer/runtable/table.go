@@ -187,39 +187,60 @@ func (t *Table) find(key uint64) *uint64 {
 
 // findAt is find returning key's shard and slot index.
 func (t *Table) findAt(key uint64) (*shard, uint64, bool) {
-	h := t.mix(key)
+	ref, ok := t.probe(key, t.mix(key))
+	return ref.s, ref.i, ok
+}
+
+// probe looks up key of mixed hash h. For a present key it returns its slot; for an
+// absent one the slot where Robin Hood order puts it (the first empty slot or entry
+// closer to its home than key would be) and key's probe distance there, so that an
+// insert need not probe again.
+func (t *Table) probe(key, h uint64) (Ref, bool) {
 	s := t.shardOf(h)
 	hb := h & hashMask
 	size := len(s.slots)
 	for i, d := homeOf(h, size), uint64(0); ; i, d = s.inc(i), d+1 {
 		v := s.slots[i]
 		if v == 0 {
-			return nil, 0, false
+			return Ref{s, i, h, d}, false
 		}
 		if v&hashMask == hb && t.runs[slotRID(v)].keys[slotOff(v)] == key {
-			return s, i, true
+			return Ref{s, i, h, d}, true
 		}
 		if t.dist(v, i, size) < d {
-			return nil, 0, false
+			return Ref{s, i, h, d}, false
 		}
 	}
 }
 
-// Ref is where a key present in the table sits, from [Table.Lookup]; it is valid until
+// Ref is where a key sits, or would be inserted, from [Table.Lookup]; it is valid until
 // the next mutation of the table. It saves a second probe to a caller that reads a
-// key's value and then changes or deletes it.
+// key's value and then changes, deletes or inserts it.
 type Ref struct {
 	s *shard
 	i uint64
+	h uint64 // the key's mixed hash
+	d uint64 // the key's probe distance at i
 }
 
-// Lookup returns key's place and value; ok is false for an absent key.
+// Hash returns the seeded hash the table places key by, for [Table.LookupHashed] and
+// [Table.HomeSlotHashed]: a caller that warms a key's home slot and then looks it up
+// mixes it once.
+func (t *Table) Hash(key uint64) uint64 { return t.mix(key) }
+
+// Lookup returns key's place and value; ok is false for an absent key, whose ref is then
+// where [Table.InsertAt] puts it.
 func (t *Table) Lookup(key uint64) (ref Ref, val uint32, ok bool) {
-	s, i, ok := t.findAt(key)
+	return t.LookupHashed(key, t.mix(key))
+}
+
+// LookupHashed is [Table.Lookup] of key whose [Table.Hash] is h.
+func (t *Table) LookupHashed(key, h uint64) (ref Ref, val uint32, ok bool) {
+	ref, ok = t.probe(key, h)
 	if !ok {
-		return Ref{}, 0, false
+		return ref, 0, false
 	}
-	return Ref{s, i}, t.runs[slotRID(s.slots[i])].val, true
+	return ref, t.runs[slotRID(ref.s.slots[ref.i])].val, true
 }
 
 // HomeSlot returns the address of key's home slot (the first slot a lookup of key
@@ -230,8 +251,10 @@ func (t *Table) Lookup(key uint64) (ref Ref, val uint32, ok bool) {
 // Computing an address and loading it in the same iteration, as a lookup does, keeps
 // only a few misses in flight: on the project VM, 92 ns per key against 25 to 39 ns for
 // two phases in groups of 16 to 128 keys of a 1M-key table.
-func (t *Table) HomeSlot(key uint64) *uint64 {
-	h := t.mix(key)
+func (t *Table) HomeSlot(key uint64) *uint64 { return t.HomeSlotHashed(t.mix(key)) }
+
+// HomeSlotHashed is [Table.HomeSlot] of the key whose [Table.Hash] is h.
+func (t *Table) HomeSlotHashed(h uint64) *uint64 {
 	s := t.shardOf(h)
 	return &s.slots[homeOf(h, len(s.slots))]
 }
@@ -308,6 +331,19 @@ func (t *Table) SetCapHint(n int) { t.nextCap = min(max(n, minRunCap), MaxRun) }
 // of value val, key is appended to that run, otherwise it starts a run of its own. The
 // run's touch stamp becomes touch.
 func (t *Table) Insert(key, parent uint64, val, touch uint32) {
+	t.insert(key, parent, val, touch, Ref{h: t.mix(key)})
+}
+
+// InsertAt is [Table.Insert] of the key that ref, from a Lookup that did not find it
+// with no mutation since, was looked up for: it starts placing the key where the lookup
+// stopped instead of probing again.
+func (t *Table) InsertAt(ref Ref, key, parent uint64, val, touch uint32) {
+	t.insert(key, parent, val, touch, ref)
+}
+
+// insert is Insert of key; ref.h is its hash, and ref.s, when set, the place a lookup
+// found for it (valid: what happens in between only rewrites slot values in place).
+func (t *Table) insert(key, parent uint64, val, touch uint32, ref Ref) {
 	if val == 0 {
 		panic("runtable: Insert with value 0")
 	}
@@ -320,7 +356,13 @@ func (t *Table) Insert(key, parent uint64, val, touch uint32) {
 	r := &t.runs[rid]
 	r.touch, r.next = touch, 0
 	t.lastRID = rid
-	t.insertSlot(key, makeSlot(rid, off, t.mix(key)))
+	v := makeSlot(rid, off, ref.h)
+	if s := ref.s; s != nil && (s.n+1)*maxLoadDen <= len(s.slots)*maxLoadNum {
+		t.placeFrom(s, v, ref.i, ref.d)
+		s.n++
+	} else {
+		t.insertSlot(ref.h, v)
+	}
 	t.n++
 }
 
@@ -701,8 +743,8 @@ func (t *Table) deleteAt(s *shard, i uint64, key uint64) {
 	t.shrunk(rid)
 }
 
-func (t *Table) insertSlot(key, v uint64) {
-	h := t.mix(key)
+// insertSlot inserts slot value v of a key of hash h, growing its shard when needed.
+func (t *Table) insertSlot(h, v uint64) {
 	s := t.shardOf(h)
 	if (s.n+1)*maxLoadDen > len(s.slots)*maxLoadNum {
 		t.resize(s, grownSize(len(s.slots)))
@@ -714,9 +756,13 @@ func (t *Table) insertSlot(key, v uint64) {
 // place puts slot value v, whose home is home, into shard s (which has an empty slot)
 // in Robin Hood order: v goes before the first entry closer to its own home, which moves
 // on the same way, until an empty slot takes the last one.
-func (t *Table) place(s *shard, v, home uint64) {
+func (t *Table) place(s *shard, v, home uint64) { t.placeFrom(s, v, home, 0) }
+
+// placeFrom is place starting at slot i, where v's probe distance is d: every entry
+// before i on v's way from its home is at least as far from its own home.
+func (t *Table) placeFrom(s *shard, v, i, d uint64) {
 	size := len(s.slots)
-	for i, d := home, uint64(0); ; i, d = s.inc(i), d+1 {
+	for ; ; i, d = s.inc(i), d+1 {
 		cur := s.slots[i]
 		if cur == 0 {
 			s.slots[i] = v

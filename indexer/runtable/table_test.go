@@ -63,7 +63,8 @@ func runAgainstMap(t *testing.T, seed uint64) {
 			// Store a stretch of the chain in order, parent linked (0 for the root, or an
 			// unknown parent now and then).
 			n := 1 + rng.IntN(64)
-			desc = fmt.Sprintf("insert chain %d blocks %d+%d val %d", c, b, n, val)
+			viaRef := rng.IntN(2) == 0 // LookupHashed then InsertAt, as the index does
+			desc = fmt.Sprintf("insert chain %d blocks %d+%d val %d (via ref %v)", c, b, n, val, viaRef)
 			tb.SetCapHint(n)
 			for i := b; i < min(b+n, chainLen); i++ {
 				k := key(c, i)
@@ -74,7 +75,15 @@ func runAgainstMap(t *testing.T, seed uint64) {
 					if i > 0 && rng.IntN(10) != 0 {
 						parent = key(c, i-1)
 					}
-					tb.Insert(k, parent, val, uint32(step+1))
+					if viaRef {
+						ref, _, found := tb.LookupHashed(k, tb.Hash(k))
+						if found {
+							t.Fatalf("step %d: Lookup found absent key (%d,%d)", step, c, i)
+						}
+						tb.InsertAt(ref, k, parent, val, uint32(step+1))
+					} else {
+						tb.Insert(k, parent, val, uint32(step+1))
+					}
 				}
 				m[k] = val
 			}
