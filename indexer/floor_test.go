@@ -34,12 +34,24 @@ func BenchmarkIngestFloor(b *testing.B) {
 }
 
 func benchIngestFloor(b *testing.B, s *mooncakeStream, engOnly bool) {
+	timeFloor(b, s, func() floorApplier { return newFloorIndex(len(s.workers), 1<<21, 1<<18, engOnly) })
+}
+
+// floorApplier is a floor index under measurement.
+type floorApplier interface {
+	apply(w int, bt *proto.Batch)
+	droppedBlocks() int
+}
+
+// timeFloor warms a new floor index from newF with the stream's warm-up batches, then
+// times the steady batches, per CPU-second, b.N times.
+func timeFloor(b *testing.B, s *mooncakeStream, newF func() floorApplier) {
 	b.ResetTimer()
 	b.ReportAllocs()
 	var cpu float64
 	for range b.N {
 		b.StopTimer()
-		f := newFloorIndex(len(s.workers), 1<<21, 1<<18, engOnly)
+		f := newF()
 		for w, bs := range s.warm {
 			for _, bt := range bs {
 				f.apply(w, bt)
@@ -55,8 +67,8 @@ func benchIngestFloor(b *testing.B, s *mooncakeStream, engOnly bool) {
 			}
 		})
 		cpu += (cpuTime() - c0).Seconds()
-		if f.dropped != 0 {
-			b.Fatalf("%d blocks not found", f.dropped)
+		if n := f.droppedBlocks(); n != 0 {
+			b.Fatalf("%d blocks not found", n)
 		}
 	}
 	b.ReportMetric(float64(s.ops)*float64(b.N)/cpu, "block-ops/cpu-s")
@@ -116,6 +128,8 @@ func newFloorIndex(workers, nodeSlots, engSlots int, engOnly bool) *floorIndex {
 	}
 	return f
 }
+
+func (f *floorIndex) droppedBlocks() int { return f.dropped }
 
 func (f *floorIndex) apply(w int, bt *proto.Batch) {
 	et, bit := f.eng[w], uint64(1)<<w
