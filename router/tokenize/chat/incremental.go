@@ -164,7 +164,8 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 // (nil when it decodes): invalid JSON, or a number out of float64's range (FromJSON
 // tries an int64, then a float64; every int64 is in float64's range). It spares the
 // per-request members a json.Decoder each: in a perf profile of kvroute in local mode
-// (2 KB chat at 1000 req/s) FromJSON of those members was 8% of kvroute's CPU.
+// (2 KB chat at 1000 req/s, both messages in the message cache) jinja.FromJSON was 8%
+// of kvroute's CPU; BenchmarkParseCached 21-34 -> 2.0-3.7 us.
 func checkScalar(val []byte) (bool, error) {
 	if len(val) == 0 || val[0] == '{' || val[0] == '[' {
 		return false, nil
