@@ -271,7 +271,7 @@ func TestAPIReload(t *testing.T) {
 	if code := tr.call(t, "POST", "/api/reload", tr.token, &rep); code != 200 || !rep.Unchanged {
 		t.Errorf("reload of the same file: %d %+v, want unchanged", code, rep)
 	}
-	edited := strings.Replace(tr.cfgText, "cache_aware: {pending_weight: 1}", "cache_aware: {pending_weight: 0.5, overlap_weight: 2, temperature: 0.5, max_inflight: 9}", 1) +
+	edited := strings.Replace(tr.cfgText, "cache_aware: {pending_weight: 1, temperature: 4}", "cache_aware: {pending_weight: 0.5, overlap_weight: 2, temperature: 0.5, max_inflight: 9}", 1) +
 		"max_attempts: 2\ntokenize: {models: {m: approx}}\n"
 	if edited == tr.cfgText+"max_attempts: 2\ntokenize: {models: {m: approx}}\n" {
 		t.Fatal("startRouter's config has no cache_aware line to edit")
@@ -284,7 +284,7 @@ func TestAPIReload(t *testing.T) {
 	}
 	def := configs.Default().CacheAware
 	wantApplied := []string{fmt.Sprintf("cache_aware.overlap_weight: %v -> 2", def.OverlapWeight), "cache_aware.pending_weight: 1 -> 0.5",
-		"cache_aware.temperature: 0 -> 0.5"}
+		"cache_aware.temperature: 4 -> 0.5"}
 	if !slices.Equal(rep.Applied, wantApplied) || len(rep.RestartRequired) != 3 || !strings.HasPrefix(rep.RestartRequired[0], "cache_aware (limits") ||
 		rep.RestartRequired[1] != "tokenize" || rep.RestartRequired[2] != "max_attempts" || rep.File != tr.cfgPath {
 		t.Errorf("reload report %+v, want applied %q and restart for cache_aware limits, tokenize and max_attempts", rep, wantApplied)
