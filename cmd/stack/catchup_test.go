@@ -47,6 +47,13 @@ func TestRouterStartedNextToIdleWarmEngine(t *testing.T) {
 		complete(t, client, warm.URL(), o.prompt(2))
 	}
 	own := proto.HashBlocks(nil, proto.Seed("m", "", ""), toks, itBlockSize)
+	// A batch gets its seq when the engine makes it and goes out on the PUB socket a
+	// moment later: wait until the last one is out, or a router started now can receive
+	// it live (a fresh-clone CI run saw 3 replayed batches and the 4th live).
+	poll.CheckFor(t, 10*time.Second, "the warm-up's event batches sent", func() bool {
+		s := warm.Stats()
+		return s.EventBatchesSent+s.EventBatchesDropped == s.NextSeq
+	})
 	seqBefore := warm.Stats().NextSeq
 	if seqBefore == 0 {
 		t.Fatal("the warm-up published no event batch")
