@@ -71,7 +71,7 @@ func (ll *loadList) all(yield func(*Load) bool) {
 	}
 }
 
-// len counts the open loads (for tests and sweeps); the caller holds loadMu.
+// len counts the open loads (for tests); the caller holds loadMu.
 func (ll *loadList) len() int {
 	n := 0
 	for range ll.all {

@@ -18,25 +18,9 @@ import (
 func TestRunPD(t *testing.T) {
 	for _, protocol := range []string{"vllm", "sglang"} {
 		t.Run(protocol, func(t *testing.T) {
-			out := t.TempDir()
-			var stdout, stderr bytes.Buffer
-			code := run([]string{"run", "--pd", "1:1", "--pd-protocol", protocol, "--workload", "shared-prefix",
-				"--groups", "2", "--prompts", "3", "--system", "64", "--question", "16", "--output", "8", "--rate", "50",
-				"--profile", "test", "--policies", "cache_aware", "--out", out}, &stdout, &stderr)
-			if code != 0 {
-				t.Fatalf("exit code %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
-			}
-			if want := "| cache_aware | P/D 1:1 " + protocol + " |"; !strings.Contains(stdout.String(), want) {
-				t.Errorf("no %q row in the report:\n%s", want, stdout.String())
-			}
-			b, err := os.ReadFile(filepath.Join(out, "report.json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var s report.Summary
-			if err := json.Unmarshal(b, &s); err != nil {
-				t.Fatal(err)
-			}
+			out, s := runReport(t, "| cache_aware | P/D 1:1 "+protocol+" |", "run", "--pd", "1:1", "--pd-protocol", protocol,
+				"--workload", "shared-prefix", "--groups", "2", "--prompts", "3", "--system", "64", "--question", "16", "--output", "8",
+				"--rate", "50", "--profile", "test", "--policies", "cache_aware")
 			if len(s.Results) != 2 || s.Results[0].PD != "" || s.Results[1].PD != "1:1 "+protocol {
 				t.Fatalf("results %+v, want aggregated then P/D 1:1 %s", s.Results, protocol)
 			}
@@ -97,4 +81,28 @@ func TestRunPDFlags(t *testing.T) {
 			t.Errorf("%q: stderr %q, want it to say %q", tc.args, stderr.String(), tc.want)
 		}
 	}
+}
+
+// runReport runs kvbench with args and --out in a new directory, fails the test unless
+// it exits 0 and prints a report with the row want, and returns the directory and its
+// report.json.
+func runReport(t *testing.T, want string, args ...string) (string, report.Summary) {
+	t.Helper()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	if code := run(append(args, "--out", out), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit code %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), want) {
+		t.Errorf("no %q row in the report:\n%s", want, stdout.String())
+	}
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s report.Summary
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	return out, s
 }

@@ -1,14 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
-	"github.com/kvroute/kvroute/bench/report"
 	"github.com/kvroute/kvroute/indexer/valkeyindex/valkeytest"
 	"github.com/valkey-io/valkey-go"
 )
@@ -18,25 +12,9 @@ import (
 // request, and the shared one finds cached prefixes too.
 func TestRunValkey(t *testing.T) {
 	srv := valkeytest.Start(t)
-	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	code := run([]string{"run", "--valkey", srv.URL(), "--replicas", "2", "--workload", "shared-prefix",
+	_, s := runReport(t, "| cache_aware_valkey |", "run", "--valkey", srv.URL(), "--replicas", "2", "--workload", "shared-prefix",
 		"--groups", "2", "--prompts", "6", "--system", "256", "--question", "16", "--output", "4", "--rate", "30",
-		"--workers", "3", "--profile", "test", "--policies", "cache_aware", "--out", out}, &stdout, &stderr)
-	if code != 0 {
-		t.Fatalf("exit code %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
-	}
-	if want := "| cache_aware_valkey |"; !strings.Contains(stdout.String(), want) {
-		t.Errorf("no %q row in the report:\n%s", want, stdout.String())
-	}
-	b, err := os.ReadFile(filepath.Join(out, "report.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s report.Summary
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
+		"--workers", "3", "--profile", "test", "--policies", "cache_aware")
 	if len(s.Results) != 2 || s.Results[0].Index != "" || !s.Results[0].ReplicaSync || s.Results[1].Index != "valkey" || s.Results[1].ReplicaSync {
 		t.Fatalf("results %+v, want memory with NATS sync, then valkey without", s.Results)
 	}

@@ -57,6 +57,20 @@ func TestPrefixCacheConversation(t *testing.T) {
 
 // TestPrefixCacheEdits checks texts that share a prefix ending anywhere, including
 // inside a special token, against a cold Encode.
+// mixedText joins 8 pieces, each a special token of specials or one of the first 200
+// corpus lines, at random.
+func mixedText(rng *rand.Rand, specials, corpus []string) string {
+	var b strings.Builder
+	for k := 0; k < 8; k++ {
+		if rng.IntN(2) == 0 {
+			b.WriteString(specials[rng.IntN(len(specials))])
+		} else {
+			b.WriteString(corpus[rng.IntN(200)])
+		}
+	}
+	return b.String()
+}
+
 func TestPrefixCacheEdits(t *testing.T) {
 	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
 	specials := []string{"<|im_start|>", "<|im_end|>", "<|im_sta", "<|endoftext|>", "\n", " ", "<think>", "</think>"}
@@ -64,15 +78,7 @@ func TestPrefixCacheEdits(t *testing.T) {
 	pc := NewPrefixCache(tok, 1<<20)
 	rng := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i < 400; i++ {
-		var b strings.Builder
-		for k := 0; k < 8; k++ {
-			if rng.IntN(2) == 0 {
-				b.WriteString(specials[rng.IntN(len(specials))])
-			} else {
-				b.WriteString(corpus[rng.IntN(200)])
-			}
-		}
-		a := b.String()
+		a := mixedText(rng, specials, corpus)
 		cut := rng.IntN(len(a) + 1)
 		c := a[:cut] + specials[rng.IntN(len(specials))] + corpus[rng.IntN(200)]
 		for _, s := range []string{a, c} {

@@ -58,15 +58,7 @@ func TestEncodeKeyedEdits(t *testing.T) {
 			pc := NewPrefixCache(tok, 1<<20)
 			rng := rand.New(rand.NewPCG(7, 8))
 			for i := uint64(0); i < 300; i++ {
-				var b strings.Builder
-				for k := 0; k < 8; k++ {
-					if rng.IntN(2) == 0 {
-						b.WriteString(specials[rng.IntN(len(specials))])
-					} else {
-						b.WriteString(corpus[rng.IntN(200)])
-					}
-				}
-				a := b.String()
+				a := mixedText(rng, specials, corpus)
 				cut := len(a)
 				if rng.IntN(3) > 0 {
 					cut = rng.IntN(len(a) + 1)
