@@ -6,9 +6,10 @@ import (
 	"github.com/kvroute/kvroute/proto"
 )
 
-// chunkOps is how many block operations Apply performs per hold of the write lock, so
-// that a large batch or a worker clear never blocks Match for long.
-const chunkOps = 16
+// chunkOps is how many block operations Apply performs before it lets the Match calls
+// waiting for the write lock in (wlock.handoff), so that a large batch or a worker clear
+// never blocks Match for long.
+const chunkOps = 4
 
 // Apply applies one batch of a worker's KV events, in order. model is the served model
 // name, the first part of the hash seed of chains without a parent. The batch's
@@ -74,16 +75,14 @@ func (ix *Index) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 
 func (ws *workerState) removed() bool { return ws.eng == nil }
 
-// yield releases and retakes the write lock every chunkOps block operations so that Match
-// calls waiting on the lock get in. mu must be held for writing.
+// yield counts a block operation and, from chunkOps operations since the last handoff
+// on, lets the Match calls waiting for the write lock in before the next one. mu must be
+// held for writing.
 func (ix *Index) yield(ops *int) {
 	*ops++
-	if *ops < chunkOps {
-		return
+	if *ops >= chunkOps && ix.mu.handoff() {
+		*ops = 0
 	}
-	*ops = 0
-	ix.mu.Unlock()
-	ix.mu.Lock()
 }
 
 func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tick uint32, ops *int) {

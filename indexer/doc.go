@@ -117,22 +117,23 @@
 //
 // # Concurrency
 //
-// One RWMutex. Match takes the read lock and updates the last-touch stamps of the runs it
-// walks with atomic stores, only when the (1 s) stamp changes, so concurrent matches of
-// a hot prefix do not bounce cache lines. Writers hold the write lock for at most 16
-// block operations at a time (every batch, a worker clear and a large prediction release
-// and retake it; one operation moves at most 512 slots of a split run), a few
-// microseconds at the 3 to 6M operations per CPU-second measured below, so a Match waits
-// about that long behind ingest, and Go's
-// RWMutex keeps a stream of readers from starving writers (a writer's Unlock hands the
-// lock to the readers waiting, its next Lock waits for them). Releasing every 16
-// operations instead of 256 cost nothing measurable (BenchmarkApplyMooncake/steady,
-// GOMAXPROCS=1, alternated: 2.97 and 3.63M block ops per CPU-second against 3.38, 3.16 and
-// 3.63M, load average 16) and cut Match p99 next to a 1M ops/s feed
-// (BenchmarkMatchPacedIngest/blocks=1M, GOMAXPROCS=2, 100,000 calls, alternated, same
-// load) to 25.5 and 39.2 us from 67.9 and 45.7 us; at that load p99 is mostly the other
-// processes' CPU time (see "Match next to an event feed" below). Each worker's events must be applied in order by one goroutine (its
-// event source); different workers may be applied concurrently.
+// One reader/writer lock (wlock, lock.go). Match takes the read lock and updates the
+// last-touch stamps of the runs it walks with atomic stores, only when the (1 s) stamp
+// changes, so concurrent matches of a hot prefix do not bounce cache lines. The lock is
+// writer-preferring (a writer waiting keeps new readers out, so matches back to back
+// cannot starve ingest), and a Match that finds a writer inside spins, then yields its
+// P, and parks only after 50 us, instead of parking at once as in sync.RWMutex: the
+// scheduler's wake-up of a parked reader was Match's tail next to an event feed. Writers
+// let the waiting readers in every 4 block operations (every batch, a worker clear and a
+// large prediction do; one operation moves at most 512 slots of a split run), about a
+// microsecond at the 3 to 6M operations per CPU-second measured below, and only when a
+// reader waits, so ingest alone never releases the lock mid-batch. 4 against 2, 8 and 16
+// operations (BenchmarkMatchPacedIngest/blocks=1M/ingest=1M, 2026-12-07 07:43 UTC, load
+// average about 1, 2 runs each): Match p99 7.4 to 8.0 us at 4; 6.9 and 7.2 us at 2, but
+// p50 3.2 us instead of 1.4 (the writer hands over after nearly every operation); 8.6 and
+// 9.4 us at 8; 9.7 and 10.8 us at 16. The ingest feed kept its 1M ops/s at every
+// setting. Each worker's events must be applied in order by one goroutine (its event
+// source); different workers may be applied concurrently.
 //
 // # Limits
 //
@@ -272,23 +273,22 @@
 //
 // Match next to an event feed (BenchmarkMatchPacedIngest/blocks=10M, GOMAXPROCS=2, one
 // matching goroutine, ingest offered at 1M block ops/s, 512-block requests, 64 workers,
-// 10M blocks, 100,000 calls; 2026-12-07 05:09-05:50 UTC):
+// 10M blocks, 100,000 calls), the writer-preferring spinning lock (lock.go) against
+// sync.RWMutex releasing every 16 operations (main at dcc832a), alternated, 6 rounds,
+// 2026-12-07 07:42-07:47 UTC, load average 0.1 to 1.3:
 //
-//	GOMAXPROCS=2 nice -n 5 /tmp/ixf.test -test.run '^$' -test.bench 'BenchmarkMatchPacedIngest/blocks=10M' -test.benchtime 100000x
+//	go test -c -o /tmp/ix.test ./indexer && cd indexer
+//	GOMAXPROCS=2 /tmp/ix.test -test.run '^$' -test.bench 'BenchmarkMatchPacedIngest/blocks=10M' -test.benchtime 100000x
 //
-// p99 19 to 28 us at load average 0.7 to 1 (4 runs), 42 to 57 us at load 4 to 6.5 (7
-// runs), p50 1.3 to 2.3 us; ingest achieved 1.0M. On the same index without ingest
-// (ingest=0, run just before): p99 1.9 to 3.2 us, so the tail is not the index's size,
-// and not GC (no collection ran during the runs, GODEBUG=gctrace=1): it is the lock.
-// Goal p99 <= 10 us: not met. Tried (commits 6d2b6b6 to af7f92b of branch ixfloor,
-// reverted): readers that find the lock taken spin (yielding the P) instead of parking
-// in RWMutex, and writers hand the lock over every 4 operations only when someone
-// waits. At load 4 to 6 p99 fell to 3.9 to 4.8 us (5 of 6 runs; 8.6 in one), at load
-// about 1 only to 10 to 18 us (one run 23), but with a reader matching back to back the
-// writer was kept out and the feed fell behind, 0.61 to 0.97M of the 1M offered in 5 of
-// 8 runs (a writer spinning for the lock, or holding new readers off while it waits,
-// did not fix it). What remains is a writer-preferring lock without parking, or a read
-// path that does not take the writer's lock at all.
+// p99 9.0, 9.0, 5.1, 5.3, 9.4 and 9.6 us against 16.5, 17.6, 11.9, 12.1, 12.2 and 16.2
+// us; p50 1.38 to 1.46 us against 1.28 to 1.43; the feed achieved 1.0M ops/s in every
+// run of both. On the same index without the feed (ingest=0, run just before): p99 2.3
+// to 2.4 us (2.2 to 2.4 before), so what is left of the tail is waiting for the writer's
+// 4 operations and the batch's own bookkeeping. Goal p99 <= 10 us: met in these 6 runs
+// at low load. Earlier runs of the RWMutex (05:09-05:50 UTC): p99 19 to 28 us at load
+// 0.7 to 1, 42 to 57 us at load 4 to 6.5. A first spinning lock (branch ixfloor, commits
+// 6d2b6b6 to af7f92b, reverted) was not writer-preferring: a reader matching back to
+// back kept the writer out and the feed fell to 0.61 to 0.97M ops/s in 5 of 8 runs.
 //
 // Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index, same session): 43.6 bytes
 // per (block, worker) entry with one holder per block at 2^20 entries, 43.7 at 1.5 x 2^20
@@ -308,7 +308,9 @@
 // spread of a 10M-block index. Goal p99 <= 10 us: met in every run, with little margin.
 //
 // Under concurrent ingest (BenchmarkMatchDuringIngest, 2 matching goroutines and one
-// ingest goroutine on the 2 shared cores, 1M blocks): Match p50 22 us, p99 118 us (three
-// runnable goroutines on two cores: mostly waiting for a CPU), ingest 1.9M block ops/s
-// meanwhile (before: p50 69 us, p99 294 us, 0.78M/s): neither side starves.
+// ingest goroutine flat out on the 2 shared cores, 1M blocks, 100,000 calls; 2 runs
+// alternated with the RWMutex, 2026-12-07 07:48 UTC, load about 1): Match p50 3.0 and
+// 3.2 us, p99 34 and 35 us (three runnable goroutines on two cores: mostly waiting for a
+// CPU), ingest 1.41 and 1.65M block ops/s meanwhile; with the RWMutex p50 2.1 and 2.5
+// us, p99 107 and 116 us, ingest 1.60 and 1.68M/s: neither side starves.
 package indexer

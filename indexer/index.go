@@ -95,7 +95,7 @@ type Index struct {
 	// clearMu serializes worker clears and removals (taken before mu).
 	clearMu sync.Mutex
 	// mu guards every field down to rnd, and the workers' states.
-	mu       sync.RWMutex
+	mu       wlock
 	nodes    *runtable.Table
 	sets     holderSets
 	workers  []*workerState    // by wid; nil when free
