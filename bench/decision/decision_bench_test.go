@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -53,6 +55,13 @@ const (
 // the tokenizer's, is what it shows).
 //
 //	go test -run '^$' -bench '^BenchmarkDecision$' -benchtime 3x -count 10 ./bench/decision > new.txt; benchstat old.txt new.txt
+//
+// Each turn's decisions carry the profiler label turn=N, so a CPU profile shows where the
+// long turns go:
+//
+//	go test -c -o /tmp/dec.test ./bench/decision && cd bench/decision
+//	/tmp/dec.test -test.run '^$' -test.bench 'BenchmarkDecision/mode=local' -test.benchtime 40x -test.cpuprofile /tmp/dec.prof
+//	go tool pprof -top -cum -tagfocus='3[0-9]|40' /tmp/dec.test /tmp/dec.prof
 func BenchmarkDecision(b *testing.B) {
 	enc, err := chat.Load(tokenizetest.ModelDir(b, "qwen3"))
 	if err != nil {
@@ -133,6 +142,9 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 				runtime.GC()
 				runtime.ReadMemStats(&m0)
 			}
+			// The turn labels the decisions' CPU profile samples (-test.cpuprofile, then
+			// pprof -tagfocus turn=40).
+			pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("turn", strconv.Itoa(t))))
 			c0 := cpuTime()
 			for c := range msgs {
 				t0 := time.Now()
@@ -162,6 +174,7 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 				}
 			}
 			cpu[t] += cpuTime() - c0
+			pprof.SetGoroutineLabels(context.Background())
 			n[t] += convs
 			if t == 2 || t == turns {
 				var m1 runtime.MemStats
