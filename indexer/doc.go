@@ -290,8 +290,9 @@
 // 6d2b6b6 to af7f92b, reverted) was not writer-preferring: a reader matching back to
 // back kept the writer out and the feed fell to 0.61 to 0.97M ops/s in 5 of 8 runs.
 // With two busy-loop processes competing for the 2 cores (`sh -c 'while :; do :; done'`
-// twice, load average 1 to 2.4, 08:08-08:09 UTC, 3 rounds alternated): p99 1.9, 2.2 and
-// 2.3 us against 46.5, 20.2 and 36.3 us with the RWMutex, the feed at 1.0M ops/s in both.
+// twice, load average 1 to 2.4, 08:08-08:12 UTC, 5 rounds alternated): p99 2.2, 2.3,
+// 1.9, 8.9 and 1.8 us against 46.5, 20.2, 36.3, 8.0 and 10.0 us with the RWMutex, the
+// feed at 1.0M ops/s in both (0.98M in one run of the new lock).
 //
 // Memory (BenchmarkMemoryPerEntry, Go heap in use, whole index, same session): 43.6 bytes
 // per (block, worker) entry with one holder per block at 2^20 entries, 43.7 at 1.5 x 2^20
