@@ -18,8 +18,10 @@ import (
 //     reader enters, and waits for the readers inside to leave: a stream of readers
 //     cannot keep a writer out.
 //   - handoff, called by a writer between block operations, lets the waiting readers in
-//     and takes the lock back after them, still holding writers, so no other writer
-//     slips in: a writer cannot keep readers out either.
+//     and takes the lock back after them, still holding writers: a writer cannot keep
+//     readers out either. When another writer waits (a Predict from a request, another
+//     worker's batch), handoff releases the lock whole instead, as the sync.RWMutex did, so
+//     a long clear does not hold the other writers up to its end.
 //   - A reader that waited yieldFor parks on the wake channel, which the writer closes
 //     (and replaces) when it leaves or hands off: the writer never waits for a parked
 //     reader to be scheduled.
@@ -31,6 +33,7 @@ type wlock struct {
 	state   atomic.Int32 // readers inside, plus wBit while a writer holds or wants the lock
 	waiting atomic.Int32 // readers waiting for a writer to leave, parked ones included
 	parked  atomic.Int32 // readers parked on wake
+	wwait   atomic.Int32 // writers waiting in Lock
 	wake    atomic.Pointer[chan struct{}]
 	writers sync.Mutex
 }
@@ -74,7 +77,9 @@ func (l *wlock) RUnlock() {
 
 // Lock takes the lock for writing.
 func (l *wlock) Lock() {
+	l.wwait.Add(1)
 	l.writers.Lock()
+	l.wwait.Add(-1)
 	if l.wake.Load() == nil {
 		ch := make(chan struct{})
 		l.wake.Store(&ch)
@@ -110,6 +115,11 @@ func (l *wlock) drain() {
 // handoff lets the readers waiting for the writer in, if any, and takes the write lock
 // back once they have left; it reports whether it did. The caller holds the write lock.
 func (l *wlock) handoff() bool {
+	if l.wwait.Load() > 0 {
+		l.Unlock()
+		l.Lock()
+		return true
+	}
 	if l.waiting.Load() == 0 {
 		return false
 	}

@@ -146,3 +146,35 @@ func TestWlockHandoffWithoutReaders(t *testing.T) {
 		t.Errorf("state %#x after Unlock, want 0", l.state.Load())
 	}
 }
+
+// A writer that keeps the lock and calls handoff between its operations lets another
+// writer in (a Predict waits for a chunk of a clear, not for the whole clear).
+func TestWlockHandoffLetsWritersIn(t *testing.T) {
+	var l wlock
+	l.Lock()
+	got := make(chan struct{})
+	writes := 0
+	go func() {
+		l.Lock()
+		writes++
+		l.Unlock()
+		close(got)
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		select {
+		case <-got:
+			l.Unlock()
+			if writes != 1 {
+				t.Errorf("%d writes, want 1", writes)
+			}
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			l.Unlock()
+			t.Fatal("the second writer did not get in through handoff in a minute")
+		}
+		l.handoff()
+	}
+}
