@@ -78,11 +78,16 @@ func (ws *workerState) removed() bool { return ws.eng == nil }
 // yield counts a block operation and, from chunkOps operations since the last handoff
 // on, lets the Match calls waiting for the write lock in before the next one. mu must be
 // held for writing.
-func (ix *Index) yield(ops *int) {
+func (ix *Index) yield(ops *int) handoffKind {
 	*ops++
-	if *ops >= chunkOps && ix.mu.handoff() {
+	if *ops < chunkOps {
+		return noHandoff
+	}
+	k := ix.mu.handoff()
+	if k != noHandoff {
 		*ops = 0
 	}
+	return k
 }
 
 func (ix *Index) applyStored(ws *workerState, model string, ev *proto.Event, tick uint32, ops *int) {

@@ -112,16 +112,26 @@ func (l *wlock) drain() {
 	}
 }
 
-// handoff lets the readers waiting for the writer in, if any, and takes the write lock
-// back once they have left; it reports whether it did. The caller holds the write lock.
-func (l *wlock) handoff() bool {
+// handoffKind is what handoff did.
+type handoffKind uint8
+
+const (
+	noHandoff      handoffKind = iota
+	handedToReader             // readers came and went: nothing changed under the writer
+	handedToWriter             // another writer held the lock: anything may have changed
+)
+
+// handoff lets a writer waiting in Lock have the lock, or else the readers waiting for
+// the writer in, and takes the write lock back once they have left; it reports which.
+// The caller holds the write lock.
+func (l *wlock) handoff() handoffKind {
 	if l.wwait.Load() > 0 {
 		l.Unlock()
 		l.Lock()
-		return true
+		return handedToWriter
 	}
 	if l.waiting.Load() == 0 {
-		return false
+		return noHandoff
 	}
 	l.state.Add(-wBit)
 	l.wakeParked()
@@ -132,7 +142,7 @@ func (l *wlock) handoff() bool {
 	}
 	l.state.Add(wBit)
 	l.drain()
-	return true
+	return handedToReader
 }
 
 // wakeParked wakes the parked readers, if any; the writer bit is clear and the caller

@@ -135,8 +135,8 @@ func TestWlockHandoffLetsReadersIn(t *testing.T) {
 func TestWlockHandoffWithoutReaders(t *testing.T) {
 	var l wlock
 	l.Lock()
-	if l.handoff() {
-		t.Error("handoff with no reader waiting released the lock")
+	if k := l.handoff(); k != noHandoff {
+		t.Errorf("handoff with no one waiting: %d, want noHandoff", k)
 	}
 	if l.state.Load() != wBit {
 		t.Errorf("state %#x, want the writer bit only", l.state.Load())

@@ -1,8 +1,10 @@
 package indexer
 
 import (
+	"sync/atomic"
 	"time"
 
+	"github.com/kvroute/kvroute/indexer/runtable"
 	"github.com/kvroute/kvroute/proto"
 )
 
@@ -27,16 +29,58 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, true)
 	ops := 0
-	var parent proto.BlockHash
-	for _, h := range hashes {
-		if ws.removed() {
-			break
+	for i := 0; i < len(hashes) && !ws.removed(); {
+		if n := ix.refreshRun(ws, hashes[i:], exp, tick, &ops); n > 0 {
+			i += n
+			continue
 		}
-		ix.predictLocked(ws, h, parent, exp, tick)
-		parent = h
+		var parent proto.BlockHash
+		if i > 0 {
+			parent = hashes[i-1]
+		}
+		ix.predictLocked(ws, hashes[i], parent, exp, tick)
+		i++
 		ix.yield(&ops)
 	}
 	ix.maintain(now, tick)
+}
+
+// refreshRun handles the leading blocks of hs that lie in one run of the node table
+// (runtable.Span, one lookup for the run instead of one per block, as Match walks it)
+// when ws holds that run confirmed (nothing to do) or predicted with an earlier expiry
+// (the refresh of predictLocked, block by block in ws.pred, the run touched once). It
+// returns how many blocks it handled, 0 when the first block needs predictLocked. It
+// stops after a hand-off of the lock to another writer, which may have changed the run.
+// mu must be held for writing.
+func (ix *Index) refreshRun(ws *workerState, hs []proto.BlockHash, exp int64, tick uint32, ops *int) int {
+	val, touch, n, ok := runtable.Span(ix.nodes, hs[0], hs[1:])
+	if !ok {
+		return 0
+	}
+	cur := ix.sets.flagsOf(setID(val), ws.wid)
+	switch {
+	case cur&ix.confMask != 0:
+		ix.yield(ops)
+		return n + 1
+	case cur&flagPredicted == 0:
+		return 0
+	}
+	done := 0
+	for _, h := range hs[:n+1] {
+		if old, had := ws.pred[h]; !had || exp < old {
+			break
+		}
+		ws.pred[h] = exp
+		ix.mirror(ws, h, cur, cur)
+		done++
+		if ix.yield(ops) == handedToWriter {
+			break
+		}
+	}
+	if done > 0 && tick != 0 {
+		atomic.StoreUint32(touch, tick)
+	}
+	return done
 }
 
 // predictLocked predicts block h, child of parent (0 when unknown), for ws until exp
