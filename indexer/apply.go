@@ -76,8 +76,9 @@ func (ix *Index) Apply(w proto.WorkerKey, model string, b *proto.Batch) {
 func (ws *workerState) removed() bool { return ws.eng == nil }
 
 // yield counts a block operation and, from chunkOps operations since the last handoff
-// on, lets the Match calls waiting for the write lock in before the next one. mu must be
-// held for writing.
+// on, lets a writer or the Match calls waiting for the lock in before the next one
+// (wlock.handoff); it reports which. After handedToWriter anything may have changed.
+// mu must be held for writing.
 func (ix *Index) yield(ops *int) handoffKind {
 	*ops++
 	if *ops < chunkOps {
