@@ -102,30 +102,38 @@ func TestWlockWriterNotStarved(t *testing.T) {
 // reader in.
 func TestWlockHandoffLetsReadersIn(t *testing.T) {
 	var l wlock
-	l.Lock()
-	got := make(chan struct{})
 	var seen atomic.Int32
-	go func() {
+	handoffUntil(t, &l, "a reader", func() {
 		l.RLock()
 		seen.Store(l.state.Load())
 		l.RUnlock()
+	})
+	// The writer bit may be set again (the writer waits for the reader to leave).
+	if seen.Load()&^wBit != 1 {
+		t.Errorf("the reader saw state %#x inside, want one reader", seen.Load())
+	}
+}
+
+// handoffUntil takes l for writing and calls handoff until other, run in a goroutine,
+// returns; it fails the test after a minute.
+func handoffUntil(t *testing.T, l *wlock, who string, other func()) {
+	t.Helper()
+	l.Lock()
+	defer l.Unlock()
+	got := make(chan struct{})
+	go func() {
+		other()
 		close(got)
 	}()
 	deadline := time.Now().Add(time.Minute)
 	for {
 		select {
 		case <-got:
-			l.Unlock()
-			// The writer bit may be set again (the writer waits for the reader to leave).
-			if seen.Load()&^wBit != 1 {
-				t.Errorf("the reader saw state %#x inside, want one reader", seen.Load())
-			}
 			return
 		default:
 		}
 		if time.Now().After(deadline) {
-			l.Unlock()
-			t.Fatal("the reader did not get in through handoff in a minute")
+			t.Fatalf("%s did not get in through handoff in a minute", who)
 		}
 		l.handoff()
 	}
@@ -151,30 +159,13 @@ func TestWlockHandoffWithoutReaders(t *testing.T) {
 // writer in (a Predict waits for a chunk of a clear, not for the whole clear).
 func TestWlockHandoffLetsWritersIn(t *testing.T) {
 	var l wlock
-	l.Lock()
-	got := make(chan struct{})
 	writes := 0
-	go func() {
+	handoffUntil(t, &l, "the second writer", func() {
 		l.Lock()
 		writes++
 		l.Unlock()
-		close(got)
-	}()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		select {
-		case <-got:
-			l.Unlock()
-			if writes != 1 {
-				t.Errorf("%d writes, want 1", writes)
-			}
-			return
-		default:
-		}
-		if time.Now().After(deadline) {
-			l.Unlock()
-			t.Fatal("the second writer did not get in through handoff in a minute")
-		}
-		l.handoff()
+	})
+	if writes != 1 {
+		t.Errorf("%d writes, want 1", writes)
 	}
 }
