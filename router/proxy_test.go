@@ -442,3 +442,22 @@ func TestGracefulDrainCompletesInFlightStream(t *testing.T) {
 		t.Fatal("shutdown did not return after the stream ended")
 	}
 }
+
+// A Shutdown that runs before Serve has got going (a stack told to stop right after it
+// started) still stops it: fasthttp's own Shutdown closes only the listeners its Serve
+// registered, so Serve used to accept on ln forever and the stack's Run never returned.
+func TestShutdownBeforeServeStopsIt(t *testing.T) {
+	fw := newFakeWorker(t, "m")
+	tr := startRouterWith(t, testConfig(fw), func(tr *testRouter) {
+		if err := tr.srv.Shutdown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	poll.CheckFor(t, 10*time.Second, "the listener to refuse connections", func() bool {
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(tr.url, "http://"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+}

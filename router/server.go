@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -65,6 +66,12 @@ type Server struct {
 	srv      *fasthttp.Server
 	metricsH fasthttp.RequestHandler
 	draining atomic.Bool
+	// lns are the listeners Serve was given; shut is set by Shutdown (both under lnMu):
+	// fasthttp's Shutdown closes only the listeners its Serve has registered, so one
+	// whose Serve had not got that far would be served forever.
+	lnMu sync.Mutex
+	lns  []net.Listener
+	shut bool
 
 	// seriesCache keeps the metric children of each worker and model (series.go).
 	seriesCache seriesCache
@@ -215,6 +222,14 @@ func New(opts Options) (*Server, error) {
 // Serve accepts connections on ln until [Server.Shutdown]. It returns nil after a
 // shutdown. It applies the connection limits and, when configured, TLS to ln.
 func (s *Server) Serve(ln net.Listener) error {
+	s.lnMu.Lock()
+	if s.shut {
+		s.lnMu.Unlock()
+		_ = ln.Close()
+		return nil // shut down before it started: as if it had served and stopped
+	}
+	s.lns = append(s.lns, ln)
+	s.lnMu.Unlock()
 	s.gate.setListener(ln.Addr(), s.cfg.AdminToken())
 	ln = newGuardListener(ln, s.cfg.Limits, s.gate, &s.openConn, s.tlsConf)
 	if s.tlsConf != nil {
@@ -230,7 +245,17 @@ func (s *Server) Serve(ln net.Listener) error {
 // every in-flight request (including streams) has finished or ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
-	if err := s.srv.ShutdownWithContext(ctx); err != nil {
+	s.lnMu.Lock()
+	s.shut = true
+	lns := s.lns
+	s.lnMu.Unlock()
+	err := s.srv.ShutdownWithContext(ctx)
+	// A Serve that had not registered its listener with fasthttp yet: its Accept fails
+	// now and it returns. Closing a listener fasthttp closed already is harmless.
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
