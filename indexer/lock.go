@@ -26,9 +26,9 @@ import (
 //     (and replaces) when it leaves or hands off: the writer never waits for a parked
 //     reader to be scheduled.
 //
-// sync.RWMutex gives the same fairness but parks its readers at once; no library lock
-// found spins first (xsync's RBMutex parks its readers on a sync.RWMutex while a writer
-// holds it).
+// sync.RWMutex gives the same fairness but parks its readers at once, and so does
+// xsync's RBMutex, the library lock looked at (its readers fall back to a sync.RWMutex
+// while a writer holds it).
 type wlock struct {
 	state   atomic.Int32 // readers inside, plus wBit while a writer holds or wants the lock
 	waiting atomic.Int32 // readers waiting for a writer to leave, parked ones included
@@ -49,7 +49,7 @@ func (l *wlock) RLock() {
 	l.waiting.Add(1)
 	for {
 		var b backoff
-		for !b.tired() {
+		for !b.tired {
 			if s := l.state.Load(); s&wBit == 0 && l.state.CompareAndSwap(s, s+1) {
 				l.waiting.Add(-1)
 				return
@@ -103,7 +103,7 @@ func (l *wlock) drain() {
 	var b backoff
 	sleep := 10 * time.Microsecond
 	for l.state.Load() != wBit {
-		if !b.tired() {
+		if !b.tired {
 			b.wait()
 			continue
 		}
@@ -168,10 +168,8 @@ const (
 type backoff struct {
 	spins int
 	start time.Time
-	tire  bool
+	tired bool // yieldFor has passed since the spinning ended
 }
-
-func (b *backoff) tired() bool { return b.tire }
 
 func (b *backoff) wait() {
 	b.spins++
@@ -180,8 +178,8 @@ func (b *backoff) wait() {
 		return
 	case b.spins == spinLoads:
 		b.start = time.Now()
-	case b.spins&7 == 0 && !b.tire:
-		b.tire = time.Since(b.start) >= yieldFor
+	case b.spins&7 == 0 && !b.tired:
+		b.tired = time.Since(b.start) >= yieldFor
 	}
 	runtime.Gosched()
 }
