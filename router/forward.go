@@ -286,6 +286,9 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 		return o
 	}
 	ctx.Response.ImmediateHeaderFlush = true // the headers go out now, as the worker sent them
+	if gc, ok := ctx.Conn().(*guardConn); ok && len(ctx.Response.Header.Peek(fasthttp.HeaderTrailer)) == 0 {
+		sp.conn = gc // its last writes go out as one (coalesce.go)
+	}
 	ctx.Response.SetBodyStream(sp, -1)
 	return o
 }
@@ -396,6 +399,9 @@ type streamPipe struct {
 	ended    bool   // the stream reached its end (complete, or closed by an error event)
 	closed   bool
 	status   int
+	// conn is the client's connection when its last writes can be held and sent as one
+	// (coalesce.go), else nil.
+	conn *guardConn
 }
 
 // streamCloser is the part of fasthttp's response body stream that can be closed from
@@ -409,6 +415,18 @@ type streamCloser interface {
 // later one longer than the idle timeout; a stream that fails or stops early ends with
 // an SSE error event the client can recognise rather than a silent truncation.
 func (p *streamPipe) Read(b []byte) (int, error) {
+	n, err := p.read(b)
+	if p.conn != nil && p.done {
+		if err == nil {
+			p.conn.holdEnd() // nothing more from the worker: the end's writes go as one
+		} else {
+			p.conn.lastChunkNext()
+		}
+	}
+	return n, err
+}
+
+func (p *streamPipe) read(b []byte) (int, error) {
 	if len(p.pending) > 0 {
 		n := copy(b, p.pending)
 		p.pending = p.pending[n:]

@@ -148,9 +148,20 @@ type guardConn struct {
 	closed   atomic.Bool
 	slow     atomic.Bool // a write timed out (counted once)
 	deadline time.Time   // the write deadline last set; writes come from one goroutine at a time
+	end      streamEnd   // a stream's last writes, held to go out as one (coalesce.go)
 }
 
+// Write writes p under the write timeout; a stream's last writes are held and sent as
+// one (coalesce.go).
 func (c *guardConn) Write(p []byte) (int, error) {
+	if c.end.state != endIdle {
+		return c.writeEnd(p)
+	}
+	return c.write(p)
+}
+
+// write writes p, pushing the write deadline forward as it goes.
+func (c *guardConn) write(p []byte) (int, error) {
 	n := 0
 	timeout := c.l.lim.WriteTimeout
 	for len(p) > 0 {

@@ -156,6 +156,12 @@ func startRouter(t *testing.T, cfg *configs.Config) *testRouter {
 // before it serves (to mount the admin API, say).
 func startRouterWith(t *testing.T, cfg *configs.Config, beforeServe func(*testRouter)) *testRouter {
 	t.Helper()
+	return startRouterOn(t, cfg, beforeServe, nil)
+}
+
+// startRouterOn is startRouterWith serving on wrap(the listener) when wrap is set.
+func startRouterOn(t *testing.T, cfg *configs.Config, beforeServe func(*testRouter), wrap func(net.Listener) net.Listener) *testRouter {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +184,9 @@ func startRouterWith(t *testing.T, cfg *configs.Config, beforeServe func(*testRo
 		t.Fatal(err)
 	}
 	tr := &testRouter{srv: srv, pool: pool, url: "http://" + ln.Addr().String(), reg: reg}
+	if wrap != nil {
+		ln = wrap(ln)
+	}
 	if beforeServe != nil {
 		beforeServe(tr)
 	}
