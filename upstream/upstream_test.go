@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -126,6 +127,62 @@ func TestLoadPrefillAccounting(t *testing.T) {
 	_ = lost
 	if n := w.expireLoads(time.Now().Add(time.Second)); n != 1 || w.InFlight() != 0 {
 		t.Fatalf("expired %d, in flight %d", n, w.InFlight())
+	}
+}
+
+// The estimated first tokens settle in time order whatever the order they were made in,
+// a load ended before its estimate leaves the estimates (and is not settled), and a
+// settle takes exactly the estimates due: pending prefill matches a direct count at
+// every step.
+func TestEstimatesSettleInOrder(t *testing.T) {
+	w := &Worker{ID: "w"}
+	w.prefillNsPerToken.Store(int64(time.Millisecond)) // estimates far apart, whatever the clock does
+	rng := rand.New(rand.NewPCG(1, 2))
+	type entry struct {
+		l     *Load
+		at    int64
+		ended bool
+	}
+	var loads []*entry
+	for range 300 {
+		l := w.Begin(int64(1+rng.IntN(1000)), 1, time.Hour)
+		e := &entry{l: l}
+		if rng.IntN(4) > 0 {
+			l.EstimateFirstToken()
+			e.at = l.estimateAt
+		}
+		loads = append(loads, e)
+	}
+	for _, e := range loads {
+		if rng.IntN(5) == 0 {
+			e.l.End()
+			e.ended = true
+		}
+	}
+	want := func(now int64) (pending int64) {
+		for _, e := range loads {
+			if !e.ended && (e.at == 0 || e.at > now) {
+				pending += e.l.prefill
+			}
+		}
+		return pending
+	}
+	start := time.Now().UnixNano()
+	for step := int64(0); step <= 1100; step += 50 {
+		now := start + step*int64(time.Millisecond)
+		w.settleEstimates(now)
+		if got, exp := w.pendingPrefill.Load(), want(now); got != exp {
+			t.Fatalf("at +%d ms: pending prefill %d, want %d", step, got, exp)
+		}
+		if n := w.nextEstimate.Load(); n != 0 && n <= now {
+			t.Fatalf("at +%d ms: next estimate %d is not after now %d", step, n, now)
+		}
+	}
+	for _, e := range loads {
+		e.l.End()
+	}
+	if len(w.estimates) != 0 || w.loads.len() != 0 || w.InFlight() != 0 {
+		t.Fatalf("after every End: %d estimates, %d loads, %d in flight", len(w.estimates), w.loads.len(), w.InFlight())
 	}
 }
 

@@ -60,9 +60,11 @@ type Worker struct {
 	metrics  atomic.Pointer[EngineMetrics]
 	drain    drainState // see drain.go
 
-	// loadMu guards loads, the open Load entries (see load.go), and their estimateAt.
-	loadMu sync.Mutex
-	loads  loadList
+	// loadMu guards loads, the open Load entries (see load.go), estimates, the open
+	// loads with an estimated first token, and their estimateAt.
+	loadMu    sync.Mutex
+	loads     loadList
+	estimates estimateHeap
 	// nextEstimate is the earliest estimateAt of an open load (unix ns; 0: none), written
 	// under loadMu (see Load.EstimateFirstToken).
 	nextEstimate atomic.Int64
