@@ -49,13 +49,13 @@ var globals = map[string]Value{
 		ns := &Namespace{Dict: *NewDict()}
 		for _, a := range args {
 			if d, ok := a.(*Dict); ok {
-				for _, k := range d.keys {
-					ns.Set(k, d.m[k])
+				for i, k := range d.keys {
+					ns.Set(k, d.vals[i])
 				}
 			}
 		}
-		for _, k := range kw.Keys() {
-			ns.Set(k, kw.m[k])
+		for i, k := range kw.Keys() {
+			ns.Set(k, kw.vals[i])
 		}
 		return ns, nil
 	}),
@@ -63,13 +63,13 @@ var globals = map[string]Value{
 		d := NewDict()
 		for _, a := range args {
 			if src, ok := a.(*Dict); ok {
-				for _, k := range src.keys {
-					d.Set(k, src.m[k])
+				for i, k := range src.keys {
+					d.Set(k, src.vals[i])
 				}
 			}
 		}
-		for _, k := range kw.Keys() {
-			d.Set(k, kw.m[k])
+		for i, k := range kw.Keys() {
+			d.Set(k, kw.vals[i])
 		}
 		return d, nil
 	}),
@@ -264,7 +264,7 @@ func method(obj Value, name string) Value {
 			return Func(func([]Value, *Dict) (Value, error) {
 				out := make([]Value, len(x.keys))
 				for i, k := range x.keys {
-					out[i] = []Value{k, x.m[k]}
+					out[i] = []Value{k, x.vals[i]}
 				}
 				return out, nil
 			})
@@ -278,10 +278,8 @@ func method(obj Value, name string) Value {
 			})
 		case "values":
 			return Func(func([]Value, *Dict) (Value, error) {
-				out := make([]Value, len(x.keys))
-				for i, k := range x.keys {
-					out[i] = x.m[k]
-				}
+				out := make([]Value, len(x.vals))
+				copy(out, x.vals)
 				return out, nil
 			})
 		case "get":
@@ -753,7 +751,7 @@ func filter(name string, obj Value, args []Value, kw *Dict) (Value, error) {
 		}
 		out := make([]Value, len(d.keys))
 		for i, k := range d.keys {
-			out[i] = []Value{k, d.m[k]}
+			out[i] = []Value{k, d.vals[i]}
 		}
 		return out, nil
 	case "dictsort":
@@ -765,7 +763,7 @@ func filter(name string, obj Value, args []Value, kw *Dict) (Value, error) {
 		sort.Strings(keys)
 		out := make([]Value, len(keys))
 		for i, k := range keys {
-			out[i] = []Value{k, d.m[k]}
+			out[i] = []Value{k, d.at(k)}
 		}
 		return out, nil
 	case "unique":

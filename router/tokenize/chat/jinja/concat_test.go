@@ -7,20 +7,25 @@ import (
 
 // TestConcatChain renders chains a + b + c + d over operands of every type and
 // checks each against the "+" operator applied pair by pair from the left (the
-// nested evaluation evalConcat replaces): same output, or an error in both.
+// nested evaluation evalConcat replaces): same output, or an error in both; printed
+// directly (outputConcat) and through a variable (evalConcat).
 func TestConcatChain(t *testing.T) {
 	vals := []Value{"x", "", "ünï", int64(2), 1.5, []Value{"l"}, nil, true, Undefined{}, NewDict()}
-	tmpls := map[int]*Template{}
+	tmpls := map[int][2]*Template{}
 	for n := 2; n <= 4; n++ {
-		src := "{{ v0"
+		chain := "v0"
 		for i := 1; i < n; i++ {
-			src += fmt.Sprintf(" + v%d", i)
+			chain += fmt.Sprintf(" + v%d", i)
 		}
-		tm, err := Parse(src + " }}")
+		out, err := Parse("{{ " + chain + " }}")
 		if err != nil {
 			t.Fatal(err)
 		}
-		tmpls[n] = tm
+		set, err := Parse("{% set s = " + chain + " %}{{ s }}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpls[n] = [2]*Template{out, set}
 	}
 	var idx [4]int
 	for n := 2; n <= 4; n++ {
@@ -36,7 +41,6 @@ func TestConcatChain(t *testing.T) {
 				x /= len(vals)
 				vars[fmt.Sprintf("v%d", i)] = vals[idx[i]]
 			}
-			got, gerr := tmpls[n].Render(vars)
 			acc, werr := vals[idx[0]], error(nil)
 			for i := 1; i < n && werr == nil; i++ {
 				acc, werr = binOp("+", acc, vals[idx[i]])
@@ -45,8 +49,11 @@ func TestConcatChain(t *testing.T) {
 			if werr == nil {
 				want = str(acc)
 			}
-			if (gerr == nil) != (werr == nil) || got != want {
-				t.Fatalf("%v: rendered %q (%v), pairwise %q (%v)", vars, got, gerr, want, werr)
+			for _, tm := range tmpls[n] {
+				got, gerr := tm.Render(vars)
+				if (gerr == nil) != (werr == nil) || got != want {
+					t.Fatalf("%v: rendered %q (%v), pairwise %q (%v)", vars, got, gerr, want, werr)
+				}
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package jinja
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -174,4 +175,62 @@ func FuzzParseRender(f *testing.F) {
 			t.Fatalf("two renders differ: %q (%v), then %q (%v)", out, err, again, err2)
 		}
 	})
+}
+
+// TestDictKeys: a Dict keeps insertion order and finds every key, overwritten or not,
+// below and above smallDict keys (scanned, then indexed), and renders the same through
+// the template's dict methods and tojson either way.
+func TestDictKeys(t *testing.T) {
+	for _, n := range []int{0, 1, smallDict, smallDict + 1, 40} {
+		d := NewDict()
+		var want []string
+		for i := range n {
+			k := fmt.Sprintf("k%d", i)
+			d.Set(k, int64(i))
+			want = append(want, k)
+		}
+		for i := 0; i < n; i += 3 { // overwrites keep the position
+			d.Set(fmt.Sprintf("k%d", i), int64(100+i))
+		}
+		if got := d.Keys(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("n=%d: keys %v, want %v", n, got, want)
+		}
+		for i := range n {
+			v, ok := d.Get(fmt.Sprintf("k%d", i))
+			wantV := int64(i)
+			if i%3 == 0 {
+				wantV = int64(100 + i)
+			}
+			if !ok || v != wantV {
+				t.Fatalf("n=%d: k%d = %v, %v; want %d", n, i, v, ok, wantV)
+			}
+		}
+		if _, ok := d.Get("absent"); ok {
+			t.Fatalf("n=%d: absent key found", n)
+		}
+		tpl, err := Parse(`{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{{ d | tojson }}|{{ 'k1' in d }}|{{ d.values() | length }}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := tpl.Render(map[string]Value{"d": d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var items, js strings.Builder
+		js.WriteByte('{')
+		for i, k := range want {
+			v, _ := d.Get(k)
+			fmt.Fprintf(&items, "%s=%d;", k, v)
+			if i > 0 {
+				js.WriteString(", ")
+			}
+			fmt.Fprintf(&js, "%q: %d", k, v)
+		}
+		js.WriteByte('}')
+		wantOut := fmt.Sprintf("%s|%s|%v|%d", items.String(), js.String(), n > 1, n)
+		wantOut = strings.ReplaceAll(strings.ReplaceAll(wantOut, "|true|", "|True|"), "|false|", "|False|")
+		if out != wantOut {
+			t.Fatalf("n=%d: rendered %q, want %q", n, out, wantOut)
+		}
+	}
 }

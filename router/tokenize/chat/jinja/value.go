@@ -25,23 +25,58 @@ type Func func(args []Value, kw *Dict) (Value, error)
 
 // Dict is an insertion-ordered mapping with string keys, like a Python dict built
 // from JSON. The zero value is empty and usable.
+//
+// Keys and values are kept in insertion order, and a key is found by a scan of the keys
+// until the dict has more than smallDict of them, then through an index map. Chat
+// messages have two to five keys and templates read them on every loop iteration
+// (message.role, message.content): the attribute lookups, a map access each, were 15%
+// of a Qwen3 render at turn 40 of a conversation (CPU profile of BenchmarkDecision,
+// 2026-12-07); a FromJSON message also no longer builds a map.
 type Dict struct {
 	keys []string
-	m    map[string]Value
+	vals []Value
+	idx  map[string]int // key -> position, once there are more than smallDict keys
 }
 
+// smallDict is the most keys a Dict finds by scanning.
+const smallDict = 8
+
 // NewDict returns an empty Dict.
-func NewDict() *Dict { return &Dict{m: map[string]Value{}} }
+func NewDict() *Dict { return &Dict{} }
+
+// find returns k's position, or -1.
+func (d *Dict) find(k string) int {
+	if d.idx != nil {
+		if i, ok := d.idx[k]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, kk := range d.keys {
+		if kk == k {
+			return i
+		}
+	}
+	return -1
+}
 
 // Set sets k to v, keeping k's position if it exists.
 func (d *Dict) Set(k string, v Value) {
-	if d.m == nil {
-		d.m = map[string]Value{}
+	if i := d.find(k); i >= 0 {
+		d.vals[i] = v
+		return
 	}
-	if _, ok := d.m[k]; !ok {
-		d.keys = append(d.keys, k)
+	d.keys = append(d.keys, k)
+	d.vals = append(d.vals, v)
+	switch {
+	case d.idx != nil:
+		d.idx[k] = len(d.keys) - 1
+	case len(d.keys) > smallDict:
+		d.idx = make(map[string]int, len(d.keys))
+		for i, kk := range d.keys {
+			d.idx[kk] = i
+		}
 	}
-	d.m[k] = v
 }
 
 // Get returns the value of k.
@@ -49,8 +84,16 @@ func (d *Dict) Get(k string) (Value, bool) {
 	if d == nil {
 		return nil, false
 	}
-	v, ok := d.m[k]
-	return v, ok
+	if i := d.find(k); i >= 0 {
+		return d.vals[i], true
+	}
+	return nil, false
+}
+
+// at returns the value of k, nil if absent.
+func (d *Dict) at(k string) Value {
+	v, _ := d.Get(k)
+	return v
 }
 
 // Keys returns the keys in insertion order. The caller must not modify the slice.
@@ -327,7 +370,7 @@ func repr(v Value) string {
 			}
 			b.WriteString(pyStrRepr(k))
 			b.WriteString(": ")
-			b.WriteString(repr(x.m[k]))
+			b.WriteString(repr(x.vals[i]))
 		}
 		b.WriteByte('}')
 		return b.String()
@@ -470,7 +513,7 @@ func writeJSON(b *strings.Builder, v Value, o JSONOptions, depth int) error {
 			nl(depth + 1)
 			writeJSONString(b, k, o.EnsureASCII)
 			b.WriteString(o.KeySep)
-			if err := writeJSON(b, d.m[k], o, depth+1); err != nil {
+			if err := writeJSON(b, d.at(k), o, depth+1); err != nil {
 				return err
 			}
 		}
