@@ -45,7 +45,23 @@ type prefixEntry struct {
 	// key is the caller's key of an EncodeKeyed entry; hasKey says it is set.
 	key    uint64
 	hasKey bool
+	// chain is the chain the entry's checkpoints are filed under, and evicted is set
+	// once the entry has left the cache; both guarded by the cache's mu.
+	chain   *prefixChain
+	evicted bool
 }
+
+// prefixChain is the entries of one conversation stored turn after turn, each the
+// extension of the one before (a turn's text extends the previous turn's, up to its
+// last checkpoints). byHash files each checkpoint of a chain once, when the entry that
+// adds it is stored, and a lookup finds it on the chain's newest entry e, which has
+// the checkpoints of every entry before it at the same positions. Filing every
+// checkpoint of every entry was a map write per checkpoint, two or three per chat
+// message, at every turn, and as many deletes at eviction (store was half of
+// EncodeKeyed in a CPU profile of BenchmarkDecision at turns 30 to 40, 2026-12-07).
+// A lookup still checks the entry's text, so a reference that went stale is a miss,
+// never a wrong result. e is nil once the chain's newest entry is evicted.
+type prefixChain struct{ e *prefixEntry }
 
 // cpRecord is a checkpoint of a cached text: an added-token end, the bytes the
 // split had read when it emitted that token, and the number of ids of the text
@@ -56,8 +72,8 @@ type cpRecord struct {
 }
 
 type prefixRef struct {
-	e *prefixEntry
-	i int // index into e.cps
+	c *prefixChain
+	i int // index into c.e.cps
 }
 
 // NewPrefixCache returns a cache over tok holding at most about maxBytes of text
@@ -104,27 +120,32 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 	base := len(out)
 	recs := make([]cpRecord, 0, len(cps))
 	start, reused := 0, 0 // first segment to encode; bytes reused
+	var from *prefixEntry // the entry whose checkpoints recs starts with
 	c.mu.Lock()
 	for i := len(cps) - 1; i >= 0; i-- {
 		ref, ok := c.byHash[cps[i].hash]
 		if !ok {
 			continue
 		}
-		rec := ref.e.cps[ref.i]
-		r := cps[i].read
-		if rec.end != cps[i].end || len(ref.e.text) < r || ref.e.text[:r] != text[:r] {
+		e := ref.c.e
+		if e == nil || ref.i >= len(e.cps) {
 			continue
 		}
-		out = append(out, ref.e.ids[:rec.nIDs]...)
+		rec := e.cps[ref.i]
+		r := cps[i].read
+		if rec.hash != cps[i].hash || rec.end != cps[i].end || len(e.text) < r || e.text[:r] != text[:r] {
+			continue
+		}
+		out = append(out, e.ids[:rec.nIDs]...)
 		// The cached text splits identically up to here, so its earlier
 		// checkpoints are this text's checkpoints 0..i.
-		recs = append(recs, ref.e.cps[:ref.i+1]...)
-		start, reused = cps[i].seg+1, cps[i].end
+		recs = append(recs, e.cps[:ref.i+1]...)
+		start, reused, from = cps[i].seg+1, cps[i].end, e
 		break
 	}
 	c.mu.Unlock()
 
-	return c.encodeRest(text, addSpecial, buf, start, cps, len(recs), out, base, recs, key, hasKey), reused
+	return c.encodeRest(text, addSpecial, buf, start, cps, len(recs), out, base, recs, from, key, hasKey), reused
 }
 
 // checkpointsOf splits text[from:] at t's added tokens into buf.segs (atStart: from is
@@ -155,11 +176,13 @@ func checkpointsOf(t *Tokenizer, buf *encodeBuf, text string, from int, atStart 
 }
 
 // encodeRest encodes buf.segs from segment start on after out (whose ids from base on
-// are the text's, recs their checkpoints so far), records the checkpoints met on the
-// way (cps from index next on, whose seg counts from buf.segs[0]), adds the suffix when
-// addSpecial, stores the result and returns out.
+// are the text's, recs their checkpoints so far, the first ones from's when from is not
+// nil), records the checkpoints met on the way (cps from index next on, whose seg
+// counts from buf.segs[0]), adds the suffix when addSpecial, stores the result and
+// returns out.
 func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, start int, cps []checkpoint, next int,
-	out []uint32, base int, recs []cpRecord, key uint64, hasKey bool) []uint32 {
+	out []uint32, base int, recs []cpRecord, from *prefixEntry, key uint64, hasKey bool) []uint32 {
+	shared := len(recs)
 	t := c.tok
 	out = t.encodeSegs(out, buf, buf.segs[start:], func(seg, n int) {
 		if next < len(cps) && cps[next].seg == start+seg {
@@ -171,13 +194,16 @@ func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, s
 	if addSpecial {
 		out = append(out, t.suffix...)
 	}
-	c.store(text, out[base:end], recs, key, hasKey)
+	c.store(text, out[base:end], recs, from, shared, key, hasKey)
 	return out
 }
 
 // store records text and its ids (without post-processor tokens) under every
-// checkpoint.
-func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, key uint64, hasKey bool) {
+// checkpoint. When text extends from, sharing its first shared checkpoints, and from
+// is its chain's newest entry, the entry joins from's chain (prefixChain): only the
+// checkpoints after the shared ones are filed, and from's checkpoints after them,
+// which the new entry does not have, are unfiled. Otherwise it starts a chain.
+func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, from *prefixEntry, shared int, key uint64, hasKey bool) {
 	if len(recs) == 0 || c.maxBytes <= 0 {
 		return
 	}
@@ -188,8 +214,19 @@ func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, key uint
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, r := range recs {
-		c.byHash[r.hash] = prefixRef{e: e, i: i}
+	if from != nil && !from.evicted && from.chain.e == from && shared > 0 {
+		ch := from.chain
+		for _, r := range from.cps[shared:] {
+			if ref, ok := c.byHash[r.hash]; ok && ref.c == ch && ref.i >= shared {
+				delete(c.byHash, r.hash)
+			}
+		}
+		e.chain, ch.e = ch, e
+	} else {
+		e.chain, shared = &prefixChain{e: e}, 0
+	}
+	for i := shared; i < len(recs); i++ {
+		c.byHash[recs[i].hash] = prefixRef{c: e.chain, i: i}
 	}
 	if hasKey {
 		c.byKey[key] = e
@@ -197,17 +234,26 @@ func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, key uint
 	c.entries = append(c.entries, e)
 	c.bytes += e.cost
 	for c.bytes > c.maxBytes && len(c.entries) > 0 {
-		old := c.entries[0]
-		c.entries[0] = nil
-		c.entries = c.entries[1:]
-		c.bytes -= old.cost
+		c.evictOldest()
+	}
+}
+
+// evictOldest drops the oldest entry; the caller holds mu.
+func (c *PrefixCache) evictOldest() {
+	old := c.entries[0]
+	c.entries[0] = nil
+	c.entries = c.entries[1:]
+	c.bytes -= old.cost
+	old.evicted = true
+	if ch := old.chain; ch.e == old { // the chain's newest: the chain ends
 		for _, r := range old.cps {
-			if ref, ok := c.byHash[r.hash]; ok && ref.e == old {
+			if ref, ok := c.byHash[r.hash]; ok && ref.c == ch {
 				delete(c.byHash, r.hash)
 			}
 		}
-		if old.hasKey && c.byKey[old.key] == old {
-			delete(c.byKey, old.key)
-		}
+		ch.e = nil
+	}
+	if old.hasKey && c.byKey[old.key] == old {
+		delete(c.byKey, old.key)
 	}
 }

@@ -134,3 +134,99 @@ func TestConcurrentEncode(t *testing.T) {
 		}
 	}
 }
+
+// TestPrefixCacheSharedCheckpoints: an entry that extends its chain's newest files only
+// its new checkpoints (prefixChain), and the earlier ones stay found after the entries
+// that filed them were evicted. Under a budget that holds a few turns, conversations
+// interleaved with EncodeReuse and EncodeKeyed keep every result equal to Encode, and
+// every checkpoint reference on a live chain whose newest entry has that checkpoint.
+// byHash holds no more references than the live entries have checkpoints.
+func TestPrefixCacheSharedCheckpoints(t *testing.T) {
+	corpus := tokenizetest.ReadJSONL[string](t, "testdata/corpus.jsonl")
+	tok := loadModel(t, "qwen3")
+	mk := turnMarkers["qwen3"]
+	check := func(pc *PrefixCache) {
+		t.Helper()
+		pc.mu.Lock()
+		defer pc.mu.Unlock()
+		live := map[*prefixEntry]bool{}
+		for _, e := range pc.entries {
+			live[e] = true
+		}
+		cps := 0
+		for e := range live {
+			cps += len(e.cps)
+		}
+		for h, ref := range pc.byHash {
+			e := ref.c.e
+			if e == nil || !live[e] || e.evicted || ref.i >= len(e.cps) || e.cps[ref.i].hash != h {
+				t.Fatalf("byHash refers %x to an ended chain or a checkpoint of another hash", h)
+			}
+		}
+		if len(pc.byHash) > cps {
+			t.Fatalf("byHash holds %d references for %d checkpoints of live entries", len(pc.byHash), cps)
+		}
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	pc := NewPrefixCache(tok, 24<<10) // a few turns of the conversations below
+	convs := make([]strings.Builder, 3)
+	var keys [3]uint64
+	reusedAny := false
+	for step := range 120 {
+		ci := rng.IntN(len(convs))
+		b := &convs[ci]
+		b.WriteString(mk[0] + corpus[rng.IntN(len(corpus)-10)] + mk[1])
+		prompt := b.String()
+		var got []uint32
+		var reused int
+		key := uint64(step + 1)
+		if rng.IntN(2) == 0 {
+			got, reused = pc.EncodeKeyed(prompt, true, []uint64{keys[ci]}, key)
+		} else {
+			got, reused = pc.EncodeReuse(prompt, true)
+		}
+		keys[ci] = key
+		if want := tok.Encode(prompt, true); !slices.Equal(got, want) {
+			t.Fatalf("step %d: cache gives %v, Encode %v", step, head(got), head(want))
+		}
+		check(pc)
+		b.WriteString(corpus[rng.IntN(len(corpus)-10)] + mk[2])
+		if b.Len() > 16<<10 {
+			b.Reset()
+		}
+		if reused > 0 {
+			reusedAny = true
+		}
+	}
+	if !reusedAny {
+		t.Fatal("no turn reused anything: the budget is too small for the test")
+	}
+
+	// One conversation, turn after turn, in a cache of two entries: each turn's store
+	// evicts the turn two back, which first filed the early checkpoints; a text that
+	// repeats the conversation's first turn must still find them (on the newest entry).
+	pc = NewPrefixCache(tok, 1<<20)
+	var b strings.Builder
+	var first string
+	for turn := range 6 {
+		b.WriteString(mk[0] + corpus[turn] + mk[1] + corpus[turn+10] + mk[2])
+		if turn == 0 {
+			first = b.String()
+		}
+		pc.Encode(b.String(), true)
+		pc.mu.Lock()
+		for len(pc.entries) > 2 { // down to the two newest, as a tight budget would
+			pc.evictOldest()
+		}
+		pc.mu.Unlock()
+		check(pc)
+	}
+	probe := first + mk[0] + "a new question" + mk[1]
+	got, reused := pc.EncodeReuse(probe, true)
+	if want := tok.Encode(probe, true); !slices.Equal(got, want) {
+		t.Fatalf("probe: cache gives %v, Encode %v", head(got), head(want))
+	}
+	if reused < len(first)-len(mk[2]) {
+		t.Fatalf("probe reused %d bytes, want the first turn's checkpoints (at least %d)", reused, len(first)-len(mk[2]))
+	}
+}

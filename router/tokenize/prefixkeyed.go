@@ -53,7 +53,7 @@ func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, 
 	out = append(out, e.ids[:rec.nIDs]...)
 	recs := make([]cpRecord, ci+1, ci+1+len(cps))
 	copy(recs, e.cps[:ci+1])
-	return c.encodeRest(text, addSpecial, buf, 0, cps, 0, out, base, recs, key, true), b
+	return c.encodeRest(text, addSpecial, buf, 0, cps, 0, out, base, recs, e, key, true), b
 }
 
 // sharedCheckpoint returns the index of e's last checkpoint whose read bytes text
