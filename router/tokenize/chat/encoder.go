@@ -14,10 +14,11 @@ import (
 //
 // With a cache budget (NewEncoder's cacheBytes) EncodeChat works incrementally
 // across the turns of a conversation: converted messages are cached by their raw
-// JSON bytes (a quarter of the budget, CacheStats), and the prompt's ids by the
+// JSON bytes (a quarter of the budget, CacheStats), the message lists of recent
+// requests by their conversation (an eighth, convCache), and the prompt's ids by the
 // conversation prefix (tokenize.PrefixCache, the rest of the budget), so a new turn
-// decodes only its new messages and splits and encodes only the text after the
-// previous turn's last reusable special token. The template is still rendered over
+// takes its earlier messages in one piece, decodes only its new ones and splits and
+// encodes only the text after the previous turn's last reusable special token. The template is still rendered over
 // the whole conversation: templates read later messages when they render earlier
 // ones (Qwen3's last_query_index, DeepSeek-V3's system prompt gathered from every
 // message), so only a full render is known to give the engine's prompt.
@@ -26,6 +27,7 @@ type Encoder struct {
 	cfg   *Config
 	cache *tokenize.PrefixCache
 	msgs  *msgCache
+	convs *convCache
 }
 
 // Load reads a model directory holding tokenizer.json and tokenizer_config.json
@@ -57,22 +59,27 @@ const DefaultCacheBytes = 64 << 20
 
 // NewEncoder combines a tokenizer and a chat config. cacheBytes bounds the
 // conversation caches together, in accounted bytes (0 disables them): a quarter
-// for converted messages, the rest for prompts and their ids.
+// for converted messages, an eighth for recent requests' message lists, the rest for
+// prompts and their ids.
 func NewEncoder(tok *tokenize.Tokenizer, cfg *Config, cacheBytes int) *Encoder {
 	e := &Encoder{tok: tok, cfg: cfg}
 	if cacheBytes > 0 {
-		e.cache = tokenize.NewPrefixCache(tok, cacheBytes-cacheBytes/4)
+		e.cache = tokenize.NewPrefixCache(tok, cacheBytes-cacheBytes/4-cacheBytes/8)
 		e.msgs = newMsgCache(cacheBytes / 4)
+		e.convs = newConvCache(cacheBytes / 8)
 	}
 	return e
 }
 
-// CacheStats reports the message cache; all zero when caching is off.
+// CacheStats reports the message and conversation caches; all zero when caching is
+// off.
 func (e *Encoder) CacheStats() CacheStats {
 	if e.msgs == nil {
 		return CacheStats{}
 	}
-	return e.msgs.stats()
+	s := e.msgs.stats()
+	e.convs.stats(&s)
+	return s
 }
 
 // Tokenizer returns the encoder's tokenizer.

@@ -112,7 +112,9 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		return nil, nil, errors.New("chat request: messages must be a list")
 	}
 	req := &Request{Options: Options{AddGenerationPrompt: true}}
+	// The messages' bounds, hashes and conversation keys.
 	keys := convKeys{0}
+	var bounds []msgBound
 	i := jsonscan.SkipWS(msgs, 1)
 	for n := 0; ; n++ {
 		if i < len(msgs) && msgs[i] == ']' && n == 0 {
@@ -122,24 +124,8 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("decode chat request: %w", err)
 		}
-		raw := msgs[i:end]
-		h := hashMsg(raw)
-		var msg jinja.Value
-		var parts []string
-		if ce := e.msgs.get(h, raw); ce != nil {
-			msg, parts = ce.msg, ce.parts
-		} else {
-			v, err := jinja.FromJSON(raw)
-			if err != nil {
-				return nil, nil, fmt.Errorf("decode chat request: %w", err)
-			}
-			if msg, parts, err = convertMessage(v); err != nil {
-				return nil, nil, fmt.Errorf("chat request message %d: %w", n, err)
-			}
-			e.msgs.put(h, raw, msg, parts)
-		}
-		req.Messages = append(req.Messages, msg)
-		req.Options.ContentParts = append(req.Options.ContentParts, parts)
+		h := hashMsg(msgs[i:end])
+		bounds = append(bounds, msgBound{start: i, end: end, hash: h})
 		keys = append(keys, nextKey(keys[len(keys)-1], h))
 		i = jsonscan.SkipWS(msgs, end)
 		if i < len(msgs) && msgs[i] == ']' {
@@ -150,6 +136,61 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		}
 		i = jsonscan.SkipWS(msgs, i+1)
 	}
+	n := len(bounds)
+	// The longest earlier request of the conversation these messages repeat (convCache),
+	// then each message after it through the message cache.
+	var span []byte
+	var prev *convEntry
+	k := 0
+	if n > 0 && e.convs != nil {
+		span = msgs[bounds[0].start:bounds[n-1].end]
+		for j := n; j >= 1 && j >= n-maxHints; j-- {
+			if ce := e.convs.get(keys[j], j, span[:bounds[j-1].end-bounds[0].start]); ce != nil {
+				prev, k = ce, j
+				break
+			}
+		}
+		if prev != nil {
+			e.convs.hits.Add(1)
+		} else {
+			e.convs.misses.Add(1)
+		}
+	}
+	if n > 0 {
+		req.Messages = make([]jinja.Value, 0, n)
+		req.Options.ContentParts = make([][]string, 0, n)
+	}
+	if prev != nil {
+		req.Messages = append(req.Messages, prev.msgs[:k]...)
+		req.Options.ContentParts = append(req.Options.ContentParts, prev.parts[:k]...)
+	}
+	for idx := k; idx < n; idx++ {
+		bd := bounds[idx]
+		raw := msgs[bd.start:bd.end]
+		var msg jinja.Value
+		var parts []string
+		if ce := e.msgs.get(bd.hash, raw); ce != nil {
+			msg, parts = ce.msg, ce.parts
+		} else {
+			v, err := jinja.FromJSON(raw)
+			if err != nil {
+				return nil, nil, fmt.Errorf("decode chat request: %w", err)
+			}
+			if msg, parts, err = convertMessage(v); err != nil {
+				return nil, nil, fmt.Errorf("chat request message %d: %w", idx, err)
+			}
+			e.msgs.put(bd.hash, raw, msg, parts)
+		}
+		req.Messages = append(req.Messages, msg)
+		req.Options.ContentParts = append(req.Options.ContentParts, parts)
+	}
+	if span != nil && k < n {
+		ends := make([]int, n)
+		for j, bd := range bounds {
+			ends[j] = bd.end - bounds[0].start
+		}
+		e.convs.put(keys[n], span, ends, req.Messages, req.Options.ContentParts, prev, k)
+	}
 	if req.Options.ContentParts == nil {
 		req.Options.ContentParts = [][]string{}
 	}
@@ -157,6 +198,13 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		return nil, nil, err
 	}
 	return req, keys, nil
+}
+
+// msgBound is a message of a request: its bytes' bounds in the messages array and
+// their hash.
+type msgBound struct {
+	start, end int
+	hash       uint64
 }
 
 // checkScalar reports whether val, a member's raw value, is a JSON string, number,

@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -152,8 +153,11 @@ func TestEncodeChatIncremental(t *testing.T) {
 				}
 				st := enc.CacheStats()
 				t.Logf("budget %d: %d turns equal, %d failed in both paths; cache %+v", budget, ok, failed, st)
-				if ok < 100 || st.MessageHits == 0 {
-					t.Fatalf("too few turns compared (%d) or no message cache hits (%+v)", ok, st)
+				if ok < 100 || st.MessageHits == 0 || st.ConversationHits == 0 {
+					t.Fatalf("too few turns compared (%d) or no message or conversation cache hits (%+v)", ok, st)
+				}
+				if st.ConversationBytes > budget/8 {
+					t.Fatalf("conversation cache holds %d bytes, budget %d", st.ConversationBytes, budget/8)
 				}
 				if budget < 1<<20 && st.MessageEvictions == 0 {
 					t.Fatalf("the small cache never evicted: %+v", st)
@@ -167,9 +171,10 @@ func TestEncodeChatIncremental(t *testing.T) {
 }
 
 // FuzzParseCached checks that the incremental parse (parseCached, through a message
-// cache shared by every input of the run) accepts exactly the bodies ParseRequest
-// accepts, and that what it returns renders to the same prompt with Qwen3's and
-// Gemma-3's templates (or fails to render in both) with the same add_special_tokens.
+// cache and a conversation cache shared by every input of the run) accepts exactly
+// the bodies ParseRequest accepts, and that what it returns renders to the same
+// prompt with Qwen3's and Gemma-3's templates (or fails to render in both) with the
+// same add_special_tokens.
 func FuzzParseCached(f *testing.F) {
 	f.Add([]byte(`{"messages":[{"role":"user","content":"hi"}]}`))
 	f.Add([]byte(` {"messages":[],"messages":[{"role":"user","content":"a\u00e9"}]} `))
@@ -184,10 +189,10 @@ func FuzzParseCached(f *testing.F) {
 		}
 	}
 	encs := []*Encoder{loadEncoder(f, "qwen3"), loadEncoder(f, "gemma3")}
-	mc := newMsgCache(1 << 20)
+	mc, cc := newMsgCache(1<<20), newConvCache(1<<20)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		want, werr := ParseRequest(body)
-		e := &Encoder{msgs: mc}
+		e := &Encoder{msgs: mc, convs: cc}
 		got, keys, gerr := e.parseCached(body)
 		if (werr == nil) != (gerr == nil) {
 			t.Fatalf("ParseRequest error %v, parseCached error %v", werr, gerr)
@@ -211,4 +216,59 @@ func FuzzParseCached(f *testing.F) {
 func readGoldenF(f *testing.F, name string) []chatGolden {
 	f.Helper()
 	return tokenizetest.ReadJSONL[chatGolden](f, filepath.Join("testdata/golden", name+".jsonl"))
+}
+
+// TestConvCacheReuse: the next turn of a conversation takes its earlier messages from
+// the conversation cache, a retry takes them all, and the entry a turn reused gives way
+// to the new one; a body whose earlier messages differ from the cached ones only in the
+// bytes between them, or whose cached entry's bytes differ under the same key (as a
+// hash collision would), misses and is parsed as ParseRequest parses it.
+func TestConvCacheReuse(t *testing.T) {
+	base := loadEncoder(t, "qwen3")
+	enc := NewEncoder(base.Tokenizer(), base.Config(), 64<<20)
+	msg := func(role, content string) string { return fmt.Sprintf(`{"role":%q,"content":%q}`, role, content) }
+	body := func(sep string, msgs ...string) []byte {
+		return []byte(`{"model":"m","messages":[` + strings.Join(msgs, sep) + `]}`)
+	}
+	check := func(b []byte, hits, convs int) *Request {
+		t.Helper()
+		got, _, err := enc.parseCached(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := ParseRequest(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gp, gerr := enc.Config().Render(got.Messages, got.Options)
+		wp, werr := enc.Config().Render(want.Messages, want.Options)
+		if gerr != nil || werr != nil || gp != wp {
+			t.Fatalf("renders differ: %q (%v) against %q (%v)", gp, gerr, wp, werr)
+		}
+		if st := enc.CacheStats(); st.ConversationHits != int64(hits) || st.Conversations != convs {
+			t.Fatalf("after %s: %d conversation hits, %d held; want %d, %d", b, st.ConversationHits, st.Conversations, hits, convs)
+		}
+		return got
+	}
+	m1, m2, m3, m4 := msg("system", "s"), msg("user", "u1"), msg("assistant", "a1"), msg("user", "u2")
+	check(body(",", m1, m2), 0, 1)
+	check(body(",", m1, m2, m3, m4), 1, 1)                                             // the next turn: the first entry gives way
+	check(body(",", m1, m2, m3, m4), 2, 1)                                             // a retry: all four, nothing new stored
+	check(body(", ", m1, m2, m3, m4, msg("assistant", "a2"), msg("user", "u3")), 2, 2) // other separators: a miss
+	// The same key over other bytes, as on a hash collision: the entry for [m1, x1] made
+	// to hold [m1, m2]'s bytes and other messages is found by the next turn's key, and
+	// missed on its bytes.
+	check(body(",", m1, msg("user", "x1")), 2, 3)
+	enc.convs.mu.Lock()
+	for _, e := range enc.convs.m {
+		if len(e.ends) == 2 && bytes.Contains(e.raw, []byte("x1")) {
+			e.raw = bytes.Replace(e.raw, []byte("x1"), []byte("u1"), 1) // now m1, m2's bytes...
+			e.msgs[1] = e.msgs[0]                                       // ...over other messages
+		}
+	}
+	enc.convs.mu.Unlock()
+	got := check(body(",", m1, msg("user", "x1"), m3), 2, 4)
+	if len(got.Messages) != 3 {
+		t.Fatalf("%d messages", len(got.Messages))
+	}
 }

@@ -128,6 +128,11 @@ type CacheStats struct {
 	// MessageHits, MessageMisses and MessageEvictions count lookups and evictions
 	// since the Encoder was made.
 	MessageHits, MessageMisses, MessageEvictions int64
+	// Conversations and ConversationBytes are the recent requests' message lists held
+	// and their accounted size (convCache); ConversationHits counts requests that took
+	// their earlier messages from one, ConversationMisses those that did not.
+	Conversations, ConversationBytes     int
+	ConversationHits, ConversationMisses int64
 }
 
 // stats returns the cache's counts.
