@@ -58,3 +58,28 @@ func TestConcatChain(t *testing.T) {
 		}
 	}
 }
+
+// TestConcatNested: chains inside a chain's operands (their runs of strings share the
+// renderer's stack) give what the nested evaluation gives, printed or set.
+func TestConcatNested(t *testing.T) {
+	for src, want := range map[string]string{
+		`{{ 'a' + ('b' + 'c' + 'd') + 'e' + 'f' }}`:                        "abcdef",
+		`{% set s = 'a' + ('b' + ('c' + 'd' + 'e') + 'f') + 'g' %}{{ s }}`: "abcdefg",
+		`{{ 1 + (2 + 3 + 4) + 5 }}`:                                        "15",
+		`{{ 'a' + 'b' + ([1] + [2] + [3]) | length | string + 'c' }}`:      "ab3c",
+		`{{ 'x' + ('y' + 'z' + 1) }}`:                                      "error",
+		`{{ 'x' + 'y' + ('z' + 'w' + 1) + 'v' }}`:                          "error",
+	} {
+		tm, err := Parse(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tm.Render(nil)
+		if err != nil {
+			got = "error"
+		}
+		if got != want {
+			t.Errorf("%s: %q, want %q", src, got, want)
+		}
+	}
+}

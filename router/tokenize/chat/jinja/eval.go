@@ -58,9 +58,11 @@ func (f *frame) lookup(name string) (Value, bool) {
 }
 
 type renderer struct {
-	out   *strings.Builder
-	steps int
-	depth int // macro call depth
+	out    *strings.Builder
+	steps  int
+	depth  int      // macro call depth
+	run    []string // the strings of "+" chains being evaluated (concat), in runBuf
+	runBuf [16]string
 }
 
 // maxDepth bounds macro recursion, as Python's recursion limit does for jinja2.
@@ -88,6 +90,7 @@ func (t *Template) RenderSize(vars map[string]Value, size int) (string, error) {
 	var out strings.Builder
 	out.Grow(min(max(size, 0), maxOutput))
 	r := &renderer{out: &out}
+	r.run = r.runBuf[:0]
 	root := &frame{vars: map[string]Value{}}
 	for k, v := range globals {
 		root.vars[k] = v
@@ -708,12 +711,13 @@ func (r *renderer) evalBin(e *binExpr, f *frame) (Value, error) {
 // instead of copying the growing left side at every "+" (chat templates build each
 // turn as '<|im_start|>' + role + '\n' + content + ...).
 func (r *renderer) evalConcat(e *binExpr, f *frame) (Value, error) {
-	var runArr [16]string
-	acc, run, err := r.concat(e, f, runArr[:0])
-	if err != nil || len(run) == 0 {
+	acc, base, err := r.concat(e, f)
+	if err != nil || len(r.run) == base {
 		return acc, err
 	}
-	return strings.Join(run, ""), nil
+	s := strings.Join(r.run[base:], "")
+	r.run = r.run[:base]
+	return s, nil
 }
 
 // outputConcat is {{ a + b + c ... }}: a chain that ends in a run of strings writes
@@ -725,24 +729,27 @@ func (r *renderer) outputConcat(e *binExpr, f *frame) error {
 	if err := r.tick(); err != nil { // the step eval would count for e
 		return err
 	}
-	var runArr [16]string
-	acc, run, err := r.concat(e, f, runArr[:0])
+	acc, base, err := r.concat(e, f)
 	if err != nil {
 		return err
 	}
-	if len(run) == 0 {
+	if len(r.run) == base {
 		r.out.WriteString(str(acc))
 		return nil
 	}
-	for _, s := range run {
+	for _, s := range r.run[base:] {
 		r.out.WriteString(s)
 	}
+	r.run = r.run[:base]
 	return nil
 }
 
-// concat evaluates the chain e for evalConcat and outputConcat: when run (appended to
-// the one given) is not empty, the value is its strings joined, else acc.
-func (r *renderer) concat(e *binExpr, f *frame, run []string) (acc Value, _ []string, _ error) {
+// concat evaluates the chain e for evalConcat and outputConcat. The run of strings at
+// its end is pushed on r.run from base on (a stack: chains evaluated inside an operand
+// push above it and pop before they return): when the run is not empty, the value is
+// its strings joined, and the caller pops it; else the value is acc. On an error
+// nothing stays pushed.
+func (r *renderer) concat(e *binExpr, f *frame) (acc Value, base int, _ error) {
 	var opsArr [16]expr
 	ops := opsArr[:0] // operands, right to left
 	for n := e; ; {
@@ -753,37 +760,40 @@ func (r *renderer) concat(e *binExpr, f *frame, run []string) (acc Value, _ []st
 			break
 		}
 		if err := r.tick(); err != nil { // the step eval would count for l
-			return nil, nil, err
+			return nil, 0, err
 		}
 		n = l
 	}
+	base = len(r.run)
 	acc, err := r.eval(ops[len(ops)-1], f)
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
 	if s, ok := acc.(string); ok {
-		run = append(run, s) // when not empty, acc is these strings joined
+		r.run = append(r.run, s) // when the run is not empty, acc is its strings joined
 	}
 	for i := len(ops) - 2; i >= 0; i-- {
 		v, err := r.eval(ops[i], f)
 		if err != nil {
-			return nil, nil, err
+			r.run = r.run[:base]
+			return nil, 0, err
 		}
-		if len(run) > 0 {
+		if len(r.run) > base {
 			if s, ok := v.(string); ok {
-				run = append(run, s)
+				r.run = append(r.run, s)
 				continue
 			}
-			acc, run = strings.Join(run, ""), run[:0]
+			acc = strings.Join(r.run[base:], "")
+			r.run = r.run[:base]
 		}
 		if acc, err = binOp("+", acc, v); err != nil {
-			return nil, nil, err
+			return nil, 0, err
 		}
 		if s, ok := acc.(string); ok {
-			run = append(run, s)
+			r.run = append(r.run, s)
 		}
 	}
-	return acc, run, nil
+	return acc, base, nil
 }
 
 func binOp(op string, l, r Value) (Value, error) {
