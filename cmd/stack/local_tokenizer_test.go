@@ -65,18 +65,19 @@ func testLocalTokenizer(t *testing.T, enc *chat.Encoder, set func(*configs.Token
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The conversation's earlier messages were found in the message cache at each turn.
-	hits, entries := -1.0, -1.0
+	// The conversation's earlier messages were taken from the conversation cache at each
+	// turn after the first, and each new message went into the message cache.
+	convHits, entries := -1.0, -1.0
 	for _, mf := range calls {
 		if mf.GetName() == "kvroute_tokenize_calls_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
 			t.Errorf("local mode made %v /tokenize calls", mf.GetMetric()[0].GetCounter().GetValue())
 		}
 		for _, m := range mf.GetMetric() {
 			switch mf.GetName() {
-			case "kvroute_tokenize_message_cache_lookups_total":
+			case "kvroute_tokenize_conversation_cache_lookups_total":
 				for _, l := range m.GetLabel() {
 					if l.GetName() == "result" && l.GetValue() == "hit" {
-						hits = m.GetCounter().GetValue()
+						convHits = m.GetCounter().GetValue()
 					}
 				}
 			case "kvroute_tokenize_message_cache_entries":
@@ -84,7 +85,7 @@ func testLocalTokenizer(t *testing.T, enc *chat.Encoder, set func(*configs.Token
 			}
 		}
 	}
-	if hits < 3 || entries < 4 {
-		t.Errorf("message cache: %v hits and %v entries after 4 turns, want at least 3 and 4", hits, entries)
+	if convHits < 3 || entries < 4 {
+		t.Errorf("conversation cache: %v hits, message cache: %v entries after 4 turns, want at least 3 and 4", convHits, entries)
 	}
 }

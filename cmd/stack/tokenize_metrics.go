@@ -17,6 +17,9 @@ import (
 //	kvroute_tokenize_message_cache_bytes{tokenizer}            their accounted bytes (a quarter of the 64 MB budget at most)
 //	kvroute_tokenize_message_cache_lookups_total{tokenizer,result}  hit or miss
 //	kvroute_tokenize_message_cache_evictions_total{tokenizer}
+//	kvroute_tokenize_conversation_cache_entries{tokenizer}     recent requests' message lists held
+//	kvroute_tokenize_conversation_cache_bytes{tokenizer}       their accounted bytes (an eighth of the budget at most)
+//	kvroute_tokenize_conversation_cache_lookups_total{tokenizer,result}  hit (a request took its earlier messages from one) or miss
 //
 // Safe for concurrent use.
 type encoderCaches struct {
@@ -24,6 +27,7 @@ type encoderCaches struct {
 	encs map[string]*chat.Encoder
 
 	entries, bytes, lookups, evictions *prometheus.Desc
+	convEntries, convBytes, convLookups *prometheus.Desc
 }
 
 func newEncoderCaches() *encoderCaches {
@@ -39,6 +43,13 @@ func newEncoderCaches() *encoderCaches {
 			[]string{"tokenizer", "result"}, nil),
 		evictions: prometheus.NewDesc("kvroute_tokenize_message_cache_evictions_total",
 			"Messages evicted from the local tokenizer's message cache to stay within its bound.", l, nil),
+		convEntries: prometheus.NewDesc("kvroute_tokenize_conversation_cache_entries",
+			"Message lists of recent chat requests held by the local tokenizer's conversation cache.", l, nil),
+		convBytes: prometheus.NewDesc("kvroute_tokenize_conversation_cache_bytes",
+			"Accounted bytes of the local tokenizer's conversation cache (bounded by an eighth of its 64 MB conversation budget).", l, nil),
+		convLookups: prometheus.NewDesc("kvroute_tokenize_conversation_cache_lookups_total",
+			"Chat requests by whether they took their earlier messages from the local tokenizer's conversation cache (hit) or not (miss).",
+			[]string{"tokenizer", "result"}, nil),
 	}
 }
 
@@ -60,6 +71,9 @@ func (c *encoderCaches) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.bytes
 	ch <- c.lookups
 	ch <- c.evictions
+	ch <- c.convEntries
+	ch <- c.convBytes
+	ch <- c.convLookups
 }
 
 // Collect implements prometheus.Collector.
@@ -73,5 +87,9 @@ func (c *encoderCaches) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(s.MessageHits), dir, "hit")
 		ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(s.MessageMisses), dir, "miss")
 		ch <- prometheus.MustNewConstMetric(c.evictions, prometheus.CounterValue, float64(s.MessageEvictions), dir)
+		ch <- prometheus.MustNewConstMetric(c.convEntries, prometheus.GaugeValue, float64(s.Conversations), dir)
+		ch <- prometheus.MustNewConstMetric(c.convBytes, prometheus.GaugeValue, float64(s.ConversationBytes), dir)
+		ch <- prometheus.MustNewConstMetric(c.convLookups, prometheus.CounterValue, float64(s.ConversationHits), dir, "hit")
+		ch <- prometheus.MustNewConstMetric(c.convLookups, prometheus.CounterValue, float64(s.ConversationMisses), dir, "miss")
 	}
 }
