@@ -26,7 +26,7 @@ type encoderCaches struct {
 	mu   sync.Mutex // guards encs
 	encs map[string]*chat.Encoder
 
-	entries, bytes, lookups, evictions *prometheus.Desc
+	entries, bytes, lookups, evictions  *prometheus.Desc
 	convEntries, convBytes, convLookups *prometheus.Desc
 }
 
