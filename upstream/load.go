@@ -36,10 +36,11 @@ type Load struct {
 
 // loadList is a worker's open loads, an intrusive doubly linked list guarded by the
 // worker's loadMu: a request adds and removes its entry in O(1) without allocating, and
-// a sweep (the pool loop's expiry) costs the loads open now. It was a map, and a Go map keeps the buckets of its
-// largest size: after an overload every sweep iterated the overload's capacity. In a perf
-// profile of round_robin at 8.7k req/s, taken after overloaded windows, the sweeps were
-// 8% of kvroute's CPU; BenchmarkSettleSweep (16 loads open after a burst of 10,000,
+// a sweep (the pool loop's expiry) costs the loads open now. It was a map, and a Go map
+// keeps the buckets of its largest size: after an overload every sweep iterated the
+// overload's capacity. In a perf profile of round_robin at 8.7k req/s, taken after
+// overloaded windows, the sweeps (then of the estimates too, now a heap) were 8% of
+// kvroute's CPU; BenchmarkSettleSweep (16 loads open after a burst of 10,000,
 // 2026-12-07, load average 2.5) 3.9 us per sweep with the map, 26 ns with the list.
 // The zero value is an empty list.
 type loadList struct{ head Load }
@@ -151,7 +152,7 @@ func (l *Load) EstimateFirstToken() {
 
 // settleEvery bounds how often a worker's estimates are settled: at most once per
 // millisecond, so that many requests in flight with estimates a few microseconds apart
-// do not cost a sweep of the worker's loads on every read. An estimate is late by at
+// do not cost a settle on every read. An estimate is late by at
 // most this much, against prefill times of milliseconds and more.
 const settleEvery = int64(time.Millisecond)
 
