@@ -272,7 +272,9 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 		if c.track != trackNone {
 			s.noteResponse(c, w, o.code, resp.Body())
 		}
-		ctx.SetBody(resp.Body())
+		// The worker's body becomes the client's without a copy: the two buffers are
+		// swapped, and the client's old one goes back to the pool with resp.
+		resp.SwapBody(ctx.Response.SwapBody(resp.SwapBody(nil)))
 		fasthttp.ReleaseResponse(resp)
 		return o
 	}
