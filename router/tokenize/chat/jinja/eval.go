@@ -43,14 +43,35 @@ var (
 	errContinue = errors.New("continue outside loop")
 )
 
+// frame is a scope: a template, a loop iteration, a macro call. Its variables are a
+// Dict, found by a scan while there are few of them, as in nearly every frame (a loop
+// iteration binds its item and loop): a map per frame was a hash per lookup and an
+// assignment and a clear per iteration.
 type frame struct {
-	vars   map[string]Value
+	vars   Dict
 	parent *frame
+	// keys and vals hold vars' first entries, allocated with the frame.
+	keys [4]string
+	vals [4]Value
+}
+
+// newFrame returns an empty child frame of parent (nil for the root).
+func newFrame(parent *frame) *frame {
+	f := &frame{parent: parent}
+	f.vars.keys, f.vars.vals = f.keys[:0], f.vals[:0]
+	return f
+}
+
+// with returns a child frame of f binding name to v.
+func (f *frame) with(name string, v Value) *frame {
+	c := newFrame(f)
+	c.vars.Set(name, v)
+	return c
 }
 
 func (f *frame) lookup(name string) (Value, bool) {
 	for ; f != nil; f = f.parent {
-		if v, ok := f.vars[name]; ok {
+		if v, ok := f.vars.Get(name); ok {
 			return v, true
 		}
 	}
@@ -91,14 +112,14 @@ func (t *Template) RenderSize(vars map[string]Value, size int) (string, error) {
 	out.Grow(min(max(size, 0), maxOutput))
 	r := &renderer{out: &out}
 	r.run = r.runBuf[:0]
-	root := &frame{vars: map[string]Value{}}
+	root := newFrame(nil)
 	for k, v := range globals {
-		root.vars[k] = v
+		root.vars.Set(k, v)
 	}
 	for k, v := range vars {
-		root.vars[k] = v
+		root.vars.Set(k, v)
 	}
-	f := &frame{vars: map[string]Value{}, parent: root}
+	f := newFrame(root)
 	if err := r.exec(t.body, f); err != nil {
 		if errors.Is(err, errBreak) || errors.Is(err, errContinue) {
 			return "", err
@@ -162,13 +183,13 @@ func (r *renderer) exec(body []node, f *frame) error {
 				return err
 			}
 		case *macroNode:
-			f.vars[n.name] = &macro{name: n.name, params: n.params, defaults: n.defaults, body: n.body, closure: f, r: r}
+			f.vars.Set(n.name, &macro{name: n.name, params: n.params, defaults: n.defaults, body: n.body, closure: f, r: r})
 		case *callBlockNode:
 			body := n.body
 			caller := Func(func(_ []Value, _ *Dict) (Value, error) {
-				return r.capture(body, &frame{vars: map[string]Value{}, parent: f})
+				return r.capture(body, newFrame(f))
 			})
-			v, err := r.eval(n.call, &frame{vars: map[string]Value{"caller": caller}, parent: f})
+			v, err := r.eval(n.call, f.with("caller", caller))
 			if err != nil {
 				return err
 			}
@@ -226,7 +247,7 @@ func (r *renderer) execSet(n *setNode, f *frame) error {
 		return nil
 	}
 	if len(n.targets) == 1 {
-		f.vars[n.targets[0]] = v
+		f.vars.Set(n.targets[0], v)
 		return nil
 	}
 	items, err := iterate(v)
@@ -237,7 +258,7 @@ func (r *renderer) execSet(n *setNode, f *frame) error {
 		return fmt.Errorf("cannot unpack %d values into %d names", len(items), len(n.targets))
 	}
 	for i, t := range n.targets {
-		f.vars[t] = items[i]
+		f.vars.Set(t, items[i])
 	}
 	return nil
 }
@@ -253,7 +274,7 @@ func (r *renderer) execFor(n *forNode, f *frame) error {
 	}
 	bind := func(fr *frame, item Value) error {
 		if len(n.targets) == 1 {
-			fr.vars[n.targets[0]] = item
+			fr.vars.Set(n.targets[0], item)
 			return nil
 		}
 		parts, err := iterate(item)
@@ -264,14 +285,14 @@ func (r *renderer) execFor(n *forNode, f *frame) error {
 			return fmt.Errorf("cannot unpack %d values into %d names", len(parts), len(n.targets))
 		}
 		for i, t := range n.targets {
-			fr.vars[t] = parts[i]
+			fr.vars.Set(t, parts[i])
 		}
 		return nil
 	}
 	if n.filter != nil {
 		var kept []Value
 		for _, it := range items {
-			fr := &frame{vars: map[string]Value{}, parent: f}
+			fr := newFrame(f)
 			if err := bind(fr, it); err != nil {
 				return err
 			}
@@ -288,15 +309,15 @@ func (r *renderer) execFor(n *forNode, f *frame) error {
 	if len(items) == 0 {
 		return r.exec(n.els_, f)
 	}
-	fr := &frame{vars: map[string]Value{}, parent: f}
+	fr := newFrame(f)
 	loop := &loopInfo{items: items}
 	for i, it := range items {
-		clear(fr.vars)
+		fr.vars.reset()
 		if err := bind(fr, it); err != nil {
 			return err
 		}
 		loop.i = i
-		fr.vars["loop"] = loop
+		fr.vars.Set("loop", loop)
 		err := r.exec(n.body, fr)
 		if errors.Is(err, errBreak) {
 			break
@@ -656,22 +677,22 @@ func (r *renderer) callMacro(m *macro, args []Value, kw *Dict) (Value, error) {
 	}
 	r.depth++
 	defer func() { r.depth-- }()
-	fr := &frame{vars: map[string]Value{}, parent: m.closure}
+	fr := newFrame(m.closure)
 	for i, p := range m.params {
 		switch {
 		case i < len(args):
-			fr.vars[p] = args[i]
+			fr.vars.Set(p, args[i])
 		default:
 			if v, ok := kw.Get(p); ok {
-				fr.vars[p] = v
+				fr.vars.Set(p, v)
 			} else if m.defaults[i] != nil {
 				v, err := r.eval(m.defaults[i], fr)
 				if err != nil {
 					return nil, err
 				}
-				fr.vars[p] = v
+				fr.vars.Set(p, v)
 			} else {
-				fr.vars[p] = Undefined{}
+				fr.vars.Set(p, Undefined{})
 			}
 		}
 	}

@@ -90,6 +90,12 @@ func (d *Dict) Get(k string) (Value, bool) {
 	return nil, false
 }
 
+// reset empties d, keeping its slices' storage.
+func (d *Dict) reset() {
+	clear(d.vals)
+	d.keys, d.vals, d.idx = d.keys[:0], d.vals[:0], nil
+}
+
 // at returns the value of k, nil if absent.
 func (d *Dict) at(k string) Value {
 	v, _ := d.Get(k)
