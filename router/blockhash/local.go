@@ -14,10 +14,12 @@ import (
 // method set. Implementations must be safe for concurrent use.
 type Tokenizer interface {
 	// EncodeChat returns the prompt token ids of an OpenAI chat completion request body,
-	// as the engine computes them (template rendered, then encoded).
+	// as the engine computes them (template rendered, then encoded). The ids may be
+	// shared with the tokenizer's caches: Local only reads them.
 	EncodeChat(body []byte) ([]uint32, error)
 	// Encode returns the token ids of a completions prompt; addSpecial adds the
 	// tokenizer's special tokens (BOS), as add_special_tokens does (default true).
+	// The same holds for its ids.
 	Encode(text string, addSpecial bool) []uint32
 }
 

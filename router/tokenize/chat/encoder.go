@@ -89,7 +89,7 @@ func (e *Encoder) Tokenizer() *tokenize.Tokenizer { return e.tok }
 func (e *Encoder) Config() *Config { return e.cfg }
 
 // Encode returns the ids of plain text (a completion prompt); see
-// tokenize.Tokenizer.Encode.
+// tokenize.Tokenizer.Encode. As EncodeChat's, the ids must not be modified.
 func (e *Encoder) Encode(text string, addSpecial bool) []uint32 {
 	if e.cache != nil {
 		return e.cache.Encode(text, addSpecial)
@@ -113,7 +113,8 @@ func (e *Encoder) Render(body []byte) (string, *Request, error) {
 // EncodeChat returns the prompt token ids of an OpenAI chat completion request
 // body, as vLLM computes them: render the template, then encode with
 // add_special_tokens from the request (default false). Successive turns of a
-// conversation reuse the previous turn's ids through the conversation cache.
+// conversation reuse the previous turn's ids through the conversation cache. The ids
+// may be held by the cache (tokenize.PrefixCache): the caller must not modify them.
 func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
 	if e.cache == nil {
 		prompt, req, err := e.Render(body)
