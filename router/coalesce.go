@@ -124,8 +124,8 @@ func readMore(body io.Reader, br *bufio.Reader, g *streamGuard, b []byte, n int)
 // Nothing waits: the held writes, the EOF Read and the "0\r\n" write are made one after
 // the other on the connection's goroutine with no I/O in between. A write other than
 // the one expected releases what is held, in order, and the hold ends.
-// TestStreamEndOneWrite counts the writes; TestStreamEndFastHTTPFraming fails on a
-// fasthttp version that frames the end differently.
+// TestStreamEndOneWrite counts the writes, and fails on a fasthttp version that frames
+// the end differently (the hold then releases at the unexpected write: more writes).
 
 type endState uint8
 

@@ -36,13 +36,12 @@ type convCache struct {
 }
 
 // convOverhead is the accounted size of a message in an entry besides its bytes: its
-// end, value and parts in the entry's slices.
+// value and parts in the entry's slices.
 const convOverhead = 64
 
 type convEntry struct {
 	key   uint64
 	raw   []byte // from the first message's start to the last one's end, as received
-	ends  []int  // ends[i] is where message i ends in raw
 	msgs  []jinja.Value
 	parts [][]string
 	cost  int
@@ -60,21 +59,21 @@ func (c *convCache) get(key uint64, k int, span []byte) *convEntry {
 	c.mu.Lock()
 	e := c.m[key]
 	c.mu.Unlock()
-	if e == nil || len(e.ends) != k || !bytes.Equal(e.raw, span) {
+	if e == nil || len(e.msgs) != k || !bytes.Equal(e.raw, span) {
 		return nil
 	}
 	return e
 }
 
 // put files a request's messages (raw from the first one's start to the last one's
-// end, ends relative to raw) under key. prev is the entry the request reused, holding
+// end) under key. prev is the entry the request reused, holding
 // its first k messages, or nil: the new entry replaces it, and when prev is still filed
 // it takes over prev's buffers and appends only the new messages (prev's bytes are
 // never written: a reader holding prev reads no further than its lengths), so a turn
 // costs its new messages, not a copy of the conversation. Otherwise it copies. The
 // messages and parts themselves are shared and never change.
-func (c *convCache) put(key uint64, raw []byte, ends []int, msgs []jinja.Value, parts [][]string, prev *convEntry, k int) {
-	if 2*len(raw)+convOverhead*len(ends) > c.maxBytes/4 {
+func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]string, prev *convEntry, k int) {
+	if 2*len(raw)+convOverhead*len(msgs) > c.maxBytes/4 {
 		return
 	}
 	c.mu.Lock()
@@ -82,13 +81,13 @@ func (c *convCache) put(key uint64, raw []byte, ends []int, msgs []jinja.Value, 
 	var e *convEntry
 	if prev != nil && !prev.gone && c.m[prev.key] == prev {
 		c.drop(prev)
-		e = &convEntry{key: key, raw: append(prev.raw, raw[len(prev.raw):]...), ends: append(prev.ends, ends[k:]...),
+		e = &convEntry{key: key, raw: append(prev.raw, raw[len(prev.raw):]...),
 			msgs: append(prev.msgs, msgs[k:]...), parts: append(prev.parts, parts[k:]...)}
 	} else {
-		e = &convEntry{key: key, raw: bytes.Clone(raw), ends: ends,
+		e = &convEntry{key: key, raw: bytes.Clone(raw),
 			msgs: append([]jinja.Value(nil), msgs...), parts: append([][]string(nil), parts...)}
 	}
-	e.cost = len(e.raw) + cap(e.raw) + convOverhead*cap(e.ends)
+	e.cost = len(e.raw) + cap(e.raw) + convOverhead*cap(e.msgs)
 	if old := c.m[key]; old != nil {
 		c.drop(old)
 	}

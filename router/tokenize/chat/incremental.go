@@ -185,11 +185,7 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		req.Options.ContentParts = append(req.Options.ContentParts, parts)
 	}
 	if span != nil && k < n {
-		ends := make([]int, n)
-		for j, bd := range bounds {
-			ends[j] = bd.end - bounds[0].start
-		}
-		e.convs.put(keys[n], span, ends, req.Messages, req.Options.ContentParts, prev, k)
+		e.convs.put(keys[n], span, req.Messages, req.Options.ContentParts, prev, k)
 	}
 	if req.Options.ContentParts == nil {
 		req.Options.ContentParts = [][]string{}

@@ -261,7 +261,7 @@ func TestConvCacheReuse(t *testing.T) {
 	check(body(",", m1, msg("user", "x1")), 2, 3)
 	enc.convs.mu.Lock()
 	for _, e := range enc.convs.m {
-		if len(e.ends) == 2 && bytes.Contains(e.raw, []byte("x1")) {
+		if len(e.msgs) == 2 && bytes.Contains(e.raw, []byte("x1")) {
 			e.raw = bytes.Replace(e.raw, []byte("x1"), []byte("u1"), 1) // now m1, m2's bytes...
 			e.msgs[1] = e.msgs[0]                                       // ...over other messages
 		}
