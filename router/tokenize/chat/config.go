@@ -195,9 +195,22 @@ func asParts(messages []jinja.Value, parts [][]string) []jinja.Value {
 // Render renders messages (each a *jinja.Dict with role, content, ...) with the
 // config's template.
 func (c *Config) Render(messages []jinja.Value, o Options) (string, error) {
+	out, _, err := c.render(messages, o, nil, false)
+	return out, err
+}
+
+// RenderFrom is Render that also returns the render's jinja.Prior and resumes from
+// prior, the Prior of an earlier render of the same conversation (nil: none): the
+// template's loop over the messages skips the earlier messages that render as they
+// did then (jinja.Template.RenderFrom). The output is Render's.
+func (c *Config) RenderFrom(messages []jinja.Value, o Options, prior *jinja.Prior) (string, *jinja.Prior, error) {
+	return c.render(messages, o, prior, true)
+}
+
+func (c *Config) render(messages []jinja.Value, o Options, prior *jinja.Prior, resume bool) (string, *jinja.Prior, error) {
 	t, name, err := c.pick(&o)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if c.iteratesContent[name] {
 		messages = asParts(messages, o.ContentParts)
@@ -219,11 +232,17 @@ func (c *Config) Render(messages []jinja.Value, o Options) (string, error) {
 		vars["documents"] = o.Documents
 	}
 	vars["add_generation_prompt"] = o.AddGenerationPrompt
-	out, err := t.RenderSize(vars, promptSize(messages, o.ContentParts))
-	if err != nil {
-		return "", fmt.Errorf("render chat template: %w", err)
+	var out string
+	var next *jinja.Prior
+	if resume {
+		out, next, err = t.RenderFrom(vars, promptSize(messages, o.ContentParts), prior)
+	} else {
+		out, err = t.RenderSize(vars, promptSize(messages, o.ContentParts))
 	}
-	return out, nil
+	if err != nil {
+		return "", nil, fmt.Errorf("render chat template: %w", err)
+	}
+	return out, next, nil
 }
 
 // promptSize estimates a prompt's length from its messages' contents, plus room for

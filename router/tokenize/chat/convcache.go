@@ -27,6 +27,8 @@ type convCache struct {
 	maxBytes int
 
 	hits, misses atomic.Int64
+	// copied and ran count planned loop iterations of the renders (jinja.Prior).
+	copied, ran atomic.Int64
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -44,8 +46,12 @@ type convEntry struct {
 	raw   []byte // from the first message's start to the last one's end, as received
 	msgs  []jinja.Value
 	parts [][]string
-	cost  int
-	gone  bool // left the map
+	// prior is the template render of these messages, for the next turn's render to
+	// resume from (jinja.Prior; set after the render, by setPrior).
+	prior     atomic.Pointer[jinja.Prior]
+	priorCost int  // prior's share of cost, under the cache's mu
+	cost      int  // accounted bytes
+	gone      bool // left the map
 }
 
 func newConvCache(maxBytes int) *convCache {
@@ -71,10 +77,11 @@ func (c *convCache) get(key uint64, k int, span []byte) *convEntry {
 // it takes over prev's buffers and appends only the new messages (prev's bytes are
 // never written: a reader holding prev reads no further than its lengths), so a turn
 // costs its new messages, not a copy of the conversation. Otherwise it copies. The
-// messages and parts themselves are shared and never change.
-func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]string, prev *convEntry, k int) {
+// messages and parts themselves are shared and never change. It returns the new
+// entry, or nil when the messages are too large to keep.
+func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]string, prev *convEntry, k int) *convEntry {
 	if 2*len(raw)+convOverhead*len(msgs) > c.maxBytes/4 {
-		return
+		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -94,6 +101,33 @@ func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]st
 	c.m[key] = e
 	c.entries = append(c.entries, e)
 	c.bytes += e.cost
+	c.evict()
+	return e
+}
+
+// setPrior keeps the render of e's messages for the next turn of the conversation,
+// counted in e's cost; e is an entry parseConv returned (a later put may have
+// replaced it: then the render is not kept).
+func (c *convCache) setPrior(e *convEntry, p *jinja.Prior) {
+	size := p.Size()
+	if size > c.maxBytes/4 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.gone {
+		return
+	}
+	e.prior.Store(p)
+	c.bytes += size - e.priorCost
+	e.cost += size - e.priorCost
+	e.priorCost = size
+	c.evict()
+}
+
+// evict drops the oldest entries while the cache is over its budget; the caller
+// holds mu.
+func (c *convCache) evict() {
 	for c.bytes > c.maxBytes && len(c.entries) > 0 {
 		old := c.entries[0]
 		c.entries[0] = nil
@@ -127,4 +161,5 @@ func (c *convCache) stats(s *CacheStats) {
 	defer c.mu.Unlock()
 	s.Conversations, s.ConversationBytes = len(c.m), c.bytes
 	s.ConversationHits, s.ConversationMisses = c.hits.Load(), c.misses.Load()
+	s.RenderCopied, s.RenderRan = c.copied.Load(), c.ran.Load()
 }

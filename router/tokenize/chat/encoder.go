@@ -18,10 +18,12 @@ import (
 // requests by their conversation (an eighth, convCache), and the prompt's ids by the
 // conversation prefix (tokenize.PrefixCache, the rest of the budget), so a new turn
 // takes its earlier messages in one piece, decodes only its new ones and splits and
-// encodes only the text after the previous turn's last reusable special token. The template is still rendered over
-// the whole conversation: templates read later messages when they render earlier
-// ones (Qwen3's last_query_index, DeepSeek-V3's system prompt gathered from every
-// message), so only a full render is known to give the engine's prompt.
+// encodes only the text after the previous turn's last reusable special token. The
+// template's loop over the messages resumes from the previous turn's render
+// (jinja.Template.RenderFrom), copying what the earlier messages rendered to where
+// the template shows they render the same; the rest of the template runs in full
+// (templates read later messages when they render earlier ones: Qwen3's
+// last_query_index, DeepSeek-V3's system prompt gathered from every message).
 type Encoder struct {
 	tok   *tokenize.Tokenizer
 	cfg   *Config
@@ -123,13 +125,23 @@ func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
 		}
 		return e.Encode(prompt, req.AddSpecialTokens), nil
 	}
-	req, keys, err := e.parseCached(body)
+	req, keys, turn, err := e.parseConv(body)
 	if err != nil {
 		return nil, fmt.Errorf("encode chat: %w", err)
 	}
-	prompt, err := e.cfg.Render(req.Messages, req.Options)
+	var prior *jinja.Prior
+	if turn.prev != nil {
+		prior = turn.prev.prior.Load()
+	}
+	prompt, next, err := e.cfg.RenderFrom(req.Messages, req.Options, prior)
 	if err != nil {
 		return nil, fmt.Errorf("encode chat: %w", err)
+	}
+	copied, ran := next.Iterations()
+	e.convs.copied.Add(int64(copied))
+	e.convs.ran.Add(int64(ran))
+	if turn.cur != nil {
+		e.convs.setPrior(turn.cur, next)
 	}
 	var hb [maxHints + 1]uint64
 	ids, _ := e.cache.EncodeKeyed(prompt, req.AddSpecialTokens, keys.hints(hb[:0]), keys[len(keys)-1])

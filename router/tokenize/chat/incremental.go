@@ -48,31 +48,42 @@ func (k convKeys) hints(dst []uint64) []uint64 {
 // when it enters the cache, and a hit has the same bytes). It also returns the
 // conversation keys.
 func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
+	req, keys, _, err := e.parseConv(body)
+	return req, keys, err
+}
+
+// convTurn is where a request stands in the conversation cache: prev, the entry of
+// the earlier request it repeats (nil: none), and cur, the entry holding its own
+// messages (prev itself when it adds none; nil when they are not kept).
+type convTurn struct{ prev, cur *convEntry }
+
+// parseConv is parseCached, also returning the request's convTurn.
+func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 	it, err := jsonscan.NewIter(body, jsonscan.SkipWS(body, 0))
 	if err != nil {
 		if len(jsonscan.TrimWS(body)) > 0 && jsonscan.Valid(body) {
-			return nil, nil, errors.New("decode chat request: not a JSON object")
+			return nil, nil, convTurn{}, errors.New("decode chat request: not a JSON object")
 		}
-		return nil, nil, fmt.Errorf("decode chat request: %w", err)
+		return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 	}
 	root := jinja.NewDict()
 	var msgs []byte
 	for {
 		key, vs, ve, ok, err := it.Next()
 		if err != nil {
-			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 		}
 		if !ok {
 			break
 		}
 		if _, _, err := jsonscan.String(key, 0); err != nil {
-			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 		}
 		val := body[vs:ve]
 		if jsonscan.KeyIs(key, "messages") {
 			if msgs != nil { // decoded when replaced, as ParseRequest decodes it
 				if _, err := jinja.FromJSON(msgs); err != nil {
-					return nil, nil, fmt.Errorf("decode chat request: %w", err)
+					return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 				}
 			}
 			msgs = val // the last one wins, as in a decoded object
@@ -92,24 +103,24 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		if name == "" {
 			if scalar, err := checkScalar(val); scalar {
 				if err != nil {
-					return nil, nil, fmt.Errorf("decode chat request: %w", err)
+					return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 				}
 				continue
 			}
 		}
 		v, err := jinja.FromJSON(val)
 		if err != nil {
-			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 		}
 		if name != "" {
 			root.Set(name, v)
 		}
 	}
 	if end := jsonscan.SkipWS(body, it.End()); end != len(body) {
-		return nil, nil, errors.New("decode chat request: trailing data after JSON value")
+		return nil, nil, convTurn{}, errors.New("decode chat request: trailing data after JSON value")
 	}
 	if len(msgs) == 0 || msgs[0] != '[' {
-		return nil, nil, errors.New("chat request: messages must be a list")
+		return nil, nil, convTurn{}, errors.New("chat request: messages must be a list")
 	}
 	req := &Request{Options: Options{AddGenerationPrompt: true}}
 	// The messages' bounds, hashes and conversation keys.
@@ -122,7 +133,7 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		}
 		end, err := jsonscan.Skip(msgs, i)
 		if err != nil {
-			return nil, nil, fmt.Errorf("decode chat request: %w", err)
+			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 		}
 		h := hashMsg(msgs[i:end])
 		bounds = append(bounds, msgBound{start: i, end: end, hash: h})
@@ -132,7 +143,7 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 			break
 		}
 		if i >= len(msgs) || msgs[i] != ',' {
-			return nil, nil, fmt.Errorf("decode chat request: %w: messages: expected ',' or ']'", jsonscan.ErrSyntax)
+			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w: messages: expected ',' or ']'", jsonscan.ErrSyntax)
 		}
 		i = jsonscan.SkipWS(msgs, i+1)
 	}
@@ -174,26 +185,29 @@ func (e *Encoder) parseCached(body []byte) (*Request, convKeys, error) {
 		} else {
 			v, err := jinja.FromJSON(raw)
 			if err != nil {
-				return nil, nil, fmt.Errorf("decode chat request: %w", err)
+				return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 			}
 			if msg, parts, err = convertMessage(v); err != nil {
-				return nil, nil, fmt.Errorf("chat request message %d: %w", idx, err)
+				return nil, nil, convTurn{}, fmt.Errorf("chat request message %d: %w", idx, err)
 			}
 			e.msgs.put(bd.hash, raw, msg, parts)
 		}
 		req.Messages = append(req.Messages, msg)
 		req.Options.ContentParts = append(req.Options.ContentParts, parts)
 	}
+	turn := convTurn{prev: prev}
 	if span != nil && k < n {
-		e.convs.put(keys[n], span, req.Messages, req.Options.ContentParts, prev, k)
+		turn.cur = e.convs.put(keys[n], span, req.Messages, req.Options.ContentParts, prev, k)
+	} else if k == n {
+		turn.cur = prev
 	}
 	if req.Options.ContentParts == nil {
 		req.Options.ContentParts = [][]string{}
 	}
 	if err := applyOptions(req, root); err != nil {
-		return nil, nil, err
+		return nil, nil, convTurn{}, err
 	}
-	return req, keys, nil
+	return req, keys, turn, nil
 }
 
 // msgBound is a message of a request: its bytes' bounds in the messages array and

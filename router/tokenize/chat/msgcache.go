@@ -133,6 +133,11 @@ type CacheStats struct {
 	// their earlier messages from one, ConversationMisses those that did not.
 	Conversations, ConversationBytes     int
 	ConversationHits, ConversationMisses int64
+	// RenderCopied and RenderRan count the iterations of the templates' loops over
+	// the messages that a render copied from the conversation's previous render
+	// (messages that render as they did then, jinja.Template.RenderFrom) and that it
+	// ran.
+	RenderCopied, RenderRan int64
 }
 
 // stats returns the cache's counts.

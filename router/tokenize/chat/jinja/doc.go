@@ -26,6 +26,10 @@
 //   - Render never panics and never runs unbounded: it stops with an error after
 //     a fixed number of steps or a fixed output size.
 //
+// RenderFrom renders a conversation's next turn from the Prior of its previous
+// render, skipping the iterations of the loop over the messages that render as they
+// did then (resume.go says which loops qualify and why a skip is exact).
+//
 // testdata/cases.json holds templates exercising these semantics; their outputs
 // under Python's jinja2 in transformers' environment (testdata/gen_cases.py) are
 // in testdata/golden.json and TestPythonGolden compares. Known differences, none

@@ -9,7 +9,8 @@ import (
 
 // Template is a parsed template. It is immutable and safe for concurrent use.
 type Template struct {
-	body []node
+	body  []node
+	plans []*loopPlan // the loops a render can resume (resume.go)
 }
 
 // Parse parses a template with the settings transformers renders chat templates
@@ -24,7 +25,9 @@ func Parse(src string) (*Template, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse template: %w", err)
 	}
-	return &Template{body: body}, nil
+	t := &Template{body: body}
+	t.plan()
+	return t, nil
 }
 
 // ErrRaised is wrapped by Render errors that come from the template's own
@@ -79,6 +82,12 @@ func (f *frame) lookup(name string) (Value, bool) {
 }
 
 type renderer struct {
+	t      *Template
+	vars   map[string]Value
+	prior  *Prior // RenderFrom's prior, or nil
+	next   *Prior // what RenderFrom returns, or nil for RenderSize
+	track  *loopRecord
+	trackI int // the iteration of track being run
 	out    *strings.Builder
 	steps  int
 	depth  int      // macro call depth
@@ -108,9 +117,13 @@ func (t *Template) Render(vars map[string]Value) (string, error) {
 // caller that can estimate the output (a chat prompt is about as long as its
 // messages) saves the buffer's regrowth and copies. The output is Render's.
 func (t *Template) RenderSize(vars map[string]Value, size int) (string, error) {
+	return t.render(vars, size, nil, nil)
+}
+
+func (t *Template) render(vars map[string]Value, size int, prior, next *Prior) (string, error) {
 	var out strings.Builder
 	out.Grow(min(max(size, 0), maxOutput))
-	r := &renderer{out: &out}
+	r := &renderer{out: &out, t: t, vars: vars, prior: prior, next: next}
 	r.run = r.runBuf[:0]
 	root := newFrame(nil)
 	for k, v := range globals {
@@ -309,6 +322,9 @@ func (r *renderer) execFor(n *forNode, f *frame) error {
 	if len(items) == 0 {
 		return r.exec(n.els_, f)
 	}
+	if n.plan != nil && r.next != nil {
+		return r.execPlanned(n, f, items)
+	}
 	fr := newFrame(f)
 	loop := &loopInfo{items: items}
 	for i, it := range items {
@@ -449,6 +465,9 @@ func (r *renderer) eval(e expr, f *frame) (Value, error) {
 		idx, err := r.eval(e.index, f)
 		if err != nil {
 			return nil, err
+		}
+		if e.nbr {
+			r.noteNeighbour(idx)
 		}
 		return getItem(obj, idx), nil
 	case *sliceExpr:

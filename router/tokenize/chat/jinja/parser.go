@@ -21,6 +21,7 @@ type (
 		filter  expr // nil: none
 		body    []node
 		els_    []node
+		plan    *loopPlan // nil: not resumable (resume.go)
 	}
 	setNode struct {
 		targets []string // one name, or several for unpacking
@@ -60,6 +61,7 @@ type (
 	}
 	indexExpr struct {
 		obj, index expr
+		nbr        bool // a planned loop's items[loop.index0 - c] (resume.go)
 	}
 	sliceExpr struct {
 		obj               expr
