@@ -417,41 +417,101 @@ func (it *Iter) End() int { return it.i }
 // Next returns the next member: its key as written (with the quotes, escapes kept; see
 // [KeyIs]) and its value's span b[vs:ve]. ok is false after the closing brace.
 func (it *Iter) Next() (key []byte, vs, ve int, ok bool, err error) {
+	key, vs, ok, err = it.NextKey()
+	if !ok || err != nil {
+		return nil, 0, 0, ok, err
+	}
+	if ve, err = it.SkipValue(); err != nil {
+		return nil, 0, 0, false, err
+	}
+	return key, vs, ve, true, nil
+}
+
+// SkipValue skips the value NextKey returned, as Next does, and returns its end.
+func (it *Iter) SkipValue() (int, error) {
+	ve, err := skip(it.b, it.i, 1)
+	if err != nil {
+		return 0, err
+	}
+	it.i = ve
+	return ve, nil
+}
+
+// NextKey is Next for a caller that scans the value itself: it returns the member's
+// key and the index of its value's first byte, vs. Before the next call the caller
+// either calls SkipValue, or finds the value's end itself, as Next would (a member's
+// value is at depth 1: [Elements](b, vs, 1, ...) for an array), and calls ValueEnd
+// with it.
+func (it *Iter) NextKey() (key []byte, vs int, ok bool, err error) {
 	b := it.b
 	i := SkipWS(b, it.i)
 	if i >= len(b) {
-		return nil, 0, 0, false, fmt.Errorf("%w: unexpected end", ErrSyntax)
+		return nil, 0, false, fmt.Errorf("%w: unexpected end", ErrSyntax)
 	}
 	if b[i] == '}' {
 		it.i = i + 1
-		return nil, 0, 0, false, nil
+		return nil, 0, false, nil
 	}
 	if !it.first {
 		if b[i] != ',' {
-			return nil, 0, 0, false, syntaxErr("expected ',' or '}'", i)
+			return nil, 0, false, syntaxErr("expected ',' or '}'", i)
 		}
 		i = SkipWS(b, i+1)
 	}
 	it.first = false
 	if i >= len(b) || b[i] != '"' {
-		return nil, 0, 0, false, syntaxErr("expected a member name", i)
+		return nil, 0, false, syntaxErr("expected a member name", i)
 	}
 	ke, err := skipString(b, i)
 	if err != nil {
-		return nil, 0, 0, false, err
+		return nil, 0, false, err
 	}
 	key = b[i:ke]
 	i = SkipWS(b, ke)
 	if i >= len(b) || b[i] != ':' {
-		return nil, 0, 0, false, syntaxErr("expected ':'", i)
+		return nil, 0, false, syntaxErr("expected ':'", i)
 	}
-	vs = SkipWS(b, i+1)
-	ve, err = skip(b, vs, 1)
-	if err != nil {
-		return nil, 0, 0, false, err
+	it.i = SkipWS(b, i+1)
+	return key, it.i, true, nil
+}
+
+// ValueEnd tells the iterator where the value NextKey returned ends.
+func (it *Iter) ValueEnd(ve int) { it.i = ve }
+
+// Elements walks the array starting at b[i] == '[', nested depth levels deep (an
+// object member's value is at depth 1), with [Skip]'s checks: it calls fn with the
+// bounds b[start:end] of each element in order and returns the index just past the
+// closing bracket. It is Skip's walk of an array, for a caller that wants the
+// elements without scanning them twice.
+func Elements(b []byte, i, depth int, fn func(start, end int)) (int, error) {
+	if i >= len(b) || b[i] != '[' {
+		return 0, syntaxErr("expected '['", i)
 	}
-	it.i = ve
-	return key, vs, ve, true, nil
+	if depth >= MaxDepth {
+		return 0, errTooDeep
+	}
+	i = SkipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return i + 1, nil
+	}
+	for {
+		end, err := skip(b, i, depth+1)
+		if err != nil {
+			return 0, err
+		}
+		fn(i, end)
+		i = SkipWS(b, end)
+		if i >= len(b) {
+			return 0, fmt.Errorf("%w: unexpected end", ErrSyntax)
+		}
+		if b[i] == ']' {
+			return i + 1, nil
+		}
+		if b[i] != ',' {
+			return 0, syntaxErr(fmt.Sprintf("unexpected %q", b[i]), i)
+		}
+		i = SkipWS(b, i+1)
+	}
 }
 
 // KeyIs reports whether a string literal as written (quotes and escapes kept) decodes

@@ -62,6 +62,18 @@ func FuzzMatchesEncodingJSON(f *testing.F) {
 			checkUnescape(t, trimmed)
 		}
 		if len(trimmed) > 0 && trimmed[0] == '[' {
+			// Elements agrees with Skip on the array, and its elements are Skip's.
+			end, err := Skip(trimmed, 0)
+			var elems [][2]int
+			gotEnd, gotErr := Elements(trimmed, 0, 0, func(s, e int) { elems = append(elems, [2]int{s, e}) })
+			if (err == nil) != (gotErr == nil) || (err == nil && gotEnd != end) {
+				t.Fatalf("Elements(%q) = %d, %v; Skip %d, %v", trimmed, gotEnd, gotErr, end, err)
+			}
+			for _, el := range elems {
+				if e, err := Skip(trimmed, el[0]); err != nil || e != el[1] {
+					t.Fatalf("Elements(%q): element %q, Skip ends it at %d (%v)", trimmed, trimmed[el[0]:el[1]], e, err)
+				}
+			}
 			var ref []uint32
 			refErr := json.Unmarshal(body, &ref)
 			got, end, err := Uint32Array(trimmed, 0, nil)
@@ -168,6 +180,14 @@ func TestDepthLimit(t *testing.T) {
 		obj := []byte(`{"a":` + arr[1:len(arr)-1] + `}`)
 		if err := Object(obj, func([]byte, bool, []byte) error { return nil }); (err == nil) != c.ok {
 			t.Errorf("depth %d: Object: %v", c.depth, err)
+		}
+		if _, err := Elements([]byte(arr), 0, 0, func(int, int) {}); (err == nil) != c.ok {
+			t.Errorf("depth %d: Elements: %v", c.depth, err)
+		}
+		it, _ := NewIter(obj, 0) // the member's array through NextKey and Elements at depth 1
+		_, vs, _, _ := it.NextKey()
+		if _, err := Elements(obj, vs, 1, func(int, int) {}); (err == nil) != c.ok {
+			t.Errorf("depth %d: Elements in a member: %v", c.depth, err)
 		}
 	}
 }

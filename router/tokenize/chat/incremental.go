@@ -68,8 +68,9 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 	}
 	root := jinja.NewDict()
 	var msgs []byte
+	var bounds []msgBound
 	for {
-		key, vs, ve, ok, err := it.Next()
+		key, vs, ok, err := it.NextKey()
 		if err != nil {
 			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 		}
@@ -79,8 +80,24 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 		if _, _, err := jsonscan.String(key, 0); err != nil {
 			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
 		}
+		isMsgs := jsonscan.KeyIs(key, "messages")
+		var ve int
+		if isMsgs && vs < len(body) && body[vs] == '[' {
+			// The messages' bounds in the walk that finds the array's end: the array
+			// is scanned once.
+			bounds = bounds[:0]
+			ve, err = jsonscan.Elements(body, vs, 1, func(s, e int) {
+				bounds = append(bounds, msgBound{start: s - vs, end: e - vs})
+			})
+			it.ValueEnd(ve)
+		} else {
+			ve, err = it.SkipValue()
+		}
+		if err != nil {
+			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
+		}
 		val := body[vs:ve]
-		if jsonscan.KeyIs(key, "messages") {
+		if isMsgs {
 			if msgs != nil { // decoded when replaced, as ParseRequest decodes it
 				if _, err := jinja.FromJSON(msgs); err != nil {
 					return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
@@ -123,29 +140,12 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 		return nil, nil, convTurn{}, errors.New("chat request: messages must be a list")
 	}
 	req := &Request{Options: Options{AddGenerationPrompt: true}}
-	// The messages' bounds, hashes and conversation keys.
-	keys := convKeys{0}
-	var bounds []msgBound
-	i := jsonscan.SkipWS(msgs, 1)
-	for n := 0; ; n++ {
-		if i < len(msgs) && msgs[i] == ']' && n == 0 {
-			break
-		}
-		end, err := jsonscan.Skip(msgs, i)
-		if err != nil {
-			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w", err)
-		}
-		h := hashMsg(msgs[i:end])
-		bounds = append(bounds, msgBound{start: i, end: end, hash: h})
-		keys = append(keys, nextKey(keys[len(keys)-1], h))
-		i = jsonscan.SkipWS(msgs, end)
-		if i < len(msgs) && msgs[i] == ']' {
-			break
-		}
-		if i >= len(msgs) || msgs[i] != ',' {
-			return nil, nil, convTurn{}, fmt.Errorf("decode chat request: %w: messages: expected ',' or ']'", jsonscan.ErrSyntax)
-		}
-		i = jsonscan.SkipWS(msgs, i+1)
+	// The messages' hashes and conversation keys.
+	keys := make(convKeys, 1, len(bounds)+1)
+	for i := range bounds {
+		bd := &bounds[i]
+		bd.hash = hashMsg(msgs[bd.start:bd.end])
+		keys = append(keys, nextKey(keys[len(keys)-1], bd.hash))
 	}
 	n := len(bounds)
 	// The longest earlier request of the conversation these messages repeat (convCache),
