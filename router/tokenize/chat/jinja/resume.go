@@ -33,10 +33,16 @@ import "errors"
 //     before; the globals range, namespace, dict and raise_exception are the same in
 //     every render unless the variables override them.
 //
+// A namespace attribute the body assigns (set ns.attr = ...) carries state from one
+// iteration to the next, as DeepSeek-V3's ns.is_tool does: a render records those
+// attributes' values at the start of every iteration, the skip needs the same values
+// at the loop's start as before, and the attributes are set to what they were at the
+// start of the first iteration that runs.
+//
 // A body that reads anything else (loop.length, loop.revindex, the loop variable
-// itself, the list other than by such an index, a macro, strftime_now, an outer
-// list or dict), assigns a namespace attribute (state carried from one iteration to
-// the next), defines a macro, or breaks out of the loop has no plan: that loop always
+// itself, the list other than by such an index, a whole namespace it assigns to, a
+// macro, strftime_now, an outer list or dict), assigns a namespace it also binds
+// with set, defines a macro, or breaks out of the loop has no plan: that loop always
 // runs in full. Items are the same when they are the same *Dict (the chat encoder's
 // conversation cache hands a new turn the earlier turns' message values) or equal
 // scalars. Templates cannot modify a dict or a list, so a value that is the same
@@ -71,7 +77,7 @@ func (p *Prior) Size() int {
 	}
 	n := 64 + len(p.out)
 	for _, l := range p.loops {
-		n += 64 + 16*(len(l.items)+len(l.eq)+len(l.thr)) + 8*len(l.ends)
+		n += 64 + 16*(len(l.items)+len(l.eq)+len(l.thr)+len(l.state)) + 8*len(l.ends)
 	}
 	return n
 }
@@ -85,6 +91,9 @@ type loopRecord struct {
 	start int     // output length at the loop's start
 	ends  []int   // output length after each iteration
 	negAt int     // first iteration that read items[negative index]; len(items) if none
+	// state holds the carried attributes (loopPlan.carried) at the start of each
+	// iteration, iteration i's at state[i*len(carried):], and after the last one.
+	state []Value
 }
 
 // loopPlan is what an iteration of a top-level for loop may read from outside itself
@@ -95,9 +104,10 @@ type loopPlan struct {
 	target   string // the item's name
 	eq       []depRef
 	thr      []thrRef
-	usesLast bool // reads loop.last or loop.nextitem
-	nbrMax   int  // largest offset >= 0 of an items[loop.index0 + c] read; -1: none
-	nbrNeg   bool // reads items[loop.index0 + c] with c < 0
+	usesLast bool     // reads loop.last or loop.nextitem
+	nbrMax   int      // largest offset >= 0 of an items[loop.index0 + c] read; -1: none
+	nbrNeg   bool     // reads items[loop.index0 + c] with c < 0
+	carried  []depRef // namespace attributes the body assigns
 }
 
 // depRef is an outer value: name, or name.attr.
@@ -137,10 +147,13 @@ func (t *Template) plan() {
 // analyzer collects a loopPlan from a loop body; ok turns false at anything it
 // cannot account for.
 type analyzer struct {
-	p      *loopPlan
-	ok     bool
-	nbrs   []*indexExpr
-	eqSeen map[depRef]bool
+	p       *loopPlan
+	ok      bool
+	nbrs    []*indexExpr
+	eqSeen  map[depRef]bool
+	carried map[depRef]bool
+	nsNames map[string]bool // namespaces the body assigns attributes of
+	bound   map[string]bool // names the body binds (set, for)
 }
 
 func analyzeLoop(n *forNode) *loopPlan {
@@ -150,7 +163,13 @@ func analyzeLoop(n *forNode) *loopPlan {
 		return nil
 	}
 	a := &analyzer{p: &loopPlan{iter: iter.name, target: n.targets[0], nbrMax: -1}, ok: true,
-		eqSeen: map[depRef]bool{}}
+		eqSeen: map[depRef]bool{}, carried: map[depRef]bool{}, nsNames: map[string]bool{}, bound: map[string]bool{}}
+	a.writes(n.body)
+	for ns := range a.nsNames {
+		if a.bound[ns] || a.special(ns) {
+			return nil
+		}
+	}
 	a.nodes(n.body, 0)
 	if !a.ok {
 		return nil
@@ -161,7 +180,47 @@ func analyzeLoop(n *forNode) *loopPlan {
 	return a.p
 }
 
+// writes collects the namespace attributes the body assigns and the names it binds.
+func (a *analyzer) writes(ns []node) {
+	for _, n := range ns {
+		switch n := n.(type) {
+		case *ifNode:
+			a.writes(n.then)
+			a.writes(n.els_)
+		case *forNode:
+			for _, t := range n.targets {
+				a.bound[t] = true
+			}
+			a.writes(n.body)
+			a.writes(n.els_)
+		case *setNode:
+			if n.attrOf != "" {
+				d := depRef{name: n.attrOf, attr: n.targets[0]}
+				if !a.carried[d] {
+					a.carried[d] = true
+					a.p.carried = append(a.p.carried, d)
+				}
+				a.nsNames[n.attrOf] = true
+			} else {
+				for _, t := range n.targets {
+					a.bound[t] = true
+				}
+			}
+			a.writes(n.body)
+		case *filterBlockNode:
+			a.writes(n.body)
+		}
+	}
+}
+
 func (a *analyzer) dep(d depRef) {
+	if a.carried[d] {
+		return // the iteration's state: recorded per iteration, not compared
+	}
+	if d.attr == "" && a.nsNames[d.name] {
+		a.ok = false // a namespace the body assigns, read whole
+		return
+	}
 	if !a.eqSeen[d] {
 		a.eqSeen[d] = true
 		a.p.eq = append(a.p.eq, d)
@@ -188,10 +247,6 @@ func (a *analyzer) nodes(ns []node, depth int) {
 			a.nodes(n.body, depth+1)
 			a.nodes(n.els_, depth)
 		case *setNode:
-			if n.attrOf != "" {
-				a.ok = false
-				return
-			}
 			if n.value != nil {
 				a.expr(n.value, depth)
 			}
@@ -374,7 +429,7 @@ func (a *analyzer) expr(e expr, depth int) {
 		if isCompare(e.op) {
 			for _, s := range [2][2]expr{{e.l, e.r}, {e.r, e.l}} {
 				if off, ok := loopIndex(s[0], depth); ok {
-					if d, ok := a.outer(s[1], depth); ok {
+					if d, ok := a.outer(s[1], depth); ok && !a.carried[d] {
 						a.p.thr = append(a.p.thr, thrRef{dep: d, off: off})
 						return
 					}
@@ -502,6 +557,24 @@ func (r *renderer) execPlanned(n *forNode, f *frame, items []Value) error {
 		rec.valid = rec.valid && ok
 	}
 	rec.ends = make([]int, len(items))
+	nc := len(p.carried)
+	var carried []*Namespace // the namespaces of p.carried, in order
+	if nc > 0 {
+		carried = make([]*Namespace, nc)
+		rec.state = make([]Value, nc*(len(items)+1))
+		for c, d := range p.carried {
+			obj, _ := f.lookup(d.name)
+			ns, ok := obj.(*Namespace)
+			if !ok { // execSet fails at the first assignment
+				rec.valid = false
+				continue
+			}
+			carried[c] = ns
+			v, ok := ns.Get(d.attr)
+			rec.state[c] = v
+			rec.valid = rec.valid && ok && comparable(v)
+		}
+	}
 	j := 0
 	if rec.valid {
 		j = r.skippable(p, rec)
@@ -511,6 +584,10 @@ func (r *renderer) execPlanned(n *forNode, f *frame, items []Value) error {
 		r.out.WriteString(r.prior.out[prev.start:prev.ends[j-1]])
 		for i := range j {
 			rec.ends[i] = rec.start + prev.ends[i] - prev.start
+		}
+		copy(rec.state[nc:(j+1)*nc], prev.state[nc:(j+1)*nc])
+		for c, ns := range carried {
+			ns.Set(p.carried[c].attr, prev.state[j*nc+c])
 		}
 		if err := r.tick(); err != nil {
 			return err
@@ -528,6 +605,11 @@ func (r *renderer) execPlanned(n *forNode, f *frame, items []Value) error {
 		loop.i = i
 		r.trackI = i
 		fr.vars.Set("loop", loop)
+		if i > 0 && rec.valid {
+			for c, ns := range carried {
+				rec.state[i*nc+c], _ = ns.Get(p.carried[c].attr)
+			}
+		}
 		err := r.exec(n.body, fr)
 		if err != nil && !errors.Is(err, errContinue) {
 			// break at the plan's depth is excluded by analyzeLoop; a nested one is
@@ -535,6 +617,11 @@ func (r *renderer) execPlanned(n *forNode, f *frame, items []Value) error {
 			return err
 		}
 		rec.ends[i] = r.out.Len()
+	}
+	if rec.valid {
+		for c, ns := range carried {
+			rec.state[len(items)*nc+c], _ = ns.Get(p.carried[c].attr)
+		}
 	}
 	return nil
 }
@@ -551,6 +638,11 @@ func (r *renderer) skippable(p *loopPlan, rec *loopRecord) int {
 	}
 	for i := range p.eq {
 		if !sameScalar(prev.eq[i], rec.eq[i]) {
+			return 0
+		}
+	}
+	for c := range p.carried {
+		if !sameScalar(prev.state[c], rec.state[c]) {
 			return 0
 		}
 	}
