@@ -157,9 +157,7 @@ func TestEncodeChatIncremental(t *testing.T) {
 				if ok < 100 || st.MessageHits == 0 || st.ConversationHits == 0 {
 					t.Fatalf("too few turns compared (%d) or no message or conversation cache hits (%+v)", ok, st)
 				}
-				// Gemma-3 loops over messages rebuilt per render (their content as
-				// parts): its loop always runs in full.
-				if budget > 1<<20 && m != "gemma3" && st.RenderCopied < st.RenderRan {
+				if budget > 1<<20 && st.RenderCopied < st.RenderRan {
 					t.Fatalf("renders copied %d loop iterations and ran %d: the resume is not working", st.RenderCopied, st.RenderRan)
 				}
 				if st.ConversationBytes > budget/8 {

@@ -44,9 +44,9 @@ import "errors"
 // macro, strftime_now, an outer list or dict), assigns a namespace it also binds
 // with set, defines a macro, or breaks out of the loop has no plan: that loop always
 // runs in full. Items are the same when they are the same *Dict (the chat encoder's
-// conversation cache hands a new turn the earlier turns' message values) or equal
-// scalars. Templates cannot modify a dict or a list, so a value that is the same
-// pointer holds the same content.
+// conversation cache hands a new turn the earlier turns' message values), dicts and
+// lists of the same keys and values (sameItem), or equal scalars. Templates cannot
+// modify a dict or a list, so a value that is the same pointer holds the same content.
 //
 // The skipped prefix is the first j iterations, j the smallest bound of the rules
 // above. Their output is copied from the previous render, and the other iterations
@@ -525,11 +525,45 @@ func sameScalar(a, b Value) bool {
 	return false
 }
 
-// sameItem reports whether two list items are known to be the same value.
-func sameItem(a, b Value) bool {
-	if x, ok := a.(*Dict); ok {
+// sameItem reports whether two list items are known to be the same value: the same
+// *Dict (the chat encoder's messages), or dicts and lists of the same keys in the
+// same order and the same values, nested at most maxSameDepth deep (templates that
+// loop over content parts get messages rebuilt for each render, holding the same
+// strings, which compare at the cost of their pointers), or equal scalars.
+func sameItem(a, b Value) bool { return sameValue(a, b, 0) }
+
+const maxSameDepth = 8
+
+func sameValue(a, b Value, depth int) bool {
+	switch x := a.(type) {
+	case *Dict:
 		y, ok := b.(*Dict)
-		return ok && x == y
+		if !ok || x == nil || y == nil {
+			return false
+		}
+		if x == y {
+			return true
+		}
+		if depth >= maxSameDepth || len(x.keys) != len(y.keys) {
+			return false
+		}
+		for i, k := range x.keys {
+			if y.keys[i] != k || !sameValue(x.vals[i], y.vals[i], depth+1) {
+				return false
+			}
+		}
+		return true
+	case []Value:
+		y, ok := b.([]Value)
+		if !ok || depth >= maxSameDepth || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameValue(x[i], y[i], depth+1) {
+				return false
+			}
+		}
+		return true
 	}
 	return comparable(a) && sameScalar(a, b)
 }

@@ -58,6 +58,10 @@ var resumeCases = []resumeCase{
 type resumeConv struct {
 	msgs []Value
 	vars map[string]Value
+	// rebuild gives each render copies of the messages (new dicts and lists over the
+	// same strings), as the chat encoder does for templates that loop over content
+	// parts.
+	rebuild bool
 }
 
 var resumeTexts = []string{"hi", "Hello there", "<think>\nhmm\n</think>\n\nfour", "x", "", " padded ", "tool output"}
@@ -104,7 +108,21 @@ func (c *resumeConv) step(pick func(int) int) {
 }
 
 func (c *resumeConv) varsNow() map[string]Value {
-	v := map[string]Value{"messages": append([]Value(nil), c.msgs...), "tools": []Value{"t"}}
+	msgs := append([]Value(nil), c.msgs...)
+	if c.rebuild {
+		for i, m := range msgs {
+			d := NewDict()
+			for _, k := range m.(*Dict).Keys() {
+				v := m.(*Dict).at(k)
+				if l, ok := v.([]Value); ok {
+					v = append([]Value(nil), l...)
+				}
+				d.Set(k, v)
+			}
+			msgs[i] = d
+		}
+	}
+	v := map[string]Value{"messages": msgs, "tools": []Value{"t"}}
 	for k, x := range c.vars {
 		v[k] = x
 	}
@@ -114,9 +132,9 @@ func (c *resumeConv) varsNow() map[string]Value {
 // playResume renders steps of a conversation with RenderFrom, each from the previous
 // step's Prior, and fails when a render differs from RenderSize's. It returns the
 // iterations copied and run.
-func playResume(t *testing.T, tpl *Template, steps int, pick func(int) int) (copied, ran int) {
+func playResume(t *testing.T, tpl *Template, steps int, pick func(int) int, rebuild bool) (copied, ran int) {
 	t.Helper()
-	c := &resumeConv{vars: map[string]Value{"prefix": "", "cut": int64(2), "c": "a"}}
+	c := &resumeConv{vars: map[string]Value{"prefix": "", "cut": int64(2), "c": "a"}, rebuild: rebuild}
 	var prior *Prior
 	for s := range steps {
 		c.step(pick)
@@ -152,7 +170,7 @@ func TestRenderFrom(t *testing.T) {
 			var copied, ran int
 			for seed := range uint64(20) {
 				rng := rand.New(rand.NewPCG(seed, 7))
-				cp, r := playResume(t, tpl, 60, rng.IntN)
+				cp, r := playResume(t, tpl, 60, rng.IntN, seed%2 == 1)
 				copied, ran = copied+cp, ran+r
 			}
 			t.Logf("copied %d iterations, ran %d", copied, ran)
@@ -244,6 +262,7 @@ func FuzzRenderFrom(f *testing.F) {
 			return
 		}
 		tpl := tpls[int(data[0])%len(tpls)]
+		rebuild := data[0]&0x80 != 0
 		data = data[1:]
 		pick := func(n int) int {
 			if n <= 0 {
@@ -256,7 +275,7 @@ func FuzzRenderFrom(f *testing.F) {
 			data = data[1:]
 			return int(b) % n
 		}
-		playResume(t, tpl, len(data)/2+1, pick)
+		playResume(t, tpl, len(data)/2+1, pick, rebuild)
 	})
 }
 
