@@ -484,35 +484,75 @@ func (it *Iter) ValueEnd(ve int) { it.i = ve }
 // closing bracket. It is Skip's walk of an array, for a caller that wants the
 // elements without scanning them twice.
 func Elements(b []byte, i, depth int, fn func(start, end int)) (int, error) {
-	if i >= len(b) || b[i] != '[' {
-		return 0, syntaxErr("expected '['", i)
-	}
-	if depth >= MaxDepth {
-		return 0, errTooDeep
-	}
-	i = SkipWS(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return i + 1, nil
+	a, err := NewArrayIter(b, i, depth)
+	if err != nil {
+		return 0, err
 	}
 	for {
-		end, err := skip(b, i, depth+1)
+		s, e, ok, err := a.Next()
 		if err != nil {
 			return 0, err
 		}
-		fn(i, end)
-		i = SkipWS(b, end)
-		if i >= len(b) {
-			return 0, fmt.Errorf("%w: unexpected end", ErrSyntax)
+		if !ok {
+			return a.End(), nil
 		}
-		if b[i] == ']' {
-			return i + 1, nil
-		}
+		fn(s, e)
+	}
+}
+
+// ArrayIter walks the elements of an array with [Skip]'s checks; start one with
+// [NewArrayIter].
+type ArrayIter struct {
+	b         []byte
+	i, depth  int
+	afterElem bool // an element was read: ',' or ']' comes next
+}
+
+// NewArrayIter starts an iterator at b[i], which must be '[', of an array nested
+// depth levels deep (an object member's value is at depth 1).
+func NewArrayIter(b []byte, i, depth int) (ArrayIter, error) {
+	if i >= len(b) || b[i] != '[' {
+		return ArrayIter{}, syntaxErr("expected '['", i)
+	}
+	if depth >= MaxDepth {
+		return ArrayIter{}, errTooDeep
+	}
+	return ArrayIter{b: b, i: i + 1, depth: depth}, nil
+}
+
+// Next returns the next element's bounds b[start:end]; ok is false after the closing
+// bracket, and End is then just past it.
+func (a *ArrayIter) Next() (start, end int, ok bool, err error) {
+	b := a.b
+	i := SkipWS(b, a.i)
+	if i >= len(b) {
+		return 0, 0, false, fmt.Errorf("%w: unexpected end", ErrSyntax)
+	}
+	if b[i] == ']' { // after '[' or after an element (after ',' an element must follow)
+		a.i = i + 1
+		return 0, 0, false, nil
+	}
+	if a.afterElem {
 		if b[i] != ',' {
-			return 0, syntaxErr(fmt.Sprintf("unexpected %q", b[i]), i)
+			return 0, 0, false, syntaxErr(fmt.Sprintf("unexpected %q", b[i]), i)
 		}
 		i = SkipWS(b, i+1)
 	}
+	end, err = skip(b, i, a.depth+1)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	a.i, a.afterElem = end, true
+	return i, end, true, nil
 }
+
+// Skipped moves the iterator to end, just past an element, for a caller that knows
+// the elements before it: b up to end repeats bytes this walk (or one at the same
+// depth) read before, from the same element's start.
+func (a *ArrayIter) Skipped(end int) { a.i, a.afterElem = end, true }
+
+// End is the index just past the closing bracket once Next has returned ok == false.
+func (a *ArrayIter) End() int { return a.i }
 
 // KeyIs reports whether a string literal as written (quotes and escapes kept) decodes
 // to want. It allocates nothing for keys up to 64 decoded bytes.

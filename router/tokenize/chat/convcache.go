@@ -2,6 +2,7 @@ package chat
 
 import (
 	"bytes"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -23,6 +24,12 @@ import (
 // An entry is superseded by the longer one its conversation's next turn stores, and
 // dropped then; entries leave oldest first once over maxBytes of accounted size (the
 // bytes kept and their buffer's capacity, plus convOverhead per message).
+//
+// Entries are also found by their first two messages (byStart): a request that
+// repeats an entry's bytes from its first message on takes the entry's messages,
+// bounds and hashes without scanning those bytes (parseConv), and scans only what
+// follows. At turns 30 to 40 of BenchmarkDecision the scan and hash of the messages
+// were a quarter of the routing decision (CPU profile, 2026-12-07).
 type convCache struct {
 	maxBytes int
 
@@ -33,19 +40,26 @@ type convCache struct {
 	// mu guards the fields below.
 	mu      sync.Mutex
 	m       map[uint64]*convEntry
-	entries []*convEntry // oldest first; evicted ones stay until the hand reaches them
+	starts  map[uint64][]*convEntry // by the key of their first two messages, oldest first, maxStarts at most
+	entries []*convEntry            // oldest first; evicted ones stay until the hand reaches them
 	bytes   int
 }
 
+// maxStarts is how many entries byStart keeps per first two messages (conversations
+// that begin alike, or a conversation's branches).
+const maxStarts = 4
+
 // convOverhead is the accounted size of a message in an entry besides its bytes: its
-// value and parts in the entry's slices.
-const convOverhead = 64
+// value, parts and bounds in the entry's slices.
+const convOverhead = 88
 
 type convEntry struct {
-	key   uint64
-	raw   []byte // from the first message's start to the last one's end, as received
-	msgs  []jinja.Value
-	parts [][]string
+	key    uint64
+	start  uint64 // the key of the first two messages (0: fewer), filed in starts
+	raw    []byte // from the first message's start to the last one's end, as received
+	msgs   []jinja.Value
+	parts  [][]string
+	bounds []msgBound // each message's bytes in raw, and their hash
 	// prior is the template render of these messages, for the next turn's render to
 	// resume from (jinja.Prior; set after the render, by setPrior).
 	prior     atomic.Pointer[jinja.Prior]
@@ -55,7 +69,37 @@ type convEntry struct {
 }
 
 func newConvCache(maxBytes int) *convCache {
-	return &convCache{maxBytes: maxBytes, m: map[uint64]*convEntry{}}
+	return &convCache{maxBytes: maxBytes, m: map[uint64]*convEntry{}, starts: map[uint64][]*convEntry{}}
+}
+
+// byStart returns the longest entry of at least two messages whose bytes rest
+// begins with, start being the key of rest's first two messages, or nil. rest runs
+// from the first message's start to the end of the body.
+func (c *convCache) byStart(start uint64, rest []byte) *convEntry {
+	var buf [maxStarts]*convEntry
+	c.mu.Lock()
+	cands := append(buf[:0], c.starts[start]...)
+	c.mu.Unlock()
+	var best *convEntry
+	for _, e := range cands {
+		if (best == nil || len(e.raw) > len(best.raw)) && len(e.raw) <= len(rest) {
+			best = e
+		}
+	}
+	// An entry's raw, msgs and bounds never change (put appends past their lengths),
+	// so they are compared without the lock. The longest candidate that fits is
+	// tried, then the others.
+	if best != nil && bytes.Equal(rest[:len(best.raw)], best.raw) {
+		return best
+	}
+	var found *convEntry
+	for _, e := range cands {
+		if e != best && len(e.raw) <= len(rest) && (found == nil || len(e.raw) > len(found.raw)) &&
+			bytes.Equal(rest[:len(e.raw)], e.raw) {
+			found = e
+		}
+	}
+	return found
 }
 
 // get returns the entry filed under key whose k messages are the bytes of span (a
@@ -79,7 +123,11 @@ func (c *convCache) get(key uint64, k int, span []byte) *convEntry {
 // costs its new messages, not a copy of the conversation. Otherwise it copies. The
 // messages and parts themselves are shared and never change. It returns the new
 // entry, or nil when the messages are too large to keep.
-func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]string, prev *convEntry, k int) *convEntry {
+//
+// bounds are the messages' bounds in the request, off the first one's start: the
+// entry keeps them from raw's start.
+func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]string, bounds []msgBound, off int,
+	prev *convEntry, k int) *convEntry {
 	if 2*len(raw)+convOverhead*len(msgs) > c.maxBytes/4 {
 		return nil
 	}
@@ -89,20 +137,41 @@ func (c *convCache) put(key uint64, raw []byte, msgs []jinja.Value, parts [][]st
 	if prev != nil && !prev.gone && c.m[prev.key] == prev {
 		c.drop(prev)
 		e = &convEntry{key: key, raw: append(prev.raw, raw[len(prev.raw):]...),
-			msgs: append(prev.msgs, msgs[k:]...), parts: append(prev.parts, parts[k:]...)}
+			msgs: append(prev.msgs, msgs[k:]...), parts: append(prev.parts, parts[k:]...),
+			bounds: rebase(prev.bounds, bounds[k:], off)}
 	} else {
 		e = &convEntry{key: key, raw: bytes.Clone(raw),
-			msgs: append([]jinja.Value(nil), msgs...), parts: append([][]string(nil), parts...)}
+			msgs: append([]jinja.Value(nil), msgs...), parts: append([][]string(nil), parts...),
+			bounds: rebase(nil, bounds, off)}
+	}
+	if len(bounds) >= 2 {
+		e.start = nextKey(nextKey(0, bounds[0].hash), bounds[1].hash)
 	}
 	e.cost = len(e.raw) + cap(e.raw) + convOverhead*cap(e.msgs)
 	if old := c.m[key]; old != nil {
 		c.drop(old)
 	}
 	c.m[key] = e
+	if e.start != 0 {
+		l := c.starts[e.start]
+		if len(l) == maxStarts {
+			l[0].start = 0 // no longer filed there
+			l = append(l[:0], l[1:]...)
+		}
+		c.starts[e.start] = append(l, e)
+	}
 	c.entries = append(c.entries, e)
 	c.bytes += e.cost
 	c.evict()
 	return e
+}
+
+// rebase appends bounds to dst, moved back by off.
+func rebase(dst, bounds []msgBound, off int) []msgBound {
+	for _, b := range bounds {
+		dst = append(dst, msgBound{start: b.start - off, end: b.end - off, hash: b.hash})
+	}
+	return dst
 }
 
 // setPrior keeps the render of e's messages for the next turn of the conversation,
@@ -151,6 +220,17 @@ func (c *convCache) evict() {
 // drop takes e out of the map; the caller holds mu.
 func (c *convCache) drop(e *convEntry) {
 	delete(c.m, e.key)
+	if e.start != 0 {
+		l := c.starts[e.start]
+		if i := slices.Index(l, e); i >= 0 {
+			l = slices.Delete(l, i, i+1)
+		}
+		if len(l) == 0 {
+			delete(c.starts, e.start)
+		} else {
+			c.starts[e.start] = l
+		}
+	}
 	c.bytes -= e.cost
 	e.gone = true
 }

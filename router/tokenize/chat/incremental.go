@@ -69,6 +69,7 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 	root := jinja.NewDict()
 	var msgs []byte
 	var bounds []msgBound
+	var hit *convEntry // the conversation entry the messages start with (scanMessages)
 	for {
 		key, vs, ok, err := it.NextKey()
 		if err != nil {
@@ -83,13 +84,9 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 		isMsgs := jsonscan.KeyIs(key, "messages")
 		var ve int
 		if isMsgs && vs < len(body) && body[vs] == '[' {
-			// The messages' bounds in the walk that finds the array's end: the array
-			// is scanned once.
-			bounds = bounds[:0]
-			ve, err = jsonscan.Elements(body, vs, 1, func(s, e int) {
-				bounds = append(bounds, msgBound{start: s - vs, end: e - vs})
-			})
-			it.ValueEnd(ve)
+			if bounds, hit, ve, err = e.scanMessages(body, vs, bounds[:0]); err == nil {
+				it.ValueEnd(ve)
+			}
 		} else {
 			ve, err = it.SkipValue()
 		}
@@ -140,11 +137,9 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 		return nil, nil, convTurn{}, errors.New("chat request: messages must be a list")
 	}
 	req := &Request{Options: Options{AddGenerationPrompt: true}}
-	// The messages' hashes and conversation keys.
+	// The conversation keys.
 	keys := make(convKeys, 1, len(bounds)+1)
-	for i := range bounds {
-		bd := &bounds[i]
-		bd.hash = hashMsg(msgs[bd.start:bd.end])
+	for _, bd := range bounds {
 		keys = append(keys, nextKey(keys[len(keys)-1], bd.hash))
 	}
 	n := len(bounds)
@@ -155,7 +150,10 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 	k := 0
 	if n > 0 && e.convs != nil {
 		span = msgs[bounds[0].start:bounds[n-1].end]
-		for j := n; j >= 1 && j >= n-maxHints; j-- {
+		if hit != nil {
+			prev, k = hit, len(hit.msgs)
+		}
+		for j := n; prev == nil && j >= 1 && j >= n-maxHints; j-- {
 			if ce := e.convs.get(keys[j], j, span[:bounds[j-1].end-bounds[0].start]); ce != nil {
 				prev, k = ce, j
 				break
@@ -197,7 +195,7 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 	}
 	turn := convTurn{prev: prev}
 	if span != nil && k < n {
-		turn.cur = e.convs.put(keys[n], span, req.Messages, req.Options.ContentParts, prev, k)
+		turn.cur = e.convs.put(keys[n], span, req.Messages, req.Options.ContentParts, bounds, bounds[0].start, prev, k)
 	} else if k == n {
 		turn.cur = prev
 	}
@@ -208,6 +206,40 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 		return nil, nil, convTurn{}, err
 	}
 	return req, keys, turn, nil
+}
+
+// scanMessages walks the messages array at body[vs] == '[' and returns its messages'
+// bounds (from vs) and hashes, and the index just past it. After the first two
+// messages it looks for a conversation entry the messages start with
+// (convCache.byStart): when one is found, its messages' bounds and hashes are taken and
+// the walk resumes after its bytes, which are not scanned again; hit is that entry.
+func (e *Encoder) scanMessages(body []byte, vs int, bounds []msgBound) (_ []msgBound, hit *convEntry, end int, _ error) {
+	ai, err := jsonscan.NewArrayIter(body, vs, 1)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	for {
+		s, en, ok, err := ai.Next()
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if !ok {
+			return bounds, hit, ai.End(), nil
+		}
+		bounds = append(bounds, msgBound{start: s - vs, end: en - vs, hash: hashMsg(body[s:en])})
+		if len(bounds) != 2 || e.convs == nil {
+			continue
+		}
+		off := bounds[0].start
+		if ce := e.convs.byStart(nextKey(nextKey(0, bounds[0].hash), bounds[1].hash), body[vs+off:]); ce != nil {
+			bounds = bounds[:0]
+			for _, b := range ce.bounds {
+				bounds = append(bounds, msgBound{start: b.start + off, end: b.end + off, hash: b.hash})
+			}
+			ai.Skipped(vs + off + len(ce.raw))
+			hit = ce
+		}
+	}
 }
 
 // msgBound is a message of a request: its bytes' bounds in the messages array and

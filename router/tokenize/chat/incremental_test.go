@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/kvroute/kvroute/router/jsonscan"
@@ -293,6 +294,110 @@ func TestParseCachedDepth(t *testing.T) {
 			if (werr == nil) != (gerr == nil) || (werr == nil) != (k <= jsonscan.MaxDepth-3) {
 				t.Errorf("nesting %d: ParseRequest error %v, parseCached error %v", k+3, werr, gerr)
 			}
+		}
+	}
+}
+
+// TestConvCacheByStart: a request that repeats an entry's messages and adds more than
+// maxHints finds the entry by its first two messages; of two branches of a
+// conversation the one the request repeats is taken; bytes after a cached prefix that
+// do not continue the array fail as in ParseRequest; and the messages parsed equal
+// ParseRequest's every time.
+func TestConvCacheByStart(t *testing.T) {
+	base := loadEncoder(t, "qwen3")
+	enc := NewEncoder(base.Tokenizer(), base.Config(), 64<<20)
+	msg := func(role, content string) string { return fmt.Sprintf(`{"role":%q,"content":%q}`, role, content) }
+	body := func(msgs ...string) []byte { return []byte(`{"model":"m","messages":[` + strings.Join(msgs, ",") + `]}`) }
+	parse := func(b []byte) (*convEntry, error) {
+		t.Helper()
+		got, _, turn, err := enc.parseConv(b)
+		want, werr := ParseRequest(b)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("%s: parseConv error %v, ParseRequest error %v", b, err, werr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		gp, gerr := enc.Config().Render(got.Messages, got.Options)
+		wp, werr := enc.Config().Render(want.Messages, want.Options)
+		if gerr != nil || werr != nil || gp != wp {
+			t.Fatalf("renders differ: %q (%v) against %q (%v)", gp, gerr, wp, werr)
+		}
+		return turn.prev, nil
+	}
+	conv := []string{msg("system", "s"), msg("user", "u1")}
+	if prev, _ := parse(body(conv...)); prev != nil {
+		t.Fatal("a hit on an empty cache")
+	}
+	long := append([]string(nil), conv...)
+	for i := range 6 {
+		long = append(long, msg("assistant", fmt.Sprint("a", i)), msg("user", fmt.Sprint("q", i)))
+	}
+	prev, _ := parse(body(long...))
+	if prev == nil || len(prev.msgs) != 2 {
+		t.Fatalf("12 new messages: the 2-message entry not found by its start (%v)", prev)
+	}
+	// A branch: the same first four messages, then others.
+	branch := append(append([]string(nil), long[:4]...), msg("user", "other"))
+	if prev, _ = parse(body(branch...)); prev != nil && len(prev.msgs) > 4 {
+		t.Fatalf("a branch took %d messages of another one", len(prev.msgs))
+	}
+	next := append(append([]string(nil), long...), msg("assistant", "a6"), msg("user", "q6"))
+	if prev, _ = parse(body(next...)); prev == nil || len(prev.msgs) != len(long) {
+		t.Fatalf("the next turn of the long branch did not take its %d messages (%v)", len(long), prev)
+	}
+	// The cached bytes followed by something that does not continue the array.
+	bad := []byte(`{"model":"m","messages":[` + strings.Join(next, ",") + ` x]}`)
+	if _, err := parse(bad); err == nil {
+		t.Fatal("garbage after the cached messages accepted")
+	}
+	bad = []byte(`{"model":"m","messages":[` + strings.Join(next, ",") + `,]}`)
+	if _, err := parse(bad); err == nil {
+		t.Fatal("a trailing comma after the cached messages accepted")
+	}
+}
+
+// TestEncodeChatConcurrent plays the same random conversations from four goroutines at
+// once through one encoder (so their turns race for the same cache entries and
+// renders), with a cache large enough to keep them and one that evicts all the time,
+// and checks every turn's ids against a full encode. Run with -race.
+func TestEncodeChatConcurrent(t *testing.T) {
+	base := loadEncoder(t, "qwen3")
+	for _, budget := range []int{64 << 20, 48 << 10} {
+		enc := NewEncoder(base.Tokenizer(), base.Config(), budget)
+		var wg sync.WaitGroup
+		errs := make(chan error, 4)
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(5, 5)) // the same conversations in every goroutine
+				gens := make([]*convGen, 3)
+				for i := range gens {
+					gens[i] = &convGen{rng: rng, tools: true}
+				}
+				for step := range 80 {
+					body := gens[rng.IntN(len(gens))].step(t)
+					got, gerr := enc.EncodeChat(body)
+					prompt, req, werr := enc.Render(body)
+					if (gerr == nil) != (werr == nil) {
+						errs <- fmt.Errorf("step %d: incremental error %v, full error %v", step, gerr, werr)
+						return
+					}
+					if werr == nil && !slices.Equal(got, enc.Tokenizer().Encode(prompt, req.AddSpecialTokens)) {
+						errs <- fmt.Errorf("step %d: ids differ from a full encode\nbody %s", step, body)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if st := enc.CacheStats(); budget > 1<<20 && (st.ConversationHits == 0 || st.RenderCopied == 0) {
+			t.Fatalf("budget %d: no conversation hits or copied renders: %+v", budget, st)
 		}
 	}
 }
