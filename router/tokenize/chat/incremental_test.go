@@ -381,7 +381,7 @@ func TestEncodeChatConcurrent(t *testing.T) {
 					got, gerr := enc.EncodeChat(body)
 					prompt, req, werr := enc.Render(body)
 					if (gerr == nil) != (werr == nil) {
-						errs <- fmt.Errorf("step %d: incremental error %v, full error %v", step, gerr, werr)
+						errs <- fmt.Errorf("step %d: incremental error %w, full error %w", step, gerr, werr)
 						return
 					}
 					if werr == nil && !slices.Equal(got, enc.Tokenizer().Encode(prompt, req.AddSpecialTokens)) {
