@@ -334,12 +334,20 @@ func (r *renderer) execFor(n *forNode, f *frame) error {
 		}
 		loop.i = i
 		fr.vars.Set("loop", loop)
+		quiet := false
+		if n.quiet != nil && !noQuiet {
+			g, err := r.eval(n.quiet, fr)
+			quiet = err == nil && !truthy(g)
+		}
 		err := r.exec(n.body, fr)
 		if errors.Is(err, errBreak) {
 			break
 		}
 		if err != nil && !errors.Is(err, errContinue) {
 			return err
+		}
+		if quiet {
+			break // this iteration ran quiet, and so would the rest (quiet.go)
 		}
 	}
 	return nil

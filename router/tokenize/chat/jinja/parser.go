@@ -22,6 +22,7 @@ type (
 		body    []node
 		els_    []node
 		plan    *loopPlan // nil: not resumable (resume.go)
+		quiet   expr      // the guard of a loop that goes quiet (quiet.go), or nil
 	}
 	setNode struct {
 		targets []string // one name, or several for unpacking
@@ -343,6 +344,7 @@ func (p *parser) parseFor() (node, error) {
 		return nil, err
 	}
 	n.body = body
+	n.quiet = quietGuard(n)
 	if stop == "else" {
 		if err := p.endTag(); err != nil {
 			return nil, err
