@@ -48,16 +48,12 @@ func TestQuietLoop(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		var quiet bool
-		var walk func([]node)
-		walk = func(ns []node) {
-			for _, n := range ns {
-				if f, ok := n.(*forNode); ok && f.quiet != nil {
-					quiet = true
-				}
+		quiet := false
+		for _, n := range tpl.body {
+			if f, ok := n.(*forNode); ok && f.quiet != nil {
+				quiet = true
 			}
 		}
-		walk(tpl.body)
 		if quiet != tc.quiet {
 			t.Fatalf("%s: quiet %v, want %v", tc.name, quiet, tc.quiet)
 		}
