@@ -25,12 +25,16 @@
 //     TestLocalIncrementalHashes the block hashes.
 //   - The caches are bounded by NewEncoder's cacheBytes (Load: DefaultCacheBytes),
 //     a quarter for messages (accounted as twice their raw bytes plus 256 bytes
-//     each, so at most cacheBytes/1024 of them; CLOCK eviction) and the rest for
-//     prompts and ids (FIFO). CacheStats reports the message cache.
-//   - The template is rendered over the whole conversation at every turn: templates
-//     read later messages when rendering earlier ones (Qwen3's last_query_index,
-//     DeepSeek-V3's system prompt gathered from every message, Gemma-3's role
-//     alternation check), so no output prefix is reused without rendering.
+//     each, so at most cacheBytes/1024 of them; CLOCK eviction), an eighth for recent
+//     requests' message lists and their renders (convCache, oldest first) and the
+//     rest for prompts and ids (FIFO). CacheStats reports them.
+//   - The template runs at every turn; its loop over the messages resumes from the
+//     conversation's previous render (jinja.Template.RenderFrom), copying only what
+//     the template shows renders as before: templates read later messages when
+//     rendering earlier ones (Qwen3's last_query_index, DeepSeek-V3's system prompt
+//     gathered from every message, Gemma-3's role alternation check), and the
+//     resume checks each such read. TestEncodeChatIncremental and
+//     TestEncodeChatConcurrent compare with full renders.
 //   - An Encoder is safe for concurrent use.
 //
 // Golden tests compare prompts with Python's jinja2 rendering in transformers'
