@@ -307,7 +307,9 @@ func TestConvCacheByStart(t *testing.T) {
 	base := loadEncoder(t, "qwen3")
 	enc := NewEncoder(base.Tokenizer(), base.Config(), 64<<20)
 	msg := func(role, content string) string { return fmt.Sprintf(`{"role":%q,"content":%q}`, role, content) }
-	body := func(msgs ...string) []byte { return []byte(`{"model":"m","messages":[` + strings.Join(msgs, ",") + `]}`) }
+	body := func(msgs ...string) []byte {
+		return []byte(`{"model":"m","messages":[` + strings.Join(msgs, ",") + `]}`)
+	}
 	parse := func(b []byte) (*convEntry, error) {
 		t.Helper()
 		got, _, turn, err := enc.parseConv(b)
