@@ -389,9 +389,9 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	if !detach {
 		ws.eng = newEngTable(ws.reserved)
 	}
-	ws.pred = nil
+	ix.predLive -= oldPred.len()
+	ws.pred = predMap{}
 	ws.extra = nil
-	ix.predLive -= len(oldPred)
 	ops := 0
 	// oldEng is unreachable now: iterate it by index across lock releases.
 	for i := range oldEng.slots {
@@ -400,7 +400,7 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 			ix.yield(&ops)
 		}
 	}
-	for own := range oldPred {
+	for own := range oldPred.slot { // unreachable too: its map is read, not written
 		ix.setHolder(ws, own, 0, 0, 0xff, tick)
 		ix.yield(&ops)
 	}

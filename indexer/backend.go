@@ -52,7 +52,7 @@ func (ix *Index) mirror(ws *workerState, own proto.BlockHash, old, nf uint8) {
 	}
 	var exp int64
 	if nf&flagPredicted != 0 {
-		exp = ws.pred[own]
+		exp, _ = ws.pred.get(own)
 	}
 	ix.opts.Mirror.Record(ws.key, own, old, nf, exp)
 }
@@ -100,7 +100,7 @@ func (ix *Index) AppendEntries(w proto.WorkerKey, dst []Entry) []Entry {
 			dst = append(dst, Entry{Own: s.own, Flags: f})
 		}
 	}
-	for own, exp := range ws.pred {
+	for own, exp := range ws.pred.all() {
 		if f := flagsOf(own); f != 0 {
 			dst = append(dst, Entry{Own: own, Flags: f, PredExp: exp})
 		}

@@ -90,7 +90,7 @@ func (ix *Index) dumpWorker(buf []byte, k proto.WorkerKey) []byte {
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(pe.e.own))
 	}
 	ents = ents[:0]
-	for own, exp := range ws.pred {
+	for own, exp := range ws.pred.all() {
 		ents = append(ents, posEntry{pos: ix.nodePos(own), e: engEntry{own: own}, exp: exp})
 	}
 	sortByPos(ents)

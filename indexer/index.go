@@ -351,8 +351,7 @@ func (ix *Index) account(ws *workerState, own proto.BlockHash, old, nf uint8) {
 		ws.predicted++
 	case old&flagPredicted != 0 && nf&flagPredicted == 0:
 		ws.predicted--
-		if _, ok := ws.pred[own]; ok {
-			delete(ws.pred, own)
+		if ws.pred.del(own) {
 			ix.predLive--
 		}
 	}

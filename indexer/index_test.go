@@ -362,7 +362,7 @@ func checkInvariants(t *testing.T, ix *Index) {
 			}
 			if f&flagPredicted != 0 {
 				counts[ws.wid][numTiers]++
-				if _, ok := ws.pred[proto.BlockHash(key)]; !ok {
+				if _, ok := ws.pred.get(proto.BlockHash(key)); !ok {
 					t.Errorf("node %x predicted for %v without a prediction entry", key, ws.key)
 				}
 			}
@@ -381,7 +381,7 @@ func checkInvariants(t *testing.T, ix *Index) {
 		if [numTiers]int64(c[:numTiers]) != ws.blocks || c[numTiers] != ws.predicted {
 			t.Errorf("worker %v counts %v/%d, scan says %v", ws.key, ws.blocks, ws.predicted, c)
 		}
-		pl += len(ws.pred)
+		pl += ws.pred.len()
 	}
 	if pl != ix.predLive {
 		t.Errorf("predLive %d, prediction maps hold %d", ix.predLive, pl)

@@ -67,10 +67,11 @@ func (ix *Index) refreshRun(ws *workerState, hs []proto.BlockHash, exp int64, ti
 	}
 	done := 0
 	for _, h := range hs[:n+1] {
-		if old, had := ws.pred[h]; !had || exp < old {
+		p := ws.pred.ref(h)
+		if p == nil || exp < *p {
 			break
 		}
-		ws.pred[h] = exp
+		*p = exp
 		ix.mirror(ws, h, cur, cur)
 		done++
 		if ix.yield(ops) == handedToWriter {
@@ -94,15 +95,13 @@ func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp i
 	if cur&ix.confMask != 0 {
 		return
 	}
-	if ws.pred == nil {
-		ws.pred = make(map[proto.BlockHash]int64)
-	}
-	old, had := ws.pred[h]
-	if had && cur&flagPredicted != 0 && exp >= old {
+	p := ws.pred.ref(h)
+	had := p != nil
+	if had && cur&flagPredicted != 0 && exp >= *p {
 		// A refresh that extends the expiry: the heap keeps the earlier item, and
 		// expire pushes it again at the live expiry when it comes up (no heap work
 		// per refresh). The entry is touched as setHolder would.
-		ws.pred[h] = exp
+		*p = exp
 		ix.nodes.SetAt(ref, uint64(h), uint32(setID(val)), tick)
 		ix.mirror(ws, h, cur, cur)
 		return
@@ -111,7 +110,7 @@ func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp i
 		ix.predLive++
 		ix.c.predicted.Add(1)
 	}
-	ws.pred[h] = exp
+	ws.pred.set(h, exp)
 	ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})
 	ix.setHolder(ws, h, parent, flagPredicted, 0, tick)
 	if cur&flagPredicted != 0 {
@@ -143,7 +142,7 @@ func (ix *Index) expire(now int64, tick uint32) {
 		if ws == nil || ws.gen != top.gen {
 			continue
 		}
-		exp, ok := ws.pred[top.own]
+		exp, ok := ws.pred.get(top.own)
 		if !ok {
 			continue
 		}
@@ -171,7 +170,7 @@ func (ix *Index) expire(now int64, tick uint32) {
 			if ws == nil {
 				continue
 			}
-			for own, exp := range ws.pred {
+			for own, exp := range ws.pred.all() {
 				ix.pred.items = append(ix.pred.items, predItem{exp: exp, own: own, wid: ws.wid, gen: ws.gen})
 			}
 		}

@@ -144,7 +144,7 @@ func (ix *Index) memoryLocked() int {
 		if ws == nil || ws.removed() {
 			continue
 		}
-		b += ws.eng.bytes() + len(ws.pred)*predSlotBytes*5/4 + len(ws.extra)*24
+		b += ws.eng.bytes() + ws.pred.bytes() + len(ws.extra)*24
 	}
 	return b
 }

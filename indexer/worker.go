@@ -69,8 +69,8 @@ type workerState struct {
 	reserved int
 	// extra counts engine entries beyond the first holding (own, tier); nil until needed.
 	extra map[ownTier]uint32
-	// pred holds the expiry (unix ns) of each predicted block; nil until needed.
-	pred map[proto.BlockHash]int64
+	// pred holds the expiry (unix ns) of each predicted block.
+	pred predMap
 	// blocks counts the blocks whose node carries this worker's flag per tier.
 	blocks    [numTiers]int64
 	predicted int64

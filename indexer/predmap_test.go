@@ -1,0 +1,58 @@
+package indexer
+
+import (
+	"maps"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/kvroute/kvroute/proto"
+)
+
+// TestPredMap checks predMap against a plain map through random sets, refreshes by
+// ref and deletions, including emptying it.
+func TestPredMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var p predMap
+	want := map[proto.BlockHash]int64{}
+	for i := range 20000 {
+		h := proto.BlockHash(rng.IntN(300))
+		switch rng.IntN(4) {
+		case 0:
+			if p.del(h) != (want[h] != 0) {
+				t.Fatalf("step %d: del(%d) disagrees", i, h)
+			}
+			delete(want, h)
+		case 1:
+			if r := p.ref(h); r != nil {
+				*r = int64(i + 1)
+				want[h] = int64(i + 1)
+			} else if want[h] != 0 {
+				t.Fatalf("step %d: ref(%d) nil", i, h)
+			}
+		default:
+			p.set(h, int64(i+1))
+			want[h] = int64(i + 1)
+		}
+		if i%1000 == 999 && i < 19000 { // empty it now and then
+			for h := range want {
+				p.del(h)
+			}
+			clear(want)
+		}
+		if p.len() != len(want) {
+			t.Fatalf("step %d: len %d, want %d", i, p.len(), len(want))
+		}
+	}
+	got := maps.Collect(p.all())
+	if !maps.Equal(got, want) {
+		t.Fatalf("all() %v, want %v", got, want)
+	}
+	for h, e := range want {
+		if x, ok := p.get(h); !ok || x != e {
+			t.Fatalf("get(%d) = %d %v, want %d", h, x, ok, e)
+		}
+	}
+	if len(p.exp) > 300 || p.bytes() <= 0 {
+		t.Fatalf("slab of %d slots for at most 300 blocks; bytes %d", len(p.exp), p.bytes())
+	}
+}
