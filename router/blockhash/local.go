@@ -15,7 +15,9 @@ import (
 type Tokenizer interface {
 	// EncodeChat returns the prompt token ids of an OpenAI chat completion request body,
 	// as the engine computes them (template rendered, then encoded). The ids may be
-	// shared with the tokenizer's caches: Local only reads them.
+	// shared with the tokenizer's caches: Local only reads them. It fails on content it
+	// cannot render as the engine does, such as an image part (chat.Encoder's
+	// ErrUnsupportedContent): Local then hashes the messages before it (TextPrefix).
 	EncodeChat(body []byte) ([]uint32, error)
 	// Encode returns the token ids of a completions prompt; addSpecial adds the
 	// tokenizer's special tokens (BOS), as add_special_tokens does (default true).
@@ -29,9 +31,13 @@ type Tokenizer interface {
 // rendering (see appendTokenizeBody); a string prompt is decoded and handed to Encode.
 // Handing over the client's body saves a JSON pass: on a 16-turn chat of 1 KB messages
 // with Qwen3 (BenchmarkLocalChat, 2-core VM, 2026-12-06) 763 us against 893 us per
-// request (-15%, p=0.015, n=6) and 9% fewer bytes allocated. A token-id prompt is hashed directly. Errors from the tokenizer (content it
-// cannot render, say) are returned wrapped, and the router falls back to approx for the
-// request, as for the engine mode. Local is safe for concurrent use when its Tokenizer is.
+// request (-15%, p=0.015, n=6) and 9% fewer bytes allocated. A token-id prompt is hashed
+// directly. A chat goes to EncodeChat whole first; only when that fails is it cut at its
+// first non-text part (TextPrefix) and the messages before it encoded, so a text chat
+// is not scanned for parts (that scan was 7-10% of the routing decision at turn 40 of
+// BenchmarkDecision, 2026-12-07). Errors from the tokenizer (content it cannot render,
+// say) are returned wrapped, and the router falls back to approx for the request, as
+// for the engine mode. Local is safe for concurrent use when its Tokenizer is.
 type Local struct {
 	tok Tokenizer
 }
@@ -61,27 +67,37 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 		}
 		return exact(req, l.tok.Encode(string(s.buf), add), dst), nil
 	}
-	cbuf := bufPool.Get().(*bytes.Buffer)
-	defer putBuf(cbuf)
-	req, lit, cut, err := cutChat(req, lit, cbuf.AvailableBuffer())
-	if err != nil {
-		return Result{}, err
-	}
-	if cut && string(lit) == "[]" { // the first message is not text: nothing to hash
-		return Result{Hashes: dst, Exact: true, Truncated: true}, nil
-	}
 	body := req.Body
 	if body == nil {
 		if body, err = appendTokenizeBody(buf.AvailableBuffer(), req.Model, k, lit, &req.Options, false); err != nil {
 			return Result{}, err
 		}
 	}
-	ids, err := l.tok.EncodeChat(body)
+	ids, encErr := l.tok.EncodeChat(body)
+	if encErr == nil {
+		return exact(req, ids, dst), nil
+	}
+	// Cut at the first non-text part, if that is why it failed.
+	cbuf := bufPool.Get().(*bytes.Buffer)
+	defer putBuf(cbuf)
+	req, lit, cut, err := cutChat(req, lit, cbuf.AvailableBuffer())
 	if err != nil {
+		return Result{}, err
+	}
+	if !cut {
+		return Result{}, fmt.Errorf("local tokenizer: %w", encErr)
+	}
+	if string(lit) == "[]" { // the first message is not text: nothing to hash
+		return Result{Hashes: dst, Exact: true, Truncated: true}, nil
+	}
+	if body, err = appendTokenizeBody(buf.AvailableBuffer()[:0], req.Model, k, lit, &req.Options, false); err != nil {
+		return Result{}, err
+	}
+	if ids, err = l.tok.EncodeChat(body); err != nil {
 		return Result{}, fmt.Errorf("local tokenizer: %w", err)
 	}
 	r := exact(req, ids, dst)
-	r.Truncated = cut
+	r.Truncated = true
 	return r, nil
 }
 

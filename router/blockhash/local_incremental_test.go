@@ -117,3 +117,45 @@ func firstDiff[T comparable](a, b []T) int {
 	}
 	return min(len(a), len(b))
 }
+
+// TestLocalParts: with kvroute's tokenizer, a chat whose parts are all text to the chat
+// package (a refusal part, rendered as text as vLLM renders it) is hashed whole, without
+// the cut; an image part cuts the chat before its message, as TextPrefix says.
+func TestLocalParts(t *testing.T) {
+	enc, err := chat.Load(tokenizetest.ModelDir(t, "qwen3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLocal(enc)
+	hash := func(msgs []any) (Result, []byte) {
+		t.Helper()
+		body, err := json.Marshal(map[string]any{"model": "m", "messages": msgs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lit, _ := json.Marshal(msgs)
+		r, err := l.Hash(t.Context(), &Request{Model: "m", BlockSize: 16, Messages: lit, Body: body}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, body
+	}
+	sys := map[string]any{"role": "system", "content": "You are a helpful assistant. " + words(3, 60)}
+	user := map[string]any{"role": "user", "content": "Tell me something. " + words(5, 40)}
+	refusal := map[string]any{"role": "assistant", "content": []any{map[string]any{"type": "refusal", "refusal": "I cannot help with that."}}}
+	r, body := hash([]any{sys, user, refusal, user})
+	ids, err := enc.EncodeChat(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := exact(&Request{Model: "m", BlockSize: 16}, ids, nil); r.Truncated || !slices.Equal(r.Hashes, want.Hashes) {
+		t.Fatalf("refusal part: %d hashes (truncated %v), want the whole chat's %d", len(r.Hashes), r.Truncated, len(want.Hashes))
+	}
+	image := map[string]any{"role": "user", "content": []any{map[string]any{"type": "text", "text": "and this?"},
+		map[string]any{"type": "image_url", "image_url": map[string]any{"url": "https://x/cat.png"}}}}
+	r, _ = hash([]any{sys, user, image})
+	before, _ := hash([]any{sys, user})
+	if !r.Truncated || len(r.Hashes) == 0 || !isPrefix(r.Hashes, before.Hashes) {
+		t.Fatalf("image part: %d hashes (truncated %v), the messages before it %d", len(r.Hashes), r.Truncated, len(before.Hashes))
+	}
+}
