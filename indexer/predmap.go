@@ -51,16 +51,20 @@ func (p *predMap) set(own proto.BlockHash, exp int64) {
 	if p.slot == nil {
 		p.slot = make(map[proto.BlockHash]int32)
 	}
-	var s int32
-	if n := len(p.free); n > 0 {
-		s = p.free[n-1]
-		p.free = p.free[:n-1]
-		p.exp[s] = exp
-	} else {
-		s = int32(len(p.exp))
-		p.exp = append(p.exp, exp)
+	p.slot[own] = putSlot(&p.exp, &p.free, exp)
+}
+
+// putSlot stores v in the last freed slot of slab, or appends it, and returns its
+// index.
+func putSlot[I ~int32 | ~uint32, T any](slab *[]T, free *[]I, v T) I {
+	if n := len(*free); n > 0 {
+		i := (*free)[n-1]
+		*free = (*free)[:n-1]
+		(*slab)[i] = v
+		return i
 	}
-	p.slot[own] = s
+	*slab = append(*slab, v)
+	return I(len(*slab) - 1)
 }
 
 // del removes own and reports whether it was there.

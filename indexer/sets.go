@@ -138,15 +138,7 @@ func (hs *holderSets) intern(m []uint32) setID {
 	// On a 64-bit hash collision the new set is simply not deduplicated: two ids with the
 	// same content are still correct, only slower to match across.
 	rec := setRec{members: slices.Clone(m), hash: h, used: true}
-	var id setID
-	if n := len(hs.free); n > 0 {
-		id = hs.free[n-1]
-		hs.free = hs.free[:n-1]
-		hs.recs[id] = rec
-	} else {
-		id = setID(len(hs.recs))
-		hs.recs = append(hs.recs, rec)
-	}
+	id := putSlot(&hs.recs, &hs.free, rec)
 	if _, ok := hs.byHash[h]; !ok {
 		hs.byHash[h] = id
 	}

@@ -498,32 +498,10 @@ func comparable(v Value) bool {
 	return false
 }
 
-// sameScalar reports whether a and b are the same comparable value.
-func sameScalar(a, b Value) bool {
-	switch x := a.(type) {
-	case nil:
-		return b == nil
-	case Undefined:
-		_, ok := b.(Undefined)
-		return ok
-	case pureGlobal:
-		y, ok := b.(pureGlobal)
-		return ok && x == y
-	case string:
-		y, ok := b.(string)
-		return ok && x == y
-	case int64:
-		y, ok := b.(int64)
-		return ok && x == y
-	case float64:
-		y, ok := b.(float64)
-		return ok && x == y
-	case bool:
-		y, ok := b.(bool)
-		return ok && x == y
-	}
-	return false
-}
+// sameScalar reports whether a and b are the same comparable value: the same type
+// (1, 1.0 and true print differently) and the same value. Go's == on the interfaces
+// says exactly that, and cannot panic once a's type is comparable.
+func sameScalar(a, b Value) bool { return comparable(a) && a == b }
 
 // sameItem reports whether two list items are known to be the same value: the same
 // *Dict (the chat encoder's messages), or dicts and lists of the same keys in the
