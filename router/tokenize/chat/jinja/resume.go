@@ -69,15 +69,17 @@ type Prior struct {
 // that returned p copied from its own prior, and how many it ran.
 func (p *Prior) Iterations() (copied, ran int) { return p.copied, p.ran }
 
-// Size is the memory a Prior holds beyond what its render's caller holds anyway (the
-// items are the caller's values; the output is counted), for cache accounting.
+// Size is the memory a Prior holds, for cache accounting: its output, its records, and
+// 64 bytes per item (the items are the caller's values, but a caller may rebuild them
+// for each render, as the chat encoder does for templates that loop over content
+// parts, and the Prior keeps them).
 func (p *Prior) Size() int {
 	if p == nil {
 		return 0
 	}
 	n := 64 + len(p.out)
 	for _, l := range p.loops {
-		n += 64 + 16*(len(l.items)+len(l.eq)+len(l.thr)+len(l.state)) + 8*len(l.ends)
+		n += 64 + 64*len(l.items) + 16*(len(l.eq)+len(l.thr)+len(l.state)) + 8*len(l.ends)
 	}
 	return n
 }
