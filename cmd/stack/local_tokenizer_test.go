@@ -67,7 +67,7 @@ func testLocalTokenizer(t *testing.T, enc *chat.Encoder, set func(*configs.Token
 	}
 	// The conversation's earlier messages were taken from the conversation cache at each
 	// turn after the first, and each new message went into the message cache.
-	convHits, entries := -1.0, -1.0
+	convHits, entries, copied := -1.0, -1.0, -1.0
 	for _, mf := range calls {
 		if mf.GetName() == "kvroute_tokenize_calls_total" && mf.GetMetric()[0].GetCounter().GetValue() != 0 {
 			t.Errorf("local mode made %v /tokenize calls", mf.GetMetric()[0].GetCounter().GetValue())
@@ -82,10 +82,20 @@ func testLocalTokenizer(t *testing.T, enc *chat.Encoder, set func(*configs.Token
 				}
 			case "kvroute_tokenize_message_cache_entries":
 				entries = m.GetGauge().GetValue()
+			case "kvroute_tokenize_render_loop_iterations_total":
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "result" && l.GetValue() == "copied" {
+						copied = m.GetCounter().GetValue()
+					}
+				}
 			}
 		}
 	}
 	if convHits < 3 || entries < 4 {
 		t.Errorf("conversation cache: %v hits, message cache: %v entries after 4 turns, want at least 3 and 4", convHits, entries)
+	}
+	// Each turn after the first resumed the render: at least the system prompt copied.
+	if copied < 3 {
+		t.Errorf("renders copied %v loop iterations in 4 turns, want at least 3", copied)
 	}
 }

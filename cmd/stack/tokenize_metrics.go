@@ -20,6 +20,7 @@ import (
 //	kvroute_tokenize_conversation_cache_entries{tokenizer}     recent requests' message lists held
 //	kvroute_tokenize_conversation_cache_bytes{tokenizer}       their accounted bytes (an eighth of the budget at most)
 //	kvroute_tokenize_conversation_cache_lookups_total{tokenizer,result}  hit (a request took its earlier messages from one) or miss
+//	kvroute_tokenize_render_loop_iterations_total{tokenizer,result}  iterations of the template's loops over the messages: copied from the conversation's previous render, or run
 //
 // Safe for concurrent use.
 type encoderCaches struct {
@@ -28,6 +29,7 @@ type encoderCaches struct {
 
 	entries, bytes, lookups, evictions  *prometheus.Desc
 	convEntries, convBytes, convLookups *prometheus.Desc
+	renderIters                         *prometheus.Desc
 }
 
 func newEncoderCaches() *encoderCaches {
@@ -49,6 +51,9 @@ func newEncoderCaches() *encoderCaches {
 			"Accounted bytes of the local tokenizer's conversation cache (bounded by an eighth of its 64 MB conversation budget).", l, nil),
 		convLookups: prometheus.NewDesc("kvroute_tokenize_conversation_cache_lookups_total",
 			"Chat requests by whether they took their earlier messages from the local tokenizer's conversation cache (hit) or not (miss).",
+			[]string{"tokenizer", "result"}, nil),
+		renderIters: prometheus.NewDesc("kvroute_tokenize_render_loop_iterations_total",
+			"Iterations of the chat templates' loops over the messages, by whether the render copied them from the conversation's previous render (copied) or ran them (run).",
 			[]string{"tokenizer", "result"}, nil),
 	}
 }
@@ -74,6 +79,7 @@ func (c *encoderCaches) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.convEntries
 	ch <- c.convBytes
 	ch <- c.convLookups
+	ch <- c.renderIters
 }
 
 // Collect implements prometheus.Collector.
@@ -91,5 +97,7 @@ func (c *encoderCaches) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.convBytes, prometheus.GaugeValue, float64(s.ConversationBytes), dir)
 		ch <- prometheus.MustNewConstMetric(c.convLookups, prometheus.CounterValue, float64(s.ConversationHits), dir, "hit")
 		ch <- prometheus.MustNewConstMetric(c.convLookups, prometheus.CounterValue, float64(s.ConversationMisses), dir, "miss")
+		ch <- prometheus.MustNewConstMetric(c.renderIters, prometheus.CounterValue, float64(s.RenderCopied), dir, "copied")
+		ch <- prometheus.MustNewConstMetric(c.renderIters, prometheus.CounterValue, float64(s.RenderRan), dir, "run")
 	}
 }
