@@ -440,7 +440,7 @@ func (it *Iter) SkipValue() (int, error) {
 // NextKey is Next for a caller that scans the value itself: it returns the member's
 // key and the index of its value's first byte, vs. Before the next call the caller
 // either calls SkipValue, or finds the value's end itself, as Next would (a member's
-// value is at depth 1: [Elements](b, vs, 1, ...) for an array), and calls ValueEnd
+// value is at depth 1: [NewArrayIter](b, vs, 1) for an array), and calls ValueEnd
 // with it.
 func (it *Iter) NextKey() (key []byte, vs int, ok bool, err error) {
 	b := it.b
@@ -478,30 +478,8 @@ func (it *Iter) NextKey() (key []byte, vs int, ok bool, err error) {
 // ValueEnd tells the iterator where the value NextKey returned ends.
 func (it *Iter) ValueEnd(ve int) { it.i = ve }
 
-// Elements walks the array starting at b[i] == '[', nested depth levels deep (an
-// object member's value is at depth 1), with [Skip]'s checks: it calls fn with the
-// bounds b[start:end] of each element in order and returns the index just past the
-// closing bracket. It is Skip's walk of an array, for a caller that wants the
-// elements without scanning them twice.
-func Elements(b []byte, i, depth int, fn func(start, end int)) (int, error) {
-	a, err := NewArrayIter(b, i, depth)
-	if err != nil {
-		return 0, err
-	}
-	for {
-		s, e, ok, err := a.Next()
-		if err != nil {
-			return 0, err
-		}
-		if !ok {
-			return a.End(), nil
-		}
-		fn(s, e)
-	}
-}
-
-// ArrayIter walks the elements of an array with [Skip]'s checks; start one with
-// [NewArrayIter].
+// ArrayIter walks the elements of an array with [Skip]'s checks, for a caller that
+// wants the elements without scanning them twice; start one with [NewArrayIter].
 type ArrayIter struct {
 	b         []byte
 	i, depth  int

@@ -62,16 +62,16 @@ func FuzzMatchesEncodingJSON(f *testing.F) {
 			checkUnescape(t, trimmed)
 		}
 		if len(trimmed) > 0 && trimmed[0] == '[' {
-			// Elements agrees with Skip on the array, and its elements are Skip's.
+			// ArrayIter (elements) agrees with Skip on the array, and its elements are Skip's.
 			end, err := Skip(trimmed, 0)
 			var elems [][2]int
-			gotEnd, gotErr := Elements(trimmed, 0, 0, func(s, e int) { elems = append(elems, [2]int{s, e}) })
+			gotEnd, gotErr := elements(trimmed, 0, 0, func(s, e int) { elems = append(elems, [2]int{s, e}) })
 			if (err == nil) != (gotErr == nil) || (err == nil && gotEnd != end) {
-				t.Fatalf("Elements(%q) = %d, %v; Skip %d, %v", trimmed, gotEnd, gotErr, end, err)
+				t.Fatalf("elements(%q) = %d, %v; Skip %d, %v", trimmed, gotEnd, gotErr, end, err)
 			}
 			for _, el := range elems {
 				if e, err := Skip(trimmed, el[0]); err != nil || e != el[1] {
-					t.Fatalf("Elements(%q): element %q, Skip ends it at %d (%v)", trimmed, trimmed[el[0]:el[1]], e, err)
+					t.Fatalf("elements(%q): element %q, Skip ends it at %d (%v)", trimmed, trimmed[el[0]:el[1]], e, err)
 				}
 			}
 			var ref []uint32
@@ -181,12 +181,12 @@ func TestDepthLimit(t *testing.T) {
 		if err := Object(obj, func([]byte, bool, []byte) error { return nil }); (err == nil) != c.ok {
 			t.Errorf("depth %d: Object: %v", c.depth, err)
 		}
-		if _, err := Elements([]byte(arr), 0, 0, func(int, int) {}); (err == nil) != c.ok {
+		if _, err := elements([]byte(arr), 0, 0, func(int, int) {}); (err == nil) != c.ok {
 			t.Errorf("depth %d: Elements: %v", c.depth, err)
 		}
-		it, _ := NewIter(obj, 0) // the member's array through NextKey and Elements at depth 1
+		it, _ := NewIter(obj, 0) // the member's array through NextKey and ArrayIter at depth 1
 		_, vs, _, _ := it.NextKey()
-		if _, err := Elements(obj, vs, 1, func(int, int) {}); (err == nil) != c.ok {
+		if _, err := elements(obj, vs, 1, func(int, int) {}); (err == nil) != c.ok {
 			t.Errorf("depth %d: Elements in a member: %v", c.depth, err)
 		}
 	}
@@ -220,5 +220,24 @@ func TestStringWordBoundaries(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// elements walks the array at b[i] with an ArrayIter nested depth levels deep, calling fn
+// with each element's bounds, and returns the index past it.
+func elements(b []byte, i, depth int, fn func(start, end int)) (int, error) {
+	a, err := NewArrayIter(b, i, depth)
+	if err != nil {
+		return 0, err
+	}
+	for {
+		s, e, ok, err := a.Next()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return a.End(), nil
+		}
+		fn(s, e)
 	}
 }
