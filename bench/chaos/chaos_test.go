@@ -179,8 +179,13 @@ func TestWorkerKilled(t *testing.T) {
 // with a clean 504 until the worker is ejected. One timed-out request is enough for the
 // ejection (the generation probe, health.generation_probe), so it does not depend on
 // how many requests the policy keeps sending to a worker with requests stuck on it.
+// The first-byte timeout is 2 s here, not the suite's 1 s: in a fresh-clone CI run
+// (go test -race of every package, two at a time on 2 cores) a healthy worker once
+// took over a second to its first byte, was ejected as well, and streams failed with
+// 503 no_healthy_worker while the fleet was down to one worker (2026-12-07).
 func TestWorkerHangs(t *testing.T) {
 	e := startEnv(t, EnvOptions{Mutate: func(_ *sim.FleetConfig, c *configs.Config) {
+		c.Timeouts.FirstByte = 2 * time.Second
 		c.Timeouts.Total = 3 * time.Second
 	}})
 	victim := e.Fleet.Workers()[2]
