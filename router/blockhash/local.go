@@ -90,7 +90,7 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 	if string(lit) == "[]" { // the first message is not text: nothing to hash
 		return Result{Hashes: dst, Exact: true, Truncated: true}, nil
 	}
-	if body, err = appendTokenizeBody(buf.AvailableBuffer()[:0], req.Model, k, lit, &req.Options, false); err != nil {
+	if body, err = appendTokenizeBody(buf.AvailableBuffer(), req.Model, k, lit, &req.Options, false); err != nil {
 		return Result{}, err
 	}
 	if ids, err = l.tok.EncodeChat(body); err != nil {

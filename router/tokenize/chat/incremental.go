@@ -143,8 +143,11 @@ func (e *Encoder) parseConv(body []byte) (*Request, convKeys, convTurn, error) {
 		keys = append(keys, nextKey(keys[len(keys)-1], bd.hash))
 	}
 	n := len(bounds)
-	// The longest earlier request of the conversation these messages repeat (convCache),
-	// then each message after it through the message cache.
+	// The longest earlier request of the conversation these messages repeat (convCache):
+	// the one scanMessages found by the first two messages, else one found by the key
+	// of a shorter prefix (an entry of one message has no start; a start shared by
+	// many conversations keeps only the newest maxStarts). Then each message after it
+	// through the message cache.
 	var span []byte
 	var prev *convEntry
 	k := 0
@@ -232,10 +235,7 @@ func (e *Encoder) scanMessages(body []byte, vs int, bounds []msgBound) (_ []msgB
 		}
 		off := bounds[0].start
 		if ce := e.convs.byStart(nextKey(nextKey(0, bounds[0].hash), bounds[1].hash), body[vs+off:]); ce != nil {
-			bounds = bounds[:0]
-			for _, b := range ce.bounds {
-				bounds = append(bounds, msgBound{start: b.start + off, end: b.end + off, hash: b.hash})
-			}
+			bounds = rebase(bounds[:0], ce.bounds, -off)
 			ai.Skipped(vs + off + len(ce.raw))
 			hit = ce
 		}
