@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kvroute/kvroute/proto"
 	"github.com/kvroute/kvroute/router/tokenize/chat"
 	"github.com/kvroute/kvroute/router/tokenize/tokenizetest"
 )
@@ -72,7 +73,15 @@ func TestLocalIncrementalHashes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				// Block size and cache salt change now and then: block hashes kept for a
+				// result (Memo) are reused only for the same chain.
 				req := &Request{Model: "m", BlockSize: 4, Messages: raw, Options: opts}
+				switch rng.IntN(10) {
+				case 0:
+					req.BlockSize = 16
+				case 1:
+					req.CacheSalt = "s"
+				}
 				if rng.IntN(2) == 0 {
 					body := map[string]any{"model": "m", "messages": json.RawMessage(raw)}
 					for k, v := range map[string]json.RawMessage{"add_generation_prompt": opts.AddGenerationPrompt,
@@ -157,5 +166,77 @@ func TestLocalParts(t *testing.T) {
 	before, _ := hash([]any{sys, user})
 	if !r.Truncated || len(r.Hashes) == 0 || !isPrefix(r.Hashes, before.Hashes) {
 		t.Fatalf("image part: %d hashes (truncated %v), the messages before it %d", len(r.Hashes), r.Truncated, len(before.Hashes))
+	}
+}
+
+// TestLocalReusesHashes checks that a turn takes the block hashes its earlier turn kept
+// in the prefix cache's memo (exactReuse) for the ids it repeats, and hashes the rest:
+// a memo replaced with other values shows up in the result, for the same chain only.
+func TestLocalReusesHashes(t *testing.T) {
+	enc, err := chat.Load(tokenizetest.ModelDir(t, "qwen3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLocal(enc)
+	msgs := []any{map[string]any{"role": "system", "content": "You are a helpful assistant. " + words(3, 60)},
+		map[string]any{"role": "user", "content": words(5, 80)}}
+	req := &Request{Model: "m", BlockSize: 16}
+	body := func() []byte {
+		var err error
+		if req.Messages, err = json.Marshal(msgs); err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.Marshal(map[string]any{"model": "m", "messages": msgs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	req.Body = body()
+	first, err := l.Hash(t.Context(), req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A probe turn extending the first finds its memo; the turn hashed below, another
+	// extension of the first, then finds the same one.
+	msgs = append(msgs, map[string]any{"role": "assistant", "content": words(6, 80)}, map[string]any{"role": "user", "content": "probe"})
+	_, ru, err := enc.EncodeChatReuse(body())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs[len(msgs)-1] = map[string]any{"role": "user", "content": words(7, 80)}
+	req.Body = body()
+	tag := [2]uint64{uint64(proto.Seed("m", "", "")), 16}
+	kept := ru.From.Load(tag)
+	if len(kept) != len(first.Hashes) || ru.IDs/16 < len(first.Hashes)-1 {
+		t.Fatalf("the first turn's memo holds %d hashes, the turn hashed %d; %d ids repeated", len(kept), len(first.Hashes), ru.IDs)
+	}
+	bogus := make([]uint64, len(kept))
+	for i := range bogus {
+		bogus[i] = uint64(i) + 1
+	}
+	ru.From.Store(tag, bogus)
+	got, err := l.Hash(t.Context(), req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := min(len(kept), ru.IDs/16)
+	for i := range k {
+		if uint64(got.Hashes[i]) != bogus[i] {
+			t.Fatalf("block %d: hash %x, the memo's %x: the memo was not used", i, got.Hashes[i], bogus[i])
+		}
+	}
+	ids, _ := enc.EncodeChat(req.Body)
+	if want := exact(req, ids, nil); len(got.Hashes) != len(want.Hashes) || got.Hashes[k] == want.Hashes[k] {
+		t.Fatalf("%d hashes, want %d; block %d chained from the memo's %x", len(got.Hashes), len(want.Hashes), k, bogus[k-1])
+	}
+	// Another salt is another chain: the memo is not used.
+	req.CacheSalt = "other"
+	salted, err := l.Hash(t.Context(), req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := exact(req, ids, nil); !slices.Equal(salted.Hashes, want.Hashes) {
+		t.Fatalf("salted: first difference at block %d", firstDiff(salted.Hashes, want.Hashes))
 	}
 }

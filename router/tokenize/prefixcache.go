@@ -1,6 +1,7 @@
 package tokenize
 
 import (
+	"encoding/binary"
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
@@ -45,6 +46,10 @@ type prefixEntry struct {
 	ids  []uint32
 	cps  []cpRecord
 	cost int
+	// base is the number of post-processor ids (BOS) its result had before ids.
+	base int
+	// memo is the caller's (Reuse).
+	memo Memo
 	// key is the caller's key of an EncodeKeyed entry; hasKey says it is set.
 	key    uint64
 	hasKey bool
@@ -102,19 +107,20 @@ func (c *PrefixCache) Encode(text string, addSpecial bool) []uint32 {
 // EncodeReuse is Encode that also reports how many bytes of text were reused from
 // the cache rather than encoded.
 func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) {
-	return c.encodeReuse(text, addSpecial, 0, false)
+	ids, r := c.encodeReuse(text, addSpecial, 0, false)
+	return ids, r.Bytes
 }
 
 // encodeReuse is EncodeReuse that also files the result under key when hasKey is
 // set (see EncodeKeyed).
-func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasKey bool) ([]uint32, int) {
+func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasKey bool) ([]uint32, Reuse) {
 	t := c.tok
 	if !t.prefixSafe {
-		return t.Encode(text, addSpecial), 0
+		return t.Encode(text, addSpecial), Reuse{}
 	}
 	buf := encodePool.Get().(*encodeBuf)
 	defer buf.release()
-	cps := checkpointsOf(t, buf, text, 0, true)
+	cps := checkpointsOf(t, buf, text, 0, 0, true)
 
 	out := make([]uint32, 0, len(text)/3+len(t.prefix)+len(t.suffix)+8)
 	if addSpecial {
@@ -148,13 +154,16 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 	}
 	c.mu.Unlock()
 
-	return c.encodeRest(text, addSpecial, buf, start, cps, len(recs), out, base, recs, from, key, hasKey), reused
+	ids, r := c.encodeRest(text, addSpecial, buf, start, cps, len(recs), out, base, recs, from, key, hasKey)
+	r.Bytes = reused
+	return ids, r
 }
 
 // checkpointsOf splits text[from:] at t's added tokens into buf.segs (atStart: from is
 // where the text starts) and returns a checkpoint after each added token: its end and
-// read bytes in text, its segment in buf.segs and the hash of text up to its end.
-func checkpointsOf(t *Tokenizer, buf *encodeBuf, text string, from int, atStart bool) []checkpoint {
+// read bytes in text, its segment in buf.segs and the hash of text up to its end
+// (cpHash). from is 0 or a checkpoint of text whose hash is fromHash.
+func checkpointsOf(t *Tokenizer, buf *encodeBuf, text string, from int, fromHash uint64, atStart bool) []checkpoint {
 	var cps []checkpoint
 	buf.segs = t.added.split(buf.segs[:0], text[from:], atStart, func(end, read int) {
 		cps = append(cps, checkpoint{end: from + end, read: from + read})
@@ -167,24 +176,38 @@ func checkpointsOf(t *Tokenizer, buf *encodeBuf, text string, from int, atStart 
 			k++
 		}
 	}
-	d := xxhash.New()
-	_, _ = d.WriteString(text[:from])
-	prev := from
+	h, prev := fromHash, from
 	for i := range cps {
-		_, _ = d.WriteString(text[prev:cps[i].end])
+		h = cpHash(h, text[prev:cps[i].end])
 		prev = cps[i].end
-		cps[i].hash = d.Sum64()
+		cps[i].hash = h
 	}
 	return cps
+}
+
+// cpHash chains a checkpoint's hash: the hash of the text up to the checkpoint before it
+// (0 for the text's start) and the text between the two. The hash of a checkpoint so
+// stands for all the text before it, and a text that resumes after a shared checkpoint
+// hashes only what follows it: hashing the whole prefix again was 4% of the routing
+// decision at turns 30 to 40 of BenchmarkDecision (2026-12-07). Lookups compare the
+// text itself, so a collision costs a miss, never a wrong result.
+func cpHash(prev uint64, seg string) uint64 {
+	var d xxhash.Digest
+	d.Reset()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], prev)
+	_, _ = d.Write(b[:])
+	_, _ = d.WriteString(seg)
+	return d.Sum64()
 }
 
 // encodeRest encodes buf.segs from segment start on after out (whose ids from base on
 // are the text's, recs their checkpoints so far, the first ones from's when from is not
 // nil), records the checkpoints met on the way (cps from index next on, whose seg
 // counts from buf.segs[0]), adds the suffix when addSpecial, stores the result and
-// returns out.
+// returns out and how it relates to from's (Reuse, without Bytes).
 func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, start int, cps []checkpoint, next int,
-	out []uint32, base int, recs []cpRecord, from *prefixEntry, key uint64, hasKey bool) []uint32 {
+	out []uint32, base int, recs []cpRecord, from *prefixEntry, key uint64, hasKey bool) ([]uint32, Reuse) {
 	shared := len(recs)
 	t := c.tok
 	out = t.encodeSegs(out, buf, buf.segs[start:], func(seg, n int) {
@@ -197,26 +220,34 @@ func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, s
 	if addSpecial {
 		out = append(out, t.suffix...)
 	}
-	c.store(text, out[base:end], recs, from, shared, key, hasKey)
-	return out
+	var r Reuse
+	if from != nil && shared > 0 && from.base == base {
+		r.From, r.IDs = &from.memo, base+recs[shared-1].nIDs
+	}
+	if e := c.store(text, out, base, end, recs, from, shared, key, hasKey); e != nil {
+		r.Self = &e.memo
+	}
+	return out, r
 }
 
-// store records text and its ids (without post-processor tokens) under every
-// checkpoint. When text extends from, sharing its first shared checkpoints, and from
+// store records text and its ids out[base:end] (without post-processor tokens) under
+// every checkpoint, and returns the entry, nil when it keeps nothing. When text extends from, sharing its first shared checkpoints, and from
 // is its chain's newest entry, the entry joins from's chain (prefixChain): only the
 // checkpoints after the shared ones are filed, and from's checkpoints after them,
 // which the new entry does not have, are unfiled. Otherwise it starts a chain.
-func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, from *prefixEntry, shared int, key uint64, hasKey bool) {
+func (c *PrefixCache) store(text string, out []uint32, base, end int, recs []cpRecord, from *prefixEntry, shared int, key uint64, hasKey bool) *prefixEntry {
 	if len(recs) == 0 || c.maxBytes <= 0 {
-		return
+		return nil
 	}
+	ids := out[base:end]
 	// The entry keeps the caller's ids, not a copy (a copy was 8 to 20% of EncodeKeyed at
 	// turns 30 to 40 of BenchmarkDecision, 2026-12-07): the returned ids are read-only
 	// (PrefixCache's doc), and the entry reads no further than its checkpoints' counts.
-	e := &prefixEntry{text: text, ids: ids, cps: recs, key: key, hasKey: hasKey}
-	e.cost = len(text) + 4*cap(ids) + 48*len(recs) + 64
+	e := &prefixEntry{text: text, ids: ids, cps: recs, key: key, hasKey: hasKey, base: base}
+	e.memo.max = len(out)/memoPerIDs + 1
+	e.cost = len(text) + 4*cap(ids) + 48*len(recs) + 8*e.memo.max + 64
 	if e.cost > c.maxBytes {
-		return
+		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -242,6 +273,7 @@ func (c *PrefixCache) store(text string, ids []uint32, recs []cpRecord, from *pr
 	for c.bytes > c.maxBytes && len(c.entries) > 0 {
 		c.evictOldest()
 	}
+	return e
 }
 
 // evictOldest drops the oldest entry; the caller holds mu.

@@ -12,13 +12,20 @@ package tokenize
 // gives the segments the whole text's split has after b: the scan restarts at b in
 // both cases (the pending plain text starts at the token end b, lstrip never crosses
 // it) and no segment after b begins at offset 0. So the cost of a new turn is its
-// new text plus a hash and a compare of the shared prefix (memory speed), instead of
+// new text plus a compare of the shared prefix (memory speed), instead of
 // an added-token scan of the whole conversation. Without a usable hint it is
 // EncodeReuse. The second result is the number of bytes reused.
 func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, key uint64) ([]uint32, int) {
+	ids, r := c.EncodeKeyedReuse(text, addSpecial, hints, key)
+	return ids, r.Bytes
+}
+
+// EncodeKeyedReuse is EncodeKeyed that also says which cached result the ids repeat
+// the leading ids of, with both results' memos (Reuse).
+func (c *PrefixCache) EncodeKeyedReuse(text string, addSpecial bool, hints []uint64, key uint64) ([]uint32, Reuse) {
 	t := c.tok
 	if !t.prefixSafe {
-		return t.Encode(text, addSpecial), 0
+		return t.Encode(text, addSpecial), Reuse{}
 	}
 	var e *prefixEntry
 	ci := -1
@@ -43,7 +50,7 @@ func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, 
 	b := rec.end
 	buf := encodePool.Get().(*encodeBuf)
 	defer buf.release()
-	cps := checkpointsOf(t, buf, text, b, false)
+	cps := checkpointsOf(t, buf, text, b, rec.hash, false)
 
 	out := make([]uint32, 0, rec.nIDs+(len(text)-b)/3+len(t.prefix)+len(t.suffix)+8)
 	if addSpecial {
@@ -53,7 +60,9 @@ func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, 
 	out = append(out, e.ids[:rec.nIDs]...)
 	recs := make([]cpRecord, ci+1, ci+1+len(cps))
 	copy(recs, e.cps[:ci+1])
-	return c.encodeRest(text, addSpecial, buf, 0, cps, 0, out, base, recs, e, key, true), b
+	ids, r := c.encodeRest(text, addSpecial, buf, 0, cps, 0, out, base, recs, e, key, true)
+	r.Bytes = b
+	return ids, r
 }
 
 // sharedCheckpoint returns the index of e's last checkpoint whose read bytes text

@@ -35,6 +35,17 @@ func TestEncodeKeyedConversation(t *testing.T) {
 					}
 					b.WriteString(corpus[rng.IntN(len(corpus)-10)] + mk[2])
 				}
+				// Without a hint, the checkpoints filed by the keyed turns (their hashes
+				// chained from where each turn resumed) are found by their hashes from
+				// the text's start.
+				next := b.String() + mk[0] + corpus[rng.IntN(len(corpus)-10)]
+				got, reused := pc.EncodeReuse(next, true)
+				if want := tok.Encode(next, true); !slices.Equal(got, want) {
+					t.Fatalf("conversation %d unhinted: cache gives %v, Encode %v", conv, head(got), head(want))
+				}
+				if tok.prefixSafe && reused < len(b.String())/2 {
+					t.Errorf("conversation %d unhinted: reused %d of %d bytes", conv, reused, len(b.String()))
+				}
 			}
 		})
 	}

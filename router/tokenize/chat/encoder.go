@@ -118,16 +118,25 @@ func (e *Encoder) Render(body []byte) (string, *Request, error) {
 // conversation reuse the previous turn's ids through the conversation cache. The ids
 // may be held by the cache (tokenize.PrefixCache): the caller must not modify them.
 func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
+	ids, _, err := e.EncodeChatReuse(body)
+	return ids, err
+}
+
+// EncodeChatReuse is EncodeChat that also says which earlier result of the prefix
+// cache the ids repeat the leading ids of (tokenize.Reuse; zero without a cache), so
+// the caller can keep what it derives from the ids in the results' memos and derive
+// it for the new ids only (blockhash.Local: block hashes).
+func (e *Encoder) EncodeChatReuse(body []byte) ([]uint32, tokenize.Reuse, error) {
 	if e.cache == nil {
 		prompt, req, err := e.Render(body)
 		if err != nil {
-			return nil, fmt.Errorf("encode chat: %w", err)
+			return nil, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
 		}
-		return e.Encode(prompt, req.AddSpecialTokens), nil
+		return e.Encode(prompt, req.AddSpecialTokens), tokenize.Reuse{}, nil
 	}
 	req, keys, turn, err := e.parseConv(body)
 	if err != nil {
-		return nil, fmt.Errorf("encode chat: %w", err)
+		return nil, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
 	}
 	var prior *jinja.Prior
 	if turn.prev != nil {
@@ -135,7 +144,7 @@ func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
 	}
 	prompt, next, err := e.cfg.RenderFrom(req.Messages, req.Options, prior)
 	if err != nil {
-		return nil, fmt.Errorf("encode chat: %w", err)
+		return nil, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
 	}
 	copied, ran := next.Iterations()
 	e.convs.copied.Add(int64(copied))
@@ -144,6 +153,6 @@ func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
 		e.convs.setPrior(turn.cur, next)
 	}
 	var hb [maxHints + 1]uint64
-	ids, _ := e.cache.EncodeKeyed(prompt, req.AddSpecialTokens, keys.hints(hb[:0]), keys[len(keys)-1])
-	return ids, nil
+	ids, r := e.cache.EncodeKeyedReuse(prompt, req.AddSpecialTokens, keys.hints(hb[:0]), keys[len(keys)-1])
+	return ids, r, nil
 }
