@@ -51,7 +51,11 @@ const (
 // the GC as much as the decision (the report says how many turn-40 samples it has).
 //
 // Modes: "local" (kvroute's tokenizer with Qwen3's tokenizer.json and chat template, its
-// conversation cache on, as chat.Load sets it) and "engine" (POST /tokenize to the
+// conversation cache on, as chat.Load sets it; no events: every block the router knows
+// of is its own prediction, as with a fleet that publishes no KV events),
+// "local-events" (the same, with the chosen worker publishing BlockStored for the
+// prompt's new blocks after each turn, as vLLM does with KV events on: turn 40's
+// earlier blocks are confirmed, turn40-confirmed reports the share) and "engine" (POST /tokenize to the
 // bench/proxy fake worker on loopback, whose token ids are fake: the call's cost, not
 // the tokenizer's, is what it shows).
 //
@@ -68,7 +72,13 @@ func BenchmarkDecision(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Run("mode=local", func(b *testing.B) { benchDecision(b, blockhash.NewLocal(enc)) })
+	b.Run("mode=local", func(b *testing.B) { benchDecision(b, blockhash.NewLocal(enc), nil) })
+	// The fleet's own tokenizer, with its own caches: the router's are the router's.
+	fleet, err := chat.Load(tokenizetest.ModelDir(b, "qwen3"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("mode=local-events", func(b *testing.B) { benchDecision(b, blockhash.NewLocal(enc), fleet) })
 
 	up := proxy.NewUpstream(proxy.UpstreamOptions{Model: "m"})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -86,7 +96,7 @@ func BenchmarkDecision(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer eng.Close()
-	b.Run("mode=engine", func(b *testing.B) { benchDecision(b, eng) })
+	b.Run("mode=engine", func(b *testing.B) { benchDecision(b, eng, nil) })
 }
 
 type message struct {
@@ -94,7 +104,12 @@ type message struct {
 	Content string `json:"content"`
 }
 
-func benchDecision(b *testing.B, h blockhash.Hasher) {
+// benchDecision runs the conversations through h. With events set, the chosen worker
+// publishes BlockStored for the prompt's blocks it did not hold after each turn, outside
+// the timed window, as a vLLM worker does once it has prefilled the prompt (the token
+// ids from events, a chat encoder of its own), so the next turn's Predict finds the
+// earlier blocks confirmed.
+func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 	keys := make([]proto.WorkerKey, workers)
 	for i := range keys {
 		keys[i] = proto.WorkerKey{ID: fmt.Sprintf("w%d", i)}
@@ -105,7 +120,7 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 	var rounds [][2]float64 // per round: CPU per decision at turn 2 and turn 40, us
 	var n [turns + 1]int
 	var alloc [turns + 1]uint64
-	var tokens40 int
+	var tokens40, confirmed40, blocks40 int
 	b.ReportAllocs()
 	for b.Loop() {
 		ix, err := indexer.New(indexer.Options{})
@@ -119,6 +134,11 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 		for c := range msgs {
 			msgs[c] = []message{{Role: "system", Content: "You are a helpful assistant. " + words(rng, 30)}}
 		}
+		stored := make([]map[int]int, convs) // per conversation: worker -> blocks of its chain stored
+		for c := range stored {
+			stored[c] = map[int]int{}
+		}
+		chosen := make([]int, convs)
 		var (
 			hashes  []proto.BlockHash
 			matches []indexer.WorkerMatch
@@ -170,9 +190,16 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 				sreq := scorer.Request{Model: "m", PromptTokens: r.Tokens, Blocks: len(hashes), BlockSize: blockSize}
 				w := sel.SelectExplained(&sreq, cands, costs)
 				ix.Predict(keys[w], hashes, time.Hour)
+				chosen[c] = w
 				if t == turns {
 					lat40 = append(lat40, time.Since(t0))
 					tokens40 += r.Tokens
+					for _, m := range matches {
+						if m.Worker == keys[w] {
+							confirmed40 += m.Confirmed
+						}
+					}
+					blocks40 += len(hashes)
 				}
 			}
 			dc := cpuTime() - c0
@@ -189,6 +216,11 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 				var m1 runtime.MemStats
 				runtime.ReadMemStats(&m1)
 				alloc[t] += m1.TotalAlloc - m0.TotalAlloc
+			}
+			if events != nil {
+				for c := range msgs {
+					publishStored(b, ix, events, bodies[c], keys[chosen[c]], stored[c], chosen[c])
+				}
 			}
 			for c := range msgs {
 				msgs[c] = append(msgs[c], message{Role: "assistant", Content: words(rng, wordsPerMsg)})
@@ -218,6 +250,33 @@ func benchDecision(b *testing.B, h blockhash.Hasher) {
 	b.ReportMetric(float64(alloc[2])/float64(n[2]), "turn2-B/op")
 	b.ReportMetric(float64(tokens40)/float64(len(lat40)), "turn40-tokens")
 	b.ReportMetric(float64(len(lat40)), "turn40-samples")
+	// The share of turn 40's blocks that Match found confirmed by events on the chosen
+	// worker (0 without events: predicted only).
+	b.ReportMetric(float64(confirmed40)/float64(blocks40), "turn40-confirmed")
+}
+
+// publishStored applies the BlockStored event worker w (key k) publishes after prefilling
+// body: the prompt's full blocks after the done[w] it stored before, chained to the last
+// of those (engine hashes equal to kvroute's, as any unique values would do).
+func publishStored(b *testing.B, ix *indexer.Index, enc *chat.Encoder, body []byte, k proto.WorkerKey, done map[int]int, w int) {
+	ids, err := enc.EncodeChat(body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := proto.HashBlocks(nil, proto.Seed("m", "", ""), ids, blockSize)
+	from := done[w]
+	if from >= len(hs) {
+		return
+	}
+	ev := proto.Event{Kind: proto.BlockStored, TokenIDs: ids[from*blockSize : len(hs)*blockSize], BlockSize: blockSize}
+	for _, h := range hs[from:] {
+		ev.BlockHashes = append(ev.BlockHashes, proto.EngineHash(h))
+	}
+	if from > 0 {
+		ev.ParentHash, ev.HasParent = proto.EngineHash(hs[from-1]), true
+	}
+	ix.Apply(k, "m", &proto.Batch{DPRank: -1, Events: []proto.Event{ev}})
+	done[w] = len(hs)
 }
 
 var seeds atomic.Uint64
