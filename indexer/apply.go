@@ -400,7 +400,7 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 			ix.yield(&ops)
 		}
 	}
-	for own := range oldPred.slot { // unreachable too: its map is read, not written
+	for own := range oldPred.all() { // unreachable too: read, not written
 		ix.setHolder(ws, own, 0, 0, 0xff, tick)
 		ix.yield(&ops)
 	}

@@ -173,8 +173,8 @@
 // while a table grows; a reserved table is sized for the worker's whole cache, so until
 // the cache is full an entry's share is larger),
 // plus a share of the holder set (4 bytes per member, shared by every block with the
-// same holders). Predictions cost about 21 bytes each (Go map) plus 24 bytes per heap
-// item. Stats.MemoryBytes and kvroute_indexer_memory_bytes report the estimate;
+// same holders). Predictions cost a 16-byte slot of their worker's table, which is 3/8
+// to 3/4 full (21 to 43 bytes each), plus 24 bytes per heap item. Stats.MemoryBytes and kvroute_indexer_memory_bytes report the estimate;
 // BenchmarkMemoryPerEntry compares it with the Go heap (within 1% for chains stored by
 // one worker, 7% low for the 4-holder case, whose run arrays grow by copying).
 //

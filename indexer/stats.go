@@ -129,15 +129,11 @@ func compareKeys(a, b proto.WorkerKey) int {
 	return a.DPRank - b.DPRank
 }
 
-// Per-entry sizes used by the memory estimate: a Go swiss-map slot of the prediction map
-// is 8 + 8 bytes plus one control byte.
-const (
-	predSlotBytes = 17
-	heapItemBytes = 24
-)
+// heapItemBytes is the size of an expiry heap item, for the memory estimate.
+const heapItemBytes = 24
 
 // memoryLocked estimates the bytes held: node table, holder sets, engine tables,
-// predictions (at Go's average swiss-map load of about 0.8). mu must be held.
+// predictions. mu must be held.
 func (ix *Index) memoryLocked() int {
 	b := ix.nodes.Bytes() + ix.sets.bytes() + cap(ix.pred.items)*heapItemBytes
 	for _, ws := range ix.workers {
