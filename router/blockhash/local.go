@@ -32,7 +32,7 @@ type Tokenizer interface {
 // those the new ids repeat.
 type ReuseTokenizer interface {
 	Tokenizer
-	EncodeChatReuse(body []byte) ([]uint32, tokenize.Reuse, error)
+	EncodeChatReuse(body []byte) (tokenize.IDs, tokenize.Reuse, error)
 }
 
 // Local hashes requests with token ids from an in-process [Tokenizer]. A chat is handed
@@ -86,9 +86,10 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 	var ids []uint32
 	var encErr error
 	if rt, ok := l.tok.(ReuseTokenizer); ok {
+		var parts tokenize.IDs
 		var ru tokenize.Reuse
-		if ids, ru, encErr = rt.EncodeChatReuse(body); encErr == nil {
-			return exactReuse(req, ids, ru, dst), nil
+		if parts, ru, encErr = rt.EncodeChatReuse(body); encErr == nil {
+			return exactReuse(req, parts, ru, dst), nil
 		}
 	} else if ids, encErr = l.tok.EncodeChat(body); encErr == nil {
 		return exact(req, ids, dst), nil
@@ -124,13 +125,13 @@ func (l *Local) Hash(_ context.Context, req *Request, dst []proto.BlockHash) (Re
 // prompt again was 12% of the routing decision at turns 30 to 40 of BenchmarkDecision
 // (CPU profile, 2026-12-07), the ids of a turn-40 prompt repeating all but the newest
 // turn's.
-func exactReuse(req *Request, ids []uint32, ru tokenize.Reuse, dst []proto.BlockHash) Result {
+func exactReuse(req *Request, ids tokenize.IDs, ru tokenize.Reuse, dst []proto.BlockHash) Result {
 	seed := proto.Seed(req.Model, req.LoRA, req.CacheSalt)
 	bs := req.BlockSize
 	tag := [2]uint64{uint64(seed), uint64(bs)}
 	start, parent, done := len(dst), seed, 0
 	if prev := ru.From.Load(tag); prev != nil {
-		k := min(len(prev), ru.IDs/bs, len(ids)/bs)
+		k := min(len(prev), ru.IDs/bs, ids.Len()/bs)
 		for _, h := range prev[:k] {
 			dst = append(dst, proto.BlockHash(h))
 		}
@@ -138,7 +139,8 @@ func exactReuse(req *Request, ids []uint32, ru tokenize.Reuse, dst []proto.Block
 			parent, done = proto.BlockHash(prev[k-1]), k*bs
 		}
 	}
-	dst = proto.HashBlocks(dst, parent, ids[done:], bs)
+	var tb [512]uint32
+	dst = proto.HashBlocks(dst, parent, ids.Tail(done, tb[:0]), bs)
 	if ru.Self != nil {
 		memo := make([]uint64, len(dst)-start)
 		for i, h := range dst[start:] {
@@ -146,7 +148,7 @@ func exactReuse(req *Request, ids []uint32, ru tokenize.Reuse, dst []proto.Block
 		}
 		ru.Self.Store(tag, memo)
 	}
-	return Result{Hashes: dst, Tokens: len(ids), Exact: true}
+	return Result{Hashes: dst, Tokens: ids.Len(), Exact: true}
 }
 
 // boolOpt reads a boolean option, def when absent.

@@ -43,7 +43,7 @@ type PrefixCache struct {
 
 type prefixEntry struct {
 	text string
-	ids  []uint32
+	ids  IDs
 	cps  []cpRecord
 	cost int
 	// base is the number of post-processor ids (BOS) its result had before ids.
@@ -108,25 +108,21 @@ func (c *PrefixCache) Encode(text string, addSpecial bool) []uint32 {
 // the cache rather than encoded.
 func (c *PrefixCache) EncodeReuse(text string, addSpecial bool) ([]uint32, int) {
 	ids, r := c.encodeReuse(text, addSpecial, 0, false)
-	return ids, r.Bytes
+	return ids.Slice(), r.Bytes
 }
 
 // encodeReuse is EncodeReuse that also files the result under key when hasKey is
 // set (see EncodeKeyed).
-func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasKey bool) ([]uint32, Reuse) {
+func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasKey bool) (IDs, Reuse) {
 	t := c.tok
 	if !t.prefixSafe {
-		return t.Encode(text, addSpecial), Reuse{}
+		return MakeIDs(t.Encode(text, addSpecial)), Reuse{}
 	}
 	buf := encodePool.Get().(*encodeBuf)
 	defer buf.release()
 	cps := checkpointsOf(t, buf, text, 0, 0, true)
 
-	out := make([]uint32, 0, len(text)/3+len(t.prefix)+len(t.suffix)+8)
-	if addSpecial {
-		out = append(out, t.prefix...)
-	}
-	base := len(out)
+	var head IDs // the ids reused
 	recs := make([]cpRecord, 0, len(cps))
 	start, reused := 0, 0 // first segment to encode; bytes reused
 	var from *prefixEntry // the entry whose checkpoints recs starts with
@@ -145,7 +141,7 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 		if rec.hash != cps[i].hash || rec.end != cps[i].end || len(e.text) < r || e.text[:r] != text[:r] {
 			continue
 		}
-		out = append(out, e.ids[:rec.nIDs]...)
+		head = e.ids.head(rec.nIDs)
 		// The cached text splits identically up to here, so its earlier
 		// checkpoints are this text's checkpoints 0..i.
 		recs = append(recs, e.cps[:ref.i+1]...)
@@ -154,7 +150,7 @@ func (c *PrefixCache) encodeReuse(text string, addSpecial bool, key uint64, hasK
 	}
 	c.mu.Unlock()
 
-	ids, r := c.encodeRest(text, addSpecial, buf, start, cps, len(recs), out, base, recs, from, key, hasKey)
+	ids, r := c.encodeRest(text, addSpecial, buf, start, cps, len(recs), head, len(text)-reused, recs, from, key, hasKey)
 	r.Bytes = reused
 	return ids, r
 }
@@ -201,18 +197,34 @@ func cpHash(prev uint64, seg string) uint64 {
 	return d.Sum64()
 }
 
-// encodeRest encodes buf.segs from segment start on after out (whose ids from base on
-// are the text's, recs their checkpoints so far, the first ones from's when from is not
-// nil), records the checkpoints met on the way (cps from index next on, whose seg
-// counts from buf.segs[0]), adds the suffix when addSpecial, stores the result and
-// returns out and how it relates to from's (Reuse, without Bytes).
+// encodeRest encodes buf.segs from segment start on (rest bytes of text) after head, the
+// text's first ids, reused (recs are their checkpoints so far, the first ones from's when
+// from is not nil), records the checkpoints met on the way (cps from index next on,
+// whose seg counts from buf.segs[0]), adds the post-processor's ids when addSpecial,
+// stores the result and returns it and how it relates to from's (Reuse, without
+// Bytes). The result shares head's parts (IDs) unless they are too many; then they are
+// copied with the new ids.
 func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, start int, cps []checkpoint, next int,
-	out []uint32, base int, recs []cpRecord, from *prefixEntry, key uint64, hasKey bool) ([]uint32, Reuse) {
+	head IDs, rest int, recs []cpRecord, from *prefixEntry, key uint64, hasKey bool) (IDs, Reuse) {
 	shared := len(recs)
 	t := c.tok
+	var pre []uint32
+	if addSpecial {
+		pre = t.prefix
+	}
+	base := len(pre)
+	// out holds the ids after head, or all of them, pre first, when there is no head
+	// or it is copied.
+	out := make([]uint32, 0, rest/3+len(pre)+len(t.suffix)+8)
+	adj := head.n // the text's ids (without pre) up to out[:n] are n+adj
+	if head.n == 0 || len(head.parts) >= maxIDParts {
+		out = append(out, pre...)
+		out = head.AppendTo(out)
+		adj, head = -base, IDs{}
+	}
 	out = t.encodeSegs(out, buf, buf.segs[start:], func(seg, n int) {
 		if next < len(cps) && cps[next].seg == start+seg {
-			recs = append(recs, cpRecord{end: cps[next].end, read: cps[next].read, nIDs: n - base, hash: cps[next].hash})
+			recs = append(recs, cpRecord{end: cps[next].end, read: cps[next].read, nIDs: n + adj, hash: cps[next].hash})
 			next++
 		}
 	})
@@ -224,28 +236,36 @@ func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, s
 	if from != nil && shared > 0 && from.base == base {
 		r.From, r.IDs = &from.memo, base+recs[shared-1].nIDs
 	}
-	if e := c.store(text, out, base, end, recs, from, shared, key, hasKey); e != nil {
+	var ids, res IDs // the entry's (the text's ids) and the result
+	if head.n == 0 {
+		ids, res = MakeIDs(out[base:end]), MakeIDs(out)
+	} else {
+		ids, res = join(nil, head, out[:end]), join(pre, head, out)
+	}
+	if e := c.store(text, ids, base, res.n, recs, from, shared, key, hasKey); e != nil {
 		r.Self = &e.memo
 	}
-	return out, r
+	return res, r
 }
 
-// store records text and its ids out[base:end] (without post-processor tokens) under
-// every checkpoint, and returns the entry, nil when it keeps nothing. When text extends from, sharing its first shared checkpoints, and from
+// store records text and its ids (without post-processor tokens; the result had base
+// ids before them and total in all) under every checkpoint, and returns the entry, nil
+// when it keeps nothing. When text extends from, sharing its first shared checkpoints, and from
 // is its chain's newest entry, the entry joins from's chain (prefixChain): only the
 // checkpoints after the shared ones are filed, and from's checkpoints after them,
 // which the new entry does not have, are unfiled. Otherwise it starts a chain.
-func (c *PrefixCache) store(text string, out []uint32, base, end int, recs []cpRecord, from *prefixEntry, shared int, key uint64, hasKey bool) *prefixEntry {
+func (c *PrefixCache) store(text string, ids IDs, base, total int, recs []cpRecord, from *prefixEntry, shared int, key uint64, hasKey bool) *prefixEntry {
 	if len(recs) == 0 || c.maxBytes <= 0 {
 		return nil
 	}
-	ids := out[base:end]
 	// The entry keeps the caller's ids, not a copy (a copy was 8 to 20% of EncodeKeyed at
 	// turns 30 to 40 of BenchmarkDecision, 2026-12-07): the returned ids are read-only
 	// (PrefixCache's doc), and the entry reads no further than its checkpoints' counts.
 	e := &prefixEntry{text: text, ids: ids, cps: recs, key: key, hasKey: hasKey, base: base}
-	e.memo.max = len(out)/memoPerIDs + 1
-	e.cost = len(text) + 4*cap(ids) + 48*len(recs) + 8*e.memo.max + 64
+	// Each entry counts all its ids, those it shares with earlier entries too: the sum
+	// bounds the memory even when the earlier entries are gone.
+	e.memo.max = total/memoPerIDs + 1
+	e.cost = len(text) + 4*ids.n + 16*len(ids.parts) + 48*len(recs) + 8*e.memo.max + 64
 	if e.cost > c.maxBytes {
 		return nil
 	}

@@ -17,15 +17,16 @@ package tokenize
 // EncodeReuse. The second result is the number of bytes reused.
 func (c *PrefixCache) EncodeKeyed(text string, addSpecial bool, hints []uint64, key uint64) ([]uint32, int) {
 	ids, r := c.EncodeKeyedReuse(text, addSpecial, hints, key)
-	return ids, r.Bytes
+	return ids.Slice(), r.Bytes
 }
 
-// EncodeKeyedReuse is EncodeKeyed that also says which cached result the ids repeat
-// the leading ids of, with both results' memos (Reuse).
-func (c *PrefixCache) EncodeKeyedReuse(text string, addSpecial bool, hints []uint64, key uint64) ([]uint32, Reuse) {
+// EncodeKeyedReuse is EncodeKeyed with the ids in parts shared with the cached results
+// (IDs) and what it reused (Reuse: which cached result the ids repeat the leading ids
+// of, and both results' memos).
+func (c *PrefixCache) EncodeKeyedReuse(text string, addSpecial bool, hints []uint64, key uint64) (IDs, Reuse) {
 	t := c.tok
 	if !t.prefixSafe {
-		return t.Encode(text, addSpecial), Reuse{}
+		return MakeIDs(t.Encode(text, addSpecial)), Reuse{}
 	}
 	var e *prefixEntry
 	ci := -1
@@ -52,15 +53,9 @@ func (c *PrefixCache) EncodeKeyedReuse(text string, addSpecial bool, hints []uin
 	defer buf.release()
 	cps := checkpointsOf(t, buf, text, b, rec.hash, false)
 
-	out := make([]uint32, 0, rec.nIDs+(len(text)-b)/3+len(t.prefix)+len(t.suffix)+8)
-	if addSpecial {
-		out = append(out, t.prefix...)
-	}
-	base := len(out)
-	out = append(out, e.ids[:rec.nIDs]...)
 	recs := make([]cpRecord, ci+1, ci+1+len(cps))
 	copy(recs, e.cps[:ci+1])
-	ids, r := c.encodeRest(text, addSpecial, buf, 0, cps, 0, out, base, recs, e, key, true)
+	ids, r := c.encodeRest(text, addSpecial, buf, 0, cps, 0, e.ids.head(rec.nIDs), len(text)-b, recs, e, key, true)
 	r.Bytes = b
 	return ids, r
 }

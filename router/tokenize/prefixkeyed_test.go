@@ -22,7 +22,11 @@ func TestEncodeKeyedConversation(t *testing.T) {
 			rng := rand.New(rand.NewPCG(5, 6))
 			for conv := uint64(0); conv < 20; conv++ {
 				var b strings.Builder
-				for turn := uint64(0); turn < 6; turn++ {
+				turns := uint64(6)
+				if conv == 0 { // longer than maxIDParts: its ids are copied into one part now and then
+					turns = 3 * maxIDParts / 2
+				}
+				for turn := uint64(0); turn < turns; turn++ {
 					b.WriteString(mk[0] + corpus[rng.IntN(len(corpus)-10)] + mk[1])
 					prompt := b.String()
 					key := conv<<8 | turn

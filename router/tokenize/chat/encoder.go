@@ -119,24 +119,25 @@ func (e *Encoder) Render(body []byte) (string, *Request, error) {
 // may be held by the cache (tokenize.PrefixCache): the caller must not modify them.
 func (e *Encoder) EncodeChat(body []byte) ([]uint32, error) {
 	ids, _, err := e.EncodeChatReuse(body)
-	return ids, err
+	return ids.Slice(), err
 }
 
-// EncodeChatReuse is EncodeChat that also says which earlier result of the prefix
-// cache the ids repeat the leading ids of (tokenize.Reuse; zero without a cache), so
-// the caller can keep what it derives from the ids in the results' memos and derive
-// it for the new ids only (blockhash.Local: block hashes).
-func (e *Encoder) EncodeChatReuse(body []byte) ([]uint32, tokenize.Reuse, error) {
+// EncodeChatReuse is EncodeChat with the ids in parts shared with the prefix cache's
+// earlier results (tokenize.IDs: a turn does not copy the ids it repeats), and which of
+// those results the ids repeat the leading ids of (tokenize.Reuse; zero without a
+// cache), so the caller can keep what it derives from the ids in the results' memos and
+// derive it for the new ids only (blockhash.Local: block hashes).
+func (e *Encoder) EncodeChatReuse(body []byte) (tokenize.IDs, tokenize.Reuse, error) {
 	if e.cache == nil {
 		prompt, req, err := e.Render(body)
 		if err != nil {
-			return nil, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
+			return tokenize.IDs{}, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
 		}
-		return e.Encode(prompt, req.AddSpecialTokens), tokenize.Reuse{}, nil
+		return tokenize.MakeIDs(e.Encode(prompt, req.AddSpecialTokens)), tokenize.Reuse{}, nil
 	}
 	req, keys, turn, err := e.parseConv(body)
 	if err != nil {
-		return nil, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
+		return tokenize.IDs{}, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
 	}
 	var prior *jinja.Prior
 	if turn.prev != nil {
@@ -144,7 +145,7 @@ func (e *Encoder) EncodeChatReuse(body []byte) ([]uint32, tokenize.Reuse, error)
 	}
 	prompt, next, err := e.cfg.RenderFrom(req.Messages, req.Options, prior)
 	if err != nil {
-		return nil, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
+		return tokenize.IDs{}, tokenize.Reuse{}, fmt.Errorf("encode chat: %w", err)
 	}
 	copied, ran := next.Iterations()
 	e.convs.copied.Add(int64(copied))
