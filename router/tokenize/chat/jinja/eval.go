@@ -651,20 +651,30 @@ func pySlice(items []Value, start, stop, step *int64) ([]Value, error) {
 		}
 		return v
 	}
-	var out []Value
+	// The result is allocated at its size (appending grew it by copies, most of a render
+	// of Qwen3's template at turn 40 of bench/decision, whose loop is over
+	// messages[::-1]), and indexes are counted, so a step near the int64 limits cannot
+	// overflow past the end.
+	var a, size int64
 	if st > 0 {
-		a, b := norm(start, 0, 0, n), norm(stop, n, 0, n)
-		for i := a; i < b; i += st {
-			out = append(out, items[i])
+		var b int64
+		a, b = norm(start, 0, 0, n), norm(stop, n, 0, n)
+		if b > a {
+			size = (b-a-1)/st + 1
 		}
 	} else {
-		a, b := norm(start, n-1, -1, n-1), norm(stop, -1, -1, n-1)
-		for i := a; i > b; i += st {
-			out = append(out, items[i])
+		var b int64
+		a, b = norm(start, n-1, -1, n-1), norm(stop, -1, -1, n-1)
+		if a > b {
+			size = 1
+			if st != math.MinInt64 {
+				size = (a-b-1)/(-st) + 1
+			}
 		}
 	}
-	if out == nil {
-		out = []Value{}
+	out := make([]Value, size)
+	for k := range size {
+		out[k] = items[a+k*st]
 	}
 	return out, nil
 }
