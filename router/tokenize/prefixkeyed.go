@@ -1,5 +1,7 @@
 package tokenize
 
+import "unsafe"
+
 // EncodeKeyed is EncodeReuse for a caller that knows which earlier texts the new one
 // probably extends, such as the previous turn of a chat conversation: hints are keys
 // of earlier EncodeKeyed calls, most promising first, and the result is filed under
@@ -83,10 +85,15 @@ func sharedCheckpoint(e *prefixEntry, text string) int {
 }
 
 // commonPrefix returns the length of the longest common prefix of a and b. It
-// compares in chunks, which the runtime's memequal does at memory speed.
+// compares in chunks, which the runtime's memequal does at memory speed. Strings that
+// start at the same address share their bytes up to the shorter one's end: a chat
+// turn's prompt extends the previous turn's in place (jinja's outBuf).
 func commonPrefix(a, b string) int {
 	const chunk = 256
 	n := min(len(a), len(b))
+	if n > 0 && unsafe.StringData(a) == unsafe.StringData(b) {
+		return n
+	}
 	i := 0
 	for i+chunk <= n && a[i:i+chunk] == b[i:i+chunk] {
 		i += chunk

@@ -88,7 +88,7 @@ type renderer struct {
 	next   *Prior // what RenderFrom returns, or nil for RenderSize
 	track  *loopRecord
 	trackI int // the iteration of track being run
-	out    *strings.Builder
+	out    *outBuf
 	steps  int
 	depth  int      // macro call depth
 	run    []string // the strings of "+" chains being evaluated (concat), in runBuf
@@ -121,9 +121,16 @@ func (t *Template) RenderSize(vars map[string]Value, size int) (string, error) {
 }
 
 func (t *Template) render(vars map[string]Value, size int, prior, next *Prior) (string, error) {
-	var out strings.Builder
-	out.Grow(min(max(size, 0), maxOutput))
-	r := &renderer{out: &out, t: t, vars: vars, prior: prior, next: next}
+	var out *outBuf
+	switch size = min(max(size, 0), maxOutput); {
+	case prior != nil && prior.t == t && prior.buf != nil:
+		out = shadowOf(prior)
+	case next != nil: // room for the next turn (outBuf)
+		out = newOutBuf(size + size/4)
+	default:
+		out = newOutBuf(size)
+	}
+	r := &renderer{out: out, t: t, vars: vars, prior: prior, next: next}
 	r.run = r.runBuf[:0]
 	root := newFrame(nil)
 	for k, v := range globals {
@@ -138,6 +145,12 @@ func (t *Template) render(vars map[string]Value, size int, prior, next *Prior) (
 			return "", err
 		}
 		return "", err
+	}
+	if next != nil {
+		next.buf = out.b[:out.n]
+		if !out.extendable() {
+			next.tail.Store(true)
+		}
 	}
 	return out.String(), nil
 }
@@ -229,8 +242,8 @@ func (r *renderer) exec(body []node, f *frame) error {
 // capture renders body into a string instead of the output.
 func (r *renderer) capture(body []node, f *frame) (string, error) {
 	saved := r.out
-	var b strings.Builder
-	r.out = &b
+	b := newOutBuf(0)
+	r.out = b
 	err := r.exec(body, f)
 	r.out = saved
 	return b.String(), err

@@ -1,6 +1,9 @@
 package jinja
 
-import "errors"
+import (
+	"errors"
+	"sync/atomic"
+)
 
 // Resuming a render. A chat template renders the whole conversation on every turn,
 // though a new turn only appends messages: the loop over the messages repeats, on turn
@@ -57,8 +60,13 @@ import "errors"
 // loop's iterations read from outside and where each iteration's output ended. It is
 // immutable and safe to share between concurrent renders.
 type Prior struct {
-	t     *Template
-	out   string
+	t   *Template
+	out string
+	// buf is the buffer out is in (outBuf), and tail the claim on the space after out in
+	// it, taken by the first render from this Prior that appends there (set from the
+	// start when the space is not this output's).
+	buf   []byte
+	tail  atomic.Bool
 	loops []loopRecord // by loopPlan.id
 	// copied and ran count the iterations of planned loops this render copied from
 	// its prior and ran.
