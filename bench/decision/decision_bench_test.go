@@ -41,8 +41,9 @@ const (
 // cache_aware, and Predict the prompt's blocks on the chosen worker. It reports, per
 // mode, the p50 and p99 latency of the turn-40 decisions (prompts of about 8k tokens),
 // and the process CPU per decision at turn 40 and at turn 2 and their ratio (means over
-// the rounds, and the medians of the rounds' figures), and the
-// bytes allocated per decision at those turns. Turns 2 and 40 start on a collected
+// the rounds, and the medians of the rounds' figures), the p50 and p99 latency of turn
+// 2 (the machine's and the runtime's share of the tail), and the bytes allocated per
+// decision at those turns. Turns 2 and 40 start on a collected
 // heap (runtime.GC before their window), so their CPU is the decision's own work
 // without collections of the benchmark's garbage: the GC cost of the decision's own
 // allocations shows in its B/op instead. Each b.N
