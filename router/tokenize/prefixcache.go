@@ -215,9 +215,14 @@ func (c *PrefixCache) encodeRest(text string, addSpecial bool, buf *encodeBuf, s
 	base := len(pre)
 	// out holds the ids after head, or all of them, pre first, when there is no head
 	// or it is copied.
-	out := make([]uint32, 0, rest/3+len(pre)+len(t.suffix)+8)
+	copyHead := head.n == 0 || len(head.parts) >= maxIDParts
+	size := rest/3 + len(t.suffix) + 8
+	if copyHead {
+		size += len(pre) + head.n
+	}
+	out := make([]uint32, 0, size)
 	adj := head.n // the text's ids (without pre) up to out[:n] are n+adj
-	if head.n == 0 || len(head.parts) >= maxIDParts {
+	if copyHead {
 		out = append(out, pre...)
 		out = head.AppendTo(out)
 		adj, head = -base, IDs{}

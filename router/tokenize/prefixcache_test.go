@@ -102,6 +102,15 @@ func FuzzPrefixCache(f *testing.F) {
 		if got, want := pc.Encode(b, true), tok.Encode(b, true); !slices.Equal(got, want) {
 			t.Fatalf("after %q, %q: cache gives %v, Encode %v", a, b, got, want)
 		}
+		// Keyed, as a conversation's turns: b hinted with a, then a+b with both, the
+		// ids in shared parts (IDs).
+		kc := NewPrefixCache(tok, 1<<20)
+		for i, x := range []string{a, b, a + b, b} {
+			ids, _ := kc.EncodeKeyedReuse(x, i%2 == 0, []uint64{uint64(i - 1), 0}, uint64(i))
+			if want := tok.Encode(x, i%2 == 0); !slices.Equal(ids.Slice(), want) || ids.Len() != len(want) {
+				t.Fatalf("keyed %d, %q: cache gives %v, Encode %v", i, x, ids.Slice(), want)
+			}
+		}
 	})
 }
 

@@ -79,8 +79,8 @@ func (o *outBuf) WriteString(s string) {
 	if len(o.b) != o.n {
 		o.b = o.b[:o.n]
 	}
-	if cap(o.b)-o.n < len(s) { // grow by doubling: a conversation's output keeps growing
-		nb := make([]byte, o.n, 2*(o.n+len(s)))
+	if cap(o.b)-o.n < len(s) { // a conversation's output keeps growing: room for more
+		nb := make([]byte, o.n, roomFor(o.n+len(s)))
 		copy(nb, o.b)
 		o.b = nb
 	}
@@ -106,7 +106,11 @@ func (o *outBuf) matchPrior(s string) int {
 
 // detach copies the output into a buffer of its own, with room for more bytes after it.
 func (o *outBuf) detach(more int) {
-	nb := make([]byte, o.n, max(2*(o.n+more), 256))
+	nb := make([]byte, o.n, roomFor(o.n+more))
 	copy(nb, o.b[:o.n])
 	o.b, o.shadow, o.own = nb, false, true
 }
+
+// roomFor is the capacity a buffer that must hold need bytes gets: twice that (the next
+// turns of a conversation append to it), at most 1 MiB more, at least 256 bytes.
+func roomFor(need int) int { return max(need+min(need, 1<<20), 256) }

@@ -3,6 +3,7 @@ package jinja
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -135,20 +136,34 @@ func (c *resumeConv) varsNow() map[string]Value {
 func playResume(t *testing.T, tpl *Template, steps int, pick func(int) int, rebuild bool) (copied, ran int) {
 	t.Helper()
 	c := &resumeConv{vars: map[string]Value{"prefix": "", "cut": int64(2), "c": "a"}, rebuild: rebuild}
-	var prior *Prior
+	var priors []*Prior
+	var outs [][2]string // every output, and a copy: none may change later (outBuf)
 	for s := range steps {
 		c.step(pick)
 		vars := c.varsNow()
 		want, werr := tpl.RenderSize(vars, 0)
+		var prior *Prior
+		if n := len(priors); n > 0 {
+			prior = priors[n-1]
+			if pick(8) == 0 { // now and then an older one: a retry, an edit, a fork
+				prior = priors[pick(n)]
+			}
+		}
 		got, next, gerr := tpl.RenderFrom(vars, 0, prior)
 		if (werr == nil) != (gerr == nil) || got != want {
 			t.Fatalf("step %d, %d messages: RenderFrom %q (%v), RenderSize %q (%v)", s, len(c.msgs), got, gerr, want, werr)
 		}
+		outs = append(outs, [2]string{got, strings.Clone(got)})
 		if next != nil {
-			prior = next
+			priors = append(priors, next)
 			cp, r := next.Iterations()
 			copied += cp
 			ran += r
+		}
+	}
+	for i, o := range outs {
+		if o[0] != o[1] {
+			t.Fatalf("step %d's output changed after later renders: %q, was %q", i, o[0], o[1])
 		}
 	}
 	return copied, ran
