@@ -10,9 +10,9 @@ import (
 // predMap holds a worker's predicted blocks and their expiries (unix ns, never 0): an
 // open-addressing table of 16-byte slots (block, expiry), linear probing from a
 // Fibonacci hash of the block, backward-shift deletion, at most 3/4 full, halved when
-// under 1/8 full. A refresh, done for every predicted block of every prompt routed to
-// the worker again when no events confirm them, is one probe sequence and a store into
-// the slot. It was a Go map from block to a slot of an expiry slab (a map of expiries
+// under 1/8 full (down to minPredShrink slots). A refresh, done for every predicted
+// block of every prompt routed to the worker again when no events confirm them, is one
+// probe sequence and a store into the slot. It was a Go map from block to a slot of an expiry slab (a map of expiries
 // before that took a lookup and an assignment): the map's lookup was about 80% of
 // BenchmarkPredictRefresh in a CPU profile (2026-12-07), and refreshing the ~520 blocks
 // of turn 40 of BenchmarkDecision's conversations 19% of the routing decision. The zero
@@ -112,10 +112,6 @@ func (p *predMap) del(own proto.BlockHash) bool {
 		return false
 	}
 	p.n--
-	if p.n == 0 { // the table's memory goes with the last prediction
-		*p = predMap{}
-		return true
-	}
 	mask := len(p.slots) - 1
 	for j := (i + 1) & mask; p.slots[j].exp != 0; j = (j + 1) & mask {
 		// The entry at j may fill the hole at i when its home is not in (i, j].
@@ -125,11 +121,18 @@ func (p *predMap) del(own proto.BlockHash) bool {
 		}
 	}
 	p.slots[i] = predSlot{}
-	if len(p.slots) > 8 && 8*p.n < len(p.slots) {
+	if len(p.slots) > minPredShrink && 8*p.n < len(p.slots) {
 		p.resize(len(p.slots) / 2)
 	}
 	return true
 }
+
+// minPredShrink is the size (slots) down to which a table shrinks as it thins out, and
+// which it keeps when it empties: with KV events a worker's predictions are confirmed, so deleted, soon after
+// they are made, and freeing and regrowing its table from 8 slots at every turn was 2%
+// of the routing decision at turns 30 to 40 of bench/decision (mode local-events, CPU
+// profile, 2026-12-07). 16 KiB per worker at most stays allocated.
+const minPredShrink = 1024
 
 // all yields every predicted block and its expiry. The map must not change meanwhile.
 func (p *predMap) all() iter.Seq2[proto.BlockHash, int64] {

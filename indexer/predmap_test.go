@@ -60,3 +60,38 @@ func TestPredMap(t *testing.T) {
 		t.Fatalf("table of %d slots for at most 300 blocks; bytes %d", len(p.slots), p.bytes())
 	}
 }
+
+// TestPredMapShrinks fills a table past minPredShrink and empties it: it shrinks as it
+// thins out, down to minPredShrink slots, keeps every remaining entry, and is kept,
+// empty and usable, when the last one goes.
+func TestPredMapShrinks(t *testing.T) {
+	var p predMap
+	const n = 5000
+	for i := range n {
+		p.set(proto.BlockHash(uint64(i)*0x9e3779b97f4a7c15), int64(i+1))
+	}
+	full := len(p.slots)
+	for i := 100; i < n; i++ {
+		if !p.del(proto.BlockHash(uint64(i) * 0x9e3779b97f4a7c15)) {
+			t.Fatalf("del %d: not there", i)
+		}
+	}
+	if len(p.slots) >= full/4 || len(p.slots) > minPredShrink {
+		t.Fatalf("%d slots for %d entries (%d when full)", len(p.slots), p.len(), full)
+	}
+	for i := range 100 {
+		if e, ok := p.get(proto.BlockHash(uint64(i) * 0x9e3779b97f4a7c15)); !ok || e != int64(i+1) {
+			t.Fatalf("entry %d after the shrink: %d %v", i, e, ok)
+		}
+	}
+	for i := range 100 {
+		p.del(proto.BlockHash(uint64(i) * 0x9e3779b97f4a7c15))
+	}
+	if p.len() != 0 || len(p.slots) == 0 || p.bytes() > 16*minPredShrink {
+		t.Fatalf("emptied: %d entries, %d slots", p.len(), len(p.slots))
+	}
+	p.set(1, 1)
+	if e, ok := p.get(1); !ok || e != 1 {
+		t.Fatalf("reused table: %d %v", e, ok)
+	}
+}

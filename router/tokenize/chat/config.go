@@ -235,7 +235,13 @@ func (c *Config) render(messages []jinja.Value, o Options, prior *jinja.Prior, r
 	var out string
 	var next *jinja.Prior
 	if resume {
-		out, next, err = t.RenderFrom(vars, promptSize(messages, o.ContentParts), prior)
+		// A render from a prior writes over its output (jinja's outBuf): no buffer to
+		// size, and no pass over every message to size it.
+		size := 0
+		if prior == nil {
+			size = promptSize(messages, o.ContentParts)
+		}
+		out, next, err = t.RenderFrom(vars, size, prior)
 	} else {
 		out, err = t.RenderSize(vars, promptSize(messages, o.ContentParts))
 	}
