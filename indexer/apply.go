@@ -391,6 +391,7 @@ func (ix *Index) clearLocked(ws *workerState, detach bool) {
 	}
 	ix.predLive -= oldPred.len()
 	ws.pred = predMap{}
+	ws.tips = nil
 	ws.extra = nil
 	ops := 0
 	// oldEng is unreachable now: iterate it by index across lock releases.

@@ -51,6 +51,10 @@ type Options struct {
 	// PredictedTTL is the lifetime of a predicted entry when Predict gets ttl <= 0.
 	// 0 means DefaultPredictedTTL.
 	PredictedTTL time.Duration
+	// ExactRefresh makes Predict refresh every predicted block of a chain, even one it
+	// refreshed on the same worker less than ttl/8 ago (by default those keep that
+	// expiry: see Predict).
+	ExactRefresh bool
 	// BlockSize, when positive, is the router's tokens per block: BlockStored events with
 	// another block size are dropped and counted (reason "block_size_mismatch"), because
 	// their hashes could never match a request. 0 accepts any block size.

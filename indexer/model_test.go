@@ -229,7 +229,8 @@ func TestAgainstReferenceModel(t *testing.T) {
 func runModel(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 42))
 	weights := [NumTiers]float64{TierGPU: 1, TierCPU: 0.5}
-	ix, clk := newIndex(t, Options{TierWeights: &weights, PredictedWeight: 0.25, PredictedTTL: 5 * time.Second})
+	// The model expires predictions exactly: no refresh is passed (predTips).
+	ix, clk := newIndex(t, Options{TierWeights: &weights, PredictedWeight: 0.25, PredictedTTL: 5 * time.Second, ExactRefresh: true})
 	m := &refModel{workers: map[proto.WorkerKey]*refWorker{}, weights: weights, predW: 0.25, now: clk.Now()}
 	keys := []proto.WorkerKey{{ID: "a"}, {ID: "a", DPRank: 1}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
 	// Documents: a shared 3-block prefix, then 3 branches of 5 blocks, for two LoRAs.

@@ -16,6 +16,10 @@ import (
 // the worker already holds on a counted tier changes nothing; predicting it again extends
 // its life. This is how the router stays accurate between a routing decision and the
 // worker's events, and without events at all (approximate mode).
+//
+// A chain refreshed on w less than ttl/8 ago keeps that refresh's expiry for the blocks
+// still predicted (predTips), unless Options.ExactRefresh: a prediction lives between
+// 7/8 of its TTL and its TTL after the last request routed with it.
 func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.Duration) {
 	if len(hashes) == 0 {
 		return
@@ -28,9 +32,16 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ws := ix.worker(w, true)
+	// The leading blocks a recent Predict on this worker refreshed keep that expiry
+	// (predTips): their predicted runs are passed a run at a time.
+	var fresh int
+	var guard int64
+	if !ix.opts.ExactRefresh {
+		fresh, guard = ws.tips.covered(hashes, exp-int64(ttl/tipSlack))
+	}
 	ops := 0
 	for i := 0; i < len(hashes) && !ws.removed(); {
-		if n := ix.refreshRun(ws, hashes[i:], exp, tick, &ops); n > 0 {
+		if n := ix.refreshRun(ws, hashes[i:], exp, tick, &ops, fresh-i); n > 0 {
 			i += n
 			continue
 		}
@@ -42,17 +53,80 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 		i++
 		ix.yield(&ops)
 	}
+	if !ix.opts.ExactRefresh && !ws.removed() {
+		if fresh > 0 {
+			exp = min(exp, guard)
+		}
+		ws.tips.put(hashes, exp)
+	}
 	ix.maintain(now, tick)
+}
+
+// tipSlack: a chain refreshed on a worker less than its TTL/tipSlack ago is not
+// refreshed again block by block (predTips), unless Options.ExactRefresh.
+const tipSlack = 8
+
+// predTips remembers, per worker, the chains its recent Predicts covered: the hash of a
+// chain's last block (which stands for the whole chain) -> its length and the earliest
+// expiry any predicted block of it can have (the Predict's expiry, or the one before it
+// when that Predict itself passed the blocks). A block of such a chain that is still
+// predicted on the worker has at least that expiry: every later prediction of it sets
+// a later one. So when the next turn of a conversation is routed to the same worker
+// within TTL/tipSlack, Predict passes the chain's predicted runs whole instead of
+// refreshing each block: the refresh of the ~520 blocks of a turn-40 prompt was 18% of
+// the routing decision without KV events (bench/decision, CPU profile, 2026-12-07).
+// Blocks of the chain that are no longer predicted (expired, evicted, confirmed, removed)
+// show as such in their runs and are handled as before. The cost: a prediction lives
+// between (1-1/tipSlack) and 1 times its TTL after the last request routed with it, and
+// the Mirror hears of a refresh at most once per TTL/tipSlack. The map is emptied when
+// it holds maxTips chains.
+type predTips map[proto.BlockHash]predTip
+
+type predTip struct {
+	n     int
+	guard int64 // unix ns
+}
+
+const (
+	maxTips    = 1024 // per worker
+	tipLookups = 64   // positions from a chain's end tried for an earlier chain's end
+)
+
+// covered returns how many leading blocks of hashes an earlier Predict covered with
+// an expiry of at least atLeast, and that expiry; 0 when none. It tries the last
+// tipLookups positions, the longest first (a new turn adds a few blocks).
+func (t predTips) covered(hashes []proto.BlockHash, atLeast int64) (int, int64) {
+	if len(t) == 0 {
+		return 0, 0
+	}
+	for j := len(hashes) - 1; j >= 0 && j >= len(hashes)-tipLookups; j-- {
+		if tip, ok := t[hashes[j]]; ok && tip.n == j+1 && tip.guard >= atLeast {
+			return j + 1, tip.guard
+		}
+	}
+	return 0, 0
+}
+
+// put records that the predicted blocks of hashes expire no earlier than guard.
+func (t *predTips) put(hashes []proto.BlockHash, guard int64) {
+	if *t == nil {
+		*t = make(predTips)
+	}
+	if len(*t) >= maxTips {
+		clear(*t)
+	}
+	(*t)[hashes[len(hashes)-1]] = predTip{n: len(hashes), guard: guard}
 }
 
 // refreshRun handles the leading blocks of hs that lie in one run of the node table
 // (runtable.Span, one lookup for the run instead of one per block, as Match walks it)
 // when ws holds that run confirmed (nothing to do) or predicted with an earlier expiry
-// (the refresh of predictLocked, block by block in ws.pred, the run touched once). It
-// returns how many blocks it handled, 0 when the first block needs predictLocked. It
-// stops after a hand-off of the lock to another writer, which may have changed the run.
-// mu must be held for writing.
-func (ix *Index) refreshRun(ws *workerState, hs []proto.BlockHash, exp int64, tick uint32, ops *int) int {
+// (the refresh of predictLocked, block by block in ws.pred, the run touched once; the
+// first fresh blocks of hs, which a recent Predict refreshed (predTips), keep their
+// expiry). It returns how many blocks it handled, 0 when the first block needs
+// predictLocked. It stops after a hand-off of the lock to another writer, which may
+// have changed the run. mu must be held for writing.
+func (ix *Index) refreshRun(ws *workerState, hs []proto.BlockHash, exp int64, tick uint32, ops *int, fresh int) int {
 	val, touch, n, ok := runtable.Span(ix.nodes, hs[0], hs[1:])
 	if !ok {
 		return 0
@@ -64,6 +138,12 @@ func (ix *Index) refreshRun(ws *workerState, hs []proto.BlockHash, exp int64, ti
 		return n + 1
 	case cur&flagPredicted == 0:
 		return 0
+	case fresh > 0:
+		if tick != 0 {
+			atomic.StoreUint32(touch, tick)
+		}
+		ix.yield(ops)
+		return min(n+1, fresh)
 	}
 	done := 0
 	for _, h := range hs[:n+1] {

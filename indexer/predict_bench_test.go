@@ -10,9 +10,21 @@ import (
 // BenchmarkPredictRefresh predicts a 512-block chain again on the worker that already
 // has it predicted, as the router does for each turn of a conversation without KV events
 // (bench/decision's turn 40): the cost of refreshing predictions. 64 such chains live
-// on 8 workers; each op refreshes one. Reported per block.
+// on 8 workers; each op refreshes one. Reported per block. exact: every block is
+// refreshed (Options.ExactRefresh); tips: the default, where a chain refreshed less than
+// TTL/8 ago is passed a run at a time (predTips), as here.
 func BenchmarkPredictRefresh(b *testing.B) {
-	ix, err := New(Options{})
+	for _, exact := range []bool{true, false} {
+		name := "tips"
+		if exact {
+			name = "exact"
+		}
+		b.Run(name, func(b *testing.B) { benchPredictRefresh(b, exact) })
+	}
+}
+
+func benchPredictRefresh(b *testing.B, exact bool) {
+	ix, err := New(Options{ExactRefresh: exact})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -71,6 +71,8 @@ type workerState struct {
 	extra map[ownTier]uint32
 	// pred holds the expiry (unix ns) of each predicted block.
 	pred predMap
+	// tips are the chains recent Predicts covered (predTips).
+	tips predTips
 	// blocks counts the blocks whose node carries this worker's flag per tier.
 	blocks    [numTiers]int64
 	predicted int64
