@@ -36,6 +36,7 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 	// (predTips): their predicted runs are passed a run at a time.
 	var fresh int
 	var guard int64
+	epoch := ws.tipsEpoch
 	if !ix.opts.ExactRefresh {
 		fresh, guard = ws.tips.covered(hashes, exp-int64(ttl/tipSlack))
 	}
@@ -53,7 +54,9 @@ func (ix *Index) Predict(w proto.WorkerKey, hashes []proto.BlockHash, ttl time.D
 		i++
 		ix.yield(&ops)
 	}
-	if !ix.opts.ExactRefresh && !ws.removed() {
+	// Not when an expiry was lowered meanwhile (by this Predict, or by another writer
+	// while the lock was handed over): the guard would not hold.
+	if !ix.opts.ExactRefresh && !ws.removed() && ws.tipsEpoch == epoch {
 		if fresh > 0 {
 			exp = min(exp, guard)
 		}
@@ -76,7 +79,8 @@ const tipSlack = 8
 // refreshing each block: the refresh of the ~520 blocks of a turn-40 prompt was 18% of
 // the routing decision without KV events (bench/decision, CPU profile, 2026-12-07).
 // Blocks of the chain that are no longer predicted (expired, evicted, confirmed, removed)
-// show as such in their runs and are handled as before. The cost: a prediction lives
+// show as such in their runs and are handled as before; a Predict that lowers an expiry
+// (a shorter ttl) forgets every chain of the worker. The cost: a prediction lives
 // between (1-1/tipSlack) and 1 times its TTL after the last request routed with it, and
 // the Mirror hears of a refresh at most once per TTL/tipSlack. The map is emptied when
 // it holds maxTips chains.
@@ -189,6 +193,11 @@ func (ix *Index) predictLocked(ws *workerState, h, parent proto.BlockHash, exp i
 	if !had {
 		ix.predLive++
 		ix.c.predicted.Add(1)
+	} else if exp < *p {
+		// An expiry lowered (a shorter ttl): the chains predTips recorded may now hold a
+		// block that expires before their guard.
+		clear(ws.tips)
+		ws.tipsEpoch++
 	}
 	ws.pred.set(h, exp)
 	ix.pred.push(predItem{exp: exp, own: h, wid: ws.wid, gen: ws.gen})

@@ -136,3 +136,26 @@ func TestPredictTipsRepredicts(t *testing.T) {
 		t.Fatalf("%d predicted blocks, want the 5 removed ones", n)
 	}
 }
+
+// TestPredictTipsShorterTTL: a Predict that lowers the expiry of blocks of a recorded
+// chain (a prefix of it, with a shorter ttl) makes the worker forget its chains, so the
+// next Predict of the whole chain refreshes every block.
+func TestPredictTipsShorterTTL(t *testing.T) {
+	ix, clk := newIndex(t, Options{})
+	w := proto.WorkerKey{ID: "a"}
+	hs := make([]proto.BlockHash, 20)
+	for i := range hs {
+		hs[i] = proto.BlockHash(uint64(11)<<32 | uint64(i+1))
+	}
+	t0 := clk.Now()
+	ix.Predict(w, hs, 120*time.Second)
+	clk.Advance(time.Second)
+	ix.Predict(w, hs[:10], 10*time.Second) // not a recorded chain: block by block, lowered
+	clk.Advance(time.Second)
+	ix.Predict(w, hs, 120*time.Second)
+	for i, h := range hs {
+		if got, want := predExps(ix, w)[h], t0.Add(122*time.Second).UnixNano(); got != want {
+			t.Fatalf("block %d: expiry %d, want %d", i, got, want)
+		}
+	}
+}

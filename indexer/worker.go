@@ -71,8 +71,10 @@ type workerState struct {
 	extra map[ownTier]uint32
 	// pred holds the expiry (unix ns) of each predicted block.
 	pred predMap
-	// tips are the chains recent Predicts covered (predTips).
-	tips predTips
+	// tips are the chains recent Predicts covered (predTips); tipsEpoch counts the
+	// lowered expiries that emptied it.
+	tips      predTips
+	tipsEpoch uint32
 	// blocks counts the blocks whose node carries this worker's flag per tier.
 	blocks    [numTiers]int64
 	predicted int64
