@@ -13,10 +13,7 @@ import (
 func TestPredictRefreshTouchesRunAndExtends(t *testing.T) {
 	ix, clk := newIndex(t, Options{})
 	w := proto.WorkerKey{ID: "a"}
-	hs := make([]proto.BlockHash, 100)
-	for i := range hs {
-		hs[i] = proto.BlockHash(uint64(7)<<32 | uint64(i+1))
-	}
+	hs := tagged(7, 100)
 	ix.Predict(w, hs, time.Minute)
 	_, first := ix.nowTick()
 	clk.Advance(50 * time.Second)
@@ -64,10 +61,7 @@ func TestPredictTips(t *testing.T) {
 	for _, exact := range []bool{false, true} {
 		ix, clk := newIndex(t, Options{PredictedTTL: ttl, ExactRefresh: exact})
 		w := proto.WorkerKey{ID: "a"}
-		hs := make([]proto.BlockHash, 25)
-		for i := range hs {
-			hs[i] = proto.BlockHash(uint64(9)<<32 | uint64(i+1))
-		}
+		hs := tagged(9, 25)
 		t0 := clk.Now()
 		at := func(d time.Duration) int64 { return t0.Add(d).UnixNano() }
 		ix.Predict(w, hs[:20], 0)
@@ -143,10 +137,7 @@ func TestPredictTipsRepredicts(t *testing.T) {
 func TestPredictTipsShorterTTL(t *testing.T) {
 	ix, clk := newIndex(t, Options{})
 	w := proto.WorkerKey{ID: "a"}
-	hs := make([]proto.BlockHash, 20)
-	for i := range hs {
-		hs[i] = proto.BlockHash(uint64(11)<<32 | uint64(i+1))
-	}
+	hs := tagged(11, 20)
 	t0 := clk.Now()
 	ix.Predict(w, hs, 120*time.Second)
 	clk.Advance(time.Second)
@@ -158,4 +149,13 @@ func TestPredictTipsShorterTTL(t *testing.T) {
 			t.Fatalf("block %d: expiry %d, want %d", i, got, want)
 		}
 	}
+}
+
+// tagged returns n distinct block hashes marked with tag.
+func tagged(tag uint64, n int) []proto.BlockHash {
+	hs := make([]proto.BlockHash, n)
+	for i := range hs {
+		hs[i] = proto.BlockHash(tag<<32 | uint64(i+1))
+	}
+	return hs
 }
