@@ -147,16 +147,3 @@ func (p *predMap) all() iter.Seq2[proto.BlockHash, int64] {
 
 // bytes is the memory held.
 func (p *predMap) bytes() int { return 16 * cap(p.slots) }
-
-// putSlot stores v in the last freed slot of slab, or appends it, and returns its
-// index.
-func putSlot[I ~int32 | ~uint32, T any](slab *[]T, free *[]I, v T) I {
-	if n := len(*free); n > 0 {
-		i := (*free)[n-1]
-		*free = (*free)[:n-1]
-		(*slab)[i] = v
-		return i
-	}
-	*slab = append(*slab, v)
-	return I(len(*slab) - 1)
-}

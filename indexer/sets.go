@@ -210,3 +210,16 @@ func (hs *holderSets) bytes() int {
 	}
 	return b
 }
+
+// putSlot stores v in the last freed slot of slab, or appends it, and returns its
+// index.
+func putSlot[I ~int32 | ~uint32, T any](slab *[]T, free *[]I, v T) I {
+	if n := len(*free); n > 0 {
+		i := (*free)[n-1]
+		*free = (*free)[:n-1]
+		(*slab)[i] = v
+		return i
+	}
+	*slab = append(*slab, v)
+	return I(len(*slab) - 1)
+}

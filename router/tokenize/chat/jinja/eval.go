@@ -664,8 +664,8 @@ func pySlice(items []Value, start, stop, step *int64) ([]Value, error) {
 		}
 		return v
 	}
-	// The result is allocated at its size (appending grew it by copies, most of a render
-	// of Qwen3's template at turn 40 of bench/decision, whose loop is over
+	// The result is allocated at its size (appending grew it by copies, a sixth of a
+	// render of Qwen3's template at turns 30 to 40 of bench/decision, whose loop is over
 	// messages[::-1]), and indexes are counted, so a step near the int64 limits cannot
 	// overflow past the end.
 	var a, size int64
