@@ -2,6 +2,7 @@ package router
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -251,6 +252,27 @@ func TestAdversarialFraming(t *testing.T) {
 				t.Errorf("error body echoes request bytes: %s", res.bodies[0])
 			}
 		})
+	}
+	if n := fw.requests.Load(); n != 0 {
+		t.Errorf("the worker got %d of these requests", n)
+	}
+}
+
+// A client still sending a body the router refused gets the answer, not a reset: the
+// router closes such a connection lingering (limits.go), reading and dropping what
+// follows. Go's client writes the whole body before it reads, so a reset lands in its
+// write and the 413 is lost.
+func TestAdversarialRefusedUploadAnswered(t *testing.T) {
+	tr, fw, _ := adversarialStack(t, nil)
+	body := bytes.Repeat([]byte{'a'}, 4<<20)
+	for i := range 20 {
+		resp, err := http.Post(tr.url+"/v1/chat/completions", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		checkOpenAIError(t, resp, out, 413, "request_too_large")
 	}
 	if n := fw.requests.Load(); n != 0 {
 		t.Errorf("the worker got %d of these requests", n)

@@ -4,6 +4,7 @@
 // A request's path, in order (file: function):
 //
 //	limits.go      guardListener.Accept   connection limits below TLS; guardConn bounds each write
+//	                                      and closes a refused upload lingering
 //	server.go      Server.handle          the endpoint table
 //	auth.go        Server.admit           API key, per-client rate limit, the /metrics token
 //	framing.go     Server.readBody        framing (no smuggling, RFC 9112 6.3), body budget, body read

@@ -116,6 +116,9 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, in *inboundBody) error {
 	}
 	ctx.SetConnectionClose()
 	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		lingerOnClose(ctx) // the client may still be sending: let it read the answer
+	}
 	switch {
 	case errors.Is(err, errBodyTooLarge):
 		s.gate.rejected[reasonBodyTooLarge].Inc()

@@ -149,6 +149,7 @@ type guardConn struct {
 	slow     atomic.Bool // a write timed out (counted once)
 	deadline time.Time   // the write deadline last set; writes come from one goroutine at a time
 	end      streamEnd   // a stream's last writes, held to go out as one (coalesce.go)
+	linger   atomic.Bool // the client may still be sending a refused body: drain it at Close
 }
 
 // Write writes p under the write timeout; a stream's last writes are held and sent as
@@ -197,9 +198,37 @@ func (c *guardConn) SetDeadline(t time.Time) error {
 	return c.Conn.SetDeadline(t)
 }
 
+// Lingering close, for a connection closed while its client may still be sending a
+// body the router refused (too large, over the in-flight budget, malformed): closing a
+// TCP socket with unread input resets it, and the reset can reach the client before
+// it reads the answer, which it then never sees. As nginx's lingering_close does, the
+// connection is half-closed (the answer and a FIN go out) and what the client still
+// sends is read and dropped, for at most lingerTime and lingerBytes.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 16 << 20
+)
+
+// lingerOnClose marks the request's connection for a lingering close.
+func lingerOnClose(ctx *fasthttp.RequestCtx) {
+	c := ctx.Conn()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if gc, ok := c.(*guardConn); ok {
+		gc.linger.Store(true)
+	}
+}
+
 func (c *guardConn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.l.release(c.ip)
+	if !c.closed.CompareAndSwap(false, true) {
+		return c.Conn.Close()
+	}
+	defer c.l.release(c.ip)
+	if tc, ok := c.Conn.(*net.TCPConn); ok && c.linger.Load() {
+		if tc.CloseWrite() == nil && tc.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(tc, lingerBytes))
+		}
 	}
 	return c.Conn.Close()
 }
