@@ -456,7 +456,7 @@ func (p *streamPipe) read(b []byte) (int, error) {
 		if p.track != trackNone {
 			p.s.scanResponseEvents(p, b[:n])
 		}
-		if p.sse && bytes.Contains(b[:n], usageKey) {
+		if p.sse {
 			if u, ok := sseUsage(b[:n]); ok {
 				p.usage, p.usageOK = u, true
 			}

@@ -305,10 +305,8 @@ func (p *Pick) keepTail(b []byte) {
 }
 
 func (p *Pick) scan(lines []byte) {
-	if bytes.Contains(lines, usageKey) {
-		if u, ok := sseUsage(lines); ok {
-			p.usage, p.usageOK = u, true
-		}
+	if u, ok := sseUsage(lines); ok {
+		p.usage, p.usageOK = u, true
 	}
 }
 

@@ -54,6 +54,12 @@ func TestSSEUsage(t *testing.T) {
 		{`data: {"usage":null}` + "\n\n", false},
 		{`: comment "usage"` + "\n\n", false},
 		{"data: [DONE]\n\n", false},
+		{"event: response.completed\n" + usage + "\n\n", true},
+		{usage + "\n\ndata: [DO", true},                                       // [DONE] split across reads
+		{usage + "\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"a", true}, // the next event not ended
+		// Only the last data event counts: engines send the usage last.
+		{usage + "\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"late\"}}]}\n\n", false},
+		{"data: {\"choices\":[],\"usage\":null}\n\n" + usage + "\n\n", true},
 	} {
 		u, ok := sseUsage([]byte(tc.chunk))
 		if ok != tc.ok || (ok && u != (ReportedUsage{50, 32})) {
