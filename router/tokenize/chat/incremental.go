@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/cespare/xxhash/v2"
@@ -235,7 +236,7 @@ func (e *Encoder) scanMessages(body []byte, vs int, bounds []msgBound) (_ []msgB
 		}
 		off := bounds[0].start
 		if ce := e.convs.byStart(nextKey(nextKey(0, bounds[0].hash), bounds[1].hash), body[vs+off:]); ce != nil {
-			bounds = rebase(bounds[:0], ce.bounds, -off)
+			bounds = rebase(slices.Grow(bounds[:0], len(ce.bounds)+maxHints), ce.bounds, -off)
 			ai.Skipped(vs + off + len(ce.raw))
 			hit = ce
 		}
