@@ -13,6 +13,9 @@
 //     measures every target on every workload in interleaved rounds, and reads each
 //     process's CPU time from /proc; report.go and markdown.go turn that into a
 //     [Report].
+//   - floorproxy/: the least a fasthttp reverse proxy does (round robin, nothing
+//     else), to run in kvroute's place (--kvroute): the ceiling of kvroute's
+//     architecture on the machine at hand.
 //
 // Invariants:
 //   - Latencies are measured from when the schedule says a request should have been
