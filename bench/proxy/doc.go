@@ -16,6 +16,9 @@
 //   - floorproxy/: the least a fasthttp reverse proxy does (round robin, nothing
 //     else), to run in kvroute's place (--kvroute): the ceiling of kvroute's
 //     architecture on the machine at hand.
+//   - loopproxy/: the least an event-loop proxy does (one epoll loop on one thread, as
+//     an nginx worker), in kvroute's place likewise: what a data plane that waits for
+//     readiness in one loop, instead of a goroutine per connection, would cost.
 //
 // Invariants:
 //   - Latencies are measured from when the schedule says a request should have been
