@@ -15,43 +15,23 @@
 package main
 
 import (
-	"flag"
-	"fmt"
 	"io"
 	"log"
-	"os"
-	"strings"
 	"sync/atomic"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/kvroute/kvroute/bench/proxy/internal/stand"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("floorproxy")
-		return
-	}
-	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		log.Fatal("usage: floorproxy serve --listen ADDR --worker URL [--worker URL...]")
-	}
-	fs := flag.NewFlagSet("serve", flag.ExitOnError)
-	listen := fs.String("listen", "127.0.0.1:8080", "address to serve on")
-	fs.String("policy", "", "ignored (kvroute's flag)")
-	fs.String("tokenize", "", "ignored (kvroute's flag)")
-	var workers []string
-	fs.Func("worker", "worker URL (repeatable)", func(s string) error {
-		workers = append(workers, s)
-		return nil
-	})
-	if err := fs.Parse(os.Args[2:]); err != nil {
+	listen, workers, err := stand.Args("floorproxy")
+	if err != nil {
 		log.Fatal(err)
-	}
-	if len(workers) == 0 {
-		log.Fatal("floorproxy: no --worker")
 	}
 	clients := make([]*fasthttp.HostClient, len(workers))
 	for i, w := range workers {
-		clients[i] = &fasthttp.HostClient{Addr: strings.TrimPrefix(w, "http://"), StreamResponseBody: true, MaxConns: 1024}
+		clients[i] = &fasthttp.HostClient{Addr: w, StreamResponseBody: true, MaxConns: 1024}
 	}
 	var next atomic.Uint64
 	handle := func(ctx *fasthttp.RequestCtx) {
@@ -74,7 +54,7 @@ func main() {
 		fasthttp.ReleaseResponse(resp)
 	}
 	srv := &fasthttp.Server{Handler: handle, NoDefaultServerHeader: true, NoDefaultDate: true}
-	log.Fatal(srv.ListenAndServe(*listen))
+	log.Fatal(srv.ListenAndServe(listen))
 }
 
 // streamBody is a worker's streamed answer: fasthttp closes it when the client's answer

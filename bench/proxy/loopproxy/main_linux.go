@@ -22,44 +22,31 @@ package main
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"log"
 	"net/netip"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kvroute/kvroute/bench/proxy/internal/stand"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("loopproxy")
-		return
-	}
-	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		log.Fatal("usage: loopproxy serve --listen ADDR --worker URL [--worker URL...]")
-	}
-	fs := flag.NewFlagSet("serve", flag.ExitOnError)
-	listen := fs.String("listen", "127.0.0.1:8080", "address to serve on")
-	fs.String("policy", "", "ignored (kvroute's flag)")
-	fs.String("tokenize", "", "ignored (kvroute's flag)")
-	var workers []unix.Sockaddr
-	fs.Func("worker", "worker URL, http://IPv4:port (repeatable)", func(s string) error {
-		sa, err := sockaddr(strings.TrimPrefix(s, "http://"))
-		workers = append(workers, sa)
-		return err
-	})
-	if err := fs.Parse(os.Args[2:]); err != nil {
+	listen, addrs, err := stand.Args("loopproxy")
+	if err != nil {
 		log.Fatal(err)
 	}
-	if len(workers) == 0 {
-		log.Fatal("loopproxy: no --worker")
+	workers := make([]unix.Sockaddr, len(addrs))
+	for i, a := range addrs {
+		if workers[i], err = sockaddr(a); err != nil {
+			log.Fatal(err)
+		}
 	}
-	la, err := sockaddr(*listen)
+	la, err := sockaddr(listen)
 	if err != nil {
 		log.Fatal(err)
 	}
