@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -126,6 +127,7 @@ func TestStackListenersTLS(t *testing.T) {
 		cfg.TLS = configs.ListenerTLS{CertFile: certFile, KeyFile: keyFile, MinVersion: "1.2", ClientCAFile: caFile}
 		cfg.Admin.Listen = "127.0.0.1:0"
 		cfg.Tokenize.Mode = "approx"
+		cfg.MaxBodyBytes = 256 << 10
 	})
 	base := strings.Replace(ss.url, "http://", "https://", 1)
 	httpsClient := func(certs ...tls.Certificate) *http.Client {
@@ -137,6 +139,18 @@ func TestStackListenersTLS(t *testing.T) {
 	defer good.CloseIdleConnections()
 	if code, body := chatWithKey(t, good, base, "", "over TLS"); code != 200 {
 		t.Fatalf("chat over mTLS: %d %s", code, body)
+	}
+	// A body over max_body_bytes is refused with a 413 the client reads: the router
+	// closes the connection lingering below TLS (router/limits.go), not with a reset.
+	for range 5 {
+		resp, err := good.Post(base+"/v1/chat/completions", "application/json", bytes.NewReader(make([]byte, 4<<20)))
+		if err != nil {
+			t.Fatalf("oversized upload over TLS: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("oversized upload over TLS: status %d, want 413", resp.StatusCode)
+		}
 	}
 	for _, url := range []string{base + "/health", "https://" + ss.stack.AdminAddr() + "/api/overview"} {
 		resp, err := good.Get(url)
