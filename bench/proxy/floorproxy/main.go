@@ -25,7 +25,7 @@ import (
 )
 
 func main() {
-	listen, workers, err := stand.Args("floorproxy")
+	listen, workers, _, err := stand.Args("floorproxy")
 	if err != nil {
 		log.Fatal(err)
 	}

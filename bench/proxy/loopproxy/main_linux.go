@@ -36,7 +36,7 @@ import (
 )
 
 func main() {
-	listen, addrs, err := stand.Args("loopproxy")
+	listen, addrs, policy, err := stand.Args("loopproxy")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -54,6 +54,15 @@ func main() {
 	l, err := newLoop(la, workers)
 	if err != nil {
 		log.Fatal(err)
+	}
+	switch policy {
+	case "", "round_robin":
+	case "cache_aware":
+		if l.aware, err = newAware(len(workers)); err != nil {
+			log.Fatal(err)
+		}
+	default:
+		log.Fatalf("loopproxy: policy %q: want round_robin or cache_aware", policy)
 	}
 	log.Fatal(l.run())
 }
@@ -108,6 +117,7 @@ type loop struct {
 	next    int
 	conns   map[int]*conn
 	buf     []byte
+	aware   *aware // --policy cache_aware; nil: round robin
 }
 
 func newLoop(la unix.Sockaddr, workers []unix.Sockaddr) (*loop, error) {
@@ -193,6 +203,13 @@ func (l *loop) close(c *conn) {
 		}
 	}
 	if p := c.peer; p != nil {
+		if l.aware != nil { // an exchange cut: its worker has it no more
+			u := c
+			if !c.upstream {
+				u = p
+			}
+			l.aware.inflight[u.worker]--
+		}
 		c.peer, p.peer = nil, nil
 		l.close(p) // an exchange cut on one side cannot finish on the other
 	}
@@ -241,13 +258,22 @@ func (l *loop) request(c *conn) {
 		l.write(c, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
 		return
 	}
-	w := l.next % len(l.workers)
-	l.next++
+	w := -1
+	if l.aware != nil {
+		w = l.aware.pick(c.in[len(head):size])
+	}
+	if w < 0 {
+		w = l.next % len(l.workers)
+		l.next++
+	}
 	u, err := l.workerConn(w)
 	if err != nil {
 		c.in = c.in[size:]
 		l.write(c, []byte("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"))
 		return
+	}
+	if l.aware != nil {
+		l.aware.inflight[w]++
 	}
 	c.peer, u.peer = u, c
 	u.resp = respFraming{}
@@ -294,6 +320,9 @@ func (l *loop) fromWorker(u *conn, b []byte) {
 		return
 	}
 	u.peer, c.peer = nil, nil
+	if l.aware != nil {
+		l.aware.inflight[u.worker]--
+	}
 	if l.conns[u.fd] == u {
 		l.idle[u.worker] = append(l.idle[u.worker], u)
 	}

@@ -11,30 +11,30 @@ import (
 )
 
 // Args reads os.Args as kvbench passes them to kvroute: `version` prints name and
-// exits; `serve --listen ADDR --worker URL...` returns the listen address and the
-// workers' host:port (http:// removed); --policy and --tokenize are accepted and
-// ignored. Anything else is an error.
-func Args(name string) (listen string, workers []string, err error) {
+// exits; `serve --listen ADDR --worker URL... [--policy P]` returns the listen
+// address, the workers' host:port (http:// removed) and the policy ("" when not
+// given); --tokenize is accepted and ignored. Anything else is an error.
+func Args(name string) (listen string, workers []string, policy string, err error) {
 	if len(os.Args) > 1 && os.Args[1] == "version" {
 		fmt.Println(name)
 		os.Exit(0)
 	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		return "", nil, fmt.Errorf("usage: %s serve --listen ADDR --worker URL [--worker URL...]", name)
+		return "", nil, "", fmt.Errorf("usage: %s serve --listen ADDR --worker URL [--worker URL...]", name)
 	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve on")
-	fs.String("policy", "", "ignored (kvroute's flag)")
+	fs.StringVar(&policy, "policy", "", "routing policy (kvroute's flag)")
 	fs.String("tokenize", "", "ignored (kvroute's flag)")
 	fs.Func("worker", "worker URL, http://host:port (repeatable)", func(s string) error {
 		workers = append(workers, strings.TrimPrefix(s, "http://"))
 		return nil
 	})
 	if err := fs.Parse(os.Args[2:]); err != nil {
-		return "", nil, err
+		return "", nil, "", err
 	}
 	if len(workers) == 0 {
-		return "", nil, errors.New("no --worker")
+		return "", nil, "", errors.New("no --worker")
 	}
-	return listen, workers, nil
+	return listen, workers, policy, nil
 }
