@@ -8,7 +8,8 @@
 // request. Nothing else: no routing, limits, timeouts, health, metrics or logs, and
 // no HTTP feature the benchmark's workloads do not use (no chunked requests, trailers
 // are passed over, no pipelining of a client's requests). It answers `version` and
-// GET /ready as kvbench expects.
+// GET /ready as kvbench expects. The framing is scanned here, byte by byte as reads
+// bring it, because fasthttp's parsers read from a bufio.Reader that blocks for more.
 //
 // Its requests per CPU-second, next to floorproxy's and kvroute's in the same run,
 // show what an event loop saves over fasthttp on Go's netpoller on the machine at hand.
