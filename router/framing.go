@@ -116,7 +116,8 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, in *inboundBody) error {
 	}
 	ctx.SetConnectionClose()
 	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() {
+	slow := errors.As(err, &ne) && ne.Timeout()
+	if !slow {
 		lingerOnClose(ctx) // the client may still be sending: let it read the answer
 	}
 	switch {
@@ -124,7 +125,7 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, in *inboundBody) error {
 		s.gate.rejected[reasonBodyTooLarge].Inc()
 	case errors.Is(err, errBodyBudget):
 		s.gate.rejected[reasonBodyBudget].Inc()
-	case errors.As(err, &ne) && ne.Timeout():
+	case slow:
 		s.gate.rejected[reasonSlowClient].Inc()
 		err = s.errTimeout()
 	default:

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"strconv"
 
 	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto"
@@ -37,7 +38,7 @@ func newAware(workers int) (*aware, error) {
 	a := &aware{ix: ix, sel: cacheaware.New(cacheaware.Defaults()), keys: make([]proto.WorkerKey, workers),
 		inflight: make([]int64, workers), cands: make([]scorer.Candidate, workers), costs: make([]scorer.Cost, workers)}
 	for i := range a.keys {
-		a.keys[i] = proto.WorkerKey{ID: string(rune('a' + i))}
+		a.keys[i] = proto.WorkerKey{ID: strconv.Itoa(i)}
 	}
 	return a, nil
 }
@@ -71,8 +72,9 @@ func (a *aware) pick(body []byte) int {
 	return w
 }
 
-// chatFields returns a chat body's model (its JSON string's bytes, unescaped only when
-// plain) and raw messages, nil when the body is not a JSON object with messages.
+// chatFields returns a chat body's model (the bytes between its JSON string's quotes,
+// escapes kept: the benchmark's model names have none) and raw messages, nil when the
+// body is not a JSON object with messages.
 func chatFields(body []byte) (string, []byte) {
 	it, err := jsonscan.NewIter(body, jsonscan.SkipWS(body, 0))
 	if err != nil {
