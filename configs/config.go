@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +43,11 @@ type Config struct {
 	MaxAttempts int `yaml:"max_attempts"`
 	// Timeouts bound each phase of a forwarded request.
 	Timeouts Timeouts `yaml:"timeouts"`
+	// DataPlane is what serves the API listener's connections: "fasthttp" (a goroutine
+	// per connection) or "event_loop" (one event loop per core for plain-HTTP chat,
+	// completion and embedding requests, every other request handed to fasthttp; Linux
+	// only, not with tls). router/dataplane.go has the details. Default "fasthttp".
+	DataPlane string `yaml:"data_plane"`
 	// Health configures active health checks and passive ejection.
 	Health Health `yaml:"health"`
 	// Headers configures the response headers kvroute adds.
@@ -91,6 +97,12 @@ type Config struct {
 	// then leaves the static workers as they are.
 	WorkersFromFlags bool `yaml:"-"`
 }
+
+// The data planes of Config.DataPlane.
+const (
+	DataPlaneFastHTTP  = "fasthttp"
+	DataPlaneEventLoop = "event_loop"
+)
 
 // Admin configures the admin JSON API and the dashboard page (router/admin).
 type Admin struct {
@@ -408,6 +420,7 @@ func Default() Config {
 		Events:       Events{Source: "zmq", DeadAfter: 30 * time.Second, MaxMessageBytes: 4 << 20, NATS: NATSEvents{SubjectPrefix: "kvroute.events"}, Staleness: defaultStaleness()},
 		MaxBodyBytes: 32 << 20,
 		MaxAttempts:  3,
+		DataPlane:    DataPlaneFastHTTP,
 		Timeouts: Timeouts{
 			Connect:   2 * time.Second,
 			FirstByte: 60 * time.Second,
@@ -522,6 +535,18 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAttempts < 1 || c.MaxAttempts > 10 {
 		bad("max_attempts: %d must be between 1 and 10", c.MaxAttempts)
+	}
+	switch c.DataPlane {
+	case DataPlaneFastHTTP:
+	case DataPlaneEventLoop:
+		if runtime.GOOS != "linux" {
+			bad("data_plane: %q runs on Linux only (this is %s); use %q", c.DataPlane, runtime.GOOS, DataPlaneFastHTTP)
+		}
+		if c.TLS.Enabled() {
+			bad("data_plane: %q serves plain HTTP only; with tls use %q", c.DataPlane, DataPlaneFastHTTP)
+		}
+	default:
+		bad("data_plane: %q is not %q or %q", c.DataPlane, DataPlaneFastHTTP, DataPlaneEventLoop)
 	}
 	for _, d := range []struct {
 		name string

@@ -71,36 +71,11 @@ func (s *Server) acceptPost(ctx *fasthttp.RequestCtx, path string) bool {
 // request bound to one worker, pin set): the policy's choice with retries before the
 // first byte, or the pinned worker alone.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
-	r, start := c.r, c.start
-	if c.pin == nil && !s.pool.Known(r.Model) {
-		s.fail(ctx, "", fmt.Errorf("%w: %q", ErrUnknownModel, r.Model))
+	class, ok := s.prepare(ctx, c, true)
+	if !ok {
 		return
 	}
-	class, err := s.priority(ctx)
-	if err != nil {
-		s.fail(ctx, r.Model, err)
-		return
-	}
-	reqID := string(ctx.Request.Header.Peek("X-Request-Id"))
-	if reqID == "" {
-		reqID = newRequestID()
-	}
-	ctx.Response.Header.Set("X-Request-Id", reqID)
-
-	st := getRouteState()
-	defer putRouteState(st)
-	st.req.Model, st.req.SessionKey = r.Model, s.sessionKey(ctx, r)
-	// Not ctx: the hasher's HTTP client may read its context after this handler has
-	// returned (net/http's dial goroutine outlives a timed-out /tokenize call), when
-	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
-	// server shutdown, and the tokenize call has its own timeout.
-	if c.pin == nil && c.ep != epPassthrough {
-		// A pinned request continues a stored conversation the router does not see:
-		// its hashes would not describe the engine's prompt. A pass-through request
-		// has no prompt the router reads.
-		s.hashPrompt(context.Background(), r, st)
-	}
-	c.st, c.reqID = st, reqID
+	defer putRouteState(c.st)
 	if c.pin == nil && (c.ep == epChat || c.ep == epCompletions) && s.forwardPD(ctx, c, class) {
 		return // answered by the disaggregated flow (pd.go); otherwise it set up the loop below
 	}
@@ -114,33 +89,88 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, c *call) {
 		// every worker is full it waits in the queue (queue.go).
 		w, overlap, load, err := s.routeCall(ctx, c, attempt, class)
 		if err != nil {
-			s.failRoute(ctx, r.Model, start, err)
+			s.failRoute(ctx, c.r.Model, c.start, err)
 			return
 		}
 		if w == nil {
 			break
 		}
-		s.traffic.decision(t0)
-		if attempt > 0 {
-			if clientGone(ctx.Conn()) { // nobody to answer: do not load another worker
-				load.End()
-				s.metrics.retriesSkipped.WithLabelValues(r.Model).Inc()
-				ctx.SetConnectionClose()
-				s.count("", r.Model, statusClientClosed, start)
-				return
-			}
-			s.metrics.retries.WithLabelValues(r.Model).Inc()
+		if !s.beginAttempt(ctx, c, w, load, attempt, t0, attempt > 0 && clientGone(ctx.Conn())) {
+			return
 		}
-		st.tried = append(st.tried, w)
 		o := s.attempt(ctx, c, w, overlap, load)
 		s.settle(ctx, c, &o)
 		if o.err == nil {
 			return
 		}
 		lastErr = o.err
-		s.log.Debug("attempt failed", "request_id", reqID, "worker", w.ID, "err", o.err)
+		s.log.Debug("attempt failed", "request_id", c.reqID, "worker", w.ID, "err", o.err)
 	}
 	s.answerFailure(ctx, c, lastErr)
+}
+
+// beginAttempt follows route's choice of w for c's attempt (decided at t0): a retry
+// whose client has gone (gone) is not made, its load ended and the request counted;
+// false then. Otherwise w joins the workers tried.
+func (s *Server) beginAttempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, load *upstream.Load, attempt int, t0 time.Time, gone bool) bool {
+	s.traffic.decision(t0)
+	if attempt > 0 {
+		if gone { // nobody to answer: do not load another worker
+			load.End()
+			s.metrics.retriesSkipped.WithLabelValues(c.r.Model).Inc()
+			ctx.SetConnectionClose()
+			s.count("", c.r.Model, statusClientClosed, c.start)
+			return false
+		}
+		s.metrics.retries.WithLabelValues(c.r.Model).Inc()
+	}
+	c.st.tried = append(c.st.tried, w)
+	return true
+}
+
+// prepare does what precedes c's first attempt: the model and priority checks, the
+// request id (echoed to the client) and the routing state c.st with the prompt's block
+// hashes (when hash is false the caller hashes with hashCall). It reports false, with
+// the answer written, when the request ends here; otherwise the caller owns c.st and
+// puts it back with putRouteState.
+func (s *Server) prepare(ctx *fasthttp.RequestCtx, c *call, hash bool) (class int, ok bool) {
+	r := c.r
+	if c.pin == nil && !s.pool.Known(r.Model) {
+		s.fail(ctx, "", fmt.Errorf("%w: %q", ErrUnknownModel, r.Model))
+		return 0, false
+	}
+	class, err := s.priority(ctx)
+	if err != nil {
+		s.fail(ctx, r.Model, err)
+		return 0, false
+	}
+	reqID := string(ctx.Request.Header.Peek("X-Request-Id"))
+	if reqID == "" {
+		reqID = newRequestID()
+	}
+	ctx.Response.Header.Set("X-Request-Id", reqID)
+	st := getRouteState()
+	st.req.Model, st.req.SessionKey = r.Model, s.sessionKey(ctx, r)
+	c.st, c.reqID = st, reqID
+	if hash {
+		s.hashCall(c)
+	}
+	return class, true
+}
+
+// hashCall hashes c's prompt into c.st, unless the request has no prompt the router
+// may match.
+func (s *Server) hashCall(c *call) {
+	// Not ctx: the hasher's HTTP client may read its context after this handler has
+	// returned (net/http's dial goroutine outlives a timed-out /tokenize call), when
+	// fasthttp has recycled the RequestCtx. Nothing is lost: a RequestCtx is only done at
+	// server shutdown, and the tokenize call has its own timeout.
+	if c.pin == nil && c.ep != epPassthrough {
+		// A pinned request continues a stored conversation the router does not see:
+		// its hashes would not describe the engine's prompt. A pass-through request
+		// has no prompt the router reads.
+		s.hashPrompt(context.Background(), c.r, c.st)
+	}
 }
 
 // answerFailure answers a request none of whose attempts succeeded: lastErr is the
@@ -218,20 +248,7 @@ type outcome struct {
 func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, overlap int, load *upstream.Load) (o outcome) {
 	o = outcome{w: w, overlap: overlap, load: load}
 	req := fasthttp.AcquireRequest()
-	ctx.Request.Header.CopyTo(&req.Header)
-	stripHopByHop(&req.Header, &c.st.hop)
-	s.stripCredentials(&req.Header, w.HasAPIKey())
-	w.Authorize(&req.Header)
-	var uri [256]byte // copied by fasthttp: no string concatenation per request
-	req.SetRequestURIBytes(append(append(uri[:0], w.URL...), c.path...))
-	req.Header.Set("X-Request-Id", c.reqID)
-	var xff [64]byte
-	req.Header.SetBytesV("X-Forwarded-For", appendForwardedFor(xff[:0], ctx))
-	if c.body != nil {
-		req.SetBodyRaw(c.body)
-	} else {
-		req.SetBodyRaw(ctx.PostBody())
-	}
+	s.outbound(ctx, c, w, req)
 	if c.pd != nil {
 		s.pdSend(ctx, c) // the decode's clock; SGLang's prefill half goes out with it
 	}
@@ -258,13 +275,7 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 		return o
 	}
 
-	// Commit: from here on the client gets this worker's answer.
-	resp.Header.CopyTo(&ctx.Response.Header) // first: it replaces every header
-	stripHopByHop(&ctx.Response.Header, &c.st.hop)
-	ctx.Response.Header.Set("X-Request-Id", c.reqID)
-	s.setWorkerHeader(ctx, w.ID)
-	s.setPrefillHeader(ctx, c)
-	s.setCachedBlocksHeader(ctx, c.st, overlap)
+	s.commit(ctx, c, w, overlap, &resp.Header)
 	if !c.r.Stream {
 		if o.code == fasthttp.StatusOK {
 			o.usage, o.usageOK = parseUsage(resp.Body())
@@ -280,9 +291,8 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	}
 	o.stream = true
 	ctx.Response.Header.SetContentLength(-1)
-	sp := &streamPipe{s: s, w: w, load: o.load, resp: resp, model: c.r.Model, start: c.start, status: o.code,
-		sse:       bytes.HasPrefix(resp.Header.ContentType(), []byte("text/event-stream")),
-		predicted: predictedTokens(&c.st.req, overlap), dec: c.st.dec, track: c.track, pd: c.pd}
+	sp := s.newStream(c, &o, &resp.Header)
+	sp.resp = resp
 	if !ctx.Request.Header.IsHTTP11() {
 		streamToHTTP10(ctx, sp) // never chunked to HTTP/1.0 (RFC 9112 section 6.1)
 		return o
@@ -293,6 +303,44 @@ func (s *Server) attempt(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, 
 	}
 	ctx.Response.SetBodyStream(sp, -1)
 	return o
+}
+
+// outbound fills req with what c sends to w: the client's request with its hop-by-hop
+// fields and credentials stripped, w's own credentials, X-Request-Id and
+// X-Forwarded-For, and the body.
+func (s *Server) outbound(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, req *fasthttp.Request) {
+	ctx.Request.Header.CopyTo(&req.Header)
+	stripHopByHop(&req.Header, &c.st.hop)
+	s.stripCredentials(&req.Header, w.HasAPIKey())
+	w.Authorize(&req.Header)
+	var uri [256]byte // copied by fasthttp: no string concatenation per request
+	req.SetRequestURIBytes(append(append(uri[:0], w.URL...), c.path...))
+	req.Header.Set("X-Request-Id", c.reqID)
+	var xff [64]byte
+	req.Header.SetBytesV("X-Forwarded-For", appendForwardedFor(xff[:0], ctx))
+	if c.body != nil {
+		req.SetBodyRaw(c.body)
+	} else {
+		req.SetBodyRaw(ctx.PostBody())
+	}
+}
+
+// commit makes h, the header of w's answer, the client's: from here on the client gets
+// this worker's answer. Hop-by-hop fields are dropped and kvroute's own set.
+func (s *Server) commit(ctx *fasthttp.RequestCtx, c *call, w *upstream.Worker, overlap int, h *fasthttp.ResponseHeader) {
+	h.CopyTo(&ctx.Response.Header) // first: it replaces every header
+	stripHopByHop(&ctx.Response.Header, &c.st.hop)
+	ctx.Response.Header.Set("X-Request-Id", c.reqID)
+	s.setWorkerHeader(ctx, w.ID)
+	s.setPrefillHeader(ctx, c)
+	s.setCachedBlocksHeader(ctx, c.st, overlap)
+}
+
+// newStream returns the state of the stream o's worker answers c with, its header h.
+func (s *Server) newStream(c *call, o *outcome, h *fasthttp.ResponseHeader) *streamPipe {
+	return &streamPipe{s: s, w: o.w, load: o.load, model: c.r.Model, start: c.start, status: o.code,
+		sse:       bytes.HasPrefix(h.ContentType(), []byte("text/event-stream")),
+		predicted: predictedTokens(&c.st.req, o.overlap), dec: c.st.dec, track: c.track, pd: c.pd}
 }
 
 // settle applies an attempt's outcome: the one place where a forwarded request's load,
@@ -452,29 +500,11 @@ func (p *streamPipe) read(b []byte) (int, error) {
 		n, err = readMore(p.body, p.br, &p.guard, b, n) // the chunks already received (coalesce.go)
 	}
 	if n > 0 {
-		p.tail.add(b[:n])
-		if p.track != trackNone {
-			p.s.scanResponseEvents(p, b[:n])
-		}
-		if p.sse {
-			if u, ok := sseUsage(b[:n]); ok {
-				p.usage, p.usageOK = u, true
-			}
-		}
+		p.took(b[:n])
 		p.watchdog.Reset(p.s.cfg.Timeouts.Idle)
-		if !p.first {
-			p.first = true
-			p.load.FirstToken()
-			now := time.Now()
-			p.s.series(p.w.ID, p.model).ttfbObserver().Observe(now.Sub(p.start).Seconds())
-			p.s.traffic.ttft(p.w.ID, p.model, now.Sub(p.start), now)
-			if p.pd != nil {
-				p.s.pdFirstChunk(p.pd)
-			}
-		}
 	}
 	if errors.Is(err, io.EOF) {
-		if !p.sse || p.tail.done() || p.respDone {
+		if p.complete() {
 			p.done = true
 			return n, nil // fasthttp writes n, then reads the EOF
 		}
@@ -487,14 +517,50 @@ func (p *streamPipe) read(b []byte) (int, error) {
 		if p.timedOut.Load() {
 			err = fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout)
 		}
-		err = fmt.Errorf("worker %s failed mid-stream: %w", p.w.ID, err)
-		p.s.settleStreamFailure(p.w, err)
-		p.status = statusOf(err).code
-		ev := append([]byte("data: "), appendErrorJSON(nil, err.Error(), statusOf(err))...)
-		p.pending = append(ev, "\n\n"...)
+		p.pending = p.cut(err)
 		p.done = true
 	}
 	return n, nil
+}
+
+// took reads b, the worker's next bytes, for what the stream says: its tail (for data:
+// [DONE]), a Responses stream's events, the usage; the first bytes are the first token.
+func (p *streamPipe) took(b []byte) {
+	p.tail.add(b)
+	if p.track != trackNone {
+		p.s.scanResponseEvents(p, b)
+	}
+	if p.sse {
+		if u, ok := sseUsage(b); ok {
+			p.usage, p.usageOK = u, true
+		}
+	}
+	if !p.first {
+		p.first = true
+		p.load.FirstToken()
+		now := time.Now()
+		p.s.series(p.w.ID, p.model).ttfbObserver().Observe(now.Sub(p.start).Seconds())
+		p.s.traffic.ttft(p.w.ID, p.model, now.Sub(p.start), now)
+		if p.pd != nil {
+			p.s.pdFirstChunk(p.pd)
+		}
+	}
+}
+
+// complete reports whether the stream read so far is a whole answer, as the worker's
+// end of it must be: an event stream only once its data: [DONE] (or, for the
+// Responses API, its terminal event) has been read.
+func (p *streamPipe) complete() bool { return !p.sse || p.tail.done() || p.respDone }
+
+// cut records that the worker failed the stream mid-way with err, against the worker
+// and in the request's status, and returns the SSE error event that ends the client's
+// stream.
+func (p *streamPipe) cut(err error) []byte {
+	err = fmt.Errorf("worker %s failed mid-stream: %w", p.w.ID, err)
+	p.s.settleStreamFailure(p.w, err)
+	p.status = statusOf(err).code
+	ev := append([]byte("data: "), appendErrorJSON(nil, err.Error(), statusOf(err))...)
+	return append(ev, "\n\n"...)
 }
 
 // timeout is the watchdog: it interrupts the blocked read from the worker.

@@ -150,6 +150,19 @@ type guardConn struct {
 	deadline time.Time   // the write deadline last set; writes come from one goroutine at a time
 	end      streamEnd   // a stream's last writes, held to go out as one (coalesce.go)
 	linger   atomic.Bool // the client may still be sending a refused body: drain it at Close
+	// pre is what was read from the connection before it came to fasthttp (an event
+	// loop's hand-off, dataplane_linux.go): the first reads return it.
+	pre []byte
+}
+
+// Read reads what was read before (pre) first, then from the connection.
+func (c *guardConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // Write writes p under the write timeout; a stream's last writes are held and sent as

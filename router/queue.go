@@ -328,18 +328,27 @@ func (s *Server) priority(ctx *fasthttp.RequestCtx) (int, error) {
 // queue's. A nil worker with a nil error means no available worker serves the model at
 // all. The error is errQueueFull, errQueueTimeout or errClientGone.
 func (s *Server) route(ctx *fasthttp.RequestCtx, st *routeState, reqID string, attempt, class int) (*upstream.Worker, int, *upstream.Load, error) {
-	if !s.queue.ahead(st.req.Model) {
-		t0 := time.Now()
-		w, overlap := s.pick(st, reqID, attempt)
-		s.metrics.decisions.Observe(time.Since(t0).Seconds())
-		if w != nil {
-			return w, overlap, s.beginLoad(w, st, overlap), nil
-		}
-		if st.guarded == 0 {
-			return nil, 0, nil, nil
-		}
+	w, overlap, load, wait := s.routeNow(st, reqID, attempt)
+	if !wait {
+		return w, overlap, load, nil
 	}
 	return s.await((*fasthttpClient)(ctx), st, reqID, attempt, class)
+}
+
+// routeNow is route without the queue: wait is true when the request must wait in it
+// (every candidate is full, or requests of the model are queued already); the caller
+// then calls await.
+func (s *Server) routeNow(st *routeState, reqID string, attempt int) (w *upstream.Worker, overlap int, load *upstream.Load, wait bool) {
+	if s.queue.ahead(st.req.Model) {
+		return nil, 0, nil, true
+	}
+	t0 := time.Now()
+	w, overlap = s.pick(st, reqID, attempt)
+	s.metrics.decisions.Observe(time.Since(t0).Seconds())
+	if w != nil {
+		return w, overlap, s.beginLoad(w, st, overlap), false
+	}
+	return nil, 0, nil, st.guarded > 0
 }
 
 // waiterGone tells a queued request whether its client has gone.

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,9 +136,14 @@ type testRouter struct {
 	stop func()
 }
 
+// testDataPlane is the data plane the tests' routers use: $KVROUTE_TEST_DATA_PLANE,
+// else fasthttp. make test runs this package's tests with each (dataplane_test.go).
+var testDataPlane = cmp.Or(os.Getenv("KVROUTE_TEST_DATA_PLANE"), configs.DataPlaneFastHTTP)
+
 func testConfig(workers ...*fakeWorker) *configs.Config {
 	cfg := configs.Default()
 	cfg.Listen = "127.0.0.1:0"
+	cfg.DataPlane = testDataPlane
 	cfg.Health.Interval = 50 * time.Millisecond
 	cfg.Health.EjectBase = 100 * time.Millisecond
 	cfg.Health.EjectMax = 200 * time.Millisecond

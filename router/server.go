@@ -111,6 +111,11 @@ type Server struct {
 	passthrough map[string]struct{}
 	// pd is prefill/decode disaggregation's metrics and decode bookkeeping (pd.go).
 	pd *pdState
+	// dp is the event-loop data plane (data_plane: event_loop, dataplane.go), started
+	// by the first Serve (dpOnce, dpErr); nil with fasthttp alone.
+	dpOnce sync.Once
+	dp     *dataPlane
+	dpErr  error
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
@@ -234,6 +239,15 @@ func (s *Server) Serve(ln net.Listener) error {
 	ln = newGuardListener(ln, s.cfg.Limits, s.gate, &s.openConn, s.tlsConf)
 	if s.tlsConf != nil {
 		ln = tls.NewListener(ln, s.tlsConf)
+	} else if s.cfg.DataPlane == configs.DataPlaneEventLoop {
+		s.dpOnce.Do(func() { s.dp, s.dpErr = newDataPlane(s) })
+		if s.dpErr != nil {
+			return fmt.Errorf("serve: %w", s.dpErr)
+		}
+		if err := s.dp.serve(ln); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
 	}
 	if err := s.srv.Serve(ln); err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -249,7 +263,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shut = true
 	lns := s.lns
 	s.lnMu.Unlock()
+	// The event loops' listeners are closed here; fasthttp closes its own (and serves
+	// the connections the loops handed it until they are idle).
+	s.dpOnce.Do(func() {}) // no data plane starts after this
+	if s.dp != nil {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+	}
+	dpDone := make(chan error, 1)
+	go func() {
+		if s.dp == nil {
+			dpDone <- nil
+			return
+		}
+		dpDone <- s.dp.shutdown(ctx)
+	}()
 	err := s.srv.ShutdownWithContext(ctx)
+	if dpErr := <-dpDone; err == nil {
+		err = dpErr
+	}
 	// A Serve that had not registered its listener with fasthttp yet: its Accept fails
 	// now and it returns. Closing a listener fasthttp closed already is harmless.
 	for _, ln := range lns {

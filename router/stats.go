@@ -371,6 +371,9 @@ type metrics struct {
 	// retriesSkipped counts retries not made because the client had disconnected.
 	retriesSkipped *prometheus.CounterVec // model
 	decisions      prometheus.Histogram
+	// handoffs counts the client connections the event loops gave to fasthttp
+	// (dataplane.go).
+	handoffs *prometheus.CounterVec // reason
 
 	overlapRatio  *prometheus.HistogramVec // model
 	promptTokens  *prometheus.CounterVec   // worker, model
@@ -410,6 +413,10 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Name: "kvroute_router_retries_skipped_total",
 			Help: "Retries not made because the client had disconnected (counted as status 499 in requests_total).",
 		}, []string{"model"}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvroute_router_dataplane_handoffs_total",
+			Help: "Client connections the event-loop data plane handed to fasthttp, by reason: request (not a fast-path request), workers (a worker the loop cannot serve: prefill/decode role, TLS, host name), budget (max_inflight_body_bytes spent), socket (a listener's connection without a socket).",
+		}, []string{"reason"}),
 		decisions: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kvroute_router_decision_duration_seconds",
 			Help:    "Time to choose a worker for one attempt.",
@@ -437,7 +444,7 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 			Help: "Requests whose prompt was hashed only up to its first non-text content part (image, audio, video, file): nothing past it is matched, as the engine hashes such parts by content the router does not see.",
 		}, []string{"model"}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.retriesSkipped, m.decisions,
+	cs := []prometheus.Collector{m.requests, m.duration, m.ttfb, m.upErrors, m.retries, m.retriesSkipped, m.handoffs, m.decisions,
 		m.overlapRatio, m.promptTokens, m.predictedHit, m.blockMismatch}
 	cs = append(cs, m.mmTruncated)
 	if reg == nil {

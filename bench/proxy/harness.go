@@ -66,6 +66,9 @@ type Config struct {
 	// Tokenize is kvroute's tokenize mode (its --tokenize flag: auto, engine, approx or
 	// local:PATH); "" leaves kvroute's default.
 	Tokenize string
+	// DataPlane is kvroute's data plane (its --data-plane flag: fasthttp or event_loop);
+	// "" is kvroute's default.
+	DataPlane string
 	// Nginx is the nginx executable; "" leaves nginx out.
 	Nginx string
 	// NginxWorkers is nginx's worker_processes. Default runtime.NumCPU().
@@ -321,6 +324,9 @@ func (h *harness) startKvroute(ctx context.Context) (*target, error) {
 	args := []string{"serve", "--listen", addr, "--policy", h.cfg.Policy}
 	if h.cfg.Tokenize != "" {
 		args = append(args, "--tokenize", h.cfg.Tokenize)
+	}
+	if h.cfg.DataPlane != "" {
+		args = append(args, "--data-plane", h.cfg.DataPlane)
 	}
 	for _, w := range h.workers {
 		args = append(args, "--worker", w)

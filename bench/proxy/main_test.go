@@ -48,6 +48,7 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	listen := fs.String("listen", "", "")
 	policy := fs.String("policy", "round_robin", "")
 	tokenize := fs.String("tokenize", "", "")
+	dataPlane := fs.String("data-plane", "", "")
 	var workers stringsFlag
 	fs.Var(&workers, "worker", "")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -57,6 +58,9 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	cfg.Listen, cfg.Policy = *listen, *policy
 	if *tokenize != "" {
 		cfg.Tokenize.Mode = *tokenize
+	}
+	if *dataPlane != "" {
+		cfg.DataPlane = *dataPlane
 	}
 	for _, s := range workers {
 		w, err := configs.ParseWorkerFlag(s)

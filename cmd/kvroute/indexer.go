@@ -37,7 +37,7 @@ func runIndexer(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "kvroute indexer:", err)
 		return 2
 	}
-	cfg, err := serveConfig(*configPath, *listen, "", "", nil)
+	cfg, err := serveConfig(*configPath, *listen, "", "", nil, overrides{})
 	if err != nil {
 		fmt.Fprintln(stderr, "kvroute indexer:", err)
 		return 2

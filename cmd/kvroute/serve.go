@@ -29,19 +29,26 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 // serveFlags are serve's flags, which `kvroute epp` takes too.
 type serveFlags struct {
-	config, listen, policy, tokenize, logLevel, pd *string
-	workers                                        stringList
+	config, listen, policy, tokenize, logLevel, pd, dataPlane *string
+	workers                                                   stringList
+}
+
+// overrides are the flags that override config keys beyond the quick-start ones.
+type overrides struct {
+	pd        string // pd.protocol
+	dataPlane string // data_plane
 }
 
 // addServeFlags defines serve's flags on fs; listenHelp says what --listen serves.
 func addServeFlags(fs *flag.FlagSet, listenHelp string) *serveFlags {
 	f := &serveFlags{
-		config:   fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)"),
-		listen:   fs.String("listen", "", listenHelp),
-		policy:   fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)"),
-		tokenize: fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)"),
-		logLevel: fs.String("log-level", "info", "log level: debug, info, warn, error"),
-		pd:       fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)"),
+		config:    fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)"),
+		listen:    fs.String("listen", "", listenHelp),
+		policy:    fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)"),
+		tokenize:  fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)"),
+		logLevel:  fs.String("log-level", "info", "log level: debug, info, warn, error"),
+		pd:        fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)"),
+		dataPlane: fs.String("data-plane", "", "what serves the API listener: "+configs.DataPlaneFastHTTP+" or "+configs.DataPlaneEventLoop+" (overrides data_plane)"),
 	}
 	fs.Var(&f.workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME][,role=prefill|decode|both][,bootstrap_port=N]`; repeat for each worker")
 	return f
@@ -49,7 +56,7 @@ func addServeFlags(fs *flag.FlagSet, listenHelp string) *serveFlags {
 
 // load builds the config from the file and the flags (serveConfig).
 func (f *serveFlags) load() (*configs.Config, error) {
-	return serveConfig(*f.config, *f.listen, *f.policy, *f.tokenize, f.workers, *f.pd)
+	return serveConfig(*f.config, *f.listen, *f.policy, *f.tokenize, f.workers, overrides{pd: *f.pd, dataPlane: *f.dataPlane})
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -84,7 +91,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 }
 
 // serveConfig builds the config from a file and/or the quick-start flags; flags win.
-func serveConfig(path, listen, policy, tokenize string, workers []string, pd ...string) (*configs.Config, error) {
+func serveConfig(path, listen, policy, tokenize string, workers []string, o overrides) (*configs.Config, error) {
 	var cfg *configs.Config
 	if path != "" {
 		c, err := configs.LoadFile(path)
@@ -108,8 +115,11 @@ func serveConfig(path, listen, policy, tokenize string, workers []string, pd ...
 	if tokenize != "" {
 		cfg.Tokenize.Mode = tokenize
 	}
-	if len(pd) > 0 && pd[0] != "" {
-		cfg.PD.Protocol = pd[0]
+	if o.pd != "" {
+		cfg.PD.Protocol = o.pd
+	}
+	if o.dataPlane != "" {
+		cfg.DataPlane = o.dataPlane
 	}
 	if len(workers) > 0 {
 		cfg.Workers, cfg.WorkersFromFlags = nil, true
@@ -149,7 +159,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	// Exactly what serve checks before it listens: one validation for both.
-	cfg, err := serveConfig(args[0], "", "", "", nil)
+	cfg, err := serveConfig(args[0], "", "", "", nil, overrides{})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -74,7 +74,7 @@ func TestCheckConfigFailsWhatServeRefuses(t *testing.T) {
 		if code != 1 || out.Len() != 0 || !strings.Contains(errOut.String(), want) {
 			t.Errorf("check-config %s: exit %d stdout %q stderr %q, want exit 1 and %q", name, code, out.String(), errOut.String(), want)
 		}
-		_, err := serveConfig(path, "", "", "", nil)
+		_, err := serveConfig(path, "", "", "", nil, overrides{})
 		if err == nil || err.Error()+"\n" != errOut.String() {
 			t.Errorf("serve's config check of %s: %v, want check-config's error %q", name, err, errOut.String())
 		}

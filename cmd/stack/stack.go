@@ -471,3 +471,11 @@ func Run(ctx context.Context, cfg *configs.Config, ln net.Listener, log *slog.Lo
 		}
 	})
 }
+
+// Blocking implements blockhash.Blocker: as the model's mode.
+func (p perModelHasher) Blocking(model string) bool {
+	if h, ok := p.byModel[model]; ok {
+		return blockhash.MayBlock(h, model)
+	}
+	return blockhash.MayBlock(p.def, model)
+}

@@ -1,0 +1,188 @@
+package router
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kvroute/kvroute/configs"
+)
+
+// The router's other tests run with the event-loop data plane too, when
+// KVROUTE_TEST_DATA_PLANE=event_loop (make test runs them both ways). These test what
+// is the loop's own: which requests it serves, and the hand-off of the rest.
+
+// TestDataPlaneServesAndHandsOff: chat, streamed chat and pipelined requests are served
+// by the loops over one connection; a request that is not on the fast path (GET
+// /v1/models) hands the connection to fasthttp, which answers it and every request
+// after it on that connection.
+func TestDataPlaneServesAndHandsOff(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop runs on Linux only")
+	}
+	fw := newFakeWorker(t, "m")
+	cfg := testConfig(fw)
+	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg.Headers.Worker = true
+	tr := startRouter(t, cfg)
+	c := dialRouter(t, tr)
+	br := bufio.NewReader(c)
+	request := func(method, path, body string) string {
+		return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", method, path, len(body), body)
+	}
+	read := func(what string, want int, contains string) *http.Response {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != want || !strings.Contains(string(b), contains) {
+			t.Fatalf("%s: status %d (want %d), err %v, body %q (want it to contain %q)", what, resp.StatusCode, want, err, b, contains)
+		}
+		return resp
+	}
+	handoffs := tr.srv.metrics.handoffs.WithLabelValues(handoffRequest)
+
+	for i := range 3 {
+		if _, err := io.WriteString(c, request("POST", "/v1/chat/completions", chatBody)); err != nil {
+			t.Fatal(err)
+		}
+		resp := read(fmt.Sprintf("chat %d", i), 200, `"chat.completion"`)
+		if resp.Header.Get("X-Request-Id") == "" || resp.Header.Get("x-kvroute-worker") != "w0" {
+			t.Errorf("chat %d: headers %v", i, resp.Header)
+		}
+	}
+	resp := func() *http.Response {
+		if _, err := io.WriteString(c, request("POST", "/v1/chat/completions", streamBody)); err != nil {
+			t.Fatal(err)
+		}
+		return read("stream", 200, "data: [DONE]")
+	}()
+	if len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+		t.Errorf("stream: transfer encoding %v, want chunked", resp.TransferEncoding)
+	}
+	// Pipelined: a stream, a chat, an unknown model (answered by the loop: 404).
+	if _, err := io.WriteString(c, request("POST", "/v1/chat/completions", streamBody)+request("POST", "/v1/chat/completions", chatBody)+
+		request("POST", "/v1/chat/completions", `{"model":"nope","messages":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	read("pipelined stream", 200, "data: [DONE]")
+	read("pipelined chat", 200, `"chat.completion"`)
+	read("pipelined unknown model", 404, `"model_not_found"`)
+	if v := testutil.ToFloat64(handoffs); v != 0 {
+		t.Fatalf("handoffs = %v before any request off the fast path", v)
+	}
+	if n := fw.requests.Load(); n != 6 {
+		t.Errorf("the worker got %d requests, want 6", n)
+	}
+
+	// Off the fast path: handed to fasthttp with the connection.
+	if _, err := io.WriteString(c, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	read("models", 200, `"m"`)
+	if v := testutil.ToFloat64(handoffs); v != 1 {
+		t.Errorf("handoffs = %v, want 1", v)
+	}
+	if _, err := io.WriteString(c, request("POST", "/v1/chat/completions", chatBody)); err != nil {
+		t.Fatal(err)
+	}
+	read("chat after the hand-off", 200, `"chat.completion"`)
+	if n := fw.requests.Load(); n != 7 {
+		t.Errorf("the worker got %d requests, want 7", n)
+	}
+}
+
+// TestRespBody checks the answer body decoder against net/http's chunked reader and
+// Content-Length framing, with the bytes split at every place.
+func TestRespBody(t *testing.T) {
+	for _, tc := range []struct {
+		name, wire, want string
+		chunked          bool
+		length           int64
+		bad              bool
+	}{
+		{name: "length", wire: "hello", want: "hello", length: 5},
+		{name: "chunked", wire: "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", want: "hello world", chunked: true},
+		{name: "chunked LF only", wire: "5\nhello\n0\n\n", want: "hello", chunked: true},
+		{name: "extension and trailer", wire: "5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", want: "hello", chunked: true},
+		{name: "upper hex", wire: "A\r\n0123456789\r\n0\r\n\r\n", want: "0123456789", chunked: true},
+		{name: "no size", wire: "\r\nhello\r\n", chunked: true, bad: true},
+		{name: "bad size", wire: "5x\r\nhello\r\n", chunked: true, bad: true},
+		{name: "size too long", wire: "1000000000000000\r\n", chunked: true, bad: true},
+		{name: "data not ended", wire: "5\r\nhelloX\r\n", chunked: true, bad: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for split := 0; split <= len(tc.wire); split++ {
+				var b respBody
+				if tc.chunked {
+					b.mode = bodyChunked
+				} else {
+					b.left = tc.length
+				}
+				out, used1, err := b.feed(nil, []byte(tc.wire[:split]))
+				used2 := 0
+				if err == nil && !b.done {
+					out, used2, err = b.feed(out, []byte(tc.wire[split:]))
+				}
+				if tc.bad {
+					if err == nil {
+						t.Fatalf("split %d: no error, body %q", split, out)
+					}
+					continue
+				}
+				if err != nil || !b.done || string(out) != tc.want || used1+used2 != len(tc.wire) {
+					t.Fatalf("split %d: body %q done %v used %d err %v, want %q", split, out, b.done, used1+used2, err, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// FuzzRespBody: any bytes as a chunked body: the decoder never panics, uses no more than
+// it is given, and whatever it takes as a whole body, net/http's chunked reader reads
+// the same.
+func FuzzRespBody(f *testing.F) {
+	f.Add([]byte("5\r\nhello\r\n0\r\n\r\n"), 3)
+	f.Add([]byte("5;x\r\nhello\r\n0\r\nA: b\r\n\r\n"), 7)
+	f.Add([]byte("fffffffffffffff\r\n"), 1)
+	f.Fuzz(func(t *testing.T, wire []byte, split int) {
+		if split < 0 || split > len(wire) {
+			split = len(wire) / 2
+		}
+		b := respBody{mode: bodyChunked}
+		out, used, err := b.feed(nil, wire[:split])
+		if used > split {
+			t.Fatalf("used %d of %d", used, split)
+		}
+		if err == nil && !b.done {
+			var used2 int
+			out, used2, err = b.feed(out, wire[split:])
+			used += used2
+		}
+		if err != nil || !b.done {
+			return
+		}
+		want, rerr := io.ReadAll(httputil.NewChunkedReader(bytes.NewReader(wire[:used])))
+		if rerr != nil {
+			// net/http is stricter about chunk extensions and bare LFs in places; the
+			// decoder only has to agree on what both accept.
+			return
+		}
+		if !bytes.Equal(out, want) {
+			t.Fatalf("body %q, net/http reads %q", out, want)
+		}
+	})
+}
