@@ -48,6 +48,9 @@ type Config struct {
 	// completion and embedding requests, every other request handed to fasthttp; Linux
 	// only, not with tls). router/dataplane.go has the details. Default "fasthttp".
 	DataPlane string `yaml:"data_plane"`
+	// DataPlaneLoops is how many event loops data_plane: event_loop runs; 0 means one
+	// per GOMAXPROCS (the cores kvroute may use). Default 0.
+	DataPlaneLoops int `yaml:"data_plane_loops"`
 	// Health configures active health checks and passive ejection.
 	Health Health `yaml:"health"`
 	// Headers configures the response headers kvroute adds.
@@ -547,6 +550,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("data_plane: %q is not %q or %q", c.DataPlane, DataPlaneFastHTTP, DataPlaneEventLoop)
+	}
+	if c.DataPlaneLoops < 0 || c.DataPlaneLoops > 1024 {
+		bad("data_plane_loops: %d must be between 0 (one per GOMAXPROCS) and 1024", c.DataPlaneLoops)
 	}
 	for _, d := range []struct {
 		name string

@@ -42,7 +42,7 @@ type fakeWorker struct {
 	lastHdr  http.Header
 }
 
-func newFakeWorker(t *testing.T, models ...string) *fakeWorker {
+func newFakeWorker(t testing.TB, models ...string) *fakeWorker {
 	t.Helper()
 	fw := &fakeWorker{models: models, gate: make(chan struct{})}
 	fw.chunks.Store(3)
@@ -154,20 +154,20 @@ func testConfig(workers ...*fakeWorker) *configs.Config {
 	return &cfg
 }
 
-func startRouter(t *testing.T, cfg *configs.Config) *testRouter {
+func startRouter(t testing.TB, cfg *configs.Config) *testRouter {
 	t.Helper()
 	return startRouterWith(t, cfg, nil)
 }
 
 // startRouterWith is startRouter with a hook that runs after the Server is built and
 // before it serves (to mount the admin API, say).
-func startRouterWith(t *testing.T, cfg *configs.Config, beforeServe func(*testRouter)) *testRouter {
+func startRouterWith(t testing.TB, cfg *configs.Config, beforeServe func(*testRouter)) *testRouter {
 	t.Helper()
 	return startRouterOn(t, cfg, beforeServe, nil)
 }
 
 // startRouterOn is startRouterWith serving on wrap(the listener) when wrap is set.
-func startRouterOn(t *testing.T, cfg *configs.Config, beforeServe func(*testRouter), wrap func(net.Listener) net.Listener) *testRouter {
+func startRouterOn(t testing.TB, cfg *configs.Config, beforeServe func(*testRouter), wrap func(net.Listener) net.Listener) *testRouter {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

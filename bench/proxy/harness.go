@@ -69,6 +69,8 @@ type Config struct {
 	// DataPlane is kvroute's data plane (its --data-plane flag: fasthttp or event_loop);
 	// "" is kvroute's default.
 	DataPlane string
+	// DataPlaneLoops is kvroute's --data-plane-loops; 0 leaves kvroute's default.
+	DataPlaneLoops int
 	// Nginx is the nginx executable; "" leaves nginx out.
 	Nginx string
 	// NginxWorkers is nginx's worker_processes. Default runtime.NumCPU().
@@ -327,6 +329,9 @@ func (h *harness) startKvroute(ctx context.Context) (*target, error) {
 	}
 	if h.cfg.DataPlane != "" {
 		args = append(args, "--data-plane", h.cfg.DataPlane)
+	}
+	if h.cfg.DataPlaneLoops > 0 {
+		args = append(args, "--data-plane-loops", strconv.Itoa(h.cfg.DataPlaneLoops))
 	}
 	for _, w := range h.workers {
 		args = append(args, "--worker", w)

@@ -49,6 +49,7 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	policy := fs.String("policy", "round_robin", "")
 	tokenize := fs.String("tokenize", "", "")
 	dataPlane := fs.String("data-plane", "", "")
+	loops := fs.Int("data-plane-loops", 0, "")
 	var workers stringsFlag
 	fs.Var(&workers, "worker", "")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -62,6 +63,7 @@ func kvrouteChild(args []string, stderr io.Writer) int {
 	if *dataPlane != "" {
 		cfg.DataPlane = *dataPlane
 	}
+	cfg.DataPlaneLoops = *loops
 	for _, s := range workers {
 		w, err := configs.ParseWorkerFlag(s)
 		if err != nil {

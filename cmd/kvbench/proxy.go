@@ -43,6 +43,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	policy := fs.String("policy", "round_robin", "kvroute's routing `POLICY` (serve --policy)")
 	tokenize := fs.String("tokenize", "", "kvroute's tokenize `MODE` (serve --tokenize: auto, engine, approx, local:PATH); empty: kvroute's default")
 	dataPlane := fs.String("data-plane", "", "kvroute's data plane (serve --data-plane: fasthttp, event_loop); empty: kvroute's default")
+	loops := fs.Int("data-plane-loops", 0, "kvroute's event loops (serve --data-plane-loops); 0: kvroute's default")
 	nginxWorkers := fs.Int("nginx-workers", 0, "nginx worker_processes (0: one per core)")
 	peak := fs.Bool("peak", false, "measure each target's peak first (closed loop, --peak-conns clients, one target per window), then latency at half of nginx's peak (sequential; the rate flags only skip a workload when 0)")
 	peakConns := fs.Int("peak-conns", 16, "closed-loop clients of a peak window (as wrk -c)")
@@ -58,7 +59,7 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	cfg := proxy.Config{
 		Mode: *mode, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Chunks: *chunks, ChunkGap: *chunkGap,
 		NoTokenize: *noTokenize, Workers: *workers, NginxWorkers: *nginxWorkers, ProfileDuration: *profileDur,
-		Policy: *policy, Tokenize: *tokenize, DataPlane: *dataPlane, Peak: *peak, PeakConns: *peakConns,
+		Policy: *policy, Tokenize: *tokenize, DataPlane: *dataPlane, DataPlaneLoops: *loops, Peak: *peak, PeakConns: *peakConns,
 		Upstream: proxy.Command{Argv: []string{self, "fake-upstream"}},
 		Dir:      filepath.Join(*out, "work"),
 		Log:      stderr,

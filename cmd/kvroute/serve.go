@@ -30,6 +30,7 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 // serveFlags are serve's flags, which `kvroute epp` takes too.
 type serveFlags struct {
 	config, listen, policy, tokenize, logLevel, pd, dataPlane *string
+	dataPlaneLoops                                            *int
 	workers                                                   stringList
 }
 
@@ -37,18 +38,20 @@ type serveFlags struct {
 type overrides struct {
 	pd        string // pd.protocol
 	dataPlane string // data_plane
+	loops     int    // data_plane_loops, when > 0
 }
 
 // addServeFlags defines serve's flags on fs; listenHelp says what --listen serves.
 func addServeFlags(fs *flag.FlagSet, listenHelp string) *serveFlags {
 	f := &serveFlags{
-		config:    fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)"),
-		listen:    fs.String("listen", "", listenHelp),
-		policy:    fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)"),
-		tokenize:  fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)"),
-		logLevel:  fs.String("log-level", "info", "log level: debug, info, warn, error"),
-		pd:        fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)"),
-		dataPlane: fs.String("data-plane", "", "what serves the API listener: "+configs.DataPlaneFastHTTP+" or "+configs.DataPlaneEventLoop+" (overrides data_plane)"),
+		config:         fs.String("config", "", "YAML config file (see configs/kvroute.example.yaml)"),
+		listen:         fs.String("listen", "", listenHelp),
+		policy:         fs.String("policy", "", "routing policy: "+strings.Join(configs.Policies, ", ")+" (overrides the config)"),
+		tokenize:       fs.String("tokenize", "", "how requests are tokenized for prefix matching: auto, engine, approx or local:PATH (overrides the config)"),
+		logLevel:       fs.String("log-level", "info", "log level: debug, info, warn, error"),
+		pd:             fs.String("pd", "", "prefill/decode disaggregation protocol: vllm or sglang (overrides pd.protocol; on while workers of role prefill and decode are present)"),
+		dataPlane:      fs.String("data-plane", "", "what serves the API listener: "+configs.DataPlaneFastHTTP+" or "+configs.DataPlaneEventLoop+" (overrides data_plane)"),
+		dataPlaneLoops: fs.Int("data-plane-loops", 0, "event loops of the event_loop data plane; 0 leaves data_plane_loops (overrides it otherwise)"),
 	}
 	fs.Var(&f.workers, "worker", "worker `URL[,id=ID][,events=tcp://H:P][,replay=tcp://H:P][,models=A|B][,api_key_env=NAME][,role=prefill|decode|both][,bootstrap_port=N]`; repeat for each worker")
 	return f
@@ -56,7 +59,7 @@ func addServeFlags(fs *flag.FlagSet, listenHelp string) *serveFlags {
 
 // load builds the config from the file and the flags (serveConfig).
 func (f *serveFlags) load() (*configs.Config, error) {
-	return serveConfig(*f.config, *f.listen, *f.policy, *f.tokenize, f.workers, overrides{pd: *f.pd, dataPlane: *f.dataPlane})
+	return serveConfig(*f.config, *f.listen, *f.policy, *f.tokenize, f.workers, overrides{pd: *f.pd, dataPlane: *f.dataPlane, loops: *f.dataPlaneLoops})
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -120,6 +123,9 @@ func serveConfig(path, listen, policy, tokenize string, workers []string, o over
 	}
 	if o.dataPlane != "" {
 		cfg.DataPlane = o.dataPlane
+	}
+	if o.loops > 0 {
+		cfg.DataPlaneLoops = o.loops
 	}
 	if len(workers) > 0 {
 		cfg.Workers, cfg.WorkersFromFlags = nil, true
