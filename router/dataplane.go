@@ -49,7 +49,9 @@ const (
 )
 
 // dpMaxIdleUpstream bounds the idle keep-alive connections a loop keeps to one worker.
-const dpMaxIdleUpstream = 64
+// Under load a loop holds one per request in flight on the worker; fewer would close
+// and redial connections on every request past the bound.
+const dpMaxIdleUpstream = 1024
 
 // dpUpstreamIdle is how long an idle worker connection is kept, as the fasthttp client's
 // MaxIdleConnDuration (upstream/worker.go).
