@@ -172,8 +172,7 @@ type evLoop struct {
 	rest    []byte // scratch: the body bytes read with a response head
 	rd      bytes.Reader
 	br      *bufio.Reader
-	bw      *bufio.Writer
-	wbuf    bytes.Buffer
+	bw      *bufio.Writer // writes a request to a worker into its exchange's sent
 	req     fasthttp.Request
 	idle    map[*upstream.Worker][]*lconn
 	addrs   map[*upstream.Worker]unix.Sockaddr
@@ -181,6 +180,7 @@ type evLoop struct {
 	fleetOK bool
 	now     time.Time
 	scanned time.Time
+	gen     int32 // the last registration's number
 	halted  bool
 }
 
@@ -203,7 +203,7 @@ func newEvLoop(p *dataPlane) (*evLoop, error) {
 	l := &evLoop{p: p, s: p.s, ep: ep, ev: ev, conns: map[int]*lconn{}, buf: make([]byte, 64<<10),
 		idle: map[*upstream.Worker][]*lconn{}, addrs: map[*upstream.Worker]unix.Sockaddr{}}
 	l.br = bufio.NewReaderSize(&l.rd, max(hb, dpMaxResponseHead)+16)
-	l.bw = bufio.NewWriterSize(&l.wbuf, 4<<10)
+	l.bw = bufio.NewWriterSize(nil, 4<<10)
 	l.req.Header.DisableNormalizing()
 	return l, nil
 }
@@ -252,8 +252,8 @@ func (l *evLoop) run() {
 				continue
 			}
 			c := l.conns[fd]
-			if c == nil {
-				continue
+			if c == nil || c.gen != ev.Pad {
+				continue // closed, and its descriptor maybe reused, since epoll_wait
 			}
 			if ev.Events&unix.EPOLLOUT != 0 {
 				l.flush(c)
@@ -281,9 +281,18 @@ func (l *evLoop) run() {
 // halt stops the loop, closing what it holds.
 func (l *evLoop) halt() { l.halted = true }
 
+// appendWriter is an io.Writer appending to a byte slice.
+type appendWriter []byte
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	*w = append(*w, p...)
+	return len(p), nil
+}
+
 // lconn is a connection a loop holds: a client's, or a worker's (up).
 type lconn struct {
 	fd      int
+	gen     int32 // its registration's number, in its epoll events (a closed descriptor's number is reused)
 	up      bool
 	in, out []byte
 	events  uint32
@@ -371,8 +380,9 @@ func (l *evLoop) addClient(fd int, gc *guardConn) {
 }
 
 func (l *evLoop) register(c *lconn, events uint32) bool {
-	c.events = events
-	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: events, Fd: int32(c.fd)}); err != nil {
+	l.gen++
+	c.events, c.gen = events, l.gen
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, c.fd, &unix.EpollEvent{Events: events, Fd: int32(c.fd), Pad: c.gen}); err != nil {
 		return false
 	}
 	l.conns[c.fd] = c
@@ -384,7 +394,7 @@ func (l *evLoop) setEvents(c *lconn, events uint32) {
 		return
 	}
 	c.events = events
-	_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: events, Fd: int32(c.fd)})
+	_ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, c.fd, &unix.EpollEvent{Events: events, Fd: int32(c.fd), Pad: c.gen})
 }
 
 // clientReadable reads what the client sent and serves its next request.
@@ -671,8 +681,8 @@ func (l *evLoop) routed(x *exchange, w *upstream.Worker, overlap int, load *upst
 	req := &l.req
 	req.Reset()
 	s.outbound(ctx, &x.call, w, req)
-	l.wbuf.Reset()
-	l.bw.Reset(&l.wbuf)
+	x.sent = x.sent[:0]
+	l.bw.Reset((*appendWriter)(&x.sent))
 	err = req.Write(l.bw)
 	if err == nil {
 		err = l.bw.Flush()
@@ -682,7 +692,6 @@ func (l *evLoop) routed(x *exchange, w *upstream.Worker, overlap int, load *upst
 		l.failed(x, err)
 		return
 	}
-	x.sent = append(x.sent[:0], l.wbuf.Bytes()...)
 	x.resent = false
 	l.send(x)
 }
