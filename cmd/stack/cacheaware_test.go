@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,7 +200,34 @@ func someWords(rng *rand.Rand, n int) string {
 // Each turn of a conversation goes back to the worker holding its history: the worker
 // reports at least 90% of the previous turn's prompt as cached.
 func TestCacheAwareMultiTurnAffinity(t *testing.T) {
-	ss := startSimStack(t, 4, nil)
+	multiTurnAffinity(t, startSimStack(t, 4, nil))
+}
+
+// TestCacheAwareMultiTurnAffinityEventLoop: the same through the event-loop data plane
+// (router/dataplane.go), whose loops hash in engine mode off the loop.
+func TestCacheAwareMultiTurnAffinityEventLoop(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop runs on Linux only")
+	}
+	ss := startSimStack(t, 4, func(_ *sim.FleetConfig, cfg *configs.Config) {
+		cfg.DataPlane = configs.DataPlaneEventLoop
+	})
+	multiTurnAffinity(t, ss)
+	// The loops served every chat request: the one hand-off is this GET /metrics.
+	resp, err := http.Get(ss.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "kvroute_router_dataplane_handoffs_total{") && line != `kvroute_router_dataplane_handoffs_total{reason="request"} 1` {
+			t.Errorf("hand-offs: %s", line)
+		}
+	}
+}
+
+func multiTurnAffinity(t *testing.T, ss *simStack) {
 	client := &http.Client{Timeout: 30 * time.Second}
 	var wg sync.WaitGroup
 	for u := 0; u < 8; u++ {
