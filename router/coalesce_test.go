@@ -202,13 +202,7 @@ func TestStreamEndOneWrite(t *testing.T) {
 	}
 	read := func(what, wantBody string) {
 		t.Helper()
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
+		resp, b, err := readResponseFrom(t, c, br, 10*time.Second)
 		if err != nil || resp.StatusCode != 200 || (wantBody != "" && string(b) != wantBody) {
 			t.Fatalf("%s: status %d, err %v, body %q, want %q", what, resp.StatusCode, err, b, wantBody)
 		}

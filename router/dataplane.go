@@ -70,26 +70,13 @@ func (s *Server) dpFastPath(h *fasthttp.RequestHeader) bool {
 	if !h.IsPost() || !h.IsHTTP11() || h.ContentLength() < 0 || h.ContentLength() > s.cfg.MaxBodyBytes {
 		return false
 	}
-	switch string(h.RequestURI()) {
-	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings":
-	default:
+	if _, ok := inferenceEndpoint(string(h.RequestURI())); !ok {
 		return false // a query string, another path: fasthttp's
 	}
 	if len(h.Peek(fasthttp.HeaderExpect)) > 0 || len(h.Peek(fasthttp.HeaderTransferEncoding)) > 0 {
 		return false
 	}
 	return checkFraming(h) == nil
-}
-
-// dpEndpoint returns the endpoint of a fast-path request's path.
-func dpEndpoint(path []byte) endpoint {
-	switch string(path) {
-	case "/v1/completions":
-		return epCompletions
-	case "/v1/embeddings":
-		return epEmbeddings
-	}
-	return epChat
 }
 
 // hashMayBlock reports whether hashing r's prompt may wait on the network or on files.

@@ -584,7 +584,7 @@ func (l *evLoop) begin(c *lconn) {
 		l.respond(x)
 		return
 	}
-	ep := dpEndpoint(ctx.Path())
+	ep, _ := inferenceEndpoint(string(ctx.Path())) // dpFastPath admitted only these
 	x.call = call{ep: ep, path: ep.path(), r: &x.r, start: l.now}
 	if err := parseRequest(ctx.PostBody(), ep, &x.r); err != nil {
 		s.fail(ctx, "", err)

@@ -44,13 +44,7 @@ func TestDataPlaneServesAndHandsOff(t *testing.T) {
 	}
 	read := func(what string, want int, contains string) *http.Response {
 		t.Helper()
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
+		resp, b, err := readResponseFrom(t, c, br, 10*time.Second)
 		if err != nil || resp.StatusCode != want || !strings.Contains(string(b), contains) {
 			t.Fatalf("%s: status %d (want %d), err %v, body %q (want it to contain %q)", what, resp.StatusCode, want, err, b, contains)
 		}

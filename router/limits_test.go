@@ -31,14 +31,22 @@ func dialRouter(t *testing.T, tr *testRouter) net.Conn {
 // readResponse reads one response from c within d.
 func readResponse(t *testing.T, c net.Conn, d time.Duration) (*http.Response, string) {
 	t.Helper()
+	resp, b, _ := readResponseFrom(t, c, bufio.NewReader(c), d)
+	return resp, string(b)
+}
+
+// readResponseFrom reads the next response from c through br (which keeps what a
+// pipelined answer brought past this one) within d; err is the body's read error.
+func readResponseFrom(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) (*http.Response, []byte, error) {
+	t.Helper()
 	_ = c.SetReadDeadline(time.Now().Add(d))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("read response: %v", err)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, string(b)
+	b, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	return resp, b, err
 }
 
 // trickle writes s one byte every gap until the write fails (the router hung up) or s

@@ -93,15 +93,7 @@ func (s *Server) Pick(ctx context.Context, req *PickRequest) (*Pick, error) {
 	}
 	p := &Pick{s: s, start: start}
 	path, _, _ := strings.Cut(req.Path, "?")
-	ep := epPassthrough
-	switch path {
-	case "/v1/chat/completions":
-		ep = epChat
-	case "/v1/completions":
-		ep = epCompletions
-	case "/v1/embeddings":
-		ep = epEmbeddings
-	}
+	ep, _ := inferenceEndpoint(path) // other paths: routed on load alone
 	if err := parseRequest(req.Body, ep, &p.r); err != nil {
 		s.count("", "", statusOf(err).code, time.Time{})
 		return nil, fmt.Errorf("%w: %w", ErrBadPick, err)

@@ -36,6 +36,20 @@ func (e endpoint) path() string {
 	}
 }
 
+// inferenceEndpoint returns the endpoint of chat, completions and embeddings requests'
+// path; false for any other path.
+func inferenceEndpoint(path string) (endpoint, bool) {
+	switch path {
+	case "/v1/chat/completions":
+		return epChat, true
+	case "/v1/completions":
+		return epCompletions, true
+	case "/v1/embeddings":
+		return epEmbeddings, true
+	}
+	return epPassthrough, false
+}
+
 // request holds the fields of an OpenAI request that routing needs. The raw fields
 // alias the request body and die with the RequestCtx.
 type request struct {
