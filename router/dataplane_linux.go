@@ -1190,6 +1190,10 @@ func (l *evLoop) closeConn(c *lconn) {
 	if !c.up {
 		c.gone.Store(true)
 		c.gc.l.release(c.gc.ip)
+		if c.x == nil && c.reserved > 0 { // a body that never came (else end releases it)
+			l.s.budget.release(c.reserved)
+			c.reserved = 0
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"net/http/httputil"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/proto/prototest/poll"
 )
 
 // The router's other tests run with the event-loop data plane too, when
@@ -231,4 +234,61 @@ func BenchmarkDataPlaneChat(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzDataPlaneInput: any bytes a client sends, then closes its side, on a connection
+// the event loop holds: the loop answers or hands off, closes the connection within
+// the timeouts, gives back the body budget and the connection slot, and serves the
+// next client as before. A panic in a loop would end the test process.
+func FuzzDataPlaneInput(f *testing.F) {
+	if runtime.GOOS != "linux" {
+		f.Skip("the event loop runs on Linux only")
+	}
+	req := func(head, body string) []byte {
+		return fmt.Appendf(nil, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s", head, len(body), body)
+	}
+	f.Add(req("", chatBody))
+	f.Add(req("", streamBody))
+	f.Add(append(req("", chatBody), req("Connection: close\r\n", streamBody)...))
+	f.Add(req("Transfer-Encoding: chunked\r\n", chatBody))
+	f.Add(req("Content-Length: 5\r\n", chatBody))
+	f.Add([]byte("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n{"))
+	f.Add([]byte("POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"model\""))
+	f.Add([]byte("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"))
+	f.Add([]byte("POST /v1/embeddings HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}"))
+	f.Add([]byte("\r\n\r\n\r\n"))
+	// A head whose body never comes: its budget must come back (it did not, once).
+	f.Add([]byte("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"model\":"))
+	fw := newFakeWorker(f, "m")
+	cfg := testConfig(fw)
+	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg.Workers[0].Role = configs.RoleBoth
+	cfg.MaxBodyBytes = 64 << 10
+	cfg.Limits.HeaderTimeout = time.Second
+	cfg.Limits.BodyTimeout = time.Second
+	tr := startRouter(f, cfg)
+	addr := strings.TrimPrefix(tr.url, "http://")
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(in); err != nil {
+			return // the router closed early: fine
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("the connection was not closed: %v", err)
+		}
+		if !poll.Until(5*time.Second, func() bool { return tr.srv.budget.used.Load() == 0 && tr.srv.openConn.Load() == 0 }) {
+			t.Fatalf("after %q: body budget %d bytes and %d connections still held", in, tr.srv.budget.used.Load(), tr.srv.openConn.Load())
+		}
+		resp, body := post(t, tr.url+"/v1/chat/completions", chatBody, "Connection", "close")
+		if resp.StatusCode != 200 {
+			t.Fatalf("the next client: %d %s", resp.StatusCode, body)
+		}
+		poll.CheckFor(t, 5*time.Second, "its connection slot back", func() bool { return tr.srv.openConn.Load() == 0 })
+	})
 }
