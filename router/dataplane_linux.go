@@ -914,7 +914,7 @@ func (l *evLoop) answered(x *exchange) {
 	l.keep(u, !x.resp.ConnectionClose() && x.body.mode != bodyClose)
 	switch {
 	case x.sp != nil:
-		l.streamEnd(x, nil)
+		l.streamEnd(x, nil, l.out) // body left the last piece in l.out
 	case x.o.code >= 500 || x.o.code == fasthttp.StatusTooManyRequests:
 		x.o.err = &statusError{worker: x.o.w.ID, code: x.o.code, contentType: string(x.resp.ContentType()),
 			body: append([]byte(nil), x.payload...)}
@@ -934,6 +934,7 @@ func (l *evLoop) answered(x *exchange) {
 func (l *evLoop) upstreamFailed(x *exchange, err error) {
 	if x.headDone && x.body.mode == bodyClose && errors.Is(err, errUpstreamEOF) {
 		x.body.done = true // the answer ends with the connection
+		l.out = l.out[:0]  // nothing of the stream is pending
 		l.answered(x)
 		return
 	}
@@ -943,8 +944,7 @@ func (l *evLoop) upstreamFailed(x *exchange, err error) {
 		l.closeConn(u)
 	}
 	if x.sp != nil {
-		l.out = l.out[:0]
-		l.streamEnd(x, err)
+		l.streamEnd(x, err, l.out[:0])
 		return
 	}
 	if u != nil && u.reused && !x.got && !x.resent {
@@ -975,14 +975,14 @@ func (l *evLoop) retry(x *exchange) {
 }
 
 // streamEnd ends x's committed stream: complete when err is nil and the stream says so,
-// else cut with the error event; then the last chunk, written with what l.out holds
-// (the stream's last piece).
-func (l *evLoop) streamEnd(x *exchange, err error) {
+// else cut with the error event; then the last chunk. last, the stream's last piece not
+// written yet (nil: none), goes out in the same write.
+func (l *evLoop) streamEnd(x *exchange, err error, last []byte) {
 	sp := x.sp
 	if err == nil && !sp.complete() {
 		err = errStreamCut
 	}
-	out := l.out
+	out := last
 	if err != nil {
 		out = appendChunk(out, sp.cut(err))
 	}
@@ -1271,8 +1271,7 @@ func (l *evLoop) timedOut(x *exchange) {
 		u := x.u
 		x.u, u.x = nil, nil
 		l.closeConn(u)
-		l.out = l.out[:0]
-		l.streamEnd(x, fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout))
+		l.streamEnd(x, fmt.Errorf("%w: no chunk within the timeout", errStreamTimeout), l.out[:0])
 		return
 	}
 	u := x.u

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"runtime"
 	"strings"
@@ -291,4 +292,41 @@ func FuzzDataPlaneInput(f *testing.F) {
 		}
 		poll.CheckFor(t, 5*time.Second, "its connection slot back", func() bool { return tr.srv.openConn.Load() == 0 })
 	})
+}
+
+// TestDataPlaneCloseDelimitedStream: a worker's stream without Content-Length or
+// chunked framing ends when the worker closes the connection (RFC 9112 section 6.3
+// (8)); the client gets exactly its events, then the end of the chunked body.
+func TestDataPlaneCloseDelimitedStream(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop runs on Linux only")
+	}
+	events := "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n"
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc("/v1/chat/completions", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"+events)
+		_ = c.Close()
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	cfg := testConfig()
+	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg.Workers = []configs.Worker{{ID: "w0", URL: srv.URL, MaxConns: 64, Models: []string{"m"}, Role: configs.RoleBoth}}
+	tr := startRouter(t, cfg)
+	for i := range 3 {
+		resp, body := post(t, tr.url+"/v1/chat/completions", streamBody)
+		if resp.StatusCode != 200 || string(body) != events {
+			t.Fatalf("stream %d: %d %q, want %q", i, resp.StatusCode, body, events)
+		}
+	}
+	if v := testutil.ToFloat64(tr.srv.metrics.handoffs.WithLabelValues(handoffRequest)); v != 0 {
+		t.Errorf("handoffs = %v", v)
+	}
 }
