@@ -1229,7 +1229,7 @@ func (l *evLoop) scan() {
 		case c.x != nil:
 		case !c.since.IsZero() && c.headLen == 0 && l.now.Sub(c.since) > lim.HeaderTimeout,
 			c.headLen > 0 && l.now.Sub(c.headAt) > lim.BodyTimeout:
-			l.handOffSlow(c)
+			l.answerSlow(c)
 		case c.since.IsZero() && len(c.in) == 0 && l.now.Sub(c.idleAt) > lim.IdleTimeout:
 			l.closeConn(c)
 		}
@@ -1247,8 +1247,8 @@ func (l *evLoop) scan() {
 	}
 }
 
-// handOffSlow answers a client too slow to send its request, as fasthttp does.
-func (l *evLoop) handOffSlow(c *lconn) {
+// answerSlow answers a client too slow to send its request, as fasthttp does.
+func (l *evLoop) answerSlow(c *lconn) {
 	l.s.gate.rejected[reasonSlowClient].Inc()
 	writeError(c.ctx, l.s.errTimeout())
 	c.ctx.SetConnectionClose()
