@@ -148,6 +148,16 @@ func (p *dataPlane) shutdown(ctx context.Context) error {
 	return err
 }
 
+// threads returns the loops' thread ids (0 for a loop not yet running): their CPU time is
+// the data plane's own (BenchmarkDataPlaneChat reads it from /proc).
+func (p *dataPlane) threads() []int {
+	ids := make([]int, len(p.loops))
+	for i, l := range p.loops {
+		ids[i] = int(l.tid.Load())
+	}
+	return ids
+}
+
 func (p *dataPlane) stop() {
 	for _, l := range p.loops {
 		l.post(l.halt)
@@ -182,6 +192,7 @@ type evLoop struct {
 	scanned time.Time
 	gen     int32 // the last registration's number
 	halted  bool
+	tid     atomic.Int32 // the loop's thread, once it runs
 }
 
 func newEvLoop(p *dataPlane) (*evLoop, error) {
@@ -237,6 +248,7 @@ const scanEvery = 100 * time.Millisecond
 
 func (l *evLoop) run() {
 	runtime.LockOSThread()
+	l.tid.Store(int32(unix.Gettid()))
 	events := make([]unix.EpollEvent, 256)
 	for !l.halted {
 		n, err := epollWait(l.ep, events, int(scanEvery/time.Millisecond))

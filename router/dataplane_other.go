@@ -17,3 +17,4 @@ func newDataPlane(*Server) (*dataPlane, error) {
 
 func (*dataPlane) serve(net.Listener) error       { return errors.New("no event loop") }
 func (*dataPlane) shutdown(context.Context) error { return nil }
+func (*dataPlane) threads() []int                 { return nil }

@@ -10,8 +10,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,7 +24,9 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kvroute/kvroute/configs"
+	"github.com/kvroute/kvroute/indexer"
 	"github.com/kvroute/kvroute/proto/prototest/poll"
+	"github.com/kvroute/kvroute/router/blockhash"
 )
 
 // The router's other tests run with the event-loop data plane too, when
@@ -188,19 +194,20 @@ func FuzzRespBody(f *testing.F) {
 	})
 }
 
-// BenchmarkDataPlaneChat: non-streamed chat requests through each data plane, one
-// keep-alive connection, the worker a fasthttp server on loopback. With -memprofile it
-// shows what the request path allocates; the proxy CPU per request against nginx is
-// kvbench proxy's (bench/RESULTS.md, Hot path).
+// BenchmarkDataPlaneChat: non-streamed chat requests through each data plane, the
+// worker a fasthttp server on loopback, with round_robin and with cache_aware (approx
+// tokenization); conns=1 is one keep-alive connection sending request after request,
+// conns=16 sixteen at once (a closed loop, as kvbench proxy's peak). On the event loop it
+// reports loop-ns/op, the loops' own thread CPU per request (kernel and user, from
+// /proc/self/task/TID/schedstat): the data plane's cost without the client's and the
+// worker's, which share the process. With -memprofile it shows what the request path
+// allocates; the proxy CPU per request against nginx is kvbench proxy's
+// (bench/RESULTS.md, Hot path).
 func BenchmarkDataPlaneChat(b *testing.B) {
 	if runtime.GOOS != "linux" {
 		b.Skip("the event loop runs on Linux only")
 	}
 	completion := []byte(`{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat("a", 1800) + `"}}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
 	ws := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		switch string(ctx.Path()) {
 		case "/v1/models":
@@ -210,31 +217,103 @@ func BenchmarkDataPlaneChat(b *testing.B) {
 			ctx.SetBody(completion)
 		}
 	}}
-	go func() { _ = ws.Serve(ln) }()
+	var workers []configs.Worker
+	for i := range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() { _ = ws.Serve(ln) }()
+		workers = append(workers, configs.Worker{ID: fmt.Sprintf("w%d", i), URL: "http://" + ln.Addr().String(), MaxConns: 64, Role: configs.RoleBoth})
+	}
 	b.Cleanup(func() { _ = ws.Shutdown() })
-	body := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 1900) + `"}]}`)
+	body := []byte(`{"model":"m","messages":[{"role":"system","content":"` + strings.Repeat("s", 900) + `"},{"role":"user","content":"` + strings.Repeat("x", 1000) + `"}]}`)
 	for _, dp := range []string{configs.DataPlaneFastHTTP, configs.DataPlaneEventLoop} {
-		b.Run("plane="+dp, func(b *testing.B) {
-			cfg := configs.Default()
-			cfg.Listen = "127.0.0.1:0"
-			cfg.Policy = "round_robin"
-			cfg.DataPlane = dp
-			cfg.Workers = []configs.Worker{{ID: "w0", URL: "http://" + ln.Addr().String(), MaxConns: 64, Role: configs.RoleBoth}}
-			tr := startRouter(b, &cfg)
-			hc := &fasthttp.HostClient{Addr: strings.TrimPrefix(tr.url, "http://")}
+		for _, policy := range []string{"round_robin", "cache_aware"} {
+			for _, conns := range []int{1, 16} {
+				b.Run(fmt.Sprintf("plane=%s/policy=%s/conns=%d", dp, policy, conns), func(b *testing.B) {
+					cfg := configs.Default()
+					cfg.Listen = "127.0.0.1:0"
+					cfg.Policy = policy
+					cfg.Tokenize.Mode = "approx"
+					cfg.DataPlane = dp
+					cfg.DataPlaneLoops = 1
+					cfg.Workers = workers
+					ix, err := indexer.New(indexer.Options{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					tr := startRouterOpts(b, &cfg, func(o *Options) { o.Index, o.Hasher = ix, blockhash.Approx{} }, nil, nil)
+					benchChat(b, tr, body, conns)
+				})
+			}
+		}
+	}
+}
+
+// benchChat sends b.N copies of body to tr from conns keep-alive connections and, on the
+// event loop, reports the loops' thread CPU per request.
+func benchChat(b *testing.B, tr *testRouter, body []byte, conns int) {
+	hc := &fasthttp.HostClient{Addr: strings.TrimPrefix(tr.url, "http://"), MaxConns: conns}
+	var next atomic.Int64
+	b.ReportAllocs()
+	cpu0 := loopsCPU(b, tr)
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
 			req.SetRequestURI(tr.url + "/v1/chat/completions")
 			req.Header.SetMethod("POST")
 			req.SetBodyRaw(body)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
+			for next.Add(1) <= int64(b.N) {
 				if err := hc.Do(req, resp); err != nil || resp.StatusCode() != 200 {
-					b.Fatalf("status %d, err %v", resp.StatusCode(), err)
+					errs <- fmt.Errorf("status %d, err %v", resp.StatusCode(), err)
+					return
 				}
 			}
-		})
+		}()
 	}
+	wg.Wait()
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	if cpu := loopsCPU(b, tr); cpu >= 0 {
+		b.ReportMetric(float64(cpu-cpu0)/float64(b.N), "loop-ns/op")
+	}
+}
+
+// loopsCPU is the CPU time of tr's event loops' threads in nanoseconds, -1 without an
+// event loop.
+func loopsCPU(b *testing.B, tr *testRouter) int64 {
+	if tr.srv.dp == nil {
+		return -1
+	}
+	var sum int64
+	for i, tid := range tr.srv.dp.threads() {
+		for tid == 0 { // the loop is about to start
+			time.Sleep(time.Millisecond)
+			tid = tr.srv.dp.threads()[i]
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", tid))
+		if err != nil {
+			b.Fatal(err)
+		}
+		f := strings.Fields(string(raw))
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			b.Fatalf("schedstat %q: %v", raw, err)
+		}
+		sum += ns
+	}
+	return sum
 }
 
 // FuzzDataPlaneInput: any bytes a client sends, then closes its side, on a connection

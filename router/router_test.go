@@ -169,6 +169,13 @@ func startRouterWith(t testing.TB, cfg *configs.Config, beforeServe func(*testRo
 // startRouterOn is startRouterWith serving on wrap(the listener) when wrap is set.
 func startRouterOn(t testing.TB, cfg *configs.Config, beforeServe func(*testRouter), wrap func(net.Listener) net.Listener) *testRouter {
 	t.Helper()
+	return startRouterOpts(t, cfg, nil, beforeServe, wrap)
+}
+
+// startRouterOpts is startRouterOn with opts, when set, completing the Server's Options
+// (an index and a hasher, say) before New.
+func startRouterOpts(t testing.TB, cfg *configs.Config, opts func(*Options), beforeServe func(*testRouter), wrap func(net.Listener) net.Listener) *testRouter {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +185,11 @@ func startRouterOn(t testing.TB, cfg *configs.Config, beforeServe func(*testRout
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := New(Options{Config: cfg, Pool: pool, Registerer: reg, Gatherer: reg, Logger: log})
+	o := Options{Config: cfg, Pool: pool, Registerer: reg, Gatherer: reg, Logger: log}
+	if opts != nil {
+		opts(&o)
+	}
+	srv, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,8 @@ type Profile struct {
 	Inclusive string `json:"inclusive"`
 }
 
-// profile records kvroute with perf under each workload for cfg.ProfileDuration.
+// profile records kvroute with perf under each workload for cfg.ProfileDuration: at the
+// workload's offered rate, or in the peak's closed loop when cfg.Peak is set.
 func (h *harness) profile(ctx context.Context) error {
 	var kv *target
 	for _, t := range h.targets {
@@ -43,7 +44,14 @@ func (h *harness) profile(ctx context.Context) error {
 		h.logf("profiling kvroute on %s for %v", w.Name, h.cfg.ProfileDuration)
 		loadDone := make(chan error, 1)
 		go func() {
-			_, err := RunLoad(ctx, h.loadOptions([]*target{kv}, w, h.cfg.ProfileDuration+2*time.Second))
+			o := h.loadOptions([]*target{kv}, w, h.cfg.ProfileDuration+2*time.Second)
+			var err error
+			if h.cfg.Peak {
+				// The profile of a peak run is the peak's: the same closed loop.
+				_, err = RunClosed(ctx, o, h.cfg.PeakConns)
+			} else {
+				_, err = RunLoad(ctx, o)
+			}
 			loadDone <- err
 		}()
 		// Let the load settle, then record for the profile duration.
