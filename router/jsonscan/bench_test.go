@@ -94,3 +94,24 @@ func BenchmarkUnescape(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkString validates 2 KB string literals: plain prose, and source code with an
+// escaped newline every line and escaped quotes (a common prompt's shape).
+//
+//	go test -run '^$' -bench 'String$' -benchmem -count 10 ./router/jsonscan > new.txt && benchstat old.txt new.txt
+func BenchmarkString(b *testing.B) {
+	for _, c := range []struct{ name, text string }{
+		{"prose", strings.Repeat("lorem ipsum dolor sit amet ", 76)},
+		{"code", strings.Repeat(`    if err := f(\"x\"); err != nil {\n        return err\n    }\n`, 32)},
+	} {
+		lit := []byte(`"` + c.text + `"`)
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(lit)))
+			for b.Loop() {
+				if _, _, err := String(lit, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -204,37 +204,70 @@ func String(b []byte, i int) (end int, escaped bool, err error) {
 	if i >= len(b) || b[i] != '"' {
 		return 0, false, syntaxErr("expected a string", i)
 	}
-	for i++; i < len(b); i++ {
-		for i+8 <= len(b) && plainWord(binary.LittleEndian.Uint64(b[i:])) {
-			i += 8
-		}
-		if i >= len(b) {
-			break
-		}
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1, escaped, nil
-		case c == '\\':
-			escaped = true
-			i++
-			if i >= len(b) {
-				break
-			}
-			switch b[i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			case 'u':
-				if _, ok := hex4(b, i+1); !ok {
-					return 0, false, syntaxErr(`bad \u escape`, i)
+	i++
+	// The closing quote and each backslash are found with bytes.IndexByte (vectorized);
+	// only the control-character check reads the string word by word. quote is the next
+	// quote at or after i, kept across escapes so that a string of many escapes is not
+	// searched again to its end at each one.
+	quote := -1
+	for {
+		if quote < i {
+			q := bytes.IndexByte(b[i:], '"')
+			if q < 0 {
+				if j := ctlIndex(b[i:]); j >= 0 {
+					return 0, false, syntaxErr("control character in a string", i+j)
 				}
-				i += 4
-			default:
-				return 0, false, syntaxErr("bad escape", i)
+				return 0, false, fmt.Errorf("%w: unterminated string", ErrSyntax)
 			}
-		case c < 0x20:
-			return 0, false, syntaxErr("control character in a string", i)
+			quote = i + q
+		}
+		stop := quote
+		if bs := bytes.IndexByte(b[i:quote], '\\'); bs >= 0 {
+			stop = i + bs
+		}
+		if j := ctlIndex(b[i:stop]); j >= 0 {
+			return 0, false, syntaxErr("control character in a string", i+j)
+		}
+		if stop == quote {
+			return quote + 1, escaped, nil
+		}
+		escaped = true
+		i = stop + 1 // the escape's letter
+		if i >= len(b) {
+			return 0, false, fmt.Errorf("%w: unterminated string", ErrSyntax)
+		}
+		switch b[i] {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			i++
+		case 'u':
+			if _, ok := hex4(b, i+1); !ok {
+				return 0, false, syntaxErr(`bad \u escape`, i)
+			}
+			i += 5
+		default:
+			return 0, false, syntaxErr("bad escape", i)
 		}
 	}
-	return 0, false, fmt.Errorf("%w: unterminated string", ErrSyntax)
+}
+
+// ctlIndex returns the index of the first control character (< 0x20) in b, or -1. It
+// tests 8 bytes at a time: (x - ones*0x20) & ^x & highs is non-zero exactly when some
+// byte of x is below 0x20.
+func ctlIndex(b []byte) int {
+	i := 0
+	for ; i+16 <= len(b); i += 16 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		y := binary.LittleEndian.Uint64(b[i+8:])
+		if ((x-ones*0x20)&^x|(y-ones*0x20)&^y)&highs != 0 {
+			break
+		}
+	}
+	for ; i < len(b); i++ {
+		if b[i] < 0x20 {
+			return i
+		}
+	}
+	return -1
 }
 
 // Word-at-a-time constants: a byte value repeated in every byte of a uint64.
@@ -242,17 +275,6 @@ const (
 	ones  = 0x0101010101010101
 	highs = 0x8080808080808080
 )
-
-// plainWord reports whether none of the 8 bytes of x (little-endian) is '"', '\\' or a
-// control character (< 0x20), the bytes a string's scan must stop at: String skips
-// such words whole. (x-ones*n) & ^x & highs is non-zero exactly when some byte of x is
-// below n (n <= 0x80); x ^ ones*c has a zero byte where x has c. It halves
-// BenchmarkRequestPath's time (see the package doc).
-func plainWord(x uint64) bool {
-	q := x ^ (ones * '"')
-	e := x ^ (ones * '\\')
-	return ((q-ones)&^q|(e-ones)&^e|(x-ones*0x20)&^x)&highs == 0
-}
 
 func literal(b []byte, i int, lit string) (int, error) {
 	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
