@@ -23,8 +23,9 @@ import (
 // A loop serves a request when it is the fast path: POST /v1/chat/completions,
 // /v1/completions or /v1/embeddings over HTTP/1.1, with one Content-Length body within
 // max_body_bytes and the in-flight budget, no Expect and no Transfer-Encoding, while no
-// worker has a prefill or decode role and every worker is reached over plain HTTP at an
-// IP address (the fasthttp client resolves host names and speaks TLS). Any
+// worker has a prefill or decode role and every worker is reached over plain HTTP (the
+// fasthttp client speaks TLS), at an IP address or at a host name the loops' resolver
+// has an answer for (dataplane_resolve.go). Any
 // other request, malformed or too large ones included, is handed to the fasthttp server
 // with the bytes already read, together with the rest of its connection: the answers to
 // everything else, errors included, come from one place (framing.go, server.go).

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,7 @@ import (
 // says what they serve).
 type dataPlane struct {
 	s     *Server
+	res   *dpResolver
 	loops []*evLoop
 	next  atomic.Uint32
 	// busy counts the requests the loops are serving, for Shutdown.
@@ -37,7 +39,10 @@ type dataPlane struct {
 }
 
 func newDataPlane(s *Server) (*dataPlane, error) {
-	p := &dataPlane{s: s}
+	p := &dataPlane{s: s, res: newDPResolver(s.log)}
+	if s.dpLookup != nil {
+		p.res.lookup = s.dpLookup
+	}
 	// Each loop keeps its P (it waits in epoll_wait without giving it up: epollWait),
 	// so the Go code besides the loops gets as many Ps as it had.
 	n := s.cfg.DataPlaneLoops
@@ -54,6 +59,13 @@ func newDataPlane(s *Server) (*dataPlane, error) {
 		}
 		p.loops = append(p.loops, l)
 	}
+	var names []string
+	for _, w := range s.pool.Workers() {
+		if t := parseTarget(w.URL); t.ok && t.sa == nil {
+			names = append(names, t.host)
+		}
+	}
+	p.res.warm(names, dpResolveWarm)
 	for _, l := range p.loops {
 		go l.run()
 	}
@@ -185,7 +197,8 @@ type evLoop struct {
 	bw      *bufio.Writer // writes a request to a worker into its exchange's sent
 	req     fasthttp.Request
 	idle    map[*upstream.Worker][]*lconn
-	addrs   map[*upstream.Worker]unix.Sockaddr
+	targets map[*upstream.Worker]dpTarget
+	resGen  uint64             // the resolver's gen when workersOK last looked at the fleet
 	fleet   []*upstream.Worker // the pool's list dpWorkersOK last looked at
 	fleetOK bool
 	now     time.Time
@@ -212,7 +225,7 @@ func newEvLoop(p *dataPlane) (*evLoop, error) {
 	}
 	hb := p.s.cfg.Limits.MaxHeaderBytes
 	l := &evLoop{p: p, s: p.s, ep: ep, ev: ev, conns: map[int]*lconn{}, buf: make([]byte, 64<<10),
-		idle: map[*upstream.Worker][]*lconn{}, addrs: map[*upstream.Worker]unix.Sockaddr{}}
+		idle: map[*upstream.Worker][]*lconn{}, targets: map[*upstream.Worker]dpTarget{}}
 	l.br = bufio.NewReaderSize(&l.rd, max(hb, dpMaxResponseHead)+16)
 	l.bw = bufio.NewWriterSize(nil, 4<<10)
 	l.req.Header.DisableNormalizing()
@@ -326,9 +339,10 @@ type lconn struct {
 	gone     atomic.Bool
 	// A worker's connection:
 	w        *upstream.Worker
-	connects bool      // connecting: the request waits in out
-	reused   bool      // it served an answer before this request
-	idleFrom time.Time // in the idle list since
+	connects bool       // connecting: the request waits in out
+	ip       netip.Addr // the address of a worker reached by host name
+	reused   bool       // it served an answer before this request
+	idleFrom time.Time  // in the idle list since
 }
 
 // lconnWaiter is a queued request's waiterGone.
@@ -498,15 +512,19 @@ func (l *evLoop) serve(c *lconn) {
 }
 
 // workersOK reports whether every worker of the pool can be served from a loop: none
-// has a prefill or decode role and each is reached over plain HTTP at an IP address.
+// has a prefill or decode role and each is reached over plain HTTP, at an IP address or
+// at a host name the resolver has an answer for (dataplane_resolve.go).
 func (l *evLoop) workersOK() bool {
 	ws := l.s.pool.Workers()
-	if len(ws) == len(l.fleet) && (len(ws) == 0 || unsafe.SliceData(ws) == unsafe.SliceData(l.fleet)) {
+	gen := l.p.res.gen.Load()
+	if gen == l.resGen && len(ws) == len(l.fleet) && (len(ws) == 0 || unsafe.SliceData(ws) == unsafe.SliceData(l.fleet)) {
 		return l.fleetOK
 	}
-	l.fleet, l.fleetOK = ws, true
+	l.fleet, l.fleetOK, l.resGen = ws, true, gen
 	for _, w := range ws {
-		if w.Config.Role == configs.RolePrefill || w.Config.Role == configs.RoleDecode || l.addrOf(w) == nil {
+		if w.Config.Role == configs.RolePrefill || w.Config.Role == configs.RoleDecode {
+			l.fleetOK = false
+		} else if sa, _ := l.addrOf(w); sa == nil {
 			l.fleetOK = false
 		}
 	}
@@ -516,36 +534,78 @@ func (l *evLoop) workersOK() bool {
 				l.closeConn(u)
 			}
 			delete(l.idle, w)
-			delete(l.addrs, w)
+		}
+	}
+	for w := range l.targets {
+		if l.s.pool.Worker(w.ID) != w {
+			delete(l.targets, w)
 		}
 	}
 	return l.fleetOK
 }
 
-// addrOf returns w's socket address, nil when the loop cannot reach w (TLS, or a host
-// name: the fasthttp client resolves names).
-func (l *evLoop) addrOf(w *upstream.Worker) unix.Sockaddr {
-	if sa, ok := l.addrs[w]; ok {
-		return sa
+// dpTarget is where a worker is reached: an IP address (sa), or a host name (host) and
+// port the resolver answers for; ok is false when the loop cannot reach the worker
+// (TLS, or a URL it does not read).
+type dpTarget struct {
+	sa   unix.Sockaddr
+	host string
+	port int
+	ok   bool
+}
+
+// target returns w's dpTarget, read from its URL once.
+func (l *evLoop) target(w *upstream.Worker) dpTarget {
+	if t, ok := l.targets[w]; ok {
+		return t
 	}
-	var sa unix.Sockaddr
-	if hp, ok := strings.CutPrefix(w.URL, "http://"); ok {
-		if i := strings.IndexByte(hp, '/'); i >= 0 {
-			hp = hp[:i]
-		}
-		if !strings.Contains(hp, ":") || strings.HasSuffix(hp, "]") {
-			hp = net.JoinHostPort(strings.Trim(hp, "[]"), "80")
-		}
-		if ap, err := netip.ParseAddrPort(hp); err == nil {
-			if a := ap.Addr().Unmap(); a.Is4() {
-				sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
-			} else {
-				sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-			}
-		}
+	t := parseTarget(w.URL)
+	l.targets[w] = t
+	return t
+}
+
+// parseTarget reads a worker URL's host and port: http:// only, port 80 by default.
+func parseTarget(url string) dpTarget {
+	hp, ok := strings.CutPrefix(url, "http://")
+	if !ok {
+		return dpTarget{}
 	}
-	l.addrs[w] = sa
-	return sa
+	if i := strings.IndexByte(hp, '/'); i >= 0 {
+		hp = hp[:i]
+	}
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil { // no port
+		host, port = strings.Trim(hp, "[]"), "80"
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 || host == "" {
+		return dpTarget{}
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return dpTarget{sa: sockaddr(a, int(p)), ok: true}
+	}
+	return dpTarget{host: host, port: int(p), ok: true}
+}
+
+func sockaddr(a netip.Addr, port int) unix.Sockaddr {
+	if a = a.Unmap(); a.Is4() {
+		return &unix.SockaddrInet4{Port: port, Addr: a.As4()}
+	}
+	return &unix.SockaddrInet6{Port: port, Addr: a.As16()}
+}
+
+// addrOf returns the socket address to connect to for w, nil when the loop cannot reach
+// w (TLS, or a host name with no answer yet); for a host name, also the address chosen.
+func (l *evLoop) addrOf(w *upstream.Worker) (unix.Sockaddr, netip.Addr) {
+	t := l.target(w)
+	if !t.ok || t.sa != nil {
+		return t.sa, netip.Addr{}
+	}
+	a, ok := l.p.res.addr(t.host, l.now)
+	if !ok {
+		return nil, netip.Addr{}
+	}
+	return sockaddr(a, t.port), a
 }
 
 // handOff gives the connection, with what was read of it, to the fasthttp server.
@@ -748,7 +808,7 @@ func minTime(a, b time.Time) time.Time {
 
 // dial opens a non-blocking connection to w; the request waits until it is up.
 func (l *evLoop) dial(w *upstream.Worker) (*lconn, error) {
-	sa := l.addrOf(w)
+	sa, ip := l.addrOf(w)
 	if sa == nil {
 		return nil, errors.New("not reachable from the event loop")
 	}
@@ -762,13 +822,14 @@ func (l *evLoop) dial(w *upstream.Worker) (*lconn, error) {
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	err = unix.Connect(fd, sa)
-	u := &lconn{fd: fd, up: true, w: w}
+	u := &lconn{fd: fd, up: true, w: w, ip: ip}
 	switch {
 	case err == nil:
 	case errors.Is(err, unix.EINPROGRESS):
 		u.connects = true
 	default:
 		_ = unix.Close(fd)
+		l.dialFailed(u)
 		return nil, err
 	}
 	ev := uint32(unix.EPOLLIN | unix.EPOLLRDHUP)
@@ -780,6 +841,14 @@ func (l *evLoop) dial(w *upstream.Worker) (*lconn, error) {
 		return nil, errors.New("epoll registration failed")
 	}
 	return u, nil
+}
+
+// dialFailed tells the resolver that u, a connection to a worker reached by host name,
+// could not be made: the name's next address is tried next.
+func (l *evLoop) dialFailed(u *lconn) {
+	if u.ip.IsValid() {
+		l.p.res.failed(l.target(u.w).host, u.ip)
+	}
 }
 
 // upstreamReadable reads what the worker sent and moves its exchange on.
@@ -1136,6 +1205,7 @@ func (l *evLoop) flush(c *lconn) {
 			if err == nil {
 				err = unix.Errno(errno)
 			}
+			l.dialFailed(c)
 			if x := c.x; x != nil {
 				x.u, c.x = nil, nil
 				l.closeConn(c)
@@ -1290,6 +1360,7 @@ func (l *evLoop) timedOut(x *exchange) {
 	x.u, u.x = nil, nil
 	l.closeConn(u)
 	if u.connects {
+		l.dialFailed(u)
 		l.failed(x, &upstream.DialError{Addr: workerEndpoint(x.o.w), Err: fasthttp.ErrDialTimeout})
 		return
 	}

@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -158,6 +160,58 @@ func TestRespBody(t *testing.T) {
 	}
 }
 
+// TestDataPlaneHostNames: workers named by host name are served from the loops once the
+// name is looked up (at start), not handed off; a name whose first address refuses
+// connections moves on to its next, and the request that found it out is retried.
+func TestDataPlaneHostNames(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop runs on Linux only")
+	}
+	fw0, fw1 := newFakeWorker(t, "m"), newFakeWorker(t, "m")
+	cfg := testConfig(fw0, fw1)
+	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg.Policy = "round_robin"
+	for i := range cfg.Workers {
+		// The fake workers listen on 127.0.0.1; the health checks (fasthttp) find
+		// localhost there too.
+		cfg.Workers[i].URL = strings.Replace(cfg.Workers[i].URL, "127.0.0.1", "localhost", 1)
+	}
+	var lookups atomic.Int32
+	tr := startRouterWith(t, cfg, func(tr *testRouter) {
+		tr.srv.dpLookup = func(_ context.Context, host string) ([]netip.Addr, error) {
+			lookups.Add(1)
+			if host != "localhost" {
+				return nil, fmt.Errorf("unexpected lookup of %q", host)
+			}
+			// 127.0.0.2 is loopback too, but nothing listens there.
+			return []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")}, nil
+		}
+	})
+	c := dialRouter(t, tr)
+	br := bufio.NewReader(c)
+	for i := range 6 {
+		if _, err := fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(chatBody), chatBody); err != nil {
+			t.Fatal(err)
+		}
+		resp, b, err := readResponseFrom(t, c, br, 10*time.Second)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("chat %d: status %d, err %v, body %s", i, resp.StatusCode, err, b)
+		}
+	}
+	if v := testutil.ToFloat64(tr.srv.metrics.handoffs.WithLabelValues(handoffWorkers)); v != 0 {
+		t.Errorf("%v hand-offs for the workers: their host name was not served from the loop", v)
+	}
+	if n := fw0.requests.Load() + fw1.requests.Load(); n != 6 {
+		t.Errorf("the workers got %d requests, want 6", n)
+	}
+	if fw0.requests.Load() == 0 || fw1.requests.Load() == 0 {
+		t.Errorf("requests per worker %d, %d: round_robin should reach both", fw0.requests.Load(), fw1.requests.Load())
+	}
+	if n := lookups.Load(); n != 1 {
+		t.Errorf("%d lookups of localhost, want 1 (the answer is kept for dpResolveEvery)", n)
+	}
+}
+
 // FuzzRespBody: any bytes as a chunked body: the decoder never panics, uses no more than
 // it is given, and whatever it takes as a whole body, net/http's chunked reader reads
 // the same.
@@ -273,7 +327,7 @@ func benchChat(b *testing.B, tr *testRouter, body []byte, conns int) {
 			req.SetBodyRaw(body)
 			for next.Add(1) <= int64(b.N) {
 				if err := hc.Do(req, resp); err != nil || resp.StatusCode() != 200 {
-					errs <- fmt.Errorf("status %d, err %v", resp.StatusCode(), err)
+					errs <- fmt.Errorf("status %d, err %w", resp.StatusCode(), err)
 					return
 				}
 			}
