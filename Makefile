@@ -28,10 +28,11 @@ lint:
 		echo "lint: bin/golangci-lint is missing: run scripts/deps.sh (make deps) to install it" >&2; exit 1; fi
 	bin/golangci-lint run --allow-parallel-runners $(PKGS)
 
-# The router's tests run twice: with the default data plane and with the event loop.
+# The router's tests and the quick chaos suite run twice: with the default data plane
+# and with the event loop.
 unit:
 	$(GO) test -race -timeout 30m $(PKGS)
-	KVROUTE_TEST_DATA_PLANE=event_loop $(GO) test -race -timeout 10m ./router/
+	KVROUTE_TEST_DATA_PLANE=event_loop $(GO) test -race -timeout 10m ./router/ ./bench/chaos/
 
 # The full chaos suite (a quick subset runs in make test) and the proxy-overhead
 # benchmark against nginx; both print their tables for bench/RESULTS.md.

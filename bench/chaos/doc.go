@@ -19,7 +19,9 @@
 // The quick subset (every case but the binary one, about a second of load each) runs in
 // `go test ./bench/chaos/` and so in `make test`; the full suite, with 10-15 s of load
 // per fault, runs with KVROUTE_CHAOS=full (scripts/chaos.sh), which also writes the table
-// of outcomes ([WriteTable]) to the file named by KVROUTE_CHAOS_TABLE.
+// of outcomes ([WriteTable]) to the file named by KVROUTE_CHAOS_TABLE. With
+// KVROUTE_TEST_DATA_PLANE=event_loop the router serves on the event-loop data plane
+// (router/dataplane.go); `make test` runs the quick subset both ways.
 //
 // Invariants of the package itself: [RunLoad] never cancels a request it has sent (only
 // its own deadline ends it), so a drain is observed as clients see it; [Send]

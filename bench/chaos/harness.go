@@ -71,6 +71,11 @@ func ChaosConfig() configs.Config {
 	cfg.Timeouts.Shutdown = 15 * time.Second
 	// No admin listener on the default fixed port: tests run side by side.
 	cfg.Admin.Listen = ""
+	// KVROUTE_TEST_DATA_PLANE=event_loop runs the suite on the event-loop data plane
+	// (make test runs the quick subset both ways).
+	if dp := os.Getenv("KVROUTE_TEST_DATA_PLANE"); dp != "" {
+		cfg.DataPlane = dp
+	}
 	return cfg
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -55,6 +56,9 @@ func TestSIGTERMBinary(t *testing.T) {
 	t.Cleanup(func() { _ = fleet.Close() })
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := []string{"serve", "--listen", addr}
+	if dp := os.Getenv("KVROUTE_TEST_DATA_PLANE"); dp != "" {
+		args = append(args, "--data-plane", dp)
+	}
 	for _, in := range fleet.Infos() {
 		args = append(args, "--worker", fmt.Sprintf("%s,id=%s,events=%s,replay=%s", in.URL, in.ID, in.Events, in.Replay))
 	}
