@@ -22,7 +22,8 @@
 #
 # Usage: SOAK_MINUTES=30 OUT=/tmp/soak scripts/soak.sh   (NICE=19 runs everything niced;
 # TOKENIZE_CACHE=N sets the router's tokenize.cache_entries, so that the cache reaches its
-# bound within the run and the heap after that shows whether anything else grows)
+# bound within the run and the heap after that shows whether anything else grows;
+# DATA_PLANE=event_loop serves on the event-loop data plane)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN=${SOAK_MINUTES:-30}
@@ -31,6 +32,7 @@ PORT=${PORT:-18080}
 SIMPORT=${SIMPORT:-19100}
 NICE=${NICE:-0}
 TOKENIZE_CACHE=${TOKENIZE_CACHE:-}
+DATA_PLANE=${DATA_PLANE:-}
 mkdir -p "$OUT"
 go build -o "$OUT/kvroute" ./cmd/kvroute
 go build -o "$OUT/kvsim" ./cmd/kvsim
@@ -41,6 +43,9 @@ n=4
 	echo "listen: 127.0.0.1:$PORT"
 	echo "policy: cache_aware"
 	echo "max_body_bytes: 1048576" # the side load's 2 MB bodies get 413
+	if [ -n "$DATA_PLANE" ]; then
+		echo "data_plane: $DATA_PLANE"
+	fi
 	if [ -n "$TOKENIZE_CACHE" ]; then
 		echo "tokenize: {cache_entries: $TOKENIZE_CACHE}"
 	fi
