@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -28,7 +29,13 @@ import (
 
 const (
 	turns       = 40
-	convs       = 24 // conversations played side by side, turn by turn
+	convs       = 24 // conversations played side by side, turn by turn, and measured
+	// warmups is the conversations played before the measured ones at every turn, not
+	// measured: each measured decision follows a decision, as in steady traffic, not the
+	// harness's own work (the bodies' JSON, the forced collection before turns 2 and 40),
+	// which leaves the first decision after it a cold cache (200-300 us of CPU at turn 40
+	// against about 90 us for the next ones, 2026-12-07).
+	warmups = 1
 	workers     = 8
 	blockSize   = 16
 	wordsPerMsg = 75 // a user message and an answer of about 100 tokens each: turn 40 is about 8k tokens
@@ -49,7 +56,11 @@ const (
 // allocations shows in its B/op instead. Each b.N
 // round is a fresh set of conversations (new words), so nothing is cached from a round
 // before. The latencies are wall time: on a loaded machine p99 shows the scheduler and
-// the GC as much as the decision (the report says how many turn-40 samples it has).
+// the GC as much as the decision (the report says how many turn-40 samples it has). The
+// thread-cpu percentiles are each decision's CPU time on its thread
+// (CLOCK_THREAD_CPUTIME_ID; the decisions run on one locked thread): the decision's own
+// tail, without the time the core was taken from it. A warm-up conversation is played
+// before the measured ones at every turn (warmups).
 //
 // Modes: "local" (kvroute's tokenizer with Qwen3's tokenizer.json and chat template, its
 // conversation cache on, as chat.Load sets it; no events: every block the router knows
@@ -117,6 +128,10 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 	}
 	sel := cacheaware.New(cacheaware.Defaults())
 	var lat40, lat2 []time.Duration
+	var tcpu40, tcpu2 []int64 // the decisions' thread CPU time, ns (threadCPU)
+	// The decisions run on one thread, so that its CPU clock is theirs.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var cpu [turns + 1]time.Duration
 	var rounds [][2]float64 // per round: CPU per decision at turn 2 and turn 40, us
 	var n [turns + 1]int
@@ -131,15 +146,15 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 		// A seed never used before in this process: the engine mode's cache must not
 		// answer from an earlier round or run.
 		rng := rand.New(rand.NewPCG(seeds.Add(1), 21))
-		msgs := make([][]message, convs)
+		msgs := make([][]message, warmups+convs)
 		for c := range msgs {
 			msgs[c] = []message{{Role: "system", Content: "You are a helpful assistant. " + words(rng, 30)}}
 		}
-		stored := make([]map[int]int, convs) // per conversation: worker -> blocks of its chain stored
+		stored := make([]map[int]int, warmups+convs) // per conversation: worker -> blocks of its chain stored
 		for c := range stored {
 			stored[c] = map[int]int{}
 		}
-		chosen := make([]int, convs)
+		chosen := make([]int, warmups+convs)
 		var (
 			hashes  []proto.BlockHash
 			matches []indexer.WorkerMatch
@@ -149,8 +164,8 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 		for t := 1; t <= turns; t++ {
 			// The bodies are built before the clock starts: the client's JSON is not the
 			// router's work.
-			bodies := make([][]byte, convs)
-			raws := make([][]byte, convs)
+			bodies := make([][]byte, warmups+convs)
+			raws := make([][]byte, warmups+convs)
 			for c := range msgs {
 				msgs[c] = append(msgs[c], message{Role: "user", Content: words(rng, wordsPerMsg)})
 				raws[c], _ = json.Marshal(msgs[c])
@@ -160,16 +175,20 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 			// (the bodies above) is not collected inside their window; bytes
 			// allocated in the window are reported separately (the GC work they cause
 			// is proportional to them).
-			var m0 runtime.MemStats
 			if t == 2 || t == turns {
 				runtime.GC()
-				runtime.ReadMemStats(&m0)
 			}
 			// The turn labels the decisions' CPU profile samples (-test.cpuprofile, then
 			// pprof -tagfocus turn=40).
 			pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("turn", strconv.Itoa(t))))
-			c0 := cpuTime()
+			var c0 time.Duration
+			var a0 uint64
 			for c := range msgs {
+				if c == warmups {
+					a0 = allocated()
+					c0 = cpuTime()
+				}
+				tc0 := threadCPU()
 				t0 := time.Now()
 				req := &blockhash.Request{Model: "m", BlockSize: blockSize, Messages: raws[c], Body: bodies[c]}
 				r, err := h.Hash(context.Background(), req, hashes[:0])
@@ -192,11 +211,16 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 				w := sel.SelectExplained(&sreq, cands, costs)
 				ix.Predict(keys[w], hashes, time.Hour)
 				chosen[c] = w
+				if c < warmups {
+					continue
+				}
 				if t == 2 {
 					lat2 = append(lat2, time.Since(t0))
+					tcpu2 = append(tcpu2, threadCPU()-tc0)
 				}
 				if t == turns {
 					lat40 = append(lat40, time.Since(t0))
+					tcpu40 = append(tcpu40, threadCPU()-tc0)
 					tokens40 += r.Tokens
 					for _, m := range matches {
 						if m.Worker == keys[w] {
@@ -207,6 +231,7 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 				}
 			}
 			dc := cpuTime() - c0
+			da := allocated() - a0
 			cpu[t] += dc
 			switch t {
 			case 2:
@@ -216,11 +241,7 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 			}
 			pprof.SetGoroutineLabels(context.Background())
 			n[t] += convs
-			if t == 2 || t == turns {
-				var m1 runtime.MemStats
-				runtime.ReadMemStats(&m1)
-				alloc[t] += m1.TotalAlloc - m0.TotalAlloc
-			}
+			alloc[t] += da
 			if events != nil {
 				for c := range msgs {
 					publishStored(b, ix, events, bodies[c], keys[chosen[c]], stored[c], chosen[c])
@@ -240,6 +261,16 @@ func benchDecision(b *testing.B, h blockhash.Hasher, events *chat.Encoder) {
 	per := func(t int) float64 { return float64(cpu[t].Nanoseconds()) / float64(n[t]) / 1e3 }
 	b.ReportMetric(float64(lat40[len(lat40)/2].Nanoseconds())/1e3, "turn40-p50-us")
 	b.ReportMetric(float64(lat40[(len(lat40)*99)/100].Nanoseconds())/1e3, "turn40-p99-us")
+	// The same percentiles of each decision's thread CPU time: what the decision itself
+	// costs, without the time the VM or other threads took the core away in the middle
+	// of it (the wall-clock tail above includes that).
+	if tcpu40[0] > 0 || tcpu40[len(tcpu40)-1] > 0 {
+		slices.Sort(tcpu40)
+		slices.Sort(tcpu2)
+		b.ReportMetric(float64(tcpu40[len(tcpu40)/2])/1e3, "turn40-thread-cpu-p50-us")
+		b.ReportMetric(float64(tcpu40[(len(tcpu40)*99)/100])/1e3, "turn40-thread-cpu-p99-us")
+		b.ReportMetric(float64(tcpu2[(len(tcpu2)*99)/100])/1e3, "turn2-thread-cpu-p99-us")
+	}
 	b.ReportMetric(per(turns), "turn40-cpu-us/op")
 	b.ReportMetric(per(2), "turn2-cpu-us/op")
 	b.ReportMetric(per(turns)/per(2), "turn40/turn2-cpu")
@@ -306,6 +337,14 @@ func words(rng *rand.Rand, n int) string {
 		}
 	}
 	return sb.String()
+}
+
+// allocated is the bytes allocated on the heap so far (runtime/metrics: no stop of the
+// world, unlike ReadMemStats).
+func allocated() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }
 
 // cpuTime is the process's CPU time so far (user and system), GC included.
