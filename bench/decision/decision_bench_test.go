@@ -28,14 +28,14 @@ import (
 )
 
 const (
-	turns       = 40
-	convs       = 24 // conversations played side by side, turn by turn, and measured
+	turns = 40
+	convs = 24 // conversations played side by side, turn by turn, and measured
 	// warmups is the conversations played before the measured ones at every turn, not
 	// measured: each measured decision follows a decision, as in steady traffic, not the
 	// harness's own work (the bodies' JSON, the forced collection before turns 2 and 40),
 	// which leaves the first decision after it a cold cache (200-300 us of CPU at turn 40
 	// against about 90 us for the next ones, 2026-12-07).
-	warmups = 1
+	warmups     = 1
 	workers     = 8
 	blockSize   = 16
 	wordsPerMsg = 75 // a user message and an answer of about 100 tokens each: turn 40 is about 8k tokens
