@@ -541,6 +541,13 @@ func (l *evLoop) workersOK() bool {
 			delete(l.targets, w)
 		}
 	}
+	names := map[string]bool{}
+	for _, w := range ws {
+		if t := l.target(w); t.host != "" {
+			names[t.host] = true
+		}
+	}
+	l.p.res.retain(names)
 	return l.fleetOK
 }
 

@@ -28,7 +28,9 @@ import (
 //     dpResolveRetry, logged at warn level;
 //   - a name with several addresses is reached at the first; a connection to it that
 //     fails moves the name on to the next, as net.Dialer tries them in order (the attempt
-//     that failed is retried as any failed connection is, before its first byte).
+//     that failed is retried as any failed connection is, before its first byte);
+//   - a name no worker of the pool has any more is forgotten when a loop sees the pool
+//     change (retain), so the resolver's memory follows the fleet.
 
 // dpResolveEvery is how long a loop uses a host name's answer before looking it up again:
 // the fasthttp client's DNS cache keeps an answer a minute (fasthttp.TCPDialer), this is
@@ -43,10 +45,6 @@ const dpResolveWarm = 2 * time.Second
 
 // dpResolveTimeout bounds one lookup.
 const dpResolveTimeout = 5 * time.Second
-
-// dpResolveForget is how long a name no loop asked for stays known: workers removed from
-// the pool are forgotten so the resolver's memory follows the fleet.
-const dpResolveForget = 10 * time.Minute
 
 // dpResolver looks up worker host names for the loops and keeps the answers. Safe for
 // concurrent use.
@@ -67,7 +65,6 @@ type dpHost struct {
 	cur   int          // the address connections go to, addrs[cur % len(addrs)]
 	next  time.Time    // when to look the name up again
 	busy  bool         // a lookup is in flight
-	used  time.Time    // when a loop last asked for it
 }
 
 func newDPResolver(log *slog.Logger) *dpResolver {
@@ -86,7 +83,6 @@ func (r *dpResolver) addr(host string, now time.Time) (netip.Addr, bool) {
 		h = &dpHost{}
 		r.hosts[host] = h
 	}
-	h.used = now
 	if !h.busy && !now.Before(h.next) {
 		h.busy = true
 		go r.resolve(host, h)
@@ -117,13 +113,19 @@ func (r *dpResolver) resolve(host string, h *dpHost) {
 		h.next = now.Add(dpResolveRetry)
 		r.log.Warn("event loop: worker host name not resolved", "host", host, "err", err, "kept", len(h.addrs))
 	}
-	for name, o := range r.hosts {
-		if !o.busy && now.Sub(o.used) > dpResolveForget {
-			delete(r.hosts, name)
-		}
-	}
 	r.mu.Unlock()
 	r.gen.Add(1)
+}
+
+// retain forgets the names not in keep (a pool's worker names).
+func (r *dpResolver) retain(keep map[string]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name := range r.hosts {
+		if !keep[name] {
+			delete(r.hosts, name) // a lookup in flight still ends on its own entry
+		}
+	}
 }
 
 // failed records that a connection to a, host's address, failed: the next connections

@@ -73,7 +73,7 @@ func (r *dpResolver) settle(t *testing.T) {
 // The resolver: no address before the first answer, then the answer's first address;
 // renewed in the background after dpResolveEvery; a failed renewal keeps the old
 // addresses and is retried after dpResolveRetry; a failed connection moves the name on to
-// its next address; gen counts the lookups; names unused for dpResolveForget are dropped.
+// its next address; gen counts the lookups; retain drops the names no worker has.
 func TestDPResolver(t *testing.T) {
 	dns := &fakeDNS{answers: map[string][]netip.Addr{}}
 	dns.set("w", "10.0.0.1", "10.0.0.2")
@@ -134,19 +134,18 @@ func TestDPResolver(t *testing.T) {
 		t.Fatalf("gen %d after 4 lookups", g)
 	}
 
-	// A name no one asked for in dpResolveForget is dropped at the next lookup's end.
+	// A name no worker has any more is forgotten; the others are kept.
 	dns.setFail(nil)
 	dns.set("v", "10.0.1.1")
-	r.mu.Lock()
-	r.hosts["w"].used = time.Now().Add(-dpResolveForget - time.Minute)
-	r.mu.Unlock()
 	r.addr("v", time.Now())
 	r.settle(t)
+	r.retain(map[string]bool{"v": true})
 	r.mu.Lock()
 	_, kept := r.hosts["w"]
+	_, keptV := r.hosts["v"]
 	r.mu.Unlock()
-	if kept {
-		t.Fatal("a name unused for dpResolveForget is still kept")
+	if kept || !keptV {
+		t.Fatalf("after retain(v): w kept %v, v kept %v", kept, keptV)
 	}
 }
 
