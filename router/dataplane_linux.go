@@ -205,7 +205,10 @@ type evLoop struct {
 	scanned time.Time
 	gen     int32 // the last registration's number
 	halted  bool
-	tid     atomic.Int32 // the loop's thread, once it runs
+	// broken holds the clients a write to failed, for reap: a failed write never ends
+	// the request it was part of there and then, as the code that wrote goes on with it.
+	broken []*lconn
+	tid    atomic.Int32 // the loop's thread, once it runs
 }
 
 func newEvLoop(p *dataPlane) (*evLoop, error) {
@@ -295,6 +298,7 @@ func (l *evLoop) run() {
 			l.scanned = l.now
 			l.scan()
 		}
+		l.reap()
 	}
 	for _, c := range l.conns {
 		l.closeConn(c)
@@ -335,6 +339,7 @@ type lconn struct {
 	idleAt   time.Time // the end of the last answer
 	closing  bool      // close once out is written
 	paused   bool      // reading stopped: too much read ahead of the request served
+	wfailed  bool      // a write to the client failed: nothing more is written, reap ends it
 	spare    *exchange // the last request's, reused with its buffers
 	gone     atomic.Bool
 	// A worker's connection:
@@ -1178,11 +1183,16 @@ func (l *evLoop) clientGone(c *lconn) {
 
 // write writes b to c now, keeping what the socket does not take for EPOLLOUT.
 func (l *evLoop) write(c *lconn, b []byte) {
-	if c.closed || len(b) == 0 {
+	if c.closed || c.wfailed || len(b) == 0 {
 		return
 	}
 	if len(c.out) == 0 && !c.connects {
 		n, err := rawWrite(c.fd, b)
+		if dpWriteFault != nil && !c.up {
+			if ferr := dpWriteFault(); ferr != nil {
+				n, err = 0, ferr
+			}
+		}
 		if err != nil && !errors.Is(err, unix.EAGAIN) {
 			l.writeFailed(c, err)
 			return
@@ -1256,7 +1266,14 @@ func (l *evLoop) flush(c *lconn) {
 
 func (l *evLoop) writeFailed(c *lconn, err error) {
 	if !c.up {
-		l.clientGone(c)
+		// The client is gone, but the request being answered is ended by the code
+		// that wrote (respond, streamEnd, ...), which goes on after the write: reap
+		// closes the connection, and ends the request if it is still served, once
+		// the loop is done with this round of events.
+		if !c.wfailed {
+			c.wfailed = true
+			l.broken = append(l.broken, c)
+		}
 		return
 	}
 	if x := c.x; x != nil {
@@ -1264,6 +1281,18 @@ func (l *evLoop) writeFailed(c *lconn, err error) {
 		return
 	}
 	l.closeConn(c)
+}
+
+// reap ends what the clients a write failed to still have, as clientGone.
+func (l *evLoop) reap() {
+	for len(l.broken) > 0 {
+		c := l.broken[len(l.broken)-1]
+		l.broken[len(l.broken)-1] = nil
+		l.broken = l.broken[:len(l.broken)-1]
+		if !c.closed {
+			l.clientGone(c)
+		}
+	}
 }
 
 // closeConn closes c's socket and forgets it.
@@ -1373,6 +1402,10 @@ func (l *evLoop) timedOut(x *exchange) {
 	}
 	l.failed(x, fasthttp.ErrTimeout)
 }
+
+// dpWriteFault, when set (by a test), is asked after each direct write to a client: an
+// error it returns stands for the write's (the client went away meanwhile).
+var dpWriteFault func() error
 
 // The loops' system calls go straight to the kernel (RawSyscall), without telling Go's
 // scheduler: a loop's P stays with its thread while it waits in epoll_wait, so no other

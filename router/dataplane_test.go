@@ -212,6 +212,74 @@ func TestDataPlaneHostNames(t *testing.T) {
 	}
 }
 
+// TestDataPlaneClientWriteFails: when a write to a client fails (the client went away
+// between its request and the answer), its request is ended once: counted once (200 if
+// the answer was whole, 499 if the client left before its end), the loops' busy count
+// back to 0 (so a drain ends at once), the connection closed. The write of a chat's
+// answer, of a stream's head, and the next one of the stream.
+func TestDataPlaneClientWriteFails(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop runs on Linux only")
+	}
+	fw := newFakeWorker(t, "m")
+	cfg := testConfig(fw)
+	cfg.DataPlane = configs.DataPlaneEventLoop
+	tr := startRouter(t, cfg)
+	var arm atomic.Int32 // fail the arm-th client write from now (1 = the next)
+	dpWriteFault = func() error {
+		if arm.Load() > 0 && arm.Add(-1) == 0 {
+			return syscall.EPIPE
+		}
+		return nil
+	}
+	t.Cleanup(func() { dpWriteFault = nil })
+	counted := func() float64 {
+		mfs, err := tr.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n float64
+		for _, mf := range mfs {
+			if mf.GetName() == "kvroute_router_requests_total" {
+				for _, m := range mf.GetMetric() {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return n
+	}
+	for _, c := range []struct {
+		name, body string
+		nth        int32
+	}{
+		{"chat answer", chatBody, 1},
+		{"stream head", streamBody, 1},
+		{"stream after its head", streamBody, 2},
+	} {
+		before := counted()
+		conn := dialRouter(t, tr)
+		arm.Store(c.nth)
+		if _, err := fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(c.body), c.body); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(conn); err != nil { // the loop closes the connection
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		dp := dataPlaneOf(tr)
+		if !poll.Until(5*time.Second, func() bool { return dp.busy.Load() == 0 }) {
+			t.Fatalf("%s: the loops' busy count is %d after the request ended, want 0", c.name, dp.busy.Load())
+		}
+		if !poll.Until(2*time.Second, func() bool { return counted() > before }) {
+			t.Fatalf("%s: the request was not counted", c.name)
+		}
+		time.Sleep(20 * time.Millisecond) // a second count, if any, would come right after
+		if got := counted() - before; got != 1 {
+			t.Errorf("%s: counted %v times in kvroute_router_requests_total, want once", c.name, got)
+		}
+	}
+}
+
 // FuzzRespBody: any bytes as a chunked body: the decoder never panics, uses no more than
 // it is given, and whatever it takes as a whole body, net/http's chunked reader reads
 // the same.
@@ -310,6 +378,10 @@ func BenchmarkDataPlaneChat(b *testing.B) {
 func benchChat(b *testing.B, tr *testRouter, body []byte, conns int) {
 	hc := &fasthttp.HostClient{Addr: strings.TrimPrefix(tr.url, "http://"), MaxConns: conns}
 	var next atomic.Int64
+	// One request first: Serve has started the data plane when it is answered.
+	if code, _, err := fasthttp.Post(nil, tr.url+"/v1/chat/completions", nil); err != nil || code == 0 {
+		b.Fatalf("warm-up request: %d %v", code, err)
+	}
 	b.ReportAllocs()
 	cpu0 := loopsCPU(b, tr)
 	b.ResetTimer()
@@ -344,17 +416,26 @@ func benchChat(b *testing.B, tr *testRouter, body []byte, conns int) {
 	}
 }
 
+// dataPlaneOf returns tr's event-loop data plane, nil without one. Call it once tr has
+// answered a request: Serve has started the data plane then, and dpOnce orders this read
+// after its write (called before Serve, it would keep Serve from starting one).
+func dataPlaneOf(tr *testRouter) *dataPlane {
+	tr.srv.dpOnce.Do(func() {})
+	return tr.srv.dp
+}
+
 // loopsCPU is the CPU time of tr's event loops' threads in nanoseconds, -1 without an
 // event loop.
 func loopsCPU(b *testing.B, tr *testRouter) int64 {
-	if tr.srv.dp == nil {
+	dp := dataPlaneOf(tr)
+	if dp == nil {
 		return -1
 	}
 	var sum int64
-	for i, tid := range tr.srv.dp.threads() {
+	for i, tid := range dp.threads() {
 		for tid == 0 { // the loop is about to start
 			time.Sleep(time.Millisecond)
-			tid = tr.srv.dp.threads()[i]
+			tid = dp.threads()[i]
 		}
 		raw, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", tid))
 		if err != nil {
