@@ -415,7 +415,7 @@ func newMetrics(reg prometheus.Registerer, pool *upstream.Pool) (*metrics, error
 		}, []string{"model"}),
 		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvroute_router_dataplane_handoffs_total",
-			Help: "Client connections the event-loop data plane handed to fasthttp, by reason: request (not a fast-path request), workers (a worker the loop cannot serve: prefill/decode role, TLS, host name), budget (max_inflight_body_bytes spent), socket (a listener's connection without a socket).",
+			Help: "Client connections the event-loop data plane handed to fasthttp, by reason: request (not a fast-path request), workers (a worker the loop cannot serve: prefill/decode role, TLS, a host name not resolved yet), budget (max_inflight_body_bytes spent), socket (a listener's connection without a socket).",
 		}, []string{"reason"}),
 		decisions: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kvroute_router_decision_duration_seconds",
