@@ -35,17 +35,24 @@ import (
 // KVROUTE_TEST_DATA_PLANE=event_loop (make test runs them both ways). These test what
 // is the loop's own: which requests it serves, and the hand-off of the rest.
 
+// eventLoopConfig is testConfig on the event-loop data plane; it skips t off Linux.
+func eventLoopConfig(t *testing.T, workers ...*fakeWorker) *configs.Config {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("the event loop runs on Linux only")
+	}
+	cfg := testConfig(workers...)
+	cfg.DataPlane = configs.DataPlaneEventLoop
+	return cfg
+}
+
 // TestDataPlaneServesAndHandsOff: chat, streamed chat and pipelined requests are served
 // by the loops over one connection; a request that is not on the fast path (GET
 // /v1/models) hands the connection to fasthttp, which answers it and every request
 // after it on that connection.
 func TestDataPlaneServesAndHandsOff(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the event loop runs on Linux only")
-	}
 	fw := newFakeWorker(t, "m")
-	cfg := testConfig(fw)
-	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg := eventLoopConfig(t, fw)
 	cfg.Headers.Worker = true
 	cfg.Workers[0].Role = configs.RoleBoth // as configs' defaults set it
 	tr := startRouter(t, cfg)
@@ -164,12 +171,8 @@ func TestRespBody(t *testing.T) {
 // name is looked up (at start), not handed off; a name whose first address refuses
 // connections moves on to its next, and the request that found it out is retried.
 func TestDataPlaneHostNames(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the event loop runs on Linux only")
-	}
 	fw0, fw1 := newFakeWorker(t, "m"), newFakeWorker(t, "m")
-	cfg := testConfig(fw0, fw1)
-	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg := eventLoopConfig(t, fw0, fw1)
 	cfg.Policy = "round_robin"
 	for i := range cfg.Workers {
 		// The fake workers listen on 127.0.0.1; the health checks (fasthttp) find
@@ -218,12 +221,7 @@ func TestDataPlaneHostNames(t *testing.T) {
 // back to 0 (so a drain ends at once), the connection closed. The write of a chat's
 // answer, of a stream's head, and the next one of the stream.
 func TestDataPlaneClientWriteFails(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the event loop runs on Linux only")
-	}
-	fw := newFakeWorker(t, "m")
-	cfg := testConfig(fw)
-	cfg.DataPlane = configs.DataPlaneEventLoop
+	cfg := eventLoopConfig(t, newFakeWorker(t, "m"))
 	tr := startRouter(t, cfg)
 	var arm atomic.Int32 // fail the arm-th client write from now (1 = the next)
 	dpWriteFault = func() error {
