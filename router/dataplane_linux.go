@@ -40,8 +40,8 @@ type dataPlane struct {
 
 func newDataPlane(s *Server) (*dataPlane, error) {
 	p := &dataPlane{s: s, res: newDPResolver(s.log)}
-	if s.dpLookup != nil {
-		p.res.lookup = s.dpLookup
+	if s.dpResolverHook != nil {
+		s.dpResolverHook(p.res)
 	}
 	// Each loop keeps its P (it waits in epoll_wait without giving it up: epollWait),
 	// so the Go code besides the loops gets as many Ps as it had.
@@ -201,6 +201,7 @@ type evLoop struct {
 	resGen  uint64             // the resolver's gen when workersOK last looked at the fleet
 	fleet   []*upstream.Worker // the pool's list dpWorkersOK last looked at
 	fleetOK bool
+	fleetAt time.Time // when workersOK last looked at the fleet
 	now     time.Time
 	scanned time.Time
 	gen     int32 // the last registration's number
@@ -522,10 +523,13 @@ func (l *evLoop) serve(c *lconn) {
 func (l *evLoop) workersOK() bool {
 	ws := l.s.pool.Workers()
 	gen := l.p.res.gen.Load()
-	if gen == l.resGen && len(ws) == len(l.fleet) && (len(ws) == 0 || unsafe.SliceData(ws) == unsafe.SliceData(l.fleet)) {
+	if gen == l.resGen && len(ws) == len(l.fleet) && (len(ws) == 0 || unsafe.SliceData(ws) == unsafe.SliceData(l.fleet)) &&
+		(l.fleetOK || l.now.Sub(l.fleetAt) < l.p.res.retry) {
 		return l.fleetOK
 	}
-	l.fleet, l.fleetOK, l.resGen = ws, true, gen
+	// A fleet the loop could not serve is looked at again every retry: a host name's
+	// failed lookup is tried again by addrOf then.
+	l.fleet, l.fleetOK, l.resGen, l.fleetAt = ws, true, gen, l.now
 	for _, w := range ws {
 		if w.Config.Role == configs.RolePrefill || w.Config.Role == configs.RoleDecode {
 			l.fleetOK = false

@@ -50,6 +50,7 @@ const dpResolveTimeout = 5 * time.Second
 // concurrent use.
 type dpResolver struct {
 	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+	retry  time.Duration // dpResolveRetry
 	log    *slog.Logger
 	// gen counts the lookups that ended: a loop checks again which workers it can serve
 	// when it has changed.
@@ -70,7 +71,7 @@ type dpHost struct {
 func newDPResolver(log *slog.Logger) *dpResolver {
 	return &dpResolver{lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
 		return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	}, log: log, hosts: map[string]*dpHost{}}
+	}, retry: dpResolveRetry, log: log, hosts: map[string]*dpHost{}}
 }
 
 // addr returns the address to connect to for host, ok false while no lookup has answered;
@@ -110,7 +111,7 @@ func (r *dpResolver) resolve(host string, h *dpHost) {
 		}
 		h.next = now.Add(dpResolveEvery)
 	} else {
-		h.next = now.Add(dpResolveRetry)
+		h.next = now.Add(r.retry)
 		r.log.Warn("event loop: worker host name not resolved", "host", host, "err", err, "kept", len(h.addrs))
 	}
 	r.mu.Unlock()

@@ -168,50 +168,77 @@ func TestRespBody(t *testing.T) {
 }
 
 // TestDataPlaneHostNames: workers named by host name are served from the loops once the
-// name is looked up (at start), not handed off; a name whose first address refuses
-// connections moves on to its next, and the request that found it out is retried.
+// name is looked up, not handed off; a name whose first address refuses connections
+// moves on to its next, and the request that found it out is retried; a name whose
+// lookup failed at start (its requests handed to fasthttp meanwhile) is tried again
+// and then served from the loops.
 func TestDataPlaneHostNames(t *testing.T) {
-	fw0, fw1 := newFakeWorker(t, "m"), newFakeWorker(t, "m")
-	cfg := eventLoopConfig(t, fw0, fw1)
-	cfg.Policy = "round_robin"
-	for i := range cfg.Workers {
-		// The fake workers listen on 127.0.0.1; the health checks (fasthttp) find
-		// localhost there too.
-		cfg.Workers[i].URL = strings.Replace(cfg.Workers[i].URL, "127.0.0.1", "localhost", 1)
-	}
-	var lookups atomic.Int32
-	tr := startRouterWith(t, cfg, func(tr *testRouter) {
-		tr.srv.dpLookup = func(_ context.Context, host string) ([]netip.Addr, error) {
-			lookups.Add(1)
-			if host != "localhost" {
-				return nil, fmt.Errorf("unexpected lookup of %q", host)
+	for _, failFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("first-lookup-fails=%v", failFirst), func(t *testing.T) {
+			fw0, fw1 := newFakeWorker(t, "m"), newFakeWorker(t, "m")
+			cfg := eventLoopConfig(t, fw0, fw1)
+			cfg.Policy = "round_robin"
+			cfg.DataPlaneLoops = 1 // every connection on the loop that saw the failed lookup
+			for i := range cfg.Workers {
+				// The fake workers listen on 127.0.0.1; the health checks and the
+				// hand-offs (fasthttp) find localhost there too.
+				cfg.Workers[i].URL = strings.Replace(cfg.Workers[i].URL, "127.0.0.1", "localhost", 1)
 			}
-			// 127.0.0.2 is loopback too, but nothing listens there.
-			return []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")}, nil
-		}
-	})
-	c := dialRouter(t, tr)
-	br := bufio.NewReader(c)
-	for i := range 6 {
-		if _, err := fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(chatBody), chatBody); err != nil {
-			t.Fatal(err)
-		}
-		resp, b, err := readResponseFrom(t, c, br, 10*time.Second)
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("chat %d: status %d, err %v, body %s", i, resp.StatusCode, err, b)
-		}
-	}
-	if v := testutil.ToFloat64(tr.srv.metrics.handoffs.WithLabelValues(handoffWorkers)); v != 0 {
-		t.Errorf("%v hand-offs for the workers: their host name was not served from the loop", v)
-	}
-	if n := fw0.requests.Load() + fw1.requests.Load(); n != 6 {
-		t.Errorf("the workers got %d requests, want 6", n)
-	}
-	if fw0.requests.Load() == 0 || fw1.requests.Load() == 0 {
-		t.Errorf("requests per worker %d, %d: round_robin should reach both", fw0.requests.Load(), fw1.requests.Load())
-	}
-	if n := lookups.Load(); n != 1 {
-		t.Errorf("%d lookups of localhost, want 1 (the answer is kept for dpResolveEvery)", n)
+			var lookups atomic.Int32
+			tr := startRouterWith(t, cfg, func(tr *testRouter) {
+				tr.srv.dpResolverHook = func(r *dpResolver) {
+					r.retry = 50 * time.Millisecond
+					r.lookup = func(_ context.Context, host string) ([]netip.Addr, error) {
+						if n := lookups.Add(1); host != "localhost" || failFirst && n == 1 {
+							return nil, fmt.Errorf("lookup %q: no answer", host)
+						}
+						// 127.0.0.2 is loopback too, but nothing listens there.
+						return []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")}, nil
+					}
+				}
+			})
+			handoffs := tr.srv.metrics.handoffs.WithLabelValues(handoffWorkers)
+			chat := func(n int) {
+				t.Helper()
+				c := dialRouter(t, tr)
+				br := bufio.NewReader(c)
+				for i := range n {
+					if _, err := fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(chatBody), chatBody); err != nil {
+						t.Fatal(err)
+					}
+					resp, b, err := readResponseFrom(t, c, br, 10*time.Second)
+					if err != nil || resp.StatusCode != 200 {
+						t.Fatalf("chat %d: status %d, err %v, body %s", i, resp.StatusCode, err, b)
+					}
+				}
+			}
+			if failFirst {
+				chat(1) // handed off: fasthttp resolves the name itself
+				if v := testutil.ToFloat64(handoffs); v != 1 {
+					t.Fatalf("%v hand-offs before the name's first answer, want 1", v)
+				}
+				time.Sleep(100 * time.Millisecond) // past the retry delay
+				chat(1)                            // the loop looks the name up again; handed off once more
+				if !poll.Until(5*time.Second, func() bool { return lookups.Load() >= 2 }) {
+					t.Fatalf("the failed lookup was not tried again (%d lookups)", lookups.Load())
+				}
+			}
+			before := testutil.ToFloat64(handoffs)
+			served := fw0.requests.Load() + fw1.requests.Load()
+			chat(6)
+			if v := testutil.ToFloat64(handoffs) - before; v != 0 {
+				t.Errorf("%v hand-offs for the workers: their host name was not served from the loop", v)
+			}
+			if n := fw0.requests.Load() + fw1.requests.Load() - served; n != 6 {
+				t.Errorf("the workers got %d requests, want 6", n)
+			}
+			if fw0.requests.Load() == 0 || fw1.requests.Load() == 0 {
+				t.Errorf("requests per worker %d, %d: round_robin should reach both", fw0.requests.Load(), fw1.requests.Load())
+			}
+			if n, want := lookups.Load(), 1+int32(map[bool]int{false: 0, true: 1}[failFirst]); n != want {
+				t.Errorf("%d lookups of localhost, want %d (an answer is kept for dpResolveEvery)", n, want)
+			}
+		})
 	}
 }
 

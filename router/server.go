@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,11 +114,11 @@ type Server struct {
 	// dp is the event-loop data plane (data_plane: event_loop, dataplane.go), started
 	// by the first Serve (dpOnce, dpErr); nil with fasthttp alone.
 	dpOnce sync.Once
-	// dpLookup, when set (by a test, before Serve), looks up worker host names for the
-	// data plane in place of net.DefaultResolver (dataplane_resolve.go).
-	dpLookup func(ctx context.Context, host string) ([]netip.Addr, error)
-	dp       *dataPlane
-	dpErr    error
+	// dpResolverHook, when set (by a test, before Serve), adjusts the data plane's
+	// resolver of worker host names before it is used (dataplane_resolve.go).
+	dpResolverHook func(*dpResolver)
+	dp             *dataPlane
+	dpErr          error
 }
 
 // New builds a Server; it does not listen until [Server.Serve].
