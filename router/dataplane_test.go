@@ -478,8 +478,9 @@ func loopsCPU(b *testing.B, tr *testRouter) int64 {
 
 // FuzzDataPlaneInput: any bytes a client sends, then closes its side, on a connection
 // the event loop holds: the loop answers or hands off, closes the connection within
-// the timeouts, gives back the body budget and the connection slot, and serves the
-// next client as before. A panic in a loop would end the test process.
+// the timeouts, gives back the body budget and the connection slot, ends every request
+// it began once (its busy count back to 0), and serves the next client as before. A
+// panic in a loop would end the test process.
 func FuzzDataPlaneInput(f *testing.F) {
 	if runtime.GOOS != "linux" {
 		f.Skip("the event loop runs on Linux only")
@@ -522,8 +523,11 @@ func FuzzDataPlaneInput(f *testing.F) {
 		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("the connection was not closed: %v", err)
 		}
-		if !poll.Until(5*time.Second, func() bool { return tr.srv.budget.used.Load() == 0 && tr.srv.openConn.Load() == 0 }) {
-			t.Fatalf("after %q: body budget %d bytes and %d connections still held", in, tr.srv.budget.used.Load(), tr.srv.openConn.Load())
+		dp := dataPlaneOf(tr)
+		if !poll.Until(5*time.Second, func() bool {
+			return tr.srv.budget.used.Load() == 0 && tr.srv.openConn.Load() == 0 && dp.busy.Load() == 0
+		}) {
+			t.Fatalf("after %q: body budget %d bytes, %d connections and %d requests still held", in, tr.srv.budget.used.Load(), tr.srv.openConn.Load(), dp.busy.Load())
 		}
 		resp, body := post(t, tr.url+"/v1/chat/completions", chatBody, "Connection", "close")
 		if resp.StatusCode != 200 {
