@@ -28,7 +28,8 @@ import (
 //     dpResolveRetry, logged at warn level;
 //   - a name with several addresses is reached at the first; a connection to it that
 //     fails moves the name on to the next, as net.Dialer tries them in order (the attempt
-//     that failed is retried as any failed connection is, before its first byte);
+//     that failed is retried as any failed connection is, before its first byte), and
+//     has the name looked up again at its next use;
 //   - a name no worker of the pool has any more is forgotten when a loop sees the pool
 //     change (retain), so the resolver's memory follows the fleet.
 
@@ -130,12 +131,18 @@ func (r *dpResolver) retain(keep map[string]bool) {
 }
 
 // failed records that a connection to a, host's address, failed: the next connections
-// go to its next address.
+// go to its next address, and the name is looked up again at its next use (the worker
+// may have moved: a pod restarted elsewhere).
 func (r *dpResolver) failed(host string, a netip.Addr) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h := r.hosts[host]; h != nil && len(h.addrs) > 1 && h.addrs[h.cur%len(h.addrs)] == a {
-		h.cur++
+	h := r.hosts[host]
+	if h == nil || len(h.addrs) == 0 || h.addrs[h.cur%len(h.addrs)] != a {
+		return
+	}
+	h.cur++
+	if !h.busy {
+		h.next = time.Time{}
 	}
 }
 

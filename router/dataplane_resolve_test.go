@@ -93,11 +93,22 @@ func TestDPResolver(t *testing.T) {
 		t.Fatalf("%d lookups within dpResolveEvery, want 1", dns.count())
 	}
 
-	// A failed connection to the current address moves on; one to another does not.
+	// A failed connection to the current address moves on, and has the name looked up
+	// again at its next use; one to another address changes nothing.
 	r.failed("w", netip.MustParseAddr("10.0.0.9"))
+	if r.addr("w", t0); dns.count() != 1 {
+		t.Fatal("a failed connection to an address not in use made a lookup")
+	}
 	r.failed("w", netip.MustParseAddr("10.0.0.1"))
 	if a, _ := r.addr("w", t0); a != netip.MustParseAddr("10.0.0.2") {
 		t.Fatalf("after a failed connection: %v, want 10.0.0.2", a)
+	}
+	r.settle(t)
+	if dns.count() != 2 || r.gen.Load() != 2 {
+		t.Fatalf("%d lookups after a failed connection, want 2", dns.count())
+	}
+	if a, _ := r.addr("w", t0); a != netip.MustParseAddr("10.0.0.2") {
+		t.Fatalf("after the lookup of an unchanged answer: %v, want 10.0.0.2 kept", a)
 	}
 
 	// Due for renewal: the old address until the new answer, then the new one.
@@ -107,8 +118,8 @@ func TestDPResolver(t *testing.T) {
 		t.Fatalf("during the renewal: %v, want the old 10.0.0.2", a)
 	}
 	r.settle(t)
-	if a, _ := r.addr("w", time.Now()); a != netip.MustParseAddr("10.0.0.3") || dns.count() != 2 {
-		t.Fatalf("after the renewal: %v (%d lookups), want 10.0.0.3 (2)", a, dns.count())
+	if a, _ := r.addr("w", time.Now()); a != netip.MustParseAddr("10.0.0.3") || dns.count() != 3 {
+		t.Fatalf("after the renewal: %v (%d lookups), want 10.0.0.3 (3)", a, dns.count())
 	}
 
 	// A failed renewal keeps the addresses and is retried after dpResolveRetry.
@@ -130,8 +141,8 @@ func TestDPResolver(t *testing.T) {
 	if dns.count() != n+1 {
 		t.Fatalf("%d lookups after dpResolveRetry, want 1", dns.count()-n)
 	}
-	if g := r.gen.Load(); g != 4 {
-		t.Fatalf("gen %d after 4 lookups", g)
+	if g := r.gen.Load(); g != 5 {
+		t.Fatalf("gen %d after 5 lookups", g)
 	}
 
 	// A name no worker has any more is forgotten; the others are kept.
