@@ -219,7 +219,9 @@ func TestDataPlaneHostNames(t *testing.T) {
 				}
 				time.Sleep(100 * time.Millisecond) // past the retry delay
 				chat(1)                            // the loop looks the name up again; handed off once more
-				if !poll.Until(5*time.Second, func() bool { return lookups.Load() >= 2 }) {
+				// Until the second lookup has answered (gen counts the ended ones).
+				res := dataPlaneOf(tr).res
+				if !poll.Until(5*time.Second, func() bool { return res.gen.Load() >= 2 }) {
 					t.Fatalf("the failed lookup was not tried again (%d lookups)", lookups.Load())
 				}
 			}
